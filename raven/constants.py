@@ -1,0 +1,45 @@
+"""Names and defaults shared by every part of Raven overlay.
+
+The wire-level names (API group, label, annotations, lease names) are a contract with existing
+clusters and with other components: change them only together with a migration.
+Numeric defaults follow OpenYurt Raven so that mixed clusters behave the same; every one of them
+is configurable through the settings dataclasses that carry it.
+"""
+
+from __future__ import annotations
+
+# Kubernetes API contract (OpenYurt Raven compatible).
+API_GROUP = "raven.openyurt.io"
+API_VERSION = "v1beta1"
+API_VERSION_ALPHA = "v1alpha1"
+GATEWAY_KIND = "Gateway"
+GATEWAY_PLURAL = "gateways"
+GATEWAY_LABEL = "raven.openyurt.io/gateway"  # node label: <gateway name> = pool membership
+
+# Per-node facts are published by each agent on its own Node object (never in the Gateway spec).
+ANNOTATION_PUBLIC_KEY = "raven.openyurt.io/wireguard-public-key"
+ANNOTATION_PUBLIC_ADDRESS = "raven.openyurt.io/public-address"
+
+# Heartbeats and leader election: coordination.k8s.io/v1 Leases.
+RAVEN_NAMESPACE = "kube-system"
+AGENT_LEASE_PREFIX = "raven-agent-"  # + node name; renewed by gateway-candidate agents
+CONTROLLER_LEASE_NAME = "raven-gateway-controller"
+
+# Endpoint.config key where the controller copies the elected node's WireGuard public key.
+ENDPOINT_CONFIG_PUBLIC_KEY = "public-key"
+
+# Data-plane defaults (Raven's).
+VXLAN_DEVICE = "raven0"
+VXLAN_VNI = 200
+VXLAN_PORT = 4472
+VXLAN_TABLE = 9027
+WIREGUARD_DEVICE = "raven-wg0"
+WIREGUARD_PORT = 4500
+WIREGUARD_TABLE = 9028
+RULE_PRIORITY = 100
+FWMARK = 0x40
+NFT_TABLE = "raven"  # inet family; the only nftables table we ever write
+VXLAN_OVERHEAD = 50
+WIREGUARD_OVERHEAD = 80
+DEFAULT_UNDERLAY_MTU = 1500
+DEFAULT_KEEPALIVE_SECONDS = 25

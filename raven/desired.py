@@ -1,0 +1,119 @@
+"""The desired data-plane state of one node: the contract between the planner and the appliers.
+
+`raven.topology` computes a `NodeState` (pure); `raven.dataplane` diffs it against the live kernel
+and writes only the difference. Rules this module keeps:
+- every type is a frozen dataclass of plain values (str, int, bool, tuples), hashable and
+  comparable, so two plans compare with `==` and collections are stored as sorted tuples;
+- addresses are strings in canonical form (`str(ipaddress.ip_network(...))`), MACs lower-case;
+- nothing here imports pyroute2, kubernetes or touches the system.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class Role(StrEnum):
+    ACTIVE_GATEWAY = "active-gateway"  # terminates WireGuard tunnels for its pool
+    MEMBER = "member"  # sends cross-pool traffic over VXLAN to its pool's active gateway
+    ALONE = "alone"  # in no pool, or its pool has no active gateway: no overlay state
+
+
+@dataclass(frozen=True, order=True)
+class VxlanDevice:
+    name: str
+    vni: int
+    port: int
+    local_ip: str  # this node's underlay address (VXLAN source)
+    vtep_ip: str  # address of the device itself, derived from local_ip
+    vtep_prefixlen: int
+    mac: str  # derived from local_ip: identical after any restart
+    mtu: int
+
+
+@dataclass(frozen=True, order=True)
+class FdbEntry:
+    """Permanent bridge FDB entry on the VXLAN device: remote VTEP MAC -> its underlay address."""
+
+    mac: str
+    dst: str
+
+
+@dataclass(frozen=True, order=True)
+class NeighEntry:
+    """Permanent neighbour entry on the VXLAN device: remote VTEP address -> its VTEP MAC."""
+
+    ip: str
+    mac: str
+
+
+@dataclass(frozen=True, order=True)
+class Route:
+    dst: str  # CIDR
+    table: int
+    dev: str
+    gateway: str | None = None  # next hop (onlink) or None for a device route
+    mtu: int | None = None  # path MTU locked on the route, so pods learn it without probing
+
+
+@dataclass(frozen=True, order=True)
+class Rule:
+    priority: int
+    table: int
+    fwmark: int
+    fwmask: int
+    family: int = 4  # 4 or 6
+
+
+@dataclass(frozen=True, order=True)
+class WireGuardPeer:
+    public_key: str  # base64
+    endpoint: str | None  # "host:port"; None = learn it from the peer's handshake (peer under NAT)
+    allowed_ips: tuple[str, ...]  # sorted CIDRs; includes relayed pools' subnets
+    keepalive: int = 0  # seconds; 0 = off. Set when we are under NAT so the NAT stays open
+    preshared_key: str | None = None
+    pool: str = ""  # the Gateway (pool) this peer is the active gateway of, for explanations
+    relays_for: tuple[str, ...] = ()  # Gateways whose subnets reach us through this peer
+
+
+@dataclass(frozen=True)
+class WireGuardDevice:
+    name: str
+    listen_port: int
+    mtu: int
+    peers: tuple[WireGuardPeer, ...]  # sorted by public_key
+
+
+@dataclass(frozen=True)
+class Firewall:
+    """Our own nftables table: mark traffic to remote pools so policy routing takes it."""
+
+    table: str
+    mark: int
+    mark_mask: int
+    local_subnets: tuple[str, ...]  # this pool's pod subnets, sorted
+    remote_subnets: tuple[str, ...]  # every other pool's pod subnets, sorted
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """Everything one node's agent must make true in the kernel. Empty collections mean 'none'."""
+
+    node: str
+    role: Role
+    pool: str | None
+    vxlan: VxlanDevice | None
+    fdb: tuple[FdbEntry, ...] = ()
+    neighbours: tuple[NeighEntry, ...] = ()
+    routes: tuple[Route, ...] = ()
+    rules: tuple[Rule, ...] = ()
+    wireguard: WireGuardDevice | None = None
+    firewall: Firewall | None = None
+    sysctls: tuple[tuple[str, str], ...] = ()  # (key as in /proc/sys with dots, value), sorted
+    notes: tuple[str, ...] = field(default=(), compare=False)  # explanations for operators
+
+    def to_json(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self)))
