@@ -1,0 +1,82 @@
+"""HTTP endpoints of the daemons: /healthz, /readyz, /metrics (Prometheus text) and /status.
+
+Rules kept: the server runs on its own threads and only reads state through the callables it
+is given, so a slow scrape can never block a reconcile; it binds exactly the address asked
+(the DaemonSet uses the host network, so the default is loopback-safe configuration by flag).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """'HOST:PORT' (or ':PORT') -> (host, port); raises ValueError naming the problem."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"listen address {text!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class HealthServer:
+    def __init__(
+        self,
+        listen: str,
+        registry: CollectorRegistry,
+        healthy: Callable[[], tuple[bool, str]],
+        ready: Callable[[], tuple[bool, str]],
+        status: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        host, port = parse_listen(listen)
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                return  # scrapes every few seconds would flood the daemon's log
+
+            def _send(self, code: int, body: bytes, ctype: str = "text/plain") -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/healthz":
+                    ok, why = outer.healthy()
+                    self._send(200 if ok else 503, (why or "ok").encode() + b"\n")
+                elif path == "/readyz":
+                    ok, why = outer.ready()
+                    self._send(200 if ok else 503, (why or "ok").encode() + b"\n")
+                elif path == "/metrics":
+                    self._send(200, generate_latest(outer.registry), CONTENT_TYPE_LATEST)
+                elif path == "/status" and outer.status is not None:
+                    body = json.dumps(outer.status(), indent=2, sort_keys=True).encode()
+                    self._send(200, body + b"\n", "application/json")
+                else:
+                    self._send(404, b"not found: try /healthz /readyz /metrics /status\n")
+
+        self.registry = registry
+        self.healthy = healthy
+        self.ready = ready
+        self.status = status
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, name="health",
+                                        daemon=True)
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
