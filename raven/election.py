@@ -1,0 +1,120 @@
+"""PURE election of a pool's active tunnel endpoint(s), with a reason for every decision.
+
+Rules this module keeps (docs/gateway.md explains them for operators):
+- Candidates are the spec's tunnel endpoints (first occurrence of a node wins) whose node exists,
+  is Ready and has a fresh agent heartbeat (`now - last renewal <= heartbeat_timeout`).
+- Sticky: a currently active endpoint that is still a healthy candidate stays active, in its
+  current order. Spec order decides among the rest, up to `tunnelConfig.Replicas` (0/absent = 1).
+- Lost cloud, not network: when no candidate is healthy and every existing candidate is only
+  stale (missing heartbeat, or NotReady, which the node controller reports for the same reason),
+  a pool that had active endpoints keeps those still listed in the spec, and the reason says so.
+  A deleted node or an endpoint removed from the spec is never kept.
+- Time is an argument (`now`); nothing here reads a clock, a ConfigMap, a socket or a file.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from raven.model import TUNNEL, Endpoint, Gateway, Node
+
+
+@dataclass(frozen=True)
+class ElectionOptions:
+    heartbeat_timeout: float = 15.0  # seconds since the agent's last Lease renewal
+    require_ready: bool = True  # a NotReady node is not a candidate
+
+
+@dataclass(frozen=True)
+class Election:
+    active: tuple[Endpoint, ...]  # spec endpoints, in order; publicIP/config filled by the caller
+    reasons: tuple[str, ...]
+    kept_stale: bool = False  # True when the previous active endpoints were kept without heartbeat
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(e.node_name for e in self.active)
+
+
+def _age(now: float, last: float | None) -> str:
+    return "never" if last is None else f"{max(0.0, now - last):.0f}s ago"
+
+
+def elect(
+    gateway: Gateway,
+    nodes: Mapping[str, Node],
+    heartbeats: Mapping[str, float],
+    now: float,
+    options: ElectionOptions = ElectionOptions(),
+) -> Election:
+    """The active tunnel endpoints of `gateway` at time `now`, and why."""
+    label = f"Gateway {gateway.name}"
+    reasons: list[str] = []
+    replicas = gateway.spec.tunnel_replicas
+    candidates: list[Endpoint] = []
+    position: dict[str, int] = {}  # node name -> index in spec.endpoints, for the reasons
+    for index, ep in enumerate(gateway.spec.endpoints):
+        if ep.type != TUNNEL or not ep.node_name or ep.node_name in position:
+            continue
+        position[ep.node_name] = index
+        candidates.append(ep)
+    if not candidates:
+        return Election((), (f"{label}: spec.endpoints has no tunnel endpoint; add one "
+                             "(type: tunnel) to elect an active gateway",))
+
+    healthy: dict[str, Endpoint] = {}
+    stale_only: list[str] = []  # exists, but heartbeat stale or node NotReady
+    for ep in candidates:
+        name = ep.node_name
+        node = nodes.get(name)
+        last = heartbeats.get(name)
+        fresh = last is not None and now - last <= options.heartbeat_timeout
+        if node is None:
+            reasons.append(f"{label}: {name} is not a candidate: no such node")
+        elif options.require_ready and not node.ready:
+            stale_only.append(name)
+            reasons.append(f"{label}: {name} is not a candidate: node is not Ready "
+                           f"(heartbeat {_age(now, last)})")
+        elif not fresh:
+            stale_only.append(name)
+            reasons.append(f"{label}: {name} is not a candidate: agent heartbeat "
+                           f"{_age(now, last)} (timeout {options.heartbeat_timeout:g}s)")
+        else:
+            healthy[name] = ep
+
+    spec_by_name = {ep.node_name: ep for ep in candidates}
+    previous = [e.node_name for e in gateway.status.active_endpoints
+                if e.type == TUNNEL and e.node_name]
+    if not healthy:
+        existing = [ep.node_name for ep in candidates if ep.node_name in nodes]
+        kept = [n for n in dict.fromkeys(previous) if n in spec_by_name and n in nodes]
+        if kept and existing and len(stale_only) == len(existing):
+            kept = kept[:replicas]
+            reasons.append(f"{label}: every candidate's heartbeat is stale at once; the pool has "
+                           "probably lost the control plane, not its network: keeping "
+                           f"{', '.join(kept)} active")
+            return Election(tuple(spec_by_name[n] for n in kept), tuple(reasons), True)
+        reasons.append(f"{label}: no healthy tunnel endpoint; no active gateway")
+        return Election((), tuple(reasons))
+
+    chosen: list[str] = []
+    for name in dict.fromkeys(previous):
+        if name in healthy and len(chosen) < replicas:
+            chosen.append(name)
+            reasons.append(f"{label}: {name} stays active (healthy; active endpoints are sticky)")
+    for ep in candidates:
+        name = ep.node_name
+        if name not in healthy or name in chosen:
+            continue
+        if len(chosen) >= replicas:
+            reasons.append(f"{label}: {name} is a healthy standby "
+                           f"(tunnelConfig.Replicas {replicas} reached)")
+            continue
+        chosen.append(name)
+        reasons.append(f"{label}: {name} elected (healthy; next in spec order, "
+                       f"spec.endpoints[{position[name]}])")
+    for name in dict.fromkeys(previous):
+        if name not in chosen:
+            reasons.append(f"{label}: {name} is no longer active")
+    return Election(tuple(spec_by_name[n] for n in chosen), tuple(reasons))
