@@ -1,0 +1,139 @@
+"""`raven status`: what the agent on this node is doing, from its status file and the kernel.
+
+Two sources, shown side by side so a difference is visible: the agent's last applied plan
+(`<state-dir>/agent-status.json`, written after every successful apply) and the live data plane
+(`raven.dataplane.Dataplane.observe()`: counts, WireGuard peers with handshake age and bytes,
+drift between plan and kernel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from raven.errors import CommandError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="show this node's role, pool, gateway, peers and drift")
+    p.add_argument("--state-dir", type=Path, default=Path("/var/lib/raven"),
+                   help="the agent's state directory (default /var/lib/raven)")
+    p.add_argument("--netns", default=None, help="inspect this named network namespace")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=run)
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value]
+    return value
+
+
+def observe_live(state_dir: Path, netns: str | None, plan: dict[str, Any] | None) -> dict[str, Any]:
+    from raven.dataplane import Dataplane, DataplaneSettings
+
+    settings = DataplaneSettings(netns=netns, state_dir=state_dir)
+    with Dataplane(settings) as dataplane:
+        if plan is not None and hasattr(dataplane, "observe_against"):
+            return _plain(dataplane.observe_against(plan))
+        return _plain(dataplane.observe())
+
+
+def collect(state_dir: Path, netns: str | None, now: float) -> dict[str, Any]:
+    path = state_dir / "agent-status.json"
+    try:
+        agent = json.loads(path.read_text())
+    except FileNotFoundError:
+        agent = None
+    except (OSError, ValueError) as exc:
+        raise CommandError(
+            f"{path} is unreadable ({exc}); is this the agent's --state-dir?") from exc
+    report: dict[str, Any] = {"stateDir": str(state_dir), "agent": agent}
+    if agent is not None:
+        report["appliedAgo"] = round(now - float(agent.get("appliedAt") or now), 1)
+        confirmed = float(agent.get("inputsConfirmedAt") or 0)
+        report["inputsAge"] = round(now - confirmed, 1) if confirmed else None
+    try:
+        report["live"] = observe_live(state_dir, netns, None)
+    except Exception as exc:  # the report is still useful without the kernel view
+        report["live"] = None
+        report["liveError"] = f"{type(exc).__name__}: {exc}"
+    return report
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def render(report: dict[str, Any]) -> str:
+    lines: list[str] = []
+    agent = report.get("agent")
+    if agent is None:
+        lines.append(f"agent: no status in {report['stateDir']} (agent not started yet, or "
+                     "another --state-dir)")
+    else:
+        active = ", ".join(agent.get("activeGateways") or []) or "none"
+        lines += [
+            f"node:           {agent.get('node')}",
+            f"role:           {agent.get('role')}",
+            f"pool:           {agent.get('pool') or '-'}",
+            f"active gateway: {active}",
+            f"applied:        {report.get('appliedAgo')}s ago from {agent.get('source')} inputs"
+            + (f" (confirmed by the API {report['inputsAge']}s ago)"
+               if report.get("inputsAge") is not None else ""),
+        ]
+        plan = agent.get("plan") or {}
+        lines.append(f"planned:        {len(plan.get('routes') or [])} routes, "
+                     f"{len(plan.get('rules') or [])} rules, {len(plan.get('fdb') or [])} fdb, "
+                     f"{len((plan.get('wireguard') or {}).get('peers') or [])} peers, "
+                     f"{len((plan.get('firewall') or {}).get('remote_subnets') or [])} "
+                     "remote subnets in the set")
+        for note in plan.get("notes") or []:
+            lines.append(f"note:           {note}")
+    live = report.get("live")
+    if live is None:
+        lines.append(f"live:           unavailable ({report.get('liveError')})")
+        return "\n".join(lines) + "\n"
+    peers = live.pop("peers", None) or []
+    drift = live.pop("drift", None)
+    for key, value in sorted(live.items()):
+        if not isinstance(value, dict | list):
+            lines.append(f"{key + ':':16}{value}")
+    lines.append(f"peers:          {len(peers)}")
+    for peer in peers:
+        age = peer.get("handshake_age")
+        if age is None and peer.get("last_handshake"):
+            age = time.time() - float(peer["last_handshake"])
+        shown = "never" if age is None else f"{float(age):.0f}s ago"
+        lines.append(f"  {str(peer.get('public_key', ''))[:12]}… endpoint "
+                     f"{peer.get('endpoint') or '(learned)'} handshake {shown} "
+                     f"rx {_human_bytes(float(peer.get('rx_bytes') or 0))} "
+                     f"tx {_human_bytes(float(peer.get('tx_bytes') or 0))}")
+    if drift:
+        items = drift if isinstance(drift, list) else [drift]
+        lines.append(f"drift:          {len(items)} difference(s)")
+        lines += [f"  {d}" for d in items]
+    else:
+        lines.append("drift:          none")
+    return "\n".join(lines) + "\n"
+
+
+def run(args: argparse.Namespace) -> int:
+    report = collect(args.state_dir, args.netns, time.time())
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True, default=str))
+    else:
+        print(render(report), end="")
+    return 0
