@@ -1,0 +1,261 @@
+"""`lab up`: turn a LabPlan into namespaces, links, addresses, routes, NAT and host holders.
+
+Rules kept:
+- state.json (with the full plan) is written before the first namespace is created, so a crash
+  or SIGKILL at any later point still leaves `raven lab down` everything it needs.
+- On any failure `up` removes what it made (teardown.down) before reporting the error.
+- Phases run in order; inside a phase the namespaces are configured in parallel, each with one
+  `ip -n NS -batch -`:
+    1 namespaces   2 pool routers (bridge, WAN link, node ports)   3 internet, nodes, control
+    plane (addresses, routes, pod veths) + host holders + router NAT   4 pods   5 readiness probe.
+- NAT: `none` routes public addresses; `cone` masquerades (port-preserving, endpoint-independent
+  mapping); `symmetric` masquerades `fully-random` (a new public port per destination).
+  NAT routers also drop unsolicited new connections from the WAN.
+- The lab never creates anything in the root network namespace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from raven.errors import CommandError
+from raven.lab import netns as nsutil
+from raven.lab import runtime, teardown
+from raven.lab.plan import INTERNET_PROBES, LabPlan, PoolPlan, plan_lab, plan_to_json
+from raven.lab.topology import Topology, lab_name_problem, load_topology
+
+Progress = Callable[[str], None]
+ROUTER_SYSCTLS = ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.disable_ipv6=1",
+                  "net.ipv6.conf.default.disable_ipv6=1")
+PARALLEL = 8
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def up_file(path: str | Path, name: str | None = None, progress: Progress = _quiet) -> LabPlan:
+    """Validate `path` and build it as lab `name` (default: the file's `name`)."""
+    topology = load_topology(path)
+    return up(topology, name, progress, source=str(path))
+
+
+def up(topology: Topology, name: str | None = None, progress: Progress = _quiet,
+       source: str = "") -> LabPlan:
+    lab = name or topology.name
+    if lab is None:
+        raise CommandError("the topology has no 'name'; give one with --name NAME")
+    why = lab_name_problem(lab)
+    if why:
+        raise CommandError(why)
+    if runtime.run_dir(lab).exists() or any(n.startswith(lab + ".") for n in nsutil.list_netns()):
+        raise CommandError(f"lab {lab!r} already exists; remove it with `raven lab down {lab}` "
+                           "or choose another --name")
+    plan = plan_lab(topology, lab, source=source)
+    started = time.monotonic()
+    try:
+        runtime.run_dir(lab).mkdir(parents=True)
+    except FileExistsError:
+        raise CommandError(f"lab {lab!r} already exists (being created right now?)") from None
+    runtime.write_json_atomic(runtime.run_dir(lab) / "state.json",
+                              {"phase": "building", "plan": plan_to_json(plan)})
+    try:
+        _build(plan, progress)
+    except BaseException as exc:
+        progress(f"failed: {exc}; removing what was made")
+        teardown.down(lab)
+        if isinstance(exc, CommandError):
+            raise
+        if isinstance(exc, Exception):
+            raise CommandError(f"lab {lab!r}: build failed: {exc}") from exc
+        raise
+    runtime.write_json_atomic(runtime.run_dir(lab) / "state.json",
+                              {"phase": "ready", "plan": plan_to_json(plan),
+                               "buildSeconds": round(time.monotonic() - started, 3)})
+    progress(f"lab {lab} ready in {time.monotonic() - started:.2f}s")
+    return plan
+
+
+def _build(plan: LabPlan, progress: Progress) -> None:
+    names = plan.netns_names()
+    n_nodes = len(plan.nodes())
+    progress(f"creating {len(names)} namespaces ({len(plan.pools)} pools, {n_nodes} nodes, "
+             f"{len(plan.pods())} pods)")
+    nsutil.ip_batch(f"netns add {n}" for n in names)
+
+    progress("pool routers: bridges, WAN links, node ports")
+    links: list[Callable[[], None]] = [
+        lambda pool=pool: nsutil.ip_batch(_router_lines(plan, pool), pool.netns)
+        for pool in plan.pools
+    ]
+    cp = plan.control_plane
+    if cp.pool is None:  # no public pool: the control plane hangs off the internet router
+        links.append(lambda: nsutil.ip_batch(
+            [f"link add cp type veth peer name eth0 netns {cp.netns}"], plan.internet_netns))
+    _parallel(lambda job: job(), links)
+
+    progress("internet, nodes, control plane, NAT, host mount namespaces")
+    holders = {t: runtime.start_holder(plan.name, t, plan.targets()[t]) for t in plan.hosts()}
+    jobs: list[Callable[[], None]] = [
+        lambda: nsutil.ip_batch(_internet_lines(plan), plan.internet_netns),
+        lambda: nsutil.ip_batch(_control_plane_lines(plan), plan.control_plane.netns),
+    ]
+    for pool in plan.pools:
+        jobs.append(lambda pool=pool: _router_netfilter(plan, pool))
+        for node in pool.nodes:
+            jobs.append(lambda pool=pool, node=node: nsutil.ip_batch(
+                _node_lines(plan, pool, node), node.netns))
+    jobs.append(lambda: _internet_sysctls(plan))
+    _parallel(lambda job: job(), jobs)
+    for target, proc in holders.items():
+        runtime.wait_holder(plan.name, target, proc)
+
+    progress("pods")
+    _parallel(lambda item: nsutil.ip_batch(_pod_lines(plan, item[1], item[2]), item[2].netns),
+              plan.pods())
+
+    progress("checking the underlay answers")
+    _parallel(lambda pool: _probe_pool(plan, pool), plan.pools)
+
+
+def _parallel(fn: Callable, items: list | tuple) -> None:
+    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+        for future in [pool.submit(fn, item) for item in items]:
+            future.result()
+
+
+def _marker(plan: LabPlan) -> str:
+    return f"link set lo up alias {nsutil.LAB_MARKER}{plan.name}"
+
+
+def _router_lines(plan: LabPlan, pool: PoolPlan) -> list[str]:
+    mtu = pool.mtu
+    lines = [
+        _marker(plan),
+        f"link add br0 mtu {mtu} type bridge",
+        f"address add {pool.router_lan_ip}/24 dev br0",
+        f"link add wan mtu {mtu} type veth peer name {pool.internet_port} mtu {mtu} "
+        f"netns {plan.internet_netns}",
+        f"address add {pool.wan_ip}/30 dev wan",
+        "link set wan up",
+        "link set br0 up",
+        f"route add default via {pool.internet_wan_ip} dev wan",
+    ]
+    for node in pool.nodes:
+        lines += [
+            f"link add {node.router_port} mtu {mtu} type veth peer name eth0 mtu {mtu} "
+            f"netns {node.netns}",
+            f"link set {node.router_port} master br0 up",
+        ]
+    if plan.control_plane.pool == pool.name:
+        lines += [
+            f"link add cp mtu {mtu} type veth peer name eth0 mtu {mtu} "
+            f"netns {plan.control_plane.netns}",
+            "link set cp master br0 up",
+        ]
+    return lines
+
+
+def _internet_lines(plan: LabPlan) -> list[str]:
+    lines = [_marker(plan)]
+    lines += [f"address add {probe}/32 dev lo" for probe in INTERNET_PROBES]
+    for pool in plan.pools:
+        lines += [
+            f"address add {pool.internet_wan_ip}/30 dev {pool.internet_port}",
+            f"link set {pool.internet_port} up",
+        ]
+        if pool.public:  # NAT'd pools' LANs are private: the internet has no route to them
+            lines.append(f"route add {pool.lan} via {pool.wan_ip} dev {pool.internet_port}")
+    cp = plan.control_plane
+    if cp.pool is None:
+        lines += [f"address add {cp.gateway}/30 dev cp", "link set cp up"]
+    return lines
+
+
+def _control_plane_lines(plan: LabPlan) -> list[str]:
+    cp = plan.control_plane
+    return [
+        _marker(plan),
+        f"address add {cp.ip}/{cp.prefixlen} dev eth0",
+        "link set eth0 up",
+        f"route add default via {cp.gateway} dev eth0",
+    ]
+
+
+def _node_lines(plan: LabPlan, pool: PoolPlan, node) -> list[str]:
+    lines = [
+        _marker(plan),
+        f"address add {node.underlay_ip}/24 dev eth0",
+        "link set eth0 up",
+        f"route add default via {pool.router_lan_ip} dev eth0",
+    ]
+    for other in pool.nodes:
+        if other.name != node.name:
+            lines.append(f"route add {other.pod_cidr} via {other.underlay_ip} dev eth0")
+    for pod in node.pods:
+        lines += [
+            f"link add {pod.node_ifname} type veth peer name eth0 netns {pod.netns}",
+            f"address add {node.pod_gateway}/32 dev {pod.node_ifname}",
+            f"link set {pod.node_ifname} up",
+            f"route add {pod.ip}/32 dev {pod.node_ifname} scope link",
+        ]
+    return lines
+
+
+def _pod_lines(plan: LabPlan, node, pod) -> list[str]:
+    return [
+        _marker(plan),
+        f"address add {pod.ip}/32 dev eth0",
+        "link set eth0 up",
+        f"route add {node.pod_gateway}/32 dev eth0 scope link",
+        f"route add default via {node.pod_gateway} dev eth0",
+    ]
+
+
+def nat_ruleset(pool: PoolPlan) -> str:
+    """nftables ruleset of a pool router (empty for a public pool)."""
+    if pool.public:
+        return ""
+    flags = " fully-random" if pool.nat == "symmetric" else ""
+    return f"""
+table ip raven_lab_nat {{
+  chain postrouting {{
+    type nat hook postrouting priority srcnat; policy accept;
+    oifname "wan" ip saddr {pool.lan} masquerade{flags}
+  }}
+  chain forward {{
+    type filter hook forward priority filter; policy accept;
+    iifname "wan" ct state established,related accept
+    iifname "wan" drop
+  }}
+}}
+"""
+
+
+def _router_netfilter(plan: LabPlan, pool: PoolPlan) -> None:
+    script = f"sysctl -qw {' '.join(ROUTER_SYSCTLS)}"
+    ruleset = nat_ruleset(pool)
+    if ruleset:
+        script += " && nft -f -"
+    nsutil.run(["ip", "netns", "exec", pool.netns, "sh", "-c", script], stdin=ruleset)
+
+
+def _internet_sysctls(plan: LabPlan) -> None:
+    nsutil.run(["ip", "netns", "exec", plan.internet_netns, "sysctl", "-qw", *ROUTER_SYSCTLS])
+
+
+def _probe_pool(plan: LabPlan, pool: PoolPlan) -> None:
+    """Ping every node of the pool (and the control plane) from its router: readiness check."""
+    addresses = [n.underlay_ip for n in pool.nodes]
+    if plan.control_plane.pool == pool.name:
+        addresses.append(plan.control_plane.ip)
+    script = ("for a in \"$@\"; do (ping -n -q -c 1 -W 2 \"$a\" >/dev/null 2>&1 || "
+              "ping -n -q -c 1 -W 2 \"$a\" >/dev/null 2>&1 || echo \"$a\") & done; wait")
+    proc = nsutil.run(["ip", "netns", "exec", pool.netns, "sh", "-c", script, "probe",
+                       *addresses])
+    if proc.stdout.strip():
+        raise CommandError(f"lab {plan.name!r}: pool {pool.name!r}: underlay addresses do not "
+                           f"answer: {' '.join(proc.stdout.split())}")

@@ -1,0 +1,303 @@
+"""Run directory, per-host mount namespaces and the process supervisor of a lab.
+
+Layout of `/run/raven-lab/<lab>/` (RAVEN_LAB_RUN_ROOT overrides the root):
+  state.json               {"phase": "building"|"ready", "plan": <plan_to_json>}; written BEFORE
+                           the first namespace exists, so `down` always knows what to remove
+  logs/<target>.<name>.log one log per supervised process
+  pids/<target>.<name>.json {"pid", "start_time", "argv"}: identity of a supervised process
+  hosts/<target>/wireguard, hosts/<target>/raven   bound on /run/wireguard and /run/raven
+                           inside the host's private mount namespace
+
+Rules kept:
+- Every node and the control plane ("hosts") have a holder process started as
+  `ip netns exec <ns> unshare --mount --propagation private sh -c '...; exec sleep infinity'`:
+  `ip netns exec` remounts /sys for the namespace, unshare keeps the mount namespace alive with
+  private /run/wireguard and /run/raven. Commands enter it with
+  `nsenter --target PID --mount --net`.
+- A process is ours only if its pid AND its start time (field 22 of /proc/PID/stat) match the
+  record: a recycled pid is never signalled. Nothing is ever found or killed by name pattern.
+- Each supervised process is a session leader, so its whole process group is signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from raven.errors import CommandError
+from raven.lab.plan import LabPlan, plan_from_json
+
+HOLDER = "holder"  # supervisor name of the mount-namespace holder of a host
+
+
+def run_root() -> Path:
+    return Path(os.environ.get("RAVEN_LAB_RUN_ROOT", "/run/raven-lab"))
+
+
+def run_dir(lab: str) -> Path:
+    return run_root() / lab
+
+
+def log_path(lab: str, target: str, name: str) -> Path:
+    return run_dir(lab) / "logs" / f"{target}.{name}.log"
+
+
+def pid_path(lab: str, target: str, name: str) -> Path:
+    return run_dir(lab) / "pids" / f"{target}.{name}.json"
+
+
+def host_dir(lab: str, target: str) -> Path:
+    return run_dir(lab) / "hosts" / target
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_state(lab: str) -> dict | None:
+    try:
+        return json.loads((run_dir(lab) / "state.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def load_plan(lab: str) -> LabPlan:
+    """The plan of a lab that exists; CommandError naming the fix otherwise."""
+    state = read_state(lab)
+    if state is None:
+        known = ", ".join(list_labs()) or "none"
+        raise CommandError(f"lab {lab!r} does not exist (labs: {known}); "
+                           "start it with `raven lab up FILE`")
+    return plan_from_json(state["plan"])
+
+
+def list_labs() -> list[str]:
+    root = run_root()
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir())
+
+
+# --- process identity -------------------------------------------------------------------------
+
+def proc_start_time(pid: int) -> int | None:
+    """Start time (clock ticks since boot) of a live, non-zombie process; None if gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(record: dict) -> bool:
+    return proc_start_time(int(record["pid"])) == record["start_time"]
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def terminate_record(record: dict, timeout: float = 5.0) -> None:
+    """SIGTERM the recorded process group, SIGKILL after `timeout`; only if identity matches."""
+    pid = int(record["pid"])
+    if not _alive(record):
+        _reap(pid)
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(pid)
+        if not _alive(record):
+            return
+        time.sleep(0.02)
+    if _alive(record):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        for _ in range(100):
+            _reap(pid)
+            if not _alive(record):
+                break
+            time.sleep(0.01)
+
+
+# --- entering a target --------------------------------------------------------------------------
+
+def _plan_target_netns(lab: str, target: str) -> tuple[LabPlan, str]:
+    plan = load_plan(lab)
+    targets = plan.targets()
+    if target not in targets:
+        raise CommandError(f"lab {lab!r} has no target {target!r}; targets: "
+                           f"{', '.join(sorted(targets))}")
+    return plan, targets[target]
+
+
+def exec_argv(lab: str, target: str) -> list[str]:
+    """Prefix that runs a command in `target`: a host (node, control-plane) gets its netns AND
+    private mount namespace; pods and routers get their netns (with /sys remounted)."""
+    plan, netns = _plan_target_netns(lab, target)
+    if target in plan.hosts():
+        return node_exec_argv(lab, target)
+    return ["ip", "netns", "exec", netns]
+
+
+def node_exec_argv(lab: str, node: str) -> list[str]:
+    """Prefix to run a command inside `node`'s network namespace and private mount namespace."""
+    record = _read_record(pid_path(lab, node, HOLDER))
+    if record is None or not _alive(record):
+        raise CommandError(f"lab {lab!r}: host {node!r} has no running mount-namespace holder; "
+                           f"is the lab up? (`raven lab status {lab}`)")
+    return ["nsenter", "--target", str(record["pid"]), "--mount", "--net", "--"]
+
+
+# --- supervisor ----------------------------------------------------------------------------------
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name.startswith(".") or any(c.isspace() for c in name):
+        raise CommandError(f"process name {name!r} is not valid: use letters, digits, '-', '_'")
+
+
+def start_process(lab: str, target: str, name: str, argv: list[str],
+                  env: dict[str, str] | None = None) -> int:
+    """Start `argv` in `target` (node: netns + mount ns) as a daemon logging to
+    logs/<target>.<name>.log; return its pid. It is stopped by stop_process or `raven lab down`."""
+    _check_name(name)
+    if not argv:
+        raise CommandError(f"lab {lab!r}: start_process {target}/{name}: empty command")
+    prefix = exec_argv(lab, target)
+    existing = _read_record(pid_path(lab, target, name))
+    if existing is not None and _alive(existing):
+        raise CommandError(f"lab {lab!r}: process {name!r} already runs in {target!r} "
+                           f"(pid {existing['pid']}); stop it first")
+    log = log_path(lab, target, name)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    full_env = {**os.environ, **env} if env is not None else None
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            prefix + list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env=full_env, start_new_session=True, close_fds=True,
+        )
+    start = proc_start_time(proc.pid)
+    if start is None:  # exited (or failed to exec) already
+        proc.wait()
+        raise CommandError(f"lab {lab!r}: process {name!r} in {target!r} exited at once "
+                           f"(code {proc.returncode}); see {log}")
+    write_json_atomic(pid_path(lab, target, name), {
+        "pid": proc.pid, "start_time": start, "argv": list(argv), "target": target,
+        "name": name,
+    })
+    return proc.pid
+
+
+def stop_process(lab: str, target: str, name: str, timeout: float = 5.0) -> bool:
+    """Stop a supervised process (SIGTERM, then SIGKILL). True if it was running."""
+    path = pid_path(lab, target, name)
+    record = _read_record(path)
+    if record is None:
+        return False
+    was_running = _alive(record)
+    terminate_record(record, timeout)
+    path.unlink(missing_ok=True)
+    return was_running
+
+
+def process_running(lab: str, target: str, name: str) -> bool:
+    record = _read_record(pid_path(lab, target, name))
+    return record is not None and _alive(record)
+
+
+def process_pid(lab: str, target: str, name: str) -> int | None:
+    record = _read_record(pid_path(lab, target, name))
+    return int(record["pid"]) if record is not None and _alive(record) else None
+
+
+def supervised(lab: str) -> list[dict]:
+    """Every process record of the lab, with `running` filled in."""
+    folder = run_dir(lab) / "pids"
+    out = []
+    if folder.is_dir():
+        for path in sorted(folder.glob("*.json")):
+            record = _read_record(path)
+            if record is not None:
+                out.append({**record, "running": _alive(record)})
+    return out
+
+
+# --- hosts' mount namespaces ------------------------------------------------------------------
+
+HOLDER_SCRIPT = r"""
+set -e
+# Drop this copy of the host's netns bind mounts so they do not keep other namespaces alive.
+umount -R -l /run/netns 2>/dev/null || true
+mkdir -p /run/wireguard /run/raven
+mount --bind "$1/wireguard" /run/wireguard
+mount --bind "$1/raven" /run/raven
+sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.disable_ipv6=1 \
+  net.ipv6.conf.default.disable_ipv6=1
+exec sleep infinity
+"""
+
+
+def start_holder(lab: str, target: str, netns: str) -> subprocess.Popen:
+    """Start the mount-namespace holder of a host (not waited for; see wait_holder)."""
+    folder = host_dir(lab, target)
+    (folder / "wireguard").mkdir(parents=True, exist_ok=True)
+    (folder / "raven").mkdir(parents=True, exist_ok=True)
+    log = log_path(lab, target, HOLDER)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
+             "sh", "-c", HOLDER_SCRIPT, "raven-lab-holder", str(folder)],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True, close_fds=True,
+        )
+    start = proc_start_time(proc.pid)
+    if start is not None:
+        write_json_atomic(pid_path(lab, target, HOLDER), {
+            "pid": proc.pid, "start_time": start, "argv": ["sleep", "infinity"],
+            "target": target, "name": HOLDER,
+        })
+    return proc
+
+
+def wait_holder(lab: str, target: str, proc: subprocess.Popen, timeout: float = 15.0) -> None:
+    """Wait until the holder has set up its mounts (it then execs `sleep`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            log = log_path(lab, target, HOLDER)
+            text = log.read_text(errors="replace").strip() if log.exists() else ""
+            raise CommandError(f"lab {lab!r}: mount namespace of {target!r} failed "
+                               f"(exit {proc.returncode}): {text}")
+        try:
+            if Path(f"/proc/{proc.pid}/comm").read_text().strip() == "sleep":
+                return
+        except OSError:
+            pass
+        time.sleep(0.005)
+    raise CommandError(f"lab {lab!r}: mount namespace of {target!r} not ready after {timeout}s")
+
+
+def remove_run_dir(lab: str) -> None:
+    shutil.rmtree(run_dir(lab), ignore_errors=True)

@@ -1,0 +1,349 @@
+"""Lab topology files: schema, parsing and validation (pure: no files opened except by `load`).
+
+Rules kept:
+- Validation finishes before anything is created, and reports EVERY problem at once, each message
+  naming the pool, the node and the field, and what would be valid (ValidationError.problems).
+- Unknown keys are errors (a typo must not silently fall back to a default).
+- Names are DNS labels so they can become namespace names, file names and Kubernetes names.
+- Booleans must be YAML booleans and counts must be integers (no "yes", no "2").
+The schema is documented in docs/lab.md; keep both in step.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raven.constants import DEFAULT_UNDERLAY_MTU
+from raven.errors import ValidationError
+
+NAT_KINDS = ("none", "cone", "symmetric")
+TUNNEL_KINDS = ("wireguard", "none")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_LAB_NAME = 24
+MAX_NAME = 40
+MAX_POOLS = 200
+MAX_NODES_PER_POOL = 200
+MAX_PODS_PER_NODE = 64
+MIN_MTU, MAX_MTU = 1280, 9000
+# Targets the lab itself owns; node and pod names must not take them.
+INTERNET = "internet"
+CONTROL_PLANE = "control-plane"
+ROUTER_PREFIX = "router-"
+# Address space the lab uses for its underlay; pod CIDRs must stay out of it.
+UNDERLAY_RANGES = tuple(
+    ipaddress.IPv4Network(n)
+    for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15")
+)
+
+TOP_KEYS = {"name", "tunnel", "underlayMTU", "pools", "description"}
+POOL_KEYS = {"name", "gateway", "nat", "nodes", "pods", "underlayMTU"}
+NODE_KEYS = {"name", "podCIDR", "gatewayCandidate", "pods"}
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    pod_cidr: ipaddress.IPv4Network
+    gateway_candidate: bool
+    pods: int
+
+
+@dataclass(frozen=True)
+class PoolSpec:
+    name: str
+    gateway: str
+    nat: str
+    nodes: tuple[NodeSpec, ...]
+    underlay_mtu: int
+
+
+@dataclass(frozen=True)
+class Topology:
+    name: str | None
+    tunnel: str
+    pools: tuple[PoolSpec, ...]
+    description: str = ""
+
+    def pod_names(self, node: NodeSpec) -> list[str]:
+        return pod_names(node)
+
+
+def pod_names(node: NodeSpec) -> list[str]:
+    """Pods of a node are named `<node>-pod<k>`, k from 0."""
+    return [f"{node.name}-pod{k}" for k in range(node.pods)]
+
+
+def lab_name_problem(name: object, what: str = "lab name") -> str | None:
+    """Why `name` cannot name a lab, or None when it can."""
+    if not isinstance(name, str):
+        return f"{what}: must be a string, got {_kind(name)}"
+    if not DNS_LABEL.match(name) or len(name) > MAX_LAB_NAME:
+        return (
+            f"{what}: {name!r} is not valid: use lowercase letters, digits and '-', "
+            f"starting and ending with a letter or digit, at most {MAX_LAB_NAME} characters"
+        )
+    return None
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read and validate a topology file; raise ValidationError listing every problem."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise ValidationError([f"topology file {str(p)!r}: cannot read it: {exc.strerror}"]) \
+            from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValidationError([f"topology file {str(p)!r}: not valid YAML: {exc}"]) from None
+    return parse_topology(data, source=str(p))
+
+
+def parse_topology(data: object, source: str = "topology") -> Topology:
+    """Validate a parsed YAML document; raise ValidationError listing every problem."""
+    problems: list[str] = []
+    if not isinstance(data, Mapping):
+        raise ValidationError([f"{source}: the top level must be a mapping with 'pools', "
+                               f"got {_kind(data)}"])
+    for key in sorted(set(map(str, data)) - TOP_KEYS):
+        problems.append(f"{source}: unknown field {key!r} (known: {', '.join(sorted(TOP_KEYS))})")
+
+    name = data.get("name")
+    if name is not None:
+        why = lab_name_problem(name, "field 'name'")
+        if why:
+            problems.append(f"{source}: {why}")
+            name = None
+    tunnel = data.get("tunnel", "wireguard")
+    if tunnel not in TUNNEL_KINDS:
+        problems.append(f"{source}: field 'tunnel': {tunnel!r} is not one of "
+                        f"{', '.join(TUNNEL_KINDS)}")
+        tunnel = "wireguard"
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        problems.append(f"{source}: field 'description': must be a string, "
+                        f"got {_kind(description)}")
+        description = ""
+    default_mtu = _mtu(data.get("underlayMTU", DEFAULT_UNDERLAY_MTU), f"{source}: field "
+                       "'underlayMTU'", problems)
+
+    raw_pools = data.get("pools")
+    pools: list[PoolSpec] = []
+    if raw_pools is None:
+        problems.append(f"{source}: field 'pools' is missing: list at least one pool")
+        raw_pools = []
+    elif not isinstance(raw_pools, list):
+        problems.append(f"{source}: field 'pools': must be a list of pools, got {_kind(raw_pools)}")
+        raw_pools = []
+    elif not raw_pools:
+        problems.append(f"{source}: field 'pools' is empty: list at least one pool")
+    elif len(raw_pools) > MAX_POOLS:
+        problems.append(f"{source}: field 'pools': {len(raw_pools)} pools, at most {MAX_POOLS}")
+
+    for index, raw in enumerate(raw_pools):
+        pool = _parse_pool(raw, index, default_mtu, problems)
+        if pool is not None:
+            pools.append(pool)
+
+    _check_unique_names(pools, problems)
+    _check_cidrs(pools, problems)
+    if problems:
+        raise ValidationError(problems)
+    return Topology(name=name, tunnel=tunnel, pools=tuple(pools), description=description)
+
+
+def _parse_pool(raw: object, index: int, default_mtu: int, problems: list[str]) -> PoolSpec | None:
+    where = f"pools[{index}]"
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: must be a mapping with name, nat and nodes, got {_kind(raw)}")
+        return None
+    name = raw.get("name")
+    if name is None:
+        problems.append(f"{where}: field 'name' is missing")
+        name = f"#{index}"
+    elif _name_problem(name):
+        problems.append(f"{where}: field 'name': {_name_problem(name)}")
+        name = f"#{index}"
+    where = f"pool {name!r}"
+    for key in sorted(set(map(str, raw)) - POOL_KEYS):
+        problems.append(f"{where}: unknown field {key!r} (known: {', '.join(sorted(POOL_KEYS))})")
+
+    gateway = raw.get("gateway", f"gw-{name}")
+    if _name_problem(gateway):
+        problems.append(f"{where}: field 'gateway': {_name_problem(gateway)}")
+    nat = raw.get("nat", "none")
+    if nat not in NAT_KINDS:
+        problems.append(f"{where}: field 'nat': {nat!r} is not one of {', '.join(NAT_KINDS)}")
+    pods = _count(raw.get("pods", 1), f"{where}: field 'pods'", problems)
+    mtu = _mtu(raw.get("underlayMTU", default_mtu), f"{where}: field 'underlayMTU'", problems)
+
+    raw_nodes = raw.get("nodes")
+    nodes: list[NodeSpec] = []
+    if raw_nodes is None or raw_nodes == []:
+        problems.append(f"{where}: has no nodes: field 'nodes' must list at least one node")
+        raw_nodes = []
+    elif not isinstance(raw_nodes, list):
+        problems.append(f"{where}: field 'nodes': must be a list of nodes, got {_kind(raw_nodes)}")
+        raw_nodes = []
+    elif len(raw_nodes) > MAX_NODES_PER_POOL:
+        problems.append(f"{where}: field 'nodes': {len(raw_nodes)} nodes, at most "
+                        f"{MAX_NODES_PER_POOL} per pool")
+    for node_index, raw_node in enumerate(raw_nodes):
+        node = _parse_node(raw_node, where, node_index, pods, problems)
+        if node is not None:
+            nodes.append(node)
+    return PoolSpec(name=str(name), gateway=str(gateway), nat=str(nat), nodes=tuple(nodes),
+                    underlay_mtu=mtu)
+
+
+def _parse_node(raw: object, pool_where: str, index: int, default_pods: int,
+                problems: list[str]) -> NodeSpec | None:
+    where = f"{pool_where} nodes[{index}]"
+    if not isinstance(raw, Mapping):
+        problems.append(f"{where}: must be a mapping with name and podCIDR, got {_kind(raw)}")
+        return None
+    name = raw.get("name")
+    if name is None:
+        problems.append(f"{where}: field 'name' is missing")
+        name = f"#{index}"
+    elif _name_problem(name):
+        problems.append(f"{where}: field 'name': {_name_problem(name)}")
+        name = f"#{index}"
+    else:
+        where = f"{pool_where} node {name!r}"
+        reserved = _reserved_problem(name)
+        if reserved:
+            problems.append(f"{where}: field 'name': {reserved}")
+    for key in sorted(set(map(str, raw)) - NODE_KEYS):
+        problems.append(f"{where}: unknown field {key!r} (known: {', '.join(sorted(NODE_KEYS))})")
+
+    candidate = raw.get("gatewayCandidate", False)
+    if not isinstance(candidate, bool):
+        problems.append(f"{where}: field 'gatewayCandidate': must be true or false, "
+                        f"got {candidate!r}")
+        candidate = False
+    pods = _count(raw.get("pods", default_pods), f"{where}: field 'pods'", problems)
+
+    raw_cidr = raw.get("podCIDR")
+    cidr = None
+    if raw_cidr is None:
+        problems.append(f"{where}: field 'podCIDR' is missing (e.g. podCIDR: 10.244.{index}.0/24)")
+    elif not isinstance(raw_cidr, str):
+        problems.append(f"{where}: field 'podCIDR': must be a string like 10.244.0.0/24, "
+                        f"got {_kind(raw_cidr)}")
+    else:
+        try:
+            cidr = ipaddress.IPv4Network(raw_cidr, strict=True)
+        except ValueError as exc:
+            problems.append(f"{where}: field 'podCIDR': {raw_cidr!r} is not a valid IPv4 network "
+                            f"({exc}); use e.g. 10.244.{index}.0/24")
+        else:
+            if cidr.prefixlen > 30:
+                problems.append(f"{where}: field 'podCIDR': {raw_cidr} is too small: use /30 or "
+                                "larger (the node takes the first address, pods the next ones)")
+                cidr = None
+            elif cidr.num_addresses - 3 < pods:
+                problems.append(f"{where}: field 'podCIDR': {raw_cidr} has room for "
+                                f"{cidr.num_addresses - 3} pods, {pods} asked; use a larger "
+                                "network or fewer pods")
+            elif any(cidr.overlaps(r) for r in UNDERLAY_RANGES):
+                problems.append(f"{where}: field 'podCIDR': {raw_cidr} overlaps the lab underlay "
+                                f"({', '.join(map(str, UNDERLAY_RANGES))}); use e.g. 10.244.0.0/16")
+    if cidr is None:
+        return None
+    return NodeSpec(name=str(name), pod_cidr=cidr, gateway_candidate=candidate, pods=pods)
+
+
+def _check_unique_names(pools: list[PoolSpec], problems: list[str]) -> None:
+    seen_pools: dict[str, int] = {}
+    seen_gateways: dict[str, str] = {}
+    owner: dict[str, str] = {}  # node or pod name -> "pool 'x' node 'y'"
+    for pool in pools:
+        if pool.name.startswith("#"):
+            continue
+        seen_pools[pool.name] = seen_pools.get(pool.name, 0) + 1
+        if seen_pools[pool.name] == 2:
+            problems.append(f"pool {pool.name!r}: field 'name': duplicate pool name; "
+                            "every pool needs its own name")
+        if pool.gateway in seen_gateways and seen_gateways[pool.gateway] != pool.name:
+            problems.append(f"pool {pool.name!r}: field 'gateway': {pool.gateway!r} is already "
+                            f"the gateway of pool {seen_gateways[pool.gateway]!r}")
+        seen_gateways.setdefault(pool.gateway, pool.name)
+        for node in pool.nodes:
+            if node.name.startswith("#"):
+                continue
+            where = f"pool {pool.name!r} node {node.name!r}"
+            if node.name in owner:
+                problems.append(f"{where}: field 'name': duplicate node name, already used by "
+                                f"{owner[node.name]}")
+            else:
+                owner[node.name] = where
+            for pod in pod_names(node):
+                if pod in owner and owner[pod] != where:
+                    problems.append(f"{where}: pod {pod!r} collides with {owner[pod]}; "
+                                    "rename the node")
+                owner.setdefault(pod, where)
+
+
+def _check_cidrs(pools: list[PoolSpec], problems: list[str]) -> None:
+    placed: list[tuple[ipaddress.IPv4Network, str]] = []
+    for pool in pools:
+        for node in pool.nodes:
+            where = f"pool {pool.name!r} node {node.name!r}"
+            for other, other_where in placed:
+                if node.pod_cidr.overlaps(other):
+                    problems.append(f"{where}: field 'podCIDR': {node.pod_cidr} overlaps "
+                                    f"{other} of {other_where}; give every node its own network")
+            placed.append((node.pod_cidr, where))
+
+
+def _name_problem(name: object) -> str | None:
+    if not isinstance(name, str):
+        return f"must be a string, got {_kind(name)}"
+    if not DNS_LABEL.match(name) or len(name) > MAX_NAME:
+        return (f"{name!r} is not valid: use lowercase letters, digits and '-', starting and "
+                f"ending with a letter or digit, at most {MAX_NAME} characters")
+    return None
+
+
+def _reserved_problem(name: str) -> str | None:
+    if name in (INTERNET, CONTROL_PLANE) or name.startswith(ROUTER_PREFIX):
+        return (f"{name!r} is reserved for the lab's own namespaces ({INTERNET}, {CONTROL_PLANE}, "
+                f"{ROUTER_PREFIX}<pool>); choose another name")
+    return None
+
+
+def _count(value: object, where: str, problems: list[str]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{where}: must be an integer from 0 to {MAX_PODS_PER_NODE}, "
+                        f"got {value!r}")
+        return 1
+    if not 0 <= value <= MAX_PODS_PER_NODE:
+        problems.append(f"{where}: {value} is out of range: use 0 to {MAX_PODS_PER_NODE}")
+        return 1
+    return value
+
+
+def _mtu(value: object, where: str, problems: list[str]) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{where}: must be an integer from {MIN_MTU} to {MAX_MTU}, got {value!r}")
+        return DEFAULT_UNDERLAY_MTU
+    if not MIN_MTU <= value <= MAX_MTU:
+        problems.append(f"{where}: {value} is out of range: use {MIN_MTU} to {MAX_MTU}")
+        return DEFAULT_UNDERLAY_MTU
+    return value
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "a list", dict: "a mapping"}.get(type(value), type(value).__name__)
