@@ -149,6 +149,36 @@ def _invalid_status(obj: JSON, problems: Sequence[str], now: float) -> JSON:
     return status
 
 
+def why_no_endpoint(
+    gateway: Gateway,
+    nodes: Mapping[str, Node],
+    heartbeats: Mapping[str, float],
+    now: float,
+    options: ElectionOptions,
+) -> str:
+    """A stable explanation (no ages, so the stored status does not change every resync)."""
+    tunnels = list(dict.fromkeys(e.node_name for e in gateway.spec.tunnel_endpoints))
+    if not tunnels:
+        return (f"Gateway {gateway.name}: spec.endpoints has no tunnel endpoint; add one "
+                "(type: tunnel) to elect an active gateway")
+    parts = []
+    for name in tunnels:
+        node = nodes.get(name)
+        last = heartbeats.get(name)
+        if node is None:
+            parts.append(f"{name}: no such node")
+        elif options.require_ready and not node.ready:
+            parts.append(f"{name}: node is not Ready")
+        elif last is None:
+            parts.append(f"{name}: no agent heartbeat (Lease {constants.RAVEN_NAMESPACE}/"
+                         f"{constants.AGENT_LEASE_PREFIX}{name}); is the agent running?")
+        elif now - last > options.heartbeat_timeout:
+            parts.append(f"{name}: agent heartbeat older than {options.heartbeat_timeout:g}s")
+        else:
+            parts.append(f"{name}: eligible")
+    return "no healthy tunnel endpoint: " + "; ".join(parts)
+
+
 def compute_status(
     obj: JSON,
     nodes: Mapping[str, Node],
@@ -190,11 +220,16 @@ def compute_status(
     else:
         spec_valid = _condition(old_conditions, CONDITION_SPEC_VALID, "True", "Valid",
                                 "spec is valid", now)
-    if active:
+    names = ", ".join(e.node_name for e in active)
+    if active and election.kept_stale:
+        ready = _condition(old_conditions, CONDITION_READY, "True", "KeptWithoutHeartbeat",
+                           f"every candidate's heartbeat is stale (control plane lost?); "
+                           f"keeping {names} active", now)
+    elif active:
         ready = _condition(old_conditions, CONDITION_READY, "True", "ActiveEndpointElected",
-                           "active endpoint(s): " + ", ".join(e.node_name for e in active), now)
+                           f"active endpoint(s): {names}", now)
     else:
-        why = "; ".join(election.reasons) or "no tunnel endpoint is eligible"
+        why = why_no_endpoint(gateway, nodes, heartbeats, now, options or ElectionOptions())
         ready = _condition(old_conditions, CONDITION_READY, "False", "NoActiveEndpoint", why,
                            now)
     new_status = GatewayStatus(

@@ -1,0 +1,173 @@
+"""The controller's pure part: Gateway object + Nodes + heartbeats -> the status to store."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from raven import constants
+from raven.controller import compute_status, heartbeats_from_leases
+from raven.model import Node
+
+NOW = 1_700_000_000.0
+KEY_A = "a" * 43 + "="
+
+
+def node(name: str, ip: str, cidrs: list[str], pool: str | None, key: str = "",
+         external: str = "", ready: bool = True) -> Node:
+    addresses = [{"type": "InternalIP", "address": ip}]
+    if external:
+        addresses.append({"type": "ExternalIP", "address": external})
+    obj: dict[str, Any] = {
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {constants.GATEWAY_LABEL: pool} if pool else {},
+                     "annotations": {constants.ANNOTATION_PUBLIC_KEY: key} if key else {}},
+        "spec": {"podCIDR": cidrs[0], "podCIDRs": cidrs},
+        "status": {"addresses": addresses,
+                   "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+    return Node.from_k8s(obj)
+
+
+def gateway(name: str, endpoints: list[dict[str, Any]], status: dict[str, Any] | None = None,
+            replicas: int = 1) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "apiVersion": "raven.openyurt.io/v1beta1", "kind": "Gateway",
+        "metadata": {"name": name, "resourceVersion": "7"},
+        "spec": {"endpoints": endpoints, "tunnelConfig": {"Replicas": replicas}},
+    }
+    if status is not None:
+        obj["status"] = status
+    return obj
+
+
+def cond(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next(c for c in status["conditions"] if c["type"] == ctype)
+
+
+NODES = {
+    "hz-1": node("hz-1", "192.0.2.1", ["10.244.0.0/24", "fd00::/64"], "gw-hz", KEY_A),
+    "hz-2": node("hz-2", "192.0.2.2", ["10.244.1.0/24"], "gw-hz", "b" * 43 + "=",
+                 external="198.51.100.9"),
+    "bj-1": node("bj-1", "203.0.113.1", ["10.244.9.0/24"], "gw-bj"),
+}
+
+
+def test_members_come_from_the_label_with_internal_ip_and_every_pod_cidr() -> None:
+    plan = compute_status(gateway("gw-hz", [{"nodeName": "hz-1", "type": "tunnel"}]), NODES,
+                          {"hz-1": NOW}, NOW)
+    assert plan.status["nodes"] == [
+        {"nodeName": "hz-1", "privateIP": "192.0.2.1", "subnets": ["10.244.0.0/24", "fd00::/64"]},
+        {"nodeName": "hz-2", "privateIP": "192.0.2.2", "subnets": ["10.244.1.0/24"]},
+    ]
+
+
+def test_elected_endpoint_gets_public_key_and_internal_ip_when_not_under_nat() -> None:
+    plan = compute_status(gateway("gw-hz", [{"nodeName": "hz-1", "type": "tunnel"}]), NODES,
+                          {"hz-1": NOW}, NOW)
+    (active,) = plan.status["activeEndpoints"]
+    assert active["nodeName"] == "hz-1"
+    assert active["config"][constants.ENDPOINT_CONFIG_PUBLIC_KEY] == KEY_A
+    assert active["publicIP"] == "192.0.2.1"
+    assert plan.elected == ("hz-1",) and plan.lost == ()
+    assert cond(plan.status, "Ready")["status"] == "True"
+
+
+def test_public_address_prefers_spec_then_external_ip_and_is_empty_under_nat() -> None:
+    spec_ip = compute_status(gateway("gw-hz", [
+        {"nodeName": "hz-2", "type": "tunnel", "publicIP": "203.0.113.77"}]), NODES,
+        {"hz-2": NOW}, NOW)
+    assert spec_ip.status["activeEndpoints"][0]["publicIP"] == "203.0.113.77"
+    external = compute_status(gateway("gw-hz", [{"nodeName": "hz-2", "type": "tunnel"}]), NODES,
+                              {"hz-2": NOW}, NOW)
+    assert external.status["activeEndpoints"][0]["publicIP"] == "198.51.100.9"
+    nat = compute_status(gateway("gw-hz", [
+        {"nodeName": "hz-1", "type": "tunnel", "underNAT": True}]), NODES, {"hz-1": NOW}, NOW)
+    assert "publicIP" not in nat.status["activeEndpoints"][0]
+
+
+def test_stored_status_is_a_fixed_point() -> None:
+    obj = gateway("gw-hz", [{"nodeName": "hz-1", "type": "tunnel"}])
+    first = compute_status(obj, NODES, {"hz-1": NOW}, NOW)
+    stored = copy.deepcopy(obj)
+    stored["status"] = first.status
+    again = compute_status(stored, NODES, {"hz-1": NOW + 3}, NOW + 3)
+    assert again.status == first.status
+    assert again.elected == () and again.lost == ()
+
+
+def test_stale_heartbeat_moves_the_endpoint_and_reports_the_loss() -> None:
+    obj = gateway("gw-hz", [{"nodeName": "hz-1", "type": "tunnel"},
+                            {"nodeName": "hz-2", "type": "tunnel"}])
+    first = compute_status(obj, NODES, {"hz-1": NOW, "hz-2": NOW}, NOW)
+    stored = copy.deepcopy(obj)
+    stored["status"] = first.status
+    later = NOW + 60
+    second = compute_status(stored, NODES, {"hz-1": NOW, "hz-2": later}, later)
+    assert [e["nodeName"] for e in second.status["activeEndpoints"]] == ["hz-2"]
+    assert second.elected == ("hz-2",) and second.lost == ("hz-1",)
+
+
+def test_no_candidate_gives_a_stable_not_ready_condition() -> None:
+    obj = gateway("gw-bj", [{"nodeName": "bj-1", "type": "tunnel"}])
+    a = compute_status(obj, NODES, {}, NOW)
+    stored = copy.deepcopy(obj)
+    stored["status"] = a.status
+    b = compute_status(stored, NODES, {}, NOW + 30)
+    ready = cond(a.status, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "NoActiveEndpoint"
+    assert "bj-1" in ready["message"] and "heartbeat" in ready["message"]
+    assert a.status == b.status  # no ages in the message: no write at every resync
+
+
+def test_invalid_spec_keeps_the_last_status_and_explains() -> None:
+    obj = gateway("gw-hz", [{"nodeName": "hz-1", "type": "tunnel"}])
+    good = compute_status(obj, NODES, {"hz-1": NOW}, NOW)
+    broken = copy.deepcopy(obj)
+    broken["status"] = good.status
+    broken["spec"]["endpoints"][0]["type"] = "wormhole"
+    plan = compute_status(broken, NODES, {"hz-1": NOW}, NOW)
+    assert plan.status["activeEndpoints"] == good.status["activeEndpoints"]
+    assert plan.status["nodes"] == good.status["nodes"]
+    valid = cond(plan.status, "SpecValid")
+    assert valid["status"] == "False" and valid["reason"] == "InvalidSpec"
+    assert "spec.endpoints[0].type" in valid["message"]
+
+
+def test_unreadable_gateway_does_not_raise() -> None:
+    obj = gateway("gw-x", [])
+    obj["spec"]["endpoints"] = "not-a-list"
+    plan = compute_status(obj, NODES, {}, NOW)
+    assert cond(plan.status, "SpecValid")["status"] == "False"
+    assert "spec.endpoints" in cond(plan.status, "SpecValid")["message"]
+
+
+def test_fleet_problem_for_this_gateway_becomes_its_condition() -> None:
+    obj = gateway("gw-hz", [{"nodeName": "hz-1", "type": "tunnel"}])
+    fleet = ["Gateway gw-hz: status.nodes subnets: 10.244.0.0/24 overlaps ...",
+             "Gateway gw-other: something else"]
+    plan = compute_status(obj, NODES, {"hz-1": NOW}, NOW, fleet)
+    valid = cond(plan.status, "SpecValid")
+    assert valid["reason"] == "FleetConflict" and "overlaps" in valid["message"]
+    assert "gw-other" not in valid["message"]
+
+
+def test_condition_time_is_kept_while_its_status_holds() -> None:
+    obj = gateway("gw-hz", [{"nodeName": "hz-1", "type": "tunnel"}])
+    first = compute_status(obj, NODES, {"hz-1": NOW}, NOW)
+    stored = copy.deepcopy(obj)
+    stored["status"] = first.status
+    later = compute_status(stored, NODES, {"hz-1": NOW + 100}, NOW + 100)
+    assert (cond(later.status, "Ready")["lastTransitionTime"]
+            == cond(first.status, "Ready")["lastTransitionTime"])
+
+
+def test_heartbeats_come_from_agent_leases_only() -> None:
+    leases = [
+        {"metadata": {"name": "raven-agent-hz-1"},
+         "spec": {"renewTime": "2023-11-14T22:13:20.000000Z"}},
+        {"metadata": {"name": "raven-gateway-controller"},
+         "spec": {"renewTime": "2023-11-14T22:13:20.000000Z"}},
+        {"metadata": {"name": "raven-agent-bad"}, "spec": {"renewTime": "garbage"}},
+    ]
+    assert heartbeats_from_leases(leases) == {"hz-1": NOW}
