@@ -1,0 +1,590 @@
+"""HTTP layer: authentication, routing, content negotiation, list and watch streaming.
+
+Rules kept:
+- Every request needs `Authorization: Bearer <token>`; anything else is 401 (a Status).
+- Request bodies are JSON or YAML; responses are JSON (protobuf-only clients get 406).
+- HTTP/1.1 keep-alive; watch responses are chunked and end with the terminating chunk when the
+  watch times out, the server stops or the client goes away.
+- Watches with selectors see objects enter (ADDED) and leave (DELETED) the selection, as
+  kube-apiserver reports them.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import logging
+import random
+import secrets
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs, urlsplit
+
+import yaml
+
+from raven.apiserver import discovery, tables
+from raven.apiserver.api import ResourceApi
+from raven.apiserver.resources import ResourceType
+from raven.apiserver.selectors import make_filter
+from raven.apiserver.status import (
+    ApiError,
+    bad_request,
+    expired,
+    method_not_allowed,
+    unauthorized,
+)
+from raven.apiserver.store import Watcher, WatchEvent, encode
+
+if TYPE_CHECKING:
+    from raven.apiserver.server import ApiServer
+
+log = logging.getLogger("raven.apiserver")
+
+NAMESPACE_SUBRESOURCES = ("status", "finalize")
+
+
+class Route:
+    """A parsed resource URL."""
+
+    def __init__(self, rtype: ResourceType, namespace: str | None, name: str | None,
+                 subresource: str, watch_path: bool) -> None:
+        self.rtype = rtype
+        self.namespace = namespace
+        self.name = name
+        self.subresource = subresource
+        self.watch_path = watch_path
+
+
+class RequestHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "raven-apiserver"
+    server: ApiServerHTTP  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------ plumbing
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("%s %s", self.address_string(), format % args)
+
+    def handle(self) -> None:
+        try:
+            super().handle()
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            log.debug("connection from %s ended: %s", self.client_address, exc)
+
+    def _read_body(self) -> bytes:
+        length = int(self.headers.get("Content-Length") or 0)
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().strip().split(b";")[0] or b"0", 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        return self.rfile.read(length) if length else b""
+
+    def _send(self, code: int, payload: bytes, content_type: str = "application/json",
+              headers: dict[str, str] | None = None) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Cache-Control", "no-cache, private")
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(payload)
+
+    def _send_json(self, code: int, obj: Any) -> None:
+        self._send(code, encode(obj))
+
+    def _send_error(self, error: ApiError) -> None:
+        self._send(error.code, encode(error.to_status()), headers=error.headers)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def do_GET(self) -> None:
+        self._dispatch("GET")
+
+    def do_HEAD(self) -> None:
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:
+        self._dispatch("PUT")
+
+    def do_PATCH(self) -> None:
+        self._dispatch("PATCH")
+
+    def do_DELETE(self) -> None:
+        self._dispatch("DELETE")
+
+    def _dispatch(self, method: str) -> None:
+        started = time.monotonic()
+        body = self._read_body()
+        code = 200
+        try:
+            self._authenticate()
+            url = urlsplit(self.path)
+            query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+            code = self._route(method, url.path.rstrip("/") or "/", query, body)
+        except ApiError as error:
+            code = error.code
+            self._send_error(error)
+        except (BrokenPipeError, ConnectionResetError):
+            raise
+        except Exception:  # a bug must not kill the connection silently: answer 500
+            log.exception("internal error serving %s %s", method, self.path)
+            code = 500
+            self._send_error(ApiError(500, "InternalError", "an internal error occurred; see the server log"))  # noqa: E501
+        log.info("%s %s -> %d (%.1f ms)", method, self.path, code,
+                 (time.monotonic() - started) * 1000)
+
+    def _authenticate(self) -> None:
+        header = self.headers.get("Authorization", "")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(
+            token.strip().encode(), self.server.owner.token.encode()
+        ):
+            raise unauthorized()
+
+    def _route(self, method: str, path: str, query: dict[str, str], body: bytes) -> int:
+        owner = self.server.owner
+        registry = owner.registry
+        if path in ("/healthz", "/livez", "/readyz"):
+            self._send(200, b"ok", "text/plain; charset=utf-8")
+            return 200
+        if path == "/version":
+            self._send_json(200, discovery.version_info())
+            return 200
+        if path.startswith("/openapi/"):
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path}); this server publishes no OpenAPI schema")  # noqa: E501
+        parts = [p for p in path.split("/") if p]
+        if parts[:1] == ["api"]:
+            if len(parts) == 1:
+                self._send_json(200, discovery.core_versions(owner.address))
+                return 200
+            if parts[1] != "v1":
+                raise _page_not_found(path)
+            group, version, rest = "", "v1", parts[2:]
+        elif parts[:1] == ["apis"]:
+            if len(parts) == 1:
+                self._send_json(200, discovery.group_list(registry))
+                return 200
+            if len(parts) == 2:
+                doc = discovery.group(registry, parts[1])
+                if doc is None:
+                    raise _page_not_found(path)
+                self._send_json(200, doc)
+                return 200
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise _page_not_found(path)
+        if not rest:
+            if method != "GET":
+                raise method_not_allowed()
+            doc = discovery.resource_list(registry, group, version)
+            if doc is None:
+                raise _page_not_found(path)
+            self._send_json(200, doc)
+            return 200
+        route = self._parse_resource(group, version, rest, path)
+        return self._serve_resource(method, route, query, body)
+
+    def _parse_resource(self, group: str, version: str, rest: list[str], path: str) -> Route:
+        registry = self.server.owner.registry
+        watch_path = False
+        if rest[0] == "watch":
+            watch_path, rest = True, rest[1:]
+        namespace = None
+        if (
+            len(rest) >= 3 and rest[0] == "namespaces"
+            and not (group == "" and rest[2] in NAMESPACE_SUBRESOURCES and len(rest) == 3)
+        ):
+            namespace, rest = rest[1], rest[2:]
+        if not rest or len(rest) > 3:
+            raise _page_not_found(path)
+        rtype = registry.get(group, version, rest[0])
+        if rtype is None:
+            raise _page_not_found(path)
+        if rtype.namespaced and namespace is None and len(rest) > 1:
+            raise _page_not_found(path)
+        if not rtype.namespaced and namespace is not None:
+            raise _page_not_found(path)
+        name = rest[1] if len(rest) > 1 else None
+        subresource = rest[2] if len(rest) > 2 else ""
+        if subresource and (subresource != "status" or not rtype.has_status):
+            if not (rtype.plural == "namespaces" and subresource == "finalize"):
+                raise _page_not_found(path)
+        return Route(rtype, namespace, name, subresource, watch_path)
+
+    # ------------------------------------------------------------------ resources
+
+    def _decode(self, body: bytes) -> Any:
+        if not body:
+            raise bad_request("the request needs a body")
+        media = (self.headers.get("Content-Type") or "application/json").split(";")[0].strip()
+        try:
+            if media in ("application/yaml", "application/apply-patch+yaml"):
+                return yaml.safe_load(body)
+            return json.loads(body)
+        except (ValueError, yaml.YAMLError) as exc:
+            raise bad_request(f"the request body is not valid {media}: {exc}") from exc
+
+    def _serve_resource(self, method: str, route: Route, query: dict[str, str], body: bytes) -> int:
+        api: ResourceApi = self.server.owner.api
+        rtype = route.rtype
+        self._check_accept()
+        if route.watch_path or (method == "GET" and query.get("watch") in ("true", "1")):
+            if route.name is not None:
+                query["fieldSelector"] = ",".join(
+                    s for s in (query.get("fieldSelector"), f"metadata.name={route.name}") if s
+                )
+            return self._watch(route, query)
+        if route.name is None:
+            if method == "GET":
+                return self._list(route, query)
+            if method == "POST":
+                obj = api.create(rtype, route.namespace, self._decode(body))
+                self._send_json(201, obj)
+                return 201
+            if method == "DELETE":
+                return self._delete_collection(route, query, body)
+            raise method_not_allowed()
+        if method == "GET":
+            obj = api.get(rtype, route.namespace, route.name)
+            return self._send_objects(route, query, [obj], single=True)
+        if method == "PUT":
+            obj = api.update(rtype, route.namespace, route.name, self._decode(body),
+                             "status" if route.subresource == "status" else "")
+        elif method == "PATCH":
+            obj = api.patch(rtype, route.namespace, route.name,
+                            self.headers.get("Content-Type") or "", self._decode(body),
+                            route.subresource)
+        elif method == "DELETE":
+            options = json.loads(body) if body.strip() else {}
+            obj = api.delete(rtype, route.namespace, route.name, options)
+        else:
+            raise method_not_allowed()
+        self._send_json(200, obj)
+        return 200
+
+    def _check_accept(self) -> None:
+        accept = self.headers.get("Accept") or "*/*"
+        kinds = [a.split(";")[0].strip() for a in accept.split(",")]
+        if all(k == "application/vnd.kubernetes.protobuf" for k in kinds):
+            raise ApiError(406, "NotAcceptable", "only the following media types are accepted: application/json, application/yaml")  # noqa: E501
+
+    def _wants(self) -> str:
+        """'Table', 'PartialObjectMetadata' or '' (plain objects) from the Accept header."""
+        for entry in (self.headers.get("Accept") or "").split(","):
+            params = dict(
+                p.strip().split("=", 1) for p in entry.split(";")[1:] if "=" in p
+            )
+            wanted = params.get("as", "")
+            if wanted == "Table":
+                return "Table"
+            if wanted in ("PartialObjectMetadata", "PartialObjectMetadataList"):
+                return "PartialObjectMetadata"
+            if entry.split(";")[0].strip() in ("application/json", "*/*", "application/*"):
+                return ""
+        return ""
+
+    def _send_objects(self, route: Route, query: dict[str, str], objs: list[dict[str, Any]],
+                      single: bool) -> int:
+        wants = self._wants()
+        if wants == "Table":
+            meta = {"resourceVersion": objs[0]["metadata"].get("resourceVersion", "")} if single else {}  # noqa: E501
+            self._send_json(200, tables.table(route.rtype, objs, query.get("includeObject", "PartialObjectMetadata"), meta))  # noqa: E501
+        elif wants == "PartialObjectMetadata":
+            self._send_json(200, {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": objs[0]["metadata"]})  # noqa: E501
+        else:
+            self._send_json(200, objs[0])
+        return 200
+
+    def _list(self, route: Route, query: dict[str, str]) -> int:
+        api: ResourceApi = self.server.owner.api
+        rtype = route.rtype
+        keep = make_filter(query.get("labelSelector"), query.get("fieldSelector"), rtype.kind)
+        items, rv = api.list(rtype, route.namespace, keep)
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        limit = int(query["limit"]) if query.get("limit", "").isdigit() else 0
+        token = query.get("continue")
+        if token:
+            try:
+                start_ns, start_name, rv_text = json.loads(_unb64(token))
+                rv = int(rv_text)
+                meta["resourceVersion"] = str(rv)
+            except (ValueError, TypeError) as exc:
+                raise bad_request("the continue token is not valid; start the list again") from exc
+            items = [s for s in items if (s.obj["metadata"].get("namespace", ""), s.obj["metadata"]["name"]) > (start_ns, start_name)]  # noqa: E501
+        if limit and len(items) > limit:
+            last = items[limit - 1].obj["metadata"]
+            meta["continue"] = _b64(json.dumps([last.get("namespace", ""), last["name"], str(rv)]))
+            meta["remainingItemCount"] = len(items) - limit
+            items = items[:limit]
+        wants = self._wants()
+        if wants == "Table":
+            objs = [api.to_version(rtype, s.obj) for s in items]
+            self._send_json(200, tables.table(rtype, objs, query.get("includeObject", "PartialObjectMetadata"), meta))  # noqa: E501
+            return 200
+        if wants == "PartialObjectMetadata":
+            self._send_json(200, {
+                "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+                "metadata": meta,
+                "items": [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                           "metadata": s.obj["metadata"]} for s in items],
+            })
+            return 200
+        if api.needs_conversion(rtype):
+            raws = [encode(api.to_version(rtype, s.obj)) for s in items]
+        else:
+            raws = [s.raw for s in items]
+        head = encode({"kind": rtype.list_kind, "apiVersion": rtype.api_version, "metadata": meta})
+        payload = head[:-1] + b',"items":[' + b",".join(raws) + b"]}"
+        self._send(200, payload)
+        return 200
+
+    def _delete_collection(self, route: Route, query: dict[str, str], body: bytes) -> int:
+        api: ResourceApi = self.server.owner.api
+        keep = make_filter(query.get("labelSelector"), query.get("fieldSelector"), route.rtype.kind)
+        items, _ = api.list(route.rtype, route.namespace, keep)
+        options = json.loads(body) if body.strip() else {}
+        deleted = []
+        for stored in items:
+            meta = stored.obj["metadata"]
+            try:
+                deleted.append(api.delete(route.rtype, meta.get("namespace"), meta["name"], options))  # noqa: E501
+            except ApiError as error:
+                if error.code != 404:
+                    raise
+        self._send_json(200, {"kind": route.rtype.list_kind, "apiVersion": route.rtype.api_version,
+                              "metadata": {}, "items": deleted})
+        return 200
+
+    # ------------------------------------------------------------------ watch
+
+    def _watch(self, route: Route, query: dict[str, str]) -> int:
+        owner = self.server.owner
+        api: ResourceApi = owner.api
+        rtype = route.rtype
+        keep = make_filter(query.get("labelSelector"), query.get("fieldSelector"), rtype.kind)
+        rv_text = query.get("resourceVersion", "")
+        initial = query.get("sendInitialEvents") == "true"
+        bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
+        since: int | None = None
+        if rv_text not in ("", "0") and not initial:
+            if not rv_text.isdigit():
+                raise bad_request(f"resourceVersion {rv_text!r} is not a valid resourceVersion; use one from a previous list or watch")  # noqa: E501
+            since = int(rv_text)
+        registered = owner.store.watch(rtype.storage_key, route.namespace, since)
+        if registered is None:
+            raise expired(f"too old resource version: {since} ({owner.store.history_floor + 1})")
+        watcher, backlog = registered
+        if query.get("timeoutSeconds", "").isdigit():
+            timeout = float(query["timeoutSeconds"])
+        else:
+            timeout = random.uniform(*owner.settings.default_watch_timeout)
+        deadline = time.monotonic() + timeout
+        table = self._wants() == "Table"
+        include = query.get("includeObject", "PartialObjectMetadata")
+        try:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.send_header("Cache-Control", "no-cache, private")
+            self.end_headers()
+            self.wfile.flush()
+            writer = _WatchWriter(self, api, rtype, keep, table, include)
+            for event in backlog:
+                writer.write(event)
+            if initial and bookmarks:
+                with owner.store._lock:
+                    mark = owner.store.rv
+                writer.bookmark(mark, initial_end=True)
+            writer.flush()
+            self._stream(watcher, writer, deadline, bookmarks)
+            self._chunk(b"")
+        except (BrokenPipeError, ConnectionResetError, TimeoutError, OSError):
+            self.close_connection = True
+        finally:
+            watcher.close()
+        return 200
+
+    def _stream(self, watcher: Watcher, writer: _WatchWriter, deadline: float,
+                bookmarks: bool) -> None:
+        owner = self.server.owner
+        interval = owner.settings.bookmark_interval
+        next_bookmark = time.monotonic() + interval
+        while not owner.stopping:
+            now = time.monotonic()
+            if now >= deadline:
+                return
+            wait = min(deadline - now, 1.0, max(next_bookmark - now, 0.0) if bookmarks else 1.0)
+            event = watcher.get(wait)
+            if event is None:
+                return
+            if event is False:
+                if bookmarks and time.monotonic() >= next_bookmark:
+                    with owner.store._lock:
+                        idle = watcher.queue.empty()
+                        mark = owner.store.rv
+                    if idle:
+                        writer.bookmark(mark)
+                        writer.flush()
+                    next_bookmark = time.monotonic() + interval
+                elif self._client_gone():
+                    return
+                continue
+            assert isinstance(event, WatchEvent)
+            writer.write(event)
+            # Drain what is already queued before flushing: one write for a burst.
+            while True:
+                more = watcher.get(0)
+                if more is False:
+                    break
+                if more is None:
+                    writer.flush()
+                    return
+                assert isinstance(more, WatchEvent)
+                writer.write(more)
+            writer.flush()
+
+    def _client_gone(self) -> bool:
+        sock = self.connection
+        try:
+            readable, _, _ = select.select([sock], [], [], 0)
+            if not readable:
+                return False
+            sock.settimeout(0.01)
+            try:
+                data = sock.recv(1)
+            finally:
+                sock.settimeout(None)
+            return not data
+        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            return False
+        except (OSError, ValueError):
+            return True
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+        self.wfile.flush()
+
+
+class _WatchWriter:
+    """Turns store events into watch lines for one client (selector, version, Table)."""
+
+    def __init__(self, handler: RequestHandler, api: ResourceApi, rtype: ResourceType,
+                 keep: Callable[[dict[str, Any]], bool] | None, table: bool,
+                 include: str) -> None:
+        self.handler = handler
+        self.api = api
+        self.rtype = rtype
+        self.keep = keep
+        self.table = table
+        self.include = include
+        self.pending: list[bytes] = []
+        self.convert = api.needs_conversion(rtype)
+
+    def _type_for(self, event: WatchEvent) -> str | None:
+        if self.keep is None:
+            return event.type
+        if event.type == "ADDED":
+            return "ADDED" if self.keep(event.new) else None
+        if event.type == "DELETED":
+            return "DELETED" if self.keep(event.new) else None
+        was = event.old is not None and self.keep(event.old)
+        now = self.keep(event.new)
+        if was and now:
+            return "MODIFIED"
+        if now:
+            return "ADDED"
+        if was:
+            return "DELETED"
+        return None
+
+    def write(self, event: WatchEvent) -> None:
+        kind = self._type_for(event)
+        if kind is None:
+            return
+        if self.table:
+            obj = self.api.to_version(self.rtype, event.new)
+            body = encode(tables.table(self.rtype, [obj], self.include, {"resourceVersion": str(event.rv)}))  # noqa: E501
+            self.pending.append(b'{"type":"' + kind.encode() + b'","object":' + body + b"}\n")
+            return
+        cache_key = (kind, self.rtype.api_version)
+        line = event.encoded.get(cache_key)
+        if line is None:
+            if self.convert:
+                raw = encode(self.api.to_version(self.rtype, event.new))
+            else:
+                raw = event.raw if event.raw is not None else encode(event.new)
+            line = b'{"type":"' + kind.encode() + b'","object":' + raw + b"}\n"
+            event.encoded[cache_key] = line
+        self.pending.append(line)
+
+    def bookmark(self, rv: int, initial_end: bool = False) -> None:
+        meta: dict[str, Any] = {"resourceVersion": str(rv)}
+        if initial_end:
+            meta["annotations"] = {"k8s.io/initial-events-end": "true"}
+        obj = {"kind": self.rtype.kind, "apiVersion": self.rtype.api_version, "metadata": meta}
+        self.pending.append(encode({"type": "BOOKMARK", "object": obj}) + b"\n")
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        data = b"".join(self.pending)
+        self.pending = []
+        self.handler._chunk(data)
+
+
+def _page_not_found(path: str) -> ApiError:
+    return ApiError(404, "NotFound", f"the server could not find the requested resource ({path})",
+                    {})
+
+
+def _b64(text: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+def _unb64(text: str) -> str:
+    import base64
+
+    return base64.urlsafe_b64decode(text.encode()).decode()
+
+
+class ApiServerHTTP(http.server.ThreadingHTTPServer):
+    """ThreadingHTTPServer that hands TLS handshakes to the request threads."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    request_queue_size = 1024
+
+    def __init__(self, address: tuple[str, int], owner: ApiServer, ssl_context: Any) -> None:
+        self.owner = owner
+        self.ssl_context = ssl_context
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.address_family = family
+        super().__init__(address, RequestHandler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = self.socket.accept()
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.ssl_context is not None:
+            sock = self.ssl_context.wrap_socket(sock, server_side=True,
+                                                do_handshake_on_connect=False)
+        return sock, addr
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("error on connection from %s", client_address, exc_info=True)

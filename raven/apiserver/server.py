@@ -1,0 +1,188 @@
+"""Wiring of the embedded API server: store, semantics, TLS, HTTP; blocking or in a thread.
+
+`serve(settings)` runs until SIGTERM/SIGINT (graceful: watches end cleanly, the store is
+closed). `start(settings)` runs in a background thread and returns a `RunningApiServer` that
+knows the bound port (port 0 allowed), the kubeconfig path and how to stop.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import socket
+import ssl
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from types import FrameType
+
+from raven.apiserver import security
+from raven.apiserver.api import ResourceApi
+from raven.apiserver.handler import ApiServerHTTP
+from raven.apiserver.resources import Registry
+from raven.apiserver.settings import ApiServerSettings
+from raven.apiserver.store import Store
+from raven.errors import CommandError
+
+log = logging.getLogger("raven.apiserver")
+
+DATABASE = "store.sqlite"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def client_host(host: str) -> str:
+    """The address clients should use for a listen address (wildcards -> loopback)."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+class ApiServer:
+    """One API server instance: call `bind()`, then `serve_forever()`, then `close()`."""
+
+    def __init__(self, settings: ApiServerSettings) -> None:
+        if settings.plain_http and not is_loopback(settings.host):
+            raise CommandError(
+                f"--plain-http serves without TLS and is only allowed on loopback; "
+                f"{settings.host} is not a loopback address (use 127.0.0.1 or drop --plain-http)"
+            )
+        self.settings = settings
+        data_dir = Path(settings.data_dir)
+        try:
+            data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise CommandError(f"cannot create the data directory {data_dir}: {exc}") from exc
+        self.data_dir = data_dir
+        self.token = security.load_or_create_token(data_dir)
+        self.store = Store(data_dir / DATABASE, settings.watch_history,
+                           settings.watcher_backlog_limit)
+        self.registry = Registry()
+        self.api = ResourceApi(self.store, self.registry)
+        self.api.bootstrap()
+        self.stopping = False
+        self.httpd: ApiServerHTTP | None = None
+        self.ca_cert: Path | None = None
+        self.kubeconfig: Path | None = None
+        self.address = ""
+
+    def bind(self) -> None:
+        settings = self.settings
+        context = None
+        host = client_host(settings.host)
+        if not settings.plain_http:
+            names = {host, "127.0.0.1", "localhost", *settings.extra_sans}
+            if settings.host not in ("", "0.0.0.0", "::"):
+                names.add(settings.host)
+            else:
+                names.add(socket.gethostname())
+            self.ca_cert, cert, key = security.ensure_certificates(self.data_dir, sorted(names))
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(str(cert), str(key))
+            context.set_alpn_protocols(["http/1.1"])
+        try:
+            self.httpd = ApiServerHTTP((settings.host or "0.0.0.0", settings.port), self, context)
+        except OSError as exc:
+            raise CommandError(
+                f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
+                "choose another --listen address or port"
+            ) from exc
+        self.port = self.httpd.server_address[1]
+        scheme = "http" if settings.plain_http else "https"
+        self.address = f"{_url_host(host)}:{self.port}"
+        self.url = f"{scheme}://{self.address}"
+        self.kubeconfig = security.write_kubeconfig(
+            self.data_dir, self.url, self.token, self.ca_cert
+        )
+        log.info("serving %s (data in %s, kubeconfig %s)", self.url, self.data_dir,
+                 self.kubeconfig)
+
+    def serve_forever(self) -> None:
+        assert self.httpd is not None
+        self.httpd.serve_forever(poll_interval=0.2)
+
+    def shutdown(self) -> None:
+        """Stop accepting, end every watch, close the store (idempotent)."""
+        if self.stopping:
+            return
+        self.stopping = True
+        if self.httpd is not None:
+            self.httpd.shutdown()
+            self.httpd.server_close()
+        self.store.close()
+        log.info("stopped")
+
+
+@dataclass
+class RunningApiServer:
+    """A server running in a background thread of this process."""
+
+    server: ApiServer
+    thread: threading.Thread
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    @property
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def kubeconfig(self) -> Path:
+        assert self.server.kubeconfig is not None
+        return self.server.kubeconfig
+
+    @property
+    def token(self) -> str:
+        return self.server.token
+
+    @property
+    def ca_cert(self) -> Path | None:
+        return self.server.ca_cert
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.thread.join(timeout=10)
+
+
+def start(settings: ApiServerSettings) -> RunningApiServer:
+    """Start in a background thread; returns once the port is bound and the kubeconfig written."""
+    server = ApiServer(settings)
+    server.bind()
+    thread = threading.Thread(target=server.serve_forever, name="raven-apiserver", daemon=True)
+    thread.start()
+    return RunningApiServer(server, thread)
+
+
+def serve(settings: ApiServerSettings, on_ready: object = None) -> int:
+    """Serve until SIGTERM or SIGINT. `on_ready(server)` is called once the port is bound."""
+    server = ApiServer(settings)
+    server.bind()
+    if callable(on_ready):
+        on_ready(server)
+
+    def stop(signum: int, _frame: FrameType | None) -> None:
+        log.info("received signal %d, shutting down", signum)
+        threading.Thread(target=server.shutdown, name="raven-apiserver-stop").start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server.serve_forever()
+    server.shutdown()
+    return 0

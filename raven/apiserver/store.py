@@ -1,0 +1,253 @@
+"""Durable object store with a watch hub: SQLite (WAL) on disk, every object also in memory.
+
+Rules kept:
+- One global resourceVersion counter, persisted with each write in the same transaction, so
+  resourceVersions strictly increase, also across restarts (etcd's revision, in effect).
+- All writes go through `mutate`, which runs the caller's read-modify-write function under the
+  store lock: preconditions, uniqueness and the write are atomic.
+- Objects in memory are never modified in place; readers get references and must copy before
+  changing them. The JSON encoding of each object is cached for fast LIST responses.
+- Every write becomes a `WatchEvent` in a bounded in-memory history and in the queue of each
+  watcher of that resource. A watch can resume from any resourceVersion still covered by the
+  history (those after `history_floor`); older ones are Expired.
+"""
+
+from __future__ import annotations
+
+import collections
+import copy
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+StorageKey = tuple[str, str]  # (group, plural)
+ObjectKey = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped
+
+
+def encode(obj: Any) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass
+class StoredObject:
+    obj: dict[str, Any]
+    raw: bytes
+    rv: int
+
+
+@dataclass
+class WatchEvent:
+    type: str  # ADDED | MODIFIED | DELETED
+    rv: int
+    key: StorageKey
+    namespace: str
+    old: dict[str, Any] | None
+    new: dict[str, Any]  # for DELETED: the last state, with the deletion's resourceVersion
+    raw: bytes | None = None  # cached encoding of `new`
+    encoded: dict[Any, bytes] = field(default_factory=dict)  # cache for watch lines
+
+
+class Watcher:
+    """One watch stream's queue; `events` yields WatchEvents, None means the stream must end."""
+
+    def __init__(self, store: Store, key: StorageKey, namespace: str | None) -> None:
+        self.store = store
+        self.key = key
+        self.namespace = namespace
+        self.queue: queue.SimpleQueue[WatchEvent | None] = queue.SimpleQueue()
+        self.closed = False
+
+    def offer(self, event: WatchEvent | None) -> None:
+        if self.closed:
+            return
+        if event is not None and self.queue.qsize() > self.store.backlog_limit:
+            self.closed = True
+            self.queue.put(None)
+            return
+        self.queue.put(event)
+
+    def get(self, timeout: float) -> WatchEvent | bool | None:
+        """The next event, None when closed, False on timeout."""
+        try:
+            return self.queue.get(timeout=max(timeout, 0.0))
+        except queue.Empty:
+            return False
+
+    def close(self) -> None:
+        self.store.unwatch(self)
+        self.closed = True
+
+
+class Store:
+    def __init__(self, path: Path, history: int = 20000, backlog_limit: int = 50000) -> None:
+        self.path = path
+        self.backlog_limit = backlog_limit
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS objects (resource TEXT NOT NULL, namespace TEXT NOT NULL,"
+            " name TEXT NOT NULL, rv INTEGER NOT NULL, data TEXT NOT NULL,"
+            " PRIMARY KEY (resource, namespace, name))"
+        )
+        self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
+        row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
+        self._rv = int(row[0]) if row else 0
+        self._objects: dict[StorageKey, dict[ObjectKey, StoredObject]] = {}
+        for resource, namespace, name, rv, data in self._db.execute(
+            "SELECT resource, namespace, name, rv, data FROM objects"
+        ):
+            group, plural = resource.split("/", 1)
+            self._objects.setdefault((group, plural), {})[(namespace, name)] = StoredObject(
+                json.loads(data), data.encode(), rv
+            )
+            self._rv = max(self._rv, rv)
+        self._history: collections.deque[WatchEvent] = collections.deque()
+        self._history_size = history
+        # Every event with rv > history_floor is in the history.
+        self.history_floor = self._rv
+        self._watchers: dict[StorageKey, set[Watcher]] = {}
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def rv(self) -> int:
+        return self._rv
+
+    def get(self, key: StorageKey, namespace: str, name: str) -> dict[str, Any] | None:
+        with self._lock:
+            stored = self._objects.get(key, {}).get((namespace, name))
+        return stored.obj if stored else None
+
+    def list(
+        self, key: StorageKey, namespace: str | None = None
+    ) -> tuple[list[StoredObject], int]:
+        """Objects of one resource (sorted by namespace, name) and the store's resourceVersion."""
+        with self._lock:
+            items = self._objects.get(key, {})
+            if namespace is None:
+                selected = list(items.items())
+            else:
+                selected = [(k, v) for k, v in items.items() if k[0] == namespace]
+            rv = self._rv
+        selected.sort(key=lambda kv: kv[0])
+        return [v for _, v in selected], rv
+
+    def count(self, key: StorageKey) -> int:
+        with self._lock:
+            return len(self._objects.get(key, {}))
+
+    # ------------------------------------------------------------------ writes
+
+    def mutate(
+        self,
+        key: StorageKey,
+        namespace: str,
+        name: str,
+        change: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Atomically replace one object with `change(copy of current or None)`.
+
+        `change` returns the new object, None to delete, or the very object it was given
+        unchanged (compared by value) for a no-op that writes nothing. Returns (old, new); for a
+        delete, `new` is the last state carrying the deletion's resourceVersion.
+        """
+        with self._lock:
+            stored = self._objects.get(key, {}).get((namespace, name))
+            old = stored.obj if stored else None
+            proposed = change(copy.deepcopy(old) if old is not None else None)
+            if proposed is None and old is None:
+                return None, None
+            if proposed is not None and old is not None and proposed == old:
+                return old, old
+            rv = self._rv + 1
+            resource = f"{key[0]}/{key[1]}"
+            if proposed is None:
+                assert old is not None
+                last = copy.deepcopy(old)
+                last.setdefault("metadata", {})["resourceVersion"] = str(rv)
+                with self._db:
+                    self._db.execute(
+                        "DELETE FROM objects WHERE resource=? AND namespace=? AND name=?",
+                        (resource, namespace, name),
+                    )
+                    self._db.execute("REPLACE INTO meta (key, value) VALUES ('rv', ?)", (str(rv),))
+                del self._objects[key][(namespace, name)]
+                self._rv = rv
+                self._publish(WatchEvent("DELETED", rv, key, namespace, old, last))
+                return old, last
+            proposed.setdefault("metadata", {})["resourceVersion"] = str(rv)
+            raw = encode(proposed)
+            with self._db:
+                self._db.execute(
+                    "REPLACE INTO objects (resource, namespace, name, rv, data) VALUES (?,?,?,?,?)",
+                    (resource, namespace, name, rv, raw.decode()),
+                )
+                self._db.execute("REPLACE INTO meta (key, value) VALUES ('rv', ?)", (str(rv),))
+            self._objects.setdefault(key, {})[(namespace, name)] = StoredObject(proposed, raw, rv)
+            self._rv = rv
+            kind = "ADDED" if old is None else "MODIFIED"
+            self._publish(WatchEvent(kind, rv, key, namespace, old, proposed, raw))
+            return old, proposed
+
+    def _publish(self, event: WatchEvent) -> None:
+        self._history.append(event)
+        while len(self._history) > self._history_size:
+            self.history_floor = self._history.popleft().rv
+        for watcher in tuple(self._watchers.get(event.key, ())):
+            if watcher.namespace is None or watcher.namespace == event.namespace:
+                watcher.offer(event)
+
+    # ------------------------------------------------------------------ watches
+
+    def watch(
+        self, key: StorageKey, namespace: str | None, since: int | None
+    ) -> tuple[Watcher, list[WatchEvent]] | None:
+        """Register a watcher. `since` None: the current objects come first as ADDED events.
+
+        Returns None when `since` is older than the history covers (the caller answers 410).
+        """
+        with self._lock:
+            if since is not None and since < self.history_floor:
+                return None
+            watcher = Watcher(self, key, namespace)
+            if since is None:
+                stored, _ = self.list(key, namespace)
+                backlog = [
+                    WatchEvent("ADDED", s.rv, key, namespace or "", None, s.obj, s.raw)
+                    for s in stored
+                ]
+            else:
+                backlog = [
+                    e for e in self._history
+                    if e.rv > since and e.key == key
+                    and (namespace is None or e.namespace == namespace)
+                ]
+            self._watchers.setdefault(key, set()).add(watcher)
+            return watcher, backlog
+
+    def unwatch(self, watcher: Watcher) -> None:
+        with self._lock:
+            self._watchers.get(watcher.key, set()).discard(watcher)
+
+    def watcher_count(self) -> int:
+        with self._lock:
+            return sum(len(w) for w in self._watchers.values())
+
+    def close(self) -> None:
+        with self._lock:
+            for watchers in self._watchers.values():
+                for watcher in watchers:
+                    watcher.offer(None)
+            self._watchers.clear()
+            self._db.close()
+
+    def keys(self) -> Iterable[StorageKey]:
+        with self._lock:
+            return list(self._objects)

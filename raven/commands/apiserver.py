@@ -1,0 +1,75 @@
+"""`raven apiserver`: run the embedded Kubernetes-compatible API server.
+
+Prints one line `listening on <url> kubeconfig <path>` on stdout once the port is bound (tests and
+the lab read it to learn a port chosen with :0); logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from raven.errors import CommandError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "apiserver", help="run the embedded Kubernetes-compatible API server",
+        description="Serve a Kubernetes-compatible API (nodes, namespaces, configmaps, secrets, "
+        "events, leases, Gateways, CRDs, ...) stored in SQLite under --data-dir. Writes "
+        "DIR/admin.kubeconfig with the CA and a bearer token.",
+    )
+    parser.add_argument("--data-dir", required=True, type=Path,
+                        help="directory for the database, TLS material, token and kubeconfig")
+    parser.add_argument("--listen", default="127.0.0.1:6443", metavar="HOST:PORT",
+                        help="address to listen on; port 0 picks a free port (default "
+                        "127.0.0.1:6443)")
+    parser.add_argument("--plain-http", action="store_true",
+                        help="serve plain HTTP instead of TLS (only allowed on loopback)")
+    parser.add_argument("--tls-san", action="append", default=[], metavar="NAME_OR_IP",
+                        help="extra name or address for the serving certificate (repeatable)")
+    parser.add_argument("--watch-history", type=int, default=20000, metavar="EVENTS",
+                        help="events kept for resuming watches (default 20000)")
+    parser.add_argument("--bookmark-interval", type=float, default=60.0, metavar="SECONDS",
+                        help="seconds between watch bookmarks (default 60)")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log every request (-v) and connection details (-vv)")
+    parser.set_defaults(func=run)
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise CommandError(
+            f"--listen {text!r} is not HOST:PORT; use e.g. 127.0.0.1:6443 or 127.0.0.1:0"
+        )
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def run(args: argparse.Namespace) -> int:
+    from raven.apiserver.server import serve
+    from raven.apiserver.settings import ApiServerSettings
+
+    host, port = parse_listen(args.listen)
+    if args.watch_history < 1:
+        raise CommandError("--watch-history must be at least 1")
+    if args.bookmark_interval <= 0:
+        raise CommandError("--bookmark-interval must be more than 0 seconds")
+    level = logging.WARNING if args.verbose == 0 else logging.INFO
+    if args.verbose > 1:
+        level = logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("raven.apiserver").setLevel(level)
+    settings = ApiServerSettings(
+        data_dir=args.data_dir, host=host, port=port, plain_http=args.plain_http,
+        extra_sans=tuple(args.tls_san), watch_history=args.watch_history,
+        bookmark_interval=args.bookmark_interval,
+    )
+
+    def ready(server: object) -> None:
+        print(f"listening on {server.url} kubeconfig {server.kubeconfig}", flush=True)  # type: ignore[attr-defined]
+
+    return serve(settings, on_ready=ready)
