@@ -5,9 +5,11 @@ Rules this module keeps (docs/gateway.md explains them for operators):
   is Ready and has a fresh agent heartbeat (`now - last renewal <= heartbeat_timeout`).
 - Sticky: a currently active endpoint that is still a healthy candidate stays active, in its
   current order. Spec order decides among the rest, up to `tunnelConfig.Replicas` (0/absent = 1).
-- Lost cloud, not network: when no candidate is healthy and every existing candidate is only
-  stale (missing heartbeat, or NotReady, which the node controller reports for the same reason),
-  a pool that had active endpoints keeps those still listed in the spec, and the reason says so.
+- Lost cloud, not network: when no candidate is healthy and every existing candidate's heartbeat
+  is stale (whether or not the node controller has also marked it NotReady, which it does for the
+  same reason), a pool that had active endpoints keeps those still listed in the spec and still
+  existing, and the reason says so. A NotReady node whose agent still heartbeats is really broken:
+  that is not "lost cloud", so nothing is kept then.
   A deleted node or an endpoint removed from the spec is never kept.
 - Time is an argument (`now`); nothing here reads a clock, a ConfigMap, a socket or a file.
 """
@@ -64,7 +66,7 @@ def elect(
                              "(type: tunnel) to elect an active gateway",))
 
     healthy: dict[str, Endpoint] = {}
-    stale_only: list[str] = []  # exists, but heartbeat stale or node NotReady
+    stale_only: list[str] = []  # exists, heartbeat stale (Ready or not)
     for ep in candidates:
         name = ep.node_name
         node = nodes.get(name)
@@ -73,7 +75,8 @@ def elect(
         if node is None:
             reasons.append(f"{label}: {name} is not a candidate: no such node")
         elif options.require_ready and not node.ready:
-            stale_only.append(name)
+            if not fresh:
+                stale_only.append(name)
             reasons.append(f"{label}: {name} is not a candidate: node is not Ready "
                            f"(heartbeat {_age(now, last)})")
         elif not fresh:
