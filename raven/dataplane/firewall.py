@@ -1,0 +1,197 @@
+"""Our own nftables table (`inet raven`): mark cross-pool traffic, keep its source address.
+
+What the table does (and why):
+- sets `remote4` / `remote6` (flags interval) hold every remote pool's pod subnets, collapsed so
+  that no two intervals overlap (nft rejects overlapping intervals);
+- chain `prerouting` (filter, priority mangle) sets mark bits on forwarded pod traffic to a
+  remote subnet, chain `output` (route, priority mangle, so the kernel re-routes after the mark)
+  does the same for the node's own traffic; the fwmark rule then sends it to our table;
+- chain `postrouting` (nat, priority srcnat - 10) applies an identity SNAT (`snat ip to ip saddr`)
+  to traffic to remote subnets. The kernel runs the NAT chains of every table, ours, iptables-nft
+  and iptables-legacy alike, in priority order and stops at the first one that binds the
+  connection; binding it to its own source first means a CNI's or kube-proxy's MASQUERADE in
+  another table can never rewrite a pod address that has to cross pools. Nothing else is touched.
+
+Rules kept: only table `inet <name>` is ever written; every write is one `nft -f` transaction;
+a correct table is never rebuilt: set contents change through element add/delete only; the
+skeleton (sets, chains, rules) is rebuilt atomically only when it is not what we would write.
+Every rule carries a comment with a fingerprint of the skeleton, which is how we recognise it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from raven.dataplane import netns
+from raven.dataplane.errors import DataplaneError
+from raven.desired import Firewall
+
+SETS = {4: "remote4", 6: "remote6"}
+CHAINS = ("prerouting", "output", "postrouting")
+
+
+@dataclass(frozen=True)
+class LiveFirewall:
+    fingerprint_ok: bool  # the skeleton is exactly ours (sets, chains, rule comments)
+    elements: dict[int, frozenset[str]]  # family version -> CIDRs in the set
+
+
+def collapse(subnets: Iterable[str]) -> dict[int, frozenset[str]]:
+    """Subnets per family, merged so that no two overlap (nft interval sets demand that)."""
+    out: dict[int, frozenset[str]] = {}
+    for version in (4, 6):
+        nets = [ipaddress.ip_network(s, strict=False) for s in subnets]
+        nets = [n for n in nets if n.version == version]
+        out[version] = frozenset(str(n) for n in ipaddress.collapse_addresses(nets))  # type: ignore[arg-type]
+    return out
+
+
+def skeleton(fw: Firewall) -> tuple[str, str]:
+    """(nft script defining the empty table, fingerprint). Elements are added separately."""
+    keep = ~fw.mark_mask & 0xFFFFFFFF
+    mark = f"meta mark set meta mark & {keep:#x} | {fw.mark:#x}"
+    body = []
+    for version, set_name in SETS.items():
+        body.append(f"  set {set_name} {{ type ipv{version}_addr; flags interval; }}")
+    rules = {"prerouting": [], "output": [], "postrouting": []}  # type: dict[str, list[str]]
+    for version, set_name in SETS.items():
+        proto = "ip" if version == 4 else "ip6"
+        rules["prerouting"].append(f"{proto} daddr @{set_name} {mark}")
+        rules["output"].append(f"{proto} daddr @{set_name} {mark}")
+        rules["postrouting"].append(f"{proto} daddr @{set_name} snat {proto} to {proto} saddr")
+    hooks = {
+        "prerouting": "type filter hook prerouting priority mangle; policy accept;",
+        "output": "type route hook output priority mangle; policy accept;",
+        "postrouting": "type nat hook postrouting priority srcnat - 10; policy accept;",
+    }
+    text = "\n".join(body) + "".join(
+        f"\n  chain {c} {{ {hooks[c]} " + " ".join(f"{r};" for r in rules[c]) + " }"
+        for c in CHAINS
+    )
+    fingerprint = "raven:" + hashlib.sha256(text.encode()).hexdigest()[:16]
+    chains = []
+    for chain in CHAINS:
+        lines = "\n".join(f"    {r} comment \"{fingerprint}\"" for r in rules[chain])
+        chains.append(f"  chain {chain} {{\n    {hooks[chain]}\n{lines}\n  }}")
+    script = (f"table inet {fw.table} {{\n" + "\n".join(body) + "\n" + "\n".join(chains)
+              + "\n}\n")
+    return script, fingerprint
+
+
+def _element_cidr(elem: object, version: int) -> str | None:
+    if isinstance(elem, str):
+        return f"{elem}/{32 if version == 4 else 128}"
+    if isinstance(elem, dict):
+        if "prefix" in elem:
+            return f"{elem['prefix']['addr']}/{elem['prefix']['len']}"
+        if "elem" in elem:
+            return _element_cidr(elem["elem"].get("val"), version)
+    return None  # a range that is not one prefix: not something we wrote
+
+
+class Nft:
+    """Runs `nft` inside the node's network namespace, scoped to one inet table."""
+
+    def __init__(self, netns_name: str | None, table: str) -> None:
+        self.netns = netns_name
+        self.table = table
+
+    def _run(self, args: list[str], script: str | None = None) -> str:
+        argv = [*netns.command_prefix(self.netns), "nft", *args]
+        try:
+            proc = subprocess.run(argv, input=script, capture_output=True, text=True, check=False)
+        except FileNotFoundError:
+            raise DataplaneError("nft not found: install the nftables package") from None
+        if proc.returncode != 0:
+            raise DataplaneError(
+                f"nft {' '.join(args)} failed in netns {self.netns or '(current)'}: "
+                f"{proc.stderr.strip()}" + (f"\nscript:\n{script[:2000]}" if script else "")
+            )
+        return proc.stdout
+
+    def exists(self) -> bool:
+        out = json.loads(self._run(["-j", "list", "tables", "inet"]) or '{"nftables": []}')
+        return any(o.get("table", {}).get("name") == self.table for o in out["nftables"])
+
+    def read(self, fingerprint: str) -> LiveFirewall | None:
+        if not self.exists():
+            return None
+        out = json.loads(self._run(["-j", "list", "table", "inet", self.table]))["nftables"]
+        elements: dict[int, set[str]] = {4: set(), 6: set()}
+        ok = True
+        sets_seen, chains_seen = set(), set()
+        rules_per_chain: dict[str, int] = {}
+        for obj in out:
+            if "set" in obj:
+                s = obj["set"]
+                version = next((v for v, n in SETS.items() if n == s["name"]), None)
+                if version is None or "interval" not in s.get("flags", []):
+                    ok = False
+                    continue
+                sets_seen.add(s["name"])
+                for elem in s.get("elem", []):
+                    cidr = _element_cidr(elem, version)
+                    if cidr is None:
+                        ok = False
+                    else:
+                        elements[version].add(cidr)
+            elif "chain" in obj:
+                chains_seen.add(obj["chain"]["name"])
+            elif "rule" in obj:
+                rule = obj["rule"]
+                rules_per_chain[rule["chain"]] = rules_per_chain.get(rule["chain"], 0) + 1
+                if rule.get("comment") != fingerprint:
+                    ok = False
+            elif "table" not in obj and "metainfo" not in obj:
+                ok = False  # maps, counters, flowtables: not ours
+        ok = (ok and sets_seen == set(SETS.values()) and chains_seen == set(CHAINS)
+              and all(rules_per_chain.get(c) == len(SETS) for c in CHAINS))
+        return LiveFirewall(ok, {v: frozenset(e) for v, e in elements.items()})
+
+    def transaction(self, script: str) -> None:
+        self._run(["-f", "-"], script)
+
+    def delete_table(self) -> bool:
+        if not self.exists():
+            return False
+        self._run(["delete", "table", "inet", self.table])
+        return True
+
+
+def _elements_stmt(verb: str, table: str, set_name: str, cidrs: Iterable[str]) -> str:
+    items = ", ".join(sorted(cidrs))
+    return f"{verb} element inet {table} {set_name} {{ {items} }}\n"
+
+
+def plan_firewall(desired: Firewall, live: LiveFirewall | None) -> tuple[str | None, list[str]]:
+    """(nft script or None when nothing differs, change descriptions)."""
+    script, _fingerprint = skeleton(desired)
+    want = collapse(desired.remote_subnets)
+    if live is None or not live.fingerprint_ok:
+        text = ""
+        if live is not None:  # replace atomically: declare (no-op if present), delete, define
+            text += f"table inet {desired.table} {{}}\ndelete table inet {desired.table}\n"
+        text += script
+        for version, set_name in SETS.items():
+            if want[version]:
+                text += _elements_stmt("add", desired.table, set_name, want[version])
+        what = "create" if live is None else "rebuild (skeleton differed)"
+        return text, [f"nft table inet {desired.table} {what} with "
+                      f"{sum(len(w) for w in want.values())} remote subnets"]
+    text = ""
+    changes: list[str] = []
+    for version, set_name in SETS.items():
+        stale = live.elements[version] - want[version]
+        missing = want[version] - live.elements[version]
+        if stale:
+            text += _elements_stmt("delete", desired.table, set_name, stale)
+            changes.append(f"nft {set_name} delete {len(stale)} elements")
+        if missing:
+            text += _elements_stmt("add", desired.table, set_name, missing)
+            changes.append(f"nft {set_name} add {len(missing)} elements")
+    return (text or None), changes

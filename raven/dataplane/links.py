@@ -1,0 +1,143 @@
+"""The typed adapter around pyroute2 for links and addresses (few objects, rich attributes).
+
+Rules kept: no pyroute2 object or exception leaves this module; callers get `LinkFacts` and
+`DataplaneError`. Bulk objects (routes, neighbours, rules) do not go through here: see rtnl.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError as PyrouteNetlinkError
+
+from raven.dataplane.errors import DataplaneError
+
+ENODEV = 19
+EOPNOTSUPP = 95
+
+
+@dataclass(frozen=True)
+class VxlanFacts:
+    vni: int
+    port: int
+    local: str | None
+    learning: bool
+
+
+@dataclass(frozen=True)
+class LinkFacts:
+    index: int
+    name: str
+    kind: str  # "vxlan", "wireguard", "tun", "veth", ... ("" when the kernel reports none)
+    mtu: int
+    mac: str
+    up: bool
+    vxlan: VxlanFacts | None = None
+
+
+class LinkUnsupported(DataplaneError):
+    """The kernel has no driver for a link kind (e.g. no wireguard module)."""
+
+
+def _facts(msg: Any) -> LinkFacts:
+    info = msg.get("linkinfo")
+    kind = info.get("kind") if info is not None else None
+    vxlan = None
+    if kind == "vxlan":
+        data = info.get("data")
+        vxlan = VxlanFacts(
+            vni=int(data.get("vxlan_id")),
+            port=int(data.get("vxlan_port")),
+            local=data.get("vxlan_local"),
+            learning=bool(data.get("vxlan_learning")),
+        )
+    return LinkFacts(
+        index=int(msg["index"]),
+        name=str(msg.get("ifname")),
+        kind=str(kind or ""),
+        mtu=int(msg.get("mtu")),
+        mac=str(msg.get("address") or "").lower(),
+        up=bool(msg["flags"] & 1),
+        vxlan=vxlan,
+    )
+
+
+class Links:
+    """Links and addresses of one network namespace."""
+
+    def __init__(self, netns_name: str | None) -> None:
+        self.netns = netns_name
+        try:
+            self._ipr = IPRoute(netns=netns_name) if netns_name else IPRoute()
+        except Exception as exc:
+            raise DataplaneError(f"cannot open rtnetlink in netns {netns_name!r}: {exc}") from exc
+
+    def close(self) -> None:
+        self._ipr.close()
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except PyrouteNetlinkError as exc:
+            if exc.code == EOPNOTSUPP:
+                raise LinkUnsupported(f"{what}: not supported by this kernel") from None
+            raise DataplaneError(f"{what}: {exc.args[-1] if exc.args else exc}") from None
+
+    def all(self) -> dict[str, LinkFacts]:
+        return {f.name: f for f in map(_facts, self._call("link dump", self._ipr.link, "dump"))}
+
+    def get(self, name: str) -> LinkFacts | None:
+        try:
+            msgs = self._ipr.link("get", ifname=name)
+        except PyrouteNetlinkError as exc:
+            if exc.code == ENODEV:
+                return None
+            raise DataplaneError(f"link get {name}: {exc}") from None
+        return _facts(msgs[0])
+
+    def add_vxlan(self, name: str, vni: int, port: int, local: str, mac: str, mtu: int) -> None:
+        self._call(
+            f"create VXLAN device {name} (vni {vni}, port {port}, local {local})",
+            self._ipr.link, "add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=port,
+            vxlan_local=local, vxlan_learning=0, address=mac, mtu=mtu,
+        )
+
+    def add_wireguard(self, name: str) -> None:
+        self._call(f"create WireGuard device {name}", self._ipr.link, "add", ifname=name,
+                   kind="wireguard")
+
+    def set(self, index: int, *, mtu: int | None = None, mac: str | None = None,
+            up: bool | None = None) -> None:
+        changes: dict[str, Any] = {}
+        if mtu is not None:
+            changes["mtu"] = mtu
+        if mac is not None:
+            changes["address"] = mac
+        if up is not None:
+            changes["state"] = "up" if up else "down"
+        self._call(f"set link {index} {changes}", self._ipr.link, "set", index=index, **changes)
+
+    def delete(self, index: int) -> None:
+        try:
+            self._ipr.link("del", index=index)
+        except PyrouteNetlinkError as exc:
+            if exc.code != ENODEV:
+                raise DataplaneError(f"delete link {index}: {exc}") from None
+
+    def addresses(self, index: int) -> set[tuple[str, int]]:
+        """Global-scope addresses of a link as (address, prefixlen)."""
+        out = set()
+        for msg in self._call("address dump", self._ipr.addr, "dump", index=index):
+            if msg["scope"] == 0:
+                out.add((str(msg.get("address")), int(msg["prefixlen"])))
+        return out
+
+    def add_address(self, index: int, address: str, prefixlen: int) -> None:
+        self._call(f"add address {address}/{prefixlen}", self._ipr.addr, "add", index=index,
+                   address=address, prefixlen=prefixlen)
+
+    def del_address(self, index: int, address: str, prefixlen: int) -> None:
+        self._call(f"delete address {address}/{prefixlen}", self._ipr.addr, "del", index=index,
+                   address=address, prefixlen=prefixlen)

@@ -1,0 +1,243 @@
+"""Routes, rules, neighbours and FDB entries as rtnetlink messages, encoded and decoded leanly.
+
+Rules kept:
+- live objects are read with one dump per kind and returned as the same frozen dataclasses the
+  planner uses (raven.desired), so a diff is plain set arithmetic;
+- every route and rule we write carries protocol RTPROT_RAVEN, so `ip route` shows them as
+  `proto 82` and cleanup can prove they are ours;
+- only the attributes we own are decoded; anything else a foreign tool put on an object of ours
+  is ignored, except where it changes behaviour (route next hop and MTU).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from collections.abc import Iterable
+
+from raven.dataplane.netlink import (
+    NLM_F_CREATE,
+    NLM_F_EXCL,
+    NLM_F_REPLACE,
+    NetlinkSocket,
+    Request,
+    attr,
+    attr_u32,
+    nested,
+    parse_attrs,
+)
+from raven.desired import FdbEntry, NeighEntry, Route, Rule
+
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
+RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
+
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_METRICS, RTA_TABLE = 1, 4, 5, 8, 15
+RTAX_LOCK, RTAX_MTU = 1, 2
+RTN_UNICAST = 1
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+RTNH_F_ONLINK = 4
+RTPROT_RAVEN = 82  # 'R'; unassigned in /etc/iproute2/rt_protos
+
+FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK, FRA_PROTOCOL = 6, 10, 15, 16, 21
+FR_ACT_TO_TBL = 1
+
+NDA_DST, NDA_LLADDR = 1, 2
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x02
+AF_BRIDGE = 7
+
+_RTMSG = struct.Struct("=BBBBBBBBI")
+_NDMSG = struct.Struct("=BxxxiHBB")
+_HDRLEN = 16
+_FAMILY = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+def _family_of(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
+def _addr_bytes(address: str) -> bytes:
+    return ipaddress.ip_address(address).packed
+
+
+def _addr_str(raw: bytes) -> str:
+    return str(ipaddress.ip_address(raw))
+
+
+def _mac_bytes(mac: str) -> bytes:
+    return bytes.fromhex(mac.replace(":", ""))
+
+
+def _mac_str(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+# --- routes -------------------------------------------------------------------------------
+
+
+def route_request(route: Route, ifindex: int, delete: bool = False) -> Request:
+    net = ipaddress.ip_network(route.dst)
+    family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+    table_attr = attr_u32(RTA_TABLE, route.table)
+    dst = attr(RTA_DST, net.network_address.packed)
+    if delete:
+        body = _RTMSG.pack(family, net.prefixlen, 0, 0, 0, 0, RT_SCOPE_UNIVERSE, 0, 0)
+        return Request(RTM_DELROUTE, 0, body + table_attr + dst,
+                       f"route del {route.dst} table {route.table}", op="delete")
+    scope = RT_SCOPE_UNIVERSE if route.gateway else RT_SCOPE_LINK
+    flags = RTNH_F_ONLINK if route.gateway else 0
+    body = _RTMSG.pack(family, net.prefixlen, 0, 0, 0, RTPROT_RAVEN, scope, RTN_UNICAST, flags)
+    body += table_attr + dst + attr_u32(RTA_OIF, ifindex)
+    if route.gateway:
+        body += attr(RTA_GATEWAY, _addr_bytes(route.gateway))
+    if route.mtu:
+        body += nested(RTA_METRICS, attr_u32(RTAX_LOCK, 1 << RTAX_MTU),
+                       attr_u32(RTAX_MTU, route.mtu))
+    return Request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body,
+                   f"route replace {route.dst} table {route.table} dev {route.dev}"
+                   + (f" via {route.gateway}" if route.gateway else "")
+                   + (f" mtu {route.mtu}" if route.mtu else ""))
+
+
+def dump_routes(sock: NetlinkSocket, tables: Iterable[int], names: dict[int, str],
+                families: Iterable[int] = (4, 6)) -> list[Route]:
+    """Unicast routes in `tables`, one strict dump per (family, table); dev names from `names`."""
+    out: list[Route] = []
+    append = out.append
+    unpack_rt = _RTMSG.unpack_from
+    u32 = struct.Struct("=I").unpack_from
+
+    for version in families:
+        family = _FAMILY[version]
+        for table in tables:
+
+            def handle(data: bytes, start: int, end: int, table: int = table) -> None:
+                fam, dst_len, _s, _t, _tb, _p, _sc, rtype, _f = unpack_rt(data, start)
+                if rtype != RTN_UNICAST:
+                    return
+                a = parse_attrs(data, start + 12, end)
+                if u32(a.get(RTA_TABLE, b"\0\0\0\0"))[0] != table:
+                    return  # strict filtering unsupported: the kernel sent every table
+                dst = a.get(RTA_DST)
+                if dst is None:
+                    prefix = "::" if fam == socket.AF_INET6 else "0.0.0.0"
+                else:
+                    prefix = _addr_str(dst)
+                oif = a.get(RTA_OIF)
+                gw = a.get(RTA_GATEWAY)
+                mtu = None
+                metrics = a.get(RTA_METRICS)
+                if metrics:
+                    raw = parse_attrs(metrics).get(RTAX_MTU)
+                    mtu = u32(raw)[0] if raw else None
+                append(Route(
+                    dst=f"{prefix}/{dst_len}",
+                    table=table,
+                    dev=names.get(u32(oif)[0], "?") if oif else "?",
+                    gateway=_addr_str(gw) if gw else None,
+                    mtu=mtu,
+                ))
+
+            body = _RTMSG.pack(family, 0, 0, 0, table if table < 256 else 0, 0, 0, 0, 0)
+            sock.dump_raw(RTM_GETROUTE, body + attr_u32(RTA_TABLE, table), handle)
+    return out
+
+
+# --- rules ----------------------------------------------------------------------------------
+
+
+def rule_request(rule: Rule, delete: bool = False) -> Request:
+    family = _FAMILY[rule.family]
+    body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, FR_ACT_TO_TBL, 0)
+    body += (attr_u32(FRA_PRIORITY, rule.priority) + attr_u32(FRA_TABLE, rule.table)
+             + attr_u32(FRA_FWMARK, rule.fwmark) + attr_u32(FRA_FWMASK, rule.fwmask))
+    what = (f"rule {'del' if delete else 'add'} fwmark {rule.fwmark:#x}/{rule.fwmask:#x} "
+            f"lookup {rule.table} priority {rule.priority}")
+    if delete:
+        return Request(RTM_DELRULE, 0, body, what, op="delete")
+    body += attr(FRA_PROTOCOL, bytes([RTPROT_RAVEN]))
+    return Request(RTM_NEWRULE, NLM_F_CREATE | NLM_F_EXCL, body, what)
+
+
+def dump_rules(sock: NetlinkSocket, tables: Iterable[int]) -> list[Rule]:
+    """fwmark rules pointing at any of `tables` (ours), both families."""
+    wanted = set(tables)
+    out: list[Rule] = []
+    u32 = struct.Struct("=I").unpack_from
+    for version, family in _FAMILY.items():
+
+        def handle(data: bytes, start: int, end: int, version: int = version) -> None:
+            a = parse_attrs(data, start + 12, end)
+            table = u32(a[FRA_TABLE])[0] if FRA_TABLE in a else data[start + 4]
+            if table not in wanted:
+                return
+            out.append(Rule(
+                priority=u32(a[FRA_PRIORITY])[0] if FRA_PRIORITY in a else 0,
+                table=table,
+                fwmark=u32(a[FRA_FWMARK])[0] if FRA_FWMARK in a else 0,
+                fwmask=u32(a[FRA_FWMASK])[0] if FRA_FWMASK in a else 0,
+                family=version,
+            ))
+
+        sock.dump_raw(RTM_GETRULE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), handle)
+    return out
+
+
+# --- neighbours and FDB ---------------------------------------------------------------------
+
+
+def neigh_request(entry: NeighEntry, ifindex: int, delete: bool = False) -> Request:
+    body = _NDMSG.pack(_family_of(entry.ip), ifindex, NUD_PERMANENT, 0, 0)
+    body += attr(NDA_DST, _addr_bytes(entry.ip))
+    if delete:
+        return Request(RTM_DELNEIGH, 0, body, f"neigh del {entry.ip} dev {ifindex}", op="delete")
+    body += attr(NDA_LLADDR, _mac_bytes(entry.mac))
+    return Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body,
+                   f"neigh replace {entry.ip} lladdr {entry.mac}")
+
+
+def fdb_request(entry: FdbEntry, ifindex: int, delete: bool = False) -> Request:
+    body = _NDMSG.pack(AF_BRIDGE, ifindex, NUD_PERMANENT, NTF_SELF, 0)
+    body += attr(NDA_LLADDR, _mac_bytes(entry.mac)) + attr(NDA_DST, _addr_bytes(entry.dst))
+    if delete:
+        return Request(RTM_DELNEIGH, 0, body, f"fdb del {entry.mac} dst {entry.dst}", op="delete")
+    return Request(RTM_NEWNEIGH, NLM_F_CREATE | NLM_F_REPLACE, body,
+                   f"fdb replace {entry.mac} dst {entry.dst}")
+
+
+def dump_neighbours(sock: NetlinkSocket, ifindex: int) -> list[NeighEntry]:
+    """Permanent IPv4/IPv6 neighbours on one device."""
+    out: list[NeighEntry] = []
+    for family in (socket.AF_INET, socket.AF_INET6):
+
+        def handle(data: bytes, start: int, end: int) -> None:
+            _fam, index, state, _flags, _type = _NDMSG.unpack_from(data, start)
+            if index != ifindex or not state & NUD_PERMANENT:
+                return
+            a = parse_attrs(data, start + 12, end)
+            if NDA_DST in a and NDA_LLADDR in a:
+                out.append(NeighEntry(ip=_addr_str(a[NDA_DST]), mac=_mac_str(a[NDA_LLADDR])))
+
+        # ifindex 0: strict dumps filter by NDA_IFINDEX only; we filter here instead.
+        sock.dump_raw(RTM_GETNEIGH, _NDMSG.pack(family, 0, 0, 0, 0), handle)
+    return out
+
+
+def dump_fdb(sock: NetlinkSocket, ifindex: int) -> list[FdbEntry]:
+    """Unicast FDB entries with a remote destination on one VXLAN device."""
+    out: list[FdbEntry] = []
+
+    def handle(data: bytes, start: int, end: int) -> None:
+        _fam, index, _state, _flags, _type = _NDMSG.unpack_from(data, start)
+        if index != ifindex:
+            return
+        a = parse_attrs(data, start + 12, end)
+        mac, dst = a.get(NDA_LLADDR), a.get(NDA_DST)
+        if mac and dst and not mac[0] & 1:
+            out.append(FdbEntry(mac=_mac_str(mac), dst=_addr_str(dst)))
+
+    # ifindex 0: the FDB dump filters by bridge port, which a standalone VXLAN device is not.
+    sock.dump_raw(RTM_GETNEIGH, _NDMSG.pack(AF_BRIDGE, 0, 0, 0, 0), handle)
+    return out

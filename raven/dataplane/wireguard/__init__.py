@@ -1,0 +1,1 @@
+"""WireGuard device `raven-wg0` behind one interface, with a kernel and a userspace backend."""

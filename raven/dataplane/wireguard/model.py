@@ -1,0 +1,114 @@
+"""Backend-neutral WireGuard state and the peer diff shared by both backends.
+
+Rules kept: a peer that is equal to the desired one produces no write at all (a rewrite resets
+the session and interrupts traffic); an endpoint of None in the desired peer means "learned from
+the handshake" and never causes a write; allowed IPs that are only added are sent without
+replacing the list (no window without routes); only a removal replaces the list.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from raven.desired import WireGuardPeer
+
+
+@dataclass(frozen=True)
+class LivePeer:
+    public_key: str  # base64
+    endpoint: str | None
+    allowed_ips: frozenset[str]
+    keepalive: int
+    preshared_key: str | None  # base64, None when unset
+    last_handshake: float = 0.0  # unix seconds, 0 = never
+    rx_bytes: int = 0
+    tx_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class LiveDevice:
+    private_key: str | None  # base64
+    listen_port: int
+    peers: dict[str, LivePeer] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PeerWrite:
+    """One peer's change: everything a backend needs to encode it."""
+
+    public_key: str
+    remove: bool = False
+    endpoint: str | None = None  # set only when it must change
+    keepalive: int | None = None
+    preshared_key: str | None = None  # "" = clear it
+    replace_allowed_ips: bool = False
+    allowed_ips: tuple[str, ...] = ()  # the full list when replacing, else only the additions
+
+
+@dataclass(frozen=True)
+class DeviceWrite:
+    private_key: str | None = None
+    listen_port: int | None = None
+    peers: tuple[PeerWrite, ...] = ()
+
+    def empty(self) -> bool:
+        return self.private_key is None and self.listen_port is None and not self.peers
+
+
+def canonical_cidr(cidr: str) -> str:
+    return str(ipaddress.ip_network(cidr, strict=False))
+
+
+def canonical_endpoint(endpoint: str) -> str:
+    host, _, port = endpoint.rpartition(":")
+    host = host.strip("[]")
+    addr = ipaddress.ip_address(host)
+    return f"[{addr}]:{int(port)}" if addr.version == 6 else f"{addr}:{int(port)}"
+
+
+def diff_device(private_key: str, listen_port: int, desired: tuple[WireGuardPeer, ...],
+                live: LiveDevice) -> tuple[DeviceWrite, list[str]]:
+    changes: list[str] = []
+    write_key = None if live.private_key == private_key else private_key
+    if write_key:
+        changes.append("wireguard private key set")
+    write_port = None if live.listen_port == listen_port else listen_port
+    if write_port is not None:
+        changes.append(f"wireguard listen port {live.listen_port} -> {listen_port}")
+    peers: list[PeerWrite] = []
+    wanted = {p.public_key: p for p in desired}
+    for key in sorted(set(live.peers) - set(wanted)):
+        peers.append(PeerWrite(public_key=key, remove=True))
+        changes.append(f"wireguard peer {key} remove")
+    for key, peer in sorted(wanted.items()):
+        have = live.peers.get(key)
+        want_ips = frozenset(canonical_cidr(c) for c in peer.allowed_ips)
+        want_endpoint = canonical_endpoint(peer.endpoint) if peer.endpoint else None
+        if have is None:
+            peers.append(PeerWrite(public_key=key, endpoint=want_endpoint,
+                                   keepalive=peer.keepalive,
+                                   preshared_key=peer.preshared_key or None,
+                                   replace_allowed_ips=True, allowed_ips=tuple(sorted(want_ips))))
+            changes.append(f"wireguard peer {key} add ({len(want_ips)} allowed IPs)")
+            continue
+        endpoint = want_endpoint if want_endpoint and want_endpoint != have.endpoint else None
+        keepalive = peer.keepalive if peer.keepalive != have.keepalive else None
+        psk = None
+        if (peer.preshared_key or None) != have.preshared_key:
+            psk = peer.preshared_key or ""
+        removed = have.allowed_ips - want_ips
+        added = want_ips - have.allowed_ips
+        if endpoint is None and keepalive is None and psk is None and not removed and not added:
+            continue
+        peers.append(PeerWrite(
+            public_key=key, endpoint=endpoint, keepalive=keepalive, preshared_key=psk,
+            replace_allowed_ips=bool(removed),
+            allowed_ips=tuple(sorted(want_ips if removed else added)),
+        ))
+        what = [n for n, v in (("endpoint", endpoint), ("keepalive", keepalive), ("psk", psk))
+                if v is not None]
+        if removed or added:
+            what.append(f"allowed IPs +{len(added)} -{len(removed)}")
+        changes.append(f"wireguard peer {key} update: {', '.join(what)}")
+    return DeviceWrite(write_key, write_port, tuple(peers)), changes
