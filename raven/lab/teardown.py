@@ -54,12 +54,21 @@ def down(lab: str) -> list[str]:
         return []
     for record in runtime.supervised(lab):
         runtime.terminate_record(record, timeout=3.0)
-    namespaces = lab_namespaces(lab)
-    _kill_inside(namespaces)
-    if namespaces:
+    removed: list[str] = []
+    # Several passes: `ip` children of a SIGKILLed `up` may still be adding namespaces.
+    for attempt in range(4):
+        namespaces = lab_namespaces(lab)
+        if not namespaces:
+            if attempt:
+                break
+            time.sleep(0.05)
+            continue
+        _kill_inside(namespaces)
         nsutil.ip_batch((f"netns del {n}" for n in namespaces), force=True)
+        removed += namespaces
+        time.sleep(0.05)
     runtime.remove_run_dir(lab)
-    return namespaces
+    return sorted(set(removed))
 
 
 def down_all() -> list[str]:

@@ -1,0 +1,79 @@
+"""Every shipped topology builds and its pods answer each other inside their pool.
+
+Oracles: ICMP really crossing the lab (the `ping` tool inside the pod namespaces), `ip netns
+list`, `ip -json` of the lab namespaces and the root namespace's netns ids.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from raven.lab.ping import ping_all
+from raven.lab.plan import LabPlan
+
+TOPOLOGIES = sorted((Path(__file__).resolve().parents[2] / "test-topologies").glob("*.yaml"))
+
+pytestmark = pytest.mark.root
+
+
+def ip_json(*args: str) -> list[dict]:
+    out = subprocess.run(["ip", "-json", *args], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout or "[]")
+
+
+@pytest.mark.parametrize("path", TOPOLOGIES, ids=[p.stem for p in TOPOLOGIES])
+def test_topology_builds_and_pods_answer_inside_pools(lab_factory, path: Path) -> None:
+    plan: LabPlan = lab_factory(path)
+    existing = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    for ns in plan.netns_names():
+        assert ns in existing
+    report = ping_all(plan, scope="pool")
+    expected = sum(len(p) * (len(p) - 1) for p in
+                   ([pod for n in pool.nodes for pod in n.pods] for pool in plan.pools))
+    assert len(report.pairs) == expected
+    assert report.ok, [f"{p.src}->{p.dst}" for p in report.pairs if not p.ok]
+    assert all(p.rtt_ms is not None and p.rtt_ms > 0 for p in report.pairs)
+    # Node underlay: MTU and address as planned, read back from the kernel.
+    pool, node = plan.nodes()[0]
+    eth0 = ip_json("-n", node.netns, "addr", "show", "dev", "eth0")[0]
+    assert eth0["mtu"] == pool.mtu
+    assert [a["local"] for a in eth0["addr_info"] if a["family"] == "inet"] == [node.underlay_ip]
+
+
+def test_pools_do_not_reach_each_other_without_the_overlay(three_pools_lab: LabPlan) -> None:
+    report = ping_all(three_pools_lab, scope="all", tries=1)
+    inside = [p for p in report.pairs if p.src_pool == p.dst_pool]
+    across = [p for p in report.pairs if p.src_pool != p.dst_pool]
+    assert inside and all(p.ok for p in inside)
+    assert across and not any(p.ok for p in across)
+    assert report.ok is False
+
+
+def test_lab_is_sealed_from_the_root_namespace(three_pools_lab: LabPlan) -> None:
+    plan = three_pools_lab
+    # The root namespace holds no link into the lab: it never got an id for a lab namespace.
+    ids = ip_json("netns", "list-id")
+    assert not [i for i in ids if str(i.get("name", "")).startswith(plan.name + ".")]
+    # The internet has no default route: nothing leaves the lab.
+    routes = ip_json("-n", plan.internet_netns, "route", "show")
+    assert not [r for r in routes if r["dst"] == "default"]
+    # Forwarding is on where the lab routes.
+    for ns in (plan.internet_netns, plan.pools[0].netns, plan.nodes()[0][1].netns):
+        value = subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-n",
+                                "net.ipv4.ip_forward"], capture_output=True, text=True).stdout
+        assert value.strip() == "1", ns
+
+
+def test_every_node_reaches_the_control_plane(three_pools_lab: LabPlan) -> None:
+    from raven.lab.runtime import node_exec_argv
+
+    cp = three_pools_lab.control_plane
+    for pool, node in three_pools_lab.nodes():
+        result = subprocess.run([*node_exec_argv(three_pools_lab.name, node.name),
+                                 "ping", "-n", "-c", "1", "-W", "2", cp.ip],
+                                capture_output=True, text=True)
+        assert result.returncode == 0, f"{pool.name}/{node.name}: {result.stdout}"
