@@ -219,6 +219,7 @@ class GatewayStatus:
     nodes: tuple[NodeInfo, ...] = ()
     active_endpoints: tuple[Endpoint, ...] = ()
     conditions: tuple[Condition, ...] = ()
+    node_count: int | None = None  # our optional addition: len(nodes), for `kubectl get gw`
     extra: FrozenMap = EMPTY
 
 
@@ -281,6 +282,8 @@ class Gateway:
             status["activeEndpoint"] = self.status.active_endpoints[0].to_k8s(V1ALPHA1)
         if self.status.conditions:
             status["conditions"] = [c.to_k8s() for c in self.status.conditions]
+        if self.status.node_count is not None:
+            status["nodeCount"] = self.status.node_count
         if status:
             out["status"] = status
         return out
@@ -630,19 +633,21 @@ def _parse_gateway(obj: Any, problems: list[str]) -> Gateway | None:
         if single is not None:
             ep = _parse_endpoint(single, "status.activeEndpoint", r, alpha=True)
             active = (ep,) if ep is not None else ()
-        status_known: tuple[str, ...] = ("nodes", "activeEndpoint", "conditions")
+        status_known: tuple[str, ...] = ("nodes", "activeEndpoint", "conditions", "nodeCount")
     else:
         active = tuple(
             e for i, raw in enumerate(r.list(status_raw, "activeEndpoints", "status."))
             if (e := _parse_endpoint(raw, f"status.activeEndpoints[{i}]", r, alpha)) is not None
         )
-        status_known = ("nodes", "activeEndpoints", "conditions")
+        status_known = ("nodes", "activeEndpoints", "conditions", "nodeCount")
     conditions = tuple(
         c for i, raw in enumerate(r.list(status_raw, "conditions", "status."))
         if (c := _parse_condition(raw, f"status.conditions[{i}]", r)) is not None
     )
+    node_count = (r.int(status_raw, "nodeCount", "status.", 0, None)
+                  if status_raw.get("nodeCount") is not None else None)
     status = GatewayStatus(
-        nodes=nodes, active_endpoints=active, conditions=conditions,
+        nodes=nodes, active_endpoints=active, conditions=conditions, node_count=node_count,
         extra=_extra(status_raw, status_known),
     )
     return Gateway(
@@ -834,9 +839,12 @@ def _networks(subnets: Iterable[str]) -> list[ipaddress.IPv4Network | ipaddress.
     return out
 
 
-def fleet_problems(gateways: Sequence[Gateway], nodes: Sequence[Node] = ()) -> list[str]:
+def fleet_problems(
+    gateways: Sequence[Gateway], nodes: Sequence[Node] = (), *, nodes_complete: bool = True
+) -> list[str]:
     """Problems across Gateways: a node claimed by two pools, pod subnets overlapping between pools,
-    and (when `nodes` is given) endpoints naming nodes that do not exist."""
+    and (when `nodes` is given and `nodes_complete`, i.e. it is every Node of the cluster)
+    endpoints naming nodes that do not exist."""
     problems: list[str] = []
     ordered = sorted(gateways, key=lambda g: g.name)
     claims: dict[str, list[tuple[str, str]]] = {}
@@ -888,7 +896,7 @@ def fleet_problems(gateways: Sequence[Gateway], nodes: Sequence[Node] = ()) -> l
                     )
                 continue
         cover = (pool, net)
-    if nodes:
+    if nodes and nodes_complete:
         known = {n.name for n in nodes}
         for gw in ordered:
             for i, ep in enumerate(gw.spec.endpoints):

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"--underlay-mtu {args.underlay_mtu}: use 1280..65535")
         options = replace(options, underlay_mtu=args.underlay_mtu)
     state = plan_node(gateways, me, options)
-    warnings = fleet_problems(gateways, nodes)
+    warnings = fleet_problems(gateways, nodes, nodes_complete=False)
     if args.json:
         out = state.to_json()
         out["fleetProblems"] = warnings
