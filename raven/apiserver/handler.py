@@ -26,7 +26,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
-from raven.apiserver import discovery, tables
+from raven.apiserver import discovery, openapi, tables
 from raven.apiserver.api import ResourceApi
 from raven.apiserver.resources import ResourceType
 from raven.apiserver.selectors import make_filter
@@ -164,6 +164,20 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             return 200
         if path == "/version":
             self._send_json(200, discovery.version_info())
+            return 200
+        if path == "/openapi/v3":
+            self._send_json(200, openapi.root(registry))
+            return 200
+        if path.startswith("/openapi/v3/"):
+            gv = path[len("/openapi/v3/"):].split("/")
+            doc = None
+            if gv[0] == "api" and len(gv) == 2:
+                doc = openapi.group_version_doc(registry, "", gv[1])
+            elif gv[0] == "apis" and len(gv) == 3:
+                doc = openapi.group_version_doc(registry, gv[1], gv[2])
+            if doc is None:
+                raise _page_not_found(path)
+            self._send_json(200, doc)
             return 200
         if path.startswith("/openapi/"):
             raise ApiError(404, "NotFound", f"the server could not find the requested resource ({path}); this server publishes no OpenAPI schema")  # noqa: E501

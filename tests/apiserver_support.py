@@ -1,0 +1,147 @@
+"""Start the embedded API server in a subprocess for tests; reusable by every test package.
+
+Usage in a test module (tests/ is on sys.path through tests/conftest.py):
+
+    from apiserver_support import apiserver, ApiServerProcess  # noqa: F401  (pytest fixture)
+
+    def test_something(apiserver: ApiServerProcess) -> None:
+        client = apiserver.api_client()          # kubernetes.client.ApiClient
+        subprocess.run(["kubectl", "--kubeconfig", str(apiserver.kubeconfig), "get", "nodes"])
+
+`apiserver` is function-scoped (a fresh server and data directory per test);
+`apiserver_module` is module-scoped for suites that share one server (use unique names).
+The server is stopped with SIGTERM (then SIGKILL) also when the test fails.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+READY = re.compile(r"^listening on (?P<url>\S+) kubeconfig (?P<kubeconfig>\S+)$")
+
+
+@dataclass
+class ApiServerProcess:
+    """A running `raven apiserver` subprocess."""
+
+    process: subprocess.Popen[str]
+    data_dir: Path
+    url: str
+    kubeconfig: Path
+    log_path: Path
+    args: tuple[str, ...] = field(default=())
+
+    @property
+    def token(self) -> str:
+        return (self.data_dir / "token").read_text().strip()
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+    def api_client(self) -> Any:
+        """A kubernetes.client.ApiClient configured from the kubeconfig (official client)."""
+        from kubernetes import config
+
+        return config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,  # noqa: A002
+                timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            ["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
+            input=input, capture_output=True, text=True, timeout=timeout,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"kubectl {' '.join(args)} failed ({result.returncode}):\n"
+                f"{result.stdout}\n{result.stderr}"
+            )
+        return result
+
+    def stop(self) -> int:
+        """SIGTERM, wait up to 10 s, then SIGKILL; returns the exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        return self.process.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+def start_apiserver_process(
+    data_dir: Path, *extra_args: str, listen: str = "127.0.0.1:0", timeout: float = 30.0
+) -> ApiServerProcess:
+    """Start `raven apiserver` and wait for its `listening on` line (port 0 -> real port)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir.parent / f"{data_dir.name}.apiserver.log"
+    args = ("apiserver", "--data-dir", str(data_dir), "--listen", listen, *extra_args)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "raven.cli", *args], cwd=ROOT, env=env,
+            stdout=subprocess.PIPE, stderr=log_file, text=True,
+        )
+    assert process.stdout is not None
+    selector = selectors.DefaultSelector()
+    selector.register(process.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not selector.select(timeout=max(deadline - time.monotonic(), 0.01)):
+                continue
+            line = process.stdout.readline()
+            if not line:
+                break
+            match = READY.match(line.strip())
+            if match:
+                return ApiServerProcess(
+                    process, data_dir, match["url"], Path(match["kubeconfig"]), log_path, args
+                )
+    finally:
+        selector.close()
+    process.kill()
+    process.wait(timeout=10)
+    raise RuntimeError(
+        f"raven apiserver did not report its address within {timeout} s; log:\n"
+        f"{log_path.read_text() if log_path.exists() else ''}"
+    )
+
+
+@pytest.fixture
+def apiserver(tmp_path: Path) -> Iterator[ApiServerProcess]:
+    """A fresh API server subprocess (TLS, port 0) with its own data directory."""
+    server = start_apiserver_process(tmp_path / "apiserver")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def apiserver_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServerProcess]:
+    """One API server subprocess shared by a test module (tests must use unique names)."""
+    server = start_apiserver_process(tmp_path_factory.mktemp("apiserver") / "data")
+    try:
+        yield server
+    finally:
+        server.stop()
