@@ -1,0 +1,140 @@
+"""`raven lab down` leaves no namespace, process, link, mount or file, also after a killed `up`.
+
+Oracles: `ip netns list`, /proc (pids with their start times), /proc/self/mountinfo, the run
+directory and the root namespace's netns ids. Labs are built by the CLI in a subprocess, like
+an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raven.lab import netns as nsutil
+from raven.lab import runtime, teardown
+
+pytestmark = pytest.mark.root
+
+TOPOLOGIES = Path(__file__).resolve().parents[2] / "test-topologies"
+
+
+def unique_lab_name() -> str:
+    return f"rvt-lab-{secrets.token_hex(3)}"
+
+
+def raven(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "raven.cli", *args], capture_output=True,
+                          text=True, timeout=120)
+
+
+def lab_processes(lab: str) -> dict[int, int]:
+    """pid -> start time of every process inside the lab's namespaces."""
+    inodes = {i for i in map(nsutil.netns_inode, teardown.lab_namespaces(lab)) if i}
+    out = {}
+    for pid in nsutil.pids_in(inodes):
+        start = runtime.proc_start_time(pid)
+        if start is not None:
+            out[pid] = start
+    return out
+
+
+def assert_no_trace(lab: str, processes: dict[int, int]) -> None:
+    assert not [n for n in nsutil.list_netns() if n.startswith(lab + ".")]
+    assert not runtime.run_dir(lab).exists()
+    alive = [pid for pid, start in processes.items() if runtime.proc_start_time(pid) == start]
+    assert alive == [], f"processes of {lab} still alive: {alive}"
+    assert str(runtime.run_dir(lab)) not in Path("/proc/self/mountinfo").read_text()
+    ids = json.loads(subprocess.run(["ip", "-json", "netns", "list-id"], capture_output=True,
+                                    text=True).stdout or "[]")
+    assert not [i for i in ids if str(i.get("name", "")).startswith(lab + ".")]
+    assert lab not in raven("lab", "list").stdout
+
+
+def test_down_removes_everything() -> None:
+    lab = unique_lab_name()
+    try:
+        up = raven("lab", "up", str(TOPOLOGIES / "single-pool.yaml"), "--name", lab)
+        assert up.returncode == 0, up.stderr
+        assert "ready" in up.stderr
+        plan = runtime.load_plan(lab)
+        node, pod = plan.nodes()[0][1], plan.pods()[0][2]
+        runtime.start_process(lab, node.name, "sleeper", ["sleep", "600"])
+        runtime.start_process(lab, pod.name, "sleeper", ["sleep", "600"])
+        processes = lab_processes(lab)
+        # holders of both nodes and the control plane, plus the two sleepers
+        assert len(processes) >= len(plan.hosts()) + 2
+        assert len(teardown.lab_namespaces(lab)) == len(plan.netns_names())
+        down = raven("lab", "down", lab)
+        assert down.returncode == 0, down.stderr
+        assert_no_trace(lab, processes)
+        again = raven("lab", "down", lab)  # idempotent
+        assert again.returncode == 0, again.stderr
+    finally:
+        teardown.down(lab)
+
+
+def big_topology(path: Path) -> Path:
+    """A lab large enough (about 150 namespaces) that a kill lands in the middle of `up`."""
+    pools = []
+    for i in range(8):
+        pools.append({
+            "name": f"p{i}", "nat": ("none", "cone", "symmetric")[i % 3], "pods": 2,
+            "nodes": [{"name": f"p{i}-n{j}", "podCIDR": f"10.{100 + i}.{j}.0/24",
+                       "gatewayCandidate": j == 0} for j in range(6)],
+        })
+    path.write_text(yaml.safe_dump({"name": "big", "pools": pools}))
+    return path
+
+
+@pytest.mark.parametrize("kill_when", ["namespaces", "holders"])
+def test_down_after_a_killed_up(tmp_path: Path, kill_when: str) -> None:
+    lab = unique_lab_name()
+    topology = big_topology(tmp_path / "big.yaml")
+    proc = subprocess.Popen([sys.executable, "-m", "raven.cli", "lab", "up", str(topology),
+                             "--name", lab], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    seen: dict[int, int] = {}
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if kill_when == "namespaces" and any(
+                    n.startswith(lab + ".") for n in nsutil.list_netns()):
+                break
+            if kill_when == "holders" and list(
+                    (runtime.run_dir(lab) / "pids").glob("*.holder.json")):
+                break
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state = runtime.read_state(lab)
+        assert state is not None and state["phase"] == "building", "kill did not land mid-build"
+        time.sleep(0.3)  # let orphaned `ip` children finish what they were doing
+        seen = lab_processes(lab)
+        if kill_when == "holders":
+            assert seen, "expected holder processes to survive the killed up"
+        down = raven("lab", "down", lab)
+        assert down.returncode == 0, down.stderr
+        assert_no_trace(lab, seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        teardown.down(lab)
+
+
+def test_down_finds_a_lab_whose_run_dir_is_gone(lab_factory) -> None:
+    plan = lab_factory("single-pool.yaml")
+    processes = lab_processes(plan.name)
+    assert processes
+    shutil.rmtree(runtime.run_dir(plan.name))  # e.g. /run wiped, namespaces left behind
+    assert plan.name in teardown.discover_labs()  # found by the lo marker alias
+    teardown.down(plan.name)
+    assert_no_trace(plan.name, processes)
