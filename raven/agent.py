@@ -258,7 +258,7 @@ class Agent:
         for peer in peers:
             key = str(getattr(peer, "public_key", ""))
             labels = (key, pools.get(key, ""))
-            age = getattr(peer, "handshake_age", None)
+            age = getattr(peer, "handshake_age_s", None)
             self.metrics.handshake_age.labels(*labels).set(-1 if age is None else float(age))
             self.metrics.rx_bytes.labels(*labels).set(float(getattr(peer, "rx_bytes", 0) or 0))
             self.metrics.tx_bytes.labels(*labels).set(float(getattr(peer, "tx_bytes", 0) or 0))

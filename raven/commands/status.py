@@ -113,7 +113,7 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"{key + ':':16}{value}")
     lines.append(f"peers:          {len(peers)}")
     for peer in peers:
-        age = peer.get("handshake_age")
+        age = peer.get("handshake_age_s")
         if age is None and peer.get("last_handshake"):
             age = time.time() - float(peer["last_handshake"])
         shown = "never" if age is None else f"{float(age):.0f}s ago"
