@@ -56,11 +56,16 @@ def load_documents(path: str) -> tuple[list[Document], list[str]]:
                 docs.append(Document(f"{path}:{line}", data))
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
         what = " ".join(p for p in (exc.context, exc.problem) if p)
         started = exc.context_mark
         if started is not None and mark is not None and started.line != mark.line:
-            what += f" (the construct started at line {started.line + 1})"
+            if "<stream end>" in (exc.problem or ""):
+                # An unclosed bracket or quote: the line that opened it is the one to fix.
+                what += f" (the file ends at line {mark.line + 1})"
+                mark = started
+            else:
+                what += f" (the construct started at line {started.line + 1})"
+        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
         return docs, [f"{where}: malformed YAML: {what}; fix the syntax there"]
     except yaml.YAMLError as exc:
         return docs, [f"{path}: malformed YAML: {exc}"]
@@ -95,9 +100,12 @@ def validate_files(paths: list[str]) -> tuple[list[str], dict[str, int]]:
                 counts["gateways"] += 1
                 found = gateway_problems(doc.data)
                 problems.extend(f"{doc.source}: {p}" for p in found)
-                if not found:
+                try:
                     gw = Gateway.from_k8s(doc.data)
-                    gateways.append(gw)
+                except ValidationError:
+                    continue  # structurally broken: already reported, nothing to compare
+                gateways.append(gw)
+                if not found:
                     problems.extend(
                         f"{doc.source}: Gateway {gw.name}: status.nodes: {c}"
                         for c in vtep_collisions((n.node_name, n.private_ip)
