@@ -43,37 +43,75 @@ def age(timestamp: str | None, now: datetime | None = None) -> str:
     return f"{days}d" if days < 365 * 2 else f"{days // 365}y"
 
 
-def json_path(obj: Any, path: str) -> Any:
-    """The value of a simple JSONPath such as `.status.activeEndpoints[0].nodeName` or
-    `.spec.list[*].name` (a list then); None when absent."""
+_TOKEN = re.compile(
+    r"\.(?P<name>[^.\[\]]+)"
+    r"|\[(?P<index>\*|-?\d+|'[^']*'|\"[^\"]*\")\]"
+    r"|\[\?\(@(?P<fpath>(?:\.[^.\[\]=!<>)\s]+)+)\s*(?:(?P<op>==|!=)\s*(?P<fvalue>'[^']*'|\"[^\"]*\"|[^)\s]+))?\s*\)\]"
+)
+
+
+def _unquote(text: str) -> Any:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _dig(value: Any, dotted: str) -> tuple[bool, Any]:
+    for part in dotted.strip(".").split("."):
+        if not isinstance(value, dict) or part not in value:
+            return False, None
+        value = value[part]
+    return True, value
+
+
+def json_path_values(obj: Any, path: str) -> list[Any]:
+    """Every value a kubectl-style JSONPath selects: `.a.b`, `[0]`, `[*]`, `['k']`,
+    `[?(@.type=="Ready")]` and `[?(@.field)]`."""
     path = path.strip()
     if path.startswith("{") and path.endswith("}"):
         path = path[1:-1]
     path = path.lstrip("$")
     values = [obj]
-    for part in re.findall(r"\.([^.\[\]]+)|\[(\*|\d+|'[^']*'|\"[^\"]*\")\]", path):
-        name, index = part
-        next_values = []
+    for match in _TOKEN.finditer(path):
+        name, index, fpath = match["name"], match["index"], match["fpath"]
+        found: list[Any] = []
         for value in values:
-            if name:
+            if name is not None:
                 if isinstance(value, dict) and name in value:
-                    next_values.append(value[name])
+                    found.append(value[name])
             elif index == "*":
                 if isinstance(value, list):
-                    next_values.extend(value)
+                    found.extend(value)
                 elif isinstance(value, dict):
-                    next_values.extend(value.values())
-            elif index.isdigit():
-                if isinstance(value, list) and int(index) < len(value):
-                    next_values.append(value[int(index)])
-            else:
+                    found.extend(value.values())
+            elif index is not None and index.lstrip("-").isdigit():
+                if isinstance(value, list) and -len(value) <= int(index) < len(value):
+                    found.append(value[int(index)])
+            elif index is not None:
                 key = index[1:-1]
                 if isinstance(value, dict) and key in value:
-                    next_values.append(value[key])
-        values = next_values
-    if not values:
-        return None
-    return values if "*" in path else values[0]
+                    found.append(value[key])
+            elif fpath is not None and isinstance(value, list):
+                for item in value:
+                    present, got = _dig(item, fpath)
+                    if match["op"] is None:
+                        keep = present
+                    else:
+                        equal = present and str(got) == str(_unquote(match["fvalue"]))
+                        keep = equal if match["op"] == "==" else not equal
+                    if keep:
+                        found.append(item)
+        values = found
+    return values
+
+
+def json_path(obj: Any, path: str) -> Any:
+    """One value (the first) for a JSONPath, or None when it selects nothing."""
+    values = json_path_values(obj, path)
+    return values[0] if values else None
 
 
 def _cell(value: Any, column_type: str, column_format: str = "") -> Any:
@@ -176,7 +214,12 @@ def _crd_columns(rtype: ResourceType) -> list[Column]:
         fmt = str(spec.get("format", ""))
 
         def value(o: dict[str, Any], p: str = path, t: str = column_type, f: str = fmt) -> Any:
-            return _cell(json_path(o, p), t, f)
+            found = json_path_values(o, p)
+            if not found:
+                return None
+            if len(found) == 1:
+                return _cell(found[0], t, f)
+            return ",".join(str(_cell(v, "string", f)) for v in found)
 
         # A "date" column is shown as an age string, as kube-apiserver does.
         definition = _col(str(spec.get("name", path)), "string" if column_type == "date" else column_type,  # noqa: E501
