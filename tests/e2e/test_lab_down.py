@@ -67,9 +67,15 @@ def test_down_removes_everything() -> None:
         assert "ready" in up.stderr
         plan = runtime.load_plan(lab)
         node, pod = plan.nodes()[0][1], plan.pods()[0][2]
-        runtime.start_process(lab, node.name, "sleeper", ["sleep", "600"])
-        runtime.start_process(lab, pod.name, "sleeper", ["sleep", "600"])
+        pids = [runtime.start_process(lab, node.name, "sleeper", ["sleep", "600"]),
+                runtime.start_process(lab, pod.name, "sleeper", ["sleep", "600"])]
+        for pid in pids:  # wait until nsenter / ip netns exec have exec'd into the namespace
+            for _ in range(500):
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep":
+                    break
+                time.sleep(0.01)
         processes = lab_processes(lab)
+        assert set(pids) <= set(processes)
         # holders of both nodes and the control plane, plus the two sleepers
         assert len(processes) >= len(plan.hosts()) + 2
         assert len(teardown.lab_namespaces(lab)) == len(plan.netns_names())
