@@ -245,7 +245,6 @@ def _holder(kubeconfig: Path) -> str:
                    "jsonpath={.spec.holderIdentity}").stdout.strip()
 
 
-@pytest.mark.slow
 def test_leader_handover_between_two_controller_processes(tmp_path: Path) -> None:
     with apiserver_process(tmp_path / "api") as api:
         kube = Kube(KubeSettings(kubeconfig=api.kubeconfig, request_timeout=3))

@@ -1,0 +1,132 @@
+"""The deployment manifests apply cleanly to the embedded API server with kubectl, and say what
+the operator guide promises (host network, capabilities, probes, least-privilege RBAC), and the
+commands they run are accepted by our own CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kube_support import ROOT, kubectl
+
+from raven.apiserver.server import RunningApiServer, start
+from raven.apiserver.settings import ApiServerSettings
+from raven.cli import build_parser
+
+AGENT = [ROOT / "agent" / "rbac.yaml", ROOT / "agent" / "daemonset.yaml"]
+GATEWAY = [ROOT / "gateway" / "crd.yaml", ROOT / "gateway" / "rbac.yaml",
+           ROOT / "gateway" / "controller.yaml"]
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RunningApiServer]:
+    running = start(ApiServerSettings(data_dir=tmp_path / "api", port=0))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def docs(path: Path) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def get(server: RunningApiServer, *args: str) -> dict[str, Any]:
+    return json.loads(kubectl(server.kubeconfig, "get", *args, "-o", "json").stdout)
+
+
+def test_every_manifest_applies_cleanly_and_twice(server: RunningApiServer) -> None:
+    for path in GATEWAY + AGENT:
+        first = kubectl(server.kubeconfig, "apply", "-f", str(path))
+        assert "created" in first.stdout, first.stdout
+        again = kubectl(server.kubeconfig, "apply", "-f", str(path))  # idempotent
+        assert "created" not in again.stdout and not again.stderr.strip(), again.stdout
+    for path in GATEWAY + AGENT:
+        for doc in docs(path):
+            meta = doc["metadata"]
+            ns = ["-n", meta["namespace"]] if meta.get("namespace") else []
+            kind = doc["kind"].lower() + "." + doc["apiVersion"].split("/")[0] if "/" in doc[
+                "apiVersion"] else doc["kind"].lower()
+            stored = get(server, kind, meta["name"], *ns)
+            assert stored["metadata"]["name"] == meta["name"]
+
+
+def test_daemonset_runs_the_agent_as_the_guide_says(server: RunningApiServer) -> None:
+    for path in AGENT:
+        kubectl(server.kubeconfig, "apply", "-f", str(path))
+    ds = get(server, "daemonset", "-n", "kube-system", "raven-agent")
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["serviceAccountName"] == "raven-agent"
+    (c,) = pod["containers"]
+    assert set(c["securityContext"]["capabilities"]["add"]) == {"NET_ADMIN", "NET_RAW"}
+    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    state = next(v for v in pod["volumes"] if v["name"] == "state")
+    assert state["hostPath"]["path"] == "/var/lib/raven"
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "state")
+    assert mount["mountPath"] == "/var/lib/raven"
+    assert "--state-dir=/var/lib/raven" in c["args"]
+    port = c["ports"][0]["containerPort"]
+    assert f"--metrics-listen=0.0.0.0:{port}" in c["args"]
+    assert c["livenessProbe"]["httpGet"]["port"] == port
+
+
+def test_controller_deployment_has_two_leader_elected_replicas(server: RunningApiServer) -> None:
+    for path in GATEWAY:
+        kubectl(server.kubeconfig, "apply", "-f", str(path))
+    deploy = get(server, "deployment", "-n", "kube-system", "raven-gateway-controller")
+    assert deploy["spec"]["replicas"] == 2
+    (c,) = deploy["spec"]["template"]["spec"]["containers"]
+    assert c["command"] == ["raven", "controller"]
+    assert any(a.startswith("--lease-duration=") for a in c["args"])
+
+
+def _rules(path: Path, kind: str, name: str) -> list[dict[str, Any]]:
+    doc = next(d for d in docs(path) if d["kind"] == kind and d["metadata"]["name"] == name)
+    return doc["rules"]
+
+
+def _verbs(rules: list[dict[str, Any]], group: str, resource: str) -> set[str]:
+    return {v for r in rules if group in r["apiGroups"] and resource in r["resources"]
+            for v in r["verbs"]}
+
+
+def test_agent_rbac_is_least_privilege() -> None:
+    cluster = _rules(ROOT / "agent" / "rbac.yaml", "ClusterRole", "raven-agent")
+    assert _verbs(cluster, "raven.openyurt.io", "gateways") == {"get", "list", "watch"}
+    assert _verbs(cluster, "raven.openyurt.io", "gateways/status") == set()
+    assert _verbs(cluster, "", "nodes") == {"get", "list", "watch", "patch"}
+    assert not any("*" in r["verbs"] or "*" in r["resources"] for r in cluster)
+    role = _rules(ROOT / "agent" / "rbac.yaml", "Role", "raven-agent-heartbeat")
+    assert _verbs(role, "coordination.k8s.io", "leases") == {"get", "create", "update"}
+
+
+def test_controller_rbac_writes_only_gateway_status() -> None:
+    cluster = _rules(ROOT / "gateway" / "rbac.yaml", "ClusterRole", "raven-gateway-controller")
+    assert _verbs(cluster, "raven.openyurt.io", "gateways") == {"get", "list", "watch"}
+    assert {"update"} <= _verbs(cluster, "raven.openyurt.io", "gateways/status")
+    assert _verbs(cluster, "", "nodes") == {"get", "list", "watch"}
+    assert "create" in _verbs(cluster, "", "events")
+
+
+def _container(path: Path, kind: str) -> dict[str, Any]:
+    doc = next(d for d in docs(path) if d["kind"] == kind)
+    return doc["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_manifest_commands_are_accepted_by_our_cli() -> None:
+    parser = build_parser()
+    for path, kind in ((ROOT / "gateway" / "controller.yaml", "Deployment"),
+                       (ROOT / "agent" / "daemonset.yaml", "DaemonSet")):
+        c = _container(path, kind)
+        assert c["command"][0] == "raven"
+        argv = [a.replace("$(POD_NAME)", "pod-x") for a in c["command"][1:] + c["args"]]
+        args = parser.parse_args(argv)  # exits (SystemExit) on an unknown flag
+        assert callable(args.func)
