@@ -10,10 +10,18 @@ Rules kept:
 - `apply` twice performs zero writes the second time; `observe` runs the same diff without
   writing, so its `drift` is exactly what the next apply would change;
 - one lock serialises apply/repair/observe/cleanup, so the drift monitor's thread can repair.
+
+Caches (why a no-op reconcile of 10,000 routes costs milliseconds, not a 10,000-route dump):
+routes and rules of our tables are dumped once, then kept equal to what we wrote; a netlink
+event stream invalidates them on any foreign change to our tables or devices (our own writes
+are recognised by port id), and on any event overrun. The nft table is listed only when the
+ruleset generation id moved since our last read or write. WireGuard and FDB/neighbours are read
+live on every reconcile (there is no change notification for WireGuard peers).
 """
 
 from __future__ import annotations
 
+import operator
 import threading
 import time
 from collections import Counter
@@ -21,15 +29,30 @@ from collections.abc import Callable
 from types import TracebackType
 
 from raven.dataplane import rtnl, sysctl
-from raven.dataplane.drift import DriftWatcher
+from raven.dataplane.drift import NEIGH, ROUTE, RULE, DriftWatcher, EventStream
 from raven.dataplane.errors import DataplaneError
-from raven.dataplane.firewall import Nft, collapse, plan_firewall, skeleton
+from raven.dataplane.firewall import (
+    LiveFirewall,
+    Nft,
+    RulesetGeneration,
+    collapse,
+    plan_firewall,
+    skeleton,
+)
 from raven.dataplane.links import LinkFacts, Links
 from raven.dataplane.netlink import NETLINK_ROUTE, NetlinkSocket, Request
+from raven.dataplane.nftnl import SetElements
 from raven.dataplane.settings import ApplyResult, DataplaneSettings, DataplaneStatus, PeerStatus
 from raven.dataplane.wireguard import keys
 from raven.dataplane.wireguard.device import WireGuardApplier
 from raven.desired import NodeState, Route, Rule
+
+RouteKey = tuple[str, int, str, str | None, int | None]
+
+
+_route_key: Callable[[Route], RouteKey] = operator.attrgetter(  # C speed at 10,000 routes
+    "dst", "table", "dev", "gateway", "mtu")
+_table_of = operator.attrgetter("table")
 
 
 class Dataplane:
@@ -50,6 +73,29 @@ class Dataplane:
         self.nft = Nft(settings.netns, settings.nft_table)
         self._last: NodeState | None = None
         self._watcher: DriftWatcher | None = None
+        self._events = EventStream(
+            netns_name=settings.netns, own_ports=lambda: {self.nl.port_id},
+            devices=self._devices, tables=lambda: set(self._our_tables(self._last)))
+        self._generation = RulesetGeneration(settings.netns)
+        self._set_elements = SetElements(settings.netns)
+        self._route_cache: set[RouteKey] | None = None
+        self._rule_cache: Counter[Rule] | None = None
+        self._fw_cache: tuple[int, str, LiveFirewall] | None = None  # (generation, fp, live)
+        self._cached_tables: tuple[int, ...] = ()
+        self._tables_memo: tuple[NodeState, tuple[int, ...]] | None = None
+        self._want_route_keys: set[RouteKey] = set()
+
+    def _devices(self) -> set[str]:
+        return {self.settings.vxlan_device, self.settings.wireguard_device}
+
+    def _invalidate_stale_caches(self) -> None:
+        for kind, _reason in self._events.drain():
+            if kind == ROUTE:
+                self._route_cache = None
+            elif kind == RULE:
+                self._rule_cache = None
+            elif kind != NEIGH:  # links, addresses, overruns: routes may vanish silently
+                self._route_cache = self._rule_cache = None
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -66,6 +112,9 @@ class Dataplane:
             self._watcher.stop()
             self._watcher = None
         self.wireguard.close()
+        self._events.close()
+        self._generation.close()
+        self._set_elements.close()
         self.nl.close()
         self.links.close()
 
@@ -91,11 +140,17 @@ class Dataplane:
             return self.apply(self._last)
 
     def _our_tables(self, state: NodeState | None) -> tuple[int, ...]:
+        if state is None:
+            return tuple(sorted(self.settings.tables))
+        memo = self._tables_memo
+        if memo is not None and memo[0] is state:
+            return memo[1]
         tables = set(self.settings.tables)
-        if state is not None:
-            tables.update(r.table for r in state.routes)
-            tables.update(r.table for r in state.rules)
-        return tuple(sorted(tables))
+        tables.update(map(_table_of, state.routes))
+        tables.update(map(_table_of, state.rules))
+        result = tuple(sorted(tables))
+        self._tables_memo = (state, result)
+        return result
 
     def _reconcile(self, state: NodeState, write: bool) -> tuple[int, list[str]]:
         writes = 0
@@ -161,8 +216,20 @@ class Dataplane:
             run(requests)
 
         tables = self._our_tables(state)
-        run(self._route_requests(state.routes, tables, links, names, write))
-        run(self._rule_requests(state.rules, tables))
+        self._invalidate_stale_caches()
+        if self._route_cache is not None and self._cached_tables != tables:
+            self._route_cache = self._rule_cache = None
+        self._cached_tables = tables
+        try:
+            run(self._route_requests(state.routes, tables, links, names, write))
+            if write:
+                self._route_cache = self._want_route_keys
+            run(self._rule_requests(state.rules, tables))
+            if write:
+                self._rule_cache = Counter(state.rules)
+        except BaseException:
+            self._route_cache = self._rule_cache = None
+            raise
 
         fw_writes, fw_changes = self._firewall(state, write)
         writes += fw_writes
@@ -227,16 +294,22 @@ class Dataplane:
     def _route_requests(self, routes: tuple[Route, ...], tables: tuple[int, ...],
                         links: dict[str, LinkFacts], names: dict[int, str],
                         write: bool) -> list[Request]:
-        live = rtnl.dump_routes(self.nl, tables, names)
-        live_set = set(live)
-        want_keys = {(r.dst, r.table) for r in routes}
+        # Plain tuples, not the dataclasses: hashing and comparing them runs in C, which is
+        # what keeps a no-op reconcile of 10,000 routes in single-digit milliseconds.
+        if self._route_cache is None:
+            self._route_cache = {_route_key(r) for r in rtnl.dump_routes(self.nl, tables, names)}
+        live = self._route_cache
+        want = dict(zip(map(_route_key, routes), routes, strict=True))
+        self._want_route_keys = set(want)
         requests: list[Request] = []
-        for route in live:
-            if (route.dst, route.table) not in want_keys:
-                requests.append(rtnl.route_request(route, 0, delete=True))
-        for route in routes:
-            if route in live_set:
-                continue
+        if live.issubset(want.keys()) and len(live) == len(want):
+            return requests
+        want_places = {(key[0], key[1]) for key in want}
+        for key in live - want.keys():
+            if (key[0], key[1]) not in want_places:
+                requests.append(rtnl.route_request(Route(key[0], key[1], key[2]), 0, delete=True))
+        for key in want.keys() - live:
+            route = want[key]
             link = links.get(route.dev)
             if link is None:
                 if not write:
@@ -250,7 +323,9 @@ class Dataplane:
         return requests
 
     def _rule_requests(self, rules: tuple[Rule, ...], tables: tuple[int, ...]) -> list[Request]:
-        live = Counter(rtnl.dump_rules(self.nl, tables))
+        if self._rule_cache is None:
+            self._rule_cache = Counter(rtnl.dump_rules(self.nl, tables))
+        live = self._rule_cache
         want = Counter(rules)
         requests: list[Request] = []
         for rule, count in live.items():
@@ -266,18 +341,34 @@ class Dataplane:
         if desired is None:
             if self.nft.exists():
                 if write:
+                    self._fw_cache = None
                     self.nft.delete_table()
                 return int(write), [f"nft table inet {self.settings.nft_table}: delete"]
             return 0, []
         nft = self.nft if desired.table == self.settings.nft_table else Nft(
             self.settings.netns, desired.table)
         _script, fingerprint = skeleton(desired)
-        script, changes = plan_firewall(desired, nft.read(fingerprint))
-        if script is None:
+        generation = self._generation.read()
+        cached = self._fw_cache
+        if cached is not None and cached[0] == generation and cached[1] == fingerprint:
+            live: LiveFirewall | None = cached[2]
+        else:
+            live = nft.read(fingerprint)
+            self._fw_cache = (generation, fingerprint, live) if live is not None else None
+        plan = plan_firewall(desired, live)
+        if plan.empty():
             return 0, []
         if write:
-            nft.transaction(script)
-        return int(write), changes
+            self._fw_cache = None
+            if plan.script is not None:
+                nft.transaction(plan.script)
+            else:
+                self._set_elements.change(desired.table, [(s, list(c), d)
+                                                          for s, c, d in plan.elements])
+            # What we wrote is now the table; remember it under the generation it created.
+            self._fw_cache = (self._generation.read(), fingerprint,
+                              LiveFirewall(True, collapse(tuple(desired.remote_subnets))))
+        return int(write), list(plan.changes)
 
     # --- observe -------------------------------------------------------------------------------
 
@@ -360,6 +451,7 @@ class Dataplane:
             if self.nft.delete_table():
                 changes.append(f"delete nft table inet {self.settings.nft_table}")
             self._last = None
+            self._route_cache = self._rule_cache = self._fw_cache = None
             return changes
 
 

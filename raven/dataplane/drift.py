@@ -1,8 +1,11 @@
-"""Netlink monitor that notices changes to our kernel objects made by someone else.
+"""Netlink monitoring of our kernel objects: change events, and the drift watcher thread.
 
-Rules kept: the monitor only reads; it reports (it never writes) and the callback decides; our
-own netlink writes are recognised by the sender port id carried in the notification and ignored;
-bursts are coalesced (100 ms) so a flush of 10,000 routes costs one callback, well within 1 s.
+Rules kept: monitoring only reads, it never writes; the callback decides. Our own netlink writes
+are recognised by the sender port id the kernel puts in each notification and ignored (kernel-
+originated notifications, e.g. VXLAN FDB changes, carry port 0 and count as foreign: the cost is
+one cheap no-op reconcile). Bursts are coalesced (100 ms): a flush of 10,000 routes costs one
+callback, well within the 1 s promise. A receive-buffer overrun (ENOBUFS) means events were lost
+and is reported as a change, never ignored.
 """
 
 from __future__ import annotations
@@ -32,112 +35,145 @@ _HDR = struct.Struct("=LHHLL")
 _IFINFO = struct.Struct("=BxHiII")
 _COALESCE_S = 0.1
 
+# Event kinds, for callers that keep caches per kind.
+LINK, ADDRESS, ROUTE, RULE, NEIGH, OVERRUN = "link", "address", "route", "rule", "neigh", "overrun"
 
-class DriftWatcher:
+
+class EventStream:
+    """Notifications about our devices, our tables' routes and rules, as (kind, reason)."""
+
     def __init__(self, *, netns_name: str | None, own_ports: Callable[[], set[int]],
-                 devices: Callable[[], set[str]], tables: Callable[[], set[int]],
-                 callback: Callable[..., object]) -> None:
+                 devices: Callable[[], set[str]], tables: Callable[[], set[int]]) -> None:
         self.sock = NetlinkSocket(NETLINK_ROUTE, netns_name, groups=GROUPS)
+        self.sock.sock.setblocking(False)
         self._dump_sock = NetlinkSocket(NETLINK_ROUTE, netns_name)
         self.own_ports = own_ports
         self.devices = devices
         self.tables = tables
+        self._indexes: dict[int, str] = {}
+        self.refresh_indexes()
+
+    def close(self) -> None:
+        self.sock.close()
+        self._dump_sock.close()
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def refresh_indexes(self) -> None:
+        wanted = self.devices()
+        found: dict[int, str] = {}
+
+        def handle(data: bytes, start: int, end: int) -> None:
+            index = _IFINFO.unpack_from(data, start)[2]
+            raw = parse_attrs(data, start + _IFINFO.size, end).get(IFLA_IFNAME, b"")
+            name = raw.rstrip(b"\0").decode()
+            if name in wanted:
+                found[index] = name
+
+        self._dump_sock.dump_raw(RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0), handle)
+        self._indexes = found
+
+    def _classify(self, data: bytes, offset: int, length: int,
+                  msg_type: int) -> tuple[str, str] | None:
+        start, end = offset + 16, offset + length
+        if msg_type in (RTM_NEWLINK, RTM_DELLINK):
+            index = _IFINFO.unpack_from(data, start)[2]
+            raw = parse_attrs(data, start + _IFINFO.size, end).get(IFLA_IFNAME, b"")
+            name = raw.rstrip(b"\0").decode()
+            if name in self.devices() or index in self._indexes:
+                if msg_type == RTM_NEWLINK:
+                    self._indexes[index] = name
+                else:
+                    self._indexes.pop(index, None)
+                verb = "changed" if msg_type == RTM_NEWLINK else "deleted"
+                return LINK, f"link {name} {verb}"
+            return None
+        if msg_type in (20, 21):  # addresses
+            index = struct.unpack_from("=I", data, start + 4)[0]
+            if index in self._indexes:
+                return ADDRESS, f"address on {self._indexes[index]} changed"
+            return None
+        if msg_type in (24, 25, 32, 33):  # routes, rules: table attribute (or the u8 field)
+            attrs = parse_attrs(data, start + 12, end)
+            raw = attrs.get(RTA_TABLE if msg_type < 32 else FRA_TABLE)
+            table = struct.unpack("=I", raw[:4])[0] if raw else data[start + 4]
+            if table in self.tables():
+                kind = ROUTE if msg_type < 32 else RULE
+                verb = "added/changed" if msg_type in (24, 32) else "deleted"
+                return kind, f"{kind} in table {table} {verb}"
+            return None
+        if msg_type in (28, 29):  # neighbours and FDB
+            index = struct.unpack_from("=i", data, start + 4)[0]
+            if index in self._indexes:
+                return NEIGH, f"neighbour/fdb on {self._indexes[index]} changed"
+        return None
+
+    def drain(self, timeout: float = 0.0) -> list[tuple[str, str]]:
+        """Everything pending (waiting up to `timeout` for the first message)."""
+        events: list[tuple[str, str]] = []
+        if timeout > 0:
+            ready, _, _ = select.select([self.sock], [], [], timeout)
+            if not ready:
+                return events
+        own = self.own_ports()
+        while True:
+            try:
+                data = self.sock.sock.recv(1 << 20)
+            except BlockingIOError:
+                return events
+            except OSError as exc:  # ENOBUFS: events were lost
+                events.append((OVERRUN, f"netlink monitor overrun ({exc.strerror})"))
+                continue
+            offset = 0
+            while offset + 16 <= len(data):
+                length, msg_type, _flags, _seq, port = _HDR.unpack_from(data, offset)
+                if length < 16:
+                    break
+                if port not in own:
+                    event = self._classify(data, offset, length, msg_type)
+                    if event:
+                        events.append(event)
+                offset += (length + 3) & ~3
+
+
+class DriftWatcher:
+    """A daemon thread calling `callback(reasons)` (or `callback()`) after foreign changes."""
+
+    def __init__(self, *, netns_name: str | None, own_ports: Callable[[], set[int]],
+                 devices: Callable[[], set[str]], tables: Callable[[], set[int]],
+                 callback: Callable[..., object]) -> None:
+        self.events = EventStream(netns_name=netns_name, own_ports=own_ports, devices=devices,
+                                  tables=tables)
         self.callback = callback
         try:
             self._wants_reasons = bool(inspect.signature(callback).parameters)
         except (TypeError, ValueError):
             self._wants_reasons = True
-        self._indexes: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="raven-drift", daemon=True)
 
     def start(self) -> None:
-        self._refresh_indexes()
         self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread.is_alive() and self._thread is not threading.current_thread():
             self._thread.join(timeout=5)
-        self.sock.close()
-        self._dump_sock.close()
-
-    def _refresh_indexes(self) -> None:
-        wanted = self.devices()
-        found: dict[int, str] = {}
-
-        def handle(data: bytes, start: int, end: int) -> None:
-            index = _IFINFO.unpack_from(data, start)[2]
-            name = parse_attrs(data, start + _IFINFO.size, end).get(IFLA_IFNAME, b"")
-            name_s = name.rstrip(b"\0").decode()
-            if name_s in wanted:
-                found[index] = name_s
-
-        self._dump_sock.dump_raw(RTM_GETLINK, _IFINFO.pack(0, 0, 0, 0, 0), handle)
-        self._indexes = found
-
-    def _reason(self, data: bytes, offset: int, length: int, msg_type: int) -> str | None:
-        start, end = offset + 16, offset + length
-        if msg_type in (RTM_NEWLINK, RTM_DELLINK):
-            index = _IFINFO.unpack_from(data, start)[2]
-            name = parse_attrs(data, start + 16, end).get(IFLA_IFNAME, b"").rstrip(b"\0").decode()
-            if name in self.devices() or index in self._indexes:
-                if msg_type == RTM_NEWLINK:
-                    self._indexes[index] = name
-                return f"link {name} {'changed' if msg_type == RTM_NEWLINK else 'deleted'}"
-            return None
-        if msg_type in (20, 21):  # addresses
-            index = struct.unpack_from("=I", data, start + 4)[0]
-            return f"address on {self._indexes[index]} changed" if index in self._indexes else None
-        if msg_type in (24, 25, 32, 33):  # routes, rules: table attribute (or the u8 field)
-            attrs = parse_attrs(data, start + 12, end)
-            raw = attrs.get(RTA_TABLE if msg_type < 32 else FRA_TABLE)
-            table = struct.unpack("=I", raw[:4])[0] if raw else data[start + 4]
-            if table in self.tables():
-                kind = "route" if msg_type < 32 else "rule"
-                verb = "added/changed" if msg_type in (24, 32) else "deleted"
-                return f"{kind} in table {table} {verb}"
-            return None
-        if msg_type in (28, 29):  # neighbours and FDB
-            index = struct.unpack_from("=i", data, start + 4)[0]
-            if index in self._indexes:
-                return f"neighbour/fdb on {self._indexes[index]} changed"
-        return None
-
-    def _drain(self, timeout: float) -> list[str]:
-        reasons: list[str] = []
-        ready, _, _ = select.select([self.sock], [], [], timeout)
-        if not ready:
-            return reasons
-        try:
-            data = self.sock.sock.recv(1 << 20)
-        except OSError as exc:  # ENOBUFS: we lost events; assume drift
-            return [f"netlink monitor overrun ({exc.strerror})"]
-        own = self.own_ports()
-        offset = 0
-        while offset + 16 <= len(data):
-            length, msg_type, _flags, _seq, port = _HDR.unpack_from(data, offset)
-            if length < 16:
-                break
-            if port not in own:
-                reason = self._reason(data, offset, length, msg_type)
-                if reason:
-                    reasons.append(reason)
-            offset += (length + 3) & ~3
-        return reasons
+        self.events.close()
 
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                reasons = self._drain(0.2)
-                if not reasons:
+                events = self.events.drain(0.2)
+                if not events:
                     continue
                 deadline = time.monotonic() + _COALESCE_S
                 while time.monotonic() < deadline:
-                    reasons += self._drain(max(0.0, deadline - time.monotonic()))
-                unique = tuple(dict.fromkeys(reasons))
+                    events += self.events.drain(max(0.001, deadline - time.monotonic()))
+                reasons = tuple(dict.fromkeys(reason for _kind, reason in events))
                 if self._wants_reasons:
-                    self.callback(unique)
+                    self.callback(reasons)
                 else:
                     self.callback()
             except Exception:  # the watcher must survive a failing callback

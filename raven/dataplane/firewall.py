@@ -12,23 +12,28 @@ What the table does (and why):
   connection; binding it to its own source first means a CNI's or kube-proxy's MASQUERADE in
   another table can never rewrite a pod address that has to cross pools. Nothing else is touched.
 
-Rules kept: only table `inet <name>` is ever written; every write is one `nft -f` transaction;
-a correct table is never rebuilt: set contents change through element add/delete only; the
-skeleton (sets, chains, rules) is rebuilt atomically only when it is not what we would write.
+Rules kept: only table `inet <name>` is ever written; every write is one transaction: creating
+or rebuilding the table is one `nft -f` file, element changes are one netfilter netlink batch
+(see nftnl.py for why); a correct table is never rebuilt: set contents change through element
+add/delete only; the skeleton (sets, chains, rules) is rebuilt atomically only when it is not
+what we would write.
 Every rule carries a comment with a fingerprint of the skeleton, which is how we recognise it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import ipaddress
 import json
+import socket
+import struct
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from raven.dataplane import netns
 from raven.dataplane.errors import DataplaneError
+from raven.dataplane.netlink import NETLINK_NETFILTER, NetlinkSocket, parse_attrs
 from raven.desired import Firewall
 
 SETS = {4: "remote4", 6: "remote6"}
@@ -41,14 +46,43 @@ class LiveFirewall:
     elements: dict[int, frozenset[str]]  # family version -> CIDRs in the set
 
 
-def collapse(subnets: Iterable[str]) -> dict[int, frozenset[str]]:
-    """Subnets per family, merged so that no two overlap (nft interval sets demand that)."""
-    out: dict[int, frozenset[str]] = {}
-    for version in (4, 6):
-        nets = [ipaddress.ip_network(s, strict=False) for s in subnets]
-        nets = [n for n in nets if n.version == version]
-        out[version] = frozenset(str(n) for n in ipaddress.collapse_addresses(nets))  # type: ignore[arg-type]
-    return out
+@functools.lru_cache(maxsize=1 << 17)
+def _interval(cidr: str) -> tuple[int, int, int, str]:
+    """(family version, first address, last address, canonical CIDR) as integers."""
+    address, _, prefix = cidr.partition("/")
+    version, family, bits = (6, socket.AF_INET6, 128) if ":" in address else (4, socket.AF_INET, 32)
+    try:
+        value = int.from_bytes(socket.inet_pton(family, address), "big")
+        length = int(prefix) if prefix else bits
+        if not 0 <= length <= bits:
+            raise ValueError(prefix)
+    except (OSError, ValueError):
+        raise DataplaneError(
+            f"firewall remote subnet {cidr!r} is not a CIDR (expected e.g. 10.244.1.0/24)"
+        ) from None
+    size = 1 << (bits - length)
+    first = value & ~(size - 1)
+    text = f"{socket.inet_ntop(family, first.to_bytes(bits // 8, 'big'))}/{length}"
+    return version, first, first + size - 1, text
+
+
+@functools.lru_cache(maxsize=4)
+def collapse(subnets: tuple[str, ...]) -> dict[int, frozenset[str]]:
+    """Subnets per family with every subnet nested in another one dropped.
+
+    nft interval sets reject overlapping elements; two CIDRs either nest or are disjoint, so
+    dropping nested ones is enough (adjacent ones are accepted as they are). Memoized twice
+    (per tuple and per CIDR) because the planner hands us the same values on every reconcile.
+    """
+    out: dict[int, list[str]] = {4: [], 6: []}
+    last_end = {4: -1, 6: -1}
+    for version, first, last, text in sorted(map(_interval, set(subnets)),
+                                             key=lambda i: (i[0], i[1], -i[2])):
+        if first <= last_end[version]:
+            continue  # inside the previous kept subnet
+        out[version].append(text)
+        last_end[version] = last
+    return {version: frozenset(texts) for version, texts in out.items()}
 
 
 def skeleton(fw: Firewall) -> tuple[str, str]:
@@ -81,6 +115,31 @@ def skeleton(fw: Firewall) -> tuple[str, str]:
     script = (f"table inet {fw.table} {{\n" + "\n".join(body) + "\n" + "\n".join(chains)
               + "\n}\n")
     return script, fingerprint
+
+
+NFNL_SUBSYS_NFTABLES = 10
+NFT_MSG_GETGEN = 16
+NFTA_GEN_ID = 1
+
+
+class RulesetGeneration:
+    """The nftables ruleset generation id: it changes with every transaction of any table.
+
+    Reading it is one small netlink request, far cheaper than listing a 10,000-element set, so
+    an unchanged generation lets a reconcile reuse what it last read or wrote.
+    """
+
+    def __init__(self, netns_name: str | None) -> None:
+        self.sock = NetlinkSocket(NETLINK_NETFILTER, netns_name)
+
+    def read(self) -> int:
+        body = struct.pack("=BBH", 0, 0, 0)  # nfgenmsg: AF_UNSPEC, NFNETLINK_V0, res_id 0
+        reply = self.sock.request((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, 0, body)
+        attrs = parse_attrs(reply[0], 4)
+        return struct.unpack("!I", attrs[NFTA_GEN_ID][:4])[0]
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _element_cidr(elem: object, version: int) -> str | None:
@@ -168,10 +227,20 @@ def _elements_stmt(verb: str, table: str, set_name: str, cidrs: Iterable[str]) -
     return f"{verb} element inet {table} {set_name} {{ {items} }}\n"
 
 
-def plan_firewall(desired: Firewall, live: LiveFirewall | None) -> tuple[str | None, list[str]]:
-    """(nft script or None when nothing differs, change descriptions)."""
+@dataclass(frozen=True)
+class FirewallPlan:
+    script: str | None = None  # whole-table `nft -f` transaction (create or rebuild)
+    elements: tuple[tuple[str, tuple[str, ...], bool], ...] = ()  # (set, CIDRs, delete?) batch
+    changes: tuple[str, ...] = ()
+
+    def empty(self) -> bool:
+        return self.script is None and not self.elements
+
+
+def plan_firewall(desired: Firewall, live: LiveFirewall | None) -> FirewallPlan:
+    """A create/rebuild script when the skeleton is missing or not ours, else element deltas."""
     script, _fingerprint = skeleton(desired)
-    want = collapse(desired.remote_subnets)
+    want = collapse(tuple(desired.remote_subnets))
     if live is None or not live.fingerprint_ok:
         text = ""
         if live is not None:  # replace atomically: declare (no-op if present), delete, define
@@ -181,17 +250,19 @@ def plan_firewall(desired: Firewall, live: LiveFirewall | None) -> tuple[str | N
             if want[version]:
                 text += _elements_stmt("add", desired.table, set_name, want[version])
         what = "create" if live is None else "rebuild (skeleton differed)"
-        return text, [f"nft table inet {desired.table} {what} with "
-                      f"{sum(len(w) for w in want.values())} remote subnets"]
-    text = ""
+        return FirewallPlan(script=text, changes=(
+            f"nft table inet {desired.table} {what} with "
+            f"{sum(len(w) for w in want.values())} remote subnets",))
+    elements: list[tuple[str, tuple[str, ...], bool]] = []
     changes: list[str] = []
-    for version, set_name in SETS.items():
+    for version, set_name in SETS.items():  # deletions first: a wider prefix may replace them
         stale = live.elements[version] - want[version]
-        missing = want[version] - live.elements[version]
         if stale:
-            text += _elements_stmt("delete", desired.table, set_name, stale)
+            elements.append((set_name, tuple(sorted(stale)), True))
             changes.append(f"nft {set_name} delete {len(stale)} elements")
+    for version, set_name in SETS.items():
+        missing = want[version] - live.elements[version]
         if missing:
-            text += _elements_stmt("add", desired.table, set_name, missing)
+            elements.append((set_name, tuple(sorted(missing)), False))
             changes.append(f"nft {set_name} add {len(missing)} elements")
-    return (text or None), changes
+    return FirewallPlan(elements=tuple(elements), changes=tuple(changes))

@@ -200,6 +200,46 @@ class NetlinkSocket:
                         return
                 offset += (length + 3) & ~3
 
+    def write_batch(self, requests: Sequence[Request]) -> None:
+        """Send all requests in ONE buffer (a netfilter batch must arrive as one message).
+
+        Every message but the first and last (BATCH_BEGIN/END) asks for an ACK; we wait for
+        all of them, raising the first error.
+        """
+        buf = bytearray()
+        pending: dict[int, Request] = {}
+        for i, req in enumerate(requests):
+            seq = self._next_seq()
+            flags = req.flags | NLM_F_REQUEST
+            if 0 < i < len(requests) - 1:
+                flags |= NLM_F_ACK
+                pending[seq] = req
+            buf += _HDR.pack(16 + len(req.body), req.msg_type, flags, seq, 0) + req.body
+        self.sock.send(buf)
+        failures: list[NetlinkError] = []
+        self.sock.settimeout(10)
+        try:
+            while pending:
+                data = self.sock.recv(1 << 20)
+                offset = 0
+                while offset + 16 <= len(data):
+                    length, msg_type, _flags, seq, _pid = _HDR.unpack_from(data, offset)
+                    if msg_type == NLMSG_ERROR and seq in pending:
+                        code = -_ERR.unpack_from(data, offset + 16)[0]
+                        req = pending.pop(seq)
+                        if code:
+                            failures.append(NetlinkError(code, req.what))
+                    offset += (length + 3) & ~3
+                if failures:
+                    break  # the kernel aborted the whole batch
+        except TimeoutError:
+            if not failures:
+                raise NetlinkError(110, "netlink batch: no acknowledgement") from None
+        finally:
+            self.sock.settimeout(None)
+        if failures:
+            raise failures[0]
+
     def request(self, msg_type: int, flags: int, body: bytes) -> list[bytes]:
         """One request; returns the bodies of the replies (a dump when flags has NLM_F_DUMP)."""
         seq = self._next_seq()

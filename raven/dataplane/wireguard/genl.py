@@ -155,7 +155,8 @@ def decode_get(messages: Sequence[bytes]) -> LiveDevice:
                     entry[name] = struct.unpack("=Q", p[kind][:8])[0]
             for _, raw_ip in iter_attrs(p.get(WGPEER_A_ALLOWEDIPS, b"")):
                 a = parse_attrs(raw_ip)
-                ip = ipaddress.ip_address(a[WGALLOWEDIP_A_IPADDR])
+                raw = a[WGALLOWEDIP_A_IPADDR]
+                ip = socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
                 entry["allowed"].add(f"{ip}/{a[WGALLOWEDIP_A_CIDR_MASK][0]}")  # type: ignore[attr-defined]
     return LiveDevice(private_key, listen_port, {
         key: LivePeer(

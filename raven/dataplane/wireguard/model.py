@@ -83,7 +83,7 @@ def diff_device(private_key: str, listen_port: int, desired: tuple[WireGuardPeer
         changes.append(f"wireguard peer {key} remove")
     for key, peer in sorted(wanted.items()):
         have = live.peers.get(key)
-        want_ips = frozenset(canonical_cidr(c) for c in peer.allowed_ips)
+        want_ips = frozenset(peer.allowed_ips)  # canonical by the NodeState contract
         want_endpoint = canonical_endpoint(peer.endpoint) if peer.endpoint else None
         if have is None:
             peers.append(PeerWrite(public_key=key, endpoint=want_endpoint,
