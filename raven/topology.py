@@ -28,6 +28,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from raven import constants
 from raven.desired import (
@@ -136,8 +137,9 @@ def vtep_collisions(members: Iterable[tuple[str, str]]) -> list[str]:
 # Subnets as integer ranges (fast, exact overlap checks over thousands of subnets)
 
 
-@dataclass(frozen=True, order=True)
-class _Cidr:
+class _Cidr(NamedTuple):
+    """A subnet as integers (a tuple: sorting thousands of them stays in C)."""
+
     version: int
     start: int
     end: int
@@ -146,11 +148,41 @@ class _Cidr:
 
 @lru_cache(maxsize=1 << 17)
 def _cidr(text: str) -> _Cidr | None:
+    """Parse a CIDR (or a bare address) leniently: host bits are masked, as the kernel does."""
+    fast = _cidr_v4(text)
+    if fast is not None:
+        return fast
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError:
         return None
     return _Cidr(net.version, int(net.network_address), int(net.broadcast_address), str(net))
+
+
+def _cidr_v4(text: str) -> _Cidr | None:
+    """Fast path for the common case, canonical dotted-quad IPv4 CIDRs; None = use ipaddress."""
+    addr, slash, plen_text = text.partition("/")
+    if not text.isascii() or (slash and not plen_text):
+        return None
+    parts = addr.split(".")
+    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and (p == "0" or p[0] != "0")
+                                  for p in parts):
+        return None
+    if plen_text:
+        if not plen_text.isdigit() or len(plen_text) > 2:
+            return None
+        plen = int(plen_text)
+    else:
+        plen = 32
+    octets = [int(p) for p in parts]
+    if plen > 32 or max(octets) > 255:
+        return None
+    value = (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3]
+    host_bits = (1 << (32 - plen)) - 1
+    start = value & ~host_bits & 0xFFFFFFFF
+    canonical = (f"{start >> 24}.{(start >> 16) & 255}.{(start >> 8) & 255}.{start & 255}/{plen}"
+                 if start != value or plen_text != str(plen) else f"{addr}/{plen}")
+    return _Cidr(4, start, start | host_bits, canonical)
 
 
 class _RangeSet:
@@ -183,6 +215,7 @@ class _Pool:
     name: str
     created: str  # creationTimestamp, "" when unknown (hand-written files)
     members: tuple[NodeInfo, ...]  # sorted by name, unique names
+    member_names: frozenset[str]
     subnets: tuple[_Cidr, ...]  # sorted, unique
     active: Endpoint | None  # first tunnel endpoint of status.activeEndpoints
     standby: tuple[str, ...]
@@ -204,9 +237,13 @@ class _Pool:
 
 def _pool(gw: Gateway) -> _Pool:
     members: dict[str, NodeInfo] = {}
-    for info in sorted(gw.status.nodes, key=lambda n: (n.node_name, n.private_ip, n.subnets)):
-        if info.node_name:
-            members.setdefault(info.node_name, info)
+    for info in gw.status.nodes:
+        if not info.node_name:
+            continue
+        seen = members.get(info.node_name)
+        # A node listed twice: keep the smaller entry, so the input order never matters.
+        if seen is None or (info.private_ip, info.subnets) < (seen.private_ip, seen.subnets):
+            members[info.node_name] = info
     subnets = {c for info in members.values() for s in info.subnets if (c := _cidr(s))}
     tunnels = [e for e in gw.status.active_endpoints if e.type == TUNNEL and e.node_name]
     created = gw.metadata.get("creationTimestamp")
@@ -214,6 +251,7 @@ def _pool(gw: Gateway) -> _Pool:
         name=gw.name,
         created=created if isinstance(created, str) else "",
         members=tuple(members[n] for n in sorted(members)),
+        member_names=frozenset(members),
         subnets=tuple(sorted(subnets)),
         active=tunnels[0] if tunnels else None,
         standby=tuple(e.node_name for e in tunnels[1:]),
@@ -254,7 +292,7 @@ def plan_node(
 
     # Which pool am I in? status.nodes decides; a Node's label is the fallback before the
     # controller has listed it.
-    mine = [p for p in pools if any(m.node_name == name for m in p.members)]
+    mine = [p for p in pools if name in p.member_names]
     if len(mine) > 1:
         notes.append(f"node {name} is listed by Gateways {', '.join(p.name for p in mine)}; "
                      f"using {mine[0].name} (a node belongs to one pool)")
