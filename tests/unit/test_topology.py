@@ -432,3 +432,19 @@ def test_a_newer_public_gateway_with_a_smaller_name_does_not_take_over_the_relay
         assert wg is not None
         relays = {p.pool for p in wg.peers if p.relays_for}
         assert relays == {"cloud"}
+
+
+@given(st.integers(0, 2**32 - 1), st.integers(0, 32), st.booleans())
+def test_fast_cidr_parser_agrees_with_ipaddress(value: int, plen: int, bare: bool) -> None:
+    from raven.topology import _cidr
+
+    text = str(ipaddress.IPv4Address(value)) + ("" if bare else f"/{plen}")
+    net = ipaddress.ip_network(text, strict=False)
+    assert _cidr(text) == (4, int(net.network_address), int(net.broadcast_address), str(net))
+
+
+def test_non_canonical_subnets_are_canonicalised() -> None:
+    gws = three_pools()
+    info = replace(gws[2].status.nodes[0], subnets=("10.246.0.7/24",))
+    gws[2] = replace(gws[2], status=replace(gws[2].status, nodes=(info,)))
+    assert "10.246.0.0/24" in {r.dst for r in plan_node(gws, "c2").routes}
