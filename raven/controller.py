@@ -236,6 +236,7 @@ def compute_status(
         nodes=pool,
         active_endpoints=tuple(active),
         conditions=(*others, spec_valid, ready),
+        node_count=len(pool),  # CRD printer column "Nodes" (gateway/crd.yaml)
         extra=gateway.status.extra,
     )
     rendered = replace(gateway, status=new_status).to_k8s().get("status", {})
