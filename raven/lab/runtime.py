@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from raven.errors import CommandError
+from raven.lab.netns import netns_inode
 from raven.lab.plan import LabPlan, plan_from_json
 
 HOLDER = "holder"  # supervisor name of the mount-namespace holder of a host
@@ -89,14 +90,14 @@ def list_labs() -> list[str]:
 
 # --- process identity -------------------------------------------------------------------------
 
-def proc_start_time(pid: int) -> int | None:
+def proc_start_time(pid: int, allow_zombie: bool = False) -> int | None:
     """Start time (clock ticks since boot) of a live, non-zombie process; None if gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X"):
+    if fields[0] in ("Z", "X") and not allow_zombie:
         return None
     return int(fields[19])
 
@@ -184,6 +185,7 @@ def start_process(lab: str, target: str, name: str, argv: list[str],
     _check_name(name)
     if not argv:
         raise CommandError(f"lab {lab!r}: start_process {target}/{name}: empty command")
+    _, netns = _plan_target_netns(lab, target)
     prefix = exec_argv(lab, target)
     existing = _read_record(pid_path(lab, target, name))
     if existing is not None and _alive(existing):
@@ -197,16 +199,35 @@ def start_process(lab: str, target: str, name: str, argv: list[str],
             prefix + list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
             env=full_env, start_new_session=True, close_fds=True,
         )
-    start = proc_start_time(proc.pid)
-    if start is None:  # exited (or failed to exec) already
-        proc.wait()
-        raise CommandError(f"lab {lab!r}: process {name!r} in {target!r} exited at once "
-                           f"(code {proc.returncode}); see {log}")
+    # Not reaped yet, so /proc/PID exists even if it already exited.
+    start = proc_start_time(proc.pid, allow_zombie=True)
     write_json_atomic(pid_path(lab, target, name), {
         "pid": proc.pid, "start_time": start, "argv": list(argv), "target": target,
         "name": name,
     })
+    _wait_entered(lab, target, name, proc, netns_inode(netns), log)
     return proc.pid
+
+
+def _wait_entered(lab: str, target: str, name: str, proc: subprocess.Popen,
+                  inode: int | None, log: Path, timeout: float = 10.0) -> None:
+    """Return once the process runs inside the target's network namespace (so `down` finds it
+    by namespace as well as by record); a start that fails is reported with its log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            if code != 0:
+                tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+                raise CommandError(f"lab {lab!r}: process {name!r} in {target!r} exited with "
+                                   f"code {code}: {' | '.join(tail)} (log {log})")
+            return
+        try:
+            if inode is not None and os.stat(f"/proc/{proc.pid}/ns/net").st_ino == inode:
+                return
+        except OSError:
+            pass
+        time.sleep(0.002)
 
 
 def stop_process(lab: str, target: str, name: str, timeout: float = 5.0) -> bool:

@@ -155,3 +155,13 @@ def test_exec_in_pods_routers_and_errors(lab: LabPlan) -> None:
     assert unknown.returncode != 0 and "does not exist" in unknown.stderr
     exit_code = raven("lab", "exec", lab.name, pod.name, "--", "sh", "-c", "exit 7", check=False)
     assert exit_code.returncode == 7
+
+
+def test_a_failing_start_is_reported_with_its_log(lab: LabPlan) -> None:
+    _, node = lab.nodes()[0]
+    with pytest.raises(CommandError, match=r"exited with code 3: .*boom"):
+        runtime.start_process(lab.name, node.name, "failing",
+                              ["sh", "-c", "echo boom; exit 3"])
+    assert not runtime.process_running(lab.name, node.name, "failing")
+    with pytest.raises(CommandError, match="no target"):
+        runtime.start_process(lab.name, "nowhere", "x", ["true"])

@@ -1,0 +1,187 @@
+"""Kubelet stand-in of a lab: registers every lab node as a Kubernetes Node and keeps its status.
+
+There is no kubelet in the lab, so this daemon (one per lab, supervised in the control-plane
+namespace, where it reaches the API server) does what kubelets plus the node lifecycle
+controller would do for the facts the overlay reads:
+- registers each node with its InternalIP (underlay address), Hostname, podCIDR(s) and the pool
+  label `raven.openyurt.io/gateway=<gateway>` (what `--node-labels` would set);
+- keeps the Ready condition: True while the node "posts status", i.e. its host is running
+  (mount-namespace holder alive), it is not powered off by a fault (`faults/down/<node>`) and
+  its pool still reaches the control plane (`faults/disconnected/<pool>`); after `grace`
+  seconds without posting, Ready turns Unknown (NodeStatusUnknown), like the node lifecycle
+  controller's 40 s node-monitor-grace-period.
+Rules kept:
+- it writes only on change (registration, a Ready transition): a steady lab makes no API
+  writes, so watchers see no churn;
+- it never touches labels or annotations it did not set (agents publish their keys there);
+- the lab's fault markers are plain files under the run directory, written by raven.lab.faults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from raven import constants
+from raven.kube.client import NODES, JSON, Kube, KubeSettings
+from raven.kube.errors import AlreadyExists, KubeError, NotFound
+from raven.kube.timefmt import to_time
+from raven.lab import runtime
+from raven.lab.plan import LabPlan, NodePlan, PoolPlan
+
+log = logging.getLogger("raven.lab.kubelet")
+
+DEFAULT_GRACE = 40.0  # kube-controller-manager --node-monitor-grace-period
+DEFAULT_PERIOD = 1.0  # how often the stand-in looks at the nodes
+
+
+def faults_dir(lab: str) -> Path:
+    return runtime.run_dir(lab) / "faults"
+
+
+def down_marker(lab: str, node: str) -> Path:
+    return faults_dir(lab) / "down" / node
+
+
+def disconnected_marker(lab: str, pool: str) -> Path:
+    return faults_dir(lab) / "disconnected" / pool
+
+
+def node_object(pool: PoolPlan, node: NodePlan) -> JSON:
+    """The Node a kubelet would register for a lab node (status Ready)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {
+            "name": node.name,
+            "labels": {
+                constants.GATEWAY_LABEL: pool.gateway,
+                "kubernetes.io/hostname": node.name,
+                "kubernetes.io/os": "linux",
+                "raven.openyurt.io/lab-pool": pool.name,
+            },
+        },
+        "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": node.underlay_ip},
+                          {"type": "Hostname", "address": node.name}],
+            "conditions": [ready_condition(True, time.time())],
+        },
+    }
+
+
+def ready_condition(ready: bool, now: float, since: float | None = None) -> JSON:
+    stamp = to_time(now)
+    changed = to_time(since if since is not None else now)
+    if ready:
+        return {"type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "lab node is up (raven lab kubelet stand-in)",
+                "lastHeartbeatTime": stamp, "lastTransitionTime": changed}
+    return {"type": "Ready", "status": "Unknown", "reason": "NodeStatusUnknown",
+            "message": "Kubelet stopped posting node status.",
+            "lastHeartbeatTime": stamp, "lastTransitionTime": changed}
+
+
+@dataclass
+class NodeTrack:
+    pool: PoolPlan
+    node: NodePlan
+    last_post: float  # last time the node "posted status" (was up and connected)
+    ready: bool | None = None  # what we last wrote; None = not written yet
+
+
+class Kubelet:
+    def __init__(self, lab: str, plan: LabPlan, kube: Kube, grace: float = DEFAULT_GRACE) -> None:
+        self.lab, self.plan, self.kube, self.grace = lab, plan, kube, grace
+        now = time.time()
+        self.tracks = {n.name: NodeTrack(p, n, now) for p, n in plan.nodes()}
+
+    def posting(self, track: NodeTrack) -> bool:
+        """Would this node's kubelet reach the API server right now?"""
+        if down_marker(self.lab, track.node.name).exists():
+            return False
+        if disconnected_marker(self.lab, track.pool.name).exists():
+            return False
+        return runtime.process_running(self.lab, track.node.name, runtime.HOLDER)
+
+    def register(self) -> None:
+        for track in self.tracks.values():
+            obj = node_object(track.pool, track.node)
+            try:
+                self.kube.create(NODES, obj)
+                track.ready = True
+                log.info("registered node %s", track.node.name)
+            except AlreadyExists:
+                self._ensure_facts(track)
+
+    def _ensure_facts(self, track: NodeTrack) -> None:
+        """An existing Node (restart of the stand-in): put back labels/addresses we own."""
+        want = node_object(track.pool, track.node)
+        patch = {"metadata": {"labels": want["metadata"]["labels"]}, "spec": want["spec"]}
+        self.kube.merge_patch(NODES, track.node.name, patch)
+        track.ready = None  # rewrite the condition on the next turn
+
+    def turn(self, now: float) -> None:
+        for track in self.tracks.values():
+            if self.posting(track):
+                track.last_post = now
+            want = now - track.last_post <= self.grace
+            if want != track.ready:
+                self._write_ready(track, want, now)
+
+    def _write_ready(self, track: NodeTrack, ready: bool, now: float) -> None:
+        try:
+            current = self.kube.get(NODES, track.node.name)
+        except NotFound:
+            self.kube.create(NODES, node_object(track.pool, track.node))
+            track.ready = True
+            return
+        status = current.setdefault("status", {})
+        others = [c for c in status.get("conditions") or [] if c.get("type") != "Ready"]
+        since = now if not ready else track.last_post
+        status["conditions"] = [*others, ready_condition(ready, now, since)]
+        self.kube.replace_status(NODES, current)
+        track.ready = ready
+        log.info("node %s: Ready=%s", track.node.name, "True" if ready else "Unknown")
+
+    def run(self, stop: threading.Event, period: float = DEFAULT_PERIOD) -> None:
+        registered = False
+        while not stop.is_set():
+            try:
+                if not registered:
+                    self.register()
+                    registered = True
+                self.turn(time.time())
+            except KubeError as exc:  # API down or a conflict: look again next turn
+                log.warning("API: %s", exc)
+            stop.wait(period)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m raven.lab.kubelet",
+                                     description="kubelet stand-in of a raven lab")
+    parser.add_argument("lab")
+    parser.add_argument("--kubeconfig", type=Path, required=True)
+    parser.add_argument("--grace", type=float, default=DEFAULT_GRACE,
+                        help="seconds without status before Ready turns Unknown (default 40)")
+    parser.add_argument("--period", type=float, default=DEFAULT_PERIOD)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    plan = runtime.load_plan(args.lab)
+    kube = Kube(KubeSettings(kubeconfig=args.kubeconfig, user_agent="raven-lab-kubelet"))
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    Kubelet(args.lab, plan, kube, args.grace).run(stop, args.period)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
