@@ -12,6 +12,7 @@ from typing import Any
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError as PyrouteNetlinkError
 
+from raven.dataplane import netns
 from raven.dataplane.errors import DataplaneError
 
 ENODEV = 19
@@ -69,6 +70,9 @@ class Links:
 
     def __init__(self, netns_name: str | None) -> None:
         self.netns = netns_name
+        # pyroute2 would silently CREATE a missing namespace: refuse instead.
+        with netns.entered(netns_name):
+            pass
         try:
             self._ipr = IPRoute(netns=netns_name) if netns_name else IPRoute()
         except Exception as exc:

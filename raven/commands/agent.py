@@ -1,0 +1,58 @@
+"""`raven agent`: the node agent (run mode) and `raven agent cleanup`.
+
+`raven agent cleanup [--netns NS] [--state-dir DIR]` removes every link, route, rule,
+neighbour, nft table and process of ours from a node and nothing else (the WireGuard private key
+in the state directory is kept: it is the node's identity).
+Without a subcommand, `raven agent --node NAME ...` runs the agent; its arguments and entry point
+live in raven/agent_command.py (`add_run_arguments(parser)`, `run_agent(args)`), so this module
+only wires the two together.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from raven.errors import CommandError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "agent", help="run the node agent, or clean up its data plane",
+        description="Run the node agent (no subcommand) or `cleanup` its data plane.",
+    )
+    from raven import agent_command
+
+    agent_command.add_run_arguments(parser)
+    parser.set_defaults(func=agent_command.run_agent)
+    verbs = parser.add_subparsers(dest="agent_command", metavar="SUBCOMMAND")  # optional
+    cleanup = verbs.add_parser(
+        "cleanup", help="remove every link, route, rule, neighbour, nft table and process of ours",
+        description="Remove the agent's data plane from this node (or a network namespace): "
+        "raven0, raven-wg0 and wireguard-go, routes in tables 9027/9028, their fwmark rules and "
+        "the nftables table inet raven. Nothing else is touched; the private key is kept.",
+    )
+    cleanup.add_argument("--netns", default=None, help="network namespace (default: ours)")
+    cleanup.add_argument("--state-dir", type=Path, default=Path("/var/lib/raven"),
+                         help="agent state directory with the wireguard-go pid file "
+                         "(default /var/lib/raven)")
+    cleanup.add_argument("--wireguard-run-dir", type=Path, default=None,
+                         help=argparse.SUPPRESS)  # labs/tests that give wireguard-go its own dir
+    cleanup.set_defaults(func=run_cleanup)
+
+
+def run_cleanup(args: argparse.Namespace) -> int:
+    from raven.dataplane import Dataplane, DataplaneError, DataplaneSettings
+
+    try:
+        settings = DataplaneSettings(netns=args.netns, state_dir=args.state_dir,
+                                     wireguard_run_dir=args.wireguard_run_dir)
+        with Dataplane(settings) as dataplane:
+            changes = dataplane.cleanup()
+    except DataplaneError as exc:
+        raise CommandError(f"agent cleanup: {exc}") from exc
+    for change in changes:
+        print(change)
+    print(f"cleanup: {len(changes)} objects removed" if changes
+          else "cleanup: nothing of ours found")
+    return 0
