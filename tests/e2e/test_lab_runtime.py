@@ -157,11 +157,18 @@ def test_exec_in_pods_routers_and_errors(lab: LabPlan) -> None:
     assert exit_code.returncode == 7
 
 
-def test_a_failing_start_is_reported_with_its_log(lab: LabPlan) -> None:
+def test_a_process_that_exits_is_not_running_and_keeps_its_log(lab: LabPlan) -> None:
     _, node = lab.nodes()[0]
-    with pytest.raises(CommandError, match=r"exited with code 3: .*boom"):
-        runtime.start_process(lab.name, node.name, "failing",
-                              ["sh", "-c", "echo boom; exit 3"])
+    try:
+        runtime.start_process(lab.name, node.name, "failing", ["sh", "-c", "echo boom; exit 3"])
+    except CommandError as exc:  # it may already have exited when start_process looks
+        assert "exited with code 3" in str(exc) and "boom" in str(exc)
+    for _ in range(500):
+        if not runtime.process_running(lab.name, node.name, "failing"):
+            break
+        time.sleep(0.01)
     assert not runtime.process_running(lab.name, node.name, "failing")
-    with pytest.raises(CommandError, match="no target"):
+    assert "boom" in runtime.log_path(lab.name, node.name, "failing").read_text()
+    runtime.stop_process(lab.name, node.name, "failing")
+    with pytest.raises(CommandError, match="no target 'nowhere'"):
         runtime.start_process(lab.name, "nowhere", "x", ["true"])
