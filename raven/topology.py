@@ -25,6 +25,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import ipaddress
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -159,29 +160,29 @@ def _cidr(text: str) -> _Cidr | None:
     return _Cidr(net.version, int(net.network_address), int(net.broadcast_address), str(net))
 
 
+_OCTET = r"(0|[1-9][0-9]{0,2})"
+_V4_CIDR = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}(?:/(0|[1-9][0-9]?))?", re.ASCII)
+
+
 def _cidr_v4(text: str) -> _Cidr | None:
-    """Fast path for the common case, canonical dotted-quad IPv4 CIDRs; None = use ipaddress."""
-    addr, slash, plen_text = text.partition("/")
-    if not text.isascii() or (slash and not plen_text):
+    """Fast path for dotted-quad IPv4 CIDRs (one regex, integer maths); None = use ipaddress,
+    which then decides (it accepts what this refuses, e.g. a /08 prefix, or rejects it)."""
+    match = _V4_CIDR.fullmatch(text)
+    if match is None:
         return None
-    parts = addr.split(".")
-    if len(parts) != 4 or not all(p.isdigit() and len(p) <= 3 and (p == "0" or p[0] != "0")
-                                  for p in parts):
+    a, b, c, d, plen_text = match.groups()
+    a, b, c, d = int(a), int(b), int(c), int(d)
+    plen = 32 if plen_text is None else int(plen_text)
+    if a > 255 or b > 255 or c > 255 or d > 255 or plen > 32:
         return None
-    if plen_text:
-        if not plen_text.isdigit() or len(plen_text) > 2:
-            return None
-        plen = int(plen_text)
-    else:
-        plen = 32
-    octets = [int(p) for p in parts]
-    if plen > 32 or max(octets) > 255:
-        return None
-    value = (octets[0] << 24) | (octets[1] << 16) | (octets[2] << 8) | octets[3]
+    value = (a << 24) | (b << 16) | (c << 8) | d
     host_bits = (1 << (32 - plen)) - 1
     start = value & ~host_bits & 0xFFFFFFFF
-    canonical = (f"{start >> 24}.{(start >> 16) & 255}.{(start >> 8) & 255}.{start & 255}/{plen}"
-                 if start != value or plen_text != str(plen) else f"{addr}/{plen}")
+    if start == value and plen_text is not None:
+        canonical = text
+    else:
+        canonical = (f"{start >> 24}.{(start >> 16) & 255}.{(start >> 8) & 255}.{start & 255}"
+                     f"/{plen}")
     return _Cidr(4, start, start | host_bits, canonical)
 
 
