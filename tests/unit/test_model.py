@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -480,3 +481,38 @@ def test_network_finds_pools() -> None:
     assert [g.name for g in net.gateways] == ["a", "b"]
     assert net.pool_of("b1") is net.gateway("b")
     assert net.pool_of("zz") is None
+
+
+NAME = st.from_regex(r"[a-z][a-z0-9-]{0,8}[a-z0-9]", fullmatch=True)
+ENDPOINTS = st.builds(
+    Endpoint, node_name=NAME, type=st.sampled_from(["tunnel", "proxy"]),
+    port=st.integers(0, 65535), under_nat=st.booleans(), nat_type=st.sampled_from(["", "cone"]),
+    public_ip=st.sampled_from(["", "203.0.113.1", "2001:db8::1"]),
+    public_port=st.integers(0, 65535),
+    config=st.dictionaries(st.sampled_from(["public-key", "k"]), st.text(max_size=4)).map(
+        FrozenMap),
+)
+GATEWAYS = st.builds(
+    Gateway, name=NAME,
+    spec=st.builds(GatewaySpec, tunnel_config=st.none() | st.builds(TunnelConfig,
+                                                                    st.integers(0, 5)),
+                   endpoints=st.lists(ENDPOINTS, max_size=4).map(tuple),
+                   expose_type=st.sampled_from(["", "PublicIP"])),
+    status=st.builds(GatewayStatus,
+                     nodes=st.lists(st.builds(NodeInfo, NAME, st.sampled_from(["", "10.0.0.1"]),
+                                              st.lists(st.sampled_from(["10.1.0.0/24",
+                                                                        "fd00::/64"]),
+                                                       max_size=2).map(tuple)),
+                                    max_size=3).map(tuple),
+                     active_endpoints=st.lists(ENDPOINTS, max_size=2).map(tuple),
+                     node_count=st.none() | st.integers(0, 9)),
+    metadata=st.builds(lambda n: FrozenMap({"name": n}), NAME),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(GATEWAYS)
+def test_render_then_parse_is_the_identity(gw: Gateway) -> None:
+    gw = replace(gw, metadata=FrozenMap({"name": gw.name}))
+    assert Gateway.from_k8s(gw.to_k8s()) == gw
+    assert Gateway.from_k8s(convert_gateway(gw.to_k8s(), "v1beta1")) == gw
