@@ -84,6 +84,7 @@ class Dataplane:
         self._cached_tables: tuple[int, ...] = ()
         self._tables_memo: tuple[NodeState, tuple[int, ...]] | None = None
         self._want_route_keys: set[RouteKey] = set()
+        self._closed = False
 
     def _devices(self) -> set[str]:
         return {self.settings.vxlan_device, self.settings.wireguard_device}
@@ -108,6 +109,9 @@ class Dataplane:
 
     def close(self) -> None:
         """Release sockets and the monitor; the kernel state and wireguard-go stay (hitless)."""
+        if self._closed:
+            return
+        self._closed = True
         if self._watcher is not None:
             self._watcher.stop()
             self._watcher = None
