@@ -25,7 +25,8 @@ import pytest
 from raven.dataplane import Dataplane, DataplaneSettings
 
 
-def run(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def run(*argv: str, check: bool = True,
+        input: str | None = None) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(list(argv), capture_output=True, text=True, input=input, check=False)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr}")
@@ -106,7 +107,7 @@ class Node:
         for line in lines:
             key, psk, endpoint, allowed, handshake, rx, tx, keepalive = line.split("\t")
             peers[key] = {"psk": psk, "endpoint": endpoint, "allowed_ips": allowed,
-                          "handshake": handshake, "keepalive": keepalive}
+                          "handshake": handshake, "rx": rx, "tx": tx, "keepalive": keepalive}
         return peers
 
     def exec(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:

@@ -137,12 +137,12 @@ def test_foreign_device_with_our_name_is_an_error_not_deleted(node) -> None:
 def test_missing_namespace_is_a_clear_error(tmp_path) -> None:
     from raven.dataplane import Dataplane, DataplaneSettings
 
-    with pytest.raises(DataplaneError, match="rvt-dp-absent.*does not exist"):
+    with pytest.raises(DataplaneError, match=r"rvt-dp-absent.*does not exist"):
         Dataplane(DataplaneSettings(netns="rvt-dp-absent", state_dir=tmp_path))
 
 
 def test_bad_backend_setting_names_the_field(tmp_path) -> None:
     from raven.dataplane import DataplaneSettings
 
-    with pytest.raises(DataplaneError, match="wireguard_backend.*auto, kernel, userspace"):
+    with pytest.raises(DataplaneError, match=r"wireguard_backend.*auto, kernel, userspace"):
         DataplaneSettings(state_dir=tmp_path, wireguard_backend="fast")
