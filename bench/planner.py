@@ -5,6 +5,9 @@
   planner's parse caches first (an agent's first plan after start); "warm" is every later plan.
 - election: one pass over every Gateway of the same fleet (10,000 nodes, 10,000 heartbeats),
   as the controller does at each resync.
+- reference, measured in the same run: parsing the fleet's 10,000 subnets once with
+  `ipaddress.ip_network` (what any planner must at least do without caches); the ratios make
+  figures from a busy machine comparable.
 Targets on the 2-core build machine: plan <= 100 ms, election pass <= 200 ms.
 Usage: .venv/bin/python bench/planner.py [--pools N] [--nodes-per-pool N] [--repeat N] [--json]
 (--json prints the figures as one JSON object on the last line).
@@ -13,6 +16,7 @@ Usage: .venv/bin/python bench/planner.py [--pools N] [--nodes-per-pool N] [--rep
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import statistics
 import time
@@ -98,6 +102,15 @@ def main() -> None:
         figures[f"plan_{label}_cold_ms"] = round(statistics.median(cold), 2)
         figures[f"plan_{label}_warm_ms"] = round(statistics.median(warm), 2)
 
+    subnets = [s for g in gateways for n in g.status.nodes for s in n.subnets]
+    reference = statistics.median(measure(
+        lambda: [ipaddress.ip_network(s) for s in subnets], args.repeat))
+    figures["reference_parse_ms"] = round(reference, 2)
+    for label in ("member", "gateway"):
+        for when in ("cold", "warm"):
+            key = f"plan_{label}_{when}_ms"
+            figures[f"{key[:-3]}_ratio"] = round(float(figures[key]) / reference, 2)  # type: ignore[arg-type]
+
     def election_pass() -> int:
         return sum(len(elect(g, nodes, heartbeats, NOW).active) for g in gateways)
 
@@ -108,9 +121,13 @@ def main() -> None:
     print(f"fleet: {figures['pools']} pools, {figures['nodes']} nodes, {figures['subnets']} "
           f"subnets; gateway plan has {figures['gateway_routes']} routes, "
           f"{figures['gateway_peers']} WireGuard peers")
+    print(f"reference: ipaddress.ip_network over the {figures['subnets']} subnets: "
+          f"{reference:.2f} ms")
     for label in ("member", "gateway"):
-        print(f"plan_node ({label:7}): cold {figures[f'plan_{label}_cold_ms']:8.2f} ms   "
-              f"warm {figures[f'plan_{label}_warm_ms']:8.2f} ms   (target <= 100 ms)")
+        print(f"plan_node ({label:7}): cold {figures[f'plan_{label}_cold_ms']:8.2f} ms "
+              f"({figures[f'plan_{label}_cold_ratio']:.2f}x ref)   "
+              f"warm {figures[f'plan_{label}_warm_ms']:8.2f} ms "
+              f"({figures[f'plan_{label}_warm_ratio']:.2f}x ref)   (target <= 100 ms)")
     print(f"election pass over {figures['nodes']} nodes: {figures['election_pass_ms']:.2f} ms "
           f"({elected} active endpoints; target <= 200 ms)")
     if args.json:
