@@ -6,8 +6,9 @@ Rules kept:
 - On any failure `up` removes what it made (teardown.down) before reporting the error.
 - Phases run in order; inside a phase the namespaces are configured in parallel, each with one
   `ip -n NS -batch -`:
-    1 namespaces   2 pool routers (bridge, WAN link, node ports)   3 internet, nodes, control
-    plane (addresses, routes, pod veths) + host holders + router NAT   4 pods   5 readiness probe.
+    1 namespaces (+ start the host holders)   2 pool routers (bridge, WAN link, node ports, NAT)
+    3 internet, nodes, control plane (addresses, routes, pod veths)   4 pods (+ holders ready)
+    5 readiness probe: every pool router pings its nodes (and the control plane).
 - NAT: `none` routes public addresses; `cone` masquerades (port-preserving, endpoint-independent
   mapping); `symmetric` masquerades `fully-random` (a new public port per destination).
   NAT routers also drop unsolicited new connections from the WAN.
@@ -85,37 +86,38 @@ def _build(plan: LabPlan, progress: Progress) -> None:
     progress(f"creating {len(names)} namespaces ({len(plan.pools)} pools, {n_nodes} nodes, "
              f"{len(plan.pods())} pods)")
     nsutil.ip_batch(f"netns add {n}" for n in names)
+    # Holders only need their namespace: start them now, they settle while links are built.
+    holders = {t: runtime.start_holder(plan.name, t, plan.targets()[t]) for t in plan.hosts()}
 
-    progress("pool routers: bridges, WAN links, node ports")
+    progress("pool routers: bridges, WAN links, node ports, NAT")
     links: list[Callable[[], None]] = [
         lambda pool=pool: nsutil.ip_batch(_router_lines(plan, pool), pool.netns)
         for pool in plan.pools
     ]
+    links += [lambda pool=pool: _router_netfilter(plan, pool) for pool in plan.pools]
+    links.append(lambda: _internet_sysctls(plan))
     cp = plan.control_plane
     if cp.pool is None:  # no public pool: the control plane hangs off the internet router
         links.append(lambda: nsutil.ip_batch(
             [f"link add cp type veth peer name eth0 netns {cp.netns}"], plan.internet_netns))
     _parallel(lambda job: job(), links)
 
-    progress("internet, nodes, control plane, NAT, host mount namespaces")
-    holders = {t: runtime.start_holder(plan.name, t, plan.targets()[t]) for t in plan.hosts()}
+    progress("internet, nodes, control plane")
     jobs: list[Callable[[], None]] = [
         lambda: nsutil.ip_batch(_internet_lines(plan), plan.internet_netns),
         lambda: nsutil.ip_batch(_control_plane_lines(plan), plan.control_plane.netns),
     ]
     for pool in plan.pools:
-        jobs.append(lambda pool=pool: _router_netfilter(plan, pool))
         for node in pool.nodes:
             jobs.append(lambda pool=pool, node=node: nsutil.ip_batch(
                 _node_lines(plan, pool, node), node.netns))
-    jobs.append(lambda: _internet_sysctls(plan))
     _parallel(lambda job: job(), jobs)
-    for target, proc in holders.items():
-        runtime.wait_holder(plan.name, target, proc)
 
     progress("pods")
     _parallel(lambda item: nsutil.ip_batch(_pod_lines(plan, item[1], item[2]), item[2].netns),
               plan.pods())
+    for target, proc in holders.items():
+        runtime.wait_holder(plan.name, target, proc)
 
     progress("checking the underlay answers")
     _parallel(lambda pool: _probe_pool(plan, pool), plan.pools)
