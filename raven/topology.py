@@ -373,7 +373,7 @@ def plan_node(
     )
     firewall = Firewall(
         table=options.nft_table, mark=options.fwmark, mark_mask=options.fwmark,
-        local_subnets=tuple(c.text for c in sorted(local)), remote_subnets=tuple(routed),
+        local_subnets=tuple(sorted({c.text for c in local})), remote_subnets=tuple(routed),
     )
 
     if name != gw_name:
