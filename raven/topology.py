@@ -225,7 +225,7 @@ class _Pool:
     def dial_address(self) -> str | None:
         """'host:port' a remote gateway can dial, None when the gateway cannot be dialed."""
         ep = self.active
-        if ep is None or ep.under_nat or not ep.public_ip:
+        if ep is None or ep.under_nat or not _is_ip(ep.public_ip):
             return None
         port = ep.public_port or ep.port or constants.WIREGUARD_PORT
         host = f"[{ep.public_ip}]" if ":" in ep.public_ip else ep.public_ip
@@ -307,7 +307,7 @@ def plan_node(
     my_info = next((m for m in pool.members if m.node_name == name), None)
     my_ip = (me.internal_ip if isinstance(me, Node) else "") or (my_info.private_ip if my_info
                                                                  else "")
-    if not my_ip or _cidr(my_ip) is None:
+    if not _is_ip(my_ip):
         notes.append(f"node {name}: no usable InternalIP (got {my_ip!r}); no overlay state")
         return _alone(name, pool.name, notes)
     if pool.active is None:
@@ -316,7 +316,7 @@ def plan_node(
     gw_name = pool.active.node_name
     gw_info = next((m for m in pool.members if m.node_name == gw_name), None)
     gw_ip = my_ip if gw_name == name else (gw_info.private_ip if gw_info else "")
-    if not gw_ip or _cidr(gw_ip) is None:
+    if not _is_ip(gw_ip):
         notes.append(f"Gateway {pool.name}: active endpoint {gw_name} is not in status.nodes "
                      "with a privateIP; no overlay state until it is")
         return _alone(name, pool.name, notes)
@@ -354,7 +354,7 @@ def plan_node(
         remote_subnets[p.name] = kept
 
     collisions = vtep_collisions((m.node_name, m.private_ip) for m in pool.members
-                                 if m.private_ip)
+                                 if _is_ip(m.private_ip))
     notes.extend(f"Gateway {pool.name}: {c}" for c in collisions)
 
     # The pool's tunnel peers decide what is reachable; members route exactly the same subnets
@@ -402,7 +402,7 @@ def plan_node(
     fdb: list[FdbEntry] = []
     neighbours: list[NeighEntry] = []
     for m in pool.members:
-        if m.node_name == name or not m.private_ip or _cidr(m.private_ip) is None:
+        if m.node_name == name or not _is_ip(m.private_ip):
             continue
         vtep, mac = vtep_for(m.private_ip)
         fdb.append(FdbEntry(mac=mac, dst=m.private_ip))
@@ -431,6 +431,16 @@ def plan_node(
         sysctls=tuple(sorted(sysctls)),
         notes=tuple(notes),
     )
+
+
+@lru_cache(maxsize=65536)
+def _is_ip(text: str) -> bool:
+    """A bare IP address (not a CIDR, not empty): usable as a VXLAN underlay address."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _families(subnets: Iterable[str]) -> list[int]:

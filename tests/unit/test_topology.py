@@ -448,3 +448,27 @@ def test_non_canonical_subnets_are_canonicalised() -> None:
     info = replace(gws[2].status.nodes[0], subnets=("10.246.0.7/24",))
     gws[2] = replace(gws[2], status=replace(gws[2].status, nodes=(info,)))
     assert "10.246.0.0/24" in {r.dst for r in plan_node(gws, "c2").routes}
+
+
+JUNK_IP = st.sampled_from(["", "10.0.0.1/24", "not-an-ip", "300.1.1.1", "10.0.0.1", "fd00::1",
+                           "192.0.2.7"])
+JUNK_SUBNET = st.sampled_from(["10.1.0.0/24", "10.1.0.9/24", "junk", "", "fd00::/64",
+                               "0.0.0.0/0", "10.1.0.0/16"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.sampled_from(["n1", "n2", "n3"]),
+                          JUNK_IP, st.lists(JUNK_SUBNET, max_size=2), st.booleans(),
+                          st.sampled_from(["", "203.0.113.1", "junk", "::1"])), max_size=6))
+def test_the_planner_never_raises_on_junk(rows: list) -> None:  # type: ignore[type-arg]
+    gws = []
+    for pool in sorted({r[0] for r in rows}):
+        mine = [r for r in rows if r[0] == pool]
+        gws.append(Gateway(pool, status=GatewayStatus(
+            nodes=tuple(NodeInfo(n, ip, tuple(s)) for _, n, ip, s, _, _ in mine),
+            active_endpoints=(Endpoint(mine[0][1], under_nat=mine[0][4], public_ip=mine[0][5],
+                                       config=FrozenMap({"public-key": f"{pool}="})),),
+        )))
+    for name in ("n1", "n2", "n3", "zz"):
+        state = plan_node(gws, name)
+        assert state.node == name
