@@ -36,7 +36,7 @@ RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_METRICS, RTA_TABLE = 1, 4, 5, 8, 15
 RTAX_LOCK, RTAX_MTU = 1, 2
 RTN_UNICAST = 1
-RT_SCOPE_UNIVERSE, RT_SCOPE_LINK = 0, 253
+RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTNH_F_ONLINK = 4
 RTPROT_RAVEN = 82  # 'R'; unassigned in /etc/iproute2/rt_protos
 
@@ -98,7 +98,8 @@ def route_request(route: Route, ifindex: int, delete: bool = False) -> Request:
     table_attr = attr_u32(RTA_TABLE, route.table)
     dst = attr(RTA_DST, packed)
     if delete:
-        body = _RTMSG.pack(family, 0 + prefixlen, 0, 0, 0, 0, RT_SCOPE_UNIVERSE, 0, 0)
+        # scope NOWHERE is the kernel's wildcard for deletes (matches link and global routes)
+        body = _RTMSG.pack(family, prefixlen, 0, 0, 0, 0, RT_SCOPE_NOWHERE, 0, 0)
         return Request(RTM_DELROUTE, 0, body + table_attr + dst,
                        f"route del {route.dst} table {route.table}", op="delete")
     scope = RT_SCOPE_UNIVERSE if route.gateway else RT_SCOPE_LINK

@@ -107,8 +107,8 @@ class WireGuardApplier:
             if self.kind_of(have) in ("kernel", "userspace"):
                 changes.append(f"wireguard {self.ifname}: delete device")
                 if write:
-                    self.links.delete(have.index)  # type: ignore[union-attr]
                     self.daemon.stop()
+                    self.links.delete(have.index)  # type: ignore[union-attr]
             elif write and self.daemon.pid() is not None:
                 self.daemon.stop()
                 changes.append(f"wireguard {self.ifname}: stop wireguard-go")
@@ -152,11 +152,12 @@ class WireGuardApplier:
             return None
 
     def cleanup(self) -> list[str]:
+        # The daemon first: stopped, wireguard-go removes its TUN device itself.
         changes = []
+        if self.daemon.stop():
+            changes.append(f"stop wireguard-go for {self.ifname}")
         have = self.links.get(self.ifname)
         if self.kind_of(have) in ("kernel", "userspace"):
             self.links.delete(have.index)  # type: ignore[union-attr]
             changes.append(f"delete link {self.ifname}")
-        if self.daemon.stop():
-            changes.append(f"stop wireguard-go for {self.ifname}")
         return changes

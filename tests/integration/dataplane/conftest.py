@@ -71,7 +71,11 @@ class Node:
         return json.loads(proc.stdout)[0] if proc.returncode == 0 else None
 
     def routes(self, table: int) -> list[dict[str, Any]]:
-        return self.ip_json("route", "show", "table", str(table))
+        proc = run("ip", "-n", self.ns, "-json", "route", "show", "table", str(table), check=False)
+        if proc.returncode != 0 and "table does not exist" in proc.stderr:
+            return []  # the kernel drops an empty table
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout or "[]")
 
     def rules(self) -> list[dict[str, Any]]:
         return self.ip_json("rule", "show")
