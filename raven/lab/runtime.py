@@ -120,26 +120,27 @@ def _reap(pid: int) -> None:
 
 def terminate_record(record: dict, timeout: float = 5.0) -> None:
     """SIGTERM the recorded process group, SIGKILL after `timeout`; only if identity matches."""
-    pid = int(record["pid"])
-    if not _alive(record):
-        _reap(pid)
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        _reap(pid)
-        if not _alive(record):
-            return
-        time.sleep(0.02)
-    if _alive(record):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGKILL)
-        for _ in range(100):
-            _reap(pid)
-            if not _alive(record):
-                break
-            time.sleep(0.01)
+    terminate_records([record], timeout)
+
+
+def terminate_records(records: list[dict], timeout: float = 5.0) -> None:
+    """terminate_record for many processes at once (one shared grace period)."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 1.0)):
+        alive = [r for r in records if _alive(r)]
+        for record in alive:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(record["pid"]), sig)
+        deadline = time.monotonic() + wait
+        while alive and time.monotonic() < deadline:
+            for record in alive:
+                _reap(int(record["pid"]))
+            alive = [r for r in alive if _alive(r)]
+            if alive:
+                time.sleep(0.005)
+        if not alive:
+            break
+    for record in records:
+        _reap(int(record["pid"]))
 
 
 # --- entering a target --------------------------------------------------------------------------

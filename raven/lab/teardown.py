@@ -52,8 +52,7 @@ def down(lab: str) -> list[str]:
     """Remove lab `lab`; return the namespaces removed."""
     if not re.fullmatch(r"[a-z0-9-]+", lab):
         return []
-    for record in runtime.supervised(lab):
-        runtime.terminate_record(record, timeout=3.0)
+    runtime.terminate_records(runtime.supervised(lab), timeout=3.0)
     removed: list[str] = []
     # Several passes: `ip` children of a SIGKILLed `up` may still be adding namespaces.
     for attempt in range(4):
@@ -61,12 +60,12 @@ def down(lab: str) -> list[str]:
         if not namespaces:
             if attempt:
                 break
-            time.sleep(0.05)
+            time.sleep(0.02)
             continue
         _kill_inside(namespaces)
         nsutil.ip_batch((f"netns del {n}" for n in namespaces), force=True)
         removed += namespaces
-        time.sleep(0.05)
+        time.sleep(0.02)
     runtime.remove_run_dir(lab)
     return sorted(set(removed))
 
@@ -96,4 +95,4 @@ def _kill_inside(namespaces: list[str], grace: float = 2.0) -> None:
                     os.waitpid(pid, os.WNOHANG)
             if not [p for p in pids if runtime.proc_start_time(p) is not None]:
                 break
-            time.sleep(0.02)
+            time.sleep(0.005)
