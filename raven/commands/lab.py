@@ -88,7 +88,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     except ValidationError as exc:
         raise _invalid(exc) from None
     _need_root()
-    plan = build.up(topology, args.name, progress=_progress, source=args.file)
+    name = args.name or build.default_lab_name(topology, args.file)
+    plan = build.up(topology, name, progress=_progress, source=args.file)
     print(plan.name)
     return 0
 

@@ -41,14 +41,23 @@ def _quiet(_: str) -> None:
 def up_file(path: str | Path, name: str | None = None, progress: Progress = _quiet) -> LabPlan:
     """Validate `path` and build it as lab `name` (default: the file's `name`)."""
     topology = load_topology(path)
-    return up(topology, name, progress, source=str(path))
+    return up(topology, name or default_lab_name(topology, path), progress, source=str(path))
+
+
+def default_lab_name(topology: Topology, path: str | Path) -> str | None:
+    """The file's `name` field, else the file name without .yaml when that is a valid name."""
+    if topology.name:
+        return topology.name
+    stem = Path(path).stem
+    return stem if lab_name_problem(stem) is None else None
 
 
 def up(topology: Topology, name: str | None = None, progress: Progress = _quiet,
        source: str = "") -> LabPlan:
     lab = name or topology.name
     if lab is None:
-        raise CommandError("the topology has no 'name'; give one with --name NAME")
+        raise CommandError("the topology has no 'name' (and its file name is not a valid lab "
+                           "name); give one with --name NAME")
     why = lab_name_problem(lab)
     if why:
         raise CommandError(why)

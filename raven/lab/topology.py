@@ -254,6 +254,10 @@ def _parse_node(raw: object, pool_where: str, index: int, default_pods: int,
                 problems.append(f"{where}: field 'podCIDR': {raw_cidr} has room for "
                                 f"{cidr.num_addresses - 3} pods, {pods} asked; use a larger "
                                 "network or fewer pods")
+            elif _special(cidr):
+                problems.append(f"{where}: field 'podCIDR': {raw_cidr} is {_special(cidr)} "
+                                "space, not usable for pods; use e.g. 10.244.0.0/16")
+                cidr = None
             elif any(cidr.overlaps(r) for r in UNDERLAY_RANGES):
                 problems.append(f"{where}: field 'podCIDR': {raw_cidr} overlaps the lab underlay "
                                 f"({', '.join(map(str, UNDERLAY_RANGES))}); use e.g. 10.244.0.0/16")
@@ -303,6 +307,22 @@ def _check_cidrs(pools: list[PoolSpec], problems: list[str]) -> None:
                     problems.append(f"{where}: field 'podCIDR': {node.pod_cidr} overlaps "
                                     f"{other} of {other_where}; give every node its own network")
             placed.append((node.pod_cidr, where))
+
+
+SPECIAL_RANGES = (
+    (ipaddress.IPv4Network("0.0.0.0/8"), "'this network'"),
+    (ipaddress.IPv4Network("127.0.0.0/8"), "loopback"),
+    (ipaddress.IPv4Network("169.254.0.0/16"), "link-local"),
+    (ipaddress.IPv4Network("224.0.0.0/4"), "multicast"),
+    (ipaddress.IPv4Network("240.0.0.0/4"), "reserved"),
+)
+
+
+def _special(cidr: ipaddress.IPv4Network) -> str | None:
+    for net, what in SPECIAL_RANGES:
+        if cidr.overlaps(net):
+            return what
+    return None
 
 
 def _name_problem(name: object) -> str | None:

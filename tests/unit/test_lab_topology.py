@@ -73,6 +73,12 @@ CASES = [
      ["pool 'cloud' node 'c2'", "'podCIDR'", "overlaps", "node 'c1'"]),
     ("podCIDR overlap across pools", mutate("pools.1.nodes.0.podCIDR", "10.244.0.0/16"),
      ["pool 'edge' node 'e1'", "overlaps"]),
+    ("podCIDR loopback", mutate("pools.0.nodes.0.podCIDR", "127.1.0.0/24"),
+     ["node 'c1'", "'podCIDR'", "loopback"]),
+    ("podCIDR multicast", mutate("pools.0.nodes.0.podCIDR", "224.1.0.0/24"),
+     ["node 'c1'", "'podCIDR'", "multicast"]),
+    ("podCIDR link-local", mutate("pools.0.nodes.0.podCIDR", "169.254.3.0/24"),
+     ["node 'c1'", "'podCIDR'", "link-local"]),
     ("podCIDR in underlay", mutate("pools.0.nodes.0.podCIDR", "198.18.5.0/24"),
      ["node 'c1'", "'podCIDR'", "underlay"]),
     ("podCIDR /30 holds one pod", mutate("pools.0.nodes.0.podCIDR", "10.244.0.0/30"), []),
@@ -256,3 +262,13 @@ def test_cli_refuses_an_invalid_file_without_traceback(tmp_path: Path) -> None:
     netns = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "rvt-lab-never" not in netns
     assert not Path("/run/raven-lab/rvt-lab-never").exists()
+
+
+def test_lab_name_defaults_to_the_field_then_the_file_name(tmp_path: Path) -> None:
+    from raven.lab.build import default_lab_name
+
+    named = parse_topology(VALID)
+    assert default_lab_name(named, tmp_path / "other.yaml") == "t"
+    unnamed = parse_topology({k: v for k, v in VALID.items() if k != "name"})
+    assert default_lab_name(unnamed, tmp_path / "edge-lab.yaml") == "edge-lab"
+    assert default_lab_name(unnamed, tmp_path / "Not Valid.yaml") is None
