@@ -103,3 +103,28 @@ def test_demo_runs_and_leaves_nothing() -> None:
         from raven.lab import teardown
 
         teardown.down(lab)
+
+
+def test_an_unusual_topology_builds_too(lab_factory) -> None:
+    """No public pool (control plane on the internet), several pods per node, a pool without
+    pods, jumbo underlay MTU, a /30 pod CIDR."""
+    from raven.lab.runtime import node_exec_argv
+
+    plan = lab_factory({"pools": [
+        {"name": "a", "nat": "symmetric", "pods": 3, "underlayMTU": 9000, "nodes": [
+            {"name": "a-1", "podCIDR": "172.16.0.0/28"},
+            {"name": "a-2", "podCIDR": "172.16.0.16/28", "pods": 1},
+            {"name": "a-3", "podCIDR": "172.16.0.32/30", "pods": 1}]},
+        {"name": "b", "nat": "cone", "pods": 0, "nodes": [
+            {"name": "b-1", "podCIDR": "172.16.1.0/24", "gatewayCandidate": True}]},
+    ]})
+    assert plan.control_plane.pool is None
+    report = ping_all(plan, scope="pool")
+    assert len(report.pairs) == 5 * 4
+    assert report.ok, [f"{p.src}->{p.dst}" for p in report.pairs if not p.ok]
+    for _, node in plan.nodes():
+        ping = subprocess.run([*node_exec_argv(plan.name, node.name), "ping", "-n", "-c", "1",
+                               "-W", "2", plan.control_plane.ip], capture_output=True, text=True)
+        assert ping.returncode == 0, node.name
+    eth0 = ip_json("-n", plan.nodes()[0][1].netns, "link", "show", "dev", "eth0")[0]
+    assert eth0["mtu"] == 9000
