@@ -415,7 +415,9 @@ def plan_node(
     sysctls = sorted([
         ("net.ipv4.ip_forward", "1"),
         (f"net.ipv4.conf.{options.vxlan_device}.rp_filter", "2"),
-        (f"net.ipv4.conf.{options.wireguard_device}.rp_filter", "2"),
+        # 0, not loose: the WireGuard device has no address, and the kernel's source validation
+        # drops every packet arriving on an address-less device when rp_filter is 1 or 2.
+        (f"net.ipv4.conf.{options.wireguard_device}.rp_filter", "0"),
     ])
     return NodeState(
         node=name, role=Role.ACTIVE_GATEWAY, pool=pool.name, vxlan=vxlan,

@@ -99,7 +99,7 @@ def test_public_gateway_plan_and_relay() -> None:
                                  ("10.245.0.0/24", "10.245.1.0/24", "10.246.0.0/24"))
     assert state.rules == (Rule(100, 9028, 0x40, 0x40),)
     assert ("net.ipv4.ip_forward", "1") in state.sysctls
-    assert ("net.ipv4.conf.raven-wg0.rp_filter", "2") in state.sysctls
+    assert ("net.ipv4.conf.raven-wg0.rp_filter", "0") in state.sysctls
     c2_vtep, c2_mac = vtep_for("192.0.2.2")
     assert state.fdb == (FdbEntry(c2_mac, "192.0.2.2"),)
     assert state.neighbours == (NeighEntry(c2_vtep, c2_mac),)
