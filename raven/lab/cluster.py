@@ -1,0 +1,327 @@
+"""The overlay on a lab: API server, controller, kubelet stand-in, Gateways and one agent per node.
+
+`up(plan)` turns a built lab (raven.lab.build) into a running cluster:
+  1 `raven apiserver` in the control-plane namespace, listening on the control-plane underlay
+    address (so agents behind NAT reach it through their NAT), data under <run dir>/apiserver
+  2 the Gateway CRD (gateway/crd.yaml) applied with kubectl
+  3 the kubelet stand-in (raven.lab.kubelet): Node objects with addresses, podCIDR, pool label
+  4 one Gateway per pool: every gatewayCandidate node is a tunnel endpoint, underNAT from `nat`
+  5 `raven controller` in the control-plane namespace
+  6 `raven agent` on every node: node netns + private mount namespace, state directory
+    <run dir>/state/<node> (survives reboots of the node, like /var/lib/raven)
+  7 wait, with progress, until every pod reaches every pod.
+Rules kept:
+- every process runs under the lab supervisor (raven.lab.runtime), so `raven lab down` stops it;
+- the root network namespace is never used: API calls from here run kubectl inside the
+  control-plane namespace;
+- timing knobs for the lab (heartbeat period, heartbeat timeout, controller resync) are chosen so
+  a failed gateway is replaced in seconds; they are the daemons' ordinary flags.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from raven import constants
+from raven.errors import CommandError
+from raven.lab import runtime
+from raven.lab.kubelet import DEFAULT_GRACE
+from raven.lab.ping import PingReport, ping_all
+from raven.lab.plan import LabPlan, NodePlan, PoolPlan
+from raven.lab.topology import CONTROL_PLANE
+
+Progress = Callable[[str], None]
+ROOT = Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "gateway" / "crd.yaml"
+APISERVER_PORT = 6443
+
+APISERVER = "apiserver"  # supervisor names (control-plane target unless said otherwise)
+CONTROLLER = "controller"
+KUBELET = "kubelet"
+AGENT = "agent"  # on every node
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    heartbeat_period: float = 1.0  # agent Lease renewal
+    heartbeat_timeout: float = 4.0  # controller: a candidate without renewal this long is dead
+    controller_resync: float = 1.0  # controller re-runs elections this often
+    agent_resync: float = 30.0
+    node_grace: float = DEFAULT_GRACE  # kubelet stand-in: NotReady after this long down
+    wait_timeout: float = 180.0  # up(): all pairs must answer within this
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+# --- paths and commands -----------------------------------------------------------------------
+
+def apiserver_dir(lab: str) -> Path:
+    return runtime.run_dir(lab) / "apiserver"
+
+
+def kubeconfig_path(lab: str) -> Path:
+    """The admin kubeconfig the API server writes (server = the control plane's lab address)."""
+    return apiserver_dir(lab) / "admin.kubeconfig"
+
+
+def state_dir(lab: str, node: str) -> Path:
+    return runtime.run_dir(lab) / "state" / node
+
+
+def settings_path(lab: str) -> Path:
+    return runtime.run_dir(lab) / "cluster.json"
+
+
+def load_settings(lab: str) -> ClusterSettings:
+    try:
+        data = json.loads(settings_path(lab).read_text())
+    except (OSError, ValueError):
+        return ClusterSettings()
+    return ClusterSettings(**{k: v for k, v in data.items()
+                              if k in ClusterSettings.__dataclass_fields__})
+
+
+def raven_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "raven.cli", *args]
+
+
+def kubectl(lab: str, *args: str, stdin: str | None = None, check: bool = True,
+            timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    """kubectl with the admin kubeconfig, run inside the control-plane namespace."""
+    argv = [*runtime.exec_argv(lab, CONTROL_PLANE), "kubectl", "--kubeconfig",
+            str(kubeconfig_path(lab)), *args]
+    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise CommandError(f"lab {lab!r}: kubectl {' '.join(args)}: "
+                           f"{(proc.stderr or proc.stdout).strip()}")
+    return proc
+
+
+def kubectl_json(lab: str, *args: str) -> dict:
+    return json.loads(kubectl(lab, *args, "-o", "json").stdout)
+
+
+# --- the objects ----------------------------------------------------------------------------
+
+def gateway_object(pool: PoolPlan) -> dict:
+    """The Gateway CR of a pool: candidates are tunnel endpoints; underNAT from the pool's nat."""
+    endpoints = [
+        {"nodeName": node.name, "type": "tunnel", "port": constants.WIREGUARD_PORT,
+         "underNAT": pool.nat != "none"}
+        for node in pool.nodes if node.gateway_candidate
+    ]
+    return {
+        "apiVersion": f"{constants.API_GROUP}/{constants.API_VERSION}",
+        "kind": constants.GATEWAY_KIND,
+        "metadata": {"name": pool.gateway, "labels": {"raven.openyurt.io/lab-pool": pool.name}},
+        "spec": {
+            "nodeSelector": {"matchLabels": {constants.GATEWAY_LABEL: pool.gateway}},
+            "tunnelConfig": {"Replicas": 1},
+            "endpoints": endpoints,
+        },
+    }
+
+
+def gateway_objects(plan: LabPlan) -> list[dict]:
+    return [gateway_object(pool) for pool in plan.pools]
+
+
+# --- processes ------------------------------------------------------------------------------
+
+def _log_tail(lab: str, target: str, name: str, lines: int = 15) -> str:
+    path = runtime.log_path(lab, target, name)
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start_apiserver(lab: str, timeout: float = 30.0) -> None:
+    plan = runtime.load_plan(lab)
+    data = apiserver_dir(lab)
+    data.mkdir(parents=True, exist_ok=True)
+    cp = plan.control_plane
+    kubeconfig_path(lab).unlink(missing_ok=True)
+    runtime.start_process(lab, CONTROL_PLANE, APISERVER, raven_argv(
+        "apiserver", "--data-dir", str(data), "--listen", f"{cp.ip}:{APISERVER_PORT}"))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not runtime.process_running(lab, CONTROL_PLANE, APISERVER):
+            raise CommandError(f"lab {lab!r}: the API server exited:\n"
+                               f"{_log_tail(lab, CONTROL_PLANE, APISERVER)}")
+        if kubeconfig_path(lab).exists() and kubectl(
+                lab, "get", "--raw", "/readyz", check=False, timeout=10).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise CommandError(f"lab {lab!r}: the API server did not answer in {timeout:.0f}s:\n"
+                       f"{_log_tail(lab, CONTROL_PLANE, APISERVER)}")
+
+
+def start_controller(lab: str, settings: ClusterSettings | None = None) -> None:
+    s = settings or load_settings(lab)
+    runtime.start_process(lab, CONTROL_PLANE, CONTROLLER, raven_argv(
+        "controller", "--kubeconfig", str(kubeconfig_path(lab)), "--identity", "lab-controller",
+        "--heartbeat-timeout", f"{s.heartbeat_timeout:g}", "--resync",
+        f"{s.controller_resync:g}"))
+
+
+def start_kubelet(lab: str, settings: ClusterSettings | None = None) -> None:
+    s = settings or load_settings(lab)
+    runtime.start_process(lab, CONTROL_PLANE, KUBELET, [
+        sys.executable, "-m", "raven.lab.kubelet", lab, "--kubeconfig",
+        str(kubeconfig_path(lab)), "--grace", f"{s.node_grace:g}"])
+
+
+def agent_argv(lab: str, pool: PoolPlan, node: NodePlan, settings: ClusterSettings) -> list[str]:
+    return raven_argv(
+        "agent", "--node", node.name, "--kubeconfig", str(kubeconfig_path(lab)),
+        "--state-dir", str(state_dir(lab, node.name)), "--underlay-mtu", str(pool.mtu),
+        "--heartbeat-period", f"{settings.heartbeat_period:g}",
+        "--resync", f"{settings.agent_resync:g}")
+
+
+def start_agent(lab: str, node: str, settings: ClusterSettings | None = None) -> int:
+    s = settings or load_settings(lab)
+    plan = runtime.load_plan(lab)
+    found = [(p, n) for p, n in plan.nodes() if n.name == node]
+    if not found:
+        raise CommandError(f"lab {lab!r} has no node {node!r}; nodes: "
+                           f"{', '.join(n.name for _, n in plan.nodes())}")
+    pool, plan_node = found[0]
+    state_dir(lab, node).mkdir(parents=True, exist_ok=True)
+    return runtime.start_process(lab, node, AGENT, agent_argv(lab, pool, plan_node, s))
+
+
+def stop_agent(lab: str, node: str, timeout: float = 10.0) -> bool:
+    return runtime.stop_process(lab, node, AGENT, timeout)
+
+
+# --- bring-up -------------------------------------------------------------------------------
+
+def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | None = None,
+       wait: bool = True) -> PingReport | None:
+    """Start the control plane and the agents on a built lab; wait until all pairs answer."""
+    s = settings or ClusterSettings()
+    lab = plan.name
+    started = time.monotonic()
+    runtime.write_json_atomic(settings_path(lab), s.__dict__)
+    progress(f"API server on {plan.control_plane.ip}:{APISERVER_PORT} (control-plane)")
+    start_apiserver(lab)
+    progress("Gateway CRD")
+    kubectl(lab, "apply", "-f", "-", stdin=CRD_FILE.read_text())
+    progress(f"kubelet stand-in: {len(plan.nodes())} Node objects")
+    start_kubelet(lab, s)
+    _wait_nodes(lab, len(plan.nodes()))
+    progress(f"{len(plan.pools)} Gateways: " + ", ".join(
+        f"{p.gateway} ({sum(n.gateway_candidate for n in p.nodes)} candidates, nat {p.nat})"
+        for p in plan.pools))
+    kubectl(lab, "apply", "-f", "-",
+            stdin="\n".join(json.dumps(g) for g in gateway_objects(plan)))
+    progress("gateway controller")
+    start_controller(lab, s)
+    progress(f"agents on {len(plan.nodes())} nodes")
+    for _, node in plan.nodes():
+        start_agent(lab, node.name, s)
+    runtime.write_json_atomic(runtime.run_dir(lab) / "cluster-state.json",
+                              {"phase": "started"})
+    if not wait:
+        return None
+    report = wait_all_pairs(plan, s.wait_timeout, progress)
+    progress(f"overlay ready in {time.monotonic() - started:.1f}s: "
+             f"all {len(report.pairs)} pod pairs answer")
+    return report
+
+
+def _wait_nodes(lab: str, count: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc = kubectl(lab, "get", "nodes", "-o", "name", check=False)
+        if proc.returncode == 0 and len(proc.stdout.split()) >= count:
+            return
+        if not runtime.process_running(lab, CONTROL_PLANE, KUBELET):
+            break
+        time.sleep(0.2)
+    raise CommandError(f"lab {lab!r}: the kubelet stand-in did not register {count} nodes:\n"
+                       f"{_log_tail(lab, CONTROL_PLANE, KUBELET)}")
+
+
+def wait_all_pairs(plan: LabPlan, timeout: float, progress: Progress = _quiet) -> PingReport:
+    """Ping all pairs until every one answers; CommandError naming the failing pairs otherwise."""
+    deadline = time.monotonic() + timeout
+    last = ""
+    while True:
+        report = ping_all(plan, scope="all", tries=1, timeout_s=1)
+        ok = sum(p.ok for p in report.pairs)
+        line = f"waiting for the overlay: {ok}/{len(report.pairs)} pod pairs answer"
+        if report.ok:
+            return report
+        if line != last:
+            progress(line)
+            last = line
+        dead = [n.name for _, n in plan.nodes()
+                if not runtime.process_running(plan.name, n.name, AGENT)]
+        if time.monotonic() > deadline or dead:
+            failed = [f"{p.src}->{p.dst}" for p in report.pairs if not p.ok]
+            why = f"agents exited on {', '.join(dead)}" if dead else f"after {timeout:.0f}s"
+            tail = _log_tail(plan.name, dead[0], AGENT) if dead else ""
+            raise CommandError(
+                f"lab {plan.name!r}: overlay not ready ({why}): {len(failed)} pairs fail: "
+                f"{', '.join(failed[:8])}{' ...' if len(failed) > 8 else ''}\n{tail}".rstrip())
+        time.sleep(0.5)
+
+
+# --- views ----------------------------------------------------------------------------------
+
+def gateways(lab: str) -> list[dict]:
+    return list(kubectl_json(lab, "get", "gateways.raven.openyurt.io").get("items", []))
+
+
+def active_gateways(lab: str) -> dict[str, list[str]]:
+    """Gateway name -> node names of its active endpoints (from Gateway status)."""
+    return {g["metadata"]["name"]: [e.get("nodeName", "") for e in
+                                    (g.get("status") or {}).get("activeEndpoints") or []]
+            for g in gateways(lab)}
+
+
+def pool_of(plan: LabPlan, pool_name: str) -> PoolPlan:
+    for pool in plan.pools:
+        if pool.name == pool_name or pool.gateway == pool_name:
+            return pool
+    raise CommandError(f"lab {plan.name!r} has no pool {pool_name!r}; pools: "
+                       f"{', '.join(p.name for p in plan.pools)}")
+
+
+def wait_active(lab: str, pool: str, timeout: float = 30.0,
+                exclude: tuple[str, ...] = ()) -> str:
+    """The node name of `pool`'s active gateway once one (not in `exclude`) is elected."""
+    plan = runtime.load_plan(lab)
+    gateway = pool_of(plan, pool).gateway
+    deadline = time.monotonic() + timeout
+    while True:
+        active = [n for n in active_gateways(lab).get(gateway, []) if n not in exclude]
+        if active:
+            return active[0]
+        if time.monotonic() > deadline:
+            raise CommandError(f"lab {lab!r}: pool {pool!r} has no active gateway after "
+                               f"{timeout:.0f}s")
+        time.sleep(0.2)
+
+
+def format_gateways(lab: str) -> str:
+    lines = []
+    for g in gateways(lab):
+        status = g.get("status") or {}
+        active = [f"{e.get('nodeName')} ({e.get('publicIP') or 'behind NAT'}:{e.get('port')})"
+                  for e in status.get("activeEndpoints") or []]
+        nodes = [n.get("nodeName") for n in status.get("nodes") or []]
+        lines.append(f"  {g['metadata']['name']:<16} active {', '.join(active) or 'none':<34} "
+                     f"members {', '.join(nodes)}")
+    return "\n".join(lines)
