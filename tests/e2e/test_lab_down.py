@@ -52,7 +52,17 @@ def assert_no_trace(lab: str, processes: dict[int, int]) -> None:
     assert not runtime.run_dir(lab).exists()
     alive = [pid for pid, start in processes.items() if runtime.proc_start_time(pid) == start]
     assert alive == [], f"processes of {lab} still alive: {alive}"
-    assert str(runtime.run_dir(lab)) not in Path("/proc/self/mountinfo").read_text()
+    # No process anywhere still holds a mount namespace with the lab's host directories.
+    marker = str(runtime.run_dir(lab)) + "/"
+    holding = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "mountinfo").read_text():
+                    holding.append(int(entry.name))
+            except OSError:
+                continue
+    assert holding == [], f"processes still holding {lab}'s mounts: {holding}"
     ids = json.loads(subprocess.run(["ip", "-json", "netns", "list-id"], capture_output=True,
                                     text=True).stdout or "[]")
     assert not [i for i in ids if str(i.get("name", "")).startswith(lab + ".")]
@@ -144,3 +154,25 @@ def test_down_finds_a_lab_whose_run_dir_is_gone(lab_factory) -> None:
     assert plan.name in teardown.discover_labs()  # found by the lo marker alias
     teardown.down(plan.name)
     assert_no_trace(plan.name, processes)
+
+
+def test_a_failed_up_removes_what_it_made(tmp_path: Path) -> None:
+    """Fault injection from outside: an `nft` that fails makes the NAT phase fail mid-build."""
+    import os
+
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "nft").write_text("#!/bin/sh\necho 'nft: injected failure' >&2\nexit 1\n")
+    (fake / "nft").chmod(0o755)
+    lab = unique_lab_name()
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+    try:
+        result = subprocess.run([sys.executable, "-m", "raven.cli", "lab", "up",
+                                 str(TOPOLOGIES / "two-pools.yaml"), "--name", lab],
+                                capture_output=True, text=True, env=env, timeout=120)
+        assert result.returncode != 0
+        assert "injected failure" in result.stderr and "Traceback" not in result.stderr
+        assert "removing what was made" in result.stderr
+        assert_no_trace(lab, {})
+    finally:
+        teardown.down(lab)
