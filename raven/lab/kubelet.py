@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raven import constants
-from raven.kube.client import NODES, JSON, Kube, KubeSettings
+from raven.kube.client import JSON, NODES, Kube, KubeSettings
 from raven.kube.errors import AlreadyExists, KubeError, NotFound
 from raven.kube.timefmt import to_time
 from raven.lab import runtime
