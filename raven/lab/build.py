@@ -25,7 +25,15 @@ from pathlib import Path
 from raven.errors import CommandError
 from raven.lab import netns as nsutil
 from raven.lab import runtime, teardown
-from raven.lab.plan import INTERNET_PROBES, LabPlan, PoolPlan, plan_lab, plan_to_json
+from raven.lab.plan import (
+    INTERNET_PROBES,
+    LabPlan,
+    NodePlan,
+    PodPlan,
+    PoolPlan,
+    plan_lab,
+    plan_to_json,
+)
 from raven.lab.topology import Topology, lab_name_problem, load_topology
 
 Progress = Callable[[str], None]
@@ -196,7 +204,7 @@ def _control_plane_lines(plan: LabPlan) -> list[str]:
     ]
 
 
-def _node_lines(plan: LabPlan, pool: PoolPlan, node) -> list[str]:
+def _node_lines(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> list[str]:
     lines = [
         _marker(plan),
         f"address add {node.underlay_ip}/24 dev eth0",
@@ -216,7 +224,7 @@ def _node_lines(plan: LabPlan, pool: PoolPlan, node) -> list[str]:
     return lines
 
 
-def _pod_lines(plan: LabPlan, node, pod) -> list[str]:
+def _pod_lines(plan: LabPlan, node: NodePlan, pod: PodPlan) -> list[str]:
     return [
         _marker(plan),
         f"address add {pod.ip}/32 dev eth0",

@@ -71,9 +71,6 @@ class Topology:
     pools: tuple[PoolSpec, ...]
     description: str = ""
 
-    def pod_names(self, node: NodeSpec) -> list[str]:
-        return pod_names(node)
-
 
 def pod_names(node: NodeSpec) -> list[str]:
     """Pods of a node are named `<node>-pod<k>`, k from 0."""
