@@ -194,7 +194,8 @@ def start_process(lab: str, target: str, name: str, argv: list[str],
                            f"(pid {existing['pid']}); stop it first")
     log = log_path(lab, target, name)
     log.parent.mkdir(parents=True, exist_ok=True)
-    full_env = {**os.environ, **env} if env is not None else None
+    # RAVEN_LAB / RAVEN_LAB_TARGET: every lab process carries its lab's name (/proc/PID/environ).
+    full_env = {**os.environ, **(env or {}), "RAVEN_LAB": lab, "RAVEN_LAB_TARGET": target}
     with open(log, "ab") as out:
         proc = subprocess.Popen(
             prefix + list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -292,6 +293,7 @@ def start_holder(lab: str, target: str, netns: str) -> subprocess.Popen:
             ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
              "sh", "-c", HOLDER_SCRIPT, "raven-lab-holder", str(folder)],
             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            env={**os.environ, "RAVEN_LAB": lab, "RAVEN_LAB_TARGET": target},
             start_new_session=True, close_fds=True,
         )
     start = proc_start_time(proc.pid)

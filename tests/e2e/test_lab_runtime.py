@@ -91,6 +91,8 @@ def test_supervised_process_logs_and_stops(lab: LabPlan) -> None:
                                  "exec sleep 600"], env={"RVT_WHO": "the-pod"})
     try:
         assert Path(f"/proc/{pid}").exists()
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert f"RAVEN_LAB={lab.name}".encode() in environ
         for _ in range(200):
             text = raven("lab", "logs", lab.name, pod.name).stdout
             if pod.ip in text:
