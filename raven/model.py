@@ -46,7 +46,11 @@ class FrozenMap(Mapping[str, Any]):
     __slots__ = ("_data", "_hash")
 
     def __init__(self, data: Mapping[str, Any] | Iterable[tuple[str, Any]] = ()) -> None:
-        self._data: dict[str, Any] = copy.deepcopy(dict(data))
+        # Only nested containers need a deep copy; scalars are immutable (and copying is the
+        # hot part of parsing thousands of Gateways).
+        self._data: dict[str, Any] = {
+            k: copy.deepcopy(v) if isinstance(v, dict | list) else v for k, v in dict(data).items()
+        }
         self._hash: int | None = None
 
     def __getitem__(self, key: str) -> Any:
@@ -497,16 +501,18 @@ class _Reader:
 
 
 def _extra(obj: Mapping[str, Any], known: Iterable[str]) -> FrozenMap:
-    known_set = set(known)
-    return FrozenMap({k: v for k, v in obj.items() if k not in known_set})
+    """The keys of `obj` not in `known` (a tuple or set of field names), for round trips."""
+    unknown = {k: v for k, v in obj.items() if k not in known}
+    return FrozenMap(unknown) if unknown else EMPTY
 
 
 _DNS1123_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
 _DNS1123_SUBDOMAIN = re.compile(rf"{_DNS1123_LABEL}(\.{_DNS1123_LABEL})*")
-_ENDPOINT_KEYS = ("nodeName", "type", "port", "underNAT", "natType", "publicIP", "publicPort",
-                  "config")
-_ALPHA_ENDPOINT_KEYS = ("nodeName", "underNAT", "natType", "publicIP", "publicPort", "config",
-                        "proxyType")
+_ENDPOINT_KEYS = frozenset(("nodeName", "type", "port", "underNAT", "natType", "publicIP",
+                            "publicPort", "config"))
+_ALPHA_ENDPOINT_KEYS = frozenset(("nodeName", "underNAT", "natType", "publicIP", "publicPort",
+                                  "config", "proxyType"))
+_NODE_INFO_KEYS = frozenset(("nodeName", "privateIP", "subnets"))
 
 
 def _parse_endpoint(raw: Any, path: str, r: _Reader, alpha: bool) -> Endpoint | None:
@@ -551,7 +557,7 @@ def _parse_node_info(raw: Any, path: str, r: _Reader) -> NodeInfo | None:
         node_name=r.str(raw, "nodeName", p),
         private_ip=r.str(raw, "privateIP", p),
         subnets=tuple(subnets),
-        extra=_extra(raw, ("nodeName", "privateIP", "subnets")),
+        extra=_extra(raw, _NODE_INFO_KEYS),
     )
 
 
