@@ -16,9 +16,7 @@ import json
 import logging
 import random
 import secrets
-import select
 import socket
-import ssl
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -28,6 +26,7 @@ import yaml
 
 from raven.apiserver import discovery, openapi, tables
 from raven.apiserver.api import ResourceApi
+from raven.apiserver.fanout import Subscription
 from raven.apiserver.resources import ResourceType
 from raven.apiserver.selectors import make_filter
 from raven.apiserver.status import (
@@ -37,7 +36,7 @@ from raven.apiserver.status import (
     method_not_allowed,
     unauthorized,
 )
-from raven.apiserver.store import Watcher, WatchEvent, encode
+from raven.apiserver.store import WatchEvent, encode
 
 if TYPE_CHECKING:
     from raven.apiserver.server import ApiServer
@@ -399,114 +398,56 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             if not rv_text.isdigit():
                 raise bad_request(f"resourceVersion {rv_text!r} is not a valid resourceVersion; use one from a previous list or watch")  # noqa: E501
             since = int(rv_text)
-        registered = owner.store.watch(rtype.storage_key, route.namespace, since)
-        if registered is None:
-            raise expired(f"too old resource version: {since} ({owner.store.history_floor + 1})")
-        watcher, backlog = registered
+            if not owner.store.can_resume(since):
+                raise _too_old(since, owner.store.history_floor)
         if query.get("timeoutSeconds", "").isdigit():
             timeout = float(query["timeoutSeconds"])
         else:
             timeout = random.uniform(*owner.settings.default_watch_timeout)
-        deadline = time.monotonic() + timeout
-        table = self._wants() == "Table"
-        include = query.get("includeObject", "PartialObjectMetadata")
+        writer = _WatchWriter(api, rtype, keep, self._wants() == "Table",
+                              query.get("includeObject", "PartialObjectMetadata"))
+        sub = Subscription(
+            key=rtype.storage_key, namespace=route.namespace, sock=self.connection,
+            format_event=writer.event_line, format_bookmark=writer.bookmark_line,
+            deadline=time.monotonic() + timeout,
+            bookmark_interval=owner.settings.bookmark_interval if bookmarks else None,
+            initial_end_bookmark=initial and bookmarks,
+        )
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Cache-Control", "no-cache, private")
+        self.end_headers()
+        self.wfile.flush()
+        if owner.stopping or not owner.store.watch(sub, since):
+            # Trimmed between the check and now (or stopping): an ERROR event, as kube does.
+            error = _too_old(since or 0, owner.store.history_floor).to_status()
+            line = encode({"type": "ERROR", "object": error}) + b"\n"
+            self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n0\r\n\r\n")
+            return 200
+        sub.done.wait()
         try:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Transfer-Encoding", "chunked")
-            self.send_header("Cache-Control", "no-cache, private")
-            self.end_headers()
-            self.wfile.flush()
-            writer = _WatchWriter(self, api, rtype, keep, table, include)
-            for event in backlog:
-                writer.write(event)
-            if initial and bookmarks:
-                with owner.store._lock:
-                    mark = owner.store.rv
-                writer.bookmark(mark, initial_end=True)
-            writer.flush()
-            self._stream(watcher, writer, deadline, bookmarks)
-            self._chunk(b"")
-        except (BrokenPipeError, ConnectionResetError, TimeoutError, OSError):
+            self.connection.settimeout(None)
+        except OSError:
+            pass
+        if not sub.clean:
             self.close_connection = True
-        finally:
-            watcher.close()
         return 200
 
-    def _stream(self, watcher: Watcher, writer: _WatchWriter, deadline: float,
-                bookmarks: bool) -> None:
-        owner = self.server.owner
-        interval = owner.settings.bookmark_interval
-        next_bookmark = time.monotonic() + interval
-        while not owner.stopping:
-            now = time.monotonic()
-            if now >= deadline:
-                return
-            wait = min(deadline - now, 1.0, max(next_bookmark - now, 0.0) if bookmarks else 1.0)
-            event = watcher.get(wait)
-            if event is None:
-                return
-            if event is False:
-                if bookmarks and time.monotonic() >= next_bookmark:
-                    with owner.store._lock:
-                        idle = watcher.queue.empty()
-                        mark = owner.store.rv
-                    if idle:
-                        writer.bookmark(mark)
-                        writer.flush()
-                    next_bookmark = time.monotonic() + interval
-                elif self._client_gone():
-                    return
-                continue
-            assert isinstance(event, WatchEvent)
-            writer.write(event)
-            # Drain what is already queued before flushing: one write for a burst.
-            while True:
-                more = watcher.get(0)
-                if more is False:
-                    break
-                if more is None:
-                    writer.flush()
-                    return
-                assert isinstance(more, WatchEvent)
-                writer.write(more)
-            writer.flush()
-
-    def _client_gone(self) -> bool:
-        sock = self.connection
-        try:
-            readable, _, _ = select.select([sock], [], [], 0)
-            if not readable:
-                return False
-            sock.settimeout(0.01)
-            try:
-                data = sock.recv(1)
-            finally:
-                sock.settimeout(None)
-            return not data
-        except (TimeoutError, BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            return False
-        except (OSError, ValueError):
-            return True
-
-    def _chunk(self, data: bytes) -> None:
-        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
-        self.wfile.flush()
-
-
 class _WatchWriter:
-    """Turns store events into watch lines for one client (selector, version, Table)."""
+    """Turns store events into watch lines for one client (selector, version, Table).
 
-    def __init__(self, handler: RequestHandler, api: ResourceApi, rtype: ResourceType,
+    Runs on the fan-out thread only, so the per-event encoding cache needs no lock.
+    """
+
+    def __init__(self, api: ResourceApi, rtype: ResourceType,
                  keep: Callable[[dict[str, Any]], bool] | None, table: bool,
                  include: str) -> None:
-        self.handler = handler
         self.api = api
         self.rtype = rtype
         self.keep = keep
         self.table = table
         self.include = include
-        self.pending: list[bytes] = []
         self.convert = api.needs_conversion(rtype)
 
     def _type_for(self, event: WatchEvent) -> str | None:
@@ -526,39 +467,39 @@ class _WatchWriter:
             return "DELETED"
         return None
 
-    def write(self, event: WatchEvent) -> None:
+    def event_line(self, event: WatchEvent) -> bytes | None:
         kind = self._type_for(event)
         if kind is None:
-            return
+            return None
         if self.table:
             obj = self.api.to_version(self.rtype, event.new)
             body = encode(tables.table(self.rtype, [obj], self.include, {"resourceVersion": str(event.rv)}))  # noqa: E501
-            self.pending.append(b'{"type":"' + kind.encode() + b'","object":' + body + b"}\n")
-            return
+            return b'{"type":"' + kind.encode() + b'","object":' + body + b"}\n"
         cache_key = (kind, self.rtype.api_version)
         line = event.encoded.get(cache_key)
         if line is None:
-            if self.convert:
-                raw = encode(self.api.to_version(self.rtype, event.new))
-            else:
-                raw = event.raw if event.raw is not None else encode(event.new)
+            try:
+                if self.convert:
+                    raw = encode(self.api.to_version(self.rtype, event.new))
+                else:
+                    raw = event.raw if event.raw is not None else encode(event.new)
+            except Exception:  # a conversion bug must not end every watch
+                log.exception("cannot convert %s for a watch", event.key)
+                return None
             line = b'{"type":"' + kind.encode() + b'","object":' + raw + b"}\n"
             event.encoded[cache_key] = line
-        self.pending.append(line)
+        return line
 
-    def bookmark(self, rv: int, initial_end: bool = False) -> None:
+    def bookmark_line(self, rv: int, initial_end: bool = False) -> bytes:
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         if initial_end:
             meta["annotations"] = {"k8s.io/initial-events-end": "true"}
         obj = {"kind": self.rtype.kind, "apiVersion": self.rtype.api_version, "metadata": meta}
-        self.pending.append(encode({"type": "BOOKMARK", "object": obj}) + b"\n")
+        return encode({"type": "BOOKMARK", "object": obj}) + b"\n"
 
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        data = b"".join(self.pending)
-        self.pending = []
-        self.handler._chunk(data)
+
+def _too_old(since: int, floor: int) -> ApiError:
+    return expired(f"too old resource version: {since} ({floor + 1})")
 
 
 def _page_not_found(path: str) -> ApiError:

@@ -19,6 +19,7 @@ from types import FrameType
 
 from raven.apiserver import security
 from raven.apiserver.api import ResourceApi
+from raven.apiserver.fanout import WatchFanout
 from raven.apiserver.handler import ApiServerHTTP
 from raven.apiserver.resources import Registry
 from raven.apiserver.settings import ApiServerSettings
@@ -69,8 +70,8 @@ class ApiServer:
             raise CommandError(f"cannot create the data directory {data_dir}: {exc}") from exc
         self.data_dir = data_dir
         self.token = security.load_or_create_token(data_dir)
-        self.store = Store(data_dir / DATABASE, settings.watch_history,
-                           settings.watcher_backlog_limit)
+        self.fanout = WatchFanout(settings.watcher_backlog_bytes)
+        self.store = Store(data_dir / DATABASE, settings.watch_history, self.fanout)
         self.registry = Registry()
         self.api = ResourceApi(self.store, self.registry)
         self.api.bootstrap()

@@ -25,5 +25,5 @@ class ApiServerSettings:
     bookmark_interval: float = 60.0
     # Watches without timeoutSeconds end after a random time in this range (like kube-apiserver).
     default_watch_timeout: tuple[float, float] = field(default=(1800.0, 3600.0))
-    # A watcher this many events behind is disconnected (it re-watches or re-lists).
-    watcher_backlog_limit: int = 50000
+    # A watcher with this many unsent bytes is disconnected (it re-watches or re-lists).
+    watcher_backlog_bytes: int = 64 << 20

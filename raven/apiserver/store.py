@@ -17,13 +17,15 @@ from __future__ import annotations
 import collections
 import copy
 import json
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from raven.apiserver.fanout import Subscription, WatchFanout
 
 StorageKey = tuple[str, str]  # (group, plural)
 ObjectKey = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped
@@ -52,41 +54,11 @@ class WatchEvent:
     encoded: dict[Any, bytes] = field(default_factory=dict)  # cache for watch lines
 
 
-class Watcher:
-    """One watch stream's queue; `events` yields WatchEvents, None means the stream must end."""
-
-    def __init__(self, store: Store, key: StorageKey, namespace: str | None) -> None:
-        self.store = store
-        self.key = key
-        self.namespace = namespace
-        self.queue: queue.SimpleQueue[WatchEvent | None] = queue.SimpleQueue()
-        self.closed = False
-
-    def offer(self, event: WatchEvent | None) -> None:
-        if self.closed:
-            return
-        if event is not None and self.queue.qsize() > self.store.backlog_limit:
-            self.closed = True
-            self.queue.put(None)
-            return
-        self.queue.put(event)
-
-    def get(self, timeout: float) -> WatchEvent | bool | None:
-        """The next event, None when closed, False on timeout."""
-        try:
-            return self.queue.get(timeout=max(timeout, 0.0))
-        except queue.Empty:
-            return False
-
-    def close(self) -> None:
-        self.store.unwatch(self)
-        self.closed = True
-
-
 class Store:
-    def __init__(self, path: Path, history: int = 20000, backlog_limit: int = 50000) -> None:
+    def __init__(self, path: Path, history: int = 20000,
+                 fanout: WatchFanout | None = None) -> None:
         self.path = path
-        self.backlog_limit = backlog_limit
+        self.fanout = fanout
         self._lock = threading.RLock()
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -112,7 +84,6 @@ class Store:
         self._history_size = history
         # Every event with rv > history_floor is in the history.
         self.history_floor = self._rv
-        self._watchers: dict[StorageKey, set[Watcher]] = {}
 
     # ------------------------------------------------------------------ reads
 
@@ -200,27 +171,30 @@ class Store:
         self._history.append(event)
         while len(self._history) > self._history_size:
             self.history_floor = self._history.popleft().rv
-        for watcher in tuple(self._watchers.get(event.key, ())):
-            if watcher.namespace is None or watcher.namespace == event.namespace:
-                watcher.offer(event)
+        if self.fanout is not None:
+            self.fanout.publish(event)
 
     # ------------------------------------------------------------------ watches
 
-    def watch(
-        self, key: StorageKey, namespace: str | None, since: int | None
-    ) -> tuple[Watcher, list[WatchEvent]] | None:
-        """Register a watcher. `since` None: the current objects come first as ADDED events.
+    def can_resume(self, since: int) -> bool:
+        """True when every event after `since` is still in the history."""
+        return since >= self.history_floor
 
-        Returns None when `since` is older than the history covers (the caller answers 410).
+    def watch(self, sub: Subscription, since: int | None) -> bool:
+        """Hand a watch to the fan-out. `since` None: the current objects come first as ADDED.
+
+        Returns False when `since` is older than the history covers (the caller answers 410).
         """
+        assert self.fanout is not None
         with self._lock:
-            if since is not None and since < self.history_floor:
-                return None
-            watcher = Watcher(self, key, namespace)
+            if since is not None and not self.can_resume(since):
+                return False
+            key, namespace = sub.key, sub.namespace
             if since is None:
                 stored, _ = self.list(key, namespace)
                 backlog = [
-                    WatchEvent("ADDED", s.rv, key, namespace or "", None, s.obj, s.raw)
+                    WatchEvent("ADDED", s.rv, key, s.obj["metadata"].get("namespace", ""),
+                               None, s.obj, s.raw)
                     for s in stored
                 ]
             else:
@@ -229,23 +203,13 @@ class Store:
                     if e.rv > since and e.key == key
                     and (namespace is None or e.namespace == namespace)
                 ]
-            self._watchers.setdefault(key, set()).add(watcher)
-            return watcher, backlog
-
-    def unwatch(self, watcher: Watcher) -> None:
-        with self._lock:
-            self._watchers.get(watcher.key, set()).discard(watcher)
-
-    def watcher_count(self) -> int:
-        with self._lock:
-            return sum(len(w) for w in self._watchers.values())
+            self.fanout.add(sub, backlog, self._rv)
+            return True
 
     def close(self) -> None:
+        if self.fanout is not None:
+            self.fanout.stop()
         with self._lock:
-            for watchers in self._watchers.values():
-                for watcher in watchers:
-                    watcher.offer(None)
-            self._watchers.clear()
             self._db.close()
 
     def keys(self) -> Iterable[StorageKey]:
