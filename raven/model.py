@@ -411,9 +411,8 @@ class Network:
 
 
 def _label(obj: Any) -> str:
-    name = obj.get("metadata", {}).get("name") if isinstance(obj, Mapping) else None
-    if isinstance(obj, Mapping) and not isinstance(obj.get("metadata"), Mapping):
-        name = None
+    metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
+    name = metadata.get("name") if isinstance(metadata, Mapping) else None
     return f"Gateway {name}" if isinstance(name, str) and name else "Gateway (unnamed)"
 
 

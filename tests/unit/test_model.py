@@ -334,7 +334,10 @@ def test_every_problem_is_listed_not_only_the_first() -> None:
     assert len(gateway_problems(obj)) == 4
 
 
-@pytest.mark.parametrize("doc", [None, 3, "text", [1, 2], {"kind": "Gateway"}])
+@pytest.mark.parametrize("doc", [None, 3, "text", [1, 2], {"kind": "Gateway"},
+                                 {"kind": "Gateway", "metadata": [1]},
+                                 {"kind": "Gateway", "metadata": {"name": 7}, "spec": []},
+                                 {"kind": "Gateway", "metadata": {"name": "g"}, "status": "x"}])
 def test_non_gateway_documents_are_problems_not_exceptions(doc: Any) -> None:
     problems = gateway_problems(doc)
     assert problems and all(p.startswith("Gateway") for p in problems)
@@ -344,9 +347,17 @@ JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-5, 70000) | st.text(max_size=5),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
         st.sampled_from(["nodeName", "type", "port", "underNAT", "publicIP", "config",
-                         "Replicas", "subnets", "x"]), inner, max_size=4),
+                         "Replicas", "subnets", "x", "name", "labels", "addresses",
+                         "conditions", "podCIDRs", "endpoints", "nodes"]), inner, max_size=4),
     max_leaves=12,
 )
+
+
+@settings(max_examples=100, deadline=None)
+@given(doc=JSON)
+def test_validation_never_raises_on_any_document(doc: Any) -> None:
+    assert all(isinstance(p, str) for p in gateway_problems(doc))
+    assert all(isinstance(p, str) for p in gateway_problems({"kind": "Gateway", "metadata": doc}))
 
 
 @settings(max_examples=300, deadline=None)
@@ -469,6 +480,16 @@ def test_node_round_trip_keeps_other_fields() -> None:
     assert rendered["metadata"]["uid"] == "x"
     assert {"type": "Hostname", "address": "hz-1"} in rendered["status"]["addresses"]
     assert {"type": "MemoryPressure", "status": "False"} in rendered["status"]["conditions"]
+
+
+@settings(max_examples=100, deadline=None)
+@given(metadata=JSON, spec=JSON, status=JSON)
+def test_node_parsing_never_raises_anything_but_validation_errors(metadata: Any, spec: Any,
+                                                                  status: Any) -> None:
+    try:
+        Node.from_k8s({"metadata": metadata, "spec": spec, "status": status})
+    except ValidationError as exc:
+        assert exc.problems
 
 
 def test_node_without_name_is_refused() -> None:
