@@ -123,6 +123,8 @@ class AgentMetrics:
                                registry=r)
         self.ready = Gauge("raven_agent_ready", "1 after the first successful apply",
                            registry=r)
+        self.drift = Gauge("raven_agent_drift", "Differences between plan and kernel found by "
+                           "the last check (repaired by the next apply)", registry=r)
 
 
 class Agent:
@@ -151,6 +153,7 @@ class Agent:
         self.candidate = False
         self._saved: tuple[JSON | None, tuple[JSON, ...]] | None = None
         self.loop_time = time.monotonic()  # last turn of the main loop, for /healthz
+        self._status_doc: dict[str, Any] = {}
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -223,21 +226,26 @@ class Agent:
     def _write_status(self, gateways: list[Gateway], state: NodeState, inputs: Inputs,
                       now: float, elapsed: float) -> None:
         pool = next((g for g in gateways if g.name == state.pool), None)
-        active = [e.node_name for e in pool.status.active_endpoints] if pool else []
+        self._status_doc = {
+            "node": self.settings.node,
+            "role": str(state.role),
+            "pool": state.pool,
+            "activeGateways": [e.node_name for e in pool.status.active_endpoints] if pool else [],
+            "candidate": self.candidate,
+            "source": inputs.source,
+            "appliedAt": now,
+            "inputsConfirmedAt": self.inputs_time,
+            "reconcileSeconds": elapsed,
+            "publicKey": self.public_key,
+            "plan": state.to_json(),
+        }
+        self._flush_status()
+
+    def _flush_status(self) -> None:
+        if not self._status_doc:
+            return
         try:
-            atomic_write_json(self.settings.state_dir / STATUS_FILE, {
-                "node": self.settings.node,
-                "role": str(state.role),
-                "pool": state.pool,
-                "activeGateways": active,
-                "candidate": self.candidate,
-                "source": inputs.source,
-                "appliedAt": now,
-                "inputsConfirmedAt": self.inputs_time,
-                "reconcileSeconds": elapsed,
-                "publicKey": self.public_key,
-                "plan": state.to_json(),
-            }, mode=0o644)
+            atomic_write_json(self.settings.state_dir / STATUS_FILE, self._status_doc, mode=0o644)
         except OSError as exc:
             log.warning("cannot write %s: %s", STATUS_FILE, exc)
 
@@ -251,17 +259,21 @@ class Agent:
         pools = {}
         if self.state is not None and self.state.wireguard is not None:
             pools = {p.public_key: p.pool for p in self.state.wireguard.peers}
-        peers = list(getattr(observed, "peers", ()) or ())
+        peers = list(observed.peers)
         self.metrics.peers.set(len(peers))
+        self.metrics.drift.set(len(observed.drift))
+        if self._status_doc:  # `raven status` shows the drift found by the last check
+            self._status_doc["observedAt"] = time.time()
+            self._status_doc["drift"] = list(observed.drift)
+            self._flush_status()
         for gauge in (self.metrics.handshake_age, self.metrics.rx_bytes, self.metrics.tx_bytes):
             gauge.clear()
         for peer in peers:
-            key = str(getattr(peer, "public_key", ""))
-            labels = (key, pools.get(key, ""))
-            age = getattr(peer, "handshake_age_s", None)
+            labels = (peer.public_key, pools.get(peer.public_key, ""))
+            age = peer.handshake_age_s
             self.metrics.handshake_age.labels(*labels).set(-1 if age is None else float(age))
-            self.metrics.rx_bytes.labels(*labels).set(float(getattr(peer, "rx_bytes", 0) or 0))
-            self.metrics.tx_bytes.labels(*labels).set(float(getattr(peer, "tx_bytes", 0) or 0))
+            self.metrics.rx_bytes.labels(*labels).set(float(peer.rx_bytes))
+            self.metrics.tx_bytes.labels(*labels).set(float(peer.tx_bytes))
 
     # -- API writes ----------------------------------------------------------------------------
 
@@ -334,6 +346,7 @@ class Agent:
                         if self.reconcile(live, now):
                             applied_key, failures = key, 0
                             next_resync = now + s.resync_period
+                            next_stats = 0.0  # peers, counts and drift right after a change
                         else:  # retry with backoff, data plane stays as it was
                             failures += 1
                             next_resync = now + s.backoff.delay(failures)

@@ -37,13 +37,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def observe_live(state_dir: Path, netns: str | None, plan: dict[str, Any] | None) -> dict[str, Any]:
+def observe_live(state_dir: Path, netns: str | None) -> dict[str, Any]:
+    """Counts and WireGuard peers read from the kernel now (drift needs the plan, which only
+    the running agent holds; it reports its last check in its status file)."""
     from raven.dataplane import Dataplane, DataplaneSettings
 
-    settings = DataplaneSettings(netns=netns, state_dir=state_dir)
-    with Dataplane(settings) as dataplane:
-        if plan is not None and hasattr(dataplane, "observe_against"):
-            return _plain(dataplane.observe_against(plan))
+    with Dataplane(DataplaneSettings(netns=netns, state_dir=state_dir)) as dataplane:
         return _plain(dataplane.observe())
 
 
@@ -61,8 +60,11 @@ def collect(state_dir: Path, netns: str | None, now: float) -> dict[str, Any]:
         report["appliedAgo"] = round(now - float(agent.get("appliedAt") or now), 1)
         confirmed = float(agent.get("inputsConfirmedAt") or 0)
         report["inputsAge"] = round(now - confirmed, 1) if confirmed else None
+        observed = agent.get("observedAt")
+        report["driftCheckedAgo"] = round(now - float(observed), 1) if observed else None
+        report["drift"] = agent.get("drift")
     try:
-        report["live"] = observe_live(state_dir, netns, None)
+        report["live"] = observe_live(state_dir, netns)
     except Exception as exc:  # the report is still useful without the kernel view
         report["live"] = None
         report["liveError"] = f"{type(exc).__name__}: {exc}"
@@ -107,7 +109,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"live:           unavailable ({report.get('liveError')})")
         return "\n".join(lines) + "\n"
     peers = live.pop("peers", None) or []
-    drift = live.pop("drift", None)
+    live.pop("drift", None)  # a fresh Dataplane has no plan to compare with: use the agent's
+    drift = (agent or {}).get("drift")
     for key, value in sorted(live.items()):
         if not isinstance(value, dict | list):
             lines.append(f"{key + ':':16}{value}")
@@ -121,12 +124,15 @@ def render(report: dict[str, Any]) -> str:
                      f"{peer.get('endpoint') or '(learned)'} handshake {shown} "
                      f"rx {_human_bytes(float(peer.get('rx_bytes') or 0))} "
                      f"tx {_human_bytes(float(peer.get('tx_bytes') or 0))}")
-    if drift:
-        items = drift if isinstance(drift, list) else [drift]
-        lines.append(f"drift:          {len(items)} difference(s)")
-        lines += [f"  {d}" for d in items]
+    checked = report.get("driftCheckedAgo")
+    when = f" (agent's check {checked}s ago)" if checked is not None else ""
+    if drift is None:
+        lines.append("drift:          not checked yet by the agent")
+    elif drift:
+        lines.append(f"drift:          {len(drift)} difference(s){when}")
+        lines += [f"  {d}" for d in drift]
     else:
-        lines.append("drift:          none")
+        lines.append(f"drift:          none{when}")
     return "\n".join(lines) + "\n"
 
 

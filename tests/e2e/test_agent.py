@@ -332,3 +332,34 @@ def test_figures_reconcile_latency_and_rss(overlay: Overlay) -> None:
           "poll, ~10-30 ms)")
     print(f"[figure] agent steady RSS on {cloud_gw}: {rss_kib / 1024:.1f} MiB")
     assert len(samples) == 5 and rss_kib > 0
+
+
+def test_status_command_shows_role_peers_and_drift(overlay: Overlay) -> None:
+    gateway = overlay.active("gw-cloud")[0]
+    edge_gw = overlay.active("gw-edge")[0]
+    state = str(overlay.state_dir(gateway))
+    wait_for(lambda: overlay.ping_ok("cloud-2", "edge-2"), what="traffic through the tunnel")
+    report = json.loads(overlay.run(gateway, [*PY, "status", "--state-dir", state, "--json"]
+                                    ).stdout)
+    agent = report["agent"]
+    assert (agent["role"], agent["pool"], agent["activeGateways"]) == (
+        "active-gateway", "gw-cloud", [gateway])
+    edge_key = overlay.get("node", edge_gw)["metadata"]["annotations"][
+        constants.ANNOTATION_PUBLIC_KEY]
+    (peer,) = report["live"]["peers"]
+    assert peer["public_key"] == edge_key
+    # Oracle: `wg show dump` of the same device (peer line: key psk endpoint ips hs rx tx ka).
+    dump = overlay.run(gateway, ["wg", "show", constants.WIREGUARD_DEVICE, "dump"]).stdout
+    fields = next(line.split("\t") for line in dump.splitlines()[1:]
+                  if line.startswith(edge_key))
+    assert int(fields[4]) > 0 and peer["handshake_age_s"] is not None
+    assert peer["rx_bytes"] > 0 and int(fields[5]) >= peer["rx_bytes"]
+    routes = json.loads(overlay.run(gateway, ["ip", "-json", "route", "show", "table",
+                                              str(constants.WIREGUARD_TABLE)]).stdout)
+    assert report["live"]["routes"] >= len(routes) > 0
+    wait_for(lambda: json.loads(overlay.run(gateway, [
+        *PY, "status", "--state-dir", state, "--json"]).stdout).get("drift") == [],
+        what="agent reported a drift check")
+    text = overlay.run(gateway, [*PY, "status", "--state-dir", state]).stdout
+    assert "role:           active-gateway" in text and "drift:          none" in text
+    assert edge_key[:12] in text
