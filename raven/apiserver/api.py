@@ -291,6 +291,10 @@ class ResourceApi:
                 f"({name})"
             )
         wanted_rv = obj["metadata"].get("resourceVersion")
+        if rtype.custom and not wanted_rv:
+            raise invalid(rtype.group, rtype.kind, name, [
+                ("metadata.resourceVersion", "Invalid value: 0x0: must be specified for an update")
+            ])
         obj = self.to_storage(rtype, obj)
 
         def change(current: dict[str, Any] | None) -> dict[str, Any]:
@@ -404,7 +408,7 @@ class ResourceApi:
         return self.store._lock  # one lock: cascades are atomic with the delete
 
     def _delete_namespace_contents(self, namespace: str) -> None:
-        for key in self.store.keys():
+        for key in self.store.resource_keys():
             if key == NAMESPACES:
                 continue
             for stored in self.store.list(key, namespace)[0]:

@@ -11,6 +11,7 @@ Rules kept:
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import logging
@@ -234,9 +235,10 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             raise _page_not_found(path)
         name = rest[1] if len(rest) > 1 else None
         subresource = rest[2] if len(rest) > 2 else ""
-        if subresource and (subresource != "status" or not rtype.has_status):
-            if not (rtype.plural == "namespaces" and subresource == "finalize"):
-                raise _page_not_found(path)
+        served = subresource == "status" and rtype.has_status
+        finalize = rtype.plural == "namespaces" and subresource == "finalize"
+        if subresource and not served and not finalize:
+            raise _page_not_found(path)
         return Route(rtype, namespace, name, subresource, watch_path)
 
     # ------------------------------------------------------------------ resources
@@ -285,6 +287,12 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         elif method == "DELETE":
             options = json.loads(body) if body.strip() else {}
             obj = api.delete(rtype, route.namespace, route.name, options)
+            if rtype.plural != "namespaces":
+                # Deleted at once: kube-apiserver answers a Status (namespaces: the object).
+                obj = {"kind": "Status", "apiVersion": "v1", "metadata": {},
+                       "status": "Success",
+                       "details": {"name": route.name, "group": rtype.group,
+                                   "kind": rtype.plural, "uid": obj["metadata"].get("uid")}}
         else:
             raise method_not_allowed()
         self._send_json(200, obj)
@@ -426,10 +434,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self.wfile.write(f"{len(line):x}\r\n".encode() + line + b"\r\n0\r\n\r\n")
             return 200
         sub.done.wait()
-        try:
+        with contextlib.suppress(OSError):
             self.connection.settimeout(None)
-        except OSError:
-            pass
         if not sub.clean:
             self.close_connection = True
         return 200

@@ -42,6 +42,8 @@ class ResourceType:
     printer_columns: tuple[dict[str, Any], ...] = ()
     # The resource is a Raven Gateway: validated by raven.model and converted between versions.
     is_gateway: bool = False
+    # Custom resources refuse a PUT without metadata.resourceVersion (like kube-apiserver).
+    custom: bool = False
     verbs: tuple[str, ...] = ALL_VERBS
 
     @property
@@ -67,7 +69,8 @@ class ResourceType:
 
 
 def _core(plural: str, kind: str, namespaced: bool, **kw: Any) -> ResourceType:
-    return ResourceType(group="", version="v1", plural=plural, kind=kind, namespaced=namespaced, **kw)
+    return ResourceType(group="", version="v1", plural=plural, kind=kind, namespaced=namespaced,
+                        **kw)
 
 
 def _grp(group: str, version: str, plural: str, kind: str, namespaced: bool, **kw: Any) -> ResourceType:  # noqa: E501
@@ -99,10 +102,10 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     _grp("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
          False, short_names=("crd", "crds"), has_status=True, tracks_generation=True),
     _grp(API_GROUP, API_VERSION, GATEWAY_PLURAL, GATEWAY_KIND, False, has_status=True,
-         tracks_generation=True, is_gateway=True, storage_version=API_VERSION,
+         tracks_generation=True, is_gateway=True, storage_version=API_VERSION, custom=True,
          short_names=("gw",)),
     _grp(API_GROUP, API_VERSION_ALPHA, GATEWAY_PLURAL, GATEWAY_KIND, False, has_status=True,
-         tracks_generation=True, is_gateway=True, storage_version=API_VERSION,
+         tracks_generation=True, is_gateway=True, storage_version=API_VERSION, custom=True,
          short_names=("gw",)),
 )
 
@@ -135,7 +138,7 @@ def _types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
                 categories=tuple(names.get("categories") or ()),
                 storage_version=str(storage or ver["name"]),
                 has_status="status" in (ver.get("subresources") or {}),
-                tracks_generation=True,
+                tracks_generation=True, custom=True,
                 printer_columns=tuple(ver.get("additionalPrinterColumns") or ()),
             )
         )

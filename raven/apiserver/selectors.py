@@ -92,7 +92,8 @@ def parse_label_selector(selector: str | None) -> list[Requirement]:
             )
             if not values:
                 raise bad_request(f'unable to parse requirement: for "{match["op"]}" operator, values set can\'t be empty in selector "{selector}"')  # noqa: E501
-            requirements.append(Requirement(_check_key(selector, match["key"]), match["op"], values))
+            key = _check_key(selector, match["key"])
+            requirements.append(Requirement(key, match["op"], values))
             continue
         match = _BINARY.match(part)
         if match:

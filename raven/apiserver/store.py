@@ -212,6 +212,6 @@ class Store:
         with self._lock:
             self._db.close()
 
-    def keys(self) -> Iterable[StorageKey]:
+    def resource_keys(self) -> Iterable[StorageKey]:
         with self._lock:
             return list(self._objects)

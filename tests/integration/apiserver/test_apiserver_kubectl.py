@@ -61,7 +61,7 @@ def namespace(server: ApiServerProcess) -> Iterator[str]:
 def test_discovery_lists_our_resources(server: ApiServerProcess) -> None:
     out = server.kubectl("api-resources", "-o", "name").stdout.split()
     for resource in ("nodes", "namespaces", "configmaps", "secrets", "events", "leases.coordination.k8s.io",  # noqa: E501
-                     "gateways.raven.openyurt.io", "customresourcedefinitions.apiextensions.k8s.io",  # noqa: E501
+                     "gateways.raven.openyurt.io", "customresourcedefinitions.apiextensions.k8s.io",
                      "daemonsets.apps", "deployments.apps", "serviceaccounts",
                      "clusterroles.rbac.authorization.k8s.io"):
         assert resource in out, resource
@@ -143,7 +143,7 @@ def test_example_gateways_apply_and_show_printer_columns(
     assert json.loads(alpha)["apiVersion"] == f"{GROUP}/v1alpha1"
     server.kubectl("delete", "gateway", name)
     with pytest.raises(ApiException):
-        client.CustomObjectsApi(api).get_cluster_custom_object(GROUP, "v1beta1", "gateways", name)  # noqa: E501
+        client.CustomObjectsApi(api).get_cluster_custom_object(GROUP, "v1beta1", "gateways", name)
 
 
 def test_invalid_gateway_is_refused_like_the_webhook(server: ApiServerProcess) -> None:
@@ -202,7 +202,7 @@ def test_apply_twice_merges_lists_by_key(
     apps = client.AppsV1Api(api)
     # Someone else adds a container env var kubectl never applied: apply must keep it.
     apps.patch_namespaced_daemon_set("ds", namespace, {"spec": {"template": {"spec": {"containers": [{"name": "c", "env": [{"name": "EXTRA", "value": "x"}]}]}}}})  # noqa: E501
-    out = server.kubectl("apply", "-f", "-", input=manifest("img:2", [{"name": "A", "value": "1"}]))  # noqa: E501
+    out = server.kubectl("apply", "-f", "-", input=manifest("img:2", [{"name": "A", "value": "1"}]))
     assert "configured" in out.stdout
     live = apps.read_namespaced_daemon_set("ds", namespace)
     container = live.spec.template.spec.containers[0]

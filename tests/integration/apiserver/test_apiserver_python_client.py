@@ -305,7 +305,7 @@ def test_node_status_subresource_semantics(core: client.CoreV1Api) -> None:
         after = core.replace_node(name, fresh)
         assert after.metadata.labels == {"raven.openyurt.io/gateway": "gw-a"}
         assert after.status.addresses[0].address == "192.0.2.21"  # main write keeps status
-        status_patch = {"status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.22"}]},  # noqa: E501
+        status_patch = {"status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.22"}]},
                         "metadata": {"labels": {"ignored": "yes"}}}
         after = core.patch_node_status(name, status_patch)
         assert after.status.addresses[0].address == "192.0.2.22"
@@ -324,7 +324,7 @@ def test_gateway_generation_status_and_validation(custom: client.CustomObjectsAp
         assert "status" not in created  # custom resources drop status on create
         status = {"status": {"nodes": [{"nodeName": "n1", "privateIP": "10.0.0.1",
                                         "subnets": ["10.244.1.0/24"]}]}}
-        after = custom.patch_cluster_custom_object_status(GROUP, V1BETA1, "gateways", name, status)  # noqa: E501
+        after = custom.patch_cluster_custom_object_status(GROUP, V1BETA1, "gateways", name, status)
         assert after["metadata"]["generation"] == 1  # status is not spec
         assert after["status"]["nodes"][0]["subnets"] == ["10.244.1.0/24"]
         labelled = custom.patch_cluster_custom_object(
@@ -346,7 +346,7 @@ def test_gateway_generation_status_and_validation(custom: client.CustomObjectsAp
         assert "spec.endpoints[0].type" in err.value.body
         bad_status = {"status": {"nodes": [{"nodeName": "n1", "subnets": ["10.244.1.1/24"]}]}}
         with pytest.raises(ApiException) as err2:
-            custom.patch_cluster_custom_object_status(GROUP, V1BETA1, "gateways", name, bad_status)  # noqa: E501
+            custom.patch_cluster_custom_object_status(GROUP, V1BETA1, "gateways", name, bad_status)
         assert err2.value.status == 422 and "status.nodes[0].subnets[0]" in err2.value.body
     finally:
         custom.delete_cluster_custom_object(GROUP, V1BETA1, "gateways", name)
@@ -443,9 +443,9 @@ def test_watch_streams_live_events_and_label_transitions(
     time.sleep(0.5)
     core.create_namespaced_config_map(namespace, client.V1ConfigMap(
         metadata=client.V1ObjectMeta(name="live")))  # not selected
-    core.patch_namespaced_config_map("live", namespace, {"metadata": {"labels": {"watch": "me"}}})  # noqa: E501
+    core.patch_namespaced_config_map("live", namespace, {"metadata": {"labels": {"watch": "me"}}})
     core.patch_namespaced_config_map("live", namespace, {"data": {"k": "v"}})
-    core.patch_namespaced_config_map("live", namespace, {"metadata": {"labels": {"watch": None}}})  # noqa: E501
+    core.patch_namespaced_config_map("live", namespace, {"metadata": {"labels": {"watch": None}}})
     thread.join(30)
     assert received == [("ADDED", "live"), ("MODIFIED", "live"), ("DELETED", "live")]
 
@@ -536,3 +536,30 @@ def test_objects_and_resource_versions_survive_restart(tmp_path: Any) -> None:
         api_client.close()
     finally:
         second.stop()
+
+
+def test_custom_resource_put_needs_resource_version(custom: client.CustomObjectsApi) -> None:
+    name = unique("gw-put")
+    created = custom.create_cluster_custom_object(GROUP, V1BETA1, "gateways", gateway(name))
+    try:
+        body = dict(created)
+        body["metadata"] = {k: v for k, v in created["metadata"].items() if k != "resourceVersion"}
+        with pytest.raises(ApiException) as err:
+            custom.replace_cluster_custom_object(GROUP, V1BETA1, "gateways", name, body)
+        assert err.value.status == 422 and "resourceVersion" in err.value.body
+        replaced = custom.replace_cluster_custom_object(GROUP, V1BETA1, "gateways", name, created)
+        assert replaced["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
+    finally:
+        status = custom.delete_cluster_custom_object(GROUP, V1BETA1, "gateways", name)
+        assert status["status"] == "Success" and status["details"]["name"] == name
+
+
+def test_watch_with_field_selector_on_name(core: client.CoreV1Api, namespace: str) -> None:
+    for name in ("one", "two"):
+        core.create_namespaced_config_map(namespace, client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name=name)))
+    w = watch.Watch()
+    seen = [e["object"].metadata.name for e in w.stream(
+        core.list_namespaced_config_map, namespace, field_selector="metadata.name=two",
+        timeout_seconds=1)]
+    assert seen == ["two"]  # no resourceVersion: current state first, filtered by name
