@@ -63,6 +63,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--keep", action="store_true", help="keep the lab running afterwards")
     p.set_defaults(func=cmd_demo)
 
+    from raven.lab.overlay_cli import register_overlay  # the overlay verbs (issue 7)
+
+    register_overlay(lab)
+
 
 def _need_root() -> None:
     if os.geteuid() != 0:

@@ -50,7 +50,7 @@ AGENT = "agent"  # on every node
 @dataclass(frozen=True)
 class ClusterSettings:
     heartbeat_period: float = 1.0  # agent Lease renewal
-    heartbeat_timeout: float = 4.0  # controller: a candidate without renewal this long is dead
+    heartbeat_timeout: float = 6.0  # controller: a candidate without renewal this long is dead
     controller_resync: float = 1.0  # controller re-runs elections this often
     agent_resync: float = 30.0
     node_grace: float = DEFAULT_GRACE  # kubelet stand-in: NotReady after this long down

@@ -1,0 +1,230 @@
+"""Fault injection on a running overlay lab: restarts, power cuts, reboots, lost control plane.
+
+Verbs (each also a `raven lab` subcommand):
+- agent_restart: SIGTERM the node's agent (the data plane stays, by design) and start a new one;
+- node_down: power cut. Every process of the node (agent, wireguard-go) is SIGKILLed, its port
+  on the pool bridge goes down and the kubelet stand-in stops posting its status (NotReady
+  after the grace). The kernel state of the node stays, as RAM would if it came straight back;
+- node_up: port up, a fresh agent with the same state directory. With reboot=True the node's
+  kernel state is wiped first, as after a power cycle: every link but lo, eth0 and the pod
+  veths, every route, rule, neighbour and nftables table, /run/wireguard and /run/raven; then
+  the lab's own wiring (underlay address, routes, pod routes) is put back;
+- disconnect / reconnect: the pool loses the control plane only: an nftables table on the pool
+  router drops traffic to and from the control-plane address (inet family for routed traffic,
+  bridge family when the control plane sits on the pool's own bridge); pod traffic is untouched;
+- gateway_fail: node_down of the pool's active gateway (read from the Gateway status);
+- control_plane_stop / control_plane_start: stop or start the API server and the controller.
+Rules kept:
+- faults touch only the lab's namespaces and files; processes are found by netns inode and
+  supervisor records, never by name;
+- markers under <run dir>/faults/ record what is broken, so the kubelet stand-in and `status`
+  see the same truth, and verbs are idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import time
+
+from raven.errors import CommandError
+from raven.lab import cluster, runtime
+from raven.lab import netns as nsutil
+from raven.lab.kubelet import disconnected_marker, down_marker
+from raven.lab.plan import LabPlan, NodePlan, PoolPlan
+from raven.lab.topology import CONTROL_PLANE
+
+FAULT_TABLE = "raven_lab_fault"
+
+
+def _node(plan: LabPlan, name: str) -> tuple[PoolPlan, NodePlan]:
+    for pool, node in plan.nodes():
+        if node.name == name:
+            return pool, node
+    raise CommandError(f"lab {plan.name!r} has no node {name!r}; nodes: "
+                       f"{', '.join(n.name for _, n in plan.nodes())}")
+
+
+def _touch(path: os.PathLike) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    open(path, "a").close()
+
+
+# --- agents ---------------------------------------------------------------------------------
+
+def agent_restart(lab: str, node: str) -> float:
+    """Stop the node's agent with SIGTERM and start a new one; seconds the agent was away."""
+    plan = runtime.load_plan(lab)
+    _node(plan, node)
+    if down_marker(lab, node).exists():
+        raise CommandError(f"lab {lab!r}: node {node!r} is down; `raven lab node-up {lab} {node}`")
+    started = time.monotonic()
+    cluster.stop_agent(lab, node)
+    cluster.start_agent(lab, node)
+    return time.monotonic() - started
+
+
+# --- power ----------------------------------------------------------------------------------
+
+def _kill_node_processes(lab: str, node: NodePlan) -> int:
+    """SIGKILL every process in the node's netns except its mount-namespace holder."""
+    inode = nsutil.netns_inode(node.netns)
+    if inode is None:
+        return 0
+    holder = runtime.process_pid(lab, node.name, runtime.HOLDER)
+    pids = [p for p in nsutil.pids_in({inode}) if p != holder]
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    for pid in pids:
+        for _ in range(200):
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitpid(pid, os.WNOHANG)
+            if runtime.proc_start_time(pid) is None:
+                break
+            time.sleep(0.01)
+    runtime.stop_process(lab, node.name, cluster.AGENT, timeout=0.5)  # drop the stale record
+    return len(pids)
+
+
+def _port(pool: PoolPlan, node: NodePlan, state: str) -> None:
+    nsutil.ip_batch([f"link set {node.router_port} {state}"], pool.netns)
+
+
+def node_down(lab: str, node: str) -> None:
+    plan = runtime.load_plan(lab)
+    pool, n = _node(plan, node)
+    _touch(down_marker(lab, node))
+    _port(pool, n, "down")
+    _kill_node_processes(lab, n)
+
+
+def node_up(lab: str, node: str, reboot: bool = False) -> None:
+    plan = runtime.load_plan(lab)
+    pool, n = _node(plan, node)
+    if reboot:
+        _kill_node_processes(lab, n)
+        wipe_node(plan, pool, n)
+    _port(pool, n, "up")
+    down_marker(lab, node).unlink(missing_ok=True)
+    if not runtime.process_running(lab, node, cluster.AGENT):
+        cluster.start_agent(lab, node)
+
+
+def _lab_wiring(pool: PoolPlan, node: NodePlan) -> list[str]:
+    """The lab's own configuration of a node (what raven.lab.build gives it)."""
+    lines = [
+        f"address add {node.underlay_ip}/24 dev eth0",
+        f"route add default via {pool.router_lan_ip} dev eth0",
+    ]
+    for other in pool.nodes:
+        if other.name != node.name:
+            lines.append(f"route add {other.pod_cidr} via {other.underlay_ip} dev eth0")
+    for pod in node.pods:
+        lines.append(f"route add {pod.ip}/32 dev {pod.node_ifname} scope link")
+    return lines
+
+
+def _ip_json(netns: str, *args: str) -> list[dict]:
+    proc = nsutil.run(["ip", "-n", netns, "-j", *args], check=False)
+    try:
+        return json.loads(proc.stdout or "[]")
+    except ValueError:
+        return []
+
+
+def wipe_node(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> None:
+    """Power-cycle the node's kernel state, keeping only the lab's underlay and pod wiring."""
+    keep = {"lo", "eth0", *(p.node_ifname for p in node.pods)}
+    lines = [f"link del {link['ifname']}" for link in _ip_json(node.netns, "link", "show")
+             if link.get("ifname") not in keep]
+    tables = {str(r.get("table", "main")) for r in _ip_json(node.netns, "route", "show",
+                                                            "table", "all")}
+    lines += [f"route flush table {t}" for t in sorted(tables - {"local"})]
+    lines += ["route flush table main", "address flush dev eth0", "neigh flush all",
+              "rule flush", "rule add priority 32766 table main",
+              "rule add priority 32767 table default"]
+    lines += _lab_wiring(pool, node)
+    nsutil.ip_batch(lines, node.netns, force=True)
+    nsutil.run(["ip", "netns", "exec", node.netns, "nft", "flush", "ruleset"])
+    nsutil.run(["ip", "netns", "exec", node.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    for sub in ("wireguard", "raven"):  # tmpfs after a reboot
+        folder = runtime.host_dir(plan.name, node.name) / sub
+        for entry in folder.iterdir() if folder.is_dir() else ():
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+    missing = [line for line in _lab_wiring(pool, node) if line.startswith("route add default")]
+    if missing and not _ip_json(node.netns, "route", "show", "default"):
+        raise CommandError(f"lab {plan.name!r}: node {node.name!r}: underlay not restored "
+                           "after the reboot")
+
+
+# --- control plane reachability -------------------------------------------------------------
+
+def _disconnect_ruleset(cp_ip: str) -> str:
+    body = (f"chain forward {{ type filter hook forward priority -10; policy accept; "
+            f"ip daddr {cp_ip} drop; ip saddr {cp_ip} drop; }}")
+    return (f"table inet {FAULT_TABLE} {{ {body} }}\n"
+            f"table bridge {FAULT_TABLE} {{ {body} }}\n")
+
+
+def disconnect(lab: str, pool_name: str) -> None:
+    plan = runtime.load_plan(lab)
+    pool = cluster.pool_of(plan, pool_name)
+    _touch(disconnected_marker(lab, pool.name))
+    reconnect_rules(pool)
+    nsutil.run(["ip", "netns", "exec", pool.netns, "nft", "-f", "-"],
+               stdin=_disconnect_ruleset(plan.control_plane.ip))
+
+
+def reconnect_rules(pool: PoolPlan) -> None:
+    for family in ("inet", "bridge"):
+        nsutil.run(["ip", "netns", "exec", pool.netns, "nft", "delete", "table", family,
+                    FAULT_TABLE], check=False)
+
+
+def reconnect(lab: str, pool_name: str) -> None:
+    plan = runtime.load_plan(lab)
+    pool = cluster.pool_of(plan, pool_name)
+    reconnect_rules(pool)
+    disconnected_marker(lab, pool.name).unlink(missing_ok=True)
+
+
+def gateway_fail(lab: str, pool_name: str) -> str:
+    """Power off the pool's active gateway node; returns its name."""
+    plan = runtime.load_plan(lab)
+    pool = cluster.pool_of(plan, pool_name)
+    active = cluster.active_gateways(lab).get(pool.gateway, [])
+    if not active:
+        raise CommandError(f"lab {lab!r}: pool {pool.name!r} has no active gateway to fail")
+    node_down(lab, active[0])
+    return active[0]
+
+
+def control_plane_stop(lab: str) -> None:
+    runtime.stop_process(lab, CONTROL_PLANE, cluster.CONTROLLER)
+    runtime.stop_process(lab, CONTROL_PLANE, cluster.APISERVER)
+
+
+def control_plane_start(lab: str, settle: float = 3.0) -> None:
+    """API server first; the controller `settle` seconds later, once agents renewed their
+    heartbeats, so its first election sees the candidates alive rather than stale."""
+    if not runtime.process_running(lab, CONTROL_PLANE, cluster.APISERVER):
+        cluster.start_apiserver(lab)
+    if not runtime.process_running(lab, CONTROL_PLANE, cluster.CONTROLLER):
+        time.sleep(settle)
+        cluster.start_controller(lab)
+
+
+def faults_active(lab: str) -> dict[str, list[str]]:
+    """What is broken right now, from the markers."""
+    out: dict[str, list[str]] = {}
+    for kind in ("down", "disconnected"):
+        folder = runtime.run_dir(lab) / "faults" / kind
+        out[kind] = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    return out

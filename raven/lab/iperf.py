@@ -1,0 +1,61 @@
+"""iperf3 between two lab pods (or any two namespaces): one short TCP sample, parsed from JSON.
+
+Rules kept: the server is started for exactly one test (`-1`) and is always reaped, also when
+the client fails; the figure is the receiver's view (`end.sum_received`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+import time
+from dataclasses import dataclass
+
+from raven.errors import CommandError
+
+
+@dataclass(frozen=True)
+class IperfResult:
+    bits_per_second: float
+    seconds: float
+    retransmits: int
+
+    @property
+    def mbit(self) -> float:
+        return self.bits_per_second / 1e6
+
+
+def iperf(server_netns: str, server_ip: str, client_netns: str, seconds: float = 3.0,
+          port: int = 5201, extra: tuple[str, ...] = ()) -> IperfResult:
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", server_netns, "iperf3", "-s", "-1", "-B", server_ip, "-p",
+         str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        proc = None
+        for _ in range(50):  # the server needs a moment to listen
+            time.sleep(0.1)
+            proc = subprocess.run(
+                ["ip", "netns", "exec", client_netns, "iperf3", "-c", server_ip, "-p", str(port),
+                 "-t", f"{seconds:g}", "-J", *extra],
+                capture_output=True, text=True, timeout=seconds + 30)
+            if proc.returncode == 0 or "unable to connect" not in proc.stdout + proc.stderr:
+                break
+        assert proc is not None
+        try:
+            data = json.loads(proc.stdout)
+        except ValueError:
+            data = {}
+        if proc.returncode != 0 or "end" not in data:
+            raise CommandError(f"iperf3 {client_netns} -> {server_ip} failed: "
+                               f"{data.get('error') or proc.stderr.strip() or proc.stdout[-300:]}")
+        end = data["end"]
+        received = end["sum_received"]
+        return IperfResult(float(received["bits_per_second"]), float(received["seconds"]),
+                           int(end.get("sum_sent", {}).get("retransmits", 0)))
+    finally:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=5)
+        if server.poll() is None:
+            server.kill()
+            server.wait()
