@@ -57,7 +57,7 @@ class AgentSettings:
     wireguard_go: str = "wireguard-go"
     plan: PlanOptions = field(default_factory=PlanOptions)
     resync_period: float = 30.0  # re-apply this often even without events (repairs drift)
-    coalesce: float = 0.1  # wait this long after an event so a burst becomes one reconcile
+    coalesce: float = 0.05  # wait this long after an event so a burst becomes one reconcile
     heartbeat_period: float = 5.0
     heartbeat_duration: int = 15
     stats_period: float = 10.0  # refresh per-peer metrics (handshake age, bytes)
