@@ -195,6 +195,8 @@ def _builtin_columns(rtype: ResourceType) -> list[Column]:
             (_col("Message"), lambda o: o.get("message", "")),
             (NAME | {"priority": 1}, lambda o: _meta(o, "name")),
         ]
+    elif kind == "CustomResourceDefinition":
+        columns.append((_col("Created At", fmt="date-time"), lambda o: _meta(o, "creationTimestamp")))  # noqa: E501
     elif kind in ("DaemonSet", "Deployment"):
         columns += [(_col("Generation", "integer", 1), lambda o: _meta(o, "generation")),
                     (AGE, created)]
