@@ -545,6 +545,11 @@ def _parse_node_info(raw: Any, path: str, r: _Reader) -> NodeInfo | None:
         r.problem(path, f"is {_type_name(raw)}; each entry must be a map with nodeName, "
                         "privateIP and subnets")
         return None
+    # Fast path: the exact shape the controller writes (thousands of these per fleet).
+    name, ip, listed = raw.get("nodeName"), raw.get("privateIP"), raw.get("subnets")
+    if (len(raw) == 3 and type(name) is str and type(ip) is str and type(listed) is list
+            and all(type(s) is str for s in listed)):
+        return NodeInfo(name, ip, tuple(listed))
     p = f"{path}."
     subnets = []
     for i, s in enumerate(r.list(raw, "subnets", p)):
