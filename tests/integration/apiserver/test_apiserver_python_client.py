@@ -563,3 +563,33 @@ def test_watch_with_field_selector_on_name(core: client.CoreV1Api, namespace: st
         core.list_namespaced_config_map, namespace, field_selector="metadata.name=two",
         timeout_seconds=1)]
     assert seen == ["two"]  # no resourceVersion: current state first, filtered by name
+
+
+def test_in_process_start_on_port_zero_and_initial_events(tmp_path: Any) -> None:
+    import json
+
+    from raven.apiserver.server import start
+    from raven.apiserver.settings import ApiServerSettings
+
+    running = start(ApiServerSettings(data_dir=tmp_path / "inproc", port=0))
+    try:
+        assert running.port > 0 and running.url.endswith(f":{running.port}")
+        from kubernetes import config
+
+        api_client = config.new_client_from_config(config_file=str(running.kubeconfig))
+        core = client.CoreV1Api(api_client)
+        core.create_namespaced_config_map("default", client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="seed")))
+        response = core.list_namespaced_config_map(
+            "default", watch=True, send_initial_events=True, allow_watch_bookmarks=True,
+            resource_version_match="NotOlderThan", timeout_seconds=1, _preload_content=False)
+        events = [json.loads(line) for line in b"".join(response.stream()).splitlines()
+                  if line.strip()]
+        response.release_conn()
+        assert [e["type"] for e in events[:2]] == ["ADDED", "BOOKMARK"]
+        assert events[0]["object"]["metadata"]["name"] == "seed"
+        marker = events[1]["object"]["metadata"]
+        assert marker["annotations"] == {"k8s.io/initial-events-end": "true"}
+        api_client.close()
+    finally:
+        running.stop()
