@@ -194,7 +194,7 @@ class Dataplane:
                     self.links.add_address(vx.index, address, prefixlen)
                     writes += 1
 
-        for key, value in state.sysctls:
+        for key, value in (*state.sysctls, *self._implicit_sysctls(state)):
             current = sysctl.read(self.settings.netns, key)
             if current is None and not write:
                 continue  # per-device key of a device that does not exist yet
@@ -239,6 +239,15 @@ class Dataplane:
         writes += fw_writes
         changes += fw_changes
         return writes, changes
+
+    @staticmethod
+    def _implicit_sysctls(state: NodeState) -> tuple[tuple[str, str], ...]:
+        """What our own mechanisms need: the reverse-path check must see the fwmark that the
+        firewall puts on traffic from remote pools (see firewall.py)."""
+        if state.firewall is None:
+            return ()
+        devices = [d.name for d in (state.vxlan, state.wireguard) if d is not None]
+        return tuple((f"net.ipv4.conf.{d}.src_valid_mark", "1") for d in devices)
 
     def _vxlan(self, state: NodeState, write: bool) -> tuple[int, list[str]]:
         name = state.vxlan.name if state.vxlan else self.settings.vxlan_device

@@ -6,6 +6,12 @@ What the table does (and why):
 - chain `prerouting` (filter, priority mangle) sets mark bits on forwarded pod traffic to a
   remote subnet, chain `output` (route, priority mangle, so the kernel re-routes after the mark)
   does the same for the node's own traffic; the fwmark rule then sends it to our table;
+- `prerouting` also marks traffic coming FROM a remote subnet. With `src_valid_mark=1` on our
+  devices (set by the data plane) the kernel's reverse-path check then finds the route back
+  through our table. Without it, rp_filter (loose or strict, whatever the host's `all` value)
+  drops every packet arriving on raven-wg0: that device has no address and the way back to a
+  remote pod is only in table 9028, which an unmarked lookup never reaches. Marked traffic for a
+  local destination finds nothing in our table and falls through to the main table as before;
 - chain `postrouting` (nat, priority srcnat - 10) applies an identity SNAT (`snat ip to ip saddr`)
   to traffic to remote subnets. The kernel runs the NAT chains of every table, ours, iptables-nft
   and iptables-legacy alike, in priority order and stops at the first one that binds the
@@ -38,6 +44,7 @@ from raven.desired import Firewall
 
 SETS = {4: "remote4", 6: "remote6"}
 CHAINS = ("prerouting", "output", "postrouting")
+RULES_PER_CHAIN = {"prerouting": 2 * len(SETS), "output": len(SETS), "postrouting": len(SETS)}
 
 
 @dataclass(frozen=True)
@@ -96,6 +103,7 @@ def skeleton(fw: Firewall) -> tuple[str, str]:
     for version, set_name in SETS.items():
         proto = "ip" if version == 4 else "ip6"
         rules["prerouting"].append(f"{proto} daddr @{set_name} {mark}")
+        rules["prerouting"].append(f"{proto} saddr @{set_name} {mark}")
         rules["output"].append(f"{proto} daddr @{set_name} {mark}")
         rules["postrouting"].append(f"{proto} daddr @{set_name} snat {proto} to {proto} saddr")
     hooks = {
@@ -209,7 +217,7 @@ class Nft:
             elif "table" not in obj and "metainfo" not in obj:
                 ok = False  # maps, counters, flowtables: not ours
         ok = (ok and sets_seen == set(SETS.values()) and chains_seen == set(CHAINS)
-              and all(rules_per_chain.get(c) == len(SETS) for c in CHAINS))
+              and all(rules_per_chain.get(c) == n for c, n in RULES_PER_CHAIN.items()))
         return LiveFirewall(ok, {v: frozenset(e) for v, e in elements.items()})
 
     def transaction(self, script: str) -> None:
