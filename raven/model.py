@@ -72,10 +72,12 @@ class FrozenMap(Mapping[str, Any]):
 
     def __hash__(self) -> int:
         if self._hash is None:
-            self._hash = hash(json.dumps(self._data, sort_keys=True, default=str))
+            self._hash = hash(_canonical(self._data))
         return self._hash
 
     def __eq__(self, other: object) -> bool:
+        if isinstance(other, FrozenMap):
+            return self._data == other._data
         if isinstance(other, Mapping):
             return self._data == dict(other)
         return NotImplemented
@@ -85,6 +87,16 @@ class FrozenMap(Mapping[str, Any]):
 
     def to_dict(self) -> dict[str, Any]:
         return copy.deepcopy(self._data)
+
+
+def _canonical(value: Any) -> Any:
+    """A hashable form of a JSON value that is equal for equal values (key order ignored;
+    YAML may give keys of mixed types, so they sort by their text)."""
+    if isinstance(value, dict):
+        return tuple(sorted(((str(k), type(k).__name__), _canonical(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("[]", *(_canonical(v) for v in value))
+    return value
 
 
 EMPTY = FrozenMap()
