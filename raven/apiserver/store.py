@@ -143,29 +143,38 @@ class Store:
                 assert old is not None
                 last = copy.deepcopy(old)
                 last.setdefault("metadata", {})["resourceVersion"] = str(rv)
-                with self._db:
-                    self._db.execute(
-                        "DELETE FROM objects WHERE resource=? AND namespace=? AND name=?",
-                        (resource, namespace, name),
-                    )
-                    self._db.execute("REPLACE INTO meta (key, value) VALUES ('rv', ?)", (str(rv),))
+                self._write(
+                    ("DELETE FROM objects WHERE resource=? AND namespace=? AND name=?",
+                     (resource, namespace, name)),
+                    ("REPLACE INTO meta (key, value) VALUES ('rv', ?)", (str(rv),)),
+                )
                 del self._objects[key][(namespace, name)]
                 self._rv = rv
                 self._publish(WatchEvent("DELETED", rv, key, namespace, old, last))
                 return old, last
             proposed.setdefault("metadata", {})["resourceVersion"] = str(rv)
             raw = encode(proposed)
-            with self._db:
-                self._db.execute(
-                    "REPLACE INTO objects (resource, namespace, name, rv, data) VALUES (?,?,?,?,?)",
-                    (resource, namespace, name, rv, raw.decode()),
-                )
-                self._db.execute("REPLACE INTO meta (key, value) VALUES ('rv', ?)", (str(rv),))
+            self._write(
+                ("REPLACE INTO objects (resource, namespace, name, rv, data) VALUES (?,?,?,?,?)",
+                 (resource, namespace, name, rv, raw.decode())),
+                ("REPLACE INTO meta (key, value) VALUES ('rv', ?)", (str(rv),)),
+            )
             self._objects.setdefault(key, {})[(namespace, name)] = StoredObject(proposed, raw, rv)
             self._rv = rv
             kind = "ADDED" if old is None else "MODIFIED"
             self._publish(WatchEvent(kind, rv, key, namespace, old, proposed, raw))
             return old, proposed
+
+    def _write(self, *statements: tuple[str, tuple[Any, ...]]) -> None:
+        """One transaction: the object and the resourceVersion counter change together."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for sql, params in statements:
+                self._db.execute(sql, params)
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def _publish(self, event: WatchEvent) -> None:
         self._history.append(event)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -222,20 +223,43 @@ def test_get_watch_streams_changes(
          "-w", "--output-watch-events", "-o", "custom-columns=EVENT:.type,NAME:.object.metadata.name"],  # noqa: E501
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
+    lines: list[str] = []
+    listed = threading.Event()
+
+    def read() -> None:
+        assert watcher.stdout is not None
+        for line in watcher.stdout:
+            lines.append(line)
+            if "before" in line:
+                listed.set()  # kubectl listed; its watch starts from that list's version
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        time.sleep(1.5)
+        assert listed.wait(90), "kubectl get -w printed nothing"
         core.create_namespaced_config_map(namespace, client.V1ConfigMap(
             metadata=client.V1ObjectMeta(name="during")))
         core.patch_namespaced_config_map("during", namespace, {"data": {"k": "v"}})
         core.delete_namespaced_config_map("during", namespace)
-        time.sleep(1.5)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any(
+            line.startswith("DELETED") and "during" in line for line in lines
+        ):
+            time.sleep(0.1)
     finally:
         watcher.send_signal(signal.SIGINT)
         try:
-            out, err = watcher.communicate(timeout=10)
+            watcher.wait(timeout=10)
         except subprocess.TimeoutExpired:
             watcher.kill()
-            out, err = watcher.communicate()
+            watcher.wait()
+        reader.join(10)
+        assert watcher.stderr is not None
+        err = watcher.stderr.read()
+        watcher.stderr.close()
+        if watcher.stdout is not None:
+            watcher.stdout.close()
+    out = "".join(lines)
     events = [line.split() for line in out.splitlines()[1:] if line.strip()]
     assert ["ADDED", "before"] in events, out + err
     tail = [e for e in events if e[1] == "during"]

@@ -426,12 +426,12 @@ def test_watch_streams_live_events_and_label_transitions(
 ) -> None:
     received: list[tuple[str, str]] = []
     w = watch.Watch()
-    started = threading.Event()
+    # Watching from a listed resourceVersion: no event is lost however late the watch starts.
+    rv = core.list_namespaced_config_map(namespace).metadata.resource_version
 
     def consume() -> None:
-        stream = w.stream(core.list_namespaced_config_map, namespace,
-                          label_selector="watch=me", timeout_seconds=20)
-        started.set()
+        stream = w.stream(core.list_namespaced_config_map, namespace, resource_version=rv,
+                          label_selector="watch=me", timeout_seconds=60)
         for event in stream:
             received.append((event["type"], event["object"].metadata.name))
             if len(received) == 3:
@@ -439,14 +439,12 @@ def test_watch_streams_live_events_and_label_transitions(
 
     thread = threading.Thread(target=consume)
     thread.start()
-    started.wait(10)
-    time.sleep(0.5)
     core.create_namespaced_config_map(namespace, client.V1ConfigMap(
         metadata=client.V1ObjectMeta(name="live")))  # not selected
     core.patch_namespaced_config_map("live", namespace, {"metadata": {"labels": {"watch": "me"}}})
     core.patch_namespaced_config_map("live", namespace, {"data": {"k": "v"}})
     core.patch_namespaced_config_map("live", namespace, {"metadata": {"labels": {"watch": None}}})
-    thread.join(30)
+    thread.join(90)
     assert received == [("ADDED", "live"), ("MODIFIED", "live"), ("DELETED", "live")]
 
 
