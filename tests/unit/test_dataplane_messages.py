@@ -1,0 +1,259 @@
+"""Pure message building and diffing of the data plane (no root, no kernel).
+
+The kernel WireGuard backend cannot run on this machine (no module), so its generic netlink
+messages are checked here byte by byte against the layout of uapi/linux/wireguard.h, and
+round-tripped through our decoder.
+"""
+
+from __future__ import annotations
+
+import base64
+import socket
+import struct
+import subprocess
+
+import pytest
+
+from raven.dataplane import rtnl
+from raven.dataplane.errors import DataplaneError
+from raven.dataplane.firewall import LiveFirewall, collapse, plan_firewall, skeleton
+from raven.dataplane.netlink import NLA_F_NESTED, iter_attrs, parse_attrs
+from raven.dataplane.nftnl import batch, element_messages, interval_keys
+from raven.dataplane.wireguard import genl, keys, uapi
+from raven.dataplane.wireguard.model import (
+    DeviceWrite,
+    LiveDevice,
+    LivePeer,
+    PeerWrite,
+    diff_device,
+)
+from raven.desired import Firewall, Route, Rule, WireGuardPeer
+
+K1 = base64.b64encode(bytes([1] * 32)).decode()
+K2 = base64.b64encode(bytes([2] * 32)).decode()
+PSK = base64.b64encode(bytes([9] * 32)).decode()
+
+
+# --- WireGuard generic netlink -----------------------------------------------------------------
+
+
+def test_genl_set_device_layout() -> None:
+    write = DeviceWrite(private_key=K1, listen_port=4500, peers=(
+        PeerWrite(public_key=K2, endpoint="198.51.100.2:4500", keepalive=25, preshared_key=PSK,
+                  replace_allowed_ips=True, allowed_ips=("10.2.0.0/16", "fd00:2::/64")),
+        PeerWrite(public_key=K1, remove=True),
+    ))
+    body = genl.encode_set("raven-wg0", write)
+    cmd, version, _ = struct.unpack_from("=BBH", body)
+    assert (cmd, version) == (genl.WG_CMD_SET_DEVICE, 1)
+    top = parse_attrs(body, 4)
+    assert top[genl.WGDEVICE_A_IFNAME] == b"raven-wg0\0"
+    assert top[genl.WGDEVICE_A_PRIVATE_KEY] == bytes([1] * 32)
+    assert struct.unpack("=H", top[genl.WGDEVICE_A_LISTEN_PORT][:2])[0] == 4500
+    # Nested attributes carry NLA_F_NESTED, as the kernel's strict policy requires.
+    raw_types = [struct.unpack_from("=HH", body, off)[1] for off in _offsets(body, 4)]
+    assert genl.WGDEVICE_A_PEERS | NLA_F_NESTED in raw_types
+    peers = [parse_attrs(p) for _, p in iter_attrs(top[genl.WGDEVICE_A_PEERS])]
+    first, second = peers
+    assert first[genl.WGPEER_A_PUBLIC_KEY] == bytes([2] * 32)
+    assert first[genl.WGPEER_A_PRESHARED_KEY] == bytes([9] * 32)
+    assert struct.unpack("=I", first[genl.WGPEER_A_FLAGS])[0] == genl.WGPEER_F_REPLACE_ALLOWEDIPS
+    assert struct.unpack("=H", first[genl.WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL][:2])[0] == 25
+    endpoint = first[genl.WGPEER_A_ENDPOINT]
+    assert struct.unpack_from("=H", endpoint)[0] == socket.AF_INET
+    assert struct.unpack_from("!H", endpoint, 2)[0] == 4500 and endpoint[4:8] == bytes(
+        [198, 51, 100, 2]) and len(endpoint) == 16  # struct sockaddr_in
+    ips = [parse_attrs(a) for _, a in iter_attrs(first[genl.WGPEER_A_ALLOWEDIPS])]
+    assert [(struct.unpack("=H", i[genl.WGALLOWEDIP_A_FAMILY][:2])[0],
+             i[genl.WGALLOWEDIP_A_IPADDR], i[genl.WGALLOWEDIP_A_CIDR_MASK][0]) for i in ips] == [
+        (socket.AF_INET, bytes([10, 2, 0, 0]), 16),
+        (socket.AF_INET6, socket.inet_pton(socket.AF_INET6, "fd00:2::"), 64)]
+    assert struct.unpack("=I", second[genl.WGPEER_A_FLAGS])[0] == genl.WGPEER_F_REMOVE_ME
+    assert genl.WGPEER_A_ALLOWEDIPS not in second
+
+
+def _offsets(data: bytes, start: int) -> list[int]:
+    out, off = [], start
+    while off + 4 <= len(data):
+        out.append(off)
+        off += (struct.unpack_from("=H", data, off)[0] + 3) & ~3
+    return out
+
+
+def test_genl_decode_reads_what_the_kernel_sends() -> None:
+    # A GET_DEVICE reply has the SET layout plus counters: build one and decode it.
+    body = genl.encode_set("raven-wg0", DeviceWrite(private_key=K1, listen_port=51820, peers=(
+        PeerWrite(public_key=K2, endpoint="[2001:db8::1]:4500", keepalive=0,
+                  allowed_ips=("10.2.0.0/16",)),)))
+    live = genl.decode_get([body])
+    assert live.private_key == K1 and live.listen_port == 51820
+    peer = live.peers[K2]
+    assert peer.endpoint == "[2001:db8::1]:4500"
+    assert peer.allowed_ips == frozenset({"10.2.0.0/16"}) and peer.preshared_key is None
+
+
+def test_genl_family_lookup_message() -> None:
+    body = genl.family_request_body()
+    assert struct.unpack_from("=BB", body) == (genl.CTRL_CMD_GETFAMILY, 1)
+    assert parse_attrs(body, 4)[genl.CTRL_ATTR_FAMILY_NAME] == b"wireguard\0"
+
+
+# --- WireGuard UAPI and diff -------------------------------------------------------------------
+
+
+def test_uapi_encoding_uses_hex_keys_and_minimal_lines() -> None:
+    text = uapi.encode_set(DeviceWrite(peers=(
+        PeerWrite(public_key=K2, allowed_ips=("10.3.0.0/24",)),
+        PeerWrite(public_key=K1, remove=True))))
+    assert text == (f"set=1\npublic_key={'02' * 32}\nallowed_ip=10.3.0.0/24\n"
+                    f"public_key={'01' * 32}\nremove=true\n\n")
+
+
+def test_uapi_get_parsing() -> None:
+    text = (f"private_key={'01' * 32}\nlisten_port=4500\n"
+            f"public_key={'02' * 32}\npreshared_key={'00' * 32}\nprotocol_version=1\n"
+            "endpoint=198.51.100.2:4500\nlast_handshake_time_sec=100\n"
+            "last_handshake_time_nsec=500000000\ntx_bytes=10\nrx_bytes=20\n"
+            "persistent_keepalive_interval=25\nallowed_ip=10.2.0.0/16\nallowed_ip=10.3.0.0/24\n")
+    live = uapi.parse_get(text)
+    assert live.private_key == K1 and live.listen_port == 4500
+    peer = live.peers[K2]
+    assert (peer.endpoint, peer.keepalive, peer.preshared_key) == ("198.51.100.2:4500", 25, None)
+    assert peer.allowed_ips == {"10.2.0.0/16", "10.3.0.0/24"}
+    assert (peer.last_handshake, peer.rx_bytes, peer.tx_bytes) == (100.5, 20, 10)
+
+
+def _live(**peer: object) -> LiveDevice:
+    base = {"public_key": K2, "endpoint": "198.51.100.2:4500",
+            "allowed_ips": frozenset({"10.2.0.0/16"}), "keepalive": 0, "preshared_key": None}
+    base.update(peer)
+    return LiveDevice(private_key=K1, listen_port=4500, peers={K2: LivePeer(**base)})  # type: ignore[arg-type]
+
+
+def _want(**changes: object) -> tuple[WireGuardPeer, ...]:
+    base = {"public_key": K2, "endpoint": "198.51.100.2:4500", "allowed_ips": ("10.2.0.0/16",)}
+    base.update(changes)
+    return (WireGuardPeer(**base),)  # type: ignore[arg-type]
+
+
+def test_equal_peers_write_nothing_and_none_endpoint_keeps_the_learned_one() -> None:
+    write, changes = diff_device(K1, 4500, _want(), _live())
+    assert write.empty() and changes == []
+    write, _ = diff_device(K1, 4500, _want(endpoint=None), _live(endpoint="203.0.113.7:1234"))
+    assert write.empty()
+
+
+def test_additions_do_not_replace_removals_do() -> None:
+    write, _ = diff_device(K1, 4500, _want(allowed_ips=("10.2.0.0/16", "10.4.0.0/24")), _live())
+    (peer,) = write.peers
+    assert not peer.replace_allowed_ips and peer.allowed_ips == ("10.4.0.0/24",)
+    write, _ = diff_device(K1, 4500, _want(allowed_ips=("10.4.0.0/24",)), _live())
+    (peer,) = write.peers
+    assert peer.replace_allowed_ips and peer.allowed_ips == ("10.4.0.0/24",)
+
+
+def test_psk_keepalive_endpoint_key_port_and_stale_peers() -> None:
+    write, _ = diff_device(K2, 4501, _want(preshared_key=PSK, keepalive=25,
+                                           endpoint="198.51.100.3:4500"), _live())
+    assert write.private_key == K2 and write.listen_port == 4501
+    (peer,) = write.peers
+    assert (peer.preshared_key, peer.keepalive, peer.endpoint) == (PSK, 25, "198.51.100.3:4500")
+    write, _ = diff_device(K1, 4500, _want(), _live(preshared_key=PSK))
+    assert write.peers[0].preshared_key == ""  # clear it
+    write, changes = diff_device(K1, 4500, (), _live())
+    assert write.peers == (PeerWrite(public_key=K2, remove=True),) and "remove" in changes[0]
+
+
+# --- keys ----------------------------------------------------------------------------------------
+
+
+def test_key_is_created_once_private_and_matches_wg_pubkey(tmp_path) -> None:
+    first = keys.load_or_create_private_key(tmp_path)
+    assert keys.load_or_create_private_key(tmp_path) == first
+    assert (tmp_path / keys.KEY_FILE).stat().st_mode & 0o777 == 0o600
+    try:
+        derived = subprocess.run(["wg", "pubkey"], input=keys.b64(first) + "\n", text=True,
+                                 capture_output=True, check=True).stdout.strip()
+    except FileNotFoundError:
+        pytest.skip("wg (wireguard-tools) not installed: no independent key oracle")
+    assert keys.b64(keys.public_key_of(first)) == derived
+
+
+def test_corrupt_key_file_is_an_error_not_replaced(tmp_path) -> None:
+    (tmp_path / keys.KEY_FILE).write_text("not a key\n")
+    with pytest.raises(DataplaneError, match="not a base64 WireGuard private key"):
+        keys.load_or_create_private_key(tmp_path)
+    assert (tmp_path / keys.KEY_FILE).read_text() == "not a key\n"
+
+
+# --- routes and rules -------------------------------------------------------------------------
+
+
+def test_route_message_carries_our_protocol_onlink_gateway_and_locked_mtu() -> None:
+    req = rtnl.route_request(Route("10.2.0.0/16", 9027, "raven0", "100.96.0.3", 1420), 7)
+    family, dst_len, _, _, table, proto, scope, rtype, flags = struct.unpack_from(
+        "=BBBBBBBBI", req.body)
+    assert (family, dst_len, proto, scope, rtype) == (socket.AF_INET, 16, rtnl.RTPROT_RAVEN,
+                                                      0, rtnl.RTN_UNICAST)
+    assert flags & rtnl.RTNH_F_ONLINK and table == 0  # the table is in RTA_TABLE (> 255)
+    attrs = parse_attrs(req.body, 12)
+    assert struct.unpack("=I", attrs[rtnl.RTA_TABLE])[0] == 9027
+    assert attrs[rtnl.RTA_DST] == bytes([10, 2, 0, 0])
+    assert attrs[rtnl.RTA_GATEWAY] == bytes([100, 96, 0, 3])
+    assert struct.unpack("=I", attrs[rtnl.RTA_OIF])[0] == 7
+    metrics = parse_attrs(attrs[rtnl.RTA_METRICS])
+    assert struct.unpack("=I", metrics[rtnl.RTAX_MTU])[0] == 1420
+    assert struct.unpack("=I", metrics[rtnl.RTAX_LOCK])[0] == 1 << rtnl.RTAX_MTU
+    delete = rtnl.route_request(Route("10.2.0.0/16", 9027, "raven0"), 0, delete=True)
+    assert delete.op == "delete" and delete.body[6] == rtnl.RT_SCOPE_NOWHERE
+
+
+def test_rule_message() -> None:
+    req = rtnl.rule_request(Rule(priority=100, table=9028, fwmark=0x40, fwmask=0x40))
+    assert req.body[7] == rtnl.FR_ACT_TO_TBL
+    attrs = parse_attrs(req.body, 12)
+    assert {k: struct.unpack("=I", attrs[k])[0] for k in (
+        rtnl.FRA_PRIORITY, rtnl.FRA_TABLE, rtnl.FRA_FWMARK, rtnl.FRA_FWMASK)} == {
+        rtnl.FRA_PRIORITY: 100, rtnl.FRA_TABLE: 9028, rtnl.FRA_FWMARK: 0x40,
+        rtnl.FRA_FWMASK: 0x40}
+
+
+# --- nftables -----------------------------------------------------------------------------------
+
+
+def test_collapse_drops_nested_subnets_per_family() -> None:
+    got = collapse(("10.0.0.0/16", "10.0.1.0/24", "10.1.0.0/24", "10.1.1.0/24", "fd00::/48",
+                    "fd00::/64"))
+    assert got == {4: frozenset({"10.0.0.0/16", "10.1.0.0/24", "10.1.1.0/24"}),
+                   6: frozenset({"fd00::/48"})}
+    with pytest.raises(DataplaneError, match="not a CIDR"):
+        collapse(("10.0.0.0/33",))
+
+
+def test_interval_keys_are_start_and_end_elements() -> None:
+    assert interval_keys("10.2.0.0/16") == [(bytes([10, 2, 0, 0]), False),
+                                            (bytes([10, 3, 0, 0]), True)]
+    assert interval_keys("0.0.0.0/0") == [(bytes(4), False)]  # ends at the top: no end element
+    messages = batch(element_messages("raven", "remote4", ["10.2.0.0/16"], delete=False))
+    assert [m.msg_type for m in messages] == [0x10, (10 << 8) | 12, 0x11]
+
+
+def test_firewall_plan_creates_then_only_changes_elements() -> None:
+    fw = Firewall(table="raven", mark=0x40, mark_mask=0x40, local_subnets=("10.1.0.0/16",),
+                  remote_subnets=("10.2.0.0/16", "10.3.0.0/24"))
+    plan = plan_firewall(fw, None)
+    assert plan.script is not None and plan.script.startswith("table inet raven {")
+    assert "add element inet raven remote4 { 10.2.0.0/16, 10.3.0.0/24 }" in plan.script
+    assert "snat ip to ip saddr" in plan.script and "srcnat - 10" in plan.script
+    live = LiveFirewall(True, {4: frozenset({"10.2.0.0/16", "10.9.0.0/24"}), 6: frozenset()})
+    plan = plan_firewall(fw, live)
+    assert plan.script is None
+    assert plan.elements == (("remote4", ("10.9.0.0/24",), True),
+                             ("remote4", ("10.3.0.0/24",), False))
+    same = LiveFirewall(True, collapse(fw.remote_subnets))
+    assert plan_firewall(fw, same).empty()
+    broken = LiveFirewall(False, same.elements)
+    rebuilt = plan_firewall(fw, broken)
+    assert rebuilt.script is not None and "delete table inet raven" in rebuilt.script
+    # The fingerprint identifies the skeleton; a different mark is a different skeleton.
+    assert skeleton(fw)[1] != skeleton(Firewall("raven", 0x80, 0x80, (), ()))[1]
