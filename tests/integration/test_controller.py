@@ -75,7 +75,9 @@ class Cluster:
                       "json").stdout
         return [e for e in json.loads(out)["items"] if e["reason"] == reason]
 
-    def beat(self, node: str, ago: float = 0.0) -> None:
+    def beat(self, node: str, ago: float = -3600.0) -> None:
+        """Renew `node`'s heartbeat Lease as of `ago` seconds in the past; the default (an hour
+        ahead) keeps it fresh for the whole test however slow the machine is."""
         Heartbeat(self.kube, node).renew(time.time() - ago)
 
 
@@ -215,7 +217,7 @@ def test_controller_survives_api_server_restart(tmp_path: Path) -> None:
     with apiserver_process(tmp_path / "api") as api:
         kube = Kube(KubeSettings(kubeconfig=api.kubeconfig, request_timeout=3))
         kube.create(NODES, node_obj("hz-1", "192.0.2.1", "10.244.0.0/24", "gw-hz"))
-        Heartbeat(kube, "hz-1").renew(time.time())
+        Heartbeat(kube, "hz-1").renew(time.time() + 3600)
         controller = GatewayController(controller_settings(api.kubeconfig))
         stop = threading.Event()
         thread = threading.Thread(target=controller.run, args=(stop,), daemon=True)
@@ -224,7 +226,7 @@ def test_controller_survives_api_server_restart(tmp_path: Path) -> None:
             kube.create(GATEWAYS, gateway_obj("gw-hz", ["hz-1"]))
             wait_for(lambda: controller.writes >= 1, what="first write")
             api.restart()
-            Heartbeat(kube, "hz-1").renew(time.time())
+            Heartbeat(kube, "hz-1").renew(time.time() + 3600)
             kube.create(NODES, node_obj("hz-2", "192.0.2.2", "10.244.1.0/24", "gw-hz"))
 
             def members() -> int:
