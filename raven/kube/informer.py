@@ -148,18 +148,19 @@ class Informer:
                 if need_list:
                     self._relist()
                     need_list = False
+                    self.last_error = None
                 stream = self.kube.watch(
                     self.resource, self.resource_version, self.namespace,
                     self.field_selector, self.label_selector,
                 )
                 self._stream = stream
+                self.last_error = None  # connected again (even if no event arrives for a while)
                 if self._stop.is_set():
                     stream.close()
                     break
                 for event in stream:
                     self._handle(event)
                     backoff.reset()
-                    self.last_error = None
                 self._stream = None
             except Expired as exc:
                 log.info("informer %s: %s; listing again", self.name, exc)
