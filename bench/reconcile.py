@@ -5,7 +5,10 @@ Measures, in the same run and on identical freshly built namespaces:
   state without them (devices, peer and nft table already there);
 - reference: the same content written by the standard tools: `ip -batch` for the routes,
   one `nft -f` for the set elements, `wg addconf` for the peer's allowed IPs;
-- incremental: one more subnet applied with `Dataplane.apply` (reads live state, writes 3 things).
+- incremental: one more subnet (then one fewer, alternately) applied with `Dataplane.apply`:
+  it reads live state and writes 3 things (a route, an nft element, an allowed IP); the median
+  of --rounds rounds, wall clock and our process's CPU time;
+- no-op: the same state applied again (0 writes).
 Prints a human summary, and with --json the figures as the last line:
 {"ours_s", "reference_s", "ratio", "incremental_ms", ...}. It decides nothing (no pass/fail).
 Needs root; everything lives in throwaway namespaces `rvt-bench-<hex>` and temp directories.
@@ -19,6 +22,7 @@ import json
 import os
 import secrets
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -98,6 +102,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--routes", type=int, default=10_000, help="remote subnets (N)")
     parser.add_argument("--json", action="store_true", help="print figures as JSON last line")
+    parser.add_argument("--rounds", type=int, default=7, help="one-change rounds (median)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("bench/reconcile.py needs root (network namespaces)", file=sys.stderr)
@@ -110,12 +115,21 @@ def main() -> int:
         result = ours_node.dp.apply(state_for(nets))
         ours_s = time.perf_counter() - start
         again = ours_node.dp.apply(state_for(nets))
-        start = time.perf_counter()
-        step = ours_node.dp.apply(state_for(nets + subnets(1, args.routes)))
-        incremental_ms = (time.perf_counter() - start) * 1000
-        start = time.perf_counter()
-        noop = ours_node.dp.apply(state_for(nets + subnets(1, args.routes)))
-        noop_ms = (time.perf_counter() - start) * 1000
+        # One change at a time (add a subnet, remove it again, ...): the median of several
+        # rounds, because a busy 2-core machine makes single samples noisy.
+        steps, cpu, noops = [], [], []
+        step = again
+        for i in range(args.rounds):
+            changed = state_for(nets + subnets(1, args.routes)) if i % 2 == 0 else state_for(nets)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            step = ours_node.dp.apply(changed)
+            steps.append((time.perf_counter() - start) * 1000)
+            cpu.append((time.process_time() - start_cpu) * 1000)
+            start = time.perf_counter()
+            noop = ours_node.dp.apply(changed)
+            noops.append((time.perf_counter() - start) * 1000)
+        incremental_ms = statistics.median(steps)
+        noop_ms = statistics.median(noops)
     finally:
         ours_node.close()
         ref_node.close()
@@ -125,7 +139,9 @@ def main() -> int:
         "reference_s": round(ref_s, 4),
         "ratio": round(ours_s / ref_s, 2),
         "incremental_ms": round(incremental_ms, 2),
+        "incremental_cpu_ms": round(statistics.median(cpu), 2),
         "noop_ms": round(noop_ms, 2),
+        "load_avg_1m": os.getloadavg()[0],
         "writes_full": result.writes,
         "writes_second_apply": again.writes,
         "writes_incremental": step.writes,
@@ -133,8 +149,9 @@ def main() -> int:
     }
     print(f"N={args.routes}: ours {ours_s:.3f} s ({result.writes} writes), reference "
           f"(ip -batch + nft -f + wg addconf) {ref_s:.3f} s, ratio {figures['ratio']}; "
-          f"one more subnet {incremental_ms:.1f} ms ({step.writes} writes); "
-          f"no-op apply {noop_ms:.1f} ms")
+          f"one change {incremental_ms:.1f} ms median ({step.writes} writes, "
+          f"{figures['incremental_cpu_ms']} ms CPU); no-op apply {noop_ms:.1f} ms; "
+          f"load average {figures['load_avg_1m']:.1f}")
     if args.json:
         print(json.dumps(figures))
     return 0

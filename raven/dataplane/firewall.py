@@ -54,8 +54,11 @@ class LiveFirewall:
 
 
 @functools.lru_cache(maxsize=1 << 17)
-def _interval(cidr: str) -> tuple[int, int, int, str]:
-    """(family version, first address, last address, canonical CIDR) as integers."""
+def _interval(cidr: str) -> tuple[int, int, int, int, str]:
+    """(family version, first address, -last address, last address, canonical CIDR).
+
+    Ordered so that plain tuple sorting (C speed, no key function) puts a wider prefix before
+    the prefixes nested in it."""
     address, _, prefix = cidr.partition("/")
     version, family, bits = (6, socket.AF_INET6, 128) if ":" in address else (4, socket.AF_INET, 32)
     try:
@@ -70,7 +73,7 @@ def _interval(cidr: str) -> tuple[int, int, int, str]:
     size = 1 << (bits - length)
     first = value & ~(size - 1)
     text = f"{socket.inet_ntop(family, first.to_bytes(bits // 8, 'big'))}/{length}"
-    return version, first, first + size - 1, text
+    return version, first, 1 - first - size, first + size - 1, text
 
 
 @functools.lru_cache(maxsize=4)
@@ -83,8 +86,7 @@ def collapse(subnets: tuple[str, ...]) -> dict[int, frozenset[str]]:
     """
     out: dict[int, list[str]] = {4: [], 6: []}
     last_end = {4: -1, 6: -1}
-    for version, first, last, text in sorted(map(_interval, set(subnets)),
-                                             key=lambda i: (i[0], i[1], -i[2])):
+    for version, first, _neg_last, last, text in sorted(map(_interval, set(subnets))):
         if first <= last_end[version]:
             continue  # inside the previous kept subnet
         out[version].append(text)
