@@ -174,3 +174,12 @@ def test_plan_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     result = raven("plan", "--gateways", str(tmp_path / "nope.yaml"), "--node", "a")
     assert result.returncode == 1
     assert "nope.yaml: cannot read it" in result.stderr
+
+
+def test_json_input_and_v1alpha1_are_accepted(tmp_path: Path) -> None:
+    obj = {"apiVersion": "raven.openyurt.io/v1alpha1", "kind": "Gateway",
+           "metadata": {"name": "gw-old"},
+           "spec": {"endpoints": [{"nodeName": "o-1", "publicIP": "198.51.100.9"}]}}
+    result = raven("validate", write(tmp_path, "old.json", json.dumps(obj)))
+    assert result.returncode == 0, result.stdout
+    assert result.stdout.strip() == "valid: 1 Gateway(s), 0 lab topology file(s)"

@@ -538,3 +538,10 @@ def test_render_then_parse_is_the_identity(gw: Gateway) -> None:
     gw = replace(gw, metadata=FrozenMap({"name": gw.name}))
     assert Gateway.from_k8s(gw.to_k8s()) == gw
     assert Gateway.from_k8s(convert_gateway(gw.to_k8s(), "v1beta1")) == gw
+
+
+def test_frozen_map_hash_ignores_key_order_and_tolerates_mixed_keys() -> None:
+    a = FrozenMap({"x": {1: "a", "b": [1, {"c": 2}]}, "y": 1})
+    b = FrozenMap({"y": 1, "x": {"b": [1, {"c": 2}], 1: "a"}})
+    assert a == b and hash(a) == hash(b)
+    assert FrozenMap({"a": 1}) == {"a": 1}
