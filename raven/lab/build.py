@@ -62,7 +62,7 @@ def default_lab_name(topology: Topology, path: str | Path) -> str | None:
 
 def up(topology: Topology, name: str | None = None, progress: Progress = _quiet,
        source: str = "") -> LabPlan:
-    lab = name or topology.name
+    lab = name or (default_lab_name(topology, source) if source else topology.name)
     if lab is None:
         raise CommandError("the topology has no 'name' (and its file name is not a valid lab "
                            "name); give one with --name NAME")

@@ -72,7 +72,8 @@ def assert_no_trace(lab: str, processes: dict[int, int]) -> None:
 def test_down_removes_everything() -> None:
     lab = unique_lab_name()
     try:
-        up = raven("lab", "up", str(TOPOLOGIES / "single-pool.yaml"), "--name", lab)
+        up = raven("lab", "up", str(TOPOLOGIES / "single-pool.yaml"), "--name", lab,
+                   "--network-only")
         assert up.returncode == 0, up.stderr
         assert "ready" in up.stderr
         plan = runtime.load_plan(lab)
@@ -116,7 +117,7 @@ def test_down_after_a_killed_up(tmp_path: Path, kill_when: str) -> None:
     lab = unique_lab_name()
     topology = big_topology(tmp_path / "big.yaml")
     proc = subprocess.Popen([sys.executable, "-m", "raven.cli", "lab", "up", str(topology),
-                             "--name", lab], stdout=subprocess.DEVNULL,
+                             "--name", lab, "--network-only"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     seen: dict[int, int] = {}
     try:
@@ -168,7 +169,8 @@ def test_a_failed_up_removes_what_it_made(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
     try:
         result = subprocess.run([sys.executable, "-m", "raven.cli", "lab", "up",
-                                 str(TOPOLOGIES / "two-pools.yaml"), "--name", lab],
+                                 str(TOPOLOGIES / "two-pools.yaml"), "--name", lab,
+                                 "--network-only"],
                                 capture_output=True, text=True, env=env, timeout=120)
         assert result.returncode != 0
         assert "injected failure" in result.stderr and "Traceback" not in result.stderr
