@@ -167,19 +167,22 @@ def wipe_node(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> None:
 # --- control plane reachability -------------------------------------------------------------
 
 def _disconnect_ruleset(cp_ip: str) -> str:
-    body = (f"chain forward {{ type filter hook forward priority -10; policy accept; "
-            f"ip daddr {cp_ip} drop; ip saddr {cp_ip} drop; }}")
-    return (f"table inet {FAULT_TABLE} {{ {body} }}\n"
-            f"table bridge {FAULT_TABLE} {{ {body} }}\n")
+    chain = f"""
+  chain forward {{
+    type filter hook forward priority -10; policy accept;
+    ip daddr {cp_ip} drop
+    ip saddr {cp_ip} drop
+  }}"""
+    return "".join(f"table {family} {FAULT_TABLE} {{{chain}\n}}\n" for family in ("inet", "bridge"))
 
 
 def disconnect(lab: str, pool_name: str) -> None:
     plan = runtime.load_plan(lab)
     pool = cluster.pool_of(plan, pool_name)
-    _touch(disconnected_marker(lab, pool.name))
     reconnect_rules(pool)
     nsutil.run(["ip", "netns", "exec", pool.netns, "nft", "-f", "-"],
                stdin=_disconnect_ruleset(plan.control_plane.ip))
+    _touch(disconnected_marker(lab, pool.name))
 
 
 def reconnect_rules(pool: PoolPlan) -> None:

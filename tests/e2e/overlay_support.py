@@ -1,0 +1,149 @@
+"""Helpers for overlay e2e tests: a running overlay lab, kernel snapshots, ping loss counters.
+
+The oracle is always independent of the code under test: `ip -json`, `bridge -json`, `nft -j`,
+`wg show dump` run inside the nodes, and ICMP actually crossing the lab.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from raven.lab import build, cluster, teardown
+from raven.lab.plan import LabPlan, NodePlan, PodPlan
+from raven.lab.runtime import node_exec_argv
+from raven.lab.topology import load_topology
+
+TOPOLOGIES = Path(__file__).resolve().parents[2] / "test-topologies"
+
+
+def unique_lab_name(area: str) -> str:
+    return f"rvt-{area}-{secrets.token_hex(3)}"
+
+
+@contextmanager
+def overlay_lab(topology: str, area: str = "ov") -> Iterator[LabPlan]:
+    """A lab with the whole overlay up and every pair answering; always torn down."""
+    lab = unique_lab_name(area)
+    path = TOPOLOGIES / topology
+    try:
+        plan = build.up(load_topology(path), lab, source=str(path))
+        cluster.up(plan)
+        yield plan
+    finally:
+        teardown.down(lab)
+
+
+def in_node(plan: LabPlan, node: str, *argv: str, check: bool = True) -> str:
+    proc = subprocess.run([*node_exec_argv(plan.name, node), *argv], capture_output=True,
+                          text=True, timeout=30)
+    if proc.returncode != 0:
+        if check:
+            raise AssertionError(f"{node}: {' '.join(argv)}: {proc.stderr or proc.stdout}")
+        return ""  # e.g. a table or device that does not exist (here): nothing of ours
+    return proc.stdout
+
+
+def _json(text: str) -> object:
+    return json.loads(text) if text.strip() else []
+
+
+VOLATILE = {"stats", "stats64", "linkinfo_data_stats", "txqlen", "operstate", "flags",
+            "ifalias", "promiscuity", "min_mtu", "max_mtu", "num_tx_queues", "num_rx_queues",
+            "gso_max_size", "gso_max_segs", "tso_max_size", "tso_max_segs", "gro_max_size",
+            "gso_ipv4_max_size", "gro_ipv4_max_size", "qdisc", "group", "ifindex", "link_index",
+            "link_netnsid", "addr_info", "allmulti", "inet6_addr_gen_mode", "parentbus",
+            "parentdev"}
+
+
+def node_snapshot(plan: LabPlan, node: str) -> dict:
+    """Everything of ours in a node's kernel, in a comparable form (no counters, no ages)."""
+    links = {}
+    for link in _json(in_node(plan, node, "ip", "-d", "-j", "link", "show")):  # type: ignore[union-attr]
+        name = link["ifname"]
+        if name.startswith("raven"):
+            links[name] = {k: v for k, v in link.items() if k not in VOLATILE}
+    addrs = {a["ifname"]: [i["local"] for i in a.get("addr_info", [])]
+             for a in _json(in_node(plan, node, "ip", "-j", "-4", "addr", "show"))}  # type: ignore[union-attr]
+    routes = {t: _json(in_node(plan, node, "ip", "-j", "route", "show", "table", t, check=False)
+                       or "[]")
+              for t in ("9027", "9028")}
+    rules = _json(in_node(plan, node, "ip", "-j", "rule", "show"))
+    fdb = sorted((e.get("mac"), e.get("dst")) for e in _json(
+        in_node(plan, node, "bridge", "-j", "fdb", "show", "dev", "raven0", check=False)
+        or "[]") if e.get("dst"))
+    neigh = sorted((e.get("dst"), e.get("lladdr"), tuple(e.get("state", []))) for e in _json(
+        in_node(plan, node, "ip", "-j", "neigh", "show", "dev", "raven0", check=False) or "[]"))
+    nft = in_node(plan, node, "nft", "-j", "list", "table", "inet", "raven", check=False)
+    nft_items = [i for i in (_json(nft) or {"nftables": []})["nftables"]  # type: ignore[index]
+                 if "metainfo" not in i]
+    wg = in_node(plan, node, "wg", "show", "raven-wg0", "dump", check=False).splitlines()
+    wg_static = []
+    for i, line in enumerate(wg):
+        fields = line.split("\t")
+        if i == 0:  # private key, public key, listen port, fwmark
+            wg_static.append(tuple(fields[1:3]))
+        elif len(fields) >= 8:  # peer: public key, allowed ips, keepalive
+            wg_static.append((fields[0], fields[3], fields[7]))
+    return {"links": links, "addresses": {k: v for k, v in addrs.items()
+                                          if k.startswith("raven")},
+            "routes": routes, "rules": rules, "fdb": fdb, "neighbours": neigh, "nft": nft_items,
+            "wireguard": wg_static}
+
+
+def lab_snapshot(plan: LabPlan) -> dict[str, dict]:
+    return {node.name: node_snapshot(plan, node.name) for _, node in plan.nodes()}
+
+
+def vtep_mac(plan: LabPlan, node: str) -> str:
+    return in_node(plan, node, "cat", "/sys/class/net/raven0/address").strip()
+
+
+def wg_public_key(plan: LabPlan, node: str) -> str:
+    return in_node(plan, node, "wg", "show", "raven-wg0", "public-key").strip()
+
+
+def pod_addresses(plan: LabPlan) -> dict[str, list[str]]:
+    out = {}
+    for _, _, pod in plan.pods():
+        proc = subprocess.run(["ip", "-n", pod.netns, "-j", "-4", "addr", "show", "eth0"],
+                              capture_output=True, text=True, check=True)
+        out[pod.name] = [a["local"] for a in json.loads(proc.stdout)[0]["addr_info"]]
+    return out
+
+
+def pod(plan: LabPlan, name: str) -> PodPlan:
+    return next(p for _, _, p in plan.pods() if p.name == name)
+
+
+def node_of(plan: LabPlan, name: str) -> NodePlan:
+    return next(n for _, n in plan.nodes() if n.name == name)
+
+
+@dataclass
+class PingRun:
+    """A background `ping` at a fixed rate from one pod to an address."""
+
+    proc: subprocess.Popen[str]
+    count: int
+
+    def result(self, timeout: float = 120.0) -> tuple[int, int]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
+        assert match, out
+        return int(match.group(1)), int(match.group(2))
+
+
+def start_ping(src: PodPlan, dst_ip: str, seconds: float, rate: int = 50) -> PingRun:
+    count = int(seconds * rate)
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", src.netns, "ping", "-n", "-q", "-i", f"{1 / rate:.3f}", "-c",
+         str(count), "-W", "2", dst_ip], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True)
+    return PingRun(proc, count)

@@ -1,0 +1,252 @@
+"""The whole overlay on three-pools (cloud, cone-NAT edge, symmetric-NAT edge), with faults.
+
+One lab per module (built by raven.lab.build + raven.lab.cluster: API server, controller,
+kubelet stand-in, one agent per node). Every test starts from, and leaves, full connectivity.
+Oracles: ICMP crossing the lab, `wg show`, `ip -json`, `bridge -json`, `nft -j`, kubectl.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from overlay_support import (
+    in_node,
+    lab_snapshot,
+    node_of,
+    overlay_lab,
+    pod,
+    pod_addresses,
+    start_ping,
+    vtep_mac,
+    wg_public_key,
+)
+
+from raven.lab import cluster, faults, runtime
+from raven.lab.ping import PingReport, ping_all
+from raven.lab.plan import LabPlan
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+RAVEN = [sys.executable, "-m", "raven.cli"]
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[LabPlan]:
+    with overlay_lab("three-pools.yaml") as plan:
+        yield plan
+
+
+def wait_pairs(plan: LabPlan, timeout: float = 60.0, skip_nodes: tuple[str, ...] = ()
+               ) -> tuple[PingReport, float]:
+    """Ping until every pair (pods on `skip_nodes` left out) answers; (report, seconds)."""
+    skip_pods = {p.name for _, n, p in plan.pods() if n.name in skip_nodes}
+    started = time.monotonic()
+    while True:
+        report = ping_all(plan, tries=1, timeout_s=1)
+        pairs = [p for p in report.pairs if p.src not in skip_pods and p.dst not in skip_pods]
+        if all(p.ok for p in pairs):
+            return report, time.monotonic() - started
+        if time.monotonic() - started > timeout:
+            failed = [f"{p.src}->{p.dst}" for p in pairs if not p.ok]
+            raise AssertionError(f"{len(failed)} pairs fail after {timeout}s: {failed}")
+        time.sleep(0.5)
+
+
+@pytest.fixture
+def healthy(lab: LabPlan) -> Iterator[LabPlan]:
+    wait_pairs(lab)
+    yield lab
+    for pool in lab.pools:  # undo whatever a failed test left broken
+        faults.reconnect(lab.name, pool.name)
+    for _, node in lab.nodes():
+        if not runtime.process_running(lab.name, node.name, cluster.AGENT):
+            faults.node_up(lab.name, node.name)
+    faults.control_plane_start(lab.name, settle=0)
+
+
+def kubectl_json(plan: LabPlan, *args: str) -> dict:
+    return cluster.kubectl_json(plan.name, *args)
+
+
+def active(plan: LabPlan) -> dict[str, str]:
+    """pool name -> its active gateway node (Gateway status)."""
+    by_gateway = cluster.active_gateways(plan.name)
+    return {p.name: by_gateway[p.gateway][0] for p in plan.pools if by_gateway.get(p.gateway)}
+
+
+def recent_events(plan: LabPlan) -> str:
+    items = kubectl_json(plan, "get", "events")["items"]
+    return "\n".join(f"{e.get('lastTimestamp')} {e['reason']}: {e['message']}"
+                     for e in items[-6:])
+
+
+def test_all_pairs_and_the_relay(healthy: LabPlan) -> None:
+    plan = healthy
+    result = subprocess.run([*RAVEN, "lab", "ping", plan.name, "--json"], capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pairs = json.loads(result.stdout)["pairs"]
+    assert len(pairs) == 30 and all(p["ok"] for p in pairs)
+    assert {(p["src_pool"], p["dst_pool"]) for p in pairs} == {
+        (a.name, b.name) for a in plan.pools for b in plan.pools}
+    # The tunnels as `wg show` sees them: the two NAT'd pools each peer only with the cloud
+    # gateway, which carries the other NAT'd pool's subnets (the relay).
+    gw = active(plan)
+    keys = {pool: wg_public_key(plan, node) for pool, node in gw.items()}
+    peers = {}
+    for pool, node in gw.items():
+        lines = in_node(plan, node, "wg", "show", "raven-wg0", "dump").splitlines()[1:]
+        peers[pool] = {f.split("\t")[0]: set(f.split("\t")[3].split(",")) for f in lines}
+    assert set(peers["cloud"]) == {keys["edge-cone"], keys["edge-sym"]}
+    assert set(peers["edge-cone"]) == {keys["cloud"]}
+    assert set(peers["edge-sym"]) == {keys["cloud"]}
+    sym_subnets = {n.pod_cidr for n in plan.pools[2].nodes}
+    assert sym_subnets <= peers["edge-cone"][keys["cloud"]]
+
+
+def test_kubeconfig_and_cluster_objects(healthy: LabPlan) -> None:
+    plan = healthy
+    out = subprocess.run([*RAVEN, "lab", "kubeconfig", plan.name], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    assert out == str(cluster.kubeconfig_path(plan.name))
+    nodes = {n["metadata"]["name"]: n for n in kubectl_json(plan, "get", "nodes")["items"]}
+    assert set(nodes) == {n.name for _, n in plan.nodes()}
+    for pool, node in plan.nodes():
+        obj = nodes[node.name]
+        assert obj["metadata"]["labels"]["raven.openyurt.io/gateway"] == pool.gateway
+        assert obj["spec"]["podCIDR"] == node.pod_cidr
+        assert {"type": "InternalIP", "address": node.underlay_ip} in obj["status"]["addresses"]
+        ready = [c for c in obj["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready and ready[0]["status"] == "True"
+        key = obj["metadata"]["annotations"]["raven.openyurt.io/wireguard-public-key"]
+        assert len(key) == 44
+    gateways = {g["metadata"]["name"]: g for g in cluster.gateways(plan.name)}
+    assert set(gateways) == {p.gateway for p in plan.pools}
+    for pool in plan.pools:
+        spec = gateways[pool.gateway]["spec"]
+        assert [e["nodeName"] for e in spec["endpoints"]] == [
+            n.name for n in pool.nodes if n.gateway_candidate]
+        assert all(e["underNAT"] == (pool.nat != "none") for e in spec["endpoints"])
+
+
+def test_agent_restart_on_active_gateways_loses_no_packet(healthy: LabPlan) -> None:
+    plan = healthy
+    before = active(plan)
+    src, dst = pod(plan, "cloud-2-pod0"), pod(plan, "cone-2-pod0")  # members: both gateways
+    pids = {pool: runtime.process_pid(plan.name, before[pool], cluster.AGENT)
+            for pool in ("cloud", "edge-cone")}
+    run = start_ping(src, dst.ip, seconds=10)
+    time.sleep(2)
+    faults.agent_restart(plan.name, before["edge-cone"])
+    time.sleep(2)
+    faults.agent_restart(plan.name, before["cloud"])
+    sent, received = run.result()
+    assert sent == run.count
+    # a restart slower than the heartbeat timeout would move the gateway: say so if it did
+    assert active(plan) == before, recent_events(plan)
+    assert received == sent, f"lost {sent - received} of {sent} packets at 50 pps"
+    for pool in ("cloud", "edge-cone"):
+        assert runtime.process_pid(plan.name, before[pool], cluster.AGENT) != pids[pool]
+
+
+def test_invalid_gateway_is_refused_or_surfaced_and_data_plane_untouched(
+        healthy: LabPlan) -> None:
+    plan = healthy
+    before = lab_snapshot(plan)
+    bad = {"apiVersion": "raven.openyurt.io/v1beta1", "kind": "Gateway",
+           "metadata": {"name": "gw-bad-port"},
+           "spec": {"endpoints": [{"nodeName": "cloud-2", "type": "tunnel", "port": 70000}]}}
+    refused = cluster.kubectl(plan.name, "apply", "-f", "-", stdin=json.dumps(bad), check=False)
+    assert refused.returncode != 0
+    assert "gw-bad-port" in refused.stderr and "port" in refused.stderr
+    gone = cluster.kubectl(plan.name, "get", "gateway", "gw-bad-port", check=False)
+    assert gone.returncode != 0 and "NotFound" in gone.stderr
+    # Valid alone, wrong in the fleet: cloud-1 already belongs to gw-cloud.
+    conflict = {"apiVersion": "raven.openyurt.io/v1beta1", "kind": "Gateway",
+                "metadata": {"name": "gw-zz-conflict"},
+                "spec": {"endpoints": [{"nodeName": "cloud-1", "type": "tunnel", "port": 4500}]}}
+    cluster.kubectl(plan.name, "apply", "-f", "-", stdin=json.dumps(conflict))
+    try:
+        deadline = time.monotonic() + 30
+        condition: dict = {}
+        while time.monotonic() < deadline:
+            obj = kubectl_json(plan, "get", "gateway", "gw-zz-conflict")
+            conds = {c["type"]: c for c in (obj.get("status") or {}).get("conditions", [])}
+            condition = conds.get("SpecValid", {})
+            if condition.get("status") == "False":
+                break
+            time.sleep(0.5)
+        assert condition.get("status") == "False", condition
+        assert "cloud-1" in condition["message"]
+        time.sleep(3)  # agents saw the new object (coalesce + reconcile)
+        assert lab_snapshot(plan) == before
+        wait_pairs(plan, timeout=5)
+    finally:
+        cluster.kubectl(plan.name, "delete", "gateway", "gw-zz-conflict", check=False)
+
+
+def test_control_plane_stopped_60s_changes_nothing(healthy: LabPlan) -> None:
+    plan = healthy
+    before = lab_snapshot(plan)
+    runs = [start_ping(pod(plan, a), pod(plan, b).ip, seconds=66)
+            for a, b in (("cloud-2-pod0", "sym-2-pod0"), ("cone-2-pod0", "sym-2-pod0"),
+                         ("sym-1-pod0", "cloud-1-pod0"))]
+    time.sleep(2)
+    faults.control_plane_stop(plan.name)
+    try:
+        time.sleep(60)
+        during = lab_snapshot(plan)
+    finally:
+        faults.control_plane_start(plan.name)
+    for run in runs:
+        sent, received = run.result()
+        assert received == sent, f"lost {sent - received} of {sent} packets"
+    assert during == before
+    wait_pairs(plan, timeout=30)
+
+
+def test_gateway_failover_in_a_pool_with_two_candidates(healthy: LabPlan) -> None:
+    plan = healthy
+    failed = faults.gateway_fail(plan.name, "edge-cone")
+    try:
+        standby = cluster.wait_active(plan.name, "edge-cone", timeout=30, exclude=(failed,))
+        assert standby != failed
+        _, seconds = wait_pairs(plan, timeout=60, skip_nodes=(failed,))
+        print(f"failover: pairs answer again {seconds:.1f}s after the new election")
+        assert in_node(plan, standby, "wg", "show", "raven-wg0", "public-key").strip()
+    finally:
+        faults.node_up(plan.name, failed)
+    wait_pairs(plan)
+
+
+def test_gateway_rebooted_while_its_pool_is_disconnected(healthy: LabPlan) -> None:
+    plan = healthy
+    gw = active(plan)["edge-cone"]
+    mac, key, pods = vtep_mac(plan, gw), wg_public_key(plan, gw), pod_addresses(plan)
+    node = node_of(plan, gw)
+    ifindex = json.loads(in_node(plan, gw, "ip", "-j", "link", "show", "raven0"))[0]["ifindex"]
+    settings = cluster.load_settings(plan.name)
+    faults.disconnect(plan.name, "edge-cone")
+    try:
+        time.sleep(settings.heartbeat_timeout + 3)  # the controller sees every heartbeat stale
+        faults.node_down(plan.name, gw)
+        faults.node_up(plan.name, gw, reboot=True)
+        wait_pairs(plan, timeout=60)
+        # the reboot really wiped the node: raven0 is a new device
+        again = json.loads(in_node(plan, gw, "ip", "-j", "link", "show", "raven0"))[0]
+        assert again["ifindex"] != ifindex
+        assert vtep_mac(plan, gw) == mac
+        assert wg_public_key(plan, gw) == key
+        assert pod_addresses(plan) == pods
+        assert active(plan)["edge-cone"] == gw  # kept: the pool lost the cloud, not its network
+        routes = in_node(plan, gw, "ip", "-j", "route", "show", "table", "9028")
+        assert {r["dst"] for r in json.loads(routes)} >= {n.pod_cidr for n in plan.pools[0].nodes}
+        assert node.underlay_ip in in_node(plan, gw, "ip", "-4", "addr", "show", "eth0")
+    finally:
+        faults.reconnect(plan.name, "edge-cone")
+    wait_pairs(plan)
