@@ -235,7 +235,7 @@ class ResourceApi:
     # ------------------------------------------------------------------ writes
 
     def create(
-        self, rtype: ResourceType, namespace: str | None, body: Any
+        self, rtype: ResourceType, namespace: str | None, body: Any, dry_run: bool = False
     ) -> dict[str, Any]:
         obj = self._check_body(rtype, body, namespace)
         metadata = obj["metadata"]
@@ -274,14 +274,15 @@ class ResourceApi:
             self._check_namespace(rtype, namespace)
             return obj
 
-        _, stored = self.store.mutate(rtype.storage_key, namespace or "", name, change)
+        _, stored = self.store.mutate(rtype.storage_key, namespace or "", name, change, dry_run)
         assert stored is not None
-        self._after_write(rtype)
+        if not dry_run:
+            self._after_write(rtype)
         return self.to_version(rtype, stored)
 
     def update(
         self, rtype: ResourceType, namespace: str | None, name: str, body: Any,
-        subresource: str = "",
+        subresource: str = "", dry_run: bool = False,
     ) -> dict[str, Any]:
         obj = self._check_body(rtype, body, namespace)
         given_name = obj["metadata"].get("name")
@@ -304,9 +305,9 @@ class ResourceApi:
                 raise conflict(rtype.group, rtype.plural, name, STALE)
             return self._merge_update(rtype, current, obj, subresource)
 
-        old, stored = self.store.mutate(rtype.storage_key, namespace or "", name, change)
+        old, stored = self.store.mutate(rtype.storage_key, namespace or "", name, change, dry_run)
         assert stored is not None
-        if stored is not old:
+        if stored is not old and not dry_run:
             self._after_write(rtype)
         return self.to_version(rtype, stored)
 
@@ -350,7 +351,7 @@ class ResourceApi:
 
     def patch(
         self, rtype: ResourceType, namespace: str | None, name: str, content_type: str,
-        body: Any, subresource: str = "",
+        body: Any, subresource: str = "", dry_run: bool = False,
     ) -> dict[str, Any]:
         def change(current: dict[str, Any] | None) -> dict[str, Any]:
             if current is None:
@@ -365,15 +366,15 @@ class ResourceApi:
                 raise conflict(rtype.group, rtype.plural, name, STALE)
             return self._merge_update(rtype, current, self.to_storage(rtype, patched), subresource)
 
-        old, stored = self.store.mutate(rtype.storage_key, namespace or "", name, change)
+        old, stored = self.store.mutate(rtype.storage_key, namespace or "", name, change, dry_run)
         assert stored is not None
-        if stored is not old:
+        if stored is not old and not dry_run:
             self._after_write(rtype)
         return self.to_version(rtype, stored)
 
     def delete(
         self, rtype: ResourceType, namespace: str | None, name: str,
-        options: dict[str, Any] | None = None,
+        options: dict[str, Any] | None = None, dry_run: bool = False,
     ) -> dict[str, Any]:
         preconditions = (options or {}).get("preconditions") or {}
         if rtype.storage_key == NAMESPACES and name in UNDELETABLE_NAMESPACES:
@@ -394,6 +395,10 @@ class ResourceApi:
                                f"ResourceVersion in object meta: {meta.get('resourceVersion')}")
             return None
 
+        if dry_run:
+            _, last = self.store.mutate(rtype.storage_key, namespace or "", name, change, True)
+            assert last is not None
+            return self.to_version(rtype, last)
         with self._write_lock():
             if rtype.storage_key == NAMESPACES and self.store.get(NAMESPACES, "", name):
                 self._delete_namespace_contents(name)

@@ -264,11 +264,12 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                     s for s in (query.get("fieldSelector"), f"metadata.name={route.name}") if s
                 )
             return self._watch(route, query)
+        dry_run = _dry_run(query)
         if route.name is None:
             if method == "GET":
                 return self._list(route, query)
             if method == "POST":
-                obj = api.create(rtype, route.namespace, self._decode(body))
+                obj = api.create(rtype, route.namespace, self._decode(body), dry_run)
                 self._send_json(201, obj)
                 return 201
             if method == "DELETE":
@@ -279,14 +280,16 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             return self._send_objects(route, query, [obj], single=True)
         if method == "PUT":
             obj = api.update(rtype, route.namespace, route.name, self._decode(body),
-                             "status" if route.subresource == "status" else "")
+                             "status" if route.subresource == "status" else "", dry_run)
         elif method == "PATCH":
             obj = api.patch(rtype, route.namespace, route.name,
                             self.headers.get("Content-Type") or "", self._decode(body),
-                            route.subresource)
+                            route.subresource, dry_run)
         elif method == "DELETE":
-            options = json.loads(body) if body.strip() else {}
-            obj = api.delete(rtype, route.namespace, route.name, options)
+            options = self._delete_options(body)
+            # kubectl sends dryRun in the DeleteOptions body.
+            dry_run = dry_run or "All" in (options.get("dryRun") or [])
+            obj = api.delete(rtype, route.namespace, route.name, options, dry_run)
             if rtype.plural != "namespaces":
                 # Deleted at once: kube-apiserver answers a Status (namespaces: the object).
                 obj = {"kind": "Status", "apiVersion": "v1", "metadata": {},
@@ -297,6 +300,12 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             raise method_not_allowed()
         self._send_json(200, obj)
         return 200
+
+    def _delete_options(self, body: bytes) -> dict[str, Any]:
+        options = self._decode(body) if body.strip() else {}
+        if not isinstance(options, dict):
+            raise bad_request("DeleteOptions must be a JSON object")
+        return options
 
     def _check_accept(self) -> None:
         accept = self.headers.get("Accept") or "*/*"
@@ -378,12 +387,14 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         api: ResourceApi = self.server.owner.api
         keep = make_filter(query.get("labelSelector"), query.get("fieldSelector"), route.rtype.kind)
         items, _ = api.list(route.rtype, route.namespace, keep)
-        options = json.loads(body) if body.strip() else {}
+        options = self._delete_options(body)
+        dry_run = _dry_run(query) or "All" in (options.get("dryRun") or [])
         deleted = []
         for stored in items:
             meta = stored.obj["metadata"]
             try:
-                deleted.append(api.delete(route.rtype, meta.get("namespace"), meta["name"], options))  # noqa: E501
+                deleted.append(api.delete(route.rtype, meta.get("namespace"), meta["name"],
+                                          options, dry_run))
             except ApiError as error:
                 if error.code != 404:
                     raise
@@ -502,6 +513,14 @@ class _WatchWriter:
             meta["annotations"] = {"k8s.io/initial-events-end": "true"}
         obj = {"kind": self.rtype.kind, "apiVersion": self.rtype.api_version, "metadata": meta}
         return encode({"type": "BOOKMARK", "object": obj}) + b"\n"
+
+
+def _dry_run(query: dict[str, str]) -> bool:
+    if "dryRun" not in query:
+        return False
+    if query["dryRun"] != "All":
+        raise bad_request(f'dryRun {query["dryRun"]!r} is not supported; use dryRun=All')
+    return True
 
 
 def _too_old(since: int, floor: int) -> ApiError:

@@ -122,12 +122,14 @@ class Store:
         namespace: str,
         name: str,
         change: Callable[[dict[str, Any] | None], dict[str, Any] | None],
+        dry_run: bool = False,
     ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """Atomically replace one object with `change(copy of current or None)`.
 
         `change` returns the new object, None to delete, or the very object it was given
         unchanged (compared by value) for a no-op that writes nothing. Returns (old, new); for a
-        delete, `new` is the last state carrying the deletion's resourceVersion.
+        delete, `new` is the last state carrying the deletion's resourceVersion. `dry_run`
+        runs every check and returns what would be stored, writing nothing.
         """
         with self._lock:
             stored = self._objects.get(key, {}).get((namespace, name))
@@ -137,6 +139,8 @@ class Store:
                 return None, None
             if proposed is not None and old is not None and proposed == old:
                 return old, old
+            if dry_run:
+                return old, proposed if proposed is not None else old
             rv = self._rv + 1
             resource = f"{key[0]}/{key[1]}"
             if proposed is None:

@@ -283,3 +283,23 @@ def test_get_nodes_table(server: ApiServerProcess, api: client.ApiClient) -> Non
         assert cells[4] == "v1.30.1"
     finally:
         server.kubectl("delete", "node", name)
+
+
+def test_server_side_dry_run_writes_nothing(
+    server: ApiServerProcess, api: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(api)
+    out = server.kubectl("create", "configmap", "dry", "-n", namespace, "--from-literal=a=1",
+                         "--dry-run=server", "-o", "json").stdout
+    assert json.loads(out)["data"] == {"a": "1"}  # validated and defaulted by the server
+    with pytest.raises(ApiException):
+        core.read_namespaced_config_map("dry", namespace)
+    server.kubectl("create", "configmap", "kept", "-n", namespace)
+    server.kubectl("delete", "configmap", "kept", "-n", namespace, "--dry-run=server")
+    assert core.read_namespaced_config_map("kept", namespace).metadata.name == "kept"
+    bad = {"apiVersion": f"{GROUP}/v1beta1", "kind": "Gateway",
+           "metadata": {"name": unique("gw-dry")},
+           "spec": {"endpoints": [{"nodeName": "d-1", "type": "nope", "port": 4500}]}}
+    result = server.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(bad),
+                            check=False)
+    assert result.returncode != 0 and "spec.endpoints[0].type" in result.stderr
