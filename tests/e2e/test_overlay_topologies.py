@@ -1,0 +1,76 @@
+"""The overlay on the other test topologies, through the CLI an operator uses; `lab down` cleanup.
+
+- five-pools (17 nodes: two public pools, two cone-NAT pools, one symmetric-NAT pool): every pod
+  reaches every pod, NAT to NAT through the relay; then `raven lab down` leaves nothing:
+  no namespace, no process (agents, wireguard-go, API server, controller), no mount, no file.
+- two-pools via `raven lab up` (the CLI default brings up the whole system) and `raven lab
+  ping` (exit 0 only when every pair answers).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from overlay_support import TOPOLOGIES, unique_lab_name
+
+from raven.lab import netns as nsutil
+from raven.lab import runtime, teardown
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+RAVEN = [sys.executable, "-m", "raven.cli"]
+
+
+def raven(*args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*RAVEN, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def lab_processes(lab: str) -> dict[int, int | None]:
+    """pid -> start time of every process inside one of the lab's namespaces and every
+    supervised one (the identity survives pid reuse)."""
+    inodes = {i for i in map(nsutil.netns_inode, teardown.lab_namespaces(lab)) if i is not None}
+    pids = set(nsutil.pids_in(inodes))
+    pids |= {int(r["pid"]) for r in runtime.supervised(lab) if r["running"]}
+    return {pid: runtime.proc_start_time(pid) for pid in pids}
+
+
+@pytest.mark.parametrize("topology", ["five-pools.yaml", "two-pools.yaml"])
+def test_lab_up_all_pairs_then_down_leaves_nothing(topology: str) -> None:
+    lab = unique_lab_name("ov")
+    try:
+        up = raven("lab", "up", str(TOPOLOGIES / topology), "--name", lab)
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert "overlay ready" in up.stderr and "all" in up.stderr
+        ping = raven("lab", "ping", lab, "--json", timeout=180)
+        assert ping.returncode == 0, ping.stdout[-3000:]
+        pairs = json.loads(ping.stdout)["pairs"]
+        plan = runtime.load_plan(lab)
+        n = len(plan.pods())
+        assert len(pairs) == n * (n - 1) and all(p["ok"] for p in pairs)
+        nat_pools = [p.name for p in plan.pools if p.nat != "none"]
+        nat_to_nat = [p for p in pairs if p["src_pool"] in nat_pools and p["dst_pool"]
+                      in nat_pools and p["src_pool"] != p["dst_pool"]]
+        assert len(nat_pools) < 2 or nat_to_nat  # relayed pairs were among those that answered
+        processes = lab_processes(lab)
+        names = {Path(f"/proc/{p}/comm").read_text().strip() for p in processes
+                 if Path(f"/proc/{p}/comm").exists()}
+        assert "wireguard-go" in names  # the agents' tunnels are there to be cleaned
+        kubeconfig = raven("lab", "kubeconfig", lab)
+        assert kubeconfig.returncode == 0 and kubeconfig.stdout.strip().endswith(
+            "admin.kubeconfig")
+
+        down = raven("lab", "down", lab)
+        assert down.returncode == 0, down.stderr
+        alive = [p for p, start in processes.items()
+                 if start is not None and runtime.proc_start_time(p) == start]
+        assert not alive, f"processes left: {alive}"
+        assert not [n for n in nsutil.list_netns() if n.startswith(lab + ".")]
+        assert not runtime.run_dir(lab).exists()
+        assert str(runtime.run_dir(lab)) not in Path("/proc/self/mountinfo").read_text()
+        assert lab not in raven("lab", "list").stdout
+    finally:
+        teardown.down(lab)
