@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -33,13 +33,16 @@ from raven.desired import NodeState, Role
 from raven.errors import ValidationError
 from raven.health import HealthServer
 from raven.kube.backoff import BackoffSettings
-from raven.kube.cache import CachedInputs, InputCache, atomic_write_json
-from raven.kube.client import GATEWAYS, JSON, NODES, Kube, KubeSettings
+from raven.kube.cache import JSON, CachedInputs, InputCache, atomic_write_json
 from raven.kube.errors import KubeError
-from raven.kube.informer import Informer
-from raven.kube.lease import Heartbeat
+from raven.kube.settings import KubeSettings
 from raven.model import Gateway, Node
 from raven.topology import PlanOptions, plan_node
+
+if TYPE_CHECKING:  # imported at connect(): the kubernetes client costs ~1 s and ~30 MiB
+    from raven.kube.client import Kube
+    from raven.kube.informer import Informer
+    from raven.kube.lease import Heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +133,7 @@ class AgentMetrics:
 class Agent:
     def __init__(self, settings: AgentSettings, kube: Kube | None = None) -> None:
         self.settings = settings
-        self.kube = kube or Kube(settings.kube)
+        self.kube: Kube | None = kube  # created by connect(), after the cached plan is applied
         self.metrics = AgentMetrics()
         self.cache = InputCache(settings.state_dir / CACHE_FILE)
         self.dataplane = Dataplane(DataplaneSettings(
@@ -138,11 +141,9 @@ class Agent:
             wireguard_backend=settings.wireguard_backend, wireguard_go=settings.wireguard_go,
         ))
         self._wake = threading.Event()
-        self.gateways = Informer(self.kube, GATEWAYS, on_change=self._changed, name="gateways")
-        self.node = Informer(self.kube, NODES, field_selector=f"metadata.name={settings.node}",
-                             on_change=self._changed, name=f"node-{settings.node}")
-        self.heartbeat = Heartbeat(self.kube, settings.node, settings.namespace,
-                                   settings.heartbeat_duration)
+        self.gateways: Informer | None = None
+        self.node: Informer | None = None
+        self.heartbeat: Heartbeat | None = None
         self.public_key = ""
         self.ready = False
         self.state: NodeState | None = None
@@ -155,19 +156,42 @@ class Agent:
         self.loop_time = time.monotonic()  # last turn of the main loop, for /healthz
         self._status_doc: dict[str, Any] = {}
 
+    # -- API side ------------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        """Create the API client, informers and heartbeat (raises ConfigError on a bad
+        kubeconfig). Imported here, not at module load, so that a start from the cache does not
+        wait for the kubernetes client to import."""
+        from raven.kube.client import GATEWAYS, NODES, Kube
+        from raven.kube.informer import Informer
+        from raven.kube.lease import Heartbeat
+
+        s = self.settings
+        if self.kube is None:
+            self.kube = Kube(s.kube)
+        self.gateways = Informer(self.kube, GATEWAYS, on_change=self._changed, name="gateways")
+        self.node = Informer(self.kube, NODES, field_selector=f"metadata.name={s.node}",
+                             on_change=self._changed, name=f"node-{s.node}")
+        self.heartbeat = Heartbeat(self.kube, s.node, s.namespace, s.heartbeat_duration)
+
+    def _synced(self) -> bool:
+        return (self.gateways is not None and self.node is not None
+                and self.gateways.synced.is_set() and self.node.synced.is_set())
+
     # -- inputs --------------------------------------------------------------------------------
 
     def _changed(self, kind: str, obj: JSON) -> None:
         self._wake.set()
 
     def _live_inputs(self) -> Inputs | None:
-        if not (self.gateways.synced.is_set() and self.node.synced.is_set()):
+        if not self._synced():
             return None
+        assert self.gateways is not None and self.node is not None
         node = self.node.get(self.settings.node)
         return Inputs(node, tuple(self.gateways.items()), "api")
 
     def _api_in_sync(self) -> bool:
-        return (self.gateways.synced.is_set() and self.node.synced.is_set()
+        return (self._synced() and self.gateways is not None and self.node is not None
                 and not self.gateways.last_error and not self.node.last_error)
 
     def _save_cache(self, inputs: Inputs, now: float) -> None:
@@ -279,6 +303,10 @@ class Agent:
 
     def publish_public_key(self) -> bool:
         """Make our Node's annotation carry our key; True when it already does or now does."""
+        if self.node is None or self.kube is None:
+            return False
+        from raven.kube.client import NODES
+
         node = self.node.get(self.settings.node)
         if node is None:
             return False
@@ -309,7 +337,13 @@ class Agent:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.public_key = self.dataplane.public_key()
-        self.start_from_cache(time.time())
+        started = time.monotonic()
+        if self.start_from_cache(time.time()):
+            log.info("cached plan applied %.2fs after the agent started",
+                     time.monotonic() - started)
+        self.connect()
+        assert self.gateways is not None and self.node is not None
+        assert self.heartbeat is not None
         self.gateways.start()
         self.node.start()
         watch_drift = getattr(self.dataplane, "watch_drift", None)
@@ -324,7 +358,7 @@ class Agent:
         try:
             while not stop.is_set():
                 deadline = min(next_resync, next_heartbeat, next_stats, next_publish)
-                if not (self.gateways.synced.is_set() and self.node.synced.is_set()):
+                if not self._synced():
                     deadline = min(deadline, time.time() + 0.2)  # first lists may emit nothing
                 woke = self._wake.wait(max(0.0, deadline - time.time()))
                 self.loop_time = time.monotonic()
@@ -387,7 +421,8 @@ class Agent:
             "candidate": self.candidate,
             "reconciles": self.reconciles,
             "lastError": self.last_error,
-            "apiErrors": [e for e in (self.gateways.last_error, self.node.last_error) if e],
+            "apiErrors": [i.last_error for i in (self.gateways, self.node)
+                          if i is not None and i.last_error],
         }
 
     def health_server(self, listen: str) -> HealthServer:

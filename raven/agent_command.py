@@ -43,8 +43,8 @@ def run_agent(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from raven.agent import Agent, AgentSettings
-    from raven.kube.client import KubeSettings
     from raven.kube.errors import KubeError
+    from raven.kube.settings import KubeSettings
     from raven.topology import PlanOptions
 
     logging.basicConfig(level=args.log_level.upper(),
@@ -69,10 +69,9 @@ def run_agent(args: argparse.Namespace) -> int:
         heartbeat_period=args.heartbeat_period,
         metrics_listen=args.metrics_listen,
     )
-    try:
-        agent = Agent(settings)
-    except KubeError as exc:
-        raise CommandError(str(exc)) from exc
+    if args.kubeconfig is not None and not args.kubeconfig.is_file():
+        raise CommandError(f"--kubeconfig {args.kubeconfig}: no such file")
+    agent = Agent(settings)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -82,10 +81,11 @@ def run_agent(args: argparse.Namespace) -> int:
             server = agent.health_server(args.metrics_listen).start()
         except (OSError, ValueError) as exc:
             raise CommandError(f"--metrics-listen {args.metrics_listen}: {exc}") from exc
-    logging.getLogger("raven.agent").info("agent %s starting against %s", args.node,
-                                          agent.kube.host)
+    logging.getLogger("raven.agent").info("agent %s starting", args.node)
     try:
         agent.run(stop)
+    except KubeError as exc:  # e.g. an unreadable kubeconfig, found at connect()
+        raise CommandError(f"agent {args.node}: {exc}") from exc
     finally:
         if server is not None:
             server.stop()

@@ -14,8 +14,9 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from raven.kube.client import JSON
+JSON = dict[str, Any]
 
 log = logging.getLogger(__name__)
 

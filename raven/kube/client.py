@@ -15,7 +15,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,8 @@ from kubernetes import config as k8s_config
 from kubernetes.client.exceptions import ApiException
 
 from raven import constants
-from raven.kube.backoff import BackoffSettings
 from raven.kube.errors import ConfigError, KubeError, translate, typed
+from raven.kube.settings import KubeSettings
 
 JSON = dict[str, Any]
 
@@ -64,14 +64,6 @@ GATEWAYS = Resource(
 )
 
 
-@dataclass(frozen=True)
-class KubeSettings:
-    kubeconfig: Path | None = None  # None: $KUBECONFIG, then in-cluster, then ~/.kube/config
-    context: str | None = None
-    request_timeout: float = 10.0  # seconds, per request (connect and read)
-    watch_timeout: int = 60  # server-side timeoutSeconds of one watch request
-    backoff: BackoffSettings = field(default_factory=BackoffSettings)
-    user_agent: str = "raven"
 
 
 def _load_configuration(settings: KubeSettings) -> k8s.Configuration:

@@ -13,11 +13,10 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from functools import wraps
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
-import urllib3
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
+# The kubernetes client is imported lazily (inside translate/typed): these error classes are
+# used by code that must start fast without it, e.g. an agent applying its cached plan offline.
 
 
 class KubeError(Exception):
@@ -69,7 +68,8 @@ class ConfigError(KubeError):
     retryable = False
 
 
-def from_api_exception(exc: ApiException) -> KubeError:
+def from_api_exception(exc: Any) -> KubeError:
+    """KubeError for a kubernetes.client ApiException (status, reason, Status body)."""
     status = int(exc.status or 0)
     reason, message = str(exc.reason or ""), ""
     if exc.body:
@@ -101,6 +101,10 @@ def from_api_exception(exc: ApiException) -> KubeError:
 
 def translate(exc: BaseException) -> KubeError:
     """Map any exception raised by the kubernetes client or urllib3 to a KubeError."""
+    import urllib3
+    from kubernetes.client.exceptions import ApiException
+    from kubernetes.config.config_exception import ConfigException
+
     if isinstance(exc, KubeError):
         return exc
     if isinstance(exc, ApiException):
@@ -123,7 +127,13 @@ def typed(fn: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return fn(*args, **kwargs)
-        except (ApiException, ConfigException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise translate(exc) from exc
+        except KubeError:
+            raise
+        except Exception as exc:
+            try:
+                error = translate(exc)
+            except Exception:
+                raise exc from None  # not an API failure: a bug, keep its traceback
+            raise error from exc
 
     return wrapper
