@@ -33,6 +33,9 @@ RTA_TABLE = 15
 FRA_TABLE = 15
 _HDR = struct.Struct("=LHHLL")
 _IFINFO = struct.Struct("=BxHiII")
+_IFADDR = struct.Struct("=BBBBI")
+_NDMSG = struct.Struct("=BxxxiHBB")
+NUD_FAILED, NUD_PERMANENT = 0x20, 0x80
 _COALESCE_S = 0.1
 
 # Event kinds, for callers that keep caches per kind.
@@ -78,7 +81,9 @@ class EventStream:
                   msg_type: int) -> tuple[str, str] | None:
         start, end = offset + 16, offset + length
         if msg_type in (RTM_NEWLINK, RTM_DELLINK):
-            index = _IFINFO.unpack_from(data, start)[2]
+            family, _type, index, _flags, _change = _IFINFO.unpack_from(data, start)
+            if family != 0:
+                return None  # per-protocol link info (IPv6 addrconf, bridge ports), not ours
             raw = parse_attrs(data, start + _IFINFO.size, end).get(IFLA_IFNAME, b"")
             name = raw.rstrip(b"\0").decode()
             if name in self.devices() or index in self._indexes:
@@ -89,9 +94,9 @@ class EventStream:
                 verb = "changed" if msg_type == RTM_NEWLINK else "deleted"
                 return LINK, f"link {name} {verb}"
             return None
-        if msg_type in (20, 21):  # addresses
-            index = struct.unpack_from("=I", data, start + 4)[0]
-            if index in self._indexes:
+        if msg_type in (20, 21):  # addresses: only global ones are ours (not IPv6 link-local)
+            _family, _prefix, _flags, scope, index = _IFADDR.unpack_from(data, start)
+            if scope == 0 and index in self._indexes:
                 return ADDRESS, f"address on {self._indexes[index]} changed"
             return None
         if msg_type in (24, 25, 32, 33):  # routes, rules: table attribute (or the u8 field)
@@ -103,9 +108,11 @@ class EventStream:
                 verb = "added/changed" if msg_type in (24, 32) else "deleted"
                 return kind, f"{kind} in table {table} {verb}"
             return None
-        if msg_type in (28, 29):  # neighbours and FDB
-            index = struct.unpack_from("=i", data, start + 4)[0]
-            if index in self._indexes:
+        if msg_type in (28, 29):  # neighbours and FDB: ours are permanent; a deleted one is
+            # reported as FAILED, so changes to learned (reachable/stale...) entries are skipped
+            _family, index, state, _flags, _type = _NDMSG.unpack_from(data, start)
+            mine = state & (NUD_PERMANENT | NUD_FAILED) or msg_type == 29
+            if mine and index in self._indexes:
                 return NEIGH, f"neighbour/fdb on {self._indexes[index]} changed"
         return None
 
