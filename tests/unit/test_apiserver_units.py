@@ -81,7 +81,7 @@ def test_strategic_merge_directives() -> None:
     assert [c["name"] for c in out["containers"]] == ["b", "c"]
     assert out["finalizers"] == ["x", "y"]
     assert out["tolerations"] == [{"key": "z"}]  # no merge key: replaced
-    assert strategic_merge({"a": {"b": 1}}, {"a": {"$patch": "replace", "c": 2}}) == {"a": {"c": 2}}  # noqa: E501
+    assert strategic_merge({"a": {"b": 1}}, {"a": {"$patch": "replace", "c": 2}}) == {"a": {"c": 2}}
     assert strategic_merge({"a": 1, "b": 2}, {"$retainKeys": ["a"], "a": 3}) == {"a": 3}
 
 
@@ -137,3 +137,10 @@ def test_store_versions_increase_across_reopen(tmp_path: Path) -> None:
     assert c and int(c["metadata"]["resourceVersion"]) > int(gone["metadata"]["resourceVersion"])
     assert reopened.get(key, "ns", "a") is None and reopened.get(key, "ns", "b") == b
     reopened.close()
+
+
+def test_age_accepts_micro_time_and_offsets() -> None:
+    now = datetime(2026, 1, 2, tzinfo=UTC)
+    assert age("2026-01-01T23:59:30.123456Z", now) == "29s"
+    assert age("2026-01-01T23:59:30.123456+00:00", now) == "29s"
+    assert age("yesterday", now) == "<invalid>"

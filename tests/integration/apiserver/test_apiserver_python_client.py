@@ -591,3 +591,32 @@ def test_in_process_start_on_port_zero_and_initial_events(tmp_path: Any) -> None
         api_client.close()
     finally:
         running.stop()
+
+
+def test_events_core_and_events_k8s_io(api: client.ApiClient, namespace: str) -> None:
+    import datetime
+
+    core = client.CoreV1Api(api)
+    now = datetime.datetime.now(datetime.UTC)
+    made = core.create_namespaced_event(namespace, client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name="gw-a."),
+        involved_object=client.V1ObjectReference(kind="Gateway", name="gw-a"),
+        reason="ActiveEndpointElected", message="elected n1", type="Normal",
+        first_timestamp=now, last_timestamp=now, count=1,
+        source=client.V1EventSource(component="raven-gateway-controller")))
+    assert made.metadata.name.startswith("gw-a.")
+    core.create_namespaced_event(namespace, client.CoreV1Event(
+        metadata=client.V1ObjectMeta(generate_name="gw-b."),
+        involved_object=client.V1ObjectReference(kind="Gateway", name="gw-b"),
+        reason="ActiveEndpointLost", message="lost", type="Warning"))
+    selected = core.list_namespaced_event(
+        namespace, field_selector="involvedObject.name=gw-a,reason=ActiveEndpointElected")
+    assert [e.metadata.name for e in selected.items] == [made.metadata.name]
+    events_v1 = client.EventsV1Api(api)
+    created = events_v1.create_namespaced_event(namespace, client.EventsV1Event(
+        metadata=client.V1ObjectMeta(generate_name="n1."), event_time=now,
+        reporting_controller="raven", reporting_instance="raven-1", action="Elect",
+        reason="Elected", type="Normal",
+        regarding=client.V1ObjectReference(kind="Node", name="n1")))
+    listed = events_v1.list_namespaced_event(namespace)
+    assert [e.metadata.name for e in listed.items] == [created.metadata.name]
