@@ -232,6 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of writes")
     parser.add_argument("--list-runs", type=int, default=5)
     parser.add_argument("--workers", type=int, default=8, help="connections used to populate")
+    parser.add_argument("--writers", type=int, default=4,
+                        help="connections the writes are spread over (open-loop schedule)")
     parser.add_argument("--watcher-processes", type=int, default=4,
                         help="client processes the watchers are spread over")
     parser.add_argument("--json", action="store_true", help="print a JSON summary last")
@@ -271,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             results["list_nodes_page500_ms"] = round(page * 1000, 1)
             print(f"LIST nodes limit=500 (first page): {page * 1000:.0f} ms")
             client = connect()
-            status, data = client.call("GET", "/apis/raven.openyurt.io/v1beta1/gateways?limit=1")
+            _, data = client.call("GET", "/apis/raven.openyurt.io/v1beta1/gateways?limit=1")
             rv = json.loads(data)["metadata"]["resourceVersion"]
             timeout = int(args.duration + 30)
             writes = int(args.rate * args.duration)
@@ -294,19 +296,28 @@ def main(argv: list[str] | None = None) -> int:
             interval = 1.0 / args.rate
             cpu_before = cpu_seconds(process.pid)
             started = time.perf_counter()
-            write_latencies = []
-            for i in range(writes):
-                target = started + i * interval
-                pause = target - time.perf_counter()
-                if pause > 0:
-                    time.sleep(pause)
-                body = {"metadata": {"annotations": {"bench/sent": f"{time.time():.6f}"}}}
-                sent = time.perf_counter()
-                status, data = client.call(
-                    "PATCH", f"/apis/raven.openyurt.io/v1beta1/gateways/gw-{i % max(args.gateways, 1):04d}",  # noqa: E501
-                    body, "application/merge-patch+json")
-                write_latencies.append(time.perf_counter() - sent)
-                assert status == 200, data[:200]
+            write_latencies: list[float] = []
+            gateways = max(args.gateways, 1)
+
+            def write_some(lane: int) -> None:
+                # Open-loop schedule: write i is due at started + i * interval whatever the
+                # latency of earlier writes; lanes (own connections) keep the rate when slow.
+                writer = connect()
+                for i in range(lane, writes, args.writers):
+                    pause = started + i * interval - time.perf_counter()
+                    if pause > 0:
+                        time.sleep(pause)
+                    body = {"metadata": {"annotations": {"bench/sent": f"{time.time():.6f}"}}}
+                    sent = time.perf_counter()
+                    status, data = writer.call(
+                        "PATCH", f"/apis/raven.openyurt.io/v1beta1/gateways/gw-{i % gateways:04d}",
+                        body, "application/merge-patch+json")
+                    write_latencies.append(time.perf_counter() - sent)
+                    assert status == 200, data[:200]
+                writer.close()
+
+            with ThreadPoolExecutor(args.writers) as pool:
+                list(pool.map(write_some, range(args.writers)))
             write_time = time.perf_counter() - started
             achieved = writes / write_time
             gathered = [collected.get(timeout=timeout + 60) for _ in children]
