@@ -27,7 +27,7 @@ yamlish = st.recursive(scalars, lambda inner: st.one_of(
     st.lists(inner, max_size=4), st.dictionaries(keys, inner, max_size=6)), max_leaves=30)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(yamlish)
 def test_any_input_parses_or_is_a_validation_error(doc: object) -> None:
     try:
@@ -36,7 +36,7 @@ def test_any_input_parses_or_is_a_validation_error(doc: object) -> None:
         assert exc.problems and all(isinstance(p, str) and p for p in exc.problems)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.fixed_dictionaries({"pools": st.lists(st.fixed_dictionaries({
     "nat": st.sampled_from(["none", "cone", "symmetric"]),
     "pods": st.integers(0, 3),
