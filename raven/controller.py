@@ -297,13 +297,29 @@ class GatewayController:
         self.events = EventRecorder(self.kube, "raven-gateway-controller", settings.identity)
         self.writes = 0
         self.reconciles = 0
+        self._heartbeat_seen: dict[str, float] = {}  # node -> last renewTime seen (for wakes)
 
     def _changed(self, kind: str, obj: JSON) -> None:
         self._wake.set()
 
     def _lease_changed(self, kind: str, obj: JSON) -> None:
+        """Wake only when a heartbeat can change an election: a Lease that appears, disappears
+        or comes back after being stale. A routine renewal of a fresh heartbeat (every agent,
+        every few seconds) changes nothing; going stale is caught by the resync period."""
         name = str((obj.get("metadata") or {}).get("name", ""))
-        if name.startswith(constants.AGENT_LEASE_PREFIX):
+        if not name.startswith(constants.AGENT_LEASE_PREFIX):
+            return
+        beats = heartbeats_from_leases([obj])
+        node = name.removeprefix(constants.AGENT_LEASE_PREFIX)
+        previous = self._heartbeat_seen.get(node)
+        if kind == "DELETED" or node not in beats:
+            self._heartbeat_seen.pop(node, None)
+            self._wake.set()
+            return
+        self._heartbeat_seen[node] = beats[node]
+        timeout = self.settings.election.heartbeat_timeout
+        if previous is None or beats[node] - previous > timeout or time.time() - previous > (
+                timeout):
             self._wake.set()
 
     def _nodes(self) -> dict[str, Node]:
