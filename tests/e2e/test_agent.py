@@ -105,6 +105,11 @@ class Overlay:
             "import urllib.request,sys;sys.stdout.write(urllib.request.urlopen("
             f"'http://127.0.0.1:{METRICS_PORT}/metrics',timeout=5).read().decode())")]).stdout
 
+    def cache_age(self, node: str) -> float:
+        match = re.search(r"^raven_agent_cache_age_seconds (\S+)$", self.metrics(node), re.M)
+        assert match, "cache age metric missing"
+        return float(match.group(1))
+
     def ready(self, node: str) -> bool:
         return self.run(node, [sys.executable, "-c", (
             "import urllib.request;urllib.request.urlopen("
@@ -204,9 +209,15 @@ def test_agents_build_the_overlay(overlay: Overlay) -> None:
 
 
 def test_api_server_restart_keeps_traffic_and_later_changes_apply(overlay: Overlay) -> None:
+    assert overlay.cache_age("edge-2") == 0.0
     overlay.stop_apiserver()
     assert overlay.ping_ok("cloud-2", "edge-2", count=3)  # data plane untouched while down
+    wait_for(lambda: overlay.cache_age("edge-2") > 0, timeout=30,
+             what="the agent notices it runs on unconfirmed inputs")
+    assert overlay.ping_ok("cloud-2", "edge-2", count=3)
     overlay.start_apiserver()
+    wait_for(lambda: overlay.cache_age("edge-2") == 0.0, timeout=60,
+             what="inputs confirmed by the API again")
     gateway = overlay.active("gw-edge")[0]
     # A change after the restart reaches the kernel: a new subnet in pool edge shows up as a
     # route on the cloud gateway.
@@ -363,3 +374,18 @@ def test_status_command_shows_role_peers_and_drift(overlay: Overlay) -> None:
     text = overlay.run(gateway, [*PY, "status", "--state-dir", state]).stdout
     assert "role:           active-gateway" in text and "drift:          none" in text
     assert edge_key[:12] in text
+
+
+def test_agent_repairs_drift_of_its_objects(overlay: Overlay) -> None:
+    member = next(n for n in ("cloud-1", "cloud-2") if n not in overlay.active("gw-cloud"))
+    table = str(constants.VXLAN_TABLE)
+
+    def routes() -> list[str]:
+        out = overlay.run(member, ["ip", "-json", "route", "show", "table", table]).stdout
+        return sorted(r["dst"] for r in json.loads(out or "[]"))
+
+    before = routes()
+    assert before  # the member routes the edge pool's subnets through its gateway
+    overlay.run(member, ["ip", "route", "del", before[0], "table", table])
+    assert wait_for(lambda: routes() == before, timeout=30, what="route put back by the agent")
+    assert overlay.ping_ok(member, "edge-2")
