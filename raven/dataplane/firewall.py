@@ -28,6 +28,7 @@ Every rule carries a comment with a fingerprint of the skeleton, which is how we
 
 from __future__ import annotations
 
+import bisect
 import functools
 import hashlib
 import json
@@ -92,6 +93,68 @@ def collapse(subnets: tuple[str, ...]) -> dict[int, frozenset[str]]:
         out[version].append(text)
         last_end[version] = last
     return {version: frozenset(texts) for version, texts in out.items()}
+
+
+class Collapser:
+    """`collapse` for a sequence of desired states that differ by a few subnets each time.
+
+    While the subnets contain no nested pair (the normal case: pools' subnets do not overlap),
+    the result is simply the input split by family, and a new input is checked only for what it
+    adds, against its neighbours in a sorted list of intervals (two CIDRs either nest or are
+    disjoint, so the predecessor and the successor are the only candidates). Anything else falls
+    back to the full `collapse`.
+    """
+
+    _MAX_DELTA = 256
+
+    def __init__(self) -> None:
+        self._input: frozenset[str] = frozenset()
+        self._result: dict[int, frozenset[str]] = {4: frozenset(), 6: frozenset()}
+        self._sorted: list[tuple[int, int, int, int, str]] = []
+        self._exact = True  # the result equals the input (no nested subnets)
+
+    def __call__(self, subnets: tuple[str, ...]) -> dict[int, frozenset[str]]:
+        new = frozenset(subnets)
+        added, removed = new - self._input, self._input - new
+        if not added and not removed:
+            return self._result
+        if self._exact and len(added) + len(removed) <= self._MAX_DELTA and self._patch(
+                added, removed):
+            self._input = new
+            return self._result
+        self._rebuild(new)
+        return self._result
+
+    def _patch(self, added: frozenset[str], removed: frozenset[str]) -> bool:
+        items = self._sorted
+        for cidr in removed:
+            interval = _interval(cidr)
+            i = bisect.bisect_left(items, interval)
+            if i < len(items) and items[i] == interval:
+                del items[i]
+        for cidr in added:
+            interval = _interval(cidr)
+            version, first, _neg, last, _text = interval
+            i = bisect.bisect_left(items, interval)
+            before = items[i - 1] if i > 0 else None
+            after = items[i] if i < len(items) else None
+            if (before is not None and before[0] == version and before[3] >= first) or (
+                    after is not None and after[0] == version and after[1] <= last):
+                return False  # nests with a neighbour: let the full collapse decide
+            items.insert(i, interval)
+        result = {v: set(texts) for v, texts in self._result.items()}
+        for cidr in removed:
+            result[_interval(cidr)[0]].discard(_interval(cidr)[4])
+        for cidr in added:
+            result[_interval(cidr)[0]].add(_interval(cidr)[4])
+        self._result = {v: frozenset(texts) for v, texts in result.items()}
+        return True
+
+    def _rebuild(self, new: frozenset[str]) -> None:
+        self._input = new
+        self._result = collapse(tuple(sorted(new)))
+        self._sorted = sorted(map(_interval, new))
+        self._exact = sum(map(len, self._result.values())) == len(self._sorted)
 
 
 def skeleton(fw: Firewall) -> tuple[str, str]:
@@ -247,10 +310,14 @@ class FirewallPlan:
         return self.script is None and not self.elements
 
 
-def plan_firewall(desired: Firewall, live: LiveFirewall | None) -> FirewallPlan:
-    """A create/rebuild script when the skeleton is missing or not ours, else element deltas."""
+def plan_firewall(desired: Firewall, live: LiveFirewall | None,
+                  want: dict[int, frozenset[str]] | None = None) -> FirewallPlan:
+    """A create/rebuild script when the skeleton is missing or not ours, else element deltas.
+
+    `want` is `collapse(desired.remote_subnets)`, when the caller has it already."""
     script, _fingerprint = skeleton(desired)
-    want = collapse(tuple(desired.remote_subnets))
+    if want is None:
+        want = collapse(tuple(desired.remote_subnets))
     if live is None or not live.fingerprint_ok:
         text = ""
         if live is not None:  # replace atomically: declare (no-op if present), delete, define

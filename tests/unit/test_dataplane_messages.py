@@ -257,3 +257,21 @@ def test_firewall_plan_creates_then_only_changes_elements() -> None:
     assert rebuilt.script is not None and "delete table inet raven" in rebuilt.script
     # The fingerprint identifies the skeleton; a different mark is a different skeleton.
     assert skeleton(fw)[1] != skeleton(Firewall("raven", 0x80, 0x80, (), ()))[1]
+
+
+def test_incremental_collapser_agrees_with_full_collapse_on_random_walks() -> None:
+    import random
+
+    from raven.dataplane.firewall import Collapser
+
+    rng = random.Random(5)
+    pool = [f"10.{a}.{b}.0/24" for a in range(3) for b in range(0, 256, 32)]
+    pool += ["10.1.0.0/16", "10.0.0.0/8", "10.2.64.0/18", "fd00::/64", "fd00::/48", "fd01::/64"]
+    collapser = Collapser()
+    current: set[str] = set()
+    for _ in range(3000):
+        for _ in range(rng.randint(1, 3)):  # small steps, like reconciles
+            item = rng.choice(pool)
+            current.symmetric_difference_update({item})
+        state = tuple(sorted(current))
+        assert collapser(state) == collapse(state), state
