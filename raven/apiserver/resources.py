@@ -44,6 +44,9 @@ class ResourceType:
     is_gateway: bool = False
     # Custom resources refuse a PUT without metadata.resourceVersion (like kube-apiserver).
     custom: bool = False
+    # Create-only review resources answered from the request and never stored:
+    # "access" (SelfSubjectAccessReview) or "self" (SelfSubjectReview).
+    review: str = ""
     verbs: tuple[str, ...] = ALL_VERBS
 
     @property
@@ -101,6 +104,10 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
     _grp(RBAC, "v1", "rolebindings", "RoleBinding", True),
     _grp("apiextensions.k8s.io", "v1", "customresourcedefinitions", "CustomResourceDefinition",
          False, short_names=("crd", "crds"), has_status=True, tracks_generation=True),
+    _grp("authorization.k8s.io", "v1", "selfsubjectaccessreviews", "SelfSubjectAccessReview",
+         False, review="access", verbs=("create",)),
+    _grp("authentication.k8s.io", "v1", "selfsubjectreviews", "SelfSubjectReview", False,
+         review="self", verbs=("create",)),
     _grp(API_GROUP, API_VERSION, GATEWAY_PLURAL, GATEWAY_KIND, False, has_status=True,
          tracks_generation=True, is_gateway=True, storage_version=API_VERSION, custom=True,
          short_names=("gw",)),

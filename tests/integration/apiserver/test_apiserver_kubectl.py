@@ -303,3 +303,9 @@ def test_server_side_dry_run_writes_nothing(
     result = server.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(bad),
                             check=False)
     assert result.returncode != 0 and "spec.endpoints[0].type" in result.stderr
+
+
+def test_auth_can_i_and_whoami(server: ApiServerProcess) -> None:
+    assert server.kubectl("auth", "can-i", "patch", "gateways/status").stdout.strip() == "yes"
+    who = server.kubectl("auth", "whoami").stdout
+    assert "admin" in who and "system:masters" in who
