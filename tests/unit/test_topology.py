@@ -278,6 +278,7 @@ def test_broadcast_vtep_is_reported() -> None:
 IPV4 = st.integers(1, 2**32 - 2).map(lambda i: str(ipaddress.IPv4Address(i)))
 
 
+@settings(deadline=None)  # timing varies on a shared 2-core machine
 @given(IPV4, IPV4)
 def test_vtep_mac_is_injective_and_address_collides_only_on_the_top_bits(a: str, b: str) -> None:
     (va, ma), (vb, mb) = vtep_for(a), vtep_for(b)
@@ -291,6 +292,7 @@ def test_vtep_mac_is_injective_and_address_collides_only_on_the_top_bits(a: str,
     assert bool(vtep_collisions([("x", a), ("y", b)])) == (va == vb or broadcast)
 
 
+@settings(deadline=None)  # timing varies on a shared 2-core machine
 @given(st.integers(0, 2**128 - 1).map(lambda i: str(ipaddress.IPv6Address(i))))
 def test_vtep_for_ipv6_is_stable(ip: str) -> None:
     assert vtep_for(ip) == vtep_for(ip)
@@ -434,6 +436,7 @@ def test_a_newer_public_gateway_with_a_smaller_name_does_not_take_over_the_relay
         assert relays == {"cloud"}
 
 
+@settings(deadline=None)  # timing varies on a shared 2-core machine
 @given(st.integers(0, 2**32 - 1), st.integers(0, 32), st.booleans())
 def test_fast_cidr_parser_agrees_with_ipaddress(value: int, plen: int, bare: bool) -> None:
     from raven.topology import _cidr
