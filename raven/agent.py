@@ -141,6 +141,7 @@ class Agent:
             wireguard_backend=settings.wireguard_backend, wireguard_go=settings.wireguard_go,
         ))
         self._wake = threading.Event()
+        self._drift = threading.Event()  # the netlink monitor saw a foreign change to our objects
         self.gateways: Informer | None = None
         self.node: Informer | None = None
         self.heartbeat: Heartbeat | None = None
@@ -181,6 +182,10 @@ class Agent:
     # -- inputs --------------------------------------------------------------------------------
 
     def _changed(self, kind: str, obj: JSON) -> None:
+        self._wake.set()
+
+    def _on_drift(self) -> None:
+        self._drift.set()
         self._wake.set()
 
     def _live_inputs(self) -> Inputs | None:
@@ -349,15 +354,18 @@ class Agent:
         watch_drift = getattr(self.dataplane, "watch_drift", None)
         if watch_drift is not None:
             try:
-                watch_drift(self._wake.set)
+                watch_drift(self._on_drift)
             except Exception as exc:  # drift repair then relies on the resync period
                 log.warning("drift monitor unavailable: %s", exc)
-        next_resync = next_heartbeat = next_stats = next_publish = 0.0
+        beating = threading.Thread(target=self._heartbeat_loop, args=(stop,), name="heartbeat",
+                                   daemon=True)
+        beating.start()
+        next_resync = next_stats = next_publish = 0.0
         applied_key: tuple[JSON | None, tuple[JSON, ...]] | None = None
         failures = 0
         try:
             while not stop.is_set():
-                deadline = min(next_resync, next_heartbeat, next_stats, next_publish)
+                deadline = min(next_resync, next_stats, next_publish)
                 if not self._synced():
                     deadline = min(deadline, time.time() + 0.2)  # first lists may emit nothing
                 woke = self._wake.wait(max(0.0, deadline - time.time()))
@@ -376,7 +384,9 @@ class Agent:
                 if live is not None:
                     self._save_cache(live, now)
                     key = (live.node, live.gateways)
-                    if key != applied_key or now >= next_resync:
+                    drifted = self._drift.is_set()
+                    self._drift.clear()
+                    if key != applied_key or now >= next_resync or drifted:
                         if self.reconcile(live, now):
                             applied_key, failures = key, 0
                             next_resync = now + s.resync_period
@@ -387,27 +397,40 @@ class Agent:
                     if now >= next_publish:
                         ok = self.publish_public_key()
                         next_publish = now + (s.resync_period if ok else s.backoff.delay(3))
-                elif now >= next_resync:
+                elif now >= next_resync or self._drift.is_set():
+                    self._drift.clear()
                     next_resync = now + s.resync_period
                     if self.inputs is not None:  # offline: keep re-applying the cached plan
                         self.reconcile(self.inputs, now)
-                if self.candidate and now >= next_heartbeat:
-                    try:
-                        self.heartbeat.renew(now)
-                        next_heartbeat = now + s.heartbeat_period
-                    except KubeError as exc:
-                        self.metrics.errors.labels("heartbeat").inc()
-                        log.warning("heartbeat lease: %s", exc)
-                        next_heartbeat = now + min(s.heartbeat_period, s.backoff.delay(2))
-                elif not self.candidate:
-                    next_heartbeat = now + s.heartbeat_period
                 if now >= next_stats:
                     self.refresh_peer_metrics()
                     next_stats = now + s.stats_period
         finally:
+            stop.set()  # also ends the heartbeat thread
             self.gateways.stop()
             self.node.stop()
+            beating.join(timeout=s.kube.request_timeout + 1)
             self.dataplane.close()  # leaves every kernel object (and wireguard-go) in place
+
+    def _heartbeat_loop(self, stop: threading.Event) -> None:
+        """Renew the heartbeat Lease while we are a gateway candidate, on its own thread: a slow
+        or unreachable API server must never delay a reconcile, and a long reconcile must
+        never make the controller think this gateway died."""
+        s = self.settings
+        failures = 0
+        while not stop.is_set():
+            delay = min(0.5, s.heartbeat_period)  # notice soon when we become a candidate
+            if self.candidate and self.heartbeat is not None:
+                delay = s.heartbeat_period
+                try:
+                    self.heartbeat.renew(time.time())
+                    failures = 0
+                except KubeError as exc:
+                    failures += 1
+                    self.metrics.errors.labels("heartbeat").inc()
+                    log.warning("heartbeat lease: %s", exc)
+                    delay = min(s.heartbeat_period, s.backoff.delay(failures))
+            stop.wait(delay)
 
     # -- health --------------------------------------------------------------------------------
 
