@@ -309,3 +309,33 @@ def test_auth_can_i_and_whoami(server: ApiServerProcess) -> None:
     assert server.kubectl("auth", "can-i", "patch", "gateways/status").stdout.strip() == "yes"
     who = server.kubectl("auth", "whoami").stdout
     assert "admin" in who and "system:masters" in who
+
+
+def test_other_crds_are_served_once_stored(server: ApiServerProcess, namespace: str) -> None:
+    group = f"{uuid.uuid4().hex[:6]}.example.com"
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{group}"},
+        "spec": {"group": group, "scope": "Namespaced",
+                 "names": {"plural": "widgets", "singular": "widget", "kind": "Widget",
+                           "shortNames": ["wd"]},
+                 "versions": [{"name": "v1", "served": True, "storage": True,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},  # noqa: E501
+                               "subresources": {"status": {}},
+                               "additionalPrinterColumns": [
+                                   {"name": "Size", "type": "integer", "jsonPath": ".spec.size"}]}]},  # noqa: E501
+    }
+    server.kubectl("apply", "-f", "-", input=json.dumps(crd))
+    widget = {"apiVersion": f"{group}/v1", "kind": "Widget",
+              "metadata": {"name": "w1", "namespace": namespace}, "spec": {"size": 3}}
+    server.kubectl("apply", "-f", "-", input=json.dumps(widget))
+    lines = server.kubectl("get", f"widgets.{group}", "-n", namespace).stdout.splitlines()
+    assert lines[0].split() == ["NAME", "SIZE"] and lines[1].split() == ["w1", "3"]
+    server.kubectl("delete", "customresourcedefinition", f"widgets.{group}")
+    gone = server.kubectl("get", f"widgets.{group}", "-n", namespace, check=False)
+    assert gone.returncode != 0
+    assert server.kubectl("get", "--raw", f"/apis/{group}/v1", check=False).returncode != 0
+    server.kubectl("apply", "-f", "-", input=json.dumps(crd))  # its objects went with it
+    again = server.kubectl("get", f"widgets.{group}", "-n", namespace, "-o", "name").stdout
+    assert again.strip() == ""
+    server.kubectl("delete", "customresourcedefinition", f"widgets.{group}")
