@@ -58,7 +58,7 @@ class ApiServerProcess:
 
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
-    def kubectl(self, *args: str, input: str | None = None, check: bool = True,  # noqa: A002
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             ["kubectl", "--kubeconfig", str(self.kubeconfig), *args],
