@@ -112,3 +112,19 @@ def test_controller_serves_health_and_metrics(server: RunningApiServer) -> None:
         proc.terminate()
         proc.wait(timeout=15)
         kube.close()
+
+
+def test_graph_renders_svg_when_graphviz_is_installed(server: RunningApiServer,
+                                                      tmp_path: Path) -> None:
+    if not shutil.which("dot"):
+        pytest.skip("Graphviz `dot` is not installed on this machine (apt-get install graphviz)")
+    kube = Kube(KubeSettings(kubeconfig=server.kubeconfig))
+    obj = gateway("gw-a", "a1", "192.0.2.1", "10.244.0.0/24", nat=False)
+    obj.pop("status")
+    kube.create(GATEWAYS, obj)
+    kube.close()
+    out = tmp_path / "g.svg"
+    result = subprocess.run(raven_cmd("graph", "--kubeconfig", str(server.kubeconfig), "-o",
+                                      str(out)), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "<svg" in out.read_text() and "gw-a" in out.read_text()
