@@ -95,11 +95,17 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(payload)))
         self.send_header("Cache-Control", "no-cache, private")
+        self._send_warning()
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(payload)
+
+    def _send_warning(self) -> None:
+        warning = getattr(self, "warning", "")
+        if warning:
+            self.send_header("Warning", '299 - "' + warning.replace('"', "'") + '"')
 
     def _send_json(self, code: int, obj: Any) -> None:
         self._send(code, encode(obj))
@@ -129,6 +135,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _dispatch(self, method: str) -> None:
         started = time.monotonic()
+        self.warning = ""
         body = self._read_body()
         code = 200
         try:
@@ -211,6 +218,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self._send_json(200, doc)
             return 200
         route = self._parse_resource(group, version, rest, path)
+        self.warning = route.rtype.deprecation_warning
         return self._serve_resource(method, route, query, body)
 
     def _parse_resource(self, group: str, version: str, rest: list[str], path: str) -> Route:
@@ -455,6 +463,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("Cache-Control", "no-cache, private")
+        self._send_warning()
         self.end_headers()
         self.wfile.flush()
         if owner.stopping or not owner.store.watch(sub, since):

@@ -47,6 +47,8 @@ class ResourceType:
     # Create-only review resources answered from the request and never stored:
     # "access" (SelfSubjectAccessReview) or "self" (SelfSubjectReview).
     review: str = ""
+    # A deprecated CRD version: sent to clients as a `Warning: 299` header (kubectl prints it).
+    deprecation_warning: str = ""
     verbs: tuple[str, ...] = ALL_VERBS
 
     @property
@@ -120,6 +122,13 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
 PREFERRED_VERSION = {API_GROUP: API_VERSION}
 
 
+def _deprecation(group: str, kind: str, version: dict[str, Any]) -> str:
+    if not version.get("deprecated"):
+        return ""
+    return str(version.get("deprecationWarning")
+               or f"{group}/{version.get('name')} {kind} is deprecated")
+
+
 def _types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
     spec = crd.get("spec") or {}
     names = spec.get("names") or {}
@@ -147,6 +156,7 @@ def _types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
                 has_status="status" in (ver.get("subresources") or {}),
                 tracks_generation=True, custom=True,
                 printer_columns=tuple(ver.get("additionalPrinterColumns") or ()),
+                deprecation_warning=_deprecation(group, kind, ver),
             )
         )
     return out
@@ -176,6 +186,7 @@ class Registry:
                         short_names=crd_type.short_names or builtin.short_names,
                         categories=crd_type.categories,
                         singular=crd_type.singular,
+                        deprecation_warning=crd_type.deprecation_warning,
                     )
                 elif (crd_type.group, crd_type.plural) not in _BUILTIN_KEYS:
                     types[key] = crd_type

@@ -140,8 +140,11 @@ def test_example_gateways_apply_and_show_printer_columns(
             assert cell == "True"
     listing = server.kubectl("get", "gw").stdout
     assert name in listing
-    alpha = server.kubectl("get", f"gateways.v1alpha1.{GROUP}", name, "-o", "json").stdout
-    assert json.loads(alpha)["apiVersion"] == f"{GROUP}/v1alpha1"
+    alpha = server.kubectl("get", f"gateways.v1alpha1.{GROUP}", name, "-o", "json")
+    assert json.loads(alpha.stdout)["apiVersion"] == f"{GROUP}/v1alpha1"
+    alpha_spec = next(v for v in crd_doc["spec"]["versions"] if v["name"] == "v1alpha1")
+    if alpha_spec.get("deprecated"):  # the CRD's deprecation reaches kubectl as a Warning
+        assert "deprecated" in alpha.stderr
     server.kubectl("delete", "gateway", name)
     with pytest.raises(ApiException):
         client.CustomObjectsApi(api).get_cluster_custom_object(GROUP, "v1beta1", "gateways", name)
