@@ -16,6 +16,7 @@ import socket
 import struct
 from collections.abc import Iterable
 
+from raven.dataplane.errors import DataplaneError
 from raven.dataplane.netlink import (
     NLM_F_CREATE,
     NLM_F_EXCL,
@@ -33,7 +34,7 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_METRICS, RTA_TABLE = 1, 4, 5, 8, 15
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_METRICS, RTA_TABLE, RTA_VIA = 1, 4, 5, 8, 15, 18
 RTAX_LOCK, RTAX_MTU = 1, 2
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
@@ -107,7 +108,16 @@ def route_request(route: Route, ifindex: int, delete: bool = False) -> Request:
     body = _RTMSG.pack(family, prefixlen, 0, 0, 0, RTPROT_RAVEN, scope, RTN_UNICAST, flags)
     body += table_attr + dst + attr_u32(RTA_OIF, ifindex)
     if route.gateway:
-        body += attr(RTA_GATEWAY, _addr_bytes(route.gateway))
+        via_family = _family_of(route.gateway)
+        if via_family == family:
+            body += attr(RTA_GATEWAY, _addr_bytes(route.gateway))
+        elif family == socket.AF_INET:  # IPv4 via an IPv6 next hop: RTA_VIA names its family
+            body += attr(RTA_VIA, struct.pack("=H", via_family) + _addr_bytes(route.gateway))
+        else:
+            raise DataplaneError(
+                f"route {route.dst} table {route.table} via {route.gateway}: Linux cannot route "
+                "an IPv6 subnet through an IPv4 next hop; the VTEPs need IPv6 addresses for "
+                "IPv6 pod subnets")
     if route.mtu:
         body += nested(RTA_METRICS, attr_u32(RTAX_LOCK, 1 << RTAX_MTU),
                        attr_u32(RTAX_MTU, route.mtu))
@@ -143,6 +153,9 @@ def dump_routes(sock: NetlinkSocket, tables: Iterable[int], names: dict[int, str
                     prefix = _addr_str(dst)
                 oif = a.get(RTA_OIF)
                 gw = a.get(RTA_GATEWAY)
+                via = a.get(RTA_VIA)
+                if gw is None and via is not None:
+                    gw = via[2:]
                 mtu = None
                 metrics = a.get(RTA_METRICS)
                 if metrics:

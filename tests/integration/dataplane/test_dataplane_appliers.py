@@ -146,3 +146,22 @@ def test_bad_backend_setting_names_the_field(tmp_path) -> None:
 
     with pytest.raises(DataplaneError, match=r"wireguard_backend.*auto, kernel, userspace"):
         DataplaneSettings(state_dir=tmp_path, wireguard_backend="fast")
+
+
+def test_ipv6_subnet_via_an_ipv4_vtep_is_refused_clearly(node) -> None:
+    dp = node.dataplane()
+    state = member(1, gateway=3)
+    v6 = Route(dst="fd00:2::/64", table=9027, dev="raven0", gateway=vtep(3)[0], mtu=WG_MTU)
+    with pytest.raises(DataplaneError, match="cannot route an IPv6 subnet through an IPv4"):
+        dp.apply(replace(state, routes=(*state.routes, v6)))
+    # Device routes (the gateway side) work for IPv6 and are diffed like IPv4 ones.
+    v6_dev = Route(dst="fd00:2::/64", table=9027, dev="raven0")
+    state = replace(state, routes=(*state.routes, v6_dev),
+                    rules=(*state.rules, Rule(priority=100, table=9027, fwmark=0x40,
+                                              fwmask=0x40, family=6)))
+    dp.apply(state)
+    (route,) = node.ip_json("-6", "route", "show", "table", "9027")
+    assert (route["dst"], route["dev"]) == ("fd00:2::/64", "raven0")
+    assert [r["priority"] for r in node.ip_json("-6", "rule", "show")
+            if r.get("table") == "9027"] == [100]
+    assert dp.apply(state).writes == 0
