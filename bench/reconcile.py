@@ -140,6 +140,10 @@ def main() -> int:
         "ratio": round(ours_s / ref_s, 2),
         "incremental_ms": round(incremental_ms, 2),
         "incremental_cpu_ms": round(statistics.median(cpu), 2),
+        # Adding a subnet adds one allowed IP; removing one makes wireguard-go replace the peer's
+        # whole list (its UAPI has no single-IP removal), so the two are reported apart.
+        "incremental_add_ms": round(statistics.median(steps[0::2]), 2),
+        "incremental_remove_ms": round(statistics.median(steps[1::2]), 2) if steps[1:] else None,
         "noop_ms": round(noop_ms, 2),
         "load_avg_1m": os.getloadavg()[0],
         "writes_full": result.writes,
