@@ -221,7 +221,13 @@ def compute_status(
         spec_valid = _condition(old_conditions, CONDITION_SPEC_VALID, "True", "Valid",
                                 "spec is valid", now)
     names = ", ".join(e.node_name for e in active)
-    if active and election.kept_stale:
+    keyless = [e.node_name for e in active if not e.public_key]
+    if keyless:
+        ready = _condition(old_conditions, CONDITION_READY, "False", "PublicKeyMissing",
+                           f"elected {', '.join(keyless)} but its Node has no annotation "
+                           f"{constants.ANNOTATION_PUBLIC_KEY} yet (is its agent running?); "
+                           "no tunnel can be built to it", now)
+    elif active and election.kept_stale:
         ready = _condition(old_conditions, CONDITION_READY, "True", "KeptWithoutHeartbeat",
                            f"every candidate's heartbeat is stale (control plane lost?); "
                            f"keeping {names} active", now)

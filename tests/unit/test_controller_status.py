@@ -171,3 +171,13 @@ def test_heartbeats_come_from_agent_leases_only() -> None:
         {"metadata": {"name": "raven-agent-bad"}, "spec": {"renewTime": "garbage"}},
     ]
     assert heartbeats_from_leases(leases) == {"hz-1": NOW}
+
+
+def test_elected_node_without_key_is_not_ready() -> None:
+    plan = compute_status(gateway("gw-bj", [{"nodeName": "bj-1", "type": "tunnel"}]), NODES,
+                          {"bj-1": NOW}, NOW)
+    assert [e["nodeName"] for e in plan.status["activeEndpoints"]] == ["bj-1"]
+    assert "config" not in plan.status["activeEndpoints"][0]
+    ready = cond(plan.status, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "PublicKeyMissing"
+    assert constants.ANNOTATION_PUBLIC_KEY in ready["message"]
