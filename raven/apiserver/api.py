@@ -173,6 +173,9 @@ class ResourceApi:
             ):
                 raise invalid(rtype.group, rtype.kind, str(metadata.get("name", "")),
                               [(f"metadata.{key}", "must be a map of strings to strings")])
+        problems = _label_problems(metadata.get("labels") or {}, metadata.get("annotations") or {})
+        if problems:
+            raise invalid(rtype.group, rtype.kind, str(metadata.get("name", "")), problems)
         metadata.pop("managedFields", None)
         return body
 
@@ -438,6 +441,41 @@ class ResourceApi:
     def _after_write(self, rtype: ResourceType) -> None:
         if rtype.storage_key == CRDS:
             self.registry.set_crds(s.obj for s in self.store.list(CRDS)[0])
+
+
+_QUALIFIED = re.compile(
+    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+)
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+
+
+def _qualified_name_ok(key: str) -> bool:
+    prefix, _, name = key.rpartition("/")
+    return bool(_QUALIFIED.match(key)) and len(name) <= 63 and len(prefix) <= 253
+
+
+def _label_problems(labels: dict[str, str], annotations: dict[str, str]) -> list[tuple[str, str]]:
+    """kube-apiserver's rules: qualified-name keys; label values at most 63 characters of
+    alphanumerics, '-', '_' and '.', starting and ending alphanumeric."""
+    problems = []
+    for key, value in labels.items():
+        if not _qualified_name_ok(key):
+            problems.append((f"metadata.labels: Invalid value: {key!r}",
+                             "a label key must be an optional DNS prefix and '/' plus a name of "
+                             "at most 63 alphanumerics, '-', '_' or '.'"))
+        if len(value) > 63 or not _LABEL_VALUE.match(value):
+            problems.append((f"metadata.labels: Invalid value: {value!r}",
+                             "a label value must be at most 63 alphanumerics, '-', '_' or '.', "
+                             "starting and ending with an alphanumeric (or empty)"))
+    for key in annotations:
+        if not _qualified_name_ok(key):
+            problems.append((f"metadata.annotations: Invalid value: {key!r}",
+                             "an annotation key must be an optional DNS prefix and '/' plus a "
+                             "name of at most 63 alphanumerics, '-', '_' or '.'"))
+    if sum(len(k) + len(v) for k, v in annotations.items()) > 256 * 1024:
+        problems.append(("metadata.annotations", "Too long: must have at most 262144 bytes"))
+    return problems
 
 
 def _name(obj: dict[str, Any]) -> str:

@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("raven.apiserver")
 
 NAMESPACE_SUBRESOURCES = ("status", "finalize")
+MAX_BODY = 3 * 1024 * 1024  # kube-apiserver's limit for a request body
 
 
 class Route:
@@ -77,6 +78,18 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            if length <= 16 * MAX_BODY:  # drain it, so the client reads our answer
+                remaining = length
+                while remaining > 0:
+                    chunk = self.rfile.read(min(remaining, 1 << 20))
+                    if not chunk:
+                        break
+                    remaining -= len(chunk)
+            else:
+                self.close_connection = True  # the unread body makes the connection unusable
+            raise ApiError(413, "RequestEntityTooLarge",
+                           f"the request body is {length} bytes; the limit is {MAX_BODY}")
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             chunks = []
             while True:
@@ -136,9 +149,9 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         started = time.monotonic()
         self.warning = ""
-        body = self._read_body()
         code = 200
         try:
+            body = self._read_body()
             self._authenticate()
             url = urlsplit(self.path)
             query = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}

@@ -620,3 +620,21 @@ def test_events_core_and_events_k8s_io(api: client.ApiClient, namespace: str) ->
         regarding=client.V1ObjectReference(kind="Node", name="n1")))
     listed = events_v1.list_namespaced_event(namespace)
     assert [e.metadata.name for e in listed.items] == [created.metadata.name]
+
+
+def test_label_syntax_and_body_size_are_checked(core: client.CoreV1Api, namespace: str) -> None:
+    with pytest.raises(ApiException) as err:
+        core.create_namespaced_config_map(namespace, client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="lbl", labels={"bad key!": "x"})))
+    assert err.value.status == 422 and "metadata.labels" in err.value.body
+    with pytest.raises(ApiException) as err2:
+        core.create_namespaced_config_map(namespace, client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="lbl", labels={"ok": "-bad value-"})))
+    assert err2.value.status == 422
+    with pytest.raises(ApiException) as big:
+        core.create_namespaced_config_map(namespace, client.V1ConfigMap(
+            metadata=client.V1ObjectMeta(name="big"), data={"x": "y" * (4 * 1024 * 1024)}))
+    assert big.value.status == 413
+    fine = core.create_namespaced_config_map(namespace, client.V1ConfigMap(
+        metadata=client.V1ObjectMeta(name="lbl", labels={"example.com/role": "gw_1.a"})))
+    assert fine.metadata.labels == {"example.com/role": "gw_1.a"}
