@@ -111,9 +111,14 @@ def render(report: dict[str, Any]) -> str:
     peers = live.pop("peers", None) or []
     live.pop("drift", None)  # a fresh Dataplane has no plan to compare with: use the agent's
     drift = (agent or {}).get("drift")
-    for key, value in sorted(live.items()):
-        if not isinstance(value, dict | list):
-            lines.append(f"{key + ':':16}{value}")
+    backend = live.get("wireguard_backend")
+    lines.append(
+        f"kernel:         raven0 {'up' if live.get('vxlan') else 'absent'}, WireGuard "
+        + (f"up ({backend})" if live.get("wireguard") else "absent")
+        + f", {live.get('routes', 0)} routes, {live.get('rules', 0)} rules, "
+        # No set-element count: Dataplane.observe() counts them only against the plan it
+        # applied itself, which this fresh instance does not have.
+        f"{live.get('fdb', 0)} fdb, {live.get('neighbours', 0)} neighbours")
     lines.append(f"peers:          {len(peers)}")
     for peer in peers:
         age = peer.get("handshake_age_s")
