@@ -181,3 +181,13 @@ def test_elected_node_without_key_is_not_ready() -> None:
     ready = cond(plan.status, "Ready")
     assert ready["status"] == "False" and ready["reason"] == "PublicKeyMissing"
     assert constants.ANNOTATION_PUBLIC_KEY in ready["message"]
+
+
+def test_members_grouped_once_equal_members_per_gateway() -> None:
+    from raven.controller import members_by_pool
+
+    pools = members_by_pool(NODES)
+    assert [m.node_name for m in pools["gw-hz"]] == ["hz-1", "hz-2"]
+    obj = gateway("gw-hz", [{"nodeName": "hz-1", "type": "tunnel"}])
+    assert (compute_status(obj, NODES, {"hz-1": NOW}, NOW, pools=pools).status
+            == compute_status(obj, NODES, {"hz-1": NOW}, NOW).status)
