@@ -368,8 +368,13 @@ class GatewayController:
                 parsed.append(Gateway.from_k8s(obj))
             except ValidationError:
                 continue  # reported on the object itself by compute_status
-        fleet = fleet_problems(parsed, list(nodes.values()))
         pools = members_by_pool(nodes)
+        # Judge the fleet by the membership we are about to write, not by the stored
+        # status.nodes: a node that just moved pools is otherwise "in two pools" until our own
+        # write lands, and the condition would flap (two extra writes per move).
+        upcoming = [replace(g, status=replace(g.status, nodes=pools.get(g.name, ())))
+                    for g in parsed]
+        fleet = fleet_problems(upcoming, list(nodes.values()))
         writes, without = 0, 0
         for obj in objects:
             try:
