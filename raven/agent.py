@@ -360,6 +360,10 @@ class Agent:
         beating = threading.Thread(target=self._heartbeat_loop, args=(stop,), name="heartbeat",
                                    daemon=True)
         beating.start()
+        # The loop sleeps on _wake, not on stop: wake it when stop is set (SIGTERM), or a stop
+        # would wait for the next resync/stats deadline (up to 10 s, longer than a heartbeat).
+        threading.Thread(target=lambda: (stop.wait(), self._wake.set()), name="stop-waker",
+                         daemon=True).start()
         next_resync = next_stats = next_publish = 0.0
         applied_key: tuple[JSON | None, tuple[JSON, ...]] | None = None
         failures = 0
