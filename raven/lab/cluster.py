@@ -211,6 +211,9 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
     """Start the control plane and the agents on a built lab; wait until all pairs answer."""
     s = settings or ClusterSettings()
     lab = plan.name
+    if plan.tunnel == "none":
+        progress("tunnel: none: no overlay is started (the bare lab)")
+        return None
     started = time.monotonic()
     runtime.write_json_atomic(settings_path(lab), s.__dict__)
     progress(f"API server on {plan.control_plane.ip}:{APISERVER_PORT} (control-plane)")
@@ -235,8 +238,10 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
     if not wait:
         return None
     report = wait_all_pairs(plan, s.wait_timeout, progress)
+    answered = sum(p.ok for p in report.pairs)
     progress(f"overlay ready in {time.monotonic() - started:.1f}s: "
-             f"all {len(report.pairs)} pod pairs answer")
+             + (f"all {answered} pod pairs answer" if answered == len(report.pairs) else
+                f"all {answered} connectable pod pairs answer (of {len(report.pairs)})"))
     return report
 
 
@@ -253,15 +258,40 @@ def _wait_nodes(lab: str, count: int, timeout: float = 30.0) -> None:
                        f"{_log_tail(lab, CONTROL_PLANE, KUBELET)}")
 
 
+def pool_pair_expected(plan: LabPlan, src_pool: str, dst_pool: str) -> bool:
+    """Can the overlay connect these pools? Same pool always; else both need a gateway
+    candidate, and two pools behind NAT need a public pool with a candidate to relay them."""
+    if src_pool == dst_pool:
+        return True
+    pools = {p.name: p for p in plan.pools}
+
+    def has_gateway(pool: PoolPlan) -> bool:
+        return any(n.gateway_candidate for n in pool.nodes)
+
+    a, b = pools[src_pool], pools[dst_pool]
+    if not (has_gateway(a) and has_gateway(b)):
+        return False
+    if a.public or b.public:
+        return True
+    return any(p.public and has_gateway(p) for p in plan.pools)
+
+
 def wait_all_pairs(plan: LabPlan, timeout: float, progress: Progress = _quiet) -> PingReport:
-    """Ping all pairs until every one answers; CommandError naming the failing pairs otherwise."""
+    """Ping all pairs until every pair the overlay can connect answers (pool_pair_expected);
+    CommandError naming the failing pairs otherwise."""
     deadline = time.monotonic() + timeout
     last = ""
+    unreachable = {(a.name, b.name) for a in plan.pools for b in plan.pools
+                   if not pool_pair_expected(plan, a.name, b.name)}
+    if unreachable:
+        progress("not expected to connect (no gateway candidate, or NAT to NAT without a "
+                 "public pool to relay): " + ", ".join(f"{a}->{b}" for a, b in sorted(unreachable)))
     while True:
         report = ping_all(plan, scope="all", tries=1, timeout_s=1)
-        ok = sum(p.ok for p in report.pairs)
-        line = f"waiting for the overlay: {ok}/{len(report.pairs)} pod pairs answer"
-        if report.ok:
+        expected = [p for p in report.pairs if (p.src_pool, p.dst_pool) not in unreachable]
+        ok = sum(p.ok for p in expected)
+        line = f"waiting for the overlay: {ok}/{len(expected)} pod pairs answer"
+        if ok == len(expected):
             return report
         if line != last:
             progress(line)
@@ -269,7 +299,7 @@ def wait_all_pairs(plan: LabPlan, timeout: float, progress: Progress = _quiet) -
         dead = [n.name for _, n in plan.nodes()
                 if not runtime.process_running(plan.name, n.name, AGENT)]
         if time.monotonic() > deadline or dead:
-            failed = [f"{p.src}->{p.dst}" for p in report.pairs if not p.ok]
+            failed = [f"{p.src}->{p.dst}" for p in expected if not p.ok]
             why = f"agents exited on {', '.join(dead)}" if dead else f"after {timeout:.0f}s"
             tail = _log_tail(plan.name, dead[0], AGENT) if dead else ""
             raise CommandError(

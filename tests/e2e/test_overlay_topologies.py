@@ -74,3 +74,43 @@ def test_lab_up_all_pairs_then_down_leaves_nothing(topology: str) -> None:
         assert lab not in raven("lab", "list").stdout
     finally:
         teardown.down(lab)
+
+
+ODD = """
+name: odd
+underlayMTU: 9000
+pools:
+  - {name: hq, gateway: gw-hq, nat: cone, pods: 2, nodes: [
+      {name: hq-a, podCIDR: 10.50.0.0/28, gatewayCandidate: true},
+      {name: hq-b, podCIDR: 10.50.0.16/28}]}
+  - {name: br, gateway: gw-br, nat: symmetric, nodes: [
+      {name: br-a, podCIDR: 10.60.0.0/30, gatewayCandidate: true, pods: 1}]}
+  - {name: pub, gateway: gw-pub, nat: none, nodes: [
+      {name: pub-a, podCIDR: 10.70.0.0/24, pods: 1},
+      {name: pub-b, podCIDR: 10.70.1.0/24, gatewayCandidate: true, pods: 3}]}
+  - {name: dark, gateway: gw-dark, nat: cone, nodes: [
+      {name: dark-a, podCIDR: 10.80.0.0/24, pods: 1}]}
+"""
+
+
+def test_unusual_topology_connects_what_can_be_connected(tmp_path: Path) -> None:
+    """Jumbo underlay, /28 and /30 pods, several pods per node, the public pool's gateway not
+    its first node, NAT to NAT relayed through it, and a pool without any gateway candidate
+    (only its own pods reach it): `lab up` succeeds once every connectable pair answers."""
+    path = tmp_path / "odd.yaml"
+    path.write_text(ODD)
+    lab = unique_lab_name("ov")
+    try:
+        up = raven("lab", "up", str(path), "--name", lab)
+        assert up.returncode == 0, up.stderr[-3000:]
+        assert "dark->pub" in up.stderr  # announced as not connectable
+        ping = raven("lab", "ping", lab, "--json", timeout=180)
+        pairs = json.loads(ping.stdout)["pairs"]
+        for p in pairs:
+            cross_dark = "dark" in (p["src_pool"], p["dst_pool"]) and p["src_pool"] != p[
+                "dst_pool"]
+            assert p["ok"] != cross_dark, p
+        assert ping.returncode == 1  # `lab ping` reports the dark pool's pairs as failing
+        assert any(p["ok"] for p in pairs if {p["src_pool"], p["dst_pool"]} == {"hq", "br"})
+    finally:
+        teardown.down(lab)
