@@ -80,6 +80,18 @@ def settings_path(lab: str) -> Path:
     return runtime.run_dir(lab) / "cluster.json"
 
 
+def has_overlay(lab: str) -> bool:
+    """True when `up` started the overlay on this lab (not a --network-only lab)."""
+    return settings_path(lab).exists()
+
+
+def require_overlay(lab: str) -> None:
+    runtime.load_plan(lab)
+    if not has_overlay(lab):
+        raise CommandError(f"lab {lab!r} runs no overlay (built with --network-only or tunnel "
+                           f"none): no API server, controller or agents to act on")
+
+
 def load_settings(lab: str) -> ClusterSettings:
     try:
         data = json.loads(settings_path(lab).read_text())
@@ -96,6 +108,7 @@ def raven_argv(*args: str) -> list[str]:
 def kubectl(lab: str, *args: str, stdin: str | None = None, check: bool = True,
             timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
     """kubectl with the admin kubeconfig, run inside the control-plane namespace."""
+    require_overlay(lab)
     argv = [*runtime.exec_argv(lab, CONTROL_PLANE), "kubectl", "--kubeconfig",
             str(kubeconfig_path(lab)), *args]
     proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
@@ -189,6 +202,7 @@ def agent_argv(lab: str, pool: PoolPlan, node: NodePlan, settings: ClusterSettin
 
 
 def start_agent(lab: str, node: str, settings: ClusterSettings | None = None) -> int:
+    require_overlay(lab)
     s = settings or load_settings(lab)
     plan = runtime.load_plan(lab)
     found = [(p, n) for p, n in plan.nodes() if n.name == node]

@@ -59,6 +59,7 @@ def agent_restart(lab: str, node: str) -> float:
     """Stop the node's agent with SIGTERM and start a new one; seconds the agent was away."""
     plan = runtime.load_plan(lab)
     _node(plan, node)
+    cluster.require_overlay(lab)
     if down_marker(lab, node).exists():
         raise CommandError(f"lab {lab!r}: node {node!r} is down; `raven lab node-up {lab} {node}`")
     started = time.monotonic()
@@ -110,7 +111,7 @@ def node_up(lab: str, node: str, reboot: bool = False) -> None:
         wipe_node(plan, pool, n)
     _port(pool, n, "up")
     down_marker(lab, node).unlink(missing_ok=True)
-    if not runtime.process_running(lab, node, cluster.AGENT):
+    if cluster.has_overlay(lab) and not runtime.process_running(lab, node, cluster.AGENT):
         cluster.start_agent(lab, node)
 
 
@@ -210,6 +211,7 @@ def gateway_fail(lab: str, pool_name: str) -> str:
 
 
 def control_plane_stop(lab: str) -> None:
+    cluster.require_overlay(lab)
     runtime.stop_process(lab, CONTROL_PLANE, cluster.CONTROLLER)
     runtime.stop_process(lab, CONTROL_PLANE, cluster.APISERVER)
 
@@ -217,6 +219,7 @@ def control_plane_stop(lab: str) -> None:
 def control_plane_start(lab: str, settle: float = 3.0) -> None:
     """API server first; the controller `settle` seconds later, once agents renewed their
     heartbeats, so its first election sees the candidates alive rather than stale."""
+    cluster.require_overlay(lab)
     if not runtime.process_running(lab, CONTROL_PLANE, cluster.APISERVER):
         cluster.start_apiserver(lab)
     if not runtime.process_running(lab, CONTROL_PLANE, cluster.CONTROLLER):
