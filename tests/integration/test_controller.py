@@ -288,3 +288,30 @@ def test_leader_handover_between_two_controller_processes(tmp_path: Path) -> Non
                     proc.kill()
                     proc.wait(timeout=10)
             kube.close()
+
+
+def test_node_moving_pools_writes_each_gateway_once(cluster: Cluster) -> None:
+    cluster.beat("hz-1")
+    cluster.beat("bj-1")
+    cluster.kube.create(GATEWAYS, gateway_obj("gw-hz", ["hz-1"]))
+    cluster.kube.create(GATEWAYS, gateway_obj("gw-bj", ["bj-1"]))
+    wait_for(lambda: cluster.active("gw-hz") == ["hz-1"] and cluster.active("gw-bj") == ["bj-1"],
+             what="both pools elected")
+    reconciles = cluster.controller.reconciles
+    wait_for(lambda: cluster.controller.reconciles >= reconciles + 3, what="settled")
+    writes = cluster.controller.writes
+    kubectl(cluster.server.kubeconfig, "label", "node", "hz-2", "--overwrite",
+            f"{constants.GATEWAY_LABEL}=gw-bj")
+
+    def members(name: str) -> list[str]:
+        return [n["nodeName"] for n in cluster.gw(name)["status"]["nodes"]]
+
+    wait_for(lambda: members("gw-bj") == ["bj-1", "hz-2"] and members("gw-hz") == ["hz-1"],
+             what="hz-2 moved to gw-bj")
+    reconciles = cluster.controller.reconciles
+    wait_for(lambda: cluster.controller.reconciles >= reconciles + 5, what="5 more reconciles")
+    assert cluster.controller.writes == writes + 2  # one per changed Gateway, no flapping
+    for name in ("gw-hz", "gw-bj"):
+        cond = next(c for c in cluster.gw(name)["status"]["conditions"]
+                    if c["type"] == "SpecValid")
+        assert cond["status"] == "True"
