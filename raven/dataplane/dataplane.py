@@ -15,8 +15,9 @@ Caches (why a no-op reconcile of 10,000 routes costs milliseconds, not a 10,000-
 routes and rules of our tables are dumped once, then kept equal to what we wrote; a netlink
 event stream invalidates them on any foreign change to our tables or devices (our own writes
 are recognised by port id), and on any event overrun. The nft table is listed only when the
-ruleset generation id moved since our last read or write. WireGuard and FDB/neighbours are read
-live on every reconcile (there is no change notification for WireGuard peers).
+ruleset generation id moved since our last read or write. FDB/neighbours are read live on every
+reconcile. WireGuard has no change notification: apply diffs against what it last wrote (see
+wireguard/device.py), and `repair`, `observe` and a 30 s age limit read it in full again.
 """
 
 from __future__ import annotations
@@ -143,6 +144,7 @@ class Dataplane:
         with self._lock:
             if self._last is None:
                 return ApplyResult(0, ())
+            self.wireguard.resync()  # repair reads WireGuard in full: nothing notifies its drift
             return self.apply(self._last)
 
     def _our_tables(self, state: NodeState | None) -> tuple[int, ...]:
@@ -438,6 +440,8 @@ class Dataplane:
             drift: tuple[str, ...] = ()
             if self._last is not None:
                 drift = tuple(self._reconcile(self._last, write=False)[1])
+                if drift:  # the next apply must not trust what it last wrote
+                    self.wireguard.resync()
             return DataplaneStatus(
                 vxlan=vx is not None, wireguard=wg is not None,
                 wireguard_backend=self.wireguard.backend if wg else None,

@@ -100,6 +100,9 @@ def encode_set(ifname: str, write: DeviceWrite) -> bytes:
         body += attr_u16(WGDEVICE_A_LISTEN_PORT, write.listen_port)
     peers: list[bytes] = []
     for peer in write.peers:
+        if peer.removed_allowed_ips:  # the applier asks this of wireguard-go only
+            raise DataplaneError("kernel WireGuard: single allowed-IP removal is not encoded; "
+                                 "diff with move_removed=False")
         parts = [attr(WGPEER_A_PUBLIC_KEY, base64.b64decode(peer.public_key))]
         flags = 0
         if peer.remove:

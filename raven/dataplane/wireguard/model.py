@@ -3,7 +3,9 @@
 Rules kept: a peer that is equal to the desired one produces no write at all (a rewrite resets
 the session and interrupts traffic); an endpoint of None in the desired peer means "learned from
 the handshake" and never causes a write; allowed IPs that are only added are sent without
-replacing the list (no window without routes); only a removal replaces the list.
+replacing the list (no window without routes); a removal replaces the list, or, with
+`move_removed` (wireguard-go, whose UAPI has no single-IP removal), moves only the removed IPs to
+a throwaway peer that the same write deletes: O(removed), and the peer's other IPs never leave.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class PeerWrite:
     preshared_key: str | None = None  # "" = clear it
     replace_allowed_ips: bool = False
     allowed_ips: tuple[str, ...] = ()  # the full list when replacing, else only the additions
+    removed_allowed_ips: tuple[str, ...] = ()  # taken away one by one (not with replace)
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,8 @@ def canonical_endpoint(endpoint: str) -> str:
 
 
 def diff_device(private_key: str, listen_port: int, desired: tuple[WireGuardPeer, ...],
-                live: LiveDevice) -> tuple[DeviceWrite, list[str]]:
+                live: LiveDevice, *, move_removed: bool = False
+                ) -> tuple[DeviceWrite, list[str]]:
     changes: list[str] = []
     write_key = None if live.private_key == private_key else private_key
     if write_key:
@@ -101,10 +105,12 @@ def diff_device(private_key: str, listen_port: int, desired: tuple[WireGuardPeer
         added = want_ips - have.allowed_ips
         if endpoint is None and keepalive is None and psk is None and not removed and not added:
             continue
+        replace_all = bool(removed) and not move_removed
         peers.append(PeerWrite(
             public_key=key, endpoint=endpoint, keepalive=keepalive, preshared_key=psk,
-            replace_allowed_ips=bool(removed),
-            allowed_ips=tuple(sorted(want_ips if removed else added)),
+            replace_allowed_ips=replace_all,
+            allowed_ips=tuple(sorted(want_ips if replace_all else added)),
+            removed_allowed_ips=() if replace_all else tuple(sorted(removed)),
         ))
         what = [n for n, v in (("endpoint", endpoint), ("keepalive", keepalive), ("psk", psk))
                 if v is not None]

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import base64
 import re
+import secrets
 import socket
 from pathlib import Path
 
 from raven.dataplane.errors import DataplaneError
+from raven.dataplane.wireguard import keys
 from raven.dataplane.wireguard.model import (
     DeviceWrite,
     LiveDevice,
@@ -53,6 +55,15 @@ def encode_set(write: DeviceWrite) -> str:
         if peer.replace_allowed_ips:
             lines.append("replace_allowed_ips=true")
         lines.extend(f"allowed_ip={cidr}" for cidr in peer.allowed_ips)
+    removed = [cidr for peer in write.peers for cidr in peer.removed_allowed_ips]
+    if removed:
+        # No single-IP removal in the UAPI: an allowed IP belongs to one peer, so giving it to
+        # a throwaway peer (a fresh random key, no endpoint: it never handshakes) takes it from
+        # its owner, and deleting that peer in the same request drops it. One daemon lock.
+        throwaway = keys.public_key_of(secrets.token_bytes(32)).hex()
+        lines.append(f"public_key={throwaway}")
+        lines.extend(f"allowed_ip={cidr}" for cidr in removed)
+        lines += [f"public_key={throwaway}", "remove=true"]
     return "\n".join(lines) + "\n\n"
 
 

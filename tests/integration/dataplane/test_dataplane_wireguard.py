@@ -189,3 +189,46 @@ def test_kernel_backend(make_node) -> None:
     assert run("ip", "netns", "exec", node.ns, "wg", "show", "raven-wg0", "listen-port"
                ).stdout.strip() == "4500"
     assert dp.apply(state).writes == 0
+
+
+KEY_P = base64.b64encode(bytes(range(1, 33))).decode()
+KEY_Q = base64.b64encode(bytes(range(2, 34))).decode()
+
+
+def peer(key: str, *nets: str) -> WireGuardPeer:
+    return WireGuardPeer(public_key=key, endpoint="198.51.100.9:4500",
+                         allowed_ips=tuple(sorted(nets)), keepalive=0)
+
+
+def test_written_state_cache_removes_one_ip_and_repair_rereads(make_node) -> None:
+    """apply diffs wireguard-go against what it last wrote (no full `get`); a single removed
+    allowed IP leaves only that IP (no throwaway peer left over), and a foreign `wg set` that the
+    cache cannot see is repaired by `repair()` (which reads the device in full)."""
+    node = make_node()
+    dp = node.dataplane(wireguard_backend="userspace")
+    nets = ("10.2.0.0/24", "10.2.2.0/24", "10.2.4.0/24")
+    full = gateway(None, members=(), remote=nets, peers=(peer(KEY_P, *nets), peer(KEY_Q)))
+    dp.apply(full)
+    assert dp.apply(full).writes == 0
+    fewer = gateway(None, members=(), remote=nets[:1] + nets[2:],
+                    peers=(peer(KEY_P, nets[0], nets[2]), peer(KEY_Q)))
+    assert dp.apply(fewer).writes == 3  # route, nft element, one allowed-IP removal
+    dump = node.wg_dump()
+    assert set(dump) == {KEY_P, KEY_Q}  # the throwaway peer is gone
+    assert set(dump[KEY_P]["allowed_ips"].split(",")) == {nets[0], nets[2]}
+    assert dump[KEY_Q]["allowed_ips"] == "(none)"
+    assert dp.apply(fewer).writes == 0
+    # A foreign change: the cache still believes the device is as written...
+    node.wg("set", "raven-wg0", "peer", KEY_Q, "remove")
+    node.wg("set", "raven-wg0", "peer", KEY_P, "allowed-ips", nets[0])
+    assert KEY_Q not in node.wg_dump()
+    assert any("wireguard peer" in c for c in dp.observe().drift)  # observe reads in full
+    # ...and repair reads the device in full and writes the difference back.
+    assert dp.repair().writes >= 1
+    dump = node.wg_dump()
+    assert set(dump) == {KEY_P, KEY_Q}
+    assert set(dump[KEY_P]["allowed_ips"].split(",")) == {nets[0], nets[2]}
+    assert dp.apply(fewer).writes == 0
+    node.wg("set", "raven-wg0", "peer", KEY_Q, "remove")  # again, now seen through repair only
+    assert dp.repair().writes == 1
+    assert KEY_Q in node.wg_dump()
