@@ -188,6 +188,10 @@ class Dataplane:
         return result
 
     def _reconcile(self, state: NodeState, write: bool) -> tuple[int, list[str]]:
+        with self.links.reconcile_scope():  # one link dump serves the whole reconcile
+            return self._reconcile_in_scope(state, write)
+
+    def _reconcile_in_scope(self, state: NodeState, write: bool) -> tuple[int, list[str]]:
         writes = 0
         changes: list[str] = []
 

@@ -131,6 +131,14 @@ class WireGuardApplier:
 
     def apply(self, desired: WireGuardDevice | None, private_key: str, *,
               write: bool = True) -> tuple[int, list[str]]:
+        try:
+            return self._apply(desired, private_key, write=write)
+        finally:
+            if write:  # wireguard-go creates and removes its TUN device itself
+                self.links.invalidate()
+
+    def _apply(self, desired: WireGuardDevice | None, private_key: str, *,
+               write: bool = True) -> tuple[int, list[str]]:
         changes: list[str] = []
         have = self.links.get(self.ifname)
         if desired is None:
@@ -150,6 +158,8 @@ class WireGuardApplier:
             self.backend = self.backend or self.kind_of(have)
         else:
             writes += self._ensure_device(have, changes)
+            if writes:
+                self.links.invalidate()
             have = self.links.get(self.ifname)
             if have is None:
                 raise DataplaneError(f"wireguard {self.ifname}: device did not appear")
