@@ -6,8 +6,9 @@ Measures, in the same run and on identical freshly built namespaces:
 - reference: the same content written by the standard tools: `ip -batch` for the routes,
   one `nft -f` for the set elements, `wg addconf` for the peer's allowed IPs;
 - incremental: one more subnet (then one fewer, alternately) applied with `Dataplane.apply`:
-  it reads live state and writes 3 things (a route, an nft element, an allowed IP); the median
-  of --rounds rounds, wall clock and our process's CPU time;
+  it diffs against its caches (routes kept equal to what it wrote, the nft generation id,
+  WireGuard as it last wrote it) and writes 3 things (a route, an nft element, an allowed IP);
+  the median of --rounds rounds, wall clock and our process's CPU time;
 - no-op: the same state applied again (0 writes).
 Prints a human summary, and with --json the figures as the last line:
 {"ours_s", "reference_s", "ratio", "incremental_ms", ...}. It decides nothing (no pass/fail).
@@ -140,8 +141,9 @@ def main() -> int:
         "ratio": round(ours_s / ref_s, 2),
         "incremental_ms": round(incremental_ms, 2),
         "incremental_cpu_ms": round(statistics.median(cpu), 2),
-        # Adding a subnet adds one allowed IP; removing one makes wireguard-go replace the peer's
-        # whole list (its UAPI has no single-IP removal), so the two are reported apart.
+        # Adding a subnet adds one allowed IP; removing one moves that IP to a throwaway peer
+        # deleted in the same request (wireguard-go's UAPI has no single-IP removal), so the
+        # two are reported apart.
         "incremental_add_ms": round(statistics.median(steps[0::2]), 2),
         "incremental_remove_ms": round(statistics.median(steps[1::2]), 2) if steps[1:] else None,
         "noop_ms": round(noop_ms, 2),
