@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import threading
 from pathlib import Path
 
 from raven.errors import CommandError
@@ -43,6 +41,7 @@ def run_agent(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from raven.agent import Agent, AgentSettings
+    from raven.health import run_until_signalled
     from raven.kube.errors import KubeError
     from raven.kube.settings import KubeSettings
     from raven.topology import PlanOptions
@@ -72,21 +71,9 @@ def run_agent(args: argparse.Namespace) -> int:
     if args.kubeconfig is not None and not args.kubeconfig.is_file():
         raise CommandError(f"--kubeconfig {args.kubeconfig}: no such file")
     agent = Agent(settings)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server = None
-    if args.metrics_listen:
-        try:
-            server = agent.health_server(args.metrics_listen).start()
-        except (OSError, ValueError) as exc:
-            raise CommandError(f"--metrics-listen {args.metrics_listen}: {exc}") from exc
     logging.getLogger("raven.agent").info("agent %s starting", args.node)
     try:
-        agent.run(stop)
+        run_until_signalled(agent.run, agent.health_server, args.metrics_listen)
     except KubeError as exc:  # e.g. an unreadable kubeconfig, found at connect()
         raise CommandError(f"agent {args.node}: {exc}") from exc
-    finally:
-        if server is not None:
-            server.stop()
     return 0

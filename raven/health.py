@@ -8,12 +8,15 @@ is given, so a slow scrape can never block a reconcile; it binds exactly the add
 from __future__ import annotations
 
 import json
+import signal
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+from raven.errors import CommandError
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -80,3 +83,29 @@ class HealthServer:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def run_until_signalled(
+    run: Callable[[threading.Event], None],
+    health_server: Callable[[str], HealthServer],
+    listen: str | None,
+) -> None:
+    """Run a daemon's main loop until SIGTERM or SIGINT, serving health and metrics on `listen`.
+
+    The signal only sets the stop event: the loop finishes its current step and returns, so the
+    agent leaves the data plane in place (hitless restart) and the controller releases its lease.
+    """
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    server = None
+    if listen:
+        try:
+            server = health_server(listen).start()
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"--metrics-listen {listen}: {exc}") from exc
+    try:
+        run(stop)
+    finally:
+        if server is not None:
+            server.stop()

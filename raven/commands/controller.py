@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
 from pathlib import Path
 
 from raven.errors import CommandError
@@ -39,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from raven.controller import ControllerSettings, GatewayController
     from raven.election import ElectionOptions
+    from raven.health import run_until_signalled
     from raven.kube.client import KubeSettings
     from raven.kube.errors import KubeError
     from raven.kube.lease import LeaderSettings
@@ -65,20 +64,7 @@ def run(args: argparse.Namespace) -> int:
         controller = GatewayController(settings)
     except KubeError as exc:
         raise CommandError(str(exc)) from exc
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server = None
-    if args.metrics_listen:
-        try:
-            server = controller.health_server(args.metrics_listen).start()
-        except (OSError, ValueError) as exc:
-            raise CommandError(f"--metrics-listen {args.metrics_listen}: {exc}") from exc
     logging.getLogger("raven.controller").info(
         "controller %s starting against %s", settings.identity, controller.kube.host)
-    try:
-        controller.run(stop)
-    finally:
-        if server is not None:
-            server.stop()
+    run_until_signalled(controller.run, controller.health_server, args.metrics_listen)
     return 0
