@@ -14,7 +14,7 @@ if [[ $(id -u) -ne 0 ]]; then
   exit 1
 fi
 
-apt_packages=(iproute2 nftables wireguard-go wireguard-tools iperf3 iputils-ping tcpdump procps)
+apt_packages=(iproute2 nftables wireguard-go wireguard-tools iperf3 iputils-ping tcpdump procps graphviz)
 # Debian's kubernetes-client is old; only fall back to it when no kubectl is on the machine.
 command -v kubectl >/dev/null 2>&1 || apt_packages+=(kubernetes-client)
 
