@@ -11,6 +11,11 @@ Rules kept:
   namespace where that directory is bind-mounted on /var/run/wireguard, so its socket appears
   in our directory and nobody else's /var/run/wireguard is touched;
 - only a process whose pid we recorded is ever signalled.
+
+Scheduling: with kernel.sched_autogroup_enabled=1 the new session is also a new autogroup. That
+is where the daemon belongs (on a real gateway it is apart from the workloads, as under systemd);
+raising the group's weight (/proc/<pid>/autogroup nice -5 / -10) measured no gain in the lab
+(docs/benchmarks.md, Throughput), so there is no setting for it.
 """
 
 from __future__ import annotations
