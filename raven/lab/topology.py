@@ -157,18 +157,28 @@ def parse_topology(data: object, source: str = "topology") -> Topology:
     return Topology(name=name, tunnel=tunnel, pools=tuple(pools), description=description)
 
 
+def _parse_name(raw: Mapping, where: str, index: int, problems: list[str]) -> tuple[str, bool]:
+    """The entry's 'name', or a placeholder `#<index>` (and a problem) when missing or invalid.
+
+    The placeholder keeps later messages about the same entry readable; the flag says whether
+    the name is real.
+    """
+    name = raw.get("name")
+    if name is None:
+        problems.append(f"{where}: field 'name' is missing")
+    elif _name_problem(name):
+        problems.append(f"{where}: field 'name': {_name_problem(name)}")
+    else:
+        return name, True
+    return f"#{index}", False
+
+
 def _parse_pool(raw: object, index: int, default_mtu: int, problems: list[str]) -> PoolSpec | None:
     where = f"pools[{index}]"
     if not isinstance(raw, Mapping):
         problems.append(f"{where}: must be a mapping with name, nat and nodes, got {_kind(raw)}")
         return None
-    name = raw.get("name")
-    if name is None:
-        problems.append(f"{where}: field 'name' is missing")
-        name = f"#{index}"
-    elif _name_problem(name):
-        problems.append(f"{where}: field 'name': {_name_problem(name)}")
-        name = f"#{index}"
+    name, _ = _parse_name(raw, where, index, problems)
     where = f"pool {name!r}"
     for key in sorted(set(map(str, raw)) - POOL_KEYS):
         problems.append(f"{where}: unknown field {key!r} (known: {', '.join(sorted(POOL_KEYS))})")
@@ -207,14 +217,8 @@ def _parse_node(raw: object, pool_where: str, index: int, default_pods: int,
     if not isinstance(raw, Mapping):
         problems.append(f"{where}: must be a mapping with name and podCIDR, got {_kind(raw)}")
         return None
-    name = raw.get("name")
-    if name is None:
-        problems.append(f"{where}: field 'name' is missing")
-        name = f"#{index}"
-    elif _name_problem(name):
-        problems.append(f"{where}: field 'name': {_name_problem(name)}")
-        name = f"#{index}"
-    else:
+    name, named = _parse_name(raw, where, index, problems)
+    if named:
         where = f"{pool_where} node {name!r}"
         reserved = _reserved_problem(name)
         if reserved:
