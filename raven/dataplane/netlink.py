@@ -187,18 +187,24 @@ class NetlinkSocket:
     def _read_acks(self, barrier: int, by_seq: dict[int, Request],
                    failures: list[NetlinkError]) -> None:
         while True:
-            data = self.sock.recv(1 << 20)
-            offset = 0
-            while offset + 16 <= len(data):
-                length, msg_type, _flags, seq, _pid = _HDR.unpack_from(data, offset)
-                if msg_type == NLMSG_ERROR and seq in by_seq:
-                    code = -_ERR.unpack_from(data, offset + 16)[0]
-                    req = by_seq[seq]
-                    if code and code not in _IGNORABLE.get(req.op, ()):
-                        failures.append(NetlinkError(code, req.what))
-                    if seq == barrier:
-                        return
-                offset += (length + 3) & ~3
+            for seq, code in self._recv_acks():
+                req = by_seq.get(seq)
+                if req is None:
+                    continue
+                if code and code not in _IGNORABLE.get(req.op, ()):
+                    failures.append(NetlinkError(code, req.what))
+                if seq == barrier:
+                    return
+
+    def _recv_acks(self) -> Iterator[tuple[int, int]]:
+        """(sequence number, errno) of every NLMSG_ERROR (an ACK when errno is 0) in one read."""
+        data = self.sock.recv(1 << 20)
+        offset = 0
+        while offset + 16 <= len(data):
+            length, msg_type, _flags, seq, _pid = _HDR.unpack_from(data, offset)
+            if msg_type == NLMSG_ERROR:
+                yield seq, -_ERR.unpack_from(data, offset + 16)[0]
+            offset += (length + 3) & ~3
 
     def write_batch(self, requests: Sequence[Request]) -> None:
         """Send all requests in ONE buffer (a netfilter batch must arrive as one message).
@@ -220,16 +226,10 @@ class NetlinkSocket:
         self.sock.settimeout(10)
         try:
             while pending:
-                data = self.sock.recv(1 << 20)
-                offset = 0
-                while offset + 16 <= len(data):
-                    length, msg_type, _flags, seq, _pid = _HDR.unpack_from(data, offset)
-                    if msg_type == NLMSG_ERROR and seq in pending:
-                        code = -_ERR.unpack_from(data, offset + 16)[0]
-                        req = pending.pop(seq)
-                        if code:
-                            failures.append(NetlinkError(code, req.what))
-                    offset += (length + 3) & ~3
+                for seq, code in self._recv_acks():
+                    req = pending.pop(seq, None)
+                    if req is not None and code:
+                        failures.append(NetlinkError(code, req.what))
                 if failures:
                     break  # the kernel aborted the whole batch
         except TimeoutError:
