@@ -11,25 +11,14 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from kube_support import free_port, raven_cmd, wait_for
 
-from raven.apiserver.server import RunningApiServer, start
-from raven.apiserver.settings import ApiServerSettings
+from raven.apiserver.server import RunningApiServer
 from raven.kube.client import GATEWAYS, NODES, Kube, KubeSettings
 from raven.kube.lease import Heartbeat
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningApiServer]:
-    running = start(ApiServerSettings(data_dir=tmp_path / "api", port=0))
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def gateway(name: str, node: str, ip: str, cidr: str, nat: bool) -> dict:

@@ -5,30 +5,18 @@ commands they run are accepted by our own CLI."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 from kube_support import ROOT, kubectl
 
-from raven.apiserver.server import RunningApiServer, start
-from raven.apiserver.settings import ApiServerSettings
+from raven.apiserver.server import RunningApiServer
 from raven.cli import build_parser
 
 AGENT = [ROOT / "agent" / "rbac.yaml", ROOT / "agent" / "daemonset.yaml"]
 GATEWAY = [ROOT / "gateway" / "crd.yaml", ROOT / "gateway" / "rbac.yaml",
            ROOT / "gateway" / "controller.yaml"]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RunningApiServer]:
-    running = start(ApiServerSettings(data_dir=tmp_path / "api", port=0))
-    try:
-        yield running
-    finally:
-        running.stop()
 
 
 def docs(path: Path) -> list[dict[str, Any]]:
