@@ -44,6 +44,7 @@ from raven.desired import (
     WireGuardPeer,
 )
 from raven.model import TUNNEL, Endpoint, Gateway, Node, NodeInfo
+from raven.settings import OverlaySettings
 
 VTEP_NETWORK = ipaddress.IPv4Network("240.0.0.0/4")  # reserved (class E): never on an underlay
 VTEP_PREFIXLEN = 32  # the device address only; neighbours and onlink routes need no subnet
@@ -51,32 +52,10 @@ VTEP_MAC_PREFIX_V4 = (0x0E, 0x52)  # locally administered, unicast; + the 4 IPv4
 VTEP_MAC_PREFIX_V6 = (0x0E, 0x56)  # + 4 bytes of a hash of the IPv6 address
 
 
-@dataclass(frozen=True)
-class PlanOptions:
-    """Every knob of the plan; defaults from raven.constants (Raven's values)."""
-
-    vxlan_device: str = constants.VXLAN_DEVICE
-    vxlan_vni: int = constants.VXLAN_VNI
-    vxlan_port: int = constants.VXLAN_PORT
-    vxlan_table: int = constants.VXLAN_TABLE
-    wireguard_device: str = constants.WIREGUARD_DEVICE
-    wireguard_port: int = constants.WIREGUARD_PORT
-    wireguard_table: int = constants.WIREGUARD_TABLE
-    rule_priority: int = constants.RULE_PRIORITY
-    fwmark: int = constants.FWMARK
-    nft_table: str = constants.NFT_TABLE
-    vxlan_overhead: int = constants.VXLAN_OVERHEAD
-    wireguard_overhead: int = constants.WIREGUARD_OVERHEAD
-    underlay_mtu: int = constants.DEFAULT_UNDERLAY_MTU
-    keepalive: int = constants.DEFAULT_KEEPALIVE_SECONDS
-
-    @property
-    def vxlan_mtu(self) -> int:
-        return self.underlay_mtu - self.vxlan_overhead
-
-    @property
-    def tunnel_mtu(self) -> int:
-        return self.underlay_mtu - self.wireguard_overhead
+# The planner's knobs are the overlay section of the settings root (one definition, shared with
+# the data plane). The old name stays for callers.
+PlanOptions = OverlaySettings
+_DEFAULT_OPTIONS = OverlaySettings()
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,7 +258,7 @@ def _alone(name: str, pool: str | None, notes: list[str]) -> NodeState:
 
 
 def plan_node(
-    gateways: Sequence[Gateway], me: Node | str, options: PlanOptions = PlanOptions()
+    gateways: Sequence[Gateway], me: Node | str, options: PlanOptions = _DEFAULT_OPTIONS
 ) -> NodeState:
     """The complete desired data-plane state of node `me` (a Node, or a name whose facts then
     come from Gateway status)."""
