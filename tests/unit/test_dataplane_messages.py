@@ -8,11 +8,14 @@ round-tripped through our decoder.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import socket
 import struct
 import subprocess
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from raven.dataplane import rtnl
 from raven.dataplane.errors import DataplaneError
@@ -43,7 +46,7 @@ def test_genl_set_device_layout() -> None:
                   replace_allowed_ips=True, allowed_ips=("10.2.0.0/16", "fd00:2::/64")),
         PeerWrite(public_key=K1, remove=True),
     ))
-    body = genl.encode_set("raven-wg0", write)
+    [body] = genl.encode_set("raven-wg0", write)
     cmd, version, _ = struct.unpack_from("=BBH", body)
     assert (cmd, version) == (genl.WG_CMD_SET_DEVICE, 1)
     top = parse_attrs(body, 4)
@@ -82,7 +85,7 @@ def _offsets(data: bytes, start: int) -> list[int]:
 
 def test_genl_decode_reads_what_the_kernel_sends() -> None:
     # A GET_DEVICE reply has the SET layout plus counters: build one and decode it.
-    body = genl.encode_set("raven-wg0", DeviceWrite(private_key=K1, listen_port=51820, peers=(
+    [body] = genl.encode_set("raven-wg0", DeviceWrite(private_key=K1, listen_port=51820, peers=(
         PeerWrite(public_key=K2, endpoint="[2001:db8::1]:4500", keepalive=0,
                   allowed_ips=("10.2.0.0/16",)),)))
     live = genl.decode_get([body])
@@ -90,6 +93,143 @@ def test_genl_decode_reads_what_the_kernel_sends() -> None:
     peer = live.peers[K2]
     assert peer.endpoint == "[2001:db8::1]:4500"
     assert peer.allowed_ips == frozenset({"10.2.0.0/16"}) and peer.preshared_key is None
+
+
+def _tiles(data: bytes, start: int, end: int) -> None:
+    """Independent check of one message's framing: the attributes of every nest exactly tile
+    their parent (no length overruns its parent, none is truncated), recursively."""
+    off = start
+    while off < end:
+        assert off + 4 <= end, "truncated attribute header"
+        length, kind = struct.unpack_from("=HH", data, off)
+        assert length >= 4 and off + length <= end, (off, length, end)
+        if kind & NLA_F_NESTED:
+            _tiles(data, off + 4, off + length)
+        off += (length + 3) & ~3
+    assert off in (end, (end + 3) & ~3)
+
+
+def _chunks(messages: list[bytes]) -> list[tuple[int, dict[int, bytes], list[str]]]:
+    """(message index, peer attributes, allowed IPs in order) of every peer chunk sent."""
+    out = []
+    for index, body in enumerate(messages):
+        for _, raw in iter_attrs(parse_attrs(body, 4).get(genl.WGDEVICE_A_PEERS, b"")):
+            p = parse_attrs(raw)
+            ips = []
+            for _, raw_ip in iter_attrs(p.get(genl.WGPEER_A_ALLOWEDIPS, b"")):
+                a = parse_attrs(raw_ip)
+                addr = a[genl.WGALLOWEDIP_A_IPADDR]
+                family = socket.AF_INET6 if len(addr) == 16 else socket.AF_INET
+                ips.append(f"{socket.inet_ntop(family, addr)}/{a[genl.WGALLOWEDIP_A_CIDR_MASK][0]}")
+            out.append((index, p, ips))
+    return out
+
+
+def _flags(p: dict[int, bytes]) -> int:
+    return struct.unpack("=I", p[genl.WGPEER_A_FLAGS])[0] if genl.WGPEER_A_FLAGS in p else 0
+
+
+def _key_of(i: int) -> str:
+    return base64.b64encode(i.to_bytes(4, "big") * 8).decode()
+
+
+def _check_messages(messages: list[bytes], limit: int = genl.MESSAGE_LIMIT) -> None:
+    for index, body in enumerate(messages):
+        assert genl.NLMSG_HDRLEN + len(body) <= limit
+        assert struct.unpack_from("=BB", body) == (genl.WG_CMD_SET_DEVICE, 1)
+        _tiles(body, 4, len(body))
+        top = parse_attrs(body, 4)
+        assert top[genl.WGDEVICE_A_IFNAME] == b"raven-wg0\0"  # every message names the device
+        if index:  # device-level attributes in the first message only, as wg(8) sends them
+            assert genl.WGDEVICE_A_PRIVATE_KEY not in top
+            assert genl.WGDEVICE_A_LISTEN_PORT not in top
+
+
+def test_genl_one_peer_with_10000_allowed_ips_splits_like_wg() -> None:
+    # One message used to carry it all and fail with struct.error (16-bit lengths) at ~2,400.
+    nets = tuple(f"10.{i // 256}.{i % 256}.0/24" for i in range(9_990)) + tuple(
+        f"fd00:{i:x}::/64" for i in range(10))
+    write = DeviceWrite(private_key=K1, listen_port=4500, peers=(
+        PeerWrite(public_key=K2, endpoint="198.51.100.2:4500", keepalive=25, preshared_key=PSK,
+                  replace_allowed_ips=True, allowed_ips=nets),))
+    messages = genl.encode_set("raven-wg0", write)
+    _check_messages(messages)
+    assert len(messages) > 1
+    first = parse_attrs(messages[0], 4)
+    assert first[genl.WGDEVICE_A_PRIVATE_KEY] == bytes([1] * 32)
+    chunks = _chunks(messages)
+    assert [index for index, _, _ in chunks] == list(range(len(messages)))  # one per message
+    assert all(p[genl.WGPEER_A_PUBLIC_KEY] == bytes([2] * 32) for _, p, _ in chunks)
+    # Replace only with the first chunk (the later ones add to it); the peer's other settings
+    # once; every allowed IP exactly once, in order.
+    assert [_flags(p) for _, p, _ in chunks] == [genl.WGPEER_F_REPLACE_ALLOWEDIPS] + [0] * (
+        len(chunks) - 1)
+    for attr_type in (genl.WGPEER_A_PRESHARED_KEY, genl.WGPEER_A_ENDPOINT,
+                      genl.WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL):
+        assert [attr_type in p for _, p, _ in chunks] == [True] + [False] * (len(chunks) - 1)
+    sent = [ip for _, _, ips in chunks for ip in ips]
+    assert sent == [str(ipaddress.ip_network(n)) for n in nets]
+
+
+def test_genl_1000_peers_split_without_splitting_small_peers() -> None:
+    peers = (*(PeerWrite(public_key=_key_of(i), endpoint=f"198.51.{i // 250}.{i % 250}:4500",
+                         keepalive=0, replace_allowed_ips=True,
+                         allowed_ips=(f"10.{i // 256}.{i % 256}.0/24",))
+               for i in range(1, 1001)), PeerWrite(public_key=K2, remove=True))
+    messages = genl.encode_set("raven-wg0", DeviceWrite(listen_port=4500, peers=peers))
+    _check_messages(messages)
+    assert len(messages) > 1
+    chunks = _chunks(messages)
+    assert [base64.b64encode(p[genl.WGPEER_A_PUBLIC_KEY]).decode() for _, p, _ in chunks] == [
+        w.public_key for w in peers]
+    assert [_flags(p) for _, p, _ in chunks] == [genl.WGPEER_F_REPLACE_ALLOWEDIPS] * 1000 + [
+        genl.WGPEER_F_REMOVE_ME]
+
+
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 400), min_size=0, max_size=6),
+       limit=st.integers(512, 0xFFFF), replace=st.booleans(), with_key=st.booleans())
+def test_genl_split_is_equivalent_to_one_write(sizes: list[int], limit: int, replace: bool,
+                                               with_key: bool) -> None:
+    """Applying the messages in order, with the kernel's semantics, gives what the write says."""
+    write = DeviceWrite(private_key=K1 if with_key else None, peers=tuple(
+        PeerWrite(public_key=_key_of(p + 1), keepalive=5, replace_allowed_ips=replace,
+                  allowed_ips=tuple(f"10.{p}.{i // 256}.{i % 256}/32" for i in range(n)))
+        for p, n in enumerate(sizes)))
+    messages = genl.encode_set("raven-wg0", write, limit=limit)
+    _check_messages(messages, limit)
+    old = {"10.255.0.0/16"}  # what each peer had before: replaced, or kept and added to
+    device: dict[str, set[str]] = {w.public_key: set(old) for w in write.peers}
+    for _, p, ips in _chunks(messages):
+        key = base64.b64encode(p[genl.WGPEER_A_PUBLIC_KEY]).decode()
+        if _flags(p) & genl.WGPEER_F_REPLACE_ALLOWEDIPS:
+            device[key] = set()
+        device[key] |= set(ips)
+    for w in write.peers:
+        assert device[w.public_key] == set(w.allowed_ips) | (set() if replace else old)
+    assert sum(genl.WGDEVICE_A_PRIVATE_KEY in parse_attrs(m, 4) for m in messages) == with_key
+
+
+@pytest.mark.parametrize(("peer", "words"), [
+    (PeerWrite(public_key="not-a-key", allowed_ips=("10.0.0.0/8",)), ["not-a-key", "public key"]),
+    (PeerWrite(public_key=K2, allowed_ips=("10.0.0.300/8",)), [K2, "10.0.0.300/8"]),
+    (PeerWrite(public_key=K2, keepalive=70_000), [K2, "keepalive", "70000"]),
+    (PeerWrite(public_key=K2, endpoint="198.51.100.2:99999"), [K2, "198.51.100.2:99999"]),
+    (PeerWrite(public_key=K2, preshared_key="c2hvcnQ="), [K2, "pre-shared key"]),
+])
+def test_genl_bad_peer_is_a_clear_error_naming_the_peer(peer: PeerWrite, words: list[str]) -> None:
+    with pytest.raises(DataplaneError) as info:
+        genl.encode_set("raven-wg0", DeviceWrite(peers=(peer,)))
+    assert all(w in str(info.value) for w in words), str(info.value)
+
+
+def test_genl_bad_device_settings_are_clear_errors() -> None:
+    with pytest.raises(DataplaneError, match="listen port 70000"):
+        genl.encode_set("raven-wg0", DeviceWrite(listen_port=70_000))
+    with pytest.raises(DataplaneError, match="private key"):
+        genl.encode_set("raven-wg0", DeviceWrite(private_key="AAAA"))
+    with pytest.raises(DataplaneError, match="1-15 bytes"):
+        genl.encode_set("a-much-too-long-name", DeviceWrite(listen_port=1))
 
 
 def test_genl_family_lookup_message() -> None:

@@ -1,9 +1,10 @@
 """Kernel WireGuard through generic netlink family "wireguard", messages built by us.
 
 Attribute numbers are the kernel's uapi/linux/wireguard.h. Rules kept: device reads are one
-WG_CMD_GET_DEVICE dump; a device change is one WG_CMD_SET_DEVICE message (the kernel applies it
-atomically per message); message building is pure (`encode_set`, `decode_get`) so it is
-unit-tested on machines without the module.
+WG_CMD_GET_DEVICE dump; a device change is as few WG_CMD_SET_DEVICE messages as fit the 16-bit
+netlink lengths (the kernel applies each atomically; see `encode_set` for the split); message
+building is pure (`encode_set`, `decode_get`) so it is unit-tested on machines without the
+module, and proven against a real kernel in tests/vm.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Sequence
 from raven.dataplane.errors import DataplaneError
 from raven.dataplane.netlink import (
     NETLINK_GENERIC,
+    NLA_F_NESTED,
     NLM_F_ACK,
     NLM_F_DUMP,
     NetlinkError,
@@ -33,6 +35,7 @@ from raven.dataplane.wireguard.model import (
     DeviceWrite,
     LiveDevice,
     LivePeer,
+    PeerWrite,
     canonical_endpoint,
 )
 
@@ -83,49 +86,154 @@ def decode_sockaddr(raw: bytes) -> str | None:
     return None
 
 
-def _allowed_ip(cidr: str) -> bytes:
-    net = ipaddress.ip_network(cidr, strict=False)
+# Splitting (the design of wg(8)'s ipc-linux.h): every netlink attribute length is 16 bits, so
+# one message cannot carry a device with thousands of allowed IPs. A change is sent as several
+# WG_CMD_SET_DEVICE messages of at most MESSAGE_LIMIT bytes each. The device-level attributes
+# (private key, listen port) go in the first message only; a peer whose allowed IPs do not fit
+# continues in the next message under its public key again, and only its first chunk carries
+# WGPEER_F_REPLACE_ALLOWEDIPS (later chunks add to the list that chunk replaced) and its
+# pre-shared key, endpoint and keepalive. The kernel applies each message atomically, so the
+# larger the messages the fewer the intermediate states: 32 KiB is 8x wg's page-size messages,
+# far below the 65,535 bytes any nest may hold and below default netlink socket buffers.
+NLMSG_HDRLEN = 16
+MESSAGE_LIMIT = 32 * 1024
+_ATTR_MAX = 0xFFFF
+_KEY_LEN = 32
+IFNAMSIZ = 16
+
+
+def _checked_attr(kind: int, payload: bytes, what: str) -> bytes:
+    """attr() with its 16-bit length checked: a clear error instead of struct.error."""
+    if 4 + len(payload) > _ATTR_MAX:
+        raise DataplaneError(f"kernel WireGuard: {what} is {len(payload)} bytes, more than one "
+                             f"netlink attribute holds ({_ATTR_MAX - 4})")
+    return attr(kind, payload)
+
+
+def _key(value: str, what: str, fix: str) -> bytes:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (ValueError, TypeError):
+        raw = b""
+    if len(raw) != _KEY_LEN:
+        raise DataplaneError(f"{what} is not a WireGuard key (32 bytes in base64, 44 "
+                             f"characters): {value!r}; {fix}")
+    return raw
+
+
+def _u16(value: int, what: str) -> int:
+    if not 0 <= value <= 0xFFFF:
+        raise DataplaneError(f"{what} {value} is out of range 0-65535")
+    return value
+
+
+def _allowed_ip(cidr: str, who: str) -> bytes:
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except (ValueError, TypeError):
+        raise DataplaneError(f"{who}: allowed IP {cidr!r} is not an IP network (e.g. "
+                             "10.2.0.0/16); fix the peer's allowed IPs") from None
     family = socket.AF_INET6 if net.version == 6 else socket.AF_INET
     return nested(0, attr_u16(WGALLOWEDIP_A_FAMILY, family),
                   attr(WGALLOWEDIP_A_IPADDR, net.network_address.packed),
                   attr(WGALLOWEDIP_A_CIDR_MASK, bytes([net.prefixlen])))
 
 
-def encode_set(ifname: str, write: DeviceWrite) -> bytes:
-    """Body (genl header + attributes) of one WG_CMD_SET_DEVICE message."""
-    body = genl_header(WG_CMD_SET_DEVICE) + attr_str(WGDEVICE_A_IFNAME, ifname)
+def _peer_parts(peer: PeerWrite) -> tuple[bytes, bytes, list[bytes]]:
+    """(attributes of the peer's first chunk, of its continuation chunks, allowed-IP attrs)."""
+    who = f"wireguard peer {peer.public_key}"
+    if peer.removed_allowed_ips:  # the applier asks this of wireguard-go only
+        raise DataplaneError(f"kernel WireGuard, {who}: single allowed-IP removal is not "
+                             "encoded; diff with move_removed=False")
+    key = attr(WGPEER_A_PUBLIC_KEY, _key(peer.public_key, f"{who}: public key",
+                                         "fix the peer's public key"))
+    keep = WGPEER_F_REMOVE_ME if peer.remove else 0
+    flags = keep | (WGPEER_F_REPLACE_ALLOWEDIPS if peer.replace_allowed_ips else 0)
+    first = key + (attr_u32(WGPEER_A_FLAGS, flags) if flags else b"")
+    later = key + (attr_u32(WGPEER_A_FLAGS, keep) if keep else b"")
+    if peer.remove:
+        return first, later, []
+    if peer.preshared_key is not None:
+        psk = (_key(peer.preshared_key, f"{who}: pre-shared key", "fix or remove it")
+               if peer.preshared_key else b"\0" * _KEY_LEN)
+        first += attr(WGPEER_A_PRESHARED_KEY, psk)
+    if peer.endpoint is not None:
+        try:
+            first += attr(WGPEER_A_ENDPOINT, encode_sockaddr(peer.endpoint))
+        except (ValueError, struct.error):
+            raise DataplaneError(f"{who}: endpoint {peer.endpoint!r} is not ADDRESS:PORT (e.g. "
+                                 "198.51.100.2:4500 or [2001:db8::2]:4500)") from None
+    if peer.keepalive is not None:
+        first += attr_u16(WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL,
+                          _u16(peer.keepalive, f"{who}: persistent keepalive"))
+    return first, later, [_allowed_ip(c, who) for c in peer.allowed_ips]
+
+
+def encode_set(ifname: str, write: DeviceWrite, limit: int = MESSAGE_LIMIT) -> list[bytes]:
+    """Bodies (genl header + attributes) of the WG_CMD_SET_DEVICE messages for one change, in
+    the order they must be sent; every whole message (netlink header included) <= limit."""
+    if not 512 <= limit <= _ATTR_MAX:  # 512: a peer header plus one allowed IP always fits
+        raise ValueError(f"message limit {limit} is outside 512-{_ATTR_MAX}")
+    name = ifname.encode()
+    if not 0 < len(name) < IFNAMSIZ:
+        raise DataplaneError(f"wireguard device name {ifname!r} must be 1-{IFNAMSIZ - 1} bytes")
+    head = genl_header(WG_CMD_SET_DEVICE) + attr_str(WGDEVICE_A_IFNAME, ifname)
+    device = b""
     if write.private_key is not None:
-        body += attr(WGDEVICE_A_PRIVATE_KEY, base64.b64decode(write.private_key))
+        device += attr(WGDEVICE_A_PRIVATE_KEY, _key(
+            write.private_key, f"wireguard {ifname}: private key",
+            "fix or delete the agent's wireguard.key"))
     if write.listen_port is not None:
-        body += attr_u16(WGDEVICE_A_LISTEN_PORT, write.listen_port)
-    peers: list[bytes] = []
+        device += attr_u16(WGDEVICE_A_LISTEN_PORT,
+                           _u16(write.listen_port, f"wireguard {ifname}: listen port"))
+    budget = limit - NLMSG_HDRLEN
+    messages: list[bytes] = []
+    fixed = head + device  # what the message being built carries besides its peers
+    peers: list[bytes] = []  # peer nests of the message being built
+    used = len(fixed)
+
+    def flush() -> None:
+        nonlocal fixed, peers, used
+        body = fixed + (_checked_attr(WGDEVICE_A_PEERS | NLA_F_NESTED, b"".join(peers),
+                                      "peer list") if peers else b"")
+        assert len(body) <= budget, (len(body), budget)  # guaranteed by the accounting below
+        messages.append(body)
+        fixed, peers, used = head, [], len(head)
+
     for peer in write.peers:
-        if peer.removed_allowed_ips:  # the applier asks this of wireguard-go only
-            raise DataplaneError("kernel WireGuard: single allowed-IP removal is not encoded; "
-                                 "diff with move_removed=False")
-        parts = [attr(WGPEER_A_PUBLIC_KEY, base64.b64decode(peer.public_key))]
-        flags = 0
-        if peer.remove:
-            flags |= WGPEER_F_REMOVE_ME
-        if peer.replace_allowed_ips:
-            flags |= WGPEER_F_REPLACE_ALLOWEDIPS
-        if flags:
-            parts.append(attr_u32(WGPEER_A_FLAGS, flags))
-        if not peer.remove:
-            if peer.preshared_key is not None:
-                psk = base64.b64decode(peer.preshared_key) if peer.preshared_key else b"\0" * 32
-                parts.append(attr(WGPEER_A_PRESHARED_KEY, psk))
-            if peer.endpoint is not None:
-                parts.append(attr(WGPEER_A_ENDPOINT, encode_sockaddr(peer.endpoint)))
-            if peer.keepalive is not None:
-                parts.append(attr_u16(WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL, peer.keepalive))
-            if peer.allowed_ips:
-                parts.append(nested(WGPEER_A_ALLOWEDIPS,
-                                    *(_allowed_ip(c) for c in peer.allowed_ips)))
-        peers.append(nested(0, *parts))
-    if peers:
-        body += nested(WGDEVICE_A_PEERS, *peers)
-    return body
+        first, later, ips = _peer_parts(peer)
+        done, started = 0, False
+        while True:
+            parts = later if started else first
+            # Room left for this peer's allowed IPs: the peers nest header (once per message),
+            # the peer nest header, the peer's own attributes, the allowed-IPs nest header.
+            room = budget - used - (0 if peers else 4) - 4 - len(parts) - 4
+            take, size = 0, 0
+            while done + take < len(ips) and size + len(ips[done + take]) <= room:
+                size += len(ips[done + take])
+                take += 1
+            if room < 0 or (take == 0 and done < len(ips)):
+                if not peers and fixed is head:  # an empty message and still no room
+                    raise DataplaneError(f"kernel WireGuard, wireguard peer "
+                                         f"{peer.public_key}: does not fit one netlink "
+                                         f"message of {limit} bytes")
+                flush()
+                continue
+            chunk = parts
+            if take:
+                chunk += _checked_attr(WGPEER_A_ALLOWEDIPS | NLA_F_NESTED,
+                                       b"".join(ips[done:done + take]), "allowed IP list")
+            item = _checked_attr(NLA_F_NESTED, chunk, f"wireguard peer {peer.public_key}")
+            used += len(item) + (0 if peers else 4)
+            peers.append(item)
+            done += take
+            started = True
+            if done == len(ips):
+                break
+            flush()
+    if peers or not messages:
+        flush()
+    return messages
 
 
 def decode_get(messages: Sequence[bytes]) -> LiveDevice:
@@ -203,4 +311,13 @@ class KernelWireGuard:
         return decode_get(self.sock.request(self.family, NLM_F_DUMP | NLM_F_ACK, body))
 
     def set(self, write: DeviceWrite) -> None:
-        self.sock.request(self.family, NLM_F_ACK, encode_set(self.ifname, write))
+        messages = encode_set(self.ifname, write)
+        for index, body in enumerate(messages, 1):
+            try:
+                self.sock.request(self.family, NLM_F_ACK, body)
+            except NetlinkError as exc:
+                # The messages before this one are applied: the caller must read the device
+                # back (the applier forgets its written-state cache on any failed write).
+                raise DataplaneError(
+                    f"kernel WireGuard {self.ifname}: WG_CMD_SET_DEVICE message {index} of "
+                    f"{len(messages)} failed: {exc.strerror}") from None
