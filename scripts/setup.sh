@@ -15,6 +15,10 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 apt_packages=(iproute2 nftables wireguard-go wireguard-tools iperf3 iputils-ping tcpdump procps graphviz)
+# VM tests (tests/vm): qemu boots Debian's kernel (it has the wireguard module, this host's kernel
+# may not) with this machine's filesystem through virtme-ng; busybox-static is virtme-ng's
+# fallback init, qemu-utils its disk tooling; util-linux provides setpriv (privilege test).
+apt_packages+=(qemu-system-x86 qemu-utils linux-image-amd64 busybox-static util-linux)
 # Debian's kubernetes-client is old; only fall back to it when no kubectl is on the machine.
 command -v kubectl >/dev/null 2>&1 || apt_packages+=(kubernetes-client)
 
@@ -26,7 +30,9 @@ if ((${#missing[@]})); then
   log "installing Debian packages: ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # INITRD=No: the VM tests boot the kernel image directly (no initramfs), and nothing here
+  # reboots into it, so skip the minute-long initramfs build of the kernel package's hook.
+  INITRD=No apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
   log "Debian packages already installed"
 fi
@@ -41,9 +47,9 @@ fi
 stamp=.venv/.raven-installed
 want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [[ ! -f $stamp || $(cat "$stamp") != "$want" ]]; then
-  log "installing raven-overlay (editable) with test extras into .venv"
+  log "installing raven-overlay (editable) with test and vm extras into .venv"
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q -e '.[test,vm]'
   echo "$want" > "$stamp"
 else
   log ".venv is up to date"
