@@ -16,7 +16,10 @@ import hashlib
 import ipaddress
 import json
 import os
+import re
 import secrets
+import signal
+import struct
 import subprocess
 import sys
 import tempfile
@@ -103,6 +106,90 @@ def wg_allowed(ns: str) -> dict[str, set[str]]:
 def compare(seen: set[str], want: set[str]) -> dict[str, object]:
     return {"count": len(seen), "digest": digest(seen),
             "missing": sorted(want - seen)[:5], "extra": sorted(seen - want)[:5]}
+
+
+class NetlinkTap:
+    """Every netlink message sent in one namespace, as the kernel saw it: an nlmon device and
+    tcpdump. The independent oracle for "this apply wrote nothing" and for how many
+    WG_CMD_SET_DEVICE messages a change took (our own counters are reported beside it)."""
+
+    # rtnetlink requests that change something: NEW/DEL/SET of links, addresses, routes,
+    # neighbours and rules (RTM_* in linux/rtnetlink.h)
+    RTNL_WRITES = frozenset({16, 17, 19, 20, 21, 24, 25, 28, 29, 32, 33})
+    NFNL_BATCH_BEGIN = 0x10  # every nftables change is a batch; reads are not
+
+    def __init__(self, ns: str, tmp: Path) -> None:
+        self.ns = ns
+        self.pcap = tmp / f"{ns}.pcap"
+        sh("modprobe", "-a", "nlmon", "wireguard")  # the tap device; the family to look up
+        sh("ip", "-n", ns, "link", "add", "nlmon0", "type", "nlmon")
+        sh("ip", "-n", ns, "link", "set", "nlmon0", "up")
+        ctrl = sh("ip", "netns", "exec", ns, "genl", "ctrl", "get", "name", "wireguard").stdout
+        match = re.search(r"ID: (0x[0-9a-f]+)", ctrl)
+        assert match, ctrl
+        self.family = int(match.group(1), 16)
+        self.proc: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> NetlinkTap:
+        self.pcap.unlink(missing_ok=True)
+        self.proc = subprocess.Popen(
+            ["ip", "netns", "exec", self.ns, "tcpdump", "-i", "nlmon0", "--immediate-mode",
+             "-U", "-Z", "root", "-s", "0", "-w", str(self.pcap)],
+            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+        assert self.proc.stderr is not None
+        line = self.proc.stderr.readline()  # "listening on nlmon0, ..." once it captures
+        assert "listening on" in line, line
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.proc is not None
+        # tcpdump may still hold captured packets when told to stop: send a marker (a family
+        # lookup by a unique name) and stop only once the marker is in the file.
+        marker = f"rvm-{secrets.token_hex(4)}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            sh("ip", "netns", "exec", self.ns, "genl", "ctrl", "get", "name", marker,
+               check=False)
+            if self.pcap.exists() and marker.encode() in self.pcap.read_bytes():
+                break
+            time.sleep(0.5)
+        else:
+            raise AssertionError(f"netlink tap in {self.ns}: marker never captured")
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=60)
+
+    def writes(self) -> dict[str, int]:
+        out = {"wg_set": 0, "rtnl": 0, "nft_batches": 0, "messages": 0, "truncated": 0}
+        data = self.pcap.read_bytes()
+        off = 24  # pcap file header
+        while off + 16 <= len(data):
+            incl, orig = struct.unpack_from("<II", data, off + 8)
+            packet = data[off + 16: off + 16 + incl]
+            off += 16 + incl
+            out["truncated"] += incl < orig
+            protocol = struct.unpack_from(">H", packet, 14)[0]  # cooked header: netlink family
+            pos = 16
+            while pos + 16 <= len(packet):
+                length, kind, flags = struct.unpack_from("<IHH", packet, pos)
+                if length < 16:
+                    break
+                request = bool(flags & 0x1)  # NLM_F_REQUEST: user to kernel
+                out["messages"] += 1
+                if request and protocol == 16 and kind == self.family and packet[pos + 16] == 1:
+                    out["wg_set"] += 1  # WG_CMD_SET_DEVICE
+                elif request and protocol == 0 and kind in self.RTNL_WRITES:
+                    out["rtnl"] += 1
+                elif request and protocol == 12 and kind == self.NFNL_BATCH_BEGIN:
+                    out["nft_batches"] += 1
+                pos += (length + 3) & ~3
+        return out
+
+
+def tapped(tap: NetlinkTap, apply: Callable[[], int]) -> dict[str, object]:
+    """Our writes count next to what the kernel saw during `apply`."""
+    with tap:
+        ours = apply()
+    return {"ours": ours, "kernel_saw": tap.writes()}
 
 
 def netns(prefix: str) -> str:
@@ -307,10 +394,11 @@ def tunnel_10000_allowed_ips(tmp: Path) -> dict[str, object]:
     sa = replace(sa, wireguard=replace(sa.wireguard, peers=(
         replace(sa.wireguard.peers[0], allowed_ips=big),)))
     out: dict[str, object] = {}
-    t = time.monotonic()
-    out["first_writes"] = dpa.apply(sa).writes
-    out["first_apply_s"] = round(time.monotonic() - t, 2)
     dpb.apply(sb)
+    tap_a, tap_b = NetlinkTap(a_ns, tmp), NetlinkTap(b_ns, tmp)
+    t = time.monotonic()
+    out["first"] = tapped(tap_a, lambda: dpa.apply(sa).writes)
+    out["first_apply_s"] = round(time.monotonic() - t, 2)
     out["kind"] = json.loads(sh("ip", "-n", a_ns, "-json", "-details", "link", "show",
                                 "raven-wg0").stdout)[0]["linkinfo"]["info_kind"]
     out["allowed"] = compare(wg_allowed(a_ns).get(key_b, set()), set(big))
@@ -320,7 +408,8 @@ def tunnel_10000_allowed_ips(tmp: Path) -> dict[str, object]:
     conf_b = wg(b_ns, "showconf", "raven-wg0")
     time.sleep(1.1)  # a rewrite now would show as a new handshake second or reset endpoint
     t = time.monotonic()
-    out["second_writes"] = [dpa.apply(sa).writes, dpb.apply(sb).writes]
+    out["second"] = [tapped(tap_a, lambda: dpa.apply(sa).writes),
+                     tapped(tap_b, lambda: dpb.apply(sb).writes)]
     out["second_apply_s"] = round(time.monotonic() - t, 2)
     after = wg_dump(a_ns)[key_b]
     out["showconf_unchanged"] = [conf_a == wg(a_ns, "showconf", "raven-wg0"),
@@ -332,11 +421,12 @@ def tunnel_10000_allowed_ips(tmp: Path) -> dict[str, object]:
     out["handshake_after_ping"] = wg_dump(a_ns)[key_b]["handshake"]
     # One allowed IP less: a replace of 9,999 IPs, split over several messages.
     fewer = tuple(ip for ip in big if ip != "10.64.7.0/24")
-    out["removal_writes"] = dpa.apply(replace(sa, wireguard=replace(sa.wireguard, peers=(
-        replace(sa.wireguard.peers[0], allowed_ips=fewer),)))).writes
+    sa_fewer = replace(sa, wireguard=replace(sa.wireguard, peers=(
+        replace(sa.wireguard.peers[0], allowed_ips=fewer),)))
+    out["removal"] = tapped(tap_a, lambda: dpa.apply(sa_fewer).writes)
     out["after_removal"] = compare(wg_allowed(a_ns)[key_b], set(fewer))
     out["ping_after_removal"] = ping(a, "10.1.0.1", "10.2.0.1").returncode == 0
-    out["readd_writes"] = dpa.apply(sa).writes
+    out["readd"] = tapped(tap_a, lambda: dpa.apply(sa).writes)
     out["after_readd"] = compare(wg_allowed(a_ns)[key_b], set(big))
     out["handshake_end"] = wg_dump(a_ns)[key_b]["handshake"]
     return out
@@ -349,8 +439,9 @@ def thousand_peers(tmp: Path) -> dict[str, object]:
     peers = many_peers()
     state = gateway(None, members=(), peers=peers)
     out: dict[str, object] = {}
+    tap = NetlinkTap(ns, tmp)
     t = time.monotonic()
-    out["first_writes"] = dp.apply(state).writes
+    out["first"] = tapped(tap, lambda: dp.apply(state).writes)
     out["first_apply_s"] = round(time.monotonic() - t, 2)
     dump = wg_dump(ns)
     want = {p.public_key: p for p in peers}
@@ -370,7 +461,7 @@ def thousand_peers(tmp: Path) -> dict[str, object]:
     out["peers_wrong_count"] = len(bad)
     conf = wg(ns, "showconf", "raven-wg0")
     t = time.monotonic()
-    out["second_writes"] = dp.apply(state).writes
+    out["second"] = tapped(tap, lambda: dp.apply(state).writes)
     out["second_apply_s"] = round(time.monotonic() - t, 2)
     out["showconf_unchanged"] = conf == wg(ns, "showconf", "raven-wg0")
     # Drop 100 peers, move one allowed IP between two others: the diff in the kernel.
@@ -378,7 +469,8 @@ def thousand_peers(tmp: Path) -> dict[str, object]:
     kept[0] = replace(kept[0], allowed_ips=tuple(sorted(
         (*kept[0].allowed_ips, *kept[1].allowed_ips[:1]))))
     kept[1] = replace(kept[1], allowed_ips=kept[1].allowed_ips[1:])
-    out["change_writes"] = dp.apply(gateway(None, members=(), peers=tuple(kept))).writes
+    out["change"] = tapped(
+        tap, lambda: dp.apply(gateway(None, members=(), peers=tuple(kept))).writes)
     allowed = wg_allowed(ns)
     out["after_change_peer_count"] = len(allowed)
     out["after_change_equal"] = allowed == {p.public_key: set(p.allowed_ips) for p in kept}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,9 @@ from typing import Any
 
 import pytest
 import vmrun
+
+from raven.dataplane.wireguard import genl
+from raven.dataplane.wireguard.model import DeviceWrite, PeerWrite
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "guest_wireguard.py"
@@ -35,8 +39,11 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         pytest.skip(reason)
     bundle = vmrun.build_bundle(tmp_path_factory.mktemp("vm") / "bundle.zip", BUNDLE)
     run = vmrun.run_in_vm(vmrun.guest_python(bundle, DRIVER), timeout=900)
-    # Figures for the record (not pass/fail): shown with -rA / -s, kept next to the bundle.
-    (bundle.parent / "results.json").write_text(json.dumps(run.results, indent=1))
+    # Figures for the record (not pass/fail): shown with -rA / -s, kept next to the bundle
+    # and, with RAVEN_VM_RESULTS=FILE, where pytest does not clean up.
+    for path in (bundle.parent / "results.json", os.environ.get("RAVEN_VM_RESULTS")):
+        if path:
+            Path(path).write_text(json.dumps(run.results, indent=1))
     sys.stderr.write(
         f"\n[vm] vng total {run.seconds:.0f}s; guest uptime at shell "
         f"{run.results.get('shell_uptime_s')}s, python {run.results.get('python_uptime_s')}s, "
@@ -76,16 +83,39 @@ def test_integration_kernel_backend_test_passes_in_the_vm(vm: dict[str, Any]) ->
     assert out["outcome"] == "passed", out
 
 
+NOTHING = {"wg_set": 0, "rtnl": 0, "nft_batches": 0}
+
+
+def saw(tapped: dict[str, Any]) -> dict[str, int]:
+    """What the kernel's netlink tap (nlmon) saw written during one apply."""
+    return {k: tapped["kernel_saw"][k] for k in NOTHING}
+
+
+def set_messages(allowed: tuple[str, ...], **device: Any) -> int:
+    """How many WG_CMD_SET_DEVICE messages our encoder makes of one new peer with `allowed`."""
+    peer = PeerWrite(public_key="A" * 43 + "=", endpoint="198.51.100.2:4500", keepalive=25,
+                     replace_allowed_ips=True, allowed_ips=allowed)
+    return len(genl.encode_set("raven-wg0", DeviceWrite(peers=(peer,), **device)))
+
+
 def test_one_peer_with_10000_allowed_ips(vm: dict[str, Any]) -> None:
     out = result(vm, "tunnel_10000_allowed_ips")
     big = big_allowed_ips()
+    # The kernel received the first apply as several SET messages, as many as we meant.
+    first = out["first"]
+    assert first["kernel_saw"]["wg_set"] == set_messages(
+        big, private_key="A" * 43 + "=", listen_port=4500) > 1, first
+    # The tap sees the other writes of a first apply too (link, route, rule; nft table).
+    assert first["kernel_saw"]["rtnl"] >= 3 and first["kernel_saw"]["nft_batches"] >= 1, first
     assert out["kind"] == "wireguard"
     assert out["allowed"] == {"count": 10_000, "digest": digest(big), "missing": [],
                               "extra": []}
     assert out["ping"], "no traffic through the tunnel"
     # One removal is a replace of 9,999 IPs over several messages; then one addition.
     fewer = tuple(ip for ip in big if ip != "10.64.7.0/24")
-    assert out["removal_writes"] == 1 and out["readd_writes"] == 1
+    assert out["removal"]["ours"] == 1 and out["readd"]["ours"] == 1
+    assert out["removal"]["kernel_saw"]["wg_set"] > 1  # 9,999 replaced over several messages
+    assert saw(out["readd"]) == {"wg_set": 1, "rtnl": 0, "nft_batches": 0}
     assert out["after_removal"] == {"count": 9_999, "digest": digest(fewer), "missing": [],
                                     "extra": []}
     assert out["ping_after_removal"]
@@ -95,7 +125,9 @@ def test_one_peer_with_10000_allowed_ips(vm: dict[str, Any]) -> None:
 def test_second_identical_apply_writes_nothing_and_keeps_the_handshake(
         vm: dict[str, Any]) -> None:
     out = result(vm, "tunnel_10000_allowed_ips")
-    assert out["second_writes"] == [0, 0]
+    # Nothing written: by our count, and by the kernel's netlink tap on both gateways.
+    assert [t["ours"] for t in out["second"]] == [0, 0]
+    assert [saw(t) for t in out["second"]] == [NOTHING, NOTHING]
     assert out["showconf_unchanged"] == [True, True]
     before, after = out["handshake"]
     assert before != "0" and after == before, out["handshake"]
@@ -107,8 +139,10 @@ def test_1000_peers(vm: dict[str, Any]) -> None:
     out = result(vm, "thousand_peers")
     assert (out["peer_count"], out["peers_missing"], out["peers_extra"]) == (1000, [], [])
     assert (out["peers_wrong_count"], out["peers_wrong"]) == (0, [])
-    assert out["second_writes"] == 0 and out["showconf_unchanged"]
-    assert out["change_writes"] == 1
+    assert out["first"]["kernel_saw"]["wg_set"] > 1  # 1,000 peers do not fit one message
+    assert out["second"]["ours"] == 0 and saw(out["second"]) == NOTHING
+    assert out["showconf_unchanged"]
+    assert out["change"]["ours"] == 1 and out["change"]["kernel_saw"]["wg_set"] >= 1
     assert out["after_change_peer_count"] == 900 and out["after_change_equal"]
 
 
