@@ -11,6 +11,7 @@ It takes no arguments; the privilege step forks (see `enter_as_agent`).
 from __future__ import annotations
 
 import base64
+import contextlib
 import ctypes
 import hashlib
 import ipaddress
@@ -28,6 +29,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
@@ -37,6 +39,13 @@ from dp_states import gateway  # noqa: E402
 from vmrun import emit, finish  # noqa: E402
 
 from raven.dataplane import Dataplane, DataplaneSettings  # noqa: E402
+from raven.dataplane.netlink import (  # noqa: E402
+    NETLINK_GENERIC,
+    NLM_F_ACK,
+    NetlinkError,
+    NetlinkSocket,
+)
+from raven.dataplane.wireguard.genl import GENL_ID_CTRL, family_request_body  # noqa: E402
 from raven.desired import WireGuardPeer  # noqa: E402
 
 BIG = 10_000  # allowed IPs on one peer
@@ -110,8 +119,11 @@ def compare(seen: set[str], want: set[str]) -> dict[str, object]:
 
 class NetlinkTap:
     """Every netlink message sent in one namespace, as the kernel saw it: an nlmon device and
-    tcpdump. The independent oracle for "this apply wrote nothing" and for how many
-    WG_CMD_SET_DEVICE messages a change took (our own counters are reported beside it)."""
+    one tcpdump for the namespace's life. The independent oracle for "this apply wrote
+    nothing" and for how many WG_CMD_SET_DEVICE messages a change took (our own counters are
+    reported beside it). Phases are delimited by markers: a generic netlink family lookup by a
+    unique name, sent before and after the apply; the phase ends when tcpdump has written the
+    closing marker (no packet of the apply can still be in flight then)."""
 
     # rtnetlink requests that change something: NEW/DEL/SET of links, addresses, routes,
     # neighbours and rules (RTM_* in linux/rtnetlink.h)
@@ -128,44 +140,51 @@ class NetlinkTap:
         match = re.search(r"ID: (0x[0-9a-f]+)", ctrl)
         assert match, ctrl
         self.family = int(match.group(1), 16)
-        self.proc: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> NetlinkTap:
-        self.pcap.unlink(missing_ok=True)
+        self.sock = NetlinkSocket(NETLINK_GENERIC, ns)  # sends the markers only
         self.proc = subprocess.Popen(
-            ["ip", "netns", "exec", self.ns, "tcpdump", "-i", "nlmon0", "--immediate-mode",
-             "-U", "-Z", "root", "-s", "0", "-w", str(self.pcap)],
+            ["ip", "netns", "exec", ns, "tcpdump", "-i", "nlmon0", "--immediate-mode", "-U",
+             "-Z", "root", "-s", "0", "-w", str(self.pcap)],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()  # "listening on nlmon0, ..." once it captures
         assert "listening on" in line, line
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        assert self.proc is not None
-        # tcpdump may still hold captured packets when told to stop: send a marker (a family
-        # lookup by a unique name) and stop only once the marker is in the file.
-        marker = f"rvm-{secrets.token_hex(4)}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            sh("ip", "netns", "exec", self.ns, "genl", "ctrl", "get", "name", marker,
-               check=False)
-            if self.pcap.exists() and marker.encode() in self.pcap.read_bytes():
-                break
-            time.sleep(0.5)
-        else:
-            raise AssertionError(f"netlink tap in {self.ns}: marker never captured")
+    def close(self) -> None:
+        self.sock.close()
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(timeout=60)
 
-    def writes(self) -> dict[str, int]:
+    def mark(self) -> bytes:
+        marker = f"rvm-{secrets.token_hex(4)}"
+        # No such family, as intended: the request is what the tap records.
+        with contextlib.suppress(NetlinkError):
+            self.sock.request(GENL_ID_CTRL, NLM_F_ACK, family_request_body(marker))
+        return marker.encode()
+
+    def during(self, apply: Callable[[], int]) -> dict[str, object]:
+        """Our writes count next to what the kernel saw during `apply`."""
+        begin = self.mark()
+        ours = apply()
+        end = self.mark()
+        deadline = time.monotonic() + 60
+        while end not in self.pcap.read_bytes():
+            assert time.monotonic() < deadline, f"netlink tap in {self.ns}: marker lost"
+            time.sleep(0.1)
+        return {"ours": ours, "kernel_saw": self.count(begin, end)}
+
+    def count(self, begin: bytes, end: bytes) -> dict[str, int]:
         out = {"wg_set": 0, "rtnl": 0, "nft_batches": 0, "messages": 0, "truncated": 0}
         data = self.pcap.read_bytes()
-        off = 24  # pcap file header
+        off, inside = 24, False  # after the pcap file header
         while off + 16 <= len(data):
             incl, orig = struct.unpack_from("<II", data, off + 8)
             packet = data[off + 16: off + 16 + incl]
             off += 16 + incl
+            if not inside:
+                inside = begin in packet
+                continue
+            if end in packet:
+                break
             out["truncated"] += incl < orig
             protocol = struct.unpack_from(">H", packet, 14)[0]  # cooked header: netlink family
             pos = 16
@@ -183,13 +202,6 @@ class NetlinkTap:
                     out["nft_batches"] += 1
                 pos += (length + 3) & ~3
         return out
-
-
-def tapped(tap: NetlinkTap, apply: Callable[[], int]) -> dict[str, object]:
-    """Our writes count next to what the kernel saw during `apply`."""
-    with tap:
-        ours = apply()
-    return {"ours": ours, "kernel_saw": tap.writes()}
 
 
 def netns(prefix: str) -> str:
@@ -367,8 +379,7 @@ def integration_kernel_backend(tmp: Path) -> dict[str, object]:
 
 @step
 def tunnel_10000_allowed_ips(tmp: Path) -> dict[str, object]:
-    from conftest import wait_for
-    from test_dataplane_wireguard import ping, states
+    from test_dataplane_wireguard import states
 
     a_ns, b_ns = netns("a"), netns("b")
     sh("ip", "-n", a_ns, "link", "add", "w0", "type", "veth", "peer", "name", "w0", "netns", b_ns)
@@ -393,11 +404,26 @@ def tunnel_10000_allowed_ips(tmp: Path) -> dict[str, object]:
     big = big_allowed_ips()
     sa = replace(sa, wireguard=replace(sa.wireguard, peers=(
         replace(sa.wireguard.peers[0], allowed_ips=big),)))
-    out: dict[str, object] = {}
     dpb.apply(sb)
     tap_a, tap_b = NetlinkTap(a_ns, tmp), NetlinkTap(b_ns, tmp)
+    try:
+        return tunnel_checks(sa, sb, dpa, dpb, a, b, tap_a, tap_b, key_a, key_b)
+    finally:
+        tap_a.close()
+        tap_b.close()
+
+
+def tunnel_checks(sa: Any, sb: Any, dpa: Dataplane, dpb: Dataplane, a: Any, b: Any,
+                  tap_a: NetlinkTap, tap_b: NetlinkTap, key_a: str, key_b: str
+                  ) -> dict[str, object]:
+    from conftest import wait_for
+    from test_dataplane_wireguard import ping
+
+    a_ns, b_ns = a.ns, b.ns
+    big = big_allowed_ips()
+    out: dict[str, object] = {}
     t = time.monotonic()
-    out["first"] = tapped(tap_a, lambda: dpa.apply(sa).writes)
+    out["first"] = tap_a.during(lambda: dpa.apply(sa).writes)
     out["first_apply_s"] = round(time.monotonic() - t, 2)
     out["kind"] = json.loads(sh("ip", "-n", a_ns, "-json", "-details", "link", "show",
                                 "raven-wg0").stdout)[0]["linkinfo"]["info_kind"]
@@ -408,8 +434,8 @@ def tunnel_10000_allowed_ips(tmp: Path) -> dict[str, object]:
     conf_b = wg(b_ns, "showconf", "raven-wg0")
     time.sleep(1.1)  # a rewrite now would show as a new handshake second or reset endpoint
     t = time.monotonic()
-    out["second"] = [tapped(tap_a, lambda: dpa.apply(sa).writes),
-                     tapped(tap_b, lambda: dpb.apply(sb).writes)]
+    out["second"] = [tap_a.during(lambda: dpa.apply(sa).writes),
+                     tap_b.during(lambda: dpb.apply(sb).writes)]
     out["second_apply_s"] = round(time.monotonic() - t, 2)
     after = wg_dump(a_ns)[key_b]
     out["showconf_unchanged"] = [conf_a == wg(a_ns, "showconf", "raven-wg0"),
@@ -423,10 +449,10 @@ def tunnel_10000_allowed_ips(tmp: Path) -> dict[str, object]:
     fewer = tuple(ip for ip in big if ip != "10.64.7.0/24")
     sa_fewer = replace(sa, wireguard=replace(sa.wireguard, peers=(
         replace(sa.wireguard.peers[0], allowed_ips=fewer),)))
-    out["removal"] = tapped(tap_a, lambda: dpa.apply(sa_fewer).writes)
+    out["removal"] = tap_a.during(lambda: dpa.apply(sa_fewer).writes)
     out["after_removal"] = compare(wg_allowed(a_ns)[key_b], set(fewer))
     out["ping_after_removal"] = ping(a, "10.1.0.1", "10.2.0.1").returncode == 0
-    out["readd"] = tapped(tap_a, lambda: dpa.apply(sa).writes)
+    out["readd"] = tap_a.during(lambda: dpa.apply(sa).writes)
     out["after_readd"] = compare(wg_allowed(a_ns)[key_b], set(big))
     out["handshake_end"] = wg_dump(a_ns)[key_b]["handshake"]
     return out
@@ -436,12 +462,19 @@ def tunnel_10000_allowed_ips(tmp: Path) -> dict[str, object]:
 def thousand_peers(tmp: Path) -> dict[str, object]:
     ns = netns("c")
     dp = dataplane(ns, tmp / "c")
+    tap = NetlinkTap(ns, tmp)
+    try:
+        return thousand_checks(ns, dp, tap)
+    finally:
+        tap.close()
+
+
+def thousand_checks(ns: str, dp: Dataplane, tap: NetlinkTap) -> dict[str, object]:
     peers = many_peers()
     state = gateway(None, members=(), peers=peers)
     out: dict[str, object] = {}
-    tap = NetlinkTap(ns, tmp)
     t = time.monotonic()
-    out["first"] = tapped(tap, lambda: dp.apply(state).writes)
+    out["first"] = tap.during(lambda: dp.apply(state).writes)
     out["first_apply_s"] = round(time.monotonic() - t, 2)
     dump = wg_dump(ns)
     want = {p.public_key: p for p in peers}
@@ -461,7 +494,7 @@ def thousand_peers(tmp: Path) -> dict[str, object]:
     out["peers_wrong_count"] = len(bad)
     conf = wg(ns, "showconf", "raven-wg0")
     t = time.monotonic()
-    out["second"] = tapped(tap, lambda: dp.apply(state).writes)
+    out["second"] = tap.during(lambda: dp.apply(state).writes)
     out["second_apply_s"] = round(time.monotonic() - t, 2)
     out["showconf_unchanged"] = conf == wg(ns, "showconf", "raven-wg0")
     # Drop 100 peers, move one allowed IP between two others: the diff in the kernel.
@@ -469,8 +502,8 @@ def thousand_peers(tmp: Path) -> dict[str, object]:
     kept[0] = replace(kept[0], allowed_ips=tuple(sorted(
         (*kept[0].allowed_ips, *kept[1].allowed_ips[:1]))))
     kept[1] = replace(kept[1], allowed_ips=kept[1].allowed_ips[1:])
-    out["change"] = tapped(
-        tap, lambda: dp.apply(gateway(None, members=(), peers=tuple(kept))).writes)
+    out["change"] = tap.during(
+        lambda: dp.apply(gateway(None, members=(), peers=tuple(kept))).writes)
     allowed = wg_allowed(ns)
     out["after_change_peer_count"] = len(allowed)
     out["after_change_equal"] = allowed == {p.public_key: set(p.allowed_ips) for p in kept}
