@@ -16,9 +16,9 @@ fi
 
 apt_packages=(iproute2 nftables wireguard-go wireguard-tools iperf3 iputils-ping tcpdump procps graphviz)
 # VM tests (tests/vm): qemu boots Debian's kernel (it has the wireguard module, this host's kernel
-# may not) with this machine's filesystem through virtme-ng; busybox-static is virtme-ng's
-# fallback init, qemu-utils its disk tooling; util-linux provides setpriv (privilege test).
-apt_packages+=(qemu-system-x86 qemu-utils linux-image-amd64 busybox-static util-linux)
+# may not) with this machine's filesystem through virtme-ng; busybox-static and qemu-utils are
+# what virtme-ng uses at run time (its initramfs, its disk tooling).
+apt_packages+=(qemu-system-x86 qemu-utils linux-image-amd64 busybox-static)
 # Debian's kubernetes-client is old; only fall back to it when no kubectl is on the machine.
 command -v kubectl >/dev/null 2>&1 || apt_packages+=(kubernetes-client)
 

@@ -38,7 +38,7 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     if reason:
         pytest.skip(reason)
     bundle = vmrun.build_bundle(tmp_path_factory.mktemp("vm") / "bundle.zip", BUNDLE)
-    run = vmrun.run_in_vm(vmrun.guest_python(bundle, DRIVER), timeout=900)
+    run = vmrun.run_in_vm(vmrun.guest_python(bundle, DRIVER), timeout=1200)
     # Figures for the record (not pass/fail): shown with -rA / -s, kept next to the bundle
     # and, with RAVEN_VM_RESULTS=FILE, where pytest does not clean up.
     for path in (bundle.parent / "results.json", os.environ.get("RAVEN_VM_RESULTS")):

@@ -164,7 +164,7 @@ class VmRun:
         return f"vng exit {self.returncode} after {self.seconds:.0f}s; output tail:\n{tail}"
 
 
-def run_in_vm(guest_command: str, *, timeout: float = 900, memory: str = "1G",
+def run_in_vm(guest_command: str, *, timeout: float = 1200, memory: str = "1G",
               cpus: int = 2) -> VmRun:
     kernel, vng = find_kernel(), vng_path()
     if kernel is None or vng is None:
