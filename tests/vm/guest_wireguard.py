@@ -142,17 +142,24 @@ class NetlinkTap:
         self.family = int(match.group(1), 16)
         self.sock = NetlinkSocket(NETLINK_GENERIC, ns)  # sends the markers only
         self.proc = subprocess.Popen(
+            # Immediate mode uses a ring of snaplen-sized frames: 2 MiB of 256 KiB frames held
+            # 8 messages and a burst lost some. 64 KiB frames (our messages are <= 32 KiB) in
+            # an 8 MiB ring hold about 128; close() reports the kernel's drop count anyway.
             ["ip", "netns", "exec", ns, "tcpdump", "-i", "nlmon0", "--immediate-mode", "-U",
-             "-Z", "root", "-s", "0", "-w", str(self.pcap)],
+             "-Z", "root", "-s", "65535", "-B", "8192", "-w", str(self.pcap)],
             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
         assert self.proc.stderr is not None
         line = self.proc.stderr.readline()  # "listening on nlmon0, ..." once it captures
         assert "listening on" in line, line
 
-    def close(self) -> None:
+    def close(self) -> int:
+        """Stop capturing; returns how many packets the kernel dropped (must be 0)."""
         self.sock.close()
         self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=60)
+        _, err = self.proc.communicate(timeout=60)
+        match = re.search(r"(\d+) packets? dropped by kernel", err)
+        assert match, err
+        return int(match.group(1))
 
     def mark(self) -> bytes:
         marker = f"rvm-{secrets.token_hex(4)}"
@@ -407,10 +414,11 @@ def tunnel_10000_allowed_ips(tmp: Path) -> dict[str, object]:
     dpb.apply(sb)
     tap_a, tap_b = NetlinkTap(a_ns, tmp), NetlinkTap(b_ns, tmp)
     try:
-        return tunnel_checks(sa, sb, dpa, dpb, a, b, tap_a, tap_b, key_a, key_b)
+        out = tunnel_checks(sa, sb, dpa, dpb, a, b, tap_a, tap_b, key_a, key_b)
     finally:
-        tap_a.close()
-        tap_b.close()
+        dropped = [tap_a.close(), tap_b.close()]
+    out["tap_dropped"] = dropped
+    return out
 
 
 def tunnel_checks(sa: Any, sb: Any, dpa: Dataplane, dpb: Dataplane, a: Any, b: Any,
@@ -464,9 +472,11 @@ def thousand_peers(tmp: Path) -> dict[str, object]:
     dp = dataplane(ns, tmp / "c")
     tap = NetlinkTap(ns, tmp)
     try:
-        return thousand_checks(ns, dp, tap)
+        out = thousand_checks(ns, dp, tap)
     finally:
-        tap.close()
+        dropped = tap.close()
+    out["tap_dropped"] = dropped
+    return out
 
 
 def thousand_checks(ns: str, dp: Dataplane, tap: NetlinkTap) -> dict[str, object]:

@@ -102,6 +102,7 @@ def test_one_peer_with_10000_allowed_ips(vm: dict[str, Any]) -> None:
     out = result(vm, "tunnel_10000_allowed_ips")
     big = big_allowed_ips()
     # The kernel received the first apply as several SET messages, as many as we meant.
+    assert out["tap_dropped"] == [0, 0]  # the tap saw every netlink message
     first = out["first"]
     assert first["kernel_saw"]["wg_set"] == set_messages(
         big, private_key="A" * 43 + "=", listen_port=4500) > 1, first
@@ -126,6 +127,7 @@ def test_second_identical_apply_writes_nothing_and_keeps_the_handshake(
         vm: dict[str, Any]) -> None:
     out = result(vm, "tunnel_10000_allowed_ips")
     # Nothing written: by our count, and by the kernel's netlink tap on both gateways.
+    assert out["tap_dropped"] == [0, 0]
     assert [t["ours"] for t in out["second"]] == [0, 0]
     assert [saw(t) for t in out["second"]] == [NOTHING, NOTHING]
     assert out["showconf_unchanged"] == [True, True]
@@ -139,6 +141,7 @@ def test_1000_peers(vm: dict[str, Any]) -> None:
     out = result(vm, "thousand_peers")
     assert (out["peer_count"], out["peers_missing"], out["peers_extra"]) == (1000, [], [])
     assert (out["peers_wrong_count"], out["peers_wrong"]) == (0, [])
+    assert out["tap_dropped"] == 0  # the tap saw every netlink message
     assert out["first"]["kernel_saw"]["wg_set"] > 1  # 1,000 peers do not fit one message
     assert out["second"]["ours"] == 0 and saw(out["second"]) == NOTHING
     assert out["showconf_unchanged"]

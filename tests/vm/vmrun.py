@@ -29,6 +29,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from collections.abc import Sequence
@@ -179,14 +180,20 @@ def run_in_vm(guest_command: str, *, timeout: float = 1200, memory: str = "1G",
     started = time.monotonic()
     # stdin must not be a terminal or pytest's capture: vng would attach the guest console to
     # it. Own session: on a timeout the whole group (vng, virtme-run, qemu) is killed.
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-        stderr += f"\n[vmrun] killed after {timeout:.0f}s"
+    # Output goes to files, not pipes: what the guest printed survives a kill on timeout.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                text=True, env=env, start_new_session=True)
+        try:
+            proc.wait(timeout=timeout)
+            killed = ""
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed = f"\n[vmrun] killed after {timeout:.0f}s"
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read() + killed
     run = VmRun(proc.returncode, time.monotonic() - started, stdout + stderr)
     for line in stdout.splitlines():
         line = line.strip("\r")
