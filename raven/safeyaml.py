@@ -75,7 +75,12 @@ def _describe(exc: yaml.YAMLError, source: str) -> YamlError:
 
 def load_yaml_all(data: str | bytes, *, source: str = "<input>") -> list[Any]:
     """Every document of a YAML stream (empty documents are None)."""
-    loader = _BoundedLoader(_text(data, source), source)
+    text = _text(data, source)
+    try:
+        # The reader checks for unprintable characters as it is made: inside the try.
+        loader = _BoundedLoader(text, source)
+    except yaml.YAMLError as exc:
+        raise _describe(exc, source) from exc
     try:
         documents = []
         while loader.check_node():
