@@ -26,6 +26,8 @@ import json
 import logging
 import random
 import secrets
+import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -55,6 +57,8 @@ MAX_QUERY_FIELDS = 100
 # sends its whole body before reading the answer still sees it; beyond that the connection closes.
 DRAIN_FACTOR = 16
 JSON_PATCH = "application/json-patch+json"
+# ... and for at most this long: a refused client cannot hold its thread for a body timeout.
+LINGER_SECONDS = 2.0
 
 
 class RequestHandler(http.server.BaseHTTPRequestHandler):
@@ -126,9 +130,6 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _read_body(self) -> bytes:
         settings = self.context.settings
-        # Until the body is read, any answer must close the connection (set before framing()
-        # can refuse the request, so a refused body is never read as the next request).
-        self.body_unread = bodies.declares_body(self.headers)
         frame = bodies.framing(self.headers, settings.max_body_bytes)
         if not frame.has_body:
             self.body_unread = False
@@ -158,7 +159,10 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if self.expect_continue:
             return  # we never said "100 Continue": a well-behaved client sends no body
         budget = DRAIN_FACTOR * settings.max_body_bytes
-        self.reader.start("refused body", settings.body_timeout)
+        if not isinstance(self.connection, ssl.SSLSocket):
+            with contextlib.suppress(OSError):  # EOF after the answer, for clients that wait
+                self.connection.shutdown(socket.SHUT_WR)
+        self.reader.start("refused body", min(settings.body_timeout, LINGER_SECONDS))
         with contextlib.suppress(OSError, ValueError):
             while budget > 0:
                 chunk = self.rfile.read1(min(budget, 1 << 16))
@@ -216,7 +220,9 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     def _dispatch(self, method: str) -> None:
         started = time.monotonic()
         self.warning = ""
-        self.body_unread = False
+        # Until the body is read, any answer must close the connection (so a refused body is
+        # never read as the next request).
+        self.body_unread = bodies.declares_body(self.headers)
         code = 200
         try:
             self._authenticate()
