@@ -14,6 +14,8 @@ import json
 import queue
 import socket
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from apiserver_support import ApiServerProcess, start_apiserver_process
+from apiserver_support import ROOT, ApiServerProcess, start_apiserver_process
 from kubernetes import client, watch
 
 from raven.apiserver.server import RunningApiServer, start
@@ -343,3 +345,13 @@ def wait_for(condition: Any) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not met in time"
         time.sleep(0.05)
+
+
+def test_cli_names_the_flag_of_a_bad_limit(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "raven.cli", "apiserver", "--data-dir", str(tmp_path / "d"),
+         "--listen", "127.0.0.1:0", "--max-request-body-bytes", "0", "--max-connections", "-2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "--max-request-body-bytes must be at least 1" in result.stderr
+    assert "--max-connections must be at least 1" in result.stderr
