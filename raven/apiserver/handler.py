@@ -22,23 +22,20 @@ from __future__ import annotations
 import contextlib
 import http.server
 import io
-import json
 import logging
 import random
 import secrets
 import socket
 import ssl
 import time
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from raven.apiserver import bodies, discovery, openapi, tables
+from raven.apiserver import bodies, discovery, openapi, paging, tables
 from raven.apiserver.api import ResourceApi
 from raven.apiserver.connections import DeadlineReader
 from raven.apiserver.context import ServerContext
 from raven.apiserver.fanout import Subscription
-from raven.apiserver.resources import ResourceType
 from raven.apiserver.routing import Endpoint, ResourceRoute, page_not_found, route
 from raven.apiserver.selectors import make_filter
 from raven.apiserver.status import (
@@ -48,7 +45,8 @@ from raven.apiserver.status import (
     method_not_allowed,
     unauthorized,
 )
-from raven.apiserver.store import WatchEvent, encode
+from raven.apiserver.store import encode
+from raven.apiserver.watchlines import WatchLines
 
 log = logging.getLogger("raven.apiserver")
 
@@ -419,23 +417,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         limit = bodies.query_int(query, "limit") or 0
         keep = make_filter(query.get("labelSelector"), query.get("fieldSelector"), rtype.kind)
         items, rv = api.list(rtype, route.namespace, keep)
-        meta: dict[str, Any] = {"resourceVersion": str(rv)}
-        token = query.get("continue")
-        if token:
-            try:
-                start_ns, start_name, rv_text = json.loads(_unb64(token))
-                if not (isinstance(start_ns, str) and isinstance(start_name, str)):
-                    raise TypeError("names are not strings")
-                rv = int(rv_text)
-                meta["resourceVersion"] = str(rv)
-            except (ValueError, TypeError) as exc:
-                raise bad_request("the continue token is not valid; start the list again") from exc
-            items = [s for s in items if (s.obj["metadata"].get("namespace", ""), s.obj["metadata"]["name"]) > (start_ns, start_name)]  # noqa: E501
-        if limit and len(items) > limit:
-            last = items[limit - 1].obj["metadata"]
-            meta["continue"] = _b64(json.dumps([last.get("namespace", ""), last["name"], str(rv)]))
-            meta["remainingItemCount"] = len(items) - limit
-            items = items[:limit]
+        items, meta = paging.page(items, rv, limit, query.get("continue"))
         wants = self._wants()
         if wants == "Table":
             objs = [api.to_version(rtype, s.obj) for s in items]
@@ -500,7 +482,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             timeout = float(timeout_seconds)
         else:
             timeout = random.uniform(*context.settings.default_watch_timeout)
-        writer = _WatchWriter(api, rtype, keep, self._wants() == "Table",
+        writer = WatchLines(api, rtype, keep, self._wants() == "Table",
                               query.get("includeObject", "PartialObjectMetadata"))
         sub = Subscription(
             key=rtype.storage_key, namespace=route.namespace, sock=self.connection,
@@ -530,70 +512,6 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         return 200
 
 
-class _WatchWriter:
-    """Turns store events into watch lines for one client (selector, version, Table).
-
-    Runs on the fan-out thread only, so the per-event encoding cache needs no lock.
-    """
-
-    def __init__(self, api: ResourceApi, rtype: ResourceType,
-                 keep: Callable[[dict[str, Any]], bool] | None, table: bool,
-                 include: str) -> None:
-        self.api = api
-        self.rtype = rtype
-        self.keep = keep
-        self.table = table
-        self.include = include
-        self.convert = api.needs_conversion(rtype)
-
-    def _type_for(self, event: WatchEvent) -> str | None:
-        if self.keep is None:
-            return event.type
-        if event.type == "ADDED":
-            return "ADDED" if self.keep(event.new) else None
-        if event.type == "DELETED":
-            return "DELETED" if self.keep(event.new) else None
-        was = event.old is not None and self.keep(event.old)
-        now = self.keep(event.new)
-        if was and now:
-            return "MODIFIED"
-        if now:
-            return "ADDED"
-        if was:
-            return "DELETED"
-        return None
-
-    def event_line(self, event: WatchEvent) -> bytes | None:
-        kind = self._type_for(event)
-        if kind is None:
-            return None
-        if self.table:
-            obj = self.api.to_version(self.rtype, event.new)
-            body = encode(tables.table(self.rtype, [obj], self.include, {"resourceVersion": str(event.rv)}))  # noqa: E501
-            return b'{"type":"' + kind.encode() + b'","object":' + body + b"}\n"
-        cache_key = (kind, self.rtype.api_version)
-        line = event.encoded.get(cache_key)
-        if line is None:
-            try:
-                if self.convert:
-                    raw = encode(self.api.to_version(self.rtype, event.new))
-                else:
-                    raw = event.raw if event.raw is not None else encode(event.new)
-            except Exception:  # a conversion bug must not end every watch
-                log.exception("cannot convert %s for a watch", event.key)
-                return None
-            line = b'{"type":"' + kind.encode() + b'","object":' + raw + b"}\n"
-            event.encoded[cache_key] = line
-        return line
-
-    def bookmark_line(self, rv: int, initial_end: bool = False) -> bytes:
-        meta: dict[str, Any] = {"resourceVersion": str(rv)}
-        if initial_end:
-            meta["annotations"] = {"k8s.io/initial-events-end": "true"}
-        obj = {"kind": self.rtype.kind, "apiVersion": self.rtype.api_version, "metadata": meta}
-        return encode({"type": "BOOKMARK", "object": obj}) + b"\n"
-
-
 def _dry_run(query: dict[str, str]) -> bool:
     if "dryRun" not in query:
         return False
@@ -604,15 +522,3 @@ def _dry_run(query: dict[str, str]) -> bool:
 
 def _too_old(since: int, floor: int) -> ApiError:
     return expired(f"too old resource version: {since} ({floor + 1})")
-
-
-def _b64(text: str) -> str:
-    import base64
-
-    return base64.urlsafe_b64encode(text.encode()).decode()
-
-
-def _unb64(text: str) -> str:
-    import base64
-
-    return base64.urlsafe_b64decode(text.encode()).decode()

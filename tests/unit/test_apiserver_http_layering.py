@@ -36,7 +36,7 @@ def test_handler_reaches_the_server_only_through_its_context() -> None:
 
 
 def test_routing_and_bodies_are_pure() -> None:
-    for module in ("routing.py", "bodies.py"):
+    for module in ("routing.py", "bodies.py", "paging.py"):
         imports = imported_modules(PACKAGE / module)
         assert not imports & {"socket", "ssl", "threading", "time", "sqlite3", "http.server"}
 
