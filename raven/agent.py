@@ -139,6 +139,7 @@ class Agent:
         self.dataplane = Dataplane(DataplaneSettings(
             netns=settings.netns, state_dir=settings.state_dir,
             wireguard_backend=settings.wireguard_backend, wireguard_go=settings.wireguard_go,
+            overlay=settings.plan,
         ))
         self._wake = threading.Event()
         self._drift = threading.Event()  # the netlink monitor saw a foreign change to our objects
