@@ -187,11 +187,13 @@ class Dataplane:
         done.wireguard = wg_live.device
         wg_changes = self.wireguard.diff(state.wireguard, private_key, wg_live)
         done.skipped = wg_changes.skipped
+        devices_changed = vx_changes.create is not None or vx_changes.delete is not None
         if take(wg_changes, wg_changes.lines):
-            wg_writes, extra = self.wireguard.apply(wg_changes, private_key)
+            wg_writes, extra = self.wireguard.apply(wg_changes, private_key, wg_live.link)
             done.writes += wg_writes
             done.lines.extend(extra)
-        if done.writes:
+            devices_changed = devices_changed or bool(extra) or wg_changes.remove is not None
+        if write and devices_changed:
             links = self.links.all()  # devices came or went (wireguard-go makes its own TUN)
 
         wanted_sysctls = sysctls.wanted(state)

@@ -192,16 +192,18 @@ class WireGuardApplier:
 
     # --- apply ------------------------------------------------------------------------------
 
-    def apply(self, changes: WgChanges, private_key: str) -> tuple[int, list[str]]:
-        """Writes the changes; returns (writes, lines of what actually happened beyond the
-        diff, e.g. a backend fallback or a daemon restart)."""
+    def apply(self, changes: WgChanges, private_key: str,
+              link: LinkFacts | None) -> tuple[int, list[str]]:
+        """Writes the changes (`link`: the device as read); returns (writes, lines of what
+        happened to the device beyond the diff: creation, backend fallback, daemon start)."""
         try:
-            return self._apply(changes, private_key)
+            return self._apply(changes, private_key, link)
         except BaseException:
             self._cache = None  # a failed write leaves the device unknown
             raise
 
-    def _apply(self, changes: WgChanges, private_key: str) -> tuple[int, list[str]]:
+    def _apply(self, changes: WgChanges, private_key: str,
+               link: LinkFacts | None) -> tuple[int, list[str]]:
         if changes.remove is not None:
             self._cache = None
             self.daemon.stop()
@@ -212,8 +214,8 @@ class WireGuardApplier:
         if desired is None:
             return 0, []
         extra: list[str] = []
-        writes = self._ensure_device(self.links.get(self.ifname), extra)
-        have = self.links.get(self.ifname)
+        writes = self._ensure_device(link, extra)
+        have = self.links.get(self.ifname) if writes or link is None else link
         if have is None:
             raise DataplaneError(f"wireguard {self.ifname}: device did not appear")
         write = changes.write
