@@ -50,8 +50,9 @@ _NOTHING = NodeState(node="", role=Role.ALONE, pool=None, vxlan=None)
 
 @dataclass
 class _Pass:
-    """What one reconcile did (or would do) and saw."""
+    """What one reconcile did (or, with write=False, would do) and saw."""
 
+    write: bool
     writes: int = 0
     lines: list[str] = field(default_factory=list)
     skipped: tuple[str, ...] = ()
@@ -62,6 +63,11 @@ class _Pass:
     fdb: int = 0
     neighbours: int = 0
     firewall_elements: int = 0
+
+    def take(self, changes: object, lines: tuple[str, ...]) -> bool:
+        """Record the lines; True when the changes are to be written."""
+        self.lines.extend(lines)
+        return self.write and not changes.empty()  # type: ignore[attr-defined]
 
 
 class Dataplane:
@@ -170,16 +176,23 @@ class Dataplane:
 
     def _reconcile(self, state: NodeState, *, write: bool, fresh: bool) -> _Pass:
         self._check_names(state)
-        done = _Pass()
+        done = _Pass(write)
+        links = self._devices_stage(state, done, fresh)
+        self._sysctls_stage(state, done)
+        self._neighbours_stage(state, done, links)
+        self._route_events()
+        self._routing_stage(state, done, links, fresh)
+        self._firewall_stage(state, done, fresh)
+        return done
 
-        def take(changes: object, lines: tuple[str, ...]) -> bool:
-            done.lines.extend(lines)
-            return write and not changes.empty()  # type: ignore[attr-defined]
-
+    def _devices_stage(self, state: NodeState, done: _Pass,
+                       fresh: bool) -> dict[str, LinkFacts]:
+        """VXLAN then WireGuard; returns the links as they are afterwards."""
         links = self.links.all()
         vx_changes = vxlan.diff(state.vxlan, self.overlay.vxlan_device, self.vxlan.read(links))
-        if take(vx_changes, vx_changes.lines):
+        if done.take(vx_changes, vx_changes.lines):
             done.writes += self.vxlan.apply(vx_changes)
+        changed = vx_changes.create is not None or vx_changes.delete is not None
         private_key = ""
         if state.wireguard is not None:
             private_key = keys.b64(keys.load_or_create_private_key(self.settings.state_dir))
@@ -187,52 +200,57 @@ class Dataplane:
         done.wireguard = wg_live.device
         wg_changes = self.wireguard.diff(state.wireguard, private_key, wg_live)
         done.skipped = wg_changes.skipped
-        devices_changed = vx_changes.create is not None or vx_changes.delete is not None
-        if take(wg_changes, wg_changes.lines):
+        if done.take(wg_changes, wg_changes.lines):
             wg_writes, extra = self.wireguard.apply(wg_changes, private_key, wg_live.link)
             done.writes += wg_writes
             done.lines.extend(extra)
-            devices_changed = devices_changed or bool(extra) or wg_changes.remove is not None
-        if write and devices_changed:
+            changed = changed or bool(extra) or wg_changes.remove is not None
+        if done.write and changed:
             links = self.links.all()  # devices came or went (wireguard-go makes its own TUN)
+        return links
 
-        wanted_sysctls = sysctls.wanted(state)
-        sc_changes = sysctls.diff(wanted_sysctls, self.sysctls.read(wanted_sysctls))
-        if take(sc_changes, sc_changes.lines):
-            done.writes += self.sysctls.apply(sc_changes)
+    def _sysctls_stage(self, state: NodeState, done: _Pass) -> None:
+        wanted = sysctls.wanted(state)
+        changes = sysctls.diff(wanted, self.sysctls.read(wanted))
+        if done.take(changes, changes.lines):
+            done.writes += self.sysctls.apply(changes)
 
+    def _neighbours_stage(self, state: NodeState, done: _Pass,
+                          links: dict[str, LinkFacts]) -> None:
         vx = links.get(self.overlay.vxlan_device)
         vx = vx if vx is not None and vx.kind == "vxlan" else None
         done.vxlan = vx is not None
-        live_neigh = self.neighbours.read(vx.index if vx else None)
-        done.fdb, done.neighbours = len(live_neigh.fdb), len(live_neigh.neighbours)
-        if state.vxlan is not None:
-            nb_changes = neighbours.diff(state.fdb, state.neighbours, live_neigh)
-            if take(nb_changes, nb_changes.lines):
-                if vx is None:
-                    raise DataplaneError(f"vxlan {state.vxlan.name}: device did not appear")
-                done.writes += self.neighbours.apply(nb_changes, vx.index)
+        live = self.neighbours.read(vx.index if vx else None)
+        done.fdb, done.neighbours = len(live.fdb), len(live.neighbours)
+        if state.vxlan is None:
+            return  # the device goes, and its entries with it
+        changes = neighbours.diff(state.fdb, state.neighbours, live)
+        if done.take(changes, changes.lines):
+            if vx is None:
+                raise DataplaneError(f"vxlan {state.vxlan.name}: device did not appear")
+            done.writes += self.neighbours.apply(changes, vx.index)
 
-        self._route_events()
+    def _routing_stage(self, state: NodeState, done: _Pass, links: dict[str, LinkFacts],
+                       fresh: bool) -> None:
         tables = self._tables(state)
         names = {link.index: name for name, link in links.items()}
         live_routes = self.routes.read(tables, names, fresh=fresh)
         done.routes = sum(map(len, live_routes.values()))
-        rt_changes = routes.diff(route_index(state.routes), live_routes)
-        if take(rt_changes, rt_changes.lines):
-            done.writes += self.routes.apply(rt_changes, links)
+        route_changes = routes.diff(route_index(state.routes), live_routes)
+        if done.take(route_changes, route_changes.lines):
+            done.writes += self.routes.apply(route_changes, links)
         live_rules = self.rules.read(tables, fresh=fresh)
         done.rules = sum(live_rules.values())
-        ru_changes = rules.diff(state.rules, live_rules)
-        if take(ru_changes, ru_changes.lines):
-            done.writes += self.rules.apply(ru_changes)
+        rule_changes = rules.diff(state.rules, live_rules)
+        if done.take(rule_changes, rule_changes.lines):
+            done.writes += self.rules.apply(rule_changes)
 
-        live_fw = self.firewall.read(state.firewall, fresh=fresh)
-        done.firewall_elements = sum(map(len, live_fw.elements.values())) if live_fw else 0
-        fw_plan = self.firewall.diff(state.firewall, live_fw)
-        if take(fw_plan, fw_plan.changes):
-            done.writes += self.firewall.apply(fw_plan, state.firewall)
-        return done
+    def _firewall_stage(self, state: NodeState, done: _Pass, fresh: bool) -> None:
+        live = self.firewall.read(state.firewall, fresh=fresh)
+        done.firewall_elements = sum(map(len, live.elements.values())) if live else 0
+        plan = self.firewall.diff(state.firewall, live)
+        if done.take(plan, plan.changes):
+            done.writes += self.firewall.apply(plan, state.firewall)
 
     def _route_events(self) -> None:
         """Hand every pending netlink event to the appliers whose caches it may make stale."""
