@@ -161,7 +161,7 @@ def test_route_diff_applied_to_live_gives_desired(want_ids: set[int], live_ids: 
     want = route_index(tuple(map(route, sorted(want_ids))))
     live = route_index(list(map(route, sorted(live_ids))), strict=False)
     changes = routes.diff(want, live)
-    kernel = {(k[0], k[1]): k for dst_set in () for k in dst_set}
+    kernel: dict[tuple[str, int], tuple[object, ...]] = {}  # a kernel table: one route a place
     for shape, dsts in live.items():
         kernel.update({(dst, shape[0]): (dst, *shape) for dst in dsts})
     for key in changes.delete:
