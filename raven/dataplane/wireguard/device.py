@@ -160,7 +160,7 @@ class WireGuardApplier:
         kind = kind_of(link)
         if kind not in ("kernel", "userspace"):
             return WgLive(link, None, daemon=self.daemon.pid() is not None)
-        self.backend = self.backend or kind
+        self.backend = kind  # the live device decides how to talk to it
         cached = None if fresh else self._cached(link)  # type: ignore[arg-type]
         if cached is not None:
             return WgLive(link, cached, daemon=True)
