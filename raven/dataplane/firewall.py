@@ -33,7 +33,7 @@ import bisect
 import functools
 import hashlib
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from raven.dataplane.errors import DataplaneError
 from raven.dataplane.nftnl import ChainSpec, LiveTable, RuleSpec, SetSpec
@@ -178,9 +178,15 @@ def _rule_text(rule: RuleSpec) -> str:
     return f"{match} meta mark set meta mark & {keep:#x} | {mark:#x}"
 
 
-@functools.lru_cache(maxsize=8)
 def skeleton(fw: Firewall) -> tuple[str, str]:
     """(nft script equivalent to the empty table we write, fingerprint)."""
+    return _skeleton(fw.table, fw.mark, fw.mark_mask)  # not keyed on the 10,000 subnets
+
+
+@functools.lru_cache(maxsize=8)
+def _skeleton(table: str, mark: int, mark_mask: int) -> tuple[str, str]:
+    fw = Firewall(table=table, mark=mark, mark_mask=mark_mask, local_subnets=(),
+                  remote_subnets=())
     sets, rule_specs = skeleton_specs(fw)
     body = [f"  set {s.name} {{ type ipv{s.version}_addr; flags interval; }}" for s in sets]
     rules: dict[str, list[str]] = {c: [] for c in CHAINS}
@@ -235,6 +241,8 @@ class FirewallPlan:
     elements: tuple[tuple[str, tuple[str, ...], bool], ...] = ()  # (set, CIDRs, delete?)
     delete_table: bool = False
     changes: tuple[str, ...] = ()
+    # the collapsed subnets the table holds after this plan (None when it is deleted)
+    want: dict[int, frozenset[str]] | None = field(default=None, compare=False)
 
     def empty(self) -> bool:
         return self.build is None and not self.elements and not self.delete_table
@@ -259,7 +267,7 @@ def plan_firewall(desired: Firewall | None, live: LiveFirewall | None,
         adds = tuple((name, tuple(sorted(want[version])), False)
                      for version, name in SETS.items() if want[version])
         detail = "" if live is None else " (skeleton differed)"
-        return FirewallPlan(build=what, elements=adds, changes=(
+        return FirewallPlan(build=what, elements=adds, want=want, changes=(
             f"nft table inet {desired.table} {what}{detail} with "
             f"{sum(len(w) for w in want.values())} remote subnets",))
     elements: list[tuple[str, tuple[str, ...], bool]] = []
@@ -274,4 +282,4 @@ def plan_firewall(desired: Firewall | None, live: LiveFirewall | None,
         if missing:
             elements.append((set_name, tuple(sorted(missing)), False))
             changes.append(f"nft {set_name} add {len(missing)} elements")
-    return FirewallPlan(elements=tuple(elements), changes=tuple(changes))
+    return FirewallPlan(elements=tuple(elements), changes=tuple(changes), want=want)

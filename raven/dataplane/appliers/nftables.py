@@ -76,6 +76,6 @@ class FirewallApplier:
                                          set_id=ids.get(set_name))
         self.nft.write(requests)
         # What we wrote is now the table; remember it under the generation it created.
-        self._cache = (self.nft.generation(), skeleton(desired)[1],
-                       LiveFirewall(True, self.collapse(desired.remote_subnets)))
+        want = plan.want if plan.want is not None else self.collapse(desired.remote_subnets)
+        self._cache = (self.nft.generation(), skeleton(desired)[1], LiveFirewall(True, want))
         return 1
