@@ -12,7 +12,7 @@ Rules kept:
 - live inputs are applied when they differ from the inputs of the last successful API apply,
   when drift was seen, or when the resync period is over; a failed apply is retried with
   exponential backoff (`BackoffSettings.delay`, jitter drawn by the runner) and leaves the data
-  plane as it is;
+  plane as it is; inputs that changed since the failure are tried at once;
 - inputs that changed are written to the offline cache (once per change);
 - before the informers have listed, the cached inputs (read once at start) are applied, and
   re-applied every resync period while the API stays unreachable;
@@ -91,6 +91,7 @@ class AgentState:
     applied_key: Key | None = None  # inputs of the last successful apply from the API
     saved_key: Key | None = None  # inputs last written to the offline cache
     failures: int = 0  # consecutive failed applies
+    failed_key: Key | None = None  # inputs of the last failed apply: retried after the backoff
     publish_failures: int = 0
     next_resync: float = 0.0
     next_stats: float = 0.0
@@ -120,7 +121,9 @@ def step(state: AgentState, seen: Observation, now: float, s: AgentSettings) -> 
     if live is not None:
         if live.key != state.saved_key:
             actions.append(SaveCache(live))
-        if live.key != state.applied_key or state.drift or now >= state.next_resync:
+        due = live.key != state.applied_key or state.drift or now >= state.next_resync
+        backing_off = live.key == state.failed_key and now < state.next_resync
+        if due and not backing_off:
             actions.append(Apply(live))
             state = replace(state, drift=False)
         if now >= state.next_publish:
@@ -139,11 +142,13 @@ def step(state: AgentState, seen: Observation, now: float, s: AgentSettings) -> 
 
 
 def _deadline(state: AgentState, seen: Observation, now: float) -> float:
-    deadline = min(state.next_resync, state.next_stats, state.next_publish)
+    deadline = min(state.next_resync, state.next_stats)
     if state.burst_until is not None:
         deadline = min(deadline, state.burst_until)
-    if seen.live is None:
+    if seen.live is None:  # nothing to publish before the API answers: do not spin on it
         deadline = min(deadline, now + UNSYNCED_POLL)
+    else:
+        deadline = min(deadline, state.next_publish)
     return deadline
 
 
@@ -152,10 +157,11 @@ def applied(state: AgentState, inputs: Inputs, ok: bool, now: float, s: AgentSet
     """The outcome of an Apply action. `jitter` is a random draw in [0, 1) for the backoff."""
     if ok:
         return replace(
-            state, applied=inputs, failures=0, next_resync=now + s.resync_period,
+            state, applied=inputs, failures=0, failed_key=None,
+            next_resync=now + s.resync_period,
             applied_key=inputs.key if inputs.source == "api" else state.applied_key)
     failures = state.failures + 1
-    return replace(state, failures=failures,
+    return replace(state, failures=failures, failed_key=inputs.key,
                    next_resync=now + s.backoff.delay(failures, lambda: jitter))
 
 

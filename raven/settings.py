@@ -126,10 +126,11 @@ class AgentSettings:
     heartbeat_period: float = _opt(5.0, "seconds between heartbeat Lease renewals")
     heartbeat_duration: int = 15  # leaseDurationSeconds written on the heartbeat Lease
     stats_period: float = 10.0  # refresh per-peer metrics (handshake age, bytes) and drift
+    metrics_port: int = 10265  # the port the DaemonSet serves health and metrics on
     metrics_listen: tuple[str, ...] = _opt(
         (), "serve /healthz /readyz /metrics here, HOST:PORT, repeatable; /status only on a "
         "loopback address; never a wildcard (0.0.0.0, ::). The DaemonSet passes "
-        "127.0.0.1:10265 and $(NODE_IP):10265")
+        "127.0.0.1:10265 and $(NODE_IP):10265, the node's InternalIP")
     namespace: str = constants.RAVEN_NAMESPACE  # where heartbeat Leases live
     backoff: BackoffSettings = field(default_factory=BackoffSettings)
 
@@ -161,6 +162,7 @@ class ControllerSettings:
     resync_period: float = _opt(5.0, "seconds between full re-elections without events "
                                 "(heartbeats go stale without events)")
     coalesce: float = 0.05  # wait this long after an event so a burst becomes one reconcile
+    metrics_port: int = 10266  # the port the Deployment serves health and metrics on
     metrics_listen: tuple[str, ...] = _opt(
         (), "serve /healthz /readyz /metrics here, HOST:PORT, repeatable; /status only on a "
         "loopback address; never a wildcard. The Deployment passes 127.0.0.1:10266 and "
@@ -211,8 +213,9 @@ def listen_problems(flag: str, listen: tuple[str, ...]) -> list[str]:
         host, sep, port = text.rpartition(":")
         host = host.strip("[]")
         fix = "use HOST:PORT with an address of this machine, e.g. 127.0.0.1:10265"
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            problems.append(f"{flag} {text!r}: not HOST:PORT with a port 1-65535; {fix}")
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+            problems.append(f"{flag} {text!r}: not HOST:PORT with a port 0-65535 "
+                            f"(0: any free port); {fix}")
             continue
         try:
             address = ipaddress.ip_address(host)
