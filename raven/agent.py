@@ -29,6 +29,7 @@ import logging
 import random
 import threading
 import time
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -122,9 +123,14 @@ class Agent:
         self.kube: Kube | None = kube  # created by connect(), after the cached plan is applied
         self.metrics = AgentMetrics()
         self.cache = InputCache(settings.state_dir / CACHE_FILE)
+        # The data plane's section gains the overlay section (names, tables, marks) on the
+        # data plane branch; hand it ours then, so apply() and cleanup() use what we plan with.
+        shared = ({"overlay": settings.overlay}
+                  if "overlay" in {f.name for f in fields(DataplaneSettings)} else {})
         self.dataplane = Dataplane(DataplaneSettings(
             netns=settings.netns, state_dir=settings.state_dir,
             wireguard_backend=settings.wireguard_backend, wireguard_go=settings.wireguard_go,
+            **shared,
         ))
         self._wake = threading.Event()
         self._drift = threading.Event()  # the netlink monitor saw a foreign change to our objects
