@@ -385,15 +385,41 @@ class Agent:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.public_key = self.dataplane.public_key()
-        started = time.monotonic()
         cached = self.load_cache()
+        state = self._start_from_cache(cached)  # before connect(): the client takes a second
+        beating = self._start_api(stop)
+        assert self.gateways is not None and self.node is not None
+        try:
+            while not stop.is_set():
+                self.loop_time = time.monotonic()
+                woke, drifted = self._wake.is_set(), self._drift.is_set()
+                self._wake.clear()
+                self._drift.clear()
+                live = self._live_inputs()
+                self._note_confirmation(time.time())
+                seen = Observation(live, woke, drifted, cached if state.applied is None else None)
+                state, deadline = self.turn(state, seen)
+                self._wake.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            stop.set()  # also ends the heartbeat thread
+            self.gateways.stop()
+            self.node.stop()
+            beating.join(timeout=s.kube.request_timeout + 1)
+            self.dataplane.close()  # leaves every kernel object (and wireguard-go) in place
+
+    def _start_from_cache(self, cached: Inputs | None) -> agent_step.AgentState:
         state = agent_step.AgentState()
-        if cached is not None:  # before connect(): the kubernetes client takes a second
-            log.info("applying cached inputs from %.0fs ago", time.time() - self.inputs_time)
-            state, _ = self.turn(state, Observation(live=None, cached=cached))
-            if state.applied is not None:
-                log.info("cached plan applied %.2fs after the agent started",
-                         time.monotonic() - started)
+        if cached is None:
+            return state
+        started = time.monotonic()
+        log.info("applying cached inputs from %.0fs ago", time.time() - self.inputs_time)
+        state, _ = self.turn(state, Observation(live=None, cached=cached))
+        if state.applied is not None:
+            log.info("cached plan applied in %.2fs", time.monotonic() - started)
+        return state
+
+    def _start_api(self, stop: threading.Event) -> threading.Thread:
+        """Connect, start the informers, the drift monitor and the heartbeat thread."""
         self.connect()
         assert self.gateways is not None and self.node is not None
         self.gateways.start()
@@ -411,27 +437,14 @@ class Agent:
         # would wait for the next deadline (up to 10 s, longer than a heartbeat).
         threading.Thread(target=lambda: (stop.wait(), self._wake.set()), name="stop-waker",
                          daemon=True).start()
-        try:
-            while not stop.is_set():
-                self.loop_time = time.monotonic()
-                woke, drifted = self._wake.is_set(), self._drift.is_set()
-                self._wake.clear()
-                self._drift.clear()
-                live = self._live_inputs()
-                wall = time.time()
-                if self._api_in_sync():
-                    self.inputs_time = wall
-                self.metrics.cache_age.set(max(0.0, wall - self.inputs_time)
-                                           if self.inputs_time else 0.0)
-                seen = Observation(live, woke, drifted, cached if state.applied is None else None)
-                state, deadline = self.turn(state, seen)
-                self._wake.wait(max(0.0, deadline - time.monotonic()))
-        finally:
-            stop.set()  # also ends the heartbeat thread
-            self.gateways.stop()
-            self.node.stop()
-            beating.join(timeout=s.kube.request_timeout + 1)
-            self.dataplane.close()  # leaves every kernel object (and wireguard-go) in place
+        return beating
+
+    def _note_confirmation(self, wall: float) -> None:
+        """Cache age is wall time: it compares with the savedAt a previous process wrote."""
+        if self._api_in_sync():
+            self.inputs_time = wall
+        self.metrics.cache_age.set(max(0.0, wall - self.inputs_time) if self.inputs_time
+                                   else 0.0)
 
     def _heartbeat_loop(self, stop: threading.Event) -> None:
         """Renew the heartbeat Lease while we are a gateway candidate, on its own thread: a slow
