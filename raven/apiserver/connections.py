@@ -53,6 +53,21 @@ class DeadlineReader(io.RawIOBase):
         self.deadline = time.monotonic() + seconds
 
 
+class SocketWriter(io.BufferedIOBase):
+    """Unbuffered writes with sendall (a raw socket file may write only part of a buffer)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.sock.sendall(data)
+        with memoryview(data) as view:
+            return view.nbytes
+
+
 class ApiServerHTTP(http.server.ThreadingHTTPServer):
     """ThreadingHTTPServer with a connection bound that hands TLS handshakes to request threads."""
 

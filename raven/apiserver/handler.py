@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from raven.apiserver import bodies, discovery, openapi, paging, tables
 from raven.apiserver.api import ResourceApi
-from raven.apiserver.connections import DeadlineReader
+from raven.apiserver.connections import ApiServerHTTP, DeadlineReader, SocketWriter
 from raven.apiserver.context import ServerContext
 from raven.apiserver.fanout import Subscription
 from raven.apiserver.routing import Endpoint, ResourceRoute, page_not_found, route
@@ -62,20 +62,20 @@ LINGER_SECONDS = 2.0
 class RequestHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "raven-apiserver"
-    server: Any  # connections.ApiServerHTTP, whose `context` is all the handler uses
+    server: ApiServerHTTP  # type: ignore[assignment]  # its `context` is all the handler uses
 
     # ------------------------------------------------------------------ plumbing
 
     @property
     def context(self) -> ServerContext:
-        return self.server.context  # type: ignore[no-any-return]
+        return self.server.context
 
     def setup(self) -> None:
         settings = self.context.settings
         self.connection = self.request
         self.reader = DeadlineReader(self.connection, settings.idle_timeout)
         self.rfile = io.BufferedReader(self.reader, 1 << 16)
-        self.wfile = http.server.socketserver._SocketWriter(self.connection)  # type: ignore[attr-defined]
+        self.wfile = SocketWriter(self.connection)
         self.requests_served = 0
 
     def log_message(self, format: str, *args: Any) -> None:
