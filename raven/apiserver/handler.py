@@ -104,7 +104,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             if not self.raw_requestline:
                 self.close_connection = True
                 return
-            self.reader.start("request line and headers", settings.header_timeout)
+            if self.requests_served:  # the idle wait is over: the headers get their own time
+                self.reader.start("request line and headers", settings.header_timeout)
             if not self.parse_request():
                 return
             self.requests_served += 1
