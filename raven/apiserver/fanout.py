@@ -289,7 +289,8 @@ class WatchFanout:
             self._fail(sub, ApiError(410, "Expired",
                                      f"this watch of {_resource(sub.key)} fell more than "
                                      f"{self.backlog_limit_bytes} bytes behind (the client "
-                                     "reads too slowly); list and watch again"))
+                                     "reads too slowly); list and watch again"),
+                       keep_queued=False)
 
     def _start(self, sub: Subscription, backlog: Sequence[Any], current_rv: int) -> None:
         try:
@@ -417,12 +418,16 @@ class WatchFanout:
             return True
         return not data
 
-    def _fail(self, sub: Subscription, error: ApiError) -> None:
-        """End one watch with an ERROR event: drop what it has not been sent, queue the error and
-        the terminating chunk, and give the client ERROR_DRAIN_SECONDS to read them."""
+    def _fail(self, sub: Subscription, error: ApiError, keep_queued: bool = True) -> None:
+        """End one watch with an ERROR event, and give the client ERROR_DRAIN_SECONDS to read
+        it and the terminating chunk. Events queued before the failure are sent first when the
+        initial list is complete (`keep_queued`); otherwise they are dropped."""
         if sub.ended or sub.closing:
             return
         sub.closing = True
+        if keep_queued and sub.backlog_next >= len(sub.backlog) and sub.pending:
+            data = b"".join(sub.pending)
+            sub.out += f"{len(data):x}\r\n".encode() + data + b"\r\n"
         sub.pending.clear()
         sub.pending_bytes = 0
         sub.backlog = ()
