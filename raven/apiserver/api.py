@@ -388,6 +388,8 @@ class ResourceApi:
             return self.to_version(rtype, last)
         with self._write_lock():
             if rtype.storage_key == NAMESPACES and self.store.get(NAMESPACES, "", name):
+                # Preconditions first: a refused delete must not have emptied the namespace.
+                self.store.mutate(NAMESPACES, "", name, change, dry_run=True)
                 self._delete_namespace_contents(name)
             old, last = self.store.mutate(rtype.storage_key, namespace or "", name, change)
             if rtype.storage_key == CRDS and old is not None:

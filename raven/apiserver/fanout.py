@@ -485,3 +485,12 @@ def _as_event(item: Any, key: tuple[str, str]) -> Any:
 def _resource(key: tuple[str, str]) -> str:
     group, plural = key
     return f"{plural}.{group}" if group else plural
+
+
+def health_report(health: FanoutHealth) -> tuple[int, bytes]:
+    """The answer of /healthz, /livez and /readyz for the watch fan-out, in kube-apiserver's
+    format: 200 "ok", or 500 naming the failed check (watches would hang without it)."""
+    if health.ok:
+        return 200, b"ok"
+    return 500, (f"[-]watch-fanout failed: {health.message}\n"
+                 "healthz check failed").encode()

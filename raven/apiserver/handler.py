@@ -27,7 +27,7 @@ import yaml
 
 from raven.apiserver import discovery, openapi, tables
 from raven.apiserver.api import ResourceApi, delete_options_dry_run, parse_continue_token
-from raven.apiserver.fanout import Subscription
+from raven.apiserver.fanout import Subscription, health_report
 from raven.apiserver.resources import ResourceType
 from raven.apiserver.selectors import make_filter
 from raven.apiserver.status import (
@@ -180,8 +180,9 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         owner = self.server.owner
         registry = owner.registry
         if path in ("/healthz", "/livez", "/readyz"):
-            self._send(200, b"ok", "text/plain; charset=utf-8")
-            return 200
+            code, text = health_report(owner.fanout.health())
+            self._send(code, text, "text/plain; charset=utf-8")
+            return code
         if path == "/version":
             self._send_json(200, discovery.version_info())
             return 200

@@ -204,3 +204,14 @@ def test_continue_tokens_still_page(http_api: Http) -> None:
         if not token:
             break
     assert names == ["page-0", "page-1", "page-2"]
+
+
+def test_a_refused_namespace_delete_deletes_nothing(http_api: Http) -> None:
+    assert http_api("POST", "/api/v1/namespaces", {"metadata": {"name": "keep"}})[0] == 201
+    path = "/api/v1/namespaces/keep/configmaps"
+    assert http_api("POST", path, configmap("inside"))[0] == 201
+    code, status = http_api("DELETE", "/api/v1/namespaces/keep",
+                            {"preconditions": {"uid": "not-its-uid"}})
+    assert code == 409, status
+    assert http_api("GET", f"{path}/inside")[0] == 200
+    assert http_api("GET", "/api/v1/namespaces/keep")[0] == 200

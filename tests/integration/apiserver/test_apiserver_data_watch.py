@@ -7,6 +7,7 @@ the chunked stream themselves, and the process's resident memory from /proc/self
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import sqlite3
@@ -215,3 +216,23 @@ def test_a_watcher_that_does_not_read_is_closed_with_an_error(tmp_path: Path) ->
         wait_for(lambda: running.server.fanout.count() == 0, what="the watch to be dropped")
     finally:
         running.stop()
+
+
+def test_health_reports_the_watch_fanout(server: RunningApiServer) -> None:
+    def health(path: str) -> tuple[int, str]:
+        context = ssl.create_default_context(cafile=str(server.ca_cert))
+        conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context,
+                                           timeout=30)
+        try:
+            conn.request("GET", path, headers={"Authorization": f"Bearer {server.token}"})
+            response = conn.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            conn.close()
+
+    for path in ("/healthz", "/livez", "/readyz"):
+        assert health(path) == (200, "ok")
+    server.server.fanout.stop()  # as if its thread had died: watches would hang
+    for path in ("/healthz", "/livez", "/readyz"):
+        code, text = health(path)
+        assert code == 500 and "[-]watch-fanout failed" in text, (path, code, text)
