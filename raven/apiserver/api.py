@@ -11,6 +11,10 @@ Rules kept (Kubernetes API conventions):
   namespace deletes what it contains; default, kube-system and kube-public cannot be deleted.
 - Gateways are stored at v1beta1, validated with raven.model.gateway_problems (422 Invalid) and
   converted with raven.model.convert_gateway for v1alpha1 clients.
+- Every write is checked completely before anything is stored, and stores nothing when refused:
+  metadata and built-in field types (raven.apiserver.objects), names by the rule of their kind,
+  CRDs as kube-apiserver validates them (raven.apiserver.crd); a body of any shape gets 400/422,
+  never 500. A refused namespace delete keeps the namespace's contents.
 """
 
 from __future__ import annotations
@@ -306,6 +310,7 @@ class ResourceApi:
                 result["status"] = new["status"]
             else:
                 result.pop("status", None)
+            self._check_input(rtype, result)
         else:
             result = new
             self._check_input(rtype, result)

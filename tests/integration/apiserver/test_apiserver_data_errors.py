@@ -215,3 +215,13 @@ def test_a_refused_namespace_delete_deletes_nothing(http_api: Http) -> None:
     assert code == 409, status
     assert http_api("GET", f"{path}/inside")[0] == 200
     assert http_api("GET", "/api/v1/namespaces/keep")[0] == 200
+
+
+def test_a_status_of_the_wrong_type_is_422(http_api: Http) -> None:
+    code, created = http_api("POST", "/api/v1/nodes", {"metadata": {"name": "n-status"}})
+    assert code == 201, created
+    body = dict(created, status=["not", "an", "object"])
+    code, status = http_api("PUT", "/api/v1/nodes/n-status/status", body)
+    assert code == 422 and "status" in [c["field"] for c in status["details"]["causes"]]
+    after = http_api("GET", "/api/v1/nodes/n-status")[1]
+    assert after["metadata"]["resourceVersion"] == created["metadata"]["resourceVersion"]
