@@ -181,6 +181,9 @@ class WatchFanout:
                     log.exception("watch fan-out loop failed (restart %d); continuing",
                                   self.restarts)
                     time.sleep(0.05)  # no hot loop if the failure repeats
+                    # Watchers queued for in the failed turn may have nothing else to wake them.
+                    for sub in list(self._live.values()):
+                        self._guard(sub, self._send, sub)
         finally:
             for sub in list(self._live.values()):
                 with contextlib.suppress(Exception):

@@ -120,8 +120,11 @@ def test_a_bad_object_ends_only_the_watch_that_cannot_render_it(fanout: WatchFan
 
 def test_the_loop_survives_its_own_failure(fanout: WatchFanout) -> None:
     _, client = watch(fanout, [])
+    fanout.publish(event(1, "before"))
     fanout.publish(object())  # not an event at all: fails outside any one watcher
-    fanout.publish(event(1, "next"))
+    # Queued before the failure, delivered after the restart with nothing else to wake it.
+    assert [e["object"]["metadata"]["name"] for e in client.read_events(1)] == ["before"]
+    fanout.publish(event(2, "next"))
     assert [e["object"]["metadata"]["name"] for e in client.read_events(1)] == ["next"]
     health = fanout.health()
     assert health.ok and health.restarts == 1
