@@ -14,11 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from apiserver_support import start_apiserver_process
+from kube_support import free_port, wait_for
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from raven.apiserver.server import RunningApiServer, start
 from raven.apiserver.settings import ApiServerSettings
+from raven.kube.client import NODES, Kube, KubeSettings
+from raven.kube.errors import Expired
+from raven.kube.informer import Informer
 
 CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
 
@@ -115,3 +120,43 @@ def test_after_a_restore_clients_are_told_to_relist(tmp_path: Path) -> None:
         assert fresh.items == [] and int(fresh.metadata.resource_version) < int(seen_rv)
     finally:
         running.stop()
+
+
+def test_a_raven_informer_relists_after_a_restore(tmp_path: Path) -> None:
+    """raven.kube's informer treats "Too large resource version" as client-go does: list again,
+    and see the restored state (not retry the same watch for ever). The server runs as a
+    subprocess, stopped and restarted on the same port, as an operator restores a backup."""
+    data_dir, backup = tmp_path / "api", tmp_path / "backup"
+    listen = f"127.0.0.1:{free_port()}"
+    process = start_apiserver_process(data_dir, listen=listen)
+    process.stop()
+    shutil.copytree(data_dir, backup)  # same token and CA: the kubeconfig stays valid
+    process = start_apiserver_process(data_dir, listen=listen)
+    kube = Kube(KubeSettings(kubeconfig=process.kubeconfig, request_timeout=5))
+    informer = Informer(kube, NODES).start()
+    try:
+        assert informer.synced.wait(20)
+        for n in range(5):
+            kube.create(NODES, {"apiVersion": "v1", "kind": "Node",
+                                "metadata": {"name": f"gone-{n}"}})
+        wait_for(lambda: len(informer.items()) == 5, what="the informer to see the nodes")
+        seen_rv = int(informer.resource_version)
+        process.stop()
+        shutil.rmtree(data_dir)
+        shutil.copytree(backup, data_dir)  # restore: the store is older than the informer
+        process = start_apiserver_process(data_dir, listen=listen)
+        # What the informer meets when it resumes from what it saw: Expired, so it lists again
+        # (a watch it would retry for ever otherwise).
+        with pytest.raises(Expired) as err:
+            kube.watch(NODES, str(seen_rv), timeout_seconds=1)
+        assert err.value.status == 504 and "Too large resource version" in str(err.value)
+        wait_for(lambda: informer.items() == [] and informer.lists >= 2, timeout=60,
+                 what="the informer to relist the restored store")
+        assert int(informer.resource_version) < seen_rv
+        kube.create(NODES, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": "new"}})
+        wait_for(lambda: [n["metadata"]["name"] for n in informer.items()] == ["new"],
+                 what="the informer to follow the restored store")
+    finally:
+        informer.stop()
+        kube.close()
+        process.stop()
