@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from raven.apiserver.api import ResourceApi
+from raven.apiserver.fanout import FanoutHealth
 from raven.apiserver.resources import Registry
 from raven.apiserver.settings import ApiServerSettings
 from raven.apiserver.store import Store
@@ -25,3 +26,4 @@ class ServerContext:
     store: Store  # for watches: resume checks and subscriptions
     address: str  # host:port clients use, for discovery's serverAddressByClientCIDRs
     is_stopping: Callable[[], bool]  # the server is shutting down: start no new watch
+    watch_health: Callable[[], FanoutHealth]  # for /healthz, /livez, /readyz

@@ -32,10 +32,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from raven.apiserver import bodies, discovery, openapi, paging, tables
-from raven.apiserver.api import ResourceApi
+from raven.apiserver.api import ResourceApi, delete_options_dry_run
 from raven.apiserver.connections import ApiServerHTTP, DeadlineReader, SocketWriter
 from raven.apiserver.context import ServerContext
-from raven.apiserver.fanout import Subscription
+from raven.apiserver.fanout import Subscription, health_report
 from raven.apiserver.routing import Endpoint, ResourceRoute, page_not_found, route
 from raven.apiserver.selectors import make_filter
 from raven.apiserver.status import (
@@ -262,8 +262,9 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         target = route(method, path, registry)
         endpoint = target.endpoint
         if endpoint is Endpoint.HEALTH:
-            self._send(200, b"ok", "text/plain; charset=utf-8")
-            return 200
+            code, text = health_report(context.watch_health())
+            self._send(code, text, "text/plain; charset=utf-8")
+            return code
         doc: Any = None
         if endpoint is Endpoint.VERSION:
             doc = discovery.version_info()
@@ -341,7 +342,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         elif method == "DELETE":
             options = self._delete_options(body)
             # kubectl sends dryRun in the DeleteOptions body.
-            dry_run = dry_run or "All" in (options.get("dryRun") or [])
+            dry_run = dry_run or delete_options_dry_run(options)
             obj = api.delete(rtype, route.namespace, route.name, options, dry_run)
             if rtype.plural != "namespaces":
                 # Deleted at once: kube-apiserver answers a Status (namespaces: the object).
@@ -374,10 +375,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
 
     def _delete_options(self, body: bytes) -> dict[str, Any]:
         options = self._decode(body) if body.strip() else {}
-        options = bodies.require_object(options, "DeleteOptions")
-        if not isinstance(options.get("dryRun") or [], list):
-            raise bad_request('DeleteOptions.dryRun must be a list such as ["All"]')
-        return options
+        return bodies.require_object(options, "DeleteOptions")
 
     def _check_accept(self) -> None:
         accept = self.headers.get("Accept") or "*/*"
@@ -417,6 +415,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         rtype = route.rtype
         limit = bodies.query_int(query, "limit") or 0
         keep = make_filter(query.get("labelSelector"), query.get("fieldSelector"), rtype.kind)
+        self.context.store.check_read_at(query.get("resourceVersion"))
         items, rv = api.list(rtype, route.namespace, keep)
         items, meta = paging.page(items, rv, limit, query.get("continue"))
         wants = self._wants()
@@ -447,7 +446,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         keep = make_filter(query.get("labelSelector"), query.get("fieldSelector"), route.rtype.kind)
         items, _ = api.list(route.rtype, route.namespace, keep)
         options = self._delete_options(body)
-        dry_run = _dry_run(query) or "All" in (options.get("dryRun") or [])
+        dry_run = _dry_run(query) or delete_options_dry_run(options)
         deleted = []
         for stored in items:
             meta = stored.obj["metadata"]
@@ -476,8 +475,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             if not bodies.DECIMAL.fullmatch(rv_text):
                 raise bad_request(f"resourceVersion {rv_text!r} is not a valid resourceVersion; use one from a previous list or watch")  # noqa: E501
             since = int(rv_text)
-            if not context.store.can_resume(since):
-                raise _too_old(since, context.store.history_floor)
+            context.store.check_watch_start(since)
         timeout_seconds = bodies.query_int(query, "timeoutSeconds")
         if timeout_seconds is not None:
             timeout = float(timeout_seconds)

@@ -120,7 +120,8 @@ class ApiServer:
     def _context(self) -> ServerContext:
         return ServerContext(settings=self.settings, token=self.token, registry=self.registry,
                              api=self.api, store=self.store, address=self.address,
-                             is_stopping=lambda: self.stopping)
+                             is_stopping=lambda: self.stopping,
+                             watch_health=self.fanout.health)
 
     def serve_forever(self) -> None:
         assert self.httpd is not None
