@@ -485,15 +485,16 @@ def parse_continue_token(token: str) -> tuple[str, str, int]:
 
 
 _QUALIFIED = re.compile(
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
 )
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline.
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
 
 def _qualified_name_ok(key: str) -> bool:
     prefix, _, name = key.rpartition("/")
-    return bool(_QUALIFIED.match(key)) and len(name) <= 63 and len(prefix) <= 253
+    return bool(_QUALIFIED.fullmatch(key)) and len(name) <= 63 and len(prefix) <= 253
 
 
 def _label_problems(labels: dict[str, str], annotations: dict[str, str]) -> list[tuple[str, str]]:
@@ -505,7 +506,7 @@ def _label_problems(labels: dict[str, str], annotations: dict[str, str]) -> list
             problems.append((f"metadata.labels: Invalid value: {key!r}",
                              "a label key must be an optional DNS prefix and '/' plus a name of "
                              "at most 63 alphanumerics, '-', '_' or '.'"))
-        if len(value) > 63 or not _LABEL_VALUE.match(value):
+        if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
             problems.append((f"metadata.labels: Invalid value: {value!r}",
                              "a label value must be at most 63 alphanumerics, '-', '_' or '.', "
                              "starting and ending with an alphanumeric (or empty)"))
