@@ -336,6 +336,14 @@ def _pool_blocks(pool: _Pool, local_families: set[int], inner_mtu: int) -> dict[
     return blocked
 
 
+def _relayed_families(pools: Sequence[_Pool], relay: _Pool) -> set[int]:
+    """Families the relay gateway forwards wg->wg for pools that are not its own: those that at
+    least two undialable pools have (only such a pair can send one to the other)."""
+    undialable = [p for p in pools if p.active and p.dial_address is None and p.name != relay.name]
+    return {f for f in FAMILIES
+            if sum(any(_version(c.text) == f for c in p.subnets) for p in undialable) >= 2}
+
+
 def _vtep_blocks(name: str, my_ip: str, gw_name: str, gw_ip: str) -> dict[int, str]:
     """Families a member cannot send to its gateway's VTEP (a VTEP it cannot route through)."""
     blocked: dict[int, str] = {}
@@ -487,8 +495,9 @@ def plan_node(
     inner_mtu = min(vxlan_mtu, options.tunnel_mtu)
     relay = relay_for(pools)
     local_families = {_version(c.text) for c in found.local} or {4}
-    is_relay = relay is not None and relay.name == pool.name
-    gw_blocks = _pool_blocks(pool, set(FAMILIES) if is_relay else local_families, inner_mtu)
+    relayed = _relayed_families(pools, pool) if relay is not None and relay.name == pool.name \
+        else set()
+    gw_blocks = _pool_blocks(pool, local_families | relayed, inner_mtu)
     remote = _withhold(_remote_subnets(pools, found, notes), gw_blocks, notes,
                        f"by pool {pool.name}")
 

@@ -265,16 +265,24 @@ def test_ipv6_subnets_are_not_routed_into_an_ipv4_only_pool_and_a_note_says_why(
         "10.244.0.0/24", "10.244.1.0/24", "10.246.0.0/24"}
 
 
-def test_the_relay_gateway_routes_every_family_it_may_forward() -> None:
-    # cloud relays wg->wg for pools that are not its own, so its own pool's families do not
-    # limit what it routes into the tunnel; its members still route only IPv4.
+def test_the_relay_gateway_routes_the_families_it_forwards_for_others() -> None:
+    # cloud (IPv4 only) relays wg->wg between the undialable pools; once two of them have IPv6
+    # subnets, it routes those into the tunnel too, while its members still route only IPv4.
     gws = three_pools()
     gws.append(gateway(PoolSpec("v6", (("v1", "198.18.7.1", "fd00:7::/64"),),
                                 public_ip="203.0.113.7")))
+    assert "fd00:7::/64" not in {r.dst for r in plan_node(gws, "c1").routes}
+    gws += [gateway(PoolSpec(f"nat{i}", ((f"n{i}", f"198.18.8.{i}", f"fd00:8:{i}::/64"),),
+                             nat=True)) for i in (1, 2)]
     state = plan_node(gws, "c1")
-    assert Route("fd00:7::/64", 9028, "raven-wg0") in state.routes
+    assert {Route("fd00:8:1::/64", 9028, "raven-wg0"), Route("fd00:8:2::/64", 9028, "raven-wg0")
+            } <= set(state.routes)
+    assert "fd00:7::/64" not in {r.dst for r in state.routes}  # dialable: nobody relays it
     assert ("net.ipv6.conf.all.forwarding", "1") in state.sysctls
     assert {r.family for r in state.rules} == {4, 6}
+    member = plan_node(gws, "c2")
+    assert {r.dst for r in member.routes} == {"10.245.0.0/24", "10.245.1.0/24", "10.246.0.0/24"}
+    assert any("fd00:8:1::/64 not routed on node c2" in n for n in member.notes)
 
 
 # ---------------------------------------------------------------------------------------------
