@@ -495,11 +495,20 @@ def plan_node(
     inner_mtu = min(vxlan_mtu, options.tunnel_mtu)
     relay = relay_for(pools)
     local_families = {_version(c.text) for c in found.local} or {4}
-    relayed = _relayed_families(pools, pool) if relay is not None and relay.name == pool.name \
-        else set()
-    gw_blocks = _pool_blocks(pool, local_families | relayed, inner_mtu)
-    remote = _withhold(_remote_subnets(pools, found, notes), gw_blocks, notes,
-                       f"by pool {pool.name}")
+    gw_blocks = _pool_blocks(pool, local_families, inner_mtu)
+    remote = _remote_subnets(pools, found, notes)
+    if relay is not None and relay.name == pool.name:
+        # Undialable pools' subnets of a relayed family are forwarded wg->wg: not blocked.
+        relayed = _relayed_families(pools, pool)
+        relay_blocks = _pool_blocks(pool, local_families | relayed, inner_mtu)
+        undialable = {p.name for p in pools if p.dial_address is None}
+        remote = {**_withhold({k: v for k, v in remote.items() if k not in undialable},
+                              gw_blocks, notes, f"by pool {pool.name}"),
+                  **_withhold({k: v for k, v in remote.items() if k in undialable},
+                              relay_blocks, notes, f"by pool {pool.name}")}
+        gw_blocks = {f: r for f, r in gw_blocks.items() if f in relay_blocks}
+    else:
+        remote = _withhold(remote, gw_blocks, notes, f"by pool {pool.name}")
 
     peers = _peers(pool, pools, remote, options, notes)
     routed = sorted(s for peer in peers for s in peer.allowed_ips)

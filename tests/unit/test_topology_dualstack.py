@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import ipaddress
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -397,3 +398,20 @@ def test_the_generator_reaches_every_role_and_family() -> None:
     collect()
     assert seen >= {Role.MEMBER, Role.ACTIVE_GATEWAY, Role.ALONE, "route-v4", "route-v6",
                     "relayed", "noted"}
+
+
+@settings(max_examples=40, deadline=None)
+@given(fleets(), st.randoms(use_true_random=False))
+def test_mixed_fleets_plan_the_same_in_any_input_order(fleet: tuple[list[P], PlanOptions],
+                                                        rnd: random.Random) -> None:
+    pools, opts = fleet
+    gws = [gw(p) for p in pools]
+    shuffled = []
+    for g in rnd.sample(gws, len(gws)):
+        nodes = [replace(n, subnets=tuple(rnd.sample(n.subnets, len(n.subnets))))
+                 for n in g.status.nodes]
+        rnd.shuffle(nodes)
+        shuffled.append(replace(g, status=replace(g.status, nodes=tuple(nodes))))
+    for name in [n.name for p in pools for n in p.nodes]:
+        a, b = plan_node(gws, name, opts), plan_node(shuffled, name, opts)
+        assert a == b and a.notes == b.notes
