@@ -337,18 +337,20 @@ def _withhold(by_pool: dict[str, list[str]], blocked: dict[int, str], notes: lis
     return kept
 
 
-def _pool_blocks(pool: _Pool, local_families: set[int], inner_mtu: int) -> dict[int, str]:
-    """Families this pool does not carry at all, with the reason and the fix."""
-    blocked: dict[int, str] = {}
-    for family in FAMILIES:
-        if family not in local_families:
-            blocked[family] = (f"pool {pool.name} has no IPv{family} pod subnet, so no pod of "
-                               f"it has an IPv{family} address; give its nodes IPv{family} "
-                               "podCIDRs (Node spec.podCIDRs) to route them")
+def _pod_blocks(pool: _Pool, local_families: set[int]) -> dict[int, str]:
+    """Families of which this pool has no pod subnet: no pod here could use such a route."""
+    return {family: (f"pool {pool.name} has no IPv{family} pod subnet, so no pod of it has an "
+                     f"IPv{family} address; give its nodes IPv{family} podCIDRs (Node "
+                     "spec.podCIDRs) to route them")
+            for family in FAMILIES if family not in local_families}
+
+
+def _mtu_blocks(inner_mtu: int) -> dict[int, str]:
+    """Families the overlay MTU cannot carry (Linux turns IPv6 off below 1280)."""
     if inner_mtu < IPV6_MIN_MTU:
-        blocked[6] = (f"the overlay MTU {inner_mtu} is below IPv6's minimum {IPV6_MIN_MTU}; "
-                      "raise --underlay-mtu")
-    return blocked
+        return {6: f"the overlay MTU {inner_mtu} is below IPv6's minimum {IPV6_MIN_MTU}; "
+                   "raise --underlay-mtu"}
+    return {}
 
 
 def _relayed_families(pools: Sequence[_Pool], relay: _Pool, wanted: set[int]) -> set[int]:
@@ -361,6 +363,26 @@ def _relayed_families(pools: Sequence[_Pool], relay: _Pool, wanted: set[int]) ->
         if next(having, None) is not None and next(having, None) is not None:
             out.add(family)
     return out
+
+
+def _gateway_subnets(pools: Sequence[_Pool], relay: _Pool | None, me: _Me,
+                     pool_blocks: dict[int, str], forwardable: set[int], notes: list[str]
+                     ) -> tuple[dict[str, list[str]], dict[int, str]]:
+    """The remote subnets my pool's gateway routes into the tunnel, per remote pool, and the
+    families it blocks for every pool. The relay does not block, for undialable pools, a
+    family it forwards between two of them: it needs no pod of that family itself."""
+    remote = _remote_subnets(pools, me, notes)
+    where = f"by pool {me.pool.name}"
+    if relay is None or relay.name != me.pool.name:
+        return _withhold(remote, pool_blocks, notes, where), pool_blocks
+    forwarded = _relayed_families(pools, relay, forwardable)
+    relay_blocks = {f: r for f, r in pool_blocks.items() if f not in forwarded}
+    undialable = {p.name for p in pools if p.dial_address is None}
+    kept = {**_withhold({k: v for k, v in remote.items() if k not in undialable},
+                        pool_blocks, notes, where),
+            **_withhold({k: v for k, v in remote.items() if k in undialable},
+                        relay_blocks, notes, where)}
+    return kept, relay_blocks
 
 
 def _vtep_blocks(name: str, my_ip: str, gw_name: str, gw_ip: str) -> dict[int, str]:
@@ -506,29 +528,17 @@ def plan_node(
                                  if _is_ip(m.private_ip))
     notes.extend(f"Gateway {pool.name}: {c}" for c in collisions)
 
-    # Families: the gateway routes into the tunnel every family its pool carries (a relay every
-    # family: it forwards wg->wg for pools that are not its own); a member routes the part of
-    # that which it can also send to the gateway's VTEP. Members compute the gateway's view
-    # first, so they never send the gateway a subnet it would drop.
+    # Families: the gateway routes into the tunnel the families its pool carries (a relay also
+    # those it forwards wg->wg for others); a member routes the part of that which it can also
+    # send to the gateway's VTEP. Members compute the gateway's view first, so they never send
+    # the gateway a subnet it would drop.
     vxlan_mtu = options.vxlan_mtu - (IPV6_OUTER_EXTRA if _ip_version(found.ip) == 6 else 0)
-    inner_mtu = min(vxlan_mtu, options.tunnel_mtu)
+    pod_blocks = _pod_blocks(pool, {_version(c.text) for c in found.local} or {4})
+    mtu_blocks = _mtu_blocks(min(vxlan_mtu, options.tunnel_mtu))
+    pool_blocks = {**pod_blocks, **mtu_blocks}
     relay = relay_for(pools)
-    local_families = {_version(c.text) for c in found.local} or {4}
-    gw_blocks = _pool_blocks(pool, local_families, inner_mtu)
-    remote = _remote_subnets(pools, found, notes)
-    if relay is not None and relay.name == pool.name:
-        # Undialable pools' subnets of a relayed family are forwarded wg->wg: not blocked.
-        relayed = _relayed_families(pools, pool, set(FAMILIES) - local_families)
-        relay_blocks = _pool_blocks(pool, local_families | relayed, inner_mtu)
-        undialable = {p.name for p in pools if p.dial_address is None}
-        remote = {**_withhold({k: v for k, v in remote.items() if k not in undialable},
-                              gw_blocks, notes, f"by pool {pool.name}"),
-                  **_withhold({k: v for k, v in remote.items() if k in undialable},
-                              relay_blocks, notes, f"by pool {pool.name}")}
-        gw_blocks = {f: r for f, r in gw_blocks.items() if f in relay_blocks}
-    else:
-        remote = _withhold(remote, gw_blocks, notes, f"by pool {pool.name}")
-
+    forwardable = set(pod_blocks) - set(mtu_blocks)
+    remote, gw_blocks = _gateway_subnets(pools, relay, found, pool_blocks, forwardable, notes)
     peers = _peers(pool, pools, relay, remote, options, notes)
     routed = sorted(s for peer in peers for s in peer.allowed_ips)
     unreachable = sum(len(v) for v in remote.values()) - len(routed)
@@ -536,8 +546,7 @@ def plan_node(
         notes.append(f"{unreachable} remote subnet(s) have no tunnel peer and are not routed")
     if found.is_gateway:
         return _gateway_plan(found, peers, routed, vxlan_mtu, options, notes)
-    member_blocks = {**_pool_blocks(pool, local_families, inner_mtu),
-                     **_vtep_blocks(name, found.ip, found.gw_name, found.gw_ip)}
+    member_blocks = {**pool_blocks, **_vtep_blocks(name, found.ip, found.gw_name, found.gw_ip)}
     member_blocks = {f: r for f, r in member_blocks.items() if f not in gw_blocks}
     if member_blocks:
         kept = _withhold(_by_pool(peers, remote), member_blocks, notes, f"on node {name}")

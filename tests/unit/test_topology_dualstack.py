@@ -253,6 +253,16 @@ def test_ipv6_is_not_planned_below_its_minimum_mtu_and_ipv4_still_is() -> None:
                for n in state.notes)
 
 
+def test_a_relay_below_the_ipv6_mtu_forwards_no_ipv6_for_others() -> None:
+    fleet = [gw(P("r", (N("r1", "192.0.2.1", ("10.1.0.0/24",)),), public_ip="203.0.113.1")),
+             *(gw(P(f"n{i}", (N(f"n{i}-1", f"198.51.100.{i}", (f"fd00:{i}::/64",)),), nat=True))
+               for i in (1, 2))]
+    assert {family(r.dst) for r in plan_node(fleet, "r1").routes} == {6}  # it forwards them
+    state = plan_node(fleet, "r1", PlanOptions(underlay_mtu=1340))
+    assert state.routes == ()
+    assert any("fd00:1::/64 not routed" in n and "below IPv6's minimum" in n for n in state.notes)
+
+
 def test_a_member_sharing_its_gateways_ipv4_vtep_still_routes_ipv6() -> None:
     # 172.x and 188.x differ only in the top four bits: one IPv4 VTEP, distinct IPv6 VTEPs.
     fleet = dual_fleet()
@@ -364,6 +374,8 @@ def test_mixed_fleet_invariants_for_every_role(fleet: tuple[list[P], PlanOptions
     for state in plans(pools, opts).values():
         check_families(state)
         check_every_subnet_routed_once_or_noted(state, pools)
+        if opts.tunnel_mtu < 1280:  # Linux has no IPv6 on such a device: never planned
+            assert all(family(r.dst) == 4 for r in state.routes)
 
 
 @settings(max_examples=60, deadline=None)
