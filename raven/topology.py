@@ -6,18 +6,29 @@ Rules this module keeps (docs/gateway.md explains them for operators):
 - A pool is a Gateway; its members are its `status.nodes`, its active gateway is the first tunnel
   endpoint of `status.activeEndpoints` (further ones are standbys for now). A node in no pool, or
   in a pool without an active gateway, is ALONE: nothing of ours is installed.
-- VTEP MAC and address are functions of the node's underlay address only (`vtep_for`), so they are
-  identical after any restart, with or without the API server. Collisions inside a pool are
-  reported in the plan's notes.
+- VTEP MAC and addresses (IPv4 `vtep_for`, IPv6 `vtep6_for`) are functions of the node's
+  underlay address only, so they are identical after any restart, with or without the API
+  server. Collisions inside a pool are reported in the plan's notes.
+- Families never mix: an IPv4 subnet goes via the gateway's IPv4 VTEP, an IPv6 one via its IPv6
+  VTEP; raven0 gets an IPv6 VTEP address (and IPv6 neighbours, rule and forwarding) only when the
+  node routes IPv6, so an IPv4-only node never needs IPv6 at all.
+- A family is routed only where it can work: the pool has pod subnets of it (a relay also
+  forwards a family that two undialable pools share), the overlay MTU carries it (IPv6 >= 1280)
+  and, on a member, the gateway's VTEP of it is usable. Whatever is not routed is named in a note
+  per (pool, family) with the reason and the fix; it never fails the plan or touches other
+  families or pools. One VXLAN device has one underlay family: a member whose underlay family
+  differs from its gateway's is ALONE, with a note.
 - Every reachable remote pool subnet is routed exactly once (the first pool by name wins a
-  duplicate); a subnet that overlaps one of our own pool's subnets is never routed into a tunnel.
+  duplicate) or named in a note; a subnet that overlaps one of our own pool's subnets is never
+  routed into a tunnel.
 - Two pools whose gateways are both undialable (under NAT, or no public address) reach each other
   through one relay: the dialable pool whose Gateway was created first (creationTimestamp, then
   name). A Gateway added later can never become the relay of an existing pair.
 - Keepalive is set when WE are under NAT (keeps our NAT mapping open, we make the first
   handshake); a peer under NAT has no endpoint: it is learned from its handshake.
-- MTUs: VXLAN device = underlay - VXLAN overhead; WireGuard device and cross-pool routes =
-  underlay - WireGuard overhead (the cross-pool path is limited by the tunnel on the gateway).
+- MTUs: VXLAN device = underlay - VXLAN overhead (20 bytes more over an IPv6 underlay);
+  WireGuard device and cross-pool routes = underlay - WireGuard overhead (the cross-pool path is
+  limited by the tunnel on the gateway).
 """
 
 from __future__ import annotations
