@@ -18,7 +18,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raven.desired import FdbEntry, NeighEntry, NodeState, Role, Route
-from raven.model import Endpoint, FrozenMap, Gateway, GatewaySpec, GatewayStatus, Node, NodeInfo
+from raven.model import (
+    Endpoint,
+    FrozenMap,
+    Gateway,
+    GatewaySpec,
+    GatewayStatus,
+    Node,
+    NodeInfo,
+    gateway_problems,
+)
 from raven.topology import (
     VTEP6_FROM_V4,
     VTEP6_FROM_V6,
@@ -208,6 +217,16 @@ def test_node_object_with_dual_stack_pod_cidrs() -> None:
     assert state.vxlan is not None and state.vxlan.local_ip == "192.0.2.3"  # IPv4 preferred
     assert state.firewall is not None
     assert {"10.244.3.0/24", "fd00:244:3::/64"} <= set(state.firewall.local_subnets)
+
+
+def test_a_bad_ipv6_status_subnet_gets_an_ipv6_example() -> None:
+    obj = {"apiVersion": "raven.openyurt.io/v1beta1", "kind": "Gateway",
+           "metadata": {"name": "gw-a"},
+           "status": {"nodes": [{"nodeName": "a1", "privateIP": "2001:db8::5",
+                                 "subnets": ["10.1.0.0/24", "fd00:1::5/64"]}]}}
+    assert gateway_problems(obj) == [
+        'Gateway gw-a: status.nodes[0].subnets[1]: "fd00:1::5/64" is not a CIDR network; use '
+        "e.g. fd00:10:244:1::/64 (host bits zero)"]
 
 
 # ---------------------------------------------------------------------------------------------
