@@ -544,7 +544,9 @@ def plan_node(
     # send to the gateway's VTEP. Members compute the gateway's view first, so they never send
     # the gateway a subnet it would drop.
     vxlan_mtu = options.vxlan_mtu - (IPV6_OUTER_EXTRA if _ip_version(found.ip) == 6 else 0)
-    pod_blocks = _pod_blocks(pool, {_version(c.text) for c in found.local} or {4})
+    # From status.nodes only, which the gateway and every member read alike (a Node's own
+    # podCIDRs not yet listed there would make a member route what its gateway drops).
+    pod_blocks = _pod_blocks(pool, {_version(c.text) for c in pool.subnets} or {4})
     mtu_blocks = _mtu_blocks(min(vxlan_mtu, options.tunnel_mtu))
     pool_blocks = {**pod_blocks, **mtu_blocks}
     relay = relay_for(pools)

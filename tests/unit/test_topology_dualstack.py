@@ -229,6 +229,20 @@ def test_a_bad_ipv6_status_subnet_gets_an_ipv6_example() -> None:
         "e.g. fd00:10:244:1::/64 (host bits zero)"]
 
 
+def test_a_members_own_unlisted_ipv6_podcidr_does_not_make_it_route_what_its_gateway_drops(
+) -> None:
+    fleet = dual_fleet()
+    fleet[1] = gw(P("edge", (N("e1", "198.51.100.1", ("10.245.0.0/24",)),
+                             N("e2", "198.51.100.2", ("10.245.1.0/24",))), nat=True,
+                    created="2024-01-02T00:00:00Z"))
+    node = Node("e3", internal_ips=("198.51.100.3",), pod_cidrs=("fd00:245:3::/64",),
+                labels=FrozenMap({"raven.openyurt.io/gateway": "edge"}))
+    member, gateway = plan_node(fleet, node), plan_node(fleet, "e1")
+    assert member.role is Role.MEMBER
+    assert {r.dst for r in member.routes} == {r.dst for r in gateway.routes}
+    assert all(family(r.dst) == 4 for r in member.routes)
+
+
 # ---------------------------------------------------------------------------------------------
 # What cannot be planned is a note naming the pool; the rest is planned
 
