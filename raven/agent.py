@@ -296,6 +296,9 @@ class Agent:
             "reconcileSeconds": elapsed,
             "publicKey": self.public_key,
             "skipped": list(self.skipped),
+            # What this plan was made from: tests and operators can wait for "every agent has
+            # acted on Gateway X at resourceVersion R" instead of sleeping.
+            "gateways": {g.name: g.metadata.get("resourceVersion") for g in gateways},
             "plan": state.to_json(),
         }
         self._flush_status()

@@ -26,8 +26,8 @@ from urllib.parse import parse_qs, urlsplit
 import yaml
 
 from raven.apiserver import discovery, openapi, tables
-from raven.apiserver.api import ResourceApi
-from raven.apiserver.fanout import Subscription
+from raven.apiserver.api import ResourceApi, delete_options_dry_run, parse_continue_token
+from raven.apiserver.fanout import Subscription, health_report
 from raven.apiserver.resources import ResourceType
 from raven.apiserver.selectors import make_filter
 from raven.apiserver.status import (
@@ -180,8 +180,9 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         owner = self.server.owner
         registry = owner.registry
         if path in ("/healthz", "/livez", "/readyz"):
-            self._send(200, b"ok", "text/plain; charset=utf-8")
-            return 200
+            code, text = health_report(owner.fanout.health())
+            self._send(code, text, "text/plain; charset=utf-8")
+            return code
         if path == "/version":
             self._send_json(200, discovery.version_info())
             return 200
@@ -311,7 +312,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         elif method == "DELETE":
             options = self._delete_options(body)
             # kubectl sends dryRun in the DeleteOptions body.
-            dry_run = dry_run or "All" in (options.get("dryRun") or [])
+            dry_run = dry_run or delete_options_dry_run(options)
             obj = api.delete(rtype, route.namespace, route.name, options, dry_run)
             if rtype.plural != "namespaces":
                 # Deleted at once: kube-apiserver answers a Status (namespaces: the object).
@@ -384,17 +385,14 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         api: ResourceApi = self.server.owner.api
         rtype = route.rtype
         keep = make_filter(query.get("labelSelector"), query.get("fieldSelector"), rtype.kind)
+        self.server.owner.store.check_read_at(query.get("resourceVersion"))
         items, rv = api.list(rtype, route.namespace, keep)
         meta: dict[str, Any] = {"resourceVersion": str(rv)}
         limit = int(query["limit"]) if query.get("limit", "").isdigit() else 0
         token = query.get("continue")
         if token:
-            try:
-                start_ns, start_name, rv_text = json.loads(_unb64(token))
-                rv = int(rv_text)
-                meta["resourceVersion"] = str(rv)
-            except (ValueError, TypeError) as exc:
-                raise bad_request("the continue token is not valid; start the list again") from exc
+            start_ns, start_name, rv = parse_continue_token(token)
+            meta["resourceVersion"] = str(rv)
             items = [s for s in items if (s.obj["metadata"].get("namespace", ""), s.obj["metadata"]["name"]) > (start_ns, start_name)]  # noqa: E501
         if limit and len(items) > limit:
             last = items[limit - 1].obj["metadata"]
@@ -428,7 +426,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         keep = make_filter(query.get("labelSelector"), query.get("fieldSelector"), route.rtype.kind)
         items, _ = api.list(route.rtype, route.namespace, keep)
         options = self._delete_options(body)
-        dry_run = _dry_run(query) or "All" in (options.get("dryRun") or [])
+        dry_run = _dry_run(query) or delete_options_dry_run(options)
         deleted = []
         for stored in items:
             meta = stored.obj["metadata"]
@@ -457,8 +455,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             if not rv_text.isdigit():
                 raise bad_request(f"resourceVersion {rv_text!r} is not a valid resourceVersion; use one from a previous list or watch")  # noqa: E501
             since = int(rv_text)
-            if not owner.store.can_resume(since):
-                raise _too_old(since, owner.store.history_floor)
+            owner.store.check_watch_start(since)
         if query.get("timeoutSeconds", "").isdigit():
             timeout = float(query["timeoutSeconds"])
         else:

@@ -447,6 +447,9 @@ def test_status_command_shows_role_peers_and_drift(overlay: Overlay) -> None:
     agent = report["agent"]
     assert (agent["role"], agent["pool"], agent["activeGateways"]) == (
         "active-gateway", "gw-cloud", [gateway])
+    # the Gateways the plan was made from, with the resourceVersion each was read at
+    assert set(agent["gateways"]) == {"gw-cloud", "gw-edge"}
+    assert all(isinstance(rv, str) and rv for rv in agent["gateways"].values())
     edge_key = overlay.get("node", edge_gw)["metadata"]["annotations"][
         constants.ANNOTATION_PUBLIC_KEY]
     (peer,) = report["live"]["peers"]
