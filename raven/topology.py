@@ -459,6 +459,10 @@ def _locate(pools: Sequence[_Pool], name: str, me: Node | str,
                      "with a privateIP; no overlay state until it is")
         return _alone(name, pool.name, notes)
     my_ip, gw_ip = str(ipaddress.ip_address(my_ip)), str(ipaddress.ip_address(gw_ip))
+    if _ip_version(my_ip) != _ip_version(gw_ip) and isinstance(me, Node):
+        # A dual-stack node reaches an IPv6-only gateway through its own IPv6 InternalIP.
+        my_ip = next((str(ipaddress.ip_address(ip)) for ip in me.internal_ips
+                      if _is_ip(ip) and _ip_version(ip) == _ip_version(gw_ip)), my_ip)
     if _ip_version(my_ip) != _ip_version(gw_ip):
         # One VXLAN device has one underlay family: it cannot reach a VTEP of the other one.
         notes.append(f"Gateway {pool.name}: node {name} has an IPv{_ip_version(my_ip)} underlay "

@@ -277,6 +277,14 @@ def test_mixed_underlay_families_in_one_pool_are_explained() -> None:
     assert any("member m2 has an IPv6 underlay address" in n for n in gateway.notes)
 
 
+def test_a_dual_stack_node_uses_the_underlay_family_of_its_gateway() -> None:
+    node = Node("s3", internal_ips=("192.0.2.33", "2001:db8:6::3"),
+                labels=FrozenMap({"raven.openyurt.io/gateway": "six"}))
+    state = plan_node(dual_fleet(), node)
+    assert state.role is Role.MEMBER and state.vxlan is not None
+    assert state.vxlan.local_ip == "2001:db8:6::3"
+
+
 def test_ipv6_is_not_planned_below_its_minimum_mtu_and_ipv4_still_is() -> None:
     opts = PlanOptions(underlay_mtu=1340)  # overlay 1260 < 1280
     state = plan_node(dual_fleet(), "c2", opts)
