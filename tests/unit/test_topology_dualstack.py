@@ -406,6 +406,8 @@ def check_every_subnet_routed_once_or_noted(state: NodeState, pools: list[P]) ->
             "unreachable" in n or "no tunnel to it" in n) for n in state.notes)
         for s in {s for n in p.nodes for s in n.subnets}:
             assert dsts.count(s) == 1 or s in notes or pool_unreachable, (p.name, s)
+            if s in dsts:  # ...and never both routed and reported as left out
+                assert not any(s in n and "not routed" in n for n in state.notes), (p.name, s)
 
 
 @settings(max_examples=120, deadline=None)
