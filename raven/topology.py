@@ -716,7 +716,7 @@ def _is_ip(text: str) -> bool:
 
 def _families(subnets: Iterable[str]) -> list[int]:
     """IP families needing a policy rule: always 4, plus 6 when an IPv6 subnet is routed."""
-    return sorted({c.version for s in subnets if (c := _cidr(s)) is not None} | {4})
+    return sorted(_families_in(subnets) | {4})  # canonical CIDRs: a colon means IPv6
 
 
 def _peers(
