@@ -75,7 +75,11 @@ def _describe(exc: yaml.YAMLError, source: str) -> YamlError:
 
 def load_yaml_all(data: str | bytes, *, source: str = "<input>") -> list[Any]:
     """Every document of a YAML stream (empty documents are None)."""
-    loader = _BoundedLoader(_text(data, source), source)
+    text = _text(data, source)
+    try:  # the reader checks the characters while the loader is made (e.g. a control byte)
+        loader = _BoundedLoader(text, source)
+    except yaml.YAMLError as exc:
+        raise _describe(exc, source) from exc
     try:
         documents = []
         while loader.check_node():
