@@ -128,12 +128,15 @@ def node_snapshot(plan: LabPlan, node: str) -> dict:
                  if "metainfo" not in i]
     wg = in_node(plan, node, "wg", "show", "raven-wg0", "dump", check=False).splitlines()
     wg_static = []
+    peers = []
     for i, line in enumerate(wg):
         fields = line.split("\t")
         if i == 0:  # private key, public key, listen port, fwmark
             wg_static.append(tuple(fields[1:3]))
         elif len(fields) >= 8:  # peer: public key, allowed ips, keepalive
-            wg_static.append((fields[0], fields[3], fields[7]))
+            peers.append((fields[0], fields[3], fields[7]))
+    # wireguard-go lists its peers in Go map order (random per call): compare them as a set.
+    wg_static += sorted(peers)
     return {"links": links, "addresses": {k: v for k, v in addrs.items()
                                           if k.startswith("raven")},
             "routes": routes, "rules": rules, "fdb": fdb, "neighbours": neigh, "nft": nft_items,
