@@ -53,7 +53,7 @@ def test_invalid_topology_file_is_reported_not_raised(tmp_path: Path) -> None:
     bad.write_text("pools:\n  - name: x\n    nodes: *nope\n")
     result = raven("lab", "plan", str(bad))
     assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "aliases" in result.stderr or "not valid YAML" in result.stderr
+    assert "aliases" in result.stderr
 
 
 def test_every_lab_verb_is_registered_by_the_one_cli_module() -> None:

@@ -53,6 +53,7 @@ def check(data: str | bytes) -> None:
 @example("[" * 5000)
 @example("a: &x [1]\nb: *x\n")
 @example(b"\xff\xfe")
+@example("\x1f")  # a control character: refused while the loader is made (was a traceback)
 @example("pools: [\n")
 @example(VALID.replace("cloud-1", "cloud-1\x00"))
 def test_any_text_is_a_topology_or_a_clear_error(data: str | bytes) -> None:
