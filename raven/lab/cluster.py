@@ -46,7 +46,7 @@ from raven.lab.topology import CONTROL_PLANE
 
 Progress = Callable[[str], None]
 APISERVER_PORT = 6443
-AGENT_STATUS_FILE = "agent-status.json"  # written by the agent after each successful apply
+AGENT_STATUS_FILE = "agent-status.json"  # raven.agent.STATUS_FILE: written after each good apply
 
 APISERVER = "apiserver"  # supervisor names (control-plane target unless said otherwise)
 CONTROLLER = "controller"

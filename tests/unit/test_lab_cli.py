@@ -69,3 +69,10 @@ def test_every_lab_verb_is_registered_by_the_one_cli_module() -> None:
     for verb, parser in verbs.items():
         assert parser.get_default("func").__module__ == lab_commands.__name__, verb
     assert not (ROOT / "raven" / "lab" / "overlay_cli.py").exists()
+
+
+def test_agent_readiness_file_is_the_one_the_agent_writes() -> None:
+    from raven import agent
+    from raven.lab import cluster
+
+    assert cluster.AGENT_STATUS_FILE == agent.STATUS_FILE
