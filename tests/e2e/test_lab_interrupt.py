@@ -111,6 +111,25 @@ def test_sigterm_while_the_overlay_starts_leaves_nothing() -> None:
         teardown.down(lab)
 
 
+def test_sigterm_during_the_demo_leaves_nothing() -> None:
+    lab = unique_lab_name()
+    proc = subprocess.Popen([sys.executable, "-m", "raven.cli", "lab", "demo", "--network-only",
+                             "--topology", "single-pool", "--name", lab],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out = Lines(proc.stdout)
+        out.wait_for("pool routers")
+        seen = lab_processes(lab)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        assert "Traceback" not in proc.stderr.read()
+        assert_no_trace(lab, seen)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        teardown.down(lab)
+
+
 def test_pipe_to_head_leaves_nothing(tmp_path: Path) -> None:
     """The operator's `raven lab up ... 2>&1 | head -2`: head exits after two progress lines."""
     lab = unique_lab_name()
