@@ -143,7 +143,7 @@ def _build(plan: LabPlan, progress: Progress) -> None:
         runtime.wait_holder(plan.name, target, proc)
 
     progress("checking the underlay answers")
-    _parallel(lambda pool: _probe_pool(plan, pool), plan.pools)
+    _probe_pools(plan)
 
 
 def _parallel(fn: Callable, items: list | tuple) -> None:
@@ -276,13 +276,16 @@ def _internet_sysctls(plan: LabPlan) -> None:
     nsutil.sysctl(plan.internet_netns, *ROUTER_SYSCTLS)
 
 
-def _probe_pool(plan: LabPlan, pool: PoolPlan) -> None:
-    """Echo every node of the pool (and the control plane) from its router: readiness check."""
-    addresses = [n.underlay_ip for n in pool.nodes]
-    if plan.control_plane.pool == pool.name:
-        addresses.append(plan.control_plane.ip)
-    replies = nsutil.icmp_probe(pool.netns, addresses, tries=2, timeout_s=2)
-    silent = [a for a in addresses if replies.get(a) is None]
-    if silent:
-        raise CommandError(f"lab {plan.name!r}: pool {pool.name!r}: underlay addresses do not "
-                           f"answer: {' '.join(silent)}")
+def _probe_pools(plan: LabPlan) -> None:
+    """Echo every node of every pool (and the control plane) from its pool router: readiness."""
+    probes: dict[str, list[str]] = {}
+    for pool in plan.pools:
+        probes[pool.netns] = [n.underlay_ip for n in pool.nodes]
+        if plan.control_plane.pool == pool.name:
+            probes[pool.netns].append(plan.control_plane.ip)
+    replies = nsutil.icmp_probe_many(probes, tries=2, timeout_s=2)
+    for pool in plan.pools:
+        silent = [a for a, rtt in replies[pool.netns].items() if rtt is None]
+        if silent:
+            raise CommandError(f"lab {plan.name!r}: pool {pool.name!r}: underlay addresses do "
+                               f"not answer: {' '.join(silent)}")

@@ -1,22 +1,29 @@
-"""ICMP echo probe run inside a lab namespace: `python -m raven.lab.icmp [--tries N] ADDR...`.
+"""ICMP echo probe of the lab: one process echoes many addresses from many network namespaces.
 
+Run as `python -I -S raven/lab/icmp.py` (standard library only, so it starts in milliseconds
+and needs no site-packages) with a JSON request on stdin:
+  {"tries": 2, "timeout": 1.0,
+   "probes": [{"netns": "/run/netns/lab.pod-a", "addresses": ["10.244.1.2", ...]}, ...]}
+It prints one JSON document and exits 0 whether or not the addresses answered (a silent pair is
+data, not an error):
+  {"results": [{"netns": ..., "address": ..., "rttMs": 0.123 | null}], "errors": [...]}
 Why a probe of our own instead of `ping`: the lab reads no tool's text, and ping reports its
-round-trip time only as text. This probe prints one JSON document,
-  {"results": [{"address": "10.244.1.2", "rttMs": 0.123}, {"address": ..., "rttMs": null}]}
-and exits 0 whether or not the addresses answered (a failed pair is data, not an error).
+round-trip time only as text; one process for a whole ping matrix is also far cheaper than a
+shell plus one ping per pair.
 Rules kept:
-- one raw ICMP socket (root in the lab) echoes every address at once, so a whole row of the
-  ping matrix takes about one timeout per try, like the parallel pings it replaces;
-- a reply counts only when its source, identifier and sequence number match a request we sent:
-  other processes' echoes in the same namespace are ignored;
-- an address that stays silent for `tries` rounds of `timeout` seconds is reported null;
-- imports nothing of raven beyond this module (it starts once per source namespace).
+- each source gets a raw ICMP socket made inside its namespace (setns(2) on this thread, then
+  straight back), so echoes leave from that namespace; nothing is sent from ours;
+- every request of every source is in flight at once: the matrix takes about one timeout per
+  try; an address silent for `tries` rounds of `timeout` seconds is reported null;
+- a reply counts only when it arrives on the source's socket and its source address, identifier
+  and sequence number match a request we sent (other processes' echoes are ignored);
+- a namespace that cannot be entered is reported in `errors`, its addresses null.
 """
 
 from __future__ import annotations
 
-import argparse
-import ipaddress
+import contextlib
+import ctypes
 import json
 import os
 import select
@@ -26,6 +33,7 @@ import sys
 import time
 
 ECHO_REQUEST, ECHO_REPLY = 8, 0
+CLONE_NEWNET = 0x40000000
 
 
 def checksum(data: bytes) -> int:
@@ -55,54 +63,90 @@ def parse_reply(packet: bytes) -> tuple[str, int, int] | None:
     return socket.inet_ntoa(packet[12:16]), ident, seq
 
 
-def probe(addresses: list[str], tries: int, timeout: float) -> dict[str, float | None]:
-    """Address -> round-trip time in milliseconds (None when it never answered)."""
-    ident = os.getpid() & 0xFFFF
-    rtt: dict[str, float | None] = dict.fromkeys(addresses)
-    sent: dict[int, tuple[str, int]] = {}  # sequence -> (address, send time in ns)
-    seq = 0
-    with socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP) as sock:
-        for _ in range(tries):
-            pending = [a for a in addresses if rtt[a] is None]
-            if not pending:
-                break
-            for address in pending:
-                seq = (seq + 1) & 0xFFFF
-                sent[seq] = (address, time.monotonic_ns())
-                try:
-                    sock.sendto(echo_request(ident, seq), (address, 0))
-                except OSError:  # e.g. no route: the address simply does not answer
-                    continue
-            deadline = time.monotonic() + timeout
-            while any(rtt[a] is None for a in pending):
-                left = deadline - time.monotonic()
-                if left <= 0 or not select.select([sock], [], [], left)[0]:
-                    break
-                reply = parse_reply(sock.recv(65535))
-                now = time.monotonic_ns()
-                if reply is None or reply[1] != ident or reply[2] not in sent:
-                    continue
-                address, started = sent[reply[2]]
-                if reply[0] == address and rtt[address] is None:
-                    rtt[address] = (now - started) / 1e6
-    return rtt
+def _setns(fd: int) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m raven.lab.icmp",
-                                     description="ICMP echo every address; print JSON")
-    parser.add_argument("--tries", type=int, default=2)
-    parser.add_argument("--timeout", type=float, default=1.0, help="seconds per try")
-    parser.add_argument("addresses", nargs="+")
-    args = parser.parse_args(argv)
-    for address in args.addresses:
+def socket_in(netns_path: str) -> socket.socket:
+    """A raw ICMP socket that lives in the namespace bound at `netns_path`."""
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(netns_path, os.O_RDONLY)
         try:
-            ipaddress.IPv4Address(address)
-        except ValueError:
-            parser.error(f"{address!r} is not an IPv4 address")
-    results = probe(args.addresses, max(1, args.tries), args.timeout)
-    json.dump({"results": [{"address": a, "rttMs": None if r is None else round(r, 3)}
-                           for a, r in results.items()]}, sys.stdout)
+            _setns(target)
+            try:
+                return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            finally:
+                _setns(home)  # back before anything else runs on this thread
+        finally:
+            os.close(target)
+    finally:
+        os.close(home)
+
+
+def probe(probes: list[tuple[str, list[str]]], tries: int, timeout: float
+          ) -> tuple[dict[tuple[str, str], float | None], list[str]]:
+    """(netns path, address) -> round-trip time in ms (None when silent), and the errors."""
+    ident = os.getpid() & 0xFFFF
+    rtt: dict[tuple[str, str], float | None] = {}
+    errors: list[str] = []
+    sockets: dict[int, tuple[socket.socket, str, list[str]]] = {}
+    try:
+        for netns, addresses in probes:
+            rtt.update({(netns, a): None for a in addresses})
+            try:
+                sock = socket_in(netns)
+            except OSError as exc:
+                errors.append(f"{netns}: cannot open an ICMP socket there: {exc.strerror}")
+                continue
+            sockets[sock.fileno()] = (sock, netns, addresses)
+        sent: dict[tuple[int, int], tuple[str, int]] = {}  # (fd, seq) -> (address, ns time)
+        seq = 0
+        for _ in range(max(1, tries)):
+            pending = 0
+            for fd, (sock, netns, addresses) in sockets.items():
+                for address in addresses:
+                    if rtt[(netns, address)] is not None:
+                        continue
+                    seq = (seq + 1) & 0xFFFF
+                    sent[(fd, seq)] = (address, time.monotonic_ns())
+                    pending += 1
+                    # e.g. no route: the address simply does not answer
+                    with contextlib.suppress(OSError):
+                        sock.sendto(echo_request(ident, seq), (address, 0))
+            deadline = time.monotonic() + timeout
+            while pending:
+                left = deadline - time.monotonic()
+                ready = select.select(list(sockets), [], [], left)[0] if left > 0 else []
+                if not ready:
+                    break
+                for fd in ready:
+                    sock, netns, _ = sockets[fd]
+                    reply = parse_reply(sock.recv(65535))
+                    now = time.monotonic_ns()
+                    if reply is None or reply[1] != ident or (fd, reply[2]) not in sent:
+                        continue
+                    address, started = sent[(fd, reply[2])]
+                    if reply[0] == address and rtt[(netns, address)] is None:
+                        rtt[(netns, address)] = (now - started) / 1e6
+                        pending -= 1
+    finally:
+        for sock, _, _ in sockets.values():
+            sock.close()
+    return rtt, errors
+
+
+def main() -> int:
+    request = json.load(sys.stdin)
+    probes = [(str(p["netns"]), list(dict.fromkeys(str(a) for a in p["addresses"])))
+              for p in request["probes"]]
+    rtt, errors = probe(probes, int(request.get("tries", 2)), float(request.get("timeout", 1)))
+    json.dump({"results": [{"netns": ns, "address": a, "rttMs": None if r is None else
+                            round(r, 3)} for (ns, a), r in rtt.items()], "errors": errors},
+              sys.stdout)
     sys.stdout.write("\n")
     return 0
 

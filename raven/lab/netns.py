@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from raven.errors import CommandError
+from raven.lab import icmp
 
 NETNS_DIR = Path("/run/netns")  # where `ip netns add` binds named namespaces
 LAB_MARKER = "raven-lab:"  # alias of `lo` in every lab namespace: raven-lab:<lab>
@@ -197,16 +198,32 @@ def nft_flush(netns: str) -> None:
 
 # --- reachability ---------------------------------------------------------------------------
 
+def icmp_probe_many(probes: Mapping[str, list[str]], tries: int = 2,
+                    timeout_s: float = 1.0) -> dict[str, dict[str, float | None]]:
+    """Echo, from inside each namespace, each of its addresses, all at once:
+    namespace -> address -> RTT in ms (None when no reply came).
+
+    One run of raven/lab/icmp.py (standard library only, started with -I -S so it needs no
+    site-packages) for all sources; it enters each namespace itself and prints JSON.
+    """
+    wanted = {ns: list(addresses) for ns, addresses in probes.items() if addresses}
+    if not wanted:
+        return {ns: {} for ns in probes}
+    by_path = {str(netns_path(ns)): ns for ns in wanted}
+    request = {"tries": tries, "timeout": timeout_s,
+               "probes": [{"netns": path, "addresses": wanted[ns]}
+                          for path, ns in by_path.items()]}
+    argv = [sys.executable, "-I", "-S", str(Path(icmp.__file__))]
+    data = run_json(argv, stdin=json.dumps(request), timeout=30 + tries * timeout_s * 2) or {}
+    out: dict[str, dict[str, float | None]] = {ns: dict.fromkeys(a) for ns, a in probes.items()}
+    for result in data.get("results", []):
+        ns = by_path.get(result.get("netns"))
+        if ns is not None and result.get("address") in out[ns]:
+            out[ns][result["address"]] = result.get("rttMs")
+    return out
+
+
 def icmp_probe(netns: str, addresses: list[str], tries: int = 2,
                timeout_s: float = 1.0) -> dict[str, float | None]:
-    """Echo every address from inside `netns` at once: address -> RTT in ms, None if no reply.
-
-    Runs raven.lab.icmp (a raw-socket echo client) in the namespace and reads its JSON.
-    """
-    if not addresses:
-        return {}
-    argv = [*nsenter_net_argv(netns), sys.executable, "-m", "raven.lab.icmp",
-            "--tries", str(tries), "--timeout", f"{timeout_s:g}", *addresses]
-    data = run_json(argv, timeout=30 + tries * timeout_s * 2) or {}
-    replies = {r["address"]: r["rttMs"] for r in data.get("results", [])}
-    return {a: replies.get(a) for a in addresses}
+    """icmp_probe_many for one source namespace: address -> RTT in ms, None if no reply."""
+    return icmp_probe_many({netns: addresses}, tries, timeout_s)[netns]

@@ -3,16 +3,15 @@
 Rules kept:
 - The oracle is ICMP actually crossing the lab: for each (source, destination) pair an echo
   request leaves the source pod's namespace; a pair is ok when the matching echo reply came back.
-- One probe per source pod (raven.lab.icmp, through raven.lab.netns.icmp_probe) echoes all of
-  its destinations at once, so the whole matrix takes about one timeout per try; its result is
-  read as JSON (no ping text is scraped).
+- One probe process (raven.lab.icmp, through raven.lab.netns.icmp_probe_many) echoes every
+  pair at once from inside the source pods' namespaces, so the whole matrix takes about one
+  timeout per try; its result is read as JSON (no ping text is scraped).
 - `scope="pool"` limits the pairs to pods of the same pool (the only ones expected to answer
   before the overlay exists).
 """
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 
 from raven.lab import netns as nsutil
@@ -61,20 +60,14 @@ def ping_all(plan: LabPlan, scope: str = "all", tries: int = 2,
         if dsts:
             jobs.append((src_pool, src, dsts))
 
-    def run_one(job: tuple) -> list[PingPair]:
-        src_pool, src, dsts = job
-        rtts = nsutil.icmp_probe(src.netns, dsts, tries=tries, timeout_s=timeout_s)
-        out = []
+    rtts = nsutil.icmp_probe_many({src.netns: dsts for _, src, dsts in jobs},
+                                  tries=tries, timeout_s=timeout_s)
+    pairs: list[PingPair] = []
+    for src_pool, src, dsts in jobs:
         for ip in dsts:
             dst_pool, dst = by_ip[ip]
-            rtt = rtts.get(ip)
-            out.append(PingPair(src.name, dst.name, src_pool, dst_pool, rtt is not None, rtt))
-        return out
-
-    pairs: list[PingPair] = []
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        for result in pool.map(run_one, jobs):
-            pairs.extend(result)
+            rtt = rtts[src.netns].get(ip)
+            pairs.append(PingPair(src.name, dst.name, src_pool, dst_pool, rtt is not None, rtt))
     return PingReport(ok=all(p.ok for p in pairs), pairs=tuple(pairs))
 
 
