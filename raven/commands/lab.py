@@ -207,7 +207,7 @@ def _lab_is_new(lab: str | None) -> bool:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    from raven.lab import build, cluster, guard, teardown
+    from raven.lab import build, guard, teardown
 
     topology, source = _load(args.file)
     _need_root()
@@ -220,6 +220,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             try:
                 plan = build.up(topology, lab, progress=progress, source=source)
                 if not args.network_only:
+                    from raven.lab import cluster  # imports the Kubernetes client: only here
+
                     cluster.up(plan, progress=progress, wait=not args.no_wait)
                 print(plan.name, file=out, flush=True)
             except BaseException as exc:
