@@ -105,6 +105,9 @@ def probe(probes: list[tuple[str, list[str]]], tries: int, timeout: float
             sockets[sock.fileno()] = (sock, netns, addresses)
         sent: dict[tuple[int, int], tuple[str, int]] = {}  # (fd, seq) -> (address, ns time)
         seq = 0
+        poller = select.poll()  # no fd-number limit, unlike select() (big labs, many pods)
+        for fd in sockets:
+            poller.register(fd, select.POLLIN)
         for _ in range(max(1, tries)):
             pending = 0
             for fd, (sock, netns, addresses) in sockets.items():
@@ -120,10 +123,10 @@ def probe(probes: list[tuple[str, list[str]]], tries: int, timeout: float
             deadline = time.monotonic() + timeout
             while pending:
                 left = deadline - time.monotonic()
-                ready = select.select(list(sockets), [], [], left)[0] if left > 0 else []
+                ready = poller.poll(max(1, int(left * 1000))) if left > 0 else []
                 if not ready:
                     break
-                for fd in ready:
+                for fd, _ in ready:
                     sock, netns, _ = sockets[fd]
                     reply = parse_reply(sock.recv(65535))
                     now = time.monotonic_ns()
