@@ -87,7 +87,8 @@ def _describe(exc: yaml.YAMLError, source: str) -> YamlError:
 def load_yaml_documents(data: str | bytes, *, source: str = "<input>") -> list[tuple[int, Any]]:
     """Every non-empty document of a YAML stream with the line (1-based) where it starts."""
     text = _text(data, source)
-    try:  # the reader checks the characters while the loader is made (e.g. a control byte)
+    try:
+        # The reader checks for unprintable characters as it is made: inside the try.
         loader = _BoundedLoader(text, source)
     except yaml.YAMLError as exc:
         raise _describe(exc, source) from exc
