@@ -74,7 +74,7 @@ def state_dir_problem(path: Path) -> str | None:
 
 def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     """The agent's settings, or a CommandError naming every bad flag."""
-    from raven.kube.settings import KubeSettings
+    from raven.settings import KubeSettings
 
     problems = []
     if not args.node:

@@ -33,7 +33,6 @@ from typing import Any
 from raven import constants
 from raven.election import ElectionOptions, elect
 from raven.errors import ValidationError
-from raven.kube.timefmt import parse_time, to_time
 from raven.model import (
     Condition,
     Endpoint,
@@ -44,6 +43,7 @@ from raven.model import (
     NodeInfo,
     gateway_problems,
 )
+from raven.timefmt import parse_time, to_time
 
 JSON = dict[str, Any]
 

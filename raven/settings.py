@@ -29,14 +29,13 @@ Rules kept:
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from raven import constants
 from raven.election import ElectionOptions
-from raven.kube.backoff import BackoffSettings
-from raven.kube.settings import KubeSettings
 
 # An overlay packet must still carry a minimal IPv4 packet (RFC 791: 576 bytes) after the
 # WireGuard encapsulation, the larger of the two overheads; below IPv6's minimum link MTU (1280,
@@ -50,6 +49,30 @@ DEFAULT_STATE_DIR = Path("/var/lib/raven")
 def _opt(default: Any, help: str) -> Any:
     """A dataclass field with its flag's help text beside its default."""
     return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class BackoffSettings:
+    initial: float = 0.2  # seconds before the first retry
+    maximum: float = 10.0  # never wait longer than this between two attempts
+    factor: float = 2.0
+    jitter: float = 0.5  # fraction of the delay that is randomised (0 = none)
+
+    def delay(self, attempt: int, rng: Callable[[], float]) -> float:
+        """Delay before retry number `attempt` (0-based); `rng` gives the jitter in [0, 1)
+        (a parameter, so this stays pure and the sequence is testable)."""
+        base = min(self.maximum, self.initial * (self.factor ** max(0, attempt)))
+        return base * (1.0 - self.jitter) + base * self.jitter * rng()
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    kubeconfig: Path | None = None  # None: $KUBECONFIG, then in-cluster, then ~/.kube/config
+    context: str | None = None
+    request_timeout: float = 10.0  # seconds, per request (connect and read)
+    watch_timeout: int = 60  # server-side timeoutSeconds of one watch request
+    backoff: BackoffSettings = field(default_factory=BackoffSettings)
+    user_agent: str = "raven"
 
 
 @dataclass(frozen=True)

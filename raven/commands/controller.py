@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def settings_from_args(args: argparse.Namespace) -> ControllerSettings:
-    from raven.kube.settings import KubeSettings
+    from raven.settings import KubeSettings
 
     problems = []
     for flag, value in (("--renew-period", args.renew_period),

@@ -15,8 +15,8 @@ import logging
 from raven import constants
 from raven.kube.client import JSON, LEASES, Kube
 from raven.kube.errors import Conflict, KubeError, NotFound
-from raven.kube.timefmt import to_micro_time
 from raven.settings import LeaderSettings  # defaults live in the settings root
+from raven.timefmt import to_micro_time
 
 log = logging.getLogger(__name__)
 
