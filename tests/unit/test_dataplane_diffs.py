@@ -298,10 +298,10 @@ def test_table_messages_name_sets_by_id_and_carry_the_fingerprint() -> None:
     requests, ids = table_messages("raven", sets, CHAIN_SPECS, rule_specs, fingerprint,
                                    replace=True)
     kinds = [r.msg_type & 0xFF for r in requests]
-    # declare, delete, add table; 2 sets; 3 chains; 8 rules
-    assert kinds == [0, 2, 0, 9, 9, 3, 3, 3] + [6] * 8
+    # declare, delete, add table; 2 sets; 3 chains; 10 rules
+    assert kinds == [0, 2, 0, 9, 9, 3, 3, 3] + [6] * 10
     assert ids == {"remote4": 1, "remote6": 2}
-    assert all(comment_userdata(fingerprint) in r.body for r in requests[-8:])
+    assert all(comment_userdata(fingerprint) in r.body for r in requests[-10:])
     assert comment_of(comment_userdata(fingerprint)) == fingerprint
     fresh, _ids = table_messages("raven", sets, CHAIN_SPECS, rule_specs, fingerprint,
                                  replace=False)

@@ -15,7 +15,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import Node
+from conftest import Node, run
 
 from raven.constants import ENDPOINT_CONFIG_PUBLIC_KEY
 from raven.dataplane.appliers import vxlan as vxlan_applier
@@ -37,6 +37,10 @@ SUBNETS = {"m1": ("10.1.1.0/24", "fd00:1:1::/64"), "gwa": ("10.1.0.0/24", "fd00:
            "gwb": ("10.2.0.0/24", "fd00:2::/64")}
 TUNNEL_MTU = 1500 - 80  # what the planner locks on members' routes (default OverlaySettings)
 ICMP6_HEADERS = 40 + 8
+MASQUERADE6_ALL = ("table ip6 nat { chain post { type nat hook postrouting priority srcnat; "
+                   "policy accept; masquerade; }; }\n")
+COUNT_SOURCE6 = ("table inet probe { chain input { type filter hook forward priority 0; "
+                 "policy accept; ip6 saddr fd00:1:1::2 icmpv6 type echo-request counter; }; }\n")
 
 
 def gateways(key_a: str, key_b: str, ips: dict[str, str] | None = None) -> list[Gateway]:
@@ -113,6 +117,10 @@ def test_dual_stack_pools_apply_and_carry_both_families(make_node, wait) -> None
     pod_b = pod(make_node, gwb, *SUBNETS["gwb"])
     gwa.ip("route", "add", SUBNETS["m1"][0], "via", M1)
     gwa.ip("-6", "route", "add", SUBNETS["m1"][1], "via", "2001:db8:a::1")
+    # A foreign table masquerading all IPv6 that leaves the gateway (a CNI's), and a counter of
+    # what reaches pool B with pod A's own source address.
+    run("ip", "netns", "exec", gwa.ns, "nft", "-f", "-", input=MASQUERADE6_ALL)
+    run("ip", "netns", "exec", gwb.ns, "nft", "-f", "-", input=COUNT_SOURCE6)
 
     dps = {node: node.dataplane() for node in (m1, gwa, gwb)}
     fleet = gateways(dps[gwa].public_key(), dps[gwb].public_key())
@@ -145,6 +153,10 @@ def test_dual_stack_pools_apply_and_carry_both_families(make_node, wait) -> None
     (got,) = m1.ip_json("-6", "route", "get", "fd00:2::2", "from", "fd00:1:1::2", "iif", "pod0",
                         "mark", "0x40")
     assert got["dev"] == "raven0" and got["gateway"] == gw_vtep6 and got["table"] == "9027"
+    # Unmarked, the same packet has no route at all: the pings below need the mark.
+    unmarked = m1.exec("ip", "-6", "route", "get", "fd00:2::2", "from", "fd00:1:1::2", "iif",
+                       "pod0", check=False)
+    assert unmarked.returncode != 0 or "raven0" not in unmarked.stdout, unmarked.stdout
     # The gateway: an IPv6 neighbour per member, IPv6 routes into WireGuard, both families
     # allowed on the peer.
     gw_neigh6 = {n["dst"] for n in gwa.ip_json("-6", "neigh", "show", "dev", "raven0", "nud",
@@ -163,6 +175,11 @@ def test_dual_stack_pools_apply_and_carry_both_families(make_node, wait) -> None
     assert ping(pod_a, "fd00:2::2", size=TUNNEL_MTU - ICMP6_HEADERS + 1, count=1).returncode != 0
     back6 = ping(pod_b, "fd00:1:1::2")
     assert back6.returncode == 0, back6.stdout + back6.stderr
+    # Pod A's IPv6 source crossed the pools unchanged despite the foreign IPv6 MASQUERADE
+    # (our identity SNAT in `inet raven` binds it first).
+    probe = [o["rule"]["expr"] for o in gwb.nft("list", "table", "inet", "probe") if "rule" in o]
+    packets = [e["counter"]["packets"] for expr in probe for e in expr if "counter" in e]
+    assert packets and packets[0] >= 3, packets
     ok4 = ping(pod_a, "10.2.0.2")
     assert ok4.returncode == 0, ok4.stdout + ok4.stderr
 
