@@ -222,6 +222,17 @@ def test_ipv6_disabled_on_our_device_is_turned_back_on(make_node) -> None:
     assert len(node.ip_json("-6", "neigh", "show", "dev", "raven0", "nud", "permanent")) == 1
     assert dp.apply(state).writes == 0
 
+    # Through `all`, which the kernel copies to every device: raven0 alone is turned back on.
+    node.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1")
+    assert node.sysctl("net.ipv6.conf.raven0.disable_ipv6") == "1"
+    again = dp.apply(state)
+    assert again.writes > 0 and again.skipped == (), again
+    assert node.sysctl("net.ipv6.conf.raven0.disable_ipv6") == "0"
+    assert node.sysctl("net.ipv6.conf.u0.disable_ipv6") == "1"  # not ours: untouched
+    assert f"{vtep6_for(M1)}/128" in global6(node, "raven0")
+    assert {r["dst"] for r in routes6(node, 9027)} == {"fd00:2::/64"}
+    assert dp.apply(state).writes == 0
+
 
 class _NoIpv6Kernel:
     """sysctl as on a kernel booted with ipv6.disable=1 (no net.ipv6 tree): this machine's
