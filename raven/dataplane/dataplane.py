@@ -36,6 +36,7 @@ from raven.dataplane.appliers.sysctls import SysctlApplier
 from raven.dataplane.appliers.vxlan import VxlanApplier
 from raven.dataplane.drift import DriftWatcher, EventStream
 from raven.dataplane.errors import DataplaneError
+from raven.dataplane.families import ipv4_half
 from raven.dataplane.firewall import collapse
 from raven.dataplane.links import LinkFacts, Links
 from raven.dataplane.netlink import NETLINK_ROUTE, NetlinkSocket
@@ -78,6 +79,10 @@ class Dataplane:
         self._closers: list[Callable[[], None]] = []
         self._closed = False
         self._last: NodeState | None = None
+        # What the last apply reached: `_last`, or its IPv4 half when IPv6 could not be
+        # applied (observe() compares the kernel with this); and the reason IPv6 was left out.
+        self._reached: NodeState | None = None
+        self._family_skip: tuple[str, ...] = ()
         self._watcher: DriftWatcher | None = None
         self._tables = OurTables(self.overlay.tables)
         try:
@@ -85,7 +90,7 @@ class Dataplane:
             self._closers.append(self.links.close)
             self.nl = NetlinkSocket(NETLINK_ROUTE, settings.netns)
             self._closers.append(self.nl.close)
-            self.vxlan = VxlanApplier(self.links, self.overlay.vxlan_device)
+            self.vxlan = VxlanApplier(self.links, self.overlay.vxlan_device, settings.netns)
             self.wireguard = WireGuardApplier(
                 links=self.links, netns_name=settings.netns, ifname=self.overlay.wireguard_device,
                 backend=settings.wireguard_backend, state_dir=settings.state_dir,
@@ -146,10 +151,32 @@ class Dataplane:
     # --- apply -------------------------------------------------------------------------------
 
     def apply(self, state: NodeState) -> ApplyResult:
+        """Apply `state`; when that fails and the plan has IPv6 parts, apply its IPv4 half and
+        name the failure in `skipped`, so an IPv6 problem never takes IPv4 down (the next apply
+        tries the whole plan again)."""
         with self._lock:
-            done = self._reconcile(state, write=True, fresh=False)
-            self._last = state
-            return ApplyResult(done.writes, tuple(done.lines), done.skipped)
+            done = _Pass(write=True)
+            reached, self._family_skip = state, ()
+            try:
+                self._reconcile(state, write=True, fresh=False, done=done)
+            except DataplaneError as exc:
+                half = ipv4_half(state)
+                if half == state:
+                    raise
+                for applier in self._cached:
+                    applier.forget()  # a write failed part-way: read the kernel again
+                # The writes made happened; the lines of the failed pass are replaced by what
+                # the IPv4 pass finds to do, so a steady state reports no change.
+                done = _Pass(write=True, writes=done.writes)
+                self._reconcile(half, write=True, fresh=True, done=done)
+                reached = half
+                self._family_skip = (
+                    f"IPv6 of node {state.node!r} not applied, IPv4 applied: {exc}. The IPv6 "
+                    "VTEP, neighbours, routes, rule and firewall subnets are left out until "
+                    "the next apply succeeds",)
+            self._last, self._reached = state, reached
+            return ApplyResult(done.writes, tuple(done.lines),
+                               done.skipped + self._family_skip)
 
     def repair(self) -> ApplyResult:
         """Apply the last applied state again (what the drift monitor's callback usually does).
@@ -174,9 +201,10 @@ class Dataplane:
                     f"DataplaneSettings.overlay.{key} is {ours!r}; plan with the same "
                     "OverlaySettings the data plane uses (cleanup removes only those names)")
 
-    def _reconcile(self, state: NodeState, *, write: bool, fresh: bool) -> _Pass:
+    def _reconcile(self, state: NodeState, *, write: bool, fresh: bool,
+                   done: _Pass | None = None) -> _Pass:
         self._check_names(state)
-        done = _Pass(write)
+        done = done if done is not None else _Pass(write)
         links = self._devices_stage(state, done, fresh)
         self._sysctls_stage(state, done)
         self._neighbours_stage(state, done, links)
@@ -189,7 +217,9 @@ class Dataplane:
                        fresh: bool) -> dict[str, LinkFacts]:
         """VXLAN then WireGuard; returns the links as they are afterwards."""
         links = self.links.all()
-        vx_changes = vxlan.diff(state.vxlan, self.overlay.vxlan_device, self.vxlan.read(links))
+        ipv6 = state.vxlan is not None and state.vxlan.vtep_ip6 is not None
+        vx_changes = vxlan.diff(state.vxlan, self.overlay.vxlan_device,
+                                self.vxlan.read(links, ipv6=ipv6))
         if done.take(vx_changes, vx_changes.lines):
             done.writes += self.vxlan.apply(vx_changes)
         changed = vx_changes.create is not None or vx_changes.delete is not None
@@ -265,7 +295,7 @@ class Dataplane:
     def observe(self) -> DataplaneStatus:
         """Counts, peers and drift. Reads only: every applier reads the kernel in full."""
         with self._lock:
-            seen = self._reconcile(self._last or _NOTHING, write=False, fresh=True)
+            seen = self._reconcile(self._reached or _NOTHING, write=False, fresh=True)
             now = time.time()
             wg = seen.wireguard
             peers = tuple(
@@ -280,7 +310,7 @@ class Dataplane:
                 routes=seen.routes, rules=seen.rules, fdb=seen.fdb, neighbours=seen.neighbours,
                 firewall_elements=seen.firewall_elements, peers=peers,
                 drift=tuple(seen.lines) if self._last is not None else (),
-                skipped=seen.skipped,
+                skipped=seen.skipped + self._family_skip,
             )
 
     # --- drift -----------------------------------------------------------------------------------
@@ -325,7 +355,8 @@ class Dataplane:
             if not fw_plan.empty():
                 self.firewall.apply(fw_plan, None)
                 changes.append(f"delete nft table inet {self.overlay.nft_table}")
-            self._last = None
+            self._last = self._reached = None
+            self._family_skip = ()
             for applier in self._cached:
                 applier.forget()
             return changes

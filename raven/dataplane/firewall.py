@@ -13,10 +13,12 @@ What the table does (and why):
   remote pod is only in table 9028, which an unmarked lookup never reaches. Marked traffic for a
   local destination finds nothing in our table and falls through to the main table as before;
 - chain `postrouting` (nat, priority srcnat - 10) applies an identity SNAT (`snat ip to ip saddr`)
-  to traffic to remote subnets. The kernel runs the NAT chains of every table, ours, iptables-nft
-  and iptables-legacy alike, in priority order and stops at the first one that binds the
-  connection; binding it to its own source first means a CNI's or kube-proxy's MASQUERADE in
-  another table can never rewrite a pod address that has to cross pools. Nothing else is touched.
+  to traffic to remote subnets, and to traffic from them (a remote pod reaching a local pod
+  through the gateway keeps its address too). The kernel runs the NAT chains of every table,
+  ours, iptables-nft and iptables-legacy alike, in priority order and stops at the first one
+  that binds the connection; binding it to its own source first means a CNI's or kube-proxy's
+  MASQUERADE in another table can never rewrite a pod address that has to cross pools. Nothing
+  else is touched.
 
 Rules kept: pure (no I/O; nftnl.py encodes and sends); only table `inet <name>` is ever
 written; every write is one netfilter netlink transaction (creating or rebuilding the table with
@@ -41,7 +43,8 @@ from raven.desired import Firewall
 
 SETS = {4: "remote4", 6: "remote6"}
 CHAINS = ("prerouting", "output", "postrouting")
-RULES_PER_CHAIN = {"prerouting": 2 * len(SETS), "output": len(SETS), "postrouting": len(SETS)}
+RULES_PER_CHAIN = {"prerouting": 2 * len(SETS), "output": len(SETS),
+                   "postrouting": 2 * len(SETS)}
 CHAIN_SPECS = (ChainSpec("prerouting", "filter", "prerouting", -150),
                ChainSpec("output", "route", "output", -150),
                ChainSpec("postrouting", "nat", "postrouting", 90))
@@ -166,6 +169,11 @@ def skeleton_specs(fw: Firewall) -> tuple[tuple[SetSpec, ...], tuple[RuleSpec, .
                 rules.append(RuleSpec(chain, version, "daddr", set_name, (keep, fw.mark)))
             else:
                 rules.append(RuleSpec(chain, version, "daddr", set_name, None))
+                # Traffic FROM a remote pool to a local pod leaves the gateway towards the pod's
+                # node; a foreign MASQUERADE would rewrite its source there, and the reply (to
+                # the gateway's own address) would then be de-NATed only after our prerouting
+                # mark, so it misses our table. Binding it to its own source first prevents both.
+                rules.append(RuleSpec(chain, version, "saddr", set_name, None))
     return sets, tuple(rules)
 
 

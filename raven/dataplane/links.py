@@ -17,6 +17,8 @@ from raven.dataplane.errors import DataplaneError
 
 ENODEV = 19
 EOPNOTSUPP = 95
+EACCES = 13
+IFA_F_NODAD = 0x02
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,8 @@ def _facts(msg: Any) -> LinkFacts:
         vxlan = VxlanFacts(
             vni=int(data.get("vxlan_id")),
             port=int(data.get("vxlan_port")),
-            local=data.get("vxlan_local"),
+            # IFLA_VXLAN_LOCAL6 over an IPv6 underlay; the kernel sends only the one in use.
+            local=data.get("vxlan_local") or data.get("vxlan_local6"),
             learning=bool(data.get("vxlan_learning")),
         )
     return LinkFacts(
@@ -103,10 +106,12 @@ class Links:
         return _facts(msgs[0])
 
     def add_vxlan(self, name: str, vni: int, port: int, local: str, mac: str, mtu: int) -> None:
+        # The underlay family is the family of the local address (the planner's `local_ip`).
+        local_attr = {"vxlan_local6" if ":" in local else "vxlan_local": local}
         self._call(
             f"create VXLAN device {name} (vni {vni}, port {port}, local {local})",
             self._ipr.link, "add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=port,
-            vxlan_local=local, vxlan_learning=0, address=mac, mtu=mtu,
+            vxlan_learning=0, address=mac, mtu=mtu, **local_attr,
         )
 
     def add_wireguard(self, name: str) -> None:
@@ -140,8 +145,21 @@ class Links:
         return out
 
     def add_address(self, index: int, address: str, prefixlen: int) -> None:
-        self._call(f"add address {address}/{prefixlen}", self._ipr.addr, "add", index=index,
-                   address=address, prefixlen=prefixlen)
+        extra: dict[str, Any] = {}
+        if ":" in address:
+            # No duplicate address detection: VTEP addresses are derived per node (collisions
+            # are reported by the planner), and DAD would leave the address tentative for a
+            # second, unusable as a source.
+            extra["flags"] = IFA_F_NODAD
+        try:
+            self._ipr.addr("add", index=index, address=address, prefixlen=prefixlen, **extra)
+        except PyrouteNetlinkError as exc:
+            if exc.code == EACCES and ":" in address:
+                raise DataplaneError(
+                    f"add address {address}/{prefixlen} on link {index}: IPv6 is disabled on "
+                    "the device (net.ipv6.conf.<dev>.disable_ipv6=1)") from None
+            raise DataplaneError(f"add address {address}/{prefixlen}: "
+                                 f"{exc.args[-1] if exc.args else exc}") from None
 
     def del_address(self, index: int, address: str, prefixlen: int) -> None:
         self._call(f"delete address {address}/{prefixlen}", self._ipr.addr, "del", index=index,

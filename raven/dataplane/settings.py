@@ -45,8 +45,9 @@ class DataplaneSettings:
 class ApplyResult:
     writes: int  # kernel/daemon write operations performed (0 = everything was already right)
     changes: tuple[str, ...]  # one line per change, for logs and events
-    # Desired objects that could not be applied (e.g. a WireGuard peer with a malformed key),
-    # one message each naming the object, the reason and the fix; everything else was applied.
+    # Desired objects that could not be applied (e.g. a WireGuard peer with a malformed key, or
+    # the whole IPv6 half of a plan when IPv6 failed: then the IPv4 half was applied), one
+    # message each naming the object, the reason and the fix; everything else was applied.
     skipped: tuple[str, ...] = ()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from raven.dataplane import DataplaneError, DataplaneSettings
 from raven.dataplane.appliers import neighbours, routes, rules, sysctls, vxlan
 from raven.dataplane.appliers.routes import route_index
+from raven.dataplane.families import ipv4_half
 from raven.dataplane.firewall import (
     CHAIN_SPECS,
     LiveFirewall,
@@ -96,6 +98,71 @@ def test_vxlan_diff_refuses_a_foreign_link_with_our_name() -> None:
     with pytest.raises(DataplaneError, match="raven0 exists and is a veth"):
         vxlan.diff(WANT_VX, "raven0", vxlan.VxlanLive(veth))
 
+
+
+WANT_VX6 = replace(WANT_VX, vtep_ip6="fd72:6176:656e:4::c000:201", vtep6_prefixlen=128)
+BOTH = frozenset({("100.96.0.1", 24), ("fd72:6176:656e:4::c000:201", 128)})
+
+
+def test_vxlan_diff_adds_and_removes_the_ipv6_vtep() -> None:
+    created = vxlan.diff(WANT_VX6, "raven0", vxlan.VxlanLive(None))
+    assert set(created.addresses_add) == BOTH
+    assert not created.enable_ipv6  # a new device: apply() checks the inherited value
+
+    v4_only = vxlan.VxlanLive(vx_link(), frozenset({("100.96.0.1", 24)}), ipv6_disabled=False)
+    added = vxlan.diff(WANT_VX6, "raven0", v4_only)
+    assert added.addresses_add == (("fd72:6176:656e:4::c000:201", 128),)
+    assert added.addresses_del == () and not added.enable_ipv6
+    assert added.lines == ("address add fd72:6176:656e:4::c000:201/128 dev raven0",)
+
+    dual = vxlan.VxlanLive(vx_link(), BOTH, ipv6_disabled=False)
+    assert vxlan.diff(WANT_VX6, "raven0", dual).empty()
+    removed = vxlan.diff(WANT_VX, "raven0", dual)  # the plan stops routing IPv6
+    assert removed.addresses_del == (("fd72:6176:656e:4::c000:201", 128),)
+    assert removed.addresses_add == ()
+
+
+def test_vxlan_diff_enables_ipv6_on_our_device_only_when_it_wants_ipv6() -> None:
+    # The kernel removed the IPv6 VTEP when disable_ipv6 went to 1 on raven0.
+    off = vxlan.VxlanLive(vx_link(), frozenset({("100.96.0.1", 24)}), ipv6_disabled=True)
+    changes = vxlan.diff(WANT_VX6, "raven0", off)
+    assert changes.enable_ipv6
+    assert changes.lines[0] == "sysctl net.ipv6.conf.raven0.disable_ipv6 1 -> 0"
+    assert changes.addresses_add == (("fd72:6176:656e:4::c000:201", 128),)
+    assert vxlan.diff(WANT_VX, "raven0", off).empty()  # IPv4-only: IPv6 stays as the host has it
+
+
+def test_vxlan_diff_recreates_when_the_underlay_family_changes() -> None:
+    v6_underlay = replace(WANT_VX, local_ip="2001:db8::1")
+    live = vxlan.VxlanLive(vx_link(), frozenset({("100.96.0.1", 24)}))
+    changes = vxlan.diff(v6_underlay, "raven0", live)
+    assert changes.delete == 7 and changes.create == v6_underlay
+    assert any("local 192.0.2.1 -> 2001:db8::1" in line for line in changes.lines)
+    same = vxlan.VxlanLive(vx_link(local="2001:db8::1"), frozenset({("100.96.0.1", 24)}))
+    assert vxlan.diff(v6_underlay, "raven0", same).empty()
+
+
+def test_ipv4_half_drops_every_ipv6_object_and_nothing_else() -> None:
+    state = NodeState(
+        node="m1", role=Role.MEMBER, pool="a", vxlan=WANT_VX6,
+        fdb=(FdbEntry("02:52:00:00:02:03", "192.0.2.3"),),
+        neighbours=(NeighEntry("100.96.0.3", "02:52:00:00:02:03"),
+                    NeighEntry("fd72:6176:656e:4::c000:203", "02:52:00:00:02:03")),
+        routes=(Route("10.2.0.0/16", 9027, "raven0", "100.96.0.3", 1420),
+                Route("fd00:2::/64", 9027, "raven0", "fd72:6176:656e:4::c000:203", 1420)),
+        rules=(Rule(100, 9027, 0x40, 0x40, 4), Rule(100, 9027, 0x40, 0x40, 6)),
+        firewall=Firewall("raven", 0x40, 0x40, ("10.1.0.0/16", "fd00:1::/64"),
+                          ("10.2.0.0/16", "fd00:2::/64")),
+        sysctls=(("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")),
+    )
+    half = ipv4_half(state)
+    assert half.vxlan == WANT_VX and half.fdb == state.fdb
+    assert half.neighbours == state.neighbours[:1] and half.routes == state.routes[:1]
+    assert half.rules == state.rules[:1] and half.sysctls == state.sysctls[:1]
+    assert half.firewall is not None
+    assert half.firewall.remote_subnets == ("10.2.0.0/16",)
+    assert half.firewall.local_subnets == ("10.1.0.0/16",)
+    assert ipv4_half(half) == half  # an IPv4-only plan is its own half: apply() then raises
 
 # --- sysctls ----------------------------------------------------------------------------------
 
@@ -231,10 +298,10 @@ def test_table_messages_name_sets_by_id_and_carry_the_fingerprint() -> None:
     requests, ids = table_messages("raven", sets, CHAIN_SPECS, rule_specs, fingerprint,
                                    replace=True)
     kinds = [r.msg_type & 0xFF for r in requests]
-    # declare, delete, add table; 2 sets; 3 chains; 8 rules
-    assert kinds == [0, 2, 0, 9, 9, 3, 3, 3] + [6] * 8
+    # declare, delete, add table; 2 sets; 3 chains; 10 rules
+    assert kinds == [0, 2, 0, 9, 9, 3, 3, 3] + [6] * 10
     assert ids == {"remote4": 1, "remote6": 2}
-    assert all(comment_userdata(fingerprint) in r.body for r in requests[-8:])
+    assert all(comment_userdata(fingerprint) in r.body for r in requests[-10:])
     assert comment_of(comment_userdata(fingerprint)) == fingerprint
     fresh, _ids = table_messages("raven", sets, CHAIN_SPECS, rule_specs, fingerprint,
                                  replace=False)

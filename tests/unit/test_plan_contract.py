@@ -88,10 +88,6 @@ def test_every_plan_of_mixed_fleets_is_accepted_by_the_data_plane(
         accept(state)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "data plane gap (issue 15, data-plane half): appliers/vxlan.py diff wants only "
-    "(vtep_ip, vtep_prefixlen); it must also add (vtep_ip6, vtep6_prefixlen) when set. "
-    "Remove this marker when it does."))
 def test_the_vxlan_diff_adds_the_ipv6_vtep() -> None:
     state = plan_node(dual_fleet(), "c2")
     assert state.vxlan is not None and state.vxlan.vtep_ip6 is not None
