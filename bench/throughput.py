@@ -173,7 +173,7 @@ def main() -> int:
                     try:
                         mbit = iperf(f"{lab}.{server.name}", server.ip, f"{lab}.{client.name}",
                                      args.seconds).mbit
-                    except (CommandError, subprocess.TimeoutExpired) as exc:
+                    except (CommandError, KeyError, subprocess.TimeoutExpired) as exc:
                         failures.append(f"round {i + 1} {path} {kind}: {exc}")
                         print(f"round {i + 1} {path:<6} {kind:<7} FAILED: {exc}", flush=True)
                         samples[path][kind].append(0.0)

@@ -15,6 +15,7 @@ import json
 import statistics
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from throughput import cpu_seconds, wireguard_pids
@@ -36,8 +37,13 @@ def main() -> int:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--setup-a", default="", help="shell command run before every A "
                         "sample (LAB_B may equal LAB_A: then this toggles one factor in one lab)")
+    parser.add_argument("--concurrent", action="store_true", help="run A and B at the same "
+                        "time (needs two labs): both see exactly the same machine load, and "
+                        "share the CPU in proportion to what each path costs per byte")
     parser.add_argument("--setup-b", default="", help="shell command run before every B sample")
     args = parser.parse_args()
+    if args.concurrent and args.lab_a == args.lab_b:
+        parser.error("--concurrent needs two labs")
     plan = load_plan(args.lab_a)
     server_ip = next(p.ip for pool in plan.pools for n in pool.nodes for p in n.pods
                      if p.name == args.server)
@@ -49,24 +55,40 @@ def main() -> int:
     pids = {side: wireguard_pids(lab, load_plan(lab)) for side, (lab, _) in sides.items()}
     failures = 0
     loads = []
+    def setup(side: str) -> None:
+        if sides[side][1]:
+            subprocess.run(["sh", "-c", sides[side][1]], check=True, timeout=60)
+
+    def sample(side: str) -> tuple[float, float]:
+        lab = sides[side][0]
+        before = cpu_seconds(pids[side])
+        try:
+            mbit = iperf(f"{lab}.{args.server}", server_ip, f"{lab}.{args.client}",
+                         args.seconds).mbit
+        except (CommandError, KeyError, subprocess.TimeoutExpired) as exc:
+            print(f"  FAILED {lab}: {exc}", flush=True)
+            return 0.0, 0.0
+        gbit = mbit * args.seconds / 1000
+        return mbit, (cpu_seconds(pids[side]) - before) / gbit if gbit else 0.0
+
     for i in range(args.rounds):
         order = ("A", "B") if i % 2 == 0 else ("B", "A")
         loads.append(float(Path("/proc/loadavg").read_text().split()[0]))
-        for side in order:
-            lab, setup = sides[side]
-            if setup:
-                subprocess.run(["sh", "-c", setup], check=True, timeout=60)
-            before = cpu_seconds(pids[side])
-            try:
-                mbit = iperf(f"{lab}.{args.server}", server_ip, f"{lab}.{args.client}",
-                             args.seconds).mbit
-            except (CommandError, KeyError, subprocess.TimeoutExpired) as exc:
-                print(f"  FAILED {lab}: {exc}", flush=True)
-                failures += 1
-                mbit = 0.0
+        if args.concurrent:
+            for side in order:
+                setup(side)
+            with ThreadPoolExecutor(2) as pool:  # the first of `order` starts first
+                futures = {side: pool.submit(sample, side) for side in order}
+            results = {side: f.result() for side, f in futures.items()}
+        else:
+            results = {}
+            for side in order:  # a setup right before its own sample: it may undo the other's
+                setup(side)
+                results[side] = sample(side)
+        for side, (mbit, cost) in results.items():
+            failures += mbit == 0.0
             values[side].append(round(mbit, 1))
-            gbit = mbit * args.seconds / 1000
-            cpu[side].append(round((cpu_seconds(pids[side]) - before) / gbit, 2) if gbit else 0)
+            cpu[side].append(round(cost, 2))
     a, b = values["A"], values["B"]
     ratios = [round(x / y, 3) if y else 0.0 for x, y in zip(a, b, strict=True)]
     summary = {"label": args.label, "a": a, "b": b, "ratios": ratios,
