@@ -10,7 +10,9 @@
 #     MARKS on   the shipped shape: nft mark chains + `fwmark 0x40 lookup T` + routes in T
 #           nft  the nft mark chains only; routes in main, no rule
 #           to   no nft marks; one `to <remote subnet> lookup T` rule (priority 100) per remote
-#                subnet, routes in T (the proposed fix)
+#                subnet, routes in T
+#           all  no nft marks; one selector-less `lookup T` rule (priority 100), routes in T:
+#                a lookup that finds nothing in T falls through to main (the proposed fix)
 #           off  no marks, no rule, routes in main (what the hand-built twin has)
 #     NAT   on|off  the identity SNAT chain (postrouting, srcnat - 10), hence conntrack
 #     RP    on|off  rp_filter=2 on raven0 and src_valid_mark=1 on raven0/raven-wg0, or 0
@@ -36,10 +38,14 @@ MARKS=$2; NAT=$3; RP=$4
 for n in $(ls $S); do
   X="ip netns exec $L.$n"
   T=$(awk '{for(i=1;i<NF;i++) if($i=="lookup") print $(i+1)}' $S/$n/rule)
-  if [ $MARKS = to ]; then
+  if [ $MARKS = to ] || [ $MARKS = all ]; then
     for c in prerouting output; do $X nft list chain inet raven $c >/dev/null 2>&1 && $X nft delete chain inet raven $c; done
     while $X ip rule del priority 100 2>/dev/null; do :; done
-    for r in $(grep -o "^[0-9./]*" $S/$n/routes); do $X ip rule add priority 100 to $r lookup $T; done
+    if [ $MARKS = all ]; then
+      $X ip rule add priority 100 lookup $T
+    else
+      for r in $(grep -o "^[0-9./]*" $S/$n/routes); do $X ip rule add priority 100 to $r lookup $T; done
+    fi
     while read r; do r2=$(echo "$r" | sed 's/ table [0-9]*//'); $X ip route del $r2 2>/dev/null; $X ip route replace $r; done < $S/$n/routes
   elif [ $MARKS = nft ]; then
     $X nft list chain inet raven prerouting >/dev/null 2>&1 || $X nft -f - <<NFT
@@ -48,7 +54,7 @@ NFT
     while read r; do r2=$(echo "$r" | sed 's/ table [0-9]*//'); $X ip route del $r 2>/dev/null; $X ip route replace $r2; done < $S/$n/routes
     while $X ip rule del priority 100 2>/dev/null; do :; done
   elif [ $MARKS = on ]; then
-    $X ip rule show priority 100 | grep -q "to " && while $X ip rule del priority 100 2>/dev/null; do :; done
+    $X ip rule show priority 100 | grep -qv fwmark && while $X ip rule del priority 100 2>/dev/null; do :; done
     $X nft list chain inet raven prerouting >/dev/null 2>&1 || $X nft -f - <<NFT
 $(sed '/chain postrouting/,/^\t}/d' $S/$n/nft)
 NFT
@@ -67,7 +73,7 @@ NFT
   else
     $X nft list chain inet raven postrouting >/dev/null 2>&1 && $X nft delete chain inet raven postrouting
   fi
-  if [ $MARKS = off ] || [ $MARKS = to ]; then
+  if [ $MARKS = off ] || [ $MARKS = to ] || [ $MARKS = all ]; then
     for c in prerouting output; do $X nft list chain inet raven $c >/dev/null 2>&1 && $X nft delete chain inet raven $c; done
     [ $NAT = off ] && $X nft delete table inet raven 2>/dev/null
   fi
