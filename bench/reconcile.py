@@ -9,7 +9,7 @@ Measures, in the same run and on identical freshly built namespaces:
   it diffs against its caches (routes kept equal to what it wrote, the nft generation id,
   WireGuard as it last wrote it) and writes 3 things (a route, an nft element, an allowed IP);
   the median of --rounds rounds, wall clock and our process's CPU time;
-- no-op: the same state applied again (0 writes).
+- no-op: the same state applied again (0 writes), wall clock and CPU time.
 Prints a human summary, and with --json the figures as the last line:
 {"ours_s", "reference_s", "ratio", "incremental_ms", ...}. It decides nothing (no pass/fail).
 Needs root; everything lives in throwaway namespaces `rvt-bench-<hex>` and temp directories.
@@ -118,7 +118,7 @@ def main() -> int:
         again = ours_node.dp.apply(state_for(nets))
         # One change at a time (add a subnet, remove it again, ...): the median of several
         # rounds, because a busy 2-core machine makes single samples noisy.
-        steps, cpu, noops = [], [], []
+        steps, cpu, noops, noop_cpu = [], [], [], []
         step = again
         for i in range(args.rounds):
             changed = state_for(nets + subnets(1, args.routes)) if i % 2 == 0 else state_for(nets)
@@ -126,9 +126,10 @@ def main() -> int:
             step = ours_node.dp.apply(changed)
             steps.append((time.perf_counter() - start) * 1000)
             cpu.append((time.process_time() - start_cpu) * 1000)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             noop = ours_node.dp.apply(changed)
             noops.append((time.perf_counter() - start) * 1000)
+            noop_cpu.append((time.process_time() - start_cpu) * 1000)
         incremental_ms = statistics.median(steps)
         noop_ms = statistics.median(noops)
     finally:
@@ -147,6 +148,8 @@ def main() -> int:
         "incremental_add_ms": round(statistics.median(steps[0::2]), 2),
         "incremental_remove_ms": round(statistics.median(steps[1::2]), 2) if steps[1:] else None,
         "noop_ms": round(noop_ms, 2),
+        # CPU time of our process: far less sensitive than wall time to a loaded machine
+        "noop_cpu_ms": round(statistics.median(noop_cpu), 2),
         "load_avg_1m": os.getloadavg()[0],
         "writes_full": result.writes,
         "writes_second_apply": again.writes,

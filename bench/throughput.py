@@ -1,30 +1,35 @@
-"""Benchmark: cross-pool pod-to-pod TCP throughput through the overlay, against references.
+"""Benchmark: cross-pool pod-to-pod TCP throughput of the overlay against a clean hand-built twin.
 
-One two-pools lab (cloud, edge behind cone NAT). Between the same two pods (the pods of the two
-pools' gateway nodes: pod -> node -> WireGuard -> NAT -> internet -> node -> pod), in one run:
-  hand alone  the same devices built by hand with `ip` and `wg` before the overlay exists: a
-              wireguard-go device on each gateway node, one peer each, routes for the remote
-              podCIDRs;
-  overlay     after `raven.lab.cluster.up` (API server, controller, agents: raven-wg0, nftables
-              marks, policy routing, all programmed by the agents);
-  hand        the hand-built devices again (port 4501) next to the running overlay, measured
-              alternately with it: a priority-50 rule sends the remote podCIDRs to the main
-              table (the hand-built routes) ahead of the overlay's fwmark rule. Same moment,
-              same machine load: this is the reference of `ratio`;
-  member      overlay, member node to member node (VXLAN -> gateway -> WireGuard -> gateway ->
-              VXLAN), for information;
-and ceilings between two bare namespaces joined by a veth: raw veth, VXLAN over it and
-wireguard-go over it. Figures are medians of --runs iperf3 runs of --seconds.
-ratio = overlay / hand (alternating ABBA); ratio_vs_hand_alone is printed too. The hand-built
-wireguard-go daemons run one session per gateway node, like the overlay's (--hand-session).
-Prints figures only, never pass/fail; `--json` prints a JSON summary as the last line.
+Two labs from the same topology (default two-pools: cloud, edge behind cone NAT), up at once:
+  overlay  `build.up` + `cluster.up`: API server, controller, agents; the agents program
+           raven0, raven-wg0, the `inet raven` nftables table (marks, identity SNAT), fwmark
+           rules, tables 9027/9028 and sysctls, all with the shipped default settings;
+  hand     a twin built `--network-only` (no overlay state at all) where bench/twin.py builds
+           the same devices by hand with `ip` and `wg`: the VXLAN devices (same VNI, port, MAC,
+           MTU, VTEP addresses, neighbours, FDB), a wireguard-go per active gateway started as
+           a lab process in a session of its own (as the agent starts its own), same port,
+           peers, allowed IPs and keepalive, and the overlay's routes (same `mtu lock`) in the
+           main table. No nftables, no marks, no rules, no conntrack, default sysctls.
+Before measuring, the devices of both labs are compared (`ip -d -j link`, `wg show dump`) and
+every difference is printed; the sysctls, nftables tables and rules only one side has are
+printed too (that is the overlay's policy state, the thing being measured).
+Paths (iperf3 client in the cloud pod, server in the edge pod, data cloud -> edge):
+  gw      pod on the cloud gateway -> WireGuard -> NAT -> edge gateway -> pod
+  member  pod on a cloud member -> VXLAN -> cloud gateway -> WireGuard -> NAT -> edge gateway
+          -> underlay -> edge member -> pod (the overlay's member path; returns alike)
+Rounds are interleaved ABBA (overlay, hand | hand, overlay | ...), so load drift from other
+work on the machine falls on both alike. A failed sample is printed as FAILED, counted in
+`failures`, and enters its path's median as 0 Mbit/s: it never disappears from a median.
+`ratio` = median over rounds of overlay/hand of the same round; the range is printed too.
+Prints figures, never pass/fail; `--json` prints a JSON summary as the last line.
 
-    .venv/bin/python bench/throughput.py [--runs 3] [--seconds 3] [--json]
+    .venv/bin/python bench/throughput.py [--rounds 6] [--seconds 4] [--json] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -32,25 +37,18 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
+import twin
+
+from raven.errors import CommandError
 from raven.lab import build, cluster, teardown
 from raven.lab.iperf import iperf
 from raven.lab.plan import LabPlan
-from raven.lab.runtime import node_exec_argv
 from raven.lab.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[1]
-WG_ENV = {**os.environ, "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"}
-
-
-def sh(argv: list[str], stdin: str | None = None, new_session: bool = False) -> str:
-    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, env=WG_ENV,
-                          timeout=60, start_new_session=new_session)
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
-    return proc.stdout
+LABS = ("overlay", "hand")
 
 
 def load() -> list[float]:
@@ -58,253 +56,164 @@ def load() -> list[float]:
     return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
 
 
-def median_mbit(run: Callable[[], float], runs: int) -> tuple[float, list[float]]:
-    values = [run() for _ in range(runs)]
-    return statistics.median(values), [round(v, 1) for v in values]
-
-
-# --- ceilings between two bare namespaces ------------------------------------------------------
-
-class Pair:
-    """Two namespaces a and b joined by a veth (10.99.0.1 <-> 10.99.0.2)."""
-
-    def __init__(self) -> None:
-        tag = secrets.token_hex(3)
-        self.a, self.b = f"rvb-tp-{tag}-a", f"rvb-tp-{tag}-b"
-        self.tag = tag
-
-    def __enter__(self) -> Pair:
-        sh(["ip", "netns", "add", self.a])
-        sh(["ip", "netns", "add", self.b])
-        sh(["ip", "-n", self.a, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0",
-            "netns", self.b])
-        for ns, ip in ((self.a, "10.99.0.1"), (self.b, "10.99.0.2")):
-            sh(["ip", "-n", ns, "-batch", "-"], stdin=f"address add {ip}/24 dev eth0\n"
-               "link set eth0 up\nlink set lo up\n")
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        for ns in (self.a, self.b):
-            inode = os.stat(f"/run/netns/{ns}").st_ino if os.path.exists(f"/run/netns/{ns}") \
-                else None
-            if inode is not None:
-                for entry in Path("/proc").iterdir():
-                    if entry.name.isdigit():
-                        try:
-                            if os.stat(entry / "ns" / "net").st_ino == inode:
-                                os.kill(int(entry.name), 9)
-                        except OSError:
-                            pass
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        for name in (f"rvb{self.tag}a", f"rvb{self.tag}b"):
-            Path(f"/var/run/wireguard/{name}.sock").unlink(missing_ok=True)
-
-    def vxlan(self) -> None:
-        for ns, local, remote, ip in ((self.a, "10.99.0.1", "10.99.0.2", "10.98.0.1"),
-                                      (self.b, "10.99.0.2", "10.99.0.1", "10.98.0.2")):
-            sh(["ip", "-n", ns, "-batch", "-"], stdin=(
-                f"link add vx0 mtu 1450 type vxlan id 200 local {local} remote {remote} "
-                f"dstport 4472\naddress add {ip}/24 dev vx0\nlink set vx0 up\n"))
-
-    def wireguard(self) -> None:
-        keys = {}
-        for side in ("a", "b"):
-            private = sh(["wg", "genkey"]).strip()
-            keys[side] = (private, sh(["wg", "pubkey"], stdin=private + "\n").strip())
-        for side, ns, ip, peer, endpoint in (("a", self.a, "10.97.0.1", "b", "10.99.0.2"),
-                                             ("b", self.b, "10.97.0.2", "a", "10.99.0.1")):
-            dev = f"rvb{self.tag}{side}"
-            sh(["ip", "netns", "exec", ns, "wireguard-go", dev])
-            key_file = Path(f"/tmp/{dev}.key")
-            key_file.write_text(keys[side][0])
-            key_file.chmod(0o600)
-            try:
-                sh(["ip", "netns", "exec", ns, "wg", "set", dev, "listen-port", "4500",
-                    "private-key", str(key_file), "peer", keys[peer][1], "allowed-ips",
-                    "10.97.0.0/24", "endpoint", f"{endpoint}:4500"])
-            finally:
-                key_file.unlink()
-            sh(["ip", "-n", ns, "-batch", "-"], stdin=(
-                f"address add {ip}/24 dev {dev}\nlink set {dev} mtu 1420 up\n"))
-
-
-def ceilings(runs: int, seconds: float) -> dict[str, float]:
-    out = {}
-    with Pair() as pair:
-        out["veth"] = median_mbit(lambda: iperf(pair.b, "10.99.0.2", pair.a, seconds).mbit,
-                                  runs)[0]
-        pair.vxlan()
-        out["vxlan"] = median_mbit(lambda: iperf(pair.b, "10.98.0.2", pair.a, seconds).mbit,
-                                   runs)[0]
-        pair.wireguard()
-        out["wireguard_go"] = median_mbit(
-            lambda: iperf(pair.b, "10.97.0.2", pair.a, seconds).mbit, runs)[0]
-    return out
-
-
-# --- the same devices by hand in the lab --------------------------------------------------------
-
-def build_by_hand(plan: LabPlan, port: int = 4500,
-                  session: str = "node") -> Callable[[], None]:
-    """wireguard-go + one peer + routes on both gateway nodes; returns the undo.
-
-    `wireguard-go hand-wg0` daemonises by re-executing itself *without* a new session, so the
-    daemon lands in the session of whoever started it. session="node": each node's daemon is
-    started from its own session, as an operator's shell on that gateway (or its agent, or a
-    systemd unit) would; that is where the overlay's daemons are. session="bench": both
-    daemons in this script's session, next to the iperf3 client and server - one scheduling
-    group for both tunnel ends and both traffic ends (kernel.sched_autogroup_enabled=1), which
-    no two real gateways share; kept to reproduce the earlier figures.
-    """
-    cloud, edge = plan.pools[0], plan.pools[1]
-    gws = [(cloud, cloud.nodes[0]), (edge, edge.nodes[0])]
-    keys = {}
-    for _, node in gws:
-        private = sh(["wg", "genkey"]).strip()
-        keys[node.name] = (private, sh(["wg", "pubkey"], stdin=private + "\n").strip())
-    for (_pool, node), (other_pool, other) in ((gws[0], gws[1]), (gws[1], gws[0])):
-        run = node_exec_argv(plan.name, node.name)
-        sh([*run, "wireguard-go", "hand-wg0"], new_session=session == "node")
-        key_file = Path(f"/tmp/{plan.name}-{node.name}.key")
-        key_file.write_text(keys[node.name][0])
-        key_file.chmod(0o600)
-        subnets = ",".join(n.pod_cidr for n in other_pool.nodes)
-        peer = ["peer", keys[other.name][1], "allowed-ips", subnets]
-        if other_pool.nat == "none":  # dial the public side; the NAT'd side keeps it open
-            peer += ["endpoint", f"{other.underlay_ip}:{port}", "persistent-keepalive", "25"]
-        try:
-            sh([*run, "wg", "set", "hand-wg0", "listen-port", str(port), "private-key",
-                str(key_file), *peer])
-        finally:
-            key_file.unlink()
-        lines = ["link set hand-wg0 mtu 1420 up"]
-        lines += [f"route add {n.pod_cidr} dev hand-wg0" for n in other_pool.nodes]
-        sh([*run, "ip", "-batch", "-"], stdin="\n".join(lines) + "\n")
-        sh([*run, "sysctl", "-qw", "net.ipv4.conf.hand-wg0.rp_filter=0"])
-
-    def undo() -> None:
-        for _, node in gws:
-            sh([*node_exec_argv(plan.name, node.name), "ip", "link", "del", "hand-wg0"])
-        time.sleep(0.5)  # wireguard-go exits when its device goes
-
-    return undo
-
-
-def lab_pods(plan: LabPlan) -> dict[str, tuple[str, str]]:
-    """name -> (netns, ip) of the pods used: gateway pods and member pods of both pools."""
-    cloud, edge = plan.pools[0], plan.pools[1]
-    pick = {"gw-a": cloud.nodes[0].pods[0], "gw-b": edge.nodes[0].pods[0],
-            "member-a": cloud.nodes[-1].pods[0], "member-b": edge.nodes[-1].pods[0]}
-    return {k: (p.netns, p.ip) for k, p in pick.items()}
-
-
-def wait_ping(netns: str, ip: str, timeout: float = 60.0) -> None:
+def wait_ping(netns: str, ip: str, timeout: float = 60.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if subprocess.run(["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "1", ip],
                           capture_output=True).returncode == 0:
-            return
+            return True
         time.sleep(0.3)
-    raise SystemExit(f"{netns} cannot reach {ip}")
+    return False
+
+
+def wireguard_pids(lab: str, plan: LabPlan) -> list[int]:
+    """wireguard-go processes inside the lab's node namespaces (found by netns inode)."""
+    inodes = set()
+    for pool in plan.pools:
+        for node in pool.nodes:
+            with contextlib.suppress(OSError):
+                inodes.add(os.stat(f"/run/netns/{lab}.{node.name}").st_ino)
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == "wireguard-go" and \
+                    os.stat(entry / "ns" / "net").st_ino in inodes:
+                pids.append(int(entry.name))
+        except OSError:
+            pass
+    return pids
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of the processes (all threads); kernel work done in their syscalls, such
+    as netfilter on the UDP they send, is charged here too."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / ticks
+
+
+def pick_pairs(plan: LabPlan, gateways: dict) -> dict[str, tuple]:
+    """path name -> (client pod, server pod) of the first two pools."""
+    a, b = plan.pools[0], plan.pools[1]
+    gw_a, gw_b = gateways[a.name], gateways[b.name]
+    pairs = {"gw": (gw_a.pods[0], gw_b.pods[0])}
+    members_a = [n for n in a.nodes if n.name != gw_a.name and n.pods]
+    members_b = [n for n in b.nodes if n.name != gw_b.name and n.pods]
+    if members_a and members_b:
+        pairs["member"] = (members_a[0].pods[0], members_b[0].pods[0])
+    return pairs
+
+
+def spread(values: list[float]) -> str:
+    return f"median {statistics.median(values):7.1f} range {min(values):.1f}-{max(values):.1f}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--topology", default=str(ROOT / "test-topologies" / "two-pools.yaml"))
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=6, help="ABBA rounds (one sample of "
+                        "each lab per path per round); default 6")
+    parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--json", action="store_true", help="print a JSON summary last")
-    parser.add_argument("--hand-session", choices=("node", "bench"), default="node",
-                        help="where the hand-built wireguard-go daemons run: one session per "
-                        "gateway node like the overlay's (default), or both in this script's "
-                        "session with iperf3 (one autogroup; the old, flattering reference)")
+    parser.add_argument("--keep", action="store_true", help="leave both labs up (for "
+                        "experiments; remove them with `raven lab down NAME`)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
 
-    result: dict[str, object] = {"runs": args.runs, "seconds": args.seconds,
-                                 "hand_session": args.hand_session, "load_before": load()}
-    ceiling = ceilings(args.runs, args.seconds)
-    for name, value in ceiling.items():
-        print(f"ceiling {name:<13} {value:9.0f} Mbit/s", flush=True)
-    result.update({f"{k}_mbit": round(v, 1) for k, v in ceiling.items()})
-
-    lab = f"rvb-tp-{secrets.token_hex(3)}"
+    tag = secrets.token_hex(3)
+    names = {"overlay": f"rvb-tp-{tag}-o", "hand": f"rvb-tp-{tag}-h"}
+    result: dict[str, object] = {"rounds": args.rounds, "seconds": args.seconds,
+                                 "labs": names, "topology": args.topology,
+                                 "settings": "shipped defaults", "load_before": load()}
+    print(f"labs: overlay {names['overlay']}, hand-built twin {names['hand']}; shipped "
+          f"default settings", flush=True)
     try:
-        plan = build.up(load_topology(args.topology), lab, source=args.topology)
-        pods = lab_pods(plan)
-        (a_ns, _), (b_ns, b_ip) = pods["gw-a"], pods["gw-b"]
-
-        def sample() -> float:
-            return iperf(b_ns, b_ip, a_ns, args.seconds).mbit
-
-        # 1. by hand alone, before anything of the overlay exists
-        undo = build_by_hand(plan, session=args.hand_session)
-        wait_ping(a_ns, b_ip)
-        clean, clean_runs = median_mbit(sample, args.runs)
-        print(f"hand-built alone   {clean:9.0f} Mbit/s  {clean_runs}", flush=True)
-        undo()
-        # 2. the overlay, and the hand-built devices next to it (other port), alternating:
-        #    a priority-50 rule sends the remote podCIDRs to the main table (hand-wg0 routes)
-        #    before the overlay's fwmark rule (priority 100) sees them.
+        topology = load_topology(args.topology)
+        plan = build.up(topology, names["overlay"], source=args.topology)
         cluster.up(plan)
-        undo = build_by_hand(plan, port=4501, session=args.hand_session)
-        gateways = [(plan.pools[0].nodes[0], plan.pools[1]), (plan.pools[1].nodes[0],
-                                                              plan.pools[0])]
+        build.up(topology, names["hand"], source=args.topology)
+        gateways = twin.mirror(names["overlay"], names["hand"], plan)
+        cmp = twin.compare(names["overlay"], names["hand"], plan)
+        print("device differences (ip -d -j link, wg show): "
+              + ("none" if not cmp.devices else f"{len(cmp.devices)}"), flush=True)
+        for line in cmp.devices:
+            print(f"  DIFFERS {line}")
+        print("overlay policy state the twin does not have (what is measured):")
+        for line in cmp.sysctls + cmp.firewall:
+            print(f"  {line}")
+        result["device_differences"] = cmp.devices
+        result["policy_state"] = cmp.sysctls + cmp.firewall
+        pairs = pick_pairs(plan, gateways)
+        for lab in names.values():
+            for client, server in pairs.values():
+                if not wait_ping(f"{lab}.{client.name}", server.ip):
+                    print(f"  {lab}: {client.name} cannot reach {server.ip} yet")
+        pids = {kind: wireguard_pids(names[kind], plan) for kind in LABS}
 
-        def hand_rules(verb: str) -> None:
-            for node, remote in gateways:
-                lines = [f"rule {verb} priority 50 to {n.pod_cidr} lookup main"
-                         for n in remote.nodes]
-                sh([*node_exec_argv(plan.name, node.name), "ip", "-batch", "-"],
-                   stdin="\n".join(lines) + "\n")
-
-        def overlay_sample() -> None:
-            wait_ping(a_ns, b_ip)
-            overlay_runs.append(round(sample(), 1))
-
-        def hand_sample() -> None:
-            hand_rules("add")
-            try:
-                wait_ping(a_ns, b_ip)
-                hand_runs.append(round(sample(), 1))
-            finally:
-                hand_rules("del")
-
-        # ABBA order (overlay, hand, hand, overlay, ...): neither path always goes first, so a
-        # load drift during the run (other work on the machine) falls on both alike.
-        overlay_runs: list[float] = []
-        hand_runs: list[float] = []
-        for i in range(args.runs):
-            first, second = (overlay_sample, hand_sample) if i % 2 == 0 else \
-                (hand_sample, overlay_sample)
-            first()
-            second()
-        undo()
-        overlay, hand = statistics.median(overlay_runs), statistics.median(hand_runs)
-        print(f"overlay            {overlay:9.0f} Mbit/s  {overlay_runs}", flush=True)
-        print(f"hand-built, same   {hand:9.0f} Mbit/s  {hand_runs}", flush=True)
-        (ma_ns, _), (mb_ns, mb_ip) = pods["member-a"], pods["member-b"]
-        member, member_runs = median_mbit(
-            lambda: iperf(mb_ns, mb_ip, ma_ns, args.seconds).mbit, args.runs)
-        print(f"overlay member     {member:9.0f} Mbit/s  {member_runs}", flush=True)
+        samples: dict[str, dict[str, list[float]]] = {p: {k: [] for k in LABS} for p in pairs}
+        cpu: dict[str, dict[str, list[float]]] = {p: {k: [] for k in LABS} for p in pairs}
+        failures: list[str] = []
+        loads: list[float] = []
+        for i in range(args.rounds):
+            order = LABS if i % 2 == 0 else LABS[::-1]
+            loads.append(load()[0])
+            for path, (client, server) in pairs.items():
+                for kind in order:
+                    lab = names[kind]
+                    before = cpu_seconds(pids[kind])
+                    try:
+                        mbit = iperf(f"{lab}.{server.name}", server.ip, f"{lab}.{client.name}",
+                                     args.seconds).mbit
+                    except (CommandError, KeyError, subprocess.TimeoutExpired) as exc:
+                        failures.append(f"round {i + 1} {path} {kind}: {exc}")
+                        print(f"round {i + 1} {path:<6} {kind:<7} FAILED: {exc}", flush=True)
+                        samples[path][kind].append(0.0)
+                        continue
+                    used = cpu_seconds(pids[kind]) - before
+                    samples[path][kind].append(round(mbit, 1))
+                    gbit = mbit * args.seconds / 1000
+                    cpu[path][kind].append(round(used / gbit, 3) if gbit else 0.0)
+                    print(f"round {i + 1} {path:<6} {kind:<7} {mbit:7.1f} Mbit/s  wireguard-go "
+                          f"{used / gbit if gbit else 0:.3f} CPU-s/Gbit  load {load()[0]}",
+                          flush=True)
     finally:
-        teardown.down(lab)
+        if args.keep:
+            print(f"kept: raven lab down {names['overlay']}; raven lab down {names['hand']}")
+        else:
+            for lab in names.values():
+                teardown.down(lab)
     result["load_after"] = load()
-    ratio = overlay / hand if hand else 0.0
-    print(f"ratio overlay/hand-built {ratio:.3f} (target >= 0.95); overlay/hand-built alone "
-          f"{overlay / clean if clean else 0:.3f}")
-    print(f"load average before {result['load_before']} after {result['load_after']}; "
-          f"hand-built daemons: --hand-session {args.hand_session}")
-    result.update({"ratio": round(ratio, 3), "overlay_mbit": round(overlay, 1),
-                   "hand_mbit": round(hand, 1), "hand_alone_mbit": round(clean, 1),
-                   "ratio_vs_hand_alone": round(overlay / clean, 3) if clean else 0.0,
-                   "member_mbit": round(member, 1), "overlay_runs": overlay_runs,
-                   "hand_runs": hand_runs, "hand_alone_runs": clean_runs,
-                   "topology": args.topology})
+    result["load_during"] = loads
+    result["failures"] = failures
+    print()
+    for path in pairs:
+        o, h = samples[path]["overlay"], samples[path]["hand"]
+        ratios = [round(a / b, 3) if b else 0.0 for a, b in zip(o, h, strict=True)]
+        ratio = statistics.median(ratios)
+        print(f"{path:<6} overlay {spread(o)} Mbit/s   hand {spread(h)} Mbit/s")
+        print(f"{path:<6} ratio overlay/hand (per round) median {ratio:.3f} range "
+              f"{min(ratios):.3f}-{max(ratios):.3f}; of medians "
+              f"{statistics.median(o) / statistics.median(h) if statistics.median(h) else 0:.3f}"
+              f"   wireguard-go CPU-s/Gbit overlay "
+              f"{statistics.median(cpu[path]['overlay'] or [0]):.3f} hand "
+              f"{statistics.median(cpu[path]['hand'] or [0]):.3f}")
+        result[path] = {"ratio": ratio, "ratios": ratios, "overlay_mbit": statistics.median(o),
+                        "hand_mbit": statistics.median(h), "overlay_runs": o, "hand_runs": h,
+                        "wg_cpu_s_per_gbit": cpu[path]}
+    print(f"{args.rounds} ABBA rounds of {args.seconds:g} s; failures {len(failures)}; load "
+          f"average before {result['load_before']} during {loads} after {result['load_after']}")
     if args.json:
         print(json.dumps(result))
-    return 0
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -6,41 +6,49 @@ Rules kept:
 - it publishes per-node facts (its WireGuard public key) as annotations on its own Node, never
   in the user-owned Gateway spec; it renews its heartbeat Lease while it is a gateway candidate
   (named as an endpoint in some Gateway spec);
-- a reconcile plans from the inputs and applies the plan; events are coalesced (a burst becomes
-  one reconcile) and a resync period re-applies so drift is repaired even without events;
+- every decision (when to apply, coalescing, backoff, cache writes, publishing, the start from
+  the offline cache) is the pure `raven.agent_step`; this module is the runner: it owns the
+  threads, the informers, the kernel and the monotonic clock, carries out the step's actions
+  and reports their outcomes. The wall clock is read only for what leaves the process (Lease
+  renewTime, the cache's savedAt, timestamps in the status file and Events) and passed in;
 - API trouble never touches the data plane: informers back off and keep their last copy; the
-  last good inputs are cached on disk (atomic writes), so a start with the API unreachable
-  applies from the cache at once;
+  last good inputs are cached on disk (atomic writes, schema-checked on load), so a start with
+  the API unreachable applies from the cache at once, and a damaged cache is never applied;
+- a peer the data plane cannot build (`ApplyResult.skipped`, e.g. a malformed public key of
+  another pool's gateway) is skipped, not fatal: the agent records a Warning Event on its own
+  Node naming the peer and the reason (the Gateway condition is the controller's, see
+  raven.gateway_status);
 - SIGTERM stops the loops and leaves the kernel state in place (hitless restart); only
   `raven agent cleanup` removes it;
-- time is read only in the loop; planning is the pure `raven.topology.plan_node`.
+- planning is the pure `raven.topology.plan_node`.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from raven import constants
+from raven import agent_step, constants
+from raven.agent_step import Apply, Inputs, Observation, PublishKey, RefreshStats, SaveCache
 from raven.dataplane import Dataplane, DataplaneSettings
 from raven.desired import NodeState, Role
 from raven.errors import ValidationError
 from raven.health import HealthServer
-from raven.kube.backoff import BackoffSettings
 from raven.kube.cache import JSON, CachedInputs, InputCache, atomic_write_json
 from raven.kube.errors import KubeError
-from raven.kube.settings import KubeSettings
 from raven.model import Gateway, Node
-from raven.topology import PlanOptions, plan_node
+from raven.settings import AgentSettings
+from raven.topology import plan_node
 
 if TYPE_CHECKING:  # imported at connect(): the kubernetes client costs ~1 s and ~30 MiB
     from raven.kube.client import Kube
+    from raven.kube.events import EventRecorder
     from raven.kube.informer import Informer
     from raven.kube.lease import Heartbeat
 
@@ -50,30 +58,9 @@ STATUS_FILE = "agent-status.json"  # what `raven status` reads: the last plan an
 CACHE_FILE = "inputs.json"
 
 
-@dataclass(frozen=True)
-class AgentSettings:
-    node: str
-    state_dir: Path
-    kube: KubeSettings = field(default_factory=KubeSettings)
-    netns: str | None = None  # None: the agent's own network namespace (host network)
-    wireguard_backend: str = "auto"
-    wireguard_go: str = "wireguard-go"
-    plan: PlanOptions = field(default_factory=PlanOptions)
-    resync_period: float = 30.0  # re-apply this often even without events (repairs drift)
-    coalesce: float = 0.05  # wait this long after an event so a burst becomes one reconcile
-    heartbeat_period: float = 5.0
-    heartbeat_duration: int = 15
-    stats_period: float = 10.0  # refresh per-peer metrics (handshake age, bytes)
-    metrics_listen: str | None = None
-    namespace: str = constants.RAVEN_NAMESPACE
-    backoff: BackoffSettings = field(default_factory=BackoffSettings)
+EVENT_PEER_SKIPPED = "PeerSkipped"
 
-
-@dataclass(frozen=True)
-class Inputs:
-    node: JSON | None
-    gateways: tuple[JSON, ...]
-    source: str  # "api" or "cache"
+__all__ = ["Agent", "AgentSettings", "Inputs", "gateway_candidate", "parse_inputs"]
 
 
 def gateway_candidate(node: str, gateways: list[Gateway]) -> bool:
@@ -136,24 +123,31 @@ class Agent:
         self.kube: Kube | None = kube  # created by connect(), after the cached plan is applied
         self.metrics = AgentMetrics()
         self.cache = InputCache(settings.state_dir / CACHE_FILE)
+        # The data plane's section gains the overlay section (names, tables, marks) on the
+        # data plane branch; hand it ours then, so apply() and cleanup() use what we plan with.
+        shared = ({"overlay": settings.overlay}
+                  if "overlay" in {f.name for f in fields(DataplaneSettings)} else {})
         self.dataplane = Dataplane(DataplaneSettings(
             netns=settings.netns, state_dir=settings.state_dir,
             wireguard_backend=settings.wireguard_backend, wireguard_go=settings.wireguard_go,
+            **shared,
         ))
         self._wake = threading.Event()
         self._drift = threading.Event()  # the netlink monitor saw a foreign change to our objects
         self.gateways: Informer | None = None
         self.node: Informer | None = None
         self.heartbeat: Heartbeat | None = None
+        self.events: EventRecorder | None = None
         self.public_key = ""
         self.ready = False
         self.state: NodeState | None = None
         self.inputs: Inputs | None = None
-        self.inputs_time = 0.0  # when the inputs in use were last confirmed by the API
+        self.inputs_time = 0.0  # unix seconds: when the inputs in use were last confirmed
         self.reconciles = 0
         self.last_error: str | None = None
         self.candidate = False
-        self._saved: tuple[JSON | None, tuple[JSON, ...]] | None = None
+        self.skipped: tuple[str, ...] = ()  # peers the last apply could not build, and why
+        self._skipped_reported: tuple[str, ...] = ()
         self.loop_time = time.monotonic()  # last turn of the main loop, for /healthz
         self._status_doc: dict[str, Any] = {}
 
@@ -164,6 +158,7 @@ class Agent:
         kubeconfig). Imported here, not at module load, so that a start from the cache does not
         wait for the kubernetes client to import."""
         from raven.kube.client import GATEWAYS, NODES, Kube
+        from raven.kube.events import EventRecorder
         from raven.kube.informer import Informer
         from raven.kube.lease import Heartbeat
 
@@ -174,6 +169,7 @@ class Agent:
         self.node = Informer(self.kube, NODES, field_selector=f"metadata.name={s.node}",
                              on_change=self._changed, name=f"node-{s.node}")
         self.heartbeat = Heartbeat(self.kube, s.node, s.namespace, s.heartbeat_duration)
+        self.events = EventRecorder(self.kube, "raven-agent", s.node)
 
     def _synced(self) -> bool:
         return (self.gateways is not None and self.node is not None
@@ -199,34 +195,49 @@ class Agent:
         return (self._synced() and self.gateways is not None and self.node is not None
                 and not self.gateways.last_error and not self.node.last_error)
 
-    def _save_cache(self, inputs: Inputs, now: float) -> None:
-        key = (inputs.node, inputs.gateways)
-        if key == self._saved:
-            return
+    def load_cache(self) -> Inputs | None:
+        """The cached inputs, or None (missing, or damaged: `InputCache.load` says which)."""
+        cached = self.cache.load()
+        if cached is None:
+            return None
+        self.inputs_time = cached.saved_at
+        return Inputs(cached.node, cached.gateways, "cache")
+
+    def save_cache(self, inputs: Inputs, wall: float) -> bool:
         try:
-            self.cache.save(CachedInputs(now, inputs.node, inputs.gateways))
-            self._saved = key
+            self.cache.save(CachedInputs(wall, inputs.node, inputs.gateways))
+            return True
         except OSError as exc:
             log.warning("cannot write input cache %s: %s", self.cache.path, exc)
             self.metrics.errors.labels("cache").inc()
+            return False
 
     # -- reconcile -----------------------------------------------------------------------------
 
-    def reconcile(self, inputs: Inputs, now: float) -> bool:
-        """Plan from `inputs` and apply; True on success. Never raises."""
+    def reconcile(self, inputs: Inputs, wall: float) -> bool:
+        """Plan from `inputs` and apply; True on success. Never raises. `wall` (unix seconds)
+        only stamps the status file and Events."""
         start = time.monotonic()
         self.reconciles += 1
         try:
             gateways, me, problems = parse_inputs(inputs, self.settings.node)
             for problem in problems:
                 log.warning("ignored: %s", problem)
-            self.candidate = gateway_candidate(self.settings.node, gateways)
-            state = plan_node(gateways, me, self.settings.plan)
+            state = plan_node(gateways, me, self.settings.overlay)
         except Exception as exc:
             self.metrics.errors.labels("plan").inc()
             self.last_error = f"plan: {exc}"
             log.exception("planning failed; data plane left as it is")
             return False
+        if inputs.source == "cache":
+            refusal = agent_step.cache_refusal(problems, me, state)
+            if refusal is not None:
+                self.metrics.errors.labels("cache").inc()
+                self.last_error = f"cache not applied: {refusal}"
+                log.warning("input cache %s not applied: %s; the data plane is left as it is "
+                            "until the API server answers", self.cache.path, refusal)
+                return False
+        self.candidate = gateway_candidate(self.settings.node, gateways)
         try:
             result = self.dataplane.apply(state)
         except Exception as exc:
@@ -241,6 +252,9 @@ class Agent:
         if result.writes:
             log.info("applied %s plan from %s: %d writes (%s) in %.3fs", state.role,
                      inputs.source, result.writes, ", ".join(result.changes[:8]), elapsed)
+        # Until the data plane branch adds ApplyResult.skipped, an apply skips nothing.
+        self.skipped = tuple(getattr(result, "skipped", ()))
+        self._report_skipped(wall)
         for role in Role:
             self.metrics.role.labels(role.value).set(1 if state.role == role else 0)
         self.state = state
@@ -249,11 +263,26 @@ class Agent:
         if not self.ready:
             self.ready = True
             self.metrics.ready.set(1)
-        self._write_status(gateways, state, inputs, now, elapsed)
+        self._write_status(gateways, state, inputs, wall, elapsed)
         return True
 
+    def _report_skipped(self, wall: float) -> None:
+        """One Warning Event on our Node per new set of skipped peers (not one per resync)."""
+        if self.skipped == self._skipped_reported:
+            return
+        for reason in self.skipped:
+            log.warning("node %s: peer skipped: %s", self.settings.node, reason)
+        node = self.node.get(self.settings.node) if self.node is not None else None
+        if not self.skipped or self.events is None or node is None:
+            self._skipped_reported = self.skipped if not self.skipped else ()
+            return  # no API yet: reported by the first apply from live inputs
+        self.events.record(node, EVENT_PEER_SKIPPED, (
+            f"node {self.settings.node} skipped {len(self.skipped)} peer(s), the rest of the "
+            f"overlay is built: {'; '.join(self.skipped)}")[:1000], wall, "Warning")
+        self._skipped_reported = self.skipped
+
     def _write_status(self, gateways: list[Gateway], state: NodeState, inputs: Inputs,
-                      now: float, elapsed: float) -> None:
+                      wall: float, elapsed: float) -> None:
         pool = next((g for g in gateways if g.name == state.pool), None)
         self._status_doc = {
             "node": self.settings.node,
@@ -262,10 +291,14 @@ class Agent:
             "activeGateways": [e.node_name for e in pool.status.active_endpoints] if pool else [],
             "candidate": self.candidate,
             "source": inputs.source,
-            "appliedAt": now,
+            "appliedAt": wall,
             "inputsConfirmedAt": self.inputs_time,
             "reconcileSeconds": elapsed,
             "publicKey": self.public_key,
+            "skipped": list(self.skipped),
+            # What this plan was made from: tests and operators can wait for "every agent has
+            # acted on Gateway X at resourceVersion R" instead of sleeping.
+            "gateways": {g.name: g.metadata.get("resourceVersion") for g in gateways},
             "plan": state.to_json(),
         }
         self._flush_status()
@@ -278,7 +311,7 @@ class Agent:
         except OSError as exc:
             log.warning("cannot write %s: %s", STATUS_FILE, exc)
 
-    def refresh_peer_metrics(self) -> None:
+    def refresh_peer_metrics(self, wall: float) -> None:
         try:
             observed = self.dataplane.observe()
         except Exception as exc:
@@ -292,7 +325,7 @@ class Agent:
         self.metrics.peers.set(len(peers))
         self.metrics.drift.set(len(observed.drift))
         if self._status_doc:  # `raven status` shows the drift found by the last check
-            self._status_doc["observedAt"] = time.time()
+            self._status_doc["observedAt"] = wall
             self._status_doc["drift"] = list(observed.drift)
             self._flush_status()
         for gauge in (self.metrics.handshake_age, self.metrics.rx_bytes, self.metrics.tx_bytes):
@@ -328,27 +361,70 @@ class Agent:
         log.info("node %s: published WireGuard public key", self.settings.node)
         return True
 
-    # -- main loop -----------------------------------------------------------------------------
+    # -- the runner ----------------------------------------------------------------------------
 
-    def start_from_cache(self, now: float) -> bool:
-        cached = self.cache.load()
-        if cached is None:
-            return False
-        self.inputs_time = cached.saved_at
-        log.info("applying cached inputs from %.0fs ago", now - cached.saved_at)
-        return self.reconcile(Inputs(cached.node, cached.gateways, "cache"), now)
+    def turn(self, state: agent_step.AgentState, seen: Observation
+             ) -> tuple[agent_step.AgentState, float]:
+        """One step of the pure core and its actions; returns the next state and deadline."""
+        s = self.settings
+        decided = agent_step.step(state, seen, time.monotonic(), s)
+        state = decided.state
+        for action in decided.actions:
+            if isinstance(action, SaveCache):
+                if self.save_cache(action.inputs, time.time()):
+                    state = agent_step.saved(state, action.inputs)
+            elif isinstance(action, Apply):
+                ok = self.reconcile(action.inputs, time.time())
+                state = agent_step.applied(state, action.inputs, ok, time.monotonic(), s,
+                                           random.random())
+            elif isinstance(action, PublishKey):
+                ok = self.publish_public_key()
+                state = agent_step.published(state, ok, time.monotonic(), s, random.random())
+            elif isinstance(action, RefreshStats):
+                self.refresh_peer_metrics(time.time())
+        return state, decided.deadline
 
     def run(self, stop: threading.Event) -> None:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.public_key = self.dataplane.public_key()
+        cached = self.load_cache()
+        state = self._start_from_cache(cached)  # before connect(): the client takes a second
+        beating = self._start_api(stop)
+        assert self.gateways is not None and self.node is not None
+        try:
+            while not stop.is_set():
+                self.loop_time = time.monotonic()
+                woke, drifted = self._wake.is_set(), self._drift.is_set()
+                self._wake.clear()
+                self._drift.clear()
+                live = self._live_inputs()
+                self._note_confirmation(time.time())
+                seen = Observation(live, woke, drifted, cached if state.applied is None else None)
+                state, deadline = self.turn(state, seen)
+                self._wake.wait(max(0.0, deadline - time.monotonic()))
+        finally:
+            stop.set()  # also ends the heartbeat thread
+            self.gateways.stop()
+            self.node.stop()
+            beating.join(timeout=s.kube.request_timeout + 1)
+            self.dataplane.close()  # leaves every kernel object (and wireguard-go) in place
+
+    def _start_from_cache(self, cached: Inputs | None) -> agent_step.AgentState:
+        state = agent_step.AgentState()
+        if cached is None:
+            return state
         started = time.monotonic()
-        if self.start_from_cache(time.time()):
-            log.info("cached plan applied %.2fs after the agent started",
-                     time.monotonic() - started)
+        log.info("applying cached inputs from %.0fs ago", time.time() - self.inputs_time)
+        state, _ = self.turn(state, Observation(live=None, cached=cached))
+        if state.applied is not None:
+            log.info("cached plan applied in %.2fs", time.monotonic() - started)
+        return state
+
+    def _start_api(self, stop: threading.Event) -> threading.Thread:
+        """Connect, start the informers, the drift monitor and the heartbeat thread."""
         self.connect()
         assert self.gateways is not None and self.node is not None
-        assert self.heartbeat is not None
         self.gateways.start()
         self.node.start()
         watch_drift = getattr(self.dataplane, "watch_drift", None)
@@ -361,79 +437,35 @@ class Agent:
                                    daemon=True)
         beating.start()
         # The loop sleeps on _wake, not on stop: wake it when stop is set (SIGTERM), or a stop
-        # would wait for the next resync/stats deadline (up to 10 s, longer than a heartbeat).
+        # would wait for the next deadline (up to 10 s, longer than a heartbeat).
         threading.Thread(target=lambda: (stop.wait(), self._wake.set()), name="stop-waker",
                          daemon=True).start()
-        next_resync = next_stats = next_publish = 0.0
-        applied_key: tuple[JSON | None, tuple[JSON, ...]] | None = None
-        failures = 0
-        try:
-            while not stop.is_set():
-                deadline = min(next_resync, next_stats, next_publish)
-                if not self._synced():
-                    deadline = min(deadline, time.time() + 0.2)  # first lists may emit nothing
-                woke = self._wake.wait(max(0.0, deadline - time.time()))
-                self.loop_time = time.monotonic()
-                if stop.is_set():
-                    break
-                if woke:
-                    stop.wait(s.coalesce)  # coalesce the rest of a burst
-                    self._wake.clear()
-                now = time.time()
-                live = self._live_inputs()
-                if self._api_in_sync():
-                    self.inputs_time = now
-                self.metrics.cache_age.set(max(0.0, now - self.inputs_time)
-                                           if self.inputs_time else 0.0)
-                if live is not None:
-                    self._save_cache(live, now)
-                    key = (live.node, live.gateways)
-                    drifted = self._drift.is_set()
-                    self._drift.clear()
-                    if key != applied_key or now >= next_resync or drifted:
-                        if self.reconcile(live, now):
-                            applied_key, failures = key, 0
-                            next_resync = now + s.resync_period
-                            next_stats = 0.0  # peers, counts and drift right after a change
-                        else:  # retry with backoff, data plane stays as it was
-                            failures += 1
-                            next_resync = now + s.backoff.delay(failures)
-                    if now >= next_publish:
-                        ok = self.publish_public_key()
-                        next_publish = now + (s.resync_period if ok else s.backoff.delay(3))
-                elif now >= next_resync or self._drift.is_set():
-                    self._drift.clear()
-                    next_resync = now + s.resync_period
-                    if self.inputs is not None:  # offline: keep re-applying the cached plan
-                        self.reconcile(self.inputs, now)
-                if now >= next_stats:
-                    self.refresh_peer_metrics()
-                    next_stats = now + s.stats_period
-        finally:
-            stop.set()  # also ends the heartbeat thread
-            self.gateways.stop()
-            self.node.stop()
-            beating.join(timeout=s.kube.request_timeout + 1)
-            self.dataplane.close()  # leaves every kernel object (and wireguard-go) in place
+        return beating
+
+    def _note_confirmation(self, wall: float) -> None:
+        """Cache age is wall time: it compares with the savedAt a previous process wrote."""
+        if self._api_in_sync():
+            self.inputs_time = wall
+        self.metrics.cache_age.set(max(0.0, wall - self.inputs_time) if self.inputs_time
+                                   else 0.0)
 
     def _heartbeat_loop(self, stop: threading.Event) -> None:
         """Renew the heartbeat Lease while we are a gateway candidate, on its own thread: a slow
         or unreachable API server must never delay a reconcile, and a long reconcile must
         never make the controller think this gateway died."""
         s = self.settings
-        failures = 0
+        beat = agent_step.HeartbeatState()
         while not stop.is_set():
-            delay = min(0.5, s.heartbeat_period)  # notice soon when we become a candidate
+            delay = agent_step.heartbeat_poll(s)
             if self.candidate and self.heartbeat is not None:
-                delay = s.heartbeat_period
                 try:
-                    self.heartbeat.renew(time.time())
-                    failures = 0
+                    self.heartbeat.renew(time.time())  # renewTime goes to the API: wall clock
+                    ok = True
                 except KubeError as exc:
-                    failures += 1
+                    ok = False
                     self.metrics.errors.labels("heartbeat").inc()
                     log.warning("heartbeat lease: %s", exc)
-                    delay = min(s.heartbeat_period, s.backoff.delay(failures))
+                beat, delay = agent_step.heartbeat_result(beat, ok, s, random.random())
             stop.wait(delay)
 
     # -- health --------------------------------------------------------------------------------
@@ -448,6 +480,7 @@ class Agent:
             "candidate": self.candidate,
             "reconciles": self.reconciles,
             "lastError": self.last_error,
+            "skipped": list(self.skipped),
             "apiErrors": [i.last_error for i in (self.gateways, self.node)
                           if i is not None and i.last_error],
         }

@@ -2,6 +2,11 @@
 
 Kept apart from `raven/commands/agent.py` (which also owns `raven agent cleanup`) so the verb
 module only wires the two together.
+
+Rules kept: every default and help text comes from `raven.settings.AgentSettings` (no number is
+written here); every problem with the flags or the state directory is reported at once, with
+the flag and the fix, as a CommandError (exit code 2 without a traceback) before anything
+touches the kernel or the API.
 """
 
 from __future__ import annotations
@@ -9,53 +14,91 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from raven.errors import CommandError
+from raven.settings import (
+    AgentSettings,
+    OverlaySettings,
+    default_of,
+    help_for,
+    listen_problems,
+    overlay_problems,
+    overlay_warnings,
+)
+
+A = AgentSettings
 
 
 def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--node", default=os.environ.get("NODE_NAME"),
-                   help="this node's name (default: $NODE_NAME, set by the DaemonSet)")
+                   help=help_for(A, "node") + " (default: $NODE_NAME, set by the DaemonSet)")
     p.add_argument("--kubeconfig", type=Path, default=None,
                    help="kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)")
     p.add_argument("--context", default=None, help="kubeconfig context")
-    p.add_argument("--state-dir", type=Path, default=Path("/var/lib/raven"),
-                   help="keys, input cache and status (default /var/lib/raven)")
-    p.add_argument("--netns", default=None,
-                   help="program this named network namespace instead of our own (labs)")
-    p.add_argument("--wireguard", dest="wireguard_backend", default="auto",
-                   choices=["auto", "kernel", "userspace"], help="WireGuard backend")
-    p.add_argument("--wireguard-go", default="wireguard-go", help="wireguard-go binary")
-    p.add_argument("--underlay-mtu", type=int, default=None, help="underlay MTU (default 1500)")
-    p.add_argument("--resync", type=float, default=30.0,
-                   help="seconds between full re-applies without events (default 30)")
-    p.add_argument("--heartbeat-period", type=float, default=5.0,
-                   help="seconds between heartbeat Lease renewals (default 5)")
-    p.add_argument("--metrics-listen", default=None, metavar="HOST:PORT",
-                   help="serve /healthz /readyz /metrics /status here")
+    p.add_argument("--state-dir", type=Path, default=default_of(A, "state_dir"),
+                   help=help_for(A, "state_dir"))
+    p.add_argument("--netns", default=default_of(A, "netns"), help=help_for(A, "netns"))
+    p.add_argument("--wireguard", dest="wireguard_backend",
+                   default=default_of(A, "wireguard_backend"),
+                   choices=["auto", "kernel", "userspace"], help=help_for(A, "wireguard_backend"))
+    p.add_argument("--wireguard-go", default=default_of(A, "wireguard_go"),
+                   help=help_for(A, "wireguard_go"))
+    p.add_argument("--underlay-mtu", type=int, default=default_of(OverlaySettings, "underlay_mtu"),
+                   help=help_for(OverlaySettings, "underlay_mtu") + "; at least "
+                   f"{OverlaySettings().min_underlay_mtu}")
+    p.add_argument("--resync", type=float, default=default_of(A, "resync_period"),
+                   help=help_for(A, "resync_period"))
+    p.add_argument("--heartbeat-period", type=float, default=default_of(A, "heartbeat_period"),
+                   help=help_for(A, "heartbeat_period"))
+    p.add_argument("--metrics-listen", action="append", default=None, metavar="HOST:PORT",
+                   help=help_for(A, "metrics_listen"))
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
-def run_agent(args: argparse.Namespace) -> int:
-    from dataclasses import replace
+def state_dir_problem(path: Path) -> str | None:
+    """Why the agent cannot keep its key, cache and status in `path`, or None."""
+    fix = "pass --state-dir with a writable directory (default /var/lib/raven)"
+    if path.exists() and not path.is_dir():
+        return f"--state-dir {path}: is a file, not a directory; {fix}"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        return f"--state-dir {path}: not writable ({exc.strerror or exc}); {fix}"
+    return None
 
-    from raven.agent import Agent, AgentSettings
-    from raven.health import run_until_signalled
-    from raven.kube.errors import KubeError
-    from raven.kube.settings import KubeSettings
-    from raven.topology import PlanOptions
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def settings_from_args(args: argparse.Namespace) -> AgentSettings:
+    """The agent's settings, or a CommandError naming every bad flag."""
+    from raven.settings import KubeSettings
+
+    problems = []
     if not args.node:
-        raise CommandError("no node name: pass --node NAME or set NODE_NAME")
-    if args.resync <= 0 or args.heartbeat_period <= 0:
-        raise CommandError("--resync and --heartbeat-period must be positive")
-    plan = PlanOptions()
-    if args.underlay_mtu is not None:
-        plan = replace(plan, underlay_mtu=args.underlay_mtu)
-    settings = AgentSettings(
+        problems.append("no node name: pass --node NAME or set NODE_NAME")
+    if not args.resync > 0:
+        problems.append(f"--resync {args.resync:g}: must be a positive number of seconds")
+    if not args.heartbeat_period > 0:
+        problems.append(f"--heartbeat-period {args.heartbeat_period:g}: must be a positive "
+                        "number of seconds")
+    overlay = replace(OverlaySettings(), underlay_mtu=args.underlay_mtu)
+    problems += overlay_problems(overlay)
+    listen = tuple(args.metrics_listen or ())
+    problems += listen_problems("--metrics-listen", listen)
+    if args.kubeconfig is not None and not args.kubeconfig.is_file():
+        problems.append(f"--kubeconfig {args.kubeconfig}: no such file")
+    if not problems:  # only touch the disk once the flags are right
+        problem = state_dir_problem(args.state_dir)
+        if problem:
+            problems.append(problem)
+    if problems:
+        raise CommandError("agent: " + "; ".join(problems))
+    for warning in overlay_warnings(overlay):
+        logging.getLogger("raven.agent").warning("%s", warning)
+    return AgentSettings(
         node=args.node,
         state_dir=args.state_dir,
         kube=KubeSettings(kubeconfig=args.kubeconfig, context=args.context,
@@ -63,17 +106,28 @@ def run_agent(args: argparse.Namespace) -> int:
         netns=args.netns,
         wireguard_backend=args.wireguard_backend,
         wireguard_go=args.wireguard_go,
-        plan=plan,
+        overlay=overlay,
         resync_period=args.resync,
         heartbeat_period=args.heartbeat_period,
-        metrics_listen=args.metrics_listen,
+        metrics_listen=listen,
     )
-    if args.kubeconfig is not None and not args.kubeconfig.is_file():
-        raise CommandError(f"--kubeconfig {args.kubeconfig}: no such file")
-    agent = Agent(settings)
-    logging.getLogger("raven.agent").info("agent %s starting", args.node)
+
+
+def run_agent(args: argparse.Namespace) -> int:
+    from raven.agent import Agent
+    from raven.dataplane import DataplaneError
+    from raven.health import run_until_signalled
+    from raven.kube.errors import KubeError
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = settings_from_args(args)
+    logging.getLogger("raven.agent").info("agent %s starting", settings.node)
     try:
-        run_until_signalled(agent.run, agent.health_server, args.metrics_listen)
+        agent = Agent(settings)
+        run_until_signalled(agent.run, agent.health_server, settings.metrics_listen)
     except KubeError as exc:  # e.g. an unreadable kubeconfig, found at connect()
-        raise CommandError(f"agent {args.node}: {exc}") from exc
+        raise CommandError(f"agent {settings.node}: {exc}") from exc
+    except DataplaneError as exc:  # e.g. no WireGuard backend, or a key file we cannot read
+        raise CommandError(f"agent {settings.node}: {exc}") from exc
     return 0

@@ -1,20 +1,19 @@
 """Gateway controller: Nodes + Gateways + heartbeat Leases -> Gateway status (one leader).
 
 Rules kept:
-- pool membership is the node label `raven.openyurt.io/gateway=<gateway>`; `status.nodes` lists
-  every member with its InternalIP and all of its podCIDRs, sorted by node name;
-- `status.activeEndpoints` comes from `raven.election.elect`; each elected endpoint gets the node's
-  WireGuard public key (node annotation) in `config["public-key"]` and a public address: the
-  spec's publicIP, else the node's ExternalIP, else (not under NAT) its InternalIP, else empty;
+- what each Gateway's status should be is the pure `raven.gateway_status.compute_status`
+  (membership, election, public keys and addresses, conditions); when to elect, renew and
+  reconcile is the pure `raven.controller_step`; this module is the runner: informers, the
+  leader Lease, status writes, Events, metrics and a monotonic clock. The wall clock is read
+  only for what goes to the API (Lease renewTime, condition and Event times, heartbeat ages,
+  which compare with renewTimes written by the agents) and passed in as `now`;
 - status is written only when it differs from what is stored (PUT /status with the object's
   resourceVersion; a conflict just means "look again"); events ActiveEndpointElected /
   ActiveEndpointLost follow a successful write;
-- a Gateway that fails validation keeps its last status (nodes and active endpoints) and gets
-  the condition SpecValid=False naming every problem; a pool without an active endpoint gets
-  Ready=False with the election's reasons. Nothing in an object can crash the loop;
 - only the holder of the Lease `raven-gateway-controller` writes; standbys keep warm informers
   so a handover costs one lease period, not a relist;
-- `compute_status` is pure (time is an argument), the loop owns the clock.
+- nothing in an object can crash the loop: a Gateway whose status cannot be computed is logged
+  and skipped, the others are still written.
 """
 
 from __future__ import annotations
@@ -25,257 +24,47 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from raven import constants
-from raven.election import ElectionOptions, elect
+from raven import constants, controller_step
+from raven.controller_step import Action, ControllerState, Observation
 from raven.errors import ValidationError
+from raven.gateway_status import (
+    CONDITION_READY,
+    CONDITION_SPEC_VALID,
+    EVENT_ELECTED,
+    EVENT_LOST,
+    StatusPlan,
+    compute_status,
+    heartbeats_from_leases,
+    key_problem,
+    members_by_pool,
+    public_address,
+    why_no_endpoint,
+)
 from raven.health import HealthServer
-from raven.kube.client import GATEWAYS, JSON, LEASES, NODES, Kube, KubeSettings
+from raven.kube.client import GATEWAYS, JSON, LEASES, NODES, Kube
 from raven.kube.errors import Conflict, KubeError, NotFound
 from raven.kube.events import EventRecorder
 from raven.kube.informer import Informer
-from raven.kube.lease import LeaderElector, LeaderSettings
-from raven.kube.timefmt import parse_time, to_time
-from raven.model import (
-    Condition,
-    Endpoint,
-    FrozenMap,
-    Gateway,
-    GatewayStatus,
-    Node,
-    NodeInfo,
-    fleet_problems,
-    gateway_problems,
-)
+from raven.kube.lease import LeaderElector
+from raven.model import Gateway, Node, fleet_problems
+from raven.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
 
-CONDITION_READY = "Ready"
-CONDITION_SPEC_VALID = "SpecValid"
-EVENT_ELECTED = "ActiveEndpointElected"
-EVENT_LOST = "ActiveEndpointLost"
+__all__ = [  # the pure names stay importable from here for existing callers
+    "CONDITION_READY", "CONDITION_SPEC_VALID", "EVENT_ELECTED", "EVENT_LOST",
+    "ControllerSettings", "GatewayController", "StatusPlan", "compute_status",
+    "heartbeats_from_leases", "key_problem", "members_by_pool", "public_address",
+    "why_no_endpoint",
+]
 
 
-@dataclass(frozen=True)
-class ControllerSettings:
-    kube: KubeSettings = field(default_factory=KubeSettings)
-    identity: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    leader: LeaderSettings = field(default_factory=LeaderSettings)
-    election: ElectionOptions = field(default_factory=ElectionOptions)
-    resync_period: float = 5.0  # re-run election this often: heartbeats go stale without events
-    coalesce: float = 0.05  # wait this long after an event so a burst becomes one reconcile
-    metrics_listen: str | None = None  # HOST:PORT for /healthz /readyz /metrics
-
-
-@dataclass(frozen=True)
-class StatusPlan:
-    """What the controller wants stored for one Gateway, and what changed in the election."""
-
-    status: JSON  # the full status object to store
-    elected: tuple[str, ...]  # nodes that became active endpoints
-    lost: tuple[str, ...]  # nodes that stopped being active endpoints
-    reasons: tuple[str, ...]
-
-
-# ---------------------------------------------------------------------------------------------
-# Pure part
-
-
-def _condition(
-    old: Sequence[Condition], ctype: str, status: str, reason: str, message: str, now: float
-) -> Condition:
-    previous = next((c for c in old if c.type == ctype), None)
-    since = to_time(now)
-    if previous is not None and previous.status == status and previous.last_transition_time:
-        since = previous.last_transition_time  # a condition's time is when its status flipped
-    return Condition(ctype, status, reason, message, since)
-
-
-def public_address(endpoint: Endpoint, node: Node | None) -> str:
-    if endpoint.public_ip:
-        return endpoint.public_ip
-    if node is not None and node.external_ip:
-        return node.external_ip
-    if node is not None and not endpoint.under_nat:
-        return node.internal_ip
-    return ""
-
-
-def members_by_pool(nodes: Mapping[str, Node]) -> dict[str, tuple[NodeInfo, ...]]:
-    """Every pool's status.nodes entries, sorted by node name: one pass over all Nodes (a
-    reconcile of 1,000 pools must not scan 10,000 Nodes once per pool)."""
-    out: dict[str, list[NodeInfo]] = {}
-    for n in sorted(nodes.values(), key=lambda n: n.name):
-        if n.gateway:
-            out.setdefault(n.gateway, []).append(NodeInfo(
-                node_name=n.name, private_ip=n.internal_ip, subnets=tuple(n.pod_cidrs)))
-    return {pool: tuple(infos) for pool, infos in out.items()}
-
-
-def _old_active(obj: JSON) -> tuple[str, ...]:
-    status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
-    active = status.get("activeEndpoints") if isinstance(status, dict) else None
-    if not isinstance(active, list):
-        return ()
-    return tuple(str(e.get("nodeName")) for e in active if isinstance(e, dict))
-
-
-def _raw_conditions(obj: JSON) -> tuple[Condition, ...]:
-    status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
-    out = []
-    for c in (status or {}).get("conditions") or ():
-        if isinstance(c, dict) and isinstance(c.get("type"), str):
-            out.append(Condition(c["type"], str(c.get("status", "")), str(c.get("reason", "")),
-                                 str(c.get("message", "")), str(c.get("lastTransitionTime", ""))))
-    return tuple(out)
-
-
-def _invalid_status(obj: JSON, problems: Sequence[str], now: float) -> JSON:
-    """Keep every stored status field; only the SpecValid and Ready conditions change."""
-    old_conditions = _raw_conditions(obj)
-    status = copy.deepcopy(obj.get("status")) if isinstance(obj.get("status"), dict) else {}
-    keep = [c.to_k8s() for c in old_conditions
-            if c.type not in (CONDITION_SPEC_VALID, CONDITION_READY)]
-    spec_valid = _condition(old_conditions, CONDITION_SPEC_VALID, "False", "InvalidSpec",
-                            "; ".join(problems), now)
-    had_active = bool(_old_active(obj))
-    ready = _condition(
-        old_conditions, CONDITION_READY, "True" if had_active else "False", "InvalidSpec",
-        "spec is invalid: keeping the last elected endpoints until it is fixed"
-        if had_active else "spec is invalid: no endpoint can be elected until it is fixed", now,
-    )
-    status["conditions"] = [*keep, spec_valid.to_k8s(), ready.to_k8s()]
-    return status
-
-
-def why_no_endpoint(
-    gateway: Gateway,
-    nodes: Mapping[str, Node],
-    heartbeats: Mapping[str, float],
-    now: float,
-    options: ElectionOptions,
-) -> str:
-    """A stable explanation (no ages, so the stored status does not change every resync)."""
-    tunnels = list(dict.fromkeys(e.node_name for e in gateway.spec.tunnel_endpoints))
-    if not tunnels:
-        return (f"Gateway {gateway.name}: spec.endpoints has no tunnel endpoint; add one "
-                "(type: tunnel) to elect an active gateway")
-    parts = []
-    for name in tunnels:
-        node = nodes.get(name)
-        last = heartbeats.get(name)
-        if node is None:
-            parts.append(f"{name}: no such node")
-        elif options.require_ready and not node.ready:
-            parts.append(f"{name}: node is not Ready")
-        elif last is None:
-            parts.append(f"{name}: no agent heartbeat (Lease {constants.RAVEN_NAMESPACE}/"
-                         f"{constants.AGENT_LEASE_PREFIX}{name}); is the agent running?")
-        elif now - last > options.heartbeat_timeout:
-            parts.append(f"{name}: agent heartbeat older than {options.heartbeat_timeout:g}s")
-        else:
-            parts.append(f"{name}: eligible")
-    return "no healthy tunnel endpoint: " + "; ".join(parts)
-
-
-def compute_status(
-    obj: JSON,
-    nodes: Mapping[str, Node],
-    heartbeats: Mapping[str, float],
-    now: float,
-    fleet: Sequence[str] = (),
-    options: ElectionOptions | None = None,
-    pools: Mapping[str, tuple[NodeInfo, ...]] | None = None,
-) -> StatusPlan:
-    """The status one Gateway object should have. Never raises for bad objects.
-    `pools` is `members_by_pool(nodes)`, computed once by a caller handling many Gateways."""
-    old_active = _old_active(obj)
-    problems = gateway_problems(obj)
-    name = str((obj.get("metadata") or {}).get("name", "?"))
-    mine = [p for p in fleet if p.startswith(f"Gateway {name}:")]
-    if problems:
-        status = _invalid_status(obj, problems + mine, now)
-        return StatusPlan(status, (), (), tuple(problems))
-    try:
-        gateway = Gateway.from_k8s(obj)
-    except ValidationError as exc:  # gateway_problems should have caught it; be safe anyway
-        return StatusPlan(_invalid_status(obj, exc.problems, now), (), (), tuple(exc.problems))
-    pool = (pools if pools is not None else members_by_pool(nodes)).get(gateway.name, ())
-    election = elect(gateway, nodes, heartbeats, now, options or ElectionOptions())
-    active: list[Endpoint] = []
-    for ep in election.active:
-        node = nodes.get(ep.node_name)
-        config = dict(ep.config)
-        key = node.public_key if node is not None else ""
-        if key:
-            config[constants.ENDPOINT_CONFIG_PUBLIC_KEY] = key
-        else:
-            config.pop(constants.ENDPOINT_CONFIG_PUBLIC_KEY, None)
-        active.append(replace(ep, public_ip=public_address(ep, node), config=FrozenMap(config)))
-    old_conditions = gateway.status.conditions
-    others = tuple(c for c in old_conditions
-                   if c.type not in (CONDITION_READY, CONDITION_SPEC_VALID))
-    if mine:
-        spec_valid = _condition(old_conditions, CONDITION_SPEC_VALID, "False", "FleetConflict",
-                                "; ".join(mine), now)
-    else:
-        spec_valid = _condition(old_conditions, CONDITION_SPEC_VALID, "True", "Valid",
-                                "spec is valid", now)
-    names = ", ".join(e.node_name for e in active)
-    keyless = [e.node_name for e in active if not e.public_key]
-    if keyless:
-        ready = _condition(old_conditions, CONDITION_READY, "False", "PublicKeyMissing",
-                           f"elected {', '.join(keyless)} but its Node has no annotation "
-                           f"{constants.ANNOTATION_PUBLIC_KEY} yet (is its agent running?); "
-                           "no tunnel can be built to it", now)
-    elif active and election.kept_stale:
-        ready = _condition(old_conditions, CONDITION_READY, "True", "KeptWithoutHeartbeat",
-                           f"every candidate's heartbeat is stale (control plane lost?); "
-                           f"keeping {names} active", now)
-    elif active:
-        ready = _condition(old_conditions, CONDITION_READY, "True", "ActiveEndpointElected",
-                           f"active endpoint(s): {names}", now)
-    else:
-        why = why_no_endpoint(gateway, nodes, heartbeats, now, options or ElectionOptions())
-        ready = _condition(old_conditions, CONDITION_READY, "False", "NoActiveEndpoint", why,
-                           now)
-    new_status = GatewayStatus(
-        nodes=pool,
-        active_endpoints=tuple(active),
-        conditions=(*others, spec_valid, ready),
-        node_count=len(pool),  # CRD printer column "Nodes" (gateway/crd.yaml)
-        extra=gateway.status.extra,
-    )
-    rendered = replace(gateway, status=new_status).to_k8s().get("status", {})
-    new_active = tuple(e.node_name for e in active)
-    return StatusPlan(
-        status=rendered,
-        elected=tuple(n for n in new_active if n not in old_active),
-        lost=tuple(n for n in old_active if n not in new_active),
-        reasons=tuple(election.reasons),
-    )
-
-
-def heartbeats_from_leases(leases: Sequence[JSON]) -> dict[str, float]:
-    """node name -> unix seconds of the last renewal of its `raven-agent-<node>` Lease."""
-    out: dict[str, float] = {}
-    for lease in leases:
-        name = str((lease.get("metadata") or {}).get("name", ""))
-        if not name.startswith(constants.AGENT_LEASE_PREFIX):
-            continue
-        spec = lease.get("spec") or {}
-        when = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
-        if when is not None:
-            out[name.removeprefix(constants.AGENT_LEASE_PREFIX)] = when
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# The loop
+def default_identity() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class ControllerMetrics:
@@ -296,6 +85,8 @@ class ControllerMetrics:
 
 class GatewayController:
     def __init__(self, settings: ControllerSettings, kube: Kube | None = None) -> None:
+        if not settings.identity:
+            settings = replace(settings, identity=default_identity())
         self.settings = settings
         self.kube = kube or Kube(settings.kube)
         self.metrics = ControllerMetrics()
@@ -315,23 +106,20 @@ class GatewayController:
         self._wake.set()
 
     def _lease_changed(self, kind: str, obj: JSON) -> None:
-        """Wake only when a heartbeat can change an election: a Lease that appears, disappears
-        or comes back after being stale. A routine renewal of a fresh heartbeat (every agent,
-        every few seconds) changes nothing; going stale is caught by the resync period."""
+        """Wake only when a heartbeat can change an election (controller_step.heartbeat_wakes):
+        every agent renews every few seconds, and those renewals change nothing."""
         name = str((obj.get("metadata") or {}).get("name", ""))
         if not name.startswith(constants.AGENT_LEASE_PREFIX):
             return
-        beats = heartbeats_from_leases([obj])
         node = name.removeprefix(constants.AGENT_LEASE_PREFIX)
+        current = None if kind == "DELETED" else heartbeats_from_leases([obj]).get(node)
         previous = self._heartbeat_seen.get(node)
-        if kind == "DELETED" or node not in beats:
+        if current is None:
             self._heartbeat_seen.pop(node, None)
-            self._wake.set()
-            return
-        self._heartbeat_seen[node] = beats[node]
-        timeout = self.settings.election.heartbeat_timeout
-        if previous is None or beats[node] - previous > timeout or time.time() - previous > (
-                timeout):
+        else:
+            self._heartbeat_seen[node] = current
+        if controller_step.heartbeat_wakes(previous, current,
+                                           self.settings.election.heartbeat_timeout):
             self._wake.set()
 
     def _nodes(self) -> dict[str, Node]:
@@ -432,40 +220,42 @@ class GatewayController:
         s = self.settings
         for informer in (self.gateways, self.nodes, self.leases):
             informer.start()
-        next_election = 0.0
-        next_resync = 0.0
+        # The loop sleeps on _wake: wake it when stop is set (SIGTERM) so the lease is released
+        # at once, not at the next deadline.
+        threading.Thread(target=lambda: (stop.wait(), self._wake.set()), name="stop-waker",
+                         daemon=True).start()
+        state = ControllerState()
         try:
             while not stop.is_set():
-                now = time.time()
-                if now >= next_election:
-                    was = self.elector.is_leader
-                    leader = self.elector.try_acquire_or_renew(now)
-                    self.metrics.leader.set(1 if leader else 0)
-                    if leader != was:
-                        log.info("%s %s leadership", s.identity, "acquired" if leader else "lost")
-                        self._wake.set()
-                    next_election = now + (s.leader.renew_period if leader
-                                           else s.leader.retry_period)
-                if self.elector.is_leader and self.synced() and (
-                    self._wake.is_set() or now >= next_resync
-                ):
-                    if self._wake.is_set():
-                        stop.wait(s.coalesce)  # let the rest of a burst arrive
-                    self._wake.clear()
-                    try:
-                        self.reconcile(time.time())
-                    except Exception:
-                        log.exception("reconcile failed")
-                        self.metrics.errors.labels("reconcile").inc()
-                    next_resync = time.time() + s.resync_period
-                timeout = max(0.01, min(next_election, next_resync) - time.time())
-                self._wake.wait(timeout) if self.elector.is_leader else stop.wait(
-                    min(timeout, 0.5))
+                woke = self._wake.is_set()
+                self._wake.clear()
+                seen = Observation(woke=woke, synced=self.synced())
+                decided = controller_step.step(state, seen, time.monotonic(), s)
+                state = decided.state
+                for action in decided.actions:
+                    if action is Action.TRY_LEAD:
+                        state = self._try_lead(state)
+                    elif action is Action.RECONCILE:
+                        try:
+                            self.reconcile(time.time())  # conditions and Events carry API time
+                        except Exception:
+                            log.exception("reconcile failed")
+                            self.metrics.errors.labels("reconcile").inc()
+                        state = controller_step.reconciled(state, time.monotonic(), s)
+                self._wake.wait(max(0.0, decided.deadline - time.monotonic()))
         finally:
             for informer in (self.gateways, self.nodes, self.leases):
                 informer.stop()
             self.elector.release()
             self.metrics.leader.set(0)
+
+    def _try_lead(self, state: ControllerState) -> ControllerState:
+        leader = self.elector.try_acquire_or_renew(time.time())  # renewTime goes to the API
+        self.metrics.leader.set(1 if leader else 0)
+        if leader != state.leader:
+            log.info("%s %s leadership", self.settings.identity,
+                     "acquired" if leader else "lost")
+        return controller_step.after_election(state, leader, time.monotonic(), self.settings)
 
     def health_server(self, listen: str) -> HealthServer:
         def healthy() -> tuple[bool, str]:

@@ -5,6 +5,11 @@ and writes only the difference. Rules this module keeps:
 - every type is a frozen dataclass of plain values (str, int, bool, tuples), hashable and
   comparable, so two plans compare with `==` and collections are stored as sorted tuples;
 - addresses are strings in canonical form (`str(ipaddress.ip_network(...))`), MACs lower-case;
+- families never mix inside one object: a route's next hop has its destination's family, a
+  neighbour's address has the family of a VTEP address on its device (`vtep_ip` is IPv4,
+  `vtep_ip6` IPv6), and `Firewall` subnet lists may hold both families (the data plane keeps one
+  nft set per family);
+- fields are only ever added, with defaults, so older consumers keep working;
 - nothing here imports pyroute2, kubernetes or touches the system.
 """
 
@@ -32,6 +37,10 @@ class VxlanDevice:
     vtep_prefixlen: int
     mac: str  # derived from local_ip: identical after any restart
     mtu: int
+    # IPv6 VTEP address (derived from local_ip like vtep_ip), set only when this node routes IPv6
+    # pod subnets over the overlay; None = the device carries no IPv6 of ours.
+    vtep_ip6: str | None = None
+    vtep6_prefixlen: int = 128
 
 
 @dataclass(frozen=True, order=True)

@@ -1,8 +1,10 @@
 """HTTP endpoints of the daemons: /healthz, /readyz, /metrics (Prometheus text) and /status.
 
 Rules kept: the server runs on its own threads and only reads state through the callables it
-is given, so a slow scrape can never block a reconcile; it binds exactly the address asked
-(the DaemonSet uses the host network, so the default is loopback-safe configuration by flag).
+is given, so a slow scrape can never block a reconcile; it binds exactly the addresses asked,
+never a wildcard (the agent runs on the host network, where 0.0.0.0 would include the node's
+public addresses: `raven.settings.listen_problems` refuses it before anything is bound); /status
+(node names, keys, the plan) is served only on loopback listeners, the rest on every listener.
 """
 
 from __future__ import annotations
@@ -10,21 +12,23 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from raven.errors import CommandError
+from raven.settings import is_loopback, listen_problems
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    """'HOST:PORT' (or ':PORT') -> (host, port); raises ValueError naming the problem."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"listen address {text!r} is not HOST:PORT (e.g. 127.0.0.1:9464)")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    """'HOST:PORT' -> (host, port); raises ValueError naming the problem and the fix."""
+    problems = listen_problems("listen address", (text,))
+    if problems:
+        raise ValueError(problems[0])
+    host, _, port = text.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 class HealthServer:
@@ -69,7 +73,7 @@ class HealthServer:
         self.registry = registry
         self.healthy = healthy
         self.ready = ready
-        self.status = status
+        self.status = status if is_loopback(listen) else None  # never off the machine
         self.server = ThreadingHTTPServer((host, port), Handler)
         self.server.daemon_threads = True
         self.port = int(self.server.server_address[1])
@@ -88,9 +92,10 @@ class HealthServer:
 def run_until_signalled(
     run: Callable[[threading.Event], None],
     health_server: Callable[[str], HealthServer],
-    listen: str | None,
+    listen: Sequence[str],
 ) -> None:
-    """Run a daemon's main loop until SIGTERM or SIGINT, serving health and metrics on `listen`.
+    """Run a daemon's main loop until SIGTERM or SIGINT, serving health and metrics on every
+    address of `listen`.
 
     The signal only sets the stop event: the loop finishes its current step and returns, so the
     agent leaves the data plane in place (hitless restart) and the controller releases its lease.
@@ -98,14 +103,15 @@ def run_until_signalled(
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    server = None
-    if listen:
-        try:
-            server = health_server(listen).start()
-        except (OSError, ValueError) as exc:
-            raise CommandError(f"--metrics-listen {listen}: {exc}") from exc
+    servers: list[HealthServer] = []
     try:
+        for address in listen:
+            try:
+                servers.append(health_server(address).start())
+            except (OSError, ValueError) as exc:
+                raise CommandError(f"--metrics-listen {address}: {exc}; use an address of "
+                                   "this machine and a free port") from exc
         run(stop)
     finally:
-        if server is not None:
+        for server in servers:
             server.stop()

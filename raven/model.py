@@ -848,8 +848,9 @@ def gateway_problems(obj: Any) -> list[str]:
             try:
                 ipaddress.ip_network(subnet, strict=True)
             except ValueError:
+                example = "fd00:10:244:1::/64" if ":" in subnet else "10.244.1.0/24"
                 add(f"{path}.subnets[{j}]", f"{json.dumps(subnet)} is not a CIDR network; use "
-                                            "e.g. 10.244.1.0/24 (host bits zero)")
+                                            f"e.g. {example} (host bits zero)")
     for i, ep in enumerate(gateway.status.active_endpoints):
         if ep.public_ip and _ip_problem(ep.public_ip):
             add(f"status.activeEndpoints[{i}].publicIP",

@@ -1,8 +1,8 @@
 """The one YAML loader of the project: safe types only, no aliases, bounded nesting.
 
 Every reader of YAML (the API server's `application/yaml` bodies, `raven validate`, `raven plan`,
-lab topology files) goes through `load_yaml` / `load_yaml_all`, so one hostile file cannot cost
-more than its own size anywhere. Rules it keeps:
+lab topology files) goes through `load_yaml`, `load_yaml_all` or `load_yaml_documents`, so one
+hostile file cannot cost more than its own size anywhere. Rules it keeps:
 - only PyYAML's safe types are built (no Python objects);
 - aliases (`*name`) are refused: a few hundred bytes of nested aliases expand to gigabytes
   (the "billion laughs"), and Kubernetes manifests have no need for them; anchors alone are fine;
@@ -67,19 +67,40 @@ def _text(data: str | bytes, source: str) -> str:
 
 
 def _describe(exc: yaml.YAMLError, source: str) -> YamlError:
-    mark = getattr(exc, "problem_mark", None)
-    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-    problem = getattr(exc, "problem", None) or str(exc)
-    return YamlError(f"{source}: {where}not valid YAML: {problem}")
+    """A YamlError that points at the line to fix (for an unclosed bracket or quote, the line
+    that opened it rather than the end of the file)."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return YamlError(f"{source}: not valid YAML: {exc}")
+    mark = exc.problem_mark or exc.context_mark
+    what = " ".join(p for p in (exc.context, exc.problem) if p)
+    started = exc.context_mark
+    if started is not None and mark is not None and started.line != mark.line:
+        if "<stream end>" in (exc.problem or ""):
+            what += f" (the file ends at line {mark.line + 1})"
+            mark = started
+        else:
+            what += f" (the construct started at line {started.line + 1})"
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}" if mark is not None else source
+    return YamlError(f"{where}: malformed YAML: {what}; fix the syntax there")
 
 
-def load_yaml_all(data: str | bytes, *, source: str = "<input>") -> list[Any]:
-    """Every document of a YAML stream (empty documents are None)."""
-    loader = _BoundedLoader(_text(data, source), source)
+def load_yaml_documents(data: str | bytes, *, source: str = "<input>") -> list[tuple[int, Any]]:
+    """Every non-empty document of a YAML stream with the line (1-based) where it starts."""
+    text = _text(data, source)
+    try:
+        # The reader checks for unprintable characters as it is made: inside the try.
+        loader = _BoundedLoader(text, source)
+    except yaml.YAMLError as exc:
+        raise _describe(exc, source) from exc
     try:
         documents = []
         while loader.check_node():
-            documents.append(loader.construct_document(loader.get_node()))
+            node = loader.get_node()
+            if node is None:
+                continue
+            document = loader.construct_document(node)
+            if document is not None:  # `---` followed by nothing, or only comments
+                documents.append((node.start_mark.line + 1, document))
         return documents
     except yaml.YAMLError as exc:
         raise _describe(exc, source) from exc
@@ -87,6 +108,11 @@ def load_yaml_all(data: str | bytes, *, source: str = "<input>") -> list[Any]:
         raise YamlError(f"{source}: nested too deeply; flatten the document") from exc
     finally:
         loader.dispose()
+
+
+def load_yaml_all(data: str | bytes, *, source: str = "<input>") -> list[Any]:
+    """Every non-empty document of a YAML stream."""
+    return [document for _, document in load_yaml_documents(data, source=source)]
 
 
 def load_yaml(data: str | bytes, *, source: str = "<input>") -> Any:

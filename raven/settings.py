@@ -1,18 +1,78 @@
 """The settings root: one frozen dataclass per section, each default defined exactly once.
 
-Sections so far:
+Sections:
 - `OverlaySettings`: what every node of a cluster must agree on (device names, VNI, ports, route
   tables, rule priority, firewall mark, nftables table, encapsulation overheads, MTU, keepalive).
   The planner (`raven.topology`) and the data plane (`raven.dataplane`) both read it from here,
   so `apply()` and `cleanup()` can never disagree about which objects are ours.
-Pure: no I/O, importable by the planners.
+- `AgentSettings`: the node agent's knobs (state directory, periods, listen addresses); it
+  carries the `OverlaySettings` it plans with.
+- `LeaderSettings`, `ControllerSettings`: the gateway controller's knobs.
+- `RavenSettings`: the root that composes them; `DEFAULTS` is the one default instance.
+The data plane's own section (`raven.dataplane.DataplaneSettings`, which gains the overlay
+section) and the lab's (`raven.lab.cluster.ClusterSettings`) live in their packages, because
+importing either pulls in pyroute2 or the lab runtime, and this module must stay importable by
+the pure planners.
+
+Rules kept:
+- a default is written once, here; the CLI takes its argparse defaults and the "(default ...)"
+  of its help text from these dataclasses (`help_for`), and tests check that the shipped
+  manifests' flags agree with them;
+- every field that a flag sets has its help text in the field's metadata ("help"), next to
+  the default it explains;
+- `*_problems()` validate a section and return sentences naming the flag and the fix; they
+  never raise, so a command can report every problem at once;
+- pure: no I/O (the controller's identity default, which needs the hostname, is resolved by
+  the controller, not here).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ipaddress
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any
 
 from raven import constants
+from raven.election import ElectionOptions
+
+# An overlay packet must still carry a minimal IPv4 packet (RFC 791: 576 bytes) after the
+# WireGuard encapsulation, the larger of the two overheads; below IPv6's minimum link MTU (1280,
+# RFC 8200) cross-pool IPv6 pod traffic cannot pass, which `overlay_warnings` says.
+MIN_INNER_MTU_IPV4 = 576
+MIN_INNER_MTU_IPV6 = 1280
+MAX_UNDERLAY_MTU = 65535  # the largest MTU Linux accepts on any link
+DEFAULT_STATE_DIR = Path("/var/lib/raven")
+
+
+def _opt(default: Any, help: str) -> Any:
+    """A dataclass field with its flag's help text beside its default."""
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True)
+class BackoffSettings:
+    initial: float = 0.2  # seconds before the first retry
+    maximum: float = 10.0  # never wait longer than this between two attempts
+    factor: float = 2.0
+    jitter: float = 0.5  # fraction of the delay that is randomised (0 = none)
+
+    def delay(self, attempt: int, rng: Callable[[], float]) -> float:
+        """Delay before retry number `attempt` (0-based); `rng` gives the jitter in [0, 1)
+        (a parameter, so this stays pure and the sequence is testable)."""
+        base = min(self.maximum, self.initial * (self.factor ** max(0, attempt)))
+        return base * (1.0 - self.jitter) + base * self.jitter * rng()
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    kubeconfig: Path | None = None  # None: $KUBECONFIG, then in-cluster, then ~/.kube/config
+    context: str | None = None
+    request_timeout: float = 10.0  # seconds, per request (connect and read)
+    watch_timeout: int = 60  # server-side timeoutSeconds of one watch request
+    backoff: BackoffSettings = field(default_factory=BackoffSettings)
+    user_agent: str = "raven"
 
 
 @dataclass(frozen=True)
@@ -31,7 +91,7 @@ class OverlaySettings:
     nft_table: str = constants.NFT_TABLE
     vxlan_overhead: int = constants.VXLAN_OVERHEAD
     wireguard_overhead: int = constants.WIREGUARD_OVERHEAD
-    underlay_mtu: int = constants.DEFAULT_UNDERLAY_MTU
+    underlay_mtu: int = _opt(constants.DEFAULT_UNDERLAY_MTU, "MTU of the node's underlay link")
     keepalive: int = constants.DEFAULT_KEEPALIVE_SECONDS
 
     @property
@@ -46,3 +106,156 @@ class OverlaySettings:
     def tables(self) -> tuple[int, ...]:
         """Every policy-routing table the overlay owns."""
         return (self.vxlan_table, self.wireguard_table)
+
+    @property
+    def min_underlay_mtu(self) -> int:
+        return MIN_INNER_MTU_IPV4 + max(self.vxlan_overhead, self.wireguard_overhead)
+
+
+def overlay_problems(s: OverlaySettings) -> list[str]:
+    lowest = s.min_underlay_mtu
+    if not lowest <= s.underlay_mtu <= MAX_UNDERLAY_MTU:
+        return [f"--underlay-mtu {s.underlay_mtu}: out of range; use {lowest} to "
+                f"{MAX_UNDERLAY_MTU} (after the {max(s.vxlan_overhead, s.wireguard_overhead)}-"
+                f"byte tunnel overhead a pod packet must still hold {MIN_INNER_MTU_IPV4} bytes)"]
+    return []
+
+
+def overlay_warnings(s: OverlaySettings) -> list[str]:
+    inner = min(s.vxlan_mtu, s.tunnel_mtu)
+    if inner < MIN_INNER_MTU_IPV6:
+        return [f"--underlay-mtu {s.underlay_mtu}: tunnel MTU {inner} is below IPv6's minimum "
+                f"{MIN_INNER_MTU_IPV6}; IPv6 pod traffic cannot cross the overlay (use at least "
+                f"{MIN_INNER_MTU_IPV6 + max(s.vxlan_overhead, s.wireguard_overhead)})"]
+    return []
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """The node agent (`raven agent`)."""
+
+    node: str = _opt("", "this node's name")
+    state_dir: Path = field(default=DEFAULT_STATE_DIR,
+                           metadata={"help": "keys, input cache and status"})
+    kube: KubeSettings = field(default_factory=KubeSettings)
+    netns: str | None = _opt(None, "program this named network namespace instead of our own "
+                             "(labs)")
+    wireguard_backend: str = _opt("auto", "WireGuard backend: auto, kernel or userspace")
+    wireguard_go: str = _opt("wireguard-go", "wireguard-go binary")
+    overlay: OverlaySettings = field(default_factory=OverlaySettings)
+    resync_period: float = _opt(30.0, "seconds between full re-applies without events "
+                                "(repairs drift)")
+    coalesce: float = 0.05  # wait this long after an event so a burst becomes one reconcile
+    heartbeat_period: float = _opt(5.0, "seconds between heartbeat Lease renewals")
+    heartbeat_duration: int = 15  # leaseDurationSeconds written on the heartbeat Lease
+    stats_period: float = 10.0  # refresh per-peer metrics (handshake age, bytes) and drift
+    metrics_port: int = 10265  # the port the DaemonSet serves health and metrics on
+    metrics_listen: tuple[str, ...] = _opt(
+        (), "serve /healthz /readyz /metrics here, HOST:PORT, repeatable; /status only on a "
+        "loopback address; never a wildcard (0.0.0.0, ::). The DaemonSet passes "
+        "127.0.0.1:10265 and $(NODE_IP):10265, the node's InternalIP")
+    namespace: str = constants.RAVEN_NAMESPACE  # where heartbeat Leases live
+    backoff: BackoffSettings = field(default_factory=BackoffSettings)
+
+    @property
+    def plan(self) -> OverlaySettings:  # the name used before the settings root existed
+        return self.overlay
+
+
+@dataclass(frozen=True)
+class LeaderSettings:
+    """Leader election of the controller replicas on one Lease (client-go's rules)."""
+
+    name: str = constants.CONTROLLER_LEASE_NAME
+    namespace: str = constants.RAVEN_NAMESPACE
+    lease_duration: int = _opt(15, "seconds a leader lease is honoured without renewal")
+    renew_period: float = _opt(5.0, "seconds between leader lease renewals")
+    retry_period: float = _opt(2.0, "seconds between takeover attempts by a standby")
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    """The gateway controller (`raven controller`)."""
+
+    kube: KubeSettings = field(default_factory=KubeSettings)
+    identity: str = _opt("", "leader-election identity (empty: hostname-pid; the pod name in "
+                         "Kubernetes)")
+    leader: LeaderSettings = field(default_factory=LeaderSettings)
+    election: ElectionOptions = field(default_factory=ElectionOptions)
+    resync_period: float = _opt(5.0, "seconds between full re-elections without events "
+                                "(heartbeats go stale without events)")
+    coalesce: float = 0.05  # wait this long after an event so a burst becomes one reconcile
+    metrics_port: int = 10266  # the port the Deployment serves health and metrics on
+    metrics_listen: tuple[str, ...] = _opt(
+        (), "serve /healthz /readyz /metrics here, HOST:PORT, repeatable; /status only on a "
+        "loopback address; never a wildcard. The Deployment passes 127.0.0.1:10266 and "
+        "$(POD_IP):10266")
+
+
+@dataclass(frozen=True)
+class RavenSettings:
+    """The root: every section, each with its defaults."""
+
+    overlay: OverlaySettings = field(default_factory=OverlaySettings)
+    agent: AgentSettings = field(default_factory=AgentSettings)
+    controller: ControllerSettings = field(default_factory=ControllerSettings)
+
+
+DEFAULTS = RavenSettings()
+
+
+def default_of(section: Any, name: str) -> Any:
+    """The default of field `name` of a settings dataclass (class or instance)."""
+    for f in fields(section):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+    raise KeyError(f"{section.__name__ if isinstance(section, type) else section}: no "
+                   f"setting {name!r}")
+
+
+def help_for(section: Any, name: str, show_default: bool = True) -> str:
+    """The help text of field `name`, with its default appended."""
+    f = next((f for f in fields(section) if f.name == name), None)
+    if f is None or "help" not in f.metadata:
+        raise KeyError(f"setting {name!r} has no help text")
+    text = str(f.metadata["help"])
+    default = default_of(section, name)
+    if show_default and default not in (None, "", ()):
+        shown = f"{default:g}" if isinstance(default, float) else str(default)
+        text += f" (default {shown})"
+    return text
+
+
+def listen_problems(flag: str, listen: tuple[str, ...]) -> list[str]:
+    """Every problem of a list of HOST:PORT listen addresses (pure: nothing is bound here)."""
+    problems = []
+    for text in listen:
+        host, sep, port = text.rpartition(":")
+        host = host.strip("[]")
+        fix = "use HOST:PORT with an address of this machine, e.g. 127.0.0.1:10265"
+        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
+            problems.append(f"{flag} {text!r}: not HOST:PORT with a port 0-65535 "
+                            f"(0: any free port); {fix}")
+            continue
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            problems.append(f"{flag} {text!r}: {host or 'an empty host'!s} is not an IP "
+                            f"address; {fix}")
+            continue
+        if address.is_unspecified:
+            problems.append(f"{flag} {text!r}: a wildcard address would serve metrics on every "
+                            "address of the node, public ones included; name the addresses "
+                            "(127.0.0.1 and the node's InternalIP)")
+    return problems
+
+
+def is_loopback(listen: str) -> bool:
+    host = listen.rpartition(":")[0].strip("[]")
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -6,18 +6,29 @@ Rules this module keeps (docs/gateway.md explains them for operators):
 - A pool is a Gateway; its members are its `status.nodes`, its active gateway is the first tunnel
   endpoint of `status.activeEndpoints` (further ones are standbys for now). A node in no pool, or
   in a pool without an active gateway, is ALONE: nothing of ours is installed.
-- VTEP MAC and address are functions of the node's underlay address only (`vtep_for`), so they are
-  identical after any restart, with or without the API server. Collisions inside a pool are
-  reported in the plan's notes.
+- VTEP MAC and addresses (IPv4 `vtep_for`, IPv6 `vtep6_for`) are functions of the node's
+  underlay address only, so they are identical after any restart, with or without the API
+  server. Collisions inside a pool are reported in the plan's notes.
+- Families never mix: an IPv4 subnet goes via the gateway's IPv4 VTEP, an IPv6 one via its IPv6
+  VTEP; raven0 gets an IPv6 VTEP address (and IPv6 neighbours, rule and forwarding) only when the
+  node routes IPv6, so an IPv4-only node never needs IPv6 at all.
+- A family is routed only where it can work: the pool has pod subnets of it (a relay also
+  forwards a family that two undialable pools share), the overlay MTU carries it (IPv6 >= 1280)
+  and, on a member, the gateway's VTEP of it is usable. Whatever is not routed is named in a note
+  per (pool, family) with the reason and the fix; it never fails the plan or touches other
+  families or pools. One VXLAN device has one underlay family: a member whose underlay family
+  differs from its gateway's is ALONE, with a note.
 - Every reachable remote pool subnet is routed exactly once (the first pool by name wins a
-  duplicate); a subnet that overlaps one of our own pool's subnets is never routed into a tunnel.
+  duplicate) or named in a note; a subnet that overlaps one of our own pool's subnets is never
+  routed into a tunnel.
 - Two pools whose gateways are both undialable (under NAT, or no public address) reach each other
   through one relay: the dialable pool whose Gateway was created first (creationTimestamp, then
   name). A Gateway added later can never become the relay of an existing pair.
 - Keepalive is set when WE are under NAT (keeps our NAT mapping open, we make the first
   handshake); a peer under NAT has no endpoint: it is learned from its handshake.
-- MTUs: VXLAN device = underlay - VXLAN overhead; WireGuard device and cross-pool routes =
-  underlay - WireGuard overhead (the cross-pool path is limited by the tunnel on the gateway).
+- MTUs: VXLAN device = underlay - VXLAN overhead (20 bytes more over an IPv6 underlay);
+  WireGuard device and cross-pool routes = underlay - WireGuard overhead (the cross-pool path is
+  limited by the tunnel on the gateway).
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
+from operator import attrgetter
 from typing import NamedTuple
 
 from raven import constants
@@ -50,7 +62,15 @@ VTEP_NETWORK = ipaddress.IPv4Network("240.0.0.0/4")  # reserved (class E): never
 VTEP_PREFIXLEN = 32  # the device address only; neighbours and onlink routes need no subnet
 VTEP_MAC_PREFIX_V4 = (0x0E, 0x52)  # locally administered, unicast; + the 4 IPv4 bytes
 VTEP_MAC_PREFIX_V6 = (0x0E, 0x56)  # + 4 bytes of a hash of the IPv6 address
-
+# IPv6 VTEPs live in a ULA /48 reserved for them (global ID 72:6176:656e spells "raven"), one /64
+# per underlay family so the two derivations can never produce the same address.
+VTEP6_NETWORK = ipaddress.IPv6Network("fd72:6176:656e::/48")
+VTEP6_FROM_V4 = ipaddress.IPv6Network("fd72:6176:656e:4::/64")  # + the 32-bit IPv4 address
+VTEP6_FROM_V6 = ipaddress.IPv6Network("fd72:6176:656e:6::/64")  # + 64 bits of a SHA-256
+VTEP6_PREFIXLEN = 128
+IPV6_MIN_MTU = 1280  # Linux turns IPv6 off on a device with a smaller MTU
+IPV6_OUTER_EXTRA = 20  # an IPv6 outer header is 20 bytes longer than the IPv4 one VXLAN assumes
+FAMILIES = (4, 6)
 
 # The planner's knobs are the overlay section of the settings root (one definition, shared with
 # the data plane). The old name stays for callers.
@@ -84,10 +104,29 @@ def vtep_for(node_ip: str) -> tuple[str, str]:
     return str(vtep), ":".join(f"{b:02x}" for b in mac_bytes)
 
 
+@lru_cache(maxsize=65536)
+def vtep6_for(node_ip: str) -> str:
+    """IPv6 VTEP address of a node, derived from its underlay address only.
+
+    IPv4 underlay: fd72:6176:656e:4:: + the 32-bit address (injective). IPv6 underlay:
+    fd72:6176:656e:6:: + 64 bits of a SHA-256 of the address (a collision needs 2**32 nodes in
+    one pool to become likely; `vtep_collisions` reports one anyway). Raises ValueError for a
+    string that is not an IP address.
+    """
+    ip = ipaddress.ip_address(node_ip)
+    if isinstance(ip, ipaddress.IPv4Address):
+        base, low = VTEP6_FROM_V4, int(ip)
+    else:
+        base = VTEP6_FROM_V6
+        low = int.from_bytes(hashlib.sha256(ip.packed).digest()[8:16], "big")
+    return str(ipaddress.IPv6Address(int(base.network_address) | low))
+
+
 def vtep_collisions(members: Iterable[tuple[str, str]]) -> list[str]:
-    """Problems among (node name, underlay IP) pairs of one pool: shared VTEP addresses or MACs,
-    and addresses that are unusable as a VTEP (the broadcast address)."""
+    """Problems among (node name, underlay IP) pairs of one pool: shared VTEP addresses (either
+    family) or MACs, and addresses that are unusable as a VTEP (the broadcast address)."""
     by_vtep: dict[str, list[str]] = {}
+    by_vtep6: dict[str, list[str]] = {}
     by_mac: dict[str, list[str]] = {}
     problems: list[str] = []
     for name, ip in sorted(members):
@@ -100,12 +139,17 @@ def vtep_collisions(members: Iterable[tuple[str, str]]) -> list[str]:
             problems.append(f"node {name}: underlay address {ip} maps to the broadcast VTEP "
                             "address 255.255.255.255; give the node another InternalIP")
         by_vtep.setdefault(vtep, []).append(f"{name} ({ip})")
+        by_vtep6.setdefault(vtep6_for(ip), []).append(f"{name} ({ip})")
         by_mac.setdefault(mac, []).append(f"{name} ({ip})")
     for vtep, names in sorted(by_vtep.items()):
         if len(set(names)) > 1:
             problems.append(f"VTEP address collision: {', '.join(names)} all map to {vtep}; "
                             "their addresses differ only in the top 4 bits (or the hash); "
                             "renumber one of them")
+    for vtep, names in sorted(by_vtep6.items()):
+        if len(set(names)) > 1:
+            problems.append(f"IPv6 VTEP address collision: {', '.join(names)} all map to "
+                            f"{vtep}; give each node its own InternalIP")
     for mac, names in sorted(by_mac.items()):
         if len(set(names)) > 1:
             problems.append(f"VTEP MAC collision: {', '.join(names)} all map to {mac}")
@@ -212,8 +256,8 @@ class _Pool:
         if ep is None or ep.under_nat or not _is_ip(ep.public_ip):
             return None
         port = ep.public_port or ep.port or constants.WIREGUARD_PORT
-        host = f"[{ep.public_ip}]" if ":" in ep.public_ip else ep.public_ip
-        return f"{host}:{port}"
+        # host:port with an IPv6 host in brackets, as WireGuard and every dialer expect.
+        return f"{_dial_host(ep.public_ip)}:{port}"
 
     def relay_key(self) -> tuple[int, str, str]:
         # Gateways without a timestamp (files) sort after every real one, then by name.
@@ -257,26 +301,136 @@ def _alone(name: str, pool: str | None, notes: list[str]) -> NodeState:
     return NodeState(node=name, role=Role.ALONE, pool=pool, vxlan=None, notes=tuple(notes))
 
 
-def plan_node(
-    gateways: Sequence[Gateway], me: Node | str, options: PlanOptions = _DEFAULT_OPTIONS
-) -> NodeState:
-    """The complete desired data-plane state of node `me` (a Node, or a name whose facts then
-    come from Gateway status)."""
-    name = me if isinstance(me, str) else me.name
-    notes: list[str] = []
-    ordered = sorted(gateways, key=lambda g: g.name)
-    names_seen: set[str] = set()
-    unique: list[Gateway] = []
-    for gw in ordered:
-        if gw.name in names_seen:
-            notes.append(f"Gateway {gw.name} is listed twice; the first copy is used")
-            continue
-        names_seen.add(gw.name)
-        unique.append(gw)
-    pools = [_pool(gw) for gw in unique]
+def _version(cidr_text: str) -> int:
+    """Family of a canonical CIDR (cheap: only IPv6 text has a colon)."""
+    return 6 if ":" in cidr_text else 4
 
-    # Which pool am I in? status.nodes decides; a Node's label is the fallback before the
-    # controller has listed it.
+
+def _routes_ipv6(routed: Sequence[str]) -> bool:
+    return 6 in _families_in(routed)
+
+
+def _ip_version(address: str) -> int:
+    return ipaddress.ip_address(address).version
+
+
+def _listing(subnets: Sequence[str]) -> str:
+    return ", ".join(subnets)
+
+
+def _families_in(subnets: Iterable[str]) -> set[int]:
+    """Families that may occur among canonical CIDRs, found by one C-level scan (an IPv4 CIDR
+    always has a dot and no colon, an IPv6 one always a colon): a superset, never missing one.
+    This keeps IPv4-only fleets of 10,000 subnets from paying a Python loop per subnet."""
+    text = "\0".join(subnets)
+    return {f for f, mark in ((4, "."), (6, ":")) if mark in text}
+
+
+def _withhold(by_pool: dict[str, list[str]], blocked: dict[int, str], notes: list[str],
+              where: str) -> dict[str, list[str]]:
+    """Drop the subnets of each blocked family, one note per (pool, family) naming every subnet
+    dropped and why: a family that cannot be carried never blocks the other family or pool."""
+    if not blocked or not blocked.keys() & _families_in(
+            s for subnets in by_pool.values() for s in subnets):
+        return by_pool
+    kept: dict[str, list[str]] = {}
+    for pool_name in sorted(by_pool):
+        subnets = by_pool[pool_name]
+        if not blocked.keys() & _families_in(subnets):
+            kept[pool_name] = subnets
+            continue
+        kept[pool_name] = [s for s in subnets if _version(s) not in blocked]
+        for family in FAMILIES:
+            dropped = [s for s in subnets if _version(s) == family]
+            if family in blocked and dropped:
+                notes.append(f"Gateway {pool_name}: IPv{family} subnet(s) {_listing(dropped)} "
+                             f"not routed {where}: {blocked[family]}")
+    return kept
+
+
+def _pod_blocks(pool: _Pool, local_families: set[int]) -> dict[int, str]:
+    """Families of which this pool has no pod subnet: no pod here could use such a route."""
+    return {family: (f"pool {pool.name} has no IPv{family} pod subnet, so no pod of it has an "
+                     f"IPv{family} address; give its nodes IPv{family} podCIDRs (Node "
+                     "spec.podCIDRs) to route them")
+            for family in FAMILIES if family not in local_families}
+
+
+def _mtu_blocks(inner_mtu: int) -> dict[int, str]:
+    """Families the overlay MTU cannot carry (Linux turns IPv6 off below 1280)."""
+    if inner_mtu < IPV6_MIN_MTU:
+        return {6: f"the overlay MTU {inner_mtu} is below IPv6's minimum {IPV6_MIN_MTU}; "
+                   "raise --underlay-mtu"}
+    return {}
+
+
+def _relayed_families(pools: Sequence[_Pool], relay: _Pool, wanted: set[int]) -> set[int]:
+    """Of `wanted`, the families the relay gateway forwards wg->wg for pools that are not its
+    own: those that at least two undialable pools have (only such a pair can use one)."""
+    undialable = [p for p in pools if p.active and p.dial_address is None and p.name != relay.name]
+    out: set[int] = set()
+    for family in wanted & _families_in(c.text for p in undialable for c in p.subnets):
+        having = (p for p in undialable if family in _families_in(c.text for c in p.subnets))
+        if next(having, None) is not None and next(having, None) is not None:
+            out.add(family)
+    return out
+
+
+def _gateway_subnets(pools: Sequence[_Pool], relay: _Pool | None, me: _Me,
+                     pool_blocks: dict[int, str], forwardable: set[int], notes: list[str]
+                     ) -> tuple[dict[str, list[str]], dict[int, str]]:
+    """The remote subnets my pool's gateway routes into the tunnel, per remote pool, and the
+    families it blocks for every pool. The relay does not block, for undialable pools, a
+    family it forwards between two of them: it needs no pod of that family itself."""
+    remote = _remote_subnets(pools, me, notes)
+    where = f"by pool {me.pool.name}"
+    if relay is None or relay.name != me.pool.name:
+        return _withhold(remote, pool_blocks, notes, where), pool_blocks
+    forwarded = _relayed_families(pools, relay, forwardable)
+    relay_blocks = {f: r for f, r in pool_blocks.items() if f not in forwarded}
+    undialable = {p.name for p in pools if p.dial_address is None}
+    kept = {**_withhold({k: v for k, v in remote.items() if k not in undialable},
+                        pool_blocks, notes, where),
+            **_withhold({k: v for k, v in remote.items() if k in undialable},
+                        relay_blocks, notes, where)}
+    return kept, relay_blocks
+
+
+def _vtep_blocks(name: str, my_ip: str, gw_name: str, gw_ip: str) -> dict[int, str]:
+    """Families a member cannot send to its gateway's VTEP (a VTEP it cannot route through)."""
+    blocked: dict[int, str] = {}
+    gw_vteps = {4: vtep_for(gw_ip)[0], 6: vtep6_for(gw_ip)}
+    my_vteps = {4: vtep_for(my_ip)[0], 6: vtep6_for(my_ip)}
+    if gw_vteps[4] == "255.255.255.255":
+        blocked[4] = (f"the active gateway {gw_name} ({gw_ip}) maps to the broadcast IPv4 VTEP "
+                      "address; give it another InternalIP")
+    for family in FAMILIES:
+        if gw_vteps[family] == my_vteps[family] and gw_ip != my_ip:
+            blocked[family] = (f"node {name} ({my_ip}) and the active gateway {gw_name} "
+                               f"({gw_ip}) share the IPv{family} VTEP {gw_vteps[family]}; "
+                               "renumber one of them")
+    return blocked
+
+
+@dataclass(frozen=True)
+class _Me:
+    """The local node's facts the plan hangs on."""
+
+    name: str
+    pool: _Pool
+    ip: str  # canonical underlay address
+    gw_name: str
+    gw_ip: str  # canonical underlay address of the pool's active gateway
+    local: tuple[_Cidr, ...]  # the pool's subnets plus my own podCIDRs
+
+    @property
+    def is_gateway(self) -> bool:
+        return self.name == self.gw_name
+
+
+def _locate(pools: Sequence[_Pool], name: str, me: Node | str,
+            notes: list[str]) -> _Me | NodeState:
+    """Find my pool, my underlay address and my pool's active gateway, or the ALONE plan."""
     mine = [p for p in pools if name in p.member_names]
     if len(mine) > 1:
         notes.append(f"node {name} is listed by Gateways {', '.join(p.name for p in mine)}; "
@@ -304,21 +458,35 @@ def plan_node(
         notes.append(f"Gateway {pool.name}: active endpoint {gw_name} is not in status.nodes "
                      "with a privateIP; no overlay state until it is")
         return _alone(name, pool.name, notes)
+    my_ip, gw_ip = str(ipaddress.ip_address(my_ip)), str(ipaddress.ip_address(gw_ip))
+    if _ip_version(my_ip) != _ip_version(gw_ip) and isinstance(me, Node):
+        # A dual-stack node reaches an IPv6-only gateway through its own IPv6 InternalIP.
+        my_ip = next((str(ipaddress.ip_address(ip)) for ip in me.internal_ips
+                      if _is_ip(ip) and _ip_version(ip) == _ip_version(gw_ip)), my_ip)
+    if _ip_version(my_ip) != _ip_version(gw_ip):
+        # One VXLAN device has one underlay family: it cannot reach a VTEP of the other one.
+        notes.append(f"Gateway {pool.name}: node {name} has an IPv{_ip_version(my_ip)} underlay "
+                     f"address ({my_ip}) and the active gateway {gw_name} an "
+                     f"IPv{_ip_version(gw_ip)} one ({gw_ip}); VXLAN cannot join them; give the "
+                     "pool's nodes InternalIPs of one family. No overlay state")
+        return _alone(name, pool.name, notes)
     if pool.standby:
         notes.append(f"Gateway {pool.name}: {', '.join(pool.standby)} are standby endpoints; "
                      f"{gw_name} carries the traffic")
-
-    # Local subnets: the pool's (plus my own podCIDRs); never routed into a tunnel.
     local = set(pool.subnets)
     if isinstance(me, Node):
         local.update(c for s in me.pod_cidrs if (c := _cidr(s)))
-    local_set = _RangeSet(local)
+    return _Me(name, pool, my_ip, gw_name, gw_ip, tuple(sorted(local)))
 
-    # Remote pools and the subnets each one owns (exact duplicates: first pool by name wins).
+
+def _remote_subnets(pools: Sequence[_Pool], me: _Me, notes: list[str]) -> dict[str, list[str]]:
+    """Remote pools and the subnets each one owns (exact duplicates: first pool by name wins)."""
+    local_set = _RangeSet(me.local)
     owner: dict[str, str] = {}
-    remote_subnets: dict[str, list[str]] = {}
-    reachable = [p for p in pools if p.name != pool.name]
-    for p in reachable:
+    remote: dict[str, list[str]] = {}
+    for p in pools:
+        if p.name == me.pool.name:
+            continue
         if p.active is None:
             if p.subnets:
                 notes.append(f"Gateway {p.name} has no active endpoint: its subnets are not "
@@ -327,7 +495,7 @@ def plan_node(
         kept: list[str] = []
         for c in p.subnets:
             if local_set.overlaps(c):
-                notes.append(f"Gateway {p.name}: subnet {c.text} overlaps pool {pool.name}; "
+                notes.append(f"Gateway {p.name}: subnet {c.text} overlaps pool {me.pool.name}; "
                              "not routed into the tunnel")
             elif c.text in owner:
                 notes.append(f"Gateway {p.name}: subnet {c.text} is already routed to "
@@ -335,81 +503,175 @@ def plan_node(
             else:
                 owner[c.text] = p.name
                 kept.append(c.text)
-        remote_subnets[p.name] = kept
+        remote[p.name] = kept
+    return remote
+
+
+def _by_pool(peers: Sequence[WireGuardPeer],
+             remote: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The routed subnets grouped by the pool that owns them."""
+    owner = {s: name for name, subnets in remote.items() for s in subnets}
+    out: dict[str, list[str]] = {}
+    for peer in peers:
+        for s in peer.allowed_ips:
+            out.setdefault(owner.get(s, peer.pool), []).append(s)
+    return out
+
+
+def plan_node(
+    gateways: Sequence[Gateway], me: Node | str, options: PlanOptions = _DEFAULT_OPTIONS
+) -> NodeState:
+    """The complete desired data-plane state of node `me` (a Node, or a name whose facts then
+    come from Gateway status)."""
+    name = me if isinstance(me, str) else me.name
+    notes: list[str] = []
+    names_seen: set[str] = set()
+    unique: list[Gateway] = []
+    for gw in sorted(gateways, key=lambda g: g.name):
+        if gw.name in names_seen:
+            notes.append(f"Gateway {gw.name} is listed twice; the first copy is used")
+            continue
+        names_seen.add(gw.name)
+        unique.append(gw)
+    pools = [_pool(gw) for gw in unique]
+    found = _locate(pools, name, me, notes)
+    if isinstance(found, NodeState):
+        return found
+    pool = found.pool
 
     collisions = vtep_collisions((m.node_name, m.private_ip) for m in pool.members
                                  if _is_ip(m.private_ip))
     notes.extend(f"Gateway {pool.name}: {c}" for c in collisions)
 
-    # The pool's tunnel peers decide what is reachable; members route exactly the same subnets
-    # to their gateway as the gateway routes into the tunnel.
-    peers = _peers(pool, pools, remote_subnets, options, notes)
+    # Families: the gateway routes into the tunnel the families its pool carries (a relay also
+    # those it forwards wg->wg for others); a member routes the part of that which it can also
+    # send to the gateway's VTEP. Members compute the gateway's view first, so they never send
+    # the gateway a subnet it would drop.
+    vxlan_mtu = options.vxlan_mtu - (IPV6_OUTER_EXTRA if _ip_version(found.ip) == 6 else 0)
+    # From status.nodes only, which the gateway and every member read alike (a Node's own
+    # podCIDRs not yet listed there would make a member route what its gateway drops).
+    pod_blocks = _pod_blocks(pool, {_version(c.text) for c in pool.subnets} or {4})
+    mtu_blocks = _mtu_blocks(min(vxlan_mtu, options.tunnel_mtu))
+    pool_blocks = {**pod_blocks, **mtu_blocks}
+    relay = relay_for(pools)
+    forwardable = set(pod_blocks) - set(mtu_blocks)
+    remote, gw_blocks = _gateway_subnets(pools, relay, found, pool_blocks, forwardable, notes)
+    peers = _peers(pool, pools, relay, remote, options, notes)
     routed = sorted(s for peer in peers for s in peer.allowed_ips)
-    unreachable = sum(len(v) for v in remote_subnets.values()) - len(routed)
+    unreachable = sum(len(v) for v in remote.values()) - len(routed)
     if unreachable:
         notes.append(f"{unreachable} remote subnet(s) have no tunnel peer and are not routed")
-    families = _families(routed)
-    my_vtep, my_mac = vtep_for(my_ip)
-    vxlan = VxlanDevice(
+    if found.is_gateway:
+        return _gateway_plan(found, peers, routed, vxlan_mtu, options, notes)
+    member_blocks = {**pool_blocks, **_vtep_blocks(name, found.ip, found.gw_name, found.gw_ip)}
+    member_blocks = {f: r for f, r in member_blocks.items() if f not in gw_blocks}
+    if member_blocks:
+        kept = _withhold(_by_pool(peers, remote), member_blocks, notes, f"on node {name}")
+        routed = sorted(s for subnets in kept.values() for s in subnets)
+    return _member_plan(found, routed, vxlan_mtu, options, notes)
+
+
+def _vxlan(me: _Me, routed: Sequence[str], mtu: int, options: PlanOptions) -> VxlanDevice:
+    vtep, mac = vtep_for(me.ip)
+    # The IPv6 VTEP only when IPv6 is routed: an IPv4-only node never needs IPv6 on raven0
+    # (which fails on hosts with IPv6 disabled).
+    vtep6 = vtep6_for(me.ip) if _routes_ipv6(routed) else None
+    return VxlanDevice(
         name=options.vxlan_device, vni=options.vxlan_vni, port=options.vxlan_port,
-        local_ip=my_ip, vtep_ip=my_vtep, vtep_prefixlen=VTEP_PREFIXLEN, mac=my_mac,
-        mtu=options.vxlan_mtu,
+        local_ip=me.ip, vtep_ip=vtep, vtep_prefixlen=VTEP_PREFIXLEN, mac=mac, mtu=mtu,
+        vtep_ip6=vtep6, vtep6_prefixlen=VTEP6_PREFIXLEN,
     )
-    firewall = Firewall(
+
+
+def _firewall(me: _Me, routed: Sequence[str], options: PlanOptions) -> Firewall:
+    return Firewall(
         table=options.nft_table, mark=options.fwmark, mark_mask=options.fwmark,
-        local_subnets=tuple(sorted({c.text for c in local})), remote_subnets=tuple(routed),
+        local_subnets=tuple(sorted({c.text for c in me.local})), remote_subnets=tuple(routed),
     )
 
-    if name != gw_name:
-        gw_vtep, gw_mac = vtep_for(gw_ip)
-        routes = _routes(routed, options.vxlan_table, options.vxlan_device, gw_vtep,
-                         options.tunnel_mtu)
-        rules = tuple(Rule(options.rule_priority, options.vxlan_table, options.fwmark,
-                           options.fwmark, family) for family in families)
-        notes.append(f"node {name} is a member of {pool.name}: cross-pool traffic goes over "
-                     f"{options.vxlan_device} to the active gateway {gw_name} ({gw_ip}); "
-                     f"{len(routed)} remote subnet(s)")
-        return NodeState(
-            node=name, role=Role.MEMBER, pool=pool.name, vxlan=vxlan,
-            fdb=(FdbEntry(mac=gw_mac, dst=gw_ip),),
-            neighbours=(NeighEntry(ip=gw_vtep, mac=gw_mac),),
-            routes=routes, rules=rules, firewall=firewall,
-            sysctls=tuple(sorted([(f"net.ipv4.conf.{options.vxlan_device}.rp_filter", "2"),
-                                  ("net.ipv4.ip_forward", "1")])),
-            notes=tuple(notes),
-        )
 
-    # I am the active gateway of my pool.
+def _sysctls(routed: Sequence[str], extra: Iterable[tuple[str, str]]) -> tuple[tuple[str, str],
+                                                                               ...]:
+    out = {("net.ipv4.ip_forward", "1"), *extra}
+    if _routes_ipv6(routed):
+        out.add(("net.ipv6.conf.all.forwarding", "1"))
+    return tuple(sorted(out))
+
+
+def _member_plan(me: _Me, routed: list[str], vxlan_mtu: int, options: PlanOptions,
+                 notes: list[str]) -> NodeState:
+    vxlan = _vxlan(me, routed, vxlan_mtu, options)
+    gw_vtep, gw_mac = vtep_for(me.gw_ip)
+    gw_vteps = {4: gw_vtep, 6: vtep6_for(me.gw_ip)}
+    # Each family via the gateway's VTEP of that family: Linux cannot route an IPv6 subnet
+    # through an IPv4 next hop.
+    routes = _routes(routed if not vxlan.vtep_ip6 else [s for s in routed if _version(s) == 4],
+                     options.vxlan_table, options.vxlan_device, gw_vteps[4], options.tunnel_mtu)
+    if vxlan.vtep_ip6:
+        routes = tuple(sorted(
+            routes + _routes([s for s in routed if _version(s) == 6], options.vxlan_table,
+                             options.vxlan_device, gw_vteps[6], options.tunnel_mtu),
+            key=attrgetter("dst")))
+    # A neighbour for each VTEP family the device has.
+    neighbours = tuple(sorted(NeighEntry(ip=gw_vteps[f], mac=gw_mac)
+                              for f in ([4, 6] if vxlan.vtep_ip6 else [4])))
+    notes.append(f"node {me.name} is a member of {me.pool.name}: cross-pool traffic goes over "
+                 f"{options.vxlan_device} to the active gateway {me.gw_name} ({me.gw_ip}); "
+                 f"{len(routed)} remote subnet(s)")
+    return NodeState(
+        node=me.name, role=Role.MEMBER, pool=me.pool.name, vxlan=vxlan,
+        fdb=(FdbEntry(mac=gw_mac, dst=me.gw_ip),),
+        neighbours=neighbours,
+        routes=routes,
+        rules=tuple(Rule(options.rule_priority, options.vxlan_table, options.fwmark,
+                         options.fwmark, family) for family in _families(routed)),
+        firewall=_firewall(me, routed, options),
+        sysctls=_sysctls(routed, [(f"net.ipv4.conf.{options.vxlan_device}.rp_filter", "2")]),
+        notes=tuple(notes),
+    )
+
+
+def _gateway_plan(me: _Me, peers: tuple[WireGuardPeer, ...], routed: list[str], vxlan_mtu: int,
+                  options: PlanOptions, notes: list[str]) -> NodeState:
+    vxlan = _vxlan(me, routed, vxlan_mtu, options)
+    my_family = _ip_version(me.ip)
     fdb: list[FdbEntry] = []
     neighbours: list[NeighEntry] = []
-    for m in pool.members:
-        if m.node_name == name or not _is_ip(m.private_ip):
+    for m in me.pool.members:
+        if m.node_name == me.name or not _is_ip(m.private_ip):
             continue
-        vtep, mac = vtep_for(m.private_ip)
-        fdb.append(FdbEntry(mac=mac, dst=m.private_ip))
+        ip = str(ipaddress.ip_address(m.private_ip))
+        if _ip_version(ip) != my_family:
+            notes.append(f"Gateway {me.pool.name}: member {m.node_name} has an "
+                         f"IPv{_ip_version(ip)} underlay address ({ip}) and this gateway an "
+                         f"IPv{my_family} one; VXLAN cannot reach it; give the pool's nodes "
+                         "InternalIPs of one family")
+            continue
+        vtep, mac = vtep_for(ip)
+        fdb.append(FdbEntry(mac=mac, dst=ip))
         neighbours.append(NeighEntry(ip=vtep, mac=mac))
+        if vxlan.vtep_ip6:
+            neighbours.append(NeighEntry(ip=vtep6_for(ip), mac=mac))
     wg_routes = _routes(routed, options.wireguard_table, options.wireguard_device)
-    notes.append(f"node {name} is the active gateway of {pool.name}: {len(peers)} WireGuard "
-                 f"peer(s), {len(wg_routes)} remote subnet(s)")
-    sysctls = sorted([
-        ("net.ipv4.ip_forward", "1"),
-        (f"net.ipv4.conf.{options.vxlan_device}.rp_filter", "2"),
-        # 0, not loose: the WireGuard device has no address, and the kernel's source validation
-        # drops every packet arriving on an address-less device when rp_filter is 1 or 2.
-        (f"net.ipv4.conf.{options.wireguard_device}.rp_filter", "0"),
-    ])
+    notes.append(f"node {me.name} is the active gateway of {me.pool.name}: {len(peers)} "
+                 f"WireGuard peer(s), {len(wg_routes)} remote subnet(s)")
     return NodeState(
-        node=name, role=Role.ACTIVE_GATEWAY, pool=pool.name, vxlan=vxlan,
+        node=me.name, role=Role.ACTIVE_GATEWAY, pool=me.pool.name, vxlan=vxlan,
         fdb=tuple(sorted(fdb)), neighbours=tuple(sorted(neighbours)),
         routes=wg_routes,
         rules=tuple(Rule(options.rule_priority, options.wireguard_table, options.fwmark,
-                         options.fwmark, family) for family in families),
+                         options.fwmark, family) for family in _families(routed)),
         wireguard=WireGuardDevice(
             name=options.wireguard_device, listen_port=options.wireguard_port,
             mtu=options.tunnel_mtu, peers=peers,
         ),
-        firewall=firewall,
-        sysctls=tuple(sorted(sysctls)),
+        firewall=_firewall(me, routed, options),
+        sysctls=_sysctls(routed, [
+            (f"net.ipv4.conf.{options.vxlan_device}.rp_filter", "2"),
+            # 0, not loose: the WireGuard device has no address, and the kernel's source
+            # validation drops every packet arriving on an address-less device under 1 or 2.
+            (f"net.ipv4.conf.{options.wireguard_device}.rp_filter", "0"),
+        ]),
         notes=tuple(notes),
     )
 
@@ -436,6 +698,13 @@ def _routes(dsts: Iterable[str], table: int, dev: str, gateway: str | None = Non
 
 
 @lru_cache(maxsize=65536)
+def _dial_host(address: str) -> str:
+    """A valid address in canonical form, an IPv6 one in brackets."""
+    ip = ipaddress.ip_address(address)
+    return f"[{ip}]" if ip.version == 6 else str(ip)
+
+
+@lru_cache(maxsize=65536)
 def _is_ip(text: str) -> bool:
     """A bare IP address (not a CIDR, not empty): usable as a VXLAN underlay address."""
     try:
@@ -447,12 +716,13 @@ def _is_ip(text: str) -> bool:
 
 def _families(subnets: Iterable[str]) -> list[int]:
     """IP families needing a policy rule: always 4, plus 6 when an IPv6 subnet is routed."""
-    return sorted({c.version for s in subnets if (c := _cidr(s)) is not None} | {4})
+    return sorted(_families_in(subnets) | {4})  # canonical CIDRs: a colon means IPv6
 
 
 def _peers(
     pool: _Pool,
     pools: Sequence[_Pool],
+    relay: _Pool | None,
     remote_subnets: dict[str, list[str]],
     options: PlanOptions,
     notes: list[str],
@@ -461,7 +731,6 @@ def _peers(
     assert pool.active is not None
     we_dialable = pool.dial_address is not None
     keepalive = options.keepalive if pool.active.under_nat else 0
-    relay = relay_for(pools)
     direct: dict[str, tuple[_Pool, list[str], list[str]]] = {}  # name -> (pool, subnets, via)
     relayed: list[tuple[_Pool, list[str]]] = []
     for p in pools:

@@ -11,6 +11,10 @@ Rules kept (Kubernetes API conventions):
   namespace deletes what it contains; default, kube-system and kube-public cannot be deleted.
 - Gateways are stored at v1beta1, validated with raven.model.gateway_problems (422 Invalid) and
   converted with raven.model.convert_gateway for v1alpha1 clients.
+- Every write is checked completely before anything is stored, and stores nothing when refused:
+  metadata and built-in field types (raven.apiserver.objects), names by the rule of their kind,
+  CRDs as kube-apiserver validates them (raven.apiserver.crd); a body of any shape gets 400/422,
+  never 500. A refused namespace delete keeps the namespace's contents.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from raven import model
+from raven.apiserver.crd import crd_problems
+from raven.apiserver.objects import kind_problems, metadata_problems, name_problem
 from raven.apiserver.patch import apply_patch
 from raven.apiserver.resources import Registry, ResourceType
 from raven.apiserver.status import (
@@ -44,30 +50,11 @@ BOOTSTRAP_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-leas
 UNDELETABLE_NAMESPACES = ("default", "kube-system", "kube-public")
 STALE = "the object has been modified; please apply your changes to the latest version and try again"  # noqa: E501
 
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _GENERATE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 
 
 def now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _name_problem(rtype: ResourceType, name: str) -> str | None:
-    if rtype.group == "rbac.authorization.k8s.io":
-        if name in (".", "..") or "/" in name or "%" in name:
-            return "may not be '.' or '..' and may not contain '/' or '%'"
-        return None
-    if rtype.kind == "Namespace":
-        if len(name) > 63 or not _LABEL.match(name):
-            return ("a lowercase RFC 1123 label must consist of lower case alphanumeric "
-                    "characters or '-', and must start and end with an alphanumeric character "
-                    "(at most 63 characters)")
-        return None
-    if len(name) > 253 or not _SUBDOMAIN.match(name):
-        return ("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric "
-                "characters, '-' or '.', and must start and end with an alphanumeric character")
-    return None
 
 
 def _spec_part(obj: dict[str, Any]) -> dict[str, Any]:
@@ -155,6 +142,11 @@ class ResourceApi:
             metadata = body["metadata"] = {}
         if not isinstance(metadata, dict):
             raise bad_request(f"{rtype.kind}.metadata must be an object")
+        problems = metadata_problems(metadata)
+        if problems:
+            name = metadata.get("name")
+            raise invalid(rtype.group, rtype.kind, name if isinstance(name, str) else "",
+                          problems)
         if rtype.namespaced:
             given = metadata.get("namespace")
             if given and given != namespace:
@@ -165,14 +157,6 @@ class ResourceApi:
             metadata["namespace"] = namespace
         else:
             metadata.pop("namespace", None)
-        for key in ("labels", "annotations"):
-            value = metadata.get(key)
-            if value is not None and (
-                not isinstance(value, dict)
-                or not all(isinstance(v, str) for v in value.values())
-            ):
-                raise invalid(rtype.group, rtype.kind, str(metadata.get("name", "")),
-                              [(f"metadata.{key}", "must be a map of strings to strings")])
         problems = _label_problems(metadata.get("labels") or {}, metadata.get("annotations") or {})
         if problems:
             raise invalid(rtype.group, rtype.kind, str(metadata.get("name", "")), problems)
@@ -183,6 +167,14 @@ class ResourceApi:
         if rtype.namespaced and self.store.get(NAMESPACES, "", namespace or "") is None:
             raise not_found("", "namespaces", namespace or "")
 
+    def _check_input(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
+        """Field types, before defaults read them: 422 naming the field, never a 500."""
+        problems = kind_problems(rtype.group, rtype.kind, obj)
+        if rtype.storage_key == CRDS:
+            problems += crd_problems(obj)
+        if problems:
+            raise invalid(rtype.group, rtype.kind, _name(obj), problems)
+
     def _validate(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
         name = _name(obj)
         if rtype.is_gateway:
@@ -190,16 +182,9 @@ class ResourceApi:
             if problems:
                 raise invalid(rtype.group, rtype.kind, name, _causes(problems))
         if rtype.storage_key == CRDS:
-            spec = obj.get("spec") or {}
-            names = spec.get("names") or {}
-            expected = f"{names.get('plural', '')}.{spec.get('group', '')}"
-            if name != expected:
-                raise invalid(rtype.group, rtype.kind, name, [
-                    ("metadata.name", f'must be spec.names.plural+"."+spec.group ({expected})')
-                ])
-            if not isinstance(spec.get("versions"), list) or not spec["versions"]:
-                raise invalid(rtype.group, rtype.kind, name,
-                              [("spec.versions", "must have at least one version")])
+            problems = crd_problems(obj) or self.registry.serving_problems(obj)
+            if problems:
+                raise invalid(rtype.group, rtype.kind, name, problems)
 
     def _defaults(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
         if rtype.storage_key == NAMESPACES:
@@ -253,9 +238,9 @@ class ResourceApi:
                 ])
             name = prefix + "".join(secrets.choice(_GENERATE_ALPHABET) for _ in range(5))
             metadata["name"] = name
-        if not isinstance(name, str) or (problem := _name_problem(rtype, name)):
-            raise invalid(rtype.group, rtype.kind, str(name), [
-                ("metadata.name", f"Invalid value: {name!r}: {problem or 'must be a string'}")
+        if problem := name_problem(rtype.group, rtype.kind, name):
+            raise invalid(rtype.group, rtype.kind, name, [
+                ("metadata.name", f"Invalid value: {name!r}: {problem}")
             ])
         metadata["uid"] = str(uuid.uuid4())
         metadata["creationTimestamp"] = now_rfc3339()
@@ -268,6 +253,7 @@ class ResourceApi:
         if rtype.has_status and not rtype.status_on_create:
             obj.pop("status", None)
         obj = self.to_storage(rtype, obj)
+        self._check_input(rtype, obj)
         self._defaults(rtype, obj)
         self._validate(rtype, obj)
 
@@ -324,8 +310,10 @@ class ResourceApi:
                 result["status"] = new["status"]
             else:
                 result.pop("status", None)
+            self._check_input(rtype, result)
         else:
             result = new
+            self._check_input(rtype, result)
             meta, old_meta = result["metadata"], current["metadata"]
             for key in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
                 if key in old_meta:
@@ -379,6 +367,7 @@ class ResourceApi:
         self, rtype: ResourceType, namespace: str | None, name: str,
         options: dict[str, Any] | None = None, dry_run: bool = False,
     ) -> dict[str, Any]:
+        dry_run = delete_options_dry_run(options or {}) or dry_run
         preconditions = (options or {}).get("preconditions") or {}
         if rtype.storage_key == NAMESPACES and name in UNDELETABLE_NAMESPACES:
             raise forbidden("", "namespaces", name, "this namespace may not be deleted")
@@ -404,6 +393,8 @@ class ResourceApi:
             return self.to_version(rtype, last)
         with self._write_lock():
             if rtype.storage_key == NAMESPACES and self.store.get(NAMESPACES, "", name):
+                # Preconditions first: a refused delete must not have emptied the namespace.
+                self.store.mutate(NAMESPACES, "", name, change, dry_run=True)
                 self._delete_namespace_contents(name)
             old, last = self.store.mutate(rtype.storage_key, namespace or "", name, change)
             if rtype.storage_key == CRDS and old is not None:
@@ -443,16 +434,67 @@ class ResourceApi:
             self.registry.set_crds(s.obj for s in self.store.list(CRDS)[0])
 
 
+def delete_options_dry_run(options: dict[str, Any]) -> bool:
+    """Whether DeleteOptions ask for a dry run; 400 for fields of the wrong type (as decoding
+    fails in kube-apiserver), 422 for an unsupported dryRun value."""
+    if not isinstance(options, dict):
+        raise bad_request("DeleteOptions must be a JSON object")
+    dry_run = options.get("dryRun")
+    if dry_run is not None and (not isinstance(dry_run, list)
+                                or not all(isinstance(v, str) for v in dry_run)):
+        raise bad_request(f'DeleteOptions.dryRun must be a list of strings such as ["All"], '
+                          f"not {dry_run!r}")
+    if any(v != "All" for v in dry_run or []):
+        raise invalid("meta.k8s.io", "DeleteOptions", "", [
+            ("dryRun", f'Unsupported value: {dry_run!r}: supported values: "All"')])
+    preconditions = options.get("preconditions")
+    if preconditions is not None:
+        if not isinstance(preconditions, dict):
+            raise bad_request("DeleteOptions.preconditions must be an object with uid and/or "
+                              f"resourceVersion, not {preconditions!r}")
+        for key in ("uid", "resourceVersion"):
+            value = preconditions.get(key)
+            if value is not None and not isinstance(value, str):
+                raise bad_request(f"DeleteOptions.preconditions.{key} must be a string, "
+                                  f"not {value!r}")
+    for key in ("gracePeriodSeconds",):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise bad_request(f"DeleteOptions.{key} must be an integer, not {value!r}")
+    policy = options.get("propagationPolicy")
+    if policy is not None and not isinstance(policy, str):
+        raise bad_request(f"DeleteOptions.propagationPolicy must be a string, not {policy!r}")
+    return bool(dry_run)
+
+
+def parse_continue_token(token: str) -> tuple[str, str, int]:
+    """(namespace, name, resourceVersion) of a continue token this server issued; 400 for
+    anything else (a token from another server, truncated or edited)."""
+    import base64
+    import json
+
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(token.encode()).decode())
+    except (ValueError, TypeError) as exc:
+        raise bad_request("the continue token is not valid; start the list again") from exc
+    if (not isinstance(decoded, list) or len(decoded) != 3
+            or not all(isinstance(part, str) for part in decoded)
+            or not re.fullmatch(r"[0-9]{1,19}", decoded[2])):
+        raise bad_request("the continue token is not valid; start the list again")
+    return decoded[0], decoded[1], int(decoded[2])
+
+
 _QUALIFIED = re.compile(
-    r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+    r"([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?"
 )
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# fullmatch, not match with "$": "$" also matches before a trailing newline.
+_LABEL_VALUE = re.compile(r"(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?")
 
 
 def _qualified_name_ok(key: str) -> bool:
     prefix, _, name = key.rpartition("/")
-    return bool(_QUALIFIED.match(key)) and len(name) <= 63 and len(prefix) <= 253
+    return bool(_QUALIFIED.fullmatch(key)) and len(name) <= 63 and len(prefix) <= 253
 
 
 def _label_problems(labels: dict[str, str], annotations: dict[str, str]) -> list[tuple[str, str]]:
@@ -464,7 +506,7 @@ def _label_problems(labels: dict[str, str], annotations: dict[str, str]) -> list
             problems.append((f"metadata.labels: Invalid value: {key!r}",
                              "a label key must be an optional DNS prefix and '/' plus a name of "
                              "at most 63 alphanumerics, '-', '_' or '.'"))
-        if len(value) > 63 or not _LABEL_VALUE.match(value):
+        if len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
             problems.append((f"metadata.labels: Invalid value: {value!r}",
                              "a label value must be at most 63 alphanumerics, '-', '_' or '.', "
                              "starting and ending with an alphanumeric (or empty)"))

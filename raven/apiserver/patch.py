@@ -5,6 +5,11 @@ serve (containers, env, volumes, ports, volumeMounts, conditions, ...: merged by
 and understands the directives kubectl sends ($patch, $setElementOrder, $retainKeys,
 $deleteFromPrimitiveList). Every other list is replaced, every map is merged: for custom resources
 kube-apiserver refuses strategic merge, for our built-ins this is what their Go types declare.
+
+Rules kept: a patch of any shape gets an answer, never a crash. Wrong types in a patch (a JSON
+patch path that is not a string, a directive whose value is not the list or string the
+directive needs) are 400 BadRequest naming the operation or directive; a patch that is well
+formed but does not apply (a path that does not exist, a failed test) is 422 Invalid.
 """
 
 from __future__ import annotations
@@ -35,7 +40,10 @@ def merge_patch(target: Any, patch: Any) -> Any:
 # ---------------------------------------------------------------- JSON patch (RFC 6902)
 
 
-def _pointer(path: str) -> list[str]:
+def _pointer(path: Any, field: str = "path") -> list[str]:
+    if not isinstance(path, str):
+        raise bad_request(f"json patch: {field} {path!r} must be a string (a JSON pointer such "
+                          'as "/metadata/labels/app")')
     if path == "":
         return []
     if not path.startswith("/"):
@@ -48,35 +56,35 @@ def _parent(doc: Any, parts: list[str], path: str) -> Any:
     for part in parts[:-1]:
         if isinstance(current, dict) and part in current:
             current = current[part]
-        elif isinstance(current, list) and part.isdigit() and int(part) < len(current):
+        elif isinstance(current, list) and part.isdecimal() and int(part) < len(current):
             current = current[int(part)]
         else:
             raise ApiError(422, "Invalid", f'json patch: path "{path}" does not exist')
     return current
 
 
-def _get(doc: Any, path: str) -> Any:
-    parts = _pointer(path)
+def _get(doc: Any, path: Any, field: str = "path") -> Any:
+    parts = _pointer(path, field)
     if not parts:
         return doc
     parent = _parent(doc, parts, path)
     last = parts[-1]
     if isinstance(parent, dict) and last in parent:
         return parent[last]
-    if isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
+    if isinstance(parent, list) and last.isdecimal() and int(last) < len(parent):
         return parent[int(last)]
     raise ApiError(422, "Invalid", f'json patch: path "{path}" does not exist')
 
 
-def _remove(doc: Any, path: str) -> Any:
-    parts = _pointer(path)
+def _remove(doc: Any, path: Any, field: str = "path") -> Any:
+    parts = _pointer(path, field)
     if not parts:
         raise bad_request("json patch: cannot remove the whole document")
     parent = _parent(doc, parts, path)
     last = parts[-1]
     if isinstance(parent, dict) and last in parent:
         return parent.pop(last)
-    if isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
+    if isinstance(parent, list) and last.isdecimal() and int(last) < len(parent):
         return parent.pop(int(last))
     raise ApiError(422, "Invalid", f'json patch: cannot remove "{path}": it does not exist')
 
@@ -94,7 +102,7 @@ def _add(doc: Any, path: str, value: Any, replace: bool = False) -> Any:
     elif isinstance(parent, list):
         if last == "-" and not replace:
             parent.append(value)
-        elif last.isdigit() and int(last) <= len(parent) - (1 if replace else 0):
+        elif last.isdecimal() and int(last) <= len(parent) - (1 if replace else 0):
             if replace:
                 parent[int(last)] = value
             else:
@@ -121,15 +129,18 @@ def json_patch(target: Any, operations: Any) -> Any:
         elif kind == "replace":
             doc = _add(doc, path, copy.deepcopy(op.get("value")), replace=True)
         elif kind == "move":
-            value = _remove(doc, op.get("from", ""))
+            _pointer(path)
+            value = _remove(doc, op.get("from", ""), "from")
             doc = _add(doc, path, value)
         elif kind == "copy":
-            doc = _add(doc, path, copy.deepcopy(_get(doc, op.get("from", ""))))
+            _pointer(path)
+            doc = _add(doc, path, copy.deepcopy(_get(doc, op.get("from", ""), "from")))
         elif kind == "test":
             if _get(doc, path) != op.get("value"):
                 raise ApiError(422, "Invalid", f'json patch: test failed at "{path}"')
         else:
-            raise bad_request(f"json patch: unknown operation {kind!r}")
+            raise bad_request(f"json patch: unknown operation {kind!r}; use add, remove, "
+                              "replace, move, copy or test")
     return doc
 
 
@@ -179,7 +190,11 @@ def _merge_list(field: str, original: list[Any], patch: list[Any], order: list[A
             if not isinstance(item, dict):
                 continue
             directive = item.get("$patch")
-            index = next((n for n, e in enumerate(merged) if e.get(key) == item.get(key)), None)
+            if directive is not None and directive not in ("replace", "delete", "merge"):
+                raise bad_request(f"strategic merge patch: $patch {directive!r} in {field} is "
+                                  'not supported; use "replace", "delete" or "merge"')
+            index = next((n for n, e in enumerate(merged)
+                          if isinstance(e, dict) and e.get(key) == item.get(key)), None)
             if directive == "delete":
                 if index is not None:
                     merged.pop(index)
@@ -204,9 +219,30 @@ def _merge_list(field: str, original: list[Any], patch: list[Any], order: list[A
     return merged
 
 
+def _directive_problem(patch: dict[str, Any]) -> str | None:
+    """Why the directives of this patch map have the wrong types (None: they are fine)."""
+    directive = patch.get("$patch")
+    if directive is not None and directive not in ("replace", "delete", "merge"):
+        return (f"$patch {directive!r} is not supported; use \"replace\", \"delete\" or "
+                "\"merge\"")
+    retain = patch.get("$retainKeys")
+    if retain is not None and (not isinstance(retain, list)
+                               or not all(isinstance(k, str) for k in retain)):
+        return f"$retainKeys must be a list of field names, not {retain!r}"
+    for key, value in patch.items():
+        if key.startswith("$setElementOrder/") and not isinstance(value, list):
+            return f"{key} must be a list, not {value!r}"
+        if key.startswith("$deleteFromPrimitiveList/") and not isinstance(value, list):
+            return f"{key} must be a list, not {value!r}"
+    return None
+
+
 def strategic_merge(original: Any, patch: Any) -> Any:
     if not isinstance(patch, dict):
         return copy.deepcopy(patch)
+    problem = _directive_problem(patch)
+    if problem:
+        raise bad_request(f"strategic merge patch: {problem}")
     directive = patch.get("$patch")
     if directive == "replace":
         return {k: copy.deepcopy(v) for k, v in patch.items() if k != "$patch"}
@@ -217,14 +253,14 @@ def strategic_merge(original: Any, patch: Any) -> Any:
     orders: dict[str, list[Any]] = {}
     for key, value in patch.items():
         if key.startswith("$setElementOrder/"):
-            orders[key.split("/", 1)[1]] = list(value or [])
+            orders[key.split("/", 1)[1]] = list(value)
     for key, value in patch.items():
         if key in ("$patch", "$retainKeys") or key.startswith("$setElementOrder/"):
             continue
         if key.startswith("$deleteFromPrimitiveList/"):
             field = key.split("/", 1)[1]
             if isinstance(result.get(field), list):
-                result[field] = [v for v in result[field] if v not in (value or [])]
+                result[field] = [v for v in result[field] if v not in value]
             continue
         if value is None:
             result.pop(key, None)

@@ -6,18 +6,24 @@ Rules kept:
 - Gateways (raven.openyurt.io) are always served, v1beta1 stored, v1alpha1 through conversion;
   a stored Gateway CRD only contributes its printer columns, short names and categories.
 - Other CRDs are served as generic stored objects as soon as they are stored.
+- A stored CRD this server cannot serve (written by an older version, or edited on disk) is
+  reported in the log and skipped: it never stops the server from starting or other CRDs from
+  being served. New CRDs are validated (raven.apiserver.crd) before they are stored.
 - Types other than the ones needed by Raven (apps, RBAC, service accounts) are generic stored
   objects: no controllers act on them.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from raven.constants import API_GROUP, API_VERSION, API_VERSION_ALPHA, GATEWAY_KIND, GATEWAY_PLURAL
+
+log = logging.getLogger("raven.apiserver")
 
 ALL_VERBS = ("create", "delete", "deletecollection", "get", "list", "patch", "update", "watch")
 STATUS_VERBS = ("get", "patch", "update")
@@ -129,7 +135,16 @@ def _deprecation(group: str, kind: str, version: dict[str, Any]) -> str:
                or f"{group}/{version.get('name')} {kind} is deprecated")
 
 
+def _strings(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
 def _types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
+    """Served types of one CRD; TypeError/ValueError when a field has the wrong type."""
     spec = crd.get("spec") or {}
     names = spec.get("names") or {}
     group = spec.get("group") or ""
@@ -137,6 +152,10 @@ def _types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
     kind = names.get("kind") or ""
     if not group or not plural or not kind:
         return []
+    for what, value in (("group", group), ("plural", plural), ("kind", kind),
+                         ("singular", names.get("singular") or kind)):
+        if not isinstance(value, str):
+            raise TypeError(f"spec.names.{what} must be a string, got {value!r}")
     versions = [v for v in spec.get("versions") or [] if isinstance(v, dict)]
     storage = next((v.get("name") for v in versions if v.get("storage")), None)
     if storage is None and versions:
@@ -150,16 +169,24 @@ def _types_from_crd(crd: dict[str, Any]) -> list[ResourceType]:
                 group=group, version=str(ver["name"]), plural=plural, kind=kind,
                 namespaced=spec.get("scope", "Namespaced") == "Namespaced",
                 singular=names.get("singular") or kind.lower(),
-                short_names=tuple(names.get("shortNames") or ()),
-                categories=tuple(names.get("categories") or ()),
+                short_names=_strings(names.get("shortNames")),
+                categories=_strings(names.get("categories")),
                 storage_version=str(storage or ver["name"]),
                 has_status="status" in (ver.get("subresources") or {}),
                 tracks_generation=True, custom=True,
-                printer_columns=tuple(ver.get("additionalPrinterColumns") or ()),
+                printer_columns=_columns(ver.get("additionalPrinterColumns")),
                 deprecation_warning=_deprecation(group, kind, ver),
             )
         )
     return out
+
+
+def _columns(value: Any) -> tuple[dict[str, Any], ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(c, dict) for c in value):
+        raise TypeError(f"additionalPrinterColumns must be a list of objects, got {value!r}")
+    return tuple(value)
 
 
 @dataclass
@@ -172,10 +199,26 @@ class Registry:
     def __post_init__(self) -> None:
         self.set_crds([])
 
+    @staticmethod
+    def serving_problems(crd: dict[str, Any]) -> list[tuple[str, str]]:
+        """Why this (already validated) CRD cannot be served; empty when it can."""
+        try:
+            _types_from_crd(crd)
+        except (TypeError, ValueError, AttributeError) as exc:
+            return [("spec", f"cannot be served: {exc}")]
+        return []
+
     def set_crds(self, crds: Iterable[dict[str, Any]]) -> None:
         types = {(t.group, t.version, t.plural): t for t in BUILTIN_TYPES}
         for crd in crds:
-            for crd_type in _types_from_crd(crd):
+            try:
+                crd_types = _types_from_crd(crd)
+            except (TypeError, ValueError, AttributeError) as exc:
+                name = (crd.get("metadata") or {}).get("name") if isinstance(crd, dict) else None
+                log.error("skipping CustomResourceDefinition %r: it cannot be served (%s); "
+                          "fix or delete it (kubectl edit/delete crd %s)", name, exc, name)
+                continue
+            for crd_type in crd_types:
                 key = (crd_type.group, crd_type.version, crd_type.plural)
                 builtin = types.get(key)
                 if builtin is not None and builtin.is_gateway:

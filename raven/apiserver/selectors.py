@@ -100,7 +100,7 @@ def parse_label_selector(selector: str | None) -> list[Requirement]:
             key, op, value = match["key"], match["op"], match["value"]
             _check_key(selector, key)
             if op in (">", "<"):
-                if not value.isdigit():
+                if not value.isdecimal():
                     raise bad_request(f'unable to parse requirement: for "{op}" operator the value must be an integer in selector "{selector}"')  # noqa: E501
                 requirements.append(Requirement(key, "gt" if op == ">" else "lt", (value,)))
             else:

@@ -19,12 +19,14 @@ from types import FrameType
 
 from raven.apiserver import security
 from raven.apiserver.api import ResourceApi
+from raven.apiserver.connections import ApiServerHTTP
+from raven.apiserver.context import ServerContext
+from raven.apiserver.errors import ApiServerError
 from raven.apiserver.fanout import WatchFanout
-from raven.apiserver.handler import ApiServerHTTP
+from raven.apiserver.handler import RequestHandler
 from raven.apiserver.resources import Registry
 from raven.apiserver.settings import ApiServerSettings
 from raven.apiserver.store import Store
-from raven.errors import CommandError
 
 log = logging.getLogger("raven.apiserver")
 
@@ -58,7 +60,7 @@ class ApiServer:
 
     def __init__(self, settings: ApiServerSettings) -> None:
         if settings.plain_http and not is_loopback(settings.host):
-            raise CommandError(
+            raise ApiServerError(
                 f"--plain-http serves without TLS and is only allowed on loopback; "
                 f"{settings.host} is not a loopback address (use 127.0.0.1 or drop --plain-http)"
             )
@@ -67,7 +69,7 @@ class ApiServer:
         try:
             data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
-            raise CommandError(f"cannot create the data directory {data_dir}: {exc}") from exc
+            raise ApiServerError(f"cannot create the data directory {data_dir}: {exc}") from exc
         self.data_dir = data_dir
         self.token = security.load_or_create_token(data_dir)
         self.fanout = WatchFanout(settings.watcher_backlog_bytes)
@@ -97,21 +99,29 @@ class ApiServer:
             context.load_cert_chain(str(cert), str(key))
             context.set_alpn_protocols(["http/1.1"])
         try:
-            self.httpd = ApiServerHTTP((settings.host or "0.0.0.0", settings.port), self, context)
+            self.httpd = ApiServerHTTP((settings.host or "0.0.0.0", settings.port),
+                                       RequestHandler, self._context(), context)
         except OSError as exc:
-            raise CommandError(
+            raise ApiServerError(
                 f"cannot listen on {settings.host}:{settings.port}: {exc.strerror or exc}; "
                 "choose another --listen address or port"
             ) from exc
         self.port = self.httpd.server_address[1]
         scheme = "http" if settings.plain_http else "https"
         self.address = f"{_url_host(host)}:{self.port}"
+        self.httpd.context = self._context()  # now with the bound address
         self.url = f"{scheme}://{self.address}"
         self.kubeconfig = security.write_kubeconfig(
             self.data_dir, self.url, self.token, self.ca_cert
         )
         log.info("serving %s (data in %s, kubeconfig %s)", self.url, self.data_dir,
                  self.kubeconfig)
+
+    def _context(self) -> ServerContext:
+        return ServerContext(settings=self.settings, token=self.token, registry=self.registry,
+                             api=self.api, store=self.store, address=self.address,
+                             is_stopping=lambda: self.stopping,
+                             watch_health=self.fanout.health)
 
     def serve_forever(self) -> None:
         assert self.httpd is not None

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from raven.apiserver.errors import ApiServerError
+
 
 @dataclass(frozen=True)
 class ApiServerSettings:
@@ -27,3 +29,29 @@ class ApiServerSettings:
     default_watch_timeout: tuple[float, float] = field(default=(1800.0, 3600.0))
     # A watcher with this many unsent bytes is disconnected (it re-watches or re-lists).
     watcher_backlog_bytes: int = 64 << 20
+    # A request body (any framing) above this many bytes is answered 413 (kube-apiserver: 3 MiB).
+    max_body_bytes: int = 3 << 20
+    # JSON/YAML bodies nested deeper than this are refused (400) before anything recurses on them.
+    max_body_depth: int = 200
+    # Seconds a client has to send the request line and headers (TLS handshake included).
+    header_timeout: float = 30.0
+    # Seconds a client has to send a whole body once its headers are in.
+    body_timeout: float = 60.0
+    # Seconds a keep-alive connection may wait for its next request before it is closed.
+    # A watch is not idle: while the server streams to it, no timeout applies.
+    idle_timeout: float = 90.0
+    # Seconds a response write may block on a client that does not read.
+    write_timeout: float = 60.0
+    # Connections served at once (one thread each, watches included); more are closed at accept.
+    max_connections: int = 1024
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("max_body_bytes", "max_body_depth", "max_connections"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1 (got {getattr(self, name)})")
+        for name in ("header_timeout", "body_timeout", "idle_timeout", "write_timeout"):
+            if not getattr(self, name) > 0:
+                problems.append(f"{name} must be more than 0 seconds (got {getattr(self, name)})")
+        if problems:
+            raise ApiServerError("API server settings: " + "; ".join(problems))

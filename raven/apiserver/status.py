@@ -104,3 +104,24 @@ def unauthorized() -> ApiError:
 
 def unsupported_media_type(content_type: str) -> ApiError:
     return ApiError(415, "UnsupportedMediaType", f"the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/merge-patch+json, application/strategic-merge-patch+json, application/json-patch+json (got {content_type!r})")  # noqa: E501
+
+
+def too_large_resource_version(wanted: int, current: int, retry_after: int = 1) -> ApiError:
+    """kube-apiserver's answer to a read or watch from a resourceVersion newer than its store:
+    504 Timeout with the ResourceVersionTooLarge cause, which client-go's reflector recognises
+    (IsTooLargeResourceVersion) and answers by relisting from scratch."""
+    return ApiError(
+        504, "Timeout",
+        f"Timeout: Too large resource version: {wanted}, current: {current}",
+        {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+         "retryAfterSeconds": retry_after},
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def watch_error_line(error: ApiError) -> bytes:
+    """One watch stream line carrying `error` as an ERROR event (kube's way to end a watch)."""
+    import json
+
+    status = error.to_status()
+    return json.dumps({"type": "ERROR", "object": status}, separators=(",", ":")).encode() + b"\n"

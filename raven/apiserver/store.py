@@ -9,14 +9,25 @@ Rules kept:
   changing them. The JSON encoding of each object is cached for fast LIST responses.
 - Every write becomes a `WatchEvent` in a bounded in-memory history and in the queue of each
   watcher of that resource. A watch can resume from any resourceVersion still covered by the
-  history (those after `history_floor`); older ones are Expired.
+  history (those after `history_floor`); older ones are Expired, newer than the store's own
+  resourceVersion are "Too large" (504 Timeout with retryAfterSeconds, as kube-apiserver answers,
+  so that informers relist after a restore from an older backup).
+- Secrets live here: the directory is made 0700 and the database, -wal and -shm files 0600 at
+  every start, whatever modes they had before.
+- A row that cannot be decoded is reported in the log and skipped; the server still starts.
+- A watch's initial list is a list of references to the stored objects (shared, never copied);
+  the fan-out encodes it a little at a time as the client reads.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import copy
 import json
+import logging
+import os
+import re
 import sqlite3
 import threading
 from collections.abc import Callable, Iterable
@@ -24,8 +35,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from raven.apiserver.status import ApiError, expired, too_large_resource_version
+
 if TYPE_CHECKING:
     from raven.apiserver.fanout import Subscription, WatchFanout
+
+log = logging.getLogger("raven.apiserver")
+_RV = re.compile(r"[0-9]{1,19}")
 
 StorageKey = tuple[str, str]  # (group, plural)
 ObjectKey = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped
@@ -60,6 +76,7 @@ class Store:
         self.path = path
         self.fanout = fanout
         self._lock = threading.RLock()
+        make_private(path)
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -75,11 +92,20 @@ class Store:
         for resource, namespace, name, rv, data in self._db.execute(
             "SELECT resource, namespace, name, rv, data FROM objects"
         ):
-            group, plural = resource.split("/", 1)
-            self._objects.setdefault((group, plural), {})[(namespace, name)] = StoredObject(
-                json.loads(data), data.encode(), rv
-            )
-            self._rv = max(self._rv, rv)
+            try:
+                group, plural = str(resource).split("/", 1)
+                obj = json.loads(data)
+                if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
+                    raise ValueError("not a JSON object with metadata")
+                stored = StoredObject(obj, data.encode(), int(rv))
+            except (ValueError, TypeError, AttributeError) as exc:
+                log.error("skipping stored object %s %s/%s in %s: it cannot be decoded (%s); "
+                          "delete the row or restore the database from a backup",
+                          resource, namespace, name, path, exc)
+                continue
+            self._objects.setdefault((group, plural), {})[(namespace, name)] = stored
+            self._rv = max(self._rv, stored.rv)
+        make_private(path)  # the -wal and -shm files exist now
         self._history: collections.deque[WatchEvent] = collections.deque()
         self._history_size = history
         # Every event with rv > history_floor is in the history.
@@ -191,7 +217,29 @@ class Store:
 
     def can_resume(self, since: int) -> bool:
         """True when every event after `since` is still in the history."""
-        return since >= self.history_floor
+        return self.history_floor <= since <= self._rv
+
+    def check_watch_start(self, since: int) -> None:
+        """Refuse a watch from `since` before any response header is sent: 410 Expired when the
+        history no longer covers it, 504 "Too large resource version" when it is newer than
+        anything this store has written (the client's state comes from a newer store)."""
+        rv = self._rv
+        if since > rv:
+            raise too_large_resource_version(since, rv)
+        if since < self.history_floor:
+            raise expired(f"too old resource version: {since} ({self.history_floor + 1})")
+
+    def check_read_at(self, resource_version: str | None) -> None:
+        """A LIST/GET at resourceVersion `resource_version` (any match rule): 504 "Too large
+        resource version" when it is newer than the store; 400 when it is not a number."""
+        if resource_version in (None, "", "0"):
+            return
+        if not isinstance(resource_version, str) or not _RV.fullmatch(resource_version):
+            raise ApiError(400, "BadRequest",
+                           f"resourceVersion {resource_version!r} is not a valid "
+                           "resourceVersion; use one from a previous list or watch")
+        if int(resource_version) > self._rv:
+            raise too_large_resource_version(int(resource_version), self._rv)
 
     def watch(self, sub: Subscription, since: int | None) -> bool:
         """Hand a watch to the fan-out. `since` None: the current objects come first as ADDED.
@@ -203,13 +251,11 @@ class Store:
             if since is not None and not self.can_resume(since):
                 return False
             key, namespace = sub.key, sub.namespace
+            backlog: list[StoredObject] | list[WatchEvent]
             if since is None:
-                stored, _ = self.list(key, namespace)
-                backlog = [
-                    WatchEvent("ADDED", s.rv, key, s.obj["metadata"].get("namespace", ""),
-                               None, s.obj, s.raw)
-                    for s in stored
-                ]
+                # References to the stored objects: the fan-out turns them into ADDED lines a
+                # little at a time, so no watcher holds a copy of the whole list.
+                backlog, _ = self.list(key, namespace)
             else:
                 backlog = [
                     e for e in self._history
@@ -228,3 +274,16 @@ class Store:
     def resource_keys(self) -> Iterable[StorageKey]:
         with self._lock:
             return list(self._objects)
+
+
+def make_private(database: Path) -> None:
+    """The store's directory 0700, the database and its -wal/-shm files 0600 (created if
+    missing, tightened if they exist): they hold Secrets and the token's peers."""
+    directory = database.parent
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(directory, 0o700)
+    if not database.exists():
+        os.close(os.open(database, os.O_CREAT | os.O_WRONLY, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(f"{database}{suffix}", 0o600)

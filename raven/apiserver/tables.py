@@ -3,11 +3,17 @@
 Custom resources (Gateways included) get NAME plus the CRD's additionalPrinterColumns, or NAME
 and AGE when the CRD declares none, as kube-apiserver does. Built-in types get the columns kubectl
 users know for them (a subset of kube-apiserver's printers).
+
+Rules kept: rendering never raises. A cell that cannot be computed from an object (a field of
+the wrong type, say "data": 5) is shown as "<invalid>", a CRD column whose definition has the
+wrong types (stored before CRDs were validated) falls back to safe values; kubectl still lists
+every other object and column.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
@@ -16,6 +22,9 @@ from typing import Any
 from raven.apiserver.resources import ResourceType
 
 Column = tuple[dict[str, Any], Callable[[dict[str, Any]], Any]]
+INVALID_CELL = "<invalid>"
+
+log = logging.getLogger("raven.apiserver")
 
 
 def age(timestamp: str | None, now: datetime | None = None) -> str:
@@ -227,9 +236,33 @@ def _crd_columns(rtype: ResourceType) -> list[Column]:
 
         # A "date" column is shown as an age string, as kube-apiserver does.
         definition = _col(str(spec.get("name", path)), "string" if column_type == "date" else column_type,  # noqa: E501
-                          int(spec.get("priority", 0)), fmt, str(spec.get("description", "")))
+                          _priority(spec.get("priority", 0)), fmt,
+                          str(spec.get("description", "")))
         columns.append((definition, value))
     return columns
+
+
+def _priority(value: Any) -> int:
+    """A column's priority; a stored CRD may carry one of the wrong type (shown as wide)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return 1
+
+
+def _safe_cell(fn: Callable[[dict[str, Any]], Any], obj: dict[str, Any]) -> Any:
+    try:
+        value = fn(obj)
+    except Exception as exc:  # one bad field must not hide the other objects
+        log.debug("cannot render a table cell of %r: %s", _meta_name(obj), exc)
+        return INVALID_CELL
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)
+
+
+def _meta_name(obj: Any) -> Any:
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    return metadata.get("name") if isinstance(metadata, dict) else None
 
 
 def columns_for(rtype: ResourceType) -> list[Column]:
@@ -254,7 +287,7 @@ def table(
     columns = columns_for(rtype)
     rows = []
     for obj in objects:
-        row: dict[str, Any] = {"cells": [fn(obj) for _, fn in columns]}
+        row: dict[str, Any] = {"cells": [_safe_cell(fn, obj) for _, fn in columns]}
         embedded = row_object(obj, include)
         if embedded is not None:
             row["object"] = embedded

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from raven.errors import CommandError
+from raven.settings import AgentSettings, default_of, help_for
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -33,9 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the nftables table inet raven. Nothing else is touched; the private key is kept.",
     )
     cleanup.add_argument("--netns", default=None, help="network namespace (default: ours)")
-    cleanup.add_argument("--state-dir", type=Path, default=Path("/var/lib/raven"),
-                         help="agent state directory with the wireguard-go pid file "
-                         "(default /var/lib/raven)")
+    cleanup.add_argument("--state-dir", type=Path, default=default_of(AgentSettings, "state_dir"),
+                         help=help_for(AgentSettings, "state_dir") + "; holds the wireguard-go "
+                         "pid file")
     cleanup.add_argument("--wireguard-run-dir", type=Path, default=None,
                          help=argparse.SUPPRESS)  # labs/tests that give wireguard-go its own dir
     cleanup.set_defaults(func=run_cleanup)

@@ -34,6 +34,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="events kept for resuming watches (default 20000)")
     parser.add_argument("--bookmark-interval", type=float, default=60.0, metavar="SECONDS",
                         help="seconds between watch bookmarks (default 60)")
+    parser.add_argument("--max-request-body-bytes", type=int, default=3 << 20, metavar="BYTES",
+                        help="largest request body accepted; larger ones get 413 "
+                        "(default 3145728, kube-apiserver's 3 MiB)")
+    parser.add_argument("--max-connections", type=int, default=1024, metavar="N",
+                        help="connections served at once, watches included; more are closed "
+                        "at accept (default 1024)")
+    parser.add_argument("--idle-timeout", type=float, default=90.0, metavar="SECONDS",
+                        help="close a keep-alive connection idle this long (default 90; "
+                        "watches are never idle)")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log every request (-v) and connection details (-vv)")
     parser.set_defaults(func=run)
@@ -41,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def parse_listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
+    if not sep or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise CommandError(
             f"--listen {text!r} is not HOST:PORT; use e.g. 127.0.0.1:6443 or 127.0.0.1:0"
         )
@@ -49,6 +58,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from raven.apiserver.errors import ApiServerError
     from raven.apiserver.server import serve
     from raven.apiserver.settings import ApiServerSettings
 
@@ -63,13 +73,22 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("raven.apiserver").setLevel(level)
-    settings = ApiServerSettings(
-        data_dir=args.data_dir, host=host, port=port, plain_http=args.plain_http,
-        extra_sans=tuple(args.tls_san), watch_history=args.watch_history,
-        bookmark_interval=args.bookmark_interval,
-    )
 
     def ready(server: object) -> None:
         print(f"listening on {server.url} kubeconfig {server.kubeconfig}", flush=True)  # type: ignore[attr-defined]
 
-    return serve(settings, on_ready=ready)
+    try:
+        settings = ApiServerSettings(
+            data_dir=args.data_dir, host=host, port=port, plain_http=args.plain_http,
+            extra_sans=tuple(args.tls_san), watch_history=args.watch_history,
+            bookmark_interval=args.bookmark_interval,
+            max_body_bytes=args.max_request_body_bytes, max_connections=args.max_connections,
+            idle_timeout=args.idle_timeout,
+        )
+        return serve(settings, on_ready=ready)
+    except ApiServerError as exc:
+        # --option names for the settings the CLI exposes
+        message = str(exc).replace("max_body_bytes", "--max-request-body-bytes").replace(
+            "max_connections", "--max-connections").replace("idle_timeout", "--idle-timeout")
+        raise CommandError(message) from exc
+

@@ -1,17 +1,31 @@
-"""`raven lab ...`: build, inspect, use and remove network-namespace labs (see docs/lab.md).
+"""`raven lab ...`: build, inspect, use, break and remove network-namespace labs (docs/lab.md).
 
-Thin: parse arguments, call raven.lab, print. Problems the operator can fix (invalid topology,
-unknown lab or target) are CommandErrors: one message, no traceback, non-zero exit.
+Thin: parse arguments, call raven.lab, print. This is the one module of the lab's command line.
+Rules kept:
+- Problems the operator can fix (invalid topology, unknown lab or target) are CommandErrors:
+  one message, no traceback, non-zero exit.
+- `up` and `demo` either finish or leave nothing: a failure, a closed output pipe or SIGINT /
+  SIGTERM / SIGHUP removes the lab they were building (raven.lab.guard), then exits non-zero
+  (128 + signal for a signal, 141 for a closed pipe). A lab that already existed is never removed.
+- A topology argument is a file or the name of a bundled topology (`three-pools`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TextIO
 
 from raven.errors import CommandError, ValidationError
+
+if TYPE_CHECKING:
+    from raven.lab.topology import Topology
+
+TOPOLOGY_HELP = "topology YAML file, or the name of a bundled topology (e.g. three-pools)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,10 +33,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     lab = parser.add_subparsers(dest="lab_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
 
-    p = lab.add_parser("up", help="build a lab from a topology file")
-    p.add_argument("file", help="topology YAML file")
+    p = lab.add_parser("up", help="build a lab from a topology and start the overlay on it")
+    p.add_argument("file", help=TOPOLOGY_HELP)
     p.add_argument("--name", help="lab name (default: the file's `name`)")
+    p.add_argument("--network-only", action="store_true",
+                   help="only the network (namespaces, NAT, pods): no API server, controller "
+                   "or agents")
+    p.add_argument("--no-wait", action="store_true",
+                   help="start everything but do not wait until all pod pairs answer")
     p.set_defaults(func=cmd_up)
+
+    p = lab.add_parser("plan", help="print a topology's lab plan without building it")
+    p.add_argument("file", help=TOPOLOGY_HELP)
+    p.add_argument("--name", help="lab name (default: the file's `name`)")
+    p.add_argument("--manifests", action="store_true",
+                   help="print the Kubernetes objects the lab applies (Gateway CRD, Gateways) "
+                   "as YAML instead")
+    p.set_defaults(func=_printing(cmd_plan))
 
     p = lab.add_parser("down", help="remove a lab: namespaces, links, processes, files")
     p.add_argument("name", nargs="?", help="lab name")
@@ -32,17 +59,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = lab.add_parser("status", help="show a lab")
     p.add_argument("name")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_status)
+    p.set_defaults(func=_printing(cmd_status))
 
     p = lab.add_parser("list", help="list labs")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_list)
+    p.set_defaults(func=_printing(cmd_list))
 
     p = lab.add_parser("logs", help="print the logs of the processes of a target")
     p.add_argument("name")
     p.add_argument("target", help="node, pod, control-plane, internet or router-<pool>")
     p.add_argument("--process", help="only this supervised process")
-    p.set_defaults(func=cmd_logs)
+    p.set_defaults(func=_printing(cmd_logs))
 
     p = lab.add_parser("exec", help="run a command in a node (netns + mount ns) or pod")
     p.add_argument("name")
@@ -55,17 +82,87 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", choices=("all", "pool"), default="all",
                    help="all pairs (default) or only pairs inside the same pool")
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_ping)
+    p.set_defaults(func=_printing(cmd_ping))
 
-    p = lab.add_parser("demo", help="build the default lab, show it, ping, tear it down")
-    p.add_argument("--topology", help="topology file (default: test-topologies/three-pools.yaml)")
+    p = lab.add_parser("demo", help="build the default lab with the overlay, show it, ping, "
+                       "tear it down")
+    p.add_argument("--topology", help="topology file or bundled name (default: three-pools)")
     p.add_argument("--name", help="lab name (default: the topology's name)")
     p.add_argument("--keep", action="store_true", help="keep the lab running afterwards")
+    p.add_argument("--network-only", action="store_true",
+                   help="the bare lab demo (no overlay: only in-pool pairs answer)")
     p.set_defaults(func=cmd_demo)
 
-    from raven.lab.overlay_cli import register_overlay  # the overlay verbs (issue 7)
+    p = lab.add_parser("kubeconfig", help="print the path of a lab's admin kubeconfig")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_kubeconfig)
 
-    register_overlay(lab)
+    p = lab.add_parser("agent-restart", help="restart a node's agent (SIGTERM, start again) and "
+                       "wait until the new one applied its plan")
+    p.add_argument("name")
+    p.add_argument("node")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds the new agent may take to become ready (default 30)")
+    p.set_defaults(func=cmd_agent_restart)
+
+    p = lab.add_parser("node-down", help="power a node off: kill its processes, cut its port")
+    p.add_argument("name")
+    p.add_argument("node")
+    p.set_defaults(func=cmd_node_down)
+
+    p = lab.add_parser("node-up", help="power a node on again and start its agent")
+    p.add_argument("name")
+    p.add_argument("node")
+    p.add_argument("--reboot", action="store_true",
+                   help="wipe the node's links, routes, rules and nftables first (power cycle)")
+    p.set_defaults(func=cmd_node_up)
+
+    p = lab.add_parser("disconnect", help="cut a pool off the control plane (pod traffic flows)")
+    p.add_argument("name")
+    p.add_argument("pool", help="pool or Gateway name")
+    p.set_defaults(func=cmd_disconnect)
+
+    p = lab.add_parser("reconnect", help="undo disconnect")
+    p.add_argument("name")
+    p.add_argument("pool", help="pool or Gateway name")
+    p.set_defaults(func=cmd_reconnect)
+
+    p = lab.add_parser("gateway-fail", help="power off the pool's active gateway node")
+    p.add_argument("name")
+    p.add_argument("pool", help="pool or Gateway name")
+    p.set_defaults(func=cmd_gateway_fail)
+
+    p = lab.add_parser("control-plane-stop", help="stop the API server and the controller")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_cp_stop)
+
+    p = lab.add_parser("control-plane-start", help="start the API server and the controller")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_cp_start)
+
+    p = lab.add_parser("gateways", help="show Gateways: members and elected active endpoints")
+    p.add_argument("name")
+    p.add_argument("--json", action="store_true", help="print the Gateway objects as JSON")
+    p.set_defaults(func=_printing(cmd_gateways))
+
+
+def _printing(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """For verbs that only print: a closed pipe (`| head`) ends them quietly with exit 141."""
+
+    def run(args: argparse.Namespace) -> int:
+        from raven.lab import guard
+
+        saved = sys.stdout
+        guarded = guard.GuardedStream(saved)
+        sys.stdout = guarded  # type: ignore[assignment]
+        try:
+            code = func(args)
+            guarded.flush()
+            return code
+        finally:
+            sys.stdout = saved
+
+    return run
 
 
 def _need_root() -> None:
@@ -73,8 +170,11 @@ def _need_root() -> None:
         raise CommandError("the lab needs root (network namespaces); run it as root")
 
 
-def _progress(message: str) -> None:
-    print(f"[lab] {message}", file=sys.stderr, flush=True)
+def _progress_to(stream: TextIO) -> Callable[[str], None]:
+    def progress(message: str) -> None:
+        print(f"[lab] {message}", file=stream, flush=True)
+
+    return progress
 
 
 def _invalid(exc: ValidationError) -> CommandError:
@@ -83,18 +183,77 @@ def _invalid(exc: ValidationError) -> CommandError:
                         f"created:\n{lines}", exit_code=2)
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    from raven.lab import build
-    from raven.lab.topology import load_topology
+def _load(arg: str) -> tuple[Topology, str]:
+    from raven.lab.topology import find_topology, load_topology
 
     try:
-        topology = load_topology(args.file)
+        path = find_topology(arg)
+        return load_topology(path), str(path)
     except ValidationError as exc:
         raise _invalid(exc) from None
+
+
+def _lab_is_new(lab: str | None) -> bool:
+    """True when `lab` is a valid name of a lab that does not exist yet (ours to remove if
+    `up` fails); a taken or invalid name is never torn down."""
+    from raven.lab import netns as nsutil
+    from raven.lab import runtime
+    from raven.lab.topology import lab_name_problem
+
+    if lab is None or lab_name_problem(lab) is not None:
+        return False
+    return not runtime.run_dir(lab).exists() and \
+        not any(n.startswith(lab + ".") for n in nsutil.list_netns())
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from raven.lab import build, guard, teardown
+
+    topology, source = _load(args.file)
     _need_root()
-    name = args.name or build.default_lab_name(topology, args.file)
-    plan = build.up(topology, name, progress=_progress, source=args.file)
-    print(plan.name)
+    lab = args.name or build.default_lab_name(topology, source)
+    ours = _lab_is_new(lab)
+    out, err = guard.guarded_stdio()
+    progress = _progress_to(err)
+    try:
+        with guard.stop_on_signals():
+            try:
+                plan = build.up(topology, lab, progress=progress, source=source)
+                if not args.network_only:
+                    from raven.lab import cluster  # imports the Kubernetes client: only here
+
+                    cluster.up(plan, progress=progress, wait=not args.no_wait)
+                print(plan.name, file=out, flush=True)
+            except BaseException as exc:
+                if ours and not isinstance(exc, build.LabExists):
+                    with contextlib.suppress(Exception):  # a closed pipe must not skip it
+                        progress(f"failed: {exc}; removing lab {lab}")
+                    teardown.down(str(lab))
+                raise
+    except guard.Interrupted as exc:
+        with contextlib.suppress(Exception):
+            progress(f"{exc}: lab {lab} removed")
+        return exc.exit_code
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from raven.lab import build, cluster
+    from raven.lab.plan import plan_lab, plan_to_json
+
+    topology, source = _load(args.file)
+    lab = args.name or build.default_lab_name(topology, source)
+    if lab is None:
+        raise CommandError("the topology has no 'name'; give one with --name NAME")
+    plan = plan_lab(topology, lab, source=source)
+    if not args.manifests:
+        print(json.dumps(plan_to_json(plan), indent=1))
+        return 0
+    import yaml
+
+    sys.stdout.write(cluster.gateway_crd().rstrip("\n") + "\n")
+    for gateway in cluster.gateway_objects(plan):
+        sys.stdout.write("---\n" + yaml.safe_dump(gateway, sort_keys=False))
     return 0
 
 
@@ -210,10 +369,114 @@ def cmd_ping(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from raven.lab.demo import run_demo
+    from raven.lab import guard
 
     _need_root()
+    out, _ = guard.guarded_stdio()
     try:
-        return run_demo(args.topology, keep=args.keep, name=args.name)
+        with guard.stop_on_signals():
+            if args.network_only:
+                from raven.lab.demo import run_demo
+
+                return run_demo(args.topology, keep=args.keep, name=args.name, out=out)
+            from raven.lab.overlay_demo import run_overlay_demo
+
+            return run_overlay_demo(args.topology, keep=args.keep, name=args.name, out=out)
     except ValidationError as exc:
         raise _invalid(exc) from None
+    except guard.Interrupted as exc:
+        return exc.exit_code
+
+
+def cmd_kubeconfig(args: argparse.Namespace) -> int:
+    from raven.lab import cluster, runtime
+
+    runtime.load_plan(args.name)
+    path = cluster.kubeconfig_path(args.name)
+    if not path.exists():
+        raise CommandError(f"lab {args.name!r} has no API server (built with --network-only?)")
+    print(path)
+    return 0
+
+
+def cmd_agent_restart(args: argparse.Namespace) -> int:
+    from raven.lab import faults
+
+    _need_root()
+    seconds = faults.agent_restart(args.name, args.node, ready_timeout=args.timeout)
+    print(f"agent on {args.node} restarted and ready ({seconds:.2f}s without agent)")
+    return 0
+
+
+def cmd_node_down(args: argparse.Namespace) -> int:
+    from raven.lab import faults
+
+    _need_root()
+    faults.node_down(args.name, args.node)
+    print(f"node {args.node} is down")
+    return 0
+
+
+def cmd_node_up(args: argparse.Namespace) -> int:
+    from raven.lab import faults
+
+    _need_root()
+    faults.node_up(args.name, args.node, reboot=args.reboot)
+    print(f"node {args.node} is up" + (" (rebooted)" if args.reboot else ""))
+    return 0
+
+
+def cmd_disconnect(args: argparse.Namespace) -> int:
+    from raven.lab import faults
+
+    _need_root()
+    faults.disconnect(args.name, args.pool)
+    print(f"pool {args.pool} is cut off the control plane")
+    return 0
+
+
+def cmd_reconnect(args: argparse.Namespace) -> int:
+    from raven.lab import faults
+
+    _need_root()
+    faults.reconnect(args.name, args.pool)
+    print(f"pool {args.pool} reaches the control plane again")
+    return 0
+
+
+def cmd_gateway_fail(args: argparse.Namespace) -> int:
+    from raven.lab import faults
+
+    _need_root()
+    node = faults.gateway_fail(args.name, args.pool)
+    print(f"active gateway {node} of pool {args.pool} is down")
+    return 0
+
+
+def cmd_cp_stop(args: argparse.Namespace) -> int:
+    from raven.lab import faults
+
+    _need_root()
+    faults.control_plane_stop(args.name)
+    print("control plane stopped")
+    return 0
+
+
+def cmd_cp_start(args: argparse.Namespace) -> int:
+    from raven.lab import faults
+
+    _need_root()
+    faults.control_plane_start(args.name)
+    print("control plane started")
+    return 0
+
+
+def cmd_gateways(args: argparse.Namespace) -> int:
+    from raven.lab import cluster
+
+    _need_root()
+    if args.json:
+        print(json.dumps(cluster.gateways(args.name), indent=1))
+    else:
+        print(cluster.format_gateways(args.name))
+    return 0

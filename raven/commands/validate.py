@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from raven.errors import ValidationError
+from raven.safeyaml import YamlError, load_yaml_documents
 
 GATEWAY_KIND = "Gateway"
 
@@ -39,38 +38,17 @@ def load_documents(path: str) -> tuple[list[Document], list[str]]:
     except UnicodeDecodeError:
         return [], [f"{path}: not a text file (it is not UTF-8)"]
     docs: list[Document] = []
-    loader = yaml.SafeLoader(text)
     try:
-        while loader.check_node():
-            node = loader.get_node()
-            line = node.start_mark.line + 1 if node is not None else 1
-            data = loader.construct_document(node)
-            if data is None:
-                continue
-            kind = data.get("kind") if isinstance(data, Mapping) else None
-            if isinstance(kind, str) and kind.endswith("List") and isinstance(data.get("items"),
-                                                                               list):
-                for i, item in enumerate(data["items"]):
-                    docs.append(Document(f"{path}:{line}: items[{i}]", item))
-            else:
-                docs.append(Document(f"{path}:{line}", data))
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        what = " ".join(p for p in (exc.context, exc.problem) if p)
-        started = exc.context_mark
-        if started is not None and mark is not None and started.line != mark.line:
-            if "<stream end>" in (exc.problem or ""):
-                # An unclosed bracket or quote: the line that opened it is the one to fix.
-                what += f" (the file ends at line {mark.line + 1})"
-                mark = started
-            else:
-                what += f" (the construct started at line {started.line + 1})"
-        where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else path
-        return docs, [f"{where}: malformed YAML: {what}; fix the syntax there"]
-    except yaml.YAMLError as exc:
-        return docs, [f"{path}: malformed YAML: {exc}"]
-    finally:
-        loader.dispose()
+        loaded = load_yaml_documents(text, source=path)
+    except YamlError as exc:
+        return docs, [str(exc)]
+    for line, data in loaded:
+        kind = data.get("kind") if isinstance(data, Mapping) else None
+        if isinstance(kind, str) and kind.endswith("List") and isinstance(data.get("items"), list):
+            for i, item in enumerate(data["items"]):
+                docs.append(Document(f"{path}:{line}: items[{i}]", item))
+        else:
+            docs.append(Document(f"{path}:{line}", data))
     return docs, []
 
 

@@ -2,10 +2,13 @@
 
 Public API (see docs/dataplane.md):
 - `DataplaneSettings(netns=None, state_dir=..., wireguard_backend="auto", wireguard_go=...,
-  wireguard_run_dir=None, vxlan_device=..., wireguard_device=..., tables=..., nft_table=...)`
-- `Dataplane(settings)`: context manager with `apply(state) -> ApplyResult`, `repair()`,
-  `cleanup() -> list[str]`, `public_key() -> str`, `observe() -> DataplaneStatus`,
+  wireguard_run_dir=None, overlay=OverlaySettings())`: device names, tables and the nft table
+  come from `overlay` (raven.settings), the same settings the planner uses;
+- `Dataplane(settings)`: context manager with `apply(state) -> ApplyResult` (with `skipped`:
+  desired objects it could not apply, e.g. a WireGuard peer with a malformed key), `repair()`,
+  `cleanup() -> list[str]`, `public_key() -> str`, `observe() -> DataplaneStatus` (reads only),
   `watch_drift(callback)`, `close()`.
+Inside: one applier per kind of kernel object (raven/dataplane/appliers/, wireguard/device.py).
 """
 
 from raven.dataplane.dataplane import Dataplane

@@ -13,17 +13,20 @@ What the table does (and why):
   remote pod is only in table 9028, which an unmarked lookup never reaches. Marked traffic for a
   local destination finds nothing in our table and falls through to the main table as before;
 - chain `postrouting` (nat, priority srcnat - 10) applies an identity SNAT (`snat ip to ip saddr`)
-  to traffic to remote subnets. The kernel runs the NAT chains of every table, ours, iptables-nft
-  and iptables-legacy alike, in priority order and stops at the first one that binds the
-  connection; binding it to its own source first means a CNI's or kube-proxy's MASQUERADE in
-  another table can never rewrite a pod address that has to cross pools. Nothing else is touched.
+  to traffic to remote subnets, and to traffic from them (a remote pod reaching a local pod
+  through the gateway keeps its address too). The kernel runs the NAT chains of every table,
+  ours, iptables-nft and iptables-legacy alike, in priority order and stops at the first one
+  that binds the connection; binding it to its own source first means a CNI's or kube-proxy's
+  MASQUERADE in another table can never rewrite a pod address that has to cross pools. Nothing
+  else is touched.
 
-Rules kept: only table `inet <name>` is ever written; every write is one transaction: creating
-or rebuilding the table is one `nft -f` file, element changes are one netfilter netlink batch
-(see nftnl.py for why); a correct table is never rebuilt: set contents change through element
-add/delete only; the skeleton (sets, chains, rules) is rebuilt atomically only when it is not
-what we would write.
-Every rule carries a comment with a fingerprint of the skeleton, which is how we recognise it.
+Rules kept: pure (no I/O; nftnl.py encodes and sends); only table `inet <name>` is ever
+written; every write is one netfilter netlink transaction (creating or rebuilding the table with
+its elements, or element changes alone); a correct table is never rebuilt: set contents change
+through element add/delete only; the skeleton (sets, chains, rules) is rebuilt atomically only
+when it is not what we would write. `skeleton()` renders the same specs nftnl.py encodes as the
+nft script it is equivalent to: its hash is the fingerprint every rule carries as its comment,
+which is how we recognise our rules.
 """
 
 from __future__ import annotations
@@ -31,27 +34,22 @@ from __future__ import annotations
 import bisect
 import functools
 import hashlib
-import json
 import socket
-import struct
-import subprocess
-from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from raven.dataplane import netns
 from raven.dataplane.errors import DataplaneError
-from raven.dataplane.netlink import NETLINK_NETFILTER, NetlinkSocket, parse_attrs
+from raven.dataplane.nftnl import ChainSpec, LiveTable, RuleSpec, SetSpec
 from raven.desired import Firewall
 
 SETS = {4: "remote4", 6: "remote6"}
 CHAINS = ("prerouting", "output", "postrouting")
-RULES_PER_CHAIN = {"prerouting": 2 * len(SETS), "output": len(SETS), "postrouting": len(SETS)}
-
-
-@dataclass(frozen=True)
-class LiveFirewall:
-    fingerprint_ok: bool  # the skeleton is exactly ours (sets, chains, rule comments)
-    elements: dict[int, frozenset[str]]  # family version -> CIDRs in the set
+RULES_PER_CHAIN = {"prerouting": 2 * len(SETS), "output": len(SETS),
+                   "postrouting": 2 * len(SETS)}
+CHAIN_SPECS = (ChainSpec("prerouting", "filter", "prerouting", -150),
+               ChainSpec("output", "route", "output", -150),
+               ChainSpec("postrouting", "nat", "postrouting", 90))
+PRIORITY_TEXT = {-150: "mangle", 90: "srcnat - 10"}
+NFT_SET_INTERVAL = 0x4
 
 
 @functools.lru_cache(maxsize=1 << 17)
@@ -157,25 +155,53 @@ class Collapser:
         self._exact = sum(map(len, self._result.values())) == len(self._sorted)
 
 
-def skeleton(fw: Firewall) -> tuple[str, str]:
-    """(nft script defining the empty table, fingerprint). Elements are added separately."""
+def skeleton_specs(fw: Firewall) -> tuple[tuple[SetSpec, ...], tuple[RuleSpec, ...]]:
+    """The sets and rules of our table (chains are CHAIN_SPECS), in the order we write them."""
     keep = ~fw.mark_mask & 0xFFFFFFFF
-    mark = f"meta mark set meta mark & {keep:#x} | {fw.mark:#x}"
-    body = []
-    for version, set_name in SETS.items():
-        body.append(f"  set {set_name} {{ type ipv{version}_addr; flags interval; }}")
-    rules = {"prerouting": [], "output": [], "postrouting": []}  # type: dict[str, list[str]]
-    for version, set_name in SETS.items():
-        proto = "ip" if version == 4 else "ip6"
-        rules["prerouting"].append(f"{proto} daddr @{set_name} {mark}")
-        rules["prerouting"].append(f"{proto} saddr @{set_name} {mark}")
-        rules["output"].append(f"{proto} daddr @{set_name} {mark}")
-        rules["postrouting"].append(f"{proto} daddr @{set_name} snat {proto} to {proto} saddr")
-    hooks = {
-        "prerouting": "type filter hook prerouting priority mangle; policy accept;",
-        "output": "type route hook output priority mangle; policy accept;",
-        "postrouting": "type nat hook postrouting priority srcnat - 10; policy accept;",
-    }
+    sets = tuple(SetSpec(name, version) for version, name in SETS.items())
+    rules: list[RuleSpec] = []
+    for chain in CHAINS:
+        for version, set_name in SETS.items():
+            if chain == "prerouting":
+                rules.append(RuleSpec(chain, version, "daddr", set_name, (keep, fw.mark)))
+                rules.append(RuleSpec(chain, version, "saddr", set_name, (keep, fw.mark)))
+            elif chain == "output":
+                rules.append(RuleSpec(chain, version, "daddr", set_name, (keep, fw.mark)))
+            else:
+                rules.append(RuleSpec(chain, version, "daddr", set_name, None))
+                # Traffic FROM a remote pool to a local pod leaves the gateway towards the pod's
+                # node; a foreign MASQUERADE would rewrite its source there, and the reply (to
+                # the gateway's own address) would then be de-NATed only after our prerouting
+                # mark, so it misses our table. Binding it to its own source first prevents both.
+                rules.append(RuleSpec(chain, version, "saddr", set_name, None))
+    return sets, tuple(rules)
+
+
+def _rule_text(rule: RuleSpec) -> str:
+    proto = "ip" if rule.version == 4 else "ip6"
+    match = f"{proto} {rule.match} @{rule.set_name}"
+    if rule.mark is None:
+        return f"{match} snat {proto} to {proto} saddr"
+    keep, mark = rule.mark
+    return f"{match} meta mark set meta mark & {keep:#x} | {mark:#x}"
+
+
+def skeleton(fw: Firewall) -> tuple[str, str]:
+    """(nft script equivalent to the empty table we write, fingerprint)."""
+    return _skeleton(fw.table, fw.mark, fw.mark_mask)  # not keyed on the 10,000 subnets
+
+
+@functools.lru_cache(maxsize=8)
+def _skeleton(table: str, mark: int, mark_mask: int) -> tuple[str, str]:
+    fw = Firewall(table=table, mark=mark, mark_mask=mark_mask, local_subnets=(),
+                  remote_subnets=())
+    sets, rule_specs = skeleton_specs(fw)
+    body = [f"  set {s.name} {{ type ipv{s.version}_addr; flags interval; }}" for s in sets]
+    rules: dict[str, list[str]] = {c: [] for c in CHAINS}
+    for rule in rule_specs:
+        rules[rule.chain].append(_rule_text(rule))
+    hooks = {c.name: f"type {c.kind} hook {c.hook} priority {PRIORITY_TEXT[c.priority]}; "
+             "policy accept;" for c in CHAIN_SPECS}
     text = "\n".join(body) + "".join(
         f"\n  chain {c} {{ {hooks[c]} " + " ".join(f"{r};" for r in rules[c]) + " }"
         for c in CHAINS
@@ -190,145 +216,67 @@ def skeleton(fw: Firewall) -> tuple[str, str]:
     return script, fingerprint
 
 
-NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_GETGEN = 16
-NFTA_GEN_ID = 1
+@dataclass(frozen=True)
+class LiveFirewall:
+    fingerprint_ok: bool  # the skeleton is exactly ours (sets, chains, rule comments)
+    elements: dict[int, frozenset[str]]  # family version -> CIDRs in the set
 
 
-class RulesetGeneration:
-    """The nftables ruleset generation id: it changes with every transaction of any table.
-
-    Reading it is one small netlink request, far cheaper than listing a 10,000-element set, so
-    an unchanged generation lets a reconcile reuse what it last read or wrote.
-    """
-
-    def __init__(self, netns_name: str | None) -> None:
-        self.sock = NetlinkSocket(NETLINK_NETFILTER, netns_name)
-
-    def read(self) -> int:
-        body = struct.pack("=BBH", 0, 0, 0)  # nfgenmsg: AF_UNSPEC, NFNETLINK_V0, res_id 0
-        reply = self.sock.request((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETGEN, 0, body)
-        attrs = parse_attrs(reply[0], 4)
-        return struct.unpack("!I", attrs[NFTA_GEN_ID][:4])[0]
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-def _element_cidr(elem: object, version: int) -> str | None:
-    if isinstance(elem, str):
-        return f"{elem}/{32 if version == 4 else 128}"
-    if isinstance(elem, dict):
-        if "prefix" in elem:
-            return f"{elem['prefix']['addr']}/{elem['prefix']['len']}"
-        if "elem" in elem:
-            return _element_cidr(elem["elem"].get("val"), version)
-    return None  # a range that is not one prefix: not something we wrote
-
-
-class Nft:
-    """Runs `nft` inside the node's network namespace, scoped to one inet table."""
-
-    def __init__(self, netns_name: str | None, table: str) -> None:
-        self.netns = netns_name
-        self.table = table
-
-    def _run(self, args: list[str], script: str | None = None) -> str:
-        argv = [*netns.command_prefix(self.netns), "nft", *args]
-        try:
-            proc = subprocess.run(argv, input=script, capture_output=True, text=True, check=False)
-        except FileNotFoundError:
-            raise DataplaneError("nft not found: install the nftables package") from None
-        if proc.returncode != 0:
-            raise DataplaneError(
-                f"nft {' '.join(args)} failed in netns {self.netns or '(current)'}: "
-                f"{proc.stderr.strip()}" + (f"\nscript:\n{script[:2000]}" if script else "")
-            )
-        return proc.stdout
-
-    def exists(self) -> bool:
-        out = json.loads(self._run(["-j", "list", "tables", "inet"]) or '{"nftables": []}')
-        return any(o.get("table", {}).get("name") == self.table for o in out["nftables"])
-
-    def read(self, fingerprint: str) -> LiveFirewall | None:
-        if not self.exists():
-            return None
-        out = json.loads(self._run(["-j", "list", "table", "inet", self.table]))["nftables"]
-        elements: dict[int, set[str]] = {4: set(), 6: set()}
-        ok = True
-        sets_seen, chains_seen = set(), set()
-        rules_per_chain: dict[str, int] = {}
-        for obj in out:
-            if "set" in obj:
-                s = obj["set"]
-                version = next((v for v, n in SETS.items() if n == s["name"]), None)
-                if version is None or "interval" not in s.get("flags", []):
-                    ok = False
-                    continue
-                sets_seen.add(s["name"])
-                for elem in s.get("elem", []):
-                    cidr = _element_cidr(elem, version)
-                    if cidr is None:
-                        ok = False
-                    else:
-                        elements[version].add(cidr)
-            elif "chain" in obj:
-                chains_seen.add(obj["chain"]["name"])
-            elif "rule" in obj:
-                rule = obj["rule"]
-                rules_per_chain[rule["chain"]] = rules_per_chain.get(rule["chain"], 0) + 1
-                if rule.get("comment") != fingerprint:
-                    ok = False
-            elif "table" not in obj and "metainfo" not in obj:
-                ok = False  # maps, counters, flowtables: not ours
-        ok = (ok and sets_seen == set(SETS.values()) and chains_seen == set(CHAINS)
-              and all(rules_per_chain.get(c) == n for c, n in RULES_PER_CHAIN.items()))
-        return LiveFirewall(ok, {v: frozenset(e) for v, e in elements.items()})
-
-    def transaction(self, script: str) -> None:
-        self._run(["-f", "-"], script)
-
-    def delete_table(self) -> bool:
-        if not self.exists():
-            return False
-        self._run(["delete", "table", "inet", self.table])
-        return True
-
-
-def _elements_stmt(verb: str, table: str, set_name: str, cidrs: Iterable[str]) -> str:
-    items = ", ".join(sorted(cidrs))
-    return f"{verb} element inet {table} {set_name} {{ {items} }}\n"
+def judge(table: LiveTable | None, fingerprint: str) -> LiveFirewall | None:
+    """What a live table means to us: None when absent; `fingerprint_ok` when its skeleton is
+    exactly what we write (so only elements may need changing)."""
+    if table is None:
+        return None
+    ok = table.others == 0 and set(table.sets) == set(SETS.values())
+    ok = ok and all(flags == NFT_SET_INTERVAL for flags in table.sets.values())
+    ok = ok and table.chains == frozenset(CHAINS)
+    per_chain: dict[str, int] = {}
+    for chain, comment in table.rules:
+        per_chain[chain] = per_chain.get(chain, 0) + 1
+        ok = ok and comment == fingerprint
+    ok = ok and per_chain == RULES_PER_CHAIN
+    elements: dict[int, frozenset[str]] = {}
+    for version, name in SETS.items():
+        prefixes, exact = table.elements.get(name, (set(), True))
+        ok = ok and exact
+        elements[version] = frozenset(prefixes)
+    return LiveFirewall(ok, elements)
 
 
 @dataclass(frozen=True)
 class FirewallPlan:
-    script: str | None = None  # whole-table `nft -f` transaction (create or rebuild)
-    elements: tuple[tuple[str, tuple[str, ...], bool], ...] = ()  # (set, CIDRs, delete?) batch
+    build: str | None = None  # "create" | "rebuild": the whole table in one transaction
+    elements: tuple[tuple[str, tuple[str, ...], bool], ...] = ()  # (set, CIDRs, delete?)
+    delete_table: bool = False
     changes: tuple[str, ...] = ()
+    # the collapsed subnets the table holds after this plan (None when it is deleted)
+    want: dict[int, frozenset[str]] | None = field(default=None, compare=False)
 
     def empty(self) -> bool:
-        return self.script is None and not self.elements
+        return self.build is None and not self.elements and not self.delete_table
 
 
-def plan_firewall(desired: Firewall, live: LiveFirewall | None,
-                  want: dict[int, frozenset[str]] | None = None) -> FirewallPlan:
-    """A create/rebuild script when the skeleton is missing or not ours, else element deltas.
+def plan_firewall(desired: Firewall | None, live: LiveFirewall | None,
+                  want: dict[int, frozenset[str]] | None = None, *,
+                  table: str = "") -> FirewallPlan:
+    """The pure diff: delete the table when nothing is desired; a create/rebuild when the
+    skeleton is missing or not ours (elements included); else element deltas.
 
-    `want` is `collapse(desired.remote_subnets)`, when the caller has it already."""
-    script, _fingerprint = skeleton(desired)
+    `want` is `collapse(desired.remote_subnets)`, when the caller has it already; `table` names
+    the table to delete when `desired` is None."""
+    if desired is None:
+        if live is None:
+            return FirewallPlan()
+        return FirewallPlan(delete_table=True, changes=(f"nft table inet {table}: delete",))
     if want is None:
         want = collapse(tuple(desired.remote_subnets))
     if live is None or not live.fingerprint_ok:
-        text = ""
-        if live is not None:  # replace atomically: declare (no-op if present), delete, define
-            text += f"table inet {desired.table} {{}}\ndelete table inet {desired.table}\n"
-        text += script
-        for version, set_name in SETS.items():
-            if want[version]:
-                text += _elements_stmt("add", desired.table, set_name, want[version])
-        what = "create" if live is None else "rebuild (skeleton differed)"
-        return FirewallPlan(script=text, changes=(
-            f"nft table inet {desired.table} {what} with "
+        what = "create" if live is None else "rebuild"
+        adds = tuple((name, tuple(sorted(want[version])), False)
+                     for version, name in SETS.items() if want[version])
+        detail = "" if live is None else " (skeleton differed)"
+        return FirewallPlan(build=what, elements=adds, want=want, changes=(
+            f"nft table inet {desired.table} {what}{detail} with "
             f"{sum(len(w) for w in want.values())} remote subnets",))
     elements: list[tuple[str, tuple[str, ...], bool]] = []
     changes: list[str] = []
@@ -342,4 +290,4 @@ def plan_firewall(desired: Firewall, live: LiveFirewall | None,
         if missing:
             elements.append((set_name, tuple(sorted(missing)), False))
             changes.append(f"nft {set_name} add {len(missing)} elements")
-    return FirewallPlan(elements=tuple(elements), changes=tuple(changes))
+    return FirewallPlan(elements=tuple(elements), changes=tuple(changes), want=want)

@@ -6,8 +6,6 @@ Rules kept: no pyroute2 object or exception leaves this module; callers get `Lin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +17,8 @@ from raven.dataplane.errors import DataplaneError
 
 ENODEV = 19
 EOPNOTSUPP = 95
+EACCES = 13
+IFA_F_NODAD = 0x02
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,8 @@ def _facts(msg: Any) -> LinkFacts:
         vxlan = VxlanFacts(
             vni=int(data.get("vxlan_id")),
             port=int(data.get("vxlan_port")),
-            local=data.get("vxlan_local"),
+            # IFLA_VXLAN_LOCAL6 over an IPv6 underlay; the kernel sends only the one in use.
+            local=data.get("vxlan_local") or data.get("vxlan_local6"),
             learning=bool(data.get("vxlan_learning")),
         )
     return LinkFacts(
@@ -79,24 +80,9 @@ class Links:
             self._ipr = IPRoute(netns=netns_name) if netns_name else IPRoute()
         except Exception as exc:
             raise DataplaneError(f"cannot open rtnetlink in netns {netns_name!r}: {exc}") from exc
-        # During one reconcile (`reconcile_scope`), one link dump answers every `get`; any
-        # link write through us, or `invalidate()` (wireguard-go creating its TUN), drops it.
-        self._scoped = False
-        self._snapshot: dict[str, LinkFacts] | None = None
 
     def close(self) -> None:
         self._ipr.close()
-
-    @contextmanager
-    def reconcile_scope(self) -> Iterator[None]:
-        self._scoped, self._snapshot = True, None
-        try:
-            yield
-        finally:
-            self._scoped, self._snapshot = False, None
-
-    def invalidate(self) -> None:
-        self._snapshot = None
 
     def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -107,19 +93,10 @@ class Links:
             raise DataplaneError(f"{what}: {exc.args[-1] if exc.args else exc}") from None
 
     def all(self) -> dict[str, LinkFacts]:
-        if self._scoped and self._snapshot is not None:
-            return dict(self._snapshot)
-        links = {f.name: f for f in map(_facts, self._call("link dump", self._ipr.link, "dump"))}
-        if self._scoped:
-            self._snapshot = links
-            return dict(links)
-        return links
+        """One dump of every link (no cache: the caller decides how long a dump is valid)."""
+        return {f.name: f for f in map(_facts, self._call("link dump", self._ipr.link, "dump"))}
 
     def get(self, name: str) -> LinkFacts | None:
-        if self._scoped:
-            if self._snapshot is None:
-                self.all()
-            return self._snapshot.get(name)  # type: ignore[union-attr]
         try:
             msgs = self._ipr.link("get", ifname=name)
         except PyrouteNetlinkError as exc:
@@ -129,21 +106,20 @@ class Links:
         return _facts(msgs[0])
 
     def add_vxlan(self, name: str, vni: int, port: int, local: str, mac: str, mtu: int) -> None:
-        self._snapshot = None
+        # The underlay family is the family of the local address (the planner's `local_ip`).
+        local_attr = {"vxlan_local6" if ":" in local else "vxlan_local": local}
         self._call(
             f"create VXLAN device {name} (vni {vni}, port {port}, local {local})",
             self._ipr.link, "add", ifname=name, kind="vxlan", vxlan_id=vni, vxlan_port=port,
-            vxlan_local=local, vxlan_learning=0, address=mac, mtu=mtu,
+            vxlan_learning=0, address=mac, mtu=mtu, **local_attr,
         )
 
     def add_wireguard(self, name: str) -> None:
-        self._snapshot = None
         self._call(f"create WireGuard device {name}", self._ipr.link, "add", ifname=name,
                    kind="wireguard")
 
     def set(self, index: int, *, mtu: int | None = None, mac: str | None = None,
             up: bool | None = None) -> None:
-        self._snapshot = None
         changes: dict[str, Any] = {}
         if mtu is not None:
             changes["mtu"] = mtu
@@ -154,7 +130,6 @@ class Links:
         self._call(f"set link {index} {changes}", self._ipr.link, "set", index=index, **changes)
 
     def delete(self, index: int) -> None:
-        self._snapshot = None
         try:
             self._ipr.link("del", index=index)
         except PyrouteNetlinkError as exc:
@@ -170,8 +145,21 @@ class Links:
         return out
 
     def add_address(self, index: int, address: str, prefixlen: int) -> None:
-        self._call(f"add address {address}/{prefixlen}", self._ipr.addr, "add", index=index,
-                   address=address, prefixlen=prefixlen)
+        extra: dict[str, Any] = {}
+        if ":" in address:
+            # No duplicate address detection: VTEP addresses are derived per node (collisions
+            # are reported by the planner), and DAD would leave the address tentative for a
+            # second, unusable as a source.
+            extra["flags"] = IFA_F_NODAD
+        try:
+            self._ipr.addr("add", index=index, address=address, prefixlen=prefixlen, **extra)
+        except PyrouteNetlinkError as exc:
+            if exc.code == EACCES and ":" in address:
+                raise DataplaneError(
+                    f"add address {address}/{prefixlen} on link {index}: IPv6 is disabled on "
+                    "the device (net.ipv6.conf.<dev>.disable_ipv6=1)") from None
+            raise DataplaneError(f"add address {address}/{prefixlen}: "
+                                 f"{exc.args[-1] if exc.args else exc}") from None
 
     def del_address(self, index: int, address: str, prefixlen: int) -> None:
         self._call(f"delete address {address}/{prefixlen}", self._ipr.addr, "del", index=index,

@@ -1,12 +1,17 @@
-"""Settings and result types of the data plane (plain frozen dataclasses, no kernel objects)."""
+"""Settings and result types of the data plane (plain frozen dataclasses, no kernel objects).
+
+Rule kept: the overlay's names and numbers (device names, tables, nft table) are not redefined
+here: they come from `overlay` (raven.settings.OverlaySettings, shared with the planner), so
+`apply()` and `cleanup()` can never disagree about which objects are ours.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from raven import constants
 from raven.dataplane.errors import DataplaneError
+from raven.settings import OverlaySettings
 
 WIREGUARD_BACKENDS = ("auto", "kernel", "userspace")
 
@@ -21,16 +26,18 @@ class DataplaneSettings:
     # A directory: wireguard-go runs in a private mount namespace with this directory on
     # /var/run/wireguard, so tests and labs never share sockets.
     wireguard_run_dir: Path | None = None
-    vxlan_device: str = constants.VXLAN_DEVICE
-    wireguard_device: str = constants.WIREGUARD_DEVICE
-    tables: tuple[int, ...] = (constants.VXLAN_TABLE, constants.WIREGUARD_TABLE)
-    nft_table: str = constants.NFT_TABLE
+    # The cluster-wide names and numbers: device names, tables (`overlay.tables`), nft table.
+    overlay: OverlaySettings = field(default_factory=OverlaySettings)
 
     def __post_init__(self) -> None:
         if self.wireguard_backend not in WIREGUARD_BACKENDS:
             raise DataplaneError(
                 f"DataplaneSettings.wireguard_backend: {self.wireguard_backend!r} is not valid; "
                 f"use one of {', '.join(WIREGUARD_BACKENDS)}")
+        if not isinstance(self.overlay, OverlaySettings):
+            raise DataplaneError(
+                f"DataplaneSettings.overlay: expected raven.settings.OverlaySettings, got "
+                f"{type(self.overlay).__name__}; pass the OverlaySettings the planner uses")
         object.__setattr__(self, "state_dir", Path(self.state_dir))
 
 
@@ -38,6 +45,10 @@ class DataplaneSettings:
 class ApplyResult:
     writes: int  # kernel/daemon write operations performed (0 = everything was already right)
     changes: tuple[str, ...]  # one line per change, for logs and events
+    # Desired objects that could not be applied (e.g. a WireGuard peer with a malformed key, or
+    # the whole IPv6 half of a plan when IPv6 failed: then the IPv4 half was applied), one
+    # message each naming the object, the reason and the fix; everything else was applied.
+    skipped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,3 +73,4 @@ class DataplaneStatus:
     firewall_elements: int
     peers: tuple[PeerStatus, ...] = ()
     drift: tuple[str, ...] = field(default=())  # what the next apply would change
+    skipped: tuple[str, ...] = ()  # what the next apply would skip (see ApplyResult)

@@ -10,25 +10,12 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TypeVar
 
 from raven.kube.errors import KubeError
+from raven.settings import BackoffSettings  # defined once, in the settings root
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class BackoffSettings:
-    initial: float = 0.2  # seconds before the first retry
-    maximum: float = 10.0  # never wait longer than this between two attempts
-    factor: float = 2.0
-    jitter: float = 0.5  # fraction of the delay that is randomised (0 = none)
-
-    def delay(self, attempt: int, rng: Callable[[], float] = random.random) -> float:
-        """Delay before retry number `attempt` (0-based)."""
-        base = min(self.maximum, self.initial * (self.factor ** max(0, attempt)))
-        return base * (1.0 - self.jitter) + base * self.jitter * rng()
 
 
 class Backoff:
@@ -44,7 +31,7 @@ class Backoff:
 
     def wait(self) -> bool:
         """Sleep the next delay; False when stop was set meanwhile."""
-        delay = self.settings.delay(self.attempt)
+        delay = self.settings.delay(self.attempt, random.random)
         self.attempt += 1
         return not self.stop.wait(delay)
 

@@ -1,8 +1,14 @@
 """On-disk cache of the last good API inputs, so a node can rebuild its overlay while offline.
 
 Rules kept: the file is replaced atomically (write a temporary file in the same directory,
-fsync, rename), so a crash leaves either the old or the new copy, never a torn one; a missing or
-unreadable cache is reported as None (the agent then waits for the API), never an exception.
+fsync, rename), so a crash leaves either the old or the new copy, never a torn one; a missing
+cache is None, silently; a cache that is unreadable or fails the schema check (bad JSON, an
+unknown format, wrong types such as "gateways": ["a", 5]) is None too, with ONE warning naming
+the file, the first problem and the fix, and is never handed to the planner; nothing here raises
+for any file content.
+
+Schema (format 1): {"format": 1, "savedAt": <number>, "node": <object or null>,
+"gateways": [<object with "metadata": {"name": <string>}>, ...]}.
 """
 
 from __future__ import annotations
@@ -60,17 +66,62 @@ class InputCache:
 
     def load(self) -> CachedInputs | None:
         try:
-            data = json.loads(self.path.read_text())
+            text = self.path.read_text()
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            log.warning("input cache %s unreadable, ignored: %s", self.path, exc)
-            return None
-        if not isinstance(data, dict) or data.get("format") != CACHE_FORMAT:
-            log.warning("input cache %s has an unknown format, ignored", self.path)
-            return None
+        except (OSError, ValueError) as exc:  # ValueError: not UTF-8
+            return self._ignored(f"unreadable ({exc})")
+        try:
+            data = json.loads(text)
+        except (ValueError, RecursionError) as exc:
+            return self._ignored(f"not JSON ({str(exc)[:120]})")
+        problem = schema_problem(data)
+        if problem is not None:
+            return self._ignored(problem)
         return CachedInputs(
-            saved_at=float(data.get("savedAt") or 0.0),
-            node=data.get("node"),
-            gateways=tuple(data.get("gateways") or ()),
+            saved_at=float(data["savedAt"]),
+            node=data["node"],
+            gateways=tuple(data["gateways"]),
         )
+
+    def _ignored(self, problem: str) -> None:
+        log.warning("input cache %s ignored, not applied: %s; the agent waits for the API "
+                    "server and rewrites it (to start clean, delete the file)", self.path,
+                    problem)
+        return None
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _object_problem(where: str, value: object) -> str | None:
+    if not isinstance(value, dict):
+        return f"{where} is {type(value).__name__}, not an object"
+    meta = value.get("metadata")
+    if not isinstance(meta, dict) or not isinstance(meta.get("name"), str):
+        return f"{where} has no metadata.name string"
+    return None
+
+
+def schema_problem(data: object) -> str | None:
+    """The first way `data` is not a format-1 cache document, or None."""
+    if not isinstance(data, dict):
+        return f"the document is {type(data).__name__}, not an object"
+    if data.get("format") != CACHE_FORMAT:
+        return f"format is {data.get('format')!r}, this agent reads {CACHE_FORMAT}"
+    if not _is_number(data.get("savedAt")):
+        return f"savedAt is {data.get('savedAt')!r}, not a number"
+    node = data.get("node")
+    if node is not None:
+        problem = _object_problem("node", node)
+        if problem:
+            return problem
+    gateways = data.get("gateways")
+    if not isinstance(gateways, list):
+        return f"gateways is {type(gateways).__name__}, not a list"
+    for index, gateway in enumerate(gateways):
+        problem = _object_problem(f"gateways[{index}]", gateway)
+        if problem:
+            return problem
+    return None

@@ -25,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from raven import constants
 from raven.kube.errors import ConfigError, KubeError, translate, typed
-from raven.kube.settings import KubeSettings
+from raven.settings import KubeSettings
 
 JSON = dict[str, Any]
 

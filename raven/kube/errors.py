@@ -47,7 +47,18 @@ class Conflict(KubeError):
 
 
 class Expired(KubeError):
-    """410 Gone: the resourceVersion is too old to watch from; list again."""
+    """410 Gone: the resourceVersion is too old to watch from; list again. Also 504 "Too large
+    resource version" (the server's store is older than what we saw, e.g. restored from a
+    backup): client-go relists from scratch then, and so do we."""
+
+
+def is_too_large_resource_version(status: Any) -> bool:
+    """A Status saying the requested resourceVersion is newer than the server's store."""
+    if not isinstance(status, dict) or status.get("code") != 504:
+        return False
+    causes = (status.get("details") or {}).get("causes") or []
+    return any(isinstance(c, dict) and c.get("reason") == "ResourceVersionTooLarge"
+               for c in causes)
 
 
 class Invalid(KubeError):
@@ -71,7 +82,7 @@ class ConfigError(KubeError):
 def from_api_exception(exc: Any) -> KubeError:
     """KubeError for a kubernetes.client ApiException (status, reason, Status body)."""
     status = int(exc.status or 0)
-    reason, message = str(exc.reason or ""), ""
+    reason, message, body = str(exc.reason or ""), "", None
     if exc.body:
         try:
             body = json.loads(exc.body)
@@ -80,6 +91,8 @@ def from_api_exception(exc: Any) -> KubeError:
         except (ValueError, AttributeError):
             message = str(exc.body)[:300]
     text = f"API {status} {reason}: {message}".strip()
+    if is_too_large_resource_version(body):
+        return Expired(text, status, reason)
     if status == 404:
         return NotFound(text, status, reason)
     if status == 409:

@@ -11,7 +11,7 @@ import os
 
 from raven.kube.client import EVENTS, JSON, Kube
 from raven.kube.errors import KubeError
-from raven.kube.timefmt import to_micro_time, to_time
+from raven.timefmt import to_micro_time, to_time
 
 log = logging.getLogger(__name__)
 

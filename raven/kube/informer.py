@@ -20,7 +20,7 @@ from typing import Any
 
 from raven.kube.backoff import Backoff
 from raven.kube.client import JSON, Kube, Resource, WatchStream
-from raven.kube.errors import Expired, KubeError
+from raven.kube.errors import Expired, KubeError, is_too_large_resource_version
 
 log = logging.getLogger(__name__)
 
@@ -124,8 +124,8 @@ class Informer:
         obj: Any = event.get("object") or {}
         if kind == "ERROR":
             code = int(obj.get("code") or 0)
-            if code == 410:
-                raise Expired(f"watch {self.name}: {obj.get('message', 'expired')}", 410)
+            if code == 410 or is_too_large_resource_version(obj):
+                raise Expired(f"watch {self.name}: {obj.get('message', 'expired')}", code)
             raise KubeError(f"watch {self.name}: {obj.get('message', obj)}", code)
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         if rv:

@@ -11,12 +11,12 @@ Rules kept:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from raven import constants
 from raven.kube.client import JSON, LEASES, Kube
 from raven.kube.errors import Conflict, KubeError, NotFound
-from raven.kube.timefmt import to_micro_time
+from raven.settings import LeaderSettings  # defaults live in the settings root
+from raven.timefmt import to_micro_time
 
 log = logging.getLogger(__name__)
 
@@ -78,15 +78,6 @@ class Heartbeat:
                 self._cached = None
                 raise
         raise Conflict(f"Lease {self.namespace}/{self.name}: kept conflicting; will retry")
-
-
-@dataclass(frozen=True)
-class LeaderSettings:
-    name: str = constants.CONTROLLER_LEASE_NAME
-    namespace: str = constants.RAVEN_NAMESPACE
-    lease_duration: int = 15  # seconds a leader's lease is honoured without renewal
-    renew_period: float = 5.0  # how often the leader renews
-    retry_period: float = 2.0  # how often a follower checks whether it may take over
 
 
 class LeaderElector:

@@ -17,6 +17,7 @@ Rules kept:
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -60,6 +61,10 @@ def default_lab_name(topology: Topology, path: str | Path) -> str | None:
     return stem if lab_name_problem(stem) is None else None
 
 
+class LabExists(CommandError):
+    """The lab name is taken: `up` made nothing and must not remove the existing lab."""
+
+
 def up(topology: Topology, name: str | None = None, progress: Progress = _quiet,
        source: str = "") -> LabPlan:
     lab = name or (default_lab_name(topology, source) if source else topology.name)
@@ -70,30 +75,31 @@ def up(topology: Topology, name: str | None = None, progress: Progress = _quiet,
     if why:
         raise CommandError(why)
     if runtime.run_dir(lab).exists() or any(n.startswith(lab + ".") for n in nsutil.list_netns()):
-        raise CommandError(f"lab {lab!r} already exists; remove it with `raven lab down {lab}` "
-                           "or choose another --name")
+        raise LabExists(f"lab {lab!r} already exists; remove it with `raven lab down {lab}` "
+                        "or choose another --name")
     plan = plan_lab(topology, lab, source=source)
     started = time.monotonic()
     try:
         runtime.run_dir(lab).mkdir(parents=True)
     except FileExistsError:
-        raise CommandError(f"lab {lab!r} already exists (being created right now?)") from None
-    runtime.write_json_atomic(runtime.run_dir(lab) / "state.json",
-                              {"phase": "building", "plan": plan_to_json(plan)})
+        raise LabExists(f"lab {lab!r} already exists (being created right now?)") from None
     try:
+        runtime.write_json_atomic(runtime.run_dir(lab) / "state.json",
+                                  {"phase": "building", "plan": plan_to_json(plan)})
         _build(plan, progress)
+        runtime.write_json_atomic(runtime.run_dir(lab) / "state.json",
+                                  {"phase": "ready", "plan": plan_to_json(plan),
+                                   "buildSeconds": round(time.monotonic() - started, 3)})
+        progress(f"lab {lab} ready in {time.monotonic() - started:.2f}s")
     except BaseException as exc:
-        progress(f"failed: {exc}; removing what was made")
+        with contextlib.suppress(Exception):  # a closed pipe must not skip the teardown
+            progress(f"failed: {exc}; removing what was made")
         teardown.down(lab)
         if isinstance(exc, CommandError):
             raise
         if isinstance(exc, Exception):
             raise CommandError(f"lab {lab!r}: build failed: {exc}") from exc
         raise
-    runtime.write_json_atomic(runtime.run_dir(lab) / "state.json",
-                              {"phase": "ready", "plan": plan_to_json(plan),
-                               "buildSeconds": round(time.monotonic() - started, 3)})
-    progress(f"lab {lab} ready in {time.monotonic() - started:.2f}s")
     return plan
 
 
@@ -137,13 +143,18 @@ def _build(plan: LabPlan, progress: Progress) -> None:
         runtime.wait_holder(plan.name, target, proc)
 
     progress("checking the underlay answers")
-    _parallel(lambda pool: _probe_pool(plan, pool), plan.pools)
+    _probe_pools(plan)
 
 
 def _parallel(fn: Callable, items: list | tuple) -> None:
-    with ThreadPoolExecutor(max_workers=PARALLEL) as pool:
+    pool = ThreadPoolExecutor(max_workers=PARALLEL)
+    try:
         for future in [pool.submit(fn, item) for item in items]:
             future.result()
+    finally:
+        # On a failure or a signal, jobs not yet started are dropped, so teardown does not race
+        # with namespaces still being configured.
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _marker(plan: LabPlan) -> str:
@@ -255,26 +266,26 @@ table ip raven_lab_nat {{
 
 
 def _router_netfilter(plan: LabPlan, pool: PoolPlan) -> None:
-    script = f"sysctl -qw {' '.join(ROUTER_SYSCTLS)}"
+    nsutil.sysctl(pool.netns, *ROUTER_SYSCTLS)
     ruleset = nat_ruleset(pool)
     if ruleset:
-        script += " && nft -f -"
-    nsutil.run(["ip", "netns", "exec", pool.netns, "sh", "-c", script], stdin=ruleset)
+        nsutil.nft_apply(pool.netns, ruleset)
 
 
 def _internet_sysctls(plan: LabPlan) -> None:
-    nsutil.run(["ip", "netns", "exec", plan.internet_netns, "sysctl", "-qw", *ROUTER_SYSCTLS])
+    nsutil.sysctl(plan.internet_netns, *ROUTER_SYSCTLS)
 
 
-def _probe_pool(plan: LabPlan, pool: PoolPlan) -> None:
-    """Ping every node of the pool (and the control plane) from its router: readiness check."""
-    addresses = [n.underlay_ip for n in pool.nodes]
-    if plan.control_plane.pool == pool.name:
-        addresses.append(plan.control_plane.ip)
-    script = ("for a in \"$@\"; do (ping -n -q -c 1 -W 2 \"$a\" >/dev/null 2>&1 || "
-              "ping -n -q -c 1 -W 2 \"$a\" >/dev/null 2>&1 || echo \"$a\") & done; wait")
-    proc = nsutil.run(["ip", "netns", "exec", pool.netns, "sh", "-c", script, "probe",
-                       *addresses])
-    if proc.stdout.strip():
-        raise CommandError(f"lab {plan.name!r}: pool {pool.name!r}: underlay addresses do not "
-                           f"answer: {' '.join(proc.stdout.split())}")
+def _probe_pools(plan: LabPlan) -> None:
+    """Echo every node of every pool (and the control plane) from its pool router: readiness."""
+    probes: dict[str, list[str]] = {}
+    for pool in plan.pools:
+        probes[pool.netns] = [n.underlay_ip for n in pool.nodes]
+        if plan.control_plane.pool == pool.name:
+            probes[pool.netns].append(plan.control_plane.ip)
+    replies = nsutil.icmp_probe_many(probes, tries=2, timeout_s=2)
+    for pool in plan.pools:
+        silent = [a for a, rtt in replies[pool.netns].items() if rtt is None]
+        if silent:
+            raise CommandError(f"lab {plan.name!r}: pool {pool.name!r}: underlay addresses do "
+                               f"not answer: {' '.join(silent)}")

@@ -3,7 +3,8 @@
 `up(plan)` turns a built lab (raven.lab.build) into a running cluster:
   1 `raven apiserver` in the control-plane namespace, listening on the control-plane underlay
     address (so agents behind NAT reach it through their NAT), data under <run dir>/apiserver
-  2 the Gateway CRD (gateway/crd.yaml) applied with kubectl
+  2 the Gateway CRD (package data raven/lab/data/gateway-crd.yaml, the same file as
+    gateway/crd.yaml) applied with kubectl
   3 the kubelet stand-in (raven.lab.kubelet): Node objects with addresses, podCIDR, pool label
   4 one Gateway per pool: every gatewayCandidate node is a tunnel endpoint, underNAT from `nat`
   5 `raven controller` in the control-plane namespace
@@ -12,6 +13,10 @@
   7 wait, with progress, until every pod reaches every pod.
 Rules kept:
 - every process runs under the lab supervisor (raven.lab.runtime), so `raven lab down` stops it;
+- the API server's data directory is 0700 and it runs with umask 077, so its token, keys and
+  admin.kubeconfig are readable by root only;
+- a (re)started agent counts as ready once it wrote its status file, which it does only after
+  a successful apply; an agent that exits or stays unready is reported with its log;
 - the root network namespace is never used: API calls from here run kubectl inside the
   control-plane namespace;
 - timing knobs for the lab (heartbeat period, heartbeat timeout, controller resync) are chosen so
@@ -21,15 +26,18 @@ Rules kept:
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from raven import constants
 from raven.errors import CommandError
+from raven.lab import netns as nsutil
 from raven.lab import runtime
 from raven.lab.kubelet import DEFAULT_GRACE
 from raven.lab.ping import PingReport, ping_all
@@ -37,9 +45,8 @@ from raven.lab.plan import LabPlan, NodePlan, PoolPlan
 from raven.lab.topology import CONTROL_PLANE
 
 Progress = Callable[[str], None]
-ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "gateway" / "crd.yaml"
 APISERVER_PORT = 6443
+AGENT_STATUS_FILE = "agent-status.json"  # raven.agent.STATUS_FILE: written after each good apply
 
 APISERVER = "apiserver"  # supervisor names (control-plane target unless said otherwise)
 CONTROLLER = "controller"
@@ -111,7 +118,7 @@ def kubectl(lab: str, *args: str, stdin: str | None = None, check: bool = True,
     require_overlay(lab)
     argv = [*runtime.exec_argv(lab, CONTROL_PLANE), "kubectl", "--kubeconfig",
             str(kubeconfig_path(lab)), *args]
-    proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
+    proc = nsutil.run(argv, stdin=stdin, check=False, timeout=timeout)
     if check and proc.returncode != 0:
         raise CommandError(f"lab {lab!r}: kubectl {' '.join(args)}: "
                            f"{(proc.stderr or proc.stdout).strip()}")
@@ -120,6 +127,11 @@ def kubectl(lab: str, *args: str, stdin: str | None = None, check: bool = True,
 
 def kubectl_json(lab: str, *args: str) -> dict:
     return json.loads(kubectl(lab, *args, "-o", "json").stdout)
+
+
+def gateway_crd() -> str:
+    """The Gateway CRD manifest, from the package data (works from an installed wheel)."""
+    return resources.files("raven.lab").joinpath("data", "gateway-crd.yaml").read_text()
 
 
 # --- the objects ----------------------------------------------------------------------------
@@ -160,11 +172,13 @@ def _log_tail(lab: str, target: str, name: str, lines: int = 15) -> str:
 def start_apiserver(lab: str, timeout: float = 30.0) -> None:
     plan = runtime.load_plan(lab)
     data = apiserver_dir(lab)
-    data.mkdir(parents=True, exist_ok=True)
+    data.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(data, 0o700)  # mkdir's mode is masked by the umask and ignored when it exists
     cp = plan.control_plane
     kubeconfig_path(lab).unlink(missing_ok=True)
     runtime.start_process(lab, CONTROL_PLANE, APISERVER, raven_argv(
-        "apiserver", "--data-dir", str(data), "--listen", f"{cp.ip}:{APISERVER_PORT}"))
+        "apiserver", "--data-dir", str(data), "--listen", f"{cp.ip}:{APISERVER_PORT}"),
+        umask=0o077)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not runtime.process_running(lab, CONTROL_PLANE, APISERVER):
@@ -214,6 +228,35 @@ def start_agent(lab: str, node: str, settings: ClusterSettings | None = None) ->
     return runtime.start_process(lab, node, AGENT, agent_argv(lab, pool, plan_node, s))
 
 
+def agent_status_stamp(lab: str, node: str) -> tuple[int, int] | None:
+    """Identity of the agent's status file (inode, mtime): it changes with every write."""
+    try:
+        st = os.stat(state_dir(lab, node) / AGENT_STATUS_FILE)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns
+
+
+def wait_agent_ready(lab: str, node: str, since: tuple[int, int] | None,
+                     timeout: float = 30.0) -> None:
+    """Wait until the running agent of `node` rewrote its status file (its first successful
+    apply) after `since` (the stamp taken before it started); CommandError naming why not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not runtime.process_running(lab, node, AGENT):
+            raise CommandError(f"lab {lab!r}: the agent on {node!r} exited before it was ready; "
+                               f"its log ({runtime.log_path(lab, node, AGENT)}) ends:\n"
+                               f"{_log_tail(lab, node, AGENT)}")
+        stamp = agent_status_stamp(lab, node)
+        if stamp is not None and stamp != since:
+            return
+        if time.monotonic() > deadline:
+            raise CommandError(f"lab {lab!r}: the agent on {node!r} runs but has not applied its "
+                               f"plan after {timeout:.0f}s; its log ends:\n"
+                               f"{_log_tail(lab, node, AGENT)}")
+        time.sleep(0.05)
+
+
 def stop_agent(lab: str, node: str, timeout: float = 10.0) -> bool:
     return runtime.stop_process(lab, node, AGENT, timeout)
 
@@ -233,7 +276,7 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
     progress(f"API server on {plan.control_plane.ip}:{APISERVER_PORT} (control-plane)")
     start_apiserver(lab)
     progress("Gateway CRD")
-    kubectl(lab, "apply", "-f", "-", stdin=CRD_FILE.read_text())
+    kubectl(lab, "apply", "-f", "-", stdin=gateway_crd())
     progress(f"kubelet stand-in: {len(plan.nodes())} Node objects")
     start_kubelet(lab, s)
     _wait_nodes(lab, len(plan.nodes()))
@@ -262,8 +305,8 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
 def _wait_nodes(lab: str, count: int, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        proc = kubectl(lab, "get", "nodes", "-o", "name", check=False)
-        if proc.returncode == 0 and len(proc.stdout.split()) >= count:
+        proc = kubectl(lab, "get", "nodes", "-o", "json", check=False)
+        if proc.returncode == 0 and len(json.loads(proc.stdout).get("items", [])) >= count:
             return
         if not runtime.process_running(lab, CONTROL_PLANE, KUBELET):
             break

@@ -19,9 +19,9 @@ from raven.lab import build, teardown
 from raven.lab.ping import PingReport, format_matrix, ping_all
 from raven.lab.plan import LabPlan
 from raven.lab.status import format_status
-from raven.lab.topology import load_topology
+from raven.lab.topology import find_topology, load_topology
 
-DEFAULT_TOPOLOGY = Path(__file__).resolve().parents[2] / "test-topologies" / "three-pools.yaml"
+DEFAULT_TOPOLOGY = "three-pools"  # bundled topology (package data), see topology.find_topology
 
 
 @dataclass
@@ -39,7 +39,7 @@ DemoStep = Callable[[DemoContext], None]
 def run_demo(topology_path: str | Path | None = None, keep: bool = False,
              name: str | None = None, extra_steps: Sequence[DemoStep] = (),
              out: TextIO = sys.stdout) -> int:
-    path = Path(topology_path) if topology_path else DEFAULT_TOPOLOGY
+    path = find_topology(topology_path or DEFAULT_TOPOLOGY)
     topology = load_topology(path)
     lab = name or f"{topology.name or 'demo'}"
     print(f"== building lab {lab} from {path}", file=out, flush=True)
@@ -73,5 +73,7 @@ def run_demo(topology_path: str | Path | None = None, keep: bool = False,
         if keep:
             print(f"\n== kept lab {lab}; remove it with `raven lab down {lab}`", file=out)
         else:
-            print(f"\n== tearing down lab {lab}", file=out, flush=True)
-            teardown.down(lab)
+            try:  # a closed output pipe while saying so must not skip the teardown
+                print(f"\n== tearing down lab {lab}", file=out, flush=True)
+            finally:
+                teardown.down(lab)

@@ -1,7 +1,8 @@
 """Fault injection on a running overlay lab: restarts, power cuts, reboots, lost control plane.
 
 Verbs (each also a `raven lab` subcommand):
-- agent_restart: SIGTERM the node's agent (the data plane stays, by design) and start a new one;
+- agent_restart: SIGTERM the node's agent (the data plane stays, by design), start a new one and
+  wait until it applied its plan (or report why it did not);
 - node_down: power cut. Every process of the node (agent, wireguard-go) is SIGKILLed, its port
   on the pool bridge goes down and the kubelet stand-in stops posting its status (NotReady
   after the grace). The kernel state of the node stays, as RAM would if it came straight back;
@@ -24,7 +25,6 @@ Rules kept:
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
@@ -55,8 +55,10 @@ def _touch(path: os.PathLike) -> None:
 
 # --- agents ---------------------------------------------------------------------------------
 
-def agent_restart(lab: str, node: str) -> float:
-    """Stop the node's agent with SIGTERM and start a new one; seconds the agent was away."""
+def agent_restart(lab: str, node: str, ready_timeout: float = 30.0) -> float:
+    """Stop the node's agent with SIGTERM and start a new one, then wait until the new agent
+    applied its plan. Returns the seconds the node was without an agent; CommandError with the
+    agent's log when the new one exits or does not become ready."""
     plan = runtime.load_plan(lab)
     _node(plan, node)
     cluster.require_overlay(lab)
@@ -64,8 +66,11 @@ def agent_restart(lab: str, node: str) -> float:
         raise CommandError(f"lab {lab!r}: node {node!r} is down; `raven lab node-up {lab} {node}`")
     started = time.monotonic()
     cluster.stop_agent(lab, node)
+    before = cluster.agent_status_stamp(lab, node)
     cluster.start_agent(lab, node)
-    return time.monotonic() - started
+    away = time.monotonic() - started
+    cluster.wait_agent_ready(lab, node, before, timeout=ready_timeout)
+    return away
 
 
 # --- power ----------------------------------------------------------------------------------
@@ -129,20 +134,12 @@ def _lab_wiring(pool: PoolPlan, node: NodePlan) -> list[str]:
     return lines
 
 
-def _ip_json(netns: str, *args: str) -> list[dict]:
-    proc = nsutil.run(["ip", "-n", netns, "-j", *args], check=False)
-    try:
-        return json.loads(proc.stdout or "[]")
-    except ValueError:
-        return []
-
-
 def wipe_node(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> None:
     """Power-cycle the node's kernel state, keeping only the lab's underlay and pod wiring."""
     keep = {"lo", "eth0", *(p.node_ifname for p in node.pods)}
-    lines = [f"link del {link['ifname']}" for link in _ip_json(node.netns, "link", "show")
+    lines = [f"link del {link['ifname']}" for link in nsutil.ip_json(node.netns, "link", "show")
              if link.get("ifname") not in keep]
-    tables = {str(r.get("table", "main")) for r in _ip_json(node.netns, "route", "show",
+    tables = {str(r.get("table", "main")) for r in nsutil.ip_json(node.netns, "route", "show",
                                                             "table", "all")}
     lines += [f"route flush table {t}" for t in sorted(tables - {"local"})]
     lines += ["route flush table main", "address flush dev eth0", "neigh flush all",
@@ -150,8 +147,8 @@ def wipe_node(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> None:
               "rule add priority 32767 table default"]
     lines += _lab_wiring(pool, node)
     nsutil.ip_batch(lines, node.netns, force=True)
-    nsutil.run(["ip", "netns", "exec", node.netns, "nft", "flush", "ruleset"])
-    nsutil.run(["ip", "netns", "exec", node.netns, "sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    nsutil.nft_flush(node.netns)
+    nsutil.sysctl(node.netns, "net.ipv4.ip_forward=1")
     for sub in ("wireguard", "raven"):  # tmpfs after a reboot
         folder = runtime.host_dir(plan.name, node.name) / sub
         for entry in folder.iterdir() if folder.is_dir() else ():
@@ -160,7 +157,7 @@ def wipe_node(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> None:
             else:
                 entry.unlink(missing_ok=True)
     missing = [line for line in _lab_wiring(pool, node) if line.startswith("route add default")]
-    if missing and not _ip_json(node.netns, "route", "show", "default"):
+    if missing and not nsutil.ip_json(node.netns, "route", "show", "default"):
         raise CommandError(f"lab {plan.name!r}: node {node.name!r}: underlay not restored "
                            "after the reboot")
 
@@ -181,15 +178,13 @@ def disconnect(lab: str, pool_name: str) -> None:
     plan = runtime.load_plan(lab)
     pool = cluster.pool_of(plan, pool_name)
     reconnect_rules(pool)
-    nsutil.run(["ip", "netns", "exec", pool.netns, "nft", "-f", "-"],
-               stdin=_disconnect_ruleset(plan.control_plane.ip))
+    nsutil.nft_apply(pool.netns, _disconnect_ruleset(plan.control_plane.ip))
     _touch(disconnected_marker(lab, pool.name))
 
 
 def reconnect_rules(pool: PoolPlan) -> None:
     for family in ("inet", "bridge"):
-        nsutil.run(["ip", "netns", "exec", pool.netns, "nft", "delete", "table", family,
-                    FAULT_TABLE], check=False)
+        nsutil.nft_delete_table(pool.netns, family, FAULT_TABLE)
 
 
 def reconnect(lab: str, pool_name: str) -> None:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import time
 from dataclasses import dataclass
 
 from raven.errors import CommandError
+from raven.lab import netns as nsutil
 
 
 @dataclass(frozen=True)
@@ -28,27 +30,28 @@ class IperfResult:
 
 def iperf(server_netns: str, server_ip: str, client_netns: str, seconds: float = 3.0,
           port: int = 5201, extra: tuple[str, ...] = ()) -> IperfResult:
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", server_netns, "iperf3", "-s", "-1", "-B", server_ip, "-p",
-         str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    server = nsutil.spawn([*nsutil.netns_exec_argv(server_netns), "iperf3", "-s", "-1", "-B",
+                           server_ip, "-p", str(port)], subprocess.DEVNULL, os.environ)
     try:
+        data: dict = {}
         proc = None
         for _ in range(50):  # the server needs a moment to listen
             time.sleep(0.1)
-            proc = subprocess.run(
-                ["ip", "netns", "exec", client_netns, "iperf3", "-c", server_ip, "-p", str(port),
-                 "-t", f"{seconds:g}", "-J", *extra],
-                capture_output=True, text=True, timeout=seconds + 30)
-            if proc.returncode == 0 or "unable to connect" not in proc.stdout + proc.stderr:
+            proc = nsutil.run([*nsutil.netns_exec_argv(client_netns), "iperf3", "-c", server_ip,
+                               "-p", str(port), "-t", f"{seconds:g}", "-J", *extra],
+                              check=False, timeout=seconds + 30)
+            try:
+                data = json.loads(proc.stdout)
+            except ValueError:
+                data = {}
+            # Retry only while the client never connected (the server is not listening yet).
+            connected = (data.get("start") or {}).get("connected")
+            if proc.returncode == 0 or connected or server.poll() is not None:
                 break
         assert proc is not None
-        try:
-            data = json.loads(proc.stdout)
-        except ValueError:
-            data = {}
-        if proc.returncode != 0 or "end" not in data:
+        if proc.returncode != 0 or "sum_received" not in (data.get("end") or {}):
             raise CommandError(f"iperf3 {client_netns} -> {server_ip} failed: "
-                               f"{data.get('error') or proc.stderr.strip() or proc.stdout[-300:]}")
+                               f"{data.get('error') or proc.stderr.strip() or 'no result'}")
         end = data["end"]
         received = end["sum_received"]
         return IperfResult(float(received["bits_per_second"]), float(received["seconds"]),

@@ -31,9 +31,9 @@ from pathlib import Path
 from raven import constants
 from raven.kube.client import JSON, NODES, Kube, KubeSettings
 from raven.kube.errors import AlreadyExists, KubeError, NotFound
-from raven.kube.timefmt import to_time
 from raven.lab import runtime
 from raven.lab.plan import LabPlan, NodePlan, PoolPlan
+from raven.timefmt import to_time
 
 log = logging.getLogger("raven.lab.kubelet")
 

@@ -1,7 +1,12 @@
-"""Thin helpers around `ip` for the lab harness: batches, namespace listing, processes inside.
+"""The lab's one adapter to the kernel and the system tools (ip, nft, sysctl, nsenter, unshare).
 
+Every process the lab runs to configure or query the kernel, and every daemon it starts, goes
+through this module, so the rest of raven.lab never builds an `ip`/`nft` command line by hand.
 Rules kept:
+- Output is read as JSON only (`ip -j`, `nft -j`, the ICMP probe's JSON); no tool's text is
+  scraped. A command whose outcome matters without output is judged by its exit status.
 - Configuration goes through `ip [-n NS] -batch -` (one process per namespace, not per command).
+- `NETNS_DIR` is the one place that knows where named network namespaces live.
 - Processes inside a namespace are found by comparing /proc/PID/ns/net with the namespace's
   inode, never by name; a process inside a lab namespace belongs to that lab.
 - Nothing here touches the root network namespace's links or routes.
@@ -13,23 +18,95 @@ import contextlib
 import json
 import os
 import subprocess
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import IO, Any
 
 from raven.errors import CommandError
+from raven.lab import icmp
 
-NETNS_DIR = Path("/run/netns")
+NETNS_DIR = Path("/run/netns")  # where `ip netns add` binds named namespaces
 LAB_MARKER = "raven-lab:"  # alias of `lo` in every lab namespace: raven-lab:<lab>
 
 
+def netns_path(netns: str) -> Path:
+    return NETNS_DIR / netns
+
+
+# --- running tools ----------------------------------------------------------------------------
+
 def run(argv: list[str], stdin: str | None = None, check: bool = True,
         timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+    """Run a tool to completion; CommandError naming the command when it fails and `check`."""
     proc = subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise CommandError(f"`{' '.join(argv[:6])}` failed (exit {proc.returncode}): "
                            f"{(proc.stderr or proc.stdout).strip()}")
     return proc
 
+
+def run_json(argv: list[str], stdin: str | None = None, timeout: float = 120.0) -> Any:
+    """Run a tool that prints JSON and return the parsed document (None for empty output)."""
+    proc = run(argv, stdin=stdin, timeout=timeout)
+    if not proc.stdout.strip():
+        return None
+    try:
+        return json.loads(proc.stdout)
+    except ValueError as exc:
+        raise CommandError(f"`{' '.join(argv[:6])}` printed no valid JSON: {exc}") from None
+
+
+def spawn(argv: list[str], log: IO[bytes] | int | None, env: Mapping[str, str],
+          umask: int = -1) -> subprocess.Popen:
+    """Start a daemon in its own session (so its whole process group can be signalled),
+    stdout and stderr into `log`; with `umask` (e.g. 0o077) everything it creates is private."""
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        env=dict(env), start_new_session=True, close_fds=True, umask=umask,
+    )
+
+
+# --- entering a namespace -----------------------------------------------------------------------
+
+def netns_exec_argv(netns: str) -> list[str]:
+    """Prefix that runs a command in a named namespace (with /sys remounted for it)."""
+    return ["ip", "netns", "exec", netns]
+
+
+def nsenter_argv(pid: int) -> list[str]:
+    """Prefix that runs a command in the network AND mount namespace of process `pid`."""
+    return ["nsenter", "--target", str(pid), "--mount", "--net", "--"]
+
+
+def nsenter_net_argv(netns: str) -> list[str]:
+    """Cheapest prefix into a named namespace: only the network namespace is entered."""
+    return ["nsenter", f"--net={netns_path(netns)}", "--"]
+
+
+# Holder of a lab host's private mount namespace: $1 is the host's directory under the run dir.
+HOLDER_SCRIPT = r"""
+set -e
+# Drop this copy of the host's netns bind mounts so they do not keep other namespaces alive.
+umount -R -l "$2" 2>/dev/null || true
+mkdir -p /run/wireguard /run/raven
+mount --bind "$1/wireguard" /run/wireguard
+mount --bind "$1/raven" /run/raven
+sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.disable_ipv6=1 \
+  net.ipv6.conf.default.disable_ipv6=1
+exec sleep infinity
+"""
+HOLDER_COMM = "sleep"  # /proc/PID/comm of a holder that finished its setup
+
+
+def holder_argv(netns: str, host_dir: Path) -> list[str]:
+    """`ip netns exec` remounts /sys for the namespace; unshare keeps a private mount namespace
+    alive in which /run/wireguard and /run/raven are the host's own directories."""
+    return [*netns_exec_argv(netns), "unshare", "--mount", "--propagation", "private",
+            "sh", "-c", HOLDER_SCRIPT, "raven-lab-holder", str(host_dir), str(NETNS_DIR)]
+
+
+# --- ip ---------------------------------------------------------------------------------------
 
 def ip_batch(lines: Iterable[str], netns: str | None = None, force: bool = False) -> None:
     """Run `ip [-n NS] [-force] -batch -` with the given command lines."""
@@ -42,6 +119,18 @@ def ip_batch(lines: Iterable[str], netns: str | None = None, force: bool = False
         raise CommandError(f"ip batch{where} failed: {(proc.stderr or proc.stdout).strip()}")
 
 
+def ip_json(netns: str, *args: str) -> list[dict]:
+    """`ip -n NS -j ARGS`; [] when the object does not exist (ip fails) or prints nothing."""
+    proc = run(["ip", "-n", netns, "-j", *args], check=False)
+    if proc.returncode != 0:
+        return []
+    try:
+        data = json.loads(proc.stdout or "[]")
+    except ValueError:
+        return []
+    return data if isinstance(data, list) else []
+
+
 def list_netns() -> list[str]:
     if not NETNS_DIR.is_dir():
         return []
@@ -49,17 +138,14 @@ def list_netns() -> list[str]:
 
 
 def lo_alias(netns: str) -> str:
-    proc = run(["ip", "-n", netns, "-j", "link", "show", "lo"], check=False)
-    if proc.returncode != 0:
-        return ""
-    with contextlib.suppress(ValueError, IndexError, KeyError):
-        return json.loads(proc.stdout)[0].get("ifalias", "")
+    with contextlib.suppress(IndexError, AttributeError):
+        return str(ip_json(netns, "link", "show", "lo")[0].get("ifalias", ""))
     return ""
 
 
 def netns_inode(netns: str) -> int | None:
     try:
-        return os.stat(NETNS_DIR / netns).st_ino
+        return os.stat(netns_path(netns)).st_ino
     except OSError:
         return None
 
@@ -77,3 +163,67 @@ def pids_in(inodes: set[int]) -> list[int]:
         except OSError:
             continue
     return found
+
+
+# --- sysctl and nftables ----------------------------------------------------------------------
+
+def sysctl(netns: str, *settings: str) -> None:
+    """Set `key=value` sysctls inside a namespace."""
+    run([*netns_exec_argv(netns), "sysctl", "-qw", *settings])
+
+
+def nft_apply(netns: str, ruleset: str) -> None:
+    """Load an nftables ruleset (one atomic transaction) into a namespace."""
+    run([*netns_exec_argv(netns), "nft", "-f", "-"], stdin=ruleset)
+
+
+def nft_tables(netns: str) -> list[tuple[str, str]]:
+    """(family, name) of every nftables table of a namespace, from `nft -j`."""
+    data = run_json([*netns_exec_argv(netns), "nft", "-j", "list", "tables"]) or {}
+    return [(t["table"]["family"], t["table"]["name"]) for t in data.get("nftables", [])
+            if "table" in t]
+
+
+def nft_delete_table(netns: str, family: str, table: str) -> bool:
+    """Delete one table if it exists; True when it existed."""
+    if (family, table) not in nft_tables(netns):
+        return False
+    run([*netns_exec_argv(netns), "nft", "delete", "table", family, table])
+    return True
+
+
+def nft_flush(netns: str) -> None:
+    run([*netns_exec_argv(netns), "nft", "flush", "ruleset"])
+
+
+# --- reachability ---------------------------------------------------------------------------
+
+def icmp_probe_many(probes: Mapping[str, list[str]], tries: int = 2,
+                    timeout_s: float = 1.0) -> dict[str, dict[str, float | None]]:
+    """Echo, from inside each namespace, each of its addresses, all at once:
+    namespace -> address -> RTT in ms (None when no reply came).
+
+    One run of raven/lab/icmp.py (standard library only, started with -I -S so it needs no
+    site-packages) for all sources; it enters each namespace itself and prints JSON.
+    """
+    wanted = {ns: list(addresses) for ns, addresses in probes.items() if addresses}
+    if not wanted:
+        return {ns: {} for ns in probes}
+    by_path = {str(netns_path(ns)): ns for ns in wanted}
+    request = {"tries": tries, "timeout": timeout_s,
+               "probes": [{"netns": path, "addresses": wanted[ns]}
+                          for path, ns in by_path.items()]}
+    argv = [sys.executable, "-I", "-S", str(Path(icmp.__file__))]
+    data = run_json(argv, stdin=json.dumps(request), timeout=30 + tries * timeout_s * 2) or {}
+    out: dict[str, dict[str, float | None]] = {ns: dict.fromkeys(a) for ns, a in probes.items()}
+    for result in data.get("results", []):
+        ns = by_path.get(result.get("netns"))
+        if ns is not None and result.get("address") in out[ns]:
+            out[ns][result["address"]] = result.get("rttMs")
+    return out
+
+
+def icmp_probe(netns: str, addresses: list[str], tries: int = 2,
+               timeout_s: float = 1.0) -> dict[str, float | None]:
+    """icmp_probe_many for one source namespace: address -> RTT in ms, None if no reply."""
+    return icmp_probe_many({netns: addresses}, tries, timeout_s)[netns]

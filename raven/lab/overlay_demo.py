@@ -20,7 +20,7 @@ from raven.lab.iperf import iperf
 from raven.lab.ping import format_matrix, ping_all
 from raven.lab.plan import LabPlan, PodPlan
 from raven.lab.status import format_status
-from raven.lab.topology import load_topology
+from raven.lab.topology import find_topology, load_topology
 
 
 def sample_pair(plan: LabPlan) -> tuple[PodPlan, PodPlan, str]:
@@ -39,7 +39,7 @@ def sample_pair(plan: LabPlan) -> tuple[PodPlan, PodPlan, str]:
 
 def run_overlay_demo(topology_path: str | Path | None = None, keep: bool = False,
                      name: str | None = None, out: TextIO = sys.stdout) -> int:
-    path = Path(topology_path) if topology_path else DEFAULT_TOPOLOGY
+    path = find_topology(topology_path or DEFAULT_TOPOLOGY)
     topology = load_topology(path)
     if topology.tunnel == "none":  # nothing of the overlay to show: the bare-lab demo
         from raven.lab.demo import run_demo
@@ -97,5 +97,7 @@ def run_overlay_demo(topology_path: str | Path | None = None, keep: bool = False
                   f"(reach the API from `raven lab exec {lab} control-plane -- kubectl "
                   f"--kubeconfig ...`); remove it with `raven lab down {lab}`", file=out)
         else:
-            print(f"\n== tearing down lab {lab}", file=out, flush=True)
-            teardown.down(lab)
+            try:  # a closed output pipe while saying so must not skip the teardown
+                print(f"\n== tearing down lab {lab}", file=out, flush=True)
+            finally:
+                teardown.down(lab)

@@ -10,10 +10,9 @@ Layout of `/run/raven-lab/<lab>/` (RAVEN_LAB_RUN_ROOT overrides the root):
 
 Rules kept:
 - Every node and the control plane ("hosts") have a holder process started as
-  `ip netns exec <ns> unshare --mount --propagation private sh -c '...; exec sleep infinity'`:
-  `ip netns exec` remounts /sys for the namespace, unshare keeps the mount namespace alive with
-  private /run/wireguard and /run/raven. Commands enter it with
-  `nsenter --target PID --mount --net`.
+  raven.lab.netns.holder_argv (`ip netns exec` + `unshare --mount`, then `sleep infinity`),
+  which keeps a private mount namespace alive with the host's own /run/wireguard and
+  /run/raven. Commands enter it with raven.lab.netns.nsenter_argv (network + mount namespace).
 - A process is ours only if its pid AND its start time (field 22 of /proc/PID/stat) match the
   record: a recycled pid is never signalled. Nothing is ever found or killed by name pattern.
 - Each supervised process is a session leader, so its whole process group is signalled.
@@ -31,7 +30,8 @@ import time
 from pathlib import Path
 
 from raven.errors import CommandError
-from raven.lab.netns import netns_inode
+from raven.lab import guard
+from raven.lab import netns as nsutil
 from raven.lab.plan import LabPlan, plan_from_json
 
 HOLDER = "holder"  # supervisor name of the mount-namespace holder of a host
@@ -160,7 +160,7 @@ def exec_argv(lab: str, target: str) -> list[str]:
     plan, netns = _plan_target_netns(lab, target)
     if target in plan.hosts():
         return node_exec_argv(lab, target)
-    return ["ip", "netns", "exec", netns]
+    return nsutil.netns_exec_argv(netns)
 
 
 def node_exec_argv(lab: str, node: str) -> list[str]:
@@ -169,7 +169,7 @@ def node_exec_argv(lab: str, node: str) -> list[str]:
     if record is None or not _alive(record):
         raise CommandError(f"lab {lab!r}: host {node!r} has no running mount-namespace holder; "
                            f"is the lab up? (`raven lab status {lab}`)")
-    return ["nsenter", "--target", str(record["pid"]), "--mount", "--net", "--"]
+    return nsutil.nsenter_argv(int(record["pid"]))
 
 
 # --- supervisor ----------------------------------------------------------------------------------
@@ -180,9 +180,10 @@ def _check_name(name: str) -> None:
 
 
 def start_process(lab: str, target: str, name: str, argv: list[str],
-                  env: dict[str, str] | None = None) -> int:
+                  env: dict[str, str] | None = None, umask: int = -1) -> int:
     """Start `argv` in `target` (node: netns + mount ns) as a daemon logging to
-    logs/<target>.<name>.log; return its pid. It is stopped by stop_process or `raven lab down`."""
+    logs/<target>.<name>.log; return its pid. It is stopped by stop_process or `raven lab down`.
+    `umask` (e.g. 0o077) applies to everything the process creates."""
     _check_name(name)
     if not argv:
         raise CommandError(f"lab {lab!r}: start_process {target}/{name}: empty command")
@@ -196,18 +197,16 @@ def start_process(lab: str, target: str, name: str, argv: list[str],
     log.parent.mkdir(parents=True, exist_ok=True)
     # RAVEN_LAB / RAVEN_LAB_TARGET: every lab process carries its lab's name (/proc/PID/environ).
     full_env = {**os.environ, **(env or {}), "RAVEN_LAB": lab, "RAVEN_LAB_TARGET": target}
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            prefix + list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env=full_env, start_new_session=True, close_fds=True,
-        )
-    # Not reaped yet, so /proc/PID exists even if it already exited.
-    start = proc_start_time(proc.pid, allow_zombie=True)
-    write_json_atomic(pid_path(lab, target, name), {
-        "pid": proc.pid, "start_time": start, "argv": list(argv), "target": target,
-        "name": name,
-    })
-    _wait_entered(lab, target, name, proc, netns_inode(netns), log)
+    # A stop signal must not fall between the start and the record: `down` needs the record.
+    with guard.deferred(), open(log, "ab") as out:
+        proc = nsutil.spawn(prefix + list(argv), out, full_env, umask=umask)
+        # Not reaped yet, so /proc/PID exists even if it already exited.
+        start = proc_start_time(proc.pid, allow_zombie=True)
+        write_json_atomic(pid_path(lab, target, name), {
+            "pid": proc.pid, "start_time": start, "argv": list(argv), "target": target,
+            "name": name,
+        })
+    _wait_entered(lab, target, name, proc, nsutil.netns_inode(netns), log)
     return proc.pid
 
 
@@ -268,19 +267,6 @@ def supervised(lab: str) -> list[dict]:
 
 # --- hosts' mount namespaces ------------------------------------------------------------------
 
-HOLDER_SCRIPT = r"""
-set -e
-# Drop this copy of the host's netns bind mounts so they do not keep other namespaces alive.
-umount -R -l /run/netns 2>/dev/null || true
-mkdir -p /run/wireguard /run/raven
-mount --bind "$1/wireguard" /run/wireguard
-mount --bind "$1/raven" /run/raven
-sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.disable_ipv6=1 \
-  net.ipv6.conf.default.disable_ipv6=1
-exec sleep infinity
-"""
-
-
 def start_holder(lab: str, target: str, netns: str) -> subprocess.Popen:
     """Start the mount-namespace holder of a host (not waited for; see wait_holder)."""
     folder = host_dir(lab, target)
@@ -288,20 +274,15 @@ def start_holder(lab: str, target: str, netns: str) -> subprocess.Popen:
     (folder / "raven").mkdir(parents=True, exist_ok=True)
     log = log_path(lab, target, HOLDER)
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", netns, "unshare", "--mount", "--propagation", "private",
-             "sh", "-c", HOLDER_SCRIPT, "raven-lab-holder", str(folder)],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            env={**os.environ, "RAVEN_LAB": lab, "RAVEN_LAB_TARGET": target},
-            start_new_session=True, close_fds=True,
-        )
-    start = proc_start_time(proc.pid)
-    if start is not None:
-        write_json_atomic(pid_path(lab, target, HOLDER), {
-            "pid": proc.pid, "start_time": start, "argv": ["sleep", "infinity"],
-            "target": target, "name": HOLDER,
-        })
+    with guard.deferred(), open(log, "ab") as out:
+        proc = nsutil.spawn(nsutil.holder_argv(netns, folder), out,
+                            {**os.environ, "RAVEN_LAB": lab, "RAVEN_LAB_TARGET": target})
+        start = proc_start_time(proc.pid)
+        if start is not None:
+            write_json_atomic(pid_path(lab, target, HOLDER), {
+                "pid": proc.pid, "start_time": start, "argv": ["sleep", "infinity"],
+                "target": target, "name": HOLDER,
+            })
     return proc
 
 
@@ -315,7 +296,7 @@ def wait_holder(lab: str, target: str, proc: subprocess.Popen, timeout: float = 
             raise CommandError(f"lab {lab!r}: mount namespace of {target!r} failed "
                                f"(exit {proc.returncode}): {text}")
         try:
-            if Path(f"/proc/{proc.pid}/comm").read_text().strip() == "sleep":
+            if Path(f"/proc/{proc.pid}/comm").read_text().strip() == nsutil.HOLDER_COMM:
                 return
         except OSError:
             pass

@@ -6,6 +6,11 @@ Rules kept:
 - Unknown keys are errors (a typo must not silently fall back to a default).
 - Names are DNS labels so they can become namespace names, file names and Kubernetes names.
 - Booleans must be YAML booleans and counts must be integers (no "yes", no "2").
+- Files are read with raven.safeyaml (no aliases, bounded depth, NUL reported): any input gives a
+  Topology or a ValidationError, never another exception.
+- Bundled topologies (package data `raven/lab/topologies/`, the repository's test-topologies/)
+  are found through importlib.resources, so they work from an installed wheel; a topology
+  argument that is not an existing file may name one (`three-pools` or `three-pools.yaml`).
 The schema is documented in docs/lab.md; keep both in step.
 """
 
@@ -15,13 +20,14 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from raven.constants import DEFAULT_UNDERLAY_MTU
 from raven.errors import ValidationError
+from raven.safeyaml import YamlError, load_yaml
 
 NAT_KINDS = ("none", "cone", "symmetric")
 TUNNEL_KINDS = ("wireguard", "none")
@@ -89,19 +95,51 @@ def lab_name_problem(name: object, what: str = "lab name") -> str | None:
     return None
 
 
-def load_topology(path: str | Path) -> Topology:
-    """Read and validate a topology file; raise ValidationError listing every problem."""
-    p = Path(path)
+def bundled_topologies() -> dict[str, Traversable]:
+    """Name (file name without .yaml) -> bundled topology file."""
+    folder = resources.files("raven.lab").joinpath("topologies")
+    if not folder.is_dir():
+        return {}
+    return {entry.name.removesuffix(".yaml"): entry for entry in folder.iterdir()
+            if entry.name.endswith(".yaml") and entry.is_file()}
+
+
+def find_topology(arg: str | Path | Traversable) -> Path | Traversable:
+    """An existing file `arg`, else the bundled topology it names; ValidationError otherwise."""
+    if not isinstance(arg, str | Path):
+        return arg  # a bundled resource already
+    path = Path(arg)
+    if path.exists():
+        return path
+    bundled = bundled_topologies()
+    name = str(arg).removesuffix(".yaml")
+    if name in bundled and "/" not in name:
+        return bundled[name]
+    raise ValidationError([f"topology file {str(arg)!r}: cannot read it: no such file, and no "
+                           f"bundled topology of that name (bundled: "
+                           f"{', '.join(sorted(bundled)) or 'none'})"])
+
+
+def load_topology(path: str | Path | Traversable) -> Topology:
+    """Read and validate a topology file (or a bundled one, see find_topology); raise
+    ValidationError listing every problem."""
+    target = find_topology(path)
     try:
-        text = p.read_text()
+        data = target.read_bytes()
     except OSError as exc:
-        raise ValidationError([f"topology file {str(p)!r}: cannot read it: {exc.strerror}"]) \
-            from None
+        raise ValidationError([f"topology file {str(target)!r}: cannot read it: "
+                               f"{exc.strerror or exc}"]) from None
+    return load_topology_text(data, source=str(target))
+
+
+def load_topology_text(text: str | bytes, source: str = "topology") -> Topology:
+    """Parse and validate the text of a topology file; raise ValidationError listing every
+    problem (malformed YAML included, with its line)."""
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ValidationError([f"topology file {str(p)!r}: not valid YAML: {exc}"]) from None
-    return parse_topology(data, source=str(p))
+        data = load_yaml(text, source=f"topology file {source!r}")
+    except YamlError as exc:
+        raise ValidationError([str(exc)]) from None
+    return parse_topology(data, source=source)
 
 
 def parse_topology(data: object, source: str = "topology") -> Topology:

@@ -10,12 +10,14 @@ import json
 import re
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from raven.lab import build, cluster, teardown
+from raven.lab import build, cluster, runtime, teardown
+from raven.lab import netns as nsutil
 from raven.lab.plan import LabPlan, NodePlan, PodPlan
 from raven.lab.runtime import node_exec_argv
 from raven.lab.topology import load_topology
@@ -38,6 +40,47 @@ def overlay_lab(topology: str, area: str = "ov") -> Iterator[LabPlan]:
         yield plan
     finally:
         teardown.down(lab)
+
+
+def raven(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """`raven ...` as an operator runs it: a subprocess of the project's interpreter."""
+    return subprocess.run([sys.executable, "-m", "raven.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def lab_processes(lab: str) -> dict[int, int]:
+    """pid -> start time of every process inside the lab's namespaces."""
+    inodes = {i for i in map(nsutil.netns_inode, teardown.lab_namespaces(lab)) if i}
+    out = {}
+    for pid in nsutil.pids_in(inodes):
+        start = runtime.proc_start_time(pid)
+        if start is not None:
+            out[pid] = start
+    return out
+
+
+def assert_no_trace(lab: str, processes: dict[int, int]) -> None:
+    """No namespace, netns id, run-directory file, process (of `processes`, by pid and start
+    time) or mount of the lab is left; `raven lab list` does not show it."""
+    assert not [n for n in nsutil.list_netns() if n.startswith(lab + ".")]
+    assert not runtime.run_dir(lab).exists()
+    alive = [pid for pid, start in processes.items() if runtime.proc_start_time(pid) == start]
+    assert alive == [], f"processes of {lab} still alive: {alive}"
+    # No process anywhere still holds a mount namespace with the lab's host directories.
+    marker = str(runtime.run_dir(lab)) + "/"
+    holding = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "mountinfo").read_text():
+                    holding.append(int(entry.name))
+            except OSError:
+                continue
+    assert holding == [], f"processes still holding {lab}'s mounts: {holding}"
+    ids = json.loads(subprocess.run(["ip", "-json", "netns", "list-id"], capture_output=True,
+                                    text=True).stdout or "[]")
+    assert not [i for i in ids if str(i.get("name", "")).startswith(lab + ".")]
+    assert lab not in raven("lab", "list").stdout
 
 
 def in_node(plan: LabPlan, node: str, *argv: str, check: bool = True) -> str:
@@ -85,12 +128,15 @@ def node_snapshot(plan: LabPlan, node: str) -> dict:
                  if "metainfo" not in i]
     wg = in_node(plan, node, "wg", "show", "raven-wg0", "dump", check=False).splitlines()
     wg_static = []
+    peers = []
     for i, line in enumerate(wg):
         fields = line.split("\t")
         if i == 0:  # private key, public key, listen port, fwmark
             wg_static.append(tuple(fields[1:3]))
         elif len(fields) >= 8:  # peer: public key, allowed ips, keepalive
-            wg_static.append((fields[0], fields[3], fields[7]))
+            peers.append((fields[0], fields[3], fields[7]))
+    # wireguard-go lists its peers in Go map order (random per call): compare them as a set.
+    wg_static += sorted(peers)
     return {"links": links, "addresses": {k: v for k, v in addrs.items()
                                           if k.startswith("raven")},
             "routes": routes, "rules": rules, "fdb": fdb, "neighbours": neigh, "nft": nft_items,

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ import pytest
 from kube_support import wait_for
 
 from raven import constants
+from raven.dataplane import ApplyResult
 from raven.lab import runtime
 from raven.lab.plan import LabPlan
 
@@ -263,6 +264,97 @@ def test_agent_starts_from_cache_with_the_api_unreachable(overlay: Overlay) -> N
         overlay.start_apiserver()
 
 
+def _objects_of_ours(overlay: Overlay, node: str) -> dict[str, bool]:
+    """Read with ip/nft, not through the agent: raven0, the fwmark rule and our nft table."""
+    links = json.loads(overlay.run(node, ["ip", "-json", "link", "show"]).stdout or "[]")
+    rules = json.loads(overlay.run(node, ["ip", "-json", "rule", "show"]).stdout or "[]")
+    nft = overlay.run(node, ["nft", "-j", "list", "table", "inet", constants.NFT_TABLE],
+                      check=False)
+    return {
+        "raven0": any(link["ifname"] == constants.VXLAN_DEVICE for link in links),
+        "rule": any(r.get("priority") == constants.RULE_PRIORITY for r in rules),
+        "nft": nft.returncode == 0,
+    }
+
+
+def _log_after(overlay: Overlay, node: str, offset: int) -> str:
+    log = runtime.log_path(overlay.lab, node, "agent")
+    return log.read_bytes()[offset:].decode(errors="replace") if log.exists() else ""
+
+
+def test_a_damaged_cache_never_tears_down_the_data_plane(overlay: Overlay) -> None:
+    node = "cloud-2"
+    cache = overlay.state_dir(node) / "inputs.json"
+    assert _objects_of_ours(overlay, node) == {"raven0": True, "rule": True, "nft": True}
+    log = runtime.log_path(overlay.lab, node, "agent")
+    overlay.stop_agent(node)
+    overlay.stop_apiserver()
+    try:
+        damaged = {  # wrong types: rejected by the schema check, never planned
+            "broken types": json.dumps({"format": 1, "savedAt": 1, "node": None,
+                                        "gateways": ["a", 5]}),
+            # well-formed but without our Node: a plan from it would delete everything
+            "no node": json.dumps({"format": 1, "savedAt": 1, "node": None, "gateways": []}),
+        }
+        expected = {"broken types": "ignored, not applied: gateways[0] is str",
+                    "no node": f"not applied: the cache holds no Node {node}"}
+        for case, content in damaged.items():
+            cache.write_text(content)
+            offset = log.stat().st_size if log.exists() else 0
+            overlay.start_agent(node)
+            wait_for(lambda c=case, o=offset: expected[c] in _log_after(overlay, node, o),
+                     timeout=30, what=f"the agent reports the {case} cache")
+            text = _log_after(overlay, node, offset)
+            assert str(cache) in text and "Traceback" not in text
+            assert _objects_of_ours(overlay, node) == {"raven0": True, "rule": True,
+                                                       "nft": True}, case
+            assert overlay.ping_ok(node, "edge-2", count=2), case
+            overlay.stop_agent(node)
+    finally:
+        overlay.start_apiserver()
+        overlay.start_agent(node)
+    wait_for(lambda: overlay.ready(node), timeout=60, what="agent ready from the API")
+    wait_for(lambda: json.loads(cache.read_text()).get("node") is not None, timeout=30,
+             what="the cache rewritten from the API")
+    assert overlay.ping_ok(node, "edge-2", count=2)
+
+
+def test_a_peer_with_a_malformed_key_is_skipped_and_reported(overlay: Overlay) -> None:
+    """A Gateway status carrying a malformed key (written by hand, or by another controller:
+    ours never publishes one) costs only that peer: the agent builds the rest and records a
+    PeerSkipped Warning Event on its own Node."""
+    if "skipped" not in {f.name for f in fields(ApplyResult)}:
+        pytest.skip("needs ApplyResult.skipped from the data plane branch")
+    cloud_gw = overlay.active("gw-cloud")[0]
+    bad_key = "not-a-wireguard-key"
+    runtime.stop_process(overlay.lab, "control-plane", "controller")
+    try:
+        active = overlay.get("gateways.raven.openyurt.io", "gw-edge")["status"][
+            "activeEndpoints"]
+        active[0]["config"]["public-key"] = bad_key
+        overlay.kubectl("patch", "gateways.raven.openyurt.io", "gw-edge", "--subresource",
+                        "status", "--type", "merge", "-p",
+                        json.dumps({"status": {"activeEndpoints": active}}))
+
+        def skipped_events() -> list[dict[str, Any]]:
+            items = overlay.get("events", "-n", "default")["items"]
+            return [e for e in items if e["reason"] == "PeerSkipped"
+                    and e["involvedObject"]["name"] == cloud_gw]
+
+        (event, *more) = wait_for(skipped_events, timeout=30, what="PeerSkipped event")
+        assert event["type"] == "Warning" and event["involvedObject"]["kind"] == "Node"
+        assert not more  # once per change, not once per resync
+        status = json.loads((overlay.state_dir(cloud_gw) / "agent-status.json").read_text())
+        assert status["skipped"], status
+        # Everything else of the gateway is still in place (read with ip/nft).
+        assert _objects_of_ours(overlay, cloud_gw) == {"raven0": True, "rule": True,
+                                                       "nft": True}
+    finally:
+        overlay.start_controller()  # rewrites the real status, with the real key
+    wait_for(lambda: overlay.ping_ok("cloud-2", "edge-2"), timeout=60,
+             what="tunnel rebuilt with the real key")
+
+
 def test_agent_restart_loses_no_ping(overlay: Overlay) -> None:
     gateway = overlay.active("gw-cloud")[0]
     src, _ = overlay.pod("cloud-2")
@@ -355,6 +447,9 @@ def test_status_command_shows_role_peers_and_drift(overlay: Overlay) -> None:
     agent = report["agent"]
     assert (agent["role"], agent["pool"], agent["activeGateways"]) == (
         "active-gateway", "gw-cloud", [gateway])
+    # the Gateways the plan was made from, with the resourceVersion each was read at
+    assert set(agent["gateways"]) == {"gw-cloud", "gw-edge"}
+    assert all(isinstance(rv, str) and rv for rv in agent["gateways"].values())
     edge_key = overlay.get("node", edge_gw)["metadata"]["annotations"][
         constants.ANNOTATION_PUBLIC_KEY]
     (peer,) = report["live"]["peers"]

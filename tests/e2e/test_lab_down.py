@@ -7,7 +7,6 @@ an operator would.
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import signal
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from overlay_support import assert_no_trace, lab_processes, raven
 
 from raven.lab import netns as nsutil
 from raven.lab import runtime, teardown
@@ -29,44 +29,6 @@ TOPOLOGIES = Path(__file__).resolve().parents[2] / "test-topologies"
 
 def unique_lab_name() -> str:
     return f"rvt-lab-{secrets.token_hex(3)}"
-
-
-def raven(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "raven.cli", *args], capture_output=True,
-                          text=True, timeout=120)
-
-
-def lab_processes(lab: str) -> dict[int, int]:
-    """pid -> start time of every process inside the lab's namespaces."""
-    inodes = {i for i in map(nsutil.netns_inode, teardown.lab_namespaces(lab)) if i}
-    out = {}
-    for pid in nsutil.pids_in(inodes):
-        start = runtime.proc_start_time(pid)
-        if start is not None:
-            out[pid] = start
-    return out
-
-
-def assert_no_trace(lab: str, processes: dict[int, int]) -> None:
-    assert not [n for n in nsutil.list_netns() if n.startswith(lab + ".")]
-    assert not runtime.run_dir(lab).exists()
-    alive = [pid for pid, start in processes.items() if runtime.proc_start_time(pid) == start]
-    assert alive == [], f"processes of {lab} still alive: {alive}"
-    # No process anywhere still holds a mount namespace with the lab's host directories.
-    marker = str(runtime.run_dir(lab)) + "/"
-    holding = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "mountinfo").read_text():
-                    holding.append(int(entry.name))
-            except OSError:
-                continue
-    assert holding == [], f"processes still holding {lab}'s mounts: {holding}"
-    ids = json.loads(subprocess.run(["ip", "-json", "netns", "list-id"], capture_output=True,
-                                    text=True).stdout or "[]")
-    assert not [i for i in ids if str(i.get("name", "")).startswith(lab + ".")]
-    assert lab not in raven("lab", "list").stdout
 
 
 def test_down_removes_everything() -> None:

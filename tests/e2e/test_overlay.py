@@ -57,6 +57,30 @@ def wait_pairs(plan: LabPlan, timeout: float = 60.0, skip_nodes: tuple[str, ...]
         time.sleep(0.5)
 
 
+def wait_agents_planned_with(plan: LabPlan, gateway: str, resource_version: int,
+                             timeout: float = 30.0) -> None:
+    """Until every agent's last plan was made from `gateway` at `resource_version` or later
+    (the agent's status file names the Gateways it planned from): an event to wait on, instead
+    of a sleep that hopes the agents have caught up."""
+    deadline = time.monotonic() + timeout
+    behind: list[str] = []
+    while time.monotonic() < deadline:
+        behind = []
+        for _, node in plan.nodes():
+            path = cluster.state_dir(plan.name, node.name) / cluster.AGENT_STATUS_FILE
+            try:
+                seen = json.loads(path.read_text()).get("gateways", {}).get(gateway)
+            except (OSError, ValueError):
+                seen = None
+            if seen is None or int(seen) < resource_version:
+                behind.append(f"{node.name}: {seen}")
+        if not behind:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"agents have not planned with {gateway} at {resource_version}: "
+                         f"{behind}")
+
+
 @pytest.fixture
 def healthy(lab: LabPlan) -> Iterator[LabPlan]:
     wait_pairs(lab)
@@ -183,7 +207,7 @@ def test_invalid_gateway_is_refused_or_surfaced_and_data_plane_untouched(
             time.sleep(0.5)
         assert condition.get("status") == "False", condition
         assert "cloud-1" in condition["message"]
-        time.sleep(3)  # agents saw the new object (coalesce + reconcile)
+        wait_agents_planned_with(plan, "gw-zz-conflict", int(obj["metadata"]["resourceVersion"]))
         assert lab_snapshot(plan) == before
         wait_pairs(plan, timeout=5)
     finally:

@@ -144,7 +144,8 @@ def test_active_endpoint_is_sticky_when_spec_order_changes(cluster: Cluster) -> 
     writes = cluster.controller.writes
     wait_for(lambda: cluster.controller.reconciles > 3 and cluster.gw("gw-hz")["metadata"].get(
         "generation") == 2, what="reconciles after the spec change")
-    time.sleep(1.0)  # several resync periods
+    seen = cluster.controller.reconciles
+    wait_for(lambda: cluster.controller.reconciles >= seen + 3, what="three more reconciles")
     assert cluster.active("gw-hz") == ["hz-1"]
     assert cluster.controller.writes == writes  # status already right: nothing written
 
@@ -315,3 +316,30 @@ def test_node_moving_pools_writes_each_gateway_once(cluster: Cluster) -> None:
         cond = next(c for c in cluster.gw(name)["status"]["conditions"]
                     if c["type"] == "SpecValid")
         assert cond["status"] == "True"
+
+
+def test_a_malformed_public_key_is_isolated_to_its_node(cluster: Cluster) -> None:
+    cluster.beat("hz-1")
+    cluster.beat("bj-1")
+    cluster.kube.create(GATEWAYS, gateway_obj("gw-hz", ["hz-1"]))
+    cluster.kube.create(GATEWAYS, gateway_obj("gw-bj", ["bj-1"]))
+    wait_for(lambda: cluster.active("gw-hz") == ["hz-1"] and cluster.active("gw-bj") == ["bj-1"],
+             what="both pools elected")
+    kubectl(cluster.server.kubeconfig, "annotate", "node", "hz-1", "--overwrite",
+            f"{constants.ANNOTATION_PUBLIC_KEY}=not-a-wireguard-key")
+
+    def ready(name: str) -> dict[str, Any]:
+        status = cluster.gw(name).get("status") or {}
+        return next(c for c in status.get("conditions") or [] if c["type"] == "Ready")
+
+    cond = wait_for(lambda: (c := ready("gw-hz"))["reason"] == "PublicKeyInvalid" and c,
+                    what="gw-hz names the bad key")
+    assert cond["status"] == "False" and "node hz-1" in cond["message"]
+    (active,) = cluster.gw("gw-hz")["status"]["activeEndpoints"]
+    assert "public-key" not in active.get("config", {})  # never handed to other pools
+    assert ready("gw-bj")["status"] == "True"  # the other pool is not affected
+    kubectl(cluster.server.kubeconfig, "annotate", "node", "hz-1", "--overwrite",
+            f"{constants.ANNOTATION_PUBLIC_KEY}={KEYS['hz-1']}")
+    wait_for(lambda: ready("gw-hz")["status"] == "True", what="fixed annotation accepted")
+    (active,) = cluster.gw("gw-hz")["status"]["activeEndpoints"]
+    assert active["config"]["public-key"] == KEYS["hz-1"]

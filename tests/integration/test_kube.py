@@ -29,7 +29,7 @@ from raven.kube.errors import (
 from raven.kube.events import EventRecorder
 from raven.kube.informer import Informer
 from raven.kube.lease import Heartbeat, LeaderElector, LeaderSettings
-from raven.kube.timefmt import parse_time
+from raven.timefmt import parse_time
 
 
 @pytest.fixture

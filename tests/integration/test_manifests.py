@@ -13,6 +13,13 @@ from kube_support import ROOT, kubectl
 
 from raven.apiserver.server import RunningApiServer
 from raven.cli import build_parser
+from raven.commands import controller as controller_command
+from raven.settings import (
+    AgentSettings,
+    ControllerSettings,
+    LeaderSettings,
+    listen_problems,
+)
 
 AGENT = [ROOT / "agent" / "rbac.yaml", ROOT / "agent" / "daemonset.yaml"]
 GATEWAY = [ROOT / "gateway" / "crd.yaml", ROOT / "gateway" / "rbac.yaml",
@@ -62,8 +69,16 @@ def test_daemonset_runs_the_agent_as_the_guide_says(server: RunningApiServer) ->
     assert mount["mountPath"] == "/var/lib/raven"
     assert "--state-dir=/var/lib/raven" in c["args"]
     port = c["ports"][0]["containerPort"]
-    assert f"--metrics-listen=0.0.0.0:{port}" in c["args"]
-    assert c["livenessProbe"]["httpGet"]["port"] == port
+    assert port == AgentSettings().metrics_port
+    # Loopback (probes, /status) and the node's InternalIP (Prometheus), never a wildcard.
+    listens = [a.split("=", 1)[1] for a in c["args"] if a.startswith("--metrics-listen=")]
+    assert listens == [f"127.0.0.1:{port}", f"$(NODE_IP):{port}"]
+    assert env["NODE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port,
+                                              "host": "127.0.0.1"}
+    assert c["readinessProbe"]["httpGet"]["host"] == "127.0.0.1"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["port"] == port
 
 
 def test_controller_deployment_has_two_leader_elected_replicas(server: RunningApiServer) -> None:
@@ -74,6 +89,14 @@ def test_controller_deployment_has_two_leader_elected_replicas(server: RunningAp
     (c,) = deploy["spec"]["template"]["spec"]["containers"]
     assert c["command"] == ["raven", "controller"]
     assert any(a.startswith("--lease-duration=") for a in c["args"])
+    port = ControllerSettings().metrics_port
+    assert c["ports"][0]["containerPort"] == port
+    listens = [a.split("=", 1)[1] for a in c["args"] if a.startswith("--metrics-listen=")]
+    assert listens == [f"127.0.0.1:{port}", f"$(POD_IP):{port}"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["port"] == port  # the pod IP: served by the second listener
 
 
 def _rules(path: Path, kind: str, name: str) -> list[dict[str, Any]]:
@@ -109,12 +132,51 @@ def _container(path: Path, kind: str) -> dict[str, Any]:
     return doc["spec"]["template"]["spec"]["containers"][0]
 
 
+# Flags whose value belongs to the deployment (names and addresses), not to the settings root.
+DEPLOYMENT_FLAGS = {"identity", "metrics_listen", "node"}
+# Expansions the kubelet does from the pod's env, replaced by values a node could have.
+ENV_EXAMPLES = {"$(POD_NAME)": "pod-x", "$(NODE_IP)": "192.0.2.10", "$(POD_IP)": "10.244.0.5"}
+
+
+def _manifest_argv(c: dict[str, Any]) -> list[str]:
+    argv = []
+    for arg in c["command"][1:] + c["args"]:
+        for var, value in ENV_EXAMPLES.items():
+            arg = arg.replace(var, value)
+        argv.append(arg)
+    return argv
+
+
+def test_manifest_flags_are_cli_flags_and_agree_with_the_settings_root() -> None:
+    parser = build_parser()
+    for path, kind, verb in ((ROOT / "gateway" / "controller.yaml", "Deployment", "controller"),
+                             (ROOT / "agent" / "daemonset.yaml", "DaemonSet", "agent")):
+        c = _container(path, kind)
+        argv = _manifest_argv(c)
+        defaults = vars(parser.parse_args([verb, "--node", "n"] if verb == "agent" else [verb]))
+        given = vars(parser.parse_args(argv))  # exits (SystemExit) on an unknown flag
+        set_by_manifest = {k for k in given if given[k] != defaults[k]} - DEPLOYMENT_FLAGS
+        assert not set_by_manifest, (
+            f"{path.name} sets {sorted(set_by_manifest)} to values other than the settings "
+            "root's defaults (raven/settings.py); change one of the two")
+        assert any(a.startswith("--") for a in argv), f"{path.name}: no flags found"
+    controller = parser.parse_args(_manifest_argv(_container(ROOT / "gateway" /
+                                                             "controller.yaml", "Deployment")))
+    settings = controller_command.settings_from_args(controller)  # passes its validation
+    assert settings.leader == LeaderSettings()
+    assert settings.metrics_listen == ("127.0.0.1:10266", "10.244.0.5:10266")
+    agent = parser.parse_args(_manifest_argv(_container(ROOT / "agent" / "daemonset.yaml",
+                                                        "DaemonSet")))
+    assert agent.state_dir == AgentSettings().state_dir
+    assert agent.resync == AgentSettings().resync_period
+    assert listen_problems("--metrics-listen", tuple(agent.metrics_listen)) == []
+
+
 def test_manifest_commands_are_accepted_by_our_cli() -> None:
     parser = build_parser()
     for path, kind in ((ROOT / "gateway" / "controller.yaml", "Deployment"),
                        (ROOT / "agent" / "daemonset.yaml", "DaemonSet")):
         c = _container(path, kind)
         assert c["command"][0] == "raven"
-        argv = [a.replace("$(POD_NAME)", "pod-x") for a in c["command"][1:] + c["args"]]
-        args = parser.parse_args(argv)  # exits (SystemExit) on an unknown flag
+        args = parser.parse_args(_manifest_argv(c))  # exits (SystemExit) on an unknown flag
         assert callable(args.func)

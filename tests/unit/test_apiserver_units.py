@@ -144,3 +144,13 @@ def test_age_accepts_micro_time_and_offsets() -> None:
     assert age("2026-01-01T23:59:30.123456Z", now) == "29s"
     assert age("2026-01-01T23:59:30.123456+00:00", now) == "29s"
     assert age("yesterday", now) == "<invalid>"
+
+
+def test_label_and_annotation_rules_refuse_a_trailing_newline() -> None:
+    # `re.match` with "$" accepts "abc\n"; kube-apiserver does not.
+    from raven.apiserver.api import _label_problems
+
+    assert _label_problems({"app": "web", "example.com/tier": "db"}, {"a.io/b": "x"}) == []
+    assert len(_label_problems({"app\n": "web"}, {})) == 1
+    assert len(_label_problems({"app": "web\n"}, {})) == 1
+    assert len(_label_problems({}, {"note\n": "x"})) == 1

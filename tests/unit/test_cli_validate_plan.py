@@ -183,3 +183,20 @@ def test_json_input_and_v1alpha1_are_accepted(tmp_path: Path) -> None:
     result = raven("validate", write(tmp_path, "old.json", json.dumps(obj)))
     assert result.returncode == 0, result.stdout
     assert result.stdout.strip() == "valid: 1 Gateway(s), 0 lab topology file(s)"
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("a: 1\nb: \x00\n", "line 2: contains a NUL byte"),
+    ("[" * 50_000, "nested more than"),
+    ('a: &a ["x","x"]\nb: &b [*a,*a]\nc: [*b,*b]\n', r"YAML aliases (*a) are not accepted"),
+])
+@pytest.mark.parametrize("command", ["validate", "plan"])
+def test_hostile_yaml_is_a_clear_error_without_traceback(
+        tmp_path: Path, command: str, content: str, message: str) -> None:
+    path = tmp_path / "hostile.yaml"
+    path.write_text(content)
+    args = [str(path)] if command == "validate" else ["--gateways", str(path), "--node", "a-1"]
+    result = raven(command, *args)
+    assert result.returncode == 1
+    assert f"{path}: " in result.stdout + result.stderr
+    assert message in result.stdout + result.stderr

@@ -1,4 +1,5 @@
-"""The controller's pure part: Gateway object + Nodes + heartbeats -> the status to store."""
+"""The pure Gateway-status computation (raven/gateway_status.py): Gateway object + Nodes +
+heartbeats -> the status to store."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import copy
 from typing import Any
 
 from raven import constants
-from raven.controller import compute_status, heartbeats_from_leases
+from raven.gateway_status import compute_status, heartbeats_from_leases, key_problem
 from raven.model import Node
 
 NOW = 1_700_000_000.0
@@ -184,10 +185,33 @@ def test_elected_node_without_key_is_not_ready() -> None:
 
 
 def test_members_grouped_once_equal_members_per_gateway() -> None:
-    from raven.controller import members_by_pool
+    from raven.gateway_status import members_by_pool
 
     pools = members_by_pool(NODES)
     assert [m.node_name for m in pools["gw-hz"]] == ["hz-1", "hz-2"]
     obj = gateway("gw-hz", [{"nodeName": "hz-1", "type": "tunnel"}])
     assert (compute_status(obj, NODES, {"hz-1": NOW}, NOW, pools=pools).status
             == compute_status(obj, NODES, {"hz-1": NOW}, NOW).status)
+
+
+def test_a_malformed_public_key_is_not_published_and_the_gateway_names_the_node() -> None:
+    nodes = {**NODES, "hz-1": node("hz-1", "192.0.2.1", ["10.244.0.0/24"], "gw-hz",
+                                   "not-a-key!")}
+    plan = compute_status(gateway("gw-hz", [{"nodeName": "hz-1", "type": "tunnel"}]), nodes,
+                          {"hz-1": NOW}, NOW)
+    (active,) = plan.status["activeEndpoints"]
+    assert active["nodeName"] == "hz-1"
+    assert constants.ENDPOINT_CONFIG_PUBLIC_KEY not in active.get("config", {})
+    ready = cond(plan.status, "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "PublicKeyInvalid"
+    assert "node hz-1" in ready["message"] and constants.ANNOTATION_PUBLIC_KEY in ready["message"]
+    # The other pool is untouched by hz-1's bad annotation.
+    other = compute_status(gateway("gw-bj", [{"nodeName": "hz-2", "type": "tunnel"}]), nodes,
+                           {"hz-2": NOW}, NOW)
+    assert cond(other.status, "Ready")["status"] == "True"
+
+
+def test_key_problem_accepts_only_base64_of_32_bytes() -> None:
+    assert key_problem("n", KEY_A) is None
+    for bad in ("a" * 42 + "==", "a" * 44, "!" * 43 + "=", "", "a" * 43 + "=\n"):
+        assert key_problem("n", bad) is not None, bad

@@ -382,19 +382,22 @@ def test_firewall_plan_creates_then_only_changes_elements() -> None:
     fw = Firewall(table="raven", mark=0x40, mark_mask=0x40, local_subnets=("10.1.0.0/16",),
                   remote_subnets=("10.2.0.0/16", "10.3.0.0/24"))
     plan = plan_firewall(fw, None)
-    assert plan.script is not None and plan.script.startswith("table inet raven {")
-    assert "add element inet raven remote4 { 10.2.0.0/16, 10.3.0.0/24 }" in plan.script
-    assert "snat ip to ip saddr" in plan.script and "srcnat - 10" in plan.script
+    assert plan.build == "create"  # the whole table with its elements, one transaction
+    assert plan.elements == (("remote4", ("10.2.0.0/16", "10.3.0.0/24"), False),)
+    script = skeleton(fw)[0]  # the nft script the netlink messages are equivalent to
+    assert script.startswith("table inet raven {")
+    assert "snat ip to ip saddr" in script and "srcnat - 10" in script
     live = LiveFirewall(True, {4: frozenset({"10.2.0.0/16", "10.9.0.0/24"}), 6: frozenset()})
     plan = plan_firewall(fw, live)
-    assert plan.script is None
+    assert plan.build is None
     assert plan.elements == (("remote4", ("10.9.0.0/24",), True),
                              ("remote4", ("10.3.0.0/24",), False))
     same = LiveFirewall(True, collapse(fw.remote_subnets))
     assert plan_firewall(fw, same).empty()
     broken = LiveFirewall(False, same.elements)
     rebuilt = plan_firewall(fw, broken)
-    assert rebuilt.script is not None and "delete table inet raven" in rebuilt.script
+    assert rebuilt.build == "rebuild"  # declare, delete and define in one transaction
+    assert rebuilt.elements == (("remote4", ("10.2.0.0/16", "10.3.0.0/24"), False),)
     # The fingerprint identifies the skeleton; a different mark is a different skeleton.
     assert skeleton(fw)[1] != skeleton(Firewall("raven", 0x80, 0x80, (), ()))[1]
 

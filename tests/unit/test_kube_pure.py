@@ -22,7 +22,7 @@ from raven.kube.errors import (
     Unavailable,
     from_api_exception,
 )
-from raven.kube.timefmt import parse_time, to_micro_time, to_time
+from raven.timefmt import parse_time, to_micro_time, to_time
 
 
 @given(st.integers(0, 50), st.floats(0, 1))

@@ -187,7 +187,7 @@ def test_unreadable_and_invalid_yaml(tmp_path: Path) -> None:
         load_topology(tmp_path / "missing.yaml")
     bad = tmp_path / "bad.yaml"
     bad.write_text("pools: [\n")
-    with pytest.raises(ValidationError, match="not valid YAML"):
+    with pytest.raises(ValidationError, match="malformed YAML"):
         load_topology(bad)
 
 

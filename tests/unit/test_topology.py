@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from raven.desired import FdbEntry, NeighEntry, Role, Route, Rule
 from raven.model import Endpoint, FrozenMap, Gateway, GatewaySpec, GatewayStatus, Node, NodeInfo
-from raven.topology import PlanOptions, plan_node, vtep_collisions, vtep_for
+from raven.topology import PlanOptions, plan_node, vtep6_for, vtep_collisions, vtep_for
 
 
 @dataclass(frozen=True)
@@ -229,13 +229,60 @@ def test_standby_endpoints_are_noted() -> None:
     assert any("c2 are standby" in n for n in plan_node(gws, "c1").notes)
 
 
-def test_ipv6_remote_subnets_get_an_ipv6_rule() -> None:
+def test_ipv6_subnets_are_routed_via_the_ipv6_vtep_with_an_ipv6_rule() -> None:
+    # Once this asserted `fd00:7::/64 via <IPv4 VTEP>`, which the data plane refuses (Linux has
+    # no IPv6 route through an IPv4 next hop) and which failed every member's whole apply.
     gws = three_pools()
+    gws[0] = gateway(PoolSpec("cloud", (("c1", "192.0.2.1", "10.244.0.0/24"),
+                                        ("c2", "192.0.2.2", "fd00:1::/64")),
+                              public_ip="203.0.113.1", created="2024-01-01T00:00:00Z"))
     gws.append(gateway(PoolSpec("v6", (("v1", "198.18.7.1", "fd00:7::/64"),),
                                 public_ip="203.0.113.7")))
     state = plan_node(gws, "c2")
     assert {r.family for r in state.rules} == {4, 6}
-    assert "fd00:7::/64" in {r.dst for r in state.routes}
+    assert Route("fd00:7::/64", 9027, "raven0", gateway=vtep6_for("192.0.2.1"),
+                 mtu=1420) in state.routes
+    assert state.vxlan is not None and state.vxlan.vtep_ip6 == vtep6_for("192.0.2.2")
+
+
+def test_ipv6_subnets_are_not_routed_into_an_ipv4_only_pool_and_a_note_says_why() -> None:
+    gws = three_pools()
+    gws.append(gateway(PoolSpec("v6", (("v1", "198.18.7.1", "fd00:7::/64"),),
+                                public_ip="203.0.113.7")))
+    for node in ("c2", "h1"):
+        state = plan_node(gws, node)
+        assert "fd00:7::/64" not in {r.dst for r in state.routes}
+        assert {r.family for r in state.rules} == {4}
+        assert state.vxlan is not None and state.vxlan.vtep_ip6 is None
+        assert ("net.ipv6.conf.all.forwarding", "1") not in state.sysctls
+        assert [n for n in state.notes if n.startswith(
+            "Gateway v6: IPv6 subnet(s) fd00:7::/64 not routed")
+            and f"pool {state.pool} has no IPv6 pod subnet" in n]
+    # ...and every IPv4 subnet of the other pools is still routed.
+    assert {r.dst for r in plan_node(gws, "c2").routes} == {
+        "10.245.0.0/24", "10.245.1.0/24", "10.246.0.0/24"}
+    assert {r.dst for r in plan_node(gws, "h1").routes} == {
+        "10.244.0.0/24", "10.244.1.0/24", "10.246.0.0/24"}
+
+
+def test_the_relay_gateway_routes_the_families_it_forwards_for_others() -> None:
+    # cloud (IPv4 only) relays wg->wg between the undialable pools; once two of them have IPv6
+    # subnets, it routes those into the tunnel too, while its members still route only IPv4.
+    gws = three_pools()
+    gws.append(gateway(PoolSpec("v6", (("v1", "198.18.7.1", "fd00:7::/64"),),
+                                public_ip="203.0.113.7")))
+    assert "fd00:7::/64" not in {r.dst for r in plan_node(gws, "c1").routes}
+    gws += [gateway(PoolSpec(f"nat{i}", ((f"n{i}", f"198.18.8.{i}", f"fd00:8:{i}::/64"),),
+                             nat=True)) for i in (1, 2)]
+    state = plan_node(gws, "c1")
+    assert {Route("fd00:8:1::/64", 9028, "raven-wg0"), Route("fd00:8:2::/64", 9028, "raven-wg0")
+            } <= set(state.routes)
+    assert "fd00:7::/64" not in {r.dst for r in state.routes}  # dialable: nobody relays it
+    assert ("net.ipv6.conf.all.forwarding", "1") in state.sysctls
+    assert {r.family for r in state.rules} == {4, 6}
+    member = plan_node(gws, "c2")
+    assert {r.dst for r in member.routes} == {"10.245.0.0/24", "10.245.1.0/24", "10.246.0.0/24"}
+    assert any("fd00:8:1::/64 not routed on node c2" in n for n in member.notes)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,35 +1,43 @@
-"""The WireGuard device applier: one interface, kernel or userspace backend chosen once.
+"""The WireGuard applier: one device, kernel or userspace backend chosen once.
 
 Backend choice (`auto`): an existing device decides (kind "wireguard" = kernel, a TUN device =
 userspace); otherwise we try to create a kernel device and fall back to wireguard-go when the
 kernel has no wireguard driver. `kernel` / `userspace` force one; a device of the other kind is
-then replaced. Rules kept: peers are diffed (model.diff_device) and nothing is written when
-equal; the device MTU and up state are fixed in place.
+then replaced. Rules kept: `diff` is pure (model.diff_device for the peers); a peer that is equal
+is never written; a peer that cannot be written (malformed key or endpoint) is skipped and
+reported, the others are applied; the device MTU and up state are fixed in place.
 
-Written-state cache (why one change among 10,000 allowed IPs costs a few ms with wireguard-go,
-whose `get` prints every allowed IP): after a successful write we remember the device as we
-left it, keyed by the device's ifindex and the daemon's pid, and diff against that instead of
-reading it back. Nothing notifies us of a foreign `wg set`, so the cache is dropped (and the
-next apply reads the device in full) on any failed write, a new ifindex or pid, `resync()`
-(called by `Dataplane.repair`/`observe`) and when it is older than RESYNC_S.
+Cache (why one change among 10,000 allowed IPs costs a few ms with wireguard-go, whose `get`
+prints every allowed IP): after a successful write we remember the device as we left it, keyed
+by the device's ifindex and the daemon's pid, and diff against that instead of reading it back.
+Nothing notifies us of a foreign `wg set`, so the cache is replaced by a full read on
+`read(fresh=True)` (repair, observe), and dropped on any failed write, a new ifindex or pid, and
+when it is older than RESYNC_S.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
 from raven.dataplane.errors import DataplaneError
 from raven.dataplane.links import LinkFacts, Links, LinkUnsupported
 from raven.dataplane.wireguard.genl import KernelWireGuard
-from raven.dataplane.wireguard.model import DeviceWrite, LiveDevice, LivePeer, diff_device
+from raven.dataplane.wireguard.model import (
+    DeviceWrite,
+    LiveDevice,
+    LivePeer,
+    diff_device,
+    split_peers,
+)
 from raven.dataplane.wireguard.userspace import WireGuardGo
 from raven.desired import WireGuardDevice
 
 BACKENDS = ("auto", "kernel", "userspace")
 RESYNC_S = 30.0  # the longest we trust what we wrote without reading the device back
+_EMPTY = LiveDevice(private_key=None, listen_port=0)
 
 
 class Configurator(Protocol):
@@ -37,7 +45,80 @@ class Configurator(Protocol):
     def set(self, write: DeviceWrite) -> None: ...
 
 
+def kind_of(link: LinkFacts | None) -> str | None:
+    if link is None:
+        return None
+    if link.kind == "wireguard":
+        return "kernel"
+    if link.kind == "tun":
+        return "userspace"
+    return "foreign"
+
+
+@dataclass(frozen=True)
+class WgLive:
+    link: LinkFacts | None
+    device: LiveDevice | None  # None: no device of ours, or its configuration is unreadable
+    daemon: bool = False  # our wireguard-go runs (it may outlive its device)
+
+
+@dataclass(frozen=True)
+class WgChanges:
+    ifname: str
+    desired: WireGuardDevice | None = None
+    remove: int | None = None  # 0 = stop the daemon only, else also delete this ifindex
+    create: bool = False  # no device of the wanted backend yet
+    fix_link: bool = False
+    write: DeviceWrite = field(default_factory=DeviceWrite)
+    unreadable: bool = False
+    skipped: tuple[str, ...] = ()
+    lines: tuple[str, ...] = ()
+
+    def empty(self) -> bool:
+        return (self.remove is None and not self.create and not self.fix_link
+                and self.write.empty() and not self.unreadable)
+
+
+def diff(desired: WireGuardDevice | None, private_key: str, live: WgLive, *, ifname: str,
+         requested: str, userspace: bool) -> WgChanges:
+    """The pure diff. `userspace`: the device is (or will be) wireguard-go's, whose UAPI
+    removes allowed IPs by moving them to a throwaway peer (model.py)."""
+    kind = kind_of(live.link)
+    if kind == "foreign":
+        raise DataplaneError(
+            f"link {ifname} exists and is a {live.link.kind or 'device'} we did not "  # type: ignore[union-attr]
+            "create; delete or rename it, or configure another WireGuard device name")
+    if desired is None:
+        if kind is not None:
+            return WgChanges(ifname, remove=live.link.index,  # type: ignore[union-attr]
+                             lines=(f"wireguard {ifname}: delete device",))
+        if live.daemon:
+            return WgChanges(ifname, remove=0, lines=(f"wireguard {ifname}: stop wireguard-go",))
+        return WgChanges(ifname)
+    lines: list[str] = []
+    create = kind is None or (requested != "auto" and kind != requested)
+    if kind is None:
+        lines.append(f"wireguard {ifname}: create device ({requested})")
+    elif create:
+        lines.append(f"wireguard {ifname}: replace {kind} device by {requested}")
+    link = None if create else live.link
+    fix_link = link is None or link.mtu != desired.mtu or not link.up
+    if fix_link:
+        lines.append(f"wireguard {ifname}: mtu {link.mtu if link else None} -> {desired.mtu}, up")
+    unreadable = not create and live.device is None
+    if unreadable:
+        lines.append(f"wireguard {ifname}: configuration unreadable")
+    device = _EMPTY if create or live.device is None else live.device
+    peers, skipped = split_peers(desired.peers)
+    write, peer_lines = diff_device(private_key, desired.listen_port, peers, device,
+                                    move_removed=userspace)
+    return WgChanges(ifname, desired, create=create, fix_link=fix_link, write=write,
+                     unreadable=unreadable, skipped=skipped, lines=(*lines, *peer_lines))
+
+
 class WireGuardApplier:
+    invalidated_by: frozenset[str] = frozenset()  # nothing notifies WireGuard changes
+
     def __init__(self, *, links: Links, netns_name: str | None, ifname: str, backend: str,
                  state_dir: Path, run_dir: Path | None, wireguard_go: str) -> None:
         if backend not in BACKENDS:
@@ -52,30 +133,18 @@ class WireGuardApplier:
         self._kernel: KernelWireGuard | None = None
         self.backend: str | None = None  # resolved: "kernel" | "userspace"
         # (ifindex, daemon pid, monotonic time of the last full read, device as we left it)
-        self._written: tuple[int, int | None, float, LiveDevice] | None = None
+        self._cache: tuple[int, int | None, float, LiveDevice] | None = None
 
-    def resync(self) -> None:
-        """Forget what we wrote: the next apply reads the device in full (drift repair)."""
-        self._written = None
-
-    def _owner(self) -> int | None:
-        return self.daemon.pid() if self.backend == "userspace" else None
-
-    def _cached(self, have: LinkFacts) -> LiveDevice | None:
-        written = self._written
-        if written is None:
-            return None
-        index, pid, read_at, device = written
-        if (index != have.index or time.monotonic() - read_at > RESYNC_S
-                or pid != self._owner()):
-            self._written = None
-            return None
-        return device
+    def forget(self) -> None:
+        self._cache = None
 
     def close(self) -> None:
         if self._kernel is not None:
             self._kernel.close()
             self._kernel = None
+
+    def _owner(self) -> int | None:
+        return self.daemon.pid() if self.backend == "userspace" else None
 
     def _configurator(self) -> Configurator:
         if self.backend == "kernel":
@@ -84,37 +153,108 @@ class WireGuardApplier:
             return self._kernel
         return self.daemon.uapi
 
-    @staticmethod
-    def kind_of(link: LinkFacts | None) -> str | None:
-        if link is None:
+    # --- read -------------------------------------------------------------------------------
+
+    def read(self, links: dict[str, LinkFacts], *, fresh: bool = False) -> WgLive:
+        link = links.get(self.ifname)
+        kind = kind_of(link)
+        if kind not in ("kernel", "userspace"):
+            return WgLive(link, None, daemon=self.daemon.pid() is not None)
+        self.backend = kind  # the live device decides how to talk to it
+        cached = None if fresh else self._cached(link)  # type: ignore[arg-type]
+        if cached is not None:
+            return WgLive(link, cached, daemon=True)
+        try:
+            device = self._configurator().get()
+        except DataplaneError:
+            self._cache = None
+            return WgLive(link, None)
+        self._cache = (link.index, self._owner(), time.monotonic(), device)  # type: ignore[union-attr]
+        return WgLive(link, device, daemon=True)
+
+    def _cached(self, link: LinkFacts) -> LiveDevice | None:
+        cache = self._cache
+        if cache is None:
             return None
-        if link.kind == "wireguard":
-            return "kernel"
-        if link.kind == "tun":
-            return "userspace"
-        return "foreign"
+        index, pid, read_at, device = cache
+        if index != link.index or time.monotonic() - read_at > RESYNC_S or pid != self._owner():
+            self._cache = None
+            return None
+        return device
+
+    def diff(self, desired: WireGuardDevice | None, private_key: str,
+             live: WgLive) -> WgChanges:
+        kind = kind_of(live.link)
+        userspace = (self.requested == "userspace"
+                     or (self.requested == "auto" and (kind or self.backend) == "userspace"))
+        return diff(desired, private_key, live, ifname=self.ifname, requested=self.requested,
+                    userspace=userspace)
+
+    # --- apply ------------------------------------------------------------------------------
+
+    def apply(self, changes: WgChanges, private_key: str,
+              link: LinkFacts | None) -> tuple[int, list[str]]:
+        """Writes the changes (`link`: the device as read); returns (writes, lines of what
+        happened to the device beyond the diff: creation, backend fallback, daemon start)."""
+        try:
+            return self._apply(changes, private_key, link)
+        except BaseException:
+            self._cache = None  # a failed write leaves the device unknown
+            raise
+
+    def _apply(self, changes: WgChanges, private_key: str,
+               link: LinkFacts | None) -> tuple[int, list[str]]:
+        if changes.remove is not None:
+            self._cache = None
+            self.daemon.stop()
+            if changes.remove:
+                self.links.delete(changes.remove)
+            return 1, []
+        desired = changes.desired
+        if desired is None:
+            return 0, []
+        extra: list[str] = []
+        writes = self._ensure_device(link, extra)
+        have = self.links.get(self.ifname) if writes or link is None else link
+        if have is None:
+            raise DataplaneError(f"wireguard {self.ifname}: device did not appear")
+        write = changes.write
+        if writes or changes.create or changes.unreadable:
+            # A new device or daemon: what we diffed against is gone. Read it, diff again.
+            self._cache = None
+            live = self.read({self.ifname: have}, fresh=True)
+            if live.device is None:
+                self._configurator().get()  # raises the clear error naming the socket
+            write = self.diff(desired, private_key, live).write
+        if have.mtu != desired.mtu or not have.up:
+            self.links.set(have.index, mtu=desired.mtu, up=True)
+            writes += 1
+        if not write.empty():
+            cache = self._cache
+            self._cache = None
+            self._configurator().set(write)
+            writes += 1
+            if cache is not None:
+                self._cache = (*cache[:3], after_write(cache[3], write))
+        return writes, extra
 
     def _ensure_device(self, have: LinkFacts | None, changes: list[str]) -> int:
         """Make the device exist with the right backend. Returns writes."""
         writes = 0
-        kind = self.kind_of(have)
-        if kind == "foreign":
-            raise DataplaneError(
-                f"link {self.ifname} exists and is a {have.kind or 'device'} we did not create; "  # type: ignore[union-attr]
-                "delete or rename it, or configure another WireGuard device name")
+        kind = kind_of(have)
         wanted = self.requested
         if wanted == "auto":
             wanted = kind or "kernel"
         if kind is not None and kind != wanted:
             self.links.delete(have.index)  # type: ignore[union-attr]
             self.daemon.stop()
-            changes.append(f"wireguard {self.ifname}: replace {kind} device by {wanted}")
+            changes.append(f"wireguard {self.ifname}: replaced {kind} device by {wanted}")
             writes += 1
             kind = None
         if wanted == "kernel" and kind is None:
             try:
                 self.links.add_wireguard(self.ifname)
-                changes.append(f"wireguard {self.ifname}: create kernel device")
+                changes.append(f"wireguard {self.ifname}: created kernel device")
                 writes += 1
             except LinkUnsupported:
                 if self.requested == "kernel":
@@ -125,89 +265,19 @@ class WireGuardApplier:
                 wanted = "userspace"
         self.backend = wanted
         if wanted == "userspace" and self.daemon.ensure_running():
-            changes.append(f"wireguard {self.ifname}: start wireguard-go (pid {self.daemon.pid()})")
+            changes.append(f"wireguard {self.ifname}: started wireguard-go "
+                           f"(pid {self.daemon.pid()})")
             writes += 1
         return writes
 
-    def apply(self, desired: WireGuardDevice | None, private_key: str, *,
-              write: bool = True) -> tuple[int, list[str]]:
-        try:
-            return self._apply(desired, private_key, write=write)
-        finally:
-            if write:  # wireguard-go creates and removes its TUN device itself
-                self.links.invalidate()
-
-    def _apply(self, desired: WireGuardDevice | None, private_key: str, *,
-               write: bool = True) -> tuple[int, list[str]]:
-        changes: list[str] = []
-        have = self.links.get(self.ifname)
-        if desired is None:
-            if self.kind_of(have) in ("kernel", "userspace"):
-                changes.append(f"wireguard {self.ifname}: delete device")
-                if write:
-                    self.daemon.stop()
-                    self.links.delete(have.index)  # type: ignore[union-attr]
-            elif write and self.daemon.pid() is not None:
-                self.daemon.stop()
-                changes.append(f"wireguard {self.ifname}: stop wireguard-go")
-            return (len(changes) if write else 0), changes
-        writes = 0
-        if not write:
-            if have is None:
-                return 0, [f"wireguard {self.ifname}: device missing"]
-            self.backend = self.backend or self.kind_of(have)
-        else:
-            writes += self._ensure_device(have, changes)
-            if writes:
-                self.links.invalidate()
-            have = self.links.get(self.ifname)
-            if have is None:
-                raise DataplaneError(f"wireguard {self.ifname}: device did not appear")
-        if have.mtu != desired.mtu or not have.up:
-            changes.append(f"wireguard {self.ifname}: mtu {have.mtu} -> {desired.mtu}, up")
-            if write:
-                self.links.set(have.index, mtu=desired.mtu, up=True)
-                writes += 1
-        live = self._cached(have) if write else None
-        if live is None:
-            try:
-                live = self._configurator().get()
-            except DataplaneError:
-                if write:
-                    raise
-                return writes, [*changes, f"wireguard {self.ifname}: configuration unreadable"]
-            if write:
-                self._written = (have.index, self._owner(), time.monotonic(), live)
-        update, peer_changes = diff_device(private_key, desired.listen_port, desired.peers, live,
-                                           move_removed=self.backend == "userspace")
-        changes.extend(peer_changes)
-        if write and not update.empty():
-            written = self._written
-            self._written = None  # a failed write leaves the device unknown
-            self._configurator().set(update)
-            writes += 1
-            if written is not None:
-                self._written = (*written[:3], after_write(live, update))
-        return writes, changes
-
-    def live(self) -> LiveDevice | None:  # always a full read (observe, status)
-        have = self.links.get(self.ifname)
-        if self.kind_of(have) not in ("kernel", "userspace"):
-            return None
-        self.backend = self.backend or self.kind_of(have)
-        try:
-            return self._configurator().get()
-        except DataplaneError:
-            return None
-
     def cleanup(self) -> list[str]:
-        self._written = None
+        self._cache = None
         # The daemon first: stopped, wireguard-go removes its TUN device itself.
         changes = []
         if self.daemon.stop():
             changes.append(f"stop wireguard-go for {self.ifname}")
         have = self.links.get(self.ifname)
-        if self.kind_of(have) in ("kernel", "userspace"):
+        if kind_of(have) in ("kernel", "userspace"):
             self.links.delete(have.index)  # type: ignore[union-attr]
             changes.append(f"delete link {self.ifname}")
         return changes

@@ -6,13 +6,18 @@ the handshake" and never causes a write; allowed IPs that are only added are sen
 replacing the list (no window without routes); a removal replaces the list, or, with
 `move_removed` (wireguard-go, whose UAPI has no single-IP removal), moves only the removed IPs to
 a throwaway peer that the same write deletes: O(removed), and the peer's other IPs never leave.
+A desired peer that cannot be written (malformed key or endpoint, e.g. from a bad Node
+annotation) is skipped with a reason (`split_peers`); it never stops the other peers.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 from dataclasses import dataclass, field
 
+from raven.constants import ANNOTATION_PUBLIC_KEY
 from raven.desired import WireGuardPeer
 
 
@@ -118,3 +123,42 @@ def diff_device(private_key: str, listen_port: int, desired: tuple[WireGuardPeer
             what.append(f"allowed IPs +{len(added)} -{len(removed)}")
         changes.append(f"wireguard peer {key} update: {', '.join(what)}")
     return DeviceWrite(write_key, write_port, tuple(peers)), changes
+
+
+def is_key(text: str) -> bool:
+    """A base64 32-byte WireGuard key (public or preshared)."""
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
+
+
+def peer_problem(peer: WireGuardPeer) -> str | None:
+    """Why this desired peer cannot be written, or None. Never prints a preshared key."""
+    if not is_key(peer.public_key):
+        return f"public key {peer.public_key!r} is not a base64 32-byte WireGuard key"
+    if peer.preshared_key and not is_key(peer.preshared_key):
+        return "its preshared key is not a base64 32-byte key"
+    if peer.endpoint:
+        try:
+            canonical_endpoint(peer.endpoint)
+        except ValueError:
+            return f"endpoint {peer.endpoint!r} is not address:port"
+    return None
+
+
+def split_peers(peers: tuple[WireGuardPeer, ...]
+                ) -> tuple[tuple[WireGuardPeer, ...], tuple[str, ...]]:
+    """(peers we can write, one message per skipped peer naming it, the reason and the fix)."""
+    valid: list[WireGuardPeer] = []
+    skipped: list[str] = []
+    for peer in peers:
+        problem = peer_problem(peer)
+        if problem is None:
+            valid.append(peer)
+        else:
+            skipped.append(
+                f"wireguard peer of Gateway {peer.pool or '(unknown)'!r} skipped: {problem}; "
+                "the other peers are applied. Fix what its gateway node publishes (Node "
+                f"annotation {ANNOTATION_PUBLIC_KEY}) or the Gateway's endpoint")
+    return tuple(valid), tuple(skipped)

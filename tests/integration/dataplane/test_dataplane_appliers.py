@@ -152,8 +152,14 @@ def test_ipv6_subnet_via_an_ipv4_vtep_is_refused_clearly(node) -> None:
     dp = node.dataplane()
     state = member(1, gateway=3)
     v6 = Route(dst="fd00:2::/64", table=9027, dev="raven0", gateway=vtep(3)[0], mtu=WG_MTU)
-    with pytest.raises(DataplaneError, match="cannot route an IPv6 subnet through an IPv4"):
-        dp.apply(replace(state, routes=(*state.routes, v6)))
+    # Refused with a clear reason in `skipped`, and the IPv4 half still applied.
+    bad = replace(state, routes=(*state.routes, v6))
+    result = dp.apply(bad)
+    (reason,) = result.skipped
+    assert "cannot route an IPv6 subnet through an IPv4" in reason and "IPv4 applied" in reason
+    assert {r["dst"] for r in node.routes(9027)} == {"10.2.0.0/16"}
+    again = dp.apply(bad)  # refused before any write: the steady state churns nothing
+    assert (again.writes, again.changes, again.skipped) == (0, (), (reason,))
     # Device routes (the gateway side) work for IPv6 and are diffed like IPv4 ones.
     v6_dev = Route(dst="fd00:2::/64", table=9027, dev="raven0")
     state = replace(state, routes=(*state.routes, v6_dev),

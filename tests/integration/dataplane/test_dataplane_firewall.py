@@ -72,7 +72,7 @@ def test_table_created_updated_incrementally_and_rebuilt_when_broken(node) -> No
     assert chains["postrouting"]["prio"] < 100  # before srcnat: our identity SNAT binds first
     handles = rule_handles(node)
     assert {c: len(h) for c, h in handles.items()} == {"prerouting": 4, "output": 2,
-                                                      "postrouting": 2}
+                                                      "postrouting": 4}
     assert dp.apply(state).writes == 0
 
     grown = replace(state, firewall=replace(
@@ -89,7 +89,7 @@ def test_table_created_updated_incrementally_and_rebuilt_when_broken(node) -> No
     result = dp.apply(grown)
     assert result.writes == 1 and any("rebuild" in c for c in result.changes)
     assert {c: len(h) for c, h in rule_handles(node).items()} == {
-        "prerouting": 4, "output": 2, "postrouting": 2}
+        "prerouting": 4, "output": 2, "postrouting": 4}
     assert elements(node) == {"10.2.0.0/16", "10.4.0.0/24"}
 
     # Someone deletes an element: restored at the next apply (the ruleset generation moved).

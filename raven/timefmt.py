@@ -1,4 +1,7 @@
-"""Kubernetes time formats (RFC 3339 Time and MicroTime) to and from unix seconds."""
+"""Kubernetes time formats (RFC 3339 Time and MicroTime) to and from unix seconds.
+
+Pure conversions of times given as arguments; never reads the clock.
+"""
 
 from __future__ import annotations
 

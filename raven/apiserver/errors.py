@@ -1,0 +1,15 @@
+"""Errors the API server library raises to the code that starts it (never HTTP answers).
+
+HTTP refusals are `raven.apiserver.status.ApiError` (rendered as a metav1.Status); an
+`ApiServerError` means the server cannot start as configured: the message names the setting or
+resource and the fix. The CLI turns it into its own CommandError; the library never raises
+CLI errors itself.
+"""
+
+from __future__ import annotations
+
+from raven.errors import RavenError
+
+
+class ApiServerError(RavenError):
+    """The API server cannot start (or run) as configured; the message says what to change."""

@@ -1,0 +1,57 @@
+"""sysctls under /proc/sys/net: the plan's own, plus what our mechanisms need.
+
+Rules kept: a key is written only when its value differs; no cache (a read is one small file in
+the node's namespace); an absent per-device key is reported as a change (the device is about to
+be created) and is an error only if it is still absent when written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from raven.dataplane import sysctl
+from raven.desired import NodeState
+
+Sysctl = tuple[str, str]
+
+
+def wanted(state: NodeState) -> tuple[Sysctl, ...]:
+    """The plan's sysctls and the implicit ones: the reverse-path check must see the fwmark
+    that the firewall puts on traffic from remote pools (see firewall.py)."""
+    implicit: tuple[Sysctl, ...] = ()
+    if state.firewall is not None:
+        devices = [d.name for d in (state.vxlan, state.wireguard) if d is not None]
+        implicit = tuple((f"net.ipv4.conf.{d}.src_valid_mark", "1") for d in devices)
+    return (*state.sysctls, *implicit)
+
+
+@dataclass(frozen=True)
+class SysctlChanges:
+    writes: tuple[Sysctl, ...] = ()
+    lines: tuple[str, ...] = ()
+
+    def empty(self) -> bool:
+        return not self.writes
+
+
+def diff(desired: tuple[Sysctl, ...], live: dict[str, str | None]) -> SysctlChanges:
+    writes = tuple((k, v) for k, v in desired if live.get(k) != v)
+    return SysctlChanges(writes, tuple(f"sysctl {k} {live.get(k)} -> {v}" for k, v in writes))
+
+
+class SysctlApplier:
+    invalidated_by: frozenset[str] = frozenset()
+
+    def __init__(self, netns_name: str | None) -> None:
+        self.netns = netns_name
+
+    def forget(self) -> None:
+        pass
+
+    def read(self, keys: tuple[Sysctl, ...]) -> dict[str, str | None]:
+        return {key: sysctl.read(self.netns, key) for key, _value in keys}
+
+    def apply(self, changes: SysctlChanges) -> int:
+        for key, value in changes.writes:
+            sysctl.write(self.netns, key, value)
+        return len(changes.writes)

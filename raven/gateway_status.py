@@ -1,0 +1,274 @@
+"""Gateway status, computed: one Gateway object + Nodes + heartbeats + now -> the status to store.
+
+Pure (beside `raven.election`): no API, no clock, no file; time is the argument `now` (unix
+seconds, because conditions carry API timestamps). The controller's loop calls it.
+
+Rules kept:
+- pool membership is the node label `raven.openyurt.io/gateway=<gateway>`; `status.nodes` lists
+  every member with its InternalIP and all of its podCIDRs, sorted by node name;
+- `status.activeEndpoints` comes from `raven.election.elect`; each elected endpoint gets the node's
+  WireGuard public key (node annotation) in `config["public-key"]` and a public address: the
+  spec's publicIP, else the node's ExternalIP, else (not under NAT) its InternalIP, else empty;
+- one node's bad input is isolated: a public-key annotation that is not a WireGuard key (base64
+  of 32 bytes) is never copied into the status, so no agent of any pool builds a peer from it;
+  the Gateway gets Ready=False, reason PublicKeyInvalid, naming the node, the annotation and the
+  fix. The Gateway condition is the controller's, because the controller owns Gateway status
+  (agents have no write access to Gateways); the agent that skips a peer reports it as an Event
+  on its own Node;
+- a Gateway that fails validation keeps its last status (nodes and active endpoints) and gets
+  the condition SpecValid=False naming every problem; a pool without an active endpoint gets
+  Ready=False with the election's reasons. Nothing in an object makes this module raise;
+- a condition's lastTransitionTime changes only when its status flips.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import copy
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from raven import constants
+from raven.election import ElectionOptions, elect
+from raven.errors import ValidationError
+from raven.model import (
+    Condition,
+    Endpoint,
+    FrozenMap,
+    Gateway,
+    GatewayStatus,
+    Node,
+    NodeInfo,
+    gateway_problems,
+)
+from raven.timefmt import parse_time, to_time
+
+JSON = dict[str, Any]
+
+CONDITION_READY = "Ready"
+CONDITION_SPEC_VALID = "SpecValid"
+EVENT_ELECTED = "ActiveEndpointElected"
+EVENT_LOST = "ActiveEndpointLost"
+
+
+@dataclass(frozen=True)
+class StatusPlan:
+    """What the controller wants stored for one Gateway, and what changed in the election."""
+
+    status: JSON  # the full status object to store
+    elected: tuple[str, ...]  # nodes that became active endpoints
+    lost: tuple[str, ...]  # nodes that stopped being active endpoints
+    reasons: tuple[str, ...]
+
+
+def _condition(
+    old: Sequence[Condition], ctype: str, status: str, reason: str, message: str, now: float
+) -> Condition:
+    previous = next((c for c in old if c.type == ctype), None)
+    since = to_time(now)
+    if previous is not None and previous.status == status and previous.last_transition_time:
+        since = previous.last_transition_time  # a condition's time is when its status flipped
+    return Condition(ctype, status, reason, message, since)
+
+
+def public_address(endpoint: Endpoint, node: Node | None) -> str:
+    if endpoint.public_ip:
+        return endpoint.public_ip
+    if node is not None and node.external_ip:
+        return node.external_ip
+    if node is not None and not endpoint.under_nat:
+        return node.internal_ip
+    return ""
+
+
+def members_by_pool(nodes: Mapping[str, Node]) -> dict[str, tuple[NodeInfo, ...]]:
+    """Every pool's status.nodes entries, sorted by node name: one pass over all Nodes (a
+    reconcile of 1,000 pools must not scan 10,000 Nodes once per pool)."""
+    out: dict[str, list[NodeInfo]] = {}
+    for n in sorted(nodes.values(), key=lambda n: n.name):
+        if n.gateway:
+            out.setdefault(n.gateway, []).append(NodeInfo(
+                node_name=n.name, private_ip=n.internal_ip, subnets=tuple(n.pod_cidrs)))
+    return {pool: tuple(infos) for pool, infos in out.items()}
+
+
+def _old_active(obj: JSON) -> tuple[str, ...]:
+    status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
+    active = status.get("activeEndpoints") if isinstance(status, dict) else None
+    if not isinstance(active, list):
+        return ()
+    return tuple(str(e.get("nodeName")) for e in active if isinstance(e, dict))
+
+
+def _raw_conditions(obj: JSON) -> tuple[Condition, ...]:
+    status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
+    out = []
+    for c in (status or {}).get("conditions") or ():
+        if isinstance(c, dict) and isinstance(c.get("type"), str):
+            out.append(Condition(c["type"], str(c.get("status", "")), str(c.get("reason", "")),
+                                 str(c.get("message", "")), str(c.get("lastTransitionTime", ""))))
+    return tuple(out)
+
+
+def _invalid_status(obj: JSON, problems: Sequence[str], now: float) -> JSON:
+    """Keep every stored status field; only the SpecValid and Ready conditions change."""
+    old_conditions = _raw_conditions(obj)
+    status = copy.deepcopy(obj.get("status")) if isinstance(obj.get("status"), dict) else {}
+    keep = [c.to_k8s() for c in old_conditions
+            if c.type not in (CONDITION_SPEC_VALID, CONDITION_READY)]
+    spec_valid = _condition(old_conditions, CONDITION_SPEC_VALID, "False", "InvalidSpec",
+                            "; ".join(problems), now)
+    had_active = bool(_old_active(obj))
+    ready = _condition(
+        old_conditions, CONDITION_READY, "True" if had_active else "False", "InvalidSpec",
+        "spec is invalid: keeping the last elected endpoints until it is fixed"
+        if had_active else "spec is invalid: no endpoint can be elected until it is fixed", now,
+    )
+    status["conditions"] = [*keep, spec_valid.to_k8s(), ready.to_k8s()]
+    return status
+
+
+def why_no_endpoint(
+    gateway: Gateway,
+    nodes: Mapping[str, Node],
+    heartbeats: Mapping[str, float],
+    now: float,
+    options: ElectionOptions,
+) -> str:
+    """A stable explanation (no ages, so the stored status does not change every resync)."""
+    tunnels = list(dict.fromkeys(e.node_name for e in gateway.spec.tunnel_endpoints))
+    if not tunnels:
+        return (f"Gateway {gateway.name}: spec.endpoints has no tunnel endpoint; add one "
+                "(type: tunnel) to elect an active gateway")
+    parts = []
+    for name in tunnels:
+        node = nodes.get(name)
+        last = heartbeats.get(name)
+        if node is None:
+            parts.append(f"{name}: no such node")
+        elif options.require_ready and not node.ready:
+            parts.append(f"{name}: node is not Ready")
+        elif last is None:
+            parts.append(f"{name}: no agent heartbeat (Lease {constants.RAVEN_NAMESPACE}/"
+                         f"{constants.AGENT_LEASE_PREFIX}{name}); is the agent running?")
+        elif now - last > options.heartbeat_timeout:
+            parts.append(f"{name}: agent heartbeat older than {options.heartbeat_timeout:g}s")
+        else:
+            parts.append(f"{name}: eligible")
+    return "no healthy tunnel endpoint: " + "; ".join(parts)
+
+
+def compute_status(
+    obj: JSON,
+    nodes: Mapping[str, Node],
+    heartbeats: Mapping[str, float],
+    now: float,
+    fleet: Sequence[str] = (),
+    options: ElectionOptions | None = None,
+    pools: Mapping[str, tuple[NodeInfo, ...]] | None = None,
+) -> StatusPlan:
+    """The status one Gateway object should have. Never raises for bad objects.
+    `pools` is `members_by_pool(nodes)`, computed once by a caller handling many Gateways."""
+    old_active = _old_active(obj)
+    problems = gateway_problems(obj)
+    name = str((obj.get("metadata") or {}).get("name", "?"))
+    mine = [p for p in fleet if p.startswith(f"Gateway {name}:")]
+    if problems:
+        status = _invalid_status(obj, problems + mine, now)
+        return StatusPlan(status, (), (), tuple(problems))
+    try:
+        gateway = Gateway.from_k8s(obj)
+    except ValidationError as exc:  # gateway_problems should have caught it; be safe anyway
+        return StatusPlan(_invalid_status(obj, exc.problems, now), (), (), tuple(exc.problems))
+    pool = (pools if pools is not None else members_by_pool(nodes)).get(gateway.name, ())
+    election = elect(gateway, nodes, heartbeats, now, options or ElectionOptions())
+    active: list[Endpoint] = []
+    invalid_keys: list[str] = []
+    for ep in election.active:
+        node = nodes.get(ep.node_name)
+        config = dict(ep.config)
+        key = node.public_key if node is not None else ""
+        bad = key_problem(ep.node_name, key) if key else None
+        if bad is not None:
+            invalid_keys.append(bad)
+            key = ""  # never hand a malformed key to the agents of other pools
+        if key:
+            config[constants.ENDPOINT_CONFIG_PUBLIC_KEY] = key
+        else:
+            config.pop(constants.ENDPOINT_CONFIG_PUBLIC_KEY, None)
+        active.append(replace(ep, public_ip=public_address(ep, node), config=FrozenMap(config)))
+    old_conditions = gateway.status.conditions
+    others = tuple(c for c in old_conditions
+                   if c.type not in (CONDITION_READY, CONDITION_SPEC_VALID))
+    if mine:
+        spec_valid = _condition(old_conditions, CONDITION_SPEC_VALID, "False", "FleetConflict",
+                                "; ".join(mine), now)
+    else:
+        spec_valid = _condition(old_conditions, CONDITION_SPEC_VALID, "True", "Valid",
+                                "spec is valid", now)
+    names = ", ".join(e.node_name for e in active)
+    keyless = [e.node_name for e in active if not e.public_key]
+    if invalid_keys:
+        ready = _condition(old_conditions, CONDITION_READY, "False", "PublicKeyInvalid",
+                           "; ".join(invalid_keys) + "; no tunnel can be built to it", now)
+    elif keyless:
+        ready = _condition(old_conditions, CONDITION_READY, "False", "PublicKeyMissing",
+                           f"elected {', '.join(keyless)} but its Node has no annotation "
+                           f"{constants.ANNOTATION_PUBLIC_KEY} yet (is its agent running?); "
+                           "no tunnel can be built to it", now)
+    elif active and election.kept_stale:
+        ready = _condition(old_conditions, CONDITION_READY, "True", "KeptWithoutHeartbeat",
+                           f"every candidate's heartbeat is stale (control plane lost?); "
+                           f"keeping {names} active", now)
+    elif active:
+        ready = _condition(old_conditions, CONDITION_READY, "True", "ActiveEndpointElected",
+                           f"active endpoint(s): {names}", now)
+    else:
+        why = why_no_endpoint(gateway, nodes, heartbeats, now, options or ElectionOptions())
+        ready = _condition(old_conditions, CONDITION_READY, "False", "NoActiveEndpoint", why,
+                           now)
+    new_status = GatewayStatus(
+        nodes=pool,
+        active_endpoints=tuple(active),
+        conditions=(*others, spec_valid, ready),
+        node_count=len(pool),  # CRD printer column "Nodes" (gateway/crd.yaml)
+        extra=gateway.status.extra,
+    )
+    rendered = replace(gateway, status=new_status).to_k8s().get("status", {})
+    new_active = tuple(e.node_name for e in active)
+    return StatusPlan(
+        status=rendered,
+        elected=tuple(n for n in new_active if n not in old_active),
+        lost=tuple(n for n in old_active if n not in new_active),
+        reasons=tuple(election.reasons),
+    )
+
+
+def heartbeats_from_leases(leases: Sequence[JSON]) -> dict[str, float]:
+    """node name -> unix seconds of the last renewal of its `raven-agent-<node>` Lease."""
+    out: dict[str, float] = {}
+    for lease in leases:
+        name = str((lease.get("metadata") or {}).get("name", ""))
+        if not name.startswith(constants.AGENT_LEASE_PREFIX):
+            continue
+        spec = lease.get("spec") or {}
+        when = parse_time(spec.get("renewTime")) or parse_time(spec.get("acquireTime"))
+        if when is not None:
+            out[name.removeprefix(constants.AGENT_LEASE_PREFIX)] = when
+    return out
+
+
+def key_problem(node: str, key: str) -> str | None:
+    """Why `key` (the Node's public-key annotation) is not a WireGuard key, or None."""
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) == 32:
+        return None
+    return (f"node {node}: annotation {constants.ANNOTATION_PUBLIC_KEY}={key[:60]!r} is not a "
+            "WireGuard public key (base64 of 32 bytes); its agent rewrites it at start, or "
+            f"fix it with kubectl annotate node {node} --overwrite "
+            f"{constants.ANNOTATION_PUBLIC_KEY}=<key from 'wg show raven-wg0 public-key'>")
