@@ -183,7 +183,7 @@ def test_kernel_backend(make_node) -> None:
     except DataplaneError as exc:
         if "no wireguard driver" in str(exc):
             pytest.skip("this kernel has no wireguard module: the kernel (generic netlink) "
-                        "backend cannot run here; tests/vm runs this test in a VM whose kernel has it")
+                        "backend cannot run here; tests/vm runs this test in a VM with one")
         raise
     assert node.link("raven-wg0")["linkinfo"]["info_kind"] == "wireguard"
     assert run("ip", "netns", "exec", node.ns, "wg", "show", "raven-wg0", "listen-port"
