@@ -314,6 +314,8 @@ class ResourceApi:
         else:
             result = new
             self._check_input(rtype, result)
+            if rtype.storage_key == CRDS:
+                _check_crd_scope_kept(current, result)
             meta, old_meta = result["metadata"], current["metadata"]
             for key in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
                 if key in old_meta:
@@ -534,3 +536,14 @@ def _causes(problems: list[str]) -> list[tuple[str, str]]:
         else:
             causes.append(("", problem))
     return causes
+
+
+def _check_crd_scope_kept(current: dict[str, Any], new: dict[str, Any]) -> None:
+    """spec.scope of a CRD is immutable (kube-apiserver): objects stored under one scope would
+    become unreachable by name under the other (a namespaced object has no cluster-scoped path)."""
+    old_scope = (current.get("spec") or {}).get("scope")
+    new_scope = new["spec"].get("scope")
+    if new_scope != old_scope:
+        raise invalid("apiextensions.k8s.io", "CustomResourceDefinition", _name(new),
+                      [("spec.scope", f"Invalid value: {new_scope!r}: field is immutable "
+                                      f"(it is {old_scope!r}); delete and recreate the CRD")])

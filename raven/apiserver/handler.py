@@ -227,17 +227,12 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self._authenticate()
             body = self._read_body()
             url = urlsplit(self.path)
-            query = {k: v[-1] for k, v in parse_qs(
-                url.query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS).items()}
-            code = self._route(method, url.path, query, body)
+            code = self._route(method, url.path, _query(url.query), body)
         except ApiError as error:
             code = error.code
             self._send_error(error)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             raise
-        except ValueError as exc:  # parse_qs: too many fields
-            code = 400
-            self._send_error(bad_request(f"the query is not valid: {exc}"))
         except Exception:  # a bug must not kill the connection silently: answer 500
             log.exception("internal error serving %s %s", method, self.path)
             code = 500
@@ -509,6 +504,15 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if not sub.clean:
             self.close_connection = True
         return 200
+
+
+def _query(text: str) -> dict[str, str]:
+    """The query parameters (the last of repeated ones); 400 beyond MAX_QUERY_FIELDS."""
+    try:
+        pairs = parse_qs(text, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
+    except ValueError as exc:  # too many fields
+        raise bad_request(f"the query is not valid: {exc}") from exc
+    return {k: v[-1] for k, v in pairs.items()}
 
 
 def _dry_run(query: dict[str, str]) -> bool:

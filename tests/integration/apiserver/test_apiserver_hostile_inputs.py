@@ -1,0 +1,135 @@
+"""Adversarial acceptance of issue 13, round two: inputs the first fixes missed.
+
+- A JSON or YAML string holding a lone UTF-16 surrogate escape (`"\\ud800"`) decodes to a Python
+  string that no response and no stored row can encode: it was a 400 by accident ("the query is
+  not valid") or, when the string reached an error message (a name), a connection closed with no
+  answer at all. Now a 400 naming the string, for every verb and resource.
+- A CRD's `spec.scope` was mutable: flipping Namespaced -> Cluster -> Namespaced left objects that
+  no path could reach by name. It is immutable, as in kube-apiserver.
+
+Real clients: http.client (TLS, the server's CA) for bodies no Kubernetes client sends, the
+official client for the CRD.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import ssl
+import uuid
+from typing import Any
+
+import pytest
+from apiserver_support import ApiServerProcess, apiserver_module  # noqa: F401
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
+
+
+def request(server: ApiServerProcess, method: str, path: str, body: bytes,
+            content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
+    context = ssl.create_default_context(cafile=str(server.data_dir / "ca.crt"))
+    conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers={
+            "Authorization": f"Bearer {server.token}", "Content-Type": content_type})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read())
+    finally:
+        conn.close()
+
+
+LONE_SURROGATE_BODIES = [
+    (b'{"metadata":{"name":"\\ud800"}}', "application/json"),
+    (b'{"metadata":{"name":"NAME"},"data":{"k":"\\udfff"}}', "application/json"),
+    (b'{"metadata":{"name":"NAME","labels":{"\\uDC80":"x"}}}', "application/json"),
+    (b'{"metadata":{"name":"NAME"},"data":{"k":"a\\ud83d"}}', "application/json"),
+    (b'metadata: {name: NAME}\ndata: {k: "\\ud800"}\n', "application/yaml"),
+    (b'metadata: {name: NAME}\ndata: {k: "\\U0000dc00"}\n', "application/yaml"),
+]
+
+
+@pytest.mark.parametrize(("body", "content_type"), LONE_SURROGATE_BODIES)
+def test_a_lone_surrogate_in_a_body_is_a_400_for_every_verb(
+    apiserver_module: ApiServerProcess, body: bytes, content_type: str,  # noqa: F811
+) -> None:
+    server = apiserver_module
+    name = f"s-{uuid.uuid4().hex[:8]}"
+    code, _ = request(server, "POST", CONFIGMAPS,
+                      json.dumps({"metadata": {"name": name}, "data": {"k": "v"}}).encode())
+    assert code == 201
+    body = body.replace(b"NAME", name.encode())
+    attempts = [("POST", CONFIGMAPS, content_type),
+                ("PUT", f"{CONFIGMAPS}/{name}", content_type),
+                ("PATCH", f"{CONFIGMAPS}/{name}", "application/merge-patch+json"),
+                ("PATCH", f"{CONFIGMAPS}/{name}", "application/strategic-merge-patch+json")]
+    if content_type != "application/json":
+        attempts = attempts[:2]
+    for method, path, media in attempts:
+        code, status = request(server, method, path, body, media)
+        assert code == 400, (method, status)
+        assert status["kind"] == "Status"
+        assert "surrogate" in status["message"], status
+    # Nothing was written; a valid surrogate pair still is an emoji.
+    code, stored = request(server, "GET", f"{CONFIGMAPS}/{name}", b"")
+    assert code == 200 and stored["data"] == {"k": "v"}
+    code, patched = request(server, "PATCH", f"{CONFIGMAPS}/{name}",
+                            b'{"data":{"k":"\\ud83d\\ude00"}}', "application/merge-patch+json")
+    assert code == 200 and patched["data"]["k"] == "\U0001F600"
+
+
+def test_a_lone_surrogate_in_an_access_review_or_delete_options_is_a_400(
+    apiserver_module: ApiServerProcess,  # noqa: F811
+) -> None:
+    server = apiserver_module
+    code, status = request(
+        server, "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+        b'{"spec":{"resourceAttributes":{"verb":"\\ud800"}}}')
+    assert code == 400 and "surrogate" in status["message"]
+    code, status = request(server, "DELETE", f"{CONFIGMAPS}/nothing",
+                           b'{"propagationPolicy":"\\ud800"}')
+    assert code == 400 and "surrogate" in status["message"]
+
+
+def _crd(group: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"widgets.{group}"},
+        "spec": {"group": group, "scope": "Namespaced",
+                 "names": {"plural": "widgets", "singular": "widget", "kind": "Widget",
+                           "listKind": "WidgetList"},
+                 "versions": [{"name": "v1", "served": True, "storage": True,
+                               "schema": {"openAPIV3Schema": {
+                                   "type": "object",
+                                   "x-kubernetes-preserve-unknown-fields": True}}}]},
+    }
+
+
+def test_a_crd_scope_cannot_change_so_no_object_becomes_unreachable(
+    apiserver_module: ApiServerProcess,  # noqa: F811
+) -> None:
+    group = f"g{uuid.uuid4().hex[:8]}.example.com"
+    with apiserver_module.api_client() as api_client:
+        ext = client.ApiextensionsV1Api(api_client)
+        custom = client.CustomObjectsApi(api_client)
+        ext.create_custom_resource_definition(_crd(group))
+        custom.create_namespaced_custom_object(
+            group, "v1", "default", "widgets",
+            {"apiVersion": f"{group}/v1", "kind": "Widget", "metadata": {"name": "w1"}})
+        crd = ext.read_custom_resource_definition(f"widgets.{group}")
+        crd.spec.scope = "Cluster"
+        for write in (
+            lambda: ext.replace_custom_resource_definition(f"widgets.{group}", crd),
+            lambda: ext.patch_custom_resource_definition(
+                f"widgets.{group}", {"spec": {"scope": "Cluster"}}),
+        ):
+            with pytest.raises(ApiException) as caught:
+                write()
+            assert caught.value.status == 422
+            assert "spec.scope" in caught.value.body and "immutable" in caught.value.body
+        assert custom.get_namespaced_custom_object(
+            group, "v1", "default", "widgets", "w1")["metadata"]["name"] == "w1"
+        # Other updates of the same CRD still work.
+        ext.patch_custom_resource_definition(
+            f"widgets.{group}", {"spec": {"names": {"shortNames": ["wdg"]}}})
