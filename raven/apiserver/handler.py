@@ -29,7 +29,7 @@ import socket
 import ssl
 import time
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from raven.apiserver import bodies, discovery, openapi, paging, tables
 from raven.apiserver.api import ResourceApi, delete_options_dry_run
@@ -226,7 +226,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         try:
             self._authenticate()
             body = self._read_body()
-            url = urlsplit(self.path)
+            url = urlsplit(_percent_encode_raw(self.path))
             code = self._route(method, url.path, _query(url.query), body)
         except ApiError as error:
             code = error.code
@@ -504,6 +504,23 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if not sub.clean:
             self.close_connection = True
         return 200
+
+
+# Printable ASCII (with '%', so existing escapes stay as they are).
+_TARGET_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+def _percent_encode_raw(target: str) -> str:
+    """The request target with raw non-ASCII bytes (and controls) percent-encoded.
+
+    http.server decodes the request line as Latin-1, so the raw UTF-8 bytes of `ü` arrived as
+    `Ã¼` and named another object; encoded back to their bytes and percent-escaped, they go
+    through the one strict UTF-8 decoding of path segments and query values (routing.py,
+    parse_qs), as if the client had escaped them itself.
+    """
+    if target.isascii() and target.isprintable():
+        return target
+    return quote(target, safe=_TARGET_SAFE, encoding="latin-1")
 
 
 def _query(text: str) -> dict[str, str]:
