@@ -299,6 +299,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         rtype = route.rtype
         self._check_accept()
         if route.watch_path or (method == "GET" and query.get("watch") in ("true", "1")):
+            if self.command == "HEAD":  # a stream of events has no headers-only form
+                raise method_not_allowed()
             if route.name is not None:
                 query["fieldSelector"] = ",".join(
                     s for s in (query.get("fieldSelector"), f"metadata.name={route.name}") if s

@@ -167,3 +167,26 @@ def test_raw_utf8_in_a_path_names_the_same_object_as_its_percent_escapes(
     code, listed = _raw_request(
         apiserver_module, b"/api/v1/namespaces?labelSelector=a%3D\xc3\xbc")
     assert code == 400 or listed["kind"] == "NamespaceList"
+
+
+@pytest.mark.parametrize("path", ["/api/v1/namespaces?watch=true&timeoutSeconds=5",
+                                  "/api/v1/watch/namespaces?timeoutSeconds=5"])
+def test_head_of_a_watch_is_405_without_a_body(
+    apiserver_module: ApiServerProcess, path: str,  # noqa: F811
+) -> None:
+    """HEAD of a watch streamed events after the headers: a response body to a HEAD, which a
+    keep-alive client reads as the start of its next response."""
+    context = ssl.create_default_context(cafile=str(apiserver_module.data_dir / "ca.crt"))
+    conn = http.client.HTTPSConnection("127.0.0.1", apiserver_module.port, context=context,
+                                       timeout=30)
+    try:
+        headers = {"Authorization": f"Bearer {apiserver_module.token}"}
+        conn.request("HEAD", path, headers=headers)
+        response = conn.getresponse()
+        assert response.status == 405
+        assert response.read() == b""
+        conn.request("GET", "/version", headers=headers)  # the connection is still in step
+        follow = conn.getresponse()
+        assert follow.status == 200 and json.loads(follow.read())["major"]
+    finally:
+        conn.close()
