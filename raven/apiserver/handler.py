@@ -445,14 +445,21 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         options = self._delete_options(body)
         dry_run = _dry_run(query) or delete_options_dry_run(options)
         deleted = []
-        for stored in items:
-            meta = stored.obj["metadata"]
-            try:
-                deleted.append(api.delete(route.rtype, meta.get("namespace"), meta["name"],
-                                          options, dry_run))
-            except ApiError as error:
-                if error.code != 404:
-                    raise
+        # Every delete is checked (dry run) before any is made: an item that may not be deleted
+        # (a protected namespace, a failed precondition) refuses the whole collection, instead
+        # of answering an error after the items sorted before it were deleted.
+        for check in ((True, False) if not dry_run else (True,)):  # check: this pass is dry
+            for stored in items:
+                meta = stored.obj["metadata"]
+                try:
+                    result = api.delete(route.rtype, meta.get("namespace"), meta["name"],
+                                        options, check)
+                except ApiError as error:
+                    if error.code != 404:
+                        raise
+                    continue
+                if check == dry_run:
+                    deleted.append(result)
         self._send_json(200, {"kind": route.rtype.list_kind, "apiVersion": route.rtype.api_version,
                               "metadata": {}, "items": deleted})
         return 200

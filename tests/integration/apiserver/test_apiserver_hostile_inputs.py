@@ -190,3 +190,31 @@ def test_head_of_a_watch_is_405_without_a_body(
         assert follow.status == 200 and json.loads(follow.read())["major"]
     finally:
         conn.close()
+
+
+def test_deletecollection_refused_for_one_item_deletes_none(
+    apiserver_module: ApiServerProcess,  # noqa: F811
+) -> None:
+    """It deleted the items sorted before the refused one, then answered the refusal."""
+    tag = uuid.uuid4().hex[:8]
+    with apiserver_module.api_client() as api_client:
+        core = client.CoreV1Api(api_client)
+        core.create_namespace({"metadata": {"name": f"aaa-{tag}"}})  # sorts before "default"
+        code, status = request(apiserver_module, "DELETE", "/api/v1/namespaces", b"")
+        assert code == 403, status
+        assert core.read_namespace(f"aaa-{tag}").metadata.name == f"aaa-{tag}"
+        first = core.create_namespaced_config_map(
+            "default", {"metadata": {"name": f"a-{tag}", "labels": {"t": tag}}})
+        core.create_namespaced_config_map(
+            "default", {"metadata": {"name": f"b-{tag}", "labels": {"t": tag}}})
+        with pytest.raises(ApiException) as caught:
+            core.delete_collection_namespaced_config_map(
+                "default", label_selector=f"t={tag}",
+                body=client.V1DeleteOptions(preconditions=client.V1Preconditions(
+                    resource_version=first.metadata.resource_version)))
+        assert caught.value.status == 409
+        assert len(core.list_namespaced_config_map(
+            "default", label_selector=f"t={tag}").items) == 2
+        core.delete_collection_namespaced_config_map("default", label_selector=f"t={tag}")
+        assert core.list_namespaced_config_map("default", label_selector=f"t={tag}").items == []
+        core.delete_namespace(f"aaa-{tag}")
