@@ -34,6 +34,7 @@ from raven.apiserver.objects import kind_problems, metadata_problems, name_probl
 from raven.apiserver.patch import apply_patch
 from raven.apiserver.resources import Registry, ResourceType
 from raven.apiserver.status import (
+    ApiError,
     already_exists,
     bad_request,
     conflict,
@@ -166,6 +167,14 @@ class ResourceApi:
     def _check_namespace(self, rtype: ResourceType, namespace: str | None) -> None:
         if rtype.namespaced and self.store.get(NAMESPACES, "", namespace or "") is None:
             raise not_found("", "namespaces", namespace or "")
+        # Under the write lock, as the CRD delete and its cascade: a create routed just before
+        # its CRD was deleted must not store an object that outlives the CRD (and comes back
+        # when a CRD of that name is made again).
+        group, plural = rtype.storage_key
+        if not self._is_builtin(rtype.storage_key) and self.store.get(
+                CRDS, "", f"{plural}.{group}") is None:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource "
+                           f"({plural}.{group}): its CustomResourceDefinition was deleted")
 
     def _check_input(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
         """Field types, before defaults read them: 422 naming the field, never a 500."""

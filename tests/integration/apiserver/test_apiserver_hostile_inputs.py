@@ -17,6 +17,8 @@ import http.client
 import json
 import socket
 import ssl
+import threading
+import time
 import uuid
 from typing import Any
 
@@ -218,3 +220,48 @@ def test_deletecollection_refused_for_one_item_deletes_none(
         core.delete_collection_namespaced_config_map("default", label_selector=f"t={tag}")
         assert core.list_namespaced_config_map("default", label_selector=f"t={tag}").items == []
         core.delete_namespace(f"aaa-{tag}")
+
+
+def test_creates_racing_a_crd_delete_leave_no_object_behind(
+    apiserver_module: ApiServerProcess,  # noqa: F811
+) -> None:
+    """A create routed just before its CRD was deleted stored its object after the cascade:
+    it outlived the CRD and came back when the CRD was made again (3 of 3 rounds, before)."""
+    group = f"race{uuid.uuid4().hex[:8]}.example.com"
+    plural_path = f"/apis/{group}/v1/namespaces/default/widgets"
+    context = ssl.create_default_context(cafile=str(apiserver_module.data_dir / "ca.crt"))
+    headers = {"Authorization": f"Bearer {apiserver_module.token}",
+               "Content-Type": "application/json"}
+    with apiserver_module.api_client() as api_client:
+        ext = client.ApiextensionsV1Api(api_client)
+        custom = client.CustomObjectsApi(api_client)
+        for round_ in range(3):
+            ext.create_custom_resource_definition(_crd(group))
+            stop = threading.Event()
+
+            def creator(worker: int, stop: threading.Event, round_: int) -> None:
+                conn = http.client.HTTPSConnection("127.0.0.1", apiserver_module.port,
+                                                   context=context, timeout=30)
+                index = 0
+                while not stop.is_set():
+                    body = {"apiVersion": f"{group}/v1", "kind": "Widget",
+                            "metadata": {"name": f"w{round_}-{worker}-{index}"}}
+                    conn.request("POST", plural_path, json.dumps(body), headers)
+                    conn.getresponse().read()
+                    index += 1
+                conn.close()
+
+            threads = [threading.Thread(target=creator, args=(w, stop, round_))
+                       for w in range(3)]
+            for thread in threads:
+                thread.start()
+            time.sleep(0.3)
+            ext.delete_custom_resource_definition(f"widgets.{group}")
+            time.sleep(0.2)
+            stop.set()
+            for thread in threads:
+                thread.join(timeout=30)
+            ext.create_custom_resource_definition(_crd(group))
+            listed = custom.list_cluster_custom_object(group, "v1", "widgets")
+            assert listed["items"] == [], [i["metadata"]["name"] for i in listed["items"]]
+            ext.delete_custom_resource_definition(f"widgets.{group}")
