@@ -33,7 +33,12 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from raven.apiserver import bodies, discovery, openapi, paging, tables
 from raven.apiserver.api import ResourceApi, delete_options_dry_run
-from raven.apiserver.connections import ApiServerHTTP, DeadlineReader, SocketWriter
+from raven.apiserver.connections import (
+    ApiServerHTTP,
+    DeadlineReader,
+    HeadersTooLarge,
+    SocketWriter,
+)
 from raven.apiserver.context import ServerContext
 from raven.apiserver.fanout import Subscription, health_report
 from raven.apiserver.routing import Endpoint, ResourceRoute, page_not_found, route
@@ -51,6 +56,7 @@ from raven.apiserver.watchlines import WatchLines
 log = logging.getLogger("raven.apiserver")
 
 MAX_QUERY_FIELDS = 100
+READ_BUFFER = 1 << 16
 # A refused body is read and thrown away up to this many times the body limit, so a client that
 # sends its whole body before reading the answer still sees it; beyond that the connection closes.
 DRAIN_FACTOR = 16
@@ -74,7 +80,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         settings = self.context.settings
         self.connection = self.request
         self.reader = DeadlineReader(self.connection, settings.idle_timeout)
-        self.rfile = io.BufferedReader(self.reader, 1 << 16)
+        self.rfile = io.BufferedReader(self.reader, READ_BUFFER)
         self.wfile = SocketWriter(self.connection)
         self.requests_served = 0
 
@@ -90,10 +96,12 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         """One request, with a deadline on each read phase (see connections.py)."""
         settings = self.context.settings
+        # The read-ahead buffer may hold up to one buffer of what follows the headers.
+        budget = settings.max_header_bytes + READ_BUFFER
         if self.requests_served:
-            self.reader.start("next request", settings.idle_timeout)
+            self.reader.start("next request", settings.idle_timeout, budget)
         else:
-            self.reader.start("request line and headers", settings.header_timeout)
+            self.reader.start("request line and headers", settings.header_timeout, budget)
         self.expect_continue = False
         try:
             self.raw_requestline = self.rfile.readline(65537)
@@ -105,11 +113,21 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             if self.requests_served:  # the idle wait is over: the headers get their own time
-                self.reader.start("request line and headers", settings.header_timeout)
-            if not self.parse_request():
+                self.reader.start("request line and headers", settings.header_timeout,
+                                  self.reader.budget)
+            try:
+                parsed = self.parse_request()
+            except HeadersTooLarge:
+                self.close_connection = True
+                self.send_error(431, "Request Header Fields Too Large",
+                                f"the request line and headers exceed "
+                                f"{settings.max_header_bytes} bytes")
+                return
+            if not parsed:
                 return
             self.requests_served += 1
             self.reader.deadline = None
+            self.reader.budget = None
             self.connection.settimeout(settings.write_timeout)
             handler = getattr(self, "do_" + self.command, None)
             if handler is None:
