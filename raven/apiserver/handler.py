@@ -42,7 +42,7 @@ from raven.apiserver.connections import (
 from raven.apiserver.context import ServerContext
 from raven.apiserver.fanout import Subscription, health_report
 from raven.apiserver.routing import Endpoint, ResourceRoute, page_not_found, route
-from raven.apiserver.selectors import make_filter
+from raven.apiserver.selectors import escape_field_value, make_filter
 from raven.apiserver.status import (
     ApiError,
     bad_request,
@@ -321,7 +321,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                 raise method_not_allowed()
             if route.name is not None:
                 query["fieldSelector"] = ",".join(
-                    s for s in (query.get("fieldSelector"), f"metadata.name={route.name}") if s
+                    s for s in (query.get("fieldSelector"),
+                                f"metadata.name={escape_field_value(route.name)}") if s
                 )
             return self._watch(route, query)
         dry_run = _dry_run(query)

@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 from apiserver_support import ApiServerProcess, apiserver_module  # noqa: F401
@@ -265,3 +266,37 @@ def test_creates_racing_a_crd_delete_leave_no_object_behind(
             listed = custom.list_cluster_custom_object(group, "v1", "widgets")
             assert listed["items"] == [], [i["metadata"]["name"] for i in listed["items"]]
             ext.delete_custom_resource_definition(f"widgets.{group}")
+
+
+@pytest.mark.parametrize("name", ["ops,team", "a=b", "back\\slash", "x,metadata.name!=x"])
+def test_watch_and_field_selectors_on_names_with_selector_syntax(
+    apiserver_module: ApiServerProcess, name: str,  # noqa: F811
+) -> None:
+    """The single-object watch built `metadata.name=<name>` unescaped ("ops,team": 400), and
+    field selector values were not unescaped the way client-go escapes them (kubectl get NAME
+    -w sends `metadata.name=ops\\,team`)."""
+    name = f"{name}-{uuid.uuid4().hex[:6]}"
+    with apiserver_module.api_client() as api_client:
+        rbac = client.RbacAuthorizationV1Api(api_client)
+        rbac.create_cluster_role({"metadata": {"name": name}, "rules": []})
+        escaped = name.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=")
+        listed = rbac.list_cluster_role(field_selector=f"metadata.name={escaped}")
+        assert [r.metadata.name for r in listed.items] == [name]
+    segment = quote(name, safe="")
+    for path in (f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{segment}"
+                 "?watch=1&timeoutSeconds=1",
+                 f"/apis/rbac.authorization.k8s.io/v1/watch/clusterroles/{segment}"
+                 "?timeoutSeconds=1"):
+        context = ssl.create_default_context(
+            cafile=str(apiserver_module.data_dir / "ca.crt"))
+        conn = http.client.HTTPSConnection("127.0.0.1", apiserver_module.port,
+                                           context=context, timeout=30)
+        try:
+            conn.request("GET", path,
+                         headers={"Authorization": f"Bearer {apiserver_module.token}"})
+            response = conn.getresponse()
+            lines = [json.loads(line) for line in response.read().splitlines() if line]
+        finally:
+            conn.close()
+        assert response.status == 200, lines
+        assert [(e["type"], e["object"]["metadata"]["name"]) for e in lines] == [("ADDED", name)]
