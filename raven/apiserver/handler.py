@@ -494,7 +494,11 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         since: int | None = None
         rv_text = query.get("resourceVersion", "")
-        if rv_text not in ("", "0") and not initial:
+        if initial:
+            # The initial events are the current state; the resourceVersion still has to be a
+            # number the store has reached (garbage or a future one was accepted silently).
+            context.store.check_read_at(rv_text)
+        elif rv_text not in ("", "0"):
             if not bodies.DECIMAL.fullmatch(rv_text):
                 raise bad_request(f"resourceVersion {rv_text!r} is not a valid resourceVersion; use one from a previous list or watch")  # noqa: E501
             since = int(rv_text)

@@ -300,3 +300,27 @@ def test_watch_and_field_selectors_on_names_with_selector_syntax(
             conn.close()
         assert response.status == 200, lines
         assert [(e["type"], e["object"]["metadata"]["name"]) for e in lines] == [("ADDED", name)]
+
+
+@pytest.mark.parametrize(("resource_version", "code"),
+                         [("abc", 400), ("-1", 400), ("99999999999999", 504), ("", 200)])
+def test_send_initial_events_checks_its_resource_version(
+    apiserver_module: ApiServerProcess, resource_version: str, code: int,  # noqa: F811
+) -> None:
+    """With sendInitialEvents=true the resourceVersion was not looked at: garbage or one from
+    the future (a store restored from a backup) started a watch as if it were fine."""
+    context = ssl.create_default_context(cafile=str(apiserver_module.data_dir / "ca.crt"))
+    conn = http.client.HTTPSConnection("127.0.0.1", apiserver_module.port, context=context,
+                                       timeout=30)
+    try:
+        conn.request("GET", "/api/v1/namespaces?watch=1&timeoutSeconds=1&sendInitialEvents=true"
+                     f"&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan"
+                     f"&resourceVersion={resource_version}",
+                     headers={"Authorization": f"Bearer {apiserver_module.token}"})
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    assert response.status == code, body[:300]
+    if code == 504:
+        assert json.loads(body)["details"]["causes"][0]["reason"] == "ResourceVersionTooLarge"
