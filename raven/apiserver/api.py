@@ -34,6 +34,7 @@ from raven.apiserver.objects import kind_problems, metadata_problems, name_probl
 from raven.apiserver.patch import apply_patch
 from raven.apiserver.resources import Registry, ResourceType
 from raven.apiserver.status import (
+    ApiError,
     already_exists,
     bad_request,
     conflict,
@@ -166,6 +167,14 @@ class ResourceApi:
     def _check_namespace(self, rtype: ResourceType, namespace: str | None) -> None:
         if rtype.namespaced and self.store.get(NAMESPACES, "", namespace or "") is None:
             raise not_found("", "namespaces", namespace or "")
+        # Under the write lock, as the CRD delete and its cascade: a create routed just before
+        # its CRD was deleted must not store an object that outlives the CRD (and comes back
+        # when a CRD of that name is made again).
+        group, plural = rtype.storage_key
+        if not self._is_builtin(rtype.storage_key) and self.store.get(
+                CRDS, "", f"{plural}.{group}") is None:
+            raise ApiError(404, "NotFound", f"the server could not find the requested resource "
+                           f"({plural}.{group}): its CustomResourceDefinition was deleted")
 
     def _check_input(self, rtype: ResourceType, obj: dict[str, Any]) -> None:
         """Field types, before defaults read them: 422 naming the field, never a 500."""
@@ -314,6 +323,8 @@ class ResourceApi:
         else:
             result = new
             self._check_input(rtype, result)
+            if rtype.storage_key == CRDS:
+                _check_crd_scope_kept(current, result)
             meta, old_meta = result["metadata"], current["metadata"]
             for key in ("uid", "creationTimestamp", "deletionTimestamp", "generation"):
                 if key in old_meta:
@@ -534,3 +545,14 @@ def _causes(problems: list[str]) -> list[tuple[str, str]]:
         else:
             causes.append(("", problem))
     return causes
+
+
+def _check_crd_scope_kept(current: dict[str, Any], new: dict[str, Any]) -> None:
+    """spec.scope of a CRD is immutable (kube-apiserver): objects stored under one scope would
+    become unreachable by name under the other (a namespaced object has no cluster-scoped path)."""
+    old_scope = (current.get("spec") or {}).get("scope")
+    new_scope = new["spec"].get("scope")
+    if new_scope != old_scope:
+        raise invalid("apiextensions.k8s.io", "CustomResourceDefinition", _name(new),
+                      [("spec.scope", f"Invalid value: {new_scope!r}: field is immutable "
+                                      f"(it is {old_scope!r}); delete and recreate the CRD")])

@@ -30,6 +30,10 @@ DECIMAL = re.compile(r"[0-9]{1,18}")  # ASCII only; 18 digits fit an int64
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,15}")
 MAX_CHUNK_LINE = 4096  # a chunk-size line with extensions; far more than any client sends
 MAX_TRAILERS = 64
+# An escape that can spell a UTF-16 surrogate (JSON \ud800, YAML \ud800 or \U0000d800): only a
+# body holding one is searched for lone surrogates, which no response or stored row can encode.
+_SURROGATE_ESCAPE = re.compile(rb"\\(?:u[dD][89a-fA-F]|U0000[dD][89a-fA-F])")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def too_large(size: str, limit: int) -> ApiError:
@@ -181,6 +185,13 @@ def decode(body: bytes, content_type: str | None, max_depth: int) -> Any:
     if not body.strip():
         raise bad_request("the request needs a body")
     media = media_type(content_type)
+    value = _parse(body, media, max_depth)
+    if _SURROGATE_ESCAPE.search(body):
+        _refuse_surrogates(value)
+    return value
+
+
+def _parse(body: bytes, media: str, max_depth: int) -> Any:
     try:
         if media in YAML_TYPES:
             return _check_tree(load_yaml(body, source="the request body"), max_depth, True)
@@ -193,6 +204,28 @@ def decode(body: bytes, content_type: str | None, max_depth: int) -> Any:
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN
         raise bad_request(f"the request body is not valid {media}: {exc}") from exc
     return _check_tree(value, max_depth, False)
+
+
+def _refuse_surrogates(root: Any) -> None:
+    """400 for a string or key holding a lone UTF-16 surrogate (it cannot be encoded as UTF-8)."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, str):
+            strings: Any = (node,)
+        elif isinstance(node, dict):
+            strings = node.keys()
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+            continue
+        else:
+            continue
+        for text in strings:
+            if _SURROGATE.search(text):
+                raise bad_request(f"the request body holds the string {ascii(text)[:80]} with a "
+                                  "lone UTF-16 surrogate escape, which is not valid Unicode; "
+                                  "send the character itself or a valid surrogate pair")
 
 
 def require_object(value: Any, what: str) -> dict[str, Any]:

@@ -26,12 +26,18 @@ from raven.apiserver.context import ServerContext
 log = logging.getLogger("raven.apiserver")
 
 
+class HeadersTooLarge(OSError):
+    """The request line and headers passed their byte budget (answered 431, then closed)."""
+
+
 class DeadlineReader(io.RawIOBase):
-    """A socket's reads, each bounded by what is left of `deadline` (time.monotonic())."""
+    """A socket's reads, each bounded by what is left of `deadline` (time.monotonic()) and, in
+    a phase with a byte `budget`, by what is left of it."""
 
     def __init__(self, sock: socket.socket, idle_timeout: float) -> None:
         self.sock = sock
         self.deadline: float | None = None
+        self.budget: int | None = None
         self.phase = "request"
         self.fallback_timeout = idle_timeout
 
@@ -46,11 +52,19 @@ class DeadlineReader(io.RawIOBase):
             if remaining <= 0:
                 raise TimeoutError(f"the client took too long to send its {self.phase}")
             self.sock.settimeout(remaining)
-        return self.sock.recv_into(buffer)
+        if self.budget is None:
+            return self.sock.recv_into(buffer)
+        if self.budget <= 0:
+            raise HeadersTooLarge(f"the client sent more than the byte limit for its {self.phase}")
+        with memoryview(buffer) as view:
+            received = self.sock.recv_into(view[:self.budget])
+        self.budget -= received
+        return received
 
-    def start(self, phase: str, seconds: float) -> None:
+    def start(self, phase: str, seconds: float, budget: int | None = None) -> None:
         self.phase = phase
         self.deadline = time.monotonic() + seconds
+        self.budget = budget
 
 
 class SocketWriter(io.BufferedIOBase):

@@ -29,15 +29,20 @@ import socket
 import ssl
 import time
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from raven.apiserver import bodies, discovery, openapi, paging, tables
 from raven.apiserver.api import ResourceApi, delete_options_dry_run
-from raven.apiserver.connections import ApiServerHTTP, DeadlineReader, SocketWriter
+from raven.apiserver.connections import (
+    ApiServerHTTP,
+    DeadlineReader,
+    HeadersTooLarge,
+    SocketWriter,
+)
 from raven.apiserver.context import ServerContext
 from raven.apiserver.fanout import Subscription, health_report
 from raven.apiserver.routing import Endpoint, ResourceRoute, page_not_found, route
-from raven.apiserver.selectors import make_filter
+from raven.apiserver.selectors import escape_field_value, make_filter
 from raven.apiserver.status import (
     ApiError,
     bad_request,
@@ -51,6 +56,7 @@ from raven.apiserver.watchlines import WatchLines
 log = logging.getLogger("raven.apiserver")
 
 MAX_QUERY_FIELDS = 100
+READ_BUFFER = 1 << 16
 # A refused body is read and thrown away up to this many times the body limit, so a client that
 # sends its whole body before reading the answer still sees it; beyond that the connection closes.
 DRAIN_FACTOR = 16
@@ -74,7 +80,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         settings = self.context.settings
         self.connection = self.request
         self.reader = DeadlineReader(self.connection, settings.idle_timeout)
-        self.rfile = io.BufferedReader(self.reader, 1 << 16)
+        self.rfile = io.BufferedReader(self.reader, READ_BUFFER)
         self.wfile = SocketWriter(self.connection)
         self.requests_served = 0
 
@@ -90,10 +96,12 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
     def handle_one_request(self) -> None:
         """One request, with a deadline on each read phase (see connections.py)."""
         settings = self.context.settings
+        # The read-ahead buffer may hold up to one buffer of what follows the headers.
+        budget = settings.max_header_bytes + READ_BUFFER
         if self.requests_served:
-            self.reader.start("next request", settings.idle_timeout)
+            self.reader.start("next request", settings.idle_timeout, budget)
         else:
-            self.reader.start("request line and headers", settings.header_timeout)
+            self.reader.start("request line and headers", settings.header_timeout, budget)
         self.expect_continue = False
         try:
             self.raw_requestline = self.rfile.readline(65537)
@@ -105,11 +113,21 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                 self.close_connection = True
                 return
             if self.requests_served:  # the idle wait is over: the headers get their own time
-                self.reader.start("request line and headers", settings.header_timeout)
-            if not self.parse_request():
+                self.reader.start("request line and headers", settings.header_timeout,
+                                  self.reader.budget)
+            try:
+                parsed = self.parse_request()
+            except HeadersTooLarge:
+                self.close_connection = True
+                self.send_error(431, "Request Header Fields Too Large",
+                                f"the request line and headers exceed "
+                                f"{settings.max_header_bytes} bytes")
+                return
+            if not parsed:
                 return
             self.requests_served += 1
             self.reader.deadline = None
+            self.reader.budget = None
             self.connection.settimeout(settings.write_timeout)
             handler = getattr(self, "do_" + self.command, None)
             if handler is None:
@@ -226,18 +244,13 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         try:
             self._authenticate()
             body = self._read_body()
-            url = urlsplit(self.path)
-            query = {k: v[-1] for k, v in parse_qs(
-                url.query, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS).items()}
-            code = self._route(method, url.path, query, body)
+            url = urlsplit(_percent_encode_raw(self.path))
+            code = self._route(method, url.path, _query(url.query), body)
         except ApiError as error:
             code = error.code
             self._send_error(error)
         except (BrokenPipeError, ConnectionResetError, TimeoutError):
             raise
-        except ValueError as exc:  # parse_qs: too many fields
-            code = 400
-            self._send_error(bad_request(f"the query is not valid: {exc}"))
         except Exception:  # a bug must not kill the connection silently: answer 500
             log.exception("internal error serving %s %s", method, self.path)
             code = 500
@@ -304,9 +317,12 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         rtype = route.rtype
         self._check_accept()
         if route.watch_path or (method == "GET" and query.get("watch") in ("true", "1")):
+            if self.command == "HEAD":  # a stream of events has no headers-only form
+                raise method_not_allowed()
             if route.name is not None:
                 query["fieldSelector"] = ",".join(
-                    s for s in (query.get("fieldSelector"), f"metadata.name={route.name}") if s
+                    s for s in (query.get("fieldSelector"),
+                                f"metadata.name={escape_field_value(route.name)}") if s
                 )
             return self._watch(route, query)
         dry_run = _dry_run(query)
@@ -448,14 +464,21 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         options = self._delete_options(body)
         dry_run = _dry_run(query) or delete_options_dry_run(options)
         deleted = []
-        for stored in items:
-            meta = stored.obj["metadata"]
-            try:
-                deleted.append(api.delete(route.rtype, meta.get("namespace"), meta["name"],
-                                          options, dry_run))
-            except ApiError as error:
-                if error.code != 404:
-                    raise
+        # Every delete is checked (dry run) before any is made: an item that may not be deleted
+        # (a protected namespace, a failed precondition) refuses the whole collection, instead
+        # of answering an error after the items sorted before it were deleted.
+        for check in ((True, False) if not dry_run else (True,)):  # check: this pass is dry
+            for stored in items:
+                meta = stored.obj["metadata"]
+                try:
+                    result = api.delete(route.rtype, meta.get("namespace"), meta["name"],
+                                        options, check)
+                except ApiError as error:
+                    if error.code != 404:
+                        raise
+                    continue
+                if check == dry_run:
+                    deleted.append(result)
         self._send_json(200, {"kind": route.rtype.list_kind, "apiVersion": route.rtype.api_version,
                               "metadata": {}, "items": deleted})
         return 200
@@ -471,7 +494,11 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         bookmarks = query.get("allowWatchBookmarks") in ("true", "1")
         since: int | None = None
         rv_text = query.get("resourceVersion", "")
-        if rv_text not in ("", "0") and not initial:
+        if initial:
+            # The initial events are the current state; the resourceVersion still has to be a
+            # number the store has reached (garbage or a future one was accepted silently).
+            context.store.check_read_at(rv_text)
+        elif rv_text not in ("", "0"):
             if not bodies.DECIMAL.fullmatch(rv_text):
                 raise bad_request(f"resourceVersion {rv_text!r} is not a valid resourceVersion; use one from a previous list or watch")  # noqa: E501
             since = int(rv_text)
@@ -509,6 +536,32 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         if not sub.clean:
             self.close_connection = True
         return 200
+
+
+# Printable ASCII (with '%', so existing escapes stay as they are).
+_TARGET_SAFE = "".join(chr(c) for c in range(0x21, 0x7F))
+
+
+def _percent_encode_raw(target: str) -> str:
+    """The request target with raw non-ASCII bytes (and controls) percent-encoded.
+
+    http.server decodes the request line as Latin-1, so the raw UTF-8 bytes of `ü` arrived as
+    `Ã¼` and named another object; encoded back to their bytes and percent-escaped, they go
+    through the one strict UTF-8 decoding of path segments and query values (routing.py,
+    parse_qs), as if the client had escaped them itself.
+    """
+    if target.isascii() and target.isprintable():
+        return target
+    return quote(target, safe=_TARGET_SAFE, encoding="latin-1")
+
+
+def _query(text: str) -> dict[str, str]:
+    """The query parameters (the last of repeated ones); 400 beyond MAX_QUERY_FIELDS."""
+    try:
+        pairs = parse_qs(text, keep_blank_values=True, max_num_fields=MAX_QUERY_FIELDS)
+    except ValueError as exc:  # too many fields
+        raise bad_request(f"the query is not valid: {exc}") from exc
+    return {k: v[-1] for k, v in pairs.items()}
 
 
 def _dry_run(query: dict[str, str]) -> bool:

@@ -114,27 +114,68 @@ def _add(doc: Any, path: str, value: Any, replace: bool = False) -> Any:
     return doc
 
 
+# A JSON patch can grow an object without a bigger body: each `copy` of a value into itself
+# doubles it (60 operations: 2**60 nodes) and nests it one level deeper. Values a patch inserts
+# are therefore measured before they are copied: at most MAX_INSERTED_NODES in all, and no
+# deeper than MAX_DEPTH (the bound request bodies have) where they land.
+MAX_INSERTED_NODES = 250_000
+MAX_DEPTH = 200
+
+
+def _measure(value: Any, budget: int, path: str) -> tuple[int, int]:
+    """(nodes, depth) of `value`, walking at most `budget` nodes (422 beyond)."""
+    nodes = depth = 0
+    stack = [(value, 1)]
+    while stack:
+        node, level = stack.pop()
+        nodes += 1
+        if nodes > budget:
+            raise ApiError(422, "Invalid", f'json patch: the operations insert more than '
+                           f'{MAX_INSERTED_NODES} values (at "{path}"); an object this large '
+                           "cannot be stored")
+        depth = max(depth, level)
+        if level > MAX_DEPTH:
+            break
+        if isinstance(node, dict):
+            stack.extend((v, level + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, level + 1) for v in node)
+    return nodes, depth
+
+
 def json_patch(target: Any, operations: Any) -> Any:
     if not isinstance(operations, list):
         raise bad_request("json patch: the body must be a JSON array of operations")
     doc = copy.deepcopy(target)
+    budget = MAX_INSERTED_NODES
+
+    def checked(path: Any, value: Any) -> Any:
+        nonlocal budget
+        nodes, depth = _measure(value, budget, str(path))
+        budget -= nodes
+        if len(_pointer(path)) + depth > MAX_DEPTH:
+            raise ApiError(422, "Invalid", f'json patch: the value at "{path}" would be nested '
+                           f"more than {MAX_DEPTH} levels deep")
+        return value
+
     for op in operations:
         if not isinstance(op, dict) or "op" not in op or "path" not in op:
             raise bad_request(f"json patch: operation {op!r} needs 'op' and 'path'")
         kind, path = op["op"], op["path"]
         if kind == "add":
-            doc = _add(doc, path, copy.deepcopy(op.get("value")))
+            doc = _add(doc, path, copy.deepcopy(checked(path, op.get("value"))))
         elif kind == "remove":
             _remove(doc, path)
         elif kind == "replace":
-            doc = _add(doc, path, copy.deepcopy(op.get("value")), replace=True)
+            doc = _add(doc, path, copy.deepcopy(checked(path, op.get("value"))), replace=True)
         elif kind == "move":
             _pointer(path)
             value = _remove(doc, op.get("from", ""), "from")
-            doc = _add(doc, path, value)
+            doc = _add(doc, path, checked(path, value))
         elif kind == "copy":
             _pointer(path)
-            doc = _add(doc, path, copy.deepcopy(_get(doc, op.get("from", ""), "from")))
+            source = checked(path, _get(doc, op.get("from", ""), "from"))
+            doc = _add(doc, path, copy.deepcopy(source))
         elif kind == "test":
             if _get(doc, path) != op.get("value"):
                 raise ApiError(422, "Invalid", f'json patch: test failed at "{path}"')

@@ -154,16 +154,59 @@ class FieldRequirement:
         return (actual == self.value) != self.negate
 
 
+def escape_field_value(value: str) -> str:
+    """A value for a field selector term, escaped as client-go's fields.EscapeValue does."""
+    return value.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=")
+
+
+def _split_field_terms(selector: str) -> list[str]:
+    """Terms split on commas that are not escaped with a backslash (escapes kept)."""
+    terms, current, escaped = [], [], False
+    for char in selector:
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            current.append(char)
+            escaped = True
+        elif char == ",":
+            terms.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    terms.append("".join(current))
+    return [t.strip() for t in terms if t.strip()]
+
+
+def _unescape_field_value(selector: str, value: str) -> str:
+    out, escaped = [], False
+    for char in value:
+        if escaped:
+            if char not in "\\,=":
+                raise bad_request(f'invalid field selector "{selector}": invalid escape '
+                                  f'sequence "\\{char}" (escape only \\, , and = with \\)')
+            out.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        else:
+            out.append(char)
+    if escaped:
+        raise bad_request(f'invalid field selector "{selector}": the value ends with a lone "\\"')
+    return "".join(out)
+
+
 def parse_field_selector(selector: str | None, kind: str) -> list[FieldRequirement]:
     if not selector:
         return []
     allowed = ("metadata.name", "metadata.namespace", *EXTRA_FIELDS.get(kind, ()))
     out = []
-    for part in _split_top_level(selector):
-        match = re.match(r"^([^=!]+?)\s*(==|=|!=)\s*(.*)$", part)
+    for part in _split_field_terms(selector):
+        match = re.match(r"^([^=!\\]+?)\s*(==|=|!=)\s*(.*)$", part, re.DOTALL)
         if not match:
             raise bad_request(f'invalid field selector "{selector}": "{part}" is not key=value')
-        path, op, value = match.group(1).strip(), match.group(2), match.group(3).strip()
+        path, op = match.group(1).strip(), match.group(2)
+        value = _unescape_field_value(selector, match.group(3).strip())
         if path not in allowed:
             raise ApiError(
                 400, "BadRequest",

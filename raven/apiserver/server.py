@@ -11,6 +11,7 @@ import ipaddress
 import logging
 import signal
 import socket
+import sqlite3
 import ssl
 import threading
 from dataclasses import dataclass
@@ -73,7 +74,13 @@ class ApiServer:
         self.data_dir = data_dir
         self.token = security.load_or_create_token(data_dir)
         self.fanout = WatchFanout(settings.watcher_backlog_bytes)
-        self.store = Store(data_dir / DATABASE, settings.watch_history, self.fanout)
+        try:
+            self.store = Store(data_dir / DATABASE, settings.watch_history, self.fanout)
+        except sqlite3.DatabaseError as exc:
+            raise ApiServerError(
+                f"cannot open the store {data_dir / DATABASE}: {exc}; restore it from a backup "
+                "or move it away to start with an empty store"
+            ) from exc
         self.registry = Registry()
         self.api = ResourceApi(self.store, self.registry)
         self.api.bootstrap()

@@ -33,6 +33,10 @@ class ApiServerSettings:
     max_body_bytes: int = 3 << 20
     # JSON/YAML bodies nested deeper than this are refused (400) before anything recurses on them.
     max_body_depth: int = 200
+    # Bytes of request line and headers read per request; beyond them 431 and close (Go's
+    # net/http DefaultMaxHeaderBytes). http.server alone allows 100 lines of 64 KiB: 6.4 MB held
+    # per unauthenticated connection, several GB over max_connections.
+    max_header_bytes: int = 1 << 20
     # Seconds a client has to send the request line and headers (TLS handshake included).
     header_timeout: float = 30.0
     # Seconds a client has to send a whole body once its headers are in.
@@ -47,7 +51,7 @@ class ApiServerSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        for name in ("max_body_bytes", "max_body_depth", "max_connections"):
+        for name in ("max_body_bytes", "max_body_depth", "max_connections", "max_header_bytes"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1 (got {getattr(self, name)})")
         for name in ("header_timeout", "body_timeout", "idle_timeout", "write_timeout"):

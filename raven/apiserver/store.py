@@ -70,6 +70,23 @@ class WatchEvent:
     encoded: dict[Any, bytes] = field(default_factory=dict)  # cache for watch lines
 
 
+# resourceVersions are at most 18 decimal digits (what clients may send back, bodies.DECIMAL):
+# a stored value beyond that would make the next write overflow SQLite's INTEGER.
+MAX_RV = 10**18 - 1
+
+
+def _valid_rv(value: Any) -> int:
+    """A stored resourceVersion (row or counter) as an int in 0..MAX_RV; ValueError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError(f"resourceVersion {value!r} is not an integer")
+    if isinstance(value, str) and not re.fullmatch(r"[0-9]{1,18}", value):
+        raise ValueError(f"resourceVersion {value!r} is not a decimal integer")
+    rv = int(value)
+    if not 0 <= rv <= MAX_RV:
+        raise ValueError(f"resourceVersion {value!r} is not in 0..{MAX_RV}")
+    return rv
+
+
 class Store:
     def __init__(self, path: Path, history: int = 20000,
                  fanout: WatchFanout | None = None) -> None:
@@ -87,7 +104,13 @@ class Store:
         )
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT)")
         row = self._db.execute("SELECT value FROM meta WHERE key='rv'").fetchone()
-        self._rv = int(row[0]) if row else 0
+        self._rv = 0
+        if row:
+            try:
+                self._rv = _valid_rv(row[0])
+            except (ValueError, TypeError) as exc:
+                log.error("the stored resourceVersion counter in %s is not valid (%s); "
+                          "continuing from the newest stored object", path, exc)
         self._objects: dict[StorageKey, dict[ObjectKey, StoredObject]] = {}
         for resource, namespace, name, rv, data in self._db.execute(
             "SELECT resource, namespace, name, rv, data FROM objects"
@@ -97,8 +120,8 @@ class Store:
                 obj = json.loads(data)
                 if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
                     raise ValueError("not a JSON object with metadata")
-                stored = StoredObject(obj, data.encode(), int(rv))
-            except (ValueError, TypeError, AttributeError) as exc:
+                stored = StoredObject(obj, data.encode(), _valid_rv(rv))
+            except (ValueError, TypeError, AttributeError, RecursionError) as exc:
                 log.error("skipping stored object %s %s/%s in %s: it cannot be decoded (%s); "
                           "delete the row or restore the database from a backup",
                           resource, namespace, name, path, exc)

@@ -126,7 +126,11 @@ def run(args: argparse.Namespace) -> int:
         if args.output is None:
             print(dot, end="")
         else:
-            args.output.write_text(dot)
+            try:
+                args.output.write_text(dot)
+            except OSError as exc:
+                raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}; "
+                                   "choose another --output") from exc
         return 0
     result = subprocess.run(["dot", "-Tsvg", "-o", str(args.output)], input=dot, text=True,
                             capture_output=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -46,22 +47,35 @@ def observe_live(state_dir: Path, netns: str | None) -> dict[str, Any]:
         return _plain(dataplane.observe())
 
 
+def _timestamp(value: Any) -> float | None:
+    """A finite UNIX time from the status file, or None (absent, zero or not a number)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) and value else None
+
+
 def collect(state_dir: Path, netns: str | None, now: float) -> dict[str, Any]:
     path = state_dir / "agent-status.json"
     try:
         agent = json.loads(path.read_text())
     except FileNotFoundError:
         agent = None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise CommandError(
-            f"{path} is unreadable ({exc}); is this the agent's --state-dir?") from exc
+            f"{path} is unreadable ({str(exc)[:200]}); is this the agent's --state-dir?"
+        ) from exc
+    if agent is not None and not isinstance(agent, dict):
+        raise CommandError(f"{path} holds a JSON {type(agent).__name__}, not the agent's status "
+                           "object; is this the agent's --state-dir?")
     report: dict[str, Any] = {"stateDir": str(state_dir), "agent": agent}
     if agent is not None:
-        report["appliedAgo"] = round(now - float(agent.get("appliedAt") or now), 1)
-        confirmed = float(agent.get("inputsConfirmedAt") or 0)
+        # A damaged file (hand-edited, another version) shows as unknown ages, not a traceback.
+        applied = _timestamp(agent.get("appliedAt"))
+        report["appliedAgo"] = round(now - applied, 1) if applied else 0.0
+        confirmed = _timestamp(agent.get("inputsConfirmedAt"))
         report["inputsAge"] = round(now - confirmed, 1) if confirmed else None
-        observed = agent.get("observedAt")
-        report["driftCheckedAgo"] = round(now - float(observed), 1) if observed else None
+        observed = _timestamp(agent.get("observedAt"))
+        report["driftCheckedAgo"] = round(now - observed, 1) if observed else None
         report["drift"] = agent.get("drift")
     try:
         report["live"] = observe_live(state_dir, netns)

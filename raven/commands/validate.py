@@ -22,6 +22,10 @@ from raven.safeyaml import YamlError, load_yaml_documents
 GATEWAY_KIND = "Gateway"
 
 
+# Far above any real set of manifests (kube-apiserver takes 3 MiB per object).
+MAX_FILE_BYTES = 64 << 20
+
+
 @dataclass(frozen=True)
 class Document:
     source: str  # "file.yaml:12" = file and the line where the document starts
@@ -32,9 +36,16 @@ def load_documents(path: str) -> tuple[list[Document], list[str]]:
     """Every YAML document of `path` (items of a `kind: *List` are documents of their own).
     Returns (documents, problems); a malformed file gives its line and column."""
     try:
-        text = Path(path).read_text()
+        with Path(path).open("rb") as file:
+            # Bounded: `raven validate /dev/zero` (or a runaway generated file) must end.
+            raw = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         return [], [f"{path}: cannot read it: {exc.strerror or exc}"]
+    if len(raw) > MAX_FILE_BYTES:
+        return [], [f"{path}: larger than {MAX_FILE_BYTES // (1 << 20)} MiB; no manifest or "
+                    "topology file is this big (split it)"]
+    try:
+        text = raw.decode()
     except UnicodeDecodeError:
         return [], [f"{path}: not a text file (it is not UTF-8)"]
     docs: list[Document] = []
