@@ -14,15 +14,32 @@ hostile file cannot cost more than its own size anywhere. Rules it keeps:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import IO, Any, Protocol
 
 import yaml
 
 MAX_DEPTH = 200  # deeper than any real manifest or CRD schema; far below Python's recursion limit
+MAX_FILE_BYTES = 64 << 20  # no manifest or topology file is this big; /dev/zero must end
 
 
 class YamlError(ValueError):
     """A document that cannot be loaded; the message names the source, the line and the fix."""
+
+
+class Openable(Protocol):
+    def open(self, mode: str) -> IO[bytes]: ...
+
+
+def read_yaml_file(path: Openable) -> bytes:
+    """The bytes of a YAML file (a Path or an importlib.resources Traversable), read at most
+    MAX_FILE_BYTES: `raven validate /dev/zero` or a runaway generated file ends with a clear
+    error instead of reading for ever. OSError is left to the caller, who names the file."""
+    with path.open("rb") as file:
+        raw = file.read(MAX_FILE_BYTES + 1)
+    if len(raw) > MAX_FILE_BYTES:
+        raise YamlError(f"{path}: larger than {MAX_FILE_BYTES >> 20} MiB; no manifest or "
+                        "topology file is this big (split it)")
+    return raw
 
 
 class _BoundedLoader(yaml.SafeLoader):

@@ -17,15 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from raven.errors import ValidationError
-from raven.safeyaml import YamlError, load_yaml_documents
+from raven.safeyaml import YamlError, load_yaml_documents, read_yaml_file
 
 GATEWAY_KIND = "Gateway"
 
 
 # Far above any real set of manifests (kube-apiserver takes 3 MiB per object).
-MAX_FILE_BYTES = 64 << 20
-
-
 @dataclass(frozen=True)
 class Document:
     source: str  # "file.yaml:12" = file and the line where the document starts
@@ -36,14 +33,11 @@ def load_documents(path: str) -> tuple[list[Document], list[str]]:
     """Every YAML document of `path` (items of a `kind: *List` are documents of their own).
     Returns (documents, problems); a malformed file gives its line and column."""
     try:
-        with Path(path).open("rb") as file:
-            # Bounded: `raven validate /dev/zero` (or a runaway generated file) must end.
-            raw = file.read(MAX_FILE_BYTES + 1)
+        raw = read_yaml_file(Path(path))  # bounded: `raven validate /dev/zero` must end
     except OSError as exc:
         return [], [f"{path}: cannot read it: {exc.strerror or exc}"]
-    if len(raw) > MAX_FILE_BYTES:
-        return [], [f"{path}: larger than {MAX_FILE_BYTES // (1 << 20)} MiB; no manifest or "
-                    "topology file is this big (split it)"]
+    except YamlError as exc:
+        return [], [str(exc)]
     try:
         text = raw.decode()
     except UnicodeDecodeError:

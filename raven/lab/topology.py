@@ -27,7 +27,7 @@ from typing import Any
 
 from raven.constants import DEFAULT_UNDERLAY_MTU
 from raven.errors import ValidationError
-from raven.safeyaml import YamlError, load_yaml
+from raven.safeyaml import YamlError, load_yaml, read_yaml_file
 
 NAT_KINDS = ("none", "cone", "symmetric")
 TUNNEL_KINDS = ("wireguard", "none")
@@ -125,10 +125,12 @@ def load_topology(path: str | Path | Traversable) -> Topology:
     ValidationError listing every problem."""
     target = find_topology(path)
     try:
-        data = target.read_bytes()
+        data = read_yaml_file(target)  # bounded: a topology named /dev/zero must end
     except OSError as exc:
         raise ValidationError([f"topology file {str(target)!r}: cannot read it: "
                                f"{exc.strerror or exc}"]) from None
+    except YamlError as exc:
+        raise ValidationError([str(exc)]) from None
     return load_topology_text(data, source=str(target))
 
 

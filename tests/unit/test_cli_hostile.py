@@ -2,7 +2,7 @@
 or a hang.
 
 - `raven validate /dev/zero` (and `raven plan --gateways /dev/zero`) read without bound: the
-  process grew until killed. Files are now read up to validate.MAX_FILE_BYTES.
+  process grew until killed. Files are now read up to safeyaml.MAX_FILE_BYTES.
 - `raven status` on a damaged agent-status.json (a JSON list, a timestamp that is text, nesting
   deeper than the JSON decoder recurses) ended in a traceback.
 """

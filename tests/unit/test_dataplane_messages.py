@@ -12,6 +12,7 @@ import ipaddress
 import socket
 import struct
 import subprocess
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -418,3 +419,19 @@ def test_incremental_collapser_agrees_with_full_collapse_on_random_walks() -> No
             current.symmetric_difference_update({item})
         state = tuple(sorted(current))
         assert collapser(state) == collapse(state), state
+
+
+@pytest.mark.parametrize("make", ["directory", "device", "unreadable-symlink"])
+def test_a_key_file_that_is_not_a_file_is_a_clear_error(tmp_path: Path, make: str) -> None:
+    from raven.dataplane.errors import DataplaneError
+    from raven.dataplane.wireguard.keys import KEY_FILE, load_or_create_private_key
+
+    path = tmp_path / KEY_FILE
+    if make == "directory":
+        path.mkdir()
+    elif make == "device":
+        path.symlink_to("/dev/zero")  # endless: must not be read to the end
+    else:
+        path.symlink_to(tmp_path / "missing" / "key")  # O_EXCL refuses, reading finds nothing
+    with pytest.raises(DataplaneError, match=f"{path}: "):
+        load_or_create_private_key(tmp_path)

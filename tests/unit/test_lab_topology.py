@@ -272,3 +272,14 @@ def test_lab_name_defaults_to_the_field_then_the_file_name(tmp_path: Path) -> No
     unnamed = parse_topology({k: v for k, v in VALID.items() if k != "name"})
     assert default_lab_name(unnamed, tmp_path / "edge-lab.yaml") == "edge-lab"
     assert default_lab_name(unnamed, tmp_path / "Not Valid.yaml") is None
+
+
+def test_a_topology_file_that_never_ends_is_a_clear_error(tmp_path: Path) -> None:
+    # /dev/zero stands for any runaway file: it is read up to safeyaml.MAX_FILE_BYTES only.
+    from raven.errors import ValidationError
+    from raven.lab.topology import load_topology
+
+    endless = tmp_path / "endless.yaml"
+    endless.symlink_to("/dev/zero")
+    with pytest.raises(ValidationError, match="larger than 64 MiB"):
+        load_topology(endless)

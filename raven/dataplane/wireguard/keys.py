@@ -29,21 +29,34 @@ def _raw_private(key: X25519PrivateKey) -> bytes:
     return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
 
 
+KEY_FILE_MAX_BYTES = 256  # a key file is 45 bytes; never read more (a symlink to /dev/zero)
+
+
 def load_or_create_private_key(state_dir: Path) -> bytes:
-    """The 32-byte private key, created on first use."""
+    """The 32-byte private key, created on first use. Every failure is a DataplaneError naming
+    the file and the fix (a directory, an unreadable file, a device), never an OSError."""
     path = state_dir / KEY_FILE
-    state_dir.mkdir(parents=True, exist_ok=True)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        pass
-    else:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(base64.b64encode(_raw_private(X25519PrivateKey.generate())).decode() + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        state_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(b64(_raw_private(X25519PrivateKey.generate())) + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+        with open(path, "rb") as fh:
+            text = fh.read(KEY_FILE_MAX_BYTES + 1)
+    except OSError as exc:
+        raise DataplaneError(
+            f"{path}: cannot read or create the WireGuard private key: "
+            f"{exc.strerror or exc}; make it a regular file readable by root (or remove it to "
+            "make a new key; peers will then need the new public key)") from exc
     try:
-        raw = base64.b64decode(path.read_text().strip(), validate=True)
+        raw = (base64.b64decode(text.strip(), validate=True)
+               if len(text) <= KEY_FILE_MAX_BYTES else b"")
     except (binascii.Error, ValueError):
         raw = b""
     if len(raw) != 32:
