@@ -15,10 +15,13 @@ The server is stopped with SIGTERM (then SIGKILL) also when the test fails.
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import re
 import selectors
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -28,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from raven.apiserver.server import RunningApiServer
 
 ROOT = Path(__file__).resolve().parents[1]
 READY = re.compile(r"^listening on (?P<url>\S+) kubeconfig (?P<kubeconfig>\S+)$")
@@ -145,3 +150,26 @@ def apiserver_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiSe
         yield server
     finally:
         server.stop()
+
+
+class Http:
+    """One keep-alive HTTPS connection to an in-process server, JSON in and out (bytes are sent
+    as they are), for requests the kubernetes client would refuse to send."""
+
+    def __init__(self, server: RunningApiServer) -> None:
+        context = ssl.create_default_context(cafile=str(server.ca_cert))
+        self.conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context,
+                                                timeout=30)
+        self.token = server.token
+
+    def __call__(self, method: str, path: str, body: Any = None,
+                 content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
+        payload = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        self.conn.request(method, path, payload, {"Authorization": f"Bearer {self.token}",
+                                                  "Content-Type": content_type})
+        response = self.conn.getresponse()
+        data = response.read()
+        return response.status, json.loads(data) if data else {}
+
+    def close(self) -> None:
+        self.conn.close()

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from apiserver_support import Http
 
 from raven.apiserver.server import RunningApiServer, start
 from raven.apiserver.settings import ApiServerSettings
@@ -19,3 +20,13 @@ def server(tmp_path: Path) -> Iterator[RunningApiServer]:
         yield running
     finally:
         running.stop()
+
+
+
+@pytest.fixture
+def http_api(server: RunningApiServer) -> Iterator[Http]:
+    api = Http(server)
+    try:
+        yield api
+    finally:
+        api.close()

@@ -5,49 +5,17 @@
 from __future__ import annotations
 
 import base64
-import http.client
 import json
-import ssl
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from apiserver_support import Http
 from kubernetes import client, config
 
 from raven.apiserver.server import RunningApiServer
 
 CM = "/api/v1/namespaces/default/configmaps"
-
-
-class Http:
-    """One keep-alive HTTPS connection to the server, JSON in and out."""
-
-    def __init__(self, server: RunningApiServer) -> None:
-        context = ssl.create_default_context(cafile=str(server.ca_cert))
-        self.conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context,
-                                                timeout=30)
-        self.token = server.token
-
-    def __call__(self, method: str, path: str, body: Any = None,
-                 content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
-        payload = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
-        self.conn.request(method, path, payload, {"Authorization": f"Bearer {self.token}",
-                                                  "Content-Type": content_type})
-        response = self.conn.getresponse()
-        data = response.read()
-        return response.status, json.loads(data) if data else {}
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-@pytest.fixture
-def http_api(server: RunningApiServer) -> Iterator[Http]:
-    api = Http(server)
-    try:
-        yield api
-    finally:
-        api.close()
 
 
 @pytest.fixture

@@ -5,18 +5,13 @@ re-read of the object (resourceVersion unchanged after a refusal).
 
 from __future__ import annotations
 
-import http.client
 import json
-import ssl
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
+from apiserver_support import Http
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from raven.apiserver.server import RunningApiServer
 
 CM = "/api/v1/namespaces/default/configmaps"
 GATEWAYS = "/apis/raven.openyurt.io/v1beta1/gateways"
@@ -42,32 +37,6 @@ operations = st.lists(st.fixed_dictionaries(
     {"op": st.sampled_from(["add", "remove", "replace", "move", "copy", "test"]) | values,
      "path": pointers},
     optional={"value": values, "from": pointers}) | values, max_size=4)
-
-
-class Http:
-    def __init__(self, server: RunningApiServer) -> None:
-        context = ssl.create_default_context(cafile=str(server.ca_cert))
-        self.conn = http.client.HTTPSConnection("127.0.0.1", server.port, context=context,
-                                                timeout=30)
-        self.token = server.token
-
-    def __call__(self, method: str, path: str, body: Any = None,
-                 content_type: str = "application/json") -> tuple[int, dict[str, Any]]:
-        payload = None if body is None else json.dumps(body).encode()
-        self.conn.request(method, path, payload, {"Authorization": f"Bearer {self.token}",
-                                                  "Content-Type": content_type})
-        response = self.conn.getresponse()
-        data = response.read()
-        return response.status, json.loads(data) if data else {}
-
-
-@pytest.fixture
-def http_api(server: RunningApiServer) -> Iterator[Http]:
-    api = Http(server)
-    try:
-        yield api
-    finally:
-        api.conn.close()
 
 
 def fresh(http_api: Http, path: str, body: dict[str, Any]) -> dict[str, Any]:
