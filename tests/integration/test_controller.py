@@ -291,13 +291,18 @@ def test_leader_handover_between_two_controller_processes(tmp_path: Path) -> Non
             kube.close()
 
 
-def test_node_moving_pools_writes_each_gateway_once(cluster: Cluster) -> None:
+def two_elected_pools(cluster: Cluster) -> None:
+    """gw-hz (hz-1) and gw-bj (bj-1), both heartbeating, both elected."""
     cluster.beat("hz-1")
     cluster.beat("bj-1")
     cluster.kube.create(GATEWAYS, gateway_obj("gw-hz", ["hz-1"]))
     cluster.kube.create(GATEWAYS, gateway_obj("gw-bj", ["bj-1"]))
     wait_for(lambda: cluster.active("gw-hz") == ["hz-1"] and cluster.active("gw-bj") == ["bj-1"],
              what="both pools elected")
+
+
+def test_node_moving_pools_writes_each_gateway_once(cluster: Cluster) -> None:
+    two_elected_pools(cluster)
     reconciles = cluster.controller.reconciles
     wait_for(lambda: cluster.controller.reconciles >= reconciles + 3, what="settled")
     writes = cluster.controller.writes
@@ -319,12 +324,7 @@ def test_node_moving_pools_writes_each_gateway_once(cluster: Cluster) -> None:
 
 
 def test_a_malformed_public_key_is_isolated_to_its_node(cluster: Cluster) -> None:
-    cluster.beat("hz-1")
-    cluster.beat("bj-1")
-    cluster.kube.create(GATEWAYS, gateway_obj("gw-hz", ["hz-1"]))
-    cluster.kube.create(GATEWAYS, gateway_obj("gw-bj", ["bj-1"]))
-    wait_for(lambda: cluster.active("gw-hz") == ["hz-1"] and cluster.active("gw-bj") == ["bj-1"],
-             what="both pools elected")
+    two_elected_pools(cluster)
     kubectl(cluster.server.kubeconfig, "annotate", "node", "hz-1", "--overwrite",
             f"{constants.ANNOTATION_PUBLIC_KEY}=not-a-wireguard-key")
 

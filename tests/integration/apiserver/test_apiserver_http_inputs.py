@@ -66,15 +66,6 @@ def raw(apiserver_module: ApiServerProcess) -> Iterator[Http]:  # noqa: F811
         session.close()
 
 
-@pytest.fixture(scope="module")
-def api(apiserver_module: ApiServerProcess) -> Iterator[client.ApiClient]:  # noqa: F811
-    api_client = apiserver_module.api_client()
-    try:
-        yield api_client
-    finally:
-        api_client.close()
-
-
 def status_of(code: int, body: bytes) -> dict[str, Any]:
     status = json.loads(body)
     assert status["kind"] == "Status" and status["code"] == code

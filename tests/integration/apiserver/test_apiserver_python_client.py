@@ -28,15 +28,6 @@ def unique(prefix: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def api(apiserver_module: ApiServerProcess) -> Iterator[client.ApiClient]:  # noqa: F811
-    api_client = apiserver_module.api_client()
-    try:
-        yield api_client
-    finally:
-        api_client.close()
-
-
-@pytest.fixture(scope="module")
 def core(api: client.ApiClient) -> client.CoreV1Api:
     return client.CoreV1Api(api)
 
