@@ -252,8 +252,7 @@ class Agent:
         if result.writes:
             log.info("applied %s plan from %s: %d writes (%s) in %.3fs", state.role,
                      inputs.source, result.writes, ", ".join(result.changes[:8]), elapsed)
-        # Until the data plane branch adds ApplyResult.skipped, an apply skips nothing.
-        self.skipped = tuple(getattr(result, "skipped", ()))
+        self.skipped = result.skipped
         self._report_skipped(wall)
         for role in Role:
             self.metrics.role.labels(role.value).set(1 if state.role == role else 0)
