@@ -91,14 +91,24 @@ def test_supervised_process_logs_and_stops(lab: LabPlan) -> None:
                                  "exec sleep 600"], env={"RVT_WHO": "the-pod"})
     try:
         assert Path(f"/proc/{pid}").exists()
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        assert f"RAVEN_LAB={lab.name}".encode() in environ
         for _ in range(200):
             text = raven("lab", "logs", lab.name, pod.name).stdout
             if pod.ip in text:
                 break
             time.sleep(0.02)
         assert "hello from the-pod" in text and pod.ip in text
+        # Read the environment once the process has made its last exec (nsenter -> sh -> sleep):
+        # while an execve is under way the kernel shows an empty /proc/PID/environ, which made
+        # this check fail once in CI when it was read right after the start.
+        # (comm changes early in an exec and the environment is mapped a little later: wait
+        # for both.)
+        environ: list[bytes] = []
+        for _ in range(500):
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep" and environ != [b""]:
+                break
+            time.sleep(0.01)
+        assert f"RAVEN_LAB={lab.name}".encode() in environ
         with pytest.raises(CommandError, match="already runs"):
             runtime.start_process(lab.name, pod.name, "talker", ["true"])
         status = json.loads(raven("lab", "status", lab.name, "--json").stdout)
