@@ -2,10 +2,12 @@
 
 `up(plan)` turns a built lab (raven.lab.build) into a running cluster:
   1 `raven apiserver` in the control-plane namespace, listening on the control-plane underlay
-    address (so agents behind NAT reach it through their NAT), data under <run dir>/apiserver
+    address (so agents behind NAT reach it through their NAT), data under <run dir>/apiserver;
+    a dual-stack control plane listens on both families and each agent gets a kubeconfig
+    naming the address of its node's family
   2 the Gateway CRD (package data raven/lab/data/gateway-crd.yaml, the same file as
     gateway/crd.yaml) applied with kubectl
-  3 the kubelet stand-in (raven.lab.kubelet): Node objects with addresses, podCIDR, pool label
+  3 the kubelet stand-in (raven.lab.kubelet): Node objects with addresses, podCIDR(s), pool label
   4 one Gateway per pool: every gatewayCandidate node is a tunnel endpoint, underNAT from `nat`
   5 `raven controller` in the control-plane namespace
   6 `raven agent` on every node: node netns + private mount namespace, state directory

@@ -11,6 +11,9 @@ Rules kept:
 - Bundled topologies (package data `raven/lab/topologies/`, the repository's test-topologies/)
   are found through importlib.resources, so they work from an installed wheel; a topology
   argument that is not an existing file may name one (`three-pools` or `three-pools.yaml`).
+- Pod networks follow Kubernetes' Node rules (one or two, at most one per family, `podCIDR` ==
+  `podCIDRs[0]`); what the lab cannot build is refused too: an IPv6-only underlay beside an
+  IPv4-only one (gateways tunnel over one family), IPv6 pods below IPv6's minimum path MTU.
 The schema is documented in docs/lab.md; keep both in step.
 """
 
