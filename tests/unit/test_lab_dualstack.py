@@ -17,6 +17,8 @@ import ipaddress
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scapy.layers.inet6 import ICMPv6EchoReply, ICMPv6EchoRequest
 
 from raven.errors import ValidationError
@@ -237,3 +239,44 @@ def test_icmpv6_echo_is_what_scapy_builds_and_reads(ident: int, seq: int) -> Non
     assert parse_reply6(reply, "fd00:0:0::2") == ("fd00::2", ident, seq)
     assert parse_reply6(ours, "fd00::2") is None  # a request is not a reply
     assert parse_reply6(reply[:7], "fd00::2") is None
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.fixed_dictionaries({
+    "nat": st.sampled_from(["none", "cone", "symmetric"]),
+    "underlay": st.sampled_from(["ipv6", "dual"]),
+    "pods": st.integers(0, 3),
+    "families": st.lists(st.sampled_from(["ipv4", "ipv6", "dual", "dual6"]), min_size=1,
+                         max_size=5),
+}), min_size=1, max_size=5), st.booleans())
+def test_plan_of_any_valid_ipv6_topology(spec: list[dict], v4_allowed: bool) -> None:
+    """Unique underlay addresses of both families inside the lab's ranges, every pod address
+    in its network, a JSON round trip; IPv6-only pools have no IPv4 anywhere."""
+    pools, n = [], 0
+    for i, p in enumerate(spec):
+        nodes = []
+        for j, family in enumerate(p["families"]):
+            v4, v6 = f"10.{n // 256}.{n % 256}.0/24", f"fd00:{n:x}::/64"
+            cidrs = {"ipv4": [v4], "ipv6": [v6], "dual": [v4, v6], "dual6": [v6, v4]}[family]
+            nodes.append({"name": f"p{i}-n{j}", "podCIDRs": cidrs})
+            n += 1
+        underlay = "dual" if v4_allowed and i == 0 else p["underlay"]
+        pools.append({"name": f"p{i}", "nat": p["nat"], "underlay": underlay, "pods": p["pods"],
+                      "nodes": nodes})
+    plan = plan_lab(parse_topology({"pools": pools}), "rvt-prop6")
+    allowed = [ipaddress.ip_network(x) for x in ("198.18.0.0/15", "192.0.2.0/24",
+                                                 "2001:db8::/32")]
+    underlay = [a for _, node in plan.nodes() for a in node.underlay_ips()]
+    for p in plan.pools:  # an IPv6-only pool's primary fields are its IPv6 ones
+        underlay += list(dict.fromkeys(a for a in (p.router_lan_ip, p.router_lan_ip6, p.wan_ip,
+                                                   p.wan_ip6) if a))
+    underlay += list(dict.fromkeys(a for a in (plan.control_plane.ip, plan.control_plane.ip6)
+                                   if a))
+    assert len(set(underlay)) == len(underlay)
+    assert all(any(ipaddress.ip_address(a) in net for net in allowed) for a in underlay)
+    for pool, node, pod in plan.pods():
+        for ip, cidr in zip(pod.addresses(), node.cidrs(), strict=True):
+            assert ipaddress.ip_address(ip) in ipaddress.ip_network(cidr)
+        if pool.underlay == "ipv6":
+            assert all(":" in a for a in node.underlay_ips())
+    assert plan_from_json(plan_to_json(plan)) == plan
