@@ -173,8 +173,9 @@ class GatewayController:
                               (obj.get("metadata") or {}).get("name"))
                 self.metrics.errors.labels("plan").inc()
                 continue
-            if not plan.status.get("activeEndpoints"):
-                without += 1
+            if not any(e.get("type") != "proxy" for e in plan.status.get("activeEndpoints") or []
+                       if isinstance(e, dict)):
+                without += 1  # a pool with only proxy endpoints still has no tunnel
             if plan.status == (obj.get("status") or {}):
                 continue
             if self._write(obj, plan, now):
@@ -209,6 +210,13 @@ class GatewayController:
             self.events.record(stored, EVENT_LOST,
                                f"node {node} is no longer an active endpoint of Gateway {name}: "
                                f"{why}", now, "Warning")
+        for node in plan.proxy_elected:
+            self.events.record(stored, EVENT_ELECTED,
+                               f"node {node} elected active proxy endpoint of Gateway {name}", now)
+        for node in plan.proxy_lost:
+            self.events.record(stored, EVENT_LOST,
+                               f"node {node} is no longer an active proxy endpoint of Gateway "
+                               f"{name}", now, "Warning")
         log.info("Gateway %s: status written (elected %s, lost %s)", name,
                  list(plan.elected), list(plan.lost))
         return True
