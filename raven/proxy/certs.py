@@ -53,17 +53,18 @@ class CA:
 class Leaf:
     cert_pem: bytes
     key_pem: bytes
-    not_before: float  # unix seconds
+    not_before: float  # unix seconds (a minute before issue, for clock skew)
     not_after: float
     serial: int
+    issued_at: float = 0.0
 
     def renew_at(self) -> float:
-        return renew_at(self.not_before, self.not_after)
+        return renew_at(self.issued_at or self.not_before, self.not_after)
 
 
-def renew_at(not_before: float, not_after: float, fraction: float = RENEW_FRACTION) -> float:
+def renew_at(issued: float, not_after: float, fraction: float = RENEW_FRACTION) -> float:
     """When to replace a leaf: well before it expires, so a slow API or a restart is covered."""
-    return not_before + (not_after - not_before) * fraction
+    return issued + (not_after - issued) * fraction
 
 
 def _unix(when: dt.datetime) -> float:
@@ -168,7 +169,8 @@ def issue(ca: CA, common_name: str, organization: str, lifetime: float, now: flo
                                                   ExtendedKeyUsageOID.CLIENT_AUTH]), False)
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .sign(ca_key, hashes.SHA256()))  # type: ignore[arg-type]
-    return Leaf(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key), start, end, serial)
+    return Leaf(cert.public_bytes(serialization.Encoding.PEM), _key_pem(key), start, end, serial,
+                now)
 
 
 def load_leaf(context: ssl.SSLContext, leaf: Leaf) -> None:
