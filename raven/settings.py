@@ -221,6 +221,7 @@ class ControllerSettings:
     resync_period: float = _opt(5.0, "seconds between full re-elections without events "
                                 "(heartbeats go stale without events)")
     coalesce: float = 0.05  # wait this long after an event so a burst becomes one reconcile
+    proxy_server_port: int = 10263  # target port of x-raven-proxy-internal-svc (docs/proxy.md)
     metrics_port: int = 10266  # the port the Deployment serves health and metrics on
     metrics_listen: tuple[str, ...] = _opt(
         (), "serve /healthz /readyz /metrics here, HOST:PORT, repeatable; /status only on a "
