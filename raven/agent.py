@@ -336,6 +336,8 @@ class Agent:
         if self._status_doc:  # `raven status` shows the drift found by the last check
             self._status_doc["observedAt"] = wall
             self._status_doc["drift"] = list(observed.drift)
+            if self.proxy is not None:  # connections come and go between applies
+                self._status_doc["proxy"] = self.proxy.status()
             self._flush_status()
         for gauge in (self.metrics.handshake_age, self.metrics.rx_bytes, self.metrics.tx_bytes):
             gauge.clear()
