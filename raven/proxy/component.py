@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import resource
 import threading
 import time
 from collections.abc import Callable
@@ -34,6 +35,16 @@ from raven.settings import BackoffSettings, ProxySettings
 log = logging.getLogger(__name__)
 
 CALoader = Callable[[], certs.CA]
+
+
+def raise_fd_limit() -> None:
+    """Every tunnelled stream costs a socket at each end: lift the soft descriptor limit (often
+    1024) to the hard one, as servers do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < want:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
 class ProxyComponent:
@@ -62,6 +73,7 @@ class ProxyComponent:
 
     # -- thread ------------------------------------------------------------------------------
     def start(self) -> None:
+        raise_fd_limit()
         self._thread.start()
 
     def _run(self) -> None:
