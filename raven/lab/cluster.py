@@ -316,12 +316,12 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
         return None
     started = time.monotonic()
     runtime.write_json_atomic(settings_path(lab), s.__dict__)
+    ensure_proxy_ca(lab)  # before the API server: it dials kubelets through the proxy with it
     progress(f"API server on {plan.control_plane.ip}:{APISERVER_PORT} (control-plane)")
     start_apiserver(lab)
     progress("Gateway CRD")
     kubectl(lab, "apply", "-f", "-", stdin=gateway_crd())
     progress("proxy CA (Secret kube-system/raven-proxy-ca)")
-    ensure_proxy_ca(lab)
     kubectl(lab, "apply", "-f", "-", stdin=json.dumps(proxy_ca_secret(lab)))
     progress(f"kubelet stand-in: {len(plan.nodes())} Node objects")
     start_kubelet(lab, s)
