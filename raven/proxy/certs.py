@@ -210,6 +210,11 @@ def peer_identity(der: bytes | None) -> tuple[str, str]:
     return first(NameOID.COMMON_NAME), first(NameOID.ORGANIZATION_NAME)
 
 
+def not_after(der: bytes) -> float:
+    """notAfter of a DER certificate, unix seconds."""
+    return _unix(x509.load_der_x509_certificate(der).not_valid_after_utc)
+
+
 def user_context(ca_cert: Path, ca_key: Path, now: float, common_name: str = "kube-apiserver",
                  lifetime: float = 24 * 3600) -> ssl.SSLContext:
     """The TLS client context for the server-facing port, from the CA files (what the API

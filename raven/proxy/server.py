@@ -18,9 +18,10 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 
-from raven.proxy.certs import ORG_AGENT, ORG_USER, peer_identity
+from raven.proxy.certs import ORG_AGENT, ORG_USER, not_after, peer_identity
 from raven.proxy.metrics import ProxyMetrics
 from raven.proxy.mux import Mux, MuxClosed, relay
 from raven.proxy.plan import View
@@ -117,7 +118,8 @@ class ProxyServer:
         self._track()
         peer = _peer(writer)
         ssl_obj = writer.get_extra_info("ssl_object")
-        cn, org = peer_identity(ssl_obj.getpeercert(binary_form=True) if ssl_obj else None)
+        der = ssl_obj.getpeercert(binary_form=True) if ssl_obj else None
+        cn, org = peer_identity(der)
         pool = self.view.clients.get(cn)
         if org != ORG_AGENT or pool is None:
             log.warning("proxy server: refused client %s (certificate CN=%r O=%r): not an "
@@ -135,9 +137,15 @@ class ProxyServer:
         self.pools.setdefault(pool, []).append((cn, mux))
         self.metrics.connections.labels("server").inc()
         log.info("proxy server: client %s of pool %s connected from %s", cn, pool, peer)
+        # TLS checks a certificate only at the handshake: end the connection when the
+        # client's certificate expires (a healthy client has rotated and reconnected long before).
+        assert der is not None
+        expiry = asyncio.get_running_loop().call_later(
+            max(0.0, not_after(der) - time.time()), mux.abort, "client certificate expired")
         try:
             await mux.run()
         finally:
+            expiry.cancel()
             self.metrics.connections.labels("server").dec()
             conns = self.pools.get(pool, [])
             if (cn, mux) in conns:

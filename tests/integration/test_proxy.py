@@ -240,3 +240,28 @@ def test_certificates_rotate_before_expiry_without_cutting_a_stream() -> None:
         assert c.client.leaf.not_after > first.not_after
     finally:
         c.close()
+
+
+def test_the_server_drops_a_client_whose_certificate_expired(cluster: Cluster) -> None:
+    """A client that never rotates (here: a hand-made one with a 2-second certificate) is cut
+    when its certificate expires; TLS alone checks it only at the handshake."""
+    import asyncio
+
+    from raven.proxy.mux import Mux
+
+    short = certs.context(cluster.ca, certs.issue(cluster.ca, "e1", certs.ORG_AGENT, 2.0,
+                                                  time.time()), server=False)
+
+    async def connect_and_wait() -> bool:
+        reader, writer = await asyncio.open_connection(SERVER_IP, cluster.tunnel_port, ssl=short,
+                                                       server_hostname=None)
+        mux = Mux(reader, writer, opener=False, name="short-lived", keepalive=60)
+        await mux.start()
+        try:
+            await asyncio.wait_for(mux.run(), 30)  # returns when the server closes
+        except TimeoutError:
+            return False
+        return True
+
+    assert asyncio.run(connect_and_wait())
+    wait_for(cluster.connected, "the real client to be the only one again")
