@@ -8,7 +8,9 @@
   2 the Gateway CRD (package data raven/lab/data/gateway-crd.yaml, the same file as
     gateway/crd.yaml) applied with kubectl
   3 the kubelet stand-in (raven.lab.kubelet): Node objects with addresses, podCIDR(s), pool label
-  4 one Gateway per pool: every gatewayCandidate node is a tunnel endpoint, underNAT from `nat`
+  4 one Gateway per pool: every gatewayCandidate node is a tunnel endpoint and a proxy endpoint
+    (proxyConfig.Replicas 1), underNAT from `nat`; the proxy CA (docs/proxy.md) is made once
+    per lab under <run dir>/proxy-ca and applied as Secret kube-system/raven-proxy-ca
   5 `raven controller` in the control-plane namespace
   6 `raven agent` on every node: node netns + private mount namespace, state directory
     <run dir>/state/<node> (survives reboots of the node, like /var/lib/raven)
@@ -45,6 +47,7 @@ from raven.lab.kubelet import DEFAULT_GRACE
 from raven.lab.ping import PingReport, ping_all
 from raven.lab.plan import LabPlan, NodePlan, PoolPlan
 from raven.lab.topology import CONTROL_PLANE
+from raven.model import DEFAULT_PROXY_PORT
 from raven.safeyaml import load_yaml
 
 Progress = Callable[[str], None]
@@ -84,6 +87,39 @@ def kubeconfig_path(lab: str) -> Path:
 
 def state_dir(lab: str, node: str) -> Path:
     return runtime.run_dir(lab) / "state" / node
+
+
+def proxy_ca_paths(lab: str) -> tuple[Path, Path]:
+    """(CA certificate, CA key) of the lab's proxy CA; the API server's proxy dialer and the
+    agents use them (docs/proxy.md)."""
+    base = runtime.run_dir(lab) / "proxy-ca"
+    return base / "ca.crt", base / "ca.key"
+
+
+def ensure_proxy_ca(lab: str) -> tuple[Path, Path]:
+    """Make the lab's proxy CA once (kept across restarts of the overlay), root-only files."""
+    from raven.proxy import certs
+
+    crt, key = proxy_ca_paths(lab)
+    if crt.exists() and key.exists():
+        return crt, key
+    crt.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(crt.parent, 0o700)
+    ca = certs.make_ca(f"raven-proxy-ca-{lab}", 10 * 365 * 86400, time.time())
+    for path, data in ((key, ca.key_pem), (crt, ca.cert_pem)):
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return crt, key
+
+
+def proxy_ca_secret(lab: str) -> dict:
+    from raven.proxy import certs
+
+    crt, key = proxy_ca_paths(lab)
+    return certs.ca_secret(certs.load_ca_files(crt, key))
 
 
 def settings_path(lab: str) -> Path:
@@ -140,9 +176,9 @@ def gateway_crd() -> str:
 # --- the objects ----------------------------------------------------------------------------
 
 def gateway_object(pool: PoolPlan, tunnel_family: str = "ipv4") -> dict:
-    """The Gateway CR of a pool: candidates are tunnel endpoints; underNAT from the pool's nat.
-    When gateways tunnel over IPv6, a public dual-stack pool's endpoints name their IPv6
-    address as publicIP (else the controller would publish the IPv4 InternalIP)."""
+    """The Gateway CR of a pool: candidates are tunnel endpoints and proxy endpoints; underNAT
+    from the pool's nat. When gateways tunnel over IPv6, a public dual-stack pool's endpoints
+    name their IPv6 address as publicIP (else the controller would publish the IPv4 InternalIP)."""
     endpoints = []
     for node in pool.nodes:
         if not node.gateway_candidate:
@@ -152,6 +188,11 @@ def gateway_object(pool: PoolPlan, tunnel_family: str = "ipv4") -> dict:
         if tunnel_family == "ipv6" and pool.public and pool.underlay == "dual":
             endpoint["publicIP"] = node.underlay_ip6
         endpoints.append(endpoint)
+    endpoints += [
+        {"nodeName": node.name, "type": "proxy", "port": DEFAULT_PROXY_PORT,
+         "underNAT": pool.nat != "none"}
+        for node in pool.nodes if node.gateway_candidate
+    ]
     return {
         "apiVersion": f"{constants.API_GROUP}/{constants.API_VERSION}",
         "kind": constants.GATEWAY_KIND,
@@ -159,6 +200,7 @@ def gateway_object(pool: PoolPlan, tunnel_family: str = "ipv4") -> dict:
         "spec": {
             "nodeSelector": {"matchLabels": {constants.GATEWAY_LABEL: pool.gateway}},
             "tunnelConfig": {"Replicas": 1},
+            "proxyConfig": {"Replicas": 1},
             "endpoints": endpoints,
         },
     }
@@ -268,12 +310,14 @@ def start_kubelet(lab: str, settings: ClusterSettings | None = None) -> None:
 
 
 def agent_argv(lab: str, pool: PoolPlan, node: NodePlan, settings: ClusterSettings) -> list[str]:
+    ca_crt, ca_key = proxy_ca_paths(lab)
     return raven_argv(
         "agent", "--node", node.name, "--kubeconfig",
         str(node_kubeconfig(lab, runtime.load_plan(lab), node)),
         "--state-dir", str(state_dir(lab, node.name)), "--underlay-mtu", str(pool.mtu),
         "--heartbeat-period", f"{settings.heartbeat_period:g}",
-        "--resync", f"{settings.agent_resync:g}")
+        "--resync", f"{settings.agent_resync:g}",
+        "--proxy-ca-file", str(ca_crt), "--proxy-ca-key-file", str(ca_key))
 
 
 def start_agent(lab: str, node: str, settings: ClusterSettings | None = None) -> int:
@@ -334,10 +378,13 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
         return None
     started = time.monotonic()
     runtime.write_json_atomic(settings_path(lab), s.__dict__)
+    ensure_proxy_ca(lab)  # before the API server: it dials kubelets through the proxy with it
     progress(f"API server on {plan.control_plane.ip}:{APISERVER_PORT} (control-plane)")
     start_apiserver(lab)
     progress("Gateway CRD")
     kubectl(lab, "apply", "-f", "-", stdin=gateway_crd())
+    progress("proxy CA (Secret kube-system/raven-proxy-ca)")
+    kubectl(lab, "apply", "-f", "-", stdin=json.dumps(proxy_ca_secret(lab)))
     progress(f"kubelet stand-in: {len(plan.nodes())} Node objects")
     start_kubelet(lab, s)
     _wait_nodes(lab, len(plan.nodes()))
@@ -436,7 +483,8 @@ def gateways(lab: str) -> list[dict]:
 def active_gateways(lab: str) -> dict[str, list[str]]:
     """Gateway name -> node names of its active endpoints (from Gateway status)."""
     return {g["metadata"]["name"]: [e.get("nodeName", "") for e in
-                                    (g.get("status") or {}).get("activeEndpoints") or []]
+                                    (g.get("status") or {}).get("activeEndpoints") or []
+                                    if e.get("type", "tunnel") == "tunnel"]
             for g in gateways(lab)}
 
 
