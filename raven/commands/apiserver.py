@@ -43,6 +43,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--idle-timeout", type=float, default=90.0, metavar="SECONDS",
                         help="close a keep-alive connection idle this long (default 90; "
                         "watches are never idle)")
+    kubelets = parser.add_argument_group(
+        "kubelets", "how pods/log, pods/exec and nodes/proxy reach a node's kubelet (its "
+        "InternalIP and status.daemonEndpoints.kubeletEndpoint.Port, default 10250)")
+    kubelets.add_argument("--kubelet-certificate-authority", type=Path, metavar="FILE",
+                          help="CA for kubelet serving certificates (default: DATA_DIR/ca.crt)")
+    kubelets.add_argument("--kubelet-client-certificate", type=Path, metavar="FILE",
+                          help="client certificate for kubelets and egress proxies (default: "
+                          "DATA_DIR/apiserver-kubelet-client.crt, made from the CA)")
+    kubelets.add_argument("--kubelet-client-key", type=Path, metavar="FILE",
+                          help="its key")
+    kubelets.add_argument("--kubelet-network", action="append", default=[], metavar="CIDR",
+                          help="node addresses outside these networks are refused (403); "
+                          "repeatable (default: any unicast address but link-local)")
+    kubelets.add_argument("--kubelet-timeout", type=float, default=10.0, metavar="SECONDS",
+                          help="connect timeout to a kubelet or egress proxy (default 10)")
+    kubelets.add_argument("--egress-proxy", action="append", default=[], metavar="HOST:PORT",
+                          help="HTTP CONNECT proxy over TLS to reach the nodes --egress-selector "
+                          "selects (kube-apiserver's egress selector); repeatable, tried in order")
+    kubelets.add_argument("--egress-selector", default="", metavar="LABEL_SELECTOR",
+                          help="Nodes reached through --egress-proxy (default: every node), e.g. "
+                          "'raven.openyurt.io/gateway in (gw-edge)'")
+    kubelets.add_argument("--egress-proxy-ca", type=Path, metavar="FILE",
+                          help="CA for the egress proxies' certificates (default: DATA_DIR/ca.crt)")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log every request (-v) and connection details (-vv)")
     parser.set_defaults(func=run)
@@ -84,6 +107,12 @@ def run(args: argparse.Namespace) -> int:
             bookmark_interval=args.bookmark_interval,
             max_body_bytes=args.max_request_body_bytes, max_connections=args.max_connections,
             idle_timeout=args.idle_timeout,
+            kubelet_ca=args.kubelet_certificate_authority,
+            kubelet_client_cert=args.kubelet_client_certificate,
+            kubelet_client_key=args.kubelet_client_key,
+            kubelet_networks=tuple(args.kubelet_network), kubelet_timeout=args.kubelet_timeout,
+            egress_proxies=tuple(args.egress_proxy), egress_selector=args.egress_selector,
+            egress_proxy_ca=args.egress_proxy_ca,
         )
         return serve(settings, on_ready=ready)
     except ApiServerError as exc:

@@ -227,3 +227,17 @@ def icmp_probe(netns: str, addresses: list[str], tries: int = 2,
                timeout_s: float = 1.0) -> dict[str, float | None]:
     """icmp_probe_many for one source namespace: address -> RTT in ms, None if no reply."""
     return icmp_probe_many({netns: addresses}, tries, timeout_s)[netns]
+
+
+# --- a pod's "container" ------------------------------------------------------------------------
+
+# $0 is the pod's name; the rest is the command. `exec` keeps the command's exit status
+# (127 with the shell's message when it does not exist, as a container runtime reports).
+POD_EXEC_SCRIPT = 'hostname "$0" && exec "$@"'
+
+
+def pod_exec_argv(netns: str | None, hostname: str) -> list[str]:
+    """Prefix that runs a command the way a pod's container would see it: in the pod's network
+    namespace (when given) and a UTS namespace of its own whose hostname is the pod's name."""
+    prefix = nsenter_net_argv(netns) if netns else []
+    return [*prefix, "unshare", "--uts", "--", "sh", "-c", POD_EXEC_SCRIPT, hostname]
