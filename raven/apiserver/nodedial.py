@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import selectors
 import socket
 import ssl
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -204,8 +206,9 @@ class NodeDialer:
     timeout: float
 
     def dial(self, node: dict[str, Any], endpoint: KubeletEndpoint) -> ssl.SSLSocket:
+        raw: socket.socket
         if self.proxies and self.through_proxy(node):
-            raw = self._through_proxies(endpoint)
+            raw = inner_end(self._through_proxies(endpoint), self.timeout)
             via = " through the egress proxy"
         else:
             via = ""
@@ -246,6 +249,46 @@ class NodeDialer:
         raise unavailable(f"the kubelet of node {endpoint.node!r} at {endpoint.address} is "
                           f"reached through an egress proxy and none could connect: "
                           f"{'; '.join(failures)}")
+
+
+def inner_end(tunnel: socket.socket, timeout: float) -> socket.socket:
+    """A plain socket carrying the tunnel's bytes, for the kubelet's TLS to run over.
+
+    The tunnel is itself TLS (to the proxy), and Python's ssl cannot stack a TLS session on an
+    SSLSocket (it would write to the file descriptor under the outer session). So one end of a
+    socket pair gets the inner TLS and a thread splices the other end with the tunnel until
+    either closes.
+    """
+    ours, theirs = socket.socketpair()
+    thread = threading.Thread(target=splice, args=(theirs, tunnel, timeout),
+                              name="raven-egress-splice", daemon=True)
+    thread.start()
+    return ours
+
+
+def splice(a: socket.socket, b: socket.socket, timeout: float) -> None:
+    """Copy bytes both ways until either side closes (or a write stalls `timeout` seconds);
+    then close both."""
+    try:
+        with contextlib.suppress(OSError), selectors.DefaultSelector() as selector:
+            a.settimeout(timeout)
+            b.settimeout(timeout)
+            selector.register(a, selectors.EVENT_READ)
+            selector.register(b, selectors.EVENT_READ)
+            while True:
+                # TLS may hold decrypted bytes the selector cannot see.
+                ready = [s for s in (a, b) if isinstance(s, ssl.SSLSocket) and s.pending()]
+                if not ready:
+                    ready = [key.fileobj for key, _ in selector.select()]  # type: ignore[misc]
+                for source in ready:
+                    assert isinstance(source, socket.socket)
+                    data = source.recv(1 << 16)
+                    if not data:
+                        return
+                    (b if source is a else a).sendall(data)
+    finally:
+        close_quietly(a)
+        close_quietly(b)
 
 
 def _why(exc: BaseException) -> str:
