@@ -28,8 +28,8 @@ READY = re.compile(r"listening on https://(?P<host>\S+):(?P<port>\d+)$")
 
 
 def pod_entry(name: str, folder: Path, container: str = "main", namespace: str = "default",
-              netns: str | None = None, ip: str = "10.0.0.5") -> dict[str, Any]:
-    return {"namespace": namespace, "name": name, "container": container, "netns": netns,
+              ip: str = "10.0.0.5") -> dict[str, Any]:
+    return {"namespace": namespace, "name": name, "container": container, "lab": None,
             "log": str(folder / f"{name}.log"), "ip": ip}
 
 

@@ -43,6 +43,7 @@ from raven.lab.kubelet import DEFAULT_GRACE
 from raven.lab.ping import PingReport, ping_all
 from raven.lab.plan import LabPlan, NodePlan, PoolPlan
 from raven.lab.topology import CONTROL_PLANE
+from raven.timefmt import to_time
 
 Progress = Callable[[str], None]
 APISERVER_PORT = 6443
@@ -176,9 +177,11 @@ def start_apiserver(lab: str, timeout: float = 30.0) -> None:
     os.chmod(data, 0o700)  # mkdir's mode is masked by the umask and ignored when it exists
     cp = plan.control_plane
     kubeconfig_path(lab).unlink(missing_ok=True)
+    # Kubelets (pods/log, pods/exec, nodes/proxy) are dialled only at the pools' node addresses.
+    networks = [arg for pool in plan.pools for arg in ("--kubelet-network", pool.lan)]
     runtime.start_process(lab, CONTROL_PLANE, APISERVER, raven_argv(
-        "apiserver", "--data-dir", str(data), "--listen", f"{cp.ip}:{APISERVER_PORT}"),
-        umask=0o077)
+        "apiserver", "--data-dir", str(data), "--listen", f"{cp.ip}:{APISERVER_PORT}",
+        *networks), umask=0o077)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not runtime.process_running(lab, CONTROL_PLANE, APISERVER):
@@ -280,6 +283,11 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
     progress(f"kubelet stand-in: {len(plan.nodes())} Node objects")
     start_kubelet(lab, s)
     _wait_nodes(lab, len(plan.nodes()))
+    from raven.lab import kubelets  # it uses this module's paths and kubectl
+
+    progress(f"kubelet APIs on {len(plan.nodes())} nodes (port {kubelets.KUBELET_PORT}), "
+             f"{sum(len(n.pods) for _, n in plan.nodes())} Pods")
+    kubelets.start(lab, to_time(time.time()))
     progress(f"{len(plan.pools)} Gateways: " + ", ".join(
         f"{p.gateway} ({sum(n.gateway_candidate for n in p.nodes)} candidates, nat {p.nat})"
         for p in plan.pools))

@@ -10,7 +10,9 @@ serving certificate from the cluster CA) serves the kubelet paths kubectl's requ
   /exec/NS/POD/CONTAINER?command=..&output=1 WebSocket remote command (raven.lab.kubelet_exec)
   /attach/NS/POD/CONTAINER                   refused (501): lab pods run no main process
 The pods it serves are read from a JSON file (`--pods`, written by raven.lab.cluster):
-  {"node": NAME, "pods": [{"namespace", "name", "container", "netns", "log", "ip"}]}
+  {"node": NAME, "pods": [{"namespace", "name", "container", "lab", "log", "ip"}]}
+where "lab" (optional) names the lab whose supervisor runs the pod's sandbox (target = the pod's
+name, process `sandbox`): an exec enters its namespaces.
 A pod's log file holds one line per entry, `<RFC 3339 time> <text>` (the time is what
 `timestamps=true` shows).
 Rules kept:
@@ -40,11 +42,13 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from raven.lab import runtime
 from raven.lab.kubelet_exec import ExecRequest, serve_exec
 
 log = logging.getLogger("raven.lab.kubelet_api")
 
 DEFAULT_PORT = 10250
+SANDBOX = "sandbox"  # supervisor name of a lab pod's sandbox process (raven.lab.kubelets)
 FOLLOW_POLL = 0.2  # seconds between looks at a followed log file
 MAX_LOG_LINE = 1 << 20
 
@@ -54,7 +58,7 @@ class PodEntry:
     namespace: str
     name: str
     container: str
-    netns: str | None
+    lab: str | None  # the lab running the pod's sandbox; None: no sandbox (tests)
     log: Path
     ip: str = ""
 
@@ -63,7 +67,7 @@ def load_pods(path: Path) -> tuple[str, dict[tuple[str, str], PodEntry]]:
     data = json.loads(path.read_text())
     pods = {}
     for item in data.get("pods", []):
-        entry = PodEntry(item["namespace"], item["name"], item["container"], item.get("netns"),
+        entry = PodEntry(item["namespace"], item["name"], item["container"], item.get("lab"),
                          Path(item["log"]), item.get("ip", ""))
         pods[(entry.namespace, entry.name)] = entry
     return str(data.get("node", "")), pods
@@ -144,9 +148,15 @@ class KubeletApi:
         if request.headers.get("Upgrade", "").lower() != "websocket":
             raise web.HTTPBadRequest(text="exec needs a WebSocket upgrade (v5.channel.k8s.io or "
                                           "v4.channel.k8s.io); SPDY is not served\n")
+        sandbox = None
+        if pod.lab is not None:
+            sandbox = runtime.process_pid(pod.lab, pod.name, SANDBOX)
+            if sandbox is None:
+                raise web.HTTPServiceUnavailable(text=f'the sandbox of pod "{pod.name}" is not '
+                                                      "running (raven lab down?)\n")
         self.execs.inc()
         log.info("exec in %s/%s: %s", pod.namespace, pod.name, " ".join(command))
-        exec_request = ExecRequest(pod.name, pod.netns, command, flags["input"],
+        exec_request = ExecRequest(pod.name, sandbox, command, flags["input"],
                                    flags["output"], flags["error"], flags["tty"])
         return await serve_exec(request, exec_request, self._track)
 

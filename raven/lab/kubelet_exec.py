@@ -7,11 +7,11 @@ payload names the channel it closes (stdin). The server sends the Status on chan
 Subprotocols accepted, best first: v5.channel.k8s.io, v4.channel.k8s.io, v3, v2, channel.k8s.io.
 
 Rules kept:
-- the command runs as the pod's container would (raven.lab.netns.pod_exec_argv: the pod's
-  network namespace, its own UTS namespace named after the pod) in a session of its own, so the
-  whole process group is killed when the client goes away or the server stops;
-- a command that cannot start is exit code 127 with the shell's message on stderr, as a
-  container runtime reports it; a non-zero exit is a `NonZeroExitCode` Status with the
+- the command runs as the pod's container would (raven.lab.netns.pod_exec_argv: the network
+  and UTS namespaces of the pod's sandbox, whose hostname is the pod's name) in a session of its
+  own, so the whole process group is killed when the client goes away or the server stops;
+- a command that cannot start is exit code 126/127 with the message on stderr, as a container
+  runtime reports it; a non-zero exit is a `NonZeroExitCode` Status with the
   `ExitCode` cause kubectl turns into its own exit code.
 """
 
@@ -41,7 +41,7 @@ READ_SIZE = 1 << 15
 @dataclass(frozen=True)
 class ExecRequest:
     pod: str
-    netns: str | None
+    sandbox_pid: int | None  # the pod's sandbox process (lab pods); None: a UTS namespace only
     command: tuple[str, ...]
     stdin: bool
     stdout: bool
@@ -93,7 +93,7 @@ class _Session:
 
     async def run(self, on_process: Callable[[int, bool], None], close_supported: bool) -> int:
         req = self.request
-        argv = [*nsutil.pod_exec_argv(req.netns, req.pod), *req.command]
+        argv = [*nsutil.pod_exec_argv(req.sandbox_pid, req.pod), *req.command]
         if req.tty:
             master, slave = os.openpty()
             self.pty_master = master
