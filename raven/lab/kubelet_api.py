@@ -295,13 +295,16 @@ def server_context(cert: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
     return context
 
 
-async def serve(host: str, port: int, context: ssl.SSLContext, api: KubeletApi) -> None:
+async def serve(host: str, port: int, context: ssl.SSLContext, api: KubeletApi,
+                ready_file: Path | None = None) -> None:
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=context, shutdown_timeout=1.0)
     await site.start()
     bound = runner.addresses[0][1] if runner.addresses else port  # port 0: the kernel's pick
     print(f"kubelet API of node {api.node} listening on https://{host}:{bound}", flush=True)
+    if ready_file is not None:
+        ready_file.write_text(f"{os.getpid()}\n")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, api.stopping.set)
@@ -319,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--client-ca", type=Path, required=True,
                         help="CA that client certificates must chain to")
     parser.add_argument("--pods", type=Path, required=True, help="the node's pods (JSON)")
+    parser.add_argument("--ready-file", type=Path,
+                        help="written (with our pid) once the port is bound")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -333,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
                                       datetime.datetime.now(datetime.UTC).timestamp()))
     api = KubeletApi(node, pods)
     asyncio.run(serve(host.strip("[]") or "0.0.0.0", int(port),
-                      server_context(args.cert, args.key, args.client_ca), api))
+                      server_context(args.cert, args.key, args.client_ca), api,
+                      args.ready_file))
     return 0
 
 

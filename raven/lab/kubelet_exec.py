@@ -172,9 +172,17 @@ class _Session:
         """Client messages: stdin, resizes and (v5) the close of stdin; returns when the client
         closes the WebSocket."""
         async for msg in self.ws:
-            if msg.type != WSMsgType.BINARY or not msg.data:
+            # The Python client sends str data as TEXT frames (channel byte as a character);
+            # the kubelet's wsstream accepts both kinds.
+            if msg.type == WSMsgType.TEXT:
+                payload = msg.data.encode()
+            elif msg.type == WSMsgType.BINARY:
+                payload = msg.data
+            else:
                 continue
-            channel, data = msg.data[0], msg.data[1:]
+            if not payload:
+                continue
+            channel, data = payload[0], payload[1:]
             if channel == STDIN and self.request.stdin:
                 await self._write_stdin(proc, data)
             elif channel == RESIZE and self.pty_master is not None:

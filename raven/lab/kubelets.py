@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from raven.apiserver import security
+from raven.errors import CommandError
 from raven.lab import cluster, runtime
 from raven.lab import netns as nsutil
 from raven.lab.kubelet_api import SANDBOX
@@ -92,10 +94,34 @@ def start_node(lab: str, pool: PoolPlan, node: NodePlan) -> int:
                                    [node.underlay_ip, node.name])
     pods = folder / "pods.json"
     runtime.write_json_atomic(pods, _pods_document(lab, node))
+    ready_file(lab, node.name).unlink(missing_ok=True)
     return runtime.start_process(lab, node.name, KUBELET_API, [
         sys.executable, "-m", "raven.lab.kubelet_api",
         "--listen", f"{node.underlay_ip}:{KUBELET_PORT}", "--cert", str(cert), "--key", str(key),
-        "--client-ca", str(ca_dir / security.CA_CERT), "--pods", str(pods)])
+        "--client-ca", str(ca_dir / security.CA_CERT), "--pods", str(pods),
+        "--ready-file", str(ready_file(lab, node.name))])
+
+
+def ready_file(lab: str, node: str) -> Path:
+    return kubelet_dir(lab, node) / "ready"
+
+
+def wait_ready(lab: str, nodes: list[str], timeout: float = 30.0) -> None:
+    """Until every listed node's kubelet API listens; CommandError with its log otherwise."""
+    deadline = time.monotonic() + timeout
+    waiting = list(nodes)
+    while waiting:
+        for node in list(waiting):
+            if ready_file(lab, node).exists():
+                waiting.remove(node)
+            elif not runtime.process_running(lab, node, KUBELET_API) or \
+                    time.monotonic() > deadline:
+                tail = runtime.log_path(lab, node, KUBELET_API).read_text(
+                    errors="replace").splitlines()[-5:]
+                raise CommandError(f"lab {lab!r}: the kubelet API of {node!r} is not listening: "
+                                   + " | ".join(tail))
+        if waiting:
+            time.sleep(0.05)
 
 
 def ensure_running(lab: str, node_name: str) -> None:
@@ -106,6 +132,7 @@ def ensure_running(lab: str, node_name: str) -> None:
     for pool, node in plan.nodes():
         if node.name == node_name:
             start_node(lab, pool, node)
+            wait_ready(lab, [node_name])
 
 
 def start_sandboxes(lab: str, plan: LabPlan) -> None:
@@ -125,5 +152,6 @@ def start(lab: str, started: str) -> None:
     for pool, node in plan.nodes():
         if not runtime.process_running(lab, node.name, KUBELET_API):
             start_node(lab, pool, node)
+    wait_ready(lab, [node.name for _, node in plan.nodes()])
     cluster.kubectl(lab, "apply", "-f", "-",
                     stdin="\n".join(json.dumps(p) for p in pod_objects(plan, started)))

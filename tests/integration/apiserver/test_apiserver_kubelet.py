@@ -227,6 +227,21 @@ def test_exec_with_the_python_client(api: Any) -> None:
     resp.close()
 
 
+@pytest.mark.root
+def test_exec_with_a_terminal_and_a_resize(api: Any) -> None:
+    core = client.CoreV1Api(api)
+    resp = stream(core.connect_get_namespaced_pod_exec, "web-0", "default",
+                  command=["sh", "-c", "read line; stty size; tty"], stdin=True, stdout=True,
+                  stderr=True, tty=True, _preload_content=False)
+    resp.write_channel(4, json.dumps({"Width": 100, "Height": 40}))  # before the line: no race
+    resp.write_stdin("go\n")
+    resp.run_forever(timeout=30)
+    out = resp.read_stdout()
+    assert "40 100" in out and "/dev/pts/" in out
+    assert resp.returncode == 0
+    resp.close()
+
+
 def test_exec_refusals(cluster: Any) -> None:
     base = "/api/v1/namespaces/default/pods"
     no_command = _raw(cluster[0], "GET", f"{base}/web-0/exec?stdout=true", upgrade=True)
