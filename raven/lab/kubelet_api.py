@@ -295,14 +295,17 @@ def server_context(cert: Path, key: Path, client_ca: Path) -> ssl.SSLContext:
     return context
 
 
-async def serve(host: str, port: int, context: ssl.SSLContext, api: KubeletApi,
+async def serve(addresses: list[tuple[str, int]], context: ssl.SSLContext, api: KubeletApi,
                 ready_file: Path | None = None) -> None:
+    """Listen on every (host, port) (one per address family of a dual-stack node)."""
     runner = web.AppRunner(api.app(), access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=context, shutdown_timeout=1.0)
-    await site.start()
-    bound = runner.addresses[0][1] if runner.addresses else port  # port 0: the kernel's pick
-    print(f"kubelet API of node {api.node} listening on https://{host}:{bound}", flush=True)
+    for host, port in addresses:
+        site = web.TCPSite(runner, host, port, ssl_context=context, shutdown_timeout=1.0)
+        await site.start()
+    for host, bound in (a[:2] for a in runner.addresses):  # port 0: the kernel's pick
+        shown = f"[{host}]" if ":" in host else host
+        print(f"kubelet API of node {api.node} listening on https://{shown}:{bound}", flush=True)
     if ready_file is not None:
         ready_file.write_text(f"{os.getpid()}\n")
     loop = asyncio.get_running_loop()
@@ -316,7 +319,8 @@ async def serve(host: str, port: int, context: ssl.SSLContext, api: KubeletApi,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raven.lab.kubelet_api",
                                      description="kubelet API stand-in of a lab node")
-    parser.add_argument("--listen", default=f"0.0.0.0:{DEFAULT_PORT}", metavar="HOST:PORT")
+    parser.add_argument("--listen", action="append", metavar="HOST:PORT",
+                        help=f"address to listen on, repeatable (default 0.0.0.0:{DEFAULT_PORT})")
     parser.add_argument("--cert", type=Path, required=True, help="serving certificate")
     parser.add_argument("--key", type=Path, required=True)
     parser.add_argument("--client-ca", type=Path, required=True,
@@ -327,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    host, _, port = args.listen.rpartition(":")
+    addresses = []
+    for text in args.listen or [f"0.0.0.0:{DEFAULT_PORT}"]:
+        host, _, port = text.rpartition(":")
+        addresses.append((host.strip("[]") or "0.0.0.0", int(port)))
     node, pods = load_pods(args.pods)
     for pod in pods.values():
         if not pod.log.exists():
@@ -337,8 +344,7 @@ def main(argv: list[str] | None = None) -> int:
                                       f"with IP {pod.ip or 'none'} (raven lab)",
                                       datetime.datetime.now(datetime.UTC).timestamp()))
     api = KubeletApi(node, pods)
-    asyncio.run(serve(host.strip("[]") or "0.0.0.0", int(port),
-                      server_context(args.cert, args.key, args.client_ca), api,
+    asyncio.run(serve(addresses, server_context(args.cert, args.key, args.client_ca), api,
                       args.ready_file))
     return 0
 

@@ -64,7 +64,7 @@ def pod_object(pool: PoolPlan, node: NodePlan, pod: PodPlan, started: str) -> di
                  "containers": [{"name": CONTAINER, "image": IMAGE}]},
         "status": {
             "phase": "Running", "hostIP": node.underlay_ip, "podIP": pod.ip,
-            "podIPs": [{"ip": pod.ip}], "startTime": started,
+            "podIPs": [{"ip": ip} for ip in pod.addresses()], "startTime": started,
             "conditions": [{"type": "Ready", "status": "True"}],
             "containerStatuses": [{"name": CONTAINER, "image": IMAGE, "imageID": "",
                                    "ready": True, "started": True, "restartCount": 0,
@@ -78,11 +78,6 @@ def pod_objects(plan: LabPlan, started: str) -> list[dict[str, Any]]:
             for pool, node in plan.nodes() for pod in node.pods]
 
 
-def kubelet_networks(plan: LabPlan) -> list[str]:
-    """The networks the API server may dial kubelets in: the pools' LANs (node addresses)."""
-    return [pool.lan for pool in plan.pools]
-
-
 def start_node(lab: str, pool: PoolPlan, node: NodePlan) -> int:
     """Certificate, pods file and the kubelet API process of one node; returns its pid."""
     folder = kubelet_dir(lab, node.name)
@@ -91,13 +86,16 @@ def start_node(lab: str, pool: PoolPlan, node: NodePlan) -> int:
     cert, key = folder / "kubelet.crt", folder / "kubelet.key"
     if not cert.exists() or not key.exists():
         security.issue_certificate(ca_dir, cert, key, f"system:node:{node.name}",
-                                   [node.underlay_ip, node.name])
+                                   [*node.underlay_ips(), node.name])
     pods = folder / "pods.json"
     runtime.write_json_atomic(pods, _pods_document(lab, node))
     ready_file(lab, node.name).unlink(missing_ok=True)
+    listen = [arg for ip in node.underlay_ips()
+              for arg in ("--listen", f"[{ip}]:{KUBELET_PORT}" if ":" in ip
+                          else f"{ip}:{KUBELET_PORT}")]
     return runtime.start_process(lab, node.name, KUBELET_API, [
         sys.executable, "-m", "raven.lab.kubelet_api",
-        "--listen", f"{node.underlay_ip}:{KUBELET_PORT}", "--cert", str(cert), "--key", str(key),
+        *listen, "--cert", str(cert), "--key", str(key),
         "--client-ca", str(ca_dir / security.CA_CERT), "--pods", str(pods),
         "--ready-file", str(ready_file(lab, node.name))])
 
