@@ -8,7 +8,9 @@ Rules kept:
   server at a cloud metadata service), is refused with 403 before any connection is made.
 - The kubelet's certificate is verified (the cluster CA by default, with the node's address as
   the expected name) and the server presents its kubelet client certificate.
-- Nodes selected by `egress_selector` are reached through an HTTP CONNECT proxy over TLS
+- Nodes of NAT'd pools with a Raven proxy are reached through the proxy servers the Gateway
+  status names (raven.apiserver.ravenproxy, when set up); otherwise
+  nodes selected by `egress_selector` are reached through an HTTP CONNECT proxy over TLS
   (kube-apiserver's egress selector in HTTPConnect mode): proxies are tried in order; a proxy's
   403 is passed on as 403, no proxy reachable or willing (502/503) is a 503.
 - Every failure is an `ApiError` whose message names the node, the address and what to check;
@@ -25,9 +27,12 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raven.apiserver.status import ApiError
+
+if TYPE_CHECKING:
+    from raven.apiserver.ravenproxy import RavenProxy
 
 DEFAULT_KUBELET_PORT = 10250
 ADDRESS_TYPES = ("InternalIP", "ExternalIP")  # preference order of the node's addresses
@@ -204,10 +209,17 @@ class NodeDialer:
     proxies: tuple[EgressProxy, ...]
     through_proxy: Callable[[dict[str, Any]], bool]  # node -> reached through a proxy?
     timeout: float
+    raven: RavenProxy | None = None  # Raven's proxy servers, from the Gateway status
+
 
     def dial(self, node: dict[str, Any], endpoint: KubeletEndpoint) -> ssl.SSLSocket:
         raw: socket.socket
-        if self.proxies and self.through_proxy(node):
+        raven = self.raven.proxies(endpoint.host) if self.raven is not None else []
+        if raven:
+            assert self.raven is not None
+            raw = inner_end(self.raven.tunnel(endpoint, raven, self.timeout), self.timeout)
+            via = " through Raven's proxy"
+        elif self.proxies and self.through_proxy(node):
             raw = inner_end(self._through_proxies(endpoint), self.timeout)
             via = " through the egress proxy"
         else:

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from raven.apiserver import security
 from raven.apiserver.api import ResourceApi
@@ -27,11 +28,13 @@ from raven.apiserver.fanout import WatchFanout
 from raven.apiserver.handler import RequestHandler
 from raven.apiserver.kubeletproxy import KubeletProxy
 from raven.apiserver.nodedial import EgressProxy, NodeDialer, client_context, parse_host_port
+from raven.apiserver.ravenproxy import RavenProxy
 from raven.apiserver.resources import Registry
 from raven.apiserver.selectors import make_filter
 from raven.apiserver.settings import ApiServerSettings
 from raven.apiserver.status import ApiError
 from raven.apiserver.store import Store
+from raven.constants import API_GROUP, API_VERSION, GATEWAY_PLURAL
 
 log = logging.getLogger("raven.apiserver")
 
@@ -163,9 +166,24 @@ class ApiServer:
         except (ValueError, ApiError) as exc:
             raise ApiServerError(f"egress settings: {getattr(exc, 'message', exc)}") from exc
         networks = tuple(ipaddress.ip_network(n, strict=False) for n in s.kubelet_networks)
+        raven = None
+        if s.raven_proxy_ca is not None and s.raven_proxy_ca_key is not None:
+            raven = RavenProxy(s.raven_proxy_ca, s.raven_proxy_ca_key, s.raven_proxy_port,
+                               self._stored_gateways)
+            try:
+                raven.context()  # the CA files are read now: a bad one stops the start
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                raise ApiServerError(f"cannot issue a proxy client certificate from "
+                                     f"--raven-proxy-ca {s.raven_proxy_ca}: {exc}") from exc
         dialer = NodeDialer(kubelet_tls, proxy_tls, proxies,
-                            selector or (lambda _node: True), s.kubelet_timeout)
+                            selector or (lambda _node: True), s.kubelet_timeout, raven)
         return KubeletProxy(dialer, networks)
+
+    def _stored_gateways(self) -> list[dict[str, Any]]:
+        rtype = self.registry.get(API_GROUP, API_VERSION, GATEWAY_PLURAL)
+        assert rtype is not None  # Gateways are always served
+        items, _ = self.api.list(rtype, None, None)
+        return [item.obj for item in items]
 
     def serve_forever(self) -> None:
         assert self.httpd is not None

@@ -68,6 +68,12 @@ class ApiServerSettings:
     egress_selector: str = ""
     # CA that egress proxy certificates must chain to; None: the cluster CA.
     egress_proxy_ca: Path | None = None
+    # Raven's proxy (docs/proxy.md): nodes of NAT'd pools are reached through the proxy servers
+    # the Gateway status names, with a client certificate issued from this CA (certificate and
+    # key); None: not used. Checked before the egress proxies above.
+    raven_proxy_ca: Path | None = None
+    raven_proxy_ca_key: Path | None = None
+    raven_proxy_port: int = 10263  # the proxy servers' server-facing port
 
     def __post_init__(self) -> None:
         problems = []
@@ -86,6 +92,10 @@ class ApiServerSettings:
             except ValueError:
                 problems.append(f"kubelet_networks: {cidr!r} is not a network (e.g. "
                                 "198.18.0.0/15)")
+        if (self.raven_proxy_ca is None) != (self.raven_proxy_ca_key is None):
+            problems.append("raven_proxy_ca and raven_proxy_ca_key go together")
+        if not 0 < self.raven_proxy_port < 65536:
+            problems.append(f"raven_proxy_port must be a port number (got {self.raven_proxy_port})")
         if (self.kubelet_client_cert is None) != (self.kubelet_client_key is None):
             problems.append("kubelet_client_cert and kubelet_client_key go together")
         if problems:

@@ -235,6 +235,10 @@ def start_apiserver(lab: str, timeout: float = 30.0) -> None:
     kubeconfig_path(lab).unlink(missing_ok=True)
     # Kubelets (pods/log, pods/exec, nodes/proxy) are dialled only at the pools' node addresses.
     networks = [arg for lan in kubelet_lans(plan) for arg in ("--kubelet-network", lan)]
+    # NAT'd pools' kubelets through the proxy servers the Gateway status names (docs/proxy.md).
+    proxy_ca, proxy_key = proxy_ca_paths(lab)
+    if proxy_ca.exists() and proxy_key.exists():
+        networks += ["--raven-proxy-ca", str(proxy_ca), "--raven-proxy-ca-key", str(proxy_key)]
     runtime.start_process(lab, CONTROL_PLANE, APISERVER, raven_argv(
         "apiserver", "--data-dir", str(data), *apiserver_listen_args(plan), *networks),
         umask=0o077)

@@ -1,15 +1,19 @@
-"""kubectl logs / exec / nodes proxy in a lab, from the control-plane namespace (two-pools:
-a public cloud pool and an edge pool behind cone NAT; no egress proxy yet).
+"""kubectl logs / exec / nodes proxy in a lab, from the control-plane namespace (three-pools:
+a public cloud pool, an edge pool behind cone NAT with two gateway candidates, one behind
+symmetric NAT).
 
-The cloud pool's kubelets are dialled directly by the API server; the NAT'd pool's are not
-reachable without a proxy and get a clear 503. Oracles: the lab plan (names, addresses) and the
-pod's own kernel (`ip -json` run by the test in the pod's namespace).
+The cloud pool's kubelets are dialled directly by the API server; the NAT'd pools' through
+Raven's proxy server on the cloud's active proxy endpoint, found from the Gateway status, also
+after the cone pool's active proxy endpoint fails over. Oracles: the lab plan (names,
+addresses), the pod's own kernel (`ip -json` run by the test in the pod's namespace) and the
+Gateway status.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -25,7 +29,7 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabPlan]:
-    with overlay_lab("two-pools.yaml", "kc") as plan:
+    with overlay_lab("three-pools.yaml", "kc") as plan:
         yield plan
 
 
@@ -77,10 +81,9 @@ def test_refusals(lab: LabPlan) -> None:
     assert "Forbidden" in wrong_port.stderr and "kubelet port 10250" in wrong_port.stderr
     outside = kubectl(lab, "get", "--raw", "/api/v1/nodes/203.0.113.1/proxy/")
     assert "Forbidden" in outside.stderr and "not a node of this cluster" in outside.stderr
-    # Behind NAT with no egress proxy: the control plane has no way in.
     edge = lab.pools[1].nodes[0].name
-    nat = kubectl(lab, "get", "--raw", f"/api/v1/nodes/{edge}/proxy/healthz")
-    assert nat.returncode != 0 and "cannot be reached" in nat.stderr
+    nat = kubectl(lab, "get", "--raw", f"/api/v1/nodes/{edge}:22/proxy/")
+    assert "Forbidden" in nat.stderr and "kubelet port 10250" in nat.stderr
     assert kubectl(lab, "get", "nodes").returncode == 0
 
 
@@ -94,3 +97,51 @@ def test_a_powered_off_node_is_503_and_serves_again_after_node_up(lab: LabPlan) 
     finally:
         faults.node_up(lab.name, node)
     assert kubectl(lab, "get", "--raw", f"/api/v1/nodes/{node}/proxy/healthz").stdout == "ok"
+
+
+# --- behind NAT: through Raven's proxy -----------------------------------------------------------
+
+def wait_healthz(plan: LabPlan, node: str, timeout: float = 120.0) -> None:
+    """Until nodes/NODE/proxy/healthz answers ok (proxy clients dial out after the overlay is up
+    and after a failover); AssertionError with the last answer otherwise."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = kubectl(plan, "get", "--raw", f"/api/v1/nodes/{node}/proxy/healthz")
+        if result.stdout == "ok":
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{node}: {result.stderr.strip()}")
+        time.sleep(1.0)
+
+
+@pytest.mark.parametrize("pool_index", [1, 2])
+def test_nat_pools_through_the_proxy(lab: LabPlan, pool_index: int) -> None:
+    pool = lab.pools[pool_index]
+    assert not pool.public
+    for node in pool.nodes:
+        wait_healthz(lab, node.name)
+        pod = node.pods[0]
+        assert kubectl(lab, "exec", pod.name, "--", "hostname").stdout == f"{pod.name}\n"
+        assert f"started on node {node.name}" in kubectl(lab, "logs", pod.name).stdout
+
+
+def test_still_reachable_after_the_cone_pools_proxy_endpoint_fails_over(lab: LabPlan) -> None:
+    pool = lab.pools[1]
+    gateway = json.loads(kubectl(lab, "get", "gateways.raven.openyurt.io", pool.gateway,
+                                 "-o", "json").stdout)
+    active = [e["nodeName"] for e in gateway["status"]["activeEndpoints"]
+              if e.get("type") == "proxy"]
+    assert len(active) == 1
+    survivor = next(n for n in pool.nodes if n.name != active[0])
+    faults.node_down(lab.name, active[0])
+    try:
+        wait_healthz(lab, survivor.name)
+        pod = survivor.pods[0]
+        assert kubectl(lab, "exec", pod.name, "--", "hostname").stdout == f"{pod.name}\n"
+        refreshed = json.loads(kubectl(lab, "get", "gateways.raven.openyurt.io", pool.gateway,
+                                       "-o", "json").stdout)
+        assert [e["nodeName"] for e in refreshed["status"]["activeEndpoints"]
+                if e.get("type") == "proxy"] == [survivor.name]
+    finally:
+        faults.node_up(lab.name, active[0])
+    wait_healthz(lab, active[0])

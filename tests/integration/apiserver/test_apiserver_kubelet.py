@@ -7,6 +7,7 @@ The API server runs with `--kubelet-network 127.0.0.0/8`: node addresses elsewhe
 from __future__ import annotations
 
 import json
+import selectors
 import socket
 import ssl
 import subprocess
@@ -158,9 +159,18 @@ def test_kubectl_logs_follow_streams_new_lines_and_ends_with_its_client(cluster:
     try:
         assert proc.stdout is not None
         _wait_for(lambda: _established(kubelet.port) >= 1, "the follow stream to open")
-        with open(folder / "web-0.log", "a") as handle:
-            handle.write(log_line("followed line", time.time()))
-        assert proc.stdout.readline() == "followed line\n"
+        # The kubelet may still be reading the file's end (--tail=0 drops what is there), so
+        # lines are appended until one arrives; a bounded wait on each, never a blocking read.
+        with selectors.DefaultSelector() as selector:
+            selector.register(proc.stdout, selectors.EVENT_READ)
+            for attempt in range(60):
+                with open(folder / "web-0.log", "a") as handle:
+                    handle.write(log_line(f"followed line {attempt}", time.time()))
+                if selector.select(timeout=1.0):
+                    break
+            else:
+                raise AssertionError("kubectl logs -f showed none of 60 appended lines")
+        assert proc.stdout.readline().startswith("followed line ")
     finally:
         proc.kill()
         proc.wait(timeout=10)
