@@ -82,3 +82,34 @@ def test_address_problems_inside_the_lab_networks(address: str, bad: bool) -> No
 
     networks = (ipaddress.ip_network("198.18.0.0/15"),)
     assert (address_problem(address, networks) is not None) == bad
+
+
+@pytest.mark.parametrize(("fields", "words"), [
+    ({"kubelet_networks": ("198.18.0.0/15", "not-a-net")}, "'not-a-net' is not a network"),
+    ({"raven_proxy_ca": "ca.crt"}, "raven_proxy_ca and raven_proxy_ca_key go together"),
+    ({"kubelet_client_key": "k.key"}, "kubelet_client_cert and kubelet_client_key go together"),
+    ({"kubelet_timeout": 0}, "kubelet_timeout must be more than 0"),
+    ({"raven_proxy_port": 70000}, "raven_proxy_port must be a port number"),
+])
+def test_kubelet_settings_refuse_nonsense(tmp_path, fields: dict, words: str) -> None:
+    from raven.apiserver.errors import ApiServerError
+    from raven.apiserver.settings import ApiServerSettings
+
+    with pytest.raises(ApiServerError) as err:
+        ApiServerSettings(data_dir=tmp_path, **fields)
+    assert words in str(err.value)
+
+
+def test_a_bad_egress_selector_stops_the_start_with_its_message(tmp_path) -> None:
+    from raven.apiserver.errors import ApiServerError
+    from raven.apiserver.server import ApiServer
+    from raven.apiserver.settings import ApiServerSettings
+
+    server = ApiServer(ApiServerSettings(data_dir=tmp_path, port=0, egress_selector="a in (",
+                                         egress_proxies=("127.0.0.1:1",)))
+    try:
+        with pytest.raises(ApiServerError) as err:
+            server.bind()
+        assert "egress settings" in str(err.value)
+    finally:
+        server.shutdown()
