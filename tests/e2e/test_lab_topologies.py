@@ -50,7 +50,8 @@ def test_topology_builds_and_pods_answer_inside_pools(lab_factory, path: Path) -
     eth0 = ip_json("-n", node.netns, "addr", "show", "dev", "eth0")[0]
     assert eth0["mtu"] == pool.mtu
     inet = [a["local"] for a in eth0["addr_info"] if a["family"] == "inet"]
-    assert inet == ([node.underlay_ip] if node.underlay_ip else [])
+    # An IPv6-only node's underlay_ip is its IPv6 address.
+    assert inet == ([] if ":" in node.underlay_ip else [node.underlay_ip])
     inet6 = [a["local"] for a in eth0["addr_info"]
              if a["family"] == "inet6" and a.get("scope") == "global"]
     assert inet6 == ([node.underlay_ip6] if node.underlay_ip6 else [])
