@@ -48,6 +48,12 @@ from raven.lab.topology import Topology, lab_name_problem, load_topology
 Progress = Callable[[str], None]
 ROUTER_SYSCTLS = ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 PARALLEL = 8
+# In labs with IPv6: links come up without Duplicate Address Detection. A link-local address
+# stays tentative for DAD's second or two, and until then Linux sends no Neighbour
+# Solicitation for traffic it FORWARDS (it has no source address for one), so IPv6 through
+# nodes and routers would black-hole after `up`. Lab addresses are unique by plan. Set in each
+# namespace before its links exist: a new link copies `default`.
+IPV6_SYSCTLS = ("net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
 
 
 def _quiet(_: str) -> None:
@@ -116,6 +122,9 @@ def _build(plan: LabPlan, progress: Progress) -> None:
     progress(f"creating {len(names)} namespaces ({len(plan.pools)} pools, {n_nodes} nodes, "
              f"{len(plan.pods())} pods)")
     nsutil.ip_batch(f"netns add {n}" for n in names)
+    if _uses_ipv6(plan):
+        # Before any link exists: see IPV6_SYSCTLS.
+        _parallel(lambda ns: nsutil.sysctl(ns, *IPV6_SYSCTLS), names)
     # Holders only need their namespace: start them now, they settle while links are built.
     holders = {t: runtime.start_holder(plan.name, t, plan.targets()[t]) for t in plan.hosts()}
 
@@ -151,6 +160,10 @@ def _build(plan: LabPlan, progress: Progress) -> None:
 
     progress("checking the underlay answers")
     _probe_pools(plan)
+
+
+def _uses_ipv6(plan: LabPlan) -> bool:
+    return plan.has_v6_underlay or any(":" in c for _, n in plan.nodes() for c in n.cidrs())
 
 
 def _parallel(fn: Callable, items: list | tuple) -> None:
