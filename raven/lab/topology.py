@@ -29,7 +29,7 @@ from raven.constants import DEFAULT_UNDERLAY_MTU
 from raven.errors import ValidationError
 from raven.safeyaml import YamlError, load_yaml, read_yaml_file
 
-NAT_KINDS = ("none", "cone", "symmetric")
+NAT_KINDS = ("none", "cone", "full-cone", "symmetric")
 TUNNEL_KINDS = ("wireguard", "none")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_LAB_NAME = 24
