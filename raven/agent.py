@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from raven import agent_step, constants
+from raven import agent_step, constants, nat_discovery
 from raven.agent_step import Apply, Inputs, Observation, PublishKey, RefreshStats, SaveCache
 from raven.dataplane import Dataplane, DataplaneSettings
 from raven.desired import NodeState, Role
@@ -43,6 +43,8 @@ from raven.health import HealthServer
 from raven.kube.cache import JSON, CachedInputs, InputCache, atomic_write_json
 from raven.kube.errors import KubeError
 from raven.model import Gateway, Node
+from raven.path_agent import PathManager
+from raven.paths import PathPlan
 from raven.settings import AgentSettings
 from raven.topology import plan_node
 
@@ -113,6 +115,8 @@ class AgentMetrics:
                                registry=r)
         self.ready = Gauge("raven_agent_ready", "1 after the first successful apply",
                            registry=r)
+        self.direct_paths = Gauge("raven_agent_direct_paths", "Remote NAT'd pools reached "
+                                  "over a direct (hole-punched) path", registry=r)
         self.drift = Gauge("raven_agent_drift", "Differences between plan and kernel found by "
                            "the last check (repaired by the next apply)", registry=r)
 
@@ -150,6 +154,12 @@ class Agent:
         self._skipped_reported: tuple[str, ...] = ()
         self.loop_time = time.monotonic()  # last turn of the main loop, for /healthz
         self._status_doc: dict[str, Any] = {}
+        # Direct paths to other NAT'd pools, decided by the path manager's thread (raven.paths)
+        # and planned with every reconcile; the lock keeps its applies and the loop's apart.
+        self.path_plans: dict[str, PathPlan] = {}
+        self.path_report: list[dict[str, Any]] = []
+        self._reconcile_lock = threading.RLock()
+        self.paths = PathManager(self)
 
     # -- API side ------------------------------------------------------------------------------
 
@@ -217,13 +227,34 @@ class Agent:
     def reconcile(self, inputs: Inputs, wall: float) -> bool:
         """Plan from `inputs` and apply; True on success. Never raises. `wall` (unix seconds)
         only stamps the status file and Events."""
+        with self._reconcile_lock:
+            return self._reconcile(inputs, wall)
+
+    def apply_paths(self, plans: dict[str, PathPlan]) -> bool:
+        """The path manager changed the direct paths: plan and apply now with the last inputs."""
+        with self._reconcile_lock:
+            self.path_plans = dict(plans)
+            if self.inputs is None:
+                return False
+            return self._reconcile(self.inputs, time.time())
+
+    def record_paths(self, report: list[dict[str, Any]]) -> None:
+        if report == self.path_report:
+            return
+        self.path_report = report
+        self.metrics.direct_paths.set(sum(p["mode"] == "direct" for p in report))
+        if self._status_doc:
+            self._status_doc["paths"] = report
+            self._flush_status()
+
+    def _reconcile(self, inputs: Inputs, wall: float) -> bool:
         start = time.monotonic()
         self.reconciles += 1
         try:
             gateways, me, problems = parse_inputs(inputs, self.settings.node)
             for problem in problems:
                 log.warning("ignored: %s", problem)
-            state = plan_node(gateways, me, self.settings.overlay)
+            state = plan_node(gateways, me, self.settings.overlay, self.path_plans)
         except Exception as exc:
             self.metrics.errors.labels("plan").inc()
             self.last_error = f"plan: {exc}"
@@ -295,6 +326,7 @@ class Agent:
             "reconcileSeconds": elapsed,
             "publicKey": self.public_key,
             "skipped": list(self.skipped),
+            "paths": self.path_report,
             # What this plan was made from: tests and operators can wait for "every agent has
             # acted on Gateway X at resourceVersion R" instead of sleeping.
             "gateways": {g.name: g.metadata.get("resourceVersion") for g in gateways},
@@ -358,6 +390,30 @@ class Agent:
             log.warning("node %s: cannot publish public key: %s", self.settings.node, exc)
             return False
         log.info("node %s: published WireGuard public key", self.settings.node)
+        return True
+
+    def publish_observed(self, observed: dict[str, str]) -> bool:
+        """Our Node's observed-endpoints annotation = `observed` (removed when empty)."""
+        if self.node is None or self.kube is None:
+            return False
+        from raven.kube.client import NODES
+
+        node = self.node.get(self.settings.node)
+        if node is None:
+            return False
+        annotations = (node.get("metadata") or {}).get("annotations") or {}
+        value = nat_discovery.encode(observed) if observed else None
+        if annotations.get(nat_discovery.ANNOTATION_OBSERVED) == value:
+            return True
+        patch = {"metadata": {"annotations": {nat_discovery.ANNOTATION_OBSERVED: value}}}
+        try:
+            self.kube.merge_patch(NODES, self.settings.node, patch)
+        except KubeError as exc:
+            self.metrics.errors.labels("publish").inc()
+            log.warning("node %s: cannot publish observed endpoints: %s", self.settings.node, exc)
+            return False
+        log.info("node %s: published %d observed NAT endpoint(s)", self.settings.node,
+                 len(observed))
         return True
 
     # -- the runner ----------------------------------------------------------------------------
@@ -435,6 +491,7 @@ class Agent:
         beating = threading.Thread(target=self._heartbeat_loop, args=(stop,), name="heartbeat",
                                    daemon=True)
         beating.start()
+        threading.Thread(target=self.paths.run, args=(stop,), name="paths", daemon=True).start()
         # The loop sleeps on _wake, not on stop: wake it when stop is set (SIGTERM), or a stop
         # would wait for the next deadline (up to 10 s, longer than a heartbeat).
         threading.Thread(target=lambda: (stop.wait(), self._wake.set()), name="stop-waker",

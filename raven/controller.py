@@ -41,6 +41,7 @@ from raven.gateway_status import (
     heartbeats_from_leases,
     key_problem,
     members_by_pool,
+    observed_endpoints,
     public_address,
     why_no_endpoint,
 )
@@ -157,6 +158,7 @@ class GatewayController:
             except ValidationError:
                 continue  # reported on the object itself by compute_status
         pools = members_by_pool(nodes)
+        observed = observed_endpoints(nodes)
         # Judge the fleet by the membership we are about to write, not by the stored
         # status.nodes: a node that just moved pools is otherwise "in two pools" until our own
         # write lands, and the condition would flap (two extra writes per move).
@@ -167,7 +169,7 @@ class GatewayController:
         for obj in objects:
             try:
                 plan = compute_status(obj, nodes, heartbeats, now, fleet,
-                                      self.settings.election, pools)
+                                      self.settings.election, pools, observed)
             except Exception:  # a planner bug for one Gateway must not stop the others
                 log.exception("Gateway %s: computing status failed",
                               (obj.get("metadata") or {}).get("name"))

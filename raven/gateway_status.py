@@ -18,7 +18,9 @@ Rules kept:
 - a Gateway that fails validation keeps its last status (nodes and active endpoints) and gets
   the condition SpecValid=False naming every problem; a pool without an active endpoint gets
   Ready=False with the election's reasons. Nothing in an object makes this module raise;
-- a condition's lastTransitionTime changes only when its status flips.
+- a condition's lastTransitionTime changes only when its status flips;
+- a NAT'd active endpoint gets what public gateways observed of its key
+  (`raven.nat_discovery.endpoint_config`: `mapped-endpoint`, `nat-mapping`) in its config.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from raven import constants
+from raven import constants, nat_discovery
 from raven.election import ElectionOptions, elect
 from raven.errors import ValidationError
 from raven.model import (
@@ -168,9 +170,11 @@ def compute_status(
     fleet: Sequence[str] = (),
     options: ElectionOptions | None = None,
     pools: Mapping[str, tuple[NodeInfo, ...]] | None = None,
+    observed: Mapping[str, Mapping[str, str]] | None = None,
 ) -> StatusPlan:
     """The status one Gateway object should have. Never raises for bad objects.
-    `pools` is `members_by_pool(nodes)`, computed once by a caller handling many Gateways."""
+    `pools` is `members_by_pool(nodes)` and `observed` `observed_endpoints(nodes)`, computed
+    once by a caller handling many Gateways."""
     old_active = _old_active(obj)
     problems = gateway_problems(obj)
     name = str((obj.get("metadata") or {}).get("name", "?"))
@@ -198,6 +202,14 @@ def compute_status(
             config[constants.ENDPOINT_CONFIG_PUBLIC_KEY] = key
         else:
             config.pop(constants.ENDPOINT_CONFIG_PUBLIC_KEY, None)
+        # What public gateways saw of a NAT'd endpoint (raven.nat_discovery): agents of other
+        # NAT'd pools punch a direct path to it.
+        for item in (nat_discovery.CONFIG_MAPPED_ENDPOINT, nat_discovery.CONFIG_NAT_MAPPING):
+            config.pop(item, None)
+        if key and ep.under_nat:
+            if observed is None:
+                observed = observed_endpoints(nodes)
+            config.update(nat_discovery.endpoint_config(observed.get(key, {})))
         active.append(replace(ep, public_ip=public_address(ep, node), config=FrozenMap(config)))
     old_conditions = gateway.status.conditions
     others = tuple(c for c in old_conditions
@@ -244,6 +256,13 @@ def compute_status(
         lost=tuple(n for n in old_active if n not in new_active),
         reasons=tuple(election.reasons),
     )
+
+
+def observed_endpoints(nodes: Mapping[str, Node]) -> dict[str, dict[str, str]]:
+    """{public key: {observer node: mapped endpoint}} from the nodes' annotations."""
+    return nat_discovery.observations(
+        (n.name, n.annotations) for n in nodes.values()
+        if nat_discovery.ANNOTATION_OBSERVED in n.annotations)
 
 
 def heartbeats_from_leases(leases: Sequence[JSON]) -> dict[str, float]:

@@ -24,6 +24,9 @@ Rules this module keeps (docs/gateway.md explains them for operators):
 - Two pools whose gateways are both undialable (under NAT, or no public address) reach each other
   through one relay: the dialable pool whose Gateway was created first (creationTimestamp, then
   name). A Gateway added later can never become the relay of an existing pair.
+- Two undialable pools may get a direct path (`paths`, raven.paths: hole punching decided by
+  the agent): a peer aimed at the other gateway's mapped endpoint, holding no allowed IPs
+  while it is probed and the other pool's subnets (taken from the relay) once it answers.
 - Keepalive is set when WE are under NAT (keeps our NAT mapping open, we make the first
   handshake); a peer under NAT has no endpoint: it is learned from its handshake.
 - MTUs: VXLAN device = underlay - VXLAN overhead (20 bytes more over an IPv6 underlay);
@@ -36,7 +39,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from operator import attrgetter
@@ -56,6 +59,7 @@ from raven.desired import (
     WireGuardPeer,
 )
 from raven.model import TUNNEL, Endpoint, Gateway, Node, NodeInfo
+from raven.paths import DIRECT_KEEPALIVE, PathPlan
 from raven.settings import OverlaySettings
 
 VTEP_NETWORK = ipaddress.IPv4Network("240.0.0.0/4")  # reserved (class E): never on an underlay
@@ -519,10 +523,12 @@ def _by_pool(peers: Sequence[WireGuardPeer],
 
 
 def plan_node(
-    gateways: Sequence[Gateway], me: Node | str, options: PlanOptions = _DEFAULT_OPTIONS
+    gateways: Sequence[Gateway], me: Node | str, options: PlanOptions = _DEFAULT_OPTIONS,
+    paths: Mapping[str, PathPlan] | None = None,
 ) -> NodeState:
     """The complete desired data-plane state of node `me` (a Node, or a name whose facts then
-    come from Gateway status)."""
+    come from Gateway status). `paths`: direct paths to undialable pools that this gateway
+    probes or uses (raven.paths, decided by the agent from what WireGuard reports)."""
     name = me if isinstance(me, str) else me.name
     notes: list[str] = []
     names_seen: set[str] = set()
@@ -556,7 +562,7 @@ def plan_node(
     relay = relay_for(pools)
     forwardable = set(pod_blocks) - set(mtu_blocks)
     remote, gw_blocks = _gateway_subnets(pools, relay, found, pool_blocks, forwardable, notes)
-    peers = _peers(pool, pools, relay, remote, options, notes)
+    peers = _peers(pool, pools, relay, remote, options, notes, paths or {})
     routed = sorted(s for peer in peers for s in peer.allowed_ips)
     unreachable = sum(len(v) for v in remote.values()) - len(routed)
     if unreachable:
@@ -726,8 +732,11 @@ def _peers(
     remote_subnets: dict[str, list[str]],
     options: PlanOptions,
     notes: list[str],
+    paths: Mapping[str, PathPlan],
 ) -> tuple[WireGuardPeer, ...]:
-    """One peer per remote pool we can talk to directly; undialable pairs go via the relay."""
+    """One peer per remote pool we can talk to directly; undialable pairs go via the relay,
+    unless a punched path (`paths`) carries them: then a peer of their own, with no allowed IPs
+    while probing (traffic stays on the relay) and their subnets once direct."""
     assert pool.active is not None
     we_dialable = pool.dial_address is not None
     keepalive = options.keepalive if pool.active.under_nat else 0
@@ -745,7 +754,18 @@ def _peers(
             direct[p.name] = (p, list(remote_subnets[p.name]), [])
         else:
             relayed.append((p, remote_subnets[p.name]))
+    punched: dict[str, PathPlan] = {}
     for p, subnets in relayed:
+        path = paths.get(p.name)
+        if path is not None and p.active is not None and path.public_key == p.active.public_key:
+            punched[p.name] = path
+            direct[p.name] = (p, list(subnets) if path.direct else [], [])
+            if path.direct:
+                notes.append(f"Gateway {p.name}: both it and {pool.name} are undialable; "
+                             "direct path through both NATs (hole punched)")
+                continue
+            notes.append(f"Gateway {p.name}: probing a direct path to {path.endpoint}; "
+                         "traffic stays on the relay until it answers")
         if relay is None or relay.name not in direct:
             notes.append(f"Gateway {p.name}: both it and {pool.name} are undialable (under NAT "
                          "or no public address) and no public relay gateway exists; "
@@ -771,11 +791,12 @@ def _peers(
             notes.append(f"Gateway {p.name}: public key {key[:8]}... is already used by "
                          f"{peers[key].pool if key in peers else pool.name}; skipped")
             continue
+        path = punched.get(p.name)
         peers[key] = WireGuardPeer(
             public_key=key,
-            endpoint=p.dial_address,
+            endpoint=p.dial_address if path is None else path.endpoint,
             allowed_ips=tuple(sorted(subnets)),
-            keepalive=keepalive,
+            keepalive=keepalive if path is None else DIRECT_KEEPALIVE,
             pool=p.name,
             relays_for=tuple(sorted(via)),
         )

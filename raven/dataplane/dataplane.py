@@ -41,9 +41,9 @@ from raven.dataplane.firewall import collapse
 from raven.dataplane.links import LinkFacts, Links
 from raven.dataplane.netlink import NETLINK_ROUTE, NetlinkSocket
 from raven.dataplane.settings import ApplyResult, DataplaneSettings, DataplaneStatus, PeerStatus
-from raven.dataplane.wireguard import keys
+from raven.dataplane.wireguard import keys, nudge
 from raven.dataplane.wireguard.device import WireGuardApplier
-from raven.dataplane.wireguard.model import LiveDevice
+from raven.dataplane.wireguard.model import LiveDevice, LivePeer
 from raven.desired import NodeState, Role
 
 _NOTHING = NodeState(node="", role=Role.ALONE, pool=None, vxlan=None)
@@ -312,6 +312,21 @@ class Dataplane:
                 drift=tuple(seen.lines) if self._last is not None else (),
                 skipped=seen.skipped + self._family_skip,
             )
+
+    def wireguard_peers(self) -> dict[str, LivePeer]:
+        """The WireGuard peers as the device reports them now, by public key ({} without a
+        device): endpoint, last handshake, counters. Reads only the WireGuard device, so the
+        agent's path manager can poll it several times a second."""
+        with self._lock:
+            link = self.links.get(self.overlay.wireguard_device)
+            if link is None:
+                return {}
+            live = self.wireguard.read({link.name: link}, fresh=True)
+            return dict(live.device.peers) if live.device is not None else {}
+
+    def nudge(self, source: str, destinations: list[str]) -> int:
+        """Liveness datagrams through the WireGuard device (raven.dataplane.wireguard.nudge)."""
+        return nudge.nudge(self.settings.netns, source, destinations, self.overlay.fwmark)
 
     # --- drift -----------------------------------------------------------------------------------
 

@@ -1,0 +1,134 @@
+"""The agent's path manager: NAT discovery on public gateways, direct paths on NAT'd ones.
+
+A thread of the agent (raven.agent). Every tick it reads the WireGuard device (handshakes,
+endpoints, counters: `Dataplane.wireguard_peers`, reads only) and:
+- on the active gateway of a DIALABLE pool: publishes the mapped endpoints of its NAT'd peers
+  on its own Node (raven.nat_discovery), when they change;
+- on the active gateway of a NAT'd pool: steps the pure path machine (raven.paths) and, when
+  the peers it asks for change (a probe starts, a path goes direct or falls back), has the
+  agent re-plan and apply at once (`Agent.apply_paths`), outside the agent's coalescing;
+- records each path in the agent's status document and metrics.
+Rules kept: decisions are raven.paths' (pure); this module owns the clock and the polling;
+every error is logged and retried on the next tick, never fatal to the agent.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from raven import paths
+from raven.desired import Role
+from raven.model import Gateway
+
+if TYPE_CHECKING:
+    from raven.agent import Agent
+
+log = logging.getLogger(__name__)
+
+POLL = 0.2  # seconds between reads of the device while a path is probing or direct
+IDLE_POLL = 1.0  # otherwise
+
+
+class PathManager:
+    def __init__(self, agent: Agent, settings: paths.PathSettings | None = None) -> None:
+        self.agent = agent
+        self.settings = settings or paths.PathSettings()
+        self.paths: dict[str, paths.Path] = {}
+        self.why_relayed: list[str] = []
+        self.observed: dict[str, str] = {}  # what we published (public gateways)
+        self.changes = 0  # path mode changes, for logs and status
+        self._gateways_for: object = None
+        self._gateways: list[Gateway] = []
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def _parsed(self) -> list[Gateway]:
+        inputs = self.agent.inputs
+        if inputs is not self._gateways_for:
+            from raven.agent import parse_inputs
+
+            self._gateways = parse_inputs(inputs, self.agent.settings.node)[0] if inputs else []
+            self._gateways_for = inputs
+        return self._gateways
+
+    # -- one tick ------------------------------------------------------------------------------
+
+    def tick(self, now: float, wall: float) -> float:
+        """One look at the device; returns the monotonic time of the next tick."""
+        state = self.agent.state
+        if state is None or state.role != Role.ACTIVE_GATEWAY or state.wireguard is None:
+            if self.paths:
+                self._set({}, now)
+            return now + IDLE_POLL
+        gateways = self._parsed()
+        mine = next((g for g in gateways if g.name == state.pool), None)
+        me = paths.active_endpoint(mine) if mine is not None else None
+        live = self.agent.dataplane.wireguard_peers()
+        if me is not None and not me.under_nat:
+            self._publish_observed(state, live)
+            return now + IDLE_POLL
+        found, self.why_relayed = paths.candidates(gateways, state.pool or "")
+        samples = {k: paths.Sample(p.last_handshake, p.rx_bytes, p.endpoint)
+                   for k, p in live.items()}
+        self._set(paths.step(self.paths, found, samples, now, wall, self.settings), now)
+        self._nudge(state)
+        return paths.next_deadline(self.paths, now, POLL)
+
+    def _nudge(self, state: Any) -> None:
+        """Traffic of our own on every direct path, so the other side hears us (nudge.py)."""
+        direct = {p.public_key for p in self.paths.values() if p.mode == paths.Mode.DIRECT}
+        if not direct or state.vxlan is None:
+            return
+        targets = []
+        for peer in state.wireguard.peers:
+            first = next((c for c in peer.allowed_ips if "." in c), None)
+            if peer.public_key in direct and first is not None:
+                targets.append(str(ipaddress.ip_network(first)[1]))
+        self.agent.dataplane.nudge(state.vxlan.local_ip, targets)
+
+    def _set(self, new: dict[str, paths.Path], now: float) -> None:
+        old = self.paths
+        self.paths = new
+        for name, path in new.items():
+            before = old.get(name)
+            if before is None or before.mode != path.mode:
+                self.changes += 1
+                log.info("path to %s: %s (%s)", name, path.mode, path.reason)
+        for name in set(old) - set(new):
+            log.info("path to %s: no longer a direct-path candidate", name)
+        if paths.plans(new) != paths.plans(old):
+            self.agent.apply_paths(paths.plans(new))
+        self.agent.record_paths(self.report(now))
+
+    def _publish_observed(self, state: Any, live: dict) -> None:
+        assert state.wireguard is not None
+        learned = {p.public_key for p in state.wireguard.peers if p.endpoint is None}
+        observed = {k: p.endpoint for k, p in live.items() if k in learned and p.endpoint}
+        if observed != self.observed and self.agent.publish_observed(observed):
+            self.observed = observed
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def report(self, now: float) -> list[dict[str, Any]]:
+        """Each NAT'd remote pool's path, for the status document and `raven status`."""
+        out = []
+        for name, path in sorted(self.paths.items()):
+            out.append({"pool": name, "mode": str(path.mode), "endpoint": path.endpoint,
+                        "since": round(now - path.since, 1), "failures": path.failures,
+                        "reason": path.reason})
+        out += [{"pool": why.split(":", 1)[0], "mode": "relayed", "reason": why.split(": ", 1)[1]}
+                for why in self.why_relayed]
+        return out
+
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                deadline = self.tick(time.monotonic(), time.time())
+            except Exception:  # never fatal: the relay keeps working; try again
+                log.exception("path manager tick failed")
+                deadline = time.monotonic() + IDLE_POLL
+            stop.wait(max(0.0, deadline - time.monotonic()))
