@@ -238,6 +238,16 @@ class Agent:
                 return False
             return self._reconcile(self.inputs, time.time())
 
+    def peer_subnets(self, plans: dict[str, PathPlan]) -> dict[str, tuple[str, ...]]:
+        """Allowed IPs of every peer in the plan these paths would give (prepared ahead of a
+        scheduled take-over, so the instant itself costs one WireGuard write)."""
+        if self.inputs is None:
+            return {}
+        gateways, me, _ = parse_inputs(self.inputs, self.settings.node)
+        state = plan_node(gateways, me, self.settings.overlay, plans)
+        return {p.public_key: p.allowed_ips for p in (state.wireguard.peers
+                                                      if state.wireguard else ())}
+
     def record_paths(self, report: list[dict[str, Any]]) -> None:
         if report == self.path_report:
             return

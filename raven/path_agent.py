@@ -18,6 +18,7 @@ import ipaddress
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from raven import paths
@@ -43,6 +44,8 @@ class PathManager:
         self.changes = 0  # path mode changes, for logs and status
         self._gateways_for: object = None
         self._gateways: list[Gateway] = []
+        self._samples: dict[str, paths.Sample] = {}
+        self._prepared: dict[str, tuple[str, ...]] = {}  # pool -> subnets to take at the switch
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -67,13 +70,20 @@ class PathManager:
         gateways = self._parsed()
         mine = next((g for g in gateways if g.name == state.pool), None)
         me = paths.active_endpoint(mine) if mine is not None else None
-        live = self.agent.dataplane.wireguard_peers()
-        if me is not None and not me.under_nat:
-            self._publish_observed(state, live)
-            return now + IDLE_POLL
+        due = [p for p in self.paths.values() if p.switch_at is not None and p.switch_at <= now]
+        for path in due:  # first thing: the other side moves at this same instant
+            cidrs = self._prepared.pop(path.pool, ())
+            if cidrs:
+                self.agent.dataplane.take_allowed_ips(path.public_key, cidrs)
+        if not due or not self._samples:  # a due switch goes first: no read before it
+            live = self.agent.dataplane.wireguard_peers()
+            if me is not None and not me.under_nat:
+                self._publish_observed(state, live)
+                return now + IDLE_POLL
+            self._samples = {k: paths.Sample(p.last_handshake, p.rx_bytes, p.endpoint)
+                             for k, p in live.items()}
+        samples = self._samples
         found, self.why_relayed = paths.candidates(gateways, state.pool or "")
-        samples = {k: paths.Sample(p.last_handshake, p.rx_bytes, p.endpoint)
-                   for k, p in live.items()}
         self._set(paths.step(self.paths, found, samples, now, wall, self.settings), now)
         self._nudge(state)
         return paths.next_deadline(self.paths, now, POLL)
@@ -93,16 +103,34 @@ class PathManager:
     def _set(self, new: dict[str, paths.Path], now: float) -> None:
         old = self.paths
         self.paths = new
+        self._prepared = {k: v for k, v in self._prepared.items()
+                          if k in new and new[k].switch_at is not None}
         for name, path in new.items():
             before = old.get(name)
+            if path.switch_at is not None and (before is None or before.switch_at is None):
+                log.info("path to %s: handshake seen; moving its subnets in %.3fs", name,
+                         path.switch_at - now)
+                self._prepare(new, name)
             if before is None or before.mode != path.mode:
                 self.changes += 1
                 log.info("path to %s: %s (%s)", name, path.mode, path.reason)
         for name in set(old) - set(new):
             log.info("path to %s: no longer a direct-path candidate", name)
         if paths.plans(new) != paths.plans(old):
+            started = time.monotonic()
             self.agent.apply_paths(paths.plans(new))
+            log.debug("paths applied %.3fs late, in %.3fs", started - now,
+                      time.monotonic() - started)
         self.agent.record_paths(self.report(now))
+
+    def _prepare(self, new: dict[str, paths.Path], name: str) -> None:
+        """The subnets path `name` will take when it goes direct, computed now."""
+        path = new[name]
+        try:
+            ahead = paths.plans({**new, name: replace(path, mode=paths.Mode.DIRECT)})
+            self._prepared[name] = self.agent.peer_subnets(ahead).get(path.public_key, ())
+        except Exception as exc:  # the reconcile at the switch moves them anyway
+            log.warning("path to %s: cannot prepare the take-over: %s", name, exc)
 
     def _publish_observed(self, state: Any, live: dict) -> None:
         assert state.wireguard is not None

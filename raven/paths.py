@@ -56,7 +56,7 @@ class Mode(StrEnum):
 @dataclass(frozen=True)
 class PathSettings:
     probe_timeout: float = 12.0  # > two WireGuard handshake retries (5 s each)
-    settle: float = 0.5  # seconds after the handshake both sides move the subnets
+    settle: float = 1.0  # seconds after the handshake both sides move the subnets
     dead_after: float = 1.5  # a direct peer silent this long has lost its path
     backoff_min: float = 2.0
     backoff_max: float = 60.0
@@ -205,8 +205,10 @@ def plans(paths: Mapping[str, Path]) -> dict[str, PathPlan]:
 
 
 def next_deadline(paths: Mapping[str, Path], now: float, poll: float) -> float:
-    """When to step again: soon while something is probing or direct, else at the next try."""
+    """When to step again: exactly at a scheduled switch (both sides move at that instant),
+    soon while something is probing or direct, else at the next try."""
+    switches = [p.switch_at for p in paths.values() if p.switch_at is not None]
     if any(p.mode != Mode.RELAYED for p in paths.values()):
-        return now + poll
+        return min([now + poll, *switches])
     tries = [p.next_try for p in paths.values()]
     return min([*tries, now + 1.0])

@@ -43,7 +43,7 @@ from raven.dataplane.netlink import NETLINK_ROUTE, NetlinkSocket
 from raven.dataplane.settings import ApplyResult, DataplaneSettings, DataplaneStatus, PeerStatus
 from raven.dataplane.wireguard import keys, nudge
 from raven.dataplane.wireguard.device import WireGuardApplier
-from raven.dataplane.wireguard.model import LiveDevice, LivePeer
+from raven.dataplane.wireguard.model import DeviceWrite, LiveDevice, LivePeer, PeerWrite
 from raven.desired import NodeState, Role
 
 _NOTHING = NodeState(node="", role=Role.ALONE, pool=None, vxlan=None)
@@ -323,6 +323,16 @@ class Dataplane:
                 return {}
             live = self.wireguard.read({link.name: link}, fresh=True)
             return dict(live.device.peers) if live.device is not None else {}
+
+    def take_allowed_ips(self, public_key: str, cidrs: tuple[str, ...]) -> None:
+        """Give `cidrs` to the existing peer `public_key` in one WireGuard write (each allowed
+        IP leaves the peer that held it): the instant a direct path takes over from the relay,
+        without waiting for a whole reconcile. The next apply re-reads the device."""
+        with self._lock:
+            if not cidrs or self.wireguard.backend is None:
+                return
+            self.wireguard.write(DeviceWrite(peers=(
+                PeerWrite(public_key=public_key, allowed_ips=tuple(sorted(cidrs))),)))
 
     def nudge(self, source: str, destinations: list[str]) -> int:
         """Liveness datagrams through the WireGuard device (raven.dataplane.wireguard.nudge)."""
