@@ -1,0 +1,206 @@
+"""raven.paths (direct-path state machine), raven.nat_discovery and their hooks in the planner,
+the Gateway status and the WireGuard peer diff. Pure: no root, no clock."""
+
+from __future__ import annotations
+
+import json
+
+from raven import nat_discovery as nd
+from raven import paths
+from raven.dataplane.wireguard.model import LiveDevice, LivePeer, diff_device
+from raven.desired import WireGuardPeer
+from raven.gateway_status import compute_status, observed_endpoints
+from raven.model import Endpoint, FrozenMap, Gateway, GatewaySpec, GatewayStatus, Node, NodeInfo
+from raven.paths import Candidate, Mode, Path, PathPlan, PathSettings, Sample
+from raven.topology import plan_node
+
+S = PathSettings()
+KEY_A, KEY_B, KEY_C = "A" * 43 + "=", "B" * 43 + "=", "C" * 43 + "="
+
+
+# --- nat_discovery ---------------------------------------------------------------------------
+
+def test_annotation_round_trip_drops_bad_entries() -> None:
+    text = nd.encode({KEY_B: "198.19.0.14:4500", KEY_A: "198.19.0.10:4500"})
+    assert list(json.loads(text)) == [KEY_A, KEY_B]  # sorted: a stable annotation
+    assert nd.decode(text) == {KEY_A: "198.19.0.10:4500", KEY_B: "198.19.0.14:4500"}
+    bad = json.dumps({KEY_A: "nonsense", KEY_B: "1.2.3.4:99999", KEY_C: "[fd00::1]:4500"})
+    assert nd.decode(bad) == {KEY_C: "[fd00::1]:4500"}
+    assert nd.decode("not json") == {} and nd.decode("[1]") == {} and nd.decode(None) == {}
+
+
+def test_mapping_kind_needs_two_observers() -> None:
+    assert nd.mapping_kind({"p1": "1.1.1.1:5"}) == nd.UNKNOWN
+    assert nd.mapping_kind({"p1": "1.1.1.1:5", "p2": "1.1.1.1:5"}) == nd.INDEPENDENT
+    assert nd.mapping_kind({"p1": "1.1.1.1:5", "p2": "1.1.1.1:6"}) == nd.DEPENDENT
+    assert nd.endpoint_config({"p2": "1.1.1.1:6", "p1": "1.1.1.1:5"}) == {
+        nd.CONFIG_MAPPED_ENDPOINT: "1.1.1.1:5", nd.CONFIG_NAT_MAPPING: nd.DEPENDENT}
+    assert nd.endpoint_config({}) == {}
+
+
+def _node(name: str, pool: str, ip: str, key: str, observed: dict | None = None) -> Node:
+    notes = {"raven.openyurt.io/wireguard-public-key": key}
+    if observed is not None:
+        notes[nd.ANNOTATION_OBSERVED] = nd.encode(observed)
+    return Node(name=name, internal_ips=(ip,), pod_cidrs=(f"10.{ip.split('.')[2]}.0.0/24",),
+                labels=FrozenMap({"raven.openyurt.io/gateway": pool}),
+                annotations=FrozenMap(notes))
+
+
+def test_controller_copies_what_public_gateways_saw_into_the_nat_endpoint() -> None:
+    nodes = {
+        "p1": _node("p1", "gw-cloud", "198.18.1.10", KEY_C, {KEY_A: "198.19.0.10:4500"}),
+        "p2": _node("p2", "gw-cloud", "198.18.1.11", KEY_B, {KEY_A: "198.19.0.10:4500"}),
+        "a1": _node("a1", "gw-a", "198.18.2.10", KEY_A),
+    }
+    gw = {"apiVersion": "raven.openyurt.io/v1beta1", "kind": "Gateway",
+          "metadata": {"name": "gw-a"},
+          "spec": {"endpoints": [{"nodeName": "a1", "type": "tunnel", "port": 4500,
+                                  "underNAT": True}]}}
+    status = compute_status(gw, nodes, {"a1": 100.0}, 100.0).status
+    config = status["activeEndpoints"][0]["config"]
+    assert config[nd.CONFIG_MAPPED_ENDPOINT] == "198.19.0.10:4500"
+    assert config[nd.CONFIG_NAT_MAPPING] == nd.INDEPENDENT
+    assert observed_endpoints(nodes) == {KEY_A: {"p1": "198.19.0.10:4500",
+                                                 "p2": "198.19.0.10:4500"}}
+    # A public endpoint never carries NAT facts, whatever the annotations say.
+    gw["spec"]["endpoints"][0]["underNAT"] = False
+    config = compute_status(gw, nodes, {"a1": 100.0}, 100.0).status["activeEndpoints"][0][
+        "config"]
+    assert nd.CONFIG_MAPPED_ENDPOINT not in config
+
+
+# --- the state machine -----------------------------------------------------------------------
+
+CAND = Candidate("gw-b", KEY_B, "198.19.0.14:4500")
+
+
+def run(path: Path | None, sample: Sample | None, now: float, wall: float) -> Path:
+    state = {"gw-b": path} if path else {}
+    return paths.step(state, [CAND], {KEY_B: sample} if sample else {}, now, wall, S)["gw-b"]
+
+
+def test_probe_then_direct_at_the_scheduled_instant() -> None:
+    p = run(None, None, now=10, wall=1000)
+    assert p.mode == Mode.PROBING and p.endpoint == CAND.endpoint
+    assert paths.plans({"gw-b": p}) == {"gw-b": PathPlan("gw-b", KEY_B, CAND.endpoint, False)}
+    p = run(p, Sample(0, 0), now=11, wall=1001)
+    assert p.mode == Mode.PROBING and p.switch_at is None
+    # Handshake at wall 1001.5, seen at 1001.8: the move happens at handshake + settle.
+    p = run(p, Sample(1001.5, 92), now=11.8, wall=1001.8)
+    assert p.mode == Mode.PROBING and p.switch_at == 11.8 + (1001.5 + S.settle - 1001.8)
+    assert paths.next_deadline({"gw-b": p}, 11.8, 0.2) == min(12.0, p.switch_at)
+    p = run(p, Sample(1001.5, 92), now=p.switch_at, wall=1002.5)
+    assert p.mode == Mode.DIRECT
+    assert paths.plans({"gw-b": p}) == {"gw-b": PathPlan("gw-b", KEY_B, None, True)}
+
+
+def test_old_handshake_does_not_count() -> None:
+    p = run(None, None, now=10, wall=1000)
+    p = run(p, Sample(999.0, 500), now=11, wall=1001)  # from before the probe began
+    assert p.switch_at is None
+
+
+def test_probe_timeout_backs_off_and_a_new_endpoint_retries_at_once() -> None:
+    p = run(None, None, now=10, wall=1000)
+    p = run(p, Sample(), now=10 + S.probe_timeout, wall=1012)
+    assert p.mode == Mode.RELAYED and p.failures == 1
+    assert p.next_try == 10 + S.probe_timeout + S.backoff(1)
+    p2 = run(p, None, now=p.next_try - 0.1, wall=1013)
+    assert p2.mode == Mode.RELAYED
+    moved = Candidate("gw-b", KEY_B, "198.19.0.14:31000")  # the remote NAT rebound
+    p3 = paths.step({"gw-b": p}, [moved], {}, p.next_try - 1, 1013, S)["gw-b"]
+    assert p3.mode == Mode.PROBING and p3.endpoint == moved.endpoint
+    assert [S.backoff(n) for n in (1, 2, 3, 10)] == [2.0, 4.0, 8.0, 60.0]
+
+
+def test_direct_path_falls_back_when_silent_and_stays_while_it_hears() -> None:
+    p = Path("gw-b", Mode.DIRECT, KEY_B, CAND.endpoint, since=0, rx_bytes=100, rx_changed=0)
+    p = run(p, Sample(1, 200), now=1.0, wall=1)
+    assert p.mode == Mode.DIRECT and p.rx_changed == 1.0
+    assert run(p, Sample(1, 200), now=1.0 + S.dead_after - 0.01, wall=2).mode == Mode.DIRECT
+    fell = run(p, Sample(1, 200), now=1.0 + S.dead_after, wall=3)
+    assert fell.mode == Mode.RELAYED and fell.failures == 1 and "silent" in fell.reason
+    assert paths.plans({"gw-b": fell}) == {}
+
+
+def test_a_new_gateway_in_the_remote_pool_starts_over() -> None:
+    p = Path("gw-b", Mode.DIRECT, KEY_B, CAND.endpoint, rx_changed=5)
+    other = Candidate("gw-b", KEY_C, "198.19.0.14:4500")
+    p = paths.step({"gw-b": p}, [other], {}, 6, 1006, S)["gw-b"]
+    assert p.mode == Mode.PROBING and p.public_key == KEY_C
+    assert paths.step({"gw-b": p}, [], {}, 7, 1007, S) == {}  # no longer a candidate
+
+
+# --- candidates and the planner ---------------------------------------------------------------
+
+def _gateway(name: str, node: str, ip: str, key: str, nat: bool, subnet: str,
+             config: dict | None = None, created: str = "") -> Gateway:
+    ep = Endpoint(node_name=node, type="tunnel", port=4500, under_nat=nat,
+                  public_ip="" if nat else ip,
+                  config=FrozenMap({"public-key": key, **(config or {})}))
+    return Gateway(name=name, spec=GatewaySpec(endpoints=(ep,)),
+                   status=GatewayStatus(nodes=(NodeInfo(node, ip, (subnet,)),),
+                                        active_endpoints=(ep,)),
+                   metadata=FrozenMap({"name": name, "creationTimestamp": created}))
+
+
+def _fleet(b_mapping: str = nd.INDEPENDENT, a_mapping: str = nd.INDEPENDENT) -> list[Gateway]:
+    return [
+        _gateway("gw-cloud", "c1", "198.18.1.10", KEY_C, False, "10.244.0.0/24",
+                 created="2024-01-01T00:00:00Z"),
+        _gateway("gw-a", "a1", "198.18.2.10", KEY_A, True, "10.244.10.0/24",
+                 {nd.CONFIG_MAPPED_ENDPOINT: "198.19.0.10:4500", nd.CONFIG_NAT_MAPPING:
+                  a_mapping}),
+        _gateway("gw-b", "b1", "198.18.3.10", KEY_B, True, "10.244.20.0/24",
+                 {nd.CONFIG_MAPPED_ENDPOINT: "198.19.0.14:4500", nd.CONFIG_NAT_MAPPING:
+                  b_mapping}),
+    ]
+
+
+def test_candidates_skip_symmetric_pairs_and_public_pools() -> None:
+    found, why = paths.candidates(_fleet(), "gw-a")
+    assert found == [Candidate("gw-b", KEY_B, "198.19.0.14:4500", nd.INDEPENDENT)]
+    assert why == []
+    found, why = paths.candidates(_fleet(nd.DEPENDENT, nd.DEPENDENT), "gw-a")
+    assert found == [] and "symmetric" in why[0]
+    found, _ = paths.candidates(_fleet(nd.DEPENDENT), "gw-a")  # one side cone: worth a try
+    assert [c.pool for c in found] == ["gw-b"]
+    assert paths.candidates(_fleet(), "gw-cloud") == ([], [])  # a public pool never punches
+
+
+def _peer(state, key: str) -> WireGuardPeer:
+    return next(p for p in state.wireguard.peers if p.public_key == key)
+
+
+def test_planner_probes_beside_the_relay_then_moves_the_subnets() -> None:
+    fleet = _fleet()
+    relayed = plan_node(fleet, "a1")
+    assert "10.244.20.0/24" in _peer(relayed, KEY_C).allowed_ips
+    assert KEY_B not in {p.public_key for p in relayed.wireguard.peers}
+    probing = plan_node(fleet, "a1", paths={"gw-b": PathPlan("gw-b", KEY_B, "198.19.0.14:4500",
+                                                               False)})
+    assert "10.244.20.0/24" in _peer(probing, KEY_C).allowed_ips  # traffic stays relayed
+    assert _peer(probing, KEY_B) == WireGuardPeer(KEY_B, "198.19.0.14:4500", (), 1, pool="gw-b")
+    direct = plan_node(fleet, "a1", paths={"gw-b": PathPlan("gw-b", KEY_B, None, True)})
+    assert "10.244.20.0/24" not in _peer(direct, KEY_C).allowed_ips
+    assert _peer(direct, KEY_B).allowed_ips == ("10.244.20.0/24",)
+    assert direct.routes == relayed.routes  # only WireGuard changes: one write switches
+    # A plan for another key (the remote pool changed gateway) is ignored.
+    stale = plan_node(fleet, "a1", paths={"gw-b": PathPlan("gw-b", KEY_A, None, True)})
+    assert stale.wireguard == relayed.wireguard
+
+
+# --- the WireGuard diff: a subnet moving between peers ---------------------------------------
+
+def test_an_allowed_ip_moving_to_another_peer_is_only_added_there() -> None:
+    live = LiveDevice(private_key="k", listen_port=4500, peers={
+        KEY_C: LivePeer(KEY_C, "198.18.1.10:4500", frozenset({"10.244.0.0/24", "10.244.20.0/24"}),
+                        25, None),
+        KEY_B: LivePeer(KEY_B, "198.19.0.14:4500", frozenset(), 1, None),
+    })
+    desired = (WireGuardPeer(KEY_B, None, ("10.244.20.0/24",), 1),
+               WireGuardPeer(KEY_C, "198.18.1.10:4500", ("10.244.0.0/24",), 25))
+    write, _ = diff_device("k", 4500, desired, live, move_removed=True)
+    assert [(w.public_key, w.allowed_ips, w.removed_allowed_ips) for w in write.peers] == [
+        (KEY_B, ("10.244.20.0/24",), ())]  # nothing removed: the add takes it from C
