@@ -404,6 +404,16 @@ class Agent:
 
     def publish_observed(self, observed: dict[str, str]) -> bool:
         """Our Node's observed-endpoints annotation = `observed` (removed when empty)."""
+        value = nat_discovery.encode(observed) if observed else None
+        return self._annotate(nat_discovery.ANNOTATION_OBSERVED, value, "observed endpoints")
+
+    def publish_paths(self, paths: dict[str, str]) -> bool:
+        """Our Node's paths annotation (removed when empty): the controller's status.paths."""
+        value = nat_discovery.encode(paths) if paths else None
+        return self._annotate(nat_discovery.ANNOTATION_PATHS, value, "paths")
+
+    def _annotate(self, name: str, value: str | None, what: str) -> bool:
+        """Make one annotation of our Node `value` (None: absent); True when it is."""
         if self.node is None or self.kube is None:
             return False
         from raven.kube.client import NODES
@@ -412,18 +422,16 @@ class Agent:
         if node is None:
             return False
         annotations = (node.get("metadata") or {}).get("annotations") or {}
-        value = nat_discovery.encode(observed) if observed else None
-        if annotations.get(nat_discovery.ANNOTATION_OBSERVED) == value:
+        if annotations.get(name) == value:
             return True
-        patch = {"metadata": {"annotations": {nat_discovery.ANNOTATION_OBSERVED: value}}}
         try:
-            self.kube.merge_patch(NODES, self.settings.node, patch)
+            self.kube.merge_patch(NODES, self.settings.node,
+                                  {"metadata": {"annotations": {name: value}}})
         except KubeError as exc:
             self.metrics.errors.labels("publish").inc()
-            log.warning("node %s: cannot publish observed endpoints: %s", self.settings.node, exc)
+            log.warning("node %s: cannot publish %s: %s", self.settings.node, what, exc)
             return False
-        log.info("node %s: published %d observed NAT endpoint(s)", self.settings.node,
-                 len(observed))
+        log.info("node %s: published %s", self.settings.node, what)
         return True
 
     # -- the runner ----------------------------------------------------------------------------

@@ -20,7 +20,8 @@ Rules kept:
   Ready=False with the election's reasons. Nothing in an object makes this module raise;
 - a condition's lastTransitionTime changes only when its status flips;
 - a NAT'd active endpoint gets what public gateways observed of its key
-  (`raven.nat_discovery.endpoint_config`: `mapped-endpoint`, `nat-mapping`) in its config.
+  (`raven.nat_discovery.endpoint_config`: `mapped-endpoint`, `nat-mapping`) in its config, and
+  `status.paths` lists how that gateway reaches the other NAT'd pools (its own annotation).
 """
 
 from __future__ import annotations
@@ -249,6 +250,13 @@ def compute_status(
         extra=gateway.status.extra,
     )
     rendered = replace(gateway, status=new_status).to_k8s().get("status", {})
+    # How the active gateway reaches the other NAT'd pools, as its agent published it.
+    rendered.pop("paths", None)
+    first = nodes.get(active[0].node_name) if active else None
+    if first is not None and active[0].under_nat:
+        paths = nat_discovery.status_paths(first.annotations.get(nat_discovery.ANNOTATION_PATHS))
+        if paths:
+            rendered["paths"] = paths
     new_active = tuple(e.node_name for e in active)
     return StatusPlan(
         status=rendered,

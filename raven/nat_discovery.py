@@ -22,6 +22,10 @@ import json
 from collections.abc import Iterable, Mapping
 
 ANNOTATION_OBSERVED = "raven.openyurt.io/observed-endpoints"
+# Published by a NAT'd active gateway: {remote Gateway: "direct" | "probing" | "relayed:<via>"},
+# written when a path changes; the controller turns it into the Gateway's status.paths.
+ANNOTATION_PATHS = "raven.openyurt.io/paths"
+PATH_MODES = ("direct", "probing", "relayed")
 CONFIG_MAPPED_ENDPOINT = "mapped-endpoint"
 CONFIG_NAT_MAPPING = "nat-mapping"
 INDEPENDENT, DEPENDENT, UNKNOWN = "independent", "dependent", "unknown"
@@ -87,3 +91,22 @@ def endpoint_config(seen: Mapping[str, str]) -> dict[str, str]:
         return {}
     first = min(seen)
     return {CONFIG_MAPPED_ENDPOINT: seen[first], CONFIG_NAT_MAPPING: mapping_kind(seen)}
+
+
+def status_paths(text: object) -> list[dict[str, str]]:
+    """The Gateway's `status.paths` from its active gateway's paths annotation (bad entries
+    dropped): [{"gateway", "path", "via"?}] sorted by gateway."""
+    if not isinstance(text, str) or len(text) > MAX_ANNOTATION:
+        return []
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return []
+    out = []
+    for gateway, value in sorted(data.items()) if isinstance(data, dict) else ():
+        if not isinstance(gateway, str) or not isinstance(value, str):
+            continue
+        mode, _, via = value.partition(":")
+        if mode in PATH_MODES:
+            out.append({"gateway": gateway, "path": mode, **({"via": via} if via else {})})
+    return out

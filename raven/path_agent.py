@@ -41,6 +41,7 @@ class PathManager:
         self.paths: dict[str, paths.Path] = {}
         self.why_relayed: list[str] = []
         self.observed: dict[str, str] = {}  # what we published (public gateways)
+        self.published: dict[str, str] | None = None  # the paths annotation we published
         self.changes = 0  # path mode changes, for logs and status
         self._gateways_for: object = None
         self._gateways: list[Gateway] = []
@@ -116,12 +117,29 @@ class PathManager:
                 log.info("path to %s: %s (%s)", name, path.mode, path.reason)
         for name in set(old) - set(new):
             log.info("path to %s: no longer a direct-path candidate", name)
+        compact = self._compact(self.agent.state)
+        if compact != self.published and self.agent.publish_paths(compact):
+            self.published = compact
         if paths.plans(new) != paths.plans(old):
             started = time.monotonic()
             self.agent.apply_paths(paths.plans(new))
             log.debug("paths applied %.3fs late, in %.3fs", started - now,
                       time.monotonic() - started)
         self.agent.record_paths(self.report(now))
+
+    def _compact(self, state: Any) -> dict[str, str]:
+        """{remote Gateway: "direct" | "probing" | "relayed:<via>"} for every NAT'd pool we
+        know a path to (the annotation the controller copies into status.paths)."""
+        via = {}
+        if state is not None and state.wireguard is not None:
+            via = {r: p.pool for p in state.wireguard.peers for r in p.relays_for}
+        out = {name: str(path.mode) for name, path in self.paths.items()
+               if path.mode != paths.Mode.RELAYED}
+        relayed = [n for n, p in self.paths.items() if p.mode == paths.Mode.RELAYED]
+        relayed += [why.split(":", 1)[0] for why in self.why_relayed]
+        for name in relayed:
+            out[name] = f"relayed:{via[name]}" if name in via else "relayed"
+        return out
 
     def _prepare(self, new: dict[str, paths.Path], name: str) -> None:
         """The subnets path `name` will take when it goes direct, computed now."""

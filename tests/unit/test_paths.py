@@ -204,3 +204,39 @@ def test_an_allowed_ip_moving_to_another_peer_is_only_added_there() -> None:
     write, _ = diff_device("k", 4500, desired, live, move_removed=True)
     assert [(w.public_key, w.allowed_ips, w.removed_allowed_ips) for w in write.peers] == [
         (KEY_B, ("10.244.20.0/24",), ())]  # nothing removed: the add takes it from C
+
+
+# --- telemetry: status.paths and the graph -----------------------------------------------------
+
+def test_status_paths_from_the_gateway_annotation() -> None:
+    text = json.dumps({"gw-b": "direct", "gw-sym": "relayed:gw-cloud", "gw-x": "bogus",
+                       "gw-c": "probing"})
+    assert nd.status_paths(text) == [
+        {"gateway": "gw-b", "path": "direct"}, {"gateway": "gw-c", "path": "probing"},
+        {"gateway": "gw-sym", "path": "relayed", "via": "gw-cloud"}]
+    assert nd.status_paths("[") == [] and nd.status_paths(None) == []
+    node = _node("a1", "gw-a", "198.18.2.10", KEY_A)
+    node = Node(**{**node.__dict__, "annotations": FrozenMap(
+        {**node.annotations.to_dict(), nd.ANNOTATION_PATHS: text})})
+    gw = {"apiVersion": "raven.openyurt.io/v1beta1", "kind": "Gateway",
+          "metadata": {"name": "gw-a"},
+          "spec": {"endpoints": [{"nodeName": "a1", "type": "tunnel", "port": 4500,
+                                  "underNAT": True}]}}
+    status = compute_status(gw, {"a1": node}, {"a1": 100.0}, 100.0).status
+    assert [p["gateway"] for p in status["paths"]] == ["gw-b", "gw-c", "gw-sym"]
+
+
+def test_graph_draws_a_direct_pair_as_its_own_tunnel() -> None:
+    from dataclasses import replace
+
+    from raven.commands.graph import render_dot
+
+    fleet = _fleet()
+    relayed = render_dot(fleet)
+    assert 'label="relayed via gw-cloud"' in relayed and "direct" not in relayed
+    a = fleet[1]
+    fleet[1] = replace(a, status=replace(a.status, extra=FrozenMap({"paths": (
+        FrozenMap({"gateway": "gw-b", "path": "direct"}),)})))
+    direct = render_dot(fleet)
+    assert '"gw-a/a1" -> "gw-b/b1" [dir=both, color=darkgreen' in direct
+    assert "relayed via" not in direct
