@@ -5,6 +5,9 @@ a symmetric pool), with the whole overlay running. Oracles: `wg show dump` in th
 
 from __future__ import annotations
 
+import re
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -12,7 +15,7 @@ import paths_support as ps
 import pytest
 from overlay_support import overlay_lab
 
-from raven.lab import nat
+from raven.lab import cluster, nat, runtime
 from raven.lab.plan import LabPlan
 
 pytestmark = pytest.mark.root
@@ -106,3 +109,35 @@ def test_symmetric_pairs_stay_relayed_and_reachable(lab: LabPlan) -> None:
         missing, stamps = pinger.stop()
         assert len(stamps) > 30 and missing == [], (other.name, missing)
         assert ps.relayed(lab, sym, other, cloud)
+
+
+def test_telemetry_gateway_status_graph_and_diagnose(lab: LabPlan) -> None:
+    a, b = pools(lab, "cone-a", "cone-b")
+    ps.wait_for(lambda: ps.direct(lab, a, b), DIRECT_TIMEOUT, "cone-a <-> cone-b direct")
+
+    def status_paths() -> dict:
+        gws = {g["metadata"]["name"]: g for g in cluster.gateways(lab.name)}
+        return {p["gateway"]: p for p in (gws[a.gateway].get("status") or {}).get("paths", [])}
+
+    ps.wait_for(lambda: status_paths().get(b.gateway, {}).get("path") == "direct", 30,
+                "status.paths of gw-cone-a says direct", poll=0.5)
+    assert status_paths()["gw-sym"]["path"] in ("relayed", "probing")
+    node = ps.gateway(a)
+    kubeconfig = str(cluster.kubeconfig_path(lab.name))
+    graph = subprocess.run([*runtime.node_exec_argv(lab.name, node), sys.executable, "-m",
+                            "raven.cli", "graph", "--kubeconfig", kubeconfig],
+                           capture_output=True, text=True, timeout=60)
+    assert graph.returncode == 0, graph.stderr
+    assert re.search(r'"gw-cone-a/cona-1" -> "gw-cone-b/conb-1" \[dir=both, color=darkgreen',
+                     graph.stdout), graph.stdout
+    diagnose = subprocess.run([*runtime.node_exec_argv(lab.name, node), sys.executable, "-m",
+                               "raven.cli", "diagnose", "--kubeconfig", kubeconfig,
+                               "--state-dir", str(cluster.state_dir(lab.name, node))],
+                              capture_output=True, text=True, timeout=60)
+    assert diagnose.returncode == 0, diagnose.stderr
+    text = diagnose.stdout
+    print("\n" + text)
+    assert "is published on Node cona-1" in text
+    assert f"public gateways see it at {a.wan_ip}:" in text
+    assert "to gw-cone-b: direct" in text
+    assert "answers over UDP" in text

@@ -240,3 +240,33 @@ def test_graph_draws_a_direct_pair_as_its_own_tunnel() -> None:
     direct = render_dot(fleet)
     assert '"gw-a/a1" -> "gw-b/b1" [dir=both, color=darkgreen' in direct
     assert "relayed via" not in direct
+
+
+def test_diagnose_explains_key_nat_peers_mtu_and_paths() -> None:
+    from raven.commands.diagnose import explain
+
+    agent = {"node": "a1", "pool": "gw-a", "role": "active-gateway", "publicKey": KEY_A,
+             "activeGateways": ["a1"],
+             "plan": {"wireguard": {"name": "raven-wg0", "mtu": 1420, "peers": [
+                 {"public_key": KEY_C, "pool": "gw-cloud"}, {"public_key": KEY_B,
+                                                             "pool": "gw-b"}]},
+                      "notes": ["Gateway gw-sym: both it and gw-a are undialable; relayed "
+                                "through gw-cloud"]},
+             "paths": [{"pool": "gw-b", "mode": "direct", "reason": "direct to 1.2.3.4:4500"},
+                       {"pool": "gw-sym", "mode": "relayed", "reason": "both NATs map ..."}]}
+    gateways = [{"metadata": {"name": "gw-a"}, "status": {"activeEndpoints": [
+        {"nodeName": "a1", "underNAT": True, "config": {
+            nd.CONFIG_MAPPED_ENDPOINT: "198.19.0.10:4500", nd.CONFIG_NAT_MAPPING: "unknown"}}]}}]
+    node = {"metadata": {"annotations": {"raven.openyurt.io/wireguard-public-key": KEY_A}}}
+    peers = [{"public_key": KEY_C, "endpoint": "198.18.1.10:4500", "handshake_age_s": 3.0,
+              "rx_bytes": 10},
+             {"public_key": KEY_B, "endpoint": None, "handshake_age_s": None, "rx_bytes": 0}]
+    found = {(f["topic"], f["status"]): f["text"] for f in explain(agent, gateways, node, peers)}
+    assert "published" in found[("key", "ok")]
+    assert "198.19.0.10:4500" in found[("nat", "info")] and "two are needed" in found[
+        ("nat", "info")]
+    assert "gw-cloud" in found[("udp", "ok")] and "gw-b" in found[("udp", "warn")]
+    assert "1420" in found[("mtu", "info")]
+    assert "relayed through gw-cloud" in found[("relay", "info")]
+    unpublished = explain(agent, gateways, {"metadata": {}}, [])
+    assert unpublished[0]["status"] == "warn" and "cannot build a tunnel" in unpublished[0]["text"]
