@@ -117,6 +117,10 @@ class AgentMetrics:
                            registry=r)
         self.direct_paths = Gauge("raven_agent_direct_paths", "Remote NAT'd pools reached "
                                   "over a direct (hole-punched) path", registry=r)
+        self.path_mode = Gauge("raven_agent_path", "1 for the current path to each NAT'd pool "
+                               "(mode: direct, probing, relayed)", ["pool", "mode"], registry=r)
+        self.path_changes = Counter("raven_agent_path_changes_total", "Path mode changes, by "
+                                    "the mode entered", ["pool", "mode"], registry=r)
         self.drift = Gauge("raven_agent_drift", "Differences between plan and kernel found by "
                            "the last check (repaired by the next apply)", registry=r)
 
@@ -251,8 +255,14 @@ class Agent:
     def record_paths(self, report: list[dict[str, Any]]) -> None:
         if report == self.path_report:
             return
+        before = {p["pool"]: p["mode"] for p in self.path_report}
         self.path_report = report
         self.metrics.direct_paths.set(sum(p["mode"] == "direct" for p in report))
+        self.metrics.path_mode.clear()
+        for path in report:
+            self.metrics.path_mode.labels(path["pool"], path["mode"]).set(1)
+            if before.get(path["pool"]) != path["mode"]:
+                self.metrics.path_changes.labels(path["pool"], path["mode"]).inc()
         if self._status_doc:
             self._status_doc["paths"] = report
             self._flush_status()
