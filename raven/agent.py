@@ -163,6 +163,7 @@ class Agent:
         self.path_plans: dict[str, PathPlan] = {}
         self.path_report: list[dict[str, Any]] = []
         self._reconcile_lock = threading.RLock()
+        self._adopted = False
         self.paths = PathManager(self)
 
     # -- API side ------------------------------------------------------------------------------
@@ -274,6 +275,12 @@ class Agent:
             gateways, me, problems = parse_inputs(inputs, self.settings.node)
             for problem in problems:
                 log.warning("ignored: %s", problem)
+            if not self._adopted:  # the first plan keeps the previous agent's direct paths
+                self._adopted = True
+                try:
+                    self.path_plans = self.paths.adopt(gateways, time.monotonic(), time.time())
+                except Exception as exc:  # then they are probed again, nothing worse
+                    log.warning("direct paths of the previous agent not adopted: %s", exc)
             state = plan_node(gateways, me, self.settings.overlay, self.path_plans)
         except Exception as exc:
             self.metrics.errors.labels("plan").inc()

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 POLL = 0.2  # seconds between reads of the device while a path is probing or direct
 IDLE_POLL = 1.0  # otherwise
+ADOPT_HANDSHAKE_S = 180  # a direct peer's session is renewed every 2 min while it works
 
 
 class PathManager:
@@ -58,6 +59,27 @@ class PathManager:
             self._gateways = parse_inputs(inputs, self.agent.settings.node)[0] if inputs else []
             self._gateways_for = inputs
         return self._gateways
+
+    def adopt(self, gateways: list[Gateway], now: float, wall: float) -> dict[str, paths.PathPlan]:
+        """At start, before the first apply: keep the direct paths the previous agent left
+        working (a peer of another NAT'd gateway holding allowed IPs, with the direct
+        keepalive and a recent handshake), so a restart does not send them back to the relay."""
+        live = self.agent.dataplane.wireguard_peers()
+        me = self.agent.settings.node
+        mine = next((g.name for g in gateways if me in g.member_names), None)
+        if not live or mine is None:
+            return {}
+        found, _ = paths.candidates(gateways, mine)
+        for c in found:
+            peer = live.get(c.public_key)
+            if (peer is not None and peer.allowed_ips and peer.keepalive == paths.DIRECT_KEEPALIVE
+                    and 0 < wall - peer.last_handshake < ADOPT_HANDSHAKE_S):
+                self.paths[c.pool] = paths.Path(
+                    c.pool, paths.Mode.DIRECT, c.public_key, c.endpoint, since=now,
+                    since_wall=wall, rx_bytes=peer.rx_bytes, rx_changed=now,
+                    reason=f"direct to {peer.endpoint} (kept from the previous agent)")
+                log.info("path to %s: direct path kept from the previous agent", c.pool)
+        return paths.plans(self.paths)
 
     # -- one tick ------------------------------------------------------------------------------
 

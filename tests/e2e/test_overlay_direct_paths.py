@@ -15,7 +15,7 @@ import paths_support as ps
 import pytest
 from overlay_support import overlay_lab
 
-from raven.lab import cluster, nat, runtime
+from raven.lab import cluster, faults, nat, runtime
 from raven.lab.plan import LabPlan
 
 pytestmark = pytest.mark.root
@@ -141,3 +141,18 @@ def test_telemetry_gateway_status_graph_and_diagnose(lab: LabPlan) -> None:
     assert f"public gateways see it at {a.wan_ip}:" in text
     assert "to gw-cone-b: direct" in text
     assert "answers over UDP" in text
+
+
+def test_agent_restart_keeps_the_direct_path(lab: LabPlan) -> None:
+    a, b, cloud = pools(lab, "cone-a", "cone-b", "cloud")
+    ps.wait_for(lambda: ps.direct(lab, a, b), DIRECT_TIMEOUT, "cone-a <-> cone-b direct")
+    relay_before = ps.relay_bytes(lab, cloud, [a, b])
+    pinger = ps.Pinger(ps.pod(lab, a).netns, ps.pod(lab, b).ip)
+    time.sleep(1)
+    faults.agent_restart(lab.name, ps.gateway(a))
+    time.sleep(3)  # longer than the far side's 1.5 s silence limit
+    missing, stamps = pinger.stop()
+    assert ps.direct(lab, a, b), "the restart sent the pair back to the relay"
+    assert len(stamps) > 100 and missing == [], missing
+    # The relay saw keepalives at most, not the ping stream (4+ s at 50 pps both ways).
+    assert ps.relay_bytes(lab, cloud, [a, b]) - relay_before < 50 * 4 * 2 * 84
