@@ -108,7 +108,7 @@ class PathManager:
         samples = self._samples
         found, self.why_relayed = paths.candidates(gateways, state.pool or "")
         self._set(paths.step(self.paths, found, samples, now, wall, self.settings), now)
-        self._nudge(state)
+        self._nudge(self.agent.state)  # the state the path change just applied
         return paths.next_deadline(self.paths, now, POLL)
 
     def _nudge(self, state: Any) -> None:
@@ -139,14 +139,14 @@ class PathManager:
                 log.info("path to %s: %s (%s)", name, path.mode, path.reason)
         for name in set(old) - set(new):
             log.info("path to %s: no longer a direct-path candidate", name)
-        compact = self._compact(self.agent.state)
-        if compact != self.published and self.agent.publish_paths(compact):
-            self.published = compact
         if paths.plans(new) != paths.plans(old):
             started = time.monotonic()
             self.agent.apply_paths(paths.plans(new))
             log.debug("paths applied %.3fs late, in %.3fs", started - now,
                       time.monotonic() - started)
+        compact = self._compact(self.agent.state)  # after the apply: its relays are current
+        if compact != self.published and self.agent.publish_paths(compact):
+            self.published = compact
         self.agent.record_paths(self.report(now))
 
     def _compact(self, state: Any) -> dict[str, str]:
