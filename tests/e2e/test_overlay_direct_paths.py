@@ -51,20 +51,9 @@ def test_symmetric_reaches_full_cone_directly(lab: LabPlan) -> None:
     # The symmetric side's packet leaves from a port nobody predicted, but a full-cone NAT lets
     # any host in; the full-cone side answers wherever it came from (WireGuard roaming).
     sym, full = pools(lab, "sym", "full")
-    took = ps.wait_for(lambda: direct_any_port(lab, sym, full), DIRECT_TIMEOUT,
+    took = ps.wait_for(lambda: ps.direct(lab, sym, full), DIRECT_TIMEOUT,
                        "sym <-> full direct")
     print(f"\nsymmetric <-> full-cone direct after {took:.1f}s more")
-
-
-def direct_any_port(lab: LabPlan, x, y) -> bool:
-    """Like paths_support.direct; the symmetric side's port is whatever its NAT chose."""
-    for src, dst in ((x, y), (y, x)):
-        peer = ps.peers(lab.name, ps.gateway(src)).get(ps.public_key(lab.name, ps.gateway(dst)))
-        if peer is None or not (peer.endpoint or "").startswith(dst.wan_ip + ":"):
-            return False
-        if not {n.pod_cidr for n in dst.nodes} <= set(peer.allowed_ips):
-            return False
-    return True
 
 
 def test_bulk_traffic_does_not_cross_the_relay(lab: LabPlan) -> None:
