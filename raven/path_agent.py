@@ -114,7 +114,7 @@ class PathManager:
     def _nudge(self, state: Any) -> None:
         """Traffic of our own on every direct path, so the other side hears us (nudge.py)."""
         direct = {p.public_key for p in self.paths.values() if p.mode == paths.Mode.DIRECT}
-        if not direct or state.vxlan is None:
+        if not direct or state is None or state.vxlan is None or state.wireguard is None:
             return
         targets = []
         for peer in state.wireguard.peers:
