@@ -321,6 +321,7 @@ class Agent:
             self.ready = True
             self.metrics.ready.set(1)
         self._write_status(gateways, state, inputs, wall, elapsed)
+        self.paths.wake.set()  # new inputs may hold new candidates: look at once
         return True
 
     def _report_skipped(self, wall: float) -> None:

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL = 0.2  # seconds between reads of the device while a path is probing or direct
-IDLE_POLL = 1.0  # otherwise
+IDLE_POLL = 0.5  # otherwise (public gateways: how soon a new mapping is published)
 ADOPT_HANDSHAKE_S = 180  # a direct peer's session is renewed every 2 min while it works
 
 
@@ -44,6 +44,7 @@ class PathManager:
         self.observed: dict[str, str] = {}  # what we published (public gateways)
         self.published: dict[str, str] | None = None  # the paths annotation we published
         self.changes = 0  # path mode changes, for logs and status
+        self.wake = threading.Event()
         self._gateways_for: object = None
         self._gateways: list[Gateway] = []
         self._samples: dict[str, paths.Sample] = {}
@@ -193,10 +194,15 @@ class PathManager:
         return out
 
     def run(self, stop: threading.Event) -> None:
+        """Tick until `stop`; `wake` (set after every apply of new inputs, and on stop) ends a
+        wait early, so a new mapped endpoint in Gateway status is probed at once."""
+        threading.Thread(target=lambda: (stop.wait(), self.wake.set()), name="paths-stop",
+                         daemon=True).start()
         while not stop.is_set():
             try:
                 deadline = self.tick(time.monotonic(), time.time())
             except Exception:  # never fatal: the relay keeps working; try again
                 log.exception("path manager tick failed")
                 deadline = time.monotonic() + IDLE_POLL
-            stop.wait(max(0.0, deadline - time.monotonic()))
+            self.wake.wait(max(0.0, deadline - time.monotonic()))
+            self.wake.clear()
