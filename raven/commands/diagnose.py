@@ -77,8 +77,8 @@ def explain(agent: dict[str, Any], gateways: list[dict[str, Any]], node: dict[st
                    "(cone): direct paths can be punched",
                    nat_discovery.DEPENDENT: "a new public port per destination (symmetric): "
                    "only peers behind a full-cone NAT can reach it directly",
-                   nat_discovery.UNKNOWN: "unknown: only one public gateway sees this pool; "
-                   "two are needed to tell cone from symmetric"}
+                   nat_discovery.UNKNOWN: "only one public gateway sees this pool; two are "
+                   "needed to tell cone from symmetric"}
         if mapped:
             say("nat", "info", f"pool {pool} is behind NAT; public gateways see it at {mapped}; "
                 f"mapping {kind}: {meaning.get(kind, kind)}")
@@ -112,7 +112,7 @@ def explain(agent: dict[str, Any], gateways: list[dict[str, Any]], node: dict[st
         why = f": {path['reason']}" if path.get("reason") else ""
         say("path", status, f"to {path.get('pool')}: {mode}{why}")
     for note in plan.get("notes") or []:
-        if "relayed through" in note or "undialable" in note:
+        if "relayed through" in note or "no public relay" in note:
             say("relay", "info", note)
     return out
 
