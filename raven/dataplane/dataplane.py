@@ -85,6 +85,7 @@ class Dataplane:
         self._family_skip: tuple[str, ...] = ()
         self._watcher: DriftWatcher | None = None
         self._tables = OurTables(self.overlay.tables)
+        self._nudger: nudge.Nudger | None = None  # liveness datagrams of direct paths
         try:
             self.links = Links(settings.netns)
             self._closers.append(self.links.close)
@@ -336,7 +337,11 @@ class Dataplane:
 
     def nudge(self, source: str, destinations: list[str]) -> int:
         """Liveness datagrams through the WireGuard device (raven.dataplane.wireguard.nudge)."""
-        return nudge.nudge(self.settings.netns, source, destinations, self.overlay.fwmark)
+        with self._lock:
+            if self._nudger is None:
+                self._nudger = nudge.Nudger(self.settings.netns, self.overlay.fwmark)
+                self._closers.append(self._nudger.close)
+            return self._nudger.send(source, destinations)
 
     # --- drift -----------------------------------------------------------------------------------
 

@@ -22,17 +22,38 @@ from raven.dataplane import netns
 DISCARD_PORT = 9  # RFC 863: nobody should be listening, and nothing ever gets there anyway
 
 
-def nudge(netns_name: str | None, source: str, destinations: Iterable[str], mark: int) -> int:
-    """Send one datagram to each IPv4 destination; returns how many were sent."""
-    with netns.entered(netns_name):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-    sent = 0
-    with sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, mark)
-        with contextlib.suppress(OSError):
-            sock.bind((source, 0))
+class Nudger:
+    """One UDP socket (so one conntrack entry per path, not one per datagram), opened in the
+    namespace on first use and closed with the data plane."""
+
+    def __init__(self, netns_name: str | None, mark: int) -> None:
+        self.netns = netns_name
+        self.mark = mark
+        self._sock: socket.socket | None = None
+        self._source: str | None = None
+
+    def _socket(self, source: str) -> socket.socket:
+        if self._sock is None or self._source != source:
+            self.close()
+            with netns.entered(self.netns):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+            with contextlib.suppress(OSError):
+                sock.bind((source, 0))
+            self._sock, self._source = sock, source
+        return self._sock
+
+    def send(self, source: str, destinations: Iterable[str]) -> int:
+        """One datagram to each IPv4 destination; returns how many were sent."""
+        sock = self._socket(source)
+        sent = 0
         for dst in destinations:
             with contextlib.suppress(OSError):
                 sock.sendto(b"raven", (dst, DISCARD_PORT))
                 sent += 1
-    return sent
+        return sent
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
