@@ -108,7 +108,8 @@ class PathManager:
                              for k, p in live.items()}
         samples = self._samples
         found, self.why_relayed = paths.candidates(gateways, state.pool or "")
-        self._set(paths.step(self.paths, found, samples, now, wall, self.settings), now)
+        self._set(paths.step(self.paths, found, samples, now, wall, self.settings,
+                             state.pool or ""), now)
         self._nudge(self.agent.state)  # the state the path change just applied
         return paths.next_deadline(self.paths, now, POLL)
 

@@ -23,14 +23,18 @@ NAT'd pool:
 - a DIRECT path whose peer received nothing for `dead_after` (the 1 s keepalive keeps an idle
   path talking) falls back: the peer is removed, the subnets return to the relay in the same
   write, and the other side, no longer hearing keepalives, falls back too;
-- a failed probe or a fallback retries after an exponential backoff; a NEW mapped endpoint
-  (e.g. after the NAT rebound) retries at once;
+- a failed probe or a fallback retries after an exponential backoff, in wall-clock slots both
+  sides of the pair compute alike (`retry_slot`): a side that backs off longer still probes
+  in a slot the other side also probes in; a NEW mapped endpoint (e.g. after the NAT rebound)
+  retries at once;
 - time: `now` is monotonic seconds, `wall` unix seconds (WireGuard reports handshakes in wall
   time); both are arguments.
 """
 
 from __future__ import annotations
 
+import math
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -144,25 +148,44 @@ def active_endpoint(gw: Gateway) -> Endpoint | None:
 
 
 def step(paths: Mapping[str, Path], found: Iterable[Candidate], samples: Mapping[str, Sample],
-         now: float, wall: float, s: PathSettings = PathSettings()) -> dict[str, Path]:
-    """The next state of every path. `samples` is keyed by public key."""
+         now: float, wall: float, s: PathSettings = PathSettings(), me: str = ""
+         ) -> dict[str, Path]:
+    """The next state of every path. `samples` is keyed by public key; `me` is our pool (it
+    places the pair's retry slots, which both sides compute alike)."""
     out: dict[str, Path] = {}
     for c in found:
         path = paths.get(c.pool) or Path(c.pool, public_key=c.public_key, next_try=now)
         if path.public_key != c.public_key:  # another gateway became active there: start over
             path = Path(c.pool, public_key=c.public_key, next_try=now)
-        out[c.pool] = _advance(path, c, samples.get(c.public_key), now, wall, s)
+        offset = pair_offset(me, c.pool, s)
+        out[c.pool] = _advance(path, c, samples.get(c.public_key), now, wall, s, offset)
     return out
 
 
-def _relayed(path: Path, now: float, s: PathSettings, reason: str) -> Path:
+def pair_offset(a: str, b: str, s: PathSettings) -> float:
+    """Seconds in [0, backoff_min) that place one pair's retry slots: the same on both sides
+    (the names are sorted), different between pairs (their probes do not all start at once)."""
+    key = "|".join(sorted((a, b))).encode()
+    return (zlib.crc32(key) % 1000) / 1000 * s.backoff_min
+
+
+def retry_slot(wall: float, period: float, offset: float) -> float:
+    """The next wall-clock instant `offset + k * period` after `wall`. Both sides of a pair
+    retry in these slots, so their probes overlap even when their backoffs differ: with
+    periods that double, every slot of the longer period is also one of the shorter."""
+    return (math.floor((wall - offset) / period) + 1) * period + offset
+
+
+def _relayed(path: Path, now: float, wall: float, s: PathSettings, reason: str,
+             offset: float) -> Path:
     failures = path.failures + 1
+    slot = retry_slot(wall, s.backoff(failures), offset)
     return replace(path, mode=Mode.RELAYED, since=now, switch_at=None, failures=failures,
-                   next_try=now + s.backoff(failures), reason=reason)
+                   next_try=now + (slot - wall), reason=reason)
 
 
 def _advance(path: Path, c: Candidate, sample: Sample | None, now: float, wall: float,
-             s: PathSettings) -> Path:
+             s: PathSettings, offset: float) -> Path:
     if path.mode == Mode.RELAYED:
         if c.endpoint != path.endpoint and path.endpoint:
             path = replace(path, next_try=min(path.next_try, now))  # the NAT rebound: try now
@@ -182,14 +205,15 @@ def _advance(path: Path, c: Candidate, sample: Sample | None, now: float, wall: 
                                reason=f"direct to {sample.endpoint if sample else c.endpoint}")
             return path
         if now - path.since >= s.probe_timeout:
-            return _relayed(path, now, s, f"no handshake from {c.endpoint} within "
-                            f"{s.probe_timeout:g}s (NAT filtering?)")
+            return _relayed(path, now, wall, s, f"no handshake from {c.endpoint} within "
+                            f"{s.probe_timeout:g}s (NAT filtering?)", offset)
         return path
     # DIRECT
     if rx != path.rx_bytes:
         return replace(path, rx_bytes=rx, rx_changed=now)
     if now - path.rx_changed >= s.dead_after:
-        return _relayed(path, now, s, f"direct path silent for {now - path.rx_changed:.1f}s")
+        return _relayed(path, now, wall, s,
+                        f"direct path silent for {now - path.rx_changed:.1f}s", offset)
     return path
 
 

@@ -105,13 +105,28 @@ def test_probe_timeout_backs_off_and_a_new_endpoint_retries_at_once() -> None:
     p = run(None, None, now=10, wall=1000)
     p = run(p, Sample(), now=10 + S.probe_timeout, wall=1012)
     assert p.mode == Mode.RELAYED and p.failures == 1
-    assert p.next_try == 10 + S.probe_timeout + S.backoff(1)
+    # The next try is the pair's next wall-clock slot, at most one backoff period away.
+    slot = paths.retry_slot(1012, S.backoff(1), paths.pair_offset("", "gw-b", S))
+    assert p.next_try == 22 + (slot - 1012) and 0 < slot - 1012 <= S.backoff(1)
     p2 = run(p, None, now=p.next_try - 0.1, wall=1013)
     assert p2.mode == Mode.RELAYED
     moved = Candidate("gw-b", KEY_B, "198.19.0.14:31000")  # the remote NAT rebound
     p3 = paths.step({"gw-b": p}, [moved], {}, p.next_try - 1, 1013, S)["gw-b"]
     assert p3.mode == Mode.PROBING and p3.endpoint == moved.endpoint
     assert [S.backoff(n) for n in (1, 2, 3, 10)] == [2.0, 4.0, 8.0, 60.0]
+
+
+def test_retry_slots_of_both_sides_meet_whatever_their_backoffs() -> None:
+    offset = paths.pair_offset("gw-a", "gw-b", S)
+    assert offset == paths.pair_offset("gw-b", "gw-a", S) and 0 <= offset < S.backoff_min
+    assert offset != paths.pair_offset("gw-a", "gw-c", S)
+    for failures_a, failures_b in ((1, 4), (3, 5), (2, 10)):
+        wall = 1_000_003.7
+        a = [paths.retry_slot(wall, S.backoff(failures_a), offset)]
+        b = paths.retry_slot(wall, S.backoff(failures_b), offset)
+        while a[-1] < b:  # side A keeps probing each of its slots
+            a.append(paths.retry_slot(a[-1], S.backoff(failures_a), offset))
+        assert b in a, (failures_a, failures_b)  # B's slot is one of A's: they probe together
 
 
 def test_direct_path_falls_back_when_silent_and_stays_while_it_hears() -> None:
