@@ -25,6 +25,7 @@ Rules kept:
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from raven import agent_step, constants, nat_discovery
+from raven import agent_step, constants, nat_discovery, relay_choice
 from raven.agent_step import Apply, Inputs, Observation, PublishKey, RefreshStats, SaveCache
 from raven.dataplane import Dataplane, DataplaneSettings
 from raven.desired import NodeState, Role
@@ -430,6 +431,11 @@ class Agent:
         value = nat_discovery.encode(paths) if paths else None
         return self._annotate(nat_discovery.ANNOTATION_PATHS, value, "paths")
 
+    def publish_relay_rtts(self, rtts: dict[str, float]) -> bool:
+        """Our Node's relay-rtt annotation: RTT in ms to each public pool's gateway."""
+        value = json.dumps(dict(sorted(rtts.items())), separators=(",", ":")) if rtts else None
+        return self._annotate(relay_choice.ANNOTATION_RELAY_RTT, value, "relay RTTs")
+
     def _annotate(self, name: str, value: str | None, what: str) -> bool:
         """Make one annotation of our Node `value` (None: absent); True when it is."""
         if self.node is None or self.kube is None:
@@ -528,6 +534,8 @@ class Agent:
                                    daemon=True)
         beating.start()
         threading.Thread(target=self.paths.run, args=(stop,), name="paths", daemon=True).start()
+        threading.Thread(target=self.paths.measure_loop, args=(stop,), name="relay-rtt",
+                         daemon=True).start()
         # The loop sleeps on _wake, not on stop: wake it when stop is set (SIGTERM), or a stop
         # would wait for the next deadline (up to 10 s, longer than a heartbeat).
         threading.Thread(target=lambda: (stop.wait(), self._wake.set()), name="stop-waker",

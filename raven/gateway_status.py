@@ -29,11 +29,12 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from raven import constants, nat_discovery
+from raven import constants, nat_discovery, relay_choice
 from raven.election import ElectionOptions, elect
 from raven.errors import ValidationError
 from raven.model import (
@@ -172,10 +173,12 @@ def compute_status(
     options: ElectionOptions | None = None,
     pools: Mapping[str, tuple[NodeInfo, ...]] | None = None,
     observed: Mapping[str, Mapping[str, str]] | None = None,
+    relay: str | None = None,
 ) -> StatusPlan:
     """The status one Gateway object should have. Never raises for bad objects.
     `pools` is `members_by_pool(nodes)` and `observed` `observed_endpoints(nodes)`, computed
-    once by a caller handling many Gateways."""
+    once by a caller handling many Gateways. `relay`: the pool chosen by RTT to relay between
+    NAT'd pools (raven.relay_choice), flagged `status.relay: true`; None = the default rule."""
     old_active = _old_active(obj)
     problems = gateway_problems(obj)
     name = str((obj.get("metadata") or {}).get("name", "?"))
@@ -250,6 +253,9 @@ def compute_status(
         extra=gateway.status.extra,
     )
     rendered = replace(gateway, status=new_status).to_k8s().get("status", {})
+    rendered.pop("relay", None)
+    if relay == gateway.name:
+        rendered["relay"] = True
     # How the active gateway reaches the other NAT'd pools, as its agent published it.
     rendered.pop("paths", None)
     first = nodes.get(active[0].node_name) if active else None
@@ -271,6 +277,25 @@ def observed_endpoints(nodes: Mapping[str, Node]) -> dict[str, dict[str, str]]:
     return nat_discovery.observations(
         (n.name, n.annotations) for n in nodes.values()
         if nat_discovery.ANNOTATION_OBSERVED in n.annotations)
+
+
+def relay_rtts(gateways: Sequence[Gateway], nodes: Mapping[str, Node]
+               ) -> dict[str, dict[str, float]]:
+    """{NAT'd pool: {public pool: RTT ms}} from the active NAT'd gateways' annotations."""
+    out: dict[str, dict[str, float]] = {}
+    for gw in gateways:
+        tunnels = [e for e in gw.status.active_endpoints if e.type == "tunnel" and e.node_name]
+        if not tunnels or not tunnels[0].under_nat:
+            continue
+        node = nodes.get(tunnels[0].node_name)
+        text = node.annotations.get(relay_choice.ANNOTATION_RELAY_RTT) if node else None
+        try:
+            data = json.loads(text) if isinstance(text, str) and len(text) < 65536 else {}
+        except ValueError:
+            data = {}
+        out[gw.name] = {str(k): float(v) for k, v in (data.items() if isinstance(data, dict)
+                                                       else ()) if isinstance(v, int | float)}
+    return out
 
 
 def heartbeats_from_leases(leases: Sequence[JSON]) -> dict[str, float]:

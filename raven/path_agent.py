@@ -32,6 +32,9 @@ log = logging.getLogger(__name__)
 
 POLL = 0.2  # seconds between reads of the device while a path is probing or direct
 IDLE_POLL = 0.5  # otherwise (public gateways: how soon a new mapping is published)
+RTT_PERIOD = 10.0  # seconds between RTT measurements to the public gateways
+RTT_ALPHA = 0.3  # smoothing of those measurements
+RTT_CHANGE = 0.25  # a published RTT is rewritten when it moved by this fraction (and 0.5 ms)
 ADOPT_HANDSHAKE_S = 180  # a direct peer's session is renewed every 2 min while it works
 
 
@@ -45,6 +48,8 @@ class PathManager:
         self.published: dict[str, str] | None = None  # the paths annotation we published
         self.changes = 0  # path mode changes, for logs and status
         self.wake = threading.Event()
+        self.rtts: dict[str, float] = {}  # public Gateway -> smoothed RTT ms
+        self.rtts_published: dict[str, float] = {}
         self._gateways_for: object = None
         self._gateways: list[Gateway] = []
         self._samples: dict[str, paths.Sample] = {}
@@ -194,6 +199,42 @@ class PathManager:
                 for why in self.why_relayed]
         return out
 
+    # -- relay RTTs (NAT'd gateways) -------------------------------------------------------------
+
+    def measure_relays(self) -> None:
+        """RTT to each public pool's gateway (ICMP), smoothed; published on our Node when it
+        changed enough to matter (raven.relay_choice decides the relay from it)."""
+        state = self.agent.state
+        if state is None or state.role != Role.ACTIVE_GATEWAY:
+            return
+        gateways = self._parsed()
+        mine = next((g for g in gateways if g.name == state.pool), None)
+        me = paths.active_endpoint(mine) if mine is not None else None
+        if me is None or not me.under_nat:
+            return
+        targets = {}
+        for gw in gateways:
+            ep = paths.active_endpoint(gw)
+            if ep is not None and not ep.under_nat and ep.public_key and "." in ep.public_ip:
+                targets[gw.name] = ep.public_ip
+        for name, address in targets.items():
+            rtt = self.agent.dataplane.rtt_ms(address)
+            if rtt is not None:
+                old = self.rtts.get(name)
+                self.rtts[name] = rtt if old is None else old + RTT_ALPHA * (rtt - old)
+        self.rtts = {k: v for k, v in self.rtts.items() if k in targets}
+        if _worth_publishing(self.rtts, self.rtts_published):
+            rounded = {k: round(v, 2) for k, v in self.rtts.items()}
+            if self.agent.publish_relay_rtts(rounded):
+                self.rtts_published = dict(self.rtts)
+
+    def measure_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(RTT_PERIOD):
+            try:
+                self.measure_relays()
+            except Exception:  # the relay choice keeps what it has
+                log.exception("relay RTT measurement failed")
+
     def run(self, stop: threading.Event) -> None:
         """Tick until `stop`; `wake` (set after every apply of new inputs, and on stop) ends a
         wait early, so a new mapped endpoint in Gateway status is probed at once."""
@@ -207,3 +248,10 @@ class PathManager:
                 deadline = time.monotonic() + IDLE_POLL
             self.wake.wait(max(0.0, deadline - time.monotonic()))
             self.wake.clear()
+
+
+def _worth_publishing(now: dict[str, float], published: dict[str, float]) -> bool:
+    """A new set of public pools, or an RTT that moved by RTT_CHANGE and 0.5 ms."""
+    if set(now) != set(published):
+        return True
+    return any(abs(v - published[k]) > max(0.5, RTT_CHANGE * published[k]) for k, v in now.items())

@@ -22,8 +22,9 @@ Rules this module keeps (docs/gateway.md explains them for operators):
   duplicate) or named in a note; a subnet that overlaps one of our own pool's subnets is never
   routed into a tunnel.
 - Two pools whose gateways are both undialable (under NAT, or no public address) reach each other
-  through one relay: the dialable pool whose Gateway was created first (creationTimestamp, then
-  name). A Gateway added later can never become the relay of an existing pair.
+  through one relay: the dialable pool the controller chose by measured RTT (`status.relay`,
+  raven.relay_choice), else the one whose Gateway was created first (creationTimestamp, then
+  name). A Gateway added later can never become the relay of an existing pair by age.
 - Two undialable pools may get a direct path (`paths`, raven.paths: hole punching decided by
   the agent): a peer aimed at the other gateway's mapped endpoint, holding no allowed IPs
   while it is probed and the other pool's subnets (taken from the relay) once it answers.
@@ -252,6 +253,7 @@ class _Pool:
     subnets: tuple[_Cidr, ...]  # sorted, unique
     active: Endpoint | None  # first tunnel endpoint of status.activeEndpoints
     standby: tuple[str, ...]
+    chosen_relay: bool = False  # status.relay: the controller chose it by RTT (relay_choice)
 
     @property
     def dial_address(self) -> str | None:
@@ -288,13 +290,24 @@ def _pool(gw: Gateway) -> _Pool:
         subnets=tuple(sorted(subnets)),
         active=tunnels[0] if tunnels else None,
         standby=tuple(e.node_name for e in tunnels[1:]),
+        chosen_relay=gw.status.extra.get("relay") is True,
     )
 
 
 def relay_for(pools: Sequence[_Pool]) -> _Pool | None:
-    """The relay of every pair of undialable pools: the oldest dialable pool with a key."""
+    """The relay of every pair of undialable pools: the dialable pool with a key that the
+    controller chose by RTT (`status.relay`, raven.relay_choice), else the oldest one."""
     candidates = [p for p in pools if p.dial_address and p.active and p.active.public_key]
-    return min(candidates, key=_Pool.relay_key) if candidates else None
+    chosen = [p for p in candidates if p.chosen_relay]
+    return min(chosen or candidates, key=_Pool.relay_key) if candidates else None
+
+
+def relay_candidates(gateways: Sequence[Gateway]) -> tuple[list[str], str | None]:
+    """(the pools that could relay, the relay the planner uses now) for the controller."""
+    pools = [_pool(gw) for gw in gateways]
+    relay = relay_for(pools)
+    return ([p.name for p in pools if p.dial_address and p.active and p.active.public_key],
+            relay.name if relay else None)
 
 
 # --------------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from raven.dataplane import probe
 from raven.dataplane.appliers import Cached, neighbours, routes, rules, sysctls, vxlan
 from raven.dataplane.appliers.neighbours import NeighbourApplier
 from raven.dataplane.appliers.nftables import FirewallApplier
@@ -334,6 +335,10 @@ class Dataplane:
                 return
             self.wireguard.write(DeviceWrite(peers=(
                 PeerWrite(public_key=public_key, allowed_ips=tuple(sorted(cidrs))),)))
+
+    def rtt_ms(self, address: str) -> float | None:
+        """ICMP round trip to an IPv4 address from this node (raven.dataplane.probe)."""
+        return probe.rtt_ms(self.settings.netns, address)
 
     def nudge(self, source: str, destinations: list[str]) -> int:
         """Liveness datagrams through the WireGuard device (raven.dataplane.wireguard.nudge)."""

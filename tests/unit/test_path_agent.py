@@ -126,3 +126,17 @@ def test_restart_adopts_a_working_direct_path_and_not_a_stale_one() -> None:
     assert plans == {"gw-b": paths.PathPlan("gw-b", KEY_B, None, True)}
     agent.dataplane.live[KEY_B] = peer(KEY_B, ("10.244.20.0/24",), handshake=500.0)
     assert manager(agent).adopt(agent.gateways, 50.0, 1000.0) == {}  # too old: probe again
+
+
+def test_nat_gateway_measures_and_publishes_relay_rtts_when_they_move() -> None:
+    agent = FakeAgent()
+    rtts = iter([10.0, 10.5, 30.0])
+    agent.dataplane.rtt_ms = lambda address: next(rtts)  # type: ignore[attr-defined]
+    agent.publish_relay_rtts = lambda r: agent.published.append({"rtt": r}) or True  # type: ignore[attr-defined]
+    m = manager(agent)
+    m.measure_relays()
+    assert agent.published[-1] == {"rtt": {"gw-cloud": 10.0}}
+    m.measure_relays()  # 10.15 smoothed: not worth a write
+    assert len(agent.published) == 1
+    m.measure_relays()  # a real move: published
+    assert agent.published[-1]["rtt"]["gw-cloud"] > 15

@@ -285,3 +285,71 @@ def test_diagnose_explains_key_nat_peers_mtu_and_paths() -> None:
     assert "relayed through gw-cloud" in found[("relay", "info")]
     unpublished = explain(agent, gateways, {"metadata": {}}, [])
     assert unpublished[0]["status"] == "warn" and "cannot build a tunnel" in unpublished[0]["text"]
+
+
+# --- the relay by RTT ----------------------------------------------------------------------------
+
+def test_relay_moves_only_when_better_by_a_margin_for_a_while() -> None:
+    from raven.relay_choice import RelaySettings, RelayState, choose
+
+    s = RelaySettings(margin=0.2, min_gain_ms=2.0, hold=30.0)
+    cands = ["gw-cloud", "gw-cloud2"]
+    near = {"gw-a": {"gw-cloud": 40.0, "gw-cloud2": 10.0}, "gw-b": {"gw-cloud": 40.0,
+                                                                   "gw-cloud2": 12.0}}
+    relay, state, why = choose("gw-cloud", near, cands, RelayState(), 100.0, s)
+    assert relay == "gw-cloud" and state.challenger == "gw-cloud2" and "waiting" in why
+    relay, state, _ = choose("gw-cloud", near, cands, state, 129.0, s)
+    assert relay == "gw-cloud"
+    relay, state, why = choose("gw-cloud", near, cands, state, 130.0, s)
+    assert relay == "gw-cloud2" and "replaces" in why
+    # A spike that ends before the hold never moves it; the clock restarts.
+    _, state, _ = choose("gw-cloud", near, cands, RelayState(), 100.0, s)
+    calm = {"gw-a": {"gw-cloud": 11.0, "gw-cloud2": 10.0}, "gw-b": {"gw-cloud": 11.0,
+                                                                   "gw-cloud2": 10.0}}
+    relay, state, _ = choose("gw-cloud", calm, cands, state, 110.0, s)
+    assert relay == "gw-cloud" and state == RelayState()
+    # Small differences never move it (margin and absolute gain).
+    assert choose("gw-cloud", calm, cands, RelayState(), 0, s)[1] == RelayState()
+
+
+def test_relay_never_moves_to_an_unmeasured_or_new_gateway() -> None:
+    from raven.relay_choice import RelayState, choose
+
+    partial = {"gw-a": {"gw-cloud": 40.0, "gw-new": 1.0}, "gw-b": {"gw-cloud": 40.0}}
+    relay, state, _ = choose("gw-cloud", partial, ["gw-cloud", "gw-new"], RelayState(), 0.0)
+    assert relay == "gw-cloud" and state == RelayState()
+    assert choose("gw-cloud", {}, ["gw-cloud", "gw-new"], RelayState(), 0.0)[0] == "gw-cloud"
+    # The relay in force is gone: the best measured one takes over at once.
+    full = {"gw-a": {"gw-x": 5.0, "gw-y": 3.0}}
+    assert choose("gw-cloud", full, ["gw-x", "gw-y"], RelayState(), 0.0)[0] == "gw-y"
+
+
+def test_planner_and_status_follow_the_chosen_relay() -> None:
+    from dataclasses import replace
+
+    cloud2 = _gateway("gw-cloud2", "d1", "198.18.4.10", "D" * 43 + "=", False, "10.244.30.0/24",
+                      created="2025-01-01T00:00:00Z")
+    fleet = [*_fleet(nd.DEPENDENT, nd.DEPENDENT), cloud2]  # symmetric pair: relayed
+    assert "10.244.20.0/24" in _peer(plan_node(fleet, "a1"), KEY_C).allowed_ips  # oldest
+    flagged = replace(cloud2, status=replace(cloud2.status, extra=FrozenMap({"relay": True})))
+    fleet[-1] = flagged
+    state = plan_node(fleet, "a1")
+    assert "10.244.20.0/24" in _peer(state, "D" * 43 + "=").allowed_ips
+    assert "10.244.20.0/24" not in _peer(state, KEY_C).allowed_ips
+    gw = {"apiVersion": "raven.openyurt.io/v1beta1", "kind": "Gateway",
+          "metadata": {"name": "gw-cloud2"},
+          "spec": {"endpoints": [{"nodeName": "d1", "type": "tunnel", "port": 4500}]}}
+    nodes = {"d1": _node("d1", "gw-cloud2", "198.18.4.10", KEY_C)}
+    assert compute_status(gw, nodes, {"d1": 1.0}, 1.0, relay="gw-cloud2").status["relay"] is True
+    assert "relay" not in compute_status(gw, nodes, {"d1": 1.0}, 1.0, relay=None).status
+
+
+def test_relay_rtts_read_from_the_nat_gateways_nodes() -> None:
+    from raven.gateway_status import relay_rtts
+
+    node = _node("a1", "gw-a", "198.18.2.10", KEY_A)
+    node = Node(**{**node.__dict__, "annotations": FrozenMap({
+        **node.annotations.to_dict(),
+        "raven.openyurt.io/relay-rtt": json.dumps({"gw-cloud": 3.5, "bad": "x"})})})
+    fleet = _fleet()
+    assert relay_rtts(fleet, {"a1": node}) == {"gw-a": {"gw-cloud": 3.5}, "gw-b": {}}
