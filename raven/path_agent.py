@@ -9,7 +9,8 @@ endpoints, counters: `Dataplane.wireguard_peers`, reads only) and:
   agent re-plan and apply at once (`Agent.apply_paths`), outside the agent's coalescing;
 - records each path in the agent's status document and metrics.
 Rules kept: decisions are raven.paths' (pure); this module owns the clock and the polling;
-every error is logged and retried on the next tick, never fatal to the agent.
+API writes (the annotations) go through an outbox written by their own thread, so the path
+thread never waits for the API server; every error is logged and retried, never fatal.
 """
 
 from __future__ import annotations
@@ -44,12 +45,15 @@ class PathManager:
         self.settings = settings or paths.PathSettings()
         self.paths: dict[str, paths.Path] = {}
         self.why_relayed: list[str] = []
-        self.observed: dict[str, str] = {}  # what we published (public gateways)
-        self.published: dict[str, str] | None = None  # the paths annotation we published
+        self.observed: dict[str, str] = {}  # what we last queued for publication (public gws)
+        self.published: dict[str, str] | None = None  # the paths annotation last queued
         self.changes = 0  # path mode changes, for logs and status
         self.wake = threading.Event()
         self.rtts: dict[str, float] = {}  # public Gateway -> smoothed RTT ms
         self.rtts_published: dict[str, float] = {}
+        self._outbox: dict[str, dict] = {}  # annotation kind -> value still to write
+        self._outbox_lock = threading.Lock()
+        self._publish_wake = threading.Event()
         self._gateways_for: object = None
         self._gateways: list[Gateway] = []
         self._samples: dict[str, paths.Sample] = {}
@@ -152,7 +156,8 @@ class PathManager:
             log.debug("paths applied %.3fs late, in %.3fs", started - now,
                       time.monotonic() - started)
         compact = self._compact(self.agent.state)  # after the apply: its relays are current
-        if compact != self.published and self.agent.publish_paths(compact):
+        if compact != self.published:
+            self._queue("paths", compact)
             self.published = compact
         self.agent.record_paths(self.report(now))
 
@@ -183,7 +188,8 @@ class PathManager:
         assert state.wireguard is not None
         learned = {p.public_key for p in state.wireguard.peers if p.endpoint is None}
         observed = {k: p.endpoint for k, p in live.items() if k in learned and p.endpoint}
-        if observed != self.observed and self.agent.publish_observed(observed):
+        if observed != self.observed:
+            self._queue("observed", observed)
             self.observed = observed
 
     # -- reporting -----------------------------------------------------------------------------
@@ -225,8 +231,8 @@ class PathManager:
         self.rtts = {k: v for k, v in self.rtts.items() if k in targets}
         if _worth_publishing(self.rtts, self.rtts_published):
             rounded = {k: round(v, 2) for k, v in self.rtts.items()}
-            if self.agent.publish_relay_rtts(rounded):
-                self.rtts_published = dict(self.rtts)
+            self._queue("rtt", rounded)
+            self.rtts_published = dict(self.rtts)
 
     def measure_loop(self, stop: threading.Event) -> None:
         while not stop.wait(RTT_PERIOD):
@@ -235,10 +241,50 @@ class PathManager:
             except Exception:  # the relay choice keeps what it has
                 log.exception("relay RTT measurement failed")
 
+    # -- API writes, off the path thread ----------------------------------------------------------
+
+    def _queue(self, kind: str, value: dict) -> None:
+        """An annotation to write; the newest value of each kind wins. The path thread never
+        waits for the API (a slow or absent API server must not delay a switch or a
+        fallback)."""
+        with self._outbox_lock:
+            self._outbox[kind] = value
+        self._publish_wake.set()
+
+    def flush_outbox(self) -> bool:
+        """Write what is queued; True when nothing is left (failures stay queued)."""
+        write = {"observed": self.agent.publish_observed, "paths": self.agent.publish_paths,
+                 "rtt": self.agent.publish_relay_rtts}
+        with self._outbox_lock:
+            pending = dict(self._outbox)
+        for kind, value in pending.items():
+            if write[kind](value):
+                with self._outbox_lock:
+                    if self._outbox.get(kind) is value:
+                        del self._outbox[kind]
+        with self._outbox_lock:
+            return not self._outbox
+
+    def publish_loop(self, stop: threading.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            self._publish_wake.wait(None if failures == 0 else min(30.0, 2.0 ** failures))
+            self._publish_wake.clear()
+            if stop.is_set():
+                return
+            try:
+                failures = 0 if self.flush_outbox() else failures + 1
+            except Exception:
+                log.exception("publishing path facts failed")
+                failures += 1
+
     def run(self, stop: threading.Event) -> None:
         """Tick until `stop`; `wake` (set after every apply of new inputs, and on stop) ends a
         wait early, so a new mapped endpoint in Gateway status is probed at once."""
-        threading.Thread(target=lambda: (stop.wait(), self.wake.set()), name="paths-stop",
+        threading.Thread(target=lambda: (stop.wait(), self.wake.set(),
+                                         self._publish_wake.set()),
+                         name="paths-stop", daemon=True).start()
+        threading.Thread(target=self.publish_loop, args=(stop,), name="paths-publish",
                          daemon=True).start()
         while not stop.is_set():
             try:

@@ -64,6 +64,10 @@ class FakeAgent:
         self.observed.append(observed)
         return True
 
+    def publish_relay_rtts(self, rtts: dict) -> bool:
+        self.published.append({"rtt": rtts})
+        return True
+
 
 def manager(agent: FakeAgent) -> PathManager:
     m = PathManager(agent)  # type: ignore[arg-type]
@@ -83,13 +87,15 @@ def test_probe_handshake_take_over_and_nudges() -> None:
     m.tick(10.0, 1000.0)
     assert agent.applied[-1] == {"gw-b": paths.PathPlan("gw-b", KEY_B, "198.19.0.14:4500",
                                                          False)}
-    assert agent.published[-1] == {"gw-b": "probing"}
+    assert agent.published == []  # the path thread only queues API writes
+    assert m.flush_outbox() and agent.published[-1] == {"gw-b": "probing"}
     agent.dataplane.live = {KEY_B: peer(KEY_B, handshake=1000.5, rx=92)}
     deadline = m.tick(10.6, 1000.6)
     switch = m.paths["gw-b"].switch_at
     assert switch is not None and deadline == min(10.6 + 0.2, switch)
     assert m._prepared["gw-b"] == ("10.244.20.0/24",)  # computed ahead of the instant
     m.tick(switch, 1001.5)
+    m.flush_outbox()
     # First thing at the instant: the one prepared write; then the plan with the path direct.
     assert agent.dataplane.taken == [(KEY_B, ("10.244.20.0/24",))]
     assert agent.applied[-1] == {"gw-b": paths.PathPlan("gw-b", KEY_B, None, True)}
@@ -99,6 +105,7 @@ def test_probe_handshake_take_over_and_nudges() -> None:
     agent.dataplane.live = {KEY_B: peer(KEY_B, ("10.244.20.0/24",), 1000.5, 92)}
     m.tick(switch + 0.2, 1001.7)
     m.tick(switch + 0.2 + paths.PathSettings().dead_after, 1003.3)
+    m.flush_outbox()
     assert agent.applied[-1] == {}
     assert agent.published[-1] == {"gw-b": "relayed:gw-cloud"}
 
@@ -109,8 +116,10 @@ def test_public_gateway_publishes_what_it_sees_of_nat_peers() -> None:
     agent.dataplane.live = {KEY_A: LivePeer(KEY_A, "198.19.0.10:4500", frozenset(), 0, None),
                             KEY_B: LivePeer(KEY_B, "198.19.0.14:31000", frozenset(), 0, None)}
     m.tick(1.0, 1000.0)
+    m.flush_outbox()
     assert agent.observed == [{KEY_A: "198.19.0.10:4500", KEY_B: "198.19.0.14:31000"}]
     m.tick(2.0, 1001.0)
+    m.flush_outbox()
     assert len(agent.observed) == 1  # unchanged: not written again
     assert agent.applied == []
 
@@ -132,11 +141,26 @@ def test_nat_gateway_measures_and_publishes_relay_rtts_when_they_move() -> None:
     agent = FakeAgent()
     rtts = iter([10.0, 10.5, 30.0])
     agent.dataplane.rtt_ms = lambda address: next(rtts)  # type: ignore[attr-defined]
-    agent.publish_relay_rtts = lambda r: agent.published.append({"rtt": r}) or True  # type: ignore[attr-defined]
     m = manager(agent)
     m.measure_relays()
+    m.flush_outbox()
     assert agent.published[-1] == {"rtt": {"gw-cloud": 10.0}}
     m.measure_relays()  # 10.15 smoothed: not worth a write
+    m.flush_outbox()
     assert len(agent.published) == 1
     m.measure_relays()  # a real move: published
+    m.flush_outbox()
     assert agent.published[-1]["rtt"]["gw-cloud"] > 15
+
+
+def test_a_failed_api_write_stays_queued_and_the_newest_value_wins() -> None:
+    agent = FakeAgent()
+    results = iter([False, True])
+    sent: list[dict] = []
+    agent.publish_paths = lambda v: sent.append(v) or next(results)  # type: ignore[method-assign]
+    m = manager(agent)
+    m._queue("paths", {"gw-b": "probing"})
+    assert not m.flush_outbox()  # the API refused: kept
+    m._queue("paths", {"gw-b": "direct"})
+    assert m.flush_outbox()
+    assert sent == [{"gw-b": "probing"}, {"gw-b": "direct"}]
