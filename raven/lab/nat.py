@@ -122,6 +122,9 @@ def rebind(lab: str, pool_name: str) -> int:
     if pool.public:
         raise CommandError(f"lab {lab!r}: pool {pool.name!r} has nat: none; there are no "
                            "mappings to forget")
+    if not pool.has_v4:
+        raise CommandError(f"lab {lab!r}: pool {pool.name!r} has an IPv6-only underlay: IPv6 "
+                           "is never translated, there are no mappings to forget")
     new = generation(lab, pool.name) + 1
     apply(pool, new)
     nsutil.conntrack_flush(pool.netns)
