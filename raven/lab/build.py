@@ -9,9 +9,8 @@ Rules kept:
     1 namespaces (+ start the host holders)   2 pool routers (bridge, WAN link, node ports, NAT)
     3 internet, nodes, control plane (addresses, routes, pod veths)   4 pods (+ holders ready)
     5 readiness probe: every pool router pings its nodes (and the control plane).
-- NAT: `none` routes public addresses; `cone` masquerades (port-preserving, endpoint-independent
-  mapping); `symmetric` masquerades `fully-random` (a new public port per destination).
-  NAT routers also drop unsolicited new connections from the WAN.
+- NAT: `none` routes public addresses; `cone`, `full-cone` and `symmetric` are raven.lab.nat
+  (which also drops unsolicited traffic from the WAN).
 - IPv6 is never translated (no NAT66): an IPv6 LAN is routed by the internet and a NAT'd pool's
   router is a stateful IPv6 firewall (RFC 6092: unsolicited inbound dropped), which keeps the
   pool just as undialable as its IPv4 NAT does, as IPv6 edge sites are in practice.
@@ -30,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from raven.errors import CommandError
+from raven.lab import nat, runtime, teardown
 from raven.lab import netns as nsutil
-from raven.lab import runtime, teardown
 from raven.lab.plan import (
     INTERNET_PROBES,
     INTERNET_PROBES6,
@@ -338,23 +337,8 @@ def _pod_lines(plan: LabPlan, node: NodePlan, pod: PodPlan) -> list[str]:
 
 
 def nat_ruleset(pool: PoolPlan) -> str:
-    """nftables ruleset of a pool router (empty for a public pool)."""
-    if pool.public:
-        return ""
-    flags = " fully-random" if pool.nat == "symmetric" else ""
-    return f"""
-table ip raven_lab_nat {{
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    oifname "wan" ip saddr {pool.lan} masquerade{flags}
-  }}
-  chain forward {{
-    type filter hook forward priority filter; policy accept;
-    iifname "wan" ct state established,related accept
-    iifname "wan" drop
-  }}
-}}
-"""
+    """nftables ruleset of a pool router (empty for a public pool): raven.lab.nat."""
+    return nat.ruleset(pool)
 
 
 def firewall6_ruleset(pool: PoolPlan) -> str:
@@ -376,8 +360,9 @@ table ip6 raven_lab_fw6 {
 
 def _router_netfilter(plan: LabPlan, pool: PoolPlan) -> None:
     nsutil.sysctl(pool.netns, *ROUTER_SYSCTLS)
-    ruleset = nat_ruleset(pool) if pool.has_v4 else ""
-    ruleset += firewall6_ruleset(pool)
+    if pool.has_v4:
+        nat.apply(pool)
+    ruleset = firewall6_ruleset(pool)
     if ruleset:
         nsutil.nft_apply(pool.netns, ruleset)
 

@@ -33,7 +33,7 @@ from raven.errors import ValidationError
 from raven.safeyaml import YamlError, load_yaml, read_yaml_file
 from raven.topology import VTEP6_NETWORK
 
-NAT_KINDS = ("none", "cone", "symmetric")
+NAT_KINDS = ("none", "cone", "full-cone", "symmetric")
 UNDERLAY_FAMILIES = ("ipv4", "ipv6", "dual")
 TUNNEL_KINDS = ("wireguard", "none")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
