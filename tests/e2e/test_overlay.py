@@ -156,8 +156,9 @@ def test_kubeconfig_and_cluster_objects(healthy: LabPlan) -> None:
     assert set(gateways) == {p.gateway for p in plan.pools}
     for pool in plan.pools:
         spec = gateways[pool.gateway]["spec"]
-        assert [e["nodeName"] for e in spec["endpoints"]] == [
-            n.name for n in pool.nodes if n.gateway_candidate]
+        candidates = [n.name for n in pool.nodes if n.gateway_candidate]
+        for kind in ("tunnel", "proxy"):  # every candidate is both (docs/proxy.md)
+            assert [e["nodeName"] for e in spec["endpoints"] if e["type"] == kind] == candidates
         assert all(e["underNAT"] == (pool.nat != "none") for e in spec["endpoints"])
 
 
