@@ -226,10 +226,13 @@ class ProxyServer:
                                f"connected to {self.node}", caller, target, "unavailable")
             return
         try:
-            stream = await mux.open(target, self.options.dial_timeout)
+            # Longer than the client's own dial timeout, so its 502 and reason arrive first.
+            stream = await mux.open(target, 2 * self.options.dial_timeout)
         except (MuxClosed, TimeoutError) as exc:
-            await self._refuse(writer, 502, f"tunnel to pool {decision.pool} failed: "
-                               f"{exc or 'timeout'}", caller, target, "failed")
+            why = str(exc) or (f"no answer from the proxy client in "
+                               f"{2 * self.options.dial_timeout:g}s")
+            await self._refuse(writer, 502, f"tunnel to pool {decision.pool} failed: {why}",
+                               caller, target, "failed")
             return
         status, reason = stream.response.result()
         if status != 200:
