@@ -85,3 +85,25 @@ def test_clients_reconnect_after_the_proxy_server_restarts(lab: LabPlan) -> None
     cluster.start_agent(lab.name, "cloud-1")
     results = wait_reachable(lab, [f"{cone}:{ECHO_PORT}", f"{ip_of(lab, 'sym-2')}:{ECHO_PORT}"])
     assert [r["body"].strip() for r in results] == ["ok cone-2", "ok sym-2"]
+
+
+def test_raven_status_shows_the_proxy_roles(lab: LabPlan) -> None:
+    wait_reachable(lab, [f"{ip_of(lab, 'cone-2')}:{ECHO_PORT}"])
+    want = {"cloud-1": "proxy:          server on", "cone-1": "proxy:          client of pool "
+            "gw-edge-cone; connected to 1/1", "sym-1": "proxy:          client of pool "
+            "gw-edge-sym; connected to 1/1", "cloud-2": "proxy:          none"}
+    deadline = time.monotonic() + 60  # the status file is refreshed every 10 s
+    while True:
+        shown = {}
+        for node in want:
+            out = subprocess.run([*runtime.exec_argv(lab.name, node), sys.executable, "-m",
+                                  "raven.cli", "status", "--state-dir",
+                                  str(cluster.state_dir(lab.name, node))],
+                                 capture_output=True, text=True, timeout=60).stdout
+            shown[node] = next((x for x in out.splitlines() if x.startswith("proxy:")), "")
+        if all(shown[n].startswith(line) for n, line in want.items()):
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"raven status proxy lines: {shown}")
+        time.sleep(2)
+    assert "clients gw-edge-cone: cone-1; gw-edge-sym: sym-1" in shown["cloud-1"]
