@@ -331,7 +331,8 @@ class GatewayController:
             self.metrics.leader.set(0)
 
     def _try_lead(self, state: ControllerState) -> ControllerState:
-        leader = self.elector.try_acquire_or_renew(time.time())  # renewTime goes to the API
+        # renewTime goes to the API (wall clock); the holder's silence is timed on ours (monotonic)
+        leader = self.elector.try_acquire_or_renew(time.time(), time.monotonic())
         self.metrics.leader.set(1 if leader else 0)
         if leader != state.leader:
             log.info("%s %s leadership", self.settings.identity,

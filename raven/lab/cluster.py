@@ -2,10 +2,12 @@
 
 `up(plan)` turns a built lab (raven.lab.build) into a running cluster:
   1 `raven apiserver` in the control-plane namespace, listening on the control-plane underlay
-    address (so agents behind NAT reach it through their NAT), data under <run dir>/apiserver
+    address (so agents behind NAT reach it through their NAT), data under <run dir>/apiserver;
+    a dual-stack control plane listens on both families and each agent gets a kubeconfig
+    naming the address of its node's family
   2 the Gateway CRD (package data raven/lab/data/gateway-crd.yaml, the same file as
     gateway/crd.yaml) applied with kubectl
-  3 the kubelet stand-in (raven.lab.kubelet): Node objects with addresses, podCIDR, pool label
+  3 the kubelet stand-in (raven.lab.kubelet): Node objects with addresses, podCIDR(s), pool label
   4 one Gateway per pool: every gatewayCandidate node is a tunnel endpoint and a proxy endpoint
     (proxyConfig.Replicas 1), underNAT from `nat`; the proxy CA (docs/proxy.md) is made once
     per lab under <run dir>/proxy-ca and applied as Secret kube-system/raven-proxy-ca
@@ -46,6 +48,7 @@ from raven.lab.ping import PingReport, ping_all
 from raven.lab.plan import LabPlan, NodePlan, PoolPlan
 from raven.lab.topology import CONTROL_PLANE
 from raven.model import DEFAULT_PROXY_PORT
+from raven.safeyaml import load_yaml
 
 Progress = Callable[[str], None]
 APISERVER_PORT = 6443
@@ -172,13 +175,20 @@ def gateway_crd() -> str:
 
 # --- the objects ----------------------------------------------------------------------------
 
-def gateway_object(pool: PoolPlan) -> dict:
-    """The Gateway CR of a pool: candidates are tunnel endpoints; underNAT from the pool's nat."""
-    endpoints = [
-        {"nodeName": node.name, "type": "tunnel", "port": constants.WIREGUARD_PORT,
-         "underNAT": pool.nat != "none"}
-        for node in pool.nodes if node.gateway_candidate
-    ] + [
+def gateway_object(pool: PoolPlan, tunnel_family: str = "ipv4") -> dict:
+    """The Gateway CR of a pool: candidates are tunnel endpoints and proxy endpoints; underNAT
+    from the pool's nat. When gateways tunnel over IPv6, a public dual-stack pool's endpoints
+    name their IPv6 address as publicIP (else the controller would publish the IPv4 InternalIP)."""
+    endpoints = []
+    for node in pool.nodes:
+        if not node.gateway_candidate:
+            continue
+        endpoint = {"nodeName": node.name, "type": "tunnel", "port": constants.WIREGUARD_PORT,
+                    "underNAT": pool.nat != "none"}
+        if tunnel_family == "ipv6" and pool.public and pool.underlay == "dual":
+            endpoint["publicIP"] = node.underlay_ip6
+        endpoints.append(endpoint)
+    endpoints += [
         {"nodeName": node.name, "type": "proxy", "port": DEFAULT_PROXY_PORT,
          "underNAT": pool.nat != "none"}
         for node in pool.nodes if node.gateway_candidate
@@ -196,8 +206,14 @@ def gateway_object(pool: PoolPlan) -> dict:
     }
 
 
+def tunnel_family(plan: LabPlan) -> str:
+    """The family gateways tunnel over: IPv6 once a pool's underlay is IPv6 only (the topology
+    validator then requires IPv6 on every pool's underlay), else IPv4."""
+    return "ipv6" if any(p.underlay == "ipv6" for p in plan.pools) else "ipv4"
+
+
 def gateway_objects(plan: LabPlan) -> list[dict]:
-    return [gateway_object(pool) for pool in plan.pools]
+    return [gateway_object(pool, tunnel_family(plan)) for pool in plan.pools]
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -215,11 +231,9 @@ def start_apiserver(lab: str, timeout: float = 30.0) -> None:
     data = apiserver_dir(lab)
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(data, 0o700)  # mkdir's mode is masked by the umask and ignored when it exists
-    cp = plan.control_plane
     kubeconfig_path(lab).unlink(missing_ok=True)
     runtime.start_process(lab, CONTROL_PLANE, APISERVER, raven_argv(
-        "apiserver", "--data-dir", str(data), "--listen", f"{cp.ip}:{APISERVER_PORT}"),
-        umask=0o077)
+        "apiserver", "--data-dir", str(data), *apiserver_listen_args(plan)), umask=0o077)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not runtime.process_running(lab, CONTROL_PLANE, APISERVER):
@@ -227,10 +241,57 @@ def start_apiserver(lab: str, timeout: float = 30.0) -> None:
                                f"{_log_tail(lab, CONTROL_PLANE, APISERVER)}")
         if kubeconfig_path(lab).exists() and kubectl(
                 lab, "get", "--raw", "/readyz", check=False, timeout=10).returncode == 0:
+            _write_family_kubeconfigs(lab, plan)
             return
         time.sleep(0.1)
     raise CommandError(f"lab {lab!r}: the API server did not answer in {timeout:.0f}s:\n"
                        f"{_log_tail(lab, CONTROL_PLANE, APISERVER)}")
+
+
+def _dual_control_plane(plan: LabPlan) -> bool:
+    cp = plan.control_plane
+    return bool(cp.ip6) and cp.ip != cp.ip6
+
+
+def apiserver_listen_args(plan: LabPlan) -> list[str]:
+    """Where the API server listens: the control plane's address; a dual-stack control plane
+    (IPv4 and IPv6 nodes in one lab) listens on both families (`[::]`), its certificate naming
+    both addresses."""
+    cp = plan.control_plane
+    if _dual_control_plane(plan):
+        return ["--listen", f"[::]:{APISERVER_PORT}", "--tls-san", cp.ip, "--tls-san", cp.ip6]
+    host = f"[{cp.ip}]" if ":" in cp.ip else cp.ip
+    return ["--listen", f"{host}:{APISERVER_PORT}"]
+
+
+def family_kubeconfig_path(lab: str, family: str) -> Path:
+    return apiserver_dir(lab) / f"nodes-{family}.kubeconfig"
+
+
+def _write_family_kubeconfigs(lab: str, plan: LabPlan) -> None:
+    """A dual-stack control plane's admin kubeconfig names the loopback; nodes get a copy
+    naming the control plane's address of their family (ipv4, ipv6), private like the
+    original."""
+    if not _dual_control_plane(plan):
+        return
+    config = load_yaml(kubeconfig_path(lab).read_text(), source="admin.kubeconfig")
+    cp = plan.control_plane
+    for family, host in (("ipv4", cp.ip), ("ipv6", f"[{cp.ip6}]")):
+        for cluster in config.get("clusters", []):
+            cluster["cluster"]["server"] = f"https://{host}:{APISERVER_PORT}"
+        path = family_kubeconfig_path(lab, family)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(config, out)
+
+
+def node_kubeconfig(lab: str, plan: LabPlan, node: NodePlan) -> Path:
+    """The kubeconfig a node's agent uses: the admin one, or on a dual-stack control plane the
+    one of the node's family (IPv4 when it has an IPv4 underlay)."""
+    if not _dual_control_plane(plan):
+        return kubeconfig_path(lab)
+    family = "ipv6" if ":" in node.underlay_ip else "ipv4"
+    return family_kubeconfig_path(lab, family)
 
 
 def start_controller(lab: str, settings: ClusterSettings | None = None) -> None:
@@ -251,7 +312,8 @@ def start_kubelet(lab: str, settings: ClusterSettings | None = None) -> None:
 def agent_argv(lab: str, pool: PoolPlan, node: NodePlan, settings: ClusterSettings) -> list[str]:
     ca_crt, ca_key = proxy_ca_paths(lab)
     return raven_argv(
-        "agent", "--node", node.name, "--kubeconfig", str(kubeconfig_path(lab)),
+        "agent", "--node", node.name, "--kubeconfig",
+        str(node_kubeconfig(lab, runtime.load_plan(lab), node)),
         "--state-dir", str(state_dir(lab, node.name)), "--underlay-mtu", str(pool.mtu),
         "--heartbeat-period", f"{settings.heartbeat_period:g}",
         "--resync", f"{settings.agent_resync:g}",
@@ -402,7 +464,8 @@ def wait_all_pairs(plan: LabPlan, timeout: float, progress: Progress = _quiet) -
         dead = [n.name for _, n in plan.nodes()
                 if not runtime.process_running(plan.name, n.name, AGENT)]
         if time.monotonic() > deadline or dead:
-            failed = [f"{p.src}->{p.dst}" for p in expected if not p.ok]
+            failed = [f"{p.src}->{p.dst}" + (" (ipv6)" if p.family == "ipv6" else "")
+                      for p in expected if not p.ok]
             why = f"agents exited on {', '.join(dead)}" if dead else f"after {timeout:.0f}s"
             tail = _log_tail(plan.name, dead[0], AGENT) if dead else ""
             raise CommandError(
@@ -449,11 +512,18 @@ def wait_active(lab: str, pool: str, timeout: float = 30.0,
         time.sleep(0.2)
 
 
+def _dial_text(address: object) -> str:
+    """An endpoint's address as it is dialled (IPv6 in brackets), or why there is none."""
+    if not address:
+        return "behind NAT"
+    return f"[{address}]" if ":" in str(address) else str(address)
+
+
 def format_gateways(lab: str) -> str:
     lines = []
     for g in gateways(lab):
         status = g.get("status") or {}
-        active = [f"{e.get('nodeName')} ({e.get('publicIP') or 'behind NAT'}:{e.get('port')})"
+        active = [f"{e.get('nodeName')} ({_dial_text(e.get('publicIP'))}:{e.get('port')})"
                   for e in status.get("activeEndpoints") or []]
         nodes = [n.get("nodeName") for n in status.get("nodes") or []]
         lines.append(f"  {g['metadata']['name']:<16} active {', '.join(active) or 'none':<34} "
