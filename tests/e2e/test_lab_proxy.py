@@ -108,9 +108,10 @@ def test_raven_status_shows_the_proxy_roles(lab: LabPlan) -> None:
                                   str(cluster.state_dir(lab.name, node))],
                                  capture_output=True, text=True, timeout=60).stdout
             shown[node] = next((x for x in out.splitlines() if x.startswith("proxy:")), "")
-        if all(shown[n].startswith(line) for n, line in want.items()):
+        clients = f"clients gw-edge-cone: {cone}; gw-edge-sym: {sym}"
+        if all(shown[n].startswith(line) for n, line in want.items()) \
+                and clients in shown[proxy["gw-cloud"]]:  # files refresh every 10 s
             break
         if time.monotonic() > deadline:
             raise AssertionError(f"raven status proxy lines: {shown}")
         time.sleep(2)
-    assert f"clients gw-edge-cone: {cone}; gw-edge-sym: {sym}" in shown[proxy["gw-cloud"]]
