@@ -24,6 +24,15 @@ MAX_BODY = 16 << 20
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "raven-lab-echo"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
+
+    def setup(self) -> None:
+        # The TLS handshake runs here, in the connection's own thread, not in the accept loop:
+        # one slow or many simultaneous handshakes must not stall every other connection.
+        if isinstance(self.request, ssl.SSLSocket):
+            self.request.settimeout(30)
+            self.request.do_handshake()
+        super().setup()
 
     def log_message(self, format: str, *args: object) -> None:  # quiet: benchmarks
         pass
@@ -46,6 +55,11 @@ class Handler(BaseHTTPRequestHandler):
         self._send(self.rfile.read(length))
 
 
+class Server(ThreadingHTTPServer):
+    request_queue_size = 1024  # benchmarks open hundreds of connections at once
+    daemon_threads = True
+
+
 def tls_context() -> ssl.SSLContext:
     from raven.proxy import certs
 
@@ -65,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--plain", action="store_true", help="HTTP without TLS")
     args = p.parse_args(argv)
     host, _, port = args.listen.rpartition(":")
-    server = ThreadingHTTPServer((host.strip("[]"), int(port)), Handler)
-    server.daemon_threads = True
+    server = Server((host.strip("[]"), int(port)), Handler)
     if not args.plain:
-        server.socket = tls_context().wrap_socket(server.socket, server_side=True)
+        server.socket = tls_context().wrap_socket(server.socket, server_side=True,
+                                                  do_handshake_on_connect=False)
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     print(f"echo on {args.listen}", file=sys.stderr, flush=True)
     server.serve_forever()

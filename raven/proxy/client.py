@@ -167,10 +167,10 @@ class ProxyClient:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port),
                                                     self.options.dial_timeout)
         except (OSError, TimeoutError) as exc:
-            log.warning("proxy client %s: cannot reach %s: %s", self.node, stream.authority,
-                        exc or "timeout")
+            why = str(exc) or f"no answer in {self.options.dial_timeout:g}s"
+            log.warning("proxy client %s: cannot reach %s: %s", self.node, stream.authority, why)
             self.metrics.requests.labels("client", "failed").inc()
-            await stream.respond(502, f"{decision.node} {stream.authority}: {exc or 'timeout'}")
+            await stream.respond(502, f"{decision.node} {stream.authority}: {why}")
             return
         self.metrics.requests.labels("client", "ok").inc()
         self.metrics.streams.labels("client").inc()

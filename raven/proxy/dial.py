@@ -43,6 +43,7 @@ def open_tunnel(proxy_address: tuple[str, int], ssl_context: ssl.SSLContext, tar
                 target_port: int, timeout: float) -> ssl.SSLSocket:
     """A connected socket whose bytes reach target_host:target_port; TunnelError otherwise."""
     raw = socket.create_connection(proxy_address, timeout=timeout)
+    raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # request/response traffic
     try:
         sock = ssl_context.wrap_socket(raw, server_hostname=None)
     except Exception:

@@ -125,7 +125,12 @@ class Stream:
         headers = [(":status", str(status))]
         if reason:
             headers.append((REASON_HEADER, reason.encode("ascii", "replace").decode()[:200]))
-        self.mux.h2.send_headers(self.id, headers, end_stream=status != 200)
+        if self.reset_seen:
+            raise MuxClosed(f"stream {self.id} to {self.authority} was reset before the answer")
+        try:
+            self.mux.h2.send_headers(self.id, headers, end_stream=status != 200)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError) as exc:
+            raise MuxClosed(f"stream {self.id} to {self.authority} is closed") from exc
         if status != 200:
             self.local_ended = True
             self._maybe_forget()

@@ -17,9 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from raven.proxy.certs import ORG_AGENT, ORG_USER, not_after, peer_identity
 from raven.proxy.metrics import ProxyMetrics
@@ -29,6 +31,7 @@ from raven.proxy.plan import View
 log = logging.getLogger(__name__)
 
 MAX_HEAD = 8192
+READ_LIMIT = 1 << 16  # StreamReader buffer of a proxy client's connection
 REASONS = {200: "Connection established", 400: "Bad Request", 403: "Forbidden",
            502: "Bad Gateway", 503: "Service Unavailable"}
 
@@ -54,27 +57,87 @@ class ProxyServer:
         self.options = options or ServerOptions()
         self.view = View()
         self.pools: dict[str, list[tuple[str, Mux]]] = {}  # pool -> [(client node, mux)]
-        self._servers: list[asyncio.Server] = []
+        self._sockets: list[socket.socket] = []  # listening sockets
+        self._accepting: list[asyncio.Task[None]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()  # CONNECT callers, aborted at stop
 
     async def start(self, tunnel: tuple[str, int], user: tuple[str, int]) -> None:
-        self._servers.append(await asyncio.start_server(
-            self._on_agent, tunnel[0] or None, tunnel[1], ssl=self.context,
-            ssl_handshake_timeout=self.options.dial_timeout, reuse_address=True))
-        self._servers.append(await asyncio.start_server(
-            self._on_user, user[0] or None, user[1], ssl=self.context, limit=MAX_HEAD * 2,
-            ssl_handshake_timeout=self.options.dial_timeout, reuse_address=True))
+        # Our own accept loops (not asyncio.start_server(ssl=...)): asyncio drops a failed TLS
+        # handshake silently, and a refused peer must be logged and counted.
+        self._listen(tunnel, self._on_agent, "client", READ_LIMIT)
+        self._listen(user, self._on_user, "CONNECT", MAX_HEAD * 2)
         log.info("proxy server %s: clients on %s:%d, CONNECT on %s:%d", self.node,
                  tunnel[0] or "*", tunnel[1], user[0] or "*", user[1])
 
+    def _listen(self, address: tuple[str, int], handler: Any, port: str, limit: int) -> None:
+        host, number = address
+        if not host:
+            sock = socket.create_server(("::", number), family=socket.AF_INET6,
+                                        dualstack_ipv6=True, reuse_port=False) \
+                if socket.has_dualstack_ipv6() else socket.create_server(("0.0.0.0", number))
+        else:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            sock = socket.create_server((host, number), family=family)
+        sock.setblocking(False)
+        self._sockets.append(sock)
+        task = asyncio.ensure_future(self._accept(sock, handler, port, limit))
+        self._accepting.append(task)
+
+    async def _accept(self, sock: socket.socket, handler: Any, port: str, limit: int) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(sock)
+            except OSError as exc:  # e.g. EMFILE: say so, breathe, go on
+                log.warning("proxy server: accept on the %s port failed: %s", port, exc)
+                await asyncio.sleep(0.5)
+                continue
+            # Small request/response messages must not wait for delayed ACKs (Nagle).
+            with contextlib.suppress(OSError):
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = asyncio.ensure_future(self._handshake(conn, handler, port, limit))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _handshake(self, conn: socket.socket, handler: Any, port: str, limit: int
+                         ) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            peer = conn.getpeername()
+            where = f"{peer[0]}:{peer[1]}"
+        except OSError:
+            where = "?"
+        reader = asyncio.StreamReader(limit=limit)
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, conn, ssl=self.context,
+                ssl_handshake_timeout=self.options.dial_timeout)
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            log.warning("proxy server: refused %s on the %s port: TLS handshake failed: %s",
+                        where, port, str(exc) or type(exc).__name__)
+            self.metrics.requests.labels("server", "refused-tls").inc()
+            conn.close()
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        await handler(reader, writer)
+
     @property
     def addresses(self) -> list[tuple[str, int]]:
-        return [s.sockets[0].getsockname()[:2] for s in self._servers if s.sockets]
+        out = []
+        for sock in self._sockets:
+            with contextlib.suppress(OSError):
+                out.append(tuple(sock.getsockname()[:2]))
+        return out  # type: ignore[return-value]
 
     async def stop(self) -> None:
-        for server in self._servers:
-            server.close()
+        for task in self._accepting:
+            task.cancel()
+        for sock in self._sockets:
+            sock.close()
+        self._accepting.clear()
+        self._sockets.clear()
         for conns in self.pools.values():
             for _, mux in conns:
                 mux.abort("server stopping")
@@ -84,10 +147,8 @@ class ProxyServer:
             await asyncio.wait(list(self._tasks), timeout=2)
         for task in list(self._tasks):
             task.cancel()
-        for server in self._servers:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2)
-        self._servers.clear()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=2)
 
     def update(self, view: View) -> None:
         self.view = view
@@ -226,10 +287,13 @@ class ProxyServer:
                                f"connected to {self.node}", caller, target, "unavailable")
             return
         try:
-            stream = await mux.open(target, self.options.dial_timeout)
+            # Longer than the client's own dial timeout, so its 502 and reason arrive first.
+            stream = await mux.open(target, 2 * self.options.dial_timeout)
         except (MuxClosed, TimeoutError) as exc:
-            await self._refuse(writer, 502, f"tunnel to pool {decision.pool} failed: "
-                               f"{exc or 'timeout'}", caller, target, "failed")
+            why = str(exc) or (f"no answer from the proxy client in "
+                               f"{2 * self.options.dial_timeout:g}s")
+            await self._refuse(writer, 502, f"tunnel to pool {decision.pool} failed: {why}",
+                               caller, target, "failed")
             return
         status, reason = stream.response.result()
         if status != 200:

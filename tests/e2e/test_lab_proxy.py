@@ -87,3 +87,33 @@ def test_clients_reconnect_after_the_proxy_server_restarts(lab: LabPlan) -> None
     cluster.start_agent(lab.name, "cloud-1")
     results = wait_reachable(lab, [f"{cone}:{ECHO_PORT}", f"{ip_of(lab, 'sym-2')}:{ECHO_PORT}"])
     assert [r["body"].strip() for r in results] == ["ok cone-2", "ok sym-2"]
+
+
+def test_raven_status_shows_the_proxy_roles(lab: LabPlan) -> None:
+    wait_reachable(lab, [f"{ip_of(lab, 'cone-2')}:{ECHO_PORT}"])
+    # Which candidate is the proxy endpoint depends on whose heartbeat came first: ask.
+    proxy = {g["metadata"]["name"]: next(e["nodeName"] for e in g["status"]["activeEndpoints"]
+                                         if e["type"] == "proxy")
+             for g in cluster.gateways(lab.name)}
+    cone, sym = proxy["gw-edge-cone"], proxy["gw-edge-sym"]
+    idle = next(n for n in ("cone-1", "cone-2") if n != cone)
+    want = {proxy["gw-cloud"]: "proxy:          server on",
+            cone: "proxy:          client of pool gw-edge-cone; connected to 1/1",
+            sym: "proxy:          client of pool gw-edge-sym; connected to 1/1",
+            "cloud-2": "proxy:          none", idle: "proxy:          none"}
+    deadline = time.monotonic() + 60  # the status file is refreshed every 10 s
+    while True:
+        shown = {}
+        for node in want:
+            out = subprocess.run([*runtime.exec_argv(lab.name, node), sys.executable, "-m",
+                                  "raven.cli", "status", "--state-dir",
+                                  str(cluster.state_dir(lab.name, node))],
+                                 capture_output=True, text=True, timeout=60).stdout
+            shown[node] = next((x for x in out.splitlines() if x.startswith("proxy:")), "")
+        clients = f"clients gw-edge-cone: {cone}; gw-edge-sym: {sym}"
+        if all(shown[n].startswith(line) for n, line in want.items()) \
+                and clients in shown[proxy["gw-cloud"]]:  # files refresh every 10 s
+            break
+        if time.monotonic() > deadline:
+            raise AssertionError(f"raven status proxy lines: {shown}")
+        time.sleep(2)

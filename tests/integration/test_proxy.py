@@ -265,3 +265,23 @@ def test_the_server_drops_a_client_whose_certificate_expired(cluster: Cluster) -
 
     assert asyncio.run(connect_and_wait())
     wait_for(cluster.connected, "the real client to be the only one again")
+
+
+def test_a_peer_without_a_valid_certificate_is_refused_and_logged(
+        cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    with socket.create_connection((SERVER_IP, cluster.tunnel_port), 5) as raw:
+        raw.sendall(b"GET / HTTP/1.0\r\n\r\n")  # not TLS at all
+        raw.settimeout(10)
+        assert raw.recv(100) == b""  # closed without an answer
+    rogue = certs.make_ca("rogue", 600, time.time())
+    ctx = certs.context(rogue, certs.issue(rogue, "e1", certs.ORG_AGENT, 600, time.time()), False)
+    raw = socket.create_connection((SERVER_IP, cluster.tunnel_port), 5)
+    with pytest.raises(OSError), ctx.wrap_socket(raw) as tls:
+        tls.recv(1)  # the server rejects the certificate during or right after the handshake
+    raw.close()
+    wait_for(lambda: cluster.server.metrics.registry.get_sample_value(
+        "raven_proxy_requests_total", {"side": "server", "result": "refused-tls"}) == 2.0,
+        "both refusals to be counted")
+    refusals = [r.getMessage() for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert len(refusals) == 2 and all("on the client port" in m for m in refusals)
+    assert cluster.connected()  # the real client is untouched
