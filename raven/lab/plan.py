@@ -54,6 +54,11 @@ class NodePlan:
     gateway_candidate: bool
     router_port: str  # the node's port on the pool bridge
     pods: tuple[PodPlan, ...]
+    kind: str = "netns"  # "vm": a qemu guest; its pods are namespaces inside it (raven.lab.vm)
+
+    @property
+    def is_vm(self) -> bool:
+        return self.kind == "vm"
 
 
 @dataclass(frozen=True)
@@ -100,7 +105,8 @@ class LabPlan:
             names.append(pool.netns)
             for node in pool.nodes:
                 names.append(node.netns)
-                names.extend(p.netns for p in node.pods)
+                if not node.is_vm:  # a VM node's pods are namespaces of the guest's kernel
+                    names.extend(p.netns for p in node.pods)
         return names
 
     def targets(self) -> dict[str, str]:
@@ -147,6 +153,7 @@ def plan_lab(topology: Topology, lab: str, source: str = "") -> LabPlan:
                 underlay_ip=str(lan.network_address + NODE_HOST_OFFSET + j),
                 pod_cidr=str(node.pod_cidr), pod_gateway=str(gateway),
                 gateway_candidate=node.gateway_candidate, router_port=f"n{j}", pods=pods,
+                kind=node.kind,
             ))
         pools.append(PoolPlan(
             name=spec.name, gateway=spec.gateway, nat=spec.nat, index=i,
@@ -191,7 +198,7 @@ def plan_to_json(plan: LabPlan) -> dict:
                         "name": node.name, "netns": node.netns, "underlayIP": node.underlay_ip,
                         "podCIDR": node.pod_cidr, "podGateway": node.pod_gateway,
                         "gatewayCandidate": node.gateway_candidate,
-                        "routerPort": node.router_port,
+                        "routerPort": node.router_port, "kind": node.kind,
                         "pods": [{"name": p.name, "netns": p.netns, "ip": p.ip,
                                   "nodeIfname": p.node_ifname} for p in node.pods],
                     }
@@ -218,6 +225,7 @@ def plan_from_json(data: dict) -> LabPlan:
                     gateway_candidate=n["gatewayCandidate"], router_port=n["routerPort"],
                     pods=tuple(PodPlan(name=q["name"], netns=q["netns"], ip=q["ip"],
                                        node_ifname=q["nodeIfname"]) for q in n["pods"]),
+                    kind=n.get("kind", "netns"),
                 )
                 for n in p["nodes"]
             ),

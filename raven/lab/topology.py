@@ -30,6 +30,7 @@ from raven.errors import ValidationError
 from raven.safeyaml import YamlError, load_yaml, read_yaml_file
 
 NAT_KINDS = ("none", "cone", "symmetric")
+NODE_KINDS = ("netns", "vm")  # a network namespace (default) or a qemu guest (raven.lab.vm)
 TUNNEL_KINDS = ("wireguard", "none")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_LAB_NAME = 24
@@ -50,7 +51,7 @@ UNDERLAY_RANGES = tuple(
 
 TOP_KEYS = {"name", "tunnel", "underlayMTU", "pools", "description"}
 POOL_KEYS = {"name", "gateway", "nat", "nodes", "pods", "underlayMTU"}
-NODE_KEYS = {"name", "podCIDR", "gatewayCandidate", "pods"}
+NODE_KEYS = {"name", "podCIDR", "gatewayCandidate", "pods", "kind"}
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class NodeSpec:
     pod_cidr: ipaddress.IPv4Network
     gateway_candidate: bool
     pods: int
+    kind: str = "netns"
 
 
 @dataclass(frozen=True)
@@ -272,6 +274,10 @@ def _parse_node(raw: object, pool_where: str, index: int, default_pods: int,
                         f"got {candidate!r}")
         candidate = False
     pods = _count(raw.get("pods", default_pods), f"{where}: field 'pods'", problems)
+    kind = raw.get("kind", "netns")
+    if kind not in NODE_KINDS:
+        problems.append(f"{where}: field 'kind': {kind!r} is not one of {', '.join(NODE_KINDS)}")
+        kind = "netns"
 
     raw_cidr = raw.get("podCIDR")
     cidr = None
@@ -304,7 +310,8 @@ def _parse_node(raw: object, pool_where: str, index: int, default_pods: int,
                                 f"({', '.join(map(str, UNDERLAY_RANGES))}); use e.g. 10.244.0.0/16")
     if cidr is None:
         return None
-    return NodeSpec(name=str(name), pod_cidr=cidr, gateway_candidate=candidate, pods=pods)
+    return NodeSpec(name=str(name), pod_cidr=cidr, gateway_candidate=candidate, pods=pods,
+                    kind=str(kind))
 
 
 def _check_unique_names(pools: list[PoolSpec], problems: list[str]) -> None:
