@@ -6,6 +6,8 @@ Verbs (each also a `raven lab` subcommand):
 - node_down: power cut. Every process of the node (agent, wireguard-go) is SIGKILLed, its port
   on the pool bridge goes down and the kubelet stand-in stops posting its status (NotReady
   after the grace). The kernel state of the node stays, as RAM would if it came straight back;
+- on a node of kind vm (raven.lab.vm) node_down kills qemu (a power cut) and node_up boots a
+  fresh guest, with or without reboot=True; its state directory is kept;
 - node_up: port up, a fresh agent with the same state directory. With reboot=True the node's
   kernel state is wiped first, as after a power cycle: every link but lo, eth0 and the pod
   veths, every route, rule, neighbour and nftables table, /run/wireguard and /run/raven; then
