@@ -35,6 +35,7 @@ def format_status(plan: LabPlan) -> str:
         for node in pool.nodes:
             pods = ", ".join(f"{p.name} {p.ip}" for p in node.pods) or "no pods"
             star = " (gateway candidate)" if node.gateway_candidate else ""
+            star += " [vm]" if node.is_vm else ""
             lines.append(f"    {node.name:<16} {node.underlay_ip:<15} podCIDR {node.pod_cidr:<18}"
                          f" {pods}{star}")
     procs = runtime.supervised(plan.name)

@@ -151,6 +151,12 @@ def call(address: str, argv: list[str], netns: str | None = None, stdin: bytes =
     """Run `argv` in the guest; stream its output to ours; return its exit status."""
     sock = socket.create_connection(_addr(address), timeout=connect_timeout)
     sock.settimeout(None)
+    # A guest that dies (qemu killed or crashed) sends no FIN: keepalives end the wait for it,
+    # so the host process standing for a guest daemon does not outlive the guest for long.
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (("TCP_KEEPIDLE", 10), ("TCP_KEEPINTVL", 5), ("TCP_KEEPCNT", 4)):
+        if hasattr(socket, option):
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
     env = {k: v for k, v in os.environ.items() if k.startswith("RAVEN_")}
     request = {"argv": argv, "netns": netns, "env": env,
                "stdin": base64.b64encode(stdin).decode()} if argv else {"op": "ping"}
@@ -169,6 +175,9 @@ def call(address: str, argv: list[str], netns: str | None = None, stdin: bytes =
             chunk = sock.recv(65536) if ready else b""
         except InterruptedError:
             continue
+        except OSError as exc:  # keepalive gave up: the guest is gone
+            sys.stderr.write(f"raven-vmguest: lost the guest: {exc}\n")
+            return 255
         if not chunk:
             sys.stderr.write("raven-vmguest: the guest closed the connection\n")
             return 255
