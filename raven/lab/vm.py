@@ -41,6 +41,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -264,10 +265,14 @@ def _console_tail(lab: str, node: str, lines: int = 20) -> str:
         return "(no console log)"
 
 
-def wait_ready(lab: str, node: str, timeout: float = BOOT_TIMEOUT) -> float:
-    """Wait until the guest's command server answers; return the guest's uptime then."""
+def wait_ready(lab: str, node: str, timeout: float = BOOT_TIMEOUT,
+               stop: threading.Event | None = None) -> float:
+    """Wait until the guest's command server answers; return the guest's uptime then. `stop`
+    (set when `lab up` is interrupted) ends the wait at once."""
     deadline = time.monotonic() + timeout
     while True:
+        if stop is not None and stop.is_set():
+            raise CommandError(f"lab {lab!r}: stopped while the VM of {node!r} booted")
         if not runtime.process_running(lab, node, VM):
             raise CommandError(f"lab {lab!r}: the VM of node {node!r} exited while booting; "
                                f"its console ({runtime.log_path(lab, node, VM)}) ends:\n"
@@ -278,7 +283,10 @@ def wait_ready(lab: str, node: str, timeout: float = BOOT_TIMEOUT) -> float:
         if time.monotonic() > deadline:
             raise CommandError(f"lab {lab!r}: the VM of node {node!r} did not answer in "
                                f"{timeout:.0f}s; its console ends:\n{_console_tail(lab, node)}")
-        time.sleep(1.0)
+        if stop is not None:
+            stop.wait(1.0)
+        else:
+            time.sleep(1.0)
 
 
 def configure(lab: str, node_name: str) -> None:
@@ -330,18 +338,21 @@ def boot_all(plan: LabPlan, progress: Progress) -> None:
     for node in nodes:
         start(plan.name, node)
     pool = ThreadPoolExecutor(max_workers=len(nodes))
+    stop = threading.Event()
     try:
-        futures = [pool.submit(_ready_and_configure, plan.name, node, progress)
+        futures = [pool.submit(_ready_and_configure, plan.name, node, progress, stop)
                    for node in nodes]
         for future in futures:
             future.result()
     finally:
+        stop.set()  # a failure or a signal: the other waits end now, then the lab is removed
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _ready_and_configure(lab: str, node: str, progress: Progress) -> None:
+def _ready_and_configure(lab: str, node: str, progress: Progress,
+                         stop: threading.Event) -> None:
     started = time.monotonic()
-    uptime = wait_ready(lab, node)
+    uptime = wait_ready(lab, node, stop=stop)
     configure(lab, node)
     progress(f"VM node {node}: answered at guest uptime {uptime:.0f}s, wired "
              f"{time.monotonic() - started:.0f}s after the start")
