@@ -153,8 +153,8 @@ def node_script(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> str:
              f"ip route replace 192.0.2.0/24 via {pool.router_lan_ip} dev \"$LAN\""]
     for other in pool.nodes:
         if other.name != node.name:
-            lines.append(f"ip route replace {other.pod_cidr} via {other.underlay_ip} "
-                         "dev \"$LAN\"")
+            lines += [f"ip route replace {cidr} {build._next_hop(pool, other, cidr)} "
+                      "dev \"$LAN\"" for cidr in other.cidrs()]
     for pod in node.pods:
         node_side = [line for line in build._node_lines(plan, pool, node)
                      if f" {pod.node_ifname} " in f" {line} " or line.endswith(pod.node_ifname)]
@@ -185,8 +185,15 @@ def _machine(name: str, networks: list[str], scripts: list[str], extra: str = ""
 
 def vagrantfile(plan: LabPlan, project: Path, box: str = DEFAULT_BOX, memory: int = 1024,
                 cpus: int = 1) -> str:
-    """The Vagrantfile of a lab plan; `project` is the source tree every machine installs."""
+    """The Vagrantfile of a lab plan; `project` is the source tree every machine installs.
+    IPv4 underlays only (pod networks may be dual-stack); CommandError otherwise."""
     lab = plan.name
+    v6 = [p.name for p in plan.pools if not p.has_v4]
+    if v6:
+        from raven.errors import CommandError
+
+        raise CommandError(f"lab {lab!r}: pools {', '.join(v6)} have an IPv6-only underlay; "
+                           "the Vagrantfile supports IPv4 (or dual) underlays only")
     out = [
         f"# Vagrantfile for raven lab {lab!r} (source: {plan.source or 'topology'}), written by\n"
         "# `raven lab vagrantfile`. Provider: libvirt (vagrant-libvirt). Box: override with\n"

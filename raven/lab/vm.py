@@ -57,6 +57,7 @@ VM = "vm"  # supervisor name of a VM node's qemu (vng) process
 BRIDGE, LAN_TAP, CTL_TAP = "vmbr", "lan0", "ctl0"
 CTL_HOST, CTL_GUEST, CTL_PREFIX = "169.254.100.1", "169.254.100.2", 30
 CTL_PORT = 7422
+GUEST_SYSCTLS = ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")  # as HOLDER_SCRIPT
 CTL_ADDRESS = f"{CTL_GUEST}:{CTL_PORT}"
 MEMORY = os.environ.get("RAVEN_LAB_VM_MEMORY", "640M")
 BOOT_TIMEOUT = float(os.environ.get("RAVEN_LAB_VM_BOOT_TIMEOUT", "600"))
@@ -132,7 +133,7 @@ def _find(plan: LabPlan, name: str) -> tuple[PoolPlan, NodePlan]:
 
 def mac(prefix: int, underlay_ip: str) -> str:
     """A locally administered MAC from the node's underlay address (stable across boots)."""
-    raw = bytes([0x52, prefix]) + ipaddress.IPv4Address(underlay_ip).packed
+    raw = bytes([0x52, prefix]) + ipaddress.ip_address(underlay_ip).packed[-4:]
     return ":".join(f"{b:02x}" for b in raw)
 
 
@@ -290,15 +291,13 @@ def wait_ready(lab: str, node: str, timeout: float = BOOT_TIMEOUT,
 
 
 def configure(lab: str, node_name: str) -> None:
-    """Give a booted guest the lab's wiring: underlay address and routes, pods (as build.py
-    gives a netns node), forwarding on, IPv6 off."""
+    """Give a booted guest the lab's wiring: underlay addresses and routes, pods (as build.py
+    gives a netns node), forwarding on (as the holder sets it in a netns node)."""
     from raven.lab import build
 
     plan = runtime.load_plan(lab)
     pool, node = _find(plan, node_name)
-    call(lab, node.name, nsutil.sysctl_argv(
-        "net.ipv4.ip_forward=1", "net.ipv6.conf.all.disable_ipv6=1",
-        "net.ipv6.conf.default.disable_ipv6=1"))
+    call(lab, node.name, nsutil.sysctl_argv(*GUEST_SYSCTLS))
     lines = [f"netns add {pod.netns}" for pod in node.pods]
     lines.append(f"link set eth0 mtu {pool.mtu}")
     lines += build._node_lines(plan, pool, node)
