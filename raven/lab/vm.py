@@ -65,7 +65,7 @@ AGENT_READY_TIMEOUT = 600.0  # a fresh agent in a guest under TCG: imports take 
 # What `raven agent` imports, lazily imported modules included (the guest would otherwise read
 # them one by one over 9p): the CLI, the agent, the Kubernetes client and the data plane.
 BUNDLE_MODULES = ("raven.cli", "raven.commands.*", "raven.agent_command", "raven.agent",
-                  "raven.kube.*", "raven.dataplane.*", "raven.health")
+                  "raven.kube.*", "raven.dataplane.*", "raven.proxy.*", "raven.health")
 
 
 # --- what the machine needs ---------------------------------------------------------------------
