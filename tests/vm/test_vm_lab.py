@@ -209,7 +209,10 @@ def test_agent_restart_on_the_vm_gateway_loses_no_packet(lab: str) -> None:
                                                             pod_ip(lab, "cone-vm-pod0"))}
     try:
         time.sleep(2)
+        started = time.monotonic()
         restart = raven("lab", "agent-restart", lab, VM_NODE, timeout=900)
+        sys.stderr.write(f"\n[vm-lab] agent-restart on {VM_NODE} to ready: "
+                         f"{time.monotonic() - started:.0f}s\n")
         time.sleep(2)
     finally:
         results = {name: stop_probe(proc) for name, proc in probes.items()}
@@ -236,9 +239,14 @@ def test_vm_gateway_rebooted_while_its_pool_is_cut_off_keeps_its_identity(lab: s
         assert not status(lab)["processes"] or not any(
             p["target"] == VM_NODE and p["name"] == "vm" and p["running"]
             for p in status(lab)["processes"])  # power cut: qemu is gone
+        started = time.monotonic()
         raven("lab", "node-up", lab, VM_NODE, "--reboot", timeout=1200, check=True)
+        booted = time.monotonic() - started
         assert guest_uptime(lab) < uptime or uptime < 60  # a new kernel booted
         wait_all_pairs(lab, timeout=900)
+        sys.stderr.write(f"\n[vm-lab] node-up --reboot of {VM_NODE}: booted and wired in "
+                         f"{booted:.0f}s, all pairs answer {time.monotonic() - started:.0f}s "
+                         "after the start (pool cut off from the control plane)\n")
         assert in_target(lab, VM_NODE, "cat", "/sys/class/net/raven0/address").strip() == mac
         assert in_target(lab, VM_NODE, "wg", "show", "raven-wg0", "public-key").strip() == key
         link = json.loads(in_target(lab, VM_NODE, "ip", "-j", "-d", "link", "show",
