@@ -15,8 +15,8 @@ How a VM node is wired (the node's host namespace `<lab>.<node>` stays, as the V
   (process `vm`); its console goes to logs/<node>.vm.log;
 - the guest sees the host's filesystem read-only (the project's .venv and tools), plus shared
   directories: the node's state directory (read-write: the agent's key and offline cache
-  survive a reboot of the guest), the API server's directory (the kubeconfig, read-only) and
-  the lab's vm directory (the Python bundle, read-only);
+  survive a reboot of the guest) and, read-only, the API server's directory (the kubeconfig),
+  the proxy CA's and the lab's vm directory (the Python bundle), see shared_ro;
 - inside the guest: NIC `eth0` with the node's underlay address and the lab's routes, and the
   pods as network namespaces `<lab>.<pod>` with veths `p<k>`, exactly as raven.lab.build gives
   a netns node (the same `ip -batch` lines);
@@ -185,12 +185,19 @@ def vng_argv(lab: str, pool: PoolPlan, node: NodePlan) -> list[str]:
     argv = [str(vng), "--run", str(kernel), "--user", "root", "--memory", MEMORY,
             "--cpus", "1", "--cwd", "/",
             "--rwdir", str(cluster.state_dir(lab, node.name)),
-            "--rodir", str(cluster.apiserver_dir(lab)),
-            "--rodir", str(vm_dir(lab)),
+            *(arg for folder in shared_ro(lab) for arg in ("--rodir", str(folder))),
             f"--qemu-opts={qemu}"]
     if os.environ.get("RAVEN_VM_KVM") != "1":
         argv.append("--disable-kvm")  # qemu on /dev/kvm fails on our machines; TCG always works
     return [*argv, "--", boot]
+
+
+def shared_ro(lab: str) -> list[Path]:
+    """Host directories a guest reads at their host paths: the API server's (kubeconfig), the
+    proxy CA's (the agents' --proxy-ca-file) and the lab's vm directory (the bundle)."""
+    from raven.lab import cluster
+
+    return [cluster.apiserver_dir(lab), cluster.proxy_ca_paths(lab)[0].parent, vm_dir(lab)]
 
 
 def _env_for_vng(vng: Path) -> dict[str, str]:
@@ -204,9 +211,11 @@ def start(lab: str, node_name: str) -> None:
 
     plan = runtime.load_plan(lab)
     pool, node = _find(plan, node_name)
-    for folder, mode in ((cluster.state_dir(lab, node.name), 0o700),
-                         (cluster.apiserver_dir(lab), 0o700), (vm_dir(lab), 0o755)):
-        folder.mkdir(parents=True, exist_ok=True, mode=mode)
+    # Shared folders must exist before the guest mounts them; the API server and the proxy CA
+    # fill theirs later (both keep them 0700).
+    cluster.state_dir(lab, node.name).mkdir(parents=True, exist_ok=True, mode=0o700)
+    for folder in shared_ro(lab):
+        folder.mkdir(parents=True, exist_ok=True, mode=0o755 if folder == vm_dir(lab) else 0o700)
     vng = vng_path()
     runtime.start_process(lab, node.name, VM, vng_argv(lab, pool, node),
                           env=_env_for_vng(vng) if vng else None, host_side=True)
