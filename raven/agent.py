@@ -25,6 +25,7 @@ Rules kept:
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -34,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from raven import agent_step, constants
+from raven import agent_step, constants, nat_discovery, relay_choice
 from raven.agent_step import Apply, Inputs, Observation, PublishKey, RefreshStats, SaveCache
 from raven.dataplane import Dataplane, DataplaneSettings
 from raven.desired import NodeState, Role
@@ -43,6 +44,8 @@ from raven.health import HealthServer
 from raven.kube.cache import JSON, CachedInputs, InputCache, atomic_write_json
 from raven.kube.errors import KubeError
 from raven.model import Gateway, Node
+from raven.path_agent import PathManager
+from raven.paths import PathPlan
 from raven.proxy.metrics import ProxyMetrics
 from raven.proxy.plan import plan_proxy
 from raven.settings import AgentSettings
@@ -118,6 +121,12 @@ class AgentMetrics:
                                registry=r)
         self.ready = Gauge("raven_agent_ready", "1 after the first successful apply",
                            registry=r)
+        self.direct_paths = Gauge("raven_agent_direct_paths", "Remote NAT'd pools reached "
+                                  "over a direct (hole-punched) path", registry=r)
+        self.path_mode = Gauge("raven_agent_path", "1 for the current path to each NAT'd pool "
+                               "(mode: direct, probing, relayed)", ["pool", "mode"], registry=r)
+        self.path_changes = Counter("raven_agent_path_changes_total", "Path mode changes, by "
+                                    "the mode entered", ["pool", "mode"], registry=r)
         self.drift = Gauge("raven_agent_drift", "Differences between plan and kernel found by "
                            "the last check (repaired by the next apply)", registry=r)
 
@@ -155,6 +164,13 @@ class Agent:
         self._skipped_reported: tuple[str, ...] = ()
         self.loop_time = time.monotonic()  # last turn of the main loop, for /healthz
         self._status_doc: dict[str, Any] = {}
+        # Direct paths to other NAT'd pools, decided by the path manager's thread (raven.paths)
+        # and planned with every reconcile; the lock keeps its applies and the loop's apart.
+        self.path_plans: dict[str, PathPlan] = {}
+        self.path_report: list[dict[str, Any]] = []
+        self._reconcile_lock = threading.RLock()
+        self._adopted = False
+        self.paths = PathManager(self)
         self.proxy_metrics = ProxyMetrics(self.metrics.registry)
         self.proxy: ProxyComponent | None = None  # started by run() (docs/proxy.md)
 
@@ -224,13 +240,56 @@ class Agent:
     def reconcile(self, inputs: Inputs, wall: float) -> bool:
         """Plan from `inputs` and apply; True on success. Never raises. `wall` (unix seconds)
         only stamps the status file and Events."""
+        with self._reconcile_lock:
+            return self._reconcile(inputs, wall)
+
+    def apply_paths(self, plans: dict[str, PathPlan]) -> bool:
+        """The path manager changed the direct paths: plan and apply now with the last inputs."""
+        with self._reconcile_lock:
+            self.path_plans = dict(plans)
+            if self.inputs is None:
+                return False
+            return self._reconcile(self.inputs, time.time())
+
+    def peer_subnets(self, plans: dict[str, PathPlan]) -> dict[str, tuple[str, ...]]:
+        """Allowed IPs of every peer in the plan these paths would give (prepared ahead of a
+        scheduled take-over, so the instant itself costs one WireGuard write)."""
+        if self.inputs is None:
+            return {}
+        gateways, me, _ = parse_inputs(self.inputs, self.settings.node)
+        state = plan_node(gateways, me, self.settings.overlay, plans)
+        return {p.public_key: p.allowed_ips for p in (state.wireguard.peers
+                                                      if state.wireguard else ())}
+
+    def record_paths(self, report: list[dict[str, Any]]) -> None:
+        if report == self.path_report:
+            return
+        before = {p["pool"]: p["mode"] for p in self.path_report}
+        self.path_report = report
+        self.metrics.direct_paths.set(sum(p["mode"] == "direct" for p in report))
+        self.metrics.path_mode.clear()
+        for path in report:
+            self.metrics.path_mode.labels(path["pool"], path["mode"]).set(1)
+            if before.get(path["pool"]) != path["mode"]:
+                self.metrics.path_changes.labels(path["pool"], path["mode"]).inc()
+        if self._status_doc:
+            self._status_doc["paths"] = report
+            self._flush_status()
+
+    def _reconcile(self, inputs: Inputs, wall: float) -> bool:
         start = time.monotonic()
         self.reconciles += 1
         try:
             gateways, me, problems = parse_inputs(inputs, self.settings.node)
             for problem in problems:
                 log.warning("ignored: %s", problem)
-            state = plan_node(gateways, me, self.settings.overlay)
+            if not self._adopted:  # the first plan keeps the previous agent's direct paths
+                self._adopted = True
+                try:
+                    self.path_plans = self.paths.adopt(gateways, time.monotonic(), time.time())
+                except Exception as exc:  # then they are probed again, nothing worse
+                    log.warning("direct paths of the previous agent not adopted: %s", exc)
+            state = plan_node(gateways, me, self.settings.overlay, self.path_plans)
         except Exception as exc:
             self.metrics.errors.labels("plan").inc()
             self.last_error = f"plan: {exc}"
@@ -272,6 +331,7 @@ class Agent:
             self.ready = True
             self.metrics.ready.set(1)
         self._write_status(gateways, state, inputs, wall, elapsed)
+        self.paths.wake.set()  # new inputs may hold new candidates: look at once
         return True
 
     def _report_skipped(self, wall: float) -> None:
@@ -304,6 +364,7 @@ class Agent:
             "reconcileSeconds": elapsed,
             "publicKey": self.public_key,
             "skipped": list(self.skipped),
+            "paths": self.path_report,
             # What this plan was made from: tests and operators can wait for "every agent has
             # acted on Gateway X at resourceVersion R" instead of sleeping.
             "gateways": {g.name: g.metadata.get("resourceVersion") for g in gateways},
@@ -370,6 +431,43 @@ class Agent:
             log.warning("node %s: cannot publish public key: %s", self.settings.node, exc)
             return False
         log.info("node %s: published WireGuard public key", self.settings.node)
+        return True
+
+    def publish_observed(self, observed: dict[str, str]) -> bool:
+        """Our Node's observed-endpoints annotation = `observed` (removed when empty)."""
+        value = nat_discovery.encode(observed) if observed else None
+        return self._annotate(nat_discovery.ANNOTATION_OBSERVED, value, "observed endpoints")
+
+    def publish_paths(self, paths: dict[str, str]) -> bool:
+        """Our Node's paths annotation (removed when empty): the controller's status.paths."""
+        value = nat_discovery.encode(paths) if paths else None
+        return self._annotate(nat_discovery.ANNOTATION_PATHS, value, "paths")
+
+    def publish_relay_rtts(self, rtts: dict[str, float]) -> bool:
+        """Our Node's relay-rtt annotation: RTT in ms to each public pool's gateway."""
+        value = json.dumps(dict(sorted(rtts.items())), separators=(",", ":")) if rtts else None
+        return self._annotate(relay_choice.ANNOTATION_RELAY_RTT, value, "relay RTTs")
+
+    def _annotate(self, name: str, value: str | None, what: str) -> bool:
+        """Make one annotation of our Node `value` (None: absent); True when it is."""
+        if self.node is None or self.kube is None:
+            return False
+        from raven.kube.client import NODES
+
+        node = self.node.get(self.settings.node)
+        if node is None:
+            return False
+        annotations = (node.get("metadata") or {}).get("annotations") or {}
+        if annotations.get(name) == value:
+            return True
+        try:
+            self.kube.merge_patch(NODES, self.settings.node,
+                                  {"metadata": {"annotations": {name: value}}})
+        except KubeError as exc:
+            self.metrics.errors.labels("publish").inc()
+            log.warning("node %s: cannot publish %s: %s", self.settings.node, what, exc)
+            return False
+        log.info("node %s: published %s", self.settings.node, what)
         return True
 
     # -- the runner ----------------------------------------------------------------------------
@@ -475,6 +573,9 @@ class Agent:
         beating = threading.Thread(target=self._heartbeat_loop, args=(stop,), name="heartbeat",
                                    daemon=True)
         beating.start()
+        threading.Thread(target=self.paths.run, args=(stop,), name="paths", daemon=True).start()
+        threading.Thread(target=self.paths.measure_loop, args=(stop,), name="relay-rtt",
+                         daemon=True).start()
         # The loop sleeps on _wake, not on stop: wake it when stop is set (SIGTERM), or a stop
         # would wait for the next deadline (up to 10 s, longer than a heartbeat).
         threading.Thread(target=lambda: (stop.wait(), self._wake.set()), name="stop-waker",

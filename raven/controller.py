@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from raven import constants, controller_step
+from raven import constants, controller_step, relay_choice
 from raven.controller_step import Action, ControllerState, Observation
 from raven.errors import ValidationError
 from raven.gateway_status import (
@@ -43,7 +43,9 @@ from raven.gateway_status import (
     heartbeats_from_leases,
     key_problem,
     members_by_pool,
+    observed_endpoints,
     public_address,
+    relay_rtts,
     why_no_endpoint,
 )
 from raven.health import HealthServer
@@ -65,6 +67,7 @@ from raven.kube.lease import LeaderElector
 from raven.model import Gateway, Node, fleet_problems
 from raven.proxy import compat
 from raven.settings import ControllerSettings
+from raven.topology import relay_candidates
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +117,7 @@ class GatewayController:
         self.reconciles = 0
         self._heartbeat_seen: dict[str, float] = {}  # node -> last renewTime seen (for wakes)
         self._node_cache: dict[str, tuple[str, Node]] = {}  # name -> (resourceVersion, parsed)
+        self._relay_state = relay_choice.RelayState()
         self._compat_done: object = None  # the proxy objects last written (skip when equal)
         self._unserved: set[str] = set()  # kinds the API server does not serve (logged once)
 
@@ -159,6 +163,20 @@ class GatewayController:
         self._node_cache = cache
         return out
 
+    def _choose_relay(self, gateways: list[Gateway], nodes: dict[str, Node],
+                      now: float) -> str | None:
+        """The relay between NAT'd pools by measured RTT (raven.relay_choice), to flag in its
+        Gateway's status; None when it is the planner's default (nothing to flag)."""
+        candidates, default = relay_candidates(gateways)
+        flagged = next((g.name for g in gateways
+                        if g.status.extra.get("relay") is True and g.name in candidates), None)
+        current = flagged or default
+        chosen, self._relay_state, why = relay_choice.choose(
+            current, relay_rtts(gateways, nodes), candidates, self._relay_state, now)
+        if chosen != current:
+            log.info("relay between NAT'd pools: %s", why)
+        return chosen if chosen != default else None
+
     def reconcile(self, now: float) -> int:
         """Bring every Gateway's status up to date; returns the number of status writes."""
         start = time.monotonic()
@@ -172,6 +190,8 @@ class GatewayController:
             except ValidationError:
                 continue  # reported on the object itself by compute_status
         pools = members_by_pool(nodes)
+        observed = observed_endpoints(nodes)
+        relay = self._choose_relay(parsed, nodes, now)
         # Judge the fleet by the membership we are about to write, not by the stored
         # status.nodes: a node that just moved pools is otherwise "in two pools" until our own
         # write lands, and the condition would flap (two extra writes per move).
@@ -183,7 +203,7 @@ class GatewayController:
         for obj in objects:
             try:
                 plan = compute_status(obj, nodes, heartbeats, now, fleet,
-                                      self.settings.election, pools)
+                                      self.settings.election, pools, observed, relay)
             except Exception:  # a planner bug for one Gateway must not stop the others
                 log.exception("Gateway %s: computing status failed",
                               (obj.get("metadata") or {}).get("name"))

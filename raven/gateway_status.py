@@ -21,7 +21,10 @@ Rules kept:
 - a Gateway that fails validation keeps its last status (nodes and active endpoints) and gets
   the condition SpecValid=False naming every problem; a pool without an active endpoint gets
   Ready=False with the election's reasons. Nothing in an object makes this module raise;
-- a condition's lastTransitionTime changes only when its status flips.
+- a condition's lastTransitionTime changes only when its status flips;
+- a NAT'd active endpoint gets what public gateways observed of its key
+  (`raven.nat_discovery.endpoint_config`: `mapped-endpoint`, `nat-mapping`) in its config, and
+  `status.paths` lists how that gateway reaches the other NAT'd pools (its own annotation).
 """
 
 from __future__ import annotations
@@ -29,11 +32,12 @@ from __future__ import annotations
 import base64
 import binascii
 import copy
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from raven import constants
+from raven import constants, nat_discovery, relay_choice
 from raven.election import ElectionOptions, elect, elect_proxies
 from raven.errors import ValidationError
 from raven.model import (
@@ -176,9 +180,13 @@ def compute_status(
     fleet: Sequence[str] = (),
     options: ElectionOptions | None = None,
     pools: Mapping[str, tuple[NodeInfo, ...]] | None = None,
+    observed: Mapping[str, Mapping[str, str]] | None = None,
+    relay: str | None = None,
 ) -> StatusPlan:
     """The status one Gateway object should have. Never raises for bad objects.
-    `pools` is `members_by_pool(nodes)`, computed once by a caller handling many Gateways."""
+    `pools` is `members_by_pool(nodes)` and `observed` `observed_endpoints(nodes)`, computed
+    once by a caller handling many Gateways. `relay`: the pool chosen by RTT to relay between
+    NAT'd pools (raven.relay_choice), flagged `status.relay: true`; None = the default rule."""
     old_active = _old_active(obj)
     problems = gateway_problems(obj)
     name = str((obj.get("metadata") or {}).get("name", "?"))
@@ -206,6 +214,14 @@ def compute_status(
             config[constants.ENDPOINT_CONFIG_PUBLIC_KEY] = key
         else:
             config.pop(constants.ENDPOINT_CONFIG_PUBLIC_KEY, None)
+        # What public gateways saw of a NAT'd endpoint (raven.nat_discovery): agents of other
+        # NAT'd pools punch a direct path to it.
+        for item in (nat_discovery.CONFIG_MAPPED_ENDPOINT, nat_discovery.CONFIG_NAT_MAPPING):
+            config.pop(item, None)
+        if key and ep.under_nat:
+            if observed is None:
+                observed = observed_endpoints(nodes)
+            config.update(nat_discovery.endpoint_config(observed.get(key, {})))
         active.append(replace(ep, public_ip=public_address(ep, node), config=FrozenMap(config)))
     proxies = elect_proxies(gateway, nodes, heartbeats, now, options or ElectionOptions())
     proxy_active = [replace(ep, public_ip=public_address(ep, nodes.get(ep.node_name)))
@@ -248,6 +264,16 @@ def compute_status(
         extra=gateway.status.extra,
     )
     rendered = replace(gateway, status=new_status).to_k8s().get("status", {})
+    rendered.pop("relay", None)
+    if relay == gateway.name:
+        rendered["relay"] = True
+    # How the active gateway reaches the other NAT'd pools, as its agent published it.
+    rendered.pop("paths", None)
+    first = nodes.get(active[0].node_name) if active else None
+    if first is not None and active[0].under_nat:
+        paths = nat_discovery.status_paths(first.annotations.get(nat_discovery.ANNOTATION_PATHS))
+        if paths:
+            rendered["paths"] = paths
     new_active = tuple(e.node_name for e in active)
     new_proxies = tuple(e.node_name for e in proxy_active)
     old_proxies = _old_active(obj, proxy=True)
@@ -259,6 +285,32 @@ def compute_status(
         proxy_elected=tuple(n for n in new_proxies if n not in old_proxies),
         proxy_lost=tuple(n for n in old_proxies if n not in new_proxies),
     )
+
+
+def observed_endpoints(nodes: Mapping[str, Node]) -> dict[str, dict[str, str]]:
+    """{public key: {observer node: mapped endpoint}} from the nodes' annotations."""
+    return nat_discovery.observations(
+        (n.name, n.annotations) for n in nodes.values()
+        if nat_discovery.ANNOTATION_OBSERVED in n.annotations)
+
+
+def relay_rtts(gateways: Sequence[Gateway], nodes: Mapping[str, Node]
+               ) -> dict[str, dict[str, float]]:
+    """{NAT'd pool: {public pool: RTT ms}} from the active NAT'd gateways' annotations."""
+    out: dict[str, dict[str, float]] = {}
+    for gw in gateways:
+        tunnels = [e for e in gw.status.active_endpoints if e.type == "tunnel" and e.node_name]
+        if not tunnels or not tunnels[0].under_nat:
+            continue
+        node = nodes.get(tunnels[0].node_name)
+        text = node.annotations.get(relay_choice.ANNOTATION_RELAY_RTT) if node else None
+        try:
+            data = json.loads(text) if isinstance(text, str) and len(text) < 65536 else {}
+        except ValueError:
+            data = {}
+        out[gw.name] = {str(k): float(v) for k, v in (data.items() if isinstance(data, dict)
+                                                       else ()) if isinstance(v, int | float)}
+    return out
 
 
 def heartbeats_from_leases(leases: Sequence[JSON]) -> dict[str, float]:

@@ -22,8 +22,12 @@ Rules this module keeps (docs/gateway.md explains them for operators):
   duplicate) or named in a note; a subnet that overlaps one of our own pool's subnets is never
   routed into a tunnel.
 - Two pools whose gateways are both undialable (under NAT, or no public address) reach each other
-  through one relay: the dialable pool whose Gateway was created first (creationTimestamp, then
-  name). A Gateway added later can never become the relay of an existing pair.
+  through one relay: the dialable pool the controller chose by measured RTT (`status.relay`,
+  raven.relay_choice), else the one whose Gateway was created first (creationTimestamp, then
+  name). A Gateway added later can never become the relay of an existing pair by age.
+- Two undialable pools may get a direct path (`paths`, raven.paths: hole punching decided by
+  the agent): a peer aimed at the other gateway's mapped endpoint, holding no allowed IPs
+  while it is probed and the other pool's subnets (taken from the relay) once it answers.
 - Keepalive is set when WE are under NAT (keeps our NAT mapping open, we make the first
   handshake); a peer under NAT has no endpoint: it is learned from its handshake.
 - MTUs: VXLAN device = underlay - VXLAN overhead (20 bytes more over an IPv6 underlay);
@@ -36,7 +40,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from operator import attrgetter
@@ -56,6 +60,7 @@ from raven.desired import (
     WireGuardPeer,
 )
 from raven.model import TUNNEL, Endpoint, Gateway, Node, NodeInfo
+from raven.paths import DIRECT_KEEPALIVE, PathPlan
 from raven.settings import OverlaySettings
 
 VTEP_NETWORK = ipaddress.IPv4Network("240.0.0.0/4")  # reserved (class E): never on an underlay
@@ -248,6 +253,7 @@ class _Pool:
     subnets: tuple[_Cidr, ...]  # sorted, unique
     active: Endpoint | None  # first tunnel endpoint of status.activeEndpoints
     standby: tuple[str, ...]
+    chosen_relay: bool = False  # status.relay: the controller chose it by RTT (relay_choice)
 
     @property
     def dial_address(self) -> str | None:
@@ -284,13 +290,24 @@ def _pool(gw: Gateway) -> _Pool:
         subnets=tuple(sorted(subnets)),
         active=tunnels[0] if tunnels else None,
         standby=tuple(e.node_name for e in tunnels[1:]),
+        chosen_relay=gw.status.extra.get("relay") is True,
     )
 
 
 def relay_for(pools: Sequence[_Pool]) -> _Pool | None:
-    """The relay of every pair of undialable pools: the oldest dialable pool with a key."""
+    """The relay of every pair of undialable pools: the dialable pool with a key that the
+    controller chose by RTT (`status.relay`, raven.relay_choice), else the oldest one."""
     candidates = [p for p in pools if p.dial_address and p.active and p.active.public_key]
-    return min(candidates, key=_Pool.relay_key) if candidates else None
+    chosen = [p for p in candidates if p.chosen_relay]
+    return min(chosen or candidates, key=_Pool.relay_key) if candidates else None
+
+
+def relay_candidates(gateways: Sequence[Gateway]) -> tuple[list[str], str | None]:
+    """(the pools that could relay, the relay the planner uses now) for the controller."""
+    pools = [_pool(gw) for gw in gateways]
+    relay = relay_for(pools)
+    return ([p.name for p in pools if p.dial_address and p.active and p.active.public_key],
+            relay.name if relay else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -519,10 +536,12 @@ def _by_pool(peers: Sequence[WireGuardPeer],
 
 
 def plan_node(
-    gateways: Sequence[Gateway], me: Node | str, options: PlanOptions = _DEFAULT_OPTIONS
+    gateways: Sequence[Gateway], me: Node | str, options: PlanOptions = _DEFAULT_OPTIONS,
+    paths: Mapping[str, PathPlan] | None = None,
 ) -> NodeState:
     """The complete desired data-plane state of node `me` (a Node, or a name whose facts then
-    come from Gateway status)."""
+    come from Gateway status). `paths`: direct paths to undialable pools that this gateway
+    probes or uses (raven.paths, decided by the agent from what WireGuard reports)."""
     name = me if isinstance(me, str) else me.name
     notes: list[str] = []
     names_seen: set[str] = set()
@@ -556,7 +575,7 @@ def plan_node(
     relay = relay_for(pools)
     forwardable = set(pod_blocks) - set(mtu_blocks)
     remote, gw_blocks = _gateway_subnets(pools, relay, found, pool_blocks, forwardable, notes)
-    peers = _peers(pool, pools, relay, remote, options, notes)
+    peers = _peers(pool, pools, relay, remote, options, notes, paths or {})
     routed = sorted(s for peer in peers for s in peer.allowed_ips)
     unreachable = sum(len(v) for v in remote.values()) - len(routed)
     if unreachable:
@@ -726,8 +745,11 @@ def _peers(
     remote_subnets: dict[str, list[str]],
     options: PlanOptions,
     notes: list[str],
+    paths: Mapping[str, PathPlan],
 ) -> tuple[WireGuardPeer, ...]:
-    """One peer per remote pool we can talk to directly; undialable pairs go via the relay."""
+    """One peer per remote pool we can talk to directly; undialable pairs go via the relay,
+    unless a punched path (`paths`) carries them: then a peer of their own, with no allowed IPs
+    while probing (traffic stays on the relay) and their subnets once direct."""
     assert pool.active is not None
     we_dialable = pool.dial_address is not None
     keepalive = options.keepalive if pool.active.under_nat else 0
@@ -745,7 +767,18 @@ def _peers(
             direct[p.name] = (p, list(remote_subnets[p.name]), [])
         else:
             relayed.append((p, remote_subnets[p.name]))
+    punched: dict[str, PathPlan] = {}
     for p, subnets in relayed:
+        path = paths.get(p.name)
+        if path is not None and p.active is not None and path.public_key == p.active.public_key:
+            punched[p.name] = path
+            direct[p.name] = (p, list(subnets) if path.direct else [], [])
+            if path.direct:
+                notes.append(f"Gateway {p.name}: both it and {pool.name} are undialable; "
+                             "direct path through both NATs (hole punched)")
+                continue
+            notes.append(f"Gateway {p.name}: probing a direct path to {path.endpoint}; "
+                         "traffic stays on the relay until it answers")
         if relay is None or relay.name not in direct:
             notes.append(f"Gateway {p.name}: both it and {pool.name} are undialable (under NAT "
                          "or no public address) and no public relay gateway exists; "
@@ -771,11 +804,12 @@ def _peers(
             notes.append(f"Gateway {p.name}: public key {key[:8]}... is already used by "
                          f"{peers[key].pool if key in peers else pool.name}; skipped")
             continue
+        path = punched.get(p.name)
         peers[key] = WireGuardPeer(
             public_key=key,
-            endpoint=p.dial_address,
+            endpoint=p.dial_address if path is None else path.endpoint,
             allowed_ips=tuple(sorted(subnets)),
-            keepalive=keepalive,
+            keepalive=keepalive if path is None else DIRECT_KEEPALIVE,
             pool=p.name,
             relays_for=tuple(sorted(via)),
         )

@@ -104,6 +104,7 @@ BUILTIN_TYPES: tuple[ResourceType, ...] = (
           categories=("all",), connect_subresources=("log", "exec", "attach")),
     _core("configmaps", "ConfigMap", True, short_names=("cm",)),
     _core("secrets", "Secret", True),
+    _core("endpoints", "Endpoints", True, short_names=("ep",)),  # x-raven-proxy-internal-svc
     _core("events", "Event", True, short_names=("ev",)),
     _core("serviceaccounts", "ServiceAccount", True, short_names=("sa",)),
     _core("services", "Service", True, short_names=("svc",), has_status=True,

@@ -2,7 +2,8 @@
 
 The edges are not guessed: each pool's active gateway is planned with `raven.topology.plan_node`,
 the same pure planner the agent runs, and its WireGuard peers become the tunnels; a peer that
-relays for other pools makes the dashed relay edges.
+relays for other pools makes the dashed relay edges. Two NAT'd pools whose gateways report a
+direct path (`status.paths`, docs/gateway.md 4a) get a green edge of their own instead.
 """
 
 from __future__ import annotations
@@ -73,6 +74,18 @@ def render_dot(gateways: Sequence[object]) -> str:
                          'color="red"];')
         lines.append("  }")
     drawn: set[tuple[str, str]] = set()
+    # Pairs of NAT'd pools that went direct (status.paths, published by their gateways):
+    # drawn as their own tunnel instead of "relayed via".
+    for gw in gws:
+        for entry in gw.status.extra.get("paths") or ():
+            other = entry.get("gateway") if hasattr(entry, "get") else None
+            pair = tuple(sorted((gw.name, str(other))))
+            if (entry.get("path") == "direct" and other in active_of and gw.name in active_of
+                    and pair not in drawn):
+                drawn.add(pair)  # type: ignore[arg-type]
+                lines.append(f"  {_q(active_of[gw.name])} -> {_q(active_of[str(other)])} "
+                             '[dir=both, color=darkgreen, penwidth=2, '
+                             'label="WireGuard direct (through both NATs)"];')
     for gw in gws:
         if gw.name not in active_of:
             continue

@@ -144,6 +144,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pool", help="pool or Gateway name")
     p.set_defaults(func=cmd_gateway_fail)
 
+    p = lab.add_parser("nat-rebind", help="the pool's NAT forgets its mappings: conntrack "
+                       "flushed, the next packets get new public ports")
+    p.add_argument("name")
+    p.add_argument("pool", help="pool or Gateway name")
+    p.set_defaults(func=cmd_nat_rebind)
+
     p = lab.add_parser("control-plane-stop", help="stop the API server and the controller")
     p.add_argument("name")
     p.set_defaults(func=cmd_cp_stop)
@@ -492,6 +498,15 @@ def cmd_gateway_fail(args: argparse.Namespace) -> int:
     _need_root()
     node = faults.gateway_fail(args.name, args.pool)
     print(f"active gateway {node} of pool {args.pool} is down")
+    return 0
+
+
+def cmd_nat_rebind(args: argparse.Namespace) -> int:
+    from raven.lab import nat
+
+    _need_root()
+    generation = nat.rebind(args.name, args.pool)
+    print(f"pool {args.pool}: NAT mappings forgotten (generation {generation})")
     return 0
 
 

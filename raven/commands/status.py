@@ -167,6 +167,7 @@ def render(report: dict[str, Any]) -> str:
                      f"{peer.get('endpoint') or '(learned)'} handshake {shown} "
                      f"rx {_human_bytes(float(peer.get('rx_bytes') or 0))} "
                      f"tx {_human_bytes(float(peer.get('tx_bytes') or 0))}")
+    lines += _paths(agent or {})
     checked = report.get("driftCheckedAgo")
     when = f" (agent's check {checked}s ago)" if checked is not None else ""
     if drift is None:
@@ -177,6 +178,21 @@ def render(report: dict[str, Any]) -> str:
     else:
         lines.append(f"drift:          none{when}")
     return "\n".join(lines) + "\n"
+
+
+def _paths(agent: dict[str, Any]) -> list[str]:
+    """Paths to the other NAT'd pools (raven.paths), as the agent last recorded them."""
+    paths = agent.get("paths")
+    if not isinstance(paths, list) or not paths:
+        return []
+    lines = [f"paths:          {len(paths)} NAT'd pool(s)"]
+    for path in paths:
+        if not isinstance(path, dict):
+            continue
+        via = f" {path.get('endpoint')}" if path.get("mode") != "relayed" else ""
+        lines.append(f"  {path.get('pool')}: {path.get('mode')}{via}"
+                     + (f" ({path['reason']})" if path.get("reason") else ""))
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from raven.dataplane import probe
 from raven.dataplane.appliers import Cached, neighbours, routes, rules, sysctls, vxlan
 from raven.dataplane.appliers.neighbours import NeighbourApplier
 from raven.dataplane.appliers.nftables import FirewallApplier
@@ -41,9 +42,9 @@ from raven.dataplane.firewall import collapse
 from raven.dataplane.links import LinkFacts, Links
 from raven.dataplane.netlink import NETLINK_ROUTE, NetlinkSocket
 from raven.dataplane.settings import ApplyResult, DataplaneSettings, DataplaneStatus, PeerStatus
-from raven.dataplane.wireguard import keys
+from raven.dataplane.wireguard import keys, nudge
 from raven.dataplane.wireguard.device import WireGuardApplier
-from raven.dataplane.wireguard.model import LiveDevice
+from raven.dataplane.wireguard.model import DeviceWrite, LiveDevice, LivePeer, PeerWrite
 from raven.desired import NodeState, Role
 
 _NOTHING = NodeState(node="", role=Role.ALONE, pool=None, vxlan=None)
@@ -85,6 +86,7 @@ class Dataplane:
         self._family_skip: tuple[str, ...] = ()
         self._watcher: DriftWatcher | None = None
         self._tables = OurTables(self.overlay.tables)
+        self._nudger: nudge.Nudger | None = None  # liveness datagrams of direct paths
         try:
             self.links = Links(settings.netns)
             self._closers.append(self.links.close)
@@ -312,6 +314,39 @@ class Dataplane:
                 drift=tuple(seen.lines) if self._last is not None else (),
                 skipped=seen.skipped + self._family_skip,
             )
+
+    def wireguard_peers(self) -> dict[str, LivePeer]:
+        """The WireGuard peers as the device reports them now, by public key ({} without a
+        device): endpoint, last handshake, counters. Reads only the WireGuard device, so the
+        agent's path manager can poll it several times a second."""
+        with self._lock:
+            link = self.links.get(self.overlay.wireguard_device)
+            if link is None:
+                return {}
+            live = self.wireguard.read({link.name: link}, fresh=True)
+            return dict(live.device.peers) if live.device is not None else {}
+
+    def take_allowed_ips(self, public_key: str, cidrs: tuple[str, ...]) -> None:
+        """Give `cidrs` to the existing peer `public_key` in one WireGuard write (each allowed
+        IP leaves the peer that held it): the instant a direct path takes over from the relay,
+        without waiting for a whole reconcile. The next apply re-reads the device."""
+        with self._lock:
+            if not cidrs or self.wireguard.backend is None:
+                return
+            self.wireguard.write(DeviceWrite(peers=(
+                PeerWrite(public_key=public_key, allowed_ips=tuple(sorted(cidrs))),)))
+
+    def rtt_ms(self, address: str) -> float | None:
+        """ICMP round trip to an IPv4 address from this node (raven.dataplane.probe)."""
+        return probe.rtt_ms(self.settings.netns, address)
+
+    def nudge(self, source: str, destinations: list[str]) -> int:
+        """Liveness datagrams through the WireGuard device (raven.dataplane.wireguard.nudge)."""
+        with self._lock:
+            if self._nudger is None:
+                self._nudger = nudge.Nudger(self.settings.netns, self.overlay.fwmark)
+                self._closers.append(self._nudger.close)
+            return self._nudger.send(source, destinations)
 
     # --- drift -----------------------------------------------------------------------------------
 

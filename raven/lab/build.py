@@ -9,9 +9,8 @@ Rules kept:
     1 namespaces (+ start the host holders)   2 pool routers (bridge, WAN link, node ports, NAT)
     3 internet, nodes, control plane (addresses, routes, pod veths)   4 pods (+ holders ready)
     5 readiness probe: every pool router pings its nodes (and the control plane).
-- NAT: `none` routes public addresses; `cone` masquerades (port-preserving, endpoint-independent
-  mapping); `symmetric` masquerades `fully-random` (a new public port per destination).
-  NAT routers also drop unsolicited new connections from the WAN.
+- NAT: `none` routes public addresses; `cone`, `full-cone` and `symmetric` are raven.lab.nat
+  (which also drops unsolicited traffic from the WAN).
 - IPv6 is never translated (no NAT66): an IPv6 LAN is routed by the internet and a NAT'd pool's
   router is a stateful IPv6 firewall (RFC 6092: unsolicited inbound dropped), which keeps the
   pool just as undialable as its IPv4 NAT does, as IPv6 edge sites are in practice.
@@ -30,8 +29,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from raven.errors import CommandError
+from raven.lab import nat, runtime, teardown, vm
 from raven.lab import netns as nsutil
-from raven.lab import runtime, teardown, vm
 from raven.lab.plan import (
     INTERNET_PROBES,
     INTERNET_PROBES6,
@@ -47,8 +46,13 @@ from raven.lab.topology import Topology, lab_name_problem, load_topology
 
 Progress = Callable[[str], None]
 ROUTER_SYSCTLS = ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
-NO_DAD_SYSCTLS = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 PARALLEL = 8
+# In labs with IPv6: links come up without Duplicate Address Detection. A link-local address
+# stays tentative for DAD's second or two, and until then Linux sends no Neighbour
+# Solicitation for traffic it FORWARDS (it has no source address for one), so IPv6 through
+# nodes and routers would black-hole after `up`. Lab addresses are unique by plan. Set in each
+# namespace before its links exist: a new link copies `default`.
+IPV6_SYSCTLS = ("net.ipv6.conf.default.accept_dad=0", "net.ipv6.conf.all.accept_dad=0")
 
 
 def _quiet(_: str) -> None:
@@ -113,11 +117,6 @@ def up(topology: Topology, name: str | None = None, progress: Progress = _quiet,
     return plan
 
 
-def _uses_ipv6(plan: LabPlan) -> bool:
-    return plan.has_v6_underlay or any(
-        ":" in address for _, _, pod in plan.pods() for address in pod.addresses())
-
-
 def _build(plan: LabPlan, progress: Progress) -> None:
     names = plan.netns_names()
     n_nodes = len(plan.nodes())
@@ -125,11 +124,8 @@ def _build(plan: LabPlan, progress: Progress) -> None:
              f"{len(plan.pods())} pods)")
     nsutil.ip_batch(f"netns add {n}" for n in names)
     if _uses_ipv6(plan):
-        # No Duplicate Address Detection in the lab: the plan's addresses are unique, and the
-        # kernel's own link-local addresses would stay tentative for about a second after each
-        # link comes up, so the first IPv6 packets between pods routed via them were lost. Set
-        # before any link exists: links created in or moved into a namespace take its defaults.
-        _parallel(lambda n: nsutil.sysctl(n, *NO_DAD_SYSCTLS), names)
+        # Before any link exists: see IPV6_SYSCTLS.
+        _parallel(lambda ns: nsutil.sysctl(ns, *IPV6_SYSCTLS), names)
     # Holders only need their namespace: start them now, they settle while links are built.
     holders = {t: runtime.start_holder(plan.name, t, plan.targets()[t]) for t in plan.hosts()}
 
@@ -167,6 +163,10 @@ def _build(plan: LabPlan, progress: Progress) -> None:
 
     progress("checking the underlay answers")
     _probe_pools(plan)
+
+
+def _uses_ipv6(plan: LabPlan) -> bool:
+    return plan.has_v6_underlay or any(":" in c for _, n in plan.nodes() for c in n.cidrs())
 
 
 def _parallel(fn: Callable, items: list | tuple) -> None:
@@ -341,23 +341,8 @@ def _pod_lines(plan: LabPlan, node: NodePlan, pod: PodPlan) -> list[str]:
 
 
 def nat_ruleset(pool: PoolPlan) -> str:
-    """nftables ruleset of a pool router (empty for a public pool)."""
-    if pool.public:
-        return ""
-    flags = " fully-random" if pool.nat == "symmetric" else ""
-    return f"""
-table ip raven_lab_nat {{
-  chain postrouting {{
-    type nat hook postrouting priority srcnat; policy accept;
-    oifname "wan" ip saddr {pool.lan} masquerade{flags}
-  }}
-  chain forward {{
-    type filter hook forward priority filter; policy accept;
-    iifname "wan" ct state established,related accept
-    iifname "wan" drop
-  }}
-}}
-"""
+    """nftables ruleset of a pool router (empty for a public pool): raven.lab.nat."""
+    return nat.ruleset(pool)
 
 
 def firewall6_ruleset(pool: PoolPlan) -> str:
@@ -379,8 +364,9 @@ table ip6 raven_lab_fw6 {
 
 def _router_netfilter(plan: LabPlan, pool: PoolPlan) -> None:
     nsutil.sysctl(pool.netns, *ROUTER_SYSCTLS)
-    ruleset = nat_ruleset(pool) if pool.has_v4 else ""
-    ruleset += firewall6_ruleset(pool)
+    if pool.has_v4:
+        nat.apply(pool)
+    ruleset = firewall6_ruleset(pool)
     if ruleset:
         nsutil.nft_apply(pool.netns, ruleset)
 

@@ -194,6 +194,26 @@ def nft_delete_table(netns: str, family: str, table: str) -> bool:
     return True
 
 
+# Deletes every conntrack entry of the namespace (IPv4 and IPv6): an IPCTNL_MSG_CT_DELETE with
+# no attributes over netfilter netlink, as `conntrack -F` sends (that tool is not installed).
+CONNTRACK_FLUSH = r"""
+import socket, struct
+s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 12)  # NETLINK_NETFILTER
+for family in (socket.AF_INET, socket.AF_INET6):
+    body = struct.pack("BBH", family, 0, 0)  # nfgenmsg
+    s.send(struct.pack("=IHHII", 16 + len(body), (1 << 8) | 2, 0x5, 1, 0) + body)
+    reply = s.recv(4096)
+    err = struct.unpack_from("=i", reply, 16)[0]
+    if err not in (0, -2):  # ENOENT: nothing to flush
+        raise SystemExit(f"conntrack flush failed: errno {-err}")
+"""
+
+
+def conntrack_flush(netns: str) -> None:
+    """Forget every connection (and so every NAT mapping) the namespace's conntrack holds."""
+    run([*netns_exec_argv(netns), sys.executable, "-I", "-S", "-c", CONNTRACK_FLUSH])
+
+
 def nft_flush(netns: str) -> None:
     run([*netns_exec_argv(netns), "nft", "flush", "ruleset"])
 

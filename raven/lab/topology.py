@@ -33,7 +33,7 @@ from raven.errors import ValidationError
 from raven.safeyaml import YamlError, load_yaml, read_yaml_file
 from raven.topology import VTEP6_NETWORK
 
-NAT_KINDS = ("none", "cone", "symmetric")
+NAT_KINDS = ("none", "cone", "full-cone", "symmetric")
 NODE_KINDS = ("netns", "vm")  # a network namespace (default) or a qemu guest (raven.lab.vm)
 UNDERLAY_FAMILIES = ("ipv4", "ipv6", "dual")
 TUNNEL_KINDS = ("wireguard", "none")

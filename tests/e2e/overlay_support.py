@@ -133,7 +133,9 @@ def node_snapshot(plan: LabPlan, node: str) -> dict:
         fields = line.split("\t")
         if i == 0:  # private key, public key, listen port, fwmark
             wg_static.append(tuple(fields[1:3]))
-        elif len(fields) >= 8:  # peer: public key, allowed ips, keepalive
+        elif len(fields) >= 8 and fields[3] != "(none)":  # public key, allowed ips, keepalive
+            # A peer without allowed IPs is a direct-path probe between NAT'd pools
+            # (docs/gateway.md 4a): it comes and goes with its retries and carries nothing.
             peers.append((fields[0], fields[3], fields[7]))
     # wireguard-go lists its peers in Go map order (random per call): compare them as a set.
     wg_static += sorted(peers)

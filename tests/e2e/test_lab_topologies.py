@@ -13,17 +13,13 @@ from pathlib import Path
 import pytest
 
 from raven.lab.ping import ping_all
-from raven.lab.plan import LabPlan
+from raven.lab.plan import LabPlan, PodPlan
 
 # Topologies with nodes of kind vm boot qemu guests: tests/vm covers them (tests/vm/test_vm_lab.py).
 TOPOLOGIES = sorted(p for p in (Path(__file__).resolve().parents[2] / "test-topologies").glob(
     "*.yaml") if "kind: vm" not in p.read_text())
 
 pytestmark = pytest.mark.root
-
-
-def families(pod) -> set[str]:
-    return {"ipv6" if ":" in address else "ipv4" for address in pod.addresses()}
 
 
 def ip_json(*args: str) -> list[dict]:
@@ -38,12 +34,10 @@ def test_topology_builds_and_pods_answer_inside_pools(lab_factory, path: Path) -
     for ns in plan.netns_names():
         assert ns in existing
     report = ping_all(plan, scope="pool")
-    # One pair per ordered pod pair and per address family both pods have.
-    expected = sum(
-        len(families(a) & families(b))
-        for pool in plan.pools
-        for a in (pod for n in pool.nodes for pod in n.pods)
-        for b in (pod for n in pool.nodes for pod in n.pods) if a is not b)
+    # One pair per family both pods have (dual-stack topologies ping IPv4 and IPv6).
+    expected = sum(len(families(a) & families(b))
+                   for pods in ([pod for n in pool.nodes for pod in n.pods] for pool in plan.pools)
+                   for a in pods for b in pods if a is not b)
     assert len(report.pairs) == expected
     assert report.ok, [f"{p.src}->{p.dst}" for p in report.pairs if not p.ok]
     assert all(p.rtt_ms is not None and p.rtt_ms > 0 for p in report.pairs)
@@ -51,11 +45,14 @@ def test_topology_builds_and_pods_answer_inside_pools(lab_factory, path: Path) -
     pool, node = plan.nodes()[0]
     eth0 = ip_json("-n", node.netns, "addr", "show", "dev", "eth0")[0]
     assert eth0["mtu"] == pool.mtu
-    inet = [a["local"] for a in eth0["addr_info"] if a["family"] == "inet"]
-    assert inet == ([node.underlay_ip] if node.underlay_ip else [])
-    inet6 = [a["local"] for a in eth0["addr_info"]
-             if a["family"] == "inet6" and a.get("scope") == "global"]
-    assert inet6 == ([node.underlay_ip6] if node.underlay_ip6 else [])
+    assert [a["local"] for a in eth0["addr_info"] if a["family"] == "inet"] == [
+        a for a in node.underlay_ips() if ":" not in a]
+    assert [a["local"] for a in eth0["addr_info"] if a["family"] == "inet6"
+            and a.get("scope") == "global"] == [a for a in node.underlay_ips() if ":" in a]
+
+
+def families(pod: PodPlan) -> set[str]:
+    return {"ipv6" if ":" in a else "ipv4" for a in pod.addresses()}
 
 
 def test_pools_do_not_reach_each_other_without_the_overlay(three_pools_lab: LabPlan) -> None:

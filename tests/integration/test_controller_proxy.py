@@ -57,16 +57,15 @@ def test_proxy_endpoints_service_and_dns_records(cluster: Cluster) -> None:  # n
     assert f"{proxy_ip}\ted-1" in records and f"{proxy_ip}\ted-2" in records
     assert "192.0.2.1\thz-1" in records and "203.0.113.1\tbj-1" in records
     eps = _get(c, "endpoints", "-n", "kube-system", "x-raven-proxy-internal-svc")
-    if eps is not None:  # only when the API server serves Endpoints
-        assert eps["subsets"][0]["addresses"] == [{"ip": "192.0.2.2", "nodeName": "hz-2"}]
+    assert eps is not None, "the embedded API server serves Endpoints"
+    assert eps["subsets"][0]["addresses"] == [{"ip": "192.0.2.2", "nodeName": "hz-2"}]
     # The proxy server's node fails: the other proxy endpoint takes over, the objects follow.
     c.beat("hz-2", ago=3600)
     wait_for(lambda: proxies("gw-hz") == ["hz-1"], what="proxy failover to hz-1")
-    if eps is not None:
-        wait_for(lambda: (_get(c, "endpoints", "-n", "kube-system", "x-raven-proxy-internal-svc")
-                          or {}).get("subsets", [{}])[0].get("addresses")
-                 == [{"ip": "192.0.2.1", "nodeName": "hz-1"}], what="Endpoints updated")
-    elif not (cluster_ip and cluster_ip != "None"):
+    wait_for(lambda: (_get(c, "endpoints", "-n", "kube-system", "x-raven-proxy-internal-svc")
+                      or {}).get("subsets", [{}])[0].get("addresses")
+             == [{"ip": "192.0.2.1", "nodeName": "hz-1"}], what="Endpoints updated")
+    if not (cluster_ip and cluster_ip != "None"):
         wait_for(lambda: "192.0.2.1\ted-1" in _get(c, "configmap", "-n", "kube-system",
                                                    "edge-tunnel-nodes")["data"]["tunnel-nodes"],
                  what="DNS records follow the new proxy server")

@@ -86,8 +86,8 @@ CASES = [
      {**VALID, "pools": [{**VALID["pools"][0], "pods": 10, "nodes": [
          {"name": "c1", "podCIDR": "10.244.0.0/29"}]}]},
      ["node 'c1'", "'podCIDR'", "room for 5 pods, 10 asked"]),
-    ("unknown nat", mutate("pools.1.nat", "full-cone"), ["pool 'edge'", "'nat'", "full-cone",
-                                                         "none, cone, symmetric"]),
+    ("unknown nat", mutate("pools.1.nat", "restricted"), ["pool 'edge'", "'nat'", "restricted",
+                                                          "none, cone, full-cone, symmetric"]),
     ("empty pool", mutate("pools.1.nodes", []), ["pool 'edge'", "no nodes"]),
     ("pool without nodes", mutate("pools.1.nodes", DELETE), ["pool 'edge'", "no nodes"]),
     ("nodes not a list", mutate("pools.1.nodes", {"name": "e1"}),

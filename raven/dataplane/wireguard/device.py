@@ -153,6 +153,14 @@ class WireGuardApplier:
             return self._kernel
         return self.daemon.uapi
 
+    def write(self, write: DeviceWrite) -> None:
+        """One write outside a reconcile (a path take-over); the cache is dropped, so the next
+        diff reads the device."""
+        try:
+            self._configurator().set(write)
+        finally:
+            self._cache = None
+
     # --- read -------------------------------------------------------------------------------
 
     def read(self, links: dict[str, LinkFacts], *, fresh: bool = False) -> WgLive:

@@ -2,12 +2,13 @@
 
 Rules kept: a peer that is equal to the desired one produces no write at all (a rewrite resets
 the session and interrupts traffic); an endpoint of None in the desired peer means "learned from
-the handshake" and never causes a write; allowed IPs that are only added are sent without
-replacing the list (no window without routes); a removal replaces the list, or, with
-`move_removed` (wireguard-go, whose UAPI has no single-IP removal), moves only the removed IPs to
-a throwaway peer that the same write deletes: O(removed), and the peer's other IPs never leave.
-A desired peer that cannot be written (malformed key or endpoint, e.g. from a bad Node
-annotation) is skipped with a reason (`split_peers`); it never stops the other peers.
+the handshake" and never causes a write; an allowed IP that moves between peers is only added
+to its new peer (which takes it from the old one in the same write); allowed IPs that are only
+added are sent without replacing the list (no window without routes); a removal replaces the
+list, or, with `move_removed` (wireguard-go, whose UAPI has no single-IP removal), moves only the
+removed IPs to a throwaway peer that the same write deletes: O(removed), and the peer's other
+IPs never leave. A desired peer that cannot be written (malformed key or endpoint, e.g. from a
+bad Node annotation) is skipped with a reason (`split_peers`); it never stops the other peers.
 """
 
 from __future__ import annotations
@@ -87,6 +88,10 @@ def diff_device(private_key: str, listen_port: int, desired: tuple[WireGuardPeer
         changes.append(f"wireguard listen port {live.listen_port} -> {listen_port}")
     peers: list[PeerWrite] = []
     wanted = {p.public_key: p for p in desired}
+    # An allowed IP moving to another peer is taken by that peer's addition (one IP belongs to
+    # one peer): it must not ALSO be removed, or with move_removed the throwaway peer would
+    # take it from its new owner and the write would leave it routed nowhere.
+    claimed = {ip: p.public_key for p in desired for ip in p.allowed_ips}
     for key in sorted(set(live.peers) - set(wanted)):
         peers.append(PeerWrite(public_key=key, remove=True))
         changes.append(f"wireguard peer {key} remove")
@@ -106,7 +111,7 @@ def diff_device(private_key: str, listen_port: int, desired: tuple[WireGuardPeer
         psk = None
         if (peer.preshared_key or None) != have.preshared_key:
             psk = peer.preshared_key or ""
-        removed = have.allowed_ips - want_ips
+        removed = frozenset(ip for ip in have.allowed_ips - want_ips if ip not in claimed)
         added = want_ips - have.allowed_ips
         if endpoint is None and keepalive is None and psk is None and not removed and not added:
             continue

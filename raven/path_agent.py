@@ -1,0 +1,303 @@
+"""The agent's path manager: NAT discovery on public gateways, direct paths on NAT'd ones.
+
+A thread of the agent (raven.agent). Every tick it reads the WireGuard device (handshakes,
+endpoints, counters: `Dataplane.wireguard_peers`, reads only) and:
+- on the active gateway of a DIALABLE pool: publishes the mapped endpoints of its NAT'd peers
+  on its own Node (raven.nat_discovery), when they change;
+- on the active gateway of a NAT'd pool: steps the pure path machine (raven.paths) and, when
+  the peers it asks for change (a probe starts, a path goes direct or falls back), has the
+  agent re-plan and apply at once (`Agent.apply_paths`), outside the agent's coalescing;
+- records each path in the agent's status document and metrics.
+Rules kept: decisions are raven.paths' (pure); this module owns the clock and the polling;
+API writes (the annotations) go through an outbox written by their own thread, so the path
+thread never waits for the API server; every error is logged and retried, never fatal.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from raven import paths
+from raven.desired import Role
+from raven.model import Gateway
+
+if TYPE_CHECKING:
+    from raven.agent import Agent
+
+log = logging.getLogger(__name__)
+
+POLL = 0.2  # seconds between reads of the device while a path is probing or direct
+IDLE_POLL = 0.5  # otherwise (public gateways: how soon a new mapping is published)
+RTT_PERIOD = 10.0  # seconds between RTT measurements to the public gateways
+RTT_ALPHA = 0.3  # smoothing of those measurements
+RTT_CHANGE = 0.25  # a published RTT is rewritten when it moved by this fraction (and 0.5 ms)
+ADOPT_HANDSHAKE_S = 180  # a direct peer's session is renewed every 2 min while it works
+
+
+class PathManager:
+    def __init__(self, agent: Agent, settings: paths.PathSettings | None = None) -> None:
+        self.agent = agent
+        self.settings = settings or paths.PathSettings()
+        self.paths: dict[str, paths.Path] = {}
+        self.why_relayed: list[str] = []
+        self.observed: dict[str, str] = {}  # what we last queued for publication (public gws)
+        self.published: dict[str, str] | None = None  # the paths annotation last queued
+        self.changes = 0  # path mode changes, for logs and status
+        self.wake = threading.Event()
+        self.rtts: dict[str, float] = {}  # public Gateway -> smoothed RTT ms
+        self.rtts_published: dict[str, float] = {}
+        self._outbox: dict[str, dict] = {}  # annotation kind -> value still to write
+        self._outbox_lock = threading.Lock()
+        self._publish_wake = threading.Event()
+        self._gateways_for: object = None
+        self._gateways: list[Gateway] = []
+        self._samples: dict[str, paths.Sample] = {}
+        self._prepared: dict[str, tuple[str, ...]] = {}  # pool -> subnets to take at the switch
+
+    # -- inputs --------------------------------------------------------------------------------
+
+    def _parsed(self) -> list[Gateway]:
+        inputs = self.agent.inputs
+        if inputs is not self._gateways_for:
+            from raven.agent import parse_inputs
+
+            self._gateways = parse_inputs(inputs, self.agent.settings.node)[0] if inputs else []
+            self._gateways_for = inputs
+        return self._gateways
+
+    def adopt(self, gateways: list[Gateway], now: float, wall: float) -> dict[str, paths.PathPlan]:
+        """At start, before the first apply: keep the direct paths the previous agent left
+        working (a peer of another NAT'd gateway holding allowed IPs, with the direct
+        keepalive and a recent handshake), so a restart does not send them back to the relay."""
+        live = self.agent.dataplane.wireguard_peers()
+        me = self.agent.settings.node
+        mine = next((g.name for g in gateways if me in g.member_names), None)
+        if not live or mine is None:
+            return {}
+        found, _ = paths.candidates(gateways, mine)
+        for c in found:
+            peer = live.get(c.public_key)
+            if (peer is not None and peer.allowed_ips and peer.keepalive == paths.DIRECT_KEEPALIVE
+                    and 0 < wall - peer.last_handshake < ADOPT_HANDSHAKE_S):
+                self.paths[c.pool] = paths.Path(
+                    c.pool, paths.Mode.DIRECT, c.public_key, c.endpoint, since=now,
+                    since_wall=wall, rx_bytes=peer.rx_bytes, rx_changed=now,
+                    reason=f"direct to {peer.endpoint} (kept from the previous agent)")
+                log.info("path to %s: direct path kept from the previous agent", c.pool)
+        return paths.plans(self.paths)
+
+    # -- one tick ------------------------------------------------------------------------------
+
+    def tick(self, now: float, wall: float) -> float:
+        """One look at the device; returns the monotonic time of the next tick."""
+        state = self.agent.state
+        if state is None or state.role != Role.ACTIVE_GATEWAY or state.wireguard is None:
+            if self.paths:
+                self._set({}, now)
+            return now + IDLE_POLL
+        gateways = self._parsed()
+        mine = next((g for g in gateways if g.name == state.pool), None)
+        me = paths.active_endpoint(mine) if mine is not None else None
+        due = [p for p in self.paths.values() if p.switch_at is not None and p.switch_at <= now]
+        for path in due:  # first thing: the other side moves at this same instant
+            cidrs = self._prepared.pop(path.pool, ())
+            if cidrs:
+                self.agent.dataplane.take_allowed_ips(path.public_key, cidrs)
+        if not due or not self._samples:  # a due switch goes first: no read before it
+            live = self.agent.dataplane.wireguard_peers()
+            if me is not None and not me.under_nat:
+                self._publish_observed(state, live)
+                return now + IDLE_POLL
+            self._samples = {k: paths.Sample(p.last_handshake, p.rx_bytes, p.endpoint)
+                             for k, p in live.items()}
+        samples = self._samples
+        found, self.why_relayed = paths.candidates(gateways, state.pool or "")
+        self._set(paths.step(self.paths, found, samples, now, wall, self.settings,
+                             state.pool or ""), now)
+        self._nudge(self.agent.state)  # the state the path change just applied
+        return paths.next_deadline(self.paths, now, POLL)
+
+    def _nudge(self, state: Any) -> None:
+        """Traffic of our own on every direct path, so the other side hears us (nudge.py)."""
+        direct = {p.public_key for p in self.paths.values() if p.mode == paths.Mode.DIRECT}
+        if not direct or state is None or state.vxlan is None or state.wireguard is None:
+            return
+        targets = []
+        for peer in state.wireguard.peers:
+            first = next((c for c in peer.allowed_ips if "." in c), None)
+            if peer.public_key in direct and first is not None:
+                targets.append(str(ipaddress.ip_network(first)[1]))
+        self.agent.dataplane.nudge(state.vxlan.local_ip, targets)
+
+    def _set(self, new: dict[str, paths.Path], now: float) -> None:
+        old = self.paths
+        self.paths = new
+        self._prepared = {k: v for k, v in self._prepared.items()
+                          if k in new and new[k].switch_at is not None}
+        for name, path in new.items():
+            before = old.get(name)
+            if path.switch_at is not None and (before is None or before.switch_at is None):
+                log.info("path to %s: handshake seen; moving its subnets in %.3fs", name,
+                         path.switch_at - now)
+                self._prepare(new, name)
+            if before is None or before.mode != path.mode:
+                self.changes += 1
+                log.info("path to %s: %s (%s)", name, path.mode, path.reason)
+        for name in set(old) - set(new):
+            log.info("path to %s: no longer a direct-path candidate", name)
+        if paths.plans(new) != paths.plans(old):
+            started = time.monotonic()
+            self.agent.apply_paths(paths.plans(new))
+            log.debug("paths applied %.3fs late, in %.3fs", started - now,
+                      time.monotonic() - started)
+        compact = self._compact(self.agent.state)  # after the apply: its relays are current
+        if compact != self.published:
+            self._queue("paths", compact)
+            self.published = compact
+        self.agent.record_paths(self.report(now))
+
+    def _compact(self, state: Any) -> dict[str, str]:
+        """{remote Gateway: "direct" | "probing" | "relayed:<via>"} for every NAT'd pool we
+        know a path to (the annotation the controller copies into status.paths)."""
+        via = {}
+        if state is not None and state.wireguard is not None:
+            via = {r: p.pool for p in state.wireguard.peers for r in p.relays_for}
+        out = {name: str(path.mode) for name, path in self.paths.items()
+               if path.mode != paths.Mode.RELAYED}
+        relayed = [n for n, p in self.paths.items() if p.mode == paths.Mode.RELAYED]
+        relayed += [why.split(":", 1)[0] for why in self.why_relayed]
+        for name in relayed:
+            out[name] = f"relayed:{via[name]}" if name in via else "relayed"
+        return out
+
+    def _prepare(self, new: dict[str, paths.Path], name: str) -> None:
+        """The subnets path `name` will take when it goes direct, computed now."""
+        path = new[name]
+        try:
+            ahead = paths.plans({**new, name: replace(path, mode=paths.Mode.DIRECT)})
+            self._prepared[name] = self.agent.peer_subnets(ahead).get(path.public_key, ())
+        except Exception as exc:  # the reconcile at the switch moves them anyway
+            log.warning("path to %s: cannot prepare the take-over: %s", name, exc)
+
+    def _publish_observed(self, state: Any, live: dict) -> None:
+        assert state.wireguard is not None
+        learned = {p.public_key for p in state.wireguard.peers if p.endpoint is None}
+        observed = {k: p.endpoint for k, p in live.items() if k in learned and p.endpoint}
+        if observed != self.observed:
+            self._queue("observed", observed)
+            self.observed = observed
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def report(self, now: float) -> list[dict[str, Any]]:
+        """Each NAT'd remote pool's path, for the status document and `raven status`."""
+        out = []
+        for name, path in sorted(self.paths.items()):
+            out.append({"pool": name, "mode": str(path.mode), "endpoint": path.endpoint,
+                        "since": round(now - path.since, 1), "failures": path.failures,
+                        "reason": path.reason})
+        out += [{"pool": why.split(":", 1)[0], "mode": "relayed", "reason": why.split(": ", 1)[1]}
+                for why in self.why_relayed]
+        return out
+
+    # -- relay RTTs (NAT'd gateways) -------------------------------------------------------------
+
+    def measure_relays(self) -> None:
+        """RTT to each public pool's gateway (ICMP), smoothed; published on our Node when it
+        changed enough to matter (raven.relay_choice decides the relay from it)."""
+        state = self.agent.state
+        if state is None or state.role != Role.ACTIVE_GATEWAY:
+            return
+        gateways = self._parsed()
+        mine = next((g for g in gateways if g.name == state.pool), None)
+        me = paths.active_endpoint(mine) if mine is not None else None
+        if me is None or not me.under_nat:
+            return
+        targets = {}
+        for gw in gateways:
+            ep = paths.active_endpoint(gw)
+            if ep is not None and not ep.under_nat and ep.public_key and "." in ep.public_ip:
+                targets[gw.name] = ep.public_ip
+        for name, address in targets.items():
+            rtt = self.agent.dataplane.rtt_ms(address)
+            if rtt is not None:
+                old = self.rtts.get(name)
+                self.rtts[name] = rtt if old is None else old + RTT_ALPHA * (rtt - old)
+        self.rtts = {k: v for k, v in self.rtts.items() if k in targets}
+        if _worth_publishing(self.rtts, self.rtts_published):
+            rounded = {k: round(v, 2) for k, v in self.rtts.items()}
+            self._queue("rtt", rounded)
+            self.rtts_published = dict(self.rtts)
+
+    def measure_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(RTT_PERIOD):
+            try:
+                self.measure_relays()
+            except Exception:  # the relay choice keeps what it has
+                log.exception("relay RTT measurement failed")
+
+    # -- API writes, off the path thread ----------------------------------------------------------
+
+    def _queue(self, kind: str, value: dict) -> None:
+        """An annotation to write; the newest value of each kind wins. The path thread never
+        waits for the API (a slow or absent API server must not delay a switch or a
+        fallback)."""
+        with self._outbox_lock:
+            self._outbox[kind] = value
+        self._publish_wake.set()
+
+    def flush_outbox(self) -> bool:
+        """Write what is queued; True when nothing is left (failures stay queued)."""
+        write = {"observed": self.agent.publish_observed, "paths": self.agent.publish_paths,
+                 "rtt": self.agent.publish_relay_rtts}
+        with self._outbox_lock:
+            pending = dict(self._outbox)
+        for kind, value in pending.items():
+            if write[kind](value):
+                with self._outbox_lock:
+                    if self._outbox.get(kind) is value:
+                        del self._outbox[kind]
+        with self._outbox_lock:
+            return not self._outbox
+
+    def publish_loop(self, stop: threading.Event) -> None:
+        failures = 0
+        while not stop.is_set():
+            self._publish_wake.wait(None if failures == 0 else min(30.0, 2.0 ** failures))
+            self._publish_wake.clear()
+            if stop.is_set():
+                return
+            try:
+                failures = 0 if self.flush_outbox() else failures + 1
+            except Exception:
+                log.exception("publishing path facts failed")
+                failures += 1
+
+    def run(self, stop: threading.Event) -> None:
+        """Tick until `stop`; `wake` (set after every apply of new inputs, and on stop) ends a
+        wait early, so a new mapped endpoint in Gateway status is probed at once."""
+        threading.Thread(target=lambda: (stop.wait(), self.wake.set(),
+                                         self._publish_wake.set()),
+                         name="paths-stop", daemon=True).start()
+        threading.Thread(target=self.publish_loop, args=(stop,), name="paths-publish",
+                         daemon=True).start()
+        while not stop.is_set():
+            try:
+                deadline = self.tick(time.monotonic(), time.time())
+            except Exception:  # never fatal: the relay keeps working; try again
+                log.exception("path manager tick failed")
+                deadline = time.monotonic() + IDLE_POLL
+            self.wake.wait(max(0.0, deadline - time.monotonic()))
+            self.wake.clear()
+
+
+def _worth_publishing(now: dict[str, float], published: dict[str, float]) -> bool:
+    """A new set of public pools, or an RTT that moved by RTT_CHANGE and 0.5 ms."""
+    if set(now) != set(published):
+        return True
+    return any(abs(v - published[k]) > max(0.5, RTT_CHANGE * published[k]) for k, v in now.items())

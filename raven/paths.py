@@ -1,0 +1,238 @@
+"""PURE. Direct paths between NAT'd pools: which remote pools to punch to, and when to switch.
+
+Two pools whose gateways are both under NAT start relayed through a public gateway (the
+planner's relay). This module decides, for the active gateway of one NAT'd pool, per remote
+NAT'd pool:
+
+  RELAYED --(candidate, retry time reached)--> PROBING --(handshake seen)--> DIRECT
+     ^                                            |                             |
+     +----------- timeout: backoff <--------------+---- silent > dead_after ----+
+
+- a candidate is a remote pool whose active endpoint is under NAT, has a public key and a
+  `mapped-endpoint` observed by public gateways (raven.nat_discovery), unless BOTH NATs are known
+  to map per destination (`nat-mapping: dependent`): no port to aim at on either side;
+- PROBING: the planner adds a WireGuard peer for the remote gateway with the mapped endpoint,
+  a 1 s keepalive and NO allowed IPs. Both gateways do the same from what both read in Gateway
+  status, so each sends to the other's mapping: whichever packet leaves second finds the hole
+  the first one opened in its own NAT (simultaneous open). Traffic stays on the relay;
+- DIRECT once the probe peer completed a handshake after the probe started: the remote subnets
+  move from the relay peer to the direct peer in one WireGuard write (make-before-break: the
+  direct session exists before any packet needs it). Both sides schedule the move at the
+  handshake time + `settle`, so they move at nearly the same instant (a packet crossing
+  between a moved and an unmoved side is dropped by WireGuard's allowed-IPs check);
+- a DIRECT path whose peer received nothing for `dead_after` (the 1 s keepalive keeps an idle
+  path talking) falls back: the peer is removed, the subnets return to the relay in the same
+  write, and the other side, no longer hearing keepalives, falls back too;
+- a failed probe or a fallback retries after an exponential backoff, in wall-clock slots both
+  sides of the pair compute alike (`retry_slot`): a side that backs off longer still probes
+  in a slot the other side also probes in; a NEW mapped endpoint (e.g. after the NAT rebound)
+  retries at once;
+- time: `now` is monotonic seconds, `wall` unix seconds (WireGuard reports handshakes in wall
+  time); both are arguments.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from raven.model import TUNNEL, Endpoint, Gateway
+from raven.nat_discovery import (
+    CONFIG_MAPPED_ENDPOINT,
+    CONFIG_NAT_MAPPING,
+    DEPENDENT,
+    UNKNOWN,
+    valid_endpoint,
+)
+
+DIRECT_KEEPALIVE = 1  # seconds: keeps the holes open and gives liveness to the direct peer
+
+
+class Mode(StrEnum):
+    RELAYED = "relayed"
+    PROBING = "probing"
+    DIRECT = "direct"
+
+
+@dataclass(frozen=True)
+class PathSettings:
+    probe_timeout: float = 12.0  # > two WireGuard handshake retries (5 s each)
+    settle: float = 1.0  # seconds after the handshake both sides move the subnets
+    dead_after: float = 1.5  # a direct peer silent this long has lost its path
+    backoff_min: float = 2.0
+    backoff_max: float = 60.0
+
+    def backoff(self, failures: int) -> float:
+        return min(self.backoff_max, self.backoff_min * 2 ** max(0, failures - 1))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A remote NAT'd pool we may open a direct path to."""
+
+    pool: str
+    public_key: str
+    endpoint: str  # its mapped endpoint, as public gateways saw it
+    nat_mapping: str = UNKNOWN  # of the remote NAT
+
+
+@dataclass(frozen=True)
+class Sample:
+    """What WireGuard reports about one peer."""
+
+    last_handshake: float = 0.0  # unix seconds, 0 = never
+    rx_bytes: int = 0
+    endpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class Path:
+    pool: str
+    mode: Mode = Mode.RELAYED
+    public_key: str = ""
+    endpoint: str = ""  # the mapped endpoint the last probe aimed at
+    since: float = 0.0  # monotonic: when this mode began
+    since_wall: float = 0.0  # unix: when this mode began (to compare with handshakes)
+    failures: int = 0
+    next_try: float = 0.0  # monotonic: earliest next probe
+    switch_at: float | None = None  # monotonic: when a probing path moves the subnets
+    rx_bytes: int = 0
+    rx_changed: float = 0.0  # monotonic: last time rx_bytes grew
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class PathPlan:
+    """What the planner needs: a peer for the remote pool's gateway, direct or not yet."""
+
+    pool: str
+    public_key: str
+    endpoint: str | None  # None once direct: WireGuard follows the peer (roaming)
+    direct: bool  # the remote pool's subnets are routed to this peer
+
+
+def candidates(gateways: Iterable[Gateway], my_pool: str) -> tuple[list[Candidate], list[str]]:
+    """Remote NAT'd pools to try, and a reason for every NAT'd pool that is not one."""
+    mine = next((g for g in gateways if g.name == my_pool), None)
+    my_ep = active_endpoint(mine) if mine is not None else None
+    if my_ep is None or not my_ep.under_nat:
+        return [], []
+    my_mapping = str(my_ep.config.get(CONFIG_NAT_MAPPING, UNKNOWN))
+    out: list[Candidate] = []
+    why: list[str] = []
+    for gw in sorted(gateways, key=lambda g: g.name):
+        ep = active_endpoint(gw)
+        if gw.name == my_pool or ep is None or not ep.under_nat:
+            continue
+        endpoint = valid_endpoint(ep.config.get(CONFIG_MAPPED_ENDPOINT))
+        mapping = str(ep.config.get(CONFIG_NAT_MAPPING, UNKNOWN))
+        if not ep.public_key:
+            why.append(f"{gw.name}: its gateway has no public key yet")
+        elif endpoint is None:
+            why.append(f"{gw.name}: no public gateway has seen its mapped address yet")
+        elif mapping == DEPENDENT and my_mapping == DEPENDENT:
+            why.append(f"{gw.name}: both NATs map a new port per destination (symmetric); "
+                       "neither side knows where to send")
+        else:
+            out.append(Candidate(gw.name, ep.public_key, endpoint, mapping))
+    return out, why
+
+
+def active_endpoint(gw: Gateway) -> Endpoint | None:
+    """The first tunnel endpoint of the Gateway's status (the planner's active gateway)."""
+    tunnels = [e for e in gw.status.active_endpoints if e.type == TUNNEL and e.node_name]
+    return tunnels[0] if tunnels else None
+
+
+def step(paths: Mapping[str, Path], found: Iterable[Candidate], samples: Mapping[str, Sample],
+         now: float, wall: float, s: PathSettings = PathSettings(), me: str = ""
+         ) -> dict[str, Path]:
+    """The next state of every path. `samples` is keyed by public key; `me` is our pool (it
+    places the pair's retry slots, which both sides compute alike)."""
+    out: dict[str, Path] = {}
+    for c in found:
+        path = paths.get(c.pool) or Path(c.pool, public_key=c.public_key, next_try=now)
+        if path.public_key != c.public_key:  # another gateway became active there: start over
+            path = Path(c.pool, public_key=c.public_key, next_try=now)
+        offset = pair_offset(me, c.pool, s)
+        out[c.pool] = _advance(path, c, samples.get(c.public_key), now, wall, s, offset)
+    return out
+
+
+def pair_offset(a: str, b: str, s: PathSettings) -> float:
+    """Seconds in [0, backoff_min) that place one pair's retry slots: the same on both sides
+    (the names are sorted), different between pairs (their probes do not all start at once)."""
+    key = "|".join(sorted((a, b))).encode()
+    return (zlib.crc32(key) % 1000) / 1000 * s.backoff_min
+
+
+def retry_slot(wall: float, period: float, offset: float) -> float:
+    """The next wall-clock instant `offset + k * period` after `wall`. Both sides of a pair
+    retry in these slots, so their probes overlap even when their backoffs differ: with
+    periods that double, every slot of the longer period is also one of the shorter."""
+    return (math.floor((wall - offset) / period) + 1) * period + offset
+
+
+def _relayed(path: Path, now: float, wall: float, s: PathSettings, reason: str,
+             offset: float) -> Path:
+    failures = path.failures + 1
+    slot = retry_slot(wall, s.backoff(failures), offset)
+    return replace(path, mode=Mode.RELAYED, since=now, switch_at=None, failures=failures,
+                   next_try=now + (slot - wall), reason=reason)
+
+
+def _advance(path: Path, c: Candidate, sample: Sample | None, now: float, wall: float,
+             s: PathSettings, offset: float) -> Path:
+    if path.mode == Mode.RELAYED:
+        if c.endpoint != path.endpoint and path.endpoint:
+            path = replace(path, next_try=min(path.next_try, now))  # the NAT rebound: try now
+        if now < path.next_try:
+            return path
+        return replace(path, mode=Mode.PROBING, endpoint=c.endpoint, since=now, since_wall=wall,
+                       switch_at=None, reason=f"probing {c.endpoint}")
+    handshake = sample.last_handshake if sample is not None else 0.0
+    rx = sample.rx_bytes if sample is not None else 0
+    if path.mode == Mode.PROBING:
+        if handshake > path.since_wall:
+            if path.switch_at is None:
+                path = replace(path, switch_at=now + max(0.0, handshake + s.settle - wall))
+            if now >= path.switch_at:
+                return replace(path, mode=Mode.DIRECT, since=now, failures=0, rx_bytes=rx,
+                               rx_changed=now, switch_at=None,
+                               reason=f"direct to {sample.endpoint if sample else c.endpoint}")
+            return path
+        if now - path.since >= s.probe_timeout:
+            return _relayed(path, now, wall, s, f"no handshake from {c.endpoint} within "
+                            f"{s.probe_timeout:g}s (NAT filtering?)", offset)
+        return path
+    # DIRECT
+    if rx != path.rx_bytes:
+        return replace(path, rx_bytes=rx, rx_changed=now)
+    if now - path.rx_changed >= s.dead_after:
+        return _relayed(path, now, wall, s,
+                        f"direct path silent for {now - path.rx_changed:.1f}s", offset)
+    return path
+
+
+def plans(paths: Mapping[str, Path]) -> dict[str, PathPlan]:
+    """The peers the planner adds for the paths (relayed paths need none)."""
+    out: dict[str, PathPlan] = {}
+    for name, path in paths.items():
+        if path.mode == Mode.PROBING:
+            out[name] = PathPlan(name, path.public_key, path.endpoint, direct=False)
+        elif path.mode == Mode.DIRECT:
+            out[name] = PathPlan(name, path.public_key, None, direct=True)
+    return out
+
+
+def next_deadline(paths: Mapping[str, Path], now: float, poll: float) -> float:
+    """When to step again: exactly at a scheduled switch (both sides move at that instant),
+    soon while something is probing or direct, else at the next try."""
+    switches = [p.switch_at for p in paths.values() if p.switch_at is not None]
+    if any(p.mode != Mode.RELAYED for p in paths.values()):
+        return min([now + poll, *switches])
+    tries = [p.next_try for p in paths.values()]
+    return min([*tries, now + 1.0])
