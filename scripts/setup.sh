@@ -19,6 +19,8 @@ apt_packages=(iproute2 nftables wireguard-go wireguard-tools iperf3 iputils-ping
 # may not) with this machine's filesystem through virtme-ng; busybox-static and qemu-utils are
 # what virtme-ng uses at run time (its initramfs, its disk tooling).
 apt_packages+=(qemu-system-x86 qemu-utils linux-image-amd64 busybox-static)
+# `raven lab vagrantfile` output is checked with `vagrant validate` (tests/vm/test_vagrantfile.py).
+apt_packages+=(vagrant)
 # Debian's kubernetes-client is old; only fall back to it when no kubectl is on the machine.
 command -v kubectl >/dev/null 2>&1 || apt_packages+=(kubernetes-client)
 

@@ -51,6 +51,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "as YAML instead")
     p.set_defaults(func=_printing(cmd_plan))
 
+    p = lab.add_parser("vagrantfile", help="write a Vagrantfile (libvirt provider) that builds "
+                       "the topology as real VMs")
+    p.add_argument("file", help=TOPOLOGY_HELP)
+    p.add_argument("out", metavar="FILE", help="where to write the Vagrantfile ('-': stdout)")
+    p.add_argument("--name", help="lab name (default: the file's `name`)")
+    p.add_argument("--box", default=None, help="Vagrant box (default debian/bookworm64; the "
+                   "RAVEN_BOX environment variable overrides it at `vagrant up`)")
+    p.add_argument("--project", help="source tree the machines install (default: this "
+                   "checkout)")
+    p.set_defaults(func=cmd_vagrantfile)
+
     p = lab.add_parser("down", help="remove a lab: namespaces, links, processes, files")
     p.add_argument("name", nargs="?", help="lab name")
     p.add_argument("--all", action="store_true", help="remove every lab, also half-built ones")
@@ -101,8 +112,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "wait until the new one applied its plan")
     p.add_argument("name")
     p.add_argument("node")
-    p.add_argument("--timeout", type=float, default=30.0,
-                   help="seconds the new agent may take to become ready (default 30)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds the new agent may take to become ready (default 30; 600 on "
+                   "a node of kind vm)")
     p.set_defaults(func=cmd_agent_restart)
 
     p = lab.add_parser("node-down", help="power a node off: kill its processes, cut its port")
@@ -260,6 +272,34 @@ def cmd_plan(args: argparse.Namespace) -> int:
     sys.stdout.write(cluster.gateway_crd().rstrip("\n") + "\n")
     for gateway in cluster.gateway_objects(plan):
         sys.stdout.write("---\n" + yaml.safe_dump(gateway, sort_keys=False))
+    return 0
+
+
+def cmd_vagrantfile(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from raven.lab import build, vagrant
+    from raven.lab.plan import plan_lab
+
+    topology, source = _load(args.file)
+    lab = args.name or build.default_lab_name(topology, source)
+    if lab is None:
+        raise CommandError("the topology has no 'name'; give one with --name NAME")
+    project = Path(args.project) if args.project else vagrant.default_project()
+    if not (project / "pyproject.toml").is_file():
+        raise CommandError(f"{project} is not a source tree of raven (no pyproject.toml); "
+                           "give one with --project DIR")
+    text = vagrant.vagrantfile(plan_lab(topology, lab, source=source), project.resolve(),
+                               box=args.box or vagrant.DEFAULT_BOX)
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        Path(args.out).write_text(text)
+    except OSError as exc:
+        raise CommandError(f"cannot write {args.out}: {exc.strerror or exc}") from None
+    print(f"wrote {args.out}: {len(plan_lab(topology, lab).nodes())} nodes, "
+          f"{len(topology.pools)} routers, 1 control plane (vagrant up --provider libvirt)")
     return 0
 
 

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from raven.errors import CommandError
-from raven.lab import nat, runtime, teardown
+from raven.lab import nat, runtime, teardown, vm
 from raven.lab import netns as nsutil
 from raven.lab.plan import (
     INTERNET_PROBES,
@@ -90,6 +90,8 @@ def up(topology: Topology, name: str | None = None, progress: Progress = _quiet,
         raise LabExists(f"lab {lab!r} already exists; remove it with `raven lab down {lab}` "
                         "or choose another --name")
     plan = plan_lab(topology, lab, source=source)
+    if vm.vm_nodes(plan) and vm.unavailable():
+        raise CommandError(f"lab {lab!r}: {vm.unavailable()}; nothing was created")
     started = time.monotonic()
     try:
         runtime.run_dir(lab).mkdir(parents=True)
@@ -147,15 +149,17 @@ def _build(plan: LabPlan, progress: Progress) -> None:
     ]
     for pool in plan.pools:
         for node in pool.nodes:
-            jobs.append(lambda pool=pool, node=node: nsutil.ip_batch(
-                _node_lines(plan, pool, node), node.netns))
+            lines = vm.host_lines(_marker(plan), pool, node) if node.is_vm else \
+                _node_lines(plan, pool, node)
+            jobs.append(lambda node=node, lines=lines: nsutil.ip_batch(lines, node.netns))
     _parallel(lambda job: job(), jobs)
 
     progress("pods")
     _parallel(lambda item: nsutil.ip_batch(_pod_lines(plan, item[1], item[2]), item[2].netns),
-              plan.pods())
+              [item for item in plan.pods() if not item[1].is_vm])
     for target, proc in holders.items():
         runtime.wait_holder(plan.name, target, proc)
+    vm.boot_all(plan, progress)  # VM nodes: their guests, wired as above (raven.lab.vm)
 
     progress("checking the underlay answers")
     _probe_pools(plan)

@@ -343,7 +343,12 @@ def start_agent(lab: str, node: str, settings: ClusterSettings | None = None) ->
                            f"{', '.join(n.name for _, n in plan.nodes())}")
     pool, plan_node = found[0]
     state_dir(lab, node).mkdir(parents=True, exist_ok=True)
-    return runtime.start_process(lab, node, AGENT, agent_argv(lab, pool, plan_node, s))
+    argv = agent_argv(lab, pool, plan_node, s)
+    if plan_node.is_vm:
+        from raven.lab import vm
+
+        argv = vm.guest_python_argv(lab, argv)
+    return runtime.start_process(lab, node, AGENT, argv)
 
 
 def agent_status_stamp(lab: str, node: str) -> tuple[int, int] | None:
@@ -420,7 +425,12 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
                               {"phase": "started"})
     if not wait:
         return None
-    report = wait_all_pairs(plan, s.wait_timeout, progress)
+    timeout = s.wait_timeout
+    if any(n.is_vm for _, n in plan.nodes()):
+        from raven.lab import vm
+
+        timeout += vm.AGENT_READY_TIMEOUT  # agents in guests import for minutes under TCG
+    report = wait_all_pairs(plan, timeout, progress)
     answered = sum(p.ok for p in report.pairs)
     progress(f"overlay ready in {time.monotonic() - started:.1f}s: "
              + (f"all {answered} pod pairs answer" if answered == len(report.pairs) else

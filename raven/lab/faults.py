@@ -6,6 +6,8 @@ Verbs (each also a `raven lab` subcommand):
 - node_down: power cut. Every process of the node (agent, wireguard-go) is SIGKILLed, its port
   on the pool bridge goes down and the kubelet stand-in stops posting its status (NotReady
   after the grace). The kernel state of the node stays, as RAM would if it came straight back;
+- on a node of kind vm (raven.lab.vm) node_down kills qemu (a power cut) and node_up boots a
+  fresh guest, with or without reboot=True; its state directory is kept;
 - node_up: port up, a fresh agent with the same state directory. With reboot=True the node's
   kernel state is wiped first, as after a power cycle: every link but lo, eth0 and the pod
   veths, every route, rule, neighbour and nftables table, /run/wireguard and /run/raven; then
@@ -31,7 +33,7 @@ import signal
 import time
 
 from raven.errors import CommandError
-from raven.lab import build, cluster, kubelets, runtime
+from raven.lab import build, cluster, kubelets, runtime, vm
 from raven.lab import netns as nsutil
 from raven.lab.kubelet import disconnected_marker, down_marker
 from raven.lab.plan import LabPlan, NodePlan, PoolPlan
@@ -55,12 +57,14 @@ def _touch(path: os.PathLike) -> None:
 
 # --- agents ---------------------------------------------------------------------------------
 
-def agent_restart(lab: str, node: str, ready_timeout: float = 30.0) -> float:
+def agent_restart(lab: str, node: str, ready_timeout: float | None = None) -> float:
     """Stop the node's agent with SIGTERM and start a new one, then wait until the new agent
     applied its plan. Returns the seconds the node was without an agent; CommandError with the
     agent's log when the new one exits or does not become ready."""
     plan = runtime.load_plan(lab)
-    _node(plan, node)
+    _, plan_node = _node(plan, node)
+    if ready_timeout is None:  # a fresh agent in a VM guest imports for a long time under TCG
+        ready_timeout = vm.AGENT_READY_TIMEOUT if plan_node.is_vm else 30.0
     cluster.require_overlay(lab)
     if down_marker(lab, node).exists():
         raise CommandError(f"lab {lab!r}: node {node!r} is down; `raven lab node-up {lab} {node}`")
@@ -111,10 +115,19 @@ def node_down(lab: str, node: str) -> None:
 def node_up(lab: str, node: str, reboot: bool = False) -> None:
     plan = runtime.load_plan(lab)
     pool, n = _node(plan, node)
-    if reboot:
-        _kill_node_processes(lab, n)
-        wipe_node(plan, pool, n)
-    _port(pool, n, "up")
+    if n.is_vm:
+        # A VM node is powered off by killing its qemu: it comes back by booting (a fresh
+        # kernel, its state directory kept), also when asked to reboot while it runs.
+        if reboot:
+            _kill_node_processes(lab, n)
+        _port(pool, n, "up")
+        if not runtime.process_running(lab, node, vm.VM):
+            vm.boot(lab, node)
+    else:
+        if reboot:
+            _kill_node_processes(lab, n)
+            wipe_node(plan, pool, n)
+        _port(pool, n, "up")
     down_marker(lab, node).unlink(missing_ok=True)
     if cluster.has_overlay(lab) and not runtime.process_running(lab, node, cluster.AGENT):
         cluster.start_agent(lab, node)

@@ -100,8 +100,10 @@ class NodeTrack:
 
 
 class Kubelet:
-    def __init__(self, lab: str, plan: LabPlan, kube: Kube, grace: float = DEFAULT_GRACE) -> None:
+    def __init__(self, lab: str, plan: LabPlan, kube: Kube, grace: float = DEFAULT_GRACE,
+                 all_running: bool = False) -> None:
         self.lab, self.plan, self.kube, self.grace = lab, plan, kube, grace
+        self.all_running = all_running  # outside a lab (Vagrant): no holders to look at
         now = time.time()
         self.tracks = {n.name: NodeTrack(p, n, now) for p, n in plan.nodes()}
 
@@ -111,7 +113,8 @@ class Kubelet:
             return False
         if disconnected_marker(self.lab, track.pool.name).exists():
             return False
-        return runtime.process_running(self.lab, track.node.name, runtime.HOLDER)
+        return self.all_running or runtime.process_running(self.lab, track.node.name,
+                                                           runtime.HOLDER)
 
     def register(self) -> None:
         for track in self.tracks.values():
@@ -174,6 +177,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE,
                         help="seconds without status before Ready turns Unknown (default 40)")
     parser.add_argument("--period", type=float, default=DEFAULT_PERIOD)
+    parser.add_argument("--all-running", action="store_true",
+                        help="count every node as running (machines outside a lab, e.g. the "
+                        "Vagrantfile of `raven lab vagrantfile`, have no holder process)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    Kubelet(args.lab, plan, kube, args.grace).run(stop, args.period)
+    Kubelet(args.lab, plan, kube, args.grace, args.all_running).run(stop, args.period)
     return 0
 
 

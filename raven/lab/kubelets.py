@@ -128,7 +128,7 @@ def ensure_running(lab: str, node_name: str) -> None:
         return
     plan = runtime.load_plan(lab)
     for pool, node in plan.nodes():
-        if node.name == node_name:
+        if node.name == node_name and not node.is_vm:
             start_node(lab, pool, node)
             wait_ready(lab, [node_name])
 
@@ -137,6 +137,8 @@ def start_sandboxes(lab: str, plan: LabPlan) -> None:
     """Every pod's sandbox (raven.lab.netns.pod_sandbox_argv), started from here: the pods'
     network namespaces are reachable by name only outside the nodes' mount namespaces."""
     for _, node in plan.nodes():
+        if node.is_vm:  # no kubelet API or sandboxes in VM guests (docs/lab.md, kind vm)
+            continue
         for pod in node.pods:
             if not runtime.process_running(lab, pod.name, SANDBOX):
                 runtime.start_process(lab, pod.name, SANDBOX, nsutil.pod_sandbox_argv(pod.name))
@@ -147,9 +149,10 @@ def start(lab: str, started: str) -> None:
     start time)."""
     plan = runtime.load_plan(lab)
     start_sandboxes(lab, plan)
-    for pool, node in plan.nodes():
+    hosts = [(pool, node) for pool, node in plan.nodes() if not node.is_vm]
+    for pool, node in hosts:
         if not runtime.process_running(lab, node.name, KUBELET_API):
             start_node(lab, pool, node)
-    wait_ready(lab, [node.name for _, node in plan.nodes()])
+    wait_ready(lab, [node.name for _, node in hosts])
     cluster.kubectl(lab, "apply", "-f", "-",
                     stdin="\n".join(json.dumps(p) for p in pod_objects(plan, started)))

@@ -273,3 +273,33 @@ def pod_exec_argv(sandbox_pid: int | None, hostname: str) -> list[str]:
     if sandbox_pid is not None:
         return ["nsenter", "--target", str(sandbox_pid), "--net", "--uts", "--"]
     return ["unshare", "--uts", "--", "sh", "-c", POD_EXEC_SCRIPT, hostname]
+
+
+# --- command lines run inside a VM node's guest (raven.lab.vm sends them over its channel) ------
+
+def ip_batch_argv(netns: str | None = None) -> list[str]:
+    """`ip [-n NS] -batch -` (lines on stdin), for a kernel this process cannot enter."""
+    return ["ip"] + (["-n", netns] if netns else []) + ["-batch", "-"]
+
+
+def sysctl_argv(*settings: str) -> list[str]:
+    return ["sysctl", "-qw", *settings]
+
+
+def ip_json_argv(*args: str) -> list[str]:
+    return ["ip", "-j", *args]
+
+
+def guest_boot_command(nics: Mapping[str, str], control: str, address: str,
+                       server: list[str]) -> str:
+    """Shell command a VM guest runs first: rename its NICs by MAC (`nics`: MAC -> name, names
+    not eth*), give the control NIC `address` (CIDR), then exec the command server."""
+    import shlex
+
+    lines = ["set -e"]
+    for mac, name in nics.items():
+        lines.append(f"for d in /sys/class/net/*; do [ \"$(cat $d/address)\" = {mac} ] && "
+                     f"ip link set \"${{d##*/}}\" name {name} || true; done")
+    lines += [f"ip address add {address} dev {control}", f"ip link set {control} up",
+              "ip link set lo up", "exec " + shlex.join(server)]
+    return "; ".join(lines)

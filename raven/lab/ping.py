@@ -70,8 +70,13 @@ def ping_all(plan: LabPlan, scope: str = "all", tries: int = 2,
         if dsts:
             jobs.append((src_pool, src, dsts))
 
-    rtts = nsutil.icmp_probe_many({src.netns: dsts for _, src, dsts in jobs},
-                                  tries=tries, timeout_s=timeout_s)
+    probes = {src.netns: dsts for _, src, dsts in jobs}
+    if any(node.is_vm for _, node in plan.nodes()):
+        from raven.lab import vm  # pods inside VM guests are probed from inside them
+
+        rtts = vm.icmp_probe_many(plan, probes, tries=tries, timeout_s=timeout_s)
+    else:
+        rtts = nsutil.icmp_probe_many(probes, tries=tries, timeout_s=timeout_s)
     pairs: list[PingPair] = []
     for src_pool, src, dsts in jobs:
         for ip in dsts:

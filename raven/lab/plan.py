@@ -84,6 +84,7 @@ class NodePlan:
     underlay_ip6: str = ""  # the IPv6 underlay address ("" when the pool has none)
     pod_cidrs: tuple[str, ...] = ()  # every pod network, `pod_cidr` first
     pod_gateways: tuple[str, ...] = ()  # the first address of each of them
+    kind: str = "netns"  # "vm": a qemu guest; its pods are namespaces inside it (raven.lab.vm)
 
     def cidrs(self) -> tuple[str, ...]:
         return self.pod_cidrs or (self.pod_cidr,)
@@ -94,6 +95,10 @@ class NodePlan:
     def underlay_ips(self) -> tuple[str, ...]:
         """Every underlay address, the primary (the Node's first InternalIP) first."""
         return tuple(dict.fromkeys(a for a in (self.underlay_ip, self.underlay_ip6) if a))
+
+    @property
+    def is_vm(self) -> bool:
+        return self.kind == "vm"
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,8 @@ class LabPlan:
             names.append(pool.netns)
             for node in pool.nodes:
                 names.append(node.netns)
-                names.extend(p.netns for p in node.pods)
+                if not node.is_vm:  # a VM node's pods are namespaces of the guest's kernel
+                    names.extend(p.netns for p in node.pods)
         return names
 
     def targets(self) -> dict[str, str]:
@@ -212,6 +218,7 @@ def plan_lab(topology: Topology, lab: str, source: str = "") -> LabPlan:
                 gateway_candidate=node.gateway_candidate, router_port=f"n{j}", pods=pods,
                 underlay_ip6=ip6, pod_cidrs=tuple(map(str, cidrs)),
                 pod_gateways=tuple(map(str, gateways)),
+                kind=node.kind,
             ))
         v6 = {"lan6": _v6_net("1", i), "router_lan_ip6": _v6("1", i, 1),
               "wan_ip6": _v6("2", i, 2), "internet_wan_ip6": _v6("2", i, 1)} if has_v6 else {
@@ -286,7 +293,7 @@ def plan_to_json(plan: LabPlan) -> dict:
                         "name": node.name, "netns": node.netns, "underlayIP": node.underlay_ip,
                         "podCIDR": node.pod_cidr, "podGateway": node.pod_gateway,
                         "gatewayCandidate": node.gateway_candidate,
-                        "routerPort": node.router_port,
+                        "routerPort": node.router_port, "kind": node.kind,
                         "underlayIP6": node.underlay_ip6, "podCIDRs": list(node.cidrs()),
                         "podGateways": list(node.gateways()),
                         "pods": [{"name": p.name, "netns": p.netns, "ip": p.ip,
@@ -323,6 +330,7 @@ def plan_from_json(data: dict) -> LabPlan:
                                        node_ifname=q["nodeIfname"],
                                        ips=tuple(q.get("ips", [q["ip"]])))
                                for q in n["pods"]),
+                    kind=n.get("kind", "netns"),
                 )
                 for n in p["nodes"]
             ),

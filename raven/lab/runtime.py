@@ -158,6 +158,10 @@ def exec_argv(lab: str, target: str) -> list[str]:
     """Prefix that runs a command in `target`: a host (node, control-plane) gets its netns AND
     private mount namespace; pods and routers get their netns (with /sys remounted)."""
     plan, netns = _plan_target_netns(lab, target)
+    from raven.lab import vm
+
+    if vm.node_of(plan, target) is not None:  # a VM node or its pod: through the guest channel
+        return vm.exec_argv(lab, plan, target)
     if target in plan.hosts():
         return node_exec_argv(lab, target)
     return nsutil.netns_exec_argv(netns)
@@ -180,15 +184,17 @@ def _check_name(name: str) -> None:
 
 
 def start_process(lab: str, target: str, name: str, argv: list[str],
-                  env: dict[str, str] | None = None, umask: int = -1) -> int:
+                  env: dict[str, str] | None = None, umask: int = -1,
+                  host_side: bool = False) -> int:
     """Start `argv` in `target` (node: netns + mount ns) as a daemon logging to
     logs/<target>.<name>.log; return its pid. It is stopped by stop_process or `raven lab down`.
-    `umask` (e.g. 0o077) applies to everything the process creates."""
+    `umask` (e.g. 0o077) applies to everything the process creates. On a VM node a command
+    runs in the guest (raven.lab.vm), unless `host_side` (the VM's own qemu)."""
     _check_name(name)
     if not argv:
         raise CommandError(f"lab {lab!r}: start_process {target}/{name}: empty command")
     _, netns = _plan_target_netns(lab, target)
-    prefix = exec_argv(lab, target)
+    prefix = node_exec_argv(lab, target) if host_side else exec_argv(lab, target)
     existing = _read_record(pid_path(lab, target, name))
     if existing is not None and _alive(existing):
         raise CommandError(f"lab {lab!r}: process {name!r} already runs in {target!r} "

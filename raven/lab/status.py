@@ -41,6 +41,7 @@ def format_status(plan: LabPlan) -> str:
             pods = ", ".join(f"{p.name} {','.join(p.addresses())}" for p in node.pods) or \
                 "no pods"
             star = " (gateway candidate)" if node.gateway_candidate else ""
+            star += " [vm]" if node.is_vm else ""
             lines.append(f"    {node.name:<16} {','.join(node.underlay_ips()):<15} podCIDR "
                          f"{','.join(node.cidrs()):<18} {pods}{star}")
     procs = runtime.supervised(plan.name)

@@ -34,6 +34,7 @@ from raven.safeyaml import YamlError, load_yaml, read_yaml_file
 from raven.topology import VTEP6_NETWORK
 
 NAT_KINDS = ("none", "cone", "full-cone", "symmetric")
+NODE_KINDS = ("netns", "vm")  # a network namespace (default) or a qemu guest (raven.lab.vm)
 UNDERLAY_FAMILIES = ("ipv4", "ipv6", "dual")
 TUNNEL_KINDS = ("wireguard", "none")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -57,7 +58,7 @@ UNDERLAY6_RANGE = ipaddress.IPv6Network("2001:db8::/32")
 
 TOP_KEYS = {"name", "tunnel", "underlayMTU", "pools", "description"}
 POOL_KEYS = {"name", "gateway", "nat", "nodes", "pods", "underlayMTU", "underlay"}
-NODE_KEYS = {"name", "podCIDR", "podCIDRs", "gatewayCandidate", "pods"}
+NODE_KEYS = {"name", "podCIDR", "podCIDRs", "gatewayCandidate", "pods", "kind"}
 # IPv6 pods need the cross-pool path to carry 1280 bytes (IPv6's minimum link MTU); the
 # WireGuard tunnel takes 80 bytes of the underlay MTU.
 IPV6_MIN_UNDERLAY_MTU = 1280 + 80
@@ -72,6 +73,7 @@ class NodeSpec:
     gateway_candidate: bool
     pods: int
     pod_cidrs: tuple[Network, ...] = ()  # every pod network (at most one per family), primary first
+    kind: str = "netns"  # netns | vm (raven.lab.vm)
 
     def cidrs(self) -> tuple[Network, ...]:
         return self.pod_cidrs or (self.pod_cidr,)
@@ -295,12 +297,16 @@ def _parse_node(raw: object, pool_where: str, index: int, default_pods: int,
                         f"got {candidate!r}")
         candidate = False
     pods = _count(raw.get("pods", default_pods), f"{where}: field 'pods'", problems)
+    kind = raw.get("kind", "netns")
+    if kind not in NODE_KINDS:
+        problems.append(f"{where}: field 'kind': {kind!r} is not one of {', '.join(NODE_KINDS)}")
+        kind = "netns"
 
     cidrs = _parse_pod_cidrs(raw, where, index, pods, problems)
     if not cidrs:
         return None
     return NodeSpec(name=str(name), pod_cidr=cidrs[0], gateway_candidate=candidate, pods=pods,
-                    pod_cidrs=cidrs)
+                    pod_cidrs=cidrs, kind=str(kind))
 
 
 def _parse_pod_cidrs(raw: Mapping, where: str, index: int, pods: int,
