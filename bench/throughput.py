@@ -2,8 +2,10 @@
 
 Two labs from the same topology (default two-pools: cloud, edge behind cone NAT), up at once:
   overlay  `build.up` + `cluster.up`: API server, controller, agents; the agents program
-           raven0, raven-wg0, the `inet raven` nftables table (marks, identity SNAT), fwmark
-           rules, tables 9027/9028 and sysctls, all with the shipped default settings;
+           raven0, raven-wg0, the `inet raven` nftables table (mark chains on members; the
+           identity SNAT only where another table has a nat chain, which lab nodes do not),
+           the rules (members: fwmark, active gateways: no selector), tables 9027/9028 and
+           sysctls, all with the shipped default settings;
   hand     a twin built `--network-only` (no overlay state at all) where bench/twin.py builds
            the same devices by hand with `ip` and `wg`: the VXLAN devices (same VNI, port, MAC,
            MTU, VTEP addresses, neighbours, FDB), a wireguard-go per active gateway started as

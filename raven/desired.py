@@ -66,14 +66,22 @@ class Route:
     dev: str
     gateway: str | None = None  # next hop (onlink) or None for a device route
     mtu: int | None = None  # path MTU locked on the route, so pods learn it without probing
+    # Preferred source (`src`) for packets the node itself originates over this route: the
+    # node's own address, so they leave with it and not the device's VTEP address. None = the
+    # kernel chooses. Must be a local address when the route is written (the kernel refuses
+    # it otherwise, and removes the route when the address goes).
+    src: str | None = None
 
 
 @dataclass(frozen=True, order=True)
 class Rule:
+    """`ip rule add priority P [fwmark M/K] lookup T`. fwmark and fwmask 0 = no selector: every
+    lookup consults the table, and one that finds no route there goes on to the next rule."""
+
     priority: int
     table: int
-    fwmark: int
-    fwmask: int
+    fwmark: int = 0
+    fwmask: int = 0
     family: int = 4  # 4 or 6
 
 
@@ -98,13 +106,19 @@ class WireGuardDevice:
 
 @dataclass(frozen=True)
 class Firewall:
-    """Our own nftables table: mark traffic to remote pools so policy routing takes it."""
+    """Our own nftables table: the remote pools' subnets; with `marks`, chains marking traffic
+    to and from them for an fwmark rule; and the identity SNAT that keeps their traffic's
+    source where another table on the node could masquerade it (raven.dataplane decides that
+    from the node's ruleset; see docs/dataplane.md)."""
 
     table: str
     mark: int
     mark_mask: int
     local_subnets: tuple[str, ...]  # this pool's pod subnets, sorted
     remote_subnets: tuple[str, ...]  # every other pool's pod subnets, sorted
+    # Mark chains (`prerouting`, `output`), evaluated for every packet of the node: what a
+    # member's fwmark rule needs. An active gateway's rule has no selector and needs none.
+    marks: bool = True
 
 
 @dataclass(frozen=True)

@@ -602,10 +602,12 @@ def _vxlan(me: _Me, routed: Sequence[str], mtu: int, options: PlanOptions) -> Vx
     )
 
 
-def _firewall(me: _Me, routed: Sequence[str], options: PlanOptions) -> Firewall:
+def _firewall(me: _Me, routed: Sequence[str], options: PlanOptions, *,
+              marks: bool) -> Firewall:
     return Firewall(
         table=options.nft_table, mark=options.fwmark, mark_mask=options.fwmark,
         local_subnets=tuple(sorted({c.text for c in me.local})), remote_subnets=tuple(routed),
+        marks=marks,
     )
 
 
@@ -642,9 +644,8 @@ def _member_plan(me: _Me, routed: list[str], vxlan_mtu: int, options: PlanOption
         fdb=(FdbEntry(mac=gw_mac, dst=me.gw_ip),),
         neighbours=neighbours,
         routes=routes,
-        rules=tuple(Rule(options.rule_priority, options.vxlan_table, options.fwmark,
-                         options.fwmark, family) for family in _families(routed)),
-        firewall=_firewall(me, routed, options),
+        rules=_member_rules(routed, options),
+        firewall=_firewall(me, routed, options, marks=True),
         sysctls=_sysctls(routed, [(f"net.ipv4.conf.{options.vxlan_device}.rp_filter", "2")]),
         notes=tuple(notes),
     )
@@ -678,13 +679,12 @@ def _gateway_plan(me: _Me, peers: tuple[WireGuardPeer, ...], routed: list[str], 
         node=me.name, role=Role.ACTIVE_GATEWAY, pool=me.pool.name, vxlan=vxlan,
         fdb=tuple(sorted(fdb)), neighbours=tuple(sorted(neighbours)),
         routes=wg_routes,
-        rules=tuple(Rule(options.rule_priority, options.wireguard_table, options.fwmark,
-                         options.fwmark, family) for family in _families(routed)),
+        rules=_gateway_rules(routed, options),
         wireguard=WireGuardDevice(
             name=options.wireguard_device, listen_port=options.wireguard_port,
             mtu=options.tunnel_mtu, peers=peers,
         ),
-        firewall=_firewall(me, routed, options),
+        firewall=_firewall(me, routed, options, marks=False),
         sysctls=_sysctls(routed, [
             (f"net.ipv4.conf.{options.vxlan_device}.rp_filter", "2"),
             # 0, not loose: the WireGuard device has no address, and the kernel's source
@@ -700,7 +700,8 @@ def _gateway_plan(me: _Me, peers: tuple[WireGuardPeer, ...], routed: list[str], 
 # object.__setattr__ per field), which is ~18 ms of a 10,000-subnet plan. Only while Route
 # stays that shape (no slots, no __post_init__, these fields in this order); else the constructor.
 _ROUTE_DICT_OK = (not hasattr(Route, "__slots__") and not hasattr(Route, "__post_init__")
-                  and [f.name for f in fields(Route)] == ["dst", "table", "dev", "gateway", "mtu"])
+                  and [f.name for f in fields(Route)] == ["dst", "table", "dev", "gateway", "mtu",
+                                                          "src"])
 
 
 def _routes(dsts: Iterable[str], table: int, dev: str, gateway: str | None = None,
@@ -711,7 +712,7 @@ def _routes(dsts: Iterable[str], table: int, dev: str, gateway: str | None = Non
     out = []
     for dst in dsts:
         route = new(Route)
-        route.__dict__.update(dst=dst, table=table, dev=dev, gateway=gateway, mtu=mtu)
+        route.__dict__.update(dst=dst, table=table, dev=dev, gateway=gateway, mtu=mtu, src=None)
         out.append(route)
     return tuple(out)
 
@@ -731,6 +732,28 @@ def _is_ip(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _member_rules(routed: Sequence[str], options: PlanOptions) -> tuple[Rule, ...]:
+    """A member's rule takes marked packets only (the firewall marks traffic to remote pools).
+    A rule without a selector would be cheaper (no chain evaluated for every packet), but on
+    a member it breaks strict rp_filter: packets from remote pods reach a member through the
+    CNI (the gateway forwards them by `main`), and the kernel checks their source with a lookup
+    whose flow equals the one of the pod's own packets to the remote pod (input device = the
+    pod's side, addresses swapped back), which would find raven0 in our table. Only the mark,
+    which that check ignores on the CNI's device (src_valid_mark 0), tells them apart."""
+    return tuple(Rule(options.rule_priority, options.vxlan_table, options.fwmark,
+                      options.fwmark, family) for family in _families(routed))
+
+
+def _gateway_rules(routed: Sequence[str], options: PlanOptions) -> tuple[Rule, ...]:
+    """The active gateway's rule has no selector: every lookup consults table 9028, which holds
+    only remote pools' pod subnets, so one that finds nothing there goes on to `main` as
+    before. Packets from remote pods arrive on raven-wg0 and their reverse-path check finds
+    raven-wg0 there. No mark, so no chain has to look at every packet the gateway forwards
+    (the mark chains cost about 10 % of the cross-pool throughput, docs/benchmarks.md)."""
+    return tuple(Rule(options.rule_priority, options.wireguard_table, family=family)
+                 for family in _families(routed))
 
 
 def _families(subnets: Iterable[str]) -> list[int]:

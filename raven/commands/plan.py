@@ -113,15 +113,17 @@ def format_state(state: Any) -> str:
         for r in state.routes:
             via = f" via {r.gateway} onlink" if r.gateway else ""
             mtu = f" mtu lock {r.mtu}" if r.mtu else ""
-            lines.append(f"  {r.dst}{via} dev {r.dev} table {r.table}{mtu}")
+            src = f" src {r.src}" if r.src else ""
+            lines.append(f"  {r.dst}{via} dev {r.dev} table {r.table}{mtu}{src}")
     for r in state.rules:
-        lines.append(f"rule ipv{r.family} priority {r.priority} fwmark {r.fwmark:#x}/"
-                     f"{r.fwmask:#x} lookup {r.table}")
+        mark = f" fwmark {r.fwmark:#x}/{r.fwmask:#x}" if r.fwmark or r.fwmask else ""
+        lines.append(f"rule ipv{r.family} priority {r.priority}{mark} lookup {r.table}")
     if state.firewall is not None:
         fw = state.firewall
-        lines.append(f"nftables table {fw.table}: mark {fw.mark:#x}/{fw.mark_mask:#x} traffic "
-                     f"to {len(fw.remote_subnets)} remote subnet(s); local "
-                     f"{', '.join(fw.local_subnets) or '(none)'}")
+        marks = f"mark {fw.mark:#x}/{fw.mark_mask:#x} traffic to" if fw.marks else "sets of"
+        lines.append(f"nftables table {fw.table}: {marks} {len(fw.remote_subnets)} remote "
+                     "subnet(s) (identity SNAT only where another table could masquerade); "
+                     f"local {', '.join(fw.local_subnets) or '(none)'}")
     for key, value in state.sysctls:
         lines.append(f"sysctl {key}={value}")
     for note in state.notes:

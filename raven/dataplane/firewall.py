@@ -1,32 +1,40 @@
-"""Our own nftables table (`inet raven`): mark cross-pool traffic, keep its source address.
+"""Our own nftables table (`inet raven`): the remote pools' subnets, on members the chains that
+mark traffic to and from them, and, only where another table could masquerade, an identity SNAT
+that keeps their traffic's source address.
 
 What the table does (and why):
 - sets `remote4` / `remote6` (flags interval) hold every remote pool's pod subnets, collapsed so
-  that no two intervals overlap (nft rejects overlapping intervals);
-- chain `prerouting` (filter, priority mangle) sets mark bits on forwarded pod traffic to a
-  remote subnet, chain `output` (route, priority mangle, so the kernel re-routes after the mark)
-  does the same for the node's own traffic; the fwmark rule then sends it to our table;
-- `prerouting` also marks traffic coming FROM a remote subnet. With `src_valid_mark=1` on our
-  devices (set by the data plane) the kernel's reverse-path check then finds the route back
-  through our table. Without it, rp_filter (loose or strict, whatever the host's `all` value)
-  drops every packet arriving on raven-wg0: that device has no address and the way back to a
-  remote pod is only in table 9028, which an unmarked lookup never reaches. Marked traffic for a
-  local destination finds nothing in our table and falls through to the main table as before;
+  that no two intervals overlap (nft rejects overlapping intervals). Sets cost nothing per
+  packet: only base chains (hooks) are evaluated for packets;
+- with `Firewall.marks` (a member): chain `prerouting` (filter, priority mangle) sets mark bits
+  on forwarded pod traffic to a remote subnet, chain `output` (route, priority mangle, so the
+  kernel re-routes after the mark) does the same for the node's own traffic; the fwmark rule
+  then sends it to our table. `prerouting` also marks traffic coming FROM a remote subnet:
+  with `src_valid_mark=1` on our devices (set by the data plane) the kernel's reverse-path
+  check then finds the route back through our table. The mark is what lets a member pass
+  strict rp_filter (raven.topology `_member_rules`). An active gateway has no mark chains: its
+  rule has no selector, and these chains, evaluated for every packet, cost about 10 % of the
+  cross-pool throughput (docs/benchmarks.md);
 - chain `postrouting` (nat, priority srcnat - 10) applies an identity SNAT (`snat ip to ip saddr`)
   to traffic to remote subnets, and to traffic from them (a remote pod reaching a local pod
   through the gateway keeps its address too). The kernel runs the NAT chains of every table,
   ours, iptables-nft and iptables-legacy alike, in priority order and stops at the first one
   that binds the connection; binding it to its own source first means a CNI's or kube-proxy's
   MASQUERADE in another table can never rewrite a pod address that has to cross pools. Nothing
-  else is touched.
+  else is touched. The chain exists only while the node has another NAT chain on the
+  postrouting hook (an nft chain of type nat in any other table, or iptables-legacy's `nat`
+  table): without one nothing can rewrite a source, and a NAT chain of ours would be the only
+  thing turning connection tracking on in the node, for every packet of the path (about 4 %
+  of the cross-pool throughput). Where kube-proxy or a CNI has a nat chain, conntrack runs
+  anyway and our chain stays, with its cost. The data plane re-checks at every apply.
 
 Rules kept: pure (no I/O; nftnl.py encodes and sends); only table `inet <name>` is ever
 written; every write is one netfilter netlink transaction (creating or rebuilding the table with
 its elements, or element changes alone); a correct table is never rebuilt: set contents change
 through element add/delete only; the skeleton (sets, chains, rules) is rebuilt atomically only
-when it is not what we would write. `skeleton()` renders the same specs nftnl.py encodes as the
-nft script it is equivalent to: its hash is the fingerprint every rule carries as its comment,
-which is how we recognise our rules.
+when it is not what we would write (an older agent's shape included). `skeleton()` renders the
+same specs nftnl.py encodes as the nft script it is equivalent to: its hash is the fingerprint
+every rule carries as its comment, which is how we recognise our rules.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ import bisect
 import functools
 import hashlib
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from raven.dataplane.errors import DataplaneError
@@ -42,13 +51,39 @@ from raven.dataplane.nftnl import ChainSpec, LiveTable, RuleSpec, SetSpec
 from raven.desired import Firewall
 
 SETS = {4: "remote4", 6: "remote6"}
-CHAINS = ("prerouting", "output", "postrouting")
-RULES_PER_CHAIN = {"prerouting": 2 * len(SETS), "output": len(SETS),
-                   "postrouting": 2 * len(SETS)}
-CHAIN_SPECS = (ChainSpec("prerouting", "filter", "prerouting", -150),
-               ChainSpec("output", "route", "output", -150),
-               ChainSpec("postrouting", "nat", "postrouting", 90))
+MARK_CHAINS = (ChainSpec("prerouting", "filter", "prerouting", -150),
+               ChainSpec("output", "route", "output", -150))
+SNAT_CHAIN = ChainSpec("postrouting", "nat", "postrouting", 90)
 PRIORITY_TEXT = {-150: "mangle", 90: "srcnat - 10"}
+# Hook number of postrouting in netfilter (NF_INET_POST_ROUTING).
+POSTROUTING_HOOK = 4
+
+
+def chain_specs(marks: bool, snat: bool) -> tuple[ChainSpec, ...]:
+    """The base chains of our table: the mark chains, the identity SNAT chain, both or none."""
+    return (*(MARK_CHAINS if marks else ()), *((SNAT_CHAIN,) if snat else ()))
+
+
+def rules_per_chain(marks: bool, snat: bool) -> dict[str, int]:
+    out = {"prerouting": 2 * len(SETS), "output": len(SETS)} if marks else {}
+    if snat:
+        out[SNAT_CHAIN.name] = 2 * len(SETS)
+    return out
+
+
+def masquerade_risk(nat_chains: Iterable[tuple[str, str, str, str, int]], own_table: str,
+                    legacy_tables: Iterable[str]) -> tuple[str, ...]:
+    """What on the node could rewrite a pod's source: nft chains of type nat on the
+    postrouting hook outside our table ((family, table, chain, type, hook) as dumped), and
+    iptables-legacy `nat` tables (ip_tables_names / ip6_tables_names). Sorted; empty = none,
+    so the identity SNAT is not needed."""
+    found = {f"{family} {table} {chain}" for family, table, chain, kind, hook in nat_chains
+             if kind == "nat" and hook == POSTROUTING_HOOK
+             and not (family == "inet" and table == own_table)}
+    found.update(f"iptables-legacy {name}" for name in legacy_tables)
+    return tuple(sorted(found))
+
+
 NFT_SET_INTERVAL = 0x4
 
 
@@ -155,25 +190,28 @@ class Collapser:
         self._exact = sum(map(len, self._result.values())) == len(self._sorted)
 
 
-def skeleton_specs(fw: Firewall) -> tuple[tuple[SetSpec, ...], tuple[RuleSpec, ...]]:
-    """The sets and rules of our table (chains are CHAIN_SPECS), in the order we write them."""
+def skeleton_specs(fw: Firewall, snat: bool = False) -> tuple[tuple[SetSpec, ...],
+                                                             tuple[RuleSpec, ...]]:
+    """The sets and rules of our table (chains: `chain_specs(fw.marks, snat)`), in the order we
+    write them."""
     keep = ~fw.mark_mask & 0xFFFFFFFF
     sets = tuple(SetSpec(name, version) for version, name in SETS.items())
     rules: list[RuleSpec] = []
-    for chain in CHAINS:
+    for chain in chain_specs(fw.marks, snat):
         for version, set_name in SETS.items():
-            if chain == "prerouting":
-                rules.append(RuleSpec(chain, version, "daddr", set_name, (keep, fw.mark)))
-                rules.append(RuleSpec(chain, version, "saddr", set_name, (keep, fw.mark)))
-            elif chain == "output":
-                rules.append(RuleSpec(chain, version, "daddr", set_name, (keep, fw.mark)))
+            if chain.name == "prerouting":
+                rules.append(RuleSpec(chain.name, version, "daddr", set_name, (keep, fw.mark)))
+                rules.append(RuleSpec(chain.name, version, "saddr", set_name, (keep, fw.mark)))
+            elif chain.name == "output":
+                rules.append(RuleSpec(chain.name, version, "daddr", set_name, (keep, fw.mark)))
             else:
-                rules.append(RuleSpec(chain, version, "daddr", set_name, None))
+                rules.append(RuleSpec(chain.name, version, "daddr", set_name, None))
                 # Traffic FROM a remote pool to a local pod leaves the gateway towards the pod's
                 # node; a foreign MASQUERADE would rewrite its source there, and the reply (to
-                # the gateway's own address) would then be de-NATed only after our prerouting
-                # mark, so it misses our table. Binding it to its own source first prevents both.
-                rules.append(RuleSpec(chain, version, "saddr", set_name, None))
+                # the gateway's own address) would then be de-NATed only after a member's
+                # prerouting mark, so it misses our table. Binding it to its own source first
+                # prevents both.
+                rules.append(RuleSpec(chain.name, version, "saddr", set_name, None))
     return sets, tuple(rules)
 
 
@@ -186,33 +224,35 @@ def _rule_text(rule: RuleSpec) -> str:
     return f"{match} meta mark set meta mark & {keep:#x} | {mark:#x}"
 
 
-def skeleton(fw: Firewall) -> tuple[str, str]:
+def skeleton(fw: Firewall, snat: bool = False) -> tuple[str, str]:
     """(nft script equivalent to the empty table we write, fingerprint)."""
-    return _skeleton(fw.table, fw.mark, fw.mark_mask)  # not keyed on the 10,000 subnets
+    # not keyed on the 10,000 subnets
+    return _skeleton(fw.table, fw.mark, fw.mark_mask, fw.marks, snat)
 
 
-@functools.lru_cache(maxsize=8)
-def _skeleton(table: str, mark: int, mark_mask: int) -> tuple[str, str]:
+@functools.lru_cache(maxsize=16)
+def _skeleton(table: str, mark: int, mark_mask: int, marks: bool,
+              snat: bool) -> tuple[str, str]:
     fw = Firewall(table=table, mark=mark, mark_mask=mark_mask, local_subnets=(),
-                  remote_subnets=())
-    sets, rule_specs = skeleton_specs(fw)
+                  remote_subnets=(), marks=marks)
+    sets, rule_specs = skeleton_specs(fw, snat)
+    chain_specs_ = chain_specs(marks, snat)
     body = [f"  set {s.name} {{ type ipv{s.version}_addr; flags interval; }}" for s in sets]
-    rules: dict[str, list[str]] = {c: [] for c in CHAINS}
+    rules: dict[str, list[str]] = {c.name: [] for c in chain_specs_}
     for rule in rule_specs:
         rules[rule.chain].append(_rule_text(rule))
     hooks = {c.name: f"type {c.kind} hook {c.hook} priority {PRIORITY_TEXT[c.priority]}; "
-             "policy accept;" for c in CHAIN_SPECS}
+             "policy accept;" for c in chain_specs_}
     text = "\n".join(body) + "".join(
-        f"\n  chain {c} {{ {hooks[c]} " + " ".join(f"{r};" for r in rules[c]) + " }"
-        for c in CHAINS
+        f"\n  chain {c.name} {{ {hooks[c.name]} " + " ".join(f"{r};" for r in rules[c.name])
+        + " }" for c in chain_specs_
     )
     fingerprint = "raven:" + hashlib.sha256(text.encode()).hexdigest()[:16]
     chains = []
-    for chain in CHAINS:
-        lines = "\n".join(f"    {r} comment \"{fingerprint}\"" for r in rules[chain])
-        chains.append(f"  chain {chain} {{\n    {hooks[chain]}\n{lines}\n  }}")
-    script = (f"table inet {fw.table} {{\n" + "\n".join(body) + "\n" + "\n".join(chains)
-              + "\n}\n")
+    for chain in chain_specs_:
+        lines = "\n".join(f"    {r} comment \"{fingerprint}\"" for r in rules[chain.name])
+        chains.append(f"  chain {chain.name} {{\n    {hooks[chain.name]}\n{lines}\n  }}")
+    script = (f"table inet {fw.table} {{\n" + "\n".join(body + chains) + "\n}\n")
     return script, fingerprint
 
 
@@ -222,19 +262,20 @@ class LiveFirewall:
     elements: dict[int, frozenset[str]]  # family version -> CIDRs in the set
 
 
-def judge(table: LiveTable | None, fingerprint: str) -> LiveFirewall | None:
+def judge(table: LiveTable | None, fingerprint: str, snat: bool = False,
+          marks: bool = True) -> LiveFirewall | None:
     """What a live table means to us: None when absent; `fingerprint_ok` when its skeleton is
     exactly what we write (so only elements may need changing)."""
     if table is None:
         return None
     ok = table.others == 0 and set(table.sets) == set(SETS.values())
     ok = ok and all(flags == NFT_SET_INTERVAL for flags in table.sets.values())
-    ok = ok and table.chains == frozenset(CHAINS)
+    ok = ok and table.chains == frozenset(c.name for c in chain_specs(marks, snat))
     per_chain: dict[str, int] = {}
     for chain, comment in table.rules:
         per_chain[chain] = per_chain.get(chain, 0) + 1
         ok = ok and comment == fingerprint
-    ok = ok and per_chain == RULES_PER_CHAIN
+    ok = ok and per_chain == rules_per_chain(marks, snat)
     elements: dict[int, frozenset[str]] = {}
     for version, name in SETS.items():
         prefixes, exact = table.elements.get(name, (set(), True))
@@ -251,6 +292,8 @@ class FirewallPlan:
     changes: tuple[str, ...] = ()
     # the collapsed subnets the table holds after this plan (None when it is deleted)
     want: dict[int, frozenset[str]] | None = field(default=None, compare=False)
+    # what could masquerade (masquerade_risk): the skeleton has the identity SNAT chain
+    snat_for: tuple[str, ...] = ()
 
     def empty(self) -> bool:
         return self.build is None and not self.elements and not self.delete_table
@@ -258,12 +301,14 @@ class FirewallPlan:
 
 def plan_firewall(desired: Firewall | None, live: LiveFirewall | None,
                   want: dict[int, frozenset[str]] | None = None, *,
-                  table: str = "") -> FirewallPlan:
+                  table: str = "", snat_for: tuple[str, ...] = ()) -> FirewallPlan:
     """The pure diff: delete the table when nothing is desired; a create/rebuild when the
     skeleton is missing or not ours (elements included); else element deltas.
 
     `want` is `collapse(desired.remote_subnets)`, when the caller has it already; `table` names
-    the table to delete when `desired` is None."""
+    the table to delete when `desired` is None; `snat_for` names what could masquerade (see
+    `masquerade_risk`): the skeleton then has the identity SNAT chain (`live` must have been
+    judged against the same skeleton)."""
     if desired is None:
         if live is None:
             return FirewallPlan()
@@ -275,9 +320,11 @@ def plan_firewall(desired: Firewall | None, live: LiveFirewall | None,
         adds = tuple((name, tuple(sorted(want[version])), False)
                      for version, name in SETS.items() if want[version])
         detail = "" if live is None else " (skeleton differed)"
-        return FirewallPlan(build=what, elements=adds, want=want, changes=(
+        snat = (f", identity SNAT (could masquerade: {', '.join(snat_for)})" if snat_for
+                else ", no identity SNAT (nothing else on the node has a postrouting nat chain)")
+        return FirewallPlan(build=what, elements=adds, want=want, snat_for=snat_for, changes=(
             f"nft table inet {desired.table} {what}{detail} with "
-            f"{sum(len(w) for w in want.values())} remote subnets",))
+            f"{sum(len(w) for w in want.values())} remote subnets{snat}",))
     elements: list[tuple[str, tuple[str, ...], bool]] = []
     changes: list[str] = []
     for version, set_name in SETS.items():  # deletions first: a wider prefix may replace them
@@ -290,4 +337,5 @@ def plan_firewall(desired: Firewall | None, live: LiveFirewall | None,
         if missing:
             elements.append((set_name, tuple(sorted(missing)), False))
             changes.append(f"nft {set_name} add {len(missing)} elements")
-    return FirewallPlan(elements=tuple(elements), changes=tuple(changes), want=want)
+    return FirewallPlan(elements=tuple(elements), changes=tuple(changes), want=want,
+                        snat_for=snat_for)

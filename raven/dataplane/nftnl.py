@@ -48,7 +48,8 @@ NFT_MSG_NEWSETELEM, NFT_MSG_GETSETELEM, NFT_MSG_DELSETELEM = 12, 13, 14
 NFT_MSG_GETGEN = 16
 NFT_MSG_GETOBJ = 19
 NFT_MSG_GETFLOWTABLE = 23
-NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6 = 1, 2, 10
+NFPROTO_UNSPEC, NFPROTO_INET, NFPROTO_IPV4, NFPROTO_IPV6 = 0, 1, 2, 10
+FAMILY_NAMES = {1: "inet", 2: "ip", 3: "arp", 5: "netdev", 7: "bridge", 10: "ip6"}
 NLM_F_APPEND = 0x800
 ENOENT = 2
 
@@ -388,6 +389,26 @@ class NftSocket:
         elements = {name: self.read_elements(table, name) for name, flags in sets.items()
                     if flags & NFT_SET_INTERVAL}
         return LiveTable(sets, frozenset(chains), tuple(rules), others[0], elements)
+
+    def base_chains(self) -> list[tuple[str, str, str, str, int]]:
+        """(family, table, chain, type, hook number) of every base chain of every table, all
+        families (one dump)."""
+        out: list[tuple[str, str, str, str, int]] = []
+
+        def each(data: bytes, start: int, end: int) -> None:
+            attrs = parse_attrs(data, start + _NFGEN.size, end)
+            hook = attrs.get(NFTA_CHAIN_HOOK)
+            if hook is None:
+                return  # a regular chain: no packet reaches it but through a jump
+            number = parse_attrs(hook).get(NFTA_HOOK_HOOKNUM, b"\xff\xff\xff\xff")
+            out.append((FAMILY_NAMES.get(data[start], str(data[start])),
+                        _cstr(attrs.get(NFTA_CHAIN_TABLE, b"")),
+                        _cstr(attrs.get(NFTA_CHAIN_NAME, b"")),
+                        _cstr(attrs.get(NFTA_CHAIN_TYPE, b"")),
+                        struct.unpack("!I", number[:4])[0]))
+
+        self.sock.dump_raw(_type(NFT_MSG_GETCHAIN), _head(NFPROTO_UNSPEC), each)
+        return out
 
     def read_elements(self, table: str, set_name: str) -> tuple[set[str], bool]:
         keys: list[tuple[bytes, bool]] = []

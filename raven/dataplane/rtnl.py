@@ -34,7 +34,8 @@ RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH = 28, 29, 30
 RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 
-RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_METRICS, RTA_TABLE, RTA_VIA = 1, 4, 5, 8, 15, 18
+RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_METRICS = 1, 4, 5, 7, 8
+RTA_TABLE, RTA_VIA = 15, 18
 RTAX_LOCK, RTAX_MTU = 1, 2
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
@@ -118,13 +119,20 @@ def route_request(route: Route, ifindex: int, delete: bool = False) -> Request:
                 f"route {route.dst} table {route.table} via {route.gateway}: Linux cannot route "
                 "an IPv6 subnet through an IPv4 next hop; the VTEPs need IPv6 addresses for "
                 "IPv6 pod subnets")
+    if route.src:
+        if _family_of(route.src) != family:
+            raise DataplaneError(
+                f"route {route.dst} table {route.table} src {route.src}: the source address "
+                "must have the destination's family")
+        body += attr(RTA_PREFSRC, _addr_bytes(route.src))
     if route.mtu:
         body += nested(RTA_METRICS, attr_u32(RTAX_LOCK, 1 << RTAX_MTU),
                        attr_u32(RTAX_MTU, route.mtu))
     return Request(RTM_NEWROUTE, NLM_F_CREATE | NLM_F_REPLACE, body,
                    f"route replace {route.dst} table {route.table} dev {route.dev}"
                    + (f" via {route.gateway}" if route.gateway else "")
-                   + (f" mtu {route.mtu}" if route.mtu else ""))
+                   + (f" mtu {route.mtu}" if route.mtu else "")
+                   + (f" src {route.src}" if route.src else ""))
 
 
 def dump_routes(sock: NetlinkSocket, tables: Iterable[int], names: dict[int, str],
@@ -161,12 +169,14 @@ def dump_routes(sock: NetlinkSocket, tables: Iterable[int], names: dict[int, str
                 if metrics:
                     raw = parse_attrs(metrics).get(RTAX_MTU)
                     mtu = u32(raw)[0] if raw else None
+                src = a.get(RTA_PREFSRC)
                 append(Route(
                     dst=f"{prefix}/{dst_len}",
                     table=table,
                     dev=names.get(u32(oif)[0], "?") if oif else "?",
                     gateway=_addr_str(gw) if gw else None,
                     mtu=mtu,
+                    src=_addr_str(src) if src else None,
                 ))
 
             body = _RTMSG.pack(family, 0, 0, 0, table if table < 256 else 0, 0, 0, 0, 0)
@@ -177,13 +187,23 @@ def dump_routes(sock: NetlinkSocket, tables: Iterable[int], names: dict[int, str
 # --- rules ----------------------------------------------------------------------------------
 
 
+def rule_text(rule: Rule) -> str:
+    """The rule as `ip rule` spells it (without the verb)."""
+    family = "-6 " if rule.family == 6 else ""
+    mark = f"fwmark {rule.fwmark:#x}/{rule.fwmask:#x} " if rule.fwmark or rule.fwmask else ""
+    return f"{family}{mark}lookup {rule.table} priority {rule.priority}"
+
+
 def rule_request(rule: Rule, delete: bool = False) -> Request:
+    """A rule without a mark is sent without FRA_FWMARK/FRA_FWMASK. Note that the kernel's
+    delete treats every attribute left out as a wildcard: deleting `lookup T priority P`
+    removes the first rule at (P, T), marked or not (the rules applier orders for that)."""
     family = _FAMILY[rule.family]
     body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, FR_ACT_TO_TBL, 0)
-    body += (attr_u32(FRA_PRIORITY, rule.priority) + attr_u32(FRA_TABLE, rule.table)
-             + attr_u32(FRA_FWMARK, rule.fwmark) + attr_u32(FRA_FWMASK, rule.fwmask))
-    what = (f"rule {'del' if delete else 'add'} fwmark {rule.fwmark:#x}/{rule.fwmask:#x} "
-            f"lookup {rule.table} priority {rule.priority}")
+    body += attr_u32(FRA_PRIORITY, rule.priority) + attr_u32(FRA_TABLE, rule.table)
+    if rule.fwmark or rule.fwmask:
+        body += attr_u32(FRA_FWMARK, rule.fwmark) + attr_u32(FRA_FWMASK, rule.fwmask)
+    what = f"rule {'del' if delete else 'add'} {rule_text(rule)}"
     if delete:
         return Request(RTM_DELRULE, 0, body, what, op="delete")
     body += attr(FRA_PROTOCOL, bytes([RTPROT_RAVEN]))
@@ -191,7 +211,7 @@ def rule_request(rule: Rule, delete: bool = False) -> Request:
 
 
 def dump_rules(sock: NetlinkSocket, tables: Iterable[int]) -> list[Rule]:
-    """fwmark rules pointing at any of `tables` (ours), both families."""
+    """Rules pointing at any of `tables` (ours), both families, with their mark if any."""
     wanted = set(tables)
     out: list[Rule] = []
     u32 = struct.Struct("=I").unpack_from

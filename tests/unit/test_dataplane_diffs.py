@@ -16,9 +16,10 @@ from raven.dataplane.appliers import neighbours, routes, rules, sysctls, vxlan
 from raven.dataplane.appliers.routes import route_index
 from raven.dataplane.families import ipv4_half
 from raven.dataplane.firewall import (
-    CHAIN_SPECS,
     LiveFirewall,
+    chain_specs,
     judge,
+    masquerade_risk,
     plan_firewall,
     skeleton,
     skeleton_specs,
@@ -177,6 +178,9 @@ def test_sysctl_diff_and_the_implicit_src_valid_mark() -> None:
                                     "net.ipv4.conf.raven0.src_valid_mark": None})
     assert changes.writes == (("net.ipv4.conf.raven0.src_valid_mark", "1"),)
     assert sysctls.diff(wanted, dict(wanted)).empty()
+    # No mark chains (an active gateway): nothing implicit.
+    unmarked = replace(state, firewall=replace(state.firewall, marks=False))
+    assert sysctls.wanted(unmarked) == state.sysctls
 
 
 # --- FDB and neighbours ---------------------------------------------------------------------
@@ -207,10 +211,10 @@ def test_route_diff_adds_deletes_and_replaces_in_place() -> None:
     want = route_index((Route("10.2.0.0/16", 9027, "raven0", "100.96.0.4", 1420),
                         Route("10.3.0.0/24", 9027, "raven0", "100.96.0.4", 1420)))
     changes = routes.diff(want, live)
-    assert changes.delete == (("10.9.0.0/24", 9027, "raven0", "100.96.0.3", 1420),)
+    assert changes.delete == (("10.9.0.0/24", 9027, "raven0", "100.96.0.3", 1420, None),)
     # 10.2.0.0/16 moves to another next hop: replaced, never deleted first
-    assert set(changes.add) == {("10.2.0.0/16", 9027, "raven0", "100.96.0.4", 1420),
-                                ("10.3.0.0/24", 9027, "raven0", "100.96.0.4", 1420)}
+    assert set(changes.add) == {("10.2.0.0/16", 9027, "raven0", "100.96.0.4", 1420, None),
+                                ("10.3.0.0/24", 9027, "raven0", "100.96.0.4", 1420, None)}
     assert "route replace 10.3.0.0/24 table 9027 dev raven0 via 100.96.0.4 mtu 1420" in \
         changes.lines
     assert changes.want is want
@@ -248,17 +252,74 @@ def test_rule_diff_counts_duplicates() -> None:
     assert rules.diff((rule,), Counter({rule: 1})).empty()
 
 
+def test_rule_diff_replaces_the_old_fwmark_rule_by_the_selectorless_one() -> None:
+    # The upgrade from the marked shape: the marked rules go, the plain ones come.
+    plain4, plain6 = Rule(100, 9027), Rule(100, 9027, family=6)
+    marked4, marked6 = Rule(100, 9027, 0x40, 0x40), Rule(100, 9027, 0x40, 0x40, 6)
+    changes = rules.diff((plain4, plain6), Counter({marked4: 1, marked6: 1}))
+    assert changes.delete == (marked4, marked6) and changes.add == (plain4, plain6)
+    assert "rule add lookup 9027 priority 100" in changes.lines
+    assert "rule del -6 fwmark 0x40/0x40 lookup 9027 priority 100" in changes.lines
+
+
+def test_rule_diff_never_lets_a_wildcard_delete_hit_a_rule_that_stays() -> None:
+    # The kernel deletes the FIRST rule matching the attributes sent; a rule without a mark is
+    # sent without one, so its delete could remove a marked rule of the same place instead.
+    plain, marked = Rule(100, 9027), Rule(100, 9027, 0x40, 0x40)
+    changes = rules.diff((marked,), Counter({plain: 1, marked: 1}))
+    # every rule of the place goes (the marked one first, by exact match), the wanted comes back
+    assert changes.delete == (marked, plain) and changes.add == (marked,)
+    # deleting both: marked ones first, so the wildcard delete finds only the plain one left
+    both = rules.diff((), Counter({plain: 1, marked: 1}))
+    assert both.delete == (marked, plain) and both.add == ()
+    # an input device is a selector the delete matches exactly, like a mark
+    # another place is not disturbed
+    elsewhere = rules.diff((Rule(101, 9027, 0x40, 0x40),),
+                           Counter({plain: 1, Rule(101, 9027, 0x40, 0x40): 1}))
+    assert elsewhere.delete == (plain,) and elsewhere.add == ()
+
+
+SOME_RULES = [Rule(100, 9027), Rule(100, 9027, 0x40, 0x40), Rule(100, 9027, 0x80, 0x80),
+              Rule(100, 9027, family=6), Rule(100, 9028)]
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.sampled_from(SOME_RULES), max_size=5),
+       st.lists(st.sampled_from(SOME_RULES), max_size=5),
+       st.randoms(use_true_random=False))
+def test_rule_diff_applied_like_the_kernel_gives_desired(want: list[Rule], live: list[Rule],
+                                                        rng: object) -> None:
+    """A model of the kernel's rule list: deletes match the first rule whose attributes equal
+    the ones sent (mark left out = any mark); whatever order the live rules are in,
+    the result is the desired multiset."""
+    kernel = list(live)
+    rng.shuffle(kernel)  # type: ignore[attr-defined]
+    changes = rules.diff(tuple(want), Counter(live))
+    for rule in changes.delete:
+        hit = next(i for i, r in enumerate(kernel)
+                   if (r.priority, r.table, r.family) == (rule.priority, rule.table, rule.family)
+                   and (not (rule.fwmark or rule.fwmask)
+                        or (r.fwmark, r.fwmask) == (rule.fwmark, rule.fwmask)))
+        del kernel[hit]
+    kernel += changes.add
+    assert Counter(kernel) == Counter(want)
+
+
 # --- nftables -------------------------------------------------------------------------------
 
 FW = Firewall(table="raven", mark=0x40, mark_mask=0x40, local_subnets=("10.1.0.0/16",),
               remote_subnets=("10.2.0.0/16", "fd00:2::/64"))
 
 
-def live_table(fingerprint: str, **changes: object) -> LiveTable:
-    sets, rule_specs = skeleton_specs(FW)
+GW_FW = replace(FW, marks=False)  # an active gateway's: no mark chains
+
+
+def live_table(fingerprint: str, snat: bool = False, fw: Firewall = GW_FW,
+               **changes: object) -> LiveTable:
+    sets, rule_specs = skeleton_specs(fw, snat)
     values: dict[str, object] = {
         "sets": {s.name: NFT_SET_INTERVAL for s in sets},
-        "chains": frozenset(c.name for c in CHAIN_SPECS),
+        "chains": frozenset(c.name for c in chain_specs(fw.marks, snat)),
         "rules": tuple((r.chain, fingerprint) for r in rule_specs),
         "others": 0,
         "elements": {"remote4": ({"10.2.0.0/16"}, True), "remote6": (set(), True)},
@@ -268,21 +329,62 @@ def live_table(fingerprint: str, **changes: object) -> LiveTable:
 
 
 def test_firewall_judge_accepts_only_our_skeleton() -> None:
-    fingerprint = skeleton(FW)[1]
-    ours = judge(live_table(fingerprint), fingerprint)
+    fingerprint = skeleton(GW_FW)[1]
+    ours = judge(live_table(fingerprint), fingerprint, marks=False)
     assert ours == LiveFirewall(True, {4: frozenset({"10.2.0.0/16"}), 6: frozenset()})
     assert judge(None, fingerprint) is None
+    snat_fp = skeleton(GW_FW, snat=True)[1]
+    with_snat = live_table(snat_fp, snat=True)
+    assert judge(with_snat, snat_fp, snat=True, marks=False) == ours
+    member_fp = skeleton(FW)[1]
+    assert judge(live_table(member_fp, fw=FW), member_fp) == ours  # mark chains, no SNAT
     for broken in (
-        live_table("raven:0000000000000000"),  # an older skeleton (another mark)
-        live_table(fingerprint, rules=live_table(fingerprint).rules[1:]),  # a rule deleted
         live_table(fingerprint, others=1),  # a counter or flowtable someone added
-        live_table(fingerprint, chains=frozenset({"prerouting", "output"})),
+        # the old shape: mark chains (and the SNAT chain) when no SNAT is wanted
+        live_table(fingerprint, chains=frozenset({"prerouting", "output", "postrouting"}),
+                   rules=(("prerouting", "raven:0000000000000000"),)),
+        live_table(fingerprint, chains=frozenset({"postrouting"})),  # an empty extra chain
+        with_snat,  # the SNAT chain when nothing can masquerade any more
         live_table(fingerprint, sets={"remote4": NFT_SET_INTERVAL}),
         live_table(fingerprint, elements={"remote4": ({"10.2.0.0/16"}, False),
                                           "remote6": (set(), True)}),  # a range, not a prefix
     ):
-        judged = judge(broken, fingerprint)
+        judged = judge(broken, fingerprint, marks=False)
         assert judged is not None and not judged.fingerprint_ok, broken
+    for broken in (
+        live_table(fingerprint),  # no SNAT chain where one is wanted
+        live_table("raven:0000000000000000", snat=True),  # an older skeleton
+        live_table(snat_fp, snat=True, rules=with_snat.rules[1:]),  # a rule deleted
+    ):
+        judged = judge(broken, snat_fp, snat=True, marks=False)
+        assert judged is not None and not judged.fingerprint_ok, broken
+    # a member's table without its mark chains (a gateway's shape) is not a member's
+    judged = judge(live_table(fingerprint), member_fp)
+    assert judged is not None and not judged.fingerprint_ok
+
+
+def test_masquerade_risk_is_any_other_postrouting_nat_chain() -> None:
+    chains = [("inet", "raven", "postrouting", "nat", 4),  # ours: never a reason
+              ("ip", "filter", "FORWARD", "filter", 2),
+              ("ip", "nat", "PREROUTING", "nat", 0)]  # DNAT rewrites no source
+    assert masquerade_risk(chains, "raven", []) == ()
+    assert masquerade_risk([*chains, ("ip", "nat", "POSTROUTING", "nat", 4)], "raven", []) == (
+        "ip nat POSTROUTING",)
+    assert masquerade_risk([("inet", "cni", "post", "nat", 4)], "other", ["ip6 nat"]) == (
+        "inet cni post", "iptables-legacy ip6 nat")
+    assert masquerade_risk([("ip", "raven", "post", "nat", 4)], "raven", []) == (
+        "ip raven post",)  # only `inet <ours>` is ours
+
+
+def test_firewall_plan_builds_the_skeleton_the_risk_asks_for() -> None:
+    plan = plan_firewall(FW, None, table="raven")
+    assert plan.build == "create" and plan.snat_for == ()
+    assert "no identity SNAT" in plan.changes[0]
+    plan = plan_firewall(GW_FW, None, table="raven", snat_for=("ip nat POSTROUTING",))
+    assert plan.snat_for == ("ip nat POSTROUTING",)
+    assert "identity SNAT (could masquerade: ip nat POSTROUTING)" in plan.changes[0]
+    stale = LiveFirewall(False, {4: frozenset(), 6: frozenset()})
+    assert plan_firewall(FW, stale, table="raven").build == "rebuild"
 
 
 def test_firewall_plan_deletes_the_table_when_nothing_is_desired() -> None:
@@ -293,19 +395,22 @@ def test_firewall_plan_deletes_the_table_when_nothing_is_desired() -> None:
 
 
 def test_table_messages_name_sets_by_id_and_carry_the_fingerprint() -> None:
-    sets, rule_specs = skeleton_specs(FW)
-    fingerprint = skeleton(FW)[1]
-    requests, ids = table_messages("raven", sets, CHAIN_SPECS, rule_specs, fingerprint,
-                                   replace=True)
+    sets, rule_specs = skeleton_specs(FW, snat=True)
+    fingerprint = skeleton(FW, snat=True)[1]
+    requests, ids = table_messages("raven", sets, chain_specs(True, True), rule_specs,
+                                   fingerprint, replace=True)
     kinds = [r.msg_type & 0xFF for r in requests]
     # declare, delete, add table; 2 sets; 3 chains; 10 rules
     assert kinds == [0, 2, 0, 9, 9, 3, 3, 3] + [6] * 10
     assert ids == {"remote4": 1, "remote6": 2}
     assert all(comment_userdata(fingerprint) in r.body for r in requests[-10:])
     assert comment_of(comment_userdata(fingerprint)) == fingerprint
-    fresh, _ids = table_messages("raven", sets, CHAIN_SPECS, rule_specs, fingerprint,
-                                 replace=False)
+    fresh, _ids = table_messages("raven", sets, chain_specs(True, True), rule_specs,
+                                 fingerprint, replace=False)
     assert [r.msg_type & 0xFF for r in fresh][:1] == [0] and len(fresh) == len(requests) - 2
+    bare, _ids = table_messages("raven", *skeleton_specs(GW_FW)[:1], chain_specs(False, False),
+                                (), skeleton(GW_FW)[1], replace=False)
+    assert [r.msg_type & 0xFF for r in bare] == [0, 9, 9]  # table and sets, no chain
 
 
 @settings(max_examples=80, deadline=None)

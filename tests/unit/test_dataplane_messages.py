@@ -12,6 +12,7 @@ import ipaddress
 import socket
 import struct
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -345,8 +346,18 @@ def test_route_message_carries_our_protocol_onlink_gateway_and_locked_mtu() -> N
     metrics = parse_attrs(attrs[rtnl.RTA_METRICS])
     assert struct.unpack("=I", metrics[rtnl.RTAX_MTU])[0] == 1420
     assert struct.unpack("=I", metrics[rtnl.RTAX_LOCK])[0] == 1 << rtnl.RTAX_MTU
+    assert rtnl.RTA_PREFSRC not in attrs
     delete = rtnl.route_request(Route("10.2.0.0/16", 9027, "raven0"), 0, delete=True)
     assert delete.op == "delete" and delete.body[6] == rtnl.RT_SCOPE_NOWHERE
+
+
+def test_route_message_carries_the_preferred_source() -> None:
+    req = rtnl.route_request(Route("10.2.0.0/16", 9027, "raven0", "100.96.0.3", 1420,
+                                   src="192.0.2.2"), 7)
+    assert parse_attrs(req.body, 12)[rtnl.RTA_PREFSRC] == bytes([192, 0, 2, 2])
+    assert req.what.endswith(" src 192.0.2.2")
+    with pytest.raises(DataplaneError, match="source address must have the destination's"):
+        rtnl.route_request(Route("fd00:2::/64", 9027, "raven0", src="192.0.2.2"), 7)
 
 
 def test_rule_message() -> None:
@@ -357,6 +368,15 @@ def test_rule_message() -> None:
         rtnl.FRA_PRIORITY, rtnl.FRA_TABLE, rtnl.FRA_FWMARK, rtnl.FRA_FWMASK)} == {
         rtnl.FRA_PRIORITY: 100, rtnl.FRA_TABLE: 9028, rtnl.FRA_FWMARK: 0x40,
         rtnl.FRA_FWMASK: 0x40}
+
+
+def test_rule_message_without_a_mark_has_no_mark_attributes() -> None:
+    req = rtnl.rule_request(Rule(priority=100, table=9027, family=6))
+    assert req.body[0] == socket.AF_INET6
+    attrs = parse_attrs(req.body, 12)
+    assert rtnl.FRA_FWMARK not in attrs and rtnl.FRA_FWMASK not in attrs
+    assert struct.unpack("=I", attrs[rtnl.FRA_TABLE])[0] == 9027
+    assert req.what == "rule add -6 lookup 9027 priority 100"
 
 
 # --- nftables -----------------------------------------------------------------------------------
@@ -387,7 +407,11 @@ def test_firewall_plan_creates_then_only_changes_elements() -> None:
     assert plan.elements == (("remote4", ("10.2.0.0/16", "10.3.0.0/24"), False),)
     script = skeleton(fw)[0]  # the nft script the netlink messages are equivalent to
     assert script.startswith("table inet raven {")
-    assert "snat ip to ip saddr" in script and "srcnat - 10" in script
+    assert "meta mark set" in script and "snat" not in script  # a member, nothing masquerades
+    with_snat = skeleton(fw, snat=True)[0]
+    assert "snat ip to ip saddr" in with_snat and "srcnat - 10" in with_snat
+    gateway = skeleton(replace(fw, marks=False))[0]
+    assert "set remote4" in gateway and "chain" not in gateway  # no hook: no per-packet cost
     live = LiveFirewall(True, {4: frozenset({"10.2.0.0/16", "10.9.0.0/24"}), 6: frozenset()})
     plan = plan_firewall(fw, live)
     assert plan.build is None
@@ -399,8 +423,12 @@ def test_firewall_plan_creates_then_only_changes_elements() -> None:
     rebuilt = plan_firewall(fw, broken)
     assert rebuilt.build == "rebuild"  # declare, delete and define in one transaction
     assert rebuilt.elements == (("remote4", ("10.2.0.0/16", "10.3.0.0/24"), False),)
-    # The fingerprint identifies the skeleton; a different mark is a different skeleton.
-    assert skeleton(fw)[1] != skeleton(Firewall("raven", 0x80, 0x80, (), ()))[1]
+    # The fingerprint identifies the skeleton; a different mark, the SNAT chain or no mark
+    # chains make a different skeleton.
+    fingerprints = {skeleton(fw)[1], skeleton(fw, snat=True)[1],
+                    skeleton(replace(fw, marks=False))[1],
+                    skeleton(Firewall("raven", 0x80, 0x80, (), ()))[1]}
+    assert len(fingerprints) == 4
 
 
 def test_incremental_collapser_agrees_with_full_collapse_on_random_walks() -> None:

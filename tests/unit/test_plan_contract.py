@@ -33,7 +33,7 @@ def accept(state: NodeState) -> None:
     """Feed one plan to every pure data-plane function that consumes it; any refusal raises."""
     index = routes.route_index(state.routes)  # strict: a route listed twice raises
     assert routes.diff(index, {}).add == tuple(sorted(
-        ((r.dst, r.table, r.dev, r.gateway, r.mtu) for r in state.routes), key=str))
+        ((r.dst, r.table, r.dev, r.gateway, r.mtu, r.src) for r in state.routes), key=str))
     for route in state.routes:
         rtnl.route_request(route, IFINDEX)
     for rule in state.rules:

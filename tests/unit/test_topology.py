@@ -76,9 +76,10 @@ def test_member_plan() -> None:
     assert state.routes == tuple(
         Route(s, 9027, "raven0", gateway=gw_vtep, mtu=1420)
         for s in ("10.245.0.0/24", "10.245.1.0/24", "10.246.0.0/24"))
+    # a member's rule takes marked packets (its firewall marks them)
     assert state.rules == (Rule(priority=100, table=9027, fwmark=0x40, fwmask=0x40),)
     assert state.wireguard is None
-    assert state.firewall is not None
+    assert state.firewall is not None and state.firewall.marks
     assert state.firewall.local_subnets == ("10.244.0.0/24", "10.244.1.0/24")
     assert state.firewall.remote_subnets == ("10.245.0.0/24", "10.245.1.0/24", "10.246.0.0/24")
 
@@ -97,7 +98,9 @@ def test_public_gateway_plan_and_relay() -> None:
     assert peers["hz"].allowed_ips == ("10.245.0.0/24", "10.245.1.0/24")
     assert state.routes == tuple(Route(s, 9028, "raven-wg0") for s in
                                  ("10.245.0.0/24", "10.245.1.0/24", "10.246.0.0/24"))
-    assert state.rules == (Rule(100, 9028, 0x40, 0x40),)
+    # no selector, no mark chains: every lookup consults 9028 (only remote subnets)
+    assert state.rules == (Rule(100, 9028),)
+    assert state.firewall is not None and not state.firewall.marks
     assert ("net.ipv4.ip_forward", "1") in state.sysctls
     assert ("net.ipv4.conf.raven-wg0.rp_filter", "0") in state.sysctls
     c2_vtep, c2_mac = vtep_for("192.0.2.2")

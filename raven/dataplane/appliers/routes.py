@@ -10,6 +10,7 @@ change of the set of tables.
 
 from __future__ import annotations
 
+import errno
 import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,23 +18,24 @@ from dataclasses import dataclass, field
 from raven.dataplane import drift, rtnl
 from raven.dataplane.errors import DataplaneError
 from raven.dataplane.links import LinkFacts
-from raven.dataplane.netlink import NetlinkSocket
+from raven.dataplane.netlink import NetlinkError, NetlinkSocket
 from raven.desired import NodeState, Route
 
-RouteKey = tuple[str, int, str, str | None, int | None]  # (dst, table, dev, gateway, mtu)
-RouteShape = tuple[int, str, str | None, int | None]  # (table, dev, gateway, mtu)
+# (dst, table, dev, gateway, mtu, src): Route's fields in order, so Route(*key) rebuilds it
+RouteKey = tuple[str, int, str, str | None, int | None, str | None]
+RouteShape = tuple[int, str, str | None, int | None, str | None]  # (table, dev, gateway, mtu, src)
 RouteIndex = dict[RouteShape, set[str]]  # shape -> destinations
 
 _route_key: Callable[[Route], RouteKey] = operator.attrgetter(  # C speed at 10,000 routes
-    "dst", "table", "dev", "gateway", "mtu")
+    "dst", "table", "dev", "gateway", "mtu", "src")
 _table_of = operator.attrgetter("table")
 _dst_of = operator.attrgetter("dst")
-_shape_columns = tuple(map(operator.attrgetter, ("table", "dev", "gateway", "mtu")))
+_shape_columns = tuple(map(operator.attrgetter, ("table", "dev", "gateway", "mtu", "src")))
 
 
 def route_index(routes: tuple[Route, ...] | list[Route], *, strict: bool = True) -> RouteIndex:
     """Routes grouped by shape. A plan's routes nearly always share one shape (same table,
-    device, next hop, MTU): then the index is one set of destination strings, built and
+    device, next hop, MTU, source): then the index is one set of destination strings, built and
     compared in C (string hashes are cached), which is what makes one change among 10,000
     routes cost well under a millisecond here. `strict`: raise on a route listed twice (a
     desired state); a kernel dump may show one key twice (e.g. differing TOS) and is merged."""
@@ -88,9 +90,9 @@ class RouteChanges:
 
 
 def _replace_line(key: RouteKey) -> str:
-    dst, table, dev, gateway, mtu = key
+    dst, table, dev, gateway, mtu, src = key
     return (f"route replace {dst} table {table} dev {dev}" + (f" via {gateway}" if gateway else "")
-            + (f" mtu {mtu}" if mtu else ""))
+            + (f" mtu {mtu}" if mtu else "") + (f" src {src}" if src else ""))
 
 
 def diff(want: RouteIndex, live: RouteIndex) -> RouteChanges:
@@ -143,6 +145,14 @@ class RouteApplier:
                     "the desired state names a device no applier created")
             requests.append(rtnl.route_request(Route(*key), link.index))
         self._cache = None  # a failed write leaves the tables unknown
-        writes = self.nl.write(requests)
+        try:
+            writes = self.nl.write(requests)
+        except NetlinkError as exc:
+            if exc.errno == errno.EINVAL and " src " in exc.what:
+                raise DataplaneError(
+                    f"{exc}: the kernel takes only a local address as a route's source; the "
+                    "planner uses the node's InternalIP, so that address must be configured "
+                    "on this host (check the Node's status.addresses)") from None
+            raise
         self._cache = changes.want
         return writes

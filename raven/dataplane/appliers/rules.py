@@ -1,8 +1,9 @@
 """Policy-routing rules pointing at our tables (a rule may legitimately appear twice: counted).
 
-Rules kept: every rule whose table is ours is ours. Cache as for routes (see routes.py): kept
-equal to what we wrote, dropped on a foreign rule, link or address event, an overrun, a failed
-write or a change of tables.
+Rules kept: every rule whose table is ours is ours; a rule is identified by priority, table,
+family and mark; a rule without a mark selects every lookup. Cache as for routes (see
+routes.py): kept equal to what we wrote, dropped on a foreign rule, link or address event, an
+overrun, a failed write or a change of tables.
 """
 
 from __future__ import annotations
@@ -27,16 +28,39 @@ class RuleChanges:
 
 
 def _line(rule: Rule, verb: str) -> str:
-    return (f"rule {verb} fwmark {rule.fwmark:#x}/{rule.fwmask:#x} lookup {rule.table} "
-            f"priority {rule.priority}")
+    return f"rule {verb} {rtnl.rule_text(rule)}"
+
+
+def _place(rule: Rule) -> tuple[int, int, int]:
+    return rule.priority, rule.table, rule.family
+
+
+def _marked(rule: Rule) -> bool:
+    return bool(rule.fwmark or rule.fwmask)
 
 
 def diff(desired: tuple[Rule, ...], live: Counter[Rule]) -> RuleChanges:
+    """Rules to delete and add so the kernel holds exactly `desired` (counted).
+
+    The kernel deletes the first rule that matches the attributes given, treating those left
+    out as wildcards, so deleting a rule without a mark could take a marked rule of the same
+    (priority, table, family) instead. Where that could happen (a mark-less rule goes while a
+    marked rule of its place stays) every rule of the place is deleted, marked ones first
+    (exact matches), and the wanted ones are added again. Marked rules are deleted before
+    mark-less ones in any case."""
     want = Counter(desired)
-    delete = tuple(rule for rule, n in live.items() for _ in range(n - want.get(rule, 0)))
-    add = tuple(rule for rule, n in want.items() for _ in range(n - live.get(rule, 0)))
+    delete = [rule for rule, n in live.items() for _ in range(n - want.get(rule, 0))]
+    add = [rule for rule, n in want.items() for _ in range(n - live.get(rule, 0))]
+    ambiguous = {_place(r) for r in delete if not _marked(r)}
+    ambiguous &= {_place(r) for r, n in live.items() if _marked(r) and min(n, want.get(r, 0))}
+    if ambiguous:
+        delete = [rule for rule, n in live.items() if _place(rule) in ambiguous
+                  for _ in range(n)] + [r for r in delete if _place(r) not in ambiguous]
+        add = [rule for rule, n in want.items() if _place(rule) in ambiguous
+               for _ in range(n)] + [r for r in add if _place(r) not in ambiguous]
+    delete.sort(key=lambda r: not _marked(r))  # exact deletes before wildcard ones
     lines = tuple([_line(r, "del") for r in delete] + [_line(r, "add") for r in add])
-    return RuleChanges(want, delete, add, lines)
+    return RuleChanges(want, tuple(delete), tuple(add), lines)
 
 
 class RuleApplier:

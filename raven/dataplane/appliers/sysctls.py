@@ -16,10 +16,12 @@ Sysctl = tuple[str, str]
 
 
 def wanted(state: NodeState) -> tuple[Sysctl, ...]:
-    """The plan's sysctls and the implicit ones: the reverse-path check must see the fwmark
-    that the firewall puts on traffic from remote pools (see firewall.py)."""
+    """The plan's sysctls and the implicit ones: where the firewall marks traffic (a member),
+    the reverse-path check on our devices must see the mark it puts on traffic from remote
+    pools (see firewall.py). An active gateway's rule has no mark and needs none (a gateway
+    upgraded from the marked shape keeps the harmless 1 until its devices are made again)."""
     implicit: tuple[Sysctl, ...] = ()
-    if state.firewall is not None:
+    if state.firewall is not None and state.firewall.marks:
         devices = [d.name for d in (state.vxlan, state.wireguard) if d is not None]
         implicit = tuple((f"net.ipv4.conf.{d}.src_valid_mark", "1") for d in devices)
     return (*state.sysctls, *implicit)

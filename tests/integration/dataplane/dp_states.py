@@ -35,19 +35,20 @@ def vxlan(n: int, **changes: object) -> VxlanDevice:
 
 
 def member(n: int, gateway: int, remote: tuple[str, ...] = ("10.2.0.0/16",),
-           local: tuple[str, ...] = ("10.1.0.0/16",)) -> NodeState:
-    """A pool member at 192.0.2.n whose active gateway is 192.0.2.<gateway>."""
+           local: tuple[str, ...] = ("10.1.0.0/16",), src: str | None = None) -> NodeState:
+    """A pool member at 192.0.2.n whose active gateway is 192.0.2.<gateway>; `src` is the
+    routes' preferred source (the planner's node address; it must be local)."""
     gw_ip, gw_mac = vtep(gateway)
     return NodeState(
         node=f"m{n}", role=Role.MEMBER, pool="a", vxlan=vxlan(n),
         fdb=(FdbEntry(mac=gw_mac, dst=f"192.0.2.{gateway}"),),
         neighbours=(NeighEntry(ip=gw_ip, mac=gw_mac),),
-        routes=tuple(Route(dst=d, table=9027, dev="raven0", gateway=gw_ip, mtu=WG_MTU)
+        routes=tuple(Route(dst=d, table=9027, dev="raven0", gateway=gw_ip, mtu=WG_MTU, src=src)
                      for d in sorted(remote)),
         rules=(Rule(priority=100, table=9027, fwmark=0x40, fwmask=0x40),),
         firewall=Firewall(table="raven", mark=0x40, mark_mask=0x40,
                           local_subnets=tuple(sorted(local)), remote_subnets=tuple(sorted(remote))),
-        sysctls=(("net.ipv4.conf.raven0.rp_filter", "2"),),
+        sysctls=(("net.ipv4.conf.raven0.rp_filter", "2"), ("net.ipv4.ip_forward", "1")),
     )
 
 
@@ -68,11 +69,12 @@ def gateway(n: int | None, members: tuple[int, ...], peers: tuple[WireGuardPeer,
         vxlan=vxlan(n) if n is not None else None,
         fdb=tuple(sorted(fdb)), neighbours=tuple(sorted(neigh)),
         routes=tuple(Route(dst=d, table=9028, dev="raven-wg0") for d in sorted(remote)),
-        rules=(Rule(priority=100, table=9028, fwmark=0x40, fwmask=0x40),),
+        rules=(Rule(priority=100, table=9028),),
         wireguard=WireGuardDevice(name="raven-wg0", listen_port=listen_port, mtu=WG_MTU,
                                   peers=tuple(sorted(peers))),
         firewall=Firewall(table="raven", mark=0x40, mark_mask=0x40,
-                          local_subnets=tuple(sorted(local)), remote_subnets=tuple(sorted(remote))),
+                          local_subnets=tuple(sorted(local)), remote_subnets=tuple(sorted(remote)),
+                          marks=False),
         sysctls=tuple(sorted(sysctls)),
     )
 

@@ -171,3 +171,17 @@ def test_ipv6_subnet_via_an_ipv4_vtep_is_refused_clearly(node) -> None:
     assert [r["priority"] for r in node.ip_json("-6", "rule", "show")
             if r.get("table") == "9027"] == [100]
     assert dp.apply(state).writes == 0
+
+
+def test_route_source_is_written_and_a_foreign_one_refused_by_name(node) -> None:
+    node.ip("link", "add", "u0", "type", "veth", "peer", "name", "u1")
+    node.ip("addr", "add", "192.0.2.1/24", "dev", "u0")
+    dp = node.dataplane()
+    state = member(1, gateway=3, src="192.0.2.1")
+    dp.apply(state)
+    (route,) = node.routes(9027)
+    assert route["prefsrc"] == "192.0.2.1"
+    assert dp.apply(state).writes == 0  # read back equal
+    # A source that is not an address of the node: the kernel refuses it; the error says why.
+    with pytest.raises(DataplaneError, match="only a local address as a route's source"):
+        dp.apply(member(1, gateway=3, src="192.0.2.9"))

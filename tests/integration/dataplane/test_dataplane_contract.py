@@ -95,11 +95,20 @@ def test_observe_reports_drift_and_writes_nothing(node) -> None:
     assert dp.observe().drift == ()
 
 
-def test_netlink_table_is_what_nft_makes_of_the_skeleton_script(make_node) -> None:
+FOREIGN_NAT = ("table ip nat { chain POSTROUTING { type nat hook postrouting priority srcnat; "
+               "policy accept; }; }\n")
+
+
+@pytest.mark.parametrize(("marks", "snat"), [(True, False), (True, True), (False, False)],
+                         ids=["member", "member-foreign-nat", "gateway"])
+def test_netlink_table_is_what_nft_makes_of_the_skeleton_script(make_node, marks, snat) -> None:
     ours, reference = make_node(), make_node()
+    if snat:  # another table's postrouting nat chain (iptables-nft's, say): the SNAT chain
+        run("ip", "netns", "exec", ours.ns, "nft", "-f", "-", input=FOREIGN_NAT)
     state = member(1, gateway=3, remote=("10.2.0.0/16", "10.3.0.0/24", "10.3.0.0/25"))
+    state = replace(state, firewall=replace(state.firewall, marks=marks))
     ours.dataplane().apply(state)
-    script = skeleton(state.firewall)[0]
+    script = skeleton(state.firewall, snat)[0]
     script += "add element inet raven remote4 { 10.2.0.0/16, 10.3.0.0/24 }\n"
     run("ip", "netns", "exec", reference.ns, "nft", "-f", "-", input=script)
 
@@ -109,7 +118,8 @@ def test_netlink_table_is_what_nft_makes_of_the_skeleton_script(make_node) -> No
 
     assert listing(ours) == listing(reference)
     assert "10.3.0.0/25" not in listing(ours)  # nested subnets collapse into the wider one
-    assert "priority srcnat - 10" in listing(ours) and "type route hook output" in listing(ours)
+    assert ("priority srcnat - 10" in listing(ours)) == snat
+    assert ("type route hook output" in listing(ours)) == marks
 
 
 def test_plan_with_other_overlay_names_is_refused_before_any_write(node) -> None:

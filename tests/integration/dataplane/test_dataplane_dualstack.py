@@ -2,8 +2,8 @@
 
 Pool A (member m1 and gateway gwa on a bridge, IPv4 underlay) and pool B (gateway gwb, reached
 over WireGuard), every node with an IPv4 and an IPv6 podCIDR, and a "pod" namespace behind m1
-and behind gwb. Oracles: `ip -json` (addresses, routes, neighbours, rules, `route get` with the
-mark), `bridge -json fdb`, `nft -j`, and pings of both families between the pods. Also: IPv6
+and behind gwb. Oracles: `ip -json` (addresses, routes, neighbours, rules, `route get`),
+`bridge -json fdb`, `nft -j`, and pings of both families between the pods. Also: IPv6
 disabled on our device (by `default` inheritance and by hand) is turned back on; a kernel that
 cannot do IPv6 keeps the IPv4 half; VXLAN over an IPv6 underlay.
 """
@@ -157,6 +157,22 @@ def test_dual_stack_pools_apply_and_carry_both_families(make_node, wait) -> None
     unmarked = m1.exec("ip", "-6", "route", "get", "fd00:2::2", "from", "fd00:1:1::2", "iif",
                        "pod0", check=False)
     assert unmarked.returncode != 0 or "raven0" not in unmarked.stdout, unmarked.stdout
+    # The active gateway's rule has no selector: an unmarked lookup finds table 9028 (IPv6
+    # and IPv4), and one for a local destination goes on to main.
+    rules_gw = [(r["priority"], r.get("fwmark")) for fam in ("-4", "-6")
+                for r in gwa.ip_json(fam, "rule", "show") if r.get("table") == "9028"]
+    assert rules_gw == [(100, None), (100, None)]
+    (via_wg,) = gwa.ip_json("-6", "route", "get", "fd00:2::2", "from", "fd00:1:1::2", "iif",
+                            "raven0")
+    assert (via_wg["dev"], via_wg["table"]) == ("raven-wg0", "9028")
+    (local,) = gwa.ip_json("route", "get", "10.1.1.2", "from", "10.2.0.2", "iif", "raven-wg0")
+    assert local["dev"] == "u0" and local.get("table", "main") == "main"
+    # Mark chains on the member only; the identity SNAT chain only where another table could
+    # masquerade: gwa has the foreign IPv6 MASQUERADE, gwb only a filter table (no chain of
+    # ours looks at its packets), m1 no NAT.
+    assert chains(m1) == {("prerouting", "filter", "prerouting"), ("output", "route", "output")}
+    assert chains(gwb) == set()
+    assert chains(gwa) == {("postrouting", "nat", "postrouting")}
     # The gateway: an IPv6 neighbour per member, IPv6 routes into WireGuard, both families
     # allowed on the peer.
     gw_neigh6 = {n["dst"] for n in gwa.ip_json("-6", "neigh", "show", "dev", "raven0", "nud",
@@ -176,7 +192,7 @@ def test_dual_stack_pools_apply_and_carry_both_families(make_node, wait) -> None
     back6 = ping(pod_b, "fd00:1:1::2")
     assert back6.returncode == 0, back6.stdout + back6.stderr
     # Pod A's IPv6 source crossed the pools unchanged despite the foreign IPv6 MASQUERADE
-    # (our identity SNAT in `inet raven` binds it first).
+    # (our identity SNAT in `inet raven`, there because of that nat chain, binds it first).
     probe = [o["rule"]["expr"] for o in gwb.nft("list", "table", "inet", "probe") if "rule" in o]
     packets = [e["counter"]["packets"] for expr in probe for e in expr if "counter" in e]
     assert packets and packets[0] >= 3, packets
@@ -186,6 +202,12 @@ def test_dual_stack_pools_apply_and_carry_both_families(make_node, wait) -> None
     for node, state in states.items():
         again = dps[node].apply(state)
         assert (again.writes, again.changes) == (0, ()), again
+
+
+def chains(node: Node) -> set[tuple[str, str, str]]:
+    """(name, type, hook) of the chains of our table, from `nft -j`."""
+    return {(c["chain"]["name"], c["chain"].get("type"), c["chain"].get("hook"))
+            for c in node.nft("list", "table", "inet", "raven") if "chain" in c}
 
 
 def member_state(make_node: Any) -> tuple[Node, NodeState]:

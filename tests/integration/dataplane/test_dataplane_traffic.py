@@ -1,7 +1,9 @@
 """Real packets: a VXLAN pool (two members and a gateway, each a namespace on a shared bridge,
-with a "pod" address behind each) whose gateway reaches a remote pool's gateway over WireGuard
-(userspace backend). Maximum-size pings with DF set pass and one byte more fails, so the MTUs
-are right; the pod source address survives a MASQUERADE rule in a foreign table."""
+a pod namespace behind each member, a "pod" address on the gateways) whose gateway reaches a
+remote pool's gateway over WireGuard (userspace backend). Maximum-size pings with DF set pass
+and one byte more fails, so the MTUs are right; the pod source address survives a MASQUERADE
+rule in a foreign table; every host filters reverse paths strictly, which the members' pods'
+returning traffic (delivered by the pool's "CNI", not over raven0) must pass."""
 
 from __future__ import annotations
 
@@ -25,6 +27,19 @@ def ping(node, source: str, target: str, size: int = 56, count: int = 2):
                      "-s", str(size), "-I", source, target, check=False)
 
 
+def pod(make_node, host, address: str):
+    """A pod namespace behind `host`: eth0 <address>/24, the host's side .254 of that /24."""
+    p = make_node()
+    gateway = address.rsplit(".", 1)[0] + ".254"
+    host.ip("link", "add", "pod0", "type", "veth", "peer", "name", "eth0", "netns", p.ns)
+    host.ip("addr", "add", f"{gateway}/24", "dev", "pod0")
+    host.ip("link", "set", "pod0", "up")
+    p.ip("addr", "add", f"{address}/24", "dev", "eth0")
+    p.ip("link", "set", "eth0", "up")
+    p.ip("route", "add", "default", "via", gateway)
+    return p
+
+
 def wire(switch, node, ifname: str, address: str) -> None:
     """A veth from `node` into the switch's bridge."""
     port = f"p{node.ns[-6:]}"
@@ -44,15 +59,19 @@ def test_pods_reach_a_remote_pool_through_vxlan_and_wireguard(make_node, wait) -
     for node, address in ((gwa, "198.51.100.1/24"), (gwb, "198.51.100.2/24")):
         node.ip("addr", "add", address, "dev", "w0")
         node.ip("link", "set", "w0", "up")
-    # Like real nodes, each has a default route: a locally originated packet needs some route
-    # for its first lookup before our output chain marks it and policy routing re-routes it.
+    # Like real nodes, each has a default route: on a member, the strict reverse-path check of
+    # a packet from a remote pod (which reaches it from the gateway over u0, the pool's "CNI")
+    # must find u0, which it does in `main` (that check ignores the mark our rule needs).
     for node, dev in ((m1, "u0"), (m2, "u0"), (gwa, "w0"), (gwb, "w0")):
         node.ip("route", "add", "default", "dev", dev)
         # Hosts often default to strict reverse-path filtering; the overlay must cope.
         node.exec("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1")
+    # Members' pods are namespaces (their traffic is forwarded, as a real pod's is); the
+    # gateways' "pods" are addresses of their own.
     pods = {m1: "10.1.1.1", m2: "10.1.2.1", gwa: "10.1.0.1", gwb: "10.2.0.1"}
-    for node, pod in pods.items():
-        node.ip("addr", "add", f"{pod}/32", "dev", "lo")
+    for node in (gwa, gwb):
+        node.ip("addr", "add", f"{pods[node]}/32", "dev", "lo")
+    pod_ns = {m1: pod(make_node, m1, pods[m1]), m2: pod(make_node, m2, pods[m2])}
     # Pool A's own "CNI": its gateway reaches the members' pod subnets over the underlay.
     gwa.ip("route", "add", "10.1.1.0/24", "via", "192.0.2.1")
     gwa.ip("route", "add", "10.1.2.0/24", "via", "192.0.2.2")
@@ -75,13 +94,18 @@ def test_pods_reach_a_remote_pool_through_vxlan_and_wireguard(make_node, wait) -
         dps[node].apply(state)
 
     # First packets wait for the WireGuard handshake: poll with a generous bound.
-    assert wait(lambda: ping(m1, "10.1.1.1", "10.2.0.1", count=1).returncode == 0, timeout=20)
+    assert wait(lambda: ping(pod_ns[m1], "10.1.1.1", "10.2.0.1", count=1).returncode == 0,
+                timeout=20)
     payload = WG_MTU - ICMP_IP_HEADERS  # the route MTU members lock for cross-pool traffic
     for node in (m1, m2):
-        ok = ping(node, pods[node], "10.2.0.1", size=payload)
+        ok = ping(pod_ns[node], pods[node], "10.2.0.1", size=payload)
         assert ok.returncode == 0, ok.stdout + ok.stderr
-        too_big = ping(node, pods[node], "10.2.0.1", size=payload + 1, count=1)
+        too_big = ping(pod_ns[node], pods[node], "10.2.0.1", size=payload + 1, count=1)
         assert too_big.returncode != 0
+    # The members' pods' packets went over raven0 (VXLAN), not the underlay.
+    for node in (m1, m2):
+        (stats,) = node.ip_json("-s", "link", "show", "raven0")
+        assert stats["stats64"]["tx"]["packets"] >= 2  # the ok pings (too big ones never leave)
     back = ping(gwb, "10.2.0.1", "10.1.2.1", size=payload)
     assert back.returncode == 0, back.stdout + back.stderr
 
