@@ -20,7 +20,10 @@ Rules kept:
   raven.gateway_status);
 - SIGTERM stops the loops and leaves the kernel state in place (hitless restart); only
   `raven agent cleanup` removes it;
-- planning is the pure `raven.topology.plan_node`.
+- planning is the pure `raven.topology.plan_node`, on the Gateways as this node sees them:
+  `raven.failover.effective_gateways` replaces a pool's active gateway when data-path probes
+  (`raven.healthprobe`, their own thread) see it DOWN, with no API call, and `raven.standby.warm`
+  keeps the standby paths ready. A change of a probe verdict re-plans at once (like drift).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from raven import agent_step, constants
+from raven import agent_step, constants, failover, standby
 from raven.agent_step import Apply, Inputs, Observation, PublishKey, RefreshStats, SaveCache
 from raven.dataplane import Dataplane, DataplaneSettings
 from raven.desired import NodeState, Role
@@ -44,9 +47,10 @@ from raven.kube.cache import JSON, CachedInputs, InputCache, atomic_write_json
 from raven.kube.errors import KubeError
 from raven.model import Gateway, Node
 from raven.settings import AgentSettings
-from raven.topology import plan_node
+from raven.topology import plan_node, vtep_for
 
 if TYPE_CHECKING:  # imported at connect(): the kubernetes client costs ~1 s and ~30 MiB
+    from raven.healthprobe.prober import Prober
     from raven.kube.client import Kube
     from raven.kube.events import EventRecorder
     from raven.kube.informer import Informer
@@ -150,6 +154,8 @@ class Agent:
         self._skipped_reported: tuple[str, ...] = ()
         self.loop_time = time.monotonic()  # last turn of the main loop, for /healthz
         self._status_doc: dict[str, Any] = {}
+        self.prober: Prober | None = None  # started by run() when probes are enabled
+        self.switches: tuple[str, ...] = ()  # pools whose active gateway this node replaced
 
     # -- API side ------------------------------------------------------------------------------
 
@@ -223,7 +229,9 @@ class Agent:
             gateways, me, problems = parse_inputs(inputs, self.settings.node)
             for problem in problems:
                 log.warning("ignored: %s", problem)
+            gateways = self._failover(gateways)
             state = plan_node(gateways, me, self.settings.overlay)
+            state = standby.warm(state, gateways, self.settings.node, self.settings.overlay)
         except Exception as exc:
             self.metrics.errors.labels("plan").inc()
             self.last_error = f"plan: {exc}"
@@ -259,11 +267,44 @@ class Agent:
         self.state = state
         self.inputs = inputs
         self.last_error = None
+        self._retarget(gateways, state)
         if not self.ready:
             self.ready = True
             self.metrics.ready.set(1)
         self._write_status(gateways, state, inputs, wall, elapsed)
         return True
+
+    def _failover(self, gateways: list[Gateway]) -> list[Gateway]:
+        """The Gateways as this node's probes see them (raven.failover), logging each change
+        of the decision."""
+        if self.prober is None:
+            return gateways
+        effective, switches = failover.effective_gateways(
+            gateways, self.prober.verdicts(), self.settings.node)
+        described = tuple(str(s) for s in switches)
+        if described != self.switches:
+            for text in described:
+                log.warning("failover without the API: %s", text)
+            if not described:
+                log.info("failover: every pool follows the controller's choice again")
+            self.switches = described
+        return effective
+
+    def _retarget(self, gateways: list[Gateway], state: NodeState) -> None:
+        if self.prober is None:
+            return
+        o = self.settings.overlay
+        source = state.vxlan.vtep_ip if state.vxlan is not None else None
+        targets = failover.probe_targets(gateways, self.settings.node,
+                                         lambda ip: vtep_for(ip)[0], o.vxlan_device,
+                                         o.wireguard_device) if source else ()
+        self.prober.set_targets(targets, source)
+
+    def _on_health(self) -> None:
+        """A probe target became or stopped being DOWN: plan again now (the drift path, so
+        it works from the offline cache too)."""
+        self._drift.set()
+        self._wake.set()
 
     def _report_skipped(self, wall: float) -> None:
         """One Warning Event on our Node per new set of skipped peers (not one per resync)."""
@@ -295,6 +336,8 @@ class Agent:
             "reconcileSeconds": elapsed,
             "publicKey": self.public_key,
             "skipped": list(self.skipped),
+            "failover": list(self.switches),
+            "probes": self.prober.report() if self.prober is not None else [],
             # What this plan was made from: tests and operators can wait for "every agent has
             # acted on Gateway X at resourceVersion R" instead of sleeping.
             "gateways": {g.name: g.metadata.get("resourceVersion") for g in gateways},
@@ -387,6 +430,7 @@ class Agent:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.public_key = self.dataplane.public_key()
+        self._start_prober()
         cached = self.load_cache()
         state = self._start_from_cache(cached)  # before connect(): the client takes a second
         beating = self._start_api(stop)
@@ -407,7 +451,23 @@ class Agent:
             self.gateways.stop()
             self.node.stop()
             beating.join(timeout=s.kube.request_timeout + 1)
+            if self.prober is not None:
+                self.prober.stop()
             self.dataplane.close()  # leaves every kernel object (and wireguard-go) in place
+
+    def _start_prober(self) -> None:
+        if not self.settings.probe.enabled:
+            return
+        from raven.healthprobe.prober import Prober
+
+        prober = Prober(self.settings.probe, self._on_health, self.settings.netns)
+        try:
+            prober.start()
+        except OSError as exc:  # e.g. the port is taken: run without local failover
+            log.warning("data-path probes unavailable (UDP port %d): %s; failover waits for "
+                        "the controller", self.settings.probe.port, exc)
+            return
+        self.prober = prober
 
     def _start_from_cache(self, cached: Inputs | None) -> agent_step.AgentState:
         state = agent_step.AgentState()

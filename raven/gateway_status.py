@@ -18,7 +18,11 @@ Rules kept:
 - a Gateway that fails validation keeps its last status (nodes and active endpoints) and gets
   the condition SpecValid=False naming every problem; a pool without an active endpoint gets
   Ready=False with the election's reasons. Nothing in an object makes this module raise;
-- a condition's lastTransitionTime changes only when its status flips.
+- a condition's lastTransitionTime changes only when its status flips;
+- our optional `status.standbyEndpoints` lists every other tunnel candidate whose node exists
+  and has a valid key, in spec order, filled like an active endpoint, whatever its heartbeat:
+  the agents keep tunnels to them warm and fail over to them from data-path probes
+  (raven.failover), also while the pool is cut off from this controller.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from typing import Any
 from raven import constants
 from raven.election import ElectionOptions, elect
 from raven.errors import ValidationError
+from raven.failover import STANDBY_FIELD
 from raven.model import (
     Condition,
     Endpoint,
@@ -187,18 +192,11 @@ def compute_status(
     active: list[Endpoint] = []
     invalid_keys: list[str] = []
     for ep in election.active:
-        node = nodes.get(ep.node_name)
-        config = dict(ep.config)
-        key = node.public_key if node is not None else ""
-        bad = key_problem(ep.node_name, key) if key else None
+        filled, bad = _filled(ep, nodes.get(ep.node_name))
         if bad is not None:
             invalid_keys.append(bad)
-            key = ""  # never hand a malformed key to the agents of other pools
-        if key:
-            config[constants.ENDPOINT_CONFIG_PUBLIC_KEY] = key
-        else:
-            config.pop(constants.ENDPOINT_CONFIG_PUBLIC_KEY, None)
-        active.append(replace(ep, public_ip=public_address(ep, node), config=FrozenMap(config)))
+        active.append(filled)
+    standby = _standbys(gateway, election.names, nodes)
     old_conditions = gateway.status.conditions
     others = tuple(c for c in old_conditions
                    if c.type not in (CONDITION_READY, CONDITION_SPEC_VALID))
@@ -234,7 +232,7 @@ def compute_status(
         active_endpoints=tuple(active),
         conditions=(*others, spec_valid, ready),
         node_count=len(pool),  # CRD printer column "Nodes" (gateway/crd.yaml)
-        extra=gateway.status.extra,
+        extra=_with_standby(gateway.status.extra, standby),
     )
     rendered = replace(gateway, status=new_status).to_k8s().get("status", {})
     new_active = tuple(e.node_name for e in active)
@@ -244,6 +242,43 @@ def compute_status(
         lost=tuple(n for n in old_active if n not in new_active),
         reasons=tuple(election.reasons),
     )
+
+
+def _filled(ep: Endpoint, node: Node | None) -> tuple[Endpoint, str | None]:
+    """The endpoint with its public address and the node's key (a malformed key is left out
+    and returned as the problem)."""
+    config = dict(ep.config)
+    key = node.public_key if node is not None else ""
+    bad = key_problem(ep.node_name, key) if key else None
+    if bad is not None:
+        key = ""  # never hand a malformed key to the agents of other pools
+    if key:
+        config[constants.ENDPOINT_CONFIG_PUBLIC_KEY] = key
+    else:
+        config.pop(constants.ENDPOINT_CONFIG_PUBLIC_KEY, None)
+    return replace(ep, public_ip=public_address(ep, node), config=FrozenMap(config)), bad
+
+
+def _standbys(gateway: Gateway, active: Sequence[str],
+              nodes: Mapping[str, Node]) -> list[Endpoint]:
+    out: list[Endpoint] = []
+    seen = set(active)
+    for ep in gateway.spec.tunnel_endpoints:
+        node = nodes.get(ep.node_name)
+        if ep.node_name in seen or node is None:
+            continue
+        seen.add(ep.node_name)
+        filled, bad = _filled(ep, node)
+        if bad is None and filled.public_key:
+            out.append(filled)
+    return out
+
+
+def _with_standby(extra: FrozenMap, standby: Sequence[Endpoint]) -> FrozenMap:
+    fields = {k: v for k, v in extra.to_dict().items() if k != STANDBY_FIELD}
+    if standby:
+        fields[STANDBY_FIELD] = [ep.to_k8s() for ep in standby]
+    return FrozenMap(fields)
 
 
 def heartbeats_from_leases(leases: Sequence[JSON]) -> dict[str, float]:
