@@ -156,6 +156,8 @@ class Agent:
         self._status_doc: dict[str, Any] = {}
         self.prober: Prober | None = None  # started by run() when probes are enabled
         self.switches: tuple[str, ...] = ()  # pools whose active gateway this node replaced
+        self.pool_gateway: str | None = None  # our pool's gateway as we use it, for the Node
+        self._decision = threading.Event()  # pool_gateway changed: publish it
 
     # -- API side ------------------------------------------------------------------------------
 
@@ -268,6 +270,7 @@ class Agent:
         self.inputs = inputs
         self.last_error = None
         self._retarget(gateways, state)
+        self._note_pool_gateway(gateways, state)
         if not self.ready:
             self.ready = True
             self.metrics.ready.set(1)
@@ -299,6 +302,54 @@ class Agent:
                                          lambda ip: vtep_for(ip)[0], o.vxlan_device,
                                          o.wireguard_device) if source else ()
         self.prober.set_targets(targets, source)
+
+    def _note_pool_gateway(self, gateways: list[Gateway], state: NodeState) -> None:
+        pool = next((g for g in gateways if g.name == state.pool), None)
+        active = [e.node_name for e in pool.status.active_endpoints] if pool else []
+        chosen = active[0] if active else None
+        if chosen != self.pool_gateway:
+            self.pool_gateway = chosen
+            self._decision.set()
+
+    def publish_pool_gateway(self) -> bool:
+        """Make our Node's annotation name the gateway our pool uses as we decided it, so the
+        controller can adopt the pool's decision (raven.pool_decision); True when it does."""
+        if self.node is None or self.kube is None or self.pool_gateway is None:
+            return self.pool_gateway is None
+        from raven.kube.client import NODES
+
+        node = self.node.get(self.settings.node)
+        if node is None:
+            return False
+        annotations = (node.get("metadata") or {}).get("annotations") or {}
+        if annotations.get(constants.ANNOTATION_POOL_GATEWAY) == self.pool_gateway:
+            return True
+        patch = {"metadata": {"annotations": {
+            constants.ANNOTATION_POOL_GATEWAY: self.pool_gateway}}}
+        try:
+            self.kube.merge_patch(NODES, self.settings.node, patch)
+        except KubeError as exc:
+            self.metrics.errors.labels("publish").inc()
+            log.warning("node %s: cannot publish the pool's gateway: %s", self.settings.node, exc)
+            return False
+        return True
+
+    def _decision_loop(self, stop: threading.Event) -> None:
+        """Publish the pool's gateway on its own thread: while the pool is cut off from the API
+        server, a blocked write must never delay a reconcile (that is when failover happens)."""
+        s = self.settings
+        failures = 0
+        while not stop.is_set():
+            self._decision.wait(timeout=s.resync_period)
+            self._decision.clear()
+            if stop.is_set():
+                return
+            if self.publish_pool_gateway():
+                failures = 0
+                continue
+            failures += 1
+            stop.wait(s.backoff.delay(failures, random.random))
+            self._decision.set()  # try again
 
     def _on_health(self) -> None:
         """A probe target became or stopped being DOWN: plan again now (the drift path, so
@@ -495,9 +546,12 @@ class Agent:
         beating = threading.Thread(target=self._heartbeat_loop, args=(stop,), name="heartbeat",
                                    daemon=True)
         beating.start()
+        threading.Thread(target=self._decision_loop, args=(stop,), name="pool-gateway",
+                         daemon=True).start()
         # The loop sleeps on _wake, not on stop: wake it when stop is set (SIGTERM), or a stop
         # would wait for the next deadline (up to 10 s, longer than a heartbeat).
-        threading.Thread(target=lambda: (stop.wait(), self._wake.set()), name="stop-waker",
+        threading.Thread(target=lambda: (stop.wait(), self._wake.set(), self._decision.set()),
+                         name="stop-waker",
                          daemon=True).start()
         return beating
 

@@ -48,6 +48,7 @@ from raven.model import (
     NodeInfo,
     gateway_problems,
 )
+from raven.pool_decision import adopt, cause
 from raven.timefmt import parse_time, to_time
 
 JSON = dict[str, Any]
@@ -56,6 +57,7 @@ CONDITION_READY = "Ready"
 CONDITION_SPEC_VALID = "SpecValid"
 EVENT_ELECTED = "ActiveEndpointElected"
 EVENT_LOST = "ActiveEndpointLost"
+EVENT_FAILOVER = "GatewayFailover"  # ours: one per move of a pool's active gateway, with a cause
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class StatusPlan:
     elected: tuple[str, ...]  # nodes that became active endpoints
     lost: tuple[str, ...]  # nodes that stopped being active endpoints
     reasons: tuple[str, ...]
+    cause: str = ""  # why the active gateway moved (raven.pool_decision), when it moved
 
 
 def _condition(
@@ -188,7 +191,15 @@ def compute_status(
     except ValidationError as exc:  # gateway_problems should have caught it; be safe anyway
         return StatusPlan(_invalid_status(obj, exc.problems, now), (), (), tuple(exc.problems))
     pool = (pools if pools is not None else members_by_pool(nodes)).get(gateway.name, ())
-    election = elect(gateway, nodes, heartbeats, now, options or ElectionOptions())
+    opts = options or ElectionOptions()
+    # What the pool decided from its own probes (published on its Nodes) becomes the current
+    # active endpoint before the sticky election, when it names a healthy candidate.
+    voted, adopted = adopt(gateway, nodes, heartbeats, now, opts)
+    election = elect(voted, nodes, heartbeats, now, opts)
+    if adopted is not None and adopted in election.names:
+        election = replace(election, reasons=(
+            f"Gateway {gateway.name}: {adopted} adopted: the pool's nodes fail over to it "
+            "from their data-path probes", *election.reasons))
     active: list[Endpoint] = []
     invalid_keys: list[str] = []
     for ep in election.active:
@@ -236,11 +247,16 @@ def compute_status(
     )
     rendered = replace(gateway, status=new_status).to_k8s().get("status", {})
     new_active = tuple(e.node_name for e in active)
+    lost = tuple(n for n in old_active if n not in new_active)
+    elected = tuple(n for n in new_active if n not in old_active)
+    previous_ready = next((c.reason for c in old_conditions if c.type == CONDITION_READY), "")
     return StatusPlan(
         status=rendered,
-        elected=tuple(n for n in new_active if n not in old_active),
-        lost=tuple(n for n in old_active if n not in new_active),
+        elected=elected,
+        lost=lost,
         reasons=tuple(election.reasons),
+        cause=cause(lost, previous_ready, nodes, heartbeats, now, opts)
+        if lost and elected else "",
     )
 
 
