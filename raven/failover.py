@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
@@ -36,7 +36,9 @@ STANDBY_FIELD = "standbyEndpoints"  # our optional status field: candidates beyo
 class ProbeSettings:
     """Data-path probes (BFD-like timing): small UDP echoes every `interval` seconds."""
 
-    interval: float = 0.05  # seconds between two probes to one target
+    interval: float = field(default=0.05, metadata={"help": (
+        "seconds between two data-path probes to one gateway candidate; 0 turns probes and "
+        "local failover off")})
     timeout: float = 0.2  # a probe without a reply this long is lost
     down_after: int = 8  # consecutive lost probes: DOWN (0.4 s of silence at the defaults)
     up_after: int = 5  # consecutive replies: UP again
