@@ -21,6 +21,7 @@ afterwards and the load average. `--json` prints a JSON summary as the last line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ import sys
 import time
 from pathlib import Path
 
+from raven.errors import CommandError
 from raven.lab import build, cluster, faults, teardown
 from raven.lab.plan import LabPlan, NodePlan, PodPlan, PoolPlan
 from raven.lab.topology import load_topology
@@ -140,12 +142,14 @@ def one_round(lab: str, case: str, active: str, failing: PoolPlan, dst: PodPlan,
 
 
 def repair(lab: str, case: str, node: str, pool: PoolPlan) -> None:
+    if case == "c":  # first, so the controller adopts the pool's choice before the node returns
+        faults.reconnect(lab, pool.name)
+        with contextlib.suppress(CommandError):  # settle() reports where the pool ends up
+            cluster.wait_active(lab, pool.name, timeout=30, exclude=(node,))
     if case == "b":
         faults.unblackhole(lab, node)
     else:
         faults.node_up(lab, node)
-    if case == "c":
-        faults.reconnect(lab, pool.name)
 
 
 def summary(values: list[float | None]) -> dict[str, object]:
