@@ -405,6 +405,14 @@ class Agent:
             log.warning("cannot write %s: %s", STATUS_FILE, exc)
 
     def refresh_peer_metrics(self, wall: float) -> None:
+        if self.prober is not None:  # a responder that died is started again
+            from raven.healthprobe import responder
+
+            try:
+                responder.ensure(self.settings.state_dir, self.settings.probe.port,
+                                 self.settings.netns)
+            except OSError as exc:
+                log.warning("probe responder not started: %s", exc)
         try:
             observed = self.dataplane.observe()
         except Exception as exc:
@@ -509,15 +517,19 @@ class Agent:
     def _start_prober(self) -> None:
         if not self.settings.probe.enabled:
             return
+        from raven.healthprobe import responder
         from raven.healthprobe.prober import Prober
 
-        prober = Prober(self.settings.probe, self._on_health, self.settings.netns)
+        s = self.settings
         try:
-            prober.start()
-        except OSError as exc:  # e.g. the port is taken: run without local failover
-            log.warning("data-path probes unavailable (UDP port %d): %s; failover waits for "
-                        "the controller", self.settings.probe.port, exc)
-            return
+            # Its own process, left running like wireguard-go: a restart of this agent must
+            # not silence the probes others send to this node (they would fail over).
+            responder.ensure(s.state_dir, s.probe.port, s.netns)
+        except OSError as exc:
+            log.warning("probe responder not started: %s; other nodes cannot probe this one",
+                        exc)
+        prober = Prober(s.probe, self._on_health, s.netns)
+        prober.start()
         self.prober = prober
 
     def _start_from_cache(self, cached: Inputs | None) -> agent_step.AgentState:

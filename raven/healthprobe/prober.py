@@ -1,4 +1,5 @@
-"""The prober: an echo responder and a probe loop on one thread, inside the node's namespace.
+"""The prober: the probe loop on one thread of the agent, inside the node's namespace (the echo
+responder is a process of its own, raven.healthprobe.responder, so it outlives agent restarts).
 
 Rules kept:
 - a probe leaves through the device the traffic takes (SO_BINDTODEVICE raven0 or raven-wg0)
@@ -6,8 +7,6 @@ Rules kept:
   WireGuard exactly as pod traffic is, so a gateway whose tunnel traffic is dropped stops
   answering even while its agent heartbeats. With the socket bound to a device and no route
   for the destination on it, Linux sends on-link (no route is needed for the probe addresses);
-- the responder answers through the device a request arrived on (IP_PKTINFO), from the address
-  it was sent to, so the answer crosses the same tunnel back;
 - replies are read before timeouts are judged: a late turn of this thread drains what arrived
   while it slept instead of counting it lost;
 - all decisions (health, hysteresis) are `raven.failover`'s pure functions; `on_change` is called
@@ -22,7 +21,6 @@ import errno
 import logging
 import select
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -34,8 +32,6 @@ from raven.healthprobe import wire
 
 log = logging.getLogger(__name__)
 
-IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; the name is missing before 3.13
-_PKTINFO = struct.Struct("@i4s4s")  # struct in_pktinfo
 REOPEN_AFTER = 1.0  # seconds between attempts to open a device's socket
 
 
@@ -59,10 +55,8 @@ class Prober:
         self._seq = 0
         self._socks: dict[str, socket.socket] = {}
         self._sock_failed: dict[str, float] = {}
-        self._responder: socket.socket | None = None
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self.answered = 0  # requests answered by our responder
 
     # -- the agent's side --------------------------------------------------------------------
 
@@ -88,7 +82,6 @@ class Prober:
                     for t, s in sorted(self._slots.items())]
 
     def start(self) -> None:
-        self._responder = self._open_responder()
         self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
         self._thread.start()
 
@@ -98,8 +91,6 @@ class Prober:
             self._thread.join(timeout=2)
         with self._lock:
             self._close_device_sockets()
-        if self._responder is not None:
-            self._responder.close()
 
     # -- sockets -------------------------------------------------------------------------------
 
@@ -110,16 +101,6 @@ class Prober:
 
         with entered(self.netns):
             return make()
-
-    def _open_responder(self) -> socket.socket:
-        def make() -> socket.socket:
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            sock.bind(("0.0.0.0", self.settings.port))
-            sock.setblocking(False)
-            return sock
-
-        return self._in_netns(make)
 
     def _device_socket(self, device: str, now: float) -> socket.socket | None:
         sock = self._socks.get(device)
@@ -174,19 +155,15 @@ class Prober:
                        + [sent + s.timeout for slot in self._slots.values()
                           for sent in slot.outstanding.values()])
             socks = list(self._socks.values())
-        readable = [self._responder, *socks] if self._responder is not None else socks
         try:
-            ready, _, _ = select.select(readable, [], [], max(0.0, wake - time.monotonic()))
+            ready, _, _ = select.select(socks, [], [], max(0.0, wake - time.monotonic()))
         except (OSError, ValueError):  # a socket closed by set_targets meanwhile
             return
         changed = False
         with self._lock:
             now = time.monotonic()
             for sock in ready:
-                if sock is self._responder:
-                    self._answer(sock)
-                else:
-                    changed |= self._read_replies(sock, now)
+                changed |= self._read_replies(sock, now)
             changed |= self._expire(now)
         if changed:
             self.on_change()
@@ -247,32 +224,6 @@ class Prober:
                 slot.health = failover.lost(slot.health, self.settings)
                 changed |= _matters(before, slot.health.verdict)
         return changed
-
-    def _answer(self, sock: socket.socket) -> None:
-        while True:
-            try:
-                data, ancillary, _flags, peer = sock.recvmsg(64, socket.CMSG_SPACE(_PKTINFO.size))
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return
-            msg = wire.decode(data)
-            if msg is None or msg[0] != wire.REQUEST:
-                continue
-            info = next((d for level, kind, d in ancillary
-                         if level == socket.IPPROTO_IP and kind == IP_PKTINFO), None)
-            if info is None or len(info) < _PKTINFO.size:
-                continue
-            ifindex, _spec_dst, dst = _PKTINFO.unpack(info[:_PKTINFO.size])
-            # Out through the device it came in on, from the address it was sent to.
-            reply_info = _PKTINFO.pack(ifindex, dst, b"\0\0\0\0")
-            try:
-                sock.sendmsg([wire.encode(wire.REPLY, msg[1])],
-                             [(socket.IPPROTO_IP, IP_PKTINFO, reply_info)], 0, peer)
-                self.answered += 1
-            except OSError as exc:
-                log.debug("probe reply to %s: %s", peer, exc)
-
 
 def _matters(before: Verdict, after: Verdict) -> bool:
     """Only becoming or ceasing to be DOWN can change a decision (UNKNOWN and UP both count as

@@ -252,3 +252,16 @@ def test_after_a_switch_the_pod_subnets_move_to_the_new_gateway_peer() -> None:
 def test_alone_stays_alone() -> None:
     state = warm("nobody")
     assert state.role == Role.ALONE and state.fdb == () and state.wireguard is None
+
+
+def test_the_responder_script_speaks_the_wire_format() -> None:
+    """raven/healthprobe/responder.py runs with the standard library only (python -I -S), so it
+    keeps its own copy of the format: it must stay equal to raven.healthprobe.wire."""
+    from raven.healthprobe import responder, wire
+
+    request = wire.encode(wire.REQUEST, 7)
+    assert (responder.MAGIC, responder.REQUEST, responder.REPLY, responder.SIZE) == (
+        wire.MAGIC, wire.REQUEST, wire.REPLY, wire.SIZE)
+    reply = request[:4] + bytes([responder.REPLY]) + request[5:]
+    assert wire.decode(reply) == (wire.REPLY, 7)
+    assert wire.decode(b"junk") is None
