@@ -5,7 +5,9 @@ Rules kept:
 - every agent publishes its pool's gateway as it uses it (Node annotation
   `raven.openyurt.io/pool-gateway`, written by the agent from its data-path probes);
 - the pool's decision is the node named by more than half of the pool's Ready nodes that
-  publish one; without such a majority there is no decision and the election runs as before;
+  publish one; a gateway candidate that missed a heartbeat renewal (older than a third of the
+  timeout) has no vote (a powered-off gateway's last word is stale); without such a majority
+  there is no decision and the election runs as before;
 - a decision is adopted only for a healthy candidate (in the spec, Ready, fresh heartbeat): the
   controller never elects a node it considers dead, whatever the pool says;
 - adopting means making the decided node the current active endpoint before the sticky
@@ -33,12 +35,21 @@ PARTITION = "partition"
 KEPT_REASON = "KeptWithoutHeartbeat"  # raven.gateway_status's Ready reason for a kept status
 
 
-def pool_choice(gateway: Gateway, nodes: Mapping[str, Node]) -> str | None:
+def pool_choice(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, float],
+                now: float, options: ElectionOptions) -> str | None:
     """The gateway named by a majority of the pool's Ready nodes that publish one."""
+    candidates = {e.node_name for e in gateway.spec.tunnel_endpoints}
+
+    def votes_now(n: Node) -> bool:
+        if n.name not in candidates:
+            return True
+        last = heartbeats.get(n.name)
+        return last is not None and now - last <= options.heartbeat_timeout / 3
+
     votes = Counter(
         str(n.annotations.get(constants.ANNOTATION_POOL_GATEWAY))
         for n in nodes.values()
-        if n.gateway == gateway.name and n.ready
+        if n.gateway == gateway.name and n.ready and votes_now(n)
         and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY))
     if not votes:
         return None
@@ -58,7 +69,7 @@ def adopt(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, 
           now: float, options: ElectionOptions) -> tuple[Gateway, str | None]:
     """The Gateway with the pool's decision as its current active endpoint (when there is one
     to adopt), and the adopted node's name."""
-    choice = pool_choice(gateway, nodes)
+    choice = pool_choice(gateway, nodes, heartbeats, now, options)
     current = [e.node_name for e in gateway.status.active_endpoints if e.type == TUNNEL]
     spec = {e.node_name: e for e in gateway.spec.tunnel_endpoints}
     if (choice is None or choice not in spec or current[:1] == [choice]

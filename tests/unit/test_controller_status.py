@@ -283,3 +283,13 @@ def test_failover_causes() -> None:
     assert healed.cause == "partition"
     steady = compute_status(gateway("gw-hz", TWO, _active("hz-1")), _voting({}), HEARTS, NOW)
     assert steady.cause == "" and steady.lost == ()
+
+
+def test_a_candidate_that_missed_a_heartbeat_has_no_vote() -> None:
+    """Two candidates, no member: the powered-off one's last word (itself) is not counted once
+    it missed a renewal, so the survivor's vote is the majority."""
+    votes = {"hz-1": "hz-1", "hz-2": "hz-2"}
+    plan = compute_status(gateway("gw-hz", TWO, _active("hz-1")), _voting(votes, ready=(
+        "hz-1", "hz-2")), {"hz-1": NOW - 6, "hz-2": NOW}, NOW)
+    assert [e["nodeName"] for e in plan.status["activeEndpoints"]] == ["hz-2"]
+    assert plan.cause == "power-off"
