@@ -4,8 +4,9 @@ pool carries its cross-pool traffic, decided by the nodes themselves without the
 Rules this module keeps (docs/gateway.md "Failover without the cloud" explains them):
 - Health is hysteresis over probe outcomes, never a single probe: a target is UP after
   `up_after` consecutive replies, DOWN after `down_after` consecutive lost probes (a probe is
-  lost when no reply came within `timeout`). A target that never answered stays UNKNOWN and is
-  never DOWN: a fresh agent, or a peer whose tunnel is not built yet, follows the controller.
+  lost when no reply came within `timeout`). A target that never answered stays UNKNOWN (a
+  fresh agent, or a peer whose tunnel is not built yet, follows the controller) until
+  `unknown_down_after` probes in a row were lost.
 - The candidate order of a pool is what the controller last wrote, read alike by every node:
   `status.activeEndpoints` (tunnel, first occurrence), then our optional
   `status.standbyEndpoints`. Only candidates listed there (with their key and public address)
@@ -42,6 +43,10 @@ class ProbeSettings:
     timeout: float = 0.2  # a probe without a reply this long is lost
     down_after: int = 8  # consecutive lost probes: DOWN (0.4 s of silence at the defaults)
     up_after: int = 5  # consecutive replies: UP again
+    # A target that never answered is DOWN only after this many lost probes (30 s at the
+    # defaults): long enough for any tunnel to be built at start, short enough that an agent
+    # restarted while its pool has failed over without the controller does not wait forever.
+    unknown_down_after: int = 600
     port: int = 4473  # UDP port of the echo responder on every node
 
     @property
@@ -91,9 +96,10 @@ def replied(h: Health, rtt_s: float, s: ProbeSettings) -> Health:
 
 def lost(h: Health, s: ProbeSettings) -> Health:
     lost_run = h.lost_run + 1
-    # UNKNOWN never becomes DOWN: a target that never answered proves nothing (not built yet).
-    verdict = Verdict.DOWN if h.verdict != Verdict.UNKNOWN and lost_run >= s.down_after \
-        else h.verdict
+    # A target that never answered proves little (its tunnel may not be built yet): it needs
+    # a much longer silence to be DOWN.
+    needed = s.unknown_down_after if h.verdict == Verdict.UNKNOWN else s.down_after
+    verdict = Verdict.DOWN if lost_run >= needed else h.verdict
     return replace(h, verdict=verdict, ok_run=0, lost_run=lost_run, lost=h.lost + 1)
 
 

@@ -27,8 +27,10 @@ def run(h: Health, outcomes: str) -> Health:
 
 # --- health ---------------------------------------------------------------------------------
 
-def test_a_target_that_never_answered_is_never_down() -> None:
-    assert run(Health(), "l" * 1000).verdict == Verdict.UNKNOWN
+def test_a_target_that_never_answered_needs_a_long_silence_to_be_down() -> None:
+    assert run(Health(), "l" * (S.unknown_down_after - 1)).verdict == Verdict.UNKNOWN
+    assert run(Health(), "l" * S.unknown_down_after).verdict == Verdict.DOWN
+    assert S.unknown_down_after * S.interval >= 30  # a tunnel has time to come up at start
 
 
 def test_up_after_up_after_replies_and_down_after_down_after_losses() -> None:
