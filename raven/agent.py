@@ -45,7 +45,9 @@ from raven.errors import ValidationError
 from raven.health import HealthServer
 from raven.kube.cache import JSON, CachedInputs, InputCache, atomic_write_json
 from raven.kube.errors import KubeError
-from raven.model import Gateway, Node
+from raven.model import TUNNEL, Gateway, Node
+from raven.proxy.metrics import ProxyMetrics
+from raven.proxy.plan import plan_proxy
 from raven.settings import AgentSettings
 from raven.topology import plan_node, vtep_for
 
@@ -55,6 +57,8 @@ if TYPE_CHECKING:  # imported at connect(): the kubernetes client costs ~1 s and
     from raven.kube.events import EventRecorder
     from raven.kube.informer import Informer
     from raven.kube.lease import Heartbeat
+    from raven.proxy.certs import CA
+    from raven.proxy.component import ProxyComponent
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +72,9 @@ __all__ = ["Agent", "AgentSettings", "Inputs", "gateway_candidate", "parse_input
 
 
 def gateway_candidate(node: str, gateways: list[Gateway]) -> bool:
-    """True when `node` is named as a tunnel endpoint in some Gateway spec."""
-    return any(ep.node_name == node for gw in gateways for ep in gw.spec.tunnel_endpoints)
+    """True when `node` is named as a tunnel or proxy endpoint in some Gateway spec (both are
+    elected on the agent's heartbeat)."""
+    return any(ep.node_name == node for gw in gateways for ep in gw.spec.endpoints)
 
 
 def parse_inputs(inputs: Inputs, node: str) -> tuple[list[Gateway], Node | str, list[str]]:
@@ -158,6 +163,8 @@ class Agent:
         self.switches: tuple[str, ...] = ()  # pools whose active gateway this node replaced
         self.pool_gateway: str | None = None  # our pool's gateway as we use it, for the Node
         self._decision = threading.Event()  # pool_gateway changed: publish it
+        self.proxy_metrics = ProxyMetrics(self.metrics.registry)
+        self.proxy: ProxyComponent | None = None  # started by run() (docs/proxy.md)
 
     # -- API side ------------------------------------------------------------------------------
 
@@ -248,6 +255,8 @@ class Agent:
                             "until the API server answers", self.cache.path, refusal)
                 return False
         self.candidate = gateway_candidate(self.settings.node, gateways)
+        if self.proxy is not None:  # the proxy follows the same inputs; it never blocks here
+            self.proxy.apply(plan_proxy(gateways, self.settings.node))
         try:
             result = self.dataplane.apply(state)
         except Exception as exc:
@@ -305,7 +314,8 @@ class Agent:
 
     def _note_pool_gateway(self, gateways: list[Gateway], state: NodeState) -> None:
         pool = next((g for g in gateways if g.name == state.pool), None)
-        active = [e.node_name for e in pool.status.active_endpoints] if pool else []
+        active = [e.node_name for e in pool.status.active_endpoints
+                  if e.type == TUNNEL] if pool else []
         chosen = active[0] if active else None
         if chosen != self.pool_gateway:
             self.pool_gateway = chosen
@@ -393,6 +403,7 @@ class Agent:
             # acted on Gateway X at resourceVersion R" instead of sleeping.
             "gateways": {g.name: g.metadata.get("resourceVersion") for g in gateways},
             "plan": state.to_json(),
+            "proxy": self.proxy.status() if self.proxy is not None else {"role": "disabled"},
         }
         self._flush_status()
 
@@ -428,6 +439,8 @@ class Agent:
         if self._status_doc:  # `raven status` shows the drift found by the last check
             self._status_doc["observedAt"] = wall
             self._status_doc["drift"] = list(observed.drift)
+            if self.proxy is not None:  # connections come and go between applies
+                self._status_doc["proxy"] = self.proxy.status()
             self._flush_status()
         for gauge in (self.metrics.handshake_age, self.metrics.rx_bytes, self.metrics.tx_bytes):
             gauge.clear()
@@ -490,6 +503,7 @@ class Agent:
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.public_key = self.dataplane.public_key()
         self._start_prober()
+        self._start_proxy()
         cached = self.load_cache()
         state = self._start_from_cache(cached)  # before connect(): the client takes a second
         beating = self._start_api(stop)
@@ -512,6 +526,8 @@ class Agent:
             beating.join(timeout=s.kube.request_timeout + 1)
             if self.prober is not None:
                 self.prober.stop()
+            if self.proxy is not None:
+                self.proxy.stop()  # closes every proxy socket; the data plane stays
             self.dataplane.close()  # leaves every kernel object (and wireguard-go) in place
 
     def _start_prober(self) -> None:
@@ -531,6 +547,31 @@ class Agent:
         prober = Prober(s.probe, self._on_health, s.netns)
         prober.start()
         self.prober = prober
+
+    def _start_proxy(self) -> None:
+        if not self.settings.proxy.enabled:
+            return
+        from raven.proxy.component import ProxyComponent
+
+        self.proxy = ProxyComponent(self.settings.node, self.settings.proxy, self.proxy_metrics,
+                                    self.load_proxy_ca)
+        self.proxy.start()
+
+    def load_proxy_ca(self) -> CA:
+        """The cluster proxy CA: the files of --proxy-ca-file/--proxy-ca-key-file, else the
+        Secret kube-system/raven-proxy-ca (read when a proxy role needs it, on the proxy's
+        thread). Raises CertError or KubeError naming the source."""
+        from raven.proxy import certs
+
+        s = self.settings.proxy
+        if s.ca_file is not None and s.ca_key_file is not None:
+            return certs.load_ca_files(s.ca_file, s.ca_key_file)
+        if self.kube is None:
+            raise certs.CertError("no CA files given and no API client yet")
+        from raven.kube.client import SECRETS
+
+        obj = self.kube.get(SECRETS, certs.CA_SECRET_NAME, certs.CA_SECRET_NAMESPACE)
+        return certs.ca_from_secret(obj)
 
     def _start_from_cache(self, cached: Inputs | None) -> agent_step.AgentState:
         state = agent_step.AgentState()

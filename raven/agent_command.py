@@ -22,11 +22,13 @@ from raven.failover import ProbeSettings, probe_problems
 from raven.settings import (
     AgentSettings,
     OverlaySettings,
+    ProxySettings,
     default_of,
     help_for,
     listen_problems,
     overlay_problems,
     overlay_warnings,
+    proxy_problems,
 )
 
 A = AgentSettings
@@ -57,6 +59,18 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help=help_for(ProbeSettings, "interval"))
     p.add_argument("--metrics-listen", action="append", default=None, metavar="HOST:PORT",
                    help=help_for(A, "metrics_listen"))
+    P = ProxySettings
+    p.add_argument("--proxy", dest="proxy_enabled", action=argparse.BooleanOptionalAction,
+                   default=default_of(P, "enabled"), help=help_for(P, "enabled"))
+    p.add_argument("--proxy-server-port", type=int, default=default_of(P, "server_port"),
+                   help=help_for(P, "server_port"))
+    p.add_argument("--proxy-ca-file", type=Path, default=None, help=help_for(P, "ca_file"))
+    p.add_argument("--proxy-ca-key-file", type=Path, default=None,
+                   help=help_for(P, "ca_key_file"))
+    p.add_argument("--proxy-cert-lifetime", type=float, default=default_of(P, "cert_lifetime"),
+                   help=help_for(P, "cert_lifetime"))
+    p.add_argument("--proxy-keepalive", type=float, default=default_of(P, "keepalive"),
+                   help=help_for(P, "keepalive"))
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
 
@@ -93,6 +107,15 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     problems += overlay_problems(overlay)
     listen = tuple(args.metrics_listen or ())
     problems += listen_problems("--metrics-listen", listen)
+    proxy = ProxySettings(
+        enabled=args.proxy_enabled, server_port=args.proxy_server_port,
+        ca_file=args.proxy_ca_file, ca_key_file=args.proxy_ca_key_file,
+        cert_lifetime=args.proxy_cert_lifetime, keepalive=args.proxy_keepalive)
+    problems += proxy_problems(proxy)
+    for flag, path in (("--proxy-ca-file", proxy.ca_file),
+                       ("--proxy-ca-key-file", proxy.ca_key_file)):
+        if path is not None and not path.is_file():
+            problems.append(f"{flag} {path}: no such file")
     if args.kubeconfig is not None and not args.kubeconfig.is_file():
         problems.append(f"--kubeconfig {args.kubeconfig}: no such file")
     if not problems:  # only touch the disk once the flags are right
@@ -116,6 +139,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         heartbeat_period=args.heartbeat_period,
         metrics_listen=listen,
         probe=probe,
+        proxy=proxy,
     )
 
 

@@ -18,6 +18,7 @@ Rules kept:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
@@ -25,6 +26,7 @@ import socket
 import threading
 import time
 from dataclasses import replace
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -46,12 +48,23 @@ from raven.gateway_status import (
     why_no_endpoint,
 )
 from raven.health import HealthServer
-from raven.kube.client import GATEWAYS, JSON, LEASES, NODES, Kube
-from raven.kube.errors import Conflict, KubeError, NotFound
+from raven.kube.client import (
+    CONFIGMAPS,
+    ENDPOINTS,
+    GATEWAYS,
+    JSON,
+    LEASES,
+    NODES,
+    SERVICES,
+    Kube,
+    Resource,
+)
+from raven.kube.errors import AlreadyExists, Conflict, KubeError, NotFound
 from raven.kube.events import EventRecorder
 from raven.kube.informer import Informer
 from raven.kube.lease import LeaderElector
 from raven.model import Gateway, Node, fleet_problems
+from raven.proxy import compat
 from raven.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
@@ -102,6 +115,8 @@ class GatewayController:
         self.reconciles = 0
         self._heartbeat_seen: dict[str, float] = {}  # node -> last renewTime seen (for wakes)
         self._node_cache: dict[str, tuple[str, Node]] = {}  # name -> (resourceVersion, parsed)
+        self._compat_done: object = None  # the proxy objects last written (skip when equal)
+        self._unserved: set[str] = set()  # kinds the API server does not serve (logged once)
 
     def _changed(self, kind: str, obj: JSON) -> None:
         self._wake.set()
@@ -165,6 +180,7 @@ class GatewayController:
                     for g in parsed]
         fleet = fleet_problems(upcoming, list(nodes.values()))
         writes, without = 0, 0
+        planned: list[Gateway] = []
         for obj in objects:
             try:
                 plan = compute_status(obj, nodes, heartbeats, now, fleet,
@@ -174,16 +190,74 @@ class GatewayController:
                               (obj.get("metadata") or {}).get("name"))
                 self.metrics.errors.labels("plan").inc()
                 continue
-            if not plan.status.get("activeEndpoints"):
-                without += 1
+            with contextlib.suppress(ValidationError):
+                planned.append(Gateway.from_k8s({**obj, "status": plan.status}))
+            if not any(e.get("type") != "proxy" for e in plan.status.get("activeEndpoints") or []
+                       if isinstance(e, dict)):
+                without += 1  # a pool with only proxy endpoints still has no tunnel
             if plan.status == (obj.get("status") or {}):
                 continue
             if self._write(obj, plan, now):
                 writes += 1
         self.metrics.pools.set(without)
+        try:
+            self.sync_proxy_objects(planned, nodes)
+        except KubeError as exc:
+            log.warning("proxy Service/Endpoints/ConfigMap: %s; retrying at the next reconcile",
+                        exc)
+            self.metrics.errors.labels("proxy-objects").inc()
         self.metrics.reconcile.observe(time.monotonic() - start)
         self.reconciles += 1
         return writes
+
+    def sync_proxy_objects(self, gateways: list[Gateway], nodes: dict[str, Node]) -> None:
+        """OpenYurt's proxy objects (raven.proxy.compat): the Service and Endpoints
+        x-raven-proxy-internal-svc and the ConfigMap edge-tunnel-nodes, written only when what
+        they should say changed since the last successful write."""
+        want = compat.compat_objects(gateways, nodes, self.settings.proxy_server_port)
+        key = (want, tuple(sorted((n, v.internal_ip) for n, v in nodes.items())))
+        if key == self._compat_done:
+            return
+        ns = compat.NAMESPACE
+        cluster_ip = ""
+        if want.addresses:
+            svc = self._upsert(SERVICES, compat.SERVICE_NAME, want.service)
+            cluster_ip = str(((svc or {}).get("spec") or {}).get("clusterIP") or "")
+            self._upsert(ENDPOINTS, compat.SERVICE_NAME, want.endpoints)
+        else:  # no proxy server anywhere: nothing to point at
+            for res in (ENDPOINTS, SERVICES):
+                if res.plural in self._unserved:
+                    continue
+                with contextlib.suppress(NotFound):
+                    self.kube.delete(res, compat.SERVICE_NAME, ns)
+        records = want.dns_records(nodes, cluster_ip)
+        self._upsert(CONFIGMAPS, compat.DNS_CONFIGMAP, lambda old: want.configmap(records, old))
+        self._compat_done = key
+
+    def _upsert(self, res: Resource, name: str, build: Any) -> JSON | None:
+        """Create or update `name` from `build(existing or None)`; None when the API server
+        does not serve `res` (logged once: the rest of the reconcile goes on)."""
+        if res.plural in self._unserved:
+            return None
+        ns = compat.NAMESPACE
+        try:
+            old = self.kube.get(res, name, ns)
+        except NotFound:
+            old = None
+        if old is None:
+            try:
+                return self.kube.create(res, build(None), ns)
+            except NotFound:
+                self._unserved.add(res.plural)
+                log.warning("the API server does not serve %s; %s/%s is not kept", res.plural,
+                            ns, name)
+                return None
+            except AlreadyExists:
+                old = self.kube.get(res, name, ns)
+        new = build(old)
+        if new == old:
+            return old
+        return self.kube.replace(res, new, ns)
 
     def _write(self, obj: JSON, plan: StatusPlan, now: float) -> bool:
         name = obj["metadata"]["name"]
@@ -214,6 +288,13 @@ class GatewayController:
             self.events.record(stored, EVENT_LOST,
                                f"node {node} is no longer an active endpoint of Gateway {name}: "
                                f"{why}", now, "Warning")
+        for node in plan.proxy_elected:
+            self.events.record(stored, EVENT_ELECTED,
+                               f"node {node} elected active proxy endpoint of Gateway {name}", now)
+        for node in plan.proxy_lost:
+            self.events.record(stored, EVENT_LOST,
+                               f"node {node} is no longer an active proxy endpoint of Gateway "
+                               f"{name}", now, "Warning")
         log.info("Gateway %s: status written (elected %s, lost %s)", name,
                  list(plan.elected), list(plan.lost))
         return True
@@ -255,7 +336,8 @@ class GatewayController:
             self.metrics.leader.set(0)
 
     def _try_lead(self, state: ControllerState) -> ControllerState:
-        leader = self.elector.try_acquire_or_renew(time.time())  # renewTime goes to the API
+        # renewTime goes to the API (wall clock); the holder's silence is timed on ours (monotonic)
+        leader = self.elector.try_acquire_or_renew(time.time(), time.monotonic())
         self.metrics.leader.set(1 if leader else 0)
         if leader != state.leader:
             log.info("%s %s leadership", self.settings.identity,

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from raven.model import TUNNEL, Endpoint, Gateway, Node
+from raven.model import PROXY, TUNNEL, Endpoint, Gateway, Node
 
 
 @dataclass(frozen=True)
@@ -120,4 +120,91 @@ def elect(
     for name in dict.fromkeys(previous):
         if name not in chosen:
             reasons.append(f"{label}: {name} is no longer active")
+    return Election(tuple(spec_by_name[n] for n in chosen), tuple(reasons))
+
+
+# -- proxy endpoints (docs/proxy.md) ------------------------------------------------------------
+# Kept apart from `elect` so the tunnel election can change without touching the proxy's.
+
+
+def proxy_replicas(gateway: Gateway) -> int:
+    """`proxyConfig.Replicas`; 0 or absent elects no proxy endpoint (OpenYurt's rule)."""
+    cfg = gateway.spec.proxy_config
+    return max(0, cfg.replicas) if cfg is not None else 0
+
+
+def elect_proxies(
+    gateway: Gateway,
+    nodes: Mapping[str, Node],
+    heartbeats: Mapping[str, float],
+    now: float,
+    options: ElectionOptions = ElectionOptions(),
+) -> Election:
+    """The active proxy endpoints of `gateway`: the same health, stickiness and "lost cloud"
+    rules as `elect`, over the spec's proxy endpoints, up to `proxyConfig.Replicas`."""
+    label = f"Gateway {gateway.name}"
+    replicas = proxy_replicas(gateway)
+    candidates: list[Endpoint] = []
+    position: dict[str, int] = {}
+    for index, ep in enumerate(gateway.spec.endpoints):
+        if ep.type != PROXY or not ep.node_name or ep.node_name in position:
+            continue
+        position[ep.node_name] = index
+        candidates.append(ep)
+    if not candidates:
+        return Election((), ())  # no proxy wanted: nothing to say
+    if replicas == 0:
+        return Election((), (f"{label}: proxyConfig.Replicas is 0; no proxy endpoint is "
+                             "elected (set it to 1 or more)",))
+    reasons: list[str] = []
+    healthy: set[str] = set()
+    stale: list[str] = []
+    for ep in candidates:
+        name, node, last = ep.node_name, nodes.get(ep.node_name), heartbeats.get(ep.node_name)
+        fresh = last is not None and now - last <= options.heartbeat_timeout
+        if node is None:
+            reasons.append(f"{label}: proxy {name} is not a candidate: no such node")
+        elif options.require_ready and not node.ready:
+            if not fresh:
+                stale.append(name)
+            reasons.append(f"{label}: proxy {name} is not a candidate: node is not Ready "
+                           f"(heartbeat {_age(now, last)})")
+        elif not fresh:
+            stale.append(name)
+            reasons.append(f"{label}: proxy {name} is not a candidate: agent heartbeat "
+                           f"{_age(now, last)} (timeout {options.heartbeat_timeout:g}s)")
+        else:
+            healthy.add(name)
+    spec_by_name = {ep.node_name: ep for ep in candidates}
+    previous = list(dict.fromkeys(e.node_name for e in gateway.status.active_endpoints
+                                  if e.type == PROXY and e.node_name))
+    if not healthy:
+        existing = [ep.node_name for ep in candidates if ep.node_name in nodes]
+        kept = [n for n in previous if n in spec_by_name and n in nodes][:replicas]
+        if kept and existing and len(stale) == len(existing):
+            reasons.append(f"{label}: every proxy candidate's heartbeat is stale at once; "
+                           f"keeping proxy {', '.join(kept)} active")
+            return Election(tuple(spec_by_name[n] for n in kept), tuple(reasons), True)
+        reasons.append(f"{label}: no healthy proxy endpoint; no active proxy")
+        return Election((), tuple(reasons))
+    chosen: list[str] = []
+    for name in previous:
+        if name in healthy and len(chosen) < replicas:
+            chosen.append(name)
+            reasons.append(f"{label}: proxy {name} stays active (healthy; active endpoints "
+                           "are sticky)")
+    for ep in candidates:
+        name = ep.node_name
+        if name not in healthy or name in chosen:
+            continue
+        if len(chosen) >= replicas:
+            reasons.append(f"{label}: proxy {name} is a healthy standby "
+                           f"(proxyConfig.Replicas {replicas} reached)")
+            continue
+        chosen.append(name)
+        reasons.append(f"{label}: proxy {name} elected (healthy; next in spec order, "
+                       f"spec.endpoints[{position[name]}])")
+    for name in previous:
+        if name not in chosen:
+            reasons.append(f"{label}: proxy {name} is no longer active")
     return Election(tuple(spec_by_name[n] for n in chosen), tuple(reasons))

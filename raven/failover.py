@@ -190,7 +190,9 @@ def effective_gateways(gateways: Sequence[Gateway], verdicts: Verdicts,
         rest = [by_name[n].to_k8s() for n in order if n not in chosen]
         status = GatewayStatus(
             nodes=gw.status.nodes,
-            active_endpoints=tuple(by_name[n] for n in chosen),
+            # The chosen tunnel endpoints, and the other kinds (proxy) as they were.
+            active_endpoints=(*(by_name[n] for n in chosen),
+                              *(e for e in gw.status.active_endpoints if e.type != TUNNEL)),
             conditions=gw.status.conditions, node_count=gw.status.node_count,
             extra=FrozenMap({**gw.status.extra.to_dict(), STANDBY_FIELD: rest}))
         out.append(replace(gw, status=status))

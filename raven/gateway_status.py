@@ -6,9 +6,12 @@ seconds, because conditions carry API timestamps). The controller's loop calls i
 Rules kept:
 - pool membership is the node label `raven.openyurt.io/gateway=<gateway>`; `status.nodes` lists
   every member with its InternalIP and all of its podCIDRs, sorted by node name;
-- `status.activeEndpoints` comes from `raven.election.elect`; each elected endpoint gets the node's
-  WireGuard public key (node annotation) in `config["public-key"]` and a public address: the
-  spec's publicIP, else the node's ExternalIP, else (not under NAT) its InternalIP, else empty;
+- `status.activeEndpoints` lists the tunnel endpoints of `raven.election.elect`, then the proxy
+  endpoints of `raven.election.elect_proxies` (type proxy, public address filled, no key; they
+  change neither the Ready condition nor the tunnel events); each elected tunnel endpoint gets
+  the node's WireGuard public key (node annotation) in `config["public-key"]` and a public
+  address: the spec's publicIP, else the node's ExternalIP, else (not under NAT) its
+  InternalIP, else empty;
 - one node's bad input is isolated: a public-key annotation that is not a WireGuard key (base64
   of 32 bytes) is never copied into the status, so no agent of any pool builds a peer from it;
   the Gateway gets Ready=False, reason PublicKeyInvalid, naming the node, the annotation and the
@@ -35,10 +38,11 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from raven import constants
-from raven.election import ElectionOptions, elect
+from raven.election import ElectionOptions, elect, elect_proxies
 from raven.errors import ValidationError
 from raven.failover import STANDBY_FIELD
 from raven.model import (
+    PROXY,
     Condition,
     Endpoint,
     FrozenMap,
@@ -69,6 +73,8 @@ class StatusPlan:
     lost: tuple[str, ...]  # nodes that stopped being active endpoints
     reasons: tuple[str, ...]
     cause: str = ""  # why the active gateway moved (raven.pool_decision), when it moved
+    proxy_elected: tuple[str, ...] = ()  # the same for proxy endpoints (docs/proxy.md)
+    proxy_lost: tuple[str, ...] = ()
 
 
 def _condition(
@@ -102,12 +108,14 @@ def members_by_pool(nodes: Mapping[str, Node]) -> dict[str, tuple[NodeInfo, ...]
     return {pool: tuple(infos) for pool, infos in out.items()}
 
 
-def _old_active(obj: JSON) -> tuple[str, ...]:
+def _old_active(obj: JSON, proxy: bool = False) -> tuple[str, ...]:
+    """Node names of the stored active tunnel endpoints (or proxy endpoints with `proxy`)."""
     status = obj.get("status") if isinstance(obj.get("status"), dict) else {}
     active = status.get("activeEndpoints") if isinstance(status, dict) else None
     if not isinstance(active, list):
         return ()
-    return tuple(str(e.get("nodeName")) for e in active if isinstance(e, dict))
+    return tuple(str(e.get("nodeName")) for e in active if isinstance(e, dict)
+                 and (e.get("type") == PROXY) == proxy)
 
 
 def _raw_conditions(obj: JSON) -> tuple[Condition, ...]:
@@ -208,6 +216,9 @@ def compute_status(
             invalid_keys.append(bad)
         active.append(filled)
     standby = _standbys(gateway, election.names, nodes)
+    proxies = elect_proxies(gateway, nodes, heartbeats, now, opts)
+    proxy_active = [replace(ep, public_ip=public_address(ep, nodes.get(ep.node_name)))
+                    for ep in proxies.active]  # no WireGuard key: a proxy builds no tunnel
     old_conditions = gateway.status.conditions
     others = tuple(c for c in old_conditions
                    if c.type not in (CONDITION_READY, CONDITION_SPEC_VALID))
@@ -240,7 +251,7 @@ def compute_status(
                            now)
     new_status = GatewayStatus(
         nodes=pool,
-        active_endpoints=tuple(active),
+        active_endpoints=(*active, *proxy_active),  # tunnel endpoints first, then proxies
         conditions=(*others, spec_valid, ready),
         node_count=len(pool),  # CRD printer column "Nodes" (gateway/crd.yaml)
         extra=_with_standby(gateway.status.extra, standby),
@@ -250,6 +261,8 @@ def compute_status(
     lost = tuple(n for n in old_active if n not in new_active)
     elected = tuple(n for n in new_active if n not in old_active)
     previous_ready = next((c.reason for c in old_conditions if c.type == CONDITION_READY), "")
+    new_proxies = tuple(e.node_name for e in proxy_active)
+    old_proxies = _old_active(obj, proxy=True)
     return StatusPlan(
         status=rendered,
         elected=elected,
@@ -257,6 +270,8 @@ def compute_status(
         reasons=tuple(election.reasons),
         cause=cause(lost, previous_ready, nodes, heartbeats, now, opts)
         if lost and elected else "",
+        proxy_elected=tuple(n for n in new_proxies if n not in old_proxies),
+        proxy_lost=tuple(n for n in old_proxies if n not in new_proxies),
     )
 
 

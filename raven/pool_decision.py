@@ -75,7 +75,8 @@ def adopt(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, 
     if (choice is None or choice not in spec or current[:1] == [choice]
             or not _healthy(choice, nodes, heartbeats, now, options)):
         return gateway, None
-    rest = tuple(e for e in gateway.status.active_endpoints if e.node_name != choice)
+    rest = tuple(e for e in gateway.status.active_endpoints
+                 if not (e.node_name == choice and e.type == TUNNEL))
     status = replace(gateway.status, active_endpoints=(spec[choice], *rest))
     return replace(gateway, status=status), choice
 

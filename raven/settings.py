@@ -132,6 +132,41 @@ def overlay_warnings(s: OverlaySettings) -> list[str]:
 
 
 @dataclass(frozen=True)
+class ProxySettings:
+    """The agent's cloud-to-edge proxy component (docs/proxy.md); it runs only on nodes elected
+    as active proxy endpoints."""
+
+    enabled: bool = _opt(True, "run the proxy server/client when this node is an active proxy "
+                         "endpoint")
+    server_port: int = _opt(10263, "server-facing (CONNECT) port of a proxy server, on the "
+                            "node's InternalIP")
+    ca_file: Path | None = field(default=None, metadata={
+        "help": "cluster proxy CA certificate (PEM); default: Secret kube-system/raven-proxy-ca"})
+    ca_key_file: Path | None = field(default=None,
+                                     metadata={"help": "key of --proxy-ca-file (PEM)"})
+    cert_lifetime: float = _opt(86400.0, "seconds a proxy certificate is valid; renewed after "
+                                "two thirds")
+    keepalive: float = _opt(10.0, "seconds between PINGs on a proxy connection; dropped after "
+                            "two missed")
+    dial_timeout: float = 5.0  # TLS handshake, CONNECT head, dial of a kubelet
+    max_streams: int = 1000  # concurrent streams one proxy connection carries
+
+
+def proxy_problems(s: ProxySettings) -> list[str]:
+    problems = []
+    if not 0 < s.server_port < 65536:
+        problems.append(f"--proxy-server-port {s.server_port}: use a port 1-65535")
+    if (s.ca_file is None) != (s.ca_key_file is None):
+        problems.append("--proxy-ca-file and --proxy-ca-key-file go together; pass both or "
+                        "neither (then the Secret kube-system/raven-proxy-ca is read)")
+    if not s.cert_lifetime >= 10:
+        problems.append(f"--proxy-cert-lifetime {s.cert_lifetime:g}: at least 10 seconds")
+    if not s.keepalive > 0:
+        problems.append(f"--proxy-keepalive {s.keepalive:g}: must be a positive number")
+    return problems
+
+
+@dataclass(frozen=True)
 class AgentSettings:
     """The node agent (`raven agent`)."""
 
@@ -159,6 +194,7 @@ class AgentSettings:
     backoff: BackoffSettings = field(default_factory=BackoffSettings)
     # Data-path probes and the failover they decide inside the pool (raven.failover).
     probe: ProbeSettings = field(default_factory=ProbeSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
 
     @property
     def plan(self) -> OverlaySettings:  # the name used before the settings root existed
@@ -188,6 +224,7 @@ class ControllerSettings:
     resync_period: float = _opt(5.0, "seconds between full re-elections without events "
                                 "(heartbeats go stale without events)")
     coalesce: float = 0.05  # wait this long after an event so a burst becomes one reconcile
+    proxy_server_port: int = 10263  # target port of x-raven-proxy-internal-svc (docs/proxy.md)
     metrics_port: int = 10266  # the port the Deployment serves health and metrics on
     metrics_listen: tuple[str, ...] = _opt(
         (), "serve /healthz /readyz /metrics here, HOST:PORT, repeatable; /status only on a "

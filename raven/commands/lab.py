@@ -367,9 +367,11 @@ def cmd_ping(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_json(), indent=1))
     else:
+        dual = any(p.family == "ipv6" for p in report.pairs)  # IPv4-only labs: as before
         for p in report.pairs:
             rtt = f"{p.rtt_ms:.3f} ms" if p.rtt_ms is not None else "-"
-            print(f"{'ok  ' if p.ok else 'FAIL'} {p.src:<20} -> {p.dst:<20} {rtt}")
+            family = f"{p.family:<5} " if dual else ""
+            print(f"{'ok  ' if p.ok else 'FAIL'} {p.src:<20} -> {p.dst:<20} {family}{rtt}")
         print(format_matrix(report, [p.name for p in plan.pools]))
         answered = sum(p.ok for p in report.pairs)
         print(f"{answered}/{len(report.pairs)} pairs answered")

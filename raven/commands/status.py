@@ -93,6 +93,29 @@ def _human_bytes(n: float) -> str:
     return f"{n:.1f} TiB"
 
 
+def _proxy_lines(proxy: Any) -> list[str]:
+    """The proxy role (docs/proxy.md): server with its connected clients, client with the
+    servers it reaches, or none."""
+    if not isinstance(proxy, dict):
+        return []
+    role = str(proxy.get("role") or "none")
+    line = f"proxy:          {role}"
+    if role == "server":
+        clients = proxy.get("clients") or {}
+        shown = "; ".join(f"{pool}: {', '.join(map(str, nodes)) or 'none'}"
+                          for pool, nodes in sorted(clients.items())) or "none"
+        line += f" on {', '.join(map(str, proxy.get('listen') or []))}; clients {shown}"
+    elif role == "client":
+        servers = [str(s) for s in proxy.get("servers") or []]
+        connected = [str(s) for s in proxy.get("connected") or []]
+        line += (f" of pool {proxy.get('pool')}; connected to {len(connected)}/{len(servers)} "
+                 f"server(s): {', '.join(connected) or 'none'}")
+    lines = [line]
+    if proxy.get("lastError"):
+        lines.append(f"proxy error:    {proxy['lastError']}")
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
     lines: list[str] = []
     agent = report.get("agent")
@@ -118,6 +141,7 @@ def render(report: dict[str, Any]) -> str:
                      "remote subnets in the set")
         for note in plan.get("notes") or []:
             lines.append(f"note:           {note}")
+        lines += _proxy_lines(agent.get("proxy"))
     live = report.get("live")
     if live is None:
         lines.append(f"live:           unavailable ({report.get('liveError')})")

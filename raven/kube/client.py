@@ -59,6 +59,10 @@ class Resource:
 NODES = Resource("", "v1", "nodes", "Node", namespaced=False)
 EVENTS = Resource("", "v1", "events", "Event", namespaced=True)
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease", namespaced=True)
+SECRETS = Resource("", "v1", "secrets", "Secret", namespaced=True)
+CONFIGMAPS = Resource("", "v1", "configmaps", "ConfigMap", namespaced=True)
+SERVICES = Resource("", "v1", "services", "Service", namespaced=True)
+ENDPOINTS = Resource("", "v1", "endpoints", "Endpoints", namespaced=True)
 GATEWAYS = Resource(
     constants.API_GROUP, constants.API_VERSION, constants.GATEWAY_PLURAL, "Gateway", False
 )

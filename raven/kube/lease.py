@@ -81,7 +81,12 @@ class Heartbeat:
 
 
 class LeaderElector:
-    """`try_acquire_or_renew(now)` -> True while we hold the lease."""
+    """`try_acquire_or_renew(now, monotonic)` -> True while we hold the lease.
+
+    `now` is the wall clock, written to the Lease (other replicas read it). Whether the holder
+    is silent is judged on our own `monotonic` clock, from when we last saw its record change,
+    as client-go's leader election does: a wall-clock step (NTP, a VM resumed) must neither
+    hand the lease over early nor keep a dead leader for an hour."""
 
     def __init__(self, kube: Kube, identity: str, settings: LeaderSettings) -> None:
         self.kube = kube
@@ -90,7 +95,7 @@ class LeaderElector:
         self.is_leader = False
         self.transitions_seen = 0
         self._observed: tuple[str, str] | None = None  # (holder, renewTime) last seen
-        self._observed_at = 0.0  # our clock when _observed last changed
+        self._observed_at = 0.0  # our monotonic clock when _observed last changed
 
     def _observe(self, lease: JSON, now: float) -> None:
         spec = lease.get("spec") or {}
@@ -102,23 +107,24 @@ class LeaderElector:
     def holder(self) -> str:
         return self._observed[0] if self._observed else ""
 
-    def try_acquire_or_renew(self, now: float) -> bool:
+    def try_acquire_or_renew(self, now: float, monotonic: float | None = None) -> bool:
         s = self.settings
+        mono = now if monotonic is None else monotonic
         try:
             try:
                 lease = self.kube.get(LEASES, s.name, s.namespace)
             except NotFound:
                 body = _lease(s.name, s.namespace, self.identity, s.lease_duration, now)
                 created = self.kube.create(LEASES, body, s.namespace)
-                self._observe(created, now)
+                self._observe(created, mono)
                 self.is_leader = True
                 return True
-            self._observe(lease, now)
+            self._observe(lease, mono)
             spec = lease.setdefault("spec", {})
             holder = str(spec.get("holderIdentity") or "")
             duration = int(spec.get("leaseDurationSeconds") or s.lease_duration)
             held_by_other = holder not in ("", self.identity)
-            if held_by_other and now < self._observed_at + duration:
+            if held_by_other and mono < self._observed_at + duration:
                 self.is_leader = False
                 return False
             if holder != self.identity:
@@ -128,7 +134,7 @@ class LeaderElector:
             spec["leaseDurationSeconds"] = s.lease_duration
             spec["renewTime"] = to_micro_time(now)
             updated = self.kube.replace(LEASES, lease, s.namespace)
-            self._observe(updated, now)
+            self._observe(updated, mono)
             self.is_leader = True
             return True
         except Conflict:
@@ -137,7 +143,7 @@ class LeaderElector:
         except KubeError as exc:
             # Cannot renew: after the lease would have expired, we must stop acting as leader.
             log.warning("leader election: %s", exc)
-            if self.is_leader and now >= self._observed_at + s.lease_duration * 2 / 3:
+            if self.is_leader and mono >= self._observed_at + s.lease_duration * 2 / 3:
                 self.is_leader = False
             return self.is_leader
 

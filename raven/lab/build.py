@@ -12,12 +12,18 @@ Rules kept:
 - NAT: `none` routes public addresses; `cone` masquerades (port-preserving, endpoint-independent
   mapping); `symmetric` masquerades `fully-random` (a new public port per destination).
   NAT routers also drop unsolicited new connections from the WAN.
+- IPv6 is never translated (no NAT66): an IPv6 LAN is routed by the internet and a NAT'd pool's
+  router is a stateful IPv6 firewall (RFC 6092: unsolicited inbound dropped), which keeps the
+  pool just as undialable as its IPv4 NAT does, as IPv6 edge sites are in practice.
+- IPv6 addresses are added `nodad` (no Duplicate Address Detection wait: the plan guarantees
+  they are unique), so they work the moment they exist.
 - The lab never creates anything in the root network namespace.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +34,8 @@ from raven.lab import netns as nsutil
 from raven.lab import runtime, teardown
 from raven.lab.plan import (
     INTERNET_PROBES,
+    INTERNET_PROBES6,
+    PREFIX6,
     LabPlan,
     NodePlan,
     PodPlan,
@@ -38,8 +46,7 @@ from raven.lab.plan import (
 from raven.lab.topology import Topology, lab_name_problem, load_topology
 
 Progress = Callable[[str], None]
-ROUTER_SYSCTLS = ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.disable_ipv6=1",
-                  "net.ipv6.conf.default.disable_ipv6=1")
+ROUTER_SYSCTLS = ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
 PARALLEL = 8
 
 
@@ -161,19 +168,38 @@ def _marker(plan: LabPlan) -> str:
     return f"link set lo up alias {nsutil.LAB_MARKER}{plan.name}"
 
 
+def _v4(address: str) -> bool:
+    return bool(address) and ":" not in address
+
+
+def _host(address: str) -> str:
+    """`address/32` or `address/128`."""
+    return f"{address}/{128 if ':' in address else 32}"
+
+
+def _default(via: str, dev: str) -> str:
+    return f"route add {'::/0' if ':' in via else 'default'} via {via} dev {dev}"
+
+
 def _router_lines(plan: LabPlan, pool: PoolPlan) -> list[str]:
     mtu = pool.mtu
     lines = [
         _marker(plan),
         f"link add br0 mtu {mtu} type bridge",
-        f"address add {pool.router_lan_ip}/24 dev br0",
         f"link add wan mtu {mtu} type veth peer name {pool.internet_port} mtu {mtu} "
         f"netns {plan.internet_netns}",
-        f"address add {pool.wan_ip}/30 dev wan",
-        "link set wan up",
-        "link set br0 up",
-        f"route add default via {pool.internet_wan_ip} dev wan",
     ]
+    if pool.has_v4:
+        lines += [f"address add {pool.router_lan_ip}/24 dev br0",
+                  f"address add {pool.wan_ip}/30 dev wan"]
+    if pool.has_v6:
+        lines += [f"address add {pool.router_lan_ip6}/{PREFIX6} dev br0 nodad",
+                  f"address add {pool.wan_ip6}/{PREFIX6} dev wan nodad"]
+    lines += ["link set wan up", "link set br0 up"]
+    if pool.has_v4:
+        lines.append(_default(pool.internet_wan_ip, "wan"))
+    if pool.has_v6:
+        lines.append(_default(pool.internet_wan_ip6, "wan"))
     for node in pool.nodes:
         lines += [
             f"link add {node.router_port} mtu {mtu} type veth peer name eth0 mtu {mtu} "
@@ -192,57 +218,110 @@ def _router_lines(plan: LabPlan, pool: PoolPlan) -> list[str]:
 def _internet_lines(plan: LabPlan) -> list[str]:
     lines = [_marker(plan)]
     lines += [f"address add {probe}/32 dev lo" for probe in INTERNET_PROBES]
+    if plan.has_v6_underlay:
+        lines += [f"address add {probe}/128 dev lo" for probe in INTERNET_PROBES6]
     for pool in plan.pools:
-        lines += [
-            f"address add {pool.internet_wan_ip}/30 dev {pool.internet_port}",
-            f"link set {pool.internet_port} up",
-        ]
-        if pool.public:  # NAT'd pools' LANs are private: the internet has no route to them
+        if pool.has_v4:
+            lines.append(f"address add {pool.internet_wan_ip}/30 dev {pool.internet_port}")
+        if pool.has_v6:
+            lines.append(f"address add {pool.internet_wan_ip6}/{PREFIX6} dev "
+                         f"{pool.internet_port} nodad")
+        lines.append(f"link set {pool.internet_port} up")
+        if pool.public and pool.has_v4:  # NAT'd LANs are private: the internet has no route
             lines.append(f"route add {pool.lan} via {pool.wan_ip} dev {pool.internet_port}")
+        if pool.has_v6:  # IPv6 is never translated: every IPv6 LAN is routed (see the docstring)
+            lines.append(f"route add {pool.lan6} via {pool.wan_ip6} dev {pool.internet_port}")
     cp = plan.control_plane
     if cp.pool is None:
-        lines += [f"address add {cp.gateway}/30 dev cp", "link set cp up"]
+        if _v4(cp.gateway):
+            lines.append(f"address add {cp.gateway}/30 dev cp")
+        if cp.gateway6:
+            lines.append(f"address add {cp.gateway6}/{PREFIX6} dev cp nodad")
+        lines.append("link set cp up")
     return lines
 
 
 def _control_plane_lines(plan: LabPlan) -> list[str]:
     cp = plan.control_plane
-    return [
-        _marker(plan),
-        f"address add {cp.ip}/{cp.prefixlen} dev eth0",
-        "link set eth0 up",
-        f"route add default via {cp.gateway} dev eth0",
-    ]
-
-
-def _node_lines(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> list[str]:
-    lines = [
-        _marker(plan),
-        f"address add {node.underlay_ip}/24 dev eth0",
-        "link set eth0 up",
-        f"route add default via {pool.router_lan_ip} dev eth0",
-    ]
-    for other in pool.nodes:
-        if other.name != node.name:
-            lines.append(f"route add {other.pod_cidr} via {other.underlay_ip} dev eth0")
-    for pod in node.pods:
-        lines += [
-            f"link add {pod.node_ifname} type veth peer name eth0 netns {pod.netns}",
-            f"address add {node.pod_gateway}/32 dev {pod.node_ifname}",
-            f"link set {pod.node_ifname} up",
-            f"route add {pod.ip}/32 dev {pod.node_ifname} scope link",
-        ]
+    lines = [_marker(plan)]
+    if _v4(cp.ip):
+        lines.append(f"address add {cp.ip}/{cp.prefixlen} dev eth0")
+    if cp.ip6:
+        lines.append(f"address add {cp.ip6}/{PREFIX6} dev eth0 nodad")
+    lines.append("link set eth0 up")
+    if _v4(cp.ip):
+        lines.append(_default(cp.gateway, "eth0"))
+    if cp.ip6:
+        lines.append(_default(cp.gateway6, "eth0"))
     return lines
 
 
+def link_local(node: NodePlan) -> str:
+    """A fixed link-local address of a node's eth0, the next hop of IPv6 pod routes in a pool
+    without an IPv6 underlay (Linux routes IPv4 via IPv6 next hops, not the other way round):
+    fe80:: + the node's 32-bit IPv4 address, unique on the pool's segment."""
+    return str(ipaddress.IPv6Address(int(ipaddress.IPv6Address("fe80::"))
+                                     | int(ipaddress.IPv4Address(node.underlay_ip))))
+
+
+def _needs_link_local(pool: PoolPlan) -> bool:
+    return not pool.has_v6 and any(":" in c for n in pool.nodes for c in n.cidrs())
+
+
+def _next_hop(pool: PoolPlan, node: NodePlan, cidr: str) -> str:
+    """`via ...` towards `node` for a pod network: same family when the underlay has it."""
+    if ":" in cidr:
+        return f"via {node.underlay_ip6}" if pool.has_v6 else f"via {link_local(node)}"
+    return f"via {node.underlay_ip}" if pool.has_v4 else f"via inet6 {node.underlay_ip6}"
+
+
+def node_wiring(pool: PoolPlan, node: NodePlan) -> list[str]:
+    """The lab's own addresses and routes of a node once its links exist (`ip -batch` lines):
+    underlay addresses, default routes, the CNI stand-in's routes to the other nodes' pod
+    networks and to its own pods. raven.lab.faults replays it after a simulated reboot."""
+    lines = []
+    if pool.has_v4:
+        lines.append(f"address add {node.underlay_ip}/24 dev eth0")
+    if pool.has_v6:
+        lines.append(f"address add {node.underlay_ip6}/{PREFIX6} dev eth0 nodad")
+    if _needs_link_local(pool):
+        lines.append(f"address add {link_local(node)}/64 dev eth0 nodad")
+    if pool.has_v4:
+        lines.append(_default(pool.router_lan_ip, "eth0"))
+    if pool.has_v6:
+        lines.append(_default(pool.router_lan_ip6, "eth0"))
+    for other in pool.nodes:
+        if other.name != node.name:
+            lines += [f"route add {cidr} {_next_hop(pool, other, cidr)} dev eth0"
+                      for cidr in other.cidrs()]
+    for pod in node.pods:
+        lines += [f"route add {_host(ip)} dev {pod.node_ifname}" for ip in pod.addresses()]
+    return lines
+
+
+def _node_lines(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> list[str]:
+    lines = [_marker(plan)]
+    for pod in node.pods:
+        lines.append(f"link add {pod.node_ifname} type veth peer name eth0 netns {pod.netns}")
+        lines += [f"address add {_host(gw)} dev {pod.node_ifname}" + (" nodad" if ":" in gw
+                                                                       else "")
+                  for gw in node.gateways()]
+        lines.append(f"link set {pod.node_ifname} up")
+    wiring = node_wiring(pool, node)
+    addresses = [line for line in wiring if line.startswith("address ")]
+    return [*lines, *addresses, "link set eth0 up",
+            *(line for line in wiring if not line.startswith("address "))]
+
+
 def _pod_lines(plan: LabPlan, node: NodePlan, pod: PodPlan) -> list[str]:
-    return [
-        _marker(plan),
-        f"address add {pod.ip}/32 dev eth0",
-        "link set eth0 up",
-        f"route add {node.pod_gateway}/32 dev eth0 scope link",
-        f"route add default via {node.pod_gateway} dev eth0",
-    ]
+    pairs = list(zip(pod.addresses(), node.gateways(), strict=True))
+    lines = [_marker(plan)]
+    lines += [f"address add {_host(ip)} dev eth0" + (" nodad" if ":" in ip else "")
+              for ip, _ in pairs]
+    lines.append("link set eth0 up")
+    for _, gateway in pairs:
+        lines += [f"route add {_host(gateway)} dev eth0 scope link", _default(gateway, "eth0")]
+    return lines
 
 
 def nat_ruleset(pool: PoolPlan) -> str:
@@ -265,9 +344,27 @@ table ip raven_lab_nat {{
 """
 
 
+def firewall6_ruleset(pool: PoolPlan) -> str:
+    """IPv6 of a NAT'd pool with an IPv6 underlay: no translation, a stateful firewall (replies
+    and their ICMPv6 errors, e.g. Packet Too Big, come in; new connections do not). Empty for a
+    public pool or one without IPv6."""
+    if pool.public or not pool.has_v6:
+        return ""
+    return """
+table ip6 raven_lab_fw6 {
+  chain forward {
+    type filter hook forward priority filter; policy accept;
+    iifname "wan" ct state established,related accept
+    iifname "wan" drop
+  }
+}
+"""
+
+
 def _router_netfilter(plan: LabPlan, pool: PoolPlan) -> None:
     nsutil.sysctl(pool.netns, *ROUTER_SYSCTLS)
-    ruleset = nat_ruleset(pool)
+    ruleset = nat_ruleset(pool) if pool.has_v4 else ""
+    ruleset += firewall6_ruleset(pool)
     if ruleset:
         nsutil.nft_apply(pool.netns, ruleset)
 
@@ -280,9 +377,10 @@ def _probe_pools(plan: LabPlan) -> None:
     """Echo every node of every pool (and the control plane) from its pool router: readiness."""
     probes: dict[str, list[str]] = {}
     for pool in plan.pools:
-        probes[pool.netns] = [n.underlay_ip for n in pool.nodes]
+        probes[pool.netns] = [a for n in pool.nodes for a in n.underlay_ips()]
         if plan.control_plane.pool == pool.name:
-            probes[pool.netns].append(plan.control_plane.ip)
+            cp = plan.control_plane
+            probes[pool.netns] += list(dict.fromkeys(a for a in (cp.ip, cp.ip6) if a))
     replies = nsutil.icmp_probe_many(probes, tries=2, timeout_s=2)
     for pool in plan.pools:
         silent = [a for a, rtt in replies[pool.netns].items() if rtt is None]

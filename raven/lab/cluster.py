@@ -2,11 +2,15 @@
 
 `up(plan)` turns a built lab (raven.lab.build) into a running cluster:
   1 `raven apiserver` in the control-plane namespace, listening on the control-plane underlay
-    address (so agents behind NAT reach it through their NAT), data under <run dir>/apiserver
+    address (so agents behind NAT reach it through their NAT), data under <run dir>/apiserver;
+    a dual-stack control plane listens on both families and each agent gets a kubeconfig
+    naming the address of its node's family
   2 the Gateway CRD (package data raven/lab/data/gateway-crd.yaml, the same file as
     gateway/crd.yaml) applied with kubectl
-  3 the kubelet stand-in (raven.lab.kubelet): Node objects with addresses, podCIDR, pool label
-  4 one Gateway per pool: every gatewayCandidate node is a tunnel endpoint, underNAT from `nat`
+  3 the kubelet stand-in (raven.lab.kubelet): Node objects with addresses, podCIDR(s), pool label
+  4 one Gateway per pool: every gatewayCandidate node is a tunnel endpoint and a proxy endpoint
+    (proxyConfig.Replicas 1), underNAT from `nat`; the proxy CA (docs/proxy.md) is made once
+    per lab under <run dir>/proxy-ca and applied as Secret kube-system/raven-proxy-ca
   5 `raven controller` in the control-plane namespace
   6 `raven agent` on every node: node netns + private mount namespace, state directory
     <run dir>/state/<node> (survives reboots of the node, like /var/lib/raven)
@@ -44,6 +48,8 @@ from raven.lab.kubelet import DEFAULT_GRACE
 from raven.lab.ping import PingReport, ping_all
 from raven.lab.plan import LabPlan, NodePlan, PoolPlan
 from raven.lab.topology import CONTROL_PLANE
+from raven.model import DEFAULT_PROXY_PORT
+from raven.safeyaml import load_yaml
 from raven.settings import AgentSettings, ControllerSettings, default_of
 
 Progress = Callable[[str], None]
@@ -85,6 +91,39 @@ def kubeconfig_path(lab: str) -> Path:
 
 def state_dir(lab: str, node: str) -> Path:
     return runtime.run_dir(lab) / "state" / node
+
+
+def proxy_ca_paths(lab: str) -> tuple[Path, Path]:
+    """(CA certificate, CA key) of the lab's proxy CA; the API server's proxy dialer and the
+    agents use them (docs/proxy.md)."""
+    base = runtime.run_dir(lab) / "proxy-ca"
+    return base / "ca.crt", base / "ca.key"
+
+
+def ensure_proxy_ca(lab: str) -> tuple[Path, Path]:
+    """Make the lab's proxy CA once (kept across restarts of the overlay), root-only files."""
+    from raven.proxy import certs
+
+    crt, key = proxy_ca_paths(lab)
+    if crt.exists() and key.exists():
+        return crt, key
+    crt.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(crt.parent, 0o700)
+    ca = certs.make_ca(f"raven-proxy-ca-{lab}", 10 * 365 * 86400, time.time())
+    for path, data in ((key, ca.key_pem), (crt, ca.cert_pem)):
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return crt, key
+
+
+def proxy_ca_secret(lab: str) -> dict:
+    from raven.proxy import certs
+
+    crt, key = proxy_ca_paths(lab)
+    return certs.ca_secret(certs.load_ca_files(crt, key))
 
 
 def settings_path(lab: str) -> Path:
@@ -140,10 +179,21 @@ def gateway_crd() -> str:
 
 # --- the objects ----------------------------------------------------------------------------
 
-def gateway_object(pool: PoolPlan) -> dict:
-    """The Gateway CR of a pool: candidates are tunnel endpoints; underNAT from the pool's nat."""
-    endpoints = [
-        {"nodeName": node.name, "type": "tunnel", "port": constants.WIREGUARD_PORT,
+def gateway_object(pool: PoolPlan, tunnel_family: str = "ipv4") -> dict:
+    """The Gateway CR of a pool: candidates are tunnel endpoints and proxy endpoints; underNAT
+    from the pool's nat. When gateways tunnel over IPv6, a public dual-stack pool's endpoints
+    name their IPv6 address as publicIP (else the controller would publish the IPv4 InternalIP)."""
+    endpoints = []
+    for node in pool.nodes:
+        if not node.gateway_candidate:
+            continue
+        endpoint = {"nodeName": node.name, "type": "tunnel", "port": constants.WIREGUARD_PORT,
+                    "underNAT": pool.nat != "none"}
+        if tunnel_family == "ipv6" and pool.public and pool.underlay == "dual":
+            endpoint["publicIP"] = node.underlay_ip6
+        endpoints.append(endpoint)
+    endpoints += [
+        {"nodeName": node.name, "type": "proxy", "port": DEFAULT_PROXY_PORT,
          "underNAT": pool.nat != "none"}
         for node in pool.nodes if node.gateway_candidate
     ]
@@ -154,13 +204,20 @@ def gateway_object(pool: PoolPlan) -> dict:
         "spec": {
             "nodeSelector": {"matchLabels": {constants.GATEWAY_LABEL: pool.gateway}},
             "tunnelConfig": {"Replicas": 1},
+            "proxyConfig": {"Replicas": 1},
             "endpoints": endpoints,
         },
     }
 
 
+def tunnel_family(plan: LabPlan) -> str:
+    """The family gateways tunnel over: IPv6 once a pool's underlay is IPv6 only (the topology
+    validator then requires IPv6 on every pool's underlay), else IPv4."""
+    return "ipv6" if any(p.underlay == "ipv6" for p in plan.pools) else "ipv4"
+
+
 def gateway_objects(plan: LabPlan) -> list[dict]:
-    return [gateway_object(pool) for pool in plan.pools]
+    return [gateway_object(pool, tunnel_family(plan)) for pool in plan.pools]
 
 
 # --- processes ------------------------------------------------------------------------------
@@ -178,11 +235,9 @@ def start_apiserver(lab: str, timeout: float = 30.0) -> None:
     data = apiserver_dir(lab)
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(data, 0o700)  # mkdir's mode is masked by the umask and ignored when it exists
-    cp = plan.control_plane
     kubeconfig_path(lab).unlink(missing_ok=True)
     runtime.start_process(lab, CONTROL_PLANE, APISERVER, raven_argv(
-        "apiserver", "--data-dir", str(data), "--listen", f"{cp.ip}:{APISERVER_PORT}"),
-        umask=0o077)
+        "apiserver", "--data-dir", str(data), *apiserver_listen_args(plan)), umask=0o077)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not runtime.process_running(lab, CONTROL_PLANE, APISERVER):
@@ -190,10 +245,57 @@ def start_apiserver(lab: str, timeout: float = 30.0) -> None:
                                f"{_log_tail(lab, CONTROL_PLANE, APISERVER)}")
         if kubeconfig_path(lab).exists() and kubectl(
                 lab, "get", "--raw", "/readyz", check=False, timeout=10).returncode == 0:
+            _write_family_kubeconfigs(lab, plan)
             return
         time.sleep(0.1)
     raise CommandError(f"lab {lab!r}: the API server did not answer in {timeout:.0f}s:\n"
                        f"{_log_tail(lab, CONTROL_PLANE, APISERVER)}")
+
+
+def _dual_control_plane(plan: LabPlan) -> bool:
+    cp = plan.control_plane
+    return bool(cp.ip6) and cp.ip != cp.ip6
+
+
+def apiserver_listen_args(plan: LabPlan) -> list[str]:
+    """Where the API server listens: the control plane's address; a dual-stack control plane
+    (IPv4 and IPv6 nodes in one lab) listens on both families (`[::]`), its certificate naming
+    both addresses."""
+    cp = plan.control_plane
+    if _dual_control_plane(plan):
+        return ["--listen", f"[::]:{APISERVER_PORT}", "--tls-san", cp.ip, "--tls-san", cp.ip6]
+    host = f"[{cp.ip}]" if ":" in cp.ip else cp.ip
+    return ["--listen", f"{host}:{APISERVER_PORT}"]
+
+
+def family_kubeconfig_path(lab: str, family: str) -> Path:
+    return apiserver_dir(lab) / f"nodes-{family}.kubeconfig"
+
+
+def _write_family_kubeconfigs(lab: str, plan: LabPlan) -> None:
+    """A dual-stack control plane's admin kubeconfig names the loopback; nodes get a copy
+    naming the control plane's address of their family (ipv4, ipv6), private like the
+    original."""
+    if not _dual_control_plane(plan):
+        return
+    config = load_yaml(kubeconfig_path(lab).read_text(), source="admin.kubeconfig")
+    cp = plan.control_plane
+    for family, host in (("ipv4", cp.ip), ("ipv6", f"[{cp.ip6}]")):
+        for cluster in config.get("clusters", []):
+            cluster["cluster"]["server"] = f"https://{host}:{APISERVER_PORT}"
+        path = family_kubeconfig_path(lab, family)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(config, out)
+
+
+def node_kubeconfig(lab: str, plan: LabPlan, node: NodePlan) -> Path:
+    """The kubeconfig a node's agent uses: the admin one, or on a dual-stack control plane the
+    one of the node's family (IPv4 when it has an IPv4 underlay)."""
+    if not _dual_control_plane(plan):
+        return kubeconfig_path(lab)
+    family = "ipv6" if ":" in node.underlay_ip else "ipv4"
+    return family_kubeconfig_path(lab, family)
 
 
 def start_controller(lab: str, settings: ClusterSettings | None = None) -> None:
@@ -212,11 +314,14 @@ def start_kubelet(lab: str, settings: ClusterSettings | None = None) -> None:
 
 
 def agent_argv(lab: str, pool: PoolPlan, node: NodePlan, settings: ClusterSettings) -> list[str]:
+    ca_crt, ca_key = proxy_ca_paths(lab)
     return raven_argv(
-        "agent", "--node", node.name, "--kubeconfig", str(kubeconfig_path(lab)),
+        "agent", "--node", node.name, "--kubeconfig",
+        str(node_kubeconfig(lab, runtime.load_plan(lab), node)),
         "--state-dir", str(state_dir(lab, node.name)), "--underlay-mtu", str(pool.mtu),
         "--heartbeat-period", f"{settings.heartbeat_period:g}",
-        "--resync", f"{settings.agent_resync:g}")
+        "--resync", f"{settings.agent_resync:g}",
+        "--proxy-ca-file", str(ca_crt), "--proxy-ca-key-file", str(ca_key))
 
 
 def start_agent(lab: str, node: str, settings: ClusterSettings | None = None) -> int:
@@ -277,10 +382,13 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
         return None
     started = time.monotonic()
     runtime.write_json_atomic(settings_path(lab), s.__dict__)
+    ensure_proxy_ca(lab)  # before the API server: it dials kubelets through the proxy with it
     progress(f"API server on {plan.control_plane.ip}:{APISERVER_PORT} (control-plane)")
     start_apiserver(lab)
     progress("Gateway CRD")
     kubectl(lab, "apply", "-f", "-", stdin=gateway_crd())
+    progress("proxy CA (Secret kube-system/raven-proxy-ca)")
+    kubectl(lab, "apply", "-f", "-", stdin=json.dumps(proxy_ca_secret(lab)))
     progress(f"kubelet stand-in: {len(plan.nodes())} Node objects")
     start_kubelet(lab, s)
     _wait_nodes(lab, len(plan.nodes()))
@@ -360,7 +468,8 @@ def wait_all_pairs(plan: LabPlan, timeout: float, progress: Progress = _quiet) -
         dead = [n.name for _, n in plan.nodes()
                 if not runtime.process_running(plan.name, n.name, AGENT)]
         if time.monotonic() > deadline or dead:
-            failed = [f"{p.src}->{p.dst}" for p in expected if not p.ok]
+            failed = [f"{p.src}->{p.dst}" + (" (ipv6)" if p.family == "ipv6" else "")
+                      for p in expected if not p.ok]
             why = f"agents exited on {', '.join(dead)}" if dead else f"after {timeout:.0f}s"
             tail = _log_tail(plan.name, dead[0], AGENT) if dead else ""
             raise CommandError(
@@ -378,7 +487,8 @@ def gateways(lab: str) -> list[dict]:
 def active_gateways(lab: str) -> dict[str, list[str]]:
     """Gateway name -> node names of its active endpoints (from Gateway status)."""
     return {g["metadata"]["name"]: [e.get("nodeName", "") for e in
-                                    (g.get("status") or {}).get("activeEndpoints") or []]
+                                    (g.get("status") or {}).get("activeEndpoints") or []
+                                    if e.get("type", "tunnel") == "tunnel"]
             for g in gateways(lab)}
 
 
@@ -406,11 +516,18 @@ def wait_active(lab: str, pool: str, timeout: float = 30.0,
         time.sleep(0.2)
 
 
+def _dial_text(address: object) -> str:
+    """An endpoint's address as it is dialled (IPv6 in brackets), or why there is none."""
+    if not address:
+        return "behind NAT"
+    return f"[{address}]" if ":" in str(address) else str(address)
+
+
 def format_gateways(lab: str) -> str:
     lines = []
     for g in gateways(lab):
         status = g.get("status") or {}
-        active = [f"{e.get('nodeName')} ({e.get('publicIP') or 'behind NAT'}:{e.get('port')})"
+        active = [f"{e.get('nodeName')} ({_dial_text(e.get('publicIP'))}:{e.get('port')})"
                   for e in status.get("activeEndpoints") or []]
         nodes = [n.get("nodeName") for n in status.get("nodes") or []]
         lines.append(f"  {g['metadata']['name']:<16} active {', '.join(active) or 'none':<34} "

@@ -37,7 +37,7 @@ import time
 
 from raven import constants
 from raven.errors import CommandError
-from raven.lab import cluster, runtime
+from raven.lab import build, cluster, runtime
 from raven.lab import netns as nsutil
 from raven.lab.kubelet import disconnected_marker, down_marker
 from raven.lab.plan import LabPlan, NodePlan, PoolPlan
@@ -127,17 +127,8 @@ def node_up(lab: str, node: str, reboot: bool = False) -> None:
 
 
 def _lab_wiring(pool: PoolPlan, node: NodePlan) -> list[str]:
-    """The lab's own configuration of a node (what raven.lab.build gives it)."""
-    lines = [
-        f"address add {node.underlay_ip}/24 dev eth0",
-        f"route add default via {pool.router_lan_ip} dev eth0",
-    ]
-    for other in pool.nodes:
-        if other.name != node.name:
-            lines.append(f"route add {other.pod_cidr} via {other.underlay_ip} dev eth0")
-    for pod in node.pods:
-        lines.append(f"route add {pod.ip}/32 dev {pod.node_ifname} scope link")
-    return lines
+    """The lab's own configuration of a node (what raven.lab.build gives it), both families."""
+    return build.node_wiring(pool, node)
 
 
 def wipe_node(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> None:
@@ -151,10 +142,16 @@ def wipe_node(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> None:
     lines += ["route flush table main", "address flush dev eth0", "neigh flush all",
               "rule flush", "rule add priority 32766 table main",
               "rule add priority 32767 table default"]
+    # `route flush` and `rule flush` act on IPv4 only unless told: the IPv6 half, then the wiring.
+    tables6 = {str(r.get("table", "main")) for r in nsutil.ip_json(
+        node.netns, "-6", "route", "show", "table", "all")}
+    nsutil.ip_batch([*(f"route flush table {t}" for t in sorted(tables6 - {"local"})),
+                     "rule flush", "rule add priority 32766 table main"],
+                    node.netns, force=True, ipv6=True)
     lines += _lab_wiring(pool, node)
     nsutil.ip_batch(lines, node.netns, force=True)
     nsutil.nft_flush(node.netns)
-    nsutil.sysctl(node.netns, "net.ipv4.ip_forward=1")
+    nsutil.sysctl(node.netns, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
     for sub in ("wireguard", "raven"):  # tmpfs after a reboot
         folder = runtime.host_dir(plan.name, node.name) / sub
         for entry in folder.iterdir() if folder.is_dir() else ():
@@ -170,12 +167,14 @@ def wipe_node(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> None:
 
 # --- control plane reachability -------------------------------------------------------------
 
-def _disconnect_ruleset(cp_ip: str) -> str:
+def _disconnect_ruleset(cp_ip: str, cp_ip6: str = "") -> str:
+    drops = "".join(f"""
+    {"ip6" if ":" in a else "ip"} daddr {a} drop
+    {"ip6" if ":" in a else "ip"} saddr {a} drop"""
+                    for a in dict.fromkeys(x for x in (cp_ip, cp_ip6) if x))
     chain = f"""
   chain forward {{
-    type filter hook forward priority -10; policy accept;
-    ip daddr {cp_ip} drop
-    ip saddr {cp_ip} drop
+    type filter hook forward priority -10; policy accept;{drops}
   }}"""
     return "".join(f"table {family} {FAULT_TABLE} {{{chain}\n}}\n" for family in ("inet", "bridge"))
 
@@ -184,7 +183,8 @@ def disconnect(lab: str, pool_name: str) -> None:
     plan = runtime.load_plan(lab)
     pool = cluster.pool_of(plan, pool_name)
     reconnect_rules(pool)
-    nsutil.nft_apply(pool.netns, _disconnect_ruleset(plan.control_plane.ip))
+    nsutil.nft_apply(pool.netns, _disconnect_ruleset(plan.control_plane.ip,
+                                                     plan.control_plane.ip6))
     _touch(disconnected_marker(lab, pool.name))
 
 

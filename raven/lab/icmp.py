@@ -17,7 +17,10 @@ Rules kept:
   try; an address silent for `tries` rounds of `timeout` seconds is reported null;
 - a reply counts only when it arrives on the source's socket and its source address, identifier
   and sequence number match a request we sent (other processes' echoes are ignored);
-- a namespace that cannot be entered is reported in `errors`, its addresses null.
+- a namespace that cannot be entered is reported in `errors`, its addresses null;
+- IPv4 and IPv6 addresses may be mixed: a source gets one socket per family it probes (ICMPv6
+  echo: the kernel fills in the checksum, which covers a pseudo-header with both addresses, and
+  delivers the ICMPv6 message without its IPv6 header, the source address beside it).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import sys
 import time
 
 ECHO_REQUEST, ECHO_REPLY = 8, 0
+ECHO_REQUEST6, ECHO_REPLY6 = 128, 129
 CLONE_NEWNET = 0x40000000
 
 
@@ -49,6 +53,28 @@ def checksum(data: bytes) -> int:
 def echo_request(ident: int, seq: int, payload: bytes = b"raven-lab-probe") -> bytes:
     header = struct.pack("!BBHHH", ECHO_REQUEST, 0, 0, ident, seq)
     return struct.pack("!BBHHH", ECHO_REQUEST, 0, checksum(header + payload), ident, seq) + payload
+
+
+def echo_request6(ident: int, seq: int, payload: bytes = b"raven-lab-probe") -> bytes:
+    """An ICMPv6 echo request with a zero checksum: raw ICMPv6 sockets always have the kernel
+    compute it (it covers the IPv6 pseudo-header, which only the kernel knows for sure)."""
+    return struct.pack("!BBHHH", ECHO_REQUEST6, 0, 0, ident, seq) + payload
+
+
+def parse_reply6(message: bytes, source: str) -> tuple[str, int, int] | None:
+    """(source, identifier, sequence) of an ICMPv6 echo reply (no IPv6 header), else None."""
+    if len(message) < 8 or message[0] != ECHO_REPLY6:
+        return None
+    _, _, _, ident, seq = struct.unpack("!BBHHH", message[:8])
+    return canonical(source.split("%", 1)[0]), ident, seq
+
+
+def canonical(address: str) -> str:
+    """An address as inet_ntop writes it, so requests and replies compare equal."""
+    if ":" in address:
+        with contextlib.suppress(OSError):
+            return socket.inet_ntop(socket.AF_INET6, socket.inet_pton(socket.AF_INET6, address))
+    return address
 
 
 def parse_reply(packet: bytes) -> tuple[str, int, int] | None:
@@ -70,15 +96,18 @@ def _setns(fd: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
-def socket_in(netns_path: str) -> socket.socket:
-    """A raw ICMP socket that lives in the namespace bound at `netns_path`."""
+def socket_in(netns_path: str, family: int = socket.AF_INET) -> socket.socket:
+    """A raw ICMP (or, for AF_INET6, ICMPv6) socket that lives in the namespace bound at
+    `netns_path`."""
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         target = os.open(netns_path, os.O_RDONLY)
         try:
             _setns(target)
             try:
-                return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+                proto = socket.IPPROTO_ICMPV6 if family == socket.AF_INET6 else \
+                    socket.IPPROTO_ICMP
+                return socket.socket(family, socket.SOCK_RAW, proto)
             finally:
                 _setns(home)  # back before anything else runs on this thread
         finally:
@@ -87,22 +116,30 @@ def socket_in(netns_path: str) -> socket.socket:
         os.close(home)
 
 
+def _family(address: str) -> int:
+    return socket.AF_INET6 if ":" in address else socket.AF_INET
+
+
 def probe(probes: list[tuple[str, list[str]]], tries: int, timeout: float
           ) -> tuple[dict[tuple[str, str], float | None], list[str]]:
     """(netns path, address) -> round-trip time in ms (None when silent), and the errors."""
     ident = os.getpid() & 0xFFFF
     rtt: dict[tuple[str, str], float | None] = {}
     errors: list[str] = []
-    sockets: dict[int, tuple[socket.socket, str, list[str]]] = {}
+    # fd -> (socket, netns, family, addresses of that family)
+    sockets: dict[int, tuple[socket.socket, str, int, list[str]]] = {}
     try:
         for netns, addresses in probes:
             rtt.update({(netns, a): None for a in addresses})
-            try:
-                sock = socket_in(netns)
-            except OSError as exc:
-                errors.append(f"{netns}: cannot open an ICMP socket there: {exc.strerror}")
-                continue
-            sockets[sock.fileno()] = (sock, netns, addresses)
+            for family in dict.fromkeys(map(_family, addresses)):
+                try:
+                    sock = socket_in(netns, family)
+                except OSError as exc:
+                    kind = "ICMPv6" if family == socket.AF_INET6 else "ICMP"
+                    errors.append(f"{netns}: cannot open an {kind} socket there: {exc.strerror}")
+                    continue
+                sockets[sock.fileno()] = (sock, netns, family,
+                                          [a for a in addresses if _family(a) == family])
         sent: dict[tuple[int, int], tuple[str, int]] = {}  # (fd, seq) -> (address, ns time)
         seq = 0
         poller = select.poll()  # no fd-number limit, unlike select() (big labs, many pods)
@@ -110,16 +147,18 @@ def probe(probes: list[tuple[str, list[str]]], tries: int, timeout: float
             poller.register(fd, select.POLLIN)
         for _ in range(max(1, tries)):
             pending = 0
-            for fd, (sock, netns, addresses) in sockets.items():
+            for fd, (sock, netns, family, addresses) in sockets.items():
                 for address in addresses:
                     if rtt[(netns, address)] is not None:
                         continue
                     seq = (seq + 1) & 0xFFFF
                     sent[(fd, seq)] = (address, time.monotonic_ns())
                     pending += 1
+                    packet = (echo_request6 if family == socket.AF_INET6 else echo_request)(
+                        ident, seq)
                     # e.g. no route: the address simply does not answer
                     with contextlib.suppress(OSError):
-                        sock.sendto(echo_request(ident, seq), (address, 0))
+                        sock.sendto(packet, (address, 0))
             deadline = time.monotonic() + timeout
             while pending:
                 left = deadline - time.monotonic()
@@ -127,17 +166,19 @@ def probe(probes: list[tuple[str, list[str]]], tries: int, timeout: float
                 if not ready:
                     break
                 for fd, _ in ready:
-                    sock, netns, _ = sockets[fd]
-                    reply = parse_reply(sock.recv(65535))
+                    sock, netns, family, _ = sockets[fd]
+                    data, source = sock.recvfrom(65535)
+                    reply = (parse_reply6(data, source[0]) if family == socket.AF_INET6
+                             else parse_reply(data))
                     now = time.monotonic_ns()
                     if reply is None or reply[1] != ident or (fd, reply[2]) not in sent:
                         continue
                     address, started = sent[(fd, reply[2])]
-                    if reply[0] == address and rtt[(netns, address)] is None:
+                    if reply[0] == canonical(address) and rtt[(netns, address)] is None:
                         rtt[(netns, address)] = (now - started) / 1e6
                         pending -= 1
     finally:
-        for sock, _, _ in sockets.values():
+        for sock, _, _, _ in sockets.values():
             sock.close()
     return rtt, errors
 

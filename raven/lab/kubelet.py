@@ -67,9 +67,12 @@ def node_object(pool: PoolPlan, node: NodePlan) -> JSON:
                 "raven.openyurt.io/lab-pool": pool.name,
             },
         },
-        "spec": {"podCIDR": node.pod_cidr, "podCIDRs": [node.pod_cidr]},
+        # podCIDR is podCIDRs[0], as the node IPAM controller keeps them (dual-stack: both).
+        "spec": {"podCIDR": node.pod_cidr, "podCIDRs": list(node.cidrs())},
         "status": {
-            "addresses": [{"type": "InternalIP", "address": node.underlay_ip},
+            # One InternalIP per underlay family, the one the overlay uses (IPv4 unless the
+            # pool's underlay is IPv6 only) first, as a dual-stack kubelet reports them.
+            "addresses": [*({"type": "InternalIP", "address": a} for a in node.underlay_ips()),
                           {"type": "Hostname", "address": node.name}],
             "conditions": [ready_condition(True, time.time())],
         },

@@ -92,8 +92,8 @@ umount -R -l "$2" 2>/dev/null || true
 mkdir -p /run/wireguard /run/raven
 mount --bind "$1/wireguard" /run/wireguard
 mount --bind "$1/raven" /run/raven
-sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.disable_ipv6=1 \
-  net.ipv6.conf.default.disable_ipv6=1
+# Nodes route their pods' traffic, IPv4 and IPv6 (IPv6 stays on: dual-stack pods need it).
+sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1
 exec sleep infinity
 """
 HOLDER_COMM = "sleep"  # /proc/PID/comm of a holder that finished its setup
@@ -108,11 +108,13 @@ def holder_argv(netns: str, host_dir: Path) -> list[str]:
 
 # --- ip ---------------------------------------------------------------------------------------
 
-def ip_batch(lines: Iterable[str], netns: str | None = None, force: bool = False) -> None:
-    """Run `ip [-n NS] [-force] -batch -` with the given command lines."""
+def ip_batch(lines: Iterable[str], netns: str | None = None, force: bool = False,
+             ipv6: bool = False) -> None:
+    """Run `ip [-n NS] [-force] [-6] -batch -` with the given command lines (`ipv6`: for the
+    commands that act on IPv4 alone unless told, e.g. `route flush`, `rule flush`)."""
     text = "\n".join(lines) + "\n"
     argv = ["ip"] + (["-n", netns] if netns else []) + (["-force"] if force else []) + \
-        ["-batch", "-"]
+        (["-6"] if ipv6 else []) + ["-batch", "-"]
     proc = subprocess.run(argv, input=text, capture_output=True, text=True, timeout=120)
     if proc.returncode != 0 and not force:
         where = f" in {netns}" if netns else ""

@@ -8,6 +8,8 @@ Rules kept:
   timeout per try; its result is read as JSON (no ping text is scraped).
 - `scope="pool"` limits the pairs to pods of the same pool (the only ones expected to answer
   before the overlay exists).
+- Every family both pods have is pinged: a pair is (source, destination, family), `family`
+  `ipv4` or `ipv6`; IPv4-only labs give exactly the pairs they always gave.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ class PingPair:
     dst_pool: str
     ok: bool
     rtt_ms: float | None
+    family: str = "ipv4"  # ipv4 | ipv6
+    dst_ip: str = ""
 
 
 @dataclass(frozen=True)
@@ -47,16 +51,22 @@ class PingReport:
         return out
 
 
+def family_of(address: str) -> str:
+    return "ipv6" if ":" in address else "ipv4"
+
+
 def ping_all(plan: LabPlan, scope: str = "all", tries: int = 2,
              timeout_s: float = 1.0) -> PingReport:
     if scope not in SCOPES:
         raise ValueError(f"scope {scope!r}: use one of {', '.join(SCOPES)}")
     pods = [(pool.name, pod) for pool, _, pod in plan.pods()]
-    by_ip = {pod.ip: (pool, pod) for pool, pod in pods}
+    by_ip = {ip: (pool, pod) for pool, pod in pods for ip in pod.addresses()}
     jobs = []
     for src_pool, src in pods:
-        dsts = [pod.ip for pool, pod in pods
-                if pod.name != src.name and (scope == "all" or pool == src_pool)]
+        families = {family_of(a) for a in src.addresses()}
+        dsts = [ip for pool, pod in pods
+                if pod.name != src.name and (scope == "all" or pool == src_pool)
+                for ip in pod.addresses() if family_of(ip) in families]
         if dsts:
             jobs.append((src_pool, src, dsts))
 
@@ -67,7 +77,8 @@ def ping_all(plan: LabPlan, scope: str = "all", tries: int = 2,
         for ip in dsts:
             dst_pool, dst = by_ip[ip]
             rtt = rtts[src.netns].get(ip)
-            pairs.append(PingPair(src.name, dst.name, src_pool, dst_pool, rtt is not None, rtt))
+            pairs.append(PingPair(src.name, dst.name, src_pool, dst_pool, rtt is not None, rtt,
+                                  family_of(ip), ip))
     return PingReport(ok=all(p.ok for p in pairs), pairs=tuple(pairs))
 
 

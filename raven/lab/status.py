@@ -29,14 +29,20 @@ def format_status(plan: LabPlan) -> str:
     lines = [f"lab {plan.name}  (tunnel {plan.tunnel}; run dir {runtime.run_dir(plan.name)})",
              "  internet        probes 203.0.113.1 203.0.113.2",
              f"  control-plane   {cp.ip}  (on {'pool ' + cp.pool if cp.pool else 'the internet'})"]
+    if cp.ip6 and cp.ip6 != cp.ip:
+        lines[-1] += f", {cp.ip6}"
     for pool in plan.pools:
+        lan = ", ".join(dict.fromkeys(a for a in (pool.lan, pool.lan6) if a))
+        public = pool.wan_ip if pool.nat != 'none' else pool.lan
+        underlay = f"underlay {pool.underlay}, " if pool.underlay != "ipv4" else ""
         lines.append(f"  pool {pool.name}: gateway {pool.gateway}, nat {pool.nat}, "
-                     f"LAN {pool.lan}, public {pool.wan_ip if pool.nat != 'none' else pool.lan}")
+                     f"{underlay}LAN {lan}, public {public}")
         for node in pool.nodes:
-            pods = ", ".join(f"{p.name} {p.ip}" for p in node.pods) or "no pods"
+            pods = ", ".join(f"{p.name} {','.join(p.addresses())}" for p in node.pods) or \
+                "no pods"
             star = " (gateway candidate)" if node.gateway_candidate else ""
-            lines.append(f"    {node.name:<16} {node.underlay_ip:<15} podCIDR {node.pod_cidr:<18}"
-                         f" {pods}{star}")
+            lines.append(f"    {node.name:<16} {','.join(node.underlay_ips()):<15} podCIDR "
+                         f"{','.join(node.cidrs()):<18} {pods}{star}")
     procs = runtime.supervised(plan.name)
     daemons = [r for r in procs if r.get("name") != runtime.HOLDER]
     if daemons:

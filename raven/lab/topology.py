@@ -11,6 +11,9 @@ Rules kept:
 - Bundled topologies (package data `raven/lab/topologies/`, the repository's test-topologies/)
   are found through importlib.resources, so they work from an installed wheel; a topology
   argument that is not an existing file may name one (`three-pools` or `three-pools.yaml`).
+- Pod networks follow Kubernetes' Node rules (one or two, at most one per family, `podCIDR` ==
+  `podCIDRs[0]`); what the lab cannot build is refused too: an IPv6-only underlay beside an
+  IPv4-only one (gateways tunnel over one family), IPv6 pods below IPv6's minimum path MTU.
 The schema is documented in docs/lab.md; keep both in step.
 """
 
@@ -28,8 +31,10 @@ from typing import Any
 from raven.constants import DEFAULT_UNDERLAY_MTU
 from raven.errors import ValidationError
 from raven.safeyaml import YamlError, load_yaml, read_yaml_file
+from raven.topology import VTEP6_NETWORK
 
 NAT_KINDS = ("none", "cone", "symmetric")
+UNDERLAY_FAMILIES = ("ipv4", "ipv6", "dual")
 TUNNEL_KINDS = ("wireguard", "none")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_LAB_NAME = 24
@@ -47,18 +52,29 @@ UNDERLAY_RANGES = tuple(
     ipaddress.IPv4Network(n)
     for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15")
 )
+# IPv6 underlays (pools with `underlay: ipv6 | dual`) live in the documentation prefix.
+UNDERLAY6_RANGE = ipaddress.IPv6Network("2001:db8::/32")
 
 TOP_KEYS = {"name", "tunnel", "underlayMTU", "pools", "description"}
-POOL_KEYS = {"name", "gateway", "nat", "nodes", "pods", "underlayMTU"}
-NODE_KEYS = {"name", "podCIDR", "gatewayCandidate", "pods"}
+POOL_KEYS = {"name", "gateway", "nat", "nodes", "pods", "underlayMTU", "underlay"}
+NODE_KEYS = {"name", "podCIDR", "podCIDRs", "gatewayCandidate", "pods"}
+# IPv6 pods need the cross-pool path to carry 1280 bytes (IPv6's minimum link MTU); the
+# WireGuard tunnel takes 80 bytes of the underlay MTU.
+IPV6_MIN_UNDERLAY_MTU = 1280 + 80
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
-    pod_cidr: ipaddress.IPv4Network
+    pod_cidr: Network  # the primary pod network: podCIDR, i.e. podCIDRs[0]
     gateway_candidate: bool
     pods: int
+    pod_cidrs: tuple[Network, ...] = ()  # every pod network (at most one per family), primary first
+
+    def cidrs(self) -> tuple[Network, ...]:
+        return self.pod_cidrs or (self.pod_cidr,)
 
 
 @dataclass(frozen=True)
@@ -68,6 +84,7 @@ class PoolSpec:
     nat: str
     nodes: tuple[NodeSpec, ...]
     underlay_mtu: int
+    underlay: str = "ipv4"  # ipv4 | ipv6 | dual: the address families of the pool's underlay
 
 
 @dataclass(frozen=True)
@@ -192,6 +209,7 @@ def parse_topology(data: object, source: str = "topology") -> Topology:
 
     _check_unique_names(pools, problems)
     _check_cidrs(pools, problems)
+    _check_families(pools, problems)
     if problems:
         raise ValidationError(problems)
     return Topology(name=name, tunnel=tunnel, pools=tuple(pools), description=description)
@@ -231,6 +249,11 @@ def _parse_pool(raw: object, index: int, default_mtu: int, problems: list[str]) 
         problems.append(f"{where}: field 'nat': {nat!r} is not one of {', '.join(NAT_KINDS)}")
     pods = _count(raw.get("pods", 1), f"{where}: field 'pods'", problems)
     mtu = _mtu(raw.get("underlayMTU", default_mtu), f"{where}: field 'underlayMTU'", problems)
+    underlay = raw.get("underlay", "ipv4")
+    if underlay not in UNDERLAY_FAMILIES:
+        problems.append(f"{where}: field 'underlay': {underlay!r} is not one of "
+                        f"{', '.join(UNDERLAY_FAMILIES)}")
+        underlay = "ipv4"
 
     raw_nodes = raw.get("nodes")
     nodes: list[NodeSpec] = []
@@ -248,7 +271,7 @@ def _parse_pool(raw: object, index: int, default_mtu: int, problems: list[str]) 
         if node is not None:
             nodes.append(node)
     return PoolSpec(name=str(name), gateway=str(gateway), nat=str(nat), nodes=tuple(nodes),
-                    underlay_mtu=mtu)
+                    underlay_mtu=mtu, underlay=str(underlay))
 
 
 def _parse_node(raw: object, pool_where: str, index: int, default_pods: int,
@@ -273,38 +296,98 @@ def _parse_node(raw: object, pool_where: str, index: int, default_pods: int,
         candidate = False
     pods = _count(raw.get("pods", default_pods), f"{where}: field 'pods'", problems)
 
-    raw_cidr = raw.get("podCIDR")
-    cidr = None
-    if raw_cidr is None:
-        problems.append(f"{where}: field 'podCIDR' is missing (e.g. podCIDR: 10.244.{index}.0/24)")
-    elif not isinstance(raw_cidr, str):
-        problems.append(f"{where}: field 'podCIDR': must be a string like 10.244.0.0/24, "
-                        f"got {_kind(raw_cidr)}")
-    else:
-        try:
-            cidr = ipaddress.IPv4Network(raw_cidr, strict=True)
-        except ValueError as exc:
-            problems.append(f"{where}: field 'podCIDR': {raw_cidr!r} is not a valid IPv4 network "
-                            f"({exc}); use e.g. 10.244.{index}.0/24")
-        else:
-            if cidr.prefixlen > 30:
-                problems.append(f"{where}: field 'podCIDR': {raw_cidr} is too small: use /30 or "
-                                "larger (the node takes the first address, pods the next ones)")
-                cidr = None
-            elif cidr.num_addresses - 3 < pods:
-                problems.append(f"{where}: field 'podCIDR': {raw_cidr} has room for "
-                                f"{cidr.num_addresses - 3} pods, {pods} asked; use a larger "
-                                "network or fewer pods")
-            elif _special(cidr):
-                problems.append(f"{where}: field 'podCIDR': {raw_cidr} is {_special(cidr)} "
-                                "space, not usable for pods; use e.g. 10.244.0.0/16")
-                cidr = None
-            elif any(cidr.overlaps(r) for r in UNDERLAY_RANGES):
-                problems.append(f"{where}: field 'podCIDR': {raw_cidr} overlaps the lab underlay "
-                                f"({', '.join(map(str, UNDERLAY_RANGES))}); use e.g. 10.244.0.0/16")
-    if cidr is None:
+    cidrs = _parse_pod_cidrs(raw, where, index, pods, problems)
+    if not cidrs:
         return None
-    return NodeSpec(name=str(name), pod_cidr=cidr, gateway_candidate=candidate, pods=pods)
+    return NodeSpec(name=str(name), pod_cidr=cidrs[0], gateway_candidate=candidate, pods=pods,
+                    pod_cidrs=cidrs)
+
+
+def _parse_pod_cidrs(raw: Mapping, where: str, index: int, pods: int,
+                     problems: list[str]) -> tuple[Network, ...]:
+    """A node's pod networks from `podCIDR` and/or `podCIDRs`, as Kubernetes allows them: one or
+    two networks, at most one per family, `podCIDR` (when given too) equal to `podCIDRs[0]`.
+    Empty when they cannot be used (the problems say why)."""
+    single, many = raw.get("podCIDR"), raw.get("podCIDRs")
+    example = (f"podCIDR: 10.244.{index}.0/24, or podCIDRs: [10.244.{index}.0/24, "
+               f"fd00:10:244:{index}::/64] for a dual-stack node")
+    if single is None and many is None:
+        problems.append(f"{where}: field 'podCIDR' is missing (e.g. {example})")
+        return ()
+    if many is None:
+        cidr = _pod_cidr(single, f"{where}: field 'podCIDR'", index, pods, problems)
+        return (cidr,) if cidr is not None else ()
+    if not isinstance(many, list) or not many:
+        got = "an empty list" if many == [] else _kind(many)
+        problems.append(f"{where}: field 'podCIDRs': must be a list of one or two networks "
+                        f"(one IPv4, one IPv6), got {got}; e.g. {example}")
+        return ()
+    if len(many) > 2:
+        problems.append(f"{where}: field 'podCIDRs': {len(many)} networks; Kubernetes allows at "
+                        "most two, one IPv4 and one IPv6")
+        return ()
+    cidrs = [_pod_cidr(c, f"{where}: field 'podCIDRs[{k}]'", index, pods, problems)
+             for k, c in enumerate(many)]
+    if any(c is None for c in cidrs):
+        return ()
+    found = tuple(c for c in cidrs if c is not None)
+    if len(found) == 2 and found[0].version == found[1].version:
+        problems.append(f"{where}: field 'podCIDRs': {found[0]} and {found[1]} are both "
+                        f"IPv{found[0].version}; Kubernetes allows one network per family: give "
+                        "one IPv4 and one IPv6 network (dual-stack), or just one")
+        return ()
+    if single is not None and single != many[0]:
+        problems.append(f"{where}: field 'podCIDR': {single!r} differs from podCIDRs[0] "
+                        f"({many[0]!r}); Kubernetes keeps podCIDR equal to podCIDRs[0]: drop "
+                        "'podCIDR' or make them equal")
+        return ()
+    return found
+
+
+def _pod_cidr(raw_cidr: object, where: str, index: int, pods: int,
+              problems: list[str]) -> Network | None:
+    """One pod network, checked (family, size, room for the pods, special and lab space)."""
+    if not isinstance(raw_cidr, str):
+        problems.append(f"{where}: must be a string like 10.244.0.0/24 or fd00:10:244::/64, "
+                        f"got {_kind(raw_cidr)}")
+        return None
+    try:
+        cidr = ipaddress.ip_network(raw_cidr, strict=True)
+    except ValueError as exc:
+        problems.append(f"{where}: {raw_cidr!r} is not a valid IPv4 or IPv6 network ({exc}); "
+                        f"use e.g. 10.244.{index}.0/24 or fd00:10:244:{index}::/64")
+        return None
+    # The network address is not used, the node takes the next one, pods the ones after (and
+    # IPv4's broadcast address is not usable either).
+    spare = 3 if cidr.version == 4 else 2
+    smallest = 30 if cidr.version == 4 else 126
+    if cidr.prefixlen > smallest:
+        problems.append(f"{where}: {raw_cidr} is too small: use /{smallest} or larger (the node "
+                        "takes the first address, pods the next ones)")
+        return None
+    if cidr.num_addresses - spare < pods:
+        problems.append(f"{where}: {raw_cidr} has room for {cidr.num_addresses - spare} pods, "
+                        f"{pods} asked; use a larger network or fewer pods")
+        return None
+    special = _special(cidr)
+    if special:
+        example = "10.244.0.0/16" if cidr.version == 4 else "fd00:10:244::/56"
+        problems.append(f"{where}: {raw_cidr} is {special} space, not usable for pods; use e.g. "
+                        f"{example}")
+        return None
+    if cidr.version == 4 and any(cidr.overlaps(r) for r in UNDERLAY_RANGES):
+        problems.append(f"{where}: {raw_cidr} overlaps the lab underlay "
+                        f"({', '.join(map(str, UNDERLAY_RANGES))}); use e.g. 10.244.0.0/16")
+        return None
+    if cidr.version == 6 and cidr.overlaps(UNDERLAY6_RANGE):
+        problems.append(f"{where}: {raw_cidr} overlaps the lab's IPv6 underlay "
+                        f"({UNDERLAY6_RANGE}); use e.g. fd00:10:244::/56")
+        return None
+    if cidr.version == 6 and cidr.overlaps(VTEP6_NETWORK):
+        problems.append(f"{where}: {raw_cidr} overlaps {VTEP6_NETWORK}, where the overlay puts "
+                        "its IPv6 VTEP addresses; use e.g. fd00:10:244::/56")
+        return None
+    return cidr
 
 
 def _check_unique_names(pools: list[PoolSpec], problems: list[str]) -> None:
@@ -339,29 +422,62 @@ def _check_unique_names(pools: list[PoolSpec], problems: list[str]) -> None:
 
 
 def _check_cidrs(pools: list[PoolSpec], problems: list[str]) -> None:
-    placed: list[tuple[ipaddress.IPv4Network, str]] = []
+    placed: list[tuple[Network, str]] = []
     for pool in pools:
         for node in pool.nodes:
             where = f"pool {pool.name!r} node {node.name!r}"
-            for other, other_where in placed:
-                if node.pod_cidr.overlaps(other):
-                    problems.append(f"{where}: field 'podCIDR': {node.pod_cidr} overlaps "
-                                    f"{other} of {other_where}; give every node its own network")
-            placed.append((node.pod_cidr, where))
+            for cidr in node.cidrs():
+                for other, other_where in placed:
+                    if cidr.version == other.version and cidr.overlaps(other):
+                        problems.append(f"{where}: field 'podCIDR': {cidr} overlaps {other} of "
+                                        f"{other_where}; give every node its own network")
+                placed.append((cidr, where))
 
 
-SPECIAL_RANGES = (
+def _check_families(pools: list[PoolSpec], problems: list[str]) -> None:
+    """What the families of the underlays and pod networks must agree on.
+
+    - Gateways tunnel over one family: once a pool's underlay is IPv6 only, every pool needs an
+      IPv6 underlay (ipv6 or dual) for its gateway to reach that pool's.
+    - IPv6 pods need a cross-pool path of at least 1280 bytes (IPv6's minimum MTU).
+    """
+    v6_only = [p.name for p in pools if p.underlay == "ipv6"]
+    if v6_only:
+        for pool in pools:
+            if pool.underlay == "ipv4":
+                problems.append(
+                    f"pool {pool.name!r}: field 'underlay': ipv4, but pool {v6_only[0]!r} has an "
+                    "IPv6-only underlay and gateways tunnel over one address family; give pool "
+                    f"{pool.name!r} `underlay: dual` (or ipv6)")
+    for pool in pools:
+        if pool.underlay_mtu >= IPV6_MIN_UNDERLAY_MTU:
+            continue
+        for node in pool.nodes:
+            v6 = [c for c in node.cidrs() if c.version == 6]
+            if v6:
+                problems.append(
+                    f"pool {pool.name!r} node {node.name!r}: field 'podCIDRs': IPv6 pod network "
+                    f"{v6[0]} needs underlayMTU >= {IPV6_MIN_UNDERLAY_MTU} (the WireGuard tunnel "
+                    f"takes 80 bytes and IPv6 needs 1280), the pool has {pool.underlay_mtu}; "
+                    "raise the pool's underlayMTU or drop the IPv6 network")
+
+
+SPECIAL_RANGES: tuple[tuple[Network, str], ...] = (
     (ipaddress.IPv4Network("0.0.0.0/8"), "'this network'"),
     (ipaddress.IPv4Network("127.0.0.0/8"), "loopback"),
     (ipaddress.IPv4Network("169.254.0.0/16"), "link-local"),
     (ipaddress.IPv4Network("224.0.0.0/4"), "multicast"),
     (ipaddress.IPv4Network("240.0.0.0/4"), "reserved"),
+    (ipaddress.IPv6Network("::/96"), "unspecified, loopback or IPv4-compatible"),
+    (ipaddress.IPv6Network("::ffff:0:0/96"), "IPv4-mapped"),
+    (ipaddress.IPv6Network("fe80::/10"), "link-local"),
+    (ipaddress.IPv6Network("ff00::/8"), "multicast"),
 )
 
 
-def _special(cidr: ipaddress.IPv4Network) -> str | None:
+def _special(cidr: Network) -> str | None:
     for net, what in SPECIAL_RANGES:
-        if cidr.overlaps(net):
+        if net.version == cidr.version and cidr.overlaps(net):
             return what
     return None
 

@@ -212,6 +212,23 @@ def test_leader_election_one_holder_takeover_after_expiry_and_release(kube: Kube
     assert lease["spec"]["leaseTransitions"] == 2
 
 
+def test_leader_takeover_is_timed_on_the_monotonic_clock_not_the_wall_clock(kube: Kube) -> None:
+    """A standby whose wall clock jumps an hour ahead (NTP step, VM resume) must not take a
+    lease its holder renewed a second ago; one whose wall clock stands still must still take
+    over once the holder has been silent for the lease's duration on its own clock."""
+    settings = LeaderSettings(name="test-leader-mono", lease_duration=10)
+    a = LeaderElector(kube, "replica-a", settings)
+    b = LeaderElector(kube, "replica-b", settings)
+    wall = 1_700_000_000.0
+    assert a.try_acquire_or_renew(wall, monotonic=100.0)
+    assert not b.try_acquire_or_renew(wall, monotonic=500.0)  # b first sees a's record
+    assert not b.try_acquire_or_renew(wall + 3600, monotonic=501.0)  # wall jumped, 1 s passed
+    assert not b.try_acquire_or_renew(wall, monotonic=509.0)
+    assert b.try_acquire_or_renew(wall, monotonic=511.0)  # a silent for 11 s of b's clock
+    assert kube.get(LEASES, "test-leader-mono", "kube-system")["spec"]["holderIdentity"] == (
+        "replica-b")
+
+
 def test_leader_election_race_has_one_winner(kube: Kube) -> None:
     settings = LeaderSettings(name="race", lease_duration=10)
     results: dict[str, bool] = {}

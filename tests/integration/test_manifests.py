@@ -117,6 +117,9 @@ def test_agent_rbac_is_least_privilege() -> None:
     assert not any("*" in r["verbs"] or "*" in r["resources"] for r in cluster)
     role = _rules(ROOT / "agent" / "rbac.yaml", "Role", "raven-agent-heartbeat")
     assert _verbs(role, "coordination.k8s.io", "leases") == {"get", "create", "update"}
+    assert _verbs(role, "", "secrets") == {"get"}  # the proxy CA, and only it
+    assert all(r.get("resourceNames") == ["raven-proxy-ca"] for r in role
+               if "secrets" in r["resources"])
 
 
 def test_controller_rbac_writes_only_gateway_status() -> None:
@@ -125,6 +128,9 @@ def test_controller_rbac_writes_only_gateway_status() -> None:
     assert {"update"} <= _verbs(cluster, "raven.openyurt.io", "gateways/status")
     assert _verbs(cluster, "", "nodes") == {"get", "list", "watch"}
     assert "create" in _verbs(cluster, "", "events")
+    role = _rules(ROOT / "gateway" / "rbac.yaml", "Role", "raven-gateway-controller")
+    for kind in ("services", "endpoints", "configmaps"):  # the proxy's OpenYurt objects
+        assert _verbs(role, "", kind) == {"get", "create", "update", "delete"}
 
 
 def _container(path: Path, kind: str) -> dict[str, Any]:

@@ -104,4 +104,6 @@ def test_inputs_skip_unreadable_objects_and_name_them() -> None:
     assert not isinstance(me, str) and me.name == "n1"
     assert len(problems) == 1 and "gw-bad" in problems[0]
     assert gateway_candidate("n1", gateways)
-    assert not gateway_candidate("n2", gateways)  # a proxy endpoint is not a tunnel candidate
+    # a proxy endpoint is elected on the agent's heartbeat too (docs/proxy.md)
+    assert gateway_candidate("n2", gateways)
+    assert not gateway_candidate("n3", gateways)

@@ -58,11 +58,11 @@ CASES = [
     ("duplicate node across pools", mutate("pools.1.nodes.0.name", "c1"),
      ["pool 'edge' node 'c1'", "duplicate", "pool 'cloud' node 'c1'"]),
     ("podCIDR garbage", mutate("pools.0.nodes.0.podCIDR", "10.244.0/xx"),
-     ["pool 'cloud' node 'c1'", "'podCIDR'", "not a valid IPv4 network"]),
+     ["pool 'cloud' node 'c1'", "'podCIDR'", "not a valid IPv4 or IPv6 network"]),
     ("podCIDR host bits", mutate("pools.0.nodes.0.podCIDR", "10.244.0.1/24"),
      ["node 'c1'", "'podCIDR'", "host bits"]),
-    ("podCIDR ipv6", mutate("pools.0.nodes.0.podCIDR", "fd00::/64"),
-     ["node 'c1'", "'podCIDR'", "not a valid IPv4"]),
+    ("podCIDR ipv6 alone is IPv6 single-stack", mutate("pools.0.nodes.0.podCIDR", "fd00::/64"),
+     []),
     ("podCIDR too small", mutate("pools.0.nodes.0.podCIDR", "10.244.0.0/31"),
      ["node 'c1'", "'podCIDR'", "too small"]),
     ("podCIDR not a string", mutate("pools.0.nodes.0.podCIDR", 42),
@@ -210,27 +210,33 @@ def test_shipped_topologies_have_the_promised_shapes() -> None:
         assert any(sum(n.gateway_candidate for n in p.nodes) >= 2 for p in topos[name].pools)
 
 
-UNDERLAY = [ipaddress.IPv4Network(n) for n in
-            ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15")]
+UNDERLAY = [ipaddress.ip_network(n) for n in
+            ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "198.18.0.0/15",
+             "2001:db8::/32")]
 
 
 @pytest.mark.parametrize("path", TOPOLOGIES, ids=[p.name for p in TOPOLOGIES])
 def test_plan_uses_only_allowed_addresses_and_short_names(path: Path) -> None:
     plan = plan_lab(load_topology(path), "rvt-lab-abcdef")
-    addresses = [plan.control_plane.ip, plan.control_plane.gateway]
+    cp = plan.control_plane
+    addresses = [cp.ip, cp.gateway, *(a for a in (cp.ip6, cp.gateway6) if a)]
     ifnames = ["br0", "wan", "cp", "eth0"]
     for pool in plan.pools:
         addresses += [pool.router_lan_ip, pool.wan_ip, pool.internet_wan_ip]
+        addresses += [a for a in (pool.router_lan_ip6, pool.wan_ip6, pool.internet_wan_ip6) if a]
         ifnames.append(pool.internet_port)
         for node in pool.nodes:
-            addresses.append(node.underlay_ip)
+            addresses += list(node.underlay_ips())
             ifnames.append(node.router_port)
             ifnames += [p.node_ifname for p in node.pods]
             for pod in node.pods:
-                assert ipaddress.IPv4Address(pod.ip) in ipaddress.IPv4Network(node.pod_cidr)
+                assert pod.ip == pod.addresses()[0]
+                for ip, cidr in zip(pod.addresses(), node.cidrs(), strict=True):
+                    assert ipaddress.ip_address(ip) in ipaddress.ip_network(cidr)
     for a in addresses:
-        assert any(ipaddress.IPv4Address(a) in net for net in UNDERLAY), a
-    underlay = [n.underlay_ip for _, n in plan.nodes()] + [plan.control_plane.ip]
+        assert any(ipaddress.ip_address(a) in net for net in UNDERLAY), a
+    underlay = [a for _, n in plan.nodes() for a in n.underlay_ips()]
+    underlay += list(dict.fromkeys(a for a in (cp.ip, cp.ip6) if a))
     assert len(set(underlay)) == len(underlay)
     assert all(len(n) <= 15 for n in ifnames)
     assert all(n.startswith("rvt-lab-abcdef.") for n in plan.netns_names())

@@ -29,8 +29,8 @@ TOOL_VERSION_REPORT = "raven/commands/version.py"
 PURE_MODULES = (
     "raven.topology", "raven.election", "raven.gateway_status", "raven.settings",
     "raven.model", "raven.desired", "raven.constants", "raven.errors", "raven.timefmt",
-    "raven.agent_step", "raven.controller_step", "raven.failover", "raven.standby",
-    "raven.pool_decision",
+    "raven.agent_step", "raven.controller_step", "raven.proxy.plan", "raven.failover",
+    "raven.standby", "raven.pool_decision",
 )
 # Modules that touch sockets, processes, files, threads, randomness or the clock. (pathlib and
 # datetime are allowed as value types: Path fields in settings, RFC 3339 conversions; the calls
