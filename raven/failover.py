@@ -22,6 +22,8 @@ Rules this module keeps (docs/gateway.md "Failover without the cloud" explains t
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -249,12 +251,21 @@ def probe_targets(gateways: Iterable[Gateway], me: str, vtep: Any, vxlan_device:
             continue
         ips = _private_ips(gw)
         for ep in candidates(gw):
-            if not ep.public_key or not _v4(ips.get(ep.node_name)):
-                continue
+            if not valid_key(ep.public_key) or not _v4(ips.get(ep.node_name)):
+                continue  # no peer can be built to it: probing it would only fail
             if _dialable(me_ep) or _dialable(ep):
                 out.add(Target(gw.name, ep.node_name, vtep(ips[ep.node_name]),
                                wireguard_device))
     return tuple(sorted(out))
+
+
+def valid_key(key: str) -> bool:
+    """A WireGuard key (base64 of 32 bytes): a malformed one (a hand-written status) gets no
+    peer, so it is neither probed nor kept warm (the data plane reports the skipped peer)."""
+    try:
+        return len(base64.b64decode(key, validate=True)) == 32
+    except (binascii.Error, ValueError):
+        return False
 
 
 def _v4(address: str | None) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import replace
 
 from raven import constants
 from raven.desired import FdbEntry, NeighEntry, NodeState, Role, WireGuardDevice, WireGuardPeer
-from raven.failover import candidates
+from raven.failover import candidates, valid_key
 from raven.model import Endpoint, Gateway
 from raven.settings import OverlaySettings
 from raven.topology import vtep_for
@@ -95,7 +95,7 @@ def _warm_peers(state: NodeState, gateways: Sequence[Gateway], pool: Gateway, me
         ips = _ips(gw)
         for ep in candidates(gw):
             key, ip = ep.public_key, ips.get(ep.node_name)
-            if not key or key == my_key or ip is None:
+            if not valid_key(key) or key == my_key or ip is None:
                 continue
             if _dial(me_ep) is None and _dial(ep) is None:
                 continue  # both behind NAT: reached through the relay, not probed

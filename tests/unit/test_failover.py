@@ -3,8 +3,10 @@ raven.standby (warm standby state): pure, exhaustive where the space is small.""
 
 from __future__ import annotations
 
+import base64
 import itertools
 import random
+from dataclasses import replace
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -80,9 +82,14 @@ def test_probe_settings_problems() -> None:
 
 # --- pools ----------------------------------------------------------------------------------
 
+def key(name: str) -> str:
+    """A well-formed WireGuard key (base64 of 32 bytes) that names its node."""
+    return base64.b64encode(name.encode().ljust(32, b".")).decode()
+
+
 def ep(name: str, nat: bool, public_ip: str = "") -> Endpoint:
     return Endpoint(name, port=4500, under_nat=nat, public_ip=public_ip,
-                    config=FrozenMap({"public-key": f"{name}-key="}))
+                    config=FrozenMap({"public-key": key(name)}))
 
 
 def pool(name: str, nodes: list[tuple[str, str, str]], candidates: list[str], nat: bool,
@@ -119,7 +126,7 @@ def active_of(gateways: list[Gateway], name: str) -> list[str]:
 def test_candidates_are_the_active_endpoints_then_the_standbys() -> None:
     cone = fleet()[1]
     assert [e.node_name for e in failover.candidates(cone)] == ["k1", "k2"]
-    assert failover.candidates(cone)[1].public_key == "k2-key="
+    assert failover.candidates(cone)[1].public_key == key("k2")
 
 
 def test_choose() -> None:
@@ -215,7 +222,7 @@ def test_a_standby_candidate_holds_warm_peers_that_carry_no_pod_subnet() -> None
     assert {f.dst for f in state.fdb} == {"198.51.100.1", "198.51.100.3"}
     assert state.wireguard is not None
     (peer,) = state.wireguard.peers  # the public pool only: sym is reached via the relay
-    assert peer.public_key == "c1-key=" and peer.endpoint == "203.0.113.1:4500"
+    assert peer.public_key == key("c1") and peer.endpoint == "203.0.113.1:4500"
     assert peer.allowed_ips == (f"{vtep('192.0.2.1')}/32",)
     assert peer.keepalive == 25  # we are behind NAT: keep the mapping open
     assert ("net.ipv4.conf.raven-wg0.rp_filter", "0") in state.sysctls
@@ -227,11 +234,11 @@ def test_the_active_gateway_adds_probe_addresses_and_standby_peers() -> None:
     state = warm("c1")
     assert state.role == Role.ACTIVE_GATEWAY and state.wireguard is not None
     peers = {p.public_key: p for p in state.wireguard.peers}
-    assert set(peers) == {"k1-key=", "k2-key=", "s1-key="}
-    assert f"{vtep('198.51.100.1')}/32" in peers["k1-key="].allowed_ips
-    assert "10.244.10.0/24" in peers["k1-key="].allowed_ips
-    assert peers["k2-key="].allowed_ips == (f"{vtep('198.51.100.2')}/32",)
-    assert peers["k2-key="].endpoint is None  # behind NAT: learned from its handshake
+    assert set(peers) == {key("k1"), key("k2"), key("s1")}
+    assert f"{vtep('198.51.100.1')}/32" in peers[key("k1")].allowed_ips
+    assert "10.244.10.0/24" in peers[key("k1")].allowed_ips
+    assert peers[key("k2")].allowed_ips == (f"{vtep('198.51.100.2')}/32",)
+    assert peers[key("k2")].endpoint is None  # behind NAT: learned from its handshake
     owners = [a for p in peers.values() for a in p.allowed_ips]
     assert len(owners) == len(set(owners))  # an address allowed on one peer only
 
@@ -241,8 +248,8 @@ def test_after_a_switch_the_pod_subnets_move_to_the_new_gateway_peer() -> None:
     state = standby.warm(plan_node(gws, "c1"), gws, "c1")
     assert state.wireguard is not None
     peers = {p.public_key: p for p in state.wireguard.peers}
-    assert "10.244.10.0/24" in peers["k2-key="].allowed_ips
-    assert peers["k1-key="].allowed_ips == (f"{vtep('198.51.100.1')}/32",)
+    assert "10.244.10.0/24" in peers[key("k2")].allowed_ips
+    assert peers[key("k1")].allowed_ips == (f"{vtep('198.51.100.1')}/32",)
     # And the new gateway plans as one, the member routes via it.
     gws_k, _ = failover.effective_gateways(fleet(), {("cone", "k1"): Verdict.DOWN}, "k2")
     assert standby.warm(plan_node(gws_k, "k2"), gws_k, "k2").role == Role.ACTIVE_GATEWAY
@@ -267,3 +274,18 @@ def test_the_responder_script_speaks_the_wire_format() -> None:
     reply = request[:4] + bytes([responder.REPLY]) + request[5:]
     assert wire.decode(reply) == (wire.REPLY, 7)
     assert wire.decode(b"junk") is None
+
+
+def test_a_malformed_key_is_neither_probed_nor_kept_warm() -> None:
+    gws = fleet()
+    cone = gws[1]
+    bad = cone.status.active_endpoints[0]
+    cone = replace(cone, status=replace(cone.status, active_endpoints=(
+        replace(bad, config=FrozenMap({"public-key": "not-a-key"})),)))
+    gws[1] = cone
+    assert ("cone", "k1") not in {(t.pool, t.node) for t in failover.probe_targets(
+        gws, "c1", vtep, "raven0", "raven-wg0")}
+    state = standby.warm(plan_node(gws, "c1"), gws, "c1")
+    assert state.wireguard is not None
+    assert "not-a-key" not in {p.public_key for p in state.wireguard.peers if
+                               p.allowed_ips == (f"{vtep('198.51.100.1')}/32",)}
