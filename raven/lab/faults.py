@@ -284,7 +284,8 @@ def loss(lab: str, node: str, percent: float) -> None:
     if not 0 <= percent <= 100:
         raise CommandError(f"loss {percent:g}: use a percentage from 0 to 100 (0 removes it)")
     threshold = round(percent * 100)  # numgen draws 0..9999: hundredths of a percent
-    match = f"numgen random mod 10000 < {threshold}"
+    # 100 % is every packet (nft refuses `< 10000` for a value that cannot exceed 9999).
+    match = "meta length > 0" if threshold >= 10000 else f"numgen random mod 10000 < {threshold}"
     _set_uplink_fault(lab, node, "loss", None if threshold == 0 else ([match], [match]))
 
 
