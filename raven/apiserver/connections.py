@@ -40,11 +40,14 @@ class DeadlineReader(io.RawIOBase):
         self.budget: int | None = None
         self.phase = "request"
         self.fallback_timeout = idle_timeout
+        self.probing = False
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: Any) -> int:
+    def readinto(self, buffer: Any) -> int | None:
+        if self.probing:  # "nothing available": BufferedReader then hands out its buffer only
+            return None
         if self.deadline is None:
             self.sock.settimeout(self.fallback_timeout)
         else:

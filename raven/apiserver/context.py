@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from raven.apiserver.api import ResourceApi
 from raven.apiserver.fanout import FanoutHealth
+from raven.apiserver.kubeletproxy import KubeletProxy
 from raven.apiserver.resources import Registry
 from raven.apiserver.settings import ApiServerSettings
 from raven.apiserver.store import Store
@@ -27,3 +28,4 @@ class ServerContext:
     address: str  # host:port clients use, for discovery's serverAddressByClientCIDRs
     is_stopping: Callable[[], bool]  # the server is shutting down: start no new watch
     watch_health: Callable[[], FanoutHealth]  # for /healthz, /livez, /readyz
+    kubelets: KubeletProxy | None = None  # pods/log, pods/exec, nodes/proxy; None: not set up

@@ -78,6 +78,17 @@ def resource_list(registry: Registry, group_name: str, version: str) -> dict[str
                 "name": f"{rtype.plural}/status", "singularName": "",
                 "namespaced": rtype.namespaced, "kind": rtype.kind, "verbs": list(STATUS_VERBS),
             })
+        for sub in rtype.connect_subresources:
+            # kube-apiserver's verbs: log is read (get); exec, attach and proxy are connects.
+            verbs = ["get"] if sub == "log" else ["create", "get"]
+            if sub == "proxy":
+                verbs = ["create", "delete", "get", "patch", "update"]
+            resources.append({
+                "name": f"{rtype.plural}/{sub}", "singularName": "",
+                "namespaced": rtype.namespaced,
+                "kind": "Pod" if sub == "log" else f"{rtype.kind}{sub.capitalize()}Options",
+                "verbs": verbs,
+            })
     return {
         "kind": "APIResourceList", "apiVersion": "v1",
         "groupVersion": f"{group_name}/{version}" if group_name else version,

@@ -31,7 +31,7 @@ import time
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from raven.apiserver import bodies, discovery, openapi, paging, tables
+from raven.apiserver import bodies, discovery, kubeletproxy, openapi, paging, tables
 from raven.apiserver.api import ResourceApi, delete_options_dry_run
 from raven.apiserver.connections import (
     ApiServerHTTP,
@@ -245,6 +245,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self._authenticate()
             body = self._read_body()
             url = urlsplit(_percent_encode_raw(self.path))
+            self.raw_query = url.query
             code = self._route(method, url.path, _query(url.query), body)
         except ApiError as error:
             code = error.code
@@ -315,6 +316,8 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                         body: bytes) -> int:
         api: ResourceApi = self.context.api
         rtype = route.rtype
+        if route.subresource and route.subresource in rtype.connect_subresources:
+            return self._connect(route, body)
         self._check_accept()
         if route.watch_path or (method == "GET" and query.get("watch") in ("true", "1")):
             if self.command == "HEAD":  # a stream of events has no headers-only form
@@ -370,6 +373,41 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             raise method_not_allowed()
         self._send_json(200, obj)
         return 200
+
+    def _connect(self, route: ResourceRoute, body: bytes) -> int:
+        """pods/log, pods/exec, pods/attach, nodes/proxy: relayed to the node's kubelet."""
+        context = self.context
+        proxy = context.kubelets
+        if proxy is None:
+            raise ApiError(503, "ServiceUnavailable", "this API server is not set up to reach "
+                           "kubelets (no kubelet client certificate)", {})
+        upgrade = _wants_upgrade(self.headers.get("Connection"), self.headers.get("Upgrade"))
+        try:
+            query = parse_qs(self.raw_query, keep_blank_values=True,
+                             max_num_fields=MAX_QUERY_FIELDS)
+        except ValueError as exc:
+            raise bad_request(f"the query is not valid: {exc}") from exc
+        method = self.command
+        request = proxy.resolve(context.api, context.registry, route,
+                                "GET" if method == "HEAD" else method, query, upgrade)
+        upstream = proxy.dial(request)
+        head = kubeletproxy.request_head(method, request, self.headers, upgrade, len(body))
+        early = self._buffered_request_bytes() if upgrade else b""
+        self.close_connection = True  # the relay ends with the kubelet's connection
+        log.info("%s %s -> kubelet of node %s at %s %s", method, self.path, request.endpoint.node,
+                 request.endpoint.address, request.target.split("?", 1)[0])
+        return kubeletproxy.forward(self.connection, early, upstream, head, body, upgrade,
+                                    context.settings.write_timeout)
+
+    def _buffered_request_bytes(self) -> bytes:
+        """What the client sent after the request head and we already buffered (it belongs to
+        the upgraded stream), without waiting for more."""
+        self.reader.probing = True
+        try:
+            data = self.rfile.peek(0)
+            return self.rfile.read(len(data)) if data else b""
+        finally:
+            self.reader.probing = False
 
     def _review(self, route: ResourceRoute, method: str, body: bytes) -> int:
         """The token is cluster-admin: every access review is allowed, the user is admin."""
@@ -553,6 +591,11 @@ def _percent_encode_raw(target: str) -> str:
     if target.isascii() and target.isprintable():
         return target
     return quote(target, safe=_TARGET_SAFE, encoding="latin-1")
+
+
+def _wants_upgrade(connection: str | None, upgrade: str | None) -> bool:
+    tokens = {t.strip().lower() for t in (connection or "").split(",")}
+    return "upgrade" in tokens and bool(upgrade)
 
 
 def _query(text: str) -> dict[str, str]:

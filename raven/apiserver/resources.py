@@ -56,6 +56,9 @@ class ResourceType:
     # A deprecated CRD version: sent to clients as a `Warning: 299` header (kubectl prints it).
     deprecation_warning: str = ""
     verbs: tuple[str, ...] = ALL_VERBS
+    # Subresources answered by a kubelet (pods/log, pods/exec, nodes/proxy): the API server
+    # dials the node and relays the bytes (raven.apiserver.kubeletproxy).
+    connect_subresources: tuple[str, ...] = ()
 
     @property
     def api_version(self) -> str:
@@ -93,7 +96,12 @@ RBAC = "rbac.authorization.k8s.io"
 BUILTIN_TYPES: tuple[ResourceType, ...] = (
     _core("namespaces", "Namespace", False, short_names=("ns",), has_status=True,
           status_on_create=True),
-    _core("nodes", "Node", False, short_names=("no",), has_status=True, status_on_create=True),
+    _core("nodes", "Node", False, short_names=("no",), has_status=True, status_on_create=True,
+          connect_subresources=("proxy",)),
+    # Pods are stored as their kubelets report them (the lab's kubelet stand-in registers its
+    # pods); there is no scheduler: spec.nodeName is written by whoever creates the pod.
+    _core("pods", "Pod", True, short_names=("po",), has_status=True, status_on_create=True,
+          categories=("all",), connect_subresources=("log", "exec", "attach")),
     _core("configmaps", "ConfigMap", True, short_names=("cm",)),
     _core("secrets", "Secret", True),
     _core("events", "Event", True, short_names=("ev",)),

@@ -46,6 +46,8 @@ class ResourceRoute:
     name: str | None
     subresource: str
     watch_path: bool  # the legacy /watch/ prefix
+    # nodes/NAME/proxy/PATH: the decoded segments after "proxy" (the kubelet path), else ().
+    proxy_segments: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,10 +158,14 @@ def _resource(group: str, version: str, rest: list[str], shown: str,
         and not (group == "" and rest[2] in NAMESPACE_SUBRESOURCES and len(rest) == 3)
     ):
         namespace, rest = _checked("namespace", rest[1]), rest[2:]
-    if not rest or len(rest) > 3:
+    if not rest:
         raise page_not_found(shown)
     rtype = types.get(group, version, rest[0])
     if rtype is None:
+        raise page_not_found(shown)
+    # Only nodes/NAME/proxy/... may go deeper than a subresource: the rest is the kubelet path.
+    deep = len(rest) > 3 and rest[2] == "proxy" and "proxy" in rtype.connect_subresources
+    if len(rest) > 3 and not deep:
         raise page_not_found(shown)
     if rtype.namespaced and namespace is None and len(rest) > 1:
         raise page_not_found(shown)
@@ -169,6 +175,7 @@ def _resource(group: str, version: str, rest: list[str], shown: str,
     subresource = rest[2] if len(rest) > 2 else ""
     served = subresource == "status" and rtype.has_status
     finalize = rtype.plural == "namespaces" and subresource == "finalize"
-    if subresource and not served and not finalize:
+    connect = subresource in rtype.connect_subresources and not watch_path
+    if subresource and not served and not finalize and not connect:
         raise page_not_found(shown)
-    return ResourceRoute(rtype, namespace, name, subresource, watch_path)
+    return ResourceRoute(rtype, namespace, name, subresource, watch_path, tuple(rest[3:]))

@@ -27,6 +27,8 @@ CA_KEY = "ca.key"
 SERVING_CERT = "apiserver.crt"
 SERVING_KEY = "apiserver.key"
 TOKEN = "token"
+KUBELET_CLIENT_CERT = "apiserver-kubelet-client.crt"
+KUBELET_CLIENT_KEY = "apiserver-kubelet-client.key"
 KUBECONFIG = "admin.kubeconfig"
 
 
@@ -155,3 +157,54 @@ def write_kubeconfig(
     path = data_dir / KUBECONFIG
     write_private(path, yaml.safe_dump(config, sort_keys=False).encode())
     return path
+
+
+def issue_certificate(data_dir: Path, cert_path: Path, key_path: Path, common_name: str,
+                      names: list[str], client: bool = False,
+                      organization: str | None = None) -> None:
+    """A leaf certificate from the cluster CA of `data_dir` (made if missing): a serving
+    certificate for `names`, or with `client` a client certificate (clientAuth). The key is
+    written 0600; both files are replaced atomically."""
+    ca_cert, ca_key = _load_ca(data_dir)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    subject = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        subject.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name(subject))
+        .issuer_name(ca_cert.subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=365))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
+                       critical=False)
+    )
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(_san_entries(names)),
+                                        critical=False)
+    cert = builder.sign(ca_key, hashes.SHA256())
+    write_private(key_path, _key_pem(key))
+    tmp = cert_path.with_name(cert_path.name + ".tmp")
+    tmp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    os.replace(tmp, cert_path)
+
+
+def ensure_kubelet_client(data_dir: Path) -> tuple[Path, Path]:
+    """The API server's client certificate for kubelets and egress proxies (kube-apiserver's
+    --kubelet-client-certificate): made once from the cluster CA, re-issued when it is not from
+    that CA or has less than 30 days left."""
+    cert_path, key_path = data_dir / KUBELET_CLIENT_CERT, data_dir / KUBELET_CLIENT_KEY
+    ca_cert, _ = _load_ca(data_dir)
+    if cert_path.exists() and key_path.exists():
+        current = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        remaining = current.not_valid_after_utc - datetime.datetime.now(datetime.UTC)
+        if current.issuer == ca_cert.subject and remaining > datetime.timedelta(days=30):
+            return cert_path, key_path
+    issue_certificate(data_dir, cert_path, key_path, "kube-apiserver-kubelet-client", [],
+                      client=True, organization="system:masters")
+    return cert_path, key_path

@@ -17,6 +17,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 from raven.apiserver import security
 from raven.apiserver.api import ResourceApi
@@ -25,9 +26,15 @@ from raven.apiserver.context import ServerContext
 from raven.apiserver.errors import ApiServerError
 from raven.apiserver.fanout import WatchFanout
 from raven.apiserver.handler import RequestHandler
+from raven.apiserver.kubeletproxy import KubeletProxy
+from raven.apiserver.nodedial import EgressProxy, NodeDialer, client_context, parse_host_port
+from raven.apiserver.ravenproxy import RavenProxy
 from raven.apiserver.resources import Registry
+from raven.apiserver.selectors import make_filter
 from raven.apiserver.settings import ApiServerSettings
+from raven.apiserver.status import ApiError
 from raven.apiserver.store import Store
+from raven.constants import API_GROUP, API_VERSION, GATEWAY_PLURAL
 
 log = logging.getLogger("raven.apiserver")
 
@@ -86,6 +93,7 @@ class ApiServer:
         self.api.bootstrap()
         self.stopping = False
         self.httpd: ApiServerHTTP | None = None
+        self.kubelets: KubeletProxy | None = None
         self.ca_cert: Path | None = None
         self.kubeconfig: Path | None = None
         self.address = ""
@@ -105,6 +113,7 @@ class ApiServer:
             context.minimum_version = ssl.TLSVersion.TLSv1_2
             context.load_cert_chain(str(cert), str(key))
             context.set_alpn_protocols(["http/1.1"])
+        self.kubelets = self._kubelet_proxy()
         try:
             self.httpd = ApiServerHTTP((settings.host or "0.0.0.0", settings.port),
                                        RequestHandler, self._context(), context)
@@ -128,7 +137,53 @@ class ApiServer:
         return ServerContext(settings=self.settings, token=self.token, registry=self.registry,
                              api=self.api, store=self.store, address=self.address,
                              is_stopping=lambda: self.stopping,
-                             watch_health=self.fanout.health)
+                             watch_health=self.fanout.health,
+                             kubelets=self.kubelets)
+
+    def _kubelet_proxy(self) -> KubeletProxy:
+        """TLS to kubelets (client cert, CA) and the egress proxies; ApiServerError naming the
+        setting when the material cannot be loaded."""
+        s = self.settings
+        ca = s.kubelet_ca or self.data_dir / security.CA_CERT
+        try:
+            if s.kubelet_client_cert is not None and s.kubelet_client_key is not None:
+                cert, key = s.kubelet_client_cert, s.kubelet_client_key
+            else:
+                cert, key = security.ensure_kubelet_client(self.data_dir)
+            kubelet_tls = client_context(str(ca), str(cert), str(key))
+            proxy_tls = None
+            if s.egress_proxies:
+                proxy_ca = s.egress_proxy_ca or self.data_dir / security.CA_CERT
+                proxy_tls = client_context(str(proxy_ca), str(cert), str(key))
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise ApiServerError(f"cannot load the TLS material for kubelets (CA {ca}): {exc}; "
+                                 "check --kubelet-certificate-authority, "
+                                 "--kubelet-client-certificate/-key and --egress-proxy-ca") from exc
+        try:
+            proxies = tuple(EgressProxy(*parse_host_port(p, "--egress-proxy"))
+                            for p in s.egress_proxies)
+            selector = make_filter(s.egress_selector or None, None, "Node")
+        except (ValueError, ApiError) as exc:
+            raise ApiServerError(f"egress settings: {getattr(exc, 'message', exc)}") from exc
+        networks = tuple(ipaddress.ip_network(n, strict=False) for n in s.kubelet_networks)
+        raven = None
+        if s.raven_proxy_ca is not None and s.raven_proxy_ca_key is not None:
+            raven = RavenProxy(s.raven_proxy_ca, s.raven_proxy_ca_key, s.raven_proxy_port,
+                               self._stored_gateways)
+            try:
+                raven.context()  # the CA files are read now: a bad one stops the start
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                raise ApiServerError(f"cannot issue a proxy client certificate from "
+                                     f"--raven-proxy-ca {s.raven_proxy_ca}: {exc}") from exc
+        dialer = NodeDialer(kubelet_tls, proxy_tls, proxies,
+                            selector or (lambda _node: True), s.kubelet_timeout, raven)
+        return KubeletProxy(dialer, networks)
+
+    def _stored_gateways(self) -> list[dict[str, Any]]:
+        rtype = self.registry.get(API_GROUP, API_VERSION, GATEWAY_PLURAL)
+        assert rtype is not None  # Gateways are always served
+        items, _ = self.api.list(rtype, None, None)
+        return [item.obj for item in items]
 
     def serve_forever(self) -> None:
         assert self.httpd is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +49,31 @@ class ApiServerSettings:
     write_timeout: float = 60.0
     # Connections served at once (one thread each, watches included); more are closed at accept.
     max_connections: int = 1024
+    # --- kubelets (pods/log, pods/exec, pods/attach, nodes/proxy; raven.apiserver.nodedial)
+    # CA that kubelet serving certificates must chain to; None: the cluster CA of the data dir.
+    kubelet_ca: Path | None = None
+    # Client certificate and key presented to kubelets (and egress proxies); None: made in the
+    # data dir from the cluster CA (apiserver-kubelet-client.crt).
+    kubelet_client_cert: Path | None = None
+    kubelet_client_key: Path | None = None
+    # Networks (CIDRs) node addresses must lie in to be dialled; empty: any unicast address
+    # that is not link-local.
+    kubelet_networks: tuple[str, ...] = ()
+    # Seconds to connect (TCP, proxy CONNECT, TLS) to a kubelet before answering 503/502.
+    kubelet_timeout: float = 10.0
+    # HTTP CONNECT proxies over TLS (HOST:PORT), tried in order, for the nodes `egress_selector`
+    # selects (kube-apiserver's egress selector, HTTPConnect mode); empty: always direct.
+    egress_proxies: tuple[str, ...] = ()
+    # Label selector of the Nodes reached through the egress proxies; "" selects every node.
+    egress_selector: str = ""
+    # CA that egress proxy certificates must chain to; None: the cluster CA.
+    egress_proxy_ca: Path | None = None
+    # Raven's proxy (docs/proxy.md): nodes of NAT'd pools are reached through the proxy servers
+    # the Gateway status names, with a client certificate issued from this CA (certificate and
+    # key); None: not used. Checked before the egress proxies above.
+    raven_proxy_ca: Path | None = None
+    raven_proxy_ca_key: Path | None = None
+    raven_proxy_port: int = 10263  # the proxy servers' server-facing port
 
     def __post_init__(self) -> None:
         problems = []
@@ -57,5 +83,20 @@ class ApiServerSettings:
         for name in ("header_timeout", "body_timeout", "idle_timeout", "write_timeout"):
             if not getattr(self, name) > 0:
                 problems.append(f"{name} must be more than 0 seconds (got {getattr(self, name)})")
+        if not self.kubelet_timeout > 0:
+            problems.append(f"kubelet_timeout must be more than 0 seconds "
+                            f"(got {self.kubelet_timeout})")
+        for cidr in self.kubelet_networks:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                problems.append(f"kubelet_networks: {cidr!r} is not a network (e.g. "
+                                "198.18.0.0/15)")
+        if (self.raven_proxy_ca is None) != (self.raven_proxy_ca_key is None):
+            problems.append("raven_proxy_ca and raven_proxy_ca_key go together")
+        if not 0 < self.raven_proxy_port < 65536:
+            problems.append(f"raven_proxy_port must be a port number (got {self.raven_proxy_port})")
+        if (self.kubelet_client_cert is None) != (self.kubelet_client_key is None):
+            problems.append("kubelet_client_cert and kubelet_client_key go together")
         if problems:
             raise ApiServerError("API server settings: " + "; ".join(problems))

@@ -170,6 +170,12 @@ def _node_roles(obj: dict[str, Any]) -> str:
     return ",".join(roles) or "<none>"
 
 
+def _pod_ready(obj: dict[str, Any]) -> str:
+    containers = (obj.get("spec") or {}).get("containers") or []
+    statuses = (obj.get("status") or {}).get("containerStatuses") or []
+    return f"{sum(bool(s.get('ready')) for s in statuses)}/{len(containers)}"
+
+
 def _builtin_columns(rtype: ResourceType) -> list[Column]:
     def created(o: dict[str, Any]) -> str:
         return age(_meta(o, "creationTimestamp"))
@@ -183,6 +189,17 @@ def _builtin_columns(rtype: ResourceType) -> list[Column]:
             (AGE, created),
             (_col("Version"), lambda o: ((o.get("status") or {}).get("nodeInfo") or {}).get("kubeletVersion", "")),  # noqa: E501
             (_col("Internal-IP", priority=1), lambda o: next((a.get("address") for a in (o.get("status") or {}).get("addresses") or [] if a.get("type") == "InternalIP"), "<none>")),  # noqa: E501
+        ]
+    elif kind == "Pod" and rtype.group == "":
+        columns += [
+            (_col("Ready"), _pod_ready),
+            (_col("Status"), lambda o: (o.get("status") or {}).get("phase", "")),
+            (_col("Restarts", "integer"), lambda o: sum(
+                int(c.get("restartCount") or 0)
+                for c in (o.get("status") or {}).get("containerStatuses") or [])),
+            (AGE, created),
+            (_col("IP", priority=1), lambda o: (o.get("status") or {}).get("podIP") or "<none>"),
+            (_col("Node", priority=1), lambda o: (o.get("spec") or {}).get("nodeName") or "<none>"),
         ]
     elif kind == "Namespace":
         columns += [(_col("Status"), lambda o: (o.get("status") or {}).get("phase", "")),

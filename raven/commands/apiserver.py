@@ -43,9 +43,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--idle-timeout", type=float, default=90.0, metavar="SECONDS",
                         help="close a keep-alive connection idle this long (default 90; "
                         "watches are never idle)")
+    kubelets = parser.add_argument_group(
+        "kubelets", "how pods/log, pods/exec and nodes/proxy reach a node's kubelet (its "
+        "InternalIP and status.daemonEndpoints.kubeletEndpoint.Port, default 10250)")
+    kubelets.add_argument("--kubelet-certificate-authority", type=Path, metavar="FILE",
+                          help="CA for kubelet serving certificates (default: DATA_DIR/ca.crt)")
+    kubelets.add_argument("--kubelet-client-certificate", type=Path, metavar="FILE",
+                          help="client certificate for kubelets and egress proxies (default: "
+                          "DATA_DIR/apiserver-kubelet-client.crt, made from the CA)")
+    kubelets.add_argument("--kubelet-client-key", type=Path, metavar="FILE",
+                          help="its key")
+    kubelets.add_argument("--kubelet-network", action="append", default=[], metavar="CIDR",
+                          help="node addresses outside these networks are refused (403); "
+                          "repeatable (default: any unicast address but link-local)")
+    kubelets.add_argument("--kubelet-timeout", type=float, default=10.0, metavar="SECONDS",
+                          help="connect timeout to a kubelet or egress proxy (default 10)")
+    kubelets.add_argument("--egress-proxy", action="append", default=[], metavar="HOST:PORT",
+                          help="HTTP CONNECT proxy over TLS to reach the nodes --egress-selector "
+                          "selects (kube-apiserver's egress selector); repeatable, tried in order")
+    kubelets.add_argument("--egress-selector", default="", metavar="LABEL_SELECTOR",
+                          help="Nodes reached through --egress-proxy (default: every node), e.g. "
+                          "'raven.openyurt.io/gateway in (gw-edge)'")
+    kubelets.add_argument("--egress-proxy-ca", type=Path, metavar="FILE",
+                          help="CA for the egress proxies' certificates (default: DATA_DIR/ca.crt)")
+    kubelets.add_argument("--raven-proxy-ca", type=Path, metavar="FILE",
+                          help="reach nodes of NAT'd pools through Raven's proxy servers named "
+                          "by the Gateway status, with a client certificate issued from this CA "
+                          "(docs/proxy.md); needs --raven-proxy-ca-key")
+    kubelets.add_argument("--raven-proxy-ca-key", type=Path, metavar="FILE",
+                          help="the key of --raven-proxy-ca")
+    kubelets.add_argument("--raven-proxy-port", type=int, default=10263, metavar="PORT",
+                          help="the proxy servers' server-facing port (default 10263)")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log every request (-v) and connection details (-vv)")
     parser.set_defaults(func=run)
+
+
+# Settings named in ApiServerError messages -> the options that set them (longest first).
+SETTING_OPTIONS = (
+    ("max_body_bytes", "--max-request-body-bytes"), ("max_connections", "--max-connections"),
+    ("idle_timeout", "--idle-timeout"), ("raven_proxy_ca_key", "--raven-proxy-ca-key"),
+    ("raven_proxy_ca", "--raven-proxy-ca"), ("raven_proxy_port", "--raven-proxy-port"),
+    ("kubelet_timeout", "--kubelet-timeout"), ("kubelet_networks", "--kubelet-network"),
+)
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -84,11 +124,19 @@ def run(args: argparse.Namespace) -> int:
             bookmark_interval=args.bookmark_interval,
             max_body_bytes=args.max_request_body_bytes, max_connections=args.max_connections,
             idle_timeout=args.idle_timeout,
+            kubelet_ca=args.kubelet_certificate_authority,
+            kubelet_client_cert=args.kubelet_client_certificate,
+            kubelet_client_key=args.kubelet_client_key,
+            kubelet_networks=tuple(args.kubelet_network), kubelet_timeout=args.kubelet_timeout,
+            egress_proxies=tuple(args.egress_proxy), egress_selector=args.egress_selector,
+            egress_proxy_ca=args.egress_proxy_ca, raven_proxy_ca=args.raven_proxy_ca,
+            raven_proxy_ca_key=args.raven_proxy_ca_key, raven_proxy_port=args.raven_proxy_port,
         )
         return serve(settings, on_ready=ready)
     except ApiServerError as exc:
         # --option names for the settings the CLI exposes
-        message = str(exc).replace("max_body_bytes", "--max-request-body-bytes").replace(
-            "max_connections", "--max-connections").replace("idle_timeout", "--idle-timeout")
+        message = str(exc)
+        for setting, option in SETTING_OPTIONS:
+            message = message.replace(setting, option)
         raise CommandError(message) from exc
 

@@ -47,6 +47,7 @@ from raven.lab.topology import Topology, lab_name_problem, load_topology
 
 Progress = Callable[[str], None]
 ROUTER_SYSCTLS = ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
+NO_DAD_SYSCTLS = ("net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0")
 PARALLEL = 8
 
 
@@ -110,12 +111,23 @@ def up(topology: Topology, name: str | None = None, progress: Progress = _quiet,
     return plan
 
 
+def _uses_ipv6(plan: LabPlan) -> bool:
+    return plan.has_v6_underlay or any(
+        ":" in address for _, _, pod in plan.pods() for address in pod.addresses())
+
+
 def _build(plan: LabPlan, progress: Progress) -> None:
     names = plan.netns_names()
     n_nodes = len(plan.nodes())
     progress(f"creating {len(names)} namespaces ({len(plan.pools)} pools, {n_nodes} nodes, "
              f"{len(plan.pods())} pods)")
     nsutil.ip_batch(f"netns add {n}" for n in names)
+    if _uses_ipv6(plan):
+        # No Duplicate Address Detection in the lab: the plan's addresses are unique, and the
+        # kernel's own link-local addresses would stay tentative for about a second after each
+        # link comes up, so the first IPv6 packets between pods routed via them were lost. Set
+        # before any link exists: links created in or moved into a namespace take its defaults.
+        _parallel(lambda n: nsutil.sysctl(n, *NO_DAD_SYSCTLS), names)
     # Holders only need their namespace: start them now, they settle while links are built.
     holders = {t: runtime.start_holder(plan.name, t, plan.targets()[t]) for t in plan.hosts()}
 

@@ -51,6 +51,7 @@ from raven.lab.topology import CONTROL_PLANE
 from raven.model import DEFAULT_PROXY_PORT
 from raven.safeyaml import load_yaml
 from raven.settings import AgentSettings, ControllerSettings, default_of
+from raven.timefmt import to_time
 
 Progress = Callable[[str], None]
 APISERVER_PORT = 6443
@@ -236,8 +237,15 @@ def start_apiserver(lab: str, timeout: float = 30.0) -> None:
     data.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(data, 0o700)  # mkdir's mode is masked by the umask and ignored when it exists
     kubeconfig_path(lab).unlink(missing_ok=True)
+    # Kubelets (pods/log, pods/exec, nodes/proxy) are dialled only at the pools' node addresses.
+    networks = [arg for lan in kubelet_lans(plan) for arg in ("--kubelet-network", lan)]
+    # NAT'd pools' kubelets through the proxy servers the Gateway status names (docs/proxy.md).
+    proxy_ca, proxy_key = proxy_ca_paths(lab)
+    if proxy_ca.exists() and proxy_key.exists():
+        networks += ["--raven-proxy-ca", str(proxy_ca), "--raven-proxy-ca-key", str(proxy_key)]
     runtime.start_process(lab, CONTROL_PLANE, APISERVER, raven_argv(
-        "apiserver", "--data-dir", str(data), *apiserver_listen_args(plan)), umask=0o077)
+        "apiserver", "--data-dir", str(data), *apiserver_listen_args(plan), *networks),
+        umask=0o077)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not runtime.process_running(lab, CONTROL_PLANE, APISERVER):
@@ -255,6 +263,11 @@ def start_apiserver(lab: str, timeout: float = 30.0) -> None:
 def _dual_control_plane(plan: LabPlan) -> bool:
     cp = plan.control_plane
     return bool(cp.ip6) and cp.ip != cp.ip6
+
+
+def kubelet_lans(plan: LabPlan) -> list[str]:
+    """Where kubelets may be dialled (pods/log, pods/exec, nodes/proxy): the pools' LANs."""
+    return [lan for pool in plan.pools for lan in (pool.lan, pool.lan6) if lan]
 
 
 def apiserver_listen_args(plan: LabPlan) -> list[str]:
@@ -392,6 +405,11 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
     progress(f"kubelet stand-in: {len(plan.nodes())} Node objects")
     start_kubelet(lab, s)
     _wait_nodes(lab, len(plan.nodes()))
+    from raven.lab import kubelets  # it uses this module's paths and kubectl
+
+    progress(f"kubelet APIs on {len(plan.nodes())} nodes (port {kubelets.KUBELET_PORT}), "
+             f"{sum(len(n.pods) for _, n in plan.nodes())} Pods")
+    kubelets.start(lab, to_time(time.time()))
     progress(f"{len(plan.pools)} Gateways: " + ", ".join(
         f"{p.gateway} ({sum(n.gateway_candidate for n in p.nodes)} candidates, nat {p.nat})"
         for p in plan.pools))

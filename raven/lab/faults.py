@@ -37,7 +37,7 @@ import time
 
 from raven import constants
 from raven.errors import CommandError
-from raven.lab import build, cluster, runtime
+from raven.lab import build, cluster, kubelets, runtime
 from raven.lab import netns as nsutil
 from raven.lab.kubelet import disconnected_marker, down_marker
 from raven.lab.plan import LabPlan, NodePlan, PoolPlan
@@ -124,6 +124,7 @@ def node_up(lab: str, node: str, reboot: bool = False) -> None:
     down_marker(lab, node).unlink(missing_ok=True)
     if cluster.has_overlay(lab) and not runtime.process_running(lab, node, cluster.AGENT):
         cluster.start_agent(lab, node)
+    kubelets.ensure_running(lab, node)
 
 
 def _lab_wiring(pool: PoolPlan, node: NodePlan) -> list[str]:

@@ -229,3 +229,27 @@ def icmp_probe(netns: str, addresses: list[str], tries: int = 2,
                timeout_s: float = 1.0) -> dict[str, float | None]:
     """icmp_probe_many for one source namespace: address -> RTT in ms, None if no reply."""
     return icmp_probe_many({netns: addresses}, tries, timeout_s)[netns]
+
+
+# --- a pod's sandbox and "container" -------------------------------------------------------------
+
+# $0 is the pod's name. The sandbox plays Kubernetes' pause container: it holds the pod's UTS
+# namespace (hostname = pod name) and is the process whose namespaces an exec enters (a node's
+# private mount namespace has no /run/netns to find the pod's network namespace by name).
+POD_SANDBOX_SCRIPT = 'hostname "$0" && exec sleep infinity'
+# Without a sandbox (tests outside a lab): a UTS namespace of its own named after the pod; `exec`
+# keeps the command's status (127 with the shell's message when it does not exist).
+POD_EXEC_SCRIPT = 'hostname "$0" && exec "$@"'
+
+
+def pod_sandbox_argv(hostname: str) -> list[str]:
+    """The pod's sandbox process (run in the pod's network namespace by the supervisor)."""
+    return ["unshare", "--uts", "--", "sh", "-c", POD_SANDBOX_SCRIPT, hostname]
+
+
+def pod_exec_argv(sandbox_pid: int | None, hostname: str) -> list[str]:
+    """Prefix that runs a command the way a pod's container sees it: in the network and UTS
+    namespaces of the pod's sandbox, or without one in a UTS namespace named after the pod."""
+    if sandbox_pid is not None:
+        return ["nsenter", "--target", str(sandbox_pid), "--net", "--uts", "--"]
+    return ["unshare", "--uts", "--", "sh", "-c", POD_EXEC_SCRIPT, hostname]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from overlay_support import overlay_lab
 
-from raven.lab import cluster, runtime
+from raven.lab import cluster, kubelets, runtime
 from raven.lab.plan import LabPlan
 from raven.lab.topology import CONTROL_PLANE
 
@@ -32,6 +32,8 @@ def lab() -> Iterator[LabPlan]:
     with overlay_lab("three-pools.yaml", area="px") as plan:
         for _, node in plan.nodes():
             if node.name in ("cone-2", "sym-2", "cloud-2"):
+                # The echo server answers on the kubelet's port instead of the lab's kubelet API.
+                runtime.stop_process(plan.name, node.name, kubelets.KUBELET_API)
                 runtime.start_process(plan.name, node.name, "echo", [
                     sys.executable, "-m", "raven.lab.echo", "--listen",
                     f"{node.underlay_ip}:{ECHO_PORT}"])

@@ -20,6 +20,10 @@ TOPOLOGIES = sorted((Path(__file__).resolve().parents[2] / "test-topologies").gl
 pytestmark = pytest.mark.root
 
 
+def families(pod) -> set[str]:
+    return {"ipv6" if ":" in address else "ipv4" for address in pod.addresses()}
+
+
 def ip_json(*args: str) -> list[dict]:
     out = subprocess.run(["ip", "-json", *args], capture_output=True, text=True, check=True)
     return json.loads(out.stdout or "[]")
@@ -32,8 +36,12 @@ def test_topology_builds_and_pods_answer_inside_pools(lab_factory, path: Path) -
     for ns in plan.netns_names():
         assert ns in existing
     report = ping_all(plan, scope="pool")
-    expected = sum(len(p) * (len(p) - 1) for p in
-                   ([pod for n in pool.nodes for pod in n.pods] for pool in plan.pools))
+    # One pair per ordered pod pair and per address family both pods have.
+    expected = sum(
+        len(families(a) & families(b))
+        for pool in plan.pools
+        for a in (pod for n in pool.nodes for pod in n.pods)
+        for b in (pod for n in pool.nodes for pod in n.pods) if a is not b)
     assert len(report.pairs) == expected
     assert report.ok, [f"{p.src}->{p.dst}" for p in report.pairs if not p.ok]
     assert all(p.rtt_ms is not None and p.rtt_ms > 0 for p in report.pairs)
@@ -41,7 +49,11 @@ def test_topology_builds_and_pods_answer_inside_pools(lab_factory, path: Path) -
     pool, node = plan.nodes()[0]
     eth0 = ip_json("-n", node.netns, "addr", "show", "dev", "eth0")[0]
     assert eth0["mtu"] == pool.mtu
-    assert [a["local"] for a in eth0["addr_info"] if a["family"] == "inet"] == [node.underlay_ip]
+    inet = [a["local"] for a in eth0["addr_info"] if a["family"] == "inet"]
+    assert inet == ([node.underlay_ip] if node.underlay_ip else [])
+    inet6 = [a["local"] for a in eth0["addr_info"]
+             if a["family"] == "inet6" and a.get("scope") == "global"]
+    assert inet6 == ([node.underlay_ip6] if node.underlay_ip6 else [])
 
 
 def test_pools_do_not_reach_each_other_without_the_overlay(three_pools_lab: LabPlan) -> None:
