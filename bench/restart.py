@@ -5,6 +5,12 @@ second, a member pod of the cone-NAT pool: the path crosses both pools' active g
 agents of both active gateways are restarted (`raven.lab.faults.agent_restart`: SIGTERM, the
 data plane stays, a new agent adopts it) --restarts times each, alternating. Reported: packets
 sent, received, lost, the seconds each agent was away, and whether a gateway moved.
+Adoption is proved by oracles independent of the agent (never its own counters): during each
+restart and for SETTLE seconds after the new agent is ready, `ip monitor` (links, addresses,
+routes, rules, neighbours), `bridge monitor fdb` and `nft monitor` run in the node's namespace
+and every event on our objects (raven0, raven-wg0, tables 9027/9028, our nft table) counts as a
+kernel write; `wg show raven-wg0 dump` before and after must list the same configuration
+(listen port, peers, allowed IPs, keepalive).
 Prints figures only; `--json` prints a JSON summary as the last line ({"lost", ...}).
 
     .venv/bin/python bench/restart.py [--restarts 3] [--json]
@@ -23,11 +29,47 @@ import sys
 import time
 from pathlib import Path
 
-from raven.lab import build, cluster, faults, teardown
+from raven.lab import build, cluster, faults, runtime, teardown
 from raven.lab.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 100
+SETTLE = 2.0  # seconds after the new agent is ready during which writes are still counted
+OURS = ("raven0", "raven-wg0", "9027", "9028", " raven ")
+MONITORS = (["ip", "monitor", "link", "address", "route", "rule", "neigh"],
+            ["bridge", "monitor", "fdb"], ["nft", "monitor"])
+
+
+def wg_config(lab: str, node: str) -> list[tuple[str, ...]]:
+    """The configuration part of `wg show raven-wg0 dump` (no counters, handshakes or roamed
+    endpoints)."""
+    proc = subprocess.run([*runtime.exec_argv(lab, node), "wg", "show", "raven-wg0", "dump"],
+                          capture_output=True, text=True, timeout=30)
+    rows = [line.split("\t") for line in proc.stdout.splitlines()]
+    if not rows:
+        return []
+    device = ("device", rows[0][2])  # listen port
+    peers = [(r[0], r[3], r[7]) for r in rows[1:] if len(r) >= 8]  # key, allowed IPs, keepalive
+    return [device, *sorted(peers)]
+
+
+def restart_counting_writes(lab: str, node: str) -> tuple[float, int, list[str], bool]:
+    """(seconds away, kernel writes seen by the monitors, the events, wg config unchanged)."""
+    netns = runtime.load_plan(lab)
+    netns_name = next(n.netns for _, n in netns.nodes() if n.name == node)
+    before = wg_config(lab, node)
+    monitors = [subprocess.Popen(["ip", "netns", "exec", netns_name, *argv],
+                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                for argv in MONITORS]
+    time.sleep(0.3)  # the monitors are subscribed before anything happens
+    away = faults.agent_restart(lab, node)
+    time.sleep(SETTLE)
+    events: list[str] = []
+    for proc in monitors:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=10)
+        events += [line for line in out.splitlines() if any(o in f" {line} " for o in OURS)]
+    return away, len(events), events, wg_config(lab, node) == before
 
 
 def main() -> int:
@@ -40,6 +82,8 @@ def main() -> int:
         sys.exit("needs root (network namespaces)")
     lab = f"rvb-rs-{secrets.token_hex(3)}"
     away: list[float] = []
+    writes: list[int] = []
+    wg_same: list[bool] = []
     try:
         plan = build.up(load_topology(args.topology), lab, source=args.topology)
         cluster.up(plan)
@@ -47,7 +91,7 @@ def main() -> int:
         gateways = [cluster.wait_active(lab, cloud.name), cluster.wait_active(lab, edge.name)]
         src = cloud.nodes[-1].pods[0]
         dst = edge.nodes[-1].pods[0]
-        seconds = 4 + 4 * args.restarts * len(gateways)
+        seconds = 4 + 7 * args.restarts * len(gateways)
         ping = subprocess.Popen(
             ["ip", "netns", "exec", src.netns, "ping", "-n", "-q", "-i", f"{1 / RATE}", "-c",
              str(seconds * RATE), "-W", "2", dst.ip],
@@ -55,8 +99,13 @@ def main() -> int:
         time.sleep(2)
         for _ in range(args.restarts):
             for node in gateways:
-                away.append(faults.agent_restart(lab, node))
-                time.sleep(3)
+                seconds, count, events, same = restart_counting_writes(lab, node)
+                away.append(seconds)
+                writes.append(count)
+                wg_same.append(same)
+                for event in events[:5]:
+                    print(f"  {node}: kernel event during restart: {event}", flush=True)
+                time.sleep(1)
         out, _ = ping.communicate(timeout=seconds + 60)
         match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
         if not match:
@@ -69,12 +118,15 @@ def main() -> int:
     lost = sent - received
     print(f"{len(away)} agent restarts on {', '.join(gateways)} during {sent} packets at "
           f"{RATE} pps: lost {lost} (target 0); agent away median "
-          f"{statistics.median(away):.2f}s; gateway moved: {moved}")
+          f"{statistics.median(away):.2f}s; gateway moved: {moved}; kernel writes seen by "
+          f"ip/bridge/nft monitor per restart: {writes} (target 0); wg config unchanged: "
+          f"{all(wg_same)}")
     if args.json:
         print(json.dumps({"lost": lost, "sent": sent, "received": received,
                           "restarts": len(away), "rate_pps": RATE,
                           "agent_away_seconds": [round(a, 2) for a in away],
-                          "gateway_moved": moved}))
+                          "gateway_moved": moved, "kernel_writes_per_restart": writes,
+                          "wireguard_config_unchanged": all(wg_same)}))
     return 0
 
 

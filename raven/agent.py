@@ -20,7 +20,10 @@ Rules kept:
   raven.gateway_status);
 - SIGTERM stops the loops and leaves the kernel state in place (hitless restart); only
   `raven agent cleanup` removes it;
-- planning is the pure `raven.topology.plan_node`.
+- planning is the pure `raven.topology.plan_node`, on the Gateways as this node sees them:
+  `raven.failover.effective_gateways` replaces a pool's active gateway when data-path probes
+  (`raven.healthprobe`, their own thread) see it DOWN, with no API call, and `raven.standby.warm`
+  keeps the standby paths ready. A change of a probe verdict re-plans at once (like drift).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from raven import agent_step, constants, nat_discovery, relay_choice
+from raven import agent_step, constants, failover, nat_discovery, relay_choice, standby
 from raven.agent_step import Apply, Inputs, Observation, PublishKey, RefreshStats, SaveCache
 from raven.dataplane import Dataplane, DataplaneSettings
 from raven.desired import NodeState, Role
@@ -43,15 +46,16 @@ from raven.errors import ValidationError
 from raven.health import HealthServer
 from raven.kube.cache import JSON, CachedInputs, InputCache, atomic_write_json
 from raven.kube.errors import KubeError
-from raven.model import Gateway, Node
+from raven.model import TUNNEL, Gateway, Node
 from raven.path_agent import PathManager
 from raven.paths import PathPlan
 from raven.proxy.metrics import ProxyMetrics
 from raven.proxy.plan import plan_proxy
 from raven.settings import AgentSettings
-from raven.topology import plan_node
+from raven.topology import plan_node, vtep_for
 
 if TYPE_CHECKING:  # imported at connect(): the kubernetes client costs ~1 s and ~30 MiB
+    from raven.healthprobe.prober import Prober
     from raven.kube.client import Kube
     from raven.kube.events import EventRecorder
     from raven.kube.informer import Informer
@@ -171,6 +175,10 @@ class Agent:
         self._reconcile_lock = threading.RLock()
         self._adopted = False
         self.paths = PathManager(self)
+        self.prober: Prober | None = None  # started by run() when probes are enabled
+        self.switches: tuple[str, ...] = ()  # pools whose active gateway this node replaced
+        self.pool_gateway: str | None = None  # our pool's gateway as we use it, for the Node
+        self._decision = threading.Event()  # pool_gateway changed: publish it
         self.proxy_metrics = ProxyMetrics(self.metrics.registry)
         self.proxy: ProxyComponent | None = None  # started by run() (docs/proxy.md)
 
@@ -289,7 +297,9 @@ class Agent:
                     self.path_plans = self.paths.adopt(gateways, time.monotonic(), time.time())
                 except Exception as exc:  # then they are probed again, nothing worse
                     log.warning("direct paths of the previous agent not adopted: %s", exc)
+            gateways = self._failover(gateways)
             state = plan_node(gateways, me, self.settings.overlay, self.path_plans)
+            state = standby.warm(state, gateways, self.settings.node, self.settings.overlay)
         except Exception as exc:
             self.metrics.errors.labels("plan").inc()
             self.last_error = f"plan: {exc}"
@@ -327,12 +337,95 @@ class Agent:
         self.state = state
         self.inputs = inputs
         self.last_error = None
+        self._retarget(gateways, state)
+        self._note_pool_gateway(gateways, state)
         if not self.ready:
             self.ready = True
             self.metrics.ready.set(1)
         self._write_status(gateways, state, inputs, wall, elapsed)
         self.paths.wake.set()  # new inputs may hold new candidates: look at once
         return True
+
+    def _failover(self, gateways: list[Gateway]) -> list[Gateway]:
+        """The Gateways as this node's probes see them (raven.failover), logging each change
+        of the decision."""
+        if self.prober is None:
+            return gateways
+        effective, switches = failover.effective_gateways(
+            gateways, self.prober.verdicts(), self.settings.node)
+        described = tuple(str(s) for s in switches)
+        if described != self.switches:
+            for text in described:
+                log.warning("failover without the API: %s", text)
+            if not described:
+                log.info("failover: every pool follows the controller's choice again")
+            self.switches = described
+        return effective
+
+    def _retarget(self, gateways: list[Gateway], state: NodeState) -> None:
+        if self.prober is None:
+            return
+        o = self.settings.overlay
+        source = state.vxlan.vtep_ip if state.vxlan is not None else None
+        targets = failover.probe_targets(gateways, self.settings.node,
+                                         lambda ip: vtep_for(ip)[0], o.vxlan_device,
+                                         o.wireguard_device) if source else ()
+        self.prober.set_targets(targets, source)
+
+    def _note_pool_gateway(self, gateways: list[Gateway], state: NodeState) -> None:
+        pool = next((g for g in gateways if g.name == state.pool), None)
+        active = [e.node_name for e in pool.status.active_endpoints
+                  if e.type == TUNNEL] if pool else []
+        chosen = active[0] if active else None
+        if chosen != self.pool_gateway:
+            self.pool_gateway = chosen
+            self._decision.set()
+
+    def publish_pool_gateway(self) -> bool:
+        """Make our Node's annotation name the gateway our pool uses as we decided it, so the
+        controller can adopt the pool's decision (raven.pool_decision); True when it does."""
+        if self.node is None or self.kube is None or self.pool_gateway is None:
+            return self.pool_gateway is None
+        from raven.kube.client import NODES
+
+        node = self.node.get(self.settings.node)
+        if node is None:
+            return False
+        annotations = (node.get("metadata") or {}).get("annotations") or {}
+        if annotations.get(constants.ANNOTATION_POOL_GATEWAY) == self.pool_gateway:
+            return True
+        patch = {"metadata": {"annotations": {
+            constants.ANNOTATION_POOL_GATEWAY: self.pool_gateway}}}
+        try:
+            self.kube.merge_patch(NODES, self.settings.node, patch)
+        except KubeError as exc:
+            self.metrics.errors.labels("publish").inc()
+            log.warning("node %s: cannot publish the pool's gateway: %s", self.settings.node, exc)
+            return False
+        return True
+
+    def _decision_loop(self, stop: threading.Event) -> None:
+        """Publish the pool's gateway on its own thread: while the pool is cut off from the API
+        server, a blocked write must never delay a reconcile (that is when failover happens)."""
+        s = self.settings
+        failures = 0
+        while not stop.is_set():
+            self._decision.wait(timeout=s.resync_period)
+            self._decision.clear()
+            if stop.is_set():
+                return
+            if self.publish_pool_gateway():
+                failures = 0
+                continue
+            failures += 1
+            stop.wait(s.backoff.delay(failures, random.random))
+            self._decision.set()  # try again
+
+    def _on_health(self) -> None:
+        """A probe target became or stopped being DOWN: plan again now (the drift path, so
+        it works from the offline cache too)."""
+        self._drift.set()
+        self._wake.set()
 
     def _report_skipped(self, wall: float) -> None:
         """One Warning Event on our Node per new set of skipped peers (not one per resync)."""
@@ -365,6 +458,8 @@ class Agent:
             "publicKey": self.public_key,
             "skipped": list(self.skipped),
             "paths": self.path_report,
+            "failover": list(self.switches),
+            "probes": self.prober.report() if self.prober is not None else [],
             # What this plan was made from: tests and operators can wait for "every agent has
             # acted on Gateway X at resourceVersion R" instead of sleeping.
             "gateways": {g.name: g.metadata.get("resourceVersion") for g in gateways},
@@ -382,6 +477,14 @@ class Agent:
             log.warning("cannot write %s: %s", STATUS_FILE, exc)
 
     def refresh_peer_metrics(self, wall: float) -> None:
+        if self.prober is not None:  # a responder that died is started again
+            from raven.healthprobe import responder
+
+            try:
+                responder.ensure(self.settings.state_dir, self.settings.probe.port,
+                                 self.settings.netns)
+            except OSError as exc:
+                log.warning("probe responder not started: %s", exc)
         try:
             observed = self.dataplane.observe()
         except Exception as exc:
@@ -497,6 +600,7 @@ class Agent:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.public_key = self.dataplane.public_key()
+        self._start_prober()
         self._start_proxy()
         cached = self.load_cache()
         state = self._start_from_cache(cached)  # before connect(): the client takes a second
@@ -518,9 +622,29 @@ class Agent:
             self.gateways.stop()
             self.node.stop()
             beating.join(timeout=s.kube.request_timeout + 1)
+            if self.prober is not None:
+                self.prober.stop()
             if self.proxy is not None:
                 self.proxy.stop()  # closes every proxy socket; the data plane stays
             self.dataplane.close()  # leaves every kernel object (and wireguard-go) in place
+
+    def _start_prober(self) -> None:
+        if not self.settings.probe.enabled:
+            return
+        from raven.healthprobe import responder
+        from raven.healthprobe.prober import Prober
+
+        s = self.settings
+        try:
+            # Its own process, left running like wireguard-go: a restart of this agent must
+            # not silence the probes others send to this node (they would fail over).
+            responder.ensure(s.state_dir, s.probe.port, s.netns)
+        except OSError as exc:
+            log.warning("probe responder not started: %s; other nodes cannot probe this one",
+                        exc)
+        prober = Prober(s.probe, self._on_health, s.netns)
+        prober.start()
+        self.prober = prober
 
     def _start_proxy(self) -> None:
         if not self.settings.proxy.enabled:
@@ -574,11 +698,14 @@ class Agent:
                                    daemon=True)
         beating.start()
         threading.Thread(target=self.paths.run, args=(stop,), name="paths", daemon=True).start()
+        threading.Thread(target=self._decision_loop, args=(stop,), name="pool-gateway",
+                         daemon=True).start()
         threading.Thread(target=self.paths.measure_loop, args=(stop,), name="relay-rtt",
                          daemon=True).start()
         # The loop sleeps on _wake, not on stop: wake it when stop is set (SIGTERM), or a stop
         # would wait for the next deadline (up to 10 s, longer than a heartbeat).
-        threading.Thread(target=lambda: (stop.wait(), self._wake.set()), name="stop-waker",
+        threading.Thread(target=lambda: (stop.wait(), self._wake.set(), self._decision.set()),
+                         name="stop-waker",
                          daemon=True).start()
         return beating
 

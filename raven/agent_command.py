@@ -18,6 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from raven.errors import CommandError
+from raven.failover import ProbeSettings, probe_problems
 from raven.settings import (
     AgentSettings,
     OverlaySettings,
@@ -54,6 +55,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
                    help=help_for(A, "resync_period"))
     p.add_argument("--heartbeat-period", type=float, default=default_of(A, "heartbeat_period"),
                    help=help_for(A, "heartbeat_period"))
+    p.add_argument("--probe-interval", type=float, default=default_of(ProbeSettings, "interval"),
+                   help=help_for(ProbeSettings, "interval"))
     p.add_argument("--metrics-listen", action="append", default=None, metavar="HOST:PORT",
                    help=help_for(A, "metrics_listen"))
     P = ProxySettings
@@ -98,6 +101,8 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     if not args.heartbeat_period > 0:
         problems.append(f"--heartbeat-period {args.heartbeat_period:g}: must be a positive "
                         "number of seconds")
+    probe = replace(ProbeSettings(), interval=args.probe_interval)
+    problems += probe_problems(probe)
     overlay = replace(OverlaySettings(), underlay_mtu=args.underlay_mtu)
     problems += overlay_problems(overlay)
     listen = tuple(args.metrics_listen or ())
@@ -133,6 +138,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         resync_period=args.resync,
         heartbeat_period=args.heartbeat_period,
         metrics_listen=listen,
+        probe=probe,
         proxy=proxy,
     )
 

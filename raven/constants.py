@@ -19,6 +19,9 @@ GATEWAY_LABEL = "raven.openyurt.io/gateway"  # node label: <gateway name> = pool
 # Per-node facts are published by each agent on its own Node object (never in the Gateway spec).
 ANNOTATION_PUBLIC_KEY = "raven.openyurt.io/wireguard-public-key"
 ANNOTATION_PUBLIC_ADDRESS = "raven.openyurt.io/public-address"
+# The gateway this node's pool uses as the agent decided it from data-path probes (our
+# addition): the controller adopts the pool's majority when it hears from the pool again.
+ANNOTATION_POOL_GATEWAY = "raven.openyurt.io/pool-gateway"
 
 # Heartbeats and leader election: coordination.k8s.io/v1 Leases.
 RAVEN_NAMESPACE = "kube-system"

@@ -37,6 +37,7 @@ from raven.gateway_status import (
     CONDITION_READY,
     CONDITION_SPEC_VALID,
     EVENT_ELECTED,
+    EVENT_FAILOVER,
     EVENT_LOST,
     StatusPlan,
     compute_status,
@@ -72,7 +73,7 @@ from raven.topology import relay_candidates
 log = logging.getLogger(__name__)
 
 __all__ = [  # the pure names stay importable from here for existing callers
-    "CONDITION_READY", "CONDITION_SPEC_VALID", "EVENT_ELECTED", "EVENT_LOST",
+    "CONDITION_READY", "CONDITION_SPEC_VALID", "EVENT_ELECTED", "EVENT_FAILOVER", "EVENT_LOST",
     "ControllerSettings", "GatewayController", "StatusPlan", "compute_status",
     "heartbeats_from_leases", "key_problem", "members_by_pool", "public_address",
     "why_no_endpoint",
@@ -298,6 +299,10 @@ class GatewayController:
             self.events.record(stored, EVENT_ELECTED,
                                f"node {node} elected active tunnel endpoint of Gateway {name}",
                                now)
+        if plan.cause:
+            self.events.record(stored, EVENT_FAILOVER,
+                               f"Gateway {name}: active gateway {', '.join(plan.lost)} -> "
+                               f"{', '.join(plan.elected)}, cause: {plan.cause}", now, "Warning")
         for node in plan.lost:
             why = "; ".join(plan.reasons) or "no longer elected"
             self.events.record(stored, EVENT_LOST,

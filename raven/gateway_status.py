@@ -25,6 +25,10 @@ Rules kept:
 - a NAT'd active endpoint gets what public gateways observed of its key
   (`raven.nat_discovery.endpoint_config`: `mapped-endpoint`, `nat-mapping`) in its config, and
   `status.paths` lists how that gateway reaches the other NAT'd pools (its own annotation).
+- our optional `status.standbyEndpoints` lists every other tunnel candidate whose node exists
+  and has a valid key, in spec order, filled like an active endpoint, whatever its heartbeat:
+  the agents keep tunnels to them warm and fail over to them from data-path probes
+  (raven.failover), also while the pool is cut off from this controller.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from typing import Any
 from raven import constants, nat_discovery, relay_choice
 from raven.election import ElectionOptions, elect, elect_proxies
 from raven.errors import ValidationError
+from raven.failover import STANDBY_FIELD
 from raven.model import (
     PROXY,
     Condition,
@@ -51,6 +56,7 @@ from raven.model import (
     NodeInfo,
     gateway_problems,
 )
+from raven.pool_decision import adopt, cause
 from raven.timefmt import parse_time, to_time
 
 JSON = dict[str, Any]
@@ -59,6 +65,7 @@ CONDITION_READY = "Ready"
 CONDITION_SPEC_VALID = "SpecValid"
 EVENT_ELECTED = "ActiveEndpointElected"
 EVENT_LOST = "ActiveEndpointLost"
+EVENT_FAILOVER = "GatewayFailover"  # ours: one per move of a pool's active gateway, with a cause
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,7 @@ class StatusPlan:
     elected: tuple[str, ...]  # nodes that became active endpoints
     lost: tuple[str, ...]  # nodes that stopped being active endpoints
     reasons: tuple[str, ...]
+    cause: str = ""  # why the active gateway moved (raven.pool_decision), when it moved
     proxy_elected: tuple[str, ...] = ()  # the same for proxy endpoints (docs/proxy.md)
     proxy_lost: tuple[str, ...] = ()
 
@@ -199,31 +207,34 @@ def compute_status(
     except ValidationError as exc:  # gateway_problems should have caught it; be safe anyway
         return StatusPlan(_invalid_status(obj, exc.problems, now), (), (), tuple(exc.problems))
     pool = (pools if pools is not None else members_by_pool(nodes)).get(gateway.name, ())
-    election = elect(gateway, nodes, heartbeats, now, options or ElectionOptions())
+    opts = options or ElectionOptions()
+    # What the pool decided from its own probes (published on its Nodes) becomes the current
+    # active endpoint before the sticky election, when it names a healthy candidate.
+    voted, adopted = adopt(gateway, nodes, heartbeats, now, opts)
+    election = elect(voted, nodes, heartbeats, now, opts)
+    if adopted is not None and adopted in election.names:
+        election = replace(election, reasons=(
+            f"Gateway {gateway.name}: {adopted} adopted: the pool's nodes fail over to it "
+            "from their data-path probes", *election.reasons))
     active: list[Endpoint] = []
     invalid_keys: list[str] = []
     for ep in election.active:
-        node = nodes.get(ep.node_name)
-        config = dict(ep.config)
-        key = node.public_key if node is not None else ""
-        bad = key_problem(ep.node_name, key) if key else None
+        filled, bad = _filled(ep, nodes.get(ep.node_name))
         if bad is not None:
             invalid_keys.append(bad)
-            key = ""  # never hand a malformed key to the agents of other pools
-        if key:
-            config[constants.ENDPOINT_CONFIG_PUBLIC_KEY] = key
-        else:
-            config.pop(constants.ENDPOINT_CONFIG_PUBLIC_KEY, None)
         # What public gateways saw of a NAT'd endpoint (raven.nat_discovery): agents of other
         # NAT'd pools punch a direct path to it.
+        config = dict(filled.config)
         for item in (nat_discovery.CONFIG_MAPPED_ENDPOINT, nat_discovery.CONFIG_NAT_MAPPING):
             config.pop(item, None)
+        key = filled.config.get(constants.ENDPOINT_CONFIG_PUBLIC_KEY, "")
         if key and ep.under_nat:
             if observed is None:
                 observed = observed_endpoints(nodes)
             config.update(nat_discovery.endpoint_config(observed.get(key, {})))
-        active.append(replace(ep, public_ip=public_address(ep, node), config=FrozenMap(config)))
-    proxies = elect_proxies(gateway, nodes, heartbeats, now, options or ElectionOptions())
+        active.append(replace(filled, config=FrozenMap(config)))
+    standby = _standbys(gateway, election.names, nodes)
+    proxies = elect_proxies(gateway, nodes, heartbeats, now, opts)
     proxy_active = [replace(ep, public_ip=public_address(ep, nodes.get(ep.node_name)))
                     for ep in proxies.active]  # no WireGuard key: a proxy builds no tunnel
     old_conditions = gateway.status.conditions
@@ -261,7 +272,7 @@ def compute_status(
         active_endpoints=(*active, *proxy_active),  # tunnel endpoints first, then proxies
         conditions=(*others, spec_valid, ready),
         node_count=len(pool),  # CRD printer column "Nodes" (gateway/crd.yaml)
-        extra=gateway.status.extra,
+        extra=_with_standby(gateway.status.extra, standby),
     )
     rendered = replace(gateway, status=new_status).to_k8s().get("status", {})
     rendered.pop("relay", None)
@@ -275,13 +286,18 @@ def compute_status(
         if paths:
             rendered["paths"] = paths
     new_active = tuple(e.node_name for e in active)
+    lost = tuple(n for n in old_active if n not in new_active)
+    elected = tuple(n for n in new_active if n not in old_active)
+    previous_ready = next((c.reason for c in old_conditions if c.type == CONDITION_READY), "")
     new_proxies = tuple(e.node_name for e in proxy_active)
     old_proxies = _old_active(obj, proxy=True)
     return StatusPlan(
         status=rendered,
-        elected=tuple(n for n in new_active if n not in old_active),
-        lost=tuple(n for n in old_active if n not in new_active),
+        elected=elected,
+        lost=lost,
         reasons=tuple(election.reasons),
+        cause=cause(lost, previous_ready, nodes, heartbeats, now, opts)
+        if lost and elected else "",
         proxy_elected=tuple(n for n in new_proxies if n not in old_proxies),
         proxy_lost=tuple(n for n in old_proxies if n not in new_proxies),
     )
@@ -311,6 +327,43 @@ def relay_rtts(gateways: Sequence[Gateway], nodes: Mapping[str, Node]
         out[gw.name] = {str(k): float(v) for k, v in (data.items() if isinstance(data, dict)
                                                        else ()) if isinstance(v, int | float)}
     return out
+
+
+def _filled(ep: Endpoint, node: Node | None) -> tuple[Endpoint, str | None]:
+    """The endpoint with its public address and the node's key (a malformed key is left out
+    and returned as the problem)."""
+    config = dict(ep.config)
+    key = node.public_key if node is not None else ""
+    bad = key_problem(ep.node_name, key) if key else None
+    if bad is not None:
+        key = ""  # never hand a malformed key to the agents of other pools
+    if key:
+        config[constants.ENDPOINT_CONFIG_PUBLIC_KEY] = key
+    else:
+        config.pop(constants.ENDPOINT_CONFIG_PUBLIC_KEY, None)
+    return replace(ep, public_ip=public_address(ep, node), config=FrozenMap(config)), bad
+
+
+def _standbys(gateway: Gateway, active: Sequence[str],
+              nodes: Mapping[str, Node]) -> list[Endpoint]:
+    out: list[Endpoint] = []
+    seen = set(active)
+    for ep in gateway.spec.tunnel_endpoints:
+        node = nodes.get(ep.node_name)
+        if ep.node_name in seen or node is None:
+            continue
+        seen.add(ep.node_name)
+        filled, bad = _filled(ep, node)
+        if bad is None and filled.public_key:
+            out.append(filled)
+    return out
+
+
+def _with_standby(extra: FrozenMap, standby: Sequence[Endpoint]) -> FrozenMap:
+    fields = {k: v for k, v in extra.to_dict().items() if k != STANDBY_FIELD}
+    if standby:
+        fields[STANDBY_FIELD] = [ep.to_k8s() for ep in standby]
+    return FrozenMap(fields)
 
 
 def heartbeats_from_leases(leases: Sequence[JSON]) -> dict[str, float]:

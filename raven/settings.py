@@ -36,6 +36,7 @@ from typing import Any
 
 from raven import constants
 from raven.election import ElectionOptions
+from raven.failover import ProbeSettings
 
 # An overlay packet must still carry a minimal IPv4 packet (RFC 791: 576 bytes) after the
 # WireGuard encapsulation, the larger of the two overheads; below IPv6's minimum link MTU (1280,
@@ -191,6 +192,8 @@ class AgentSettings:
         "127.0.0.1:10265 and $(NODE_IP):10265, the node's InternalIP")
     namespace: str = constants.RAVEN_NAMESPACE  # where heartbeat Leases live
     backoff: BackoffSettings = field(default_factory=BackoffSettings)
+    # Data-path probes and the failover they decide inside the pool (raven.failover).
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
 
     @property

@@ -53,6 +53,11 @@ def run_cleanup(args: argparse.Namespace) -> int:
             changes = dataplane.cleanup()
     except DataplaneError as exc:
         raise CommandError(f"agent cleanup: {exc}") from exc
+    from raven.failover import ProbeSettings
+    from raven.healthprobe import responder
+
+    if responder.stop(args.state_dir, ProbeSettings().port):
+        changes = [*changes, "probe responder stopped"]
     for change in changes:
         print(change)
     print(f"cleanup: {len(changes)} objects removed" if changes

@@ -150,6 +150,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("pool", help="pool or Gateway name")
     p.set_defaults(func=cmd_nat_rebind)
 
+    for verb, help_text, extra in _UPLINK_FAULTS:
+        p = lab.add_parser(verb, help=help_text)
+        p.add_argument("name")
+        p.add_argument("node")
+        for arg, arg_help in extra:
+            p.add_argument(arg, type=float, help=arg_help)
+        p.set_defaults(func=cmd_uplink_fault, verb=verb)
+
     p = lab.add_parser("control-plane-stop", help="stop the API server and the controller")
     p.add_argument("name")
     p.set_defaults(func=cmd_cp_stop)
@@ -507,6 +515,34 @@ def cmd_nat_rebind(args: argparse.Namespace) -> int:
     _need_root()
     generation = nat.rebind(args.name, args.pool)
     print(f"pool {args.pool}: NAT mappings forgotten (generation {generation})")
+    return 0
+
+
+# Data-path faults on a node's uplink: (verb, help, extra float arguments). The node stays up
+# and its agent heartbeats; raven.lab.faults does the work.
+_UPLINK_FAULTS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
+    ("blackhole", "drop a node's overlay traffic (VXLAN and WireGuard UDP) on its uplink; it "
+     "stays up and heartbeats", ()),
+    ("unblackhole", "undo blackhole", ()),
+    ("loss", "random loss on a node's uplink, both directions",
+     (("percent", "percent of packets dropped (0 removes the loss)"),)),
+)
+
+
+def cmd_uplink_fault(args: argparse.Namespace) -> int:
+    from raven.lab import faults
+
+    _need_root()
+    if args.verb == "blackhole":
+        faults.blackhole(args.name, args.node)
+        print(f"node {args.node}: overlay traffic dropped on its uplink (it stays up)")
+    elif args.verb == "unblackhole":
+        faults.unblackhole(args.name, args.node)
+        print(f"node {args.node}: overlay traffic passes again")
+    else:
+        faults.loss(args.name, args.node, args.percent)
+        print(f"node {args.node}: {args.percent:g}% random loss on its uplink"
+              if args.percent else f"node {args.node}: no loss on its uplink")
     return 0
 
 

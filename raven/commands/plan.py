@@ -1,6 +1,7 @@
 """`raven plan --gateways FILE [--nodes FILE] --node NAME [--json]`: one node's desired state.
 
-It runs the same pure planner the agent runs (`raven.topology.plan_node`) on Gateway and Node
+It runs the same pure planner the agent runs (`raven.topology.plan_node` + `raven.standby.warm`,
+as the controller's status has it: no probe verdicts) on Gateway and Node
 objects read from YAML/JSON files (multi-document or a List), so the output is exactly what the
 agent would apply. Invalid Gateways are refused with every problem listed (as `raven validate`).
 """
@@ -43,6 +44,7 @@ def _read(path: str, what: str) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from raven import standby
     from raven.model import Gateway, Node, fleet_problems, gateway_problems
     from raven.topology import PlanOptions, plan_node
 
@@ -73,7 +75,10 @@ def run(args: argparse.Namespace) -> int:
         if not 1280 <= args.underlay_mtu <= 65535:
             raise CommandError(f"--underlay-mtu {args.underlay_mtu}: use 1280..65535")
         options = replace(options, underlay_mtu=args.underlay_mtu)
-    state = plan_node(gateways, me, options)
+    # The warm standby additions the agent applies too (FDB for every candidate, probe peers);
+    # what data-path probes decide at run time is not known here: this is the controller's view.
+    state = standby.warm(plan_node(gateways, me, options), gateways,
+                         me if isinstance(me, str) else me.name, options)
     warnings = fleet_problems(gateways, nodes, nodes_complete=False)
     if args.json:
         out = state.to_json()

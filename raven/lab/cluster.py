@@ -23,8 +23,8 @@ Rules kept:
   a successful apply; an agent that exits or stays unready is reported with its log;
 - the root network namespace is never used: API calls from here run kubectl inside the
   control-plane namespace;
-- timing knobs for the lab (heartbeat period, heartbeat timeout, controller resync) are chosen so
-  a failed gateway is replaced in seconds; they are the daemons' ordinary flags.
+- timing knobs for the lab (heartbeat period, heartbeat timeout, controller resync) are the
+  daemons' shipped defaults, passed as their ordinary flags.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from importlib import resources
 from pathlib import Path
 
 from raven import constants
+from raven.election import ElectionOptions
 from raven.errors import CommandError
 from raven.lab import netns as nsutil
 from raven.lab import runtime
@@ -49,6 +50,7 @@ from raven.lab.plan import LabPlan, NodePlan, PoolPlan
 from raven.lab.topology import CONTROL_PLANE
 from raven.model import DEFAULT_PROXY_PORT
 from raven.safeyaml import load_yaml
+from raven.settings import AgentSettings, ControllerSettings, default_of
 from raven.timefmt import to_time
 
 Progress = Callable[[str], None]
@@ -63,10 +65,12 @@ AGENT = "agent"  # on every node
 
 @dataclass(frozen=True)
 class ClusterSettings:
-    heartbeat_period: float = 1.0  # agent Lease renewal
-    heartbeat_timeout: float = 6.0  # controller: a candidate without renewal this long is dead
-    controller_resync: float = 1.0  # controller re-runs elections this often
-    agent_resync: float = 30.0
+    # The shipped defaults of the daemons, never faster ones: a lab measures what a cluster gets
+    # (failover is fast because agents decide it from data-path probes, not from these).
+    heartbeat_period: float = default_of(AgentSettings, "heartbeat_period")  # Lease renewal
+    heartbeat_timeout: float = ElectionOptions().heartbeat_timeout  # controller: dead after
+    controller_resync: float = default_of(ControllerSettings, "resync_period")
+    agent_resync: float = default_of(AgentSettings, "resync_period")
     node_grace: float = DEFAULT_GRACE  # kubelet stand-in: NotReady after this long down
     wait_timeout: float = 180.0  # up(): all pairs must answer within this
 

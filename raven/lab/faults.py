@@ -16,7 +16,12 @@ Verbs (each also a `raven lab` subcommand):
   router drops traffic to and from the control-plane address (inet family for routed traffic,
   bridge family when the control plane sits on the pool's own bridge); pod traffic is untouched;
 - gateway_fail: node_down of the pool's active gateway (read from the Gateway status);
-- control_plane_stop / control_plane_start: stop or start the API server and the controller.
+- control_plane_stop / control_plane_start: stop or start the API server and the controller;
+- blackhole / unblackhole: the node stays up and its agent heartbeats, but its overlay traffic
+  (VXLAN UDP and WireGuard UDP, both directions) is dropped on its port of the pool bridge:
+  "Ready but not forwarding";
+- loss: random loss (`numgen random`, no netem here) of every packet through the node's port of
+  the pool bridge, both directions; 0 removes it.
 Rules kept:
 - faults touch only the lab's namespaces and files; processes are found by netns inode and
   supervisor records, never by name;
@@ -32,6 +37,7 @@ import shutil
 import signal
 import time
 
+from raven import constants
 from raven.errors import CommandError
 from raven.lab import build, cluster, kubelets, runtime, vm
 from raven.lab import netns as nsutil
@@ -236,10 +242,71 @@ def control_plane_start(lab: str, settle: float = 3.0) -> None:
         cluster.start_controller(lab)
 
 
+# --- data path faults on a node's uplink (its port of the pool bridge) ---------------------
+
+def _uplink_table(kind: str, node: NodePlan) -> str:
+    # One table per (fault, node), so faults on several nodes come and go independently.
+    return f"{FAULT_TABLE}_{kind}_{node.router_port}"
+
+
+def _uplink_ruleset(table: str, port: str, from_node: list[str], to_node: list[str]) -> str:
+    """Bridge-family chains on the pool router that drop what `from_node` matches as it enters
+    from the node's port (to another port, or to the router) and what `to_node` matches as it
+    leaves through that port."""
+    rules = {"forward": [f'iifname "{port}" {m} drop' for m in from_node]
+             + [f'oifname "{port}" {m} drop' for m in to_node],
+             "input": [f'iifname "{port}" {m} drop' for m in from_node],
+             "output": [f'oifname "{port}" {m} drop' for m in to_node]}
+    chains = "".join(
+        f"  chain {hook} {{\n    type filter hook {hook} priority -10; policy accept;\n"
+        + "".join(f"    {r}\n" for r in body) + "  }\n"
+        for hook, body in rules.items())
+    return f"table bridge {table} {{\n{chains}}}\n"
+
+
+def _set_uplink_fault(lab: str, node: str, kind: str,
+                      rules: tuple[list[str], list[str]] | None) -> None:
+    plan = runtime.load_plan(lab)
+    pool, n = _node(plan, node)
+    table = _uplink_table(kind, n)
+    nsutil.nft_delete_table(pool.netns, "bridge", table)
+    marker = runtime.run_dir(lab) / "faults" / kind / node
+    if rules is None:
+        marker.unlink(missing_ok=True)
+        return
+    nsutil.nft_apply(pool.netns, _uplink_ruleset(table, n.router_port, *rules))
+    _touch(marker)
+
+
+def blackhole(lab: str, node: str, vxlan_port: int = constants.VXLAN_PORT,
+              wireguard_port: int = constants.WIREGUARD_PORT) -> None:
+    """Drop the node's overlay traffic (VXLAN and WireGuard UDP) on its uplink, both ways;
+    everything else (its heartbeats to the API server included) still passes."""
+    ports = f"{{ {vxlan_port}, {wireguard_port} }}"
+    # WireGuard leaves the node from its listen port to any port (a NAT'd peer's mapping).
+    _set_uplink_fault(lab, node, "blackhole", (
+        [f"udp dport {ports}", f"udp sport {wireguard_port}"], [f"udp dport {ports}"]))
+
+
+def unblackhole(lab: str, node: str) -> None:
+    _set_uplink_fault(lab, node, "blackhole", None)
+
+
+def loss(lab: str, node: str, percent: float) -> None:
+    """Random loss of `percent` % of every packet through the node's uplink, each direction;
+    0 removes it."""
+    if not 0 <= percent <= 100:
+        raise CommandError(f"loss {percent:g}: use a percentage from 0 to 100 (0 removes it)")
+    threshold = round(percent * 100)  # numgen draws 0..9999: hundredths of a percent
+    # 100 % is every packet (nft refuses `< 10000` for a value that cannot exceed 9999).
+    match = "meta length > 0" if threshold >= 10000 else f"numgen random mod 10000 < {threshold}"
+    _set_uplink_fault(lab, node, "loss", None if threshold == 0 else ([match], [match]))
+
+
 def faults_active(lab: str) -> dict[str, list[str]]:
     """What is broken right now, from the markers."""
     out: dict[str, list[str]] = {}
-    for kind in ("down", "disconnected"):
+    for kind in ("down", "disconnected", "blackhole", "loss"):
         folder = runtime.run_dir(lab) / "faults" / kind
         out[kind] = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     return out

@@ -452,8 +452,10 @@ def test_status_command_shows_role_peers_and_drift(overlay: Overlay) -> None:
     assert all(isinstance(rv, str) and rv for rv in agent["gateways"].values())
     edge_key = overlay.get("node", edge_gw)["metadata"]["annotations"][
         constants.ANNOTATION_PUBLIC_KEY]
-    (peer,) = report["live"]["peers"]
-    assert peer["public_key"] == edge_key
+    # The edge pool's active gateway, and its other candidate as a warm standby peer (only its
+    # probe address allowed; docs/gateway.md §3a).
+    assert len(report["live"]["peers"]) == 2
+    peer = next(p for p in report["live"]["peers"] if p["public_key"] == edge_key)
     # Oracle: `wg show dump` of the same device (peer line: key psk endpoint ips hs rx tx ka).
     dump = overlay.run(gateway, ["wg", "show", constants.WIREGUARD_DEVICE, "dump"]).stdout
     fields = next(line.split("\t") for line in dump.splitlines()[1:]

@@ -215,3 +215,81 @@ def test_key_problem_accepts_only_base64_of_32_bytes() -> None:
     assert key_problem("n", KEY_A) is None
     for bad in ("a" * 42 + "==", "a" * 44, "!" * 43 + "=", "", "a" * 43 + "=\n"):
         assert key_problem("n", bad) is not None, bad
+
+
+# --- standby endpoints, the pool's own decision, failover causes ----------------------------
+
+def _voting(votes: dict[str, str], ready: tuple[str, ...] = ("hz-1", "hz-2", "hz-3")
+            ) -> dict[str, Node]:
+    out = {}
+    for i, name in enumerate(("hz-1", "hz-2", "hz-3")):
+        n = node(name, f"192.0.2.{i + 1}", [f"10.244.{i}.0/24"], "gw-hz",
+                 "abc"[i] * 43 + "=", ready=name in ready)
+        if name in votes:
+            raw = n.raw.to_dict()
+            raw["metadata"]["annotations"][constants.ANNOTATION_POOL_GATEWAY] = votes[name]
+            n = Node.from_k8s(raw)
+        out[name] = n
+    return out
+
+
+TWO = [{"nodeName": "hz-1", "type": "tunnel"}, {"nodeName": "hz-2", "type": "tunnel"}]
+HEARTS = {"hz-1": NOW, "hz-2": NOW}
+
+
+def test_standby_endpoints_list_the_other_candidates_with_their_keys() -> None:
+    plan = compute_status(gateway("gw-hz", TWO), _voting({}), HEARTS, NOW)
+    assert [e["nodeName"] for e in plan.status["activeEndpoints"]] == ["hz-1"]
+    (standby,) = plan.status["standbyEndpoints"]
+    assert standby["nodeName"] == "hz-2" and standby["config"]["public-key"] == "b" * 43 + "="
+    # Also with a stale heartbeat: the pool may fail over to it while cut off from us.
+    plan = compute_status(gateway("gw-hz", TWO), _voting({}), {"hz-1": NOW}, NOW)
+    assert [e["nodeName"] for e in plan.status["standbyEndpoints"]] == ["hz-2"]
+
+
+def _active(name: str) -> dict[str, Any]:
+    return {"activeEndpoints": [{"nodeName": name, "type": "tunnel"}]}
+
+
+def test_the_pools_majority_decision_is_adopted_with_a_cause() -> None:
+    votes = {"hz-1": "hz-1", "hz-2": "hz-2", "hz-3": "hz-2"}
+    plan = compute_status(gateway("gw-hz", TWO, _active("hz-1")), _voting(votes), HEARTS, NOW)
+    assert [e["nodeName"] for e in plan.status["activeEndpoints"]] == ["hz-2"]
+    assert plan.lost == ("hz-1",) and plan.elected == ("hz-2",)
+    assert plan.cause == "probe loss"  # hz-1 heartbeats: Ready, but not forwarding
+    assert "adopted" in plan.reasons[0]
+
+
+def test_no_majority_or_an_unhealthy_choice_is_not_adopted() -> None:
+    split = {"hz-1": "hz-1", "hz-2": "hz-2"}
+    plan = compute_status(gateway("gw-hz", TWO, _active("hz-1")), _voting(split), HEARTS, NOW)
+    assert [e["nodeName"] for e in plan.status["activeEndpoints"]] == ["hz-1"]
+    votes = {"hz-2": "hz-2", "hz-3": "hz-2"}
+    plan = compute_status(gateway("gw-hz", TWO, _active("hz-1")), _voting(votes),
+                          {"hz-1": NOW}, NOW)  # hz-2's heartbeat is missing: not adopted
+    assert [e["nodeName"] for e in plan.status["activeEndpoints"]] == ["hz-1"]
+
+
+def test_failover_causes() -> None:
+    votes = {"hz-2": "hz-2", "hz-3": "hz-2"}
+    gone = compute_status(gateway("gw-hz", TWO, _active("hz-1")), _voting(votes),
+                          {"hz-1": NOW - 10, "hz-2": NOW}, NOW)
+    assert gone.cause == "power-off"  # hz-1 missed a renewal
+    kept = {**_active("hz-1"), "conditions": [
+        {"type": "Ready", "status": "True", "reason": "KeptWithoutHeartbeat", "message": "",
+         "lastTransitionTime": "2023-11-14T22:13:20Z"}]}
+    healed = compute_status(gateway("gw-hz", TWO, kept), _voting(votes),
+                            {"hz-1": NOW - 60, "hz-2": NOW}, NOW)
+    assert healed.cause == "partition"
+    steady = compute_status(gateway("gw-hz", TWO, _active("hz-1")), _voting({}), HEARTS, NOW)
+    assert steady.cause == "" and steady.lost == ()
+
+
+def test_a_candidate_that_missed_a_heartbeat_has_no_vote() -> None:
+    """Two candidates, no member: the powered-off one's last word (itself) is not counted once
+    it missed a renewal, so the survivor's vote is the majority."""
+    votes = {"hz-1": "hz-1", "hz-2": "hz-2"}
+    plan = compute_status(gateway("gw-hz", TWO, _active("hz-1")), _voting(votes, ready=(
+        "hz-1", "hz-2")), {"hz-1": NOW - 6, "hz-2": NOW}, NOW)
+    assert [e["nodeName"] for e in plan.status["activeEndpoints"]] == ["hz-2"]
+    assert plan.cause == "power-off"

@@ -40,6 +40,18 @@ def encode_set(write: DeviceWrite) -> str:
         lines.append(f"private_key={_hex(write.private_key)}")
     if write.listen_port is not None:
         lines.append(f"listen_port={write.listen_port}")
+    removed = [cidr for peer in write.peers for cidr in peer.removed_allowed_ips]
+    if removed:
+        # No single-IP removal in the UAPI: an allowed IP belongs to one peer, so giving it to
+        # a throwaway peer (a fresh random key, no endpoint: it never handshakes) takes it from
+        # its owner, and deleting that peer in the same request drops it. One daemon lock.
+        # Before the peers: an IP that moves to another peer in this write (a gateway
+        # failover) must be taken from its old owner first, or the throwaway would take it
+        # from the new one and drop it.
+        throwaway = keys.public_key_of(secrets.token_bytes(32)).hex()
+        lines.append(f"public_key={throwaway}")
+        lines.extend(f"allowed_ip={cidr}" for cidr in removed)
+        lines += [f"public_key={throwaway}", "remove=true"]
     for peer in write.peers:
         lines.append(f"public_key={_hex(peer.public_key)}")
         if peer.remove:
@@ -55,15 +67,6 @@ def encode_set(write: DeviceWrite) -> str:
         if peer.replace_allowed_ips:
             lines.append("replace_allowed_ips=true")
         lines.extend(f"allowed_ip={cidr}" for cidr in peer.allowed_ips)
-    removed = [cidr for peer in write.peers for cidr in peer.removed_allowed_ips]
-    if removed:
-        # No single-IP removal in the UAPI: an allowed IP belongs to one peer, so giving it to
-        # a throwaway peer (a fresh random key, no endpoint: it never handshakes) takes it from
-        # its owner, and deleting that peer in the same request drops it. One daemon lock.
-        throwaway = keys.public_key_of(secrets.token_bytes(32)).hex()
-        lines.append(f"public_key={throwaway}")
-        lines.extend(f"allowed_ip={cidr}" for cidr in removed)
-        lines += [f"public_key={throwaway}", "remove=true"]
     return "\n".join(lines) + "\n\n"
 
 

@@ -1,0 +1,231 @@
+"""The prober: the probe loop on one thread of the agent, inside the node's namespace (the echo
+responder is a process of its own, raven.healthprobe.responder, so it outlives agent restarts).
+
+Rules kept:
+- a probe leaves through the device the traffic takes (SO_BINDTODEVICE raven0 or raven-wg0)
+  from this node's VTEP address, to the target's VTEP address: it is encapsulated in VXLAN or
+  WireGuard exactly as pod traffic is, so a gateway whose tunnel traffic is dropped stops
+  answering even while its agent heartbeats. With the socket bound to a device and no route
+  for the destination on it, Linux sends on-link (no route is needed for the probe addresses);
+- replies are read before timeouts are judged: a late turn of this thread drains what arrived
+  while it slept instead of counting it lost;
+- all decisions (health, hysteresis) are `raven.failover`'s pure functions; `on_change` is called
+  (on this thread) when a target becomes or stops being DOWN;
+- sockets are re-opened when their device goes or comes back; a missing device is not an error
+  (its probes are lost; a target that never answered stays UNKNOWN).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import select
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from raven import failover
+from raven.failover import Health, ProbeSettings, Target, Verdict
+from raven.healthprobe import wire
+
+log = logging.getLogger(__name__)
+
+REOPEN_AFTER = 1.0  # seconds between attempts to open a device's socket
+
+
+@dataclass
+class _Slot:
+    health: Health = field(default_factory=Health)
+    next_send: float = 0.0
+    outstanding: dict[int, float] = field(default_factory=dict)  # seq -> sent at (monotonic)
+
+
+class Prober:
+    def __init__(self, settings: ProbeSettings, on_change: Callable[[], None],
+                 netns: str | None = None) -> None:
+        self.settings = settings
+        self.on_change = on_change
+        self.netns = netns
+        self._lock = threading.Lock()
+        self._slots: dict[Target, _Slot] = {}
+        self._source: str | None = None
+        self._by_seq: dict[int, Target] = {}
+        self._seq = 0
+        self._socks: dict[str, socket.socket] = {}
+        self._sock_failed: dict[str, float] = {}
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # -- the agent's side --------------------------------------------------------------------
+
+    def set_targets(self, targets: Iterable[Target], source: str | None) -> None:
+        """Probe these targets from `source` (our VTEP address); health of kept targets stays."""
+        wanted = set(targets)
+        with self._lock:
+            if source != self._source:
+                self._source = source
+                self._close_device_sockets()
+            self._slots = {t: self._slots.get(t) or _Slot() for t in wanted}
+            self._by_seq = {s: t for s, t in self._by_seq.items() if t in wanted}
+
+    def verdicts(self) -> dict[tuple[str, str], Verdict]:
+        with self._lock:
+            return {(t.pool, t.node): s.health.verdict for t, s in self._slots.items()}
+
+    def report(self) -> list[dict[str, object]]:
+        with self._lock:
+            return [{"pool": t.pool, "node": t.node, "address": t.address, "device": t.device,
+                     "verdict": str(s.health.verdict), "rttMs": s.health.rtt_ms,
+                     "replies": s.health.replies, "lost": s.health.lost}
+                    for t, s in sorted(self._slots.items())]
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        with self._lock:
+            self._close_device_sockets()
+
+    # -- sockets -------------------------------------------------------------------------------
+
+    def _in_netns(self, make: Callable[[], socket.socket]) -> socket.socket:
+        if self.netns is None:
+            return make()
+        from raven.dataplane.netns import entered  # only labs/tests program another namespace
+
+        with entered(self.netns):
+            return make()
+
+    def _device_socket(self, device: str, now: float) -> socket.socket | None:
+        sock = self._socks.get(device)
+        if sock is not None or self._source is None:
+            return sock
+        if now - self._sock_failed.get(device, -REOPEN_AFTER) < REOPEN_AFTER:
+            return None
+        source = self._source
+
+        def make() -> socket.socket:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode())
+                s.bind((source, 0))
+                s.setblocking(False)
+            except OSError:
+                s.close()
+                raise
+            return s
+
+        try:
+            sock = self._in_netns(make)
+        except OSError as exc:  # device or address not there yet: the next apply brings them
+            self._sock_failed[device] = now
+            log.debug("probe socket on %s from %s: %s", device, source, exc)
+            return None
+        self._socks[device] = sock
+        return sock
+
+    def _close_device_sockets(self) -> None:
+        for sock in self._socks.values():
+            sock.close()
+        self._socks.clear()
+        self._sock_failed.clear()
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._turn()
+            except Exception:  # never let one bad turn end the probes
+                log.exception("prober turn failed")
+                time.sleep(self.settings.interval)
+
+    def _turn(self) -> None:
+        s = self.settings
+        now = time.monotonic()
+        with self._lock:
+            self._send_due(now)
+            wake = min([now + 1.0] + [slot.next_send for slot in self._slots.values()]
+                       + [sent + s.timeout for slot in self._slots.values()
+                          for sent in slot.outstanding.values()])
+            socks = list(self._socks.values())
+        try:
+            ready, _, _ = select.select(socks, [], [], max(0.0, wake - time.monotonic()))
+        except (OSError, ValueError):  # a socket closed by set_targets meanwhile
+            return
+        changed = False
+        with self._lock:
+            now = time.monotonic()
+            for sock in ready:
+                changed |= self._read_replies(sock, now)
+            changed |= self._expire(now)
+        if changed:
+            self.on_change()
+
+    def _send_due(self, now: float) -> None:
+        s = self.settings
+        for target, slot in self._slots.items():
+            if now < slot.next_send:
+                continue
+            # Keep the cadence even after a late turn, without a burst to catch up.
+            slot.next_send = max(slot.next_send + s.interval, now)
+            sock = self._device_socket(target.device, now)
+            self._seq += 1
+            slot.outstanding[self._seq] = now
+            self._by_seq[self._seq] = target
+            if sock is None:
+                continue
+            try:
+                sock.sendto(wire.encode(wire.REQUEST, self._seq), (target.address, s.port))
+            except OSError as exc:
+                if exc.errno in (errno.ENODEV, errno.ENXIO, errno.EADDRNOTAVAIL):
+                    sock.close()  # the device went: reopen on the new one later
+                    self._socks.pop(target.device, None)
+                    self._sock_failed[target.device] = now
+
+    def _read_replies(self, sock: socket.socket, now: float) -> bool:
+        changed = False
+        while True:
+            try:
+                data, (address, _port) = sock.recvfrom(64)
+            except (BlockingIOError, InterruptedError):
+                return changed
+            except OSError:
+                return changed
+            msg = wire.decode(data)
+            if msg is None or msg[0] != wire.REPLY:
+                continue
+            target = self._by_seq.pop(msg[1], None)
+            slot = self._slots.get(target) if target is not None else None
+            if slot is None or target is None or target.address != address:
+                continue
+            sent = slot.outstanding.pop(msg[1], None)
+            if sent is None:
+                continue
+            before = slot.health.verdict
+            slot.health = failover.replied(slot.health, now - sent, self.settings)
+            changed |= _matters(before, slot.health.verdict)
+
+    def _expire(self, now: float) -> bool:
+        changed = False
+        for slot in self._slots.values():
+            expired = sorted(seq for seq, sent in slot.outstanding.items()
+                             if now - sent >= self.settings.timeout)
+            for seq in expired:
+                del slot.outstanding[seq]
+                self._by_seq.pop(seq, None)
+                before = slot.health.verdict
+                slot.health = failover.lost(slot.health, self.settings)
+                changed |= _matters(before, slot.health.verdict)
+        return changed
+
+def _matters(before: Verdict, after: Verdict) -> bool:
+    """Only becoming or ceasing to be DOWN can change a decision (UNKNOWN and UP both count as
+    alive)."""
+    return (before == Verdict.DOWN) != (after == Verdict.DOWN)

@@ -1,0 +1,144 @@
+"""The probe echo responder: a tiny process of its own, so it outlives agent restarts.
+
+Why a process: an agent restart leaves the data plane in place (hitless); if the agent itself
+answered the probes, the pool would see its gateway silent for the second a restart takes and
+fail over. Like wireguard-go, the responder is started once and left running; `raven agent
+cleanup` stops it (`stop`).
+
+Run as a script with the standard library only (`python -I -S responder.py --port P [--netns
+PATH]`): it answers each probe request (raven.healthprobe.wire: 16 bytes, "RVNP", kind 1) with
+the same bytes of kind 2, from the address it was sent to, out of the device it arrived on
+(IP_PKTINFO), so the answer crosses the same tunnel back. Anything else is ignored.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import struct
+import sys
+from pathlib import Path
+
+# The wire format of raven.healthprobe.wire (kept equal by tests/unit/test_failover.py).
+MAGIC = b"RVNP"
+REQUEST = 1
+REPLY = 2
+SIZE = 16
+IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; the name is missing before 3.13
+_PKTINFO = struct.Struct("@i4s4s")  # struct in_pktinfo
+CLONE_NEWNET = 0x40000000
+PID_FILE = "probe-responder.pid"
+
+
+def serve(port: int) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
+    sock.bind(("0.0.0.0", port))
+    space = socket.CMSG_SPACE(_PKTINFO.size)
+    while True:
+        data, ancillary, _flags, peer = sock.recvmsg(64, space)
+        if len(data) != SIZE or data[:4] != MAGIC or data[4] != REQUEST:
+            continue
+        info = next((d for level, kind, d in ancillary
+                     if level == socket.IPPROTO_IP and kind == IP_PKTINFO), None)
+        if info is None or len(info) < _PKTINFO.size:
+            continue
+        ifindex, _spec_dst, dst = _PKTINFO.unpack(info[:_PKTINFO.size])
+        reply = data[:4] + bytes([REPLY]) + data[5:]
+        with contextlib.suppress(OSError):  # a device that just went: the prober sees a loss
+            sock.sendmsg([reply], [(socket.IPPROTO_IP, IP_PKTINFO,
+                                    _PKTINFO.pack(ifindex, dst, b"\0\0\0\0"))], 0, peer)
+
+
+def _enter(netns: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(netns, os.O_RDONLY | os.O_CLOEXEC)
+    if libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    os.close(fd)
+
+
+# --- the agent's side (imported as raven.healthprobe.responder) -------------------------------
+
+def _alive(pid: int, port: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return Path(__file__).name.encode() in b" ".join(cmdline) and str(port).encode() in cmdline
+
+
+def _answers(port: int, netns: str | None) -> bool:
+    """True when a responder answers on `port` (asked over loopback in the namespace)."""
+    from raven.dataplane.netns import entered  # only the agent asks; the script never does
+
+    with entered(netns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.settimeout(0.3)
+        sock.sendto(MAGIC + bytes([REQUEST]) + bytes(11), ("127.0.0.1", port))
+        data = sock.recv(64)
+        return len(data) == SIZE and data[:4] == MAGIC and data[4] == REPLY
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def ensure(state_dir: Path, port: int, netns: str | None = None) -> int | None:
+    """Start the responder for `port` in namespace `netns` (a name; None = ours) unless one
+    already answers there; returns the pid started (kept in the state directory, like
+    wireguard-go's), or None when one was running."""
+    if _answers(port, netns):
+        return None
+    argv = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "--port", str(port)]
+    if netns:
+        from raven.dataplane.netns import netns_path
+
+        argv += ["--netns", str(netns_path(netns))]
+    import subprocess  # only the agent starts it
+
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    (state_dir / PID_FILE).write_text(f"{proc.pid}\n")
+    return proc.pid
+
+
+def stop(state_dir: Path, port: int) -> bool:
+    """Stop the responder (`raven agent cleanup`); True when one was running."""
+    pid_file = state_dir / PID_FILE
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    pid_file.unlink(missing_ok=True)
+    if not _alive(pid, port):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="raven data-path probe echo responder")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--netns", help="path of a network namespace to serve in")
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    if args.netns:
+        _enter(args.netns)
+    try:
+        serve(args.port)
+    except OSError as exc:  # e.g. the port is taken by a responder already running
+        print(f"probe responder: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
