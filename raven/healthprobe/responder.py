@@ -23,7 +23,7 @@ import struct
 import sys
 from pathlib import Path
 
-# The wire format of raven.healthprobe.wire (kept equal by tests/unit/test_failover.py).
+# The wire format of raven.healthprobe.wire (kept equal by tests/unit/test_failover_decision.py).
 MAGIC = b"RVNP"
 REQUEST = 1
 REPLY = 2

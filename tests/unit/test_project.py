@@ -43,3 +43,12 @@ def test_cli_lists_its_commands() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "version" in result.stdout
+
+
+def test_test_modules_have_unique_basenames() -> None:
+    """The test directories are not packages, so pytest imports each test file by its basename:
+    two files of one name in different directories stop the whole run at collection."""
+    seen: dict[str, Path] = {}
+    for path in sorted((ROOT / "tests").rglob("test_*.py")):
+        assert path.name not in seen, f"{path} and {seen[path.name]}: rename one"
+        seen[path.name] = path
