@@ -128,10 +128,12 @@ class Pinger:
 
     REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from .* icmp_seq=(\d+)")
 
-    def __init__(self, src_netns: str, dst_ip: str, interval: float = 0.02) -> None:
+    def __init__(self, src_netns: str, dst_ip: str, interval: float = 0.02,
+                 size: int = 56) -> None:
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", src_netns, "ping", "-n", "-D", "-i", str(interval), "-W",
-             "1", dst_ip], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             "1", "-s", str(size), dst_ip],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
     def stop(self) -> tuple[list[int], list[float]]:
         time.sleep(1.2)  # replies still in flight count
