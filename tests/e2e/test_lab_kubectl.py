@@ -137,7 +137,8 @@ def test_still_reachable_after_the_cone_pools_proxy_endpoint_fails_over(lab: Lab
     try:
         wait_healthz(lab, survivor.name)
         pod = survivor.pods[0]
-        assert kubectl(lab, "exec", pod.name, "--", "hostname").stdout == f"{pod.name}\n"
+        result = kubectl(lab, "exec", pod.name, "--", "hostname")
+        assert result.stdout == f"{pod.name}\n", result.stderr  # stderr: why, when it fails
         refreshed = json.loads(kubectl(lab, "get", "gateways.raven.openyurt.io", pool.gateway,
                                        "-o", "json").stdout)
         assert [e["nodeName"] for e in refreshed["status"]["activeEndpoints"]
