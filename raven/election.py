@@ -65,26 +65,9 @@ def elect(
         return Election((), (f"{label}: spec.endpoints has no tunnel endpoint; add one "
                              "(type: tunnel) to elect an active gateway",))
 
-    healthy: dict[str, Endpoint] = {}
-    stale_only: list[str] = []  # exists, heartbeat stale (Ready or not)
-    for ep in candidates:
-        name = ep.node_name
-        node = nodes.get(name)
-        last = heartbeats.get(name)
-        fresh = last is not None and now - last <= options.heartbeat_timeout
-        if node is None:
-            reasons.append(f"{label}: {name} is not a candidate: no such node")
-        elif options.require_ready and not node.ready:
-            if not fresh:
-                stale_only.append(name)
-            reasons.append(f"{label}: {name} is not a candidate: node is not Ready "
-                           f"(heartbeat {_age(now, last)})")
-        elif not fresh:
-            stale_only.append(name)
-            reasons.append(f"{label}: {name} is not a candidate: agent heartbeat "
-                           f"{_age(now, last)} (timeout {options.heartbeat_timeout:g}s)")
-        else:
-            healthy[name] = ep
+    healthy_eps, stale_only = _health(candidates, nodes, heartbeats, now, options,
+                                      f"{label}: ", reasons)
+    healthy: dict[str, Endpoint] = {ep.node_name: ep for ep in healthy_eps}
 
     spec_by_name = {ep.node_name: ep for ep in candidates}
     previous = [e.node_name for e in gateway.status.active_endpoints
@@ -157,24 +140,9 @@ def elect_proxies(
         return Election((), (f"{label}: proxyConfig.Replicas is 0; no proxy endpoint is "
                              "elected (set it to 1 or more)",))
     reasons: list[str] = []
-    healthy: set[str] = set()
-    stale: list[str] = []
-    for ep in candidates:
-        name, node, last = ep.node_name, nodes.get(ep.node_name), heartbeats.get(ep.node_name)
-        fresh = last is not None and now - last <= options.heartbeat_timeout
-        if node is None:
-            reasons.append(f"{label}: proxy {name} is not a candidate: no such node")
-        elif options.require_ready and not node.ready:
-            if not fresh:
-                stale.append(name)
-            reasons.append(f"{label}: proxy {name} is not a candidate: node is not Ready "
-                           f"(heartbeat {_age(now, last)})")
-        elif not fresh:
-            stale.append(name)
-            reasons.append(f"{label}: proxy {name} is not a candidate: agent heartbeat "
-                           f"{_age(now, last)} (timeout {options.heartbeat_timeout:g}s)")
-        else:
-            healthy.add(name)
+    healthy_eps, stale = _health(candidates, nodes, heartbeats, now, options,
+                                 f"{label}: proxy ", reasons)
+    healthy: set[str] = {ep.node_name for ep in healthy_eps}
     spec_by_name = {ep.node_name: ep for ep in candidates}
     previous = list(dict.fromkeys(e.node_name for e in gateway.status.active_endpoints
                                   if e.type == PROXY and e.node_name))
@@ -208,3 +176,30 @@ def elect_proxies(
         if name not in chosen:
             reasons.append(f"{label}: proxy {name} is no longer active")
     return Election(tuple(spec_by_name[n] for n in chosen), tuple(reasons))
+
+
+def _health(candidates: list[Endpoint], nodes: Mapping[str, Node],
+            heartbeats: Mapping[str, float], now: float, options: ElectionOptions,
+            prefix: str, reasons: list[str]) -> tuple[list[Endpoint], list[str]]:
+    """The candidates that may be elected (the node exists, is Ready if required, and its
+    heartbeat is fresh), and the names that exist but whose heartbeat is stale. Every candidate
+    left out gets a reason, `prefix` first: tunnel and proxy endpoints follow one rule."""
+    healthy: list[Endpoint] = []
+    stale: list[str] = []  # exists, heartbeat stale (Ready or not)
+    for ep in candidates:
+        name, node, last = ep.node_name, nodes.get(ep.node_name), heartbeats.get(ep.node_name)
+        fresh = last is not None and now - last <= options.heartbeat_timeout
+        if node is None:
+            reasons.append(f"{prefix}{name} is not a candidate: no such node")
+        elif options.require_ready and not node.ready:
+            if not fresh:
+                stale.append(name)
+            reasons.append(f"{prefix}{name} is not a candidate: node is not Ready "
+                           f"(heartbeat {_age(now, last)})")
+        elif not fresh:
+            stale.append(name)
+            reasons.append(f"{prefix}{name} is not a candidate: agent heartbeat "
+                           f"{_age(now, last)} (timeout {options.heartbeat_timeout:g}s)")
+        else:
+            healthy.append(ep)
+    return healthy, stale
