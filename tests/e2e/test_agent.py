@@ -359,8 +359,10 @@ def test_agent_restart_loses_no_ping(overlay: Overlay) -> None:
     gateway = overlay.active("gw-cloud")[0]
     src, _ = overlay.pod("cloud-2")
     _, dst = overlay.pod("edge-2")
+    # A count, not a deadline (-w): ping stops at a deadline without waiting for the reply to
+    # the packet it just sent, which CI counted once as a loss (154/155).
     ping = subprocess.Popen(
-        [*runtime.exec_argv(overlay.lab, src), "ping", "-i", "0.05", "-w", "8", "-W", "1", dst],
+        [*runtime.exec_argv(overlay.lab, src), "ping", "-i", "0.05", "-c", "160", "-W", "1", dst],
         stdout=subprocess.PIPE, text=True)
     try:
         time.sleep(1.5)
