@@ -1,6 +1,8 @@
 """`raven lab ...`: build, inspect, use, break and remove network-namespace labs (docs/lab.md).
 
 Thin: parse arguments, call raven.lab, print. This is the one module of the lab's command line.
+The verbs are a table (`VERBS`, at the end: name, help, arguments, function), in the order
+`raven lab --help` lists them; `register` only turns it into argparse sub-parsers.
 Rules kept:
 - Problems the operator can fix (invalid topology, unknown lab or target) are CommandErrors:
   one message, no traceback, non-zero exit.
@@ -17,8 +19,9 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
 
 from raven.errors import CommandError, ValidationError
 
@@ -32,144 +35,39 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("lab", help="network-namespace labs of node pools (docs/lab.md)")
     lab = parser.add_subparsers(dest="lab_command", metavar="SUBCOMMAND")
     parser.set_defaults(func=lambda args: (parser.print_help(), 2)[1])
+    for verb in VERBS:
+        verb.add_to(lab)
 
-    p = lab.add_parser("up", help="build a lab from a topology and start the overlay on it")
-    p.add_argument("file", help=TOPOLOGY_HELP)
-    p.add_argument("--name", help="lab name (default: the file's `name`)")
-    p.add_argument("--network-only", action="store_true",
-                   help="only the network (namespaces, NAT, pods): no API server, controller "
-                   "or agents")
-    p.add_argument("--no-wait", action="store_true",
-                   help="start everything but do not wait until all pod pairs answer")
-    p.set_defaults(func=cmd_up)
 
-    p = lab.add_parser("plan", help="print a topology's lab plan without building it")
-    p.add_argument("file", help=TOPOLOGY_HELP)
-    p.add_argument("--name", help="lab name (default: the file's `name`)")
-    p.add_argument("--manifests", action="store_true",
-                   help="print the Kubernetes objects the lab applies (Gateway CRD, Gateways) "
-                   "as YAML instead")
-    p.set_defaults(func=_printing(cmd_plan))
+@dataclass(frozen=True)
+class Arg:
+    """One argument of a verb: argparse.add_argument(*flags, **options)."""
 
-    p = lab.add_parser("vagrantfile", help="write a Vagrantfile (libvirt provider) that builds "
-                       "the topology as real VMs")
-    p.add_argument("file", help=TOPOLOGY_HELP)
-    p.add_argument("out", metavar="FILE", help="where to write the Vagrantfile ('-': stdout)")
-    p.add_argument("--name", help="lab name (default: the file's `name`)")
-    p.add_argument("--box", default=None, help="Vagrant box (default debian/bookworm64; the "
-                   "RAVEN_BOX environment variable overrides it at `vagrant up`)")
-    p.add_argument("--project", help="source tree the machines install (default: this "
-                   "checkout)")
-    p.set_defaults(func=cmd_vagrantfile)
+    flags: tuple[str, ...]
+    options: Mapping[str, Any] = field(default_factory=dict)
 
-    p = lab.add_parser("down", help="remove a lab: namespaces, links, processes, files")
-    p.add_argument("name", nargs="?", help="lab name")
-    p.add_argument("--all", action="store_true", help="remove every lab, also half-built ones")
-    p.set_defaults(func=cmd_down)
 
-    p = lab.add_parser("status", help="show a lab")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_printing(cmd_status))
+def arg(*flags: str, **options: Any) -> Arg:
+    return Arg(flags, options)
 
-    p = lab.add_parser("list", help="list labs")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_printing(cmd_list))
 
-    p = lab.add_parser("logs", help="print the logs of the processes of a target")
-    p.add_argument("name")
-    p.add_argument("target", help="node, pod, control-plane, internet or router-<pool>")
-    p.add_argument("--process", help="only this supervised process")
-    p.set_defaults(func=_printing(cmd_logs))
+@dataclass(frozen=True)
+class Verb:
+    """One `raven lab VERB`: its help, arguments and the function that runs it."""
 
-    p = lab.add_parser("exec", help="run a command in a node (netns + mount ns) or pod")
-    p.add_argument("name")
-    p.add_argument("target", help="node, pod, control-plane, internet or router-<pool>")
-    p.add_argument("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]")
-    p.set_defaults(func=cmd_exec)
+    name: str
+    help: str
+    func: Callable[[argparse.Namespace], int]
+    args: tuple[Arg, ...] = ()
+    printing: bool = False  # only prints: a closed pipe ends it quietly (_printing)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
-    p = lab.add_parser("ping", help="ping every pod from every other pod, in parallel")
-    p.add_argument("name")
-    p.add_argument("--scope", choices=("all", "pool"), default="all",
-                   help="all pairs (default) or only pairs inside the same pool")
-    p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=_printing(cmd_ping))
-
-    p = lab.add_parser("demo", help="build the default lab with the overlay, show it, ping, "
-                       "tear it down")
-    p.add_argument("--topology", help="topology file or bundled name (default: three-pools)")
-    p.add_argument("--name", help="lab name (default: the topology's name)")
-    p.add_argument("--keep", action="store_true", help="keep the lab running afterwards")
-    p.add_argument("--network-only", action="store_true",
-                   help="the bare lab demo (no overlay: only in-pool pairs answer)")
-    p.set_defaults(func=cmd_demo)
-
-    p = lab.add_parser("kubeconfig", help="print the path of a lab's admin kubeconfig")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_kubeconfig)
-
-    p = lab.add_parser("agent-restart", help="restart a node's agent (SIGTERM, start again) and "
-                       "wait until the new one applied its plan")
-    p.add_argument("name")
-    p.add_argument("node")
-    p.add_argument("--timeout", type=float, default=None,
-                   help="seconds the new agent may take to become ready (default 30; 600 on "
-                   "a node of kind vm)")
-    p.set_defaults(func=cmd_agent_restart)
-
-    p = lab.add_parser("node-down", help="power a node off: kill its processes, cut its port")
-    p.add_argument("name")
-    p.add_argument("node")
-    p.set_defaults(func=cmd_node_down)
-
-    p = lab.add_parser("node-up", help="power a node on again and start its agent")
-    p.add_argument("name")
-    p.add_argument("node")
-    p.add_argument("--reboot", action="store_true",
-                   help="wipe the node's links, routes, rules and nftables first (power cycle)")
-    p.set_defaults(func=cmd_node_up)
-
-    p = lab.add_parser("disconnect", help="cut a pool off the control plane (pod traffic flows)")
-    p.add_argument("name")
-    p.add_argument("pool", help="pool or Gateway name")
-    p.set_defaults(func=cmd_disconnect)
-
-    p = lab.add_parser("reconnect", help="undo disconnect")
-    p.add_argument("name")
-    p.add_argument("pool", help="pool or Gateway name")
-    p.set_defaults(func=cmd_reconnect)
-
-    p = lab.add_parser("gateway-fail", help="power off the pool's active gateway node")
-    p.add_argument("name")
-    p.add_argument("pool", help="pool or Gateway name")
-    p.set_defaults(func=cmd_gateway_fail)
-
-    p = lab.add_parser("nat-rebind", help="the pool's NAT forgets its mappings: conntrack "
-                       "flushed, the next packets get new public ports")
-    p.add_argument("name")
-    p.add_argument("pool", help="pool or Gateway name")
-    p.set_defaults(func=cmd_nat_rebind)
-
-    for verb, help_text, extra in _UPLINK_FAULTS:
-        p = lab.add_parser(verb, help=help_text)
-        p.add_argument("name")
-        p.add_argument("node")
-        for arg, arg_help in extra:
-            p.add_argument(arg, type=float, help=arg_help)
-        p.set_defaults(func=cmd_uplink_fault, verb=verb)
-
-    p = lab.add_parser("control-plane-stop", help="stop the API server and the controller")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_cp_stop)
-
-    p = lab.add_parser("control-plane-start", help="start the API server and the controller")
-    p.add_argument("name")
-    p.set_defaults(func=cmd_cp_start)
-
-    p = lab.add_parser("gateways", help="show Gateways: members and elected active endpoints")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true", help="print the Gateway objects as JSON")
-    p.set_defaults(func=_printing(cmd_gateways))
+    def add_to(self, verbs: argparse._SubParsersAction) -> None:
+        parser = verbs.add_parser(self.name, help=self.help)
+        for a in self.args:
+            parser.add_argument(*a.flags, **a.options)
+        parser.set_defaults(func=_printing(self.func) if self.printing else self.func,
+                            **self.defaults)
 
 
 def _printing(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -518,17 +416,6 @@ def cmd_nat_rebind(args: argparse.Namespace) -> int:
     return 0
 
 
-# Data-path faults on a node's uplink: (verb, help, extra float arguments). The node stays up
-# and its agent heartbeats; raven.lab.faults does the work.
-_UPLINK_FAULTS: tuple[tuple[str, str, tuple[tuple[str, str], ...]], ...] = (
-    ("blackhole", "drop a node's overlay traffic (VXLAN and WireGuard UDP) on its uplink; it "
-     "stays up and heartbeats", ()),
-    ("unblackhole", "undo blackhole", ()),
-    ("loss", "random loss on a node's uplink, both directions",
-     (("percent", "percent of packets dropped (0 removes the loss)"),)),
-)
-
-
 def cmd_uplink_fault(args: argparse.Namespace) -> int:
     from raven.lab import faults
 
@@ -573,3 +460,116 @@ def cmd_gateways(args: argparse.Namespace) -> int:
     else:
         print(cluster.format_gateways(args.name))
     return 0
+
+
+# ---------------------------------------------------------------------------------- the verbs
+# In the order `raven lab --help` lists them. Arguments many verbs share:
+NODE = arg("node")
+POOL = arg("pool", help="pool or Gateway name")
+TARGET = arg("target", help="node, pod, control-plane, internet or router-<pool>")
+TOPOLOGY = arg("file", help=TOPOLOGY_HELP)
+LAB_NAME = arg("--name", help="lab name (default: the file's `name`)")
+JSON = arg("--json", action="store_true", help="print JSON")
+
+BUILD_VERBS = (
+    Verb("up", "build a lab from a topology and start the overlay on it", cmd_up, (
+        TOPOLOGY, LAB_NAME,
+        arg("--network-only", action="store_true",
+            help="only the network (namespaces, NAT, pods): no API server, controller or agents"),
+        arg("--no-wait", action="store_true",
+            help="start everything but do not wait until all pod pairs answer"),
+    )),
+    Verb("plan", "print a topology's lab plan without building it", cmd_plan, (
+        TOPOLOGY, LAB_NAME,
+        arg("--manifests", action="store_true",
+            help="print the Kubernetes objects the lab applies (Gateway CRD, Gateways) as YAML "
+            "instead"),
+    ), printing=True),
+    Verb("vagrantfile", "write a Vagrantfile (libvirt provider) that builds the topology as real "
+         "VMs", cmd_vagrantfile, (
+             TOPOLOGY,
+             arg("out", metavar="FILE", help="where to write the Vagrantfile ('-': stdout)"),
+             LAB_NAME,
+             arg("--box", default=None, help="Vagrant box (default debian/bookworm64; the "
+                 "RAVEN_BOX environment variable overrides it at `vagrant up`)"),
+             arg("--project", help="source tree the machines install (default: this checkout)"),
+         )),
+    Verb("down", "remove a lab: namespaces, links, processes, files", cmd_down, (
+        arg("name", nargs="?", help="lab name"),
+        arg("--all", action="store_true", help="remove every lab, also half-built ones"),
+    )),
+)
+
+INSPECT_VERBS = (
+    Verb("status", "show a lab", cmd_status, (arg("name"), JSON), printing=True),
+    Verb("list", "list labs", cmd_list, (JSON,), printing=True),
+    Verb("logs", "print the logs of the processes of a target", cmd_logs, (
+        arg("name"), TARGET, arg("--process", help="only this supervised process"),
+    ), printing=True),
+    Verb("exec", "run a command in a node (netns + mount ns) or pod", cmd_exec, (
+        arg("name"), TARGET,
+        arg("cmd", nargs=argparse.REMAINDER, help="-- COMMAND [ARGS...]"),
+    )),
+    Verb("ping", "ping every pod from every other pod, in parallel", cmd_ping, (
+        arg("name"),
+        arg("--scope", choices=("all", "pool"), default="all",
+            help="all pairs (default) or only pairs inside the same pool"),
+        JSON,
+    ), printing=True),
+    Verb("demo", "build the default lab with the overlay, show it, ping, tear it down",
+         cmd_demo, (
+             arg("--topology", help="topology file or bundled name (default: three-pools)"),
+             arg("--name", help="lab name (default: the topology's name)"),
+             arg("--keep", action="store_true", help="keep the lab running afterwards"),
+             arg("--network-only", action="store_true",
+                 help="the bare lab demo (no overlay: only in-pool pairs answer)"),
+         )),
+    Verb("kubeconfig", "print the path of a lab's admin kubeconfig", cmd_kubeconfig,
+         (arg("name"),)),
+)
+
+FAULT_VERBS = (
+    Verb("agent-restart", "restart a node's agent (SIGTERM, start again) and wait until the new "
+         "one applied its plan", cmd_agent_restart, (
+             arg("name"), NODE,
+             arg("--timeout", type=float, default=None,
+                 help="seconds the new agent may take to become ready (default 30; 600 on a "
+                 "node of kind vm)"),
+         )),
+    Verb("node-down", "power a node off: kill its processes, cut its port", cmd_node_down,
+         (arg("name"), NODE)),
+    Verb("node-up", "power a node on again and start its agent", cmd_node_up, (
+        arg("name"), NODE,
+        arg("--reboot", action="store_true",
+            help="wipe the node's links, routes, rules and nftables first (power cycle)"),
+    )),
+    Verb("disconnect", "cut a pool off the control plane (pod traffic flows)", cmd_disconnect,
+         (arg("name"), POOL)),
+    Verb("reconnect", "undo disconnect", cmd_reconnect, (arg("name"), POOL)),
+    Verb("gateway-fail", "power off the pool's active gateway node", cmd_gateway_fail,
+         (arg("name"), POOL)),
+    Verb("nat-rebind", "the pool's NAT forgets its mappings: conntrack flushed, the next "
+         "packets get new public ports", cmd_nat_rebind, (arg("name"), POOL)),
+    # Data-path faults on a node's uplink: the node stays up and its agent heartbeats.
+    Verb("blackhole", "drop a node's overlay traffic (VXLAN and WireGuard UDP) on its uplink; it "
+         "stays up and heartbeats", cmd_uplink_fault, (arg("name"), NODE),
+         defaults={"verb": "blackhole"}),
+    Verb("unblackhole", "undo blackhole", cmd_uplink_fault, (arg("name"), NODE),
+         defaults={"verb": "unblackhole"}),
+    Verb("loss", "random loss on a node's uplink, both directions", cmd_uplink_fault, (
+        arg("name"), NODE,
+        arg("percent", type=float, help="percent of packets dropped (0 removes the loss)"),
+    ), defaults={"verb": "loss"}),
+    Verb("control-plane-stop", "stop the API server and the controller", cmd_cp_stop,
+         (arg("name"),)),
+    Verb("control-plane-start", "start the API server and the controller", cmd_cp_start,
+         (arg("name"),)),
+)
+
+CLUSTER_VERBS = (
+    Verb("gateways", "show Gateways: members and elected active endpoints", cmd_gateways, (
+        arg("name"), arg("--json", action="store_true", help="print the Gateway objects as JSON"),
+    ), printing=True),
+)
+
+VERBS = BUILD_VERBS + INSPECT_VERBS + FAULT_VERBS + CLUSTER_VERBS
