@@ -29,14 +29,26 @@ def imported_modules(path: Path) -> set[str]:
 
 
 def test_handler_reaches_the_server_only_through_its_context() -> None:
-    for module in ("handler.py", "routing.py", "bodies.py", "connections.py", "context.py"):
+    for module in ("handler.py", "routing.py", "bodies.py", "connections.py", "context.py",
+                   "exchange.py", "negotiation.py", "documents.py", "verbs.py", "watch.py",
+                   "connect.py"):
         imports = imported_modules(PACKAGE / module)
         assert "raven.apiserver.server" not in imports, module
     assert "raven.apiserver.context.ServerContext" in imported_modules(PACKAGE / "handler.py")
 
 
+def test_the_handler_frames_and_dispatches_only() -> None:
+    """Relays, watches and resource semantics live in their own modules (issue 10, item 5):
+    the handler imports none of the machinery they use."""
+    imports = imported_modules(PACKAGE / "handler.py")
+    for module in ("kubeletproxy", "nodedial", "ravenproxy", "fanout", "store", "api",
+                   "selectors", "tables", "paging", "discovery", "openapi", "watchlines"):
+        assert f"raven.apiserver.{module}" not in imports, module
+    assert not imports & {"random", "urllib.parse.parse_qs", "urllib.parse.quote"}
+
+
 def test_routing_and_bodies_are_pure() -> None:
-    for module in ("routing.py", "bodies.py", "paging.py"):
+    for module in ("routing.py", "bodies.py", "paging.py", "exchange.py", "negotiation.py"):
         imports = imported_modules(PACKAGE / module)
         assert not imports & {"socket", "ssl", "threading", "time", "sqlite3", "http.server"}
 
