@@ -45,6 +45,10 @@ MIN_INNER_MTU_IPV4 = 576
 MIN_INNER_MTU_IPV6 = 1280
 MAX_UNDERLAY_MTU = 65535  # the largest MTU Linux accepts on any link
 DEFAULT_STATE_DIR = Path("/var/lib/raven")
+# Ports written once here; the shipped manifests use them (tests/unit/test_settings_defaults.py).
+PROXY_SERVER_PORT = 10263  # a proxy server's server-facing (CONNECT) port (OpenYurt's default)
+AGENT_METRICS_PORT = 10265  # the DaemonSet serves the agent's health and metrics on it
+CONTROLLER_METRICS_PORT = 10266  # the Deployment serves the controller's on it
 
 
 def _opt(default: Any, help: str) -> Any:
@@ -138,8 +142,8 @@ class ProxySettings:
 
     enabled: bool = _opt(True, "run the proxy server/client when this node is an active proxy "
                          "endpoint")
-    server_port: int = _opt(10263, "server-facing (CONNECT) port of a proxy server, on the "
-                            "node's InternalIP")
+    server_port: int = _opt(PROXY_SERVER_PORT, "server-facing (CONNECT) port of a proxy "
+                            "server, on the node's InternalIP")
     ca_file: Path | None = field(default=None, metadata={
         "help": "cluster proxy CA certificate (PEM); default: Secret kube-system/raven-proxy-ca"})
     ca_key_file: Path | None = field(default=None,
@@ -185,11 +189,12 @@ class AgentSettings:
     heartbeat_period: float = _opt(5.0, "seconds between heartbeat Lease renewals")
     heartbeat_duration: int = 15  # leaseDurationSeconds written on the heartbeat Lease
     stats_period: float = 10.0  # refresh per-peer metrics (handshake age, bytes) and drift
-    metrics_port: int = 10265  # the port the DaemonSet serves health and metrics on
+    metrics_port: int = AGENT_METRICS_PORT  # the port the DaemonSet serves health and metrics on
     metrics_listen: tuple[str, ...] = _opt(
         (), "serve /healthz /readyz /metrics here, HOST:PORT, repeatable; /status only on a "
         "loopback address; never a wildcard (0.0.0.0, ::). The DaemonSet passes "
-        "127.0.0.1:10265 and $(NODE_IP):10265, the node's InternalIP")
+        f"127.0.0.1:{AGENT_METRICS_PORT} and $(NODE_IP):{AGENT_METRICS_PORT}, the node's "
+        "InternalIP")
     namespace: str = constants.RAVEN_NAMESPACE  # where heartbeat Leases live
     backoff: BackoffSettings = field(default_factory=BackoffSettings)
     # Data-path probes and the failover they decide inside the pool (raven.failover).
@@ -224,12 +229,13 @@ class ControllerSettings:
     resync_period: float = _opt(5.0, "seconds between full re-elections without events "
                                 "(heartbeats go stale without events)")
     coalesce: float = 0.05  # wait this long after an event so a burst becomes one reconcile
-    proxy_server_port: int = 10263  # target port of x-raven-proxy-internal-svc (docs/proxy.md)
-    metrics_port: int = 10266  # the port the Deployment serves health and metrics on
+    # target port of x-raven-proxy-internal-svc (docs/proxy.md): the proxy servers' own port
+    proxy_server_port: int = PROXY_SERVER_PORT
+    metrics_port: int = CONTROLLER_METRICS_PORT  # the Deployment serves health and metrics on it
     metrics_listen: tuple[str, ...] = _opt(
         (), "serve /healthz /readyz /metrics here, HOST:PORT, repeatable; /status only on a "
-        "loopback address; never a wildcard. The Deployment passes 127.0.0.1:10266 and "
-        "$(POD_IP):10266")
+        f"loopback address; never a wildcard. The Deployment passes 127.0.0.1:"
+        f"{CONTROLLER_METRICS_PORT} and $(POD_IP):{CONTROLLER_METRICS_PORT}")
 
 
 @dataclass(frozen=True)
@@ -275,7 +281,7 @@ def listen_problems(flag: str, listen: tuple[str, ...]) -> list[str]:
     for text in listen:
         host, sep, port = text.rpartition(":")
         host = host.strip("[]")
-        fix = "use HOST:PORT with an address of this machine, e.g. 127.0.0.1:10265"
+        fix = f"use HOST:PORT with an address of this machine, e.g. 127.0.0.1:{AGENT_METRICS_PORT}"
         if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
             problems.append(f"{flag} {text!r}: not HOST:PORT with a port 0-65535 "
                             f"(0: any free port); {fix}")

@@ -11,7 +11,14 @@ import logging
 import sys
 from pathlib import Path
 
+from raven.apiserver.settings import ApiServerSettings
 from raven.errors import CommandError
+from raven.settings import default_of
+
+
+def _default(name: str) -> object:
+    """The default of ApiServerSettings.`name`: written once, in raven.apiserver.settings."""
+    return default_of(ApiServerSettings, name)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,26 +30,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data-dir", required=True, type=Path,
                         help="directory for the database, TLS material, token and kubeconfig")
-    parser.add_argument("--listen", default="127.0.0.1:6443", metavar="HOST:PORT",
-                        help="address to listen on; port 0 picks a free port (default "
-                        "127.0.0.1:6443)")
+    listen = f"{_default('host')}:{_default('port')}"
+    parser.add_argument("--listen", default=listen, metavar="HOST:PORT",
+                        help=f"address to listen on; port 0 picks a free port (default {listen})")
     parser.add_argument("--plain-http", action="store_true",
                         help="serve plain HTTP instead of TLS (only allowed on loopback)")
     parser.add_argument("--tls-san", action="append", default=[], metavar="NAME_OR_IP",
                         help="extra name or address for the serving certificate (repeatable)")
-    parser.add_argument("--watch-history", type=int, default=20000, metavar="EVENTS",
-                        help="events kept for resuming watches (default 20000)")
-    parser.add_argument("--bookmark-interval", type=float, default=60.0, metavar="SECONDS",
-                        help="seconds between watch bookmarks (default 60)")
-    parser.add_argument("--max-request-body-bytes", type=int, default=3 << 20, metavar="BYTES",
-                        help="largest request body accepted; larger ones get 413 "
-                        "(default 3145728, kube-apiserver's 3 MiB)")
-    parser.add_argument("--max-connections", type=int, default=1024, metavar="N",
-                        help="connections served at once, watches included; more are closed "
-                        "at accept (default 1024)")
-    parser.add_argument("--idle-timeout", type=float, default=90.0, metavar="SECONDS",
-                        help="close a keep-alive connection idle this long (default 90; "
-                        "watches are never idle)")
+    parser.add_argument("--watch-history", type=int, default=_default("watch_history"),
+                        metavar="EVENTS", help="events kept for resuming watches (default "
+                        f"{_default('watch_history')})")
+    parser.add_argument("--bookmark-interval", type=float,
+                        default=_default("bookmark_interval"), metavar="SECONDS",
+                        help="seconds between watch bookmarks (default "
+                        f"{_default('bookmark_interval'):g})")
+    parser.add_argument("--max-request-body-bytes", type=int, default=_default("max_body_bytes"),
+                        metavar="BYTES", help="largest request body accepted; larger ones get "
+                        f"413 (default {_default('max_body_bytes')}, kube-apiserver's 3 MiB)")
+    parser.add_argument("--max-connections", type=int, default=_default("max_connections"),
+                        metavar="N", help="connections served at once, watches included; more "
+                        f"are closed at accept (default {_default('max_connections')})")
+    parser.add_argument("--idle-timeout", type=float, default=_default("idle_timeout"),
+                        metavar="SECONDS", help="close a keep-alive connection idle this long "
+                        f"(default {_default('idle_timeout'):g}; watches are never idle)")
     kubelets = parser.add_argument_group(
         "kubelets", "how pods/log, pods/exec and nodes/proxy reach a node's kubelet (its "
         "InternalIP and status.daemonEndpoints.kubeletEndpoint.Port, default 10250)")
@@ -56,8 +66,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     kubelets.add_argument("--kubelet-network", action="append", default=[], metavar="CIDR",
                           help="node addresses outside these networks are refused (403); "
                           "repeatable (default: any unicast address but link-local)")
-    kubelets.add_argument("--kubelet-timeout", type=float, default=10.0, metavar="SECONDS",
-                          help="connect timeout to a kubelet or egress proxy (default 10)")
+    kubelets.add_argument("--kubelet-timeout", type=float, default=_default("kubelet_timeout"),
+                          metavar="SECONDS", help="connect timeout to a kubelet or egress proxy "
+                          f"(default {_default('kubelet_timeout'):g})")
     kubelets.add_argument("--egress-proxy", action="append", default=[], metavar="HOST:PORT",
                           help="HTTP CONNECT proxy over TLS to reach the nodes --egress-selector "
                           "selects (kube-apiserver's egress selector); repeatable, tried in order")
@@ -72,8 +83,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "(docs/proxy.md); needs --raven-proxy-ca-key")
     kubelets.add_argument("--raven-proxy-ca-key", type=Path, metavar="FILE",
                           help="the key of --raven-proxy-ca")
-    kubelets.add_argument("--raven-proxy-port", type=int, default=10263, metavar="PORT",
-                          help="the proxy servers' server-facing port (default 10263)")
+    kubelets.add_argument("--raven-proxy-port", type=int, default=_default("raven_proxy_port"),
+                          metavar="PORT", help="the proxy servers' server-facing port (default "
+                          f"{_default('raven_proxy_port')})")
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log every request (-v) and connection details (-vv)")
     parser.set_defaults(func=run)
@@ -100,7 +112,6 @@ def parse_listen(text: str) -> tuple[str, int]:
 def run(args: argparse.Namespace) -> int:
     from raven.apiserver.errors import ApiServerError
     from raven.apiserver.server import serve
-    from raven.apiserver.settings import ApiServerSettings
 
     host, port = parse_listen(args.listen)
     if args.watch_history < 1:
