@@ -19,14 +19,16 @@ from typing import Any
 
 from raven import constants, nat_discovery
 from raven.errors import CommandError
+from raven.settings import AgentSettings, default_of
 
 REACHABLE_S = 180  # WireGuard rekeys every 2 min: a live peer's handshake is never older
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("diagnose", help="explain this node's NAT, peers, MTU and relayed pairs")
-    p.add_argument("--state-dir", type=Path, default=Path("/var/lib/raven"),
-                   help="the agent's state directory (default /var/lib/raven)")
+    state_dir = default_of(AgentSettings, "state_dir")
+    p.add_argument("--state-dir", type=Path, default=state_dir,
+                   help=f"the agent's state directory (default {state_dir})")
     p.add_argument("--netns", default=None, help="inspect this named network namespace")
     p.add_argument("--kubeconfig", type=Path, default=None,
                    help="kubeconfig file (default: $KUBECONFIG, in-cluster, ~/.kube/config)")

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from raven.errors import CommandError
+from raven.settings import AgentSettings, default_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show this node's role, pool, gateway, peers and drift")
-    p.add_argument("--state-dir", type=Path, default=Path("/var/lib/raven"),
-                   help="the agent's state directory (default /var/lib/raven)")
+    state_dir = default_of(AgentSettings, "state_dir")
+    p.add_argument("--state-dir", type=Path, default=state_dir,
+                   help=f"the agent's state directory (default {state_dir})")
     p.add_argument("--netns", default=None, help="inspect this named network namespace")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)

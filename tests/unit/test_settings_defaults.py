@@ -93,3 +93,9 @@ def test_every_copy_of_the_proxy_server_port_agrees_with_the_root() -> None:
             ["agent", "--node", "n1"]).proxy_server_port,
     }
     assert {k: v for k, v in copies.items() if v != PROXY_SERVER_PORT} == {}
+
+
+@pytest.mark.parametrize("argv", [["status"], ["diagnose"], ["agent", "cleanup"],
+                                  ["agent", "--node", "n1"]])
+def test_every_state_dir_flag_defaults_to_the_agents(argv: list[str]) -> None:
+    assert build_parser().parse_args(argv).state_dir == AgentSettings().state_dir
