@@ -242,8 +242,7 @@ def call(lab: str, node: str, argv: list[str], stdin: str | None = None,
     """Run `argv` in the guest and wait for it; CommandError naming it when it fails."""
     full = call_argv(lab, node, netns, stdin=stdin is not None) + list(argv)
     try:
-        proc = subprocess.run(full, input=stdin, capture_output=True, text=True,
-                              timeout=timeout)
+        proc = nsutil.run(full, stdin=stdin, check=False, timeout=timeout)
     except subprocess.TimeoutExpired:
         raise CommandError(f"lab {lab!r}: VM node {node!r}: `{' '.join(argv[:4])}` did not "
                            f"finish in {timeout:.0f}s") from None
@@ -256,7 +255,7 @@ def call(lab: str, node: str, argv: list[str], stdin: str | None = None,
 def guest_uptime(lab: str, node: str) -> float | None:
     """The guest's uptime when its command server answers; None when it does not (yet)."""
     try:
-        proc = subprocess.run(call_argv(lab, node), capture_output=True, text=True, timeout=20)
+        proc = nsutil.run(call_argv(lab, node), check=False, timeout=20)
     except subprocess.TimeoutExpired:
         return None
     if proc.returncode != 0:
@@ -408,7 +407,7 @@ def icmp_probe_many(plan: LabPlan, probes: dict[str, list[str]], tries: int = 2,
 
 def _guest_probe(lab: str, node: str, probes: dict[str, list[str]], tries: int,
                  timeout_s: float) -> dict[str, dict[str, float | None]]:
-    paths = {f"/run/netns/{ns}": ns for ns in probes}
+    paths = {f"{vmguest.NETNS_DIR}/{ns}": ns for ns in probes}  # the guest's netns directory
     request = {"tries": tries, "timeout": timeout_s,
                "probes": [{"netns": p, "addresses": probes[ns]} for p, ns in paths.items()]}
     out: dict[str, dict[str, float | None]] = {ns: dict.fromkeys(a) for ns, a in probes.items()}
