@@ -30,16 +30,15 @@ class IperfResult:
 
 def iperf(server_netns: str, server_ip: str, client_netns: str, seconds: float = 3.0,
           port: int = 5201, extra: tuple[str, ...] = ()) -> IperfResult:
-    server = nsutil.spawn([*nsutil.netns_exec_argv(server_netns), "iperf3", "-s", "-1", "-B",
-                           server_ip, "-p", str(port)], subprocess.DEVNULL, os.environ)
+    server = nsutil.spawn(nsutil.iperf3_server_argv(server_netns, server_ip, port),
+                          subprocess.DEVNULL, os.environ)
     try:
         data: dict = {}
         proc = None
         for _ in range(50):  # the server needs a moment to listen
             time.sleep(0.1)
-            proc = nsutil.run([*nsutil.netns_exec_argv(client_netns), "iperf3", "-c", server_ip,
-                               "-p", str(port), "-t", f"{seconds:g}", "-J", *extra],
-                              check=False, timeout=seconds + 30)
+            proc = nsutil.run(nsutil.iperf3_client_argv(client_netns, server_ip, port, seconds,
+                                                        extra), check=False, timeout=seconds + 30)
             try:
                 data = json.loads(proc.stdout)
             except ValueError:

@@ -220,6 +220,20 @@ def nft_flush(netns: str) -> None:
 
 # --- reachability ---------------------------------------------------------------------------
 
+# --- iperf3 -------------------------------------------------------------------------------------
+
+def iperf3_server_argv(netns: str, address: str, port: int) -> list[str]:
+    """An iperf3 server in `netns` for exactly one test (`-1`), bound to `address`."""
+    return [*netns_exec_argv(netns), "iperf3", "-s", "-1", "-B", address, "-p", str(port)]
+
+
+def iperf3_client_argv(netns: str, server: str, port: int, seconds: float,
+                       extra: tuple[str, ...] = ()) -> list[str]:
+    """An iperf3 client in `netns` that prints its result as JSON (`-J`)."""
+    return [*netns_exec_argv(netns), "iperf3", "-c", server, "-p", str(port), "-t",
+            f"{seconds:g}", "-J", *extra]
+
+
 def icmp_probe_many(probes: Mapping[str, list[str]], tries: int = 2,
                     timeout_s: float = 1.0) -> dict[str, dict[str, float | None]]:
     """Echo, from inside each namespace, each of its addresses, all at once:
