@@ -70,6 +70,9 @@ CACHE_FILE = "inputs.json"
 
 
 EVENT_PEER_SKIPPED = "PeerSkipped"
+# A pool decision the API server did not take within this many seconds was taken while cut off
+# from the control plane: it is published flagged (raven.pool_decision, cause "partition").
+DECISION_PUBLISH_TIMEOUT = 2.0
 
 __all__ = ["Agent", "AgentSettings", "Inputs", "gateway_candidate", "parse_inputs"]
 
@@ -179,6 +182,7 @@ class Agent:
         self.switches: tuple[str, ...] = ()  # pools whose active gateway this node replaced
         self.pool_gateway: str | None = None  # our pool's gateway as we use it, for the Node
         self._decision = threading.Event()  # pool_gateway changed: publish it
+        self._cut_off = False  # the last attempt to publish pool_gateway failed (API unreachable)
         self.proxy_metrics = ProxyMetrics(self.metrics.registry)
         self.proxy: ProxyComponent | None = None  # started by run() (docs/proxy.md)
 
@@ -383,7 +387,9 @@ class Agent:
 
     def publish_pool_gateway(self) -> bool:
         """Make our Node's annotation name the gateway our pool uses as we decided it, so the
-        controller can adopt the pool's decision (raven.pool_decision); True when it does."""
+        controller can adopt the pool's decision (raven.pool_decision); True when it does.
+        When the API server did not take an attempt since the last success, the decision was
+        taken while cut off: flagged beside it."""
         if self.node is None or self.kube is None or self.pool_gateway is None:
             return self.pool_gateway is None
         from raven.kube.client import NODES
@@ -392,16 +398,20 @@ class Agent:
         if node is None:
             return False
         annotations = (node.get("metadata") or {}).get("annotations") or {}
-        if annotations.get(constants.ANNOTATION_POOL_GATEWAY) == self.pool_gateway:
+        want = {constants.ANNOTATION_POOL_GATEWAY: self.pool_gateway,
+                constants.ANNOTATION_POOL_GATEWAY_OFFLINE: "true" if self._cut_off else "false"}
+        if all(annotations.get(k) == v for k, v in want.items()):
             return True
-        patch = {"metadata": {"annotations": {
-            constants.ANNOTATION_POOL_GATEWAY: self.pool_gateway}}}
+        patch = {"metadata": {"annotations": want}}
         try:
-            self.kube.merge_patch(NODES, self.settings.node, patch)
+            self.kube.merge_patch(NODES, self.settings.node, patch,
+                                  timeout=DECISION_PUBLISH_TIMEOUT)
         except KubeError as exc:
+            self._cut_off = True
             self.metrics.errors.labels("publish").inc()
             log.warning("node %s: cannot publish the pool's gateway: %s", self.settings.node, exc)
             return False
+        self._cut_off = False
         return True
 
     def _decision_loop(self, stop: threading.Event) -> None:
