@@ -6,12 +6,13 @@ Rules kept:
   (raven.healthprobe), its claim: the gateway its pool uses as it applies it, the controller's
   choice it was made under (the head of `status.activeEndpoints`) and the claim's age (ages,
   not times: nodes compare claims without comparing clocks);
-- the incumbent of a pool is the candidate with the oldest self-claim (a candidate naming
-  itself) made under the controller's current choice, among candidates not seen DOWN; ties go
-  by the controller's order. Every observer (members, the other candidates, remote gateways)
-  puts the incumbent first in the failover order (`raven.failover.choose`), so a gateway that
-  comes back while its pool uses another becomes a standby: nothing moves while the incumbent
-  answers, and the pool never has two nodes carrying its traffic;
+- the incumbent of a pool is, among candidates not seen DOWN with a self-claim (a candidate
+  naming itself) made under the controller's current choice: the controller's choice itself,
+  else the oldest claim (ties: the controller's order). Every observer (members, the other
+  candidates, remote gateways) puts the incumbent first in the failover order
+  (`raven.failover.choose`), so a gateway that comes back while its pool uses another becomes
+  a standby: nothing moves while the incumbent answers, and the pool never has two nodes
+  carrying its traffic;
 - a claim made under another controller choice is void: when the controller's choice changes
   (it adopted the pool's decision, or elected another), every node follows the controller;
 - a candidate without a standing claim (it just came back: its responder had to be started
@@ -20,7 +21,8 @@ Rules kept:
   its cached inputs before learning what its pool uses.
 Known limit: two candidates that each saw the other DOWN (a blackholed gateway whose own probes
 were dropped too) both claim; when it is repaired before the controller hears from the pool,
-the older claim (the blackholed one's) wins and the pool moves back once, deterministically.
+the controller's choice (the blackholed one) wins and the pool moves back once,
+deterministically. Repaired after the controller adopted the pool's decision, nothing moves.
 Pure: no I/O; ages are arguments.
 """
 
@@ -62,15 +64,15 @@ def incumbent(order: Sequence[str], verdicts: Mapping[str, Verdict],
     if not order:
         return None
     head = order[0]
-    held: list[tuple[float, int, str]] = []
+    held: list[tuple[bool, float, int, str]] = []
     for i, node in enumerate(order):
         claim = mine if node == me else claims.get(node)
         if claim is None or claim.gateway != node or claim.head != head:
             continue
         if node != me and verdicts.get(node, Verdict.UNKNOWN) == Verdict.DOWN:
             continue
-        held.append((-claim.age, i, node))
-    return min(held)[2] if held else None
+        held.append((node != head, -claim.age, i, node))
+    return min(held)[3] if held else None
 
 
 def first(order: Sequence[str], leader: str | None) -> list[str]:

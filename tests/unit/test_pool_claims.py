@@ -20,9 +20,17 @@ def test_the_oldest_self_claim_under_the_controllers_choice_is_the_incumbent() -
     order = ["k1", "k2"]
     k2 = Claim("k2", "k1", 30.0)  # k2 took over while the controller still says k1
     assert pool_claims.incumbent(order, {"k1": UP, "k2": UP}, {"k2": k2}, "k3", None) == "k2"
-    # k1 back, claiming itself from its cache: younger, so k2 stays.
+    # k1 back, following k2 (it claims k2, not itself): k2 stays.
+    back = {"k1": Claim("k2", "k1", 0.1), "k2": k2}
+    assert pool_claims.incumbent(order, {"k1": UP, "k2": UP}, back, "k3", None) == "k2"
+    # The controller's choice claiming itself wins (a blackholed k1 that saw k2 DOWN too and
+    # kept its role, repaired before the controller heard from the pool: the known limit).
     both = {"k1": Claim("k1", "k1", 0.1), "k2": k2}
-    assert pool_claims.incumbent(order, {"k1": UP, "k2": UP}, both, "k3", None) == "k2"
+    assert pool_claims.incumbent(order, {"k1": UP, "k2": UP}, both, "k3", None) == "k1"
+    # Repaired after the controller adopted k2: k2 is the choice, k1's claim is void anyway.
+    adopted = {"k1": Claim("k1", "k2", 50.0), "k2": Claim("k2", "k2", 1.0)}
+    assert pool_claims.incumbent(["k2", "k1"], {"k1": UP, "k2": UP}, adopted, "k3",
+                                 None) == "k2"
     # A follower's claim is no self-claim; a DOWN claimant counts for nothing.
     assert pool_claims.incumbent(order, {"k2": UP}, {"k2": Claim("k1", "k1", 9)}, "k3",
                                  None) is None
@@ -31,9 +39,12 @@ def test_the_oldest_self_claim_under_the_controllers_choice_is_the_incumbent() -
     assert pool_claims.incumbent(["k2", "k1"], {"k2": UP}, {"k2": k2}, "k3", None) is None
     # My own claim counts as mine, whatever my verdicts say.
     assert pool_claims.incumbent(order, {"k2": DOWN}, {}, "k1", Claim("k1", "k1", 5)) == "k1"
-    # Equal ages: the controller's order.
-    tie = {"k1": Claim("k1", "k1", 3), "k2": Claim("k2", "k1", 3)}
-    assert pool_claims.incumbent(order, {"k1": UP, "k2": UP}, tie, "k3", None) == "k1"
+    # Among others: the oldest, then the controller's order.
+    three = ["k0", "k1", "k2"]
+    older = {"k1": Claim("k1", "k0", 3), "k2": Claim("k2", "k0", 4)}
+    assert pool_claims.incumbent(three, {}, older, "k9", None) == "k2"
+    tie = {"k1": Claim("k1", "k0", 3), "k2": Claim("k2", "k0", 3)}
+    assert pool_claims.incumbent(three, {}, tie, "k9", None) == "k1"
 
 
 def test_every_observer_keeps_the_incumbent_when_the_old_gateway_returns() -> None:
