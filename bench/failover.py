@@ -13,7 +13,12 @@ Measured per round and source: seconds from the fault to the first echo reply th
 outage. A round in which replies do not come back within --patience seconds is a FAILURE: it
 is counted, and it enters the median and the maximum as infinity (never dropped). The fault is
 repaired and the pool settled between rounds. Also printed: the node that carries the traffic
-afterwards and the load average. `--json` prints a JSON summary as the last line.
+afterwards, the load average, and the kernel writes each node made from the fault to the end of
+the round, counted by an independent oracle (the kernel's own notifications: `ip -o monitor
+link address route rule` and `nft monitor` inside every node but the broken one, and the peers
+whose allowed IPs differ in `wg show raven-wg0 allowed-ips` before and after; WireGuard writes
+through wireguard-go's socket raise no netlink notification, hence the diff). `--json` prints a
+JSON summary as the last line.
 
     .venv/bin/python bench/failover.py [--rounds 5] [--cases a,b,c] [--json]
 """
@@ -34,7 +39,7 @@ import time
 from pathlib import Path
 
 from raven.errors import CommandError
-from raven.lab import build, cluster, faults, teardown
+from raven.lab import build, cluster, faults, runtime, teardown
 from raven.lab.plan import LabPlan, NodePlan, PodPlan, PoolPlan
 from raven.lab.topology import load_topology
 
@@ -117,8 +122,52 @@ def settle(lab: str, plan: LabPlan, failing: PoolPlan, member: str, timeout: flo
         time.sleep(0.5)
 
 
+class WriteWatch:
+    """Kernel changes per node while it runs, seen by the kernel's notifications (not by the
+    agents' own counters)."""
+
+    def __init__(self, lab: str, nodes: list[str]) -> None:
+        self.lab = lab
+        self.nodes = nodes
+        self.wg_before = {n: self._wg(n) for n in nodes}
+        self.procs: dict[tuple[str, str], subprocess.Popen[str]] = {}
+        for n in nodes:
+            prefix = runtime.node_exec_argv(lab, n)
+            self.procs[(n, "netlink")] = subprocess.Popen(
+                [*prefix, "ip", "-o", "monitor", "link", "address", "route", "rule"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            self.procs[(n, "nft")] = subprocess.Popen(
+                [*prefix, "nft", "monitor"], stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL, text=True)
+        time.sleep(0.3)  # both monitors subscribe before the fault
+
+    def _wg(self, node: str) -> dict[str, str]:
+        proc = subprocess.run([*runtime.node_exec_argv(self.lab, node), "wg", "show",
+                               "raven-wg0", "allowed-ips"], capture_output=True, text=True)
+        out = {}
+        for line in proc.stdout.splitlines():
+            key, _, ips = line.partition("\t")
+            out[key] = " ".join(sorted(ips.split()))
+        return out
+
+    def stop(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {n: {} for n in self.nodes}
+        for (node, kind), proc in self.procs.items():
+            proc.terminate()
+            out, _ = proc.communicate(timeout=10)
+            counts[node][kind] = len([line for line in out.splitlines()
+                                      if line.strip() and not line.startswith("#")])
+        for n in self.nodes:
+            after = self._wg(n)
+            before = self.wg_before[n]
+            counts[n]["wg_peers"] = len([k for k in set(before) | set(after)
+                                         if before.get(k) != after.get(k)])
+        return {n: c for n, c in counts.items() if any(c.values())}
+
+
 def one_round(lab: str, case: str, active: str, failing: PoolPlan, dst: PodPlan,
-              sources: dict[str, PodPlan], patience: float) -> dict[str, object]:
+              sources: dict[str, PodPlan], patience: float,
+              watched: list[str]) -> dict[str, object]:
     pings = {name: subprocess.Popen(
         ["ip", "netns", "exec", pod.netns, "ping", "-n", "-D", "-i", "0.01", "-W", "1",
          "-w", f"{WARMUP + patience:.0f}", dst.ip],
@@ -128,6 +177,7 @@ def one_round(lab: str, case: str, active: str, failing: PoolPlan, dst: PodPlan,
     if case == "c":
         faults.disconnect(lab, failing.name)
         time.sleep(1.0)  # agents' API calls from the pool now fail
+    watch = WriteWatch(lab, [n for n in watched if n != active])
     t0 = time.time()
     if case == "b":
         faults.blackhole(lab, active)
@@ -138,7 +188,7 @@ def one_round(lab: str, case: str, active: str, failing: PoolPlan, dst: PodPlan,
         out, _ = proc.communicate(timeout=WARMUP + patience + 30)
         end = outage_end(out.splitlines(), t0)
         seconds[name] = None if end is None else round(end, 3)
-    return {"case": case, "failed": active, "seconds": seconds}
+    return {"case": case, "failed": active, "seconds": seconds, "writes": watch.stop()}
 
 
 def repair(lab: str, case: str, node: str, pool: PoolPlan) -> None:
@@ -191,16 +241,20 @@ def main() -> int:
         for case in cases:
             for i in range(args.rounds):
                 active = settle(lab, plan, failing, member.name, 90)
-                r = one_round(lab, case, active, failing, member.pods[0], sources, args.patience)
+                r = one_round(lab, case, active, failing, member.pods[0], sources, args.patience,
+                              [n.name for _, n in plan.nodes()])
                 time.sleep(0.5)
                 r["carrier"] = carrier(lab, member.name)
                 r["load"] = round(os.getloadavg()[0], 2)
                 rounds.append(r)
                 shown = ", ".join(f"{k} {'FAILED' if v is None else f'{v:.2f}s'}"
                                   for k, v in r["seconds"].items())  # type: ignore[union-attr]
+                writes = "; ".join(f"{n} " + ", ".join(f"{k} {v}" for k, v in c.items())
+                                   for n, c in r["writes"].items())  # type: ignore[union-attr]
                 print(f"case {case} round {i + 1}: {active} broken -> traffic via "
-                      f"{r['carrier']}; first reply after {shown} (load {r['load']})",
-                      flush=True)
+                      f"{r['carrier']}; first reply after {shown} (load {r['load']}); kernel "
+                      f"changes per node (netlink notifications, nft monitor lines, WireGuard "
+                      f"peers changed): {writes or 'none'}", flush=True)
                 repair(lab, case, active, failing)
     finally:
         teardown.down(lab)

@@ -30,15 +30,25 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import threading
 import time
 from dataclasses import fields
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from raven import agent_step, constants, failover, nat_discovery, relay_choice, standby
+from raven import (
+    agent_step,
+    constants,
+    failover,
+    nat_discovery,
+    pool_claims,
+    relay_choice,
+    standby,
+)
 from raven.agent_step import Apply, Inputs, Observation, PublishKey, RefreshStats, SaveCache
 from raven.dataplane import Dataplane, DataplaneSettings
 from raven.desired import NodeState, Role
@@ -70,8 +80,20 @@ CACHE_FILE = "inputs.json"
 
 
 EVENT_PEER_SKIPPED = "PeerSkipped"
+# A pool decision the API server did not take within this many seconds was taken while cut off
+# from the control plane: it is published flagged (raven.pool_decision, cause "partition").
+DECISION_PUBLISH_TIMEOUT = 2.0
 
 __all__ = ["Agent", "AgentSettings", "Inputs", "gateway_candidate", "parse_inputs"]
+
+
+def _read_claim(path: Path) -> tuple[str, str, float] | None:
+    """The claim a previous agent wrote (pool_claims.render), or None."""
+    try:
+        gateway, head, since = path.read_text().split()
+        return gateway, "" if head == "-" else head, float(since)
+    except (OSError, ValueError):
+        return None
 
 
 def gateway_candidate(node: str, gateways: list[Gateway]) -> bool:
@@ -179,6 +201,11 @@ class Agent:
         self.switches: tuple[str, ...] = ()  # pools whose active gateway this node replaced
         self.pool_gateway: str | None = None  # our pool's gateway as we use it, for the Node
         self._decision = threading.Event()  # pool_gateway changed: publish it
+        self._cut_off = False  # the last attempt to publish pool_gateway failed (API unreachable)
+        # Our claim (raven.pool_claims): (gateway we use, controller's choice, since unix s),
+        # advertised by the probe responder; the controller's choice per pool, as last read.
+        self._claim: tuple[str, str, float] | None = None
+        self._heads: dict[str, str] = {}
         self.proxy_metrics = ProxyMetrics(self.metrics.registry)
         self.proxy: ProxyComponent | None = None  # started by run() (docs/proxy.md)
 
@@ -351,8 +378,25 @@ class Agent:
         of the decision."""
         if self.prober is None:
             return gateways
+        me = self.settings.node
+        self._heads = {g.name: next((e.node_name for e in g.status.active_endpoints
+                                     if e.type == TUNNEL), "") for g in gateways}
+        mine_pool = next((g.name for g in gateways
+                          if me in {n.node_name for n in g.status.nodes}), None)
+        claim = self._claim
+        mine = None if claim is None else pool_claims.Claim(
+            claim[0], claim[1], max(0.0, time.time() - claim[2]))
+        # Back after being down (no standing claim of our own): count ourselves only once
+        # every other candidate of our pool was heard from (raven.pool_claims).
+        o = self.settings.overlay
+        heard = self.prober.heard()
+        others = [(t.pool, t.node) for t in failover.probe_targets(
+            gateways, me, lambda ip: vtep_for(ip)[0], o.vxlan_device, o.wireguard_device)
+            if t.pool == mine_pool]
+        self_alive = (claim is not None and claim[0] == me) or all(
+            heard.get(key, False) for key in others)
         effective, switches = failover.effective_gateways(
-            gateways, self.prober.verdicts(), self.settings.node)
+            gateways, self.prober.verdicts(), me, self.prober.claims(), mine, self_alive)
         described = tuple(str(s) for s in switches)
         if described != self.switches:
             for text in described:
@@ -380,10 +424,31 @@ class Agent:
         if chosen != self.pool_gateway:
             self.pool_gateway = chosen
             self._decision.set()
+        head = self._heads.get(state.pool or "", "")
+        if chosen and self.prober is not None and (
+                self._claim is None or self._claim[:2] != (chosen, head)):
+            self._claim = (chosen, head, time.time())
+            self._write_claim()
+
+    def _write_claim(self) -> None:
+        """Our claim for the probe responder to advertise (written whole, then renamed)."""
+        from raven.healthprobe import responder
+
+        if self._claim is None:
+            return
+        path = self.settings.state_dir / responder.ADVERT_FILE
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(pool_claims.render(*self._claim))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)
 
     def publish_pool_gateway(self) -> bool:
         """Make our Node's annotation name the gateway our pool uses as we decided it, so the
-        controller can adopt the pool's decision (raven.pool_decision); True when it does."""
+        controller can adopt the pool's decision (raven.pool_decision); True when it does.
+        When the API server did not take an attempt since the last success, the decision was
+        taken while cut off: flagged beside it."""
         if self.node is None or self.kube is None or self.pool_gateway is None:
             return self.pool_gateway is None
         from raven.kube.client import NODES
@@ -392,16 +457,20 @@ class Agent:
         if node is None:
             return False
         annotations = (node.get("metadata") or {}).get("annotations") or {}
-        if annotations.get(constants.ANNOTATION_POOL_GATEWAY) == self.pool_gateway:
+        want = {constants.ANNOTATION_POOL_GATEWAY: self.pool_gateway,
+                constants.ANNOTATION_POOL_GATEWAY_OFFLINE: "true" if self._cut_off else "false"}
+        if all(annotations.get(k) == v for k, v in want.items()):
             return True
-        patch = {"metadata": {"annotations": {
-            constants.ANNOTATION_POOL_GATEWAY: self.pool_gateway}}}
+        patch = {"metadata": {"annotations": want}}
         try:
-            self.kube.merge_patch(NODES, self.settings.node, patch)
+            self.kube.merge_patch(NODES, self.settings.node, patch,
+                                  timeout=DECISION_PUBLISH_TIMEOUT)
         except KubeError as exc:
+            self._cut_off = True
             self.metrics.errors.labels("publish").inc()
             log.warning("node %s: cannot publish the pool's gateway: %s", self.settings.node, exc)
             return False
+        self._cut_off = False
         return True
 
     def _decision_loop(self, stop: threading.Event) -> None:
@@ -637,8 +706,10 @@ class Agent:
         s = self.settings
         try:
             # Its own process, left running like wireguard-go: a restart of this agent must
-            # not silence the probes others send to this node (they would fail over).
-            responder.ensure(s.state_dir, s.probe.port, s.netns)
+            # not silence the probes others send to this node (they would fail over). When
+            # it survived, so does our claim (raven.pool_claims); a new one voids it.
+            if responder.ensure(s.state_dir, s.probe.port, s.netns, forget_claim=True) is None:
+                self._claim = _read_claim(s.state_dir / responder.ADVERT_FILE)
         except OSError as exc:
             log.warning("probe responder not started: %s; other nodes cannot probe this one",
                         exc)

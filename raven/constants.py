@@ -22,6 +22,9 @@ ANNOTATION_PUBLIC_ADDRESS = "raven.openyurt.io/public-address"
 # The gateway this node's pool uses as the agent decided it from data-path probes (our
 # addition): the controller adopts the pool's majority when it hears from the pool again.
 ANNOTATION_POOL_GATEWAY = "raven.openyurt.io/pool-gateway"
+# "true" when the agent could not publish that decision at its first attempt: the pool decided
+# while cut off from the control plane (the failover's cause is then "partition").
+ANNOTATION_POOL_GATEWAY_OFFLINE = "raven.openyurt.io/pool-gateway-offline"
 
 # Heartbeats and leader election: coordination.k8s.io/v1 Leases.
 RAVEN_NAMESPACE = "kube-system"

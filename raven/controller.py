@@ -9,7 +9,9 @@ Rules kept:
   which compare with renewTimes written by the agents) and passed in as `now`;
 - status is written only when it differs from what is stored (PUT /status with the object's
   resourceVersion; a conflict just means "look again"); events ActiveEndpointElected /
-  ActiveEndpointLost follow a successful write;
+  ActiveEndpointLost follow a successful write; GatewayFailover follows once its cause is
+  settled (raven.pool_decision.resolve: at once for a partition, else at the first reconcile
+  that has the evidence, a heartbeat renewed after the move or one missed);
 - only the holder of the Lease `raven-gateway-controller` writes; standbys keep warm informers
   so a handover costs one lease period, not a relist;
 - nothing in an object can crash the loop: a Gateway whose status cannot be computed is logged
@@ -30,7 +32,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from raven import constants, controller_step, relay_choice
+from raven import constants, controller_step, pool_decision, relay_choice
 from raven.controller_step import Action, ControllerState, Observation
 from raven.errors import ValidationError
 from raven.gateway_status import (
@@ -121,6 +123,7 @@ class GatewayController:
         self._relay_state = relay_choice.RelayState()
         self._compat_done: object = None  # the proxy objects last written (skip when equal)
         self._unserved: set[str] = set()  # kinds the API server does not serve (logged once)
+        self._failovers: list[pool_decision.Failover] = []  # moves whose cause is pending
 
     def _changed(self, kind: str, obj: JSON) -> None:
         self._wake.set()
@@ -139,8 +142,9 @@ class GatewayController:
         else:
             self._heartbeat_seen[node] = current
         if controller_step.heartbeat_wakes(previous, current,
-                                           self.settings.election.heartbeat_timeout):
-            self._wake.set()
+                                           self.settings.election.heartbeat_timeout) \
+                or any(node in f.lost for f in self._failovers):
+            self._wake.set()  # (a renewal of a node we failed over from settles a cause)
 
     def _nodes(self) -> dict[str, Node]:
         """Parsed Nodes; a Node is parsed again only when its resourceVersion changed."""
@@ -220,6 +224,7 @@ class GatewayController:
             if self._write(obj, plan, now):
                 writes += 1
         self.metrics.pools.set(without)
+        self._report_failovers(nodes, heartbeats, now)
         try:
             self.sync_proxy_objects(planned, nodes)
         except KubeError as exc:
@@ -229,6 +234,16 @@ class GatewayController:
         self.metrics.reconcile.observe(time.monotonic() - start)
         self.reconciles += 1
         return writes
+
+    def _report_failovers(self, nodes: dict[str, Node], heartbeats: dict[str, float],
+                          now: float) -> None:
+        """One GatewayFailover event per move whose cause is settled now."""
+        self._failovers, ready = pool_decision.resolve(
+            self._failovers, nodes, heartbeats, now, self.settings.election)
+        for failover, cause in ready:
+            self.events.record(failover.subject, EVENT_FAILOVER, failover.message(cause), now,
+                               "Warning")
+            log.info("%s", failover.message(cause))
 
     def sync_proxy_objects(self, gateways: list[Gateway], nodes: dict[str, Node]) -> None:
         """OpenYurt's proxy objects (raven.proxy.compat): the Service and Endpoints
@@ -299,10 +314,9 @@ class GatewayController:
             self.events.record(stored, EVENT_ELECTED,
                                f"node {node} elected active tunnel endpoint of Gateway {name}",
                                now)
-        if plan.cause:
-            self.events.record(stored, EVENT_FAILOVER,
-                               f"Gateway {name}: active gateway {', '.join(plan.lost)} -> "
-                               f"{', '.join(plan.elected)}, cause: {plan.cause}", now, "Warning")
+        if plan.lost and plan.elected:  # reported when its cause is settled
+            self._failovers.append(pool_decision.Failover(
+                name, plan.lost, plan.elected, now, plan.cause, stored))
         for node in plan.lost:
             why = "; ".join(plan.reasons) or "no longer elected"
             self.events.record(stored, EVENT_LOST,

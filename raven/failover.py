@@ -171,20 +171,35 @@ def choose(order: Sequence[str], verdicts: Mapping[str, Verdict], me: str,
 
 
 def effective_gateways(gateways: Sequence[Gateway], verdicts: Verdicts,
-                       me: str) -> tuple[list[Gateway], list[Switch]]:
+                       me: str, claims: Mapping[tuple[str, str], Any] | None = None,
+                       mine: Any = None, self_alive: bool = True
+                       ) -> tuple[list[Gateway], list[Switch]]:
     """The Gateways with each pool's active endpoints replaced by this node's choice, and the
-    switches made. A pool without verdicts, or with fewer than two candidates, is unchanged."""
+    switches made. A pool without verdicts, or with fewer than two candidates, is unchanged.
+    `claims` ((pool, node) -> raven.pool_claims.Claim), `mine` (this node's own claim) and
+    `self_alive` (False: this candidate does not count itself yet) keep an incumbent gateway
+    first (raven.pool_claims; one active gateway per pool only)."""
+    from raven import pool_claims  # (it imports Verdict from here)
+
     out: list[Gateway] = []
     switches: list[Switch] = []
     for gw in gateways:
         cands = candidates(gw)
         seen = {node: v for (pool, node), v in verdicts.items() if pool == gw.name}
-        if len(cands) < 2 or not seen:
+        order = [ep.node_name for ep in cands]
+        waiting = not self_alive and me in order  # (before our first probes: not ourselves)
+        if len(cands) < 2 or not (seen or waiting):
             out.append(gw)
             continue
-        order = [ep.node_name for ep in cands]
         controller = tuple(e.node_name for e in gw.status.active_endpoints if e.type == TUNNEL)
-        chosen = choose(order, seen, me, max(1, len(controller)))
+        who = me
+        if claims is not None and len(controller) <= 1:
+            held = {node: c for (pool, node), c in claims.items() if pool == gw.name}
+            order = pool_claims.first(order, pool_claims.incumbent(
+                order, seen, held, me, mine if me in order else None))
+            if waiting:
+                seen, who = {**seen, me: Verdict.DOWN}, ""
+        chosen = choose(order, seen, who, max(1, len(controller)))
         if chosen == controller[:len(chosen)]:
             out.append(gw)
             continue

@@ -56,7 +56,7 @@ from raven.model import (
     NodeInfo,
     gateway_problems,
 )
-from raven.pool_decision import adopt, cause
+from raven.pool_decision import adopt, decided_offline, immediate_cause
 from raven.timefmt import parse_time, to_time
 
 JSON = dict[str, Any]
@@ -76,7 +76,10 @@ class StatusPlan:
     elected: tuple[str, ...]  # nodes that became active endpoints
     lost: tuple[str, ...]  # nodes that stopped being active endpoints
     reasons: tuple[str, ...]
-    cause: str = ""  # why the active gateway moved (raven.pool_decision), when it moved
+    # Why the active gateway moved, when that is known at once ("partition"); otherwise "" and
+    # the controller settles it from later heartbeats (raven.pool_decision.resolve).
+    cause: str = ""
+    partitioned: bool = False  # the adopted decision was taken while the pool was cut off
     proxy_elected: tuple[str, ...] = ()  # the same for proxy endpoints (docs/proxy.md)
     proxy_lost: tuple[str, ...] = ()
 
@@ -211,6 +214,7 @@ def compute_status(
     # What the pool decided from its own probes (published on its Nodes) becomes the current
     # active endpoint before the sticky election, when it names a healthy candidate.
     voted, adopted = adopt(gateway, nodes, heartbeats, now, opts)
+    partitioned = adopted is not None and decided_offline(gateway, nodes, adopted)
     election = elect(voted, nodes, heartbeats, now, opts)
     if adopted is not None and adopted in election.names:
         election = replace(election, reasons=(
@@ -296,8 +300,8 @@ def compute_status(
         elected=elected,
         lost=lost,
         reasons=tuple(election.reasons),
-        cause=cause(lost, previous_ready, nodes, heartbeats, now, opts)
-        if lost and elected else "",
+        cause=immediate_cause(lost, previous_ready, partitioned) if lost and elected else "",
+        partitioned=partitioned,
         proxy_elected=tuple(n for n in new_proxies if n not in old_proxies),
         proxy_lost=tuple(n for n in old_proxies if n not in new_proxies),
     )

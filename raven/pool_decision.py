@@ -12,10 +12,18 @@ Rules kept:
   controller never elects a node it considers dead, whatever the pool says;
 - adopting means making the decided node the current active endpoint before the sticky
   election runs, so the election keeps it;
-- the cause of a failover: "partition" when the previous status was kept without heartbeats
-  (the pool had lost the control plane), "power-off" when the old active node is NotReady, gone
-  or its heartbeat is older than a third of the timeout (it missed a renewal), "probe loss"
-  otherwise (it heartbeats, but the pool's probes do not get through it).
+- the cause of a failover is settled by evidence, never guessed at the moment of the move
+  (when the pool fails over in half a second, a powered-off node's last heartbeat is still
+  fresh): "partition" when the pool decided while cut off from the control plane (the
+  previous status was kept without heartbeats, or most of the nodes that voted for the new
+  gateway flagged their vote `raven.openyurt.io/pool-gateway-offline`: they could not publish
+  it at once); otherwise "probe loss" once every lost node renewed its heartbeat after the
+  failover and is Ready (alive, but the pool's probes do not get through it), "power-off" as
+  soon as one is gone, NotReady, has no heartbeat or missed two renewals (its heartbeat is
+  older than two thirds of the timeout); until then the cause is pending (`resolve`).
+  A live node renews every third of the timeout, so it reaches "probe loss" before it could
+  look like "power-off"; a dead one never renews, so it reaches "power-off": the outcome does
+  not depend on when the controller looks.
 Time is an argument; no I/O.
 """
 
@@ -23,7 +31,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any
 
 from raven import constants
 from raven.election import ElectionOptions
@@ -81,13 +90,66 @@ def adopt(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, 
     return replace(gateway, status=status), choice
 
 
-def cause(lost: Sequence[str], previous_ready_reason: str, nodes: Mapping[str, Node],
-          heartbeats: Mapping[str, float], now: float, options: ElectionOptions) -> str:
-    if previous_ready_reason == KEPT_REASON:
-        return PARTITION
+def decided_offline(gateway: Gateway, nodes: Mapping[str, Node], choice: str) -> bool:
+    """Whether most of the Ready nodes of the pool that vote for `choice` flagged their vote as
+    published late (`raven.openyurt.io/pool-gateway-offline: "true"`): decided while cut off."""
+    voters = [n for n in nodes.values()
+              if n.gateway == gateway.name and n.ready
+              and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY) == choice]
+    offline = sum(n.annotations.get(constants.ANNOTATION_POOL_GATEWAY_OFFLINE) == "true"
+                  for n in voters)
+    return bool(voters) and 2 * offline > len(voters)
+
+
+def immediate_cause(lost: Sequence[str], previous_ready_reason: str, partitioned: bool) -> str:
+    """The cause known at the moment of the move: "partition" or "" (settled later by
+    `classify`)."""
+    return PARTITION if lost and (partitioned or previous_ready_reason == KEPT_REASON) else ""
+
+
+def classify(lost: Sequence[str], at: float, nodes: Mapping[str, Node],
+             heartbeats: Mapping[str, float], now: float, options: ElectionOptions
+             ) -> str | None:
+    """POWER_OFF or PROBE_LOSS for a failover away from `lost` at wall time `at`, or None while
+    the evidence is not in yet (module docstring)."""
+    alive = 0
     for name in lost:
         node, last = nodes.get(name), heartbeats.get(name)
         if node is None or not node.ready or last is None \
-                or now - last > options.heartbeat_timeout / 3:
+                or now - last > 2 * options.heartbeat_timeout / 3:
             return POWER_OFF
-    return PROBE_LOSS
+        if last > at:
+            alive += 1
+    return PROBE_LOSS if lost and alive == len(lost) else None
+
+
+@dataclass(frozen=True)
+class Failover:
+    """A move of a pool's active gateway whose event waits for its cause."""
+
+    gateway: str
+    lost: tuple[str, ...]
+    elected: tuple[str, ...]
+    at: float  # wall seconds (API time) of the status write that made the move
+    cause: str = ""  # known at once (partition), else settled by `classify`
+    subject: Any = None  # what the caller attaches the event to (the stored object)
+
+    def message(self, cause: str) -> str:
+        return (f"Gateway {self.gateway}: active gateway {', '.join(self.lost)} -> "
+                f"{', '.join(self.elected)}, cause: {cause}")
+
+
+def resolve(pending: Sequence[Failover], nodes: Mapping[str, Node],
+            heartbeats: Mapping[str, float], now: float, options: ElectionOptions
+            ) -> tuple[list[Failover], list[tuple[Failover, str]]]:
+    """(still pending, [(failover, cause)] ready to be reported), in order. A newer move of
+    the same Gateway does not cancel an older one: each move gets its event."""
+    waiting: list[Failover] = []
+    ready: list[tuple[Failover, str]] = []
+    for f in pending:
+        found = f.cause or classify(f.lost, f.at, nodes, heartbeats, now, options)
+        if found:
+            ready.append((f, found))
+        else:
+            waiting.append(f)
+    return waiting, ready

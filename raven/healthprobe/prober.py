@@ -10,7 +10,9 @@ Rules kept:
 - replies are read before timeouts are judged: a late turn of this thread drains what arrived
   while it slept instead of counting it lost;
 - all decisions (health, hysteresis) are `raven.failover`'s pure functions; `on_change` is called
-  (on this thread) when a target becomes or stops being DOWN;
+  (on this thread) when a target becomes or stops being DOWN, when it is heard from for the
+  first time (a reply or a DOWN verdict), or when the claim it advertises in its replies
+  (raven.pool_claims) names another gateway or controller choice;
 - sockets are re-opened when their device goes or comes back; a missing device is not an error
   (its probes are lost; a target that never answered stays UNKNOWN).
 """
@@ -29,6 +31,7 @@ from dataclasses import dataclass, field
 from raven import failover
 from raven.failover import Health, ProbeSettings, Target, Verdict
 from raven.healthprobe import wire
+from raven.pool_claims import Claim, parse_advert
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,7 @@ class _Slot:
     health: Health = field(default_factory=Health)
     next_send: float = 0.0
     outstanding: dict[int, float] = field(default_factory=dict)  # seq -> sent at (monotonic)
+    claim: tuple[str, str, float, float] | None = None  # gateway, head, age, read at (monotonic)
 
 
 class Prober:
@@ -73,6 +77,21 @@ class Prober:
     def verdicts(self) -> dict[tuple[str, str], Verdict]:
         with self._lock:
             return {(t.pool, t.node): s.health.verdict for t, s in self._slots.items()}
+
+    def claims(self) -> dict[tuple[str, str], Claim]:
+        """(pool, node) -> the claim the target advertised last, aged to now; only for targets
+        not DOWN (a silent one's word is stale)."""
+        now = time.monotonic()
+        with self._lock:
+            return {(t.pool, t.node): Claim(c[0], c[1], c[2] + now - c[3])
+                    for t, s in self._slots.items()
+                    if (c := s.claim) is not None and s.health.verdict != Verdict.DOWN}
+
+    def heard(self) -> dict[tuple[str, str], bool]:
+        """(pool, node) -> whether the target answered or was judged DOWN since it was added."""
+        with self._lock:
+            return {(t.pool, t.node): _heard(s.health, self.settings)
+                    for t, s in self._slots.items()}
 
     def report(self) -> list[dict[str, object]]:
         with self._lock:
@@ -182,7 +201,8 @@ class Prober:
             if sock is None:
                 continue
             try:
-                sock.sendto(wire.encode(wire.REQUEST, self._seq), (target.address, s.port))
+                sock.sendto(wire.encode(wire.REQUEST, self._seq, wire.ADVERTISE),
+                            (target.address, s.port))
             except OSError as exc:
                 if exc.errno in (errno.ENODEV, errno.ENXIO, errno.EADDRNOTAVAIL):
                     sock.close()  # the device went: reopen on the new one later
@@ -193,7 +213,7 @@ class Prober:
         changed = False
         while True:
             try:
-                data, (address, _port) = sock.recvfrom(64)
+                data, (address, _port) = sock.recvfrom(wire.SIZE + wire.MAX_ADVERT + 1)
             except (BlockingIOError, InterruptedError):
                 return changed
             except OSError:
@@ -208,9 +228,13 @@ class Prober:
             sent = slot.outstanding.pop(msg[1], None)
             if sent is None:
                 continue
-            before = slot.health.verdict
+            before, heard = slot.health.verdict, _heard(slot.health, self.settings)
             slot.health = failover.replied(slot.health, now - sent, self.settings)
-            changed |= _matters(before, slot.health.verdict)
+            changed |= _matters(before, slot.health.verdict) or not heard
+            advert = parse_advert(wire.advert(data))
+            if advert is not None:
+                changed |= slot.claim is None or slot.claim[:2] != advert[:2]
+                slot.claim = (*advert, now)
 
     def _expire(self, now: float) -> bool:
         changed = False
@@ -220,10 +244,16 @@ class Prober:
             for seq in expired:
                 del slot.outstanding[seq]
                 self._by_seq.pop(seq, None)
-                before = slot.health.verdict
+                before, heard = slot.health.verdict, _heard(slot.health, self.settings)
                 slot.health = failover.lost(slot.health, self.settings)
-                changed |= _matters(before, slot.health.verdict)
+                changed |= _matters(before, slot.health.verdict) or (
+                    heard != _heard(slot.health, self.settings))
         return changed
+
+def _heard(h: Health, s: ProbeSettings) -> bool:
+    """A reply came, or enough probes were lost in a row to call a known target DOWN."""
+    return h.replies > 0 or h.lost_run >= s.down_after
+
 
 def _matters(before: Verdict, after: Verdict) -> bool:
     """Only becoming or ceasing to be DOWN can change a decision (UNKNOWN and UP both count as

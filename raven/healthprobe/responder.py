@@ -6,9 +6,13 @@ fail over. Like wireguard-go, the responder is started once and left running; `r
 cleanup` stops it (`stop`).
 
 Run as a script with the standard library only (`python -I -S responder.py --port P [--netns
-PATH]`): it answers each probe request (raven.healthprobe.wire: 16 bytes, "RVNP", kind 1) with
-the same bytes of kind 2, from the address it was sent to, out of the device it arrived on
-(IP_PKTINFO), so the answer crosses the same tunnel back. Anything else is ignored.
+PATH] [--advertise FILE]`): it answers each probe request (raven.healthprobe.wire: 16 bytes,
+"RVNP", kind 1) with the same bytes of kind 2, from the address it was sent to, out of the
+device it arrived on (IP_PKTINFO), so the answer crosses the same tunnel back. Anything else is
+ignored. When the request asks for it (flag ADVERTISE) and the agent wrote its claim to FILE
+("<gateway> <controller's choice> <since, unix seconds>", raven.pool_claims), the reply carries
+"<gateway> <controller's choice> <age in ms>": the age, not the time, so that nodes compare
+claims without comparing clocks. The file is read again only when it changes.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import signal
 import socket
 import struct
 import sys
+import time
 from pathlib import Path
 
 # The wire format of raven.healthprobe.wire (kept equal by tests/unit/test_failover_decision.py).
@@ -28,13 +33,44 @@ MAGIC = b"RVNP"
 REQUEST = 1
 REPLY = 2
 SIZE = 16
+ADVERTISE = 0x01
+MAX_ADVERT = 200
+ADVERT_FILE = "pool-claim"  # in the agent's state directory
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; the name is missing before 3.13
 _PKTINFO = struct.Struct("@i4s4s")  # struct in_pktinfo
 CLONE_NEWNET = 0x40000000
 PID_FILE = "probe-responder.pid"
 
 
-def serve(port: int) -> None:
+class _Claim:
+    """The agent's claim as last written to its file (read again when the file changes)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.stamp: tuple[int, int] | None = None
+        self.fields: tuple[str, str, float] | None = None
+
+    def payload(self) -> bytes:
+        if self.path is None:
+            return b""
+        try:
+            st = os.stat(self.path)
+            stamp = (st.st_ino, st.st_mtime_ns)
+            if stamp != self.stamp:
+                with open(self.path, encoding="ascii") as f:
+                    gateway, head, since = f.read().split()
+                self.fields, self.stamp = (gateway, head, float(since)), stamp
+        except (OSError, ValueError):  # no claim (yet), or a torn one: say nothing
+            self.fields, self.stamp = None, None
+        if self.fields is None:
+            return b""
+        gateway, head, since = self.fields
+        age = max(0, int((time.time() - since) * 1000))
+        return f"{gateway} {head} {age}".encode("ascii")[:MAX_ADVERT]
+
+
+def serve(port: int, advert: str | None = None) -> None:
+    claim = _Claim(advert)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
     sock.bind(("0.0.0.0", port))
@@ -49,6 +85,8 @@ def serve(port: int) -> None:
             continue
         ifindex, _spec_dst, dst = _PKTINFO.unpack(info[:_PKTINFO.size])
         reply = data[:4] + bytes([REPLY]) + data[5:]
+        if data[5] & ADVERTISE:
+            reply += claim.payload()
         with contextlib.suppress(OSError):  # a device that just went: the prober sees a loss
             sock.sendmsg([reply], [(socket.IPPROTO_IP, IP_PKTINFO,
                                     _PKTINFO.pack(ifindex, dst, b"\0\0\0\0"))], 0, peer)
@@ -90,13 +128,19 @@ def _answers(port: int, netns: str | None) -> bool:
         sock.close()
 
 
-def ensure(state_dir: Path, port: int, netns: str | None = None) -> int | None:
+def ensure(state_dir: Path, port: int, netns: str | None = None,
+           forget_claim: bool = False) -> int | None:
     """Start the responder for `port` in namespace `netns` (a name; None = ours) unless one
     already answers there; returns the pid started (kept in the state directory, like
-    wireguard-go's), or None when one was running."""
+    wireguard-go's), or None when one was running. `forget_claim` (the agent's start): when a
+    responder must be started, the node was down or is new, and what it claimed before is
+    void: it must learn what its pool uses now before claiming anything (raven.pool_claims)."""
     if _answers(port, netns):
         return None
-    argv = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "--port", str(port)]
+    argv = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "--port", str(port),
+            "--advertise", str(state_dir / ADVERT_FILE)]
+    if forget_claim:
+        (state_dir / ADVERT_FILE).unlink(missing_ok=True)
     if netns:
         from raven.dataplane.netns import netns_path
 
@@ -128,12 +172,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="raven data-path probe echo responder")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--netns", help="path of a network namespace to serve in")
+    parser.add_argument("--advertise", help="file with the agent's claim (appended on request)")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     if args.netns:
         _enter(args.netns)
     try:
-        serve(args.port)
+        serve(args.port, args.advertise)
     except OSError as exc:  # e.g. the port is taken by a responder already running
         print(f"probe responder: {exc}", file=sys.stderr)
         return 1

@@ -259,11 +259,13 @@ class Kube:
 
     @typed
     def merge_patch(
-        self, res: Resource, name: str, patch: JSON, namespace: str | None = None, sub: str = ""
+        self, res: Resource, name: str, patch: JSON, namespace: str | None = None, sub: str = "",
+        timeout: float | None = None,
     ) -> JSON:
         return self._request(
             "PATCH", res.path(namespace, name, sub), body=patch,
             content_type="application/merge-patch+json",
+            timeout=(timeout, timeout) if timeout else None,
         )
 
     @typed

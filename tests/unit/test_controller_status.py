@@ -219,8 +219,8 @@ def test_key_problem_accepts_only_base64_of_32_bytes() -> None:
 
 # --- standby endpoints, the pool's own decision, failover causes ----------------------------
 
-def _voting(votes: dict[str, str], ready: tuple[str, ...] = ("hz-1", "hz-2", "hz-3")
-            ) -> dict[str, Node]:
+def _voting(votes: dict[str, str], ready: tuple[str, ...] = ("hz-1", "hz-2", "hz-3"),
+            offline: tuple[str, ...] = ()) -> dict[str, Node]:
     out = {}
     for i, name in enumerate(("hz-1", "hz-2", "hz-3")):
         n = node(name, f"192.0.2.{i + 1}", [f"10.244.{i}.0/24"], "gw-hz",
@@ -228,6 +228,8 @@ def _voting(votes: dict[str, str], ready: tuple[str, ...] = ("hz-1", "hz-2", "hz
         if name in votes:
             raw = n.raw.to_dict()
             raw["metadata"]["annotations"][constants.ANNOTATION_POOL_GATEWAY] = votes[name]
+            raw["metadata"]["annotations"][constants.ANNOTATION_POOL_GATEWAY_OFFLINE] = (
+                "true" if name in offline else "false")
             n = Node.from_k8s(raw)
         out[name] = n
     return out
@@ -256,7 +258,9 @@ def test_the_pools_majority_decision_is_adopted_with_a_cause() -> None:
     plan = compute_status(gateway("gw-hz", TWO, _active("hz-1")), _voting(votes), HEARTS, NOW)
     assert [e["nodeName"] for e in plan.status["activeEndpoints"]] == ["hz-2"]
     assert plan.lost == ("hz-1",) and plan.elected == ("hz-2",)
-    assert plan.cause == "probe loss"  # hz-1 heartbeats: Ready, but not forwarding
+    # hz-1 heartbeats and is Ready: power-off or probe loss is settled by what its heartbeat
+    # does next (raven.pool_decision.resolve), not at the moment of the move.
+    assert plan.cause == "" and not plan.partitioned
     assert "adopted" in plan.reasons[0]
 
 
@@ -270,17 +274,25 @@ def test_no_majority_or_an_unhealthy_choice_is_not_adopted() -> None:
     assert [e["nodeName"] for e in plan.status["activeEndpoints"]] == ["hz-1"]
 
 
-def test_failover_causes() -> None:
+def test_failover_causes_known_at_the_move() -> None:
     votes = {"hz-2": "hz-2", "hz-3": "hz-2"}
-    gone = compute_status(gateway("gw-hz", TWO, _active("hz-1")), _voting(votes),
-                          {"hz-1": NOW - 10, "hz-2": NOW}, NOW)
-    assert gone.cause == "power-off"  # hz-1 missed a renewal
     kept = {**_active("hz-1"), "conditions": [
         {"type": "Ready", "status": "True", "reason": "KeptWithoutHeartbeat", "message": "",
          "lastTransitionTime": "2023-11-14T22:13:20Z"}]}
     healed = compute_status(gateway("gw-hz", TWO, kept), _voting(votes),
                             {"hz-1": NOW - 60, "hz-2": NOW}, NOW)
     assert healed.cause == "partition"
+    # The voters could not publish their decision at once: decided while cut off, even before
+    # the controller noticed the pool's silence.
+    late = compute_status(gateway("gw-hz", TWO, _active("hz-1")),
+                          _voting(votes, offline=("hz-2", "hz-3")), HEARTS, NOW)
+    assert late.elected == ("hz-2",) and late.cause == "partition" and late.partitioned
+    one_late = compute_status(gateway("gw-hz", TWO, _active("hz-1")),
+                              _voting(votes, offline=("hz-3",)), HEARTS, NOW)
+    assert one_late.cause == "" and not one_late.partitioned  # no majority of the voters
+    gone = compute_status(gateway("gw-hz", TWO, _active("hz-1")), _voting(votes),
+                          {"hz-1": NOW - 10, "hz-2": NOW}, NOW)
+    assert gone.lost == ("hz-1",) and gone.cause == ""  # settled by resolve (next tests)
     steady = compute_status(gateway("gw-hz", TWO, _active("hz-1")), _voting({}), HEARTS, NOW)
     assert steady.cause == "" and steady.lost == ()
 
@@ -292,4 +304,4 @@ def test_a_candidate_that_missed_a_heartbeat_has_no_vote() -> None:
     plan = compute_status(gateway("gw-hz", TWO, _active("hz-1")), _voting(votes, ready=(
         "hz-1", "hz-2")), {"hz-1": NOW - 6, "hz-2": NOW}, NOW)
     assert [e["nodeName"] for e in plan.status["activeEndpoints"]] == ["hz-2"]
-    assert plan.cause == "power-off"
+    assert plan.lost == ("hz-1",) and plan.cause == ""
