@@ -10,9 +10,9 @@ Unsolicited traffic from the internet side into a NAT'd pool is dropped.
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
+from kube_support import wait_for
 
 from raven.lab import runtime
 from raven.lab.plan import INTERNET_PROBES, LabPlan
@@ -53,12 +53,7 @@ def nat_lab(module_lab_factory) -> LabPlan:
     runtime.start_process(plan.name, "internet", "udp-echo",
                           ["python3", "-c", ECHO_SERVER, str(ECHO_PORT), *INTERNET_PROBES])
     log = runtime.log_path(plan.name, "internet", "udp-echo")
-    for _ in range(200):
-        if "listening" in log.read_text():
-            break
-        time.sleep(0.02)
-    else:
-        pytest.fail(f"echo server did not start: {log.read_text()}")
+    wait_for(lambda: "listening" in log.read_text(), what="the echo server listening")
     return plan
 
 
