@@ -131,8 +131,11 @@ def node_snapshot(plan: LabPlan, node: str) -> dict:
     fdb = sorted((e.get("mac"), e.get("dst")) for e in _json(
         in_node(plan, node, "bridge", "-j", "fdb", "show", "dev", "raven0", check=False)
         or "[]") if e.get("dst"))
+    # Only permanent neighbours are ours (the agent's, docs/dataplane.md); the kernel's own
+    # resolved entries move between REACHABLE, STALE and DELAY with the background probes.
     neigh = sorted((e.get("dst"), e.get("lladdr"), tuple(e.get("state", []))) for e in _json(
-        in_node(plan, node, "ip", "-j", "neigh", "show", "dev", "raven0", check=False) or "[]"))
+        in_node(plan, node, "ip", "-j", "neigh", "show", "dev", "raven0", check=False) or "[]")
+        if "PERMANENT" in e.get("state", []))
     nft = in_node(plan, node, "nft", "-j", "list", "table", "inet", "raven", check=False)
     nft_items = [_canonical_set(i) for i in (_json(nft) or {"nftables": []})[  # type: ignore[index]
                  "nftables"] if "metainfo" not in i]
