@@ -11,7 +11,8 @@ import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,26 @@ def raven(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`raven ...` as an operator runs it: a subprocess of the project's interpreter."""
     return subprocess.run([sys.executable, "-m", "raven.cli", *args], capture_output=True,
                           text=True, timeout=timeout)
+
+
+def lab_ping_until(lab: str, done: Callable[[list[dict]], bool] | None = None,
+                   *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
+    """`raven lab ping LAB --json ARGS` until a round is `done` (default: every pair answered),
+    or the last round after `timeout`. One round gives each pair two 1 s tries, which a loaded
+    machine can miss; the deadline is the liveness bound. For a negative check, make `done`
+    the positive control of the same round (e.g. every pair inside a pool answered)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = raven("lab", "ping", lab, "--json", *args, timeout=timeout)
+        try:
+            pairs = json.loads(proc.stdout)["pairs"]
+        except (ValueError, KeyError):
+            pairs = None
+        if pairs is not None and (done(pairs) if done else all(p["ok"] for p in pairs)):
+            return proc
+        if time.monotonic() > deadline:
+            return proc
+        time.sleep(1)
 
 
 def lab_processes(lab: str) -> dict[int, int]:
