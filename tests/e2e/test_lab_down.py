@@ -73,7 +73,6 @@ def big_topology(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kill_when", ["namespaces", "holders"])
 def descendants(pid: int) -> dict[int, int]:
     """pid -> start time of every descendant of `pid`."""
     parents: dict[int, int] = {}
@@ -118,6 +117,7 @@ def wait_settled(processes: dict[int, int], timeout: float = 120.0) -> None:
     assert not left, f"children of the killed `lab up` still busy: {left}"
 
 
+@pytest.mark.parametrize("kill_when", ["namespaces", "holders"])
 def test_down_after_a_killed_up(tmp_path: Path, kill_when: str) -> None:
     lab = unique_lab_name()
     topology = big_topology(tmp_path / "big.yaml")
