@@ -43,7 +43,7 @@ def lab() -> Iterator[LabPlan]:
         yield plan
 
 
-def wait_pairs(plan: LabPlan, timeout: float = 60.0, skip_nodes: tuple[str, ...] = ()
+def wait_pairs(plan: LabPlan, timeout: float = 120.0, skip_nodes: tuple[str, ...] = ()
                ) -> tuple[PingReport, float]:
     """Ping until every pair (pods on `skip_nodes` left out) answers; (report, seconds)."""
     skip_pods = {p.name for _, n, p in plan.pods() if n.name in skip_nodes}
@@ -60,7 +60,7 @@ def wait_pairs(plan: LabPlan, timeout: float = 60.0, skip_nodes: tuple[str, ...]
 
 
 def wait_agents_planned_with(plan: LabPlan, gateway: str, resource_version: int,
-                             timeout: float = 30.0) -> None:
+                             timeout: float = 120.0) -> None:
     """Until every agent's last plan was made from `gateway` at `resource_version` or later
     (the agent's status file names the Gateways it planned from): an event to wait on, instead
     of a sleep that hopes the agents have caught up."""
