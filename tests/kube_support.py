@@ -26,9 +26,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(check: Callable[[], object], timeout: float = 20.0, interval: float = 0.05,
+def wait_for(check: Callable[[], object], timeout: float = 60.0, interval: float = 0.05,
              what: str = "condition") -> object:
-    """Poll `check` until it returns a truthy value; raise AssertionError naming `what`."""
+    """Poll `check` until it returns a truthy value; raise AssertionError naming `what`.
+
+    `timeout` is a liveness bound, not a speed requirement: it only decides how long a broken
+    run takes to report. The default is generous for a loaded 2-core CI machine that also runs
+    VM guests under software emulation."""
     deadline = time.monotonic() + timeout
     last: object = None
     while time.monotonic() < deadline:

@@ -11,7 +11,8 @@ import re
 import secrets
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,26 @@ def raven(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """`raven ...` as an operator runs it: a subprocess of the project's interpreter."""
     return subprocess.run([sys.executable, "-m", "raven.cli", *args], capture_output=True,
                           text=True, timeout=timeout)
+
+
+def lab_ping_until(lab: str, done: Callable[[list[dict]], bool] | None = None,
+                   *args: str, timeout: float = 180.0) -> subprocess.CompletedProcess[str]:
+    """`raven lab ping LAB --json ARGS` until a round is `done` (default: every pair answered),
+    or the last round after `timeout`. One round gives each pair two 1 s tries, which a loaded
+    machine can miss; the deadline is the liveness bound. For a negative check, make `done`
+    the positive control of the same round (e.g. every pair inside a pool answered)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = raven("lab", "ping", lab, "--json", *args, timeout=timeout)
+        try:
+            pairs = json.loads(proc.stdout)["pairs"]
+        except (ValueError, KeyError):
+            pairs = None
+        if pairs is not None and (done(pairs) if done else all(p["ok"] for p in pairs)):
+            return proc
+        if time.monotonic() > deadline:
+            return proc
+        time.sleep(1)
 
 
 def lab_processes(lab: str) -> dict[int, int]:
@@ -105,6 +126,16 @@ VOLATILE = {"stats", "stats64", "linkinfo_data_stats", "txqlen", "operstate", "f
             "parentdev"}
 
 
+def _canonical_set(item: dict) -> dict:
+    """An nft JSON item with a set's elements in a stable order (a set has no order; only
+    interval sets happen to dump sorted)."""
+    body = item.get("set")
+    if isinstance(body, dict) and isinstance(body.get("elem"), list):
+        body = {**body, "elem": sorted(body["elem"], key=lambda e: json.dumps(e, sort_keys=True))}
+        return {**item, "set": body}
+    return item
+
+
 def node_snapshot(plan: LabPlan, node: str) -> dict:
     """Everything of ours in a node's kernel, in a comparable form (no counters, no ages)."""
     links = {}
@@ -112,7 +143,7 @@ def node_snapshot(plan: LabPlan, node: str) -> dict:
         name = link["ifname"]
         if name.startswith("raven"):
             links[name] = {k: v for k, v in link.items() if k not in VOLATILE}
-    addrs = {a["ifname"]: [i["local"] for i in a.get("addr_info", [])]
+    addrs = {a["ifname"]: sorted(i["local"] for i in a.get("addr_info", []))
              for a in _json(in_node(plan, node, "ip", "-j", "-4", "addr", "show"))}  # type: ignore[union-attr]
     routes = {t: _json(in_node(plan, node, "ip", "-j", "route", "show", "table", t, check=False)
                        or "[]")
@@ -121,11 +152,14 @@ def node_snapshot(plan: LabPlan, node: str) -> dict:
     fdb = sorted((e.get("mac"), e.get("dst")) for e in _json(
         in_node(plan, node, "bridge", "-j", "fdb", "show", "dev", "raven0", check=False)
         or "[]") if e.get("dst"))
+    # Only permanent neighbours are ours (the agent's, docs/dataplane.md); the kernel's own
+    # resolved entries move between REACHABLE, STALE and DELAY with the background probes.
     neigh = sorted((e.get("dst"), e.get("lladdr"), tuple(e.get("state", []))) for e in _json(
-        in_node(plan, node, "ip", "-j", "neigh", "show", "dev", "raven0", check=False) or "[]"))
+        in_node(plan, node, "ip", "-j", "neigh", "show", "dev", "raven0", check=False) or "[]")
+        if "PERMANENT" in e.get("state", []))
     nft = in_node(plan, node, "nft", "-j", "list", "table", "inet", "raven", check=False)
-    nft_items = [i for i in (_json(nft) or {"nftables": []})["nftables"]  # type: ignore[index]
-                 if "metainfo" not in i]
+    nft_items = [_canonical_set(i) for i in (_json(nft) or {"nftables": []})[  # type: ignore[index]
+                 "nftables"] if "metainfo" not in i]
     wg = in_node(plan, node, "wg", "show", "raven-wg0", "dump", check=False).splitlines()
     wg_static = []
     peers = []
@@ -136,7 +170,9 @@ def node_snapshot(plan: LabPlan, node: str) -> dict:
         elif len(fields) >= 8 and fields[3] != "(none)":  # public key, allowed ips, keepalive
             # A peer without allowed IPs is a direct-path probe between NAT'd pools
             # (docs/gateway.md 4a): it comes and goes with its retries and carries nothing.
-            peers.append((fields[0], fields[3], fields[7]))
+            # The order of a peer's allowed IPs is the order they were last set in, not a fact
+            # of the data plane: compare them as a set too.
+            peers.append((fields[0], ",".join(sorted(fields[3].split(","))), fields[7]))
     # wireguard-go lists its peers in Go map order (random per call): compare them as a set.
     wg_static += sorted(peers)
     return {"links": links, "addresses": {k: v for k, v in addrs.items()
@@ -176,22 +212,44 @@ def node_of(plan: LabPlan, name: str) -> NodePlan:
 
 @dataclass
 class PingRun:
-    """A background `ping` at a fixed rate from one pod to an address."""
+    """A background `ping` at a fixed rate from one pod to an address.
+
+    ping is asked for `count` echoes plus a tail of `tail` more, and only the first `count`
+    are judged (by their sequence numbers). Why: once ping has sent its last echo it waits
+    only two round-trip times (`-W` applies only while nothing has come back, see ping(8))
+    and then counts every unanswered echo as lost, so with a bare `-c` the reply to the last
+    echo is lost whenever it comes late on a loaded machine (CI counted 154/155 that way).
+    With the tail, every judged echo had `tail` intervals (at least 3 s) to come back."""
 
     proc: subprocess.Popen[str]
     count: int
+    tail: int = 0
+
+    def replies(self, timeout: float = 120.0) -> set[int]:
+        """Sequence numbers (1-based) of the judged echoes that were answered."""
+        out, _ = self.proc.communicate(timeout=timeout)
+        sent = re.search(r"(\d+) packets transmitted", out)
+        assert sent and int(sent.group(1)) >= self.count, out[-2000:]
+        got = {int(m.group(1)) for m in re.finditer(r"^\d+ bytes from .*? icmp_seq=(\d+) ", out,
+                                                    re.M)}
+        return {seq for seq in got if seq <= self.count}
 
     def result(self, timeout: float = 120.0) -> tuple[int, int]:
-        out, _ = self.proc.communicate(timeout=timeout)
-        match = re.search(r"(\d+) packets transmitted, (\d+) received", out)
-        assert match, out
-        return int(match.group(1)), int(match.group(2))
+        """(echoes judged, echoes of those answered)."""
+        return self.count, len(self.replies(timeout))
+
+
+def ping_stream(prefix: list[str], dst_ip: str, count: int, interval: float,
+                tail_seconds: float = 3.0) -> PingRun:
+    """`ping` run through `prefix` (e.g. `ip netns exec NS`), `count` judged echoes every
+    `interval` seconds, plus the tail described in PingRun."""
+    tail = max(1, round(tail_seconds / interval))
+    proc = subprocess.Popen(
+        [*prefix, "ping", "-n", "-i", f"{interval:.3f}", "-c", str(count + tail), "-W", "2",
+         dst_ip], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return PingRun(proc, count, tail)
 
 
 def start_ping(src: PodPlan, dst_ip: str, seconds: float, rate: int = 50) -> PingRun:
-    count = int(seconds * rate)
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", src.netns, "ping", "-n", "-q", "-i", f"{1 / rate:.3f}", "-c",
-         str(count), "-W", "2", dst_ip], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True)
-    return PingRun(proc, count)
+    return ping_stream(["ip", "netns", "exec", src.netns], dst_ip, int(seconds * rate),
+                       1 / rate)

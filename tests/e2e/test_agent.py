@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from icmp_stream_support import start_stream
 from kube_support import wait_for
 
 from raven import constants
@@ -196,7 +197,7 @@ def test_agents_build_the_overlay(overlay: Overlay) -> None:
     for src in ("cloud-1", "cloud-2", "edge-1", "edge-2"):
         for dst in ("cloud-1", "cloud-2", "edge-1", "edge-2"):
             if src != dst:
-                assert wait_for(lambda s=src, d=dst: overlay.ping_ok(s, d), timeout=20,
+                assert wait_for(lambda s=src, d=dst: overlay.ping_ok(s, d), timeout=60,
                                 what=f"ping {src} -> {dst}")
     member = next(n for n in ("cloud-1", "cloud-2") if n not in overlay.active("gw-cloud"))
     links = json.loads(overlay.run(member, ["ip", "-json", "-d", "link", "show",
@@ -210,7 +211,9 @@ def test_agents_build_the_overlay(overlay: Overlay) -> None:
 
 
 def test_api_server_restart_keeps_traffic_and_later_changes_apply(overlay: Overlay) -> None:
-    assert overlay.cache_age("edge-2") == 0.0
+    # An earlier test of the module may have restarted the API server: wait for the agent to be
+    # confirmed again rather than assume it already is.
+    wait_for(lambda: overlay.cache_age("edge-2") == 0.0, what="inputs confirmed by the API")
     overlay.stop_apiserver()
     assert overlay.ping_ok("cloud-2", "edge-2", count=3)  # data plane untouched while down
     wait_for(lambda: overlay.cache_age("edge-2") > 0, timeout=30,
@@ -252,11 +255,11 @@ def test_agent_starts_from_cache_with_the_api_unreachable(overlay: Overlay) -> N
         started = time.monotonic()
         overlay.start_agent(node)
         wait_for(lambda: overlay.run(node, ["ip", "link", "show", constants.VXLAN_DEVICE],
-                                     check=False).returncode == 0, timeout=20,
+                                     check=False).returncode == 0, timeout=60,
                  what="raven0 rebuilt from the cache")
         print(f"\n[figure] start from cache with the API down -> raven0 up: "
               f"{time.monotonic() - started:.2f}s (includes Python start-up)")
-        assert wait_for(lambda: overlay.ping_ok(node, "edge-2"), timeout=20,
+        assert wait_for(lambda: overlay.ping_ok(node, "edge-2"), timeout=60,
                         what="cross-pool ping from cache")
         text = overlay.metrics(node)
         assert 'raven_agent_applies_total{source="cache"}' in text
@@ -341,10 +344,20 @@ def test_a_peer_with_a_malformed_key_is_skipped_and_reported(overlay: Overlay) -
             return [e for e in items if e["reason"] == "PeerSkipped"
                     and e["involvedObject"]["name"] == cloud_gw]
 
-        (event, *more) = wait_for(skipped_events, timeout=30, what="PeerSkipped event")
+        (event, *_) = wait_for(skipped_events, timeout=60, what="PeerSkipped event")
         assert event["type"] == "Warning" and event["involvedObject"]["kind"] == "Node"
-        assert not more  # once per change, not once per resync
-        status = json.loads((overlay.state_dir(cloud_gw) / "agent-status.json").read_text())
+        # Once per change, not once per apply: judged after the agent has applied twice more
+        # (its resync is 5 s), not right after the first event.
+        status_path = overlay.state_dir(cloud_gw) / "agent-status.json"
+
+        def applied_at() -> float:
+            return float(json.loads(status_path.read_text())["appliedAt"])
+
+        for _ in range(2):
+            seen = wait_for(applied_at, what="the agent's status")
+            wait_for(lambda s=seen: applied_at() > s, what="another apply of the agent")
+        assert len(skipped_events()) == 1, skipped_events()
+        status = json.loads(status_path.read_text())
         assert status["skipped"], status
         # Everything else of the gateway is still in place (read with ip/nft).
         assert _objects_of_ours(overlay, cloud_gw) == {"raven0": True, "rule": True,
@@ -359,26 +372,23 @@ def test_agent_restart_loses_no_ping(overlay: Overlay) -> None:
     gateway = overlay.active("gw-cloud")[0]
     src, _ = overlay.pod("cloud-2")
     _, dst = overlay.pod("edge-2")
-    # A count, not a deadline (-w): ping stops at a deadline without waiting for the reply to
-    # the packet it just sent, which CI counted once as a loss (154/155).
-    ping = subprocess.Popen(
-        [*runtime.exec_argv(overlay.lab, src), "ping", "-i", "0.05", "-c", "160", "-W", "1", dst],
-        stdout=subprocess.PIPE, text=True)
+    # An echo stream stopped once the restarted agents are ready (icmp_stream_support): ping
+    # with -w or a bare -c counts a reply that is merely late as lost (CI counted 154/155).
+    stream = start_stream(runtime.exec_argv(overlay.lab, src), dst, rate=20)
     try:
-        time.sleep(1.5)
-        for node in (gateway, overlay.active("gw-edge")[0]):
+        time.sleep(1.5)  # traffic flows before the first restart
+        restarted = (gateway, overlay.active("gw-edge")[0])
+        for node in restarted:
             overlay.stop_agent(node)  # SIGTERM: data plane stays
             overlay.start_agent(node)
-        wait_for(lambda: overlay.ready(gateway), timeout=20, what="restarted agent ready")
-        out, _ = ping.communicate(timeout=30)
+        for node in restarted:
+            wait_for(lambda n=node: overlay.ready(n), timeout=60, what=f"{node}'s agent ready")
+        result = stream.stop()
     finally:
-        if ping.poll() is None:
-            ping.kill()
-            ping.wait()
-    sent, received = map(int, re.search(r"(\d+) packets transmitted, (\d+) received",
-                                        out).groups())
+        stream.kill()
+    sent, received = result["sent"], result["received"]
     print(f"\n[figure] agent restarts of both gateways under ping: {received}/{sent} answered")
-    assert sent > 50 and received == sent
+    assert sent > 30 and received == sent, result
 
 
 def _agent_rss_kib(supervised_pid: int) -> int:
@@ -422,7 +432,7 @@ def test_figures_reconcile_latency_and_rss(overlay: Overlay) -> None:
                                              str(constants.WIREGUARD_TABLE), c]).stdout
                 return bool(json.loads(out or "[]"))
 
-            wait_for(routed, timeout=15, interval=0.01, what=f"route {cidr}")
+            wait_for(routed, timeout=60, interval=0.01, what=f"route {cidr}")
             samples.append(time.monotonic() - wrote)
     finally:
         overlay.start_controller()

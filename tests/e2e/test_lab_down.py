@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from kube_support import wait_for
 from overlay_support import assert_no_trace, lab_processes, raven
 
 from raven.lab import netns as nsutil
@@ -43,10 +44,8 @@ def test_down_removes_everything() -> None:
         pids = [runtime.start_process(lab, node.name, "sleeper", ["sleep", "600"]),
                 runtime.start_process(lab, pod.name, "sleeper", ["sleep", "600"])]
         for pid in pids:  # wait until nsenter / ip netns exec have exec'd into the namespace
-            for _ in range(500):
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep":
-                    break
-                time.sleep(0.01)
+            wait_for(lambda p=pid: Path(f"/proc/{p}/comm").read_text().strip() == "sleep",
+                     what=f"pid {pid} exec'd into sleep")
         processes = lab_processes(lab)
         assert set(pids) <= set(processes)
         # holders of both nodes and the control plane, plus the two sleepers
@@ -74,6 +73,50 @@ def big_topology(path: Path) -> Path:
     return path
 
 
+def descendants(pid: int) -> dict[int, int]:
+    """pid -> start time of every descendant of `pid`."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    out: dict[int, int] = {}
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        for child, ppid in parents.items():
+            if ppid == parent and child not in out:
+                start = runtime.proc_start_time(child)
+                if start is not None:
+                    out[child] = start
+                    todo.append(child)
+    return out
+
+
+def wait_settled(processes: dict[int, int], timeout: float = 120.0) -> None:
+    """Until each of `processes` has exited or is a holder's `sleep`."""
+    def busy() -> list[int]:
+        left = []
+        for pid, start in processes.items():
+            if runtime.proc_start_time(pid) != start:
+                continue  # exited (or the pid was reused)
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep":
+                    continue
+            except OSError:
+                continue
+            left.append(pid)
+        return left
+
+    deadline = time.monotonic() + timeout
+    while (left := busy()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not left, f"children of the killed `lab up` still busy: {left}"
+
+
 @pytest.mark.parametrize("kill_when", ["namespaces", "holders"])
 def test_down_after_a_killed_up(tmp_path: Path, kill_when: str) -> None:
     lab = unique_lab_name()
@@ -92,11 +135,16 @@ def test_down_after_a_killed_up(tmp_path: Path, kill_when: str) -> None:
                     (runtime.run_dir(lab) / "pids").glob("*.holder.json")):
                 break
             time.sleep(0.002)
+        # Frozen first, so the set of its children is final when it dies.
+        proc.send_signal(signal.SIGSTOP)
+        children = descendants(proc.pid)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         state = runtime.read_state(lab)
         assert state is not None and state["phase"] == "building", "kill did not land mid-build"
-        time.sleep(0.3)  # let orphaned `ip` children finish what they were doing
+        # The orphaned `ip`/`nft` children finish what they were doing (a namespace made after
+        # `down` would be left behind); the holders they started stay (`sleep`).
+        wait_settled(children)
         seen = lab_processes(lab)
         if kill_when == "holders":
             assert seen, "expected holder processes to survive the killed up"

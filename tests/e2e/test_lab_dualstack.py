@@ -17,7 +17,7 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from overlay_support import TOPOLOGIES, raven, unique_lab_name
+from overlay_support import TOPOLOGIES, lab_ping_until, raven, unique_lab_name
 
 from raven import constants
 from raven.lab import cluster, runtime, teardown
@@ -47,7 +47,7 @@ def families(addresses: tuple[str, ...]) -> set[str]:
 
 
 def test_every_pair_answers_over_every_family_both_pods_have(lab: LabPlan) -> None:
-    ping = raven("lab", "ping", lab.name, "--json", timeout=180)
+    ping = lab_ping_until(lab.name)
     assert ping.returncode == 0, ping.stdout[-3000:]
     pairs = json.loads(ping.stdout)["pairs"]
     pods = [p for _, _, p in lab.pods()]

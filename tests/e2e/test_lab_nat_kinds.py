@@ -15,6 +15,7 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+from kube_support import wait_for
 
 from raven.lab import nat, runtime
 from raven.lab.plan import INTERNET_PROBES, LabPlan
@@ -75,12 +76,7 @@ def lab(module_lab_factory) -> LabPlan:
     runtime.start_process(plan.name, "internet", "udp-echo",
                           ["python3", "-c", INTERNET, "echo", str(ECHO_PORT), INTERNET_PROBES[0]])
     log = runtime.log_path(plan.name, "internet", "udp-echo")
-    for _ in range(500):
-        if "listening" in log.read_text():
-            break
-        subprocess.run(["sleep", "0.02"])
-    else:
-        pytest.fail(f"echo server did not start: {log.read_text()}")
+    wait_for(lambda: "listening" in log.read_text(), what="the echo server listening")
     return plan
 
 

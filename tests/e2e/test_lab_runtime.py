@@ -10,10 +10,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from kube_support import wait_for
+from overlay_support import lab_ping_until
 
 from raven.errors import CommandError
 from raven.lab import runtime
@@ -66,12 +67,10 @@ def test_wg_show_in_a_node_sees_that_nodes_wireguard_go(lab: LabPlan) -> None:
         lab.name, a.name, "wireguard-go", ["wireguard-go", "-f", "rvtwg0"],
         env={"WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD": "1"})
     try:
-        for _ in range(250):
-            shown = raven("lab", "exec", lab.name, a.name, "--", "wg", "show", "interfaces")
-            if "rvtwg0" in shown.stdout:
-                break
-            time.sleep(0.02)
-        assert shown.stdout.split() == ["rvtwg0"]
+        shown = wait_for(lambda: (out := raven("lab", "exec", lab.name, a.name, "--", "wg",
+                                               "show", "interfaces").stdout) and "rvtwg0" in out
+                         and out, what="wireguard-go's interface in `wg show`")
+        assert str(shown).split() == ["rvtwg0"]
         assert runtime.process_running(lab.name, a.name, "wireguard-go")
         assert "rvtwg0" not in raven("lab", "exec", lab.name, b.name, "--", "wg", "show",
                                      "interfaces").stdout
@@ -91,23 +90,20 @@ def test_supervised_process_logs_and_stops(lab: LabPlan) -> None:
                                  "exec sleep 600"], env={"RVT_WHO": "the-pod"})
     try:
         assert Path(f"/proc/{pid}").exists()
-        for _ in range(200):
-            text = raven("lab", "logs", lab.name, pod.name).stdout
-            if pod.ip in text:
-                break
-            time.sleep(0.02)
+        text = str(wait_for(lambda: (out := raven("lab", "logs", lab.name, pod.name).stdout)
+                            and pod.ip in out and out, what="the talker's log"))
         assert "hello from the-pod" in text and pod.ip in text
         # Read the environment once the process has made its last exec (nsenter -> sh -> sleep):
         # while an execve is under way the kernel shows an empty /proc/PID/environ, which made
         # this check fail once in CI when it was read right after the start.
         # (comm changes early in an exec and the environment is mapped a little later: wait
         # for both.)
-        environ: list[bytes] = []
-        for _ in range(500):
+        def exec_done() -> list[bytes] | None:
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "sleep" and environ != [b""]:
-                break
-            time.sleep(0.01)
+            done = Path(f"/proc/{pid}/comm").read_text().strip() == "sleep" and environ != [b""]
+            return environ if done else None
+
+        environ = wait_for(exec_done, what="the talker's last exec")
         assert f"RAVEN_LAB={lab.name}".encode() in environ
         with pytest.raises(CommandError, match="already runs"):
             runtime.start_process(lab.name, pod.name, "talker", ["true"])
@@ -139,13 +135,15 @@ def test_status_json_has_the_agreed_shape(lab: LabPlan) -> None:
 
 
 def test_ping_json_and_exit_codes(lab: LabPlan) -> None:
-    inside = raven("lab", "ping", lab.name, "--scope", "pool", "--json")
+    inside = lab_ping_until(lab.name, None, "--scope", "pool")
     data = json.loads(inside.stdout)
     assert data["ok"] is True and len(data["pairs"]) == 4
     pair = data["pairs"][0]
     assert set(pair) >= {"src", "dst", "src_pool", "dst_pool", "ok", "rtt_ms"}
     assert pair["src"].endswith("-pod0") and pair["src_pool"] == pair["dst_pool"]
-    everything = raven("lab", "ping", lab.name, "--json", check=False)
+    # Judged on a round whose in-pool pairs answered (the positive control of the negative).
+    everything = lab_ping_until(lab.name, lambda pairs: all(
+        p["ok"] for p in pairs if p["src_pool"] == p["dst_pool"]))
     assert everything.returncode == 1  # pools cannot reach each other before the overlay
     data = json.loads(everything.stdout)
     assert data["ok"] is False and len(data["pairs"]) == 12
@@ -175,11 +173,8 @@ def test_a_process_that_exits_is_not_running_and_keeps_its_log(lab: LabPlan) -> 
         runtime.start_process(lab.name, node.name, "failing", ["sh", "-c", "echo boom; exit 3"])
     except CommandError as exc:  # it may already have exited when start_process looks
         assert "exited with code 3" in str(exc) and "boom" in str(exc)
-    for _ in range(500):
-        if not runtime.process_running(lab.name, node.name, "failing"):
-            break
-        time.sleep(0.01)
-    assert not runtime.process_running(lab.name, node.name, "failing")
+    wait_for(lambda: not runtime.process_running(lab.name, node.name, "failing"),
+             what="the failing process exited")
     assert "boom" in runtime.log_path(lab.name, node.name, "failing").read_text()
     runtime.stop_process(lab.name, node.name, "failing")
     with pytest.raises(CommandError, match="no target 'nowhere'"):

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from icmp_stream_support import start_stream
 from overlay_support import (
     in_node,
     lab_snapshot,
@@ -22,14 +23,13 @@ from overlay_support import (
     overlay_lab,
     pod,
     pod_addresses,
-    start_ping,
     vtep_mac,
     wg_public_key,
 )
 
 from raven.lab import cluster, faults, runtime
 from raven.lab.ping import PingReport, ping_all
-from raven.lab.plan import LabPlan
+from raven.lab.plan import LabPlan, PoolPlan
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -43,7 +43,7 @@ def lab() -> Iterator[LabPlan]:
         yield plan
 
 
-def wait_pairs(plan: LabPlan, timeout: float = 60.0, skip_nodes: tuple[str, ...] = ()
+def wait_pairs(plan: LabPlan, timeout: float = 120.0, skip_nodes: tuple[str, ...] = ()
                ) -> tuple[PingReport, float]:
     """Ping until every pair (pods on `skip_nodes` left out) answers; (report, seconds)."""
     skip_pods = {p.name for _, n, p in plan.pods() if n.name in skip_nodes}
@@ -60,7 +60,7 @@ def wait_pairs(plan: LabPlan, timeout: float = 60.0, skip_nodes: tuple[str, ...]
 
 
 def wait_agents_planned_with(plan: LabPlan, gateway: str, resource_version: int,
-                             timeout: float = 30.0) -> None:
+                             timeout: float = 120.0) -> None:
     """Until every agent's last plan was made from `gateway` at `resource_version` or later
     (the agent's status file names the Gateways it planned from): an event to wait on, instead
     of a sleep that hopes the agents have caught up."""
@@ -93,6 +93,24 @@ def healthy(lab: LabPlan) -> Iterator[LabPlan]:
         if not runtime.process_running(lab.name, node.name, cluster.AGENT):
             faults.node_up(lab.name, node.name)
     faults.control_plane_start(lab.name, settle=0)
+
+
+def wait_ready_reason(plan: LabPlan, gateway: str, reason: str, timeout: float = 120.0) -> None:
+    """Until the Gateway's Ready condition has `reason`."""
+    deadline = time.monotonic() + timeout
+    ready: dict = {}
+    while time.monotonic() < deadline:
+        obj = kubectl_json(plan, "get", "gateway", gateway)
+        ready = next((c for c in (obj.get("status") or {}).get("conditions", [])
+                      if c["type"] == "Ready"), {})
+        if ready.get("reason") == reason:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"Gateway {gateway}: Ready never had reason {reason}: {ready}")
+
+
+def node_pool(plan: LabPlan, name: str) -> PoolPlan:
+    return next(p for p in plan.pools if p.name == name)
 
 
 def kubectl_json(plan: LabPlan, *args: str) -> dict:
@@ -179,16 +197,22 @@ def test_agent_restart_on_active_gateways_loses_no_packet(healthy: LabPlan) -> N
     src, dst = pod(plan, "cloud-2-pod0"), pod(plan, "cone-2-pod0")  # members: both gateways
     pids = {pool: runtime.process_pid(plan.name, before[pool], cluster.AGENT)
             for pool in ("cloud", "edge-cone")}
-    run = start_ping(src, dst.ip, seconds=10)
-    time.sleep(2)
-    faults.agent_restart(plan.name, before["edge-cone"])
-    time.sleep(2)
-    faults.agent_restart(plan.name, before["cloud"])
-    sent, received = run.result()
-    assert sent == run.count
+    # An echo stream that covers both restarts until each new agent is ready, however long
+    # that takes here; every echo has GRACE seconds to be answered (icmp_stream_support).
+    stream = start_stream(["ip", "netns", "exec", src.netns], dst.ip, rate=50)
+    try:
+        time.sleep(2)  # traffic flows before the first restart
+        faults.agent_restart(plan.name, before["edge-cone"], ready_timeout=120)
+        time.sleep(2)
+        faults.agent_restart(plan.name, before["cloud"], ready_timeout=120)
+        result = stream.stop()
+    finally:
+        stream.kill()
+    sent, received = result["sent"], result["received"]
+    assert sent >= 200, result  # 50 per second for at least the 4 s of sleeps
     # a restart slower than the heartbeat timeout would move the gateway: say so if it did
     assert active(plan) == before, recent_events(plan)
-    assert received == sent, f"lost {sent - received} of {sent} packets at 50 pps"
+    assert received == sent, f"lost {sent - received} of {sent} packets at 50 pps: {result}"
     for pool in ("cloud", "edge-cone"):
         assert runtime.process_pid(plan.name, before[pool], cluster.AGENT) != pids[pool]
 
@@ -224,7 +248,7 @@ def test_invalid_gateway_is_refused_or_surfaced_and_data_plane_untouched(
         assert "cloud-1" in condition["message"]
         wait_agents_planned_with(plan, "gw-zz-conflict", int(obj["metadata"]["resourceVersion"]))
         assert lab_snapshot(plan) == before
-        wait_pairs(plan, timeout=5)
+        wait_pairs(plan, timeout=60)  # already answering: a liveness bound, not a speed
     finally:
         cluster.kubectl(plan.name, "delete", "gateway", "gw-zz-conflict", check=False)
 
@@ -232,19 +256,25 @@ def test_invalid_gateway_is_refused_or_surfaced_and_data_plane_untouched(
 def test_control_plane_stopped_60s_changes_nothing(healthy: LabPlan) -> None:
     plan = healthy
     before = lab_snapshot(plan)
-    runs = [start_ping(pod(plan, a), pod(plan, b).ip, seconds=66)
-            for a, b in (("cloud-2-pod0", "sym-2-pod0"), ("cone-2-pod0", "sym-2-pod0"),
-                         ("sym-1-pod0", "cloud-1-pod0"))]
-    time.sleep(2)
-    faults.control_plane_stop(plan.name)
+    streams = [start_stream(["ip", "netns", "exec", pod(plan, a).netns], pod(plan, b).ip)
+               for a, b in (("cloud-2-pod0", "sym-2-pod0"), ("cone-2-pod0", "sym-2-pod0"),
+                            ("sym-1-pod0", "cloud-1-pod0"))]
     try:
-        time.sleep(60)
-        during = lab_snapshot(plan)
+        time.sleep(2)  # traffic flows before the stop
+        faults.control_plane_stop(plan.name)
+        try:
+            time.sleep(60)  # the outage under test: 60 s without API server and controller
+            during = lab_snapshot(plan)
+        finally:
+            faults.control_plane_start(plan.name)
+        results = [stream.stop() for stream in streams]
     finally:
-        faults.control_plane_start(plan.name)
-    for run in runs:
-        sent, received = run.result()
-        assert received == sent, f"lost {sent - received} of {sent} packets"
+        for stream in streams:
+            stream.kill()
+    for result in results:
+        assert result["sent"] >= 3000, result  # 50 per second for the 62 s of sleeps
+        assert result["received"] == result["sent"], \
+            f"lost {result['sent'] - result['received']} of {result['sent']} packets: {result}"
     assert during == before
     wait_pairs(plan, timeout=30)
 
@@ -253,7 +283,7 @@ def test_gateway_failover_in_a_pool_with_two_candidates(healthy: LabPlan) -> Non
     plan = healthy
     failed = faults.gateway_fail(plan.name, "edge-cone")
     try:
-        standby = cluster.wait_active(plan.name, "edge-cone", timeout=30, exclude=(failed,))
+        standby = cluster.wait_active(plan.name, "edge-cone", timeout=120, exclude=(failed,))
         assert standby != failed
         _, seconds = wait_pairs(plan, timeout=60, skip_nodes=(failed,))
         print(f"failover: pairs answer again {seconds:.1f}s after the new election")
@@ -269,10 +299,11 @@ def test_gateway_rebooted_while_its_pool_is_disconnected(healthy: LabPlan) -> No
     mac, key, pods = vtep_mac(plan, gw), wg_public_key(plan, gw), pod_addresses(plan)
     node = node_of(plan, gw)
     ifindex = json.loads(in_node(plan, gw, "ip", "-j", "link", "show", "raven0"))[0]["ifindex"]
-    settings = cluster.load_settings(plan.name)
     faults.disconnect(plan.name, "edge-cone")
     try:
-        time.sleep(settings.heartbeat_timeout + 3)  # the controller sees every heartbeat stale
+        # The event the reboot must come after: the controller has seen every heartbeat of the
+        # pool go stale and says it keeps the gateway anyway (docs/gateway.md).
+        wait_ready_reason(plan, node_pool(plan, "edge-cone").gateway, "KeptWithoutHeartbeat")
         faults.node_down(plan.name, gw)
         faults.node_up(plan.name, gw, reboot=True)
         wait_pairs(plan, timeout=60)

@@ -41,7 +41,7 @@ def ready_of(core: object, name: str) -> str:
     return next(c.status for c in node.status.conditions if c.type == "Ready")
 
 
-def wait_ready(core: object, name: str, want: str, timeout: float = 15.0) -> float:
+def wait_ready(core: object, name: str, want: str, timeout: float = 60.0) -> float:
     start = time.monotonic()
     while time.monotonic() - start < timeout:
         if ready_of(core, name) == want:

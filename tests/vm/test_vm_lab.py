@@ -23,8 +23,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from icmp_stream_support import EchoStream, start_stream
 
-from raven.lab import vm
+from raven.lab import cluster, vm
 
 pytestmark = [pytest.mark.vm, pytest.mark.root, pytest.mark.slow]
 
@@ -141,56 +142,15 @@ def test_every_pod_pair_answers_across_both_wireguard_backends(lab: str) -> None
     assert node["kind"] == "vm"
 
 
-PROBE = r"""
-import json, os, select, signal, socket, struct, sys, time
-dst, rate = sys.argv[1], float(sys.argv[2])
-stop = []
-signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
-ident = os.getpid() & 0xffff
-def checksum(b):
-    t = sum(struct.unpack("!%dH" % (len(b) // 2), b))
-    t = (t >> 16) + (t & 0xffff)
-    return ~(t + (t >> 16)) & 0xffff
-sent, got = 0, set()
-def receive(until):
-    while True:
-        left = until - time.monotonic()
-        if left <= 0:
-            return
-        if not select.select([s], [], [], left)[0]:
-            return
-        data = s.recv(2048)
-        ihl = (data[0] & 15) * 4
-        kind, _, _, i, seq = struct.unpack("!BBHHH", data[ihl:ihl + 8])
-        if kind == 0 and i == ident:
-            got.add(seq)
-print("started", flush=True)
-due = time.monotonic()
-while not stop:
-    body = struct.pack("!HH", ident, sent) + b"raven-vm" * 7
-    packet = struct.pack("!BBH", 8, 0, checksum(struct.pack("!BBH", 8, 0, 0) + body)) + body
-    s.sendto(packet, (dst, 0))
-    sent += 1
-    due += 1 / rate
-    receive(due)
-receive(time.monotonic() + 3)
-print(json.dumps({"sent": sent, "received": len(got),
-                  "lost": sorted(set(range(sent)) - got)[:40]}), flush=True)
-"""
+def start_probe(lab: str, pod: str, dst: str, rate: int = 50) -> EchoStream:
+    return start_stream(["ip", "netns", "exec", f"{lab}.{pod}"], dst, rate)
 
 
-def start_probe(lab: str, pod: str, dst: str, rate: int = 50) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(["ip", "netns", "exec", f"{lab}.{pod}", sys.executable, "-I", "-S",
-                             "-c", PROBE, dst, str(rate)], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == "started"
-    return proc
-
-
-def stop_probe(proc: subprocess.Popen[str]) -> dict:
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=30)
-    return json.loads(out.strip().splitlines()[-1])
+def stop_probe(stream: EchoStream) -> dict:
+    try:
+        return stream.stop()
+    finally:
+        stream.kill()
 
 
 def pod_ip(lab: str, pod: str) -> str:
@@ -228,6 +188,20 @@ def test_agent_restart_on_the_vm_gateway_loses_no_packet(lab: str) -> None:
         assert result["received"] == result["sent"], (name, result)
 
 
+def wait_ready_reason(lab: str, pool: str, reason: str, timeout: float = 300.0) -> None:
+    gateway = next(p["gateway"] for p in status(lab)["pools"] if p["name"] == pool)
+    deadline = time.monotonic() + timeout
+    ready: dict = {}
+    while time.monotonic() < deadline:
+        obj = cluster.kubectl_json(lab, "get", "gateway", gateway)
+        ready = next((c for c in (obj.get("status") or {}).get("conditions", [])
+                      if c["type"] == "Ready"), {})
+        if ready.get("reason") == reason:
+            return
+        time.sleep(1)
+    raise AssertionError(f"Gateway {gateway}: Ready never had reason {reason}: {ready}")
+
+
 def guest_uptime(lab: str) -> float:
     return float(in_target(lab, VM_NODE, "cat", "/proc/uptime").split()[0])
 
@@ -239,7 +213,9 @@ def test_vm_gateway_rebooted_while_its_pool_is_cut_off_keeps_its_identity(lab: s
     uptime = guest_uptime(lab)
     raven("lab", "disconnect", lab, VM_POOL, check=True)
     try:
-        time.sleep(9)  # the controller sees the pool's heartbeats stale (lab timeout 6 s)
+        # The event the power cut must come after: the controller has seen every heartbeat of
+        # the pool go stale and keeps its gateway anyway (Ready reason KeptWithoutHeartbeat).
+        wait_ready_reason(lab, VM_POOL, "KeptWithoutHeartbeat")
         raven("lab", "node-down", lab, VM_NODE, check=True)
         assert not status(lab)["processes"] or not any(
             p["target"] == VM_NODE and p["name"] == "vm" and p["running"]

@@ -31,6 +31,7 @@ from raven.apiserver.settings import ApiServerSettings
 
 WAIT = 30.0  # upper bound for an event to happen; the tests never wait for it to not happen
 CONFIGMAPS = "/api/v1/namespaces/default/configmaps"
+DEADLINE = 2.0  # the header/body/idle deadlines under test (a prompt client includes TLS)
 
 
 def running(tmp_path: Path, **settings: Any) -> Iterator[RunningApiServer]:
@@ -50,9 +51,11 @@ def plain(tmp_path: Path) -> Iterator[RunningApiServer]:
 
 @pytest.fixture
 def small(tmp_path: Path) -> Iterator[RunningApiServer]:
-    """64 KiB bodies, half-second header/body/idle deadlines."""
-    yield from running(tmp_path, max_body_bytes=64 << 10, header_timeout=0.5, body_timeout=0.5,
-                       idle_timeout=0.5)
+    """64 KiB bodies, 2 s header/body/idle deadlines: short enough that the tests of the
+    deadlines end soon, long enough that a prompt client on a loaded CI machine (2 cores, VM
+    guests under emulation) is never cut off by a stalled server thread."""
+    yield from running(tmp_path, max_body_bytes=64 << 10, header_timeout=DEADLINE,
+                       body_timeout=DEADLINE, idle_timeout=DEADLINE)
 
 
 def connect(port: int) -> socket.socket:
@@ -224,7 +227,8 @@ def test_slow_headers_are_cut_off(small: RunningApiServer) -> None:
 
 
 def test_silent_tls_client_is_cut_off(tmp_path: Path) -> None:
-    server = start(ApiServerSettings(data_dir=tmp_path / "api", port=0, header_timeout=0.5))
+    server = start(ApiServerSettings(data_dir=tmp_path / "api", port=0,
+                                     header_timeout=DEADLINE))
     try:
         with connect(server.port) as sock:  # TCP only, never a ClientHello
             assert closed_by_server(sock)

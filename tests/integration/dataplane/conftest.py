@@ -158,7 +158,7 @@ def node(make_node: Callable[[], Node]) -> Node:
     return make_node()
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> bool:
+def wait_for(predicate: Callable[[], bool], timeout: float = 30.0) -> bool:
     """Poll with a generous bound (a correctness check, not a performance threshold)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

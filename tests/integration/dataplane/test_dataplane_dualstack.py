@@ -185,7 +185,7 @@ def test_dual_stack_pools_apply_and_carry_both_families(make_node, wait) -> None
 
     # Packets of both families, pod to pod across VXLAN and WireGuard (the first waits for the
     # handshake). DF pings of the route MTU pass, one byte more does not.
-    assert wait(lambda: ping(pod_a, "fd00:2::2", count=1).returncode == 0, timeout=20)
+    assert wait(lambda: ping(pod_a, "fd00:2::2", count=1).returncode == 0, timeout=60)
     ok6 = ping(pod_a, "fd00:2::2", size=TUNNEL_MTU - ICMP6_HEADERS)
     assert ok6.returncode == 0, ok6.stdout + ok6.stderr
     assert ping(pod_a, "fd00:2::2", size=TUNNEL_MTU - ICMP6_HEADERS + 1, count=1).returncode != 0
@@ -324,7 +324,7 @@ def test_vxlan_over_an_ipv6_underlay(make_node, wait) -> None:
         node.ip("route", "add", vtep_for(ips[peer])[0], "dev", "raven0")
         node.ip("-6", "route", "add", vtep6_for(ips[peer]), "dev", "raven0")
     for target in (vtep_for(ips["gwa"])[0], vtep6_for(ips["gwa"])):
-        assert wait(lambda t=target: ping(m1, t, count=1).returncode == 0, timeout=10), target
+        assert wait(lambda t=target: ping(m1, t, count=1).returncode == 0, timeout=60), target
     for node, state in states.items():
         assert dps[node].apply(state).writes == 0
     # Recreated in place when the plan moves the device to an IPv4 underlay (local changed).

@@ -95,7 +95,7 @@ def test_pods_reach_a_remote_pool_through_vxlan_and_wireguard(make_node, wait) -
 
     # First packets wait for the WireGuard handshake: poll with a generous bound.
     assert wait(lambda: ping(pod_ns[m1], "10.1.1.1", "10.2.0.1", count=1).returncode == 0,
-                timeout=20)
+                timeout=60)
     payload = WG_MTU - ICMP_IP_HEADERS  # the route MTU members lock for cross-pool traffic
     for node in (m1, m2):
         ok = ping(pod_ns[node], pods[node], "10.2.0.1", size=payload)

@@ -76,7 +76,7 @@ def test_userspace_tunnel_end_to_end(make_node, wait) -> None:
         "198.51.100.2:4500", "10.2.0.0/16", "25")
     assert b.wg_dump()[key_a]["endpoint"] == "(none)"
 
-    assert wait(lambda: ping(a, "10.1.0.1", "10.2.0.1").returncode == 0, timeout=20)
+    assert wait(lambda: ping(a, "10.1.0.1", "10.2.0.1").returncode == 0, timeout=60)
     payload = WG_MTU - 28
     assert ping(a, "10.1.0.1", "10.2.0.1", size=payload).returncode == 0
     assert ping(b, "10.2.0.1", "10.1.0.1", size=payload).returncode == 0
@@ -107,7 +107,7 @@ def test_userspace_tunnel_end_to_end(make_node, wait) -> None:
     dpa.apply(pa)
     dpb.apply(pb)
     assert a.wg_dump()[key_b]["psk"] == PSK
-    assert wait(lambda: ping(a, "10.1.0.1", "10.2.0.1").returncode == 0, timeout=20)
+    assert wait(lambda: ping(a, "10.1.0.1", "10.2.0.1").returncode == 0, timeout=60)
     assert dpa.apply(pa).writes == 0
 
     # Removing the peer.
@@ -125,7 +125,7 @@ def test_agent_restart_is_hitless_and_readopts_wireguard_go(make_node, wait) -> 
         first.apply(sa)
         dpb.apply(sb)
         pid = int((a.state_dir / "wireguard-go.raven-wg0.pid").read_text())
-        assert wait(lambda: ping(a, "10.1.0.1", "10.2.0.1").returncode == 0, timeout=20)
+        assert wait(lambda: ping(a, "10.1.0.1", "10.2.0.1").returncode == 0, timeout=60)
     # The data plane object is gone (the agent exited): the tunnel keeps working.
     assert Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"wireguard-go")
     assert ping(a, "10.1.0.1", "10.2.0.1").returncode == 0
