@@ -416,9 +416,17 @@ async def relay(stream: Stream, reader: asyncio.StreamReader, writer: asyncio.St
                                                         or writer.is_closing()):
             up_task.cancel()
         await asyncio.gather(up_task, down_task, return_exceptions=True)
+        if up_task.cancelled() and not stream.reset_seen:
+            # The socket is closed (TLS cannot half-close) after the peer's end: nothing more
+            # will be read from it, so our direction ends too. Without this END_STREAM the
+            # stream stays half-open on both connections, and the far end keeps its socket
+            # (to the kubelet) open until the connection dies.
+            await stream.end()
     finally:
         up_task.cancel()
         down_task.cancel()
+        if not stream.reset_seen and not (stream.local_ended and stream.remote_ended):
+            stream.reset()  # cancelled or failed half-way: never leave the stream open
         with contextlib.suppress(Exception):
             writer.close()
     return sent, received
