@@ -70,12 +70,12 @@ class Stream:
         self._incoming.put_nowait(b"")
         self._maybe_forget()
 
-    def _reset(self) -> None:
+    def _reset(self, why: str = "stream reset by the peer") -> None:
         self.reset_seen = True
         self._incoming.put_nowait(b"")
         self._window.set()
         if not self.response.done():
-            self.response.set_result((502, "stream reset by the peer"))
+            self.response.set_result((502, why))
         self.mux._forget(self.id)
 
     def _maybe_forget(self) -> None:
@@ -349,7 +349,7 @@ class Mux:
         log.debug("%s: connection closed: %s", self.name, why)
         self.closed.set()
         for stream in list(self.streams.values()):
-            stream._reset()
+            stream._reset(f"{self.name}: connection closed ({why})")
         self.streams.clear()
         with contextlib.suppress(Exception):
             self.writer.close()
