@@ -143,7 +143,7 @@ def main() -> int:
     if args.worker:
         return worker(args)
 
-    from raven.lab import build, cluster, runtime, teardown
+    from raven.lab import build, cluster, kubelets, runtime, teardown
     from raven.lab.topology import CONTROL_PLANE, load_topology
 
     root = Path(__file__).resolve().parents[1]
@@ -153,6 +153,9 @@ def main() -> int:
         cluster.up(plan)
         ips = {n.name: n.underlay_ip for _, n in plan.nodes()}
         for node in ("cloud-2", "edge-2"):
+            # The echo server answers on the kubelet's port instead of the lab's kubelet API
+            # (which wants a client certificate from the cluster CA).
+            runtime.stop_process(lab, node, kubelets.KUBELET_API)
             runtime.start_process(lab, node, "echo", [sys.executable, "-m", "raven.lab.echo",
                                                       "--listen", f"{ips[node]}:{PORT}"])
         crt, key = cluster.proxy_ca_paths(lab)

@@ -208,8 +208,11 @@ class NodeDialer:
     proxy_tls: ssl.SSLContext | None  # client cert + the CA of the egress proxies
     proxies: tuple[EgressProxy, ...]
     through_proxy: Callable[[dict[str, Any]], bool]  # node -> reached through a proxy?
-    timeout: float
+    timeout: float  # per connection attempt (TCP, CONNECT, TLS)
     raven: RavenProxy | None = None  # Raven's proxy servers, from the Gateway status
+    # How long a tunnelled connection's splice may wait on a reader that does not read (the
+    # relay's write timeout): a slow `kubectl logs | less` is a stall, not a failed dial.
+    stall_timeout: float = 60.0
 
 
     def dial(self, node: dict[str, Any], endpoint: KubeletEndpoint) -> ssl.SSLSocket:
@@ -217,10 +220,11 @@ class NodeDialer:
         raven = self.raven.proxies(endpoint.host) if self.raven is not None else []
         if raven:
             assert self.raven is not None
-            raw = inner_end(self.raven.tunnel(endpoint, raven, self.timeout), self.timeout)
+            raw = inner_end(self.raven.tunnel(endpoint, raven, self.timeout),
+                            self.stall_timeout)
             via = " through Raven's proxy"
         elif self.proxies and self.through_proxy(node):
-            raw = inner_end(self._through_proxies(endpoint), self.timeout)
+            raw = inner_end(self._through_proxies(endpoint), self.stall_timeout)
             via = " through the egress proxy"
         else:
             via = ""
@@ -263,16 +267,18 @@ class NodeDialer:
                           f"{'; '.join(failures)}")
 
 
-def inner_end(tunnel: socket.socket, timeout: float) -> socket.socket:
+def inner_end(tunnel: socket.socket, stall_timeout: float) -> socket.socket:
     """A plain socket carrying the tunnel's bytes, for the kubelet's TLS to run over.
 
     The tunnel is itself TLS (to the proxy), and Python's ssl cannot stack a TLS session on an
     SSLSocket (it would write to the file descriptor under the outer session). So one end of a
     socket pair gets the inner TLS and a thread splices the other end with the tunnel until
-    either closes.
+    either closes. A write that stalls `stall_timeout` seconds (a reader that stopped reading)
+    ends both; that must be the relay's write timeout, never the dial timeout: with the dial
+    timeout a reader that paused longer than it got a cut stream and no error.
     """
     ours, theirs = socket.socketpair()
-    thread = threading.Thread(target=splice, args=(theirs, tunnel, timeout),
+    thread = threading.Thread(target=splice, args=(theirs, tunnel, stall_timeout),
                               name="raven-egress-splice", daemon=True)
     thread.start()
     return ours

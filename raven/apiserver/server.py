@@ -176,7 +176,8 @@ class ApiServer:
                 raise ApiServerError(f"cannot issue a proxy client certificate from "
                                      f"--raven-proxy-ca {s.raven_proxy_ca}: {exc}") from exc
         dialer = NodeDialer(kubelet_tls, proxy_tls, proxies,
-                            selector or (lambda _node: True), s.kubelet_timeout, raven)
+                            selector or (lambda _node: True), s.kubelet_timeout, raven,
+                            stall_timeout=s.write_timeout)
         return KubeletProxy(dialer, networks)
 
     def _stored_gateways(self) -> list[dict[str, Any]]:

@@ -70,12 +70,12 @@ class Stream:
         self._incoming.put_nowait(b"")
         self._maybe_forget()
 
-    def _reset(self) -> None:
+    def _reset(self, why: str = "stream reset by the peer") -> None:
         self.reset_seen = True
         self._incoming.put_nowait(b"")
         self._window.set()
         if not self.response.done():
-            self.response.set_result((502, "stream reset by the peer"))
+            self.response.set_result((502, why))
         self.mux._forget(self.id)
 
     def _maybe_forget(self) -> None:
@@ -349,7 +349,7 @@ class Mux:
         log.debug("%s: connection closed: %s", self.name, why)
         self.closed.set()
         for stream in list(self.streams.values()):
-            stream._reset()
+            stream._reset(f"{self.name}: connection closed ({why})")
         self.streams.clear()
         with contextlib.suppress(Exception):
             self.writer.close()
@@ -416,9 +416,17 @@ async def relay(stream: Stream, reader: asyncio.StreamReader, writer: asyncio.St
                                                         or writer.is_closing()):
             up_task.cancel()
         await asyncio.gather(up_task, down_task, return_exceptions=True)
+        if up_task.cancelled() and not stream.reset_seen:
+            # The socket is closed (TLS cannot half-close) after the peer's end: nothing more
+            # will be read from it, so our direction ends too. Without this END_STREAM the
+            # stream stays half-open on both connections, and the far end keeps its socket
+            # (to the kubelet) open until the connection dies.
+            await stream.end()
     finally:
         up_task.cancel()
         down_task.cancel()
+        if not stream.reset_seen and not (stream.local_ended and stream.remote_ended):
+            stream.reset()  # cancelled or failed half-way: never leave the stream open
         with contextlib.suppress(Exception):
             writer.close()
     return sent, received

@@ -297,9 +297,11 @@ class ProxyServer:
             return
         status, reason = stream.response.result()
         if status != 200:
+            answered = not stream.reset_seen  # else our end of the connection gave up
             stream.reset()
-            await self._refuse(writer, 502, f"proxy client answered {status}: {reason}",
-                               caller, target, "failed")
+            why = (f"proxy client answered {status}: {reason}" if answered
+                   else f"tunnel to pool {decision.pool} failed: {reason}")
+            await self._refuse(writer, 502, why, caller, target, "failed")
             return
         self.metrics.requests.labels("server", "ok").inc()
         self.metrics.streams.labels("server").inc()

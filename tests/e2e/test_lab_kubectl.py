@@ -114,6 +114,17 @@ def wait_healthz(plan: LabPlan, node: str, timeout: float = 120.0) -> None:
         time.sleep(1.0)
 
 
+def proxy_log_tail(plan: LabPlan, nodes: list[str], lines: int = 20) -> str:
+    """The proxy's last log lines on `nodes` (their agents' logs), for a failure message."""
+    out = []
+    for node in nodes:
+        path = runtime.log_path(plan.name, node, cluster.AGENT)
+        text = path.read_text(errors="replace") if path.exists() else ""
+        kept = [line for line in text.splitlines() if "raven.proxy" in line][-lines:]
+        out.append(f"--- {node} ({path}):\n" + "\n".join(kept))
+    return "\n".join(out)
+
+
 @pytest.mark.parametrize("pool_index", [1, 2])
 def test_nat_pools_through_the_proxy(lab: LabPlan, pool_index: int) -> None:
     pool = lab.pools[pool_index]
@@ -123,6 +134,22 @@ def test_nat_pools_through_the_proxy(lab: LabPlan, pool_index: int) -> None:
         pod = node.pods[0]
         assert kubectl(lab, "exec", pod.name, "--", "hostname").stdout == f"{pod.name}\n"
         assert f"started on node {node.name}" in kubectl(lab, "logs", pod.name).stdout
+
+
+def test_large_exec_output_arrives_whole_through_the_proxy(lab: LabPlan) -> None:
+    """About 580 KB of stdout (many WebSocket frames, beyond every HTTP/2 flow-control window)
+    from a pod of the symmetric-NAT pool: every byte arrives, in order, and the exit code is
+    the command's. Oracle: the same command run by the test in the pod's own namespace."""
+    node = lab.pools[2].nodes[1]
+    wait_healthz(lab, node.name)
+    pod = node.pods[0]
+    command = "seq 1 100000; echo end >&2"
+    oracle = nsutil.run([*nsutil.netns_exec_argv(pod.netns), "sh", "-c", command]).stdout
+    assert len(oracle) > 500_000
+    result = kubectl(lab, "exec", pod.name, "--", "sh", "-c", command)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout) == len(oracle) and result.stdout == oracle
+    assert result.stderr == "end\n"
 
 
 def test_still_reachable_after_the_cone_pools_proxy_endpoint_fails_over(lab: LabPlan) -> None:
@@ -138,7 +165,9 @@ def test_still_reachable_after_the_cone_pools_proxy_endpoint_fails_over(lab: Lab
         wait_healthz(lab, survivor.name)
         pod = survivor.pods[0]
         result = kubectl(lab, "exec", pod.name, "--", "hostname")
-        assert result.stdout == f"{pod.name}\n", result.stderr  # stderr: why, when it fails
+        server = lab.pools[0].nodes[0].name  # the cloud's proxy server
+        assert result.stdout == f"{pod.name}\n", (  # why, when it fails
+            f"kubectl: {result.stderr}\n{proxy_log_tail(lab, [server, survivor.name])}")
         refreshed = json.loads(kubectl(lab, "get", "gateways.raven.openyurt.io", pool.gateway,
                                        "-o", "json").stdout)
         assert [e["nodeName"] for e in refreshed["status"]["activeEndpoints"]

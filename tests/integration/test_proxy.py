@@ -63,6 +63,46 @@ class Echo:
             conn.close()
 
 
+class AnswerThenHalfClose:
+    """A stand-in kubelet that ends first, as a kubelet ends an exec or a `Connection: close`
+    answer: it reads the request, sends `size` bytes, shuts down its sending side, then waits
+    for the end of what it receives. `ended` is set when that end arrives (EOF, or a reset)."""
+
+    def __init__(self, host: str, size: int) -> None:
+        self.size = size
+        self.sock = socket.create_server((host, 0))
+        self.port = self.sock.getsockname()[1]
+        self.ended = threading.Event()
+        self.conns: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        try:
+            conn.recv(65536)
+            conn.sendall(b"a" * self.size)
+            conn.shutdown(socket.SHUT_WR)
+            while conn.recv(65536):
+                pass
+        except OSError:
+            pass
+        self.ended.set()
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self.conns:
+            conn.close()
+
+
 def wait_for(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not check():
@@ -76,9 +116,10 @@ class Cluster:
         self.ca = certs.make_ca("raven-proxy-test", 7200, time.time())
         self.echo = Echo(TARGET_IP)
         self.outside = Echo(OTHER_IP)
+        self.first_to_end = AnswerThenHalfClose(TARGET_IP, 300_000)
         self.tunnel_port, self.user_port = free_port(), free_port()
         self.lifetime = lifetime
-        ports = {"gw-edge": frozenset({self.echo.port})}
+        ports = {"gw-edge": frozenset({self.echo.port, self.first_to_end.port})}
         self.server_view = View({TARGET_IP: ("gw-edge", "e2"), OTHER_IP: ("gw-edge", "e3")},
                                 ports, {"e1": "gw-edge"})
         # The client's own allow-list lacks e3: the server's word is not enough at the edge.
@@ -116,6 +157,7 @@ class Cluster:
         self.server.stop()
         self.echo.close()
         self.outside.close()
+        self.first_to_end.close()
 
 
 @pytest.fixture
@@ -146,6 +188,20 @@ def test_connect_reaches_the_kubelet_through_the_client(cluster: Cluster) -> Non
     metrics = cluster.server.metrics.registry
     assert metrics.get_sample_value("raven_proxy_requests_total",
                                     {"side": "server", "result": "ok"}) == 1.0
+
+
+def test_a_kubelet_that_ends_first_sees_the_stream_end(cluster: Cluster) -> None:
+    """The kubelet answers and ends its side first (an exec's end): the caller gets every
+    byte and the end; the caller's TLS cannot half-close, so the proxy server must end the
+    stream's other direction too, and the kubelet must then see its connection end (once the
+    server left that stream half-open, the client kept the kubelet's socket open for good)."""
+    with cluster.tunnel(TARGET_IP, cluster.first_to_end.port) as sock:
+        sock.sendall(b"GET /exec HTTP/1.1\r\n\r\n")
+        got = b""
+        while chunk := sock.recv(65536):
+            got += chunk
+    assert got == b"a" * 300_000
+    assert cluster.first_to_end.ended.wait(30), "the kubelet's connection was never ended"
 
 
 @pytest.mark.parametrize(("host", "port", "status"), [

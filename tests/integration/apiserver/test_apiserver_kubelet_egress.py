@@ -14,6 +14,7 @@ import selectors
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from kubelet_support import (
     start_kubelet_process,
 )
 
-from raven.apiserver import security
+from raven.apiserver import nodedial, security
 
 
 class ConnectProxy:
@@ -178,3 +179,52 @@ def test_no_proxy_up_is_a_503_and_the_server_keeps_serving(cluster: Cluster) -> 
     assert "reached through an egress proxy and none could connect" in result.stderr
     assert server.kubectl("get", "--raw", "/api/v1/nodes/cloud-1/proxy/healthz").stdout == "ok"
     assert "edge-1" in server.kubectl("get", "nodes").stdout
+
+
+
+class BulkKubelet:
+    """A TLS server that answers every connection with `size` bytes, then closes."""
+
+    def __init__(self, data_dir: Path, folder: Path, size: int) -> None:
+        cert, key = folder / "bulk.crt", folder / "bulk.key"
+        security.issue_certificate(data_dir, cert, key, "kubelet-bulk", ["127.0.0.1"])
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(cert), str(key))
+        self.size = size
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        with contextlib.suppress(OSError):
+            raw, _ = self.listener.accept()
+            with self.context.wrap_socket(raw, server_side=True) as tls:
+                tls.sendall(b"x" * self.size)
+
+
+def test_a_tunnelled_reader_may_pause_longer_than_the_dial_timeout(tmp_path: Path) -> None:
+    """A reader that stops reading (`kubectl logs POD | less`) for longer than the dial timeout
+    while megabytes are in flight through a proxy tunnel still gets every byte: the splice
+    between the tunnel and the kubelet's TLS waits as long as the relay does (its write
+    timeout), not the dial timeout it once used, which cut the stream with no error."""
+    data_dir = tmp_path / "api"
+    data_dir.mkdir(mode=0o700)
+    proxy = ConnectProxy(data_dir, tmp_path)
+    kubelet = BulkKubelet(data_dir, tmp_path, 16 << 20)
+    cert, key = security.ensure_kubelet_client(data_dir)
+    tls = nodedial.client_context(str(data_dir / security.CA_CERT), str(cert), str(key))
+    dialer = nodedial.NodeDialer(tls, tls, (nodedial.EgressProxy("127.0.0.1", proxy.port),),
+                                 lambda _node: True, timeout=0.5)
+    node = node_object("edge-1", "127.0.0.1", kubelet.port)
+    sock = dialer.dial(node, nodedial.KubeletEndpoint("edge-1", "127.0.0.1", kubelet.port))
+    try:
+        time.sleep(2.0)  # the paused reader: 4x the dial timeout with the tunnel full
+        sock.settimeout(30)
+        got = 0
+        while chunk := sock.recv(1 << 16):
+            got += len(chunk)
+    finally:
+        sock.close()
+        proxy.close()
+        kubelet.listener.close()
+    assert got == 16 << 20
