@@ -259,6 +259,12 @@ class Agent:
                 return False
             return self._reconcile(self.inputs, time.time())
 
+    def path_switch(self) -> threading.RLock:
+        """The lock every plan + apply holds. The path manager holds it across a scheduled
+        move (the take-over write, then the plan with the path direct), so a reconcile planned
+        with the old paths cannot apply between the two and give the subnets back."""
+        return self._reconcile_lock
+
     def peer_subnets(self, plans: dict[str, PathPlan]) -> dict[str, tuple[str, ...]]:
         """Allowed IPs of every peer in the plan these paths would give (prepared ahead of a
         scheduled take-over, so the instant itself costs one WireGuard write)."""

@@ -103,24 +103,44 @@ class PathManager:
         gateways = self._parsed()
         mine = next((g for g in gateways if g.name == state.pool), None)
         me = paths.active_endpoint(mine) if mine is not None else None
-        due = [p for p in self.paths.values() if p.switch_at is not None and p.switch_at <= now]
-        for path in due:  # first thing: the other side moves at this same instant
-            cidrs = self._prepared.pop(path.pool, ())
-            if cidrs:
-                self.agent.dataplane.take_allowed_ips(path.public_key, cidrs)
-        if not due or not self._samples:  # a due switch goes first: no read before it
-            live = self.agent.dataplane.wireguard_peers()
-            if me is not None and not me.under_nat:
-                self._publish_observed(state, live)
-                return now + IDLE_POLL
-            self._samples = {k: paths.Sample(p.last_handshake, p.rx_bytes, p.endpoint)
-                             for k, p in live.items()}
-        samples = self._samples
-        found, self.why_relayed = paths.candidates(gateways, state.pool or "")
-        self._set(paths.step(self.paths, found, samples, now, wall, self.settings,
-                             state.pool or ""), now)
+        # From `commit` seconds before a scheduled move the path thread holds the agent's
+        # reconcile lock across it: a reconcile already running ends first, none starts until
+        # the move is applied, so the write happens at its instant, not after a reconcile, and
+        # no reconcile planned with the old paths can give the subnets back to the relay.
+        lead = self.settings.commit
+        due = [p for p in self.paths.values()
+               if p.switch_at is not None and p.switch_at - lead <= now]
+        if due and self._samples:
+            with self.agent.path_switch():
+                return self._switch(due, state.pool or "", gateways, now, wall)
+        live = self.agent.dataplane.wireguard_peers()
+        if me is not None and not me.under_nat:
+            self._publish_observed(state, live)
+            return now + IDLE_POLL
+        self._samples = {k: paths.Sample(p.last_handshake, p.rx_bytes, p.endpoint)
+                         for k, p in live.items()}
+        return self._step(gateways, state.pool or "", now, wall)
+
+    def _switch(self, due: list[paths.Path], pool: str, gateways: list[Gateway], now: float,
+                wall: float) -> float:
+        """The scheduled moves, under the agent's reconcile lock (the caller holds it): each
+        prepared write at its instant (the data plane waits for it), then the step that makes
+        the paths direct and the reconcile that plans them so. Nothing reads the device in
+        between: the samples that scheduled the move decide it."""
+        for path in sorted(due, key=lambda p: p.switch_at or 0.0):
+            cidrs = self._prepared.pop(path.pool, ())  # () still waits for the instant
+            self.agent.dataplane.take_allowed_ips(path.public_key, cidrs, at=path.switch_at)
+        last = max(p.switch_at or now for p in due)
+        if last > now:  # we waited for the instant: step at it
+            now, wall = last, wall + (last - now)
+        return self._step(gateways, pool, now, wall)
+
+    def _step(self, gateways: list[Gateway], pool: str, now: float, wall: float) -> float:
+        found, self.why_relayed = paths.candidates(gateways, pool)
+        self._set(paths.step(self.paths, found, self._samples, now, wall, self.settings, pool),
+                  now)
         self._nudge(self.agent.state)  # the state the path change just applied
-        return paths.next_deadline(self.paths, now, POLL)
+        return paths.next_deadline(self.paths, now, POLL, self.settings.commit)
 
     def _nudge(self, state: Any) -> None:
         """Traffic of our own on every direct path, so the other side hears us (nudge.py)."""

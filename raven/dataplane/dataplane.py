@@ -326,11 +326,16 @@ class Dataplane:
             live = self.wireguard.read({link.name: link}, fresh=True)
             return dict(live.device.peers) if live.device is not None else {}
 
-    def take_allowed_ips(self, public_key: str, cidrs: tuple[str, ...]) -> None:
+    def take_allowed_ips(self, public_key: str, cidrs: tuple[str, ...],
+                         at: float | None = None) -> None:
         """Give `cidrs` to the existing peer `public_key` in one WireGuard write (each allowed
         IP leaves the peer that held it): the instant a direct path takes over from the relay,
-        without waiting for a whole reconcile. The next apply re-reads the device."""
+        without waiting for a whole reconcile. The next apply re-reads the device. `at`
+        (monotonic seconds): write at that instant, not before; the wait holds the data
+        plane's lock, so no read of ours (observe, a poll) can delay the write past it."""
         with self._lock:
+            if at is not None:
+                time.sleep(max(0.0, at - time.monotonic()))
             if not cidrs or self.wireguard.backend is None:
                 return
             self.wireguard.write(DeviceWrite(peers=(

@@ -4,6 +4,7 @@ No root, no clock: `tick(now, wall)` is driven by the test."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
@@ -19,13 +20,16 @@ from raven.topology import plan_node
 class FakeDataplane:
     live: dict[str, LivePeer] = field(default_factory=dict)
     taken: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    taken_at: list[float | None] = field(default_factory=list)
     nudged: list[list[str]] = field(default_factory=list)
 
     def wireguard_peers(self) -> dict[str, LivePeer]:
         return dict(self.live)
 
-    def take_allowed_ips(self, key: str, cidrs: tuple[str, ...]) -> None:
+    def take_allowed_ips(self, key: str, cidrs: tuple[str, ...], at: float | None = None
+                         ) -> None:
         self.taken.append((key, cidrs))
+        self.taken_at.append(at)
 
     def nudge(self, source: str, targets: list[str]) -> int:
         self.nudged.append(targets)
@@ -43,6 +47,10 @@ class FakeAgent:
         self.observed: list[dict] = []
         self.reports: list[list] = []
         self.state = plan_node(self.gateways, node)
+        self.lock = threading.RLock()
+
+    def path_switch(self) -> threading.RLock:
+        return self.lock
 
     def apply_paths(self, plans: dict) -> bool:
         self.applied.append(plans)
@@ -108,6 +116,40 @@ def test_probe_handshake_take_over_and_nudges() -> None:
     m.flush_outbox()
     assert agent.applied[-1] == {}
     assert agent.published[-1] == {"gw-b": "relayed:gw-cloud"}
+
+
+def test_the_move_holds_the_reconcile_lock_from_commit_and_writes_at_its_instant() -> None:
+    agent = FakeAgent()
+    m = manager(agent)
+    m.tick(10.0, 1000.0)
+    agent.dataplane.live = {KEY_B: peer(KEY_B, handshake=1000.5, rx=92)}
+    deadline = m.tick(10.6, 1000.6)
+    switch = m.paths["gw-b"].switch_at
+    assert switch is not None and deadline == 10.6 + 0.2
+    assert m.tick(deadline, 1000.8) == switch - m.settings.commit
+    agent.dataplane.live = {}  # no read happens from here: a read now would see nothing
+    held = []
+    real = agent.lock
+
+    class Lock:
+        def __enter__(self) -> None:
+            real.acquire()
+            held.append(True)
+
+        def __exit__(self, *exc: object) -> None:
+            held.append(False)
+            real.release()
+
+    agent.path_switch = lambda: Lock()  # type: ignore[method-assign]
+    agent.apply_paths = lambda plans: (held.append(plans), FakeAgent.apply_paths(  # type: ignore[method-assign]
+        agent, plans))[1]
+    m.tick(switch - m.settings.commit, 1001.0)
+    # The write waits for the instant (the data plane sleeps until `at`); the reconcile with
+    # the path direct follows inside the same hold of the lock.
+    assert agent.dataplane.taken == [(KEY_B, ("10.244.20.0/24",))]
+    assert agent.dataplane.taken_at == [switch]
+    assert held == [True, {"gw-b": paths.PathPlan("gw-b", KEY_B, None, True)}, False]
+    assert m.paths["gw-b"].mode == paths.Mode.DIRECT and m.paths["gw-b"].since == switch
 
 
 def test_public_gateway_publishes_what_it_sees_of_nat_peers() -> None:

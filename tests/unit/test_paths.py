@@ -95,6 +95,20 @@ def test_probe_then_direct_at_the_scheduled_instant() -> None:
     assert paths.plans({"gw-b": p}) == {"gw-b": PathPlan("gw-b", KEY_B, None, True)}
 
 
+def test_a_newer_handshake_moves_the_instant_until_it_is_committed() -> None:
+    # Both sides initiated: each side aims at the last handshake, so both move at one instant;
+    # from `commit` before the move its instant is fixed (the runner holds the lock then).
+    p = run(None, None, now=10.0, wall=1000.0)
+    p = run(p, Sample(1000.5, 92), now=10.6, wall=1000.6)
+    assert p.switch_at == 10.6 + (1000.5 + S.settle - 1000.6)
+    p = run(p, Sample(1000.52, 184), now=10.8, wall=1000.8)
+    assert p.switch_at == 10.8 + (1000.52 + S.settle - 1000.8) and p.handshake == 1000.52
+    fixed = p.switch_at
+    p = run(p, Sample(1001.2, 276), now=fixed - S.commit + 0.01, wall=1001.3)
+    assert p.switch_at == fixed and p.mode == Mode.PROBING
+    assert paths.next_deadline({"gw-b": p}, 11.0, 0.2, S.commit) == fixed - S.commit
+
+
 def test_old_handshake_does_not_count() -> None:
     p = run(None, None, now=10, wall=1000)
     p = run(p, Sample(999.0, 500), now=11, wall=1001)  # from before the probe began
