@@ -58,6 +58,7 @@ class PathManager:
         self._gateways: list[Gateway] = []
         self._samples: dict[str, paths.Sample] = {}
         self._prepared: dict[str, tuple[str, ...]] = {}  # pool -> subnets to take at the switch
+        self._waiting: dict[str, float] = {}  # peer -> since when it waits for a 1st handshake
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -114,11 +115,22 @@ class PathManager:
             with self.agent.path_switch():
                 return self._switch(due, state.pool or "", gateways, now, wall)
         live = self.agent.dataplane.wireguard_peers()
+        samples = {k: paths.Sample(p.last_handshake, p.rx_bytes, p.endpoint, p.keepalive)
+                   for k, p in live.items()}
+        # Not the direct-path peers: a probe is answered when the far side's own probe
+        # arrives through the hole ours opened (raven.paths), and it has its own timeout.
+        punched = {p.public_key for p in self.paths.values()}
+        self._waiting, renew = paths.renewals(
+            self._waiting, {k: v for k, v in samples.items() if k not in punched}, now,
+            self.settings)
+        if renew:  # a lost first initiation: a fresh peer sends one now, not in 5 s
+            renewed = self.agent.dataplane.renew_peers(renew)
+            log.info("no handshake yet with %d peer(s) after %.1fs: made afresh %s",
+                     len(renew), self.settings.renew_after, ", ".join(renewed) or "(none)")
         if me is not None and not me.under_nat:
             self._publish_observed(state, live)
-            return now + IDLE_POLL
-        self._samples = {k: paths.Sample(p.last_handshake, p.rx_bytes, p.endpoint)
-                         for k, p in live.items()}
+            return self._renew_deadline(now + IDLE_POLL)
+        self._samples = samples
         return self._step(gateways, state.pool or "", now, wall)
 
     def _switch(self, due: list[paths.Path], pool: str, gateways: list[Gateway], now: float,
@@ -140,7 +152,12 @@ class PathManager:
         self._set(paths.step(self.paths, found, self._samples, now, wall, self.settings, pool),
                   now)
         self._nudge(self.agent.state)  # the state the path change just applied
-        return paths.next_deadline(self.paths, now, POLL, self.settings.commit)
+        return self._renew_deadline(paths.next_deadline(self.paths, now, POLL,
+                                                        self.settings.commit))
+
+    def _renew_deadline(self, deadline: float) -> float:
+        """`deadline`, or sooner when a peer waiting for its first handshake is due."""
+        return min([deadline, *(t + self.settings.renew_after for t in self._waiting.values())])
 
     def _nudge(self, state: Any) -> None:
         """Traffic of our own on every direct path, so the other side hears us (nudge.py)."""

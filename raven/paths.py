@@ -67,6 +67,12 @@ class PathSettings:
     commit: float = 0.5
     dead_after: float = 1.5  # a direct peer silent this long has lost its path
     backoff_min: float = 2.0
+    # A peer we send to (endpoint, keepalive) that has never completed a handshake is made
+    # afresh after this long: WireGuard retries a lost first initiation only after 5 s
+    # (REKEY_TIMEOUT), e.g. when it reached a gateway not configured for us yet, and that
+    # retry dominated the time from `lab up` to direct (the public gateways learn a mapped
+    # endpoint from the handshake). A fresh peer initiates at once.
+    renew_after: float = 1.0
     backoff_max: float = 60.0
 
     def backoff(self, failures: int) -> float:
@@ -90,6 +96,7 @@ class Sample:
     last_handshake: float = 0.0  # unix seconds, 0 = never
     rx_bytes: int = 0
     endpoint: str | None = None
+    keepalive: int = 0
 
 
 @dataclass(frozen=True)
@@ -222,6 +229,25 @@ def _advance(path: Path, c: Candidate, sample: Sample | None, now: float, wall: 
         return _relayed(path, now, wall, s,
                         f"direct path silent for {now - path.rx_changed:.1f}s", offset)
     return path
+
+
+def renewals(waiting: Mapping[str, float], samples: Mapping[str, Sample], now: float,
+             s: PathSettings = PathSettings()) -> tuple[dict[str, float], list[str]]:
+    """Peers to make afresh now (`renew_after`), and the new `waiting` ({public key: monotonic
+    time since which it waits for its first handshake}). Only peers that initiate on their own
+    (an endpoint and a keepalive) and never completed a handshake wait; a renewed peer waits
+    again from now."""
+    out: dict[str, float] = {}
+    renew: list[str] = []
+    for key, sample in samples.items():
+        if sample.last_handshake or not sample.endpoint or not sample.keepalive:
+            continue
+        since = waiting.get(key, now)
+        if now - since >= s.renew_after:
+            renew.append(key)
+            since = now
+        out[key] = since
+    return out, sorted(renew)
 
 
 def plans(paths: Mapping[str, Path]) -> dict[str, PathPlan]:

@@ -341,6 +341,34 @@ class Dataplane:
             self.wireguard.write(DeviceWrite(peers=(
                 PeerWrite(public_key=public_key, allowed_ips=tuple(sorted(cidrs))),)))
 
+    def renew_peers(self, keys: list[str]) -> list[str]:
+        """Make each peer of `keys` that never completed a handshake afresh, with the same
+        endpoint, keepalive, allowed IPs and preshared key, in one WireGuard write: a new peer
+        with a keepalive initiates at once, where WireGuard would wait 5 s (REKEY_TIMEOUT) to
+        retry a first initiation that was lost. A peer that has a handshake by now is left
+        alone. Returns the keys renewed."""
+        with self._lock:
+            link = self.links.get(self.overlay.wireguard_device)
+            if link is None or self.wireguard.backend is None:
+                return []
+            live = self.wireguard.read({link.name: link}, fresh=True).device
+            if live is None:
+                return []
+            writes: list[PeerWrite] = []
+            for key in keys:
+                peer = live.peers.get(key)
+                if peer is None or peer.last_handshake or not peer.endpoint:
+                    continue
+                writes += [PeerWrite(public_key=key, remove=True),
+                           PeerWrite(public_key=key, endpoint=peer.endpoint,
+                                     keepalive=peer.keepalive,
+                                     preshared_key=peer.preshared_key,
+                                     replace_allowed_ips=True,
+                                     allowed_ips=tuple(sorted(peer.allowed_ips)))]
+            if writes:
+                self.wireguard.write(DeviceWrite(peers=tuple(writes)))
+            return [w.public_key for w in writes if not w.remove]
+
     def rtt_ms(self, address: str) -> float | None:
         """ICMP round trip to an IPv4 address from this node (raven.dataplane.probe)."""
         return probe.rtt_ms(self.settings.netns, address)

@@ -21,6 +21,7 @@ class FakeDataplane:
     live: dict[str, LivePeer] = field(default_factory=dict)
     taken: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     taken_at: list[float | None] = field(default_factory=list)
+    renewed: list[list[str]] = field(default_factory=list)
     nudged: list[list[str]] = field(default_factory=list)
 
     def wireguard_peers(self) -> dict[str, LivePeer]:
@@ -34,6 +35,10 @@ class FakeDataplane:
     def nudge(self, source: str, targets: list[str]) -> int:
         self.nudged.append(targets)
         return len(targets)
+
+    def renew_peers(self, keys: list[str]) -> list[str]:
+        self.renewed.append(keys)
+        return keys
 
 
 class FakeAgent:
@@ -150,6 +155,26 @@ def test_the_move_holds_the_reconcile_lock_from_commit_and_writes_at_its_instant
     assert agent.dataplane.taken_at == [switch]
     assert held == [True, {"gw-b": paths.PathPlan("gw-b", KEY_B, None, True)}, False]
     assert m.paths["gw-b"].mode == paths.Mode.DIRECT and m.paths["gw-b"].since == switch
+
+
+def test_a_peer_without_a_first_handshake_is_made_afresh_after_renew_after() -> None:
+    # The NAT'd gateway's relay peer (endpoint, keepalive) lost its first initiation: renewed
+    # after `renew_after`, not left to WireGuard's 5 s retry; a peer that answered is not.
+    agent = FakeAgent()
+    m = manager(agent)
+    agent.dataplane.live = {KEY_C: peer(KEY_C, ("10.244.0.0/24",), keepalive=25),
+                            KEY_B: peer(KEY_B, handshake=999.0)}
+    assert m.tick(10.0, 1000.0) <= 10.0 + m.settings.renew_after
+    m.tick(10.5, 1000.5)
+    assert agent.dataplane.renewed == []
+    m.tick(11.0, 1001.0)
+    assert agent.dataplane.renewed == [[KEY_C]]
+    m.tick(11.5, 1001.5)
+    assert agent.dataplane.renewed == [[KEY_C]]  # waits again from the renewal
+    agent.dataplane.live[KEY_C] = peer(KEY_C, ("10.244.0.0/24",), handshake=1001.6,
+                                       keepalive=25)
+    m.tick(12.5, 1002.5)
+    assert agent.dataplane.renewed == [[KEY_C]] and m._waiting == {}
 
 
 def test_public_gateway_publishes_what_it_sees_of_nat_peers() -> None:

@@ -109,6 +109,17 @@ def test_a_newer_handshake_moves_the_instant_until_it_is_committed() -> None:
     assert paths.next_deadline({"gw-b": p}, 11.0, 0.2, S.commit) == fixed - S.commit
 
 
+def test_renewals_only_for_peers_that_send_and_never_shook_hands() -> None:
+    samples = {KEY_A: Sample(0.0, 0, "198.19.0.10:4500", 1),  # waits
+               KEY_B: Sample(990.0, 5, "198.19.0.14:4500", 1),  # answered once
+               KEY_C: Sample(0.0, 0, None, 0)}  # learns its endpoint: never initiates
+    waiting, renew = paths.renewals({}, samples, 10.0, S)
+    assert waiting == {KEY_A: 10.0} and renew == []
+    waiting, renew = paths.renewals(waiting, samples, 10.0 + S.renew_after, S)
+    assert renew == [KEY_A] and waiting == {KEY_A: 10.0 + S.renew_after}
+    assert paths.renewals(waiting, {}, 12.0, S) == ({}, [])
+
+
 def test_old_handshake_does_not_count() -> None:
     p = run(None, None, now=10, wall=1000)
     p = run(p, Sample(999.0, 500), now=11, wall=1001)  # from before the probe began
