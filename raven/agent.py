@@ -547,7 +547,7 @@ class Agent:
         value = nat_discovery.encode(observed) if observed else None
         return self._annotate(nat_discovery.ANNOTATION_OBSERVED, value, "observed endpoints")
 
-    def publish_paths(self, paths: dict[str, str]) -> bool:
+    def publish_paths(self, paths: dict[str, Any]) -> bool:
         """Our Node's paths annotation (removed when empty): the controller's status.paths."""
         value = nat_discovery.encode(paths) if paths else None
         return self._annotate(nat_discovery.ANNOTATION_PATHS, value, "paths")

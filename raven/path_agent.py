@@ -35,6 +35,7 @@ POLL = 0.2  # seconds between reads of the device while a path is probing or dir
 IDLE_POLL = 0.5  # otherwise (public gateways: how soon a new mapping is published)
 RTT_PERIOD = 10.0  # seconds between RTT measurements to the public gateways
 RTT_ALPHA = 0.3  # smoothing of those measurements
+ECHOES = 3  # ICMP echoes per measurement (loss is the smoothed share unanswered)
 RTT_CHANGE = 0.25  # a published RTT is rewritten when it moved by this fraction (and 0.5 ms)
 ADOPT_HANDSHAKE_S = 180  # a direct peer's session is renewed every 2 min while it works
 
@@ -46,7 +47,9 @@ class PathManager:
         self.paths: dict[str, paths.Path] = {}
         self.why_relayed: list[str] = []
         self.observed: dict[str, str] = {}  # what we last queued for publication (public gws)
-        self.published: dict[str, str] | None = None  # the paths annotation last queued
+        # {pool: (mode, via, RTT known)} last queued: a change of one of these is published
+        self.published: dict[str, tuple[str, str, bool]] | None = None
+        self.figures: dict[str, tuple[float | None, float]] = {}  # pool -> (RTT ms, loss 0..1)
         self.changes = 0  # path mode changes, for logs and status
         self.wake = threading.Event()
         self.rtts: dict[str, float] = {}  # public Gateway -> smoothed RTT ms
@@ -115,8 +118,8 @@ class PathManager:
             with self.agent.path_switch():
                 return self._switch(due, state.pool or "", gateways, now, wall)
         live = self.agent.dataplane.wireguard_peers()
-        samples = {k: paths.Sample(p.last_handshake, p.rx_bytes, p.endpoint, p.keepalive)
-                   for k, p in live.items()}
+        samples = {k: paths.Sample(p.last_handshake, p.rx_bytes, p.endpoint, p.keepalive,
+                                   p.tx_bytes) for k, p in live.items()}
         # Not the direct-path peers: a probe is answered when the far side's own probe
         # arrives through the hole ours opened (raven.paths), and it has its own timeout.
         punched = {p.public_key for p in self.paths.values()}
@@ -192,24 +195,48 @@ class PathManager:
             self.agent.apply_paths(paths.plans(new))
             log.debug("paths applied %.3fs late, in %.3fs", started - now,
                       time.monotonic() - started)
+        # Written when a path or its relay changes, with the figures of that moment; never
+        # for a figure alone (counters move on every tick).
         compact = self._compact(self.agent.state)  # after the apply: its relays are current
-        if compact != self.published:
+        shape = {k: (str(v["path"]), str(v.get("via", "")), "rttMs" in v)
+                 for k, v in compact.items()}
+        if shape != self.published:
             self._queue("paths", compact)
-            self.published = compact
+            self.published = shape
         self.agent.record_paths(self.report(now))
 
-    def _compact(self, state: Any) -> dict[str, str]:
-        """{remote Gateway: "direct" | "probing" | "relayed:<via>"} for every NAT'd pool we
-        know a path to (the annotation the controller copies into status.paths)."""
+    def _compact(self, state: Any) -> dict[str, dict[str, Any]]:
+        """{remote Gateway: {"path", "via"?, "rttMs"?, "loss"?, "handshake"?, "rxBytes"?,
+        "txBytes"?}} for every NAT'd pool we know a path to (the annotation the controller
+        copies into status.paths). RTT and loss: ICMP to the far NAT's public address (direct)
+        or to the relay (relayed), from `measure_relays`; handshake and bytes: the direct peer's
+        (a relay peer's counters are shared by every pair it relays, so none for relayed)."""
         via = {}
         if state is not None and state.wireguard is not None:
             via = {r: p.pool for p in state.wireguard.peers for r in p.relays_for}
-        out = {name: str(path.mode) for name, path in self.paths.items()
-               if path.mode != paths.Mode.RELAYED}
+        out: dict[str, dict[str, Any]] = {}
+        for name, path in self.paths.items():
+            if path.mode == paths.Mode.RELAYED:
+                continue
+            entry: dict[str, Any] = {"path": str(path.mode)}
+            rtt, loss = self.figures.get(name, (None, 0.0))
+            if rtt is not None:
+                entry.update(rttMs=round(rtt, 2), loss=round(loss, 3))
+            sample = self._samples.get(path.public_key)
+            if path.mode == paths.Mode.DIRECT and sample is not None:
+                entry.update(handshake=int(sample.last_handshake), rxBytes=sample.rx_bytes,
+                             txBytes=sample.tx_bytes)
+            out[name] = entry
         relayed = [n for n, p in self.paths.items() if p.mode == paths.Mode.RELAYED]
         relayed += [why.split(":", 1)[0] for why in self.why_relayed]
         for name in relayed:
-            out[name] = f"relayed:{via[name]}" if name in via else "relayed"
+            entry = {"path": "relayed"}
+            if name in via:
+                entry["via"] = via[name]
+                rtt = self.rtts.get(via[name])
+                if rtt is not None:
+                    entry["rttMs"] = round(rtt, 2)
+            out[name] = entry
         return out
 
     def _prepare(self, new: dict[str, paths.Path], name: str) -> None:
@@ -266,17 +293,39 @@ class PathManager:
                 old = self.rtts.get(name)
                 self.rtts[name] = rtt if old is None else old + RTT_ALPHA * (rtt - old)
         self.rtts = {k: v for k, v in self.rtts.items() if k in targets}
+        self._measure_paths(gateways, state.pool or "")
         if _worth_publishing(self.rtts, self.rtts_published):
             rounded = {k: round(v, 2) for k, v in self.rtts.items()}
             self._queue("rtt", rounded)
             self.rtts_published = dict(self.rtts)
 
+    def _measure_paths(self, gateways: list[Gateway], pool: str) -> None:
+        """RTT and loss to the public address of each NAT'd pool we may go direct to (its
+        mapped endpoint's host: the far NAT, on the path a direct tunnel takes), smoothed;
+        reported with the path when it changes (`_compact`)."""
+        found, _ = paths.candidates(gateways, pool)
+        for c in found:
+            host = c.endpoint.rpartition(":")[0]
+            if "." not in host:
+                continue
+            rtt, answered = self.agent.dataplane.echo(host, ECHOES)
+            old_rtt, old_loss = self.figures.get(c.pool, (None, None))
+            loss = 1.0 - answered / ECHOES
+            if rtt is not None and old_rtt is not None:
+                rtt = old_rtt + RTT_ALPHA * (rtt - old_rtt)
+            self.figures[c.pool] = (rtt if rtt is not None else old_rtt,
+                                    loss if old_loss is None
+                                    else old_loss + RTT_ALPHA * (loss - old_loss))
+        self.figures = {k: v for k, v in self.figures.items() if k in {c.pool for c in found}}
+
     def measure_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(RTT_PERIOD):
+        while True:
             try:
                 self.measure_relays()
             except Exception:  # the relay choice keeps what it has
                 log.exception("relay RTT measurement failed")
+            if stop.wait(RTT_PERIOD):
+                return
 
     # -- API writes, off the path thread ----------------------------------------------------------
 

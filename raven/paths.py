@@ -97,6 +97,7 @@ class Sample:
     rx_bytes: int = 0
     endpoint: str | None = None
     keepalive: int = 0
+    tx_bytes: int = 0
 
 
 @dataclass(frozen=True)

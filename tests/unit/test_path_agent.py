@@ -101,7 +101,7 @@ def test_probe_handshake_take_over_and_nudges() -> None:
     assert agent.applied[-1] == {"gw-b": paths.PathPlan("gw-b", KEY_B, "198.19.0.14:4500",
                                                          False)}
     assert agent.published == []  # the path thread only queues API writes
-    assert m.flush_outbox() and agent.published[-1] == {"gw-b": "probing"}
+    assert m.flush_outbox() and agent.published[-1] == {"gw-b": {"path": "probing"}}
     agent.dataplane.live = {KEY_B: peer(KEY_B, handshake=1000.5, rx=92)}
     deadline = m.tick(10.6, 1000.6)
     switch = m.paths["gw-b"].switch_at
@@ -112,15 +112,22 @@ def test_probe_handshake_take_over_and_nudges() -> None:
     # First thing at the instant: the one prepared write; then the plan with the path direct.
     assert agent.dataplane.taken == [(KEY_B, ("10.244.20.0/24",))]
     assert agent.applied[-1] == {"gw-b": paths.PathPlan("gw-b", KEY_B, None, True)}
-    assert agent.published[-1] == {"gw-b": "direct"}
+    # Written at the change with the direct peer's handshake and counters of that moment.
+    assert agent.published[-1] == {"gw-b": {"path": "direct", "handshake": 1000,
+                                            "rxBytes": 92, "txBytes": 0}}
     assert agent.dataplane.nudged[-1] == ["10.244.20.1"]
+    writes = len(agent.published)
+    agent.dataplane.live = {KEY_B: peer(KEY_B, ("10.244.20.0/24",), 1000.5, 500)}
+    m.tick(switch + 0.1, 1001.6)
+    m.flush_outbox()
+    assert len(agent.published) == writes  # counters moved, the path did not: no write
     # Silence: back to the relay, and the far side is told through the annotation.
     agent.dataplane.live = {KEY_B: peer(KEY_B, ("10.244.20.0/24",), 1000.5, 92)}
     m.tick(switch + 0.2, 1001.7)
     m.tick(switch + 0.2 + paths.PathSettings().dead_after, 1003.3)
     m.flush_outbox()
     assert agent.applied[-1] == {}
-    assert agent.published[-1] == {"gw-b": "relayed:gw-cloud"}
+    assert agent.published[-1] == {"gw-b": {"path": "relayed", "via": "gw-cloud"}}
 
 
 def test_the_move_holds_the_reconcile_lock_from_commit_and_writes_at_its_instant() -> None:
@@ -208,6 +215,8 @@ def test_nat_gateway_measures_and_publishes_relay_rtts_when_they_move() -> None:
     agent = FakeAgent()
     rtts = iter([10.0, 10.5, 30.0])
     agent.dataplane.rtt_ms = lambda address: next(rtts)  # type: ignore[attr-defined]
+    echoes = iter([(4.0, 3), (None, 0), (6.0, 3)])
+    agent.dataplane.echo = lambda address, tries: next(echoes)  # type: ignore[attr-defined]
     m = manager(agent)
     m.measure_relays()
     m.flush_outbox()
@@ -218,6 +227,11 @@ def test_nat_gateway_measures_and_publishes_relay_rtts_when_they_move() -> None:
     m.measure_relays()  # a real move: published
     m.flush_outbox()
     assert agent.published[-1]["rtt"]["gw-cloud"] > 15
+    # The far NAT of the direct-path candidate gw-b (its mapped endpoint's host) was echoed
+    # each time: RTT smoothed over the answers, loss over every measurement.
+    rtt, loss = m.figures["gw-b"]
+    assert rtt == 4.0 + 0.3 * (6.0 - 4.0)
+    assert loss == (0.0 + 0.3 * (1.0 - 0.0)) * (1 - 0.3)
 
 
 def test_a_failed_api_write_stays_queued_and_the_newest_value_wins() -> None:

@@ -248,6 +248,21 @@ def test_an_allowed_ip_moving_to_another_peer_is_only_added_there() -> None:
 
 # --- telemetry: status.paths and the graph -----------------------------------------------------
 
+def test_status_paths_carry_the_figures_of_the_change_and_drop_bad_ones() -> None:
+    text = json.dumps({
+        "gw-b": {"path": "direct", "rttMs": 0.42, "loss": 0.0, "handshake": 1796188333,
+                 "rxBytes": 92, "txBytes": 184},
+        "gw-sym": {"path": "relayed", "via": "gw-cloud", "rttMs": 1.5},
+        "gw-c": {"path": "direct", "rttMs": "fast", "loss": -1, "handshake": True,
+                 "rxBytes": 2.0},
+        "gw-x": {"path": "sideways"}, "gw-y": ["direct"]})
+    assert nd.status_paths(text) == [
+        {"gateway": "gw-b", "path": "direct", "rttMs": 0.42, "loss": 0.0, "rxBytes": 92,
+         "txBytes": 184, "lastHandshake": "2026-12-02T05:12:13Z"},
+        {"gateway": "gw-c", "path": "direct", "rxBytes": 2},
+        {"gateway": "gw-sym", "path": "relayed", "via": "gw-cloud", "rttMs": 1.5}]
+
+
 def test_status_paths_from_the_gateway_annotation() -> None:
     text = json.dumps({"gw-b": "direct", "gw-sym": "relayed:gw-cloud", "gw-x": "bogus",
                        "gw-c": "probing"})
