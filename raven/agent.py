@@ -131,6 +131,10 @@ class AgentMetrics:
                                "(mode: direct, probing, relayed)", ["pool", "mode"], registry=r)
         self.path_changes = Counter("raven_agent_path_changes_total", "Path mode changes, by "
                                     "the mode entered", ["pool", "mode"], registry=r)
+        self.path_rtt = Gauge("raven_agent_path_rtt_ms", "RTT in ms of the path to each NAT'd "
+                              "pool (docs/gateway.md 4a)", ["pool"], registry=r)
+        self.path_loss = Gauge("raven_agent_path_loss_ratio", "Unanswered share of the echoes "
+                               "on the path to each NAT'd pool", ["pool"], registry=r)
         self.drift = Gauge("raven_agent_drift", "Differences between plan and kernel found by "
                            "the last check (repaired by the next apply)", registry=r)
 
@@ -282,8 +286,14 @@ class Agent:
         self.path_report = report
         self.metrics.direct_paths.set(sum(p["mode"] == "direct" for p in report))
         self.metrics.path_mode.clear()
+        self.metrics.path_rtt.clear()
+        self.metrics.path_loss.clear()
         for path in report:
             self.metrics.path_mode.labels(path["pool"], path["mode"]).set(1)
+            if "rttMs" in path:
+                self.metrics.path_rtt.labels(path["pool"]).set(path["rttMs"])
+            if "loss" in path:
+                self.metrics.path_loss.labels(path["pool"]).set(path["loss"])
             if before.get(path["pool"]) != path["mode"]:
                 self.metrics.path_changes.labels(path["pool"], path["mode"]).inc()
         if self._status_doc:

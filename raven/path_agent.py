@@ -267,6 +267,10 @@ class PathManager:
                         "reason": path.reason})
         out += [{"pool": why.split(":", 1)[0], "mode": "relayed", "reason": why.split(": ", 1)[1]}
                 for why in self.why_relayed]
+        figures = self._compact(self.agent.state)
+        for entry in out:  # the RTT and loss the status annotation would carry now
+            entry.update({k: v for k, v in figures.get(entry["pool"], {}).items()
+                          if k in ("rttMs", "loss", "via")})
         return out
 
     # -- relay RTTs (NAT'd gateways) -------------------------------------------------------------
