@@ -57,6 +57,7 @@ class PathManager:
         self._outbox: dict[str, dict] = {}  # annotation kind -> value still to write
         self._outbox_lock = threading.Lock()
         self._publish_wake = threading.Event()
+        self._measure_wake = threading.Event()  # a path changed: measure it now
         self._gateways_for: object = None
         self._gateways: list[Gateway] = []
         self._samples: dict[str, paths.Sample] = {}
@@ -186,6 +187,8 @@ class PathManager:
                          path.switch_at - now)
                 self._prepare(new, name)
             if before is None or before.mode != path.mode:
+                self.figures.pop(name, None)  # measured on the old path: measure the new one
+                self._measure_wake.set()
                 self.changes += 1
                 log.info("path to %s: %s (%s)", name, path.mode, path.reason)
         for name in set(old) - set(new):
@@ -208,9 +211,9 @@ class PathManager:
     def _compact(self, state: Any) -> dict[str, dict[str, Any]]:
         """{remote Gateway: {"path", "via"?, "rttMs"?, "loss"?, "handshake"?, "rxBytes"?,
         "txBytes"?}} for every NAT'd pool we know a path to (the annotation the controller
-        copies into status.paths). RTT and loss: ICMP to the far NAT's public address (direct)
-        or to the relay (relayed), from `measure_relays`; handshake and bytes: the direct peer's
-        (a relay peer's counters are shared by every pair it relays, so none for relayed)."""
+        copies into status.paths). RTT and loss: through the path, from `_measure_paths`;
+        handshake and bytes: the direct peer's (a relay peer's counters are shared by every
+        pair it relays, so none for relayed)."""
         via = {}
         if state is not None and state.wireguard is not None:
             via = {r: p.pool for p in state.wireguard.peers for r in p.relays_for}
@@ -233,9 +236,9 @@ class PathManager:
             entry = {"path": "relayed"}
             if name in via:
                 entry["via"] = via[name]
-                rtt = self.rtts.get(via[name])
-                if rtt is not None:
-                    entry["rttMs"] = round(rtt, 2)
+            rtt, loss = self.figures.get(name, (None, 0.0))
+            if rtt is not None:
+                entry.update(rttMs=round(rtt, 2), loss=round(loss, 3))
             out[name] = entry
         return out
 
@@ -304,32 +307,51 @@ class PathManager:
             self.rtts_published = dict(self.rtts)
 
     def _measure_paths(self, gateways: list[Gateway], pool: str) -> None:
-        """RTT and loss to the public address of each NAT'd pool we may go direct to (its
-        mapped endpoint's host: the far NAT, on the path a direct tunnel takes), smoothed;
-        reported with the path when it changes (`_compact`)."""
-        found, _ = paths.candidates(gateways, pool)
-        for c in found:
-            host = c.endpoint.rpartition(":")[0]
-            if "." not in host:
+        """RTT and loss of the overlay path to each NAT'd pool we have a path to, whatever it
+        is (direct, or through the relay): ICMP echoes from our gateway's address in its own
+        pod subnet (the subnet's first address, the CNI bridge's or the lab's) to the same
+        address of the far pool's gateway, so they cross the tunnel the pods' traffic takes.
+        No figure where either address does not answer."""
+        me = _first_host(self._my_subnets())
+        targets = {}
+        for gw in gateways:
+            ep = paths.active_endpoint(gw)
+            if gw.name == pool or ep is None or not ep.under_nat:
                 continue
-            rtt, answered = self.agent.dataplane.echo(host, ECHOES)
-            old_rtt, old_loss = self.figures.get(c.pool, (None, None))
+            node = next((n for n in gw.status.nodes if n.node_name == ep.node_name), None)
+            target = _first_host(node.subnets if node is not None else ())
+            if target is not None:
+                targets[gw.name] = target
+        for name, target in targets.items() if me is not None else ():
+            rtt, answered = self.agent.dataplane.echo(target, ECHOES, source=me)
+            old_rtt, old_loss = self.figures.get(name, (None, None))
+            if rtt is None and old_rtt is None:
+                continue  # never answered: no address there to measure with
             loss = 1.0 - answered / ECHOES
             if rtt is not None and old_rtt is not None:
                 rtt = old_rtt + RTT_ALPHA * (rtt - old_rtt)
-            self.figures[c.pool] = (rtt if rtt is not None else old_rtt,
-                                    loss if old_loss is None
-                                    else old_loss + RTT_ALPHA * (loss - old_loss))
-        self.figures = {k: v for k, v in self.figures.items() if k in {c.pool for c in found}}
+            self.figures[name] = (rtt if rtt is not None else old_rtt,
+                                  loss if old_loss is None
+                                  else old_loss + RTT_ALPHA * (loss - old_loss))
+        self.figures = {k: v for k, v in self.figures.items() if k in targets}
+
+    def _my_subnets(self) -> tuple[str, ...]:
+        inputs = self.agent.inputs
+        if inputs is None:
+            return ()
+        from raven.agent import parse_inputs
+
+        me = parse_inputs(inputs, self.agent.settings.node)[1]
+        return me.pod_cidrs if not isinstance(me, str) else ()
 
     def measure_loop(self, stop: threading.Event) -> None:
-        while True:
+        while not stop.is_set():
             try:
                 self.measure_relays()
             except Exception:  # the relay choice keeps what it has
                 log.exception("relay RTT measurement failed")
-            if stop.wait(RTT_PERIOD):
-                return
+            self._measure_wake.wait(RTT_PERIOD)
+            self._measure_wake.clear()
 
     # -- API writes, off the path thread ----------------------------------------------------------
 
@@ -372,7 +394,7 @@ class PathManager:
         """Tick until `stop`; `wake` (set after every apply of new inputs, and on stop) ends a
         wait early, so a new mapped endpoint in Gateway status is probed at once."""
         threading.Thread(target=lambda: (stop.wait(), self.wake.set(),
-                                         self._publish_wake.set()),
+                                         self._publish_wake.set(), self._measure_wake.set()),
                          name="paths-stop", daemon=True).start()
         threading.Thread(target=self.publish_loop, args=(stop,), name="paths-publish",
                          daemon=True).start()
@@ -384,6 +406,15 @@ class PathManager:
                 deadline = time.monotonic() + IDLE_POLL
             self.wake.wait(max(0.0, deadline - time.monotonic()))
             self.wake.clear()
+
+
+def _first_host(subnets: tuple[str, ...]) -> str | None:
+    """The first address of the first IPv4 subnet (e.g. 10.244.20.1 of 10.244.20.0/24)."""
+    for cidr in subnets:
+        net = ipaddress.ip_network(cidr, strict=False)
+        if net.version == 4 and net.num_addresses > 2:
+            return str(net[1])
+    return None
 
 
 def _worth_publishing(now: dict[str, float], published: dict[str, float]) -> bool:

@@ -373,9 +373,11 @@ class Dataplane:
         """ICMP round trip to an IPv4 address from this node (raven.dataplane.probe)."""
         return probe.rtt_ms(self.settings.netns, address)
 
-    def echo(self, address: str, tries: int = 3) -> tuple[float | None, int]:
-        """ICMP echoes to an IPv4 address: (smallest RTT in ms or None, replies of `tries`)."""
-        return probe.echo(self.settings.netns, address, tries)
+    def echo(self, address: str, tries: int = 3, source: str | None = None
+             ) -> tuple[float | None, int]:
+        """ICMP echoes to an IPv4 address, from `source` when given: (smallest RTT in ms or
+        None, replies of `tries`)."""
+        return probe.echo(self.settings.netns, address, tries, source=source)
 
     def nudge(self, source: str, destinations: list[str]) -> int:
         """Liveness datagrams through the WireGuard device (raven.dataplane.wireguard.nudge)."""

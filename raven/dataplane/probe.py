@@ -34,12 +34,19 @@ def rtt_ms(netns_name: str | None, address: str, tries: int = 3,
     return echo(netns_name, address, tries, timeout)[0]
 
 
-def echo(netns_name: str | None, address: str, tries: int = 3,
-         timeout: float = 1.0) -> tuple[float | None, int]:
-    """(the smallest RTT in ms or None, how many of `tries` echoes came back)."""
+def echo(netns_name: str | None, address: str, tries: int = 3, timeout: float = 1.0,
+         source: str | None = None) -> tuple[float | None, int]:
+    """(the smallest RTT in ms or None, how many of `tries` echoes came back); from `source`
+    when given ((None, 0) when it is not an address of this host)."""
     with netns.entered(netns_name):
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                              socket.IPPROTO_ICMP)
+    if source is not None:
+        try:
+            sock.bind((source, 0))
+        except OSError:
+            sock.close()
+            return None, 0
     ident = os.getpid() & 0xFFFF
     best: float | None = None
     answered = 0

@@ -216,8 +216,11 @@ def test_nat_gateway_measures_and_publishes_relay_rtts_when_they_move() -> None:
     rtts = iter([10.0, 10.5, 30.0])
     agent.dataplane.rtt_ms = lambda address: next(rtts)  # type: ignore[attr-defined]
     echoes = iter([(4.0, 3), (None, 0), (6.0, 3)])
-    agent.dataplane.echo = lambda address, tries: next(echoes)  # type: ignore[attr-defined]
+    sent: list[tuple[str, str | None]] = []
+    agent.dataplane.echo = lambda address, tries, source=None: (  # type: ignore[attr-defined]
+        sent.append((address, source)), next(echoes))[1]
     m = manager(agent)
+    m._my_subnets = lambda: ("10.244.10.0/24",)  # type: ignore[method-assign]
     m.measure_relays()
     m.flush_outbox()
     assert agent.published[-1] == {"rtt": {"gw-cloud": 10.0}}
@@ -227,11 +230,17 @@ def test_nat_gateway_measures_and_publishes_relay_rtts_when_they_move() -> None:
     m.measure_relays()  # a real move: published
     m.flush_outbox()
     assert agent.published[-1]["rtt"]["gw-cloud"] > 15
-    # The far NAT of the direct-path candidate gw-b (its mapped endpoint's host) was echoed
-    # each time: RTT smoothed over the answers, loss over every measurement.
+    # The path to the NAT'd pool gw-b was measured through the tunnel each time (our
+    # gateway's first pod-subnet address to theirs): RTT smoothed over the answers, loss over
+    # every measurement.
+    assert sent == [("10.244.20.1", "10.244.10.1")] * 3
     rtt, loss = m.figures["gw-b"]
     assert rtt == 4.0 + 0.3 * (6.0 - 4.0)
     assert loss == (0.0 + 0.3 * (1.0 - 0.0)) * (1 - 0.3)
+    # Published with the path: a relayed pair carries the RTT through the relay.
+    m.paths = {"gw-b": paths.Path("gw-b", public_key=KEY_B)}
+    assert m._compact(agent.state)["gw-b"] == {"path": "relayed", "via": "gw-cloud",
+                                               "rttMs": round(rtt, 2), "loss": round(loss, 3)}
 
 
 def test_a_failed_api_write_stays_queued_and_the_newest_value_wins() -> None:
