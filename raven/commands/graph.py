@@ -76,7 +76,7 @@ def render_dot(gateways: Sequence[object]) -> str:
     drawn: set[tuple[str, str]] = set()
     # Pairs of NAT'd pools that went direct (status.paths, published by their gateways):
     # drawn as their own tunnel instead of "relayed via".
-    relay_rtt: dict[tuple[str, str], object] = {}  # (NAT'd gw, other): its RTT to the relay
+    relay_rtt: dict[tuple[str, str], object] = {}  # (NAT'd gw, other): RTT through the relay
     for gw in gws:
         for entry in gw.status.extra.get("paths") or ():
             other = entry.get("gateway") if hasattr(entry, "get") else None
@@ -112,8 +112,7 @@ def render_dot(gateways: Sequence[object]) -> str:
                 if relayed in active_of and pair not in drawn:
                     drawn.add(pair)  # type: ignore[arg-type]
                     leg = relay_rtt.get((gw.name, relayed)) or relay_rtt.get((relayed, gw.name))
-                    text = f"relayed via {peer.pool}" + (
-                        f", {leg} ms to it" if leg is not None else "")
+                    text = f"relayed via {peer.pool}" + (f", {leg} ms" if leg is not None else "")
                     lines.append(f"  {_q(active_of[gw.name])} -> {_q(active_of[relayed])} "
                                  f"[dir=both, style=dashed, color=gray40, label={_q(text)}];")
     lines.append("}")

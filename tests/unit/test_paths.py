@@ -295,13 +295,13 @@ def test_graph_draws_a_direct_pair_as_its_own_tunnel() -> None:
     direct = render_dot(fleet)
     assert '"gw-a/a1" -> "gw-b/b1" [dir=both, color=darkgreen' in direct
     assert "relayed via" not in direct
-    # Edges carry the RTT the Gateway status reports: the direct path's, the relay leg's.
+    # Edges carry the RTT the Gateway status reports through each path.
     fleet[1] = replace(a, status=replace(a.status, extra=FrozenMap({"paths": (
         FrozenMap({"gateway": "gw-b", "path": "direct", "rttMs": 0.42}),)})))
     assert 'label="WireGuard direct (through both NATs), 0.42 ms"' in render_dot(fleet)
     fleet[1] = replace(a, status=replace(a.status, extra=FrozenMap({"paths": (
         FrozenMap({"gateway": "gw-b", "path": "relayed", "via": "gw-cloud", "rttMs": 1.5}),)})))
-    assert 'label="relayed via gw-cloud, 1.5 ms to it"' in render_dot(fleet)
+    assert 'label="relayed via gw-cloud, 1.5 ms"' in render_dot(fleet)
 
 
 def test_diagnose_explains_key_nat_peers_mtu_and_paths() -> None:
