@@ -62,7 +62,8 @@ class PathManager:
         self._gateways: list[Gateway] = []
         self._samples: dict[str, paths.Sample] = {}
         self._prepared: dict[str, tuple[str, ...]] = {}  # pool -> subnets to take at the switch
-        self._waiting: dict[str, float] = {}  # peer -> since when it waits for a 1st handshake
+        # peer -> (since when it waits for a first handshake, renewals so far)
+        self._waiting: dict[str, tuple[float, int]] = {}
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -161,7 +162,9 @@ class PathManager:
 
     def _renew_deadline(self, deadline: float) -> float:
         """`deadline`, or sooner when a peer waiting for its first handshake is due."""
-        return min([deadline, *(t + self.settings.renew_after for t in self._waiting.values())])
+        s = self.settings
+        return min([deadline, *(t + s.renew_after for t, n in self._waiting.values()
+                                if n < s.renew_max)])
 
     def _nudge(self, state: Any) -> None:
         """Traffic of our own on every direct path, so the other side hears us (nudge.py)."""

@@ -73,6 +73,7 @@ class PathSettings:
     # retry dominated the time from `lab up` to direct (the public gateways learn a mapped
     # endpoint from the handshake). A fresh peer initiates at once.
     renew_after: float = 1.0
+    renew_max: int = 3
     backoff_max: float = 60.0
 
     def backoff(self, failures: int) -> float:
@@ -232,22 +233,24 @@ def _advance(path: Path, c: Candidate, sample: Sample | None, now: float, wall: 
     return path
 
 
-def renewals(waiting: Mapping[str, float], samples: Mapping[str, Sample], now: float,
-             s: PathSettings = PathSettings()) -> tuple[dict[str, float], list[str]]:
-    """Peers to make afresh now (`renew_after`), and the new `waiting` ({public key: monotonic
-    time since which it waits for its first handshake}). Only peers that initiate on their own
-    (an endpoint and a keepalive) and never completed a handshake wait; a renewed peer waits
-    again from now."""
-    out: dict[str, float] = {}
+def renewals(waiting: Mapping[str, tuple[float, int]], samples: Mapping[str, Sample],
+             now: float, s: PathSettings = PathSettings()
+             ) -> tuple[dict[str, tuple[float, int]], list[str]]:
+    """Peers to make afresh now, and the new `waiting` ({public key: (monotonic time since
+    which it waits for its first handshake, renewals so far)}). Only peers that initiate on
+    their own (an endpoint and a keepalive) and never completed a handshake wait. A peer is
+    renewed `renew_after` after it appeared or was last renewed, at most `renew_max` times:
+    a far end that is down is left to WireGuard's own retries (every 5 s)."""
+    out: dict[str, tuple[float, int]] = {}
     renew: list[str] = []
     for key, sample in samples.items():
         if sample.last_handshake or not sample.endpoint or not sample.keepalive:
             continue
-        since = waiting.get(key, now)
-        if now - since >= s.renew_after:
+        since, count = waiting.get(key, (now, 0))
+        if count < s.renew_max and now - since >= s.renew_after:
             renew.append(key)
-            since = now
-        out[key] = since
+            since, count = now, count + 1
+        out[key] = (since, count)
     return out, sorted(renew)
 
 

@@ -114,9 +114,14 @@ def test_renewals_only_for_peers_that_send_and_never_shook_hands() -> None:
                KEY_B: Sample(990.0, 5, "198.19.0.14:4500", 1),  # answered once
                KEY_C: Sample(0.0, 0, None, 0)}  # learns its endpoint: never initiates
     waiting, renew = paths.renewals({}, samples, 10.0, S)
-    assert waiting == {KEY_A: 10.0} and renew == []
-    waiting, renew = paths.renewals(waiting, samples, 10.0 + S.renew_after, S)
-    assert renew == [KEY_A] and waiting == {KEY_A: 10.0 + S.renew_after}
+    assert waiting == {KEY_A: (10.0, 0)} and renew == []
+    now = 10.0
+    for n in range(1, S.renew_max + 1):
+        now += S.renew_after
+        waiting, renew = paths.renewals(waiting, samples, now, S)
+        assert renew == [KEY_A] and waiting == {KEY_A: (now, n)}
+    # A far end that stays silent is left to WireGuard's own retries.
+    assert paths.renewals(waiting, samples, now + 10 * S.renew_after, S)[1] == []
     assert paths.renewals(waiting, {}, 12.0, S) == ({}, [])
 
 
