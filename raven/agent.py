@@ -153,6 +153,10 @@ class AgentMetrics:
                                "(mode: direct, probing, relayed)", ["pool", "mode"], registry=r)
         self.path_changes = Counter("raven_agent_path_changes_total", "Path mode changes, by "
                                     "the mode entered", ["pool", "mode"], registry=r)
+        self.path_rtt = Gauge("raven_agent_path_rtt_ms", "RTT in ms of the path to each NAT'd "
+                              "pool (docs/gateway.md 4a)", ["pool"], registry=r)
+        self.path_loss = Gauge("raven_agent_path_loss_ratio", "Unanswered share of the echoes "
+                               "on the path to each NAT'd pool", ["pool"], registry=r)
         self.drift = Gauge("raven_agent_drift", "Differences between plan and kernel found by "
                            "the last check (repaired by the next apply)", registry=r)
 
@@ -286,6 +290,12 @@ class Agent:
                 return False
             return self._reconcile(self.inputs, time.time())
 
+    def path_switch(self) -> threading.RLock:
+        """The lock every plan + apply holds. The path manager holds it across a scheduled
+        move (the take-over write, then the plan with the path direct), so a reconcile planned
+        with the old paths cannot apply between the two and give the subnets back."""
+        return self._reconcile_lock
+
     def peer_subnets(self, plans: dict[str, PathPlan]) -> dict[str, tuple[str, ...]]:
         """Allowed IPs of every peer in the plan these paths would give (prepared ahead of a
         scheduled take-over, so the instant itself costs one WireGuard write)."""
@@ -303,8 +313,14 @@ class Agent:
         self.path_report = report
         self.metrics.direct_paths.set(sum(p["mode"] == "direct" for p in report))
         self.metrics.path_mode.clear()
+        self.metrics.path_rtt.clear()
+        self.metrics.path_loss.clear()
         for path in report:
             self.metrics.path_mode.labels(path["pool"], path["mode"]).set(1)
+            if "rttMs" in path:
+                self.metrics.path_rtt.labels(path["pool"]).set(path["rttMs"])
+            if "loss" in path:
+                self.metrics.path_loss.labels(path["pool"]).set(path["loss"])
             if before.get(path["pool"]) != path["mode"]:
                 self.metrics.path_changes.labels(path["pool"], path["mode"]).inc()
         if self._status_doc:
@@ -610,7 +626,7 @@ class Agent:
         value = nat_discovery.encode(observed) if observed else None
         return self._annotate(nat_discovery.ANNOTATION_OBSERVED, value, "observed endpoints")
 
-    def publish_paths(self, paths: dict[str, str]) -> bool:
+    def publish_paths(self, paths: dict[str, Any]) -> bool:
         """Our Node's paths annotation (removed when empty): the controller's status.paths."""
         value = nat_discovery.encode(paths) if paths else None
         return self._annotate(nat_discovery.ANNOTATION_PATHS, value, "paths")

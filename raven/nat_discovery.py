@@ -21,10 +21,15 @@ import ipaddress
 import json
 from collections.abc import Iterable, Mapping
 
+from raven.timefmt import to_time
+
 ANNOTATION_OBSERVED = "raven.openyurt.io/observed-endpoints"
-# Published by a NAT'd active gateway: {remote Gateway: "direct" | "probing" | "relayed:<via>"},
-# written when a path changes; the controller turns it into the Gateway's status.paths.
+# Published by a NAT'd active gateway: {remote Gateway: {"path": "direct" | "probing" |
+# "relayed", "via"?, "rttMs"?, "loss"?, "handshake"? (unix s), "rxBytes"?, "txBytes"?}} (an
+# older agent wrote "direct" | "probing" | "relayed:<via>" strings; both are read), written
+# when a path changes; the controller turns it into the Gateway's status.paths.
 ANNOTATION_PATHS = "raven.openyurt.io/paths"
+PATH_FIGURES = {"rttMs": float, "loss": float, "rxBytes": int, "txBytes": int}
 PATH_MODES = ("direct", "probing", "relayed")
 CONFIG_MAPPED_ENDPOINT = "mapped-endpoint"
 CONFIG_NAT_MAPPING = "nat-mapping"
@@ -93,20 +98,36 @@ def endpoint_config(seen: Mapping[str, str]) -> dict[str, str]:
     return {CONFIG_MAPPED_ENDPOINT: seen[first], CONFIG_NAT_MAPPING: mapping_kind(seen)}
 
 
-def status_paths(text: object) -> list[dict[str, str]]:
-    """The Gateway's `status.paths` from its active gateway's paths annotation (bad entries
-    dropped): [{"gateway", "path", "via"?}] sorted by gateway."""
+def status_paths(text: object) -> list[dict[str, object]]:
+    """The Gateway's `status.paths` from its active gateway's paths annotation (bad entries and
+    bad figures dropped): [{"gateway", "path", "via"?, "rttMs"?, "loss"?, "lastHandshake"?,
+    "rxBytes"?, "txBytes"?}] sorted by gateway."""
     if not isinstance(text, str) or len(text) > MAX_ANNOTATION:
         return []
     try:
         data = json.loads(text)
     except ValueError:
         return []
-    out = []
+    out: list[dict[str, object]] = []
     for gateway, value in sorted(data.items()) if isinstance(data, dict) else ():
-        if not isinstance(gateway, str) or not isinstance(value, str):
+        if isinstance(value, str):  # an older agent: "mode" or "relayed:<via>"
+            mode, _, via = value.partition(":")
+            value = {"path": mode, "via": via}
+        if not isinstance(gateway, str) or not isinstance(value, dict):
             continue
-        mode, _, via = value.partition(":")
-        if mode in PATH_MODES:
-            out.append({"gateway": gateway, "path": mode, **({"via": via} if via else {})})
+        mode, via = value.get("path"), value.get("via")
+        if mode not in PATH_MODES:
+            continue
+        entry: dict[str, object] = {"gateway": gateway, "path": mode}
+        if isinstance(via, str) and via:
+            entry["via"] = via
+        for name, kind in PATH_FIGURES.items():
+            figure = value.get(name)
+            if isinstance(figure, int | float) and not isinstance(figure, bool) and figure >= 0:
+                entry[name] = kind(figure)
+        handshake = value.get("handshake")
+        if isinstance(handshake, int | float) and not isinstance(handshake, bool) \
+                and 0 < handshake < 1e11:
+            entry["lastHandshake"] = to_time(handshake)
+        out.append(entry)
     return out

@@ -35,6 +35,7 @@ POLL = 0.2  # seconds between reads of the device while a path is probing or dir
 IDLE_POLL = 0.5  # otherwise (public gateways: how soon a new mapping is published)
 RTT_PERIOD = 10.0  # seconds between RTT measurements to the public gateways
 RTT_ALPHA = 0.3  # smoothing of those measurements
+ECHOES = 3  # ICMP echoes per measurement (loss is the smoothed share unanswered)
 RTT_CHANGE = 0.25  # a published RTT is rewritten when it moved by this fraction (and 0.5 ms)
 ADOPT_HANDSHAKE_S = 180  # a direct peer's session is renewed every 2 min while it works
 
@@ -46,7 +47,9 @@ class PathManager:
         self.paths: dict[str, paths.Path] = {}
         self.why_relayed: list[str] = []
         self.observed: dict[str, str] = {}  # what we last queued for publication (public gws)
-        self.published: dict[str, str] | None = None  # the paths annotation last queued
+        # {pool: (mode, via, RTT known)} last queued: a change of one of these is published
+        self.published: dict[str, tuple[str, str, bool]] | None = None
+        self.figures: dict[str, tuple[float | None, float]] = {}  # pool -> (RTT ms, loss 0..1)
         self.changes = 0  # path mode changes, for logs and status
         self.wake = threading.Event()
         self.rtts: dict[str, float] = {}  # public Gateway -> smoothed RTT ms
@@ -54,10 +57,13 @@ class PathManager:
         self._outbox: dict[str, dict] = {}  # annotation kind -> value still to write
         self._outbox_lock = threading.Lock()
         self._publish_wake = threading.Event()
+        self._measure_wake = threading.Event()  # a path changed: measure it now
         self._gateways_for: object = None
         self._gateways: list[Gateway] = []
         self._samples: dict[str, paths.Sample] = {}
         self._prepared: dict[str, tuple[str, ...]] = {}  # pool -> subnets to take at the switch
+        # peer -> (since when it waits for a first handshake, renewals so far)
+        self._waiting: dict[str, tuple[float, int]] = {}
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -103,24 +109,62 @@ class PathManager:
         gateways = self._parsed()
         mine = next((g for g in gateways if g.name == state.pool), None)
         me = paths.active_endpoint(mine) if mine is not None else None
-        due = [p for p in self.paths.values() if p.switch_at is not None and p.switch_at <= now]
-        for path in due:  # first thing: the other side moves at this same instant
-            cidrs = self._prepared.pop(path.pool, ())
-            if cidrs:
-                self.agent.dataplane.take_allowed_ips(path.public_key, cidrs)
-        if not due or not self._samples:  # a due switch goes first: no read before it
-            live = self.agent.dataplane.wireguard_peers()
-            if me is not None and not me.under_nat:
-                self._publish_observed(state, live)
-                return now + IDLE_POLL
-            self._samples = {k: paths.Sample(p.last_handshake, p.rx_bytes, p.endpoint)
-                             for k, p in live.items()}
-        samples = self._samples
-        found, self.why_relayed = paths.candidates(gateways, state.pool or "")
-        self._set(paths.step(self.paths, found, samples, now, wall, self.settings,
-                             state.pool or ""), now)
+        # From `commit` seconds before a scheduled move the path thread holds the agent's
+        # reconcile lock across it: a reconcile already running ends first, none starts until
+        # the move is applied, so the write happens at its instant, not after a reconcile, and
+        # no reconcile planned with the old paths can give the subnets back to the relay.
+        lead = self.settings.commit
+        due = [p for p in self.paths.values()
+               if p.switch_at is not None and p.switch_at - lead <= now]
+        if due and self._samples:
+            with self.agent.path_switch():
+                return self._switch(due, state.pool or "", gateways, now, wall)
+        live = self.agent.dataplane.wireguard_peers()
+        samples = {k: paths.Sample(p.last_handshake, p.rx_bytes, p.endpoint, p.keepalive,
+                                   p.tx_bytes) for k, p in live.items()}
+        # Not the direct-path peers: a probe is answered when the far side's own probe
+        # arrives through the hole ours opened (raven.paths), and it has its own timeout.
+        punched = {p.public_key for p in self.paths.values()}
+        self._waiting, renew = paths.renewals(
+            self._waiting, {k: v for k, v in samples.items() if k not in punched}, now,
+            self.settings)
+        if renew:  # a lost first initiation: a fresh peer sends one now, not in 5 s
+            renewed = self.agent.dataplane.renew_peers(renew)
+            log.info("no handshake yet with %d peer(s) after %.1fs: made afresh %s",
+                     len(renew), self.settings.renew_after, ", ".join(renewed) or "(none)")
+        if me is not None and not me.under_nat:
+            self._publish_observed(state, live)
+            return self._renew_deadline(now + IDLE_POLL)
+        self._samples = samples
+        return self._step(gateways, state.pool or "", now, wall)
+
+    def _switch(self, due: list[paths.Path], pool: str, gateways: list[Gateway], now: float,
+                wall: float) -> float:
+        """The scheduled moves, under the agent's reconcile lock (the caller holds it): each
+        prepared write at its instant (the data plane waits for it), then the step that makes
+        the paths direct and the reconcile that plans them so. Nothing reads the device in
+        between: the samples that scheduled the move decide it."""
+        for path in sorted(due, key=lambda p: p.switch_at or 0.0):
+            cidrs = self._prepared.pop(path.pool, ())  # () still waits for the instant
+            self.agent.dataplane.take_allowed_ips(path.public_key, cidrs, at=path.switch_at)
+        last = max(p.switch_at or now for p in due)
+        if last > now:  # we waited for the instant: step at it
+            now, wall = last, wall + (last - now)
+        return self._step(gateways, pool, now, wall)
+
+    def _step(self, gateways: list[Gateway], pool: str, now: float, wall: float) -> float:
+        found, self.why_relayed = paths.candidates(gateways, pool)
+        self._set(paths.step(self.paths, found, self._samples, now, wall, self.settings, pool),
+                  now)
         self._nudge(self.agent.state)  # the state the path change just applied
-        return paths.next_deadline(self.paths, now, POLL)
+        return self._renew_deadline(paths.next_deadline(self.paths, now, POLL,
+                                                        self.settings.commit))
+
+    def _renew_deadline(self, deadline: float) -> float:
+        """`deadline`, or sooner when a peer waiting for its first handshake is due."""
+        s = self.settings
+        return min([deadline, *(t + s.renew_after for t, n in self._waiting.values()
+                                if n < s.renew_max)])
 
     def _nudge(self, state: Any) -> None:
         """Traffic of our own on every direct path, so the other side hears us (nudge.py)."""
@@ -146,6 +190,8 @@ class PathManager:
                          path.switch_at - now)
                 self._prepare(new, name)
             if before is None or before.mode != path.mode:
+                self.figures.pop(name, None)  # measured on the old path: measure the new one
+                self._measure_wake.set()
                 self.changes += 1
                 log.info("path to %s: %s (%s)", name, path.mode, path.reason)
         for name in set(old) - set(new):
@@ -155,24 +201,48 @@ class PathManager:
             self.agent.apply_paths(paths.plans(new))
             log.debug("paths applied %.3fs late, in %.3fs", started - now,
                       time.monotonic() - started)
+        # Written when a path or its relay changes, with the figures of that moment; never
+        # for a figure alone (counters move on every tick).
         compact = self._compact(self.agent.state)  # after the apply: its relays are current
-        if compact != self.published:
+        shape = {k: (str(v["path"]), str(v.get("via", "")), "rttMs" in v)
+                 for k, v in compact.items()}
+        if shape != self.published:
             self._queue("paths", compact)
-            self.published = compact
+            self.published = shape
         self.agent.record_paths(self.report(now))
 
-    def _compact(self, state: Any) -> dict[str, str]:
-        """{remote Gateway: "direct" | "probing" | "relayed:<via>"} for every NAT'd pool we
-        know a path to (the annotation the controller copies into status.paths)."""
+    def _compact(self, state: Any) -> dict[str, dict[str, Any]]:
+        """{remote Gateway: {"path", "via"?, "rttMs"?, "loss"?, "handshake"?, "rxBytes"?,
+        "txBytes"?}} for every NAT'd pool we know a path to (the annotation the controller
+        copies into status.paths). RTT and loss: through the path, from `_measure_paths`;
+        handshake and bytes: the direct peer's (a relay peer's counters are shared by every
+        pair it relays, so none for relayed)."""
         via = {}
         if state is not None and state.wireguard is not None:
             via = {r: p.pool for p in state.wireguard.peers for r in p.relays_for}
-        out = {name: str(path.mode) for name, path in self.paths.items()
-               if path.mode != paths.Mode.RELAYED}
+        out: dict[str, dict[str, Any]] = {}
+        for name, path in self.paths.items():
+            if path.mode == paths.Mode.RELAYED:
+                continue
+            entry: dict[str, Any] = {"path": str(path.mode)}
+            rtt, loss = self.figures.get(name, (None, 0.0))
+            if rtt is not None:
+                entry.update(rttMs=round(rtt, 2), loss=round(loss, 3))
+            sample = self._samples.get(path.public_key)
+            if path.mode == paths.Mode.DIRECT and sample is not None:
+                entry.update(handshake=int(sample.last_handshake), rxBytes=sample.rx_bytes,
+                             txBytes=sample.tx_bytes)
+            out[name] = entry
         relayed = [n for n, p in self.paths.items() if p.mode == paths.Mode.RELAYED]
         relayed += [why.split(":", 1)[0] for why in self.why_relayed]
         for name in relayed:
-            out[name] = f"relayed:{via[name]}" if name in via else "relayed"
+            entry = {"path": "relayed"}
+            if name in via:
+                entry["via"] = via[name]
+            rtt, loss = self.figures.get(name, (None, 0.0))
+            if rtt is not None:
+                entry.update(rttMs=round(rtt, 2), loss=round(loss, 3))
+            out[name] = entry
         return out
 
     def _prepare(self, new: dict[str, paths.Path], name: str) -> None:
@@ -203,6 +273,10 @@ class PathManager:
                         "reason": path.reason})
         out += [{"pool": why.split(":", 1)[0], "mode": "relayed", "reason": why.split(": ", 1)[1]}
                 for why in self.why_relayed]
+        figures = self._compact(self.agent.state)
+        for entry in out:  # the RTT and loss the status annotation would carry now
+            entry.update({k: v for k, v in figures.get(entry["pool"], {}).items()
+                          if k in ("rttMs", "loss", "via")})
         return out
 
     # -- relay RTTs (NAT'd gateways) -------------------------------------------------------------
@@ -229,17 +303,58 @@ class PathManager:
                 old = self.rtts.get(name)
                 self.rtts[name] = rtt if old is None else old + RTT_ALPHA * (rtt - old)
         self.rtts = {k: v for k, v in self.rtts.items() if k in targets}
+        self._measure_paths(gateways, state.pool or "")
         if _worth_publishing(self.rtts, self.rtts_published):
             rounded = {k: round(v, 2) for k, v in self.rtts.items()}
             self._queue("rtt", rounded)
             self.rtts_published = dict(self.rtts)
 
+    def _measure_paths(self, gateways: list[Gateway], pool: str) -> None:
+        """RTT and loss of the overlay path to each NAT'd pool we have a path to, whatever it
+        is (direct, or through the relay): ICMP echoes from our gateway's address in its own
+        pod subnet (the subnet's first address, the CNI bridge's or the lab's) to the same
+        address of the far pool's gateway, so they cross the tunnel the pods' traffic takes.
+        No figure where either address does not answer."""
+        me = _first_host(self._my_subnets())
+        targets = {}
+        for gw in gateways:
+            ep = paths.active_endpoint(gw)
+            if gw.name == pool or ep is None or not ep.under_nat:
+                continue
+            node = next((n for n in gw.status.nodes if n.node_name == ep.node_name), None)
+            target = _first_host(node.subnets if node is not None else ())
+            if target is not None:
+                targets[gw.name] = target
+        for name, target in targets.items() if me is not None else ():
+            rtt, answered = self.agent.dataplane.echo(target, ECHOES, source=me)
+            old_rtt, old_loss = self.figures.get(name, (None, None))
+            if rtt is None and old_rtt is None:
+                continue  # never answered: no address there to measure with
+            loss = 1.0 - answered / ECHOES
+            if rtt is not None and old_rtt is not None:
+                rtt = old_rtt + RTT_ALPHA * (rtt - old_rtt)
+            self.figures[name] = (rtt if rtt is not None else old_rtt,
+                                  loss if old_loss is None
+                                  else old_loss + RTT_ALPHA * (loss - old_loss))
+        self.figures = {k: v for k, v in self.figures.items() if k in targets}
+
+    def _my_subnets(self) -> tuple[str, ...]:
+        inputs = self.agent.inputs
+        if inputs is None:
+            return ()
+        from raven.agent import parse_inputs
+
+        me = parse_inputs(inputs, self.agent.settings.node)[1]
+        return me.pod_cidrs if not isinstance(me, str) else ()
+
     def measure_loop(self, stop: threading.Event) -> None:
-        while not stop.wait(RTT_PERIOD):
+        while not stop.is_set():
             try:
                 self.measure_relays()
             except Exception:  # the relay choice keeps what it has
                 log.exception("relay RTT measurement failed")
+            self._measure_wake.wait(RTT_PERIOD)
+            self._measure_wake.clear()
 
     # -- API writes, off the path thread ----------------------------------------------------------
 
@@ -282,7 +397,7 @@ class PathManager:
         """Tick until `stop`; `wake` (set after every apply of new inputs, and on stop) ends a
         wait early, so a new mapped endpoint in Gateway status is probed at once."""
         threading.Thread(target=lambda: (stop.wait(), self.wake.set(),
-                                         self._publish_wake.set()),
+                                         self._publish_wake.set(), self._measure_wake.set()),
                          name="paths-stop", daemon=True).start()
         threading.Thread(target=self.publish_loop, args=(stop,), name="paths-publish",
                          daemon=True).start()
@@ -294,6 +409,15 @@ class PathManager:
                 deadline = time.monotonic() + IDLE_POLL
             self.wake.wait(max(0.0, deadline - time.monotonic()))
             self.wake.clear()
+
+
+def _first_host(subnets: tuple[str, ...]) -> str | None:
+    """The first address of the first IPv4 subnet (e.g. 10.244.20.1 of 10.244.20.0/24)."""
+    for cidr in subnets:
+        net = ipaddress.ip_network(cidr, strict=False)
+        if net.version == 4 and net.num_addresses > 2:
+            return str(net[1])
+    return None
 
 
 def _worth_publishing(now: dict[str, float], published: dict[str, float]) -> bool:

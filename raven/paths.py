@@ -61,8 +61,19 @@ class Mode(StrEnum):
 class PathSettings:
     probe_timeout: float = 12.0  # > two WireGuard handshake retries (5 s each)
     settle: float = 1.0  # seconds after the handshake both sides move the subnets
+    # Seconds before the move from which its instant is fixed: the runner then holds the
+    # agent's reconcile lock until the move is applied (raven.path_agent). Before that, a
+    # newer handshake (both sides initiated) moves the instant, so both sides aim at the last.
+    commit: float = 0.5
     dead_after: float = 1.5  # a direct peer silent this long has lost its path
     backoff_min: float = 2.0
+    # A peer we send to (endpoint, keepalive) that has never completed a handshake is made
+    # afresh after this long: WireGuard retries a lost first initiation only after 5 s
+    # (REKEY_TIMEOUT), e.g. when it reached a gateway not configured for us yet, and that
+    # retry dominated the time from `lab up` to direct (the public gateways learn a mapped
+    # endpoint from the handshake). A fresh peer initiates at once.
+    renew_after: float = 1.0
+    renew_max: int = 3
     backoff_max: float = 60.0
 
     def backoff(self, failures: int) -> float:
@@ -86,6 +97,8 @@ class Sample:
     last_handshake: float = 0.0  # unix seconds, 0 = never
     rx_bytes: int = 0
     endpoint: str | None = None
+    keepalive: int = 0
+    tx_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,7 @@ class Path:
     failures: int = 0
     next_try: float = 0.0  # monotonic: earliest next probe
     switch_at: float | None = None  # monotonic: when a probing path moves the subnets
+    handshake: float = 0.0  # unix: the handshake `switch_at` was scheduled from
     rx_bytes: int = 0
     rx_changed: float = 0.0  # monotonic: last time rx_bytes grew
     reason: str = ""
@@ -197,8 +211,10 @@ def _advance(path: Path, c: Candidate, sample: Sample | None, now: float, wall: 
     rx = sample.rx_bytes if sample is not None else 0
     if path.mode == Mode.PROBING:
         if handshake > path.since_wall:
-            if path.switch_at is None:
-                path = replace(path, switch_at=now + max(0.0, handshake + s.settle - wall))
+            if path.switch_at is None or (handshake > path.handshake
+                                          and now < path.switch_at - s.commit):
+                path = replace(path, switch_at=now + max(0.0, handshake + s.settle - wall),
+                               handshake=handshake)
             if now >= path.switch_at:
                 return replace(path, mode=Mode.DIRECT, since=now, failures=0, rx_bytes=rx,
                                rx_changed=now, switch_at=None,
@@ -217,6 +233,27 @@ def _advance(path: Path, c: Candidate, sample: Sample | None, now: float, wall: 
     return path
 
 
+def renewals(waiting: Mapping[str, tuple[float, int]], samples: Mapping[str, Sample],
+             now: float, s: PathSettings = PathSettings()
+             ) -> tuple[dict[str, tuple[float, int]], list[str]]:
+    """Peers to make afresh now, and the new `waiting` ({public key: (monotonic time since
+    which it waits for its first handshake, renewals so far)}). Only peers that initiate on
+    their own (an endpoint and a keepalive) and never completed a handshake wait. A peer is
+    renewed `renew_after` after it appeared or was last renewed, at most `renew_max` times:
+    a far end that is down is left to WireGuard's own retries (every 5 s)."""
+    out: dict[str, tuple[float, int]] = {}
+    renew: list[str] = []
+    for key, sample in samples.items():
+        if sample.last_handshake or not sample.endpoint or not sample.keepalive:
+            continue
+        since, count = waiting.get(key, (now, 0))
+        if count < s.renew_max and now - since >= s.renew_after:
+            renew.append(key)
+            since, count = now, count + 1
+        out[key] = (since, count)
+    return out, sorted(renew)
+
+
 def plans(paths: Mapping[str, Path]) -> dict[str, PathPlan]:
     """The peers the planner adds for the paths (relayed paths need none)."""
     out: dict[str, PathPlan] = {}
@@ -228,10 +265,12 @@ def plans(paths: Mapping[str, Path]) -> dict[str, PathPlan]:
     return out
 
 
-def next_deadline(paths: Mapping[str, Path], now: float, poll: float) -> float:
-    """When to step again: exactly at a scheduled switch (both sides move at that instant),
-    soon while something is probing or direct, else at the next try."""
-    switches = [p.switch_at for p in paths.values() if p.switch_at is not None]
+def next_deadline(paths: Mapping[str, Path], now: float, poll: float, lead: float = 0.0
+                  ) -> float:
+    """When to step again: `lead` seconds before a scheduled switch (the runner then waits for
+    its exact instant, when both sides move), soon while something is probing or direct, else
+    at the next try."""
+    switches = [p.switch_at - lead for p in paths.values() if p.switch_at is not None]
     if any(p.mode != Mode.RELAYED for p in paths.values()):
         return min([now + poll, *switches])
     tries = [p.next_try for p in paths.values()]

@@ -76,16 +76,22 @@ def render_dot(gateways: Sequence[object]) -> str:
     drawn: set[tuple[str, str]] = set()
     # Pairs of NAT'd pools that went direct (status.paths, published by their gateways):
     # drawn as their own tunnel instead of "relayed via".
+    relay_rtt: dict[tuple[str, str], object] = {}  # (NAT'd gw, other): RTT through the relay
     for gw in gws:
         for entry in gw.status.extra.get("paths") or ():
             other = entry.get("gateway") if hasattr(entry, "get") else None
+            if other is not None and entry.get("path") == "relayed" and isinstance(
+                    entry.get("rttMs"), int | float):
+                relay_rtt[(gw.name, str(other))] = entry.get("rttMs")
             pair = tuple(sorted((gw.name, str(other))))
             if (entry.get("path") == "direct" and other in active_of and gw.name in active_of
                     and pair not in drawn):
                 drawn.add(pair)  # type: ignore[arg-type]
+                rtt = entry.get("rttMs")
+                rtt_text = f", {rtt} ms" if isinstance(rtt, int | float) else ""
                 lines.append(f"  {_q(active_of[gw.name])} -> {_q(active_of[str(other)])} "
                              '[dir=both, color=darkgreen, penwidth=2, '
-                             'label="WireGuard direct (through both NATs)"];')
+                             f'label="WireGuard direct (through both NATs){rtt_text}"];')
     for gw in gws:
         if gw.name not in active_of:
             continue
@@ -105,9 +111,10 @@ def render_dot(gateways: Sequence[object]) -> str:
                 pair = tuple(sorted((gw.name, relayed)))
                 if relayed in active_of and pair not in drawn:
                     drawn.add(pair)  # type: ignore[arg-type]
+                    leg = relay_rtt.get((gw.name, relayed)) or relay_rtt.get((relayed, gw.name))
+                    text = f"relayed via {peer.pool}" + (f", {leg} ms" if leg is not None else "")
                     lines.append(f"  {_q(active_of[gw.name])} -> {_q(active_of[relayed])} "
-                                 f"[dir=both, style=dashed, color=gray40, "
-                                 f"label={_q('relayed via ' + peer.pool)}];")
+                                 f"[dir=both, style=dashed, color=gray40, label={_q(text)}];")
     lines.append("}")
     return "\n".join(lines) + "\n"
 

@@ -191,8 +191,12 @@ def _paths(agent: dict[str, Any]) -> list[str]:
     for path in paths:
         if not isinstance(path, dict):
             continue
-        via = f" {path.get('endpoint')}" if path.get("mode") != "relayed" else ""
-        lines.append(f"  {path.get('pool')}: {path.get('mode')}{via}"
+        via = (f" {path.get('endpoint')}" if path.get("mode") != "relayed"
+               else f" via {path['via']}" if path.get("via") else "")
+        rtt = f", rtt {path['rttMs']} ms" if isinstance(path.get("rttMs"), int | float) else ""
+        loss = (f", loss {path['loss']:.0%}" if isinstance(path.get("loss"), int | float)
+                else "")
+        lines.append(f"  {path.get('pool')}: {path.get('mode')}{via}{rtt}{loss}"
                      + (f" ({path['reason']})" if path.get("reason") else ""))
     return lines
 

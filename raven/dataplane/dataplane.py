@@ -326,19 +326,58 @@ class Dataplane:
             live = self.wireguard.read({link.name: link}, fresh=True)
             return dict(live.device.peers) if live.device is not None else {}
 
-    def take_allowed_ips(self, public_key: str, cidrs: tuple[str, ...]) -> None:
+    def take_allowed_ips(self, public_key: str, cidrs: tuple[str, ...],
+                         at: float | None = None) -> None:
         """Give `cidrs` to the existing peer `public_key` in one WireGuard write (each allowed
         IP leaves the peer that held it): the instant a direct path takes over from the relay,
-        without waiting for a whole reconcile. The next apply re-reads the device."""
+        without waiting for a whole reconcile. The next apply re-reads the device. `at`
+        (monotonic seconds): write at that instant, not before; the wait holds the data
+        plane's lock, so no read of ours (observe, a poll) can delay the write past it."""
         with self._lock:
+            if at is not None:
+                time.sleep(max(0.0, at - time.monotonic()))
             if not cidrs or self.wireguard.backend is None:
                 return
             self.wireguard.write(DeviceWrite(peers=(
                 PeerWrite(public_key=public_key, allowed_ips=tuple(sorted(cidrs))),)))
 
+    def renew_peers(self, keys: list[str]) -> list[str]:
+        """Make each peer of `keys` that never completed a handshake afresh, with the same
+        endpoint, keepalive, allowed IPs and preshared key, in one WireGuard write: a new peer
+        with a keepalive initiates at once, where WireGuard would wait 5 s (REKEY_TIMEOUT) to
+        retry a first initiation that was lost. A peer that has a handshake by now is left
+        alone. Returns the keys renewed."""
+        with self._lock:
+            link = self.links.get(self.overlay.wireguard_device)
+            if link is None:
+                return []
+            live = self.wireguard.read({link.name: link}, fresh=True).device
+            if live is None:
+                return []
+            writes: list[PeerWrite] = []
+            for key in keys:
+                peer = live.peers.get(key)
+                if peer is None or peer.last_handshake or not peer.endpoint:
+                    continue
+                writes += [PeerWrite(public_key=key, remove=True),
+                           PeerWrite(public_key=key, endpoint=peer.endpoint,
+                                     keepalive=peer.keepalive,
+                                     preshared_key=peer.preshared_key,
+                                     replace_allowed_ips=True,
+                                     allowed_ips=tuple(sorted(peer.allowed_ips)))]
+            if writes:
+                self.wireguard.write(DeviceWrite(peers=tuple(writes)))
+            return [w.public_key for w in writes if not w.remove]
+
     def rtt_ms(self, address: str) -> float | None:
         """ICMP round trip to an IPv4 address from this node (raven.dataplane.probe)."""
         return probe.rtt_ms(self.settings.netns, address)
+
+    def echo(self, address: str, tries: int = 3, source: str | None = None
+             ) -> tuple[float | None, int]:
+        """ICMP echoes to an IPv4 address, from `source` when given: (smallest RTT in ms or
+        None, replies of `tries`)."""
+        return probe.echo(self.settings.netns, address, tries, source=source)
 
     def nudge(self, source: str, destinations: list[str]) -> int:
         """Liveness datagrams through the WireGuard device (raven.dataplane.wireguard.nudge)."""

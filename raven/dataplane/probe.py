@@ -31,11 +31,25 @@ def _checksum(data: bytes) -> int:
 def rtt_ms(netns_name: str | None, address: str, tries: int = 3,
            timeout: float = 1.0) -> float | None:
     """The smallest RTT in ms of `tries` echoes to an IPv4 address, None when none came back."""
+    return echo(netns_name, address, tries, timeout)[0]
+
+
+def echo(netns_name: str | None, address: str, tries: int = 3, timeout: float = 1.0,
+         source: str | None = None) -> tuple[float | None, int]:
+    """(the smallest RTT in ms or None, how many of `tries` echoes came back); from `source`
+    when given ((None, 0) when it is not an address of this host)."""
     with netns.entered(netns_name):
         sock = socket.socket(socket.AF_INET, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
                              socket.IPPROTO_ICMP)
+    if source is not None:
+        try:
+            sock.bind((source, 0))
+        except OSError:
+            sock.close()
+            return None, 0
     ident = os.getpid() & 0xFFFF
     best: float | None = None
+    answered = 0
     with sock:
         for seq in range(tries):
             header = struct.pack("!BBHHH", _ECHO_REQUEST, 0, 0, ident, seq)
@@ -56,5 +70,6 @@ def rtt_ms(netns_name: str | None, address: str, tries: int = 3,
                 if kind == _ECHO_REPLY and rid == ident and rseq == seq and src == address:
                     rtt = (time.monotonic() - sent) * 1000
                     best = rtt if best is None else min(best, rtt)
+                    answered += 1
                     break
-    return best
+    return best, answered

@@ -131,6 +131,14 @@ def test_telemetry_gateway_status_graph_and_diagnose(lab: LabPlan) -> None:
     ps.wait_for(lambda: status_paths().get(b.gateway, {}).get("path") == "direct", 30,
                 "status.paths of gw-cone-a says direct", poll=0.5)
     assert status_paths()["gw-sym"]["path"] in ("relayed", "probing")
+    # The figures of the direct path: handshake and bytes with the change, the RTT through
+    # the tunnel with its first measurement after it (measured at once on a change).
+    ps.wait_for(lambda: "rttMs" in status_paths().get(b.gateway, {}), 30,
+                "status.paths of gw-cone-a carries the direct path's RTT", poll=0.5)
+    entry = status_paths()[b.gateway]
+    print(f"\nstatus.paths entry for {b.gateway}: {entry}")
+    assert entry["path"] == "direct" and 0 < entry["rttMs"] < 1000 and entry["loss"] < 1
+    assert entry["lastHandshake"].endswith("Z") and entry["rxBytes"] > 0
     node = ps.gateway(a)
     kubeconfig = str(cluster.kubeconfig_path(lab.name))
     graph = subprocess.run([*runtime.node_exec_argv(lab.name, node), sys.executable, "-m",

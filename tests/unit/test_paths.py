@@ -95,6 +95,36 @@ def test_probe_then_direct_at_the_scheduled_instant() -> None:
     assert paths.plans({"gw-b": p}) == {"gw-b": PathPlan("gw-b", KEY_B, None, True)}
 
 
+def test_a_newer_handshake_moves_the_instant_until_it_is_committed() -> None:
+    # Both sides initiated: each side aims at the last handshake, so both move at one instant;
+    # from `commit` before the move its instant is fixed (the runner holds the lock then).
+    p = run(None, None, now=10.0, wall=1000.0)
+    p = run(p, Sample(1000.5, 92), now=10.6, wall=1000.6)
+    assert p.switch_at == 10.6 + (1000.5 + S.settle - 1000.6)
+    p = run(p, Sample(1000.52, 184), now=10.8, wall=1000.8)
+    assert p.switch_at == 10.8 + (1000.52 + S.settle - 1000.8) and p.handshake == 1000.52
+    fixed = p.switch_at
+    p = run(p, Sample(1001.2, 276), now=fixed - S.commit + 0.01, wall=1001.3)
+    assert p.switch_at == fixed and p.mode == Mode.PROBING
+    assert paths.next_deadline({"gw-b": p}, 11.0, 0.2, S.commit) == fixed - S.commit
+
+
+def test_renewals_only_for_peers_that_send_and_never_shook_hands() -> None:
+    samples = {KEY_A: Sample(0.0, 0, "198.19.0.10:4500", 1),  # waits
+               KEY_B: Sample(990.0, 5, "198.19.0.14:4500", 1),  # answered once
+               KEY_C: Sample(0.0, 0, None, 0)}  # learns its endpoint: never initiates
+    waiting, renew = paths.renewals({}, samples, 10.0, S)
+    assert waiting == {KEY_A: (10.0, 0)} and renew == []
+    now = 10.0
+    for n in range(1, S.renew_max + 1):
+        now += S.renew_after
+        waiting, renew = paths.renewals(waiting, samples, now, S)
+        assert renew == [KEY_A] and waiting == {KEY_A: (now, n)}
+    # A far end that stays silent is left to WireGuard's own retries.
+    assert paths.renewals(waiting, samples, now + 10 * S.renew_after, S)[1] == []
+    assert paths.renewals(waiting, {}, 12.0, S) == ({}, [])
+
+
 def test_old_handshake_does_not_count() -> None:
     p = run(None, None, now=10, wall=1000)
     p = run(p, Sample(999.0, 500), now=11, wall=1001)  # from before the probe began
@@ -223,6 +253,21 @@ def test_an_allowed_ip_moving_to_another_peer_is_only_added_there() -> None:
 
 # --- telemetry: status.paths and the graph -----------------------------------------------------
 
+def test_status_paths_carry_the_figures_of_the_change_and_drop_bad_ones() -> None:
+    text = json.dumps({
+        "gw-b": {"path": "direct", "rttMs": 0.42, "loss": 0.0, "handshake": 1796188333,
+                 "rxBytes": 92, "txBytes": 184},
+        "gw-sym": {"path": "relayed", "via": "gw-cloud", "rttMs": 1.5},
+        "gw-c": {"path": "direct", "rttMs": "fast", "loss": -1, "handshake": True,
+                 "rxBytes": 2.0},
+        "gw-x": {"path": "sideways"}, "gw-y": ["direct"]})
+    assert nd.status_paths(text) == [
+        {"gateway": "gw-b", "path": "direct", "rttMs": 0.42, "loss": 0.0, "rxBytes": 92,
+         "txBytes": 184, "lastHandshake": "2026-12-02T05:12:13Z"},
+        {"gateway": "gw-c", "path": "direct", "rxBytes": 2},
+        {"gateway": "gw-sym", "path": "relayed", "via": "gw-cloud", "rttMs": 1.5}]
+
+
 def test_status_paths_from_the_gateway_annotation() -> None:
     text = json.dumps({"gw-b": "direct", "gw-sym": "relayed:gw-cloud", "gw-x": "bogus",
                        "gw-c": "probing"})
@@ -255,6 +300,13 @@ def test_graph_draws_a_direct_pair_as_its_own_tunnel() -> None:
     direct = render_dot(fleet)
     assert '"gw-a/a1" -> "gw-b/b1" [dir=both, color=darkgreen' in direct
     assert "relayed via" not in direct
+    # Edges carry the RTT the Gateway status reports through each path.
+    fleet[1] = replace(a, status=replace(a.status, extra=FrozenMap({"paths": (
+        FrozenMap({"gateway": "gw-b", "path": "direct", "rttMs": 0.42}),)})))
+    assert 'label="WireGuard direct (through both NATs), 0.42 ms"' in render_dot(fleet)
+    fleet[1] = replace(a, status=replace(a.status, extra=FrozenMap({"paths": (
+        FrozenMap({"gateway": "gw-b", "path": "relayed", "via": "gw-cloud", "rttMs": 1.5}),)})))
+    assert 'label="relayed via gw-cloud, 1.5 ms"' in render_dot(fleet)
 
 
 def test_diagnose_explains_key_nat_peers_mtu_and_paths() -> None:

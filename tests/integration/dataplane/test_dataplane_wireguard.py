@@ -232,3 +232,40 @@ def test_written_state_cache_removes_one_ip_and_repair_rereads(make_node) -> Non
     node.wg("set", "raven-wg0", "peer", KEY_Q, "remove")  # again, now seen through repair only
     assert dp.repair().writes == 1
     assert KEY_Q in node.wg_dump()
+
+
+def test_renew_peers_remakes_a_peer_without_handshake_and_it_initiates_again(make_node) -> None:
+    # The far end answers nothing: a plain UDP socket in the namespace stands where the peer
+    # points, and sees each handshake initiation (message type 1) the peer sends.
+    import socket
+    import struct
+
+    from raven.dataplane.netns import entered
+    from raven.dataplane.wireguard import keys
+
+    a = make_node()
+    dp = a.dataplane()
+    with entered(a.ns):
+        far = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with far:
+        far.bind(("127.0.0.1", 0))
+        far.settimeout(10)  # a guard against a hang; the initiations come at once
+        endpoint = f"127.0.0.1:{far.getsockname()[1]}"
+        key_b = keys.b64(keys.public_key_of(bytes(range(32))))
+        dp.apply(gateway(None, members=(), peers=(WireGuardPeer(
+            public_key=key_b, endpoint=endpoint, allowed_ips=("10.2.0.0/16",), keepalive=1),)))
+        first = far.recv(2048)
+        assert first[0] == 1
+        assert dp.renew_peers([key_b]) == [key_b]
+        second = far.recv(2048)
+        assert second[0] == 1
+        assert struct.unpack("<I", second[4:8]) != struct.unpack("<I", first[4:8])
+        peer = a.wg_dump()[key_b]
+        # The same peer as planned, and a fresh one: its counter holds only the initiation it
+        # sent on creation (148 bytes), not the old peer's; nothing for the next apply to fix.
+        assert (peer["endpoint"], peer["allowed_ips"], peer["keepalive"]) == (
+            endpoint, "10.2.0.0/16", "1")
+        assert peer["tx"] == "148" and peer["handshake"] == "0"
+        assert dp.apply(gateway(None, members=(), peers=(WireGuardPeer(
+            public_key=key_b, endpoint=endpoint, allowed_ips=("10.2.0.0/16",),
+            keepalive=1),))).writes == 0
