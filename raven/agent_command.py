@@ -20,6 +20,8 @@ from pathlib import Path
 from raven.errors import CommandError
 from raven.failover import ProbeSettings, probe_problems
 from raven.settings import (
+    DEFAULT_STATE_DIR,
+    WIREGUARD_BACKENDS,
     AgentSettings,
     OverlaySettings,
     ProxySettings,
@@ -45,7 +47,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--netns", default=default_of(A, "netns"), help=help_for(A, "netns"))
     p.add_argument("--wireguard", dest="wireguard_backend",
                    default=default_of(A, "wireguard_backend"),
-                   choices=["auto", "kernel", "userspace"], help=help_for(A, "wireguard_backend"))
+                   choices=list(WIREGUARD_BACKENDS), help=help_for(A, "wireguard_backend"))
     p.add_argument("--wireguard-go", default=default_of(A, "wireguard_go"),
                    help=help_for(A, "wireguard_go"))
     p.add_argument("--underlay-mtu", type=int, default=default_of(OverlaySettings, "underlay_mtu"),
@@ -76,7 +78,7 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
 
 def state_dir_problem(path: Path) -> str | None:
     """Why the agent cannot keep its key, cache and status in `path`, or None."""
-    fix = "pass --state-dir with a writable directory (default /var/lib/raven)"
+    fix = f"pass --state-dir with a writable directory (default {DEFAULT_STATE_DIR})"
     if path.exists() and not path.is_dir():
         return f"--state-dir {path}: is a file, not a directory; {fix}"
     try:

@@ -21,3 +21,9 @@ class ValidationError(RavenError):
     def __init__(self, problems: list[str]) -> None:
         self.problems = list(problems)
         super().__init__("\n".join(self.problems))
+
+
+class DataplaneError(RavenError):
+    """The kernel or a tool refused a change, or the environment lacks something we need
+    (defined here, not in raven.dataplane, so the settings root can refuse a bad data-plane
+    section without importing the kernel code; `raven.dataplane.errors` re-exports it)."""

@@ -7,12 +7,13 @@ Sections:
   so `apply()` and `cleanup()` can never disagree about which objects are ours.
 - `AgentSettings`: the node agent's knobs (state directory, periods, listen addresses); it
   carries the `OverlaySettings` it plans with.
+- `DataplaneSettings`: the data plane of one node (namespace, state directory, WireGuard
+  backend); it carries the `OverlaySettings` whose names it programs. `raven.dataplane`
+  re-exports it (the same class): the section is plain values, the kernel work stays there.
 - `LeaderSettings`, `ControllerSettings`: the gateway controller's knobs.
+- `LabSettings`: the network-namespace lab's daemons and waits (`raven.lab.cluster` calls it
+  `ClusterSettings`).
 - `RavenSettings`: the root that composes them; `DEFAULTS` is the one default instance.
-The data plane's own section (`raven.dataplane.DataplaneSettings`, which gains the overlay
-section) and the lab's (`raven.lab.cluster.ClusterSettings`) live in their packages, because
-importing either pulls in pyroute2 or the lab runtime, and this module must stay importable by
-the pure planners.
 
 Rules kept:
 - a default is written once, here; the CLI takes its argparse defaults and the "(default ...)"
@@ -36,6 +37,7 @@ from typing import Any
 
 from raven import constants
 from raven.election import ElectionOptions
+from raven.errors import DataplaneError
 from raven.failover import ProbeSettings
 
 # An overlay packet must still carry a minimal IPv4 packet (RFC 791: 576 bytes) after the
@@ -44,7 +46,11 @@ from raven.failover import ProbeSettings
 MIN_INNER_MTU_IPV4 = 576
 MIN_INNER_MTU_IPV6 = 1280
 MAX_UNDERLAY_MTU = 65535  # the largest MTU Linux accepts on any link
-DEFAULT_STATE_DIR = Path("/var/lib/raven")
+DEFAULT_STATE_DIR = Path("/var/lib/raven")  # the agent's key, input cache, status, wireguard-go
+WIREGUARD_BACKENDS = ("auto", "kernel", "userspace")  # auto: the kernel module if it loads
+DEFAULT_WIREGUARD_BACKEND = "auto"
+DEFAULT_WIREGUARD_GO = "wireguard-go"  # the userspace backend's binary (looked up on $PATH)
+DEFAULT_NODE_GRACE = 40.0  # kube-controller-manager --node-monitor-grace-period (lab kubelet)
 # Ports written once here; the shipped manifests use them (tests/unit/test_settings_defaults.py).
 PROXY_SERVER_PORT = 10263  # a proxy server's server-facing (CONNECT) port (OpenYurt's default)
 AGENT_METRICS_PORT = 10265  # the DaemonSet serves the agent's health and metrics on it
@@ -54,6 +60,18 @@ CONTROLLER_METRICS_PORT = 10266  # the Deployment serves the controller's on it
 def _opt(default: Any, help: str) -> Any:
     """A dataclass field with its flag's help text beside its default."""
     return field(default=default, metadata={"help": help})
+
+
+def default_of(section: Any, name: str) -> Any:
+    """The default of field `name` of a settings dataclass (class or instance)."""
+    for f in fields(section):
+        if f.name == name:
+            if f.default is not MISSING:
+                return f.default
+            if f.default_factory is not MISSING:
+                return f.default_factory()
+    raise KeyError(f"{section.__name__ if isinstance(section, type) else section}: no "
+                   f"setting {name!r}")
 
 
 @dataclass(frozen=True)
@@ -180,8 +198,10 @@ class AgentSettings:
     kube: KubeSettings = field(default_factory=KubeSettings)
     netns: str | None = _opt(None, "program this named network namespace instead of our own "
                              "(labs)")
-    wireguard_backend: str = _opt("auto", "WireGuard backend: auto, kernel or userspace")
-    wireguard_go: str = _opt("wireguard-go", "wireguard-go binary")
+    wireguard_backend: str = _opt(DEFAULT_WIREGUARD_BACKEND, "WireGuard backend: "
+                                  f"{', '.join(WIREGUARD_BACKENDS[:-1])} or "
+                                  f"{WIREGUARD_BACKENDS[-1]}")
+    wireguard_go: str = _opt(DEFAULT_WIREGUARD_GO, "wireguard-go binary")
     overlay: OverlaySettings = field(default_factory=OverlaySettings)
     resync_period: float = _opt(30.0, "seconds between full re-applies without events "
                                 "(repairs drift)")
@@ -204,6 +224,46 @@ class AgentSettings:
     @property
     def plan(self) -> OverlaySettings:  # the name used before the settings root existed
         return self.overlay
+
+
+@dataclass(frozen=True)
+class DataplaneSettings:
+    """The data plane of one node (`raven.dataplane.Dataplane`). The agent makes it from its
+    own section (`AgentSettings`), whose defaults are these constants too.
+
+    Rule kept: the overlay's names and numbers (device names, tables, nft table) are not
+    redefined here: they come from `overlay` (shared with the planner), so `apply()` and
+    `cleanup()` can never disagree about which objects are ours. A bad value is refused when
+    the section is made (`DataplaneError`, from `dataplane_problems`)."""
+
+    netns: str | None = None  # network namespace name (`ip netns`), None = the current one
+    state_dir: Path = DEFAULT_STATE_DIR  # private key, wireguard-go pid file and log
+    wireguard_backend: str = DEFAULT_WIREGUARD_BACKEND  # one of WIREGUARD_BACKENDS
+    wireguard_go: str = DEFAULT_WIREGUARD_GO
+    # None: wireguard-go's socket is /var/run/wireguard/<dev>.sock of our mount namespace.
+    # A directory: wireguard-go runs in a private mount namespace with this directory on
+    # /var/run/wireguard, so tests and labs never share sockets.
+    wireguard_run_dir: Path | None = None
+    # The cluster-wide names and numbers: device names, tables (`overlay.tables`), nft table.
+    overlay: OverlaySettings = field(default_factory=OverlaySettings)
+
+    def __post_init__(self) -> None:
+        problems = dataplane_problems(self)
+        if problems:
+            raise DataplaneError("; ".join(problems))
+        object.__setattr__(self, "state_dir", Path(self.state_dir))
+
+
+def dataplane_problems(s: DataplaneSettings) -> list[str]:
+    problems = []
+    if s.wireguard_backend not in WIREGUARD_BACKENDS:
+        problems.append(f"DataplaneSettings.wireguard_backend: {s.wireguard_backend!r} is not "
+                        f"valid; use one of {', '.join(WIREGUARD_BACKENDS)}")
+    if not isinstance(s.overlay, OverlaySettings):
+        problems.append(
+            f"DataplaneSettings.overlay: expected raven.settings.OverlaySettings, got "
+            f"{type(s.overlay).__name__}; pass the OverlaySettings the planner uses")
+    return problems
 
 
 @dataclass(frozen=True)
@@ -239,27 +299,33 @@ class ControllerSettings:
 
 
 @dataclass(frozen=True)
+class LabSettings:
+    """The network-namespace lab (`raven lab`): how it runs the daemons and how long it waits.
+    The shipped defaults of the daemons, never faster ones: a lab measures what a cluster gets
+    (failover is fast because agents decide it from data-path probes, not from these)."""
+
+    heartbeat_period: float = default_of(AgentSettings, "heartbeat_period")  # Lease renewal
+    heartbeat_timeout: float = ElectionOptions().heartbeat_timeout  # controller: dead after
+    controller_resync: float = default_of(ControllerSettings, "resync_period")
+    agent_resync: float = default_of(AgentSettings, "resync_period")
+    node_grace: float = DEFAULT_NODE_GRACE  # kubelet stand-in: NotReady after this long down
+    wait_timeout: float = 180.0  # up(): all pairs must answer within this
+
+
+@dataclass(frozen=True)
 class RavenSettings:
     """The root: every section, each with its defaults."""
 
     overlay: OverlaySettings = field(default_factory=OverlaySettings)
     agent: AgentSettings = field(default_factory=AgentSettings)
+    dataplane: DataplaneSettings = field(default_factory=DataplaneSettings)
     controller: ControllerSettings = field(default_factory=ControllerSettings)
+    lab: LabSettings = field(default_factory=LabSettings)
 
 
 DEFAULTS = RavenSettings()
 
 
-def default_of(section: Any, name: str) -> Any:
-    """The default of field `name` of a settings dataclass (class or instance)."""
-    for f in fields(section):
-        if f.name == name:
-            if f.default is not MISSING:
-                return f.default
-            if f.default_factory is not MISSING:
-                return f.default_factory()
-    raise KeyError(f"{section.__name__ if isinstance(section, type) else section}: no "
-                   f"setting {name!r}")
 
 
 def help_for(section: Any, name: str, show_default: bool = True) -> str:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from raven.apiserver.errors import ApiServerError
+from raven.settings import PROXY_SERVER_PORT
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,7 @@ class ApiServerSettings:
     # key); None: not used. Checked before the egress proxies above.
     raven_proxy_ca: Path | None = None
     raven_proxy_ca_key: Path | None = None
-    raven_proxy_port: int = 10263  # the proxy servers' server-facing port
+    raven_proxy_port: int = PROXY_SERVER_PORT  # the proxy servers' server-facing port
 
     def __post_init__(self) -> None:
         problems = []

@@ -192,9 +192,12 @@ def cmd_vagrantfile(args: argparse.Namespace) -> int:
     if lab is None:
         raise CommandError("the topology has no 'name'; give one with --name NAME")
     project = Path(args.project) if args.project else vagrant.default_project()
-    if not (project / "pyproject.toml").is_file():
-        raise CommandError(f"{project} is not a source tree of raven (no pyproject.toml); "
-                           "give one with --project DIR")
+    if project is None or not (project / "pyproject.toml").is_file():
+        where = (f"{project} is not a source tree of raven (no pyproject.toml)" if args.project
+                 else f"raven runs from {project or 'a zip archive'}, not from a source tree "
+                 "(installed from a wheel?)")
+        raise CommandError(f"{where}; the machines install raven from its source tree: give "
+                           "one with --project DIR")
     text = vagrant.vagrantfile(plan_lab(topology, lab, source=source), project.resolve(),
                                box=args.box or vagrant.DEFAULT_BOX)
     if args.out == "-":

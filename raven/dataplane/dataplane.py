@@ -84,6 +84,7 @@ class Dataplane:
         # applied (observe() compares the kernel with this); and the reason IPv6 was left out.
         self._reached: NodeState | None = None
         self._family_skip: tuple[str, ...] = ()
+        self._private_key: str | None = None  # base64, loaded by the last writing pass
         self._watcher: DriftWatcher | None = None
         self._tables = OurTables(self.overlay.tables)
         self._nudger: nudge.Nudger | None = None  # liveness datagrams of direct paths
@@ -227,7 +228,13 @@ class Dataplane:
         changed = vx_changes.create is not None or vx_changes.delete is not None
         private_key = ""
         if state.wireguard is not None:
-            private_key = keys.b64(keys.load_or_create_private_key(self.settings.state_dir))
+            # Only a writing pass loads the key: loading creates the state directory and a new
+            # key when the file is gone (a write, and a new identity). observe() compares with
+            # the key the last apply gave the device.
+            if done.write:
+                self._private_key = keys.b64(
+                    keys.load_or_create_private_key(self.settings.state_dir))
+            private_key = self._private_key or ""
         wg_live = self.wireguard.read(links, fresh=fresh)
         done.wireguard = wg_live.device
         wg_changes = self.wireguard.diff(state.wireguard, private_key, wg_live)

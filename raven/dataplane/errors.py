@@ -1,9 +1,11 @@
-"""Errors of the data plane. Messages name the kernel object and what to do about it."""
+"""Errors of the data plane. Messages name the kernel object and what to do about it.
+
+`DataplaneError` is defined in `raven.errors` (the settings root raises it for a bad data-plane
+section, and must not import this package) and re-exported here, the same class.
+"""
 
 from __future__ import annotations
 
-from raven.errors import RavenError
+from raven.errors import DataplaneError
 
-
-class DataplaneError(RavenError):
-    """The kernel or a tool refused a change, or the environment lacks something we need."""
+__all__ = ["DataplaneError"]

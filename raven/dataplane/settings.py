@@ -1,44 +1,19 @@
 """Settings and result types of the data plane (plain frozen dataclasses, no kernel objects).
 
-Rule kept: the overlay's names and numbers (device names, tables, nft table) are not redefined
-here: they come from `overlay` (raven.settings.OverlaySettings, shared with the planner), so
-`apply()` and `cleanup()` can never disagree about which objects are ours.
+`DataplaneSettings` is the data plane's section of the settings root (`raven.settings`), where
+its defaults are written once; it is re-exported here, the same class. Rule kept there: the
+overlay's names and numbers (device names, tables, nft table) are not redefined: they come from
+`overlay` (raven.settings.OverlaySettings, shared with the planner), so `apply()` and
+`cleanup()` can never disagree about which objects are ours.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from raven.dataplane.errors import DataplaneError
-from raven.settings import OverlaySettings
+from raven.settings import DataplaneSettings
 
-WIREGUARD_BACKENDS = ("auto", "kernel", "userspace")
-
-
-@dataclass(frozen=True)
-class DataplaneSettings:
-    netns: str | None = None  # network namespace name (`ip netns`), None = the current one
-    state_dir: Path = Path("/var/lib/raven")  # private key, wireguard-go pid file and log
-    wireguard_backend: str = "auto"  # "auto" | "kernel" | "userspace"
-    wireguard_go: str = "wireguard-go"
-    # None: wireguard-go's socket is /var/run/wireguard/<dev>.sock of our mount namespace.
-    # A directory: wireguard-go runs in a private mount namespace with this directory on
-    # /var/run/wireguard, so tests and labs never share sockets.
-    wireguard_run_dir: Path | None = None
-    # The cluster-wide names and numbers: device names, tables (`overlay.tables`), nft table.
-    overlay: OverlaySettings = field(default_factory=OverlaySettings)
-
-    def __post_init__(self) -> None:
-        if self.wireguard_backend not in WIREGUARD_BACKENDS:
-            raise DataplaneError(
-                f"DataplaneSettings.wireguard_backend: {self.wireguard_backend!r} is not valid; "
-                f"use one of {', '.join(WIREGUARD_BACKENDS)}")
-        if not isinstance(self.overlay, OverlaySettings):
-            raise DataplaneError(
-                f"DataplaneSettings.overlay: expected raven.settings.OverlaySettings, got "
-                f"{type(self.overlay).__name__}; pass the OverlaySettings the planner uses")
-        object.__setattr__(self, "state_dir", Path(self.state_dir))
+__all__ = ["ApplyResult", "DataplaneSettings", "DataplaneStatus", "PeerStatus"]
 
 
 @dataclass(frozen=True)

@@ -35,22 +35,19 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from raven import constants
-from raven.election import ElectionOptions
 from raven.errors import CommandError
 from raven.lab import netns as nsutil
 from raven.lab import runtime
-from raven.lab.kubelet import DEFAULT_GRACE
 from raven.lab.ping import PingReport, ping_all
 from raven.lab.plan import LabPlan, NodePlan, PoolPlan
 from raven.lab.topology import CONTROL_PLANE
 from raven.model import DEFAULT_PROXY_PORT
 from raven.safeyaml import load_yaml
-from raven.settings import AgentSettings, ControllerSettings, default_of
+from raven.settings import LabSettings
 from raven.timefmt import to_time
 
 Progress = Callable[[str], None]
@@ -63,16 +60,8 @@ KUBELET = "kubelet"
 AGENT = "agent"  # on every node
 
 
-@dataclass(frozen=True)
-class ClusterSettings:
-    # The shipped defaults of the daemons, never faster ones: a lab measures what a cluster gets
-    # (failover is fast because agents decide it from data-path probes, not from these).
-    heartbeat_period: float = default_of(AgentSettings, "heartbeat_period")  # Lease renewal
-    heartbeat_timeout: float = ElectionOptions().heartbeat_timeout  # controller: dead after
-    controller_resync: float = default_of(ControllerSettings, "resync_period")
-    agent_resync: float = default_of(AgentSettings, "resync_period")
-    node_grace: float = DEFAULT_GRACE  # kubelet stand-in: NotReady after this long down
-    wait_timeout: float = 180.0  # up(): all pairs must answer within this
+# The lab's section of the settings root (defaults written there once).
+ClusterSettings = LabSettings
 
 
 def _quiet(_: str) -> None:

@@ -33,11 +33,12 @@ from raven.kube.client import JSON, NODES, Kube, KubeSettings
 from raven.kube.errors import AlreadyExists, KubeError, NotFound
 from raven.lab import runtime
 from raven.lab.plan import LabPlan, NodePlan, PoolPlan
+from raven.settings import DEFAULT_NODE_GRACE
 from raven.timefmt import to_time
 
 log = logging.getLogger("raven.lab.kubelet")
 
-DEFAULT_GRACE = 40.0  # kube-controller-manager --node-monitor-grace-period
+DEFAULT_GRACE = DEFAULT_NODE_GRACE  # the lab section of the settings root (raven.settings)
 DEFAULT_PERIOD = 1.0  # how often the stand-in looks at the nodes
 
 

@@ -31,10 +31,12 @@ from __future__ import annotations
 import ipaddress
 import json
 import shlex
+from importlib import resources
 from pathlib import Path
 
 from raven.lab import build, cluster
 from raven.lab.plan import LabPlan, NodePlan, PoolPlan, plan_to_json
+from raven.settings import DEFAULT_STATE_DIR
 
 DEFAULT_BOX = "debian/bookworm64"
 INTERNET_NET = "198.19.0.0/24"
@@ -43,9 +45,13 @@ SHARED = "/etc/raven-lab"  # nodes: the host's .raven/ (the kubeconfig), rsynced
 KUBECONFIG = "/var/lib/raven-apiserver/admin.kubeconfig"
 
 
-def default_project() -> Path:
-    """The source tree this raven runs from (a checkout or an editable install)."""
-    return Path(__file__).resolve().parents[2]
+def default_project() -> Path | None:
+    """The directory that holds the `raven` package this process runs, found through
+    importlib.resources like the lab's other data: a checkout (or an editable install of one)
+    when it has a pyproject.toml; installed from a wheel it is site-packages, no source tree,
+    and the caller asks for --project. None when the package is not a directory (a zip)."""
+    package = resources.files("raven")
+    return package.parent if isinstance(package, Path) else None
 
 
 def _ruby(text: str) -> str:
@@ -167,7 +173,7 @@ def node_script(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> str:
     lines += [
         f"for i in $(seq 600); do [ -s {kubeconfig} ] && break; sleep 1; done",
         _unit("raven-agent", ["/opt/raven/bin/raven", "agent", "--node", node.name,
-                              "--kubeconfig", kubeconfig, "--state-dir", "/var/lib/raven",
+                              "--kubeconfig", kubeconfig, "--state-dir", str(DEFAULT_STATE_DIR),
                               "--underlay-mtu", str(pool.mtu)]),
         "systemctl daemon-reload && systemctl enable --now raven-agent",
     ]

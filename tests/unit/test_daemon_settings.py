@@ -16,12 +16,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from raven.cli import build_parser, main
+from raven.errors import DataplaneError as RavenDataplaneError
 from raven.health import HealthServer
 from raven.kube.cache import CachedInputs, InputCache
 from raven.settings import (
+    DEFAULT_STATE_DIR,
     DEFAULTS,
+    WIREGUARD_BACKENDS,
     AgentSettings,
     ControllerSettings,
+    DataplaneSettings,
     LeaderSettings,
     OverlaySettings,
     is_loopback,
@@ -35,9 +39,45 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_root_composes_every_section_and_plan_options_is_the_overlay_section() -> None:
-    assert {f.name for f in fields(DEFAULTS)} == {"overlay", "agent", "controller"}
+    assert {f.name for f in fields(DEFAULTS)} == {"overlay", "agent", "dataplane", "controller",
+                                                  "lab"}
     assert PlanOptions is OverlaySettings
-    assert DEFAULTS.agent.overlay == DEFAULTS.overlay
+    assert DEFAULTS.agent.overlay == DEFAULTS.overlay == DEFAULTS.dataplane.overlay
+    # The packages use the root's sections themselves, not copies of them.
+    from raven.dataplane import DataplaneError, DataplaneSettings
+    from raven.lab.cluster import ClusterSettings
+    from raven.lab.kubelet import DEFAULT_GRACE
+
+    assert DataplaneSettings is type(DEFAULTS.dataplane)
+    assert ClusterSettings is type(DEFAULTS.lab)
+    assert DataplaneError is RavenDataplaneError
+    assert DEFAULTS.lab.node_grace == DEFAULT_GRACE
+    # The agent makes its data plane's section from its own: the same defaults.
+    a, d = DEFAULTS.agent, DEFAULTS.dataplane
+    assert (a.netns, a.state_dir, a.wireguard_backend, a.wireguard_go) == (
+        d.netns, d.state_dir, d.wireguard_backend, d.wireguard_go)
+    assert (DEFAULTS.lab.heartbeat_period, DEFAULTS.lab.agent_resync,
+            DEFAULTS.lab.controller_resync, DEFAULTS.lab.heartbeat_timeout) == (
+        a.heartbeat_period, a.resync_period, DEFAULTS.controller.resync_period,
+        DEFAULTS.controller.election.heartbeat_timeout)
+
+
+def test_the_wireguard_backend_choices_and_state_dir_default_are_written_once(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from raven.agent_command import state_dir_problem
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["agent", "--node", "n1", "--wireguard", "fast"])
+    err = capsys.readouterr().err
+    assert all(repr(b) in err for b in WIREGUARD_BACKENDS), err  # argparse lists the choices
+    for backend in WIREGUARD_BACKENDS:
+        assert build_parser().parse_args(
+            ["agent", "--wireguard", backend]).wireguard_backend == backend
+    (tmp_path / "file").write_text("")
+    problem = state_dir_problem(tmp_path / "file")
+    assert problem is not None and f"(default {DEFAULT_STATE_DIR})" in problem
+    with pytest.raises(RavenDataplaneError, match="use one of auto, kernel, userspace"):
+        DataplaneSettings(wireguard_backend="fast")
 
 
 def test_cli_defaults_are_the_settings_defaults(tmp_path: Path) -> None:

@@ -3,8 +3,10 @@
 Builds the wheel from a clean copy of the working tree, installs it (not editable) into a fresh
 virtualenv, and runs `raven lab plan <bundled topology> --manifests` from a directory outside the
 repository: that needs the bundled topology and the Gateway CRD, both read through
-importlib.resources. The venv gets the project's dependencies by a path entry to the project's
-own site-packages (no download); `raven` itself must come from the wheel, which is checked.
+importlib.resources; and `raven lab vagrantfile`, which finds the source tree the machines install
+through importlib.resources too (from a wheel there is none: it asks for --project). The venv
+gets the project's dependencies by a path entry to the project's own site-packages (no
+download); `raven` itself must come from the wheel, which is checked.
 """
 
 from __future__ import annotations
@@ -90,3 +92,17 @@ def test_wheel_ships_crd_and_topologies_and_runs_outside_the_repo(tmp_path: Path
                              cwd=outside, env=env, capture_output=True, text=True, timeout=120)
     assert missing.returncode == 2
     assert "three-pools" in missing.stderr and "Traceback" not in missing.stderr
+
+    # The Vagrantfile's machines install raven from a source tree: the wheel has none (the
+    # package's directory is site-packages), so the command asks for one instead of syncing
+    # site-packages; given one, it syncs that.
+    vagrantfile = [str(venv / "bin" / "raven"), "lab", "vagrantfile", "three-pools", "-"]
+    refused = subprocess.run(vagrantfile, cwd=outside, env=env, capture_output=True, text=True,
+                             timeout=120)
+    assert refused.returncode != 0 and refused.stdout == ""
+    assert "--project DIR" in refused.stderr and "installed from a wheel" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    given = subprocess.run([*vagrantfile, "--project", str(source)], cwd=outside, env=env,
+                           capture_output=True, text=True, timeout=120)
+    assert given.returncode == 0, given.stderr
+    assert f'synced_folder "{source.resolve()}", "/opt/raven-src"' in given.stdout

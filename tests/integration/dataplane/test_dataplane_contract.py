@@ -14,6 +14,7 @@ from dp_states import gateway, member
 
 from raven.dataplane import DataplaneError
 from raven.dataplane.firewall import skeleton
+from raven.dataplane.wireguard.keys import KEY_FILE
 from raven.desired import WireGuardPeer
 
 pytestmark = pytest.mark.root
@@ -93,6 +94,26 @@ def test_observe_reports_drift_and_writes_nothing(node) -> None:
     assert {r["dst"] for r in node.routes(9028)} == {"10.2.0.0/16", "10.3.0.0/24"}
     assert set(node.wg_dump()) == {KEY_P, KEY_Q}
     assert dp.observe().drift == ()
+
+
+def test_observe_with_the_key_file_gone_creates_no_key_and_keeps_the_identity(node) -> None:
+    """observe() never loads the key from disk: loading makes a new key when the file is gone
+    (a write, and a new identity under the peers' feet). It compares with the applied key."""
+    dp = node.dataplane()
+    state = gateway(None, members=(), remote=("10.2.0.0/16",),
+                    peers=(peer(KEY_P, "gw-p", "10.2.0.0/16"),))
+    dp.apply(state)
+    key_file = node.state_dir / KEY_FILE
+    applied = key_file.read_text().strip()
+    assert node.wg("show", "raven-wg0", "private-key").strip() == applied
+
+    key_file.unlink()
+    files = sorted(p.relative_to(node.state_dir) for p in node.state_dir.rglob("*"))
+    status = dp.observe()
+    assert not key_file.exists()  # no new key written
+    assert sorted(p.relative_to(node.state_dir) for p in node.state_dir.rglob("*")) == files
+    assert status.wireguard and status.drift == ()  # compared with the key the device has
+    assert node.wg("show", "raven-wg0", "private-key").strip() == applied
 
 
 FOREIGN_NAT = ("table ip nat { chain POSTROUTING { type nat hook postrouting priority srcnat; "
