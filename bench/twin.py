@@ -11,9 +11,12 @@ in the twin with `ip` and `wg`:
     process (a session of its own, as the agent starts its own), same listen port and peers
     (new keys), same allowed IPs, endpoint of the public side, keepalive;
   - the routes of the overlay's tables copied into the main table, attributes unchanged (via,
-    onlink, `mtu lock`).
+    onlink, `mtu lock`, `src`), with `ip route replace`: a gateway's table 9027 (its members'
+    pod subnets via their VTEPs, which the overlay takes only for packets from the tunnel)
+    replaces the lab's own route to them, so traffic from the tunnel reaches the members over
+    VXLAN in the twin too (so does, unmeasured, the gateway's own traffic to them).
 What the twin does NOT get is exactly the overlay's policy state: no nftables table (no marks,
-no identity SNAT, hence no conntrack in the nodes), no fwmark rules, no sysctl changes.
+no identity SNAT, hence no conntrack in the nodes), no rules, no sysctl changes.
 `compare` then diffs the two labs' devices and wg settings (and, for information, the sysctls
 that differ) so the bench can show that both paths use equal devices.
 
@@ -141,7 +144,7 @@ def mirror(overlay: str, twin: str, plan: LabPlan) -> dict[str, NodePlan]:
                             skip = 1
                             continue
                         kept.append(word)
-                    routes.append("route add " + " ".join(kept))
+                    routes.append("route replace " + " ".join(kept))
             if routes:
                 on(twin, node.name, "ip", "-batch", "-", stdin="\n".join(routes) + "\n")
     return gateways
