@@ -113,6 +113,32 @@ def test_public_gateway_plan_and_relay() -> None:
     assert any("relays between the undialable pools hz, sh" in n for n in state.notes)
 
 
+def test_gateway_delivers_from_the_tunnel_to_each_member_over_vxlan() -> None:
+    # c3 lists the gateway's own subnet (left to main), c4 one c2 lists too (c2 keeps it)
+    gws = three_pools()
+    gws[0] = gateway(PoolSpec("cloud", (("c1", "192.0.2.1", "10.244.0.0/24"),
+                                        ("c2", "192.0.2.2", "10.244.1.0/24"),
+                                        ("c3", "192.0.2.3", "10.244.0.0/25"),
+                                        ("c4", "192.0.2.4", "10.244.1.0/24"),
+                                        ("c5", "192.0.2.5", "10.244.5.0/24")),
+                              public_ip="203.0.113.1", created="2024-01-01T00:00:00Z"))
+    state = plan_node(gws, "c1")
+    delivery = [r for r in state.routes if r.table == 9027]
+    assert delivery == [Route("10.244.1.0/24", 9027, "raven0", gateway=vtep_for("192.0.2.2")[0]),
+                        Route("10.244.5.0/24", 9027, "raven0", gateway=vtep_for("192.0.2.5")[0])]
+    assert Rule(100, 9027, iif="raven-wg0") in state.rules
+    assert any("10.244.1.0/24 is listed by members c2 and c4" in n and "goes to c2" in n
+               for n in state.notes)
+    # a member routes nothing of its own pool (that stays with the CNI)
+    assert all(r.table == 9027 and not r.dst.startswith("10.244.")
+               for r in plan_node(gws, "c5").routes)
+
+
+def test_gateway_with_nothing_routed_into_the_tunnel_delivers_nothing() -> None:
+    state = plan_node(three_pools()[1:], "h1")
+    assert state.routes == () and all(not r.iif for r in state.rules)
+
+
 def test_nat_gateway_reaches_the_other_nat_pool_through_the_relay() -> None:
     state = plan_node(three_pools(), "h1")
     assert state.wireguard is not None
