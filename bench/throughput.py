@@ -2,23 +2,25 @@
 
 Two labs from the same topology (default two-pools: cloud, edge behind cone NAT), up at once:
   overlay  `build.up` + `cluster.up`: API server, controller, agents; the agents program
-           raven0, raven-wg0, the `inet raven` nftables table (mark chains on members; the
-           identity SNAT only where another table has a nat chain, which lab nodes do not),
-           the rules (members: fwmark, active gateways: no selector), tables 9027/9028 and
-           sysctls, all with the shipped default settings;
+           raven0, raven-wg0, the `inet raven` nftables table (no mark chains; the identity
+           SNAT only where another table has a nat chain, which lab nodes do not), the rules
+           (no selector; on active gateways also `iif raven-wg0 lookup 9027`, which delivers
+           traffic from the tunnel to the members over VXLAN), tables 9027/9028 and sysctls,
+           all with the shipped default settings;
   hand     a twin built `--network-only` (no overlay state at all) where bench/twin.py builds
            the same devices by hand with `ip` and `wg`: the VXLAN devices (same VNI, port, MAC,
            MTU, VTEP addresses, neighbours, FDB), a wireguard-go per active gateway started as
            a lab process in a session of its own (as the agent starts its own), same port,
            peers, allowed IPs and keepalive, and the overlay's routes (same `mtu lock`) in the
-           main table. No nftables, no marks, no rules, no conntrack, default sysctls.
+           main table (a gateway's routes to its members over VXLAN replacing the lab's own).
+           No nftables, no marks, no rules, no conntrack, default sysctls.
 Before measuring, the devices of both labs are compared (`ip -d -j link`, `wg show dump`) and
 every difference is printed; the sysctls, nftables tables and rules only one side has are
 printed too (that is the overlay's policy state, the thing being measured).
 Paths (iperf3 client in the cloud pod, server in the edge pod, data cloud -> edge):
   gw      pod on the cloud gateway -> WireGuard -> NAT -> edge gateway -> pod
   member  pod on a cloud member -> VXLAN -> cloud gateway -> WireGuard -> NAT -> edge gateway
-          -> underlay -> edge member -> pod (the overlay's member path; returns alike)
+          -> VXLAN -> edge member -> pod (the overlay's member path; returns alike)
 Rounds are interleaved ABBA (overlay, hand | hand, overlay | ...), so load drift from other
 work on the machine falls on both alike. A failed sample is printed as FAILED, counted in
 `failures`, and enters its path's median as 0 Mbit/s: it never disappears from a median.

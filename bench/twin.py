@@ -7,13 +7,17 @@ neighbours, FDB, the routes of the overlay's tables, `wg show dump`) and builds 
 in the twin with `ip` and `wg`:
   - every node: the VXLAN device with the same attributes (VNI, port, MAC, MTU, VTEP address,
     static neighbour and FDB entries);
-  - each active gateway: a wireguard-go device of the same name, started as a supervised lab
-    process (a session of its own, as the agent starts its own), same listen port and peers
-    (new keys), same allowed IPs, endpoint of the public side, keepalive;
+  - each node with the WireGuard device (active gateways and warm standby candidates): a
+    wireguard-go device of the same name, started as a supervised lab process (a session
+    of its own, as the agent starts its own), same listen port and peers (new keys), same
+    allowed IPs, endpoint of the public side, keepalive;
   - the routes of the overlay's tables copied into the main table, attributes unchanged (via,
-    onlink, `mtu lock`).
+    onlink, `mtu lock`, `src`), with `ip route replace`: a gateway's table 9027 (its members'
+    pod subnets via their VTEPs, which the overlay takes only for packets from the tunnel)
+    replaces the lab's own route to them, so traffic from the tunnel reaches the members over
+    VXLAN in the twin too (so does, unmeasured, the gateway's own traffic to them).
 What the twin does NOT get is exactly the overlay's policy state: no nftables table (no marks,
-no identity SNAT, hence no conntrack in the nodes), no fwmark rules, no sysctl changes.
+no identity SNAT, hence no conntrack in the nodes), no rules, no sysctl changes.
 `compare` then diffs the two labs' devices and wg settings (and, for information, the sysctls
 that differ) so the bench can show that both paths use equal devices.
 
@@ -60,12 +64,22 @@ def links(lab: str, node: str) -> dict[str, dict]:
     return {link["ifname"]: link for link in json.loads(on(lab, node, "ip", "-d", "-j", "link"))}
 
 
+def wireguard_nodes(lab: str, plan: LabPlan) -> dict[str, NodePlan]:
+    """node name -> node, for every node with the WireGuard device: the active gateways and
+    the warm standby candidates (raven.standby gives them the device and probe peers)."""
+    return {node.name: node for pool in plan.pools for node in pool.nodes
+            if constants.WIREGUARD_DEVICE in links(lab, node.name)}
+
+
 def active_gateways(lab: str, plan: LabPlan) -> dict[str, NodePlan]:
-    """pool name -> the node that holds the WireGuard device (the elected gateway)."""
+    """pool name -> the elected gateway: the node whose WireGuard device carries the routes of
+    the remote pools (table 9028; a standby's has none)."""
     out = {}
     for pool in plan.pools:
         for node in pool.nodes:
-            if constants.WIREGUARD_DEVICE in links(lab, node.name):
+            if constants.WIREGUARD_DEVICE in links(lab, node.name) and on(
+                    lab, node.name, "ip", "route", "show", "table",
+                    str(constants.WIREGUARD_TABLE), check=False).strip():
                 out[pool.name] = node
     return out
 
@@ -90,8 +104,9 @@ def _vxlan_script(link: dict) -> list[str]:
 def mirror(overlay: str, twin: str, plan: LabPlan) -> dict[str, NodePlan]:
     """Build the overlay's devices and routes by hand in `twin`; return the active gateways."""
     gateways = active_gateways(overlay, plan)
+    wg_nodes = wireguard_nodes(overlay, plan)
     keys: dict[str, tuple[str, str]] = {}
-    for node in gateways.values():
+    for node in wg_nodes.values():
         private = run(["wg", "genkey"]).strip()
         keys[node.name] = (private, run(["wg", "pubkey"], stdin=private + "\n").strip())
     pool_of = {node.name: pool for pool in plan.pools for node in pool.nodes}
@@ -113,7 +128,7 @@ def mirror(overlay: str, twin: str, plan: LabPlan) -> dict[str, NodePlan]:
                     lines.append(f"neigh replace {neigh['dst']} lladdr {neigh['lladdr']} "
                                  f"dev {vx['ifname']} nud permanent")
             if constants.WIREGUARD_DEVICE in live:
-                _wireguard(overlay, twin, plan, node, keys, gateways, pool_of)
+                _wireguard(overlay, twin, plan, node, keys, wg_nodes, pool_of)
                 wg = live[constants.WIREGUARD_DEVICE]
                 lines.append(f"link set {wg['ifname']} mtu {wg['mtu']} txqueuelen "
                              f"{wg['txqlen']} up")
@@ -141,14 +156,14 @@ def mirror(overlay: str, twin: str, plan: LabPlan) -> dict[str, NodePlan]:
                             skip = 1
                             continue
                         kept.append(word)
-                    routes.append("route add " + " ".join(kept))
+                    routes.append("route replace " + " ".join(kept))
             if routes:
                 on(twin, node.name, "ip", "-batch", "-", stdin="\n".join(routes) + "\n")
     return gateways
 
 
 def _wireguard(overlay: str, twin: str, plan: LabPlan, node: NodePlan,
-               keys: dict[str, tuple[str, str]], gateways: dict[str, NodePlan],
+               keys: dict[str, tuple[str, str]], wg_nodes: dict[str, NodePlan],
                pool_of: dict) -> None:
     """wireguard-go as a supervised lab process: its own session, like the agent's daemon."""
     name = constants.WIREGUARD_DEVICE
@@ -161,7 +176,7 @@ def _wireguard(overlay: str, twin: str, plan: LabPlan, node: NodePlan,
             raise RuntimeError(f"{twin}/{node.name}: wireguard-go made no socket {sock}")
         time.sleep(0.05)
     (_priv, _pub, port, fwmark), peers = wg_dump(overlay, node.name)
-    overlay_keys = {wg_dump(overlay, g.name)[0][1]: g for g in gateways.values()}
+    overlay_keys = {wg_dump(overlay, g.name)[0][1]: g for g in wg_nodes.values()}
     key_file = Path(f"/tmp/{twin}-{node.name}.key")
     key_file.write_text(keys[node.name][0])
     key_file.chmod(0o600)

@@ -75,14 +75,16 @@ class Route:
 
 @dataclass(frozen=True, order=True)
 class Rule:
-    """`ip rule add priority P [fwmark M/K] lookup T`. fwmark and fwmask 0 = no selector: every
-    lookup consults the table, and one that finds no route there goes on to the next rule."""
+    """`ip rule add priority P [iif DEV] [fwmark M/K] lookup T`. fwmark and fwmask 0 and no
+    iif = no selector: every lookup consults the table, and one that finds no route there goes
+    on to the next rule. `iif`: only lookups of packets that arrived on that device ("" = any)."""
 
     priority: int
     table: int
     fwmark: int = 0
     fwmask: int = 0
     family: int = 4  # 4 or 6
+    iif: str = ""
 
 
 @dataclass(frozen=True, order=True)

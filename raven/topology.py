@@ -626,12 +626,17 @@ def _member_plan(me: _Me, routed: list[str], vxlan_mtu: int, options: PlanOption
     gw_vteps = {4: gw_vtep, 6: vtep6_for(me.gw_ip)}
     # Each family via the gateway's VTEP of that family: Linux cannot route an IPv6 subnet
     # through an IPv4 next hop.
+    # The node's own address as the preferred source of its family's routes: the selector-less
+    # rule also takes the node's own packets to remote pods, which would otherwise leave with
+    # raven0's VTEP address (the mark chains used to reroute them keeping the node address).
+    src = {_ip_version(me.ip): me.ip}
     routes = _routes(routed if not vxlan.vtep_ip6 else [s for s in routed if _version(s) == 4],
-                     options.vxlan_table, options.vxlan_device, gw_vteps[4], options.tunnel_mtu)
+                     options.vxlan_table, options.vxlan_device, gw_vteps[4], options.tunnel_mtu,
+                     src.get(4))
     if vxlan.vtep_ip6:
         routes = tuple(sorted(
             routes + _routes([s for s in routed if _version(s) == 6], options.vxlan_table,
-                             options.vxlan_device, gw_vteps[6], options.tunnel_mtu),
+                             options.vxlan_device, gw_vteps[6], options.tunnel_mtu, src.get(6)),
             key=attrgetter("dst")))
     # A neighbour for each VTEP family the device has.
     neighbours = tuple(sorted(NeighEntry(ip=gw_vteps[f], mac=gw_mac)
@@ -645,7 +650,7 @@ def _member_plan(me: _Me, routed: list[str], vxlan_mtu: int, options: PlanOption
         neighbours=neighbours,
         routes=routes,
         rules=_member_rules(routed, options),
-        firewall=_firewall(me, routed, options, marks=True),
+        firewall=_firewall(me, routed, options, marks=False),
         sysctls=_sysctls(routed, [(f"net.ipv4.conf.{options.vxlan_device}.rp_filter", "2")]),
         notes=tuple(notes),
     )
@@ -673,13 +678,14 @@ def _gateway_plan(me: _Me, peers: tuple[WireGuardPeer, ...], routed: list[str], 
         if vxlan.vtep_ip6:
             neighbours.append(NeighEntry(ip=vtep6_for(ip), mac=mac))
     wg_routes = _routes(routed, options.wireguard_table, options.wireguard_device)
+    delivery = _delivery_routes(me, vxlan, _families_in(routed), options, notes)
     notes.append(f"node {me.name} is the active gateway of {me.pool.name}: {len(peers)} "
                  f"WireGuard peer(s), {len(wg_routes)} remote subnet(s)")
     return NodeState(
         node=me.name, role=Role.ACTIVE_GATEWAY, pool=me.pool.name, vxlan=vxlan,
         fdb=tuple(sorted(fdb)), neighbours=tuple(sorted(neighbours)),
-        routes=wg_routes,
-        rules=_gateway_rules(routed, options),
+        routes=wg_routes + delivery,
+        rules=_gateway_rules(routed, options) + _delivery_rules(delivery, options),
         wireguard=WireGuardDevice(
             name=options.wireguard_device, listen_port=options.wireguard_port,
             mtu=options.tunnel_mtu, peers=peers,
@@ -705,14 +711,14 @@ _ROUTE_DICT_OK = (not hasattr(Route, "__slots__") and not hasattr(Route, "__post
 
 
 def _routes(dsts: Iterable[str], table: int, dev: str, gateway: str | None = None,
-            mtu: int | None = None) -> tuple[Route, ...]:
+            mtu: int | None = None, src: str | None = None) -> tuple[Route, ...]:
     if not _ROUTE_DICT_OK:
-        return tuple(Route(dst, table, dev, gateway, mtu) for dst in dsts)
+        return tuple(Route(dst, table, dev, gateway, mtu, src) for dst in dsts)
     new = object.__new__
     out = []
     for dst in dsts:
         route = new(Route)
-        route.__dict__.update(dst=dst, table=table, dev=dev, gateway=gateway, mtu=mtu, src=None)
+        route.__dict__.update(dst=dst, table=table, dev=dev, gateway=gateway, mtu=mtu, src=src)
         out.append(route)
     return tuple(out)
 
@@ -735,15 +741,19 @@ def _is_ip(text: str) -> bool:
 
 
 def _member_rules(routed: Sequence[str], options: PlanOptions) -> tuple[Rule, ...]:
-    """A member's rule takes marked packets only (the firewall marks traffic to remote pools).
-    A rule without a selector would be cheaper (no chain evaluated for every packet), but on
-    a member it breaks strict rp_filter: packets from remote pods reach a member through the
-    CNI (the gateway forwards them by `main`), and the kernel checks their source with a lookup
-    whose flow equals the one of the pod's own packets to the remote pod (input device = the
-    pod's side, addresses swapped back), which would find raven0 in our table. Only the mark,
-    which that check ignores on the CNI's device (src_valid_mark 0), tells them apart."""
-    return tuple(Rule(options.rule_priority, options.vxlan_table, options.fwmark,
-                      options.fwmark, family) for family in _families(routed))
+    """A member's rule has no selector: every lookup consults table 9027, which holds only
+    remote pools' pod subnets, so one that finds nothing there goes on to `main` as before. No
+    mark, so no chain has to look at every packet the member forwards (the mark chains cost
+    about 10 % of the cross-pool throughput, docs/benchmarks.md).
+
+    Strict rp_filter stays satisfied because the active gateway delivers traffic from the
+    tunnel to members over raven0 (`_delivery_rules`): the kernel checks a packet from a
+    remote pod with a lookup whose flow equals the one of the local pod's own packets to that
+    pod (input device = the pod's side, addresses swapped), which finds raven0 in this table,
+    and raven0 is where the packet arrived. (Delivered through the CNI, it would fail that
+    check; that is what the fwmark rule of earlier versions was for.)"""
+    return tuple(Rule(options.rule_priority, options.vxlan_table, family=family)
+                 for family in _families(routed))
 
 
 def _gateway_rules(routed: Sequence[str], options: PlanOptions) -> tuple[Rule, ...]:
@@ -754,6 +764,50 @@ def _gateway_rules(routed: Sequence[str], options: PlanOptions) -> tuple[Rule, .
     (the mark chains cost about 10 % of the cross-pool throughput, docs/benchmarks.md)."""
     return tuple(Rule(options.rule_priority, options.wireguard_table, family=family)
                  for family in _families(routed))
+
+
+def _delivery_routes(me: _Me, vxlan: VxlanDevice, families: set[int], options: PlanOptions,
+                     notes: list[str]) -> tuple[Route, ...]:
+    """On the active gateway, table 9027 holds the members' pod subnets (from status.nodes)
+    via each member's VTEP on raven0: what arrives from the tunnel reaches a member over
+    VXLAN, where the member's selector-less rule expects it (`_member_rules`). Subnets of the
+    gateway itself are left to `main`; one listed by two members goes to the first by name.
+    Only the `families` routed into the tunnel: no other traffic comes out of it."""
+    mine = {c for m in me.pool.members if m.node_name == me.name
+            for s in m.subnets if (c := _cidr(s))}
+    taken = _RangeSet(mine)
+    owner: dict[str, str] = {}
+    out: list[Route] = []
+    family = _ip_version(me.ip)
+    for m in me.pool.members:
+        if m.node_name == me.name or not _is_ip(m.private_ip):
+            continue
+        ip = str(ipaddress.ip_address(m.private_ip))
+        if _ip_version(ip) != family:
+            continue  # no VXLAN to it (noted with its FDB entry)
+        vteps = {4: vtep_for(ip)[0] if 4 in families else None,
+                 6: vtep6_for(ip) if vxlan.vtep_ip6 and 6 in families else None}
+        for text in m.subnets:
+            c = _cidr(text)
+            via = vteps.get(_version(c.text)) if c else None
+            if c is None or via is None or taken.overlaps(c):
+                continue
+            if c.text in owner:
+                notes.append(f"Gateway {me.pool.name}: subnet {c.text} is listed by members "
+                             f"{owner[c.text]} and {m.node_name}; traffic from the tunnel to "
+                             f"it goes to {owner[c.text]}")
+                continue
+            owner[c.text] = m.node_name
+            out.extend(_routes([c.text], options.vxlan_table, options.vxlan_device, via))
+    return tuple(sorted(out, key=attrgetter("dst")))
+
+
+def _delivery_rules(delivery: Sequence[Route], options: PlanOptions) -> tuple[Rule, ...]:
+    """`iif raven-wg0 lookup 9027`: only packets from the tunnel take the members' VTEP
+    routes; the pool's own traffic to its members stays with the CNI (`main`)."""
+    return tuple(Rule(options.rule_priority, options.vxlan_table, family=family,
+                      iif=options.wireguard_device)
+                 for family in sorted({_version(r.dst) for r in delivery}))
 
 
 def _families(subnets: Iterable[str]) -> list[int]:

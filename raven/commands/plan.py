@@ -121,8 +121,9 @@ def format_state(state: Any) -> str:
             src = f" src {r.src}" if r.src else ""
             lines.append(f"  {r.dst}{via} dev {r.dev} table {r.table}{mtu}{src}")
     for r in state.rules:
+        iif = f" iif {r.iif}" if r.iif else ""
         mark = f" fwmark {r.fwmark:#x}/{r.fwmask:#x}" if r.fwmark or r.fwmask else ""
-        lines.append(f"rule ipv{r.family} priority {r.priority}{mark} lookup {r.table}")
+        lines.append(f"rule ipv{r.family} priority {r.priority}{iif}{mark} lookup {r.table}")
     if state.firewall is not None:
         fw = state.firewall
         marks = f"mark {fw.mark:#x}/{fw.mark_mask:#x} traffic to" if fw.marks else "sets of"

@@ -42,7 +42,7 @@ RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTNH_F_ONLINK = 4
 RTPROT_RAVEN = 82  # 'R'; unassigned in /etc/iproute2/rt_protos
 
-FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK, FRA_PROTOCOL = 6, 10, 15, 16, 21
+FRA_IIFNAME, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK, FRA_PROTOCOL = 3, 6, 10, 15, 16, 21
 FR_ACT_TO_TBL = 1
 
 NDA_DST, NDA_LLADDR = 1, 2
@@ -190,19 +190,23 @@ def dump_routes(sock: NetlinkSocket, tables: Iterable[int], names: dict[int, str
 def rule_text(rule: Rule) -> str:
     """The rule as `ip rule` spells it (without the verb)."""
     family = "-6 " if rule.family == 6 else ""
+    iif = f"iif {rule.iif} " if rule.iif else ""
     mark = f"fwmark {rule.fwmark:#x}/{rule.fwmask:#x} " if rule.fwmark or rule.fwmask else ""
-    return f"{family}{mark}lookup {rule.table} priority {rule.priority}"
+    return f"{family}{iif}{mark}lookup {rule.table} priority {rule.priority}"
 
 
 def rule_request(rule: Rule, delete: bool = False) -> Request:
-    """A rule without a mark is sent without FRA_FWMARK/FRA_FWMASK. Note that the kernel's
-    delete treats every attribute left out as a wildcard: deleting `lookup T priority P`
-    removes the first rule at (P, T), marked or not (the rules applier orders for that)."""
+    """A rule without a mark is sent without FRA_FWMARK/FRA_FWMASK, one without iif without
+    FRA_IIFNAME. Note that the kernel's delete treats every attribute left out as a wildcard:
+    deleting `lookup T priority P` removes the first rule at (P, T), with selectors or not
+    (the rules applier orders for that)."""
     family = _FAMILY[rule.family]
     body = _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, FR_ACT_TO_TBL, 0)
     body += attr_u32(FRA_PRIORITY, rule.priority) + attr_u32(FRA_TABLE, rule.table)
     if rule.fwmark or rule.fwmask:
         body += attr_u32(FRA_FWMARK, rule.fwmark) + attr_u32(FRA_FWMASK, rule.fwmask)
+    if rule.iif:
+        body += attr(FRA_IIFNAME, rule.iif.encode() + b"\0")
     what = f"rule {'del' if delete else 'add'} {rule_text(rule)}"
     if delete:
         return Request(RTM_DELRULE, 0, body, what, op="delete")
@@ -211,7 +215,8 @@ def rule_request(rule: Rule, delete: bool = False) -> Request:
 
 
 def dump_rules(sock: NetlinkSocket, tables: Iterable[int]) -> list[Rule]:
-    """Rules pointing at any of `tables` (ours), both families, with their mark if any."""
+    """Rules pointing at any of `tables` (ours), both families, with their mark and iif if
+    any."""
     wanted = set(tables)
     out: list[Rule] = []
     u32 = struct.Struct("=I").unpack_from
@@ -228,6 +233,8 @@ def dump_rules(sock: NetlinkSocket, tables: Iterable[int]) -> list[Rule]:
                 fwmark=u32(a[FRA_FWMARK])[0] if FRA_FWMARK in a else 0,
                 fwmask=u32(a[FRA_FWMASK])[0] if FRA_FWMASK in a else 0,
                 family=version,
+                iif=(a[FRA_IIFNAME].split(b"\0", 1)[0].decode(errors="replace")
+                     if FRA_IIFNAME in a else ""),
             ))
 
         sock.dump_raw(RTM_GETRULE, _RTMSG.pack(family, 0, 0, 0, 0, 0, 0, 0, 0), handle)

@@ -141,8 +141,18 @@ def test_plan_prints_the_member_state() -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout.splitlines()
     assert out[0] == "node hz-2: member of pool gw-hangzhou"
-    assert "  10.244.0.0/24 via 246.51.100.11 onlink dev raven0 table 9027 mtu lock 1420" in out
-    assert "rule ipv4 priority 100 fwmark 0x40/0x40 lookup 9027" in out
+    assert ("  10.244.0.0/24 via 246.51.100.11 onlink dev raven0 table 9027 mtu lock 1420 "
+            "src 198.51.100.12") in out
+    assert "rule ipv4 priority 100 lookup 9027" in out
+
+
+def test_plan_prints_the_gateway_delivery_to_members() -> None:
+    result = raven("plan", "--gateways", PLAN_GATEWAYS, "--nodes", PLAN_NODES, "--node", "hz-1")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert "rule ipv4 priority 100 lookup 9028" in out
+    assert "rule ipv4 priority 100 iif raven-wg0 lookup 9027" in out
+    assert "  10.245.1.0/24 via 246.51.100.12 onlink dev raven0 table 9027" in out
 
 
 @pytest.mark.parametrize("node", ["cloud-1", "hz-1", "hz-2", "sh-1", "nobody"])

@@ -279,8 +279,20 @@ def test_rule_diff_never_lets_a_wildcard_delete_hit_a_rule_that_stays() -> None:
     assert elsewhere.delete == (plain,) and elsewhere.add == ()
 
 
+def test_rule_diff_turns_a_member_into_a_gateway_and_back() -> None:
+    # member: `lookup 9027`; gateway: `iif raven-wg0 lookup 9027` at the same place
+    member, gateway = Rule(100, 9027), Rule(100, 9027, iif="raven-wg0")
+    to_gw = rules.diff((Rule(100, 9028), gateway), Counter({member: 1}))
+    assert to_gw.delete == (member,) and set(to_gw.add) == {Rule(100, 9028), gateway}
+    assert "rule add iif raven-wg0 lookup 9027 priority 100" in to_gw.lines
+    # back: the iif rule is deleted by exact match, the plain one added
+    back = rules.diff((member,), Counter({gateway: 1, Rule(100, 9028): 1}))
+    assert set(back.delete) == {gateway, Rule(100, 9028)} and back.add == (member,)
+
+
 SOME_RULES = [Rule(100, 9027), Rule(100, 9027, 0x40, 0x40), Rule(100, 9027, 0x80, 0x80),
-              Rule(100, 9027, family=6), Rule(100, 9028)]
+              Rule(100, 9027, family=6), Rule(100, 9028), Rule(100, 9027, iif="raven-wg0"),
+              Rule(100, 9027, family=6, iif="raven-wg0")]
 
 
 @settings(max_examples=80, deadline=None)
@@ -290,8 +302,8 @@ SOME_RULES = [Rule(100, 9027), Rule(100, 9027, 0x40, 0x40), Rule(100, 9027, 0x80
 def test_rule_diff_applied_like_the_kernel_gives_desired(want: list[Rule], live: list[Rule],
                                                         rng: object) -> None:
     """A model of the kernel's rule list: deletes match the first rule whose attributes equal
-    the ones sent (mark left out = any mark); whatever order the live rules are in,
-    the result is the desired multiset."""
+    the ones sent (mark or input device left out = any); whatever order the live rules are
+    in, the result is the desired multiset."""
     kernel = list(live)
     rng.shuffle(kernel)  # type: ignore[attr-defined]
     changes = rules.diff(tuple(want), Counter(live))
@@ -299,7 +311,8 @@ def test_rule_diff_applied_like_the_kernel_gives_desired(want: list[Rule], live:
         hit = next(i for i, r in enumerate(kernel)
                    if (r.priority, r.table, r.family) == (rule.priority, rule.table, rule.family)
                    and (not (rule.fwmark or rule.fwmask)
-                        or (r.fwmark, r.fwmask) == (rule.fwmark, rule.fwmask)))
+                        or (r.fwmark, r.fwmask) == (rule.fwmark, rule.fwmask))
+                   and (not rule.iif or r.iif == rule.iif))
         del kernel[hit]
     kernel += changes.add
     assert Counter(kernel) == Counter(want)

@@ -377,6 +377,18 @@ def test_rule_message_without_a_mark_has_no_mark_attributes() -> None:
     assert rtnl.FRA_FWMARK not in attrs and rtnl.FRA_FWMASK not in attrs
     assert struct.unpack("=I", attrs[rtnl.FRA_TABLE])[0] == 9027
     assert req.what == "rule add -6 lookup 9027 priority 100"
+    assert rtnl.FRA_IIFNAME not in attrs
+
+
+def test_rule_message_with_an_input_device() -> None:
+    # `iif raven-wg0 lookup 9027`: the name NUL-terminated, as iproute2 sends it; the delete
+    # names it too, so the kernel deletes exactly that rule
+    for delete in (False, True):
+        req = rtnl.rule_request(Rule(priority=100, table=9027, iif="raven-wg0"), delete=delete)
+        attrs = parse_attrs(req.body, 12)
+        assert attrs[rtnl.FRA_IIFNAME] == b"raven-wg0\0"
+        assert rtnl.FRA_FWMARK not in attrs
+    assert req.what == "rule del iif raven-wg0 lookup 9027 priority 100"
 
 
 # --- nftables -----------------------------------------------------------------------------------

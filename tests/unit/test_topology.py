@@ -73,13 +73,14 @@ def test_member_plan() -> None:
         "raven0", 200, 4472, "192.0.2.2", my_vtep, my_mac, 1450)
     assert state.fdb == (FdbEntry(gw_mac, "192.0.2.1"),)
     assert state.neighbours == (NeighEntry(gw_vtep, gw_mac),)
+    # the node's own address as preferred source: its own packets leave with it, not the VTEP's
     assert state.routes == tuple(
-        Route(s, 9027, "raven0", gateway=gw_vtep, mtu=1420)
+        Route(s, 9027, "raven0", gateway=gw_vtep, mtu=1420, src="192.0.2.2")
         for s in ("10.245.0.0/24", "10.245.1.0/24", "10.246.0.0/24"))
-    # a member's rule takes marked packets (its firewall marks them)
-    assert state.rules == (Rule(priority=100, table=9027, fwmark=0x40, fwmask=0x40),)
+    # no selector, no mark chains: every lookup consults 9027 (only remote subnets)
+    assert state.rules == (Rule(priority=100, table=9027),)
     assert state.wireguard is None
-    assert state.firewall is not None and state.firewall.marks
+    assert state.firewall is not None and not state.firewall.marks
     assert state.firewall.local_subnets == ("10.244.0.0/24", "10.244.1.0/24")
     assert state.firewall.remote_subnets == ("10.245.0.0/24", "10.245.1.0/24", "10.246.0.0/24")
 
@@ -96,17 +97,46 @@ def test_public_gateway_plan_and_relay() -> None:
     # keepalive.
     assert peers["hz"].endpoint is None and peers["hz"].keepalive == 0
     assert peers["hz"].allowed_ips == ("10.245.0.0/24", "10.245.1.0/24")
-    assert state.routes == tuple(Route(s, 9028, "raven-wg0") for s in
-                                 ("10.245.0.0/24", "10.245.1.0/24", "10.246.0.0/24"))
-    # no selector, no mark chains: every lookup consults 9028 (only remote subnets)
-    assert state.rules == (Rule(100, 9028),)
+    c2_vtep, c2_mac = vtep_for("192.0.2.2")
+    # into the tunnel by 9028; out of it to the member c2's pods over VXLAN by 9027
+    assert state.routes == (
+        *(Route(s, 9028, "raven-wg0") for s in ("10.245.0.0/24", "10.245.1.0/24", "10.246.0.0/24")),
+        Route("10.244.1.0/24", 9027, "raven0", gateway=c2_vtep))
+    # no selector, no mark chains: every lookup consults 9028 (only remote subnets); only
+    # packets from the tunnel consult 9027 (only the members' pod subnets)
+    assert state.rules == (Rule(100, 9028), Rule(100, 9027, iif="raven-wg0"))
     assert state.firewall is not None and not state.firewall.marks
     assert ("net.ipv4.ip_forward", "1") in state.sysctls
     assert ("net.ipv4.conf.raven-wg0.rp_filter", "0") in state.sysctls
-    c2_vtep, c2_mac = vtep_for("192.0.2.2")
     assert state.fdb == (FdbEntry(c2_mac, "192.0.2.2"),)
     assert state.neighbours == (NeighEntry(c2_vtep, c2_mac),)
     assert any("relays between the undialable pools hz, sh" in n for n in state.notes)
+
+
+def test_gateway_delivers_from_the_tunnel_to_each_member_over_vxlan() -> None:
+    # c3 lists the gateway's own subnet (left to main), c4 one c2 lists too (c2 keeps it)
+    gws = three_pools()
+    gws[0] = gateway(PoolSpec("cloud", (("c1", "192.0.2.1", "10.244.0.0/24"),
+                                        ("c2", "192.0.2.2", "10.244.1.0/24"),
+                                        ("c3", "192.0.2.3", "10.244.0.0/25"),
+                                        ("c4", "192.0.2.4", "10.244.1.0/24"),
+                                        ("c5", "192.0.2.5", "10.244.5.0/24")),
+                              public_ip="203.0.113.1", created="2024-01-01T00:00:00Z"))
+    state = plan_node(gws, "c1")
+    delivery = [r for r in state.routes if r.table == 9027]
+    assert delivery == [Route("10.244.1.0/24", 9027, "raven0", gateway=vtep_for("192.0.2.2")[0]),
+                        Route("10.244.5.0/24", 9027, "raven0", gateway=vtep_for("192.0.2.5")[0])]
+    assert Rule(100, 9027, iif="raven-wg0") in state.rules
+    assert any("10.244.1.0/24 is listed by members c2 and c4" in n and "goes to c2" in n
+               for n in state.notes)
+    # a member routes nothing of its own pool (that stays with the CNI)
+    assert all(r.table == 9027 and not r.dst.startswith("10.244.")
+               for r in plan_node(gws, "c5").routes)
+
+
+def test_gateway_with_nothing_routed_into_the_tunnel_delivers_nothing() -> None:
+    state = plan_node(three_pools()[1:], "h1")
+    assert state.routes == () and all(not r.iif for r in state.rules)
 
 
 def test_nat_gateway_reaches_the_other_nat_pool_through_the_relay() -> None:
@@ -161,7 +191,7 @@ def test_options_change_names_ports_and_mtus() -> None:
     member = plan_node(three_pools(), "c2", opts)
     assert member.vxlan is not None and member.vxlan.mtu == 8950 and member.vxlan.vni == 7
     assert {r.mtu for r in member.routes} == {8920} and {r.table for r in member.routes} == {100}
-    assert member.rules == (Rule(50, 100, 0x1000, 0x1000),)
+    assert member.rules == (Rule(50, 100),)
     gw = plan_node(three_pools(), "h1", opts)
     assert gw.wireguard is not None and gw.wireguard.listen_port == 51820
     assert gw.wireguard.mtu == 8920 and gw.wireguard.peers[0].keepalive == 10
@@ -264,7 +294,7 @@ def test_ipv6_subnets_are_not_routed_into_an_ipv4_only_pool_and_a_note_says_why(
     # ...and every IPv4 subnet of the other pools is still routed.
     assert {r.dst for r in plan_node(gws, "c2").routes} == {
         "10.245.0.0/24", "10.245.1.0/24", "10.246.0.0/24"}
-    assert {r.dst for r in plan_node(gws, "h1").routes} == {
+    assert {r.dst for r in plan_node(gws, "h1").routes if r.table == 9028} == {
         "10.244.0.0/24", "10.244.1.0/24", "10.246.0.0/24"}
 
 
@@ -400,9 +430,13 @@ def test_remote_subnets_routed_exactly_once_and_local_never(pools: list[PoolSpec
         local = {s for _, _, s in p.nodes}
         for name in all_nodes([p]):
             state = plan_node(gws, name)
-            dsts = [r.dst for r in state.routes]
-            assert len(dsts) == len(set(dsts))
+            # a gateway's table 9027 delivers from the tunnel to its members: local by design
+            delivery = [r.dst for r in state.routes
+                        if state.role is Role.ACTIVE_GATEWAY and r.table == 9027]
+            dsts = [r.dst for r in state.routes if r.dst not in delivery]
+            assert len(dsts) == len(set(dsts)) and len(delivery) == len(set(delivery))
             assert not local & set(dsts)
+            assert set(delivery) <= local
             if state.wireguard is not None:
                 allowed = [s for peer in state.wireguard.peers for s in peer.allowed_ips]
                 assert len(allowed) == len(set(allowed)) and not local & set(allowed)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raven.desired import FdbEntry, NeighEntry, NodeState, Role, Route
+from raven.desired import FdbEntry, NeighEntry, NodeState, Role, Route, Rule
 from raven.model import (
     Endpoint,
     FrozenMap,
@@ -153,9 +153,10 @@ def test_dual_stack_member_routes_each_family_via_the_vtep_of_that_family() -> N
     gw6 = vtep6_for("192.0.2.1")
     assert state.vxlan.vtep_ip == vtep_for("192.0.2.2")[0]
     assert state.vxlan.vtep_ip6 == vtep6_for("192.0.2.2")
+    # the node's own (IPv4) address as the source of its own IPv4 packets; IPv6: the kernel's
     assert set(state.routes) == {
-        Route("10.245.0.0/24", 9027, "raven0", gw4, 1420),
-        Route("10.245.1.0/24", 9027, "raven0", gw4, 1420),
+        Route("10.245.0.0/24", 9027, "raven0", gw4, 1420, "192.0.2.2"),
+        Route("10.245.1.0/24", 9027, "raven0", gw4, 1420, "192.0.2.2"),
         Route("fd00:245::/64", 9027, "raven0", gw6, 1420),
         Route("fd00:246::/64", 9027, "raven0", gw6, 1420),
         Route("fd00:246:1::/64", 9027, "raven0", gw6, 1420),
@@ -181,9 +182,15 @@ def test_dual_stack_gateway_peers_carry_both_families_and_dial_ipv6_in_brackets(
     c2_mac = vtep_for("192.0.2.2")[1]
     assert set(state.neighbours) == {NeighEntry(vtep_for("192.0.2.2")[0], c2_mac),
                                      NeighEntry(vtep6_for("192.0.2.2"), c2_mac)}
-    assert {r.dst for r in state.routes} == {
+    assert {r.dst for r in crossing(state)} == {
         "10.245.0.0/24", "10.245.1.0/24", "fd00:245::/64", "fd00:246::/64", "fd00:246:1::/64"}
-    assert all(r.dev == "raven-wg0" and r.gateway is None for r in state.routes)
+    assert all(r.dev == "raven-wg0" and r.gateway is None for r in crossing(state))
+    # from the tunnel to the member c2's pods: each family via c2's VTEP of that family
+    assert {r for r in state.routes if r not in crossing(state)} == {
+        Route("10.244.1.0/24", 9027, "raven0", vtep_for("192.0.2.2")[0]),
+        Route("fd00:244:1::/64", 9027, "raven0", vtep6_for("192.0.2.2"))}
+    assert set(state.rules) >= {Rule(100, 9027, family=4, iif="raven-wg0"),
+                                Rule(100, 9027, family=6, iif="raven-wg0")}
 
 
 def test_ipv6_only_pool_on_an_ipv6_underlay() -> None:
@@ -239,7 +246,7 @@ def test_a_members_own_unlisted_ipv6_podcidr_does_not_make_it_route_what_its_gat
                 labels=FrozenMap({"raven.openyurt.io/gateway": "edge"}))
     member, gateway = plan_node(fleet, node), plan_node(fleet, "e1")
     assert member.role is Role.MEMBER
-    assert {r.dst for r in member.routes} == {r.dst for r in gateway.routes}
+    assert {r.dst for r in member.routes} == {r.dst for r in crossing(gateway)}
     assert all(family(r.dst) == 4 for r in member.routes)
 
 
@@ -347,6 +354,14 @@ def fleets(draw: st.DrawFn, max_pools: int = 5) -> tuple[list[P], PlanOptions]:
     return pools, PlanOptions(underlay_mtu=mtu)
 
 
+def crossing(state: NodeState) -> list[Route]:
+    """The routes that carry traffic to other pools: all of a member's; a gateway's into the
+    tunnel, not those delivering from the tunnel to its members over the VXLAN device."""
+    if state.role is not Role.ACTIVE_GATEWAY or state.vxlan is None:
+        return list(state.routes)
+    return [r for r in state.routes if r.dev != state.vxlan.name]
+
+
 def plans(pools: list[P], opts: PlanOptions) -> dict[str, NodeState]:
     """Every node's plan (every role), plus a node in no pool."""
     gws = [gw(p) for p in pools]
@@ -376,15 +391,15 @@ def check_families(state: NodeState) -> None:
         assert family(neigh.ip) in device_families, neigh
     for fdb in state.fdb:
         assert family(fdb.dst) == family(vx.local_ip), fdb
-    routed_families = {family(r.dst) for r in state.routes}
+    routed_families = {family(r.dst) for r in crossing(state)}
     assert {r.family for r in state.rules} == {4} | routed_families
     assert (vx.vtep_ip6 is not None) == (6 in routed_families)
     assert (("net.ipv6.conf.all.forwarding", "1") in state.sysctls) == (6 in routed_families)
     assert state.firewall is not None
-    assert sorted(state.firewall.remote_subnets) == sorted(r.dst for r in state.routes)
+    assert sorted(state.firewall.remote_subnets) == sorted(r.dst for r in crossing(state))
     if state.wireguard is not None:
         allowed = [s for peer in state.wireguard.peers for s in peer.allowed_ips]
-        assert sorted(allowed) == sorted(r.dst for r in state.routes)
+        assert sorted(allowed) == sorted(r.dst for r in crossing(state))
         for peer in state.wireguard.peers:
             if peer.endpoint is not None:
                 host, _, port = peer.endpoint.rpartition(":")
@@ -396,7 +411,7 @@ def check_families(state: NodeState) -> None:
 def check_every_subnet_routed_once_or_noted(state: NodeState, pools: list[P]) -> None:
     if state.role is Role.ALONE:
         return
-    dsts = [r.dst for r in state.routes]
+    dsts = [r.dst for r in crossing(state)]
     assert len(dsts) == len(set(dsts))
     notes = "\n".join(state.notes)
     for p in pools:
@@ -428,11 +443,19 @@ def test_a_member_routes_only_what_its_gateway_routes(fleet: tuple[list[P], Plan
     states = plans(pools, opts)
     for p in pools:
         gateway = states[p.nodes[0].name]
+        # the gateway delivers from the tunnel only to subnets its members list, each via the
+        # VTEP of the member that lists it
+        vteps = {n.name: {vtep_for(n.ip)[0], vtep6_for(n.ip)} for n in p.nodes[1:]}
+        for r in gateway.routes:
+            if r not in crossing(gateway):
+                assert any(r.dst in n.subnets and r.gateway in vteps[n.name]
+                           for n in p.nodes[1:]), r
         for n in p.nodes[1:]:
             member = states[n.name]
             if member.role is Role.MEMBER:
                 assert gateway.role is Role.ACTIVE_GATEWAY
-                assert {r.dst for r in member.routes} <= {r.dst for r in gateway.routes}
+                assert {r.dst for r in member.routes} <= {r.dst for r in crossing(gateway)}
+
 
 
 def test_the_generator_reaches_every_role_and_family() -> None:

@@ -1,7 +1,7 @@
 """Policy-routing rules pointing at our tables (a rule may legitimately appear twice: counted).
 
 Rules kept: every rule whose table is ours is ours; a rule is identified by priority, table,
-family and mark; a rule without a mark selects every lookup. Cache as for routes (see
+family, mark and input device; a rule with neither selects every lookup. Cache as for routes (see
 routes.py): kept equal to what we wrote, dropped on a foreign rule, link or address event, an
 overrun, a failed write or a change of tables.
 """
@@ -36,7 +36,9 @@ def _place(rule: Rule) -> tuple[int, int, int]:
 
 
 def _marked(rule: Rule) -> bool:
-    return bool(rule.fwmark or rule.fwmask)
+    """The rule has a selector (a mark or an input device) that its delete request names, so
+    the kernel deletes exactly it."""
+    return bool(rule.fwmark or rule.fwmask or rule.iif)
 
 
 def diff(desired: tuple[Rule, ...], live: Counter[Rule]) -> RuleChanges:

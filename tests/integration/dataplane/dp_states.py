@@ -35,9 +35,12 @@ def vxlan(n: int, **changes: object) -> VxlanDevice:
 
 
 def member(n: int, gateway: int, remote: tuple[str, ...] = ("10.2.0.0/16",),
-           local: tuple[str, ...] = ("10.1.0.0/16",), src: str | None = None) -> NodeState:
+           local: tuple[str, ...] = ("10.1.0.0/16",), src: str | None = None,
+           marked: bool = True) -> NodeState:
     """A pool member at 192.0.2.n whose active gateway is 192.0.2.<gateway>; `src` is the
-    routes' preferred source (the planner's node address; it must be local)."""
+    routes' preferred source (the planner's node address; it must be local). `marked`: the
+    fwmark rule and mark chains of agents before 2026-12 (the appliers still handle them);
+    False: the planner's shape now (a selector-less rule, no chains)."""
     gw_ip, gw_mac = vtep(gateway)
     return NodeState(
         node=f"m{n}", role=Role.MEMBER, pool="a", vxlan=vxlan(n),
@@ -45,17 +48,21 @@ def member(n: int, gateway: int, remote: tuple[str, ...] = ("10.2.0.0/16",),
         neighbours=(NeighEntry(ip=gw_ip, mac=gw_mac),),
         routes=tuple(Route(dst=d, table=9027, dev="raven0", gateway=gw_ip, mtu=WG_MTU, src=src)
                      for d in sorted(remote)),
-        rules=(Rule(priority=100, table=9027, fwmark=0x40, fwmask=0x40),),
+        rules=((Rule(priority=100, table=9027, fwmark=0x40, fwmask=0x40),) if marked
+               else (Rule(priority=100, table=9027),)),
         firewall=Firewall(table="raven", mark=0x40, mark_mask=0x40,
-                          local_subnets=tuple(sorted(local)), remote_subnets=tuple(sorted(remote))),
+                          local_subnets=tuple(sorted(local)), remote_subnets=tuple(sorted(remote)),
+                          marks=marked),
         sysctls=(("net.ipv4.conf.raven0.rp_filter", "2"), ("net.ipv4.ip_forward", "1")),
     )
 
 
 def gateway(n: int | None, members: tuple[int, ...], peers: tuple[WireGuardPeer, ...],
             remote: tuple[str, ...] = ("10.2.0.0/16",), local: tuple[str, ...] = ("10.1.0.0/16",),
-            listen_port: int = 4500) -> NodeState:
-    """An active gateway (VXLAN to `members` when n is given) with WireGuard `peers`."""
+            listen_port: int = 4500, deliver: dict[int, str] | None = None) -> NodeState:
+    """An active gateway (VXLAN to `members` when n is given) with WireGuard `peers`.
+    `deliver`: member n -> its pod subnet, reached from the tunnel over VXLAN (table 9027
+    via the member's VTEP, `iif raven-wg0 lookup 9027`), as the planner makes it."""
     fdb, neigh = [], []
     for m in members:
         ip, mac = vtep(m)
@@ -68,8 +75,11 @@ def gateway(n: int | None, members: tuple[int, ...], peers: tuple[WireGuardPeer,
         node=f"gw{n}", role=Role.ACTIVE_GATEWAY, pool="a",
         vxlan=vxlan(n) if n is not None else None,
         fdb=tuple(sorted(fdb)), neighbours=tuple(sorted(neigh)),
-        routes=tuple(Route(dst=d, table=9028, dev="raven-wg0") for d in sorted(remote)),
-        rules=(Rule(priority=100, table=9028),),
+        routes=tuple(Route(dst=d, table=9028, dev="raven-wg0") for d in sorted(remote)) + tuple(
+            Route(dst=d, table=9027, dev="raven0", gateway=vtep(m)[0])
+            for m, d in sorted((deliver or {}).items())),
+        rules=(Rule(priority=100, table=9028),) + (
+            (Rule(priority=100, table=9027, iif="raven-wg0"),) if deliver else ()),
         wireguard=WireGuardDevice(name="raven-wg0", listen_port=listen_port, mtu=WG_MTU,
                                   peers=tuple(sorted(peers))),
         firewall=Firewall(table="raven", mark=0x40, mark_mask=0x40,

@@ -182,25 +182,25 @@ def test_a_node_of_an_older_agent_is_upgraded_in_one_apply(node, role) -> None:
     # Something else's marked rule at another priority looking up another table: not ours.
     node.ip("rule", "add", "priority", "100", "fwmark", "0x40/0x40", "lookup", "100")
     dp = node.dataplane()
-    state = member(1, gateway=3) if role == "member" else gateway(None, members=(), peers=(
+    state = member(1, gateway=3, marked=False) if role == "member" else gateway(
+        None, members=(), peers=(
         WireGuardPeer(public_key="B" * 43 + "=", endpoint="198.51.100.2:4500",
                       allowed_ips=("10.2.0.0/16",)),))
     result = dp.apply(state)
     assert result.skipped == (), result
-    # The IPv6 rule goes (this plan routes no IPv6); a gateway's IPv4 rule loses its mark.
+    # The IPv6 rule goes (this plan routes no IPv6); the IPv4 rule loses its mark.
     assert f"rule del -6 fwmark 0x40/0x40 lookup {table} priority 100" in result.changes
     ours = [(r["priority"], r.get("fwmark")) for r in node.rules()
             if r.get("table") == str(table)]
-    assert ours == [(100, "0x40" if role == "member" else None)]
+    assert ours == [(100, None)]
     assert [r for r in node.ip_json("-6", "rule", "show") if r.get("table") == str(table)] == []
     assert [r.get("fwmark") for r in node.rules() if r.get("table") == "100"] == ["0x40"]
-    # The table lost the SNAT chain (nothing here could masquerade), a gateway's also its mark
-    # chains, and the stale element; the wanted one stayed.
-    assert chain_names(node) == ({"prerouting", "output"} if role == "member" else set())
+    # The table lost the SNAT chain (nothing here could masquerade), its mark chains and the
+    # stale element; the wanted one stayed.
+    assert chain_names(node) == set()
     assert elements(node) == {"10.2.0.0/16"}
     assert dp.apply(state).writes == 0
     removed = dp.cleanup()
-    mark = "fwmark 0x40/0x40 " if role == "member" else ""
-    assert f"rule del {mark}lookup {table} priority 100" in removed
+    assert f"rule del lookup {table} priority 100" in removed
     assert [r for r in node.rules() if r.get("table") == str(table)] == []
     assert ("inet", "raven") not in node.nft_tables()

@@ -3,7 +3,8 @@ a pod namespace behind each member, a "pod" address on the gateways) whose gatew
 remote pool's gateway over WireGuard (userspace backend). Maximum-size pings with DF set pass
 and one byte more fails, so the MTUs are right; the pod source address survives a MASQUERADE
 rule in a foreign table; every host filters reverse paths strictly, which the members' pods'
-returning traffic (delivered by the pool's "CNI", not over raven0) must pass."""
+returning traffic must pass: the gateway delivers it from the tunnel over raven0 (not through
+the pool's "CNI"), where the members' selector-less rule finds raven0 for its source."""
 
 from __future__ import annotations
 
@@ -59,9 +60,9 @@ def test_pods_reach_a_remote_pool_through_vxlan_and_wireguard(make_node, wait) -
     for node, address in ((gwa, "198.51.100.1/24"), (gwb, "198.51.100.2/24")):
         node.ip("addr", "add", address, "dev", "w0")
         node.ip("link", "set", "w0", "up")
-    # Like real nodes, each has a default route: on a member, the strict reverse-path check of
-    # a packet from a remote pod (which reaches it from the gateway over u0, the pool's "CNI")
-    # must find u0, which it does in `main` (that check ignores the mark our rule needs).
+    # Like real nodes, each has a default route. On a member, the strict reverse-path check of
+    # a packet from a remote pod finds raven0 (the member's rule has no selector); the gateway
+    # delivers such packets over raven0, not over u0 (the pool's "CNI", which `main` uses).
     for node, dev in ((m1, "u0"), (m2, "u0"), (gwa, "w0"), (gwb, "w0")):
         node.ip("route", "add", "default", "dev", dev)
         # Hosts often default to strict reverse-path filtering; the overlay must cope.
@@ -82,9 +83,10 @@ def test_pods_reach_a_remote_pool_through_vxlan_and_wireguard(make_node, wait) -
     dps = {node: node.dataplane() for node in (m1, m2, gwa, gwb)}
     key_a, key_b = dps[gwa].public_key(), dps[gwb].public_key()
     states = {
-        m1: member(1, gateway=3),
-        m2: member(2, gateway=3),
-        gwa: gateway(3, members=(1, 2), peers=(WireGuardPeer(
+        m1: member(1, gateway=3, marked=False, src="192.0.2.1"),
+        m2: member(2, gateway=3, marked=False, src="192.0.2.2"),
+        gwa: gateway(3, members=(1, 2), deliver={1: "10.1.1.0/24", 2: "10.1.2.0/24"},
+                     peers=(WireGuardPeer(
             public_key=key_b, endpoint="198.51.100.2:4500", allowed_ips=("10.2.0.0/16",)),)),
         gwb: gateway(None, members=(), remote=("10.1.0.0/16",), local=("10.2.0.0/16",),
                      peers=(WireGuardPeer(public_key=key_a, endpoint="198.51.100.1:4500",
@@ -108,6 +110,14 @@ def test_pods_reach_a_remote_pool_through_vxlan_and_wireguard(make_node, wait) -
         assert stats["stats64"]["tx"]["packets"] >= 2  # the ok pings (too big ones never leave)
     back = ping(gwb, "10.2.0.1", "10.1.2.1", size=payload)
     assert back.returncode == 0, back.stdout + back.stderr
+    # ...and the returning traffic reached the members over raven0, not u0 (the CNI).
+    for node in (m1, m2):
+        (stats,) = node.ip_json("-s", "link", "show", "raven0")
+        assert stats["stats64"]["rx"]["packets"] >= 2
+    # No chain of ours looks at the members' packets, and no mark either.
+    for node in (m1, m2):
+        assert not [o for o in node.nft("list", "table", "inet", "raven") if "chain" in o]
+        assert [r.get("fwmark") for r in node.rules() if r.get("table") == "9027"] == [None]
 
     # The source address crossed the pools unchanged despite the foreign MASQUERADE.
     counters = [o["rule"]["expr"] for o in gwb.nft("list", "table", "inet", "probe")
