@@ -185,7 +185,9 @@ def effective_gateways(gateways: Sequence[Gateway], verdicts: Verdicts,
         order = [ep.node_name for ep in cands]
         controller = tuple(e.node_name for e in gw.status.active_endpoints if e.type == TUNNEL)
         chosen = choose(order, seen, me, max(1, len(controller)))
-        if chosen == controller[:len(chosen)]:
+        # The whole active set: with active-active (raven.shards) losing one of two active
+        # gateways keeps the other at the head, and that is a switch too.
+        if chosen == controller:
             out.append(gw)
             continue
         by_name = {ep.node_name: ep for ep in cands}
