@@ -120,6 +120,7 @@ class PoolPlan:
     router_lan_ip6: str = ""
     wan_ip6: str = ""
     internet_wan_ip6: str = ""
+    tunnel_replicas: int = 1  # the Gateway's tunnelConfig.Replicas
 
     @property
     def public(self) -> bool:
@@ -232,7 +233,7 @@ def plan_lab(topology: Topology, lab: str, source: str = "") -> LabPlan:
             internet_wan_ip=(str(ipaddress.IPv4Address(wan + 1)) if has_v4
                              else v6["internet_wan_ip6"]),
             internet_port=f"w{i}", mtu=spec.underlay_mtu, nodes=tuple(nodes),
-            underlay=spec.underlay, **v6,
+            underlay=spec.underlay, tunnel_replicas=spec.tunnel_replicas, **v6,
         ))
     return LabPlan(name=lab, tunnel=topology.tunnel, pools=tuple(pools),
                    internet_netns=netns_name(lab, INTERNET),
