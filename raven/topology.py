@@ -4,8 +4,11 @@ Rules this module keeps (docs/gateway.md explains them for operators):
 - Pure and deterministic: no sockets, clock or files; the same inputs in any order give an equal
   `NodeState` (everything is sorted; ties are broken by name).
 - A pool is a Gateway; its members are its `status.nodes`, its active gateway is the first tunnel
-  endpoint of `status.activeEndpoints` (further ones are standbys for now). A node in no pool, or
-  in a pool without an active gateway, is ALONE: nothing of ours is installed.
+  endpoint of `status.activeEndpoints`. A further one that is a member with an address and a key
+  is active too (active-active, raven.shards): each active gateway carries the members of its
+  share, and remote gateways give each one a peer allowing its share's pod subnets, so both
+  directions of a pair take the same gateways. A node in no pool, or in a pool without an
+  active gateway, is ALONE: nothing of ours is installed.
 - VTEP MAC and addresses (IPv4 `vtep_for`, IPv6 `vtep6_for`) are functions of the node's
   underlay address only, so they are identical after any restart, with or without the API
   server. Collisions inside a pool are reported in the plan's notes.
