@@ -289,6 +289,7 @@ def plan_to_json(plan: LabPlan) -> dict:
                 "internetPort": pool.internet_port, "underlayMTU": pool.mtu,
                 "underlay": pool.underlay, "lan6": pool.lan6, "routerIP6": pool.router_lan_ip6,
                 "publicIP6": pool.wan_ip6, "internetIP6": pool.internet_wan_ip6,
+                "tunnelReplicas": pool.tunnel_replicas,
                 "nodes": [
                     {
                         "name": node.name, "netns": node.netns, "underlayIP": node.underlay_ip,
@@ -319,6 +320,7 @@ def plan_from_json(data: dict) -> LabPlan:
             mtu=p["underlayMTU"], underlay=p.get("underlay", "ipv4"), lan6=p.get("lan6", ""),
             router_lan_ip6=p.get("routerIP6", ""), wan_ip6=p.get("publicIP6", ""),
             internet_wan_ip6=p.get("internetIP6", ""),
+            tunnel_replicas=int(p.get("tunnelReplicas", 1)),
             nodes=tuple(
                 NodePlan(
                     name=n["name"], netns=n["netns"], underlay_ip=n["underlayIP"],

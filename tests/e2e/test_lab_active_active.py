@@ -1,6 +1,6 @@
-"""Active-active gateways on test-topologies/active-active.yaml (docs/gateway.md): pool `site`
-has two active gateways (tunnelConfig.Replicas 2) and three members, pool `hq` is behind a
-cone NAT. Read from the kernels (raven.lab.gateway_load: `ip -j route`, `wg show`), never from
+"""Active-active gateways on test-topologies/active-active.yaml (docs/gateway.md §3b): pool `site`
+(behind a cone NAT) has two active gateways (tunnelConfig.Replicas 2) and three members, pool
+`hq` is public. Read from the kernels (raven.lab.gateway_load: `ip -j route`, `wg show`), never from
 the agents: every site node sends through one of the two gateways and both carry a share;
 hq's gateway sends each site subnet to the gateway that carries it (the return path is the
 path); under an all-pairs iperf3 load each pair's bytes cross the WireGuard device of its
@@ -43,7 +43,7 @@ def sharded(plan: LabPlan, alive: tuple[str, ...], timeout: float = 90.0) -> dic
     gateway allows each site node's subnet on the peer of the gateway that node sends
     through, and on no other) and the split is the rendezvous split over `alive`."""
     keys = {g: gl.public_key(plan.name, g) for g in alive}
-    nodes = [n.name for n in plan.pools[0].nodes if n.name in alive or n.name not in GATEWAYS]
+    nodes = [n.name for n in plan.pools[1].nodes if n.name in alive or n.name not in GATEWAYS]
     expected = shards.assign(nodes, alive)
     deadline = time.monotonic() + timeout
     while True:
@@ -61,8 +61,8 @@ def sharded(plan: LabPlan, alive: tuple[str, ...], timeout: float = 90.0) -> dic
 
 def all_answer(plan: LabPlan, skip: tuple[str, ...], timeout: float = 30.0) -> None:
     """Every site pod (but those on `skip`) and every hq pod answer each other."""
-    site = [p for n in plan.pools[0].nodes if n.name not in skip for p in n.pods]
-    hq = [p for n in plan.pools[1].nodes for p in n.pods]
+    site = [p for n in plan.pools[1].nodes if n.name not in skip for p in n.pods]
+    hq = [p for n in plan.pools[0].nodes for p in n.pods]
     probes = {**{p.netns: [q.ip for q in hq] for p in site},
               **{q.netns: [p.ip for p in site] for q in hq}}
     deadline = time.monotonic() + timeout
@@ -90,7 +90,7 @@ def assert_each_pair_on_its_gateway(loads: list[gl.PairLoad], carrier: dict[str,
 
 
 def test_active_active_spreads_and_a_failure_moves_only_its_share(lab: LabPlan) -> None:
-    assert cluster.active_gateways(lab.name)["gw-site"] == list(GATEWAYS)
+    assert sorted(cluster.active_gateways(lab.name)["gw-site"]) == list(GATEWAYS)
     carrier = sharded(lab, GATEWAYS)
     assert set(carrier.values()) == set(GATEWAYS)
     assert any(n not in GATEWAYS for n in carrier if carrier[n] == "site-1")
