@@ -42,14 +42,16 @@ def sharded(plan: LabPlan, alive: tuple[str, ...], timeout: float = 90.0) -> dic
     """Wait until every live site node sends through a live gateway, both ways agree (hq's
     gateway allows each site node's subnet on the peer of the gateway that node sends
     through, and on no other) and the split is the rendezvous split over `alive`."""
-    keys = {g: gl.public_key(plan.name, g) for g in alive}
     nodes = [n.name for n in plan.pools[1].nodes if n.name in alive or n.name not in GATEWAYS]
     expected = shards.assign(nodes, alive)
     deadline = time.monotonic() + timeout
     while True:
+        # Read each time: a gateway that was just powered on has no device (no key) yet.
+        keys = {g: gl.public_key(plan.name, g) for g in alive}
         carrier = {n: g for n, g in gl.gateway_of_nodes(plan, POOL).items() if n in nodes}
         allowed = gl.peer_subnets(plan.name, "hq-1")
-        back = {n: [g for g, k in keys.items() if subnet_of(plan, n) in allowed.get(k, set())]
+        back = {n: [g for g, k in keys.items()
+                    if k and subnet_of(plan, n) in allowed.get(k, set())]
                 for n in nodes}
         if carrier == expected and all(back[n] == [carrier[n]] for n in nodes):
             return carrier
