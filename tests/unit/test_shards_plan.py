@@ -7,13 +7,19 @@ from __future__ import annotations
 import base64
 import ipaddress
 import itertools
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from raven import failover, shards, standby
 from raven.desired import NodeState, Role
+from raven.errors import ValidationError
 from raven.failover import Verdict
+from raven.lab import cluster
+from raven.lab.plan import plan_from_json, plan_lab, plan_to_json
+from raven.lab.topology import load_topology, load_topology_text
 from raven.model import Endpoint, FrozenMap, Gateway, GatewaySpec, GatewayStatus, NodeInfo
 from raven.topology import plan_node, vtep_for
 
@@ -228,3 +234,19 @@ def test_a_second_active_endpoint_without_a_key_carries_nothing_yet() -> None:
         if p == "aa" and node != "a1":
             assert gateway_of(out[node], nodes) == "a1"
     assert any("standby" in n for n in out["a3"].notes)
+
+
+# --- the lab's tunnelReplicas ---------------------------------------------------------------
+
+def test_lab_pool_tunnel_replicas_reach_the_gateway_object() -> None:
+    root = Path(__file__).resolve().parents[2]
+    topo = load_topology(root / "test-topologies" / "active-active.yaml")
+    plan = plan_lab(topo, "rvt-lab-abcdef")
+    site = next(p for p in plan_from_json(plan_to_json(plan)).pools if p.name == "site")
+    assert site.tunnel_replicas == 2
+    assert cluster.gateway_object(site)["spec"]["tunnelConfig"] == {"Replicas": 2}
+    assert sum(n.gateway_candidate for n in site.nodes) >= 2
+    with pytest.raises(ValidationError, match="pool 'p': field 'tunnelReplicas': 0 is not an "
+                                              "integer from 1 to 16"):
+        load_topology_text("pools: [{name: p, tunnelReplicas: 0, nodes: "
+                           "[{name: n1, podCIDR: 10.244.0.0/24}]}]")
