@@ -200,7 +200,9 @@ def effective_gateways(gateways: Sequence[Gateway], verdicts: Verdicts,
             if waiting:
                 seen, who = {**seen, me: Verdict.DOWN}, ""
         chosen = choose(order, seen, who, max(1, len(controller)))
-        if chosen == controller[:len(chosen)]:
+        # The whole active set: with active-active (raven.shards) losing one of two active
+        # gateways keeps the other at the head, and that is a switch too.
+        if chosen == controller:
             out.append(gw)
             continue
         by_name = {ep.node_name: ep for ep in cands}

@@ -4,8 +4,11 @@ Rules this module keeps (docs/gateway.md explains them for operators):
 - Pure and deterministic: no sockets, clock or files; the same inputs in any order give an equal
   `NodeState` (everything is sorted; ties are broken by name).
 - A pool is a Gateway; its members are its `status.nodes`, its active gateway is the first tunnel
-  endpoint of `status.activeEndpoints` (further ones are standbys for now). A node in no pool, or
-  in a pool without an active gateway, is ALONE: nothing of ours is installed.
+  endpoint of `status.activeEndpoints`. A further one that is a member with an address and a key
+  is active too (active-active, raven.shards): each active gateway carries the members of its
+  share, and remote gateways give each one a peer allowing its share's pod subnets, so both
+  directions of a pair take the same gateways. A node in no pool, or in a pool without an
+  active gateway, is ALONE: nothing of ours is installed.
 - VTEP MAC and addresses (IPv4 `vtep_for`, IPv6 `vtep6_for`) are functions of the node's
   underlay address only, so they are identical after any restart, with or without the API
   server. Collisions inside a pool are reported in the plan's notes.
@@ -46,7 +49,7 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import NamedTuple
 
-from raven import constants
+from raven import constants, shards
 from raven.desired import (
     FdbEntry,
     Firewall,
@@ -254,20 +257,39 @@ class _Pool:
     active: Endpoint | None  # first tunnel endpoint of status.activeEndpoints
     standby: tuple[str, ...]
     chosen_relay: bool = False  # status.relay: the controller chose it by RTT (relay_choice)
+    # Active-active (raven.shards): the active gateways that carry a share of the pool's
+    # members, the first active endpoint first; subnet -> the member that owns it.
+    actives: tuple[Endpoint, ...] = ()
+    owner: Mapping[str, str] | None = None
+
+    @property
+    def shard_names(self) -> tuple[str, ...]:
+        return tuple(e.node_name for e in self.actives)
+
+    def gateway_for_subnet(self, subnet: str) -> str | None:
+        """The active gateway carrying `subnet` (its owning member's shard)."""
+        member = (self.owner or {}).get(subnet)
+        if member is None or len(self.actives) < 2:
+            return self.active.node_name if self.active else None
+        return shards.gateway_of(member, self.shard_names)
 
     @property
     def dial_address(self) -> str | None:
         """'host:port' a remote gateway can dial, None when the gateway cannot be dialed."""
-        ep = self.active
-        if ep is None or ep.under_nat or not _is_ip(ep.public_ip):
-            return None
-        port = ep.public_port or ep.port or constants.WIREGUARD_PORT
-        # host:port with an IPv6 host in brackets, as WireGuard and every dialer expect.
-        return f"{_dial_host(ep.public_ip)}:{port}"
+        return _dial_address(self.active)
 
     def relay_key(self) -> tuple[int, str, str]:
         # Gateways without a timestamp (files) sort after every real one, then by name.
         return (0 if self.created else 1, self.created, self.name)
+
+
+def _dial_address(ep: Endpoint | None) -> str | None:
+    """'host:port' of a gateway endpoint a remote gateway can dial, None when it cannot."""
+    if ep is None or ep.under_nat or not _is_ip(ep.public_ip):
+        return None
+    port = ep.public_port or ep.port or constants.WIREGUARD_PORT
+    # host:port with an IPv6 host in brackets, as WireGuard and every dialer expect.
+    return f"{_dial_host(ep.public_ip)}:{port}"
 
 
 def _pool(gw: Gateway) -> _Pool:
@@ -280,7 +302,21 @@ def _pool(gw: Gateway) -> _Pool:
         if seen is None or (info.private_ip, info.subnets) < (seen.private_ip, seen.subnets):
             members[info.node_name] = info
     subnets = {c for info in members.values() for s in info.subnets if (c := _cidr(s))}
-    tunnels = [e for e in gw.status.active_endpoints if e.type == TUNNEL and e.node_name]
+    owner: dict[str, str] = {}
+    for node in sorted(members):  # a subnet listed by two members belongs to the first by name
+        for s in members[node].subnets:
+            if (c := _cidr(s)) is not None:
+                owner.setdefault(c.text, node)
+    tunnels: list[Endpoint] = []
+    for e in gw.status.active_endpoints:  # unique by node, first occurrence, in status order
+        if e.type == TUNNEL and e.node_name and all(t.node_name != e.node_name for t in tunnels):
+            tunnels.append(e)
+    usable = {n for n, info in members.items() if _is_ip(info.private_ip)}
+    # The first active endpoint always carries (as before active-active); a further one shares
+    # the members only when it is a member with an address (reachable over VXLAN) and a key
+    # (remote pools can build its peer). Every node reads the same status, so all agree.
+    actives = tuple(tunnels[:1]) + tuple(
+        e for e in tunnels[1:] if e.node_name in usable and e.public_key)
     created = gw.metadata.get("creationTimestamp")
     return _Pool(
         name=gw.name,
@@ -289,8 +325,10 @@ def _pool(gw: Gateway) -> _Pool:
         member_names=frozenset(members),
         subnets=tuple(sorted(subnets)),
         active=tunnels[0] if tunnels else None,
-        standby=tuple(e.node_name for e in tunnels[1:]),
+        standby=tuple(e.node_name for e in tunnels[1:] if e not in actives),
         chosen_relay=gw.status.extra.get("relay") is True,
+        actives=actives,
+        owner=owner,
     )
 
 
@@ -468,7 +506,9 @@ def _locate(pools: Sequence[_Pool], name: str, me: Node | str,
     if pool.active is None:
         notes.append(f"Gateway {pool.name} has no active tunnel endpoint yet: no overlay state")
         return _alone(name, pool.name, notes)
-    gw_name = pool.active.node_name
+    # Active-active: an active gateway carries itself, a member goes to its shard's gateway.
+    gw_name = (shards.gateway_of(name, pool.shard_names) or pool.active.node_name
+               if len(pool.actives) > 1 else pool.active.node_name)
     gw_info = next((m for m in pool.members if m.node_name == gw_name), None)
     gw_ip = my_ip if gw_name == name else (gw_info.private_ip if gw_info else "")
     if not _is_ip(gw_ip):
@@ -487,6 +527,9 @@ def _locate(pools: Sequence[_Pool], name: str, me: Node | str,
                      f"IPv{_ip_version(gw_ip)} one ({gw_ip}); VXLAN cannot join them; give the "
                      "pool's nodes InternalIPs of one family. No overlay state")
         return _alone(name, pool.name, notes)
+    if len(pool.actives) > 1:
+        notes.append(f"Gateway {pool.name}: active-active over {', '.join(pool.shard_names)}; "
+                     f"{gw_name} carries node {name}'s share")
     if pool.standby:
         notes.append(f"Gateway {pool.name}: {', '.join(pool.standby)} are standby endpoints; "
                      f"{gw_name} carries the traffic")
@@ -874,20 +917,40 @@ def _peers(
                          f"{', '.join(nat_pools)} (forwarding {options.wireguard_device} to "
                          f"{options.wireguard_device})")
     peers: dict[str, WireGuardPeer] = {}
+    own_keys = {e.public_key for e in (pool.active, *pool.actives)}
     for p, subnets, via in direct.values():
         assert p.active is not None
-        key = p.active.public_key
-        if key in peers or key == pool.active.public_key:
-            notes.append(f"Gateway {p.name}: public key {key[:8]}... is already used by "
-                         f"{peers[key].pool if key in peers else pool.name}; skipped")
-            continue
         path = punched.get(p.name)
-        peers[key] = WireGuardPeer(
-            public_key=key,
-            endpoint=p.dial_address if path is None else path.endpoint,
-            allowed_ips=tuple(sorted(subnets)),
-            keepalive=keepalive if path is None else DIRECT_KEEPALIVE,
-            pool=p.name,
-            relays_for=tuple(sorted(via)),
-        )
+        for ep, allowed, relays in _shard_peers(p, subnets, via, path is not None):
+            key = ep.public_key
+            if key in peers or key in own_keys:
+                notes.append(f"Gateway {p.name}: public key {key[:8]}... is already used by "
+                             f"{peers[key].pool if key in peers else pool.name}; skipped")
+                continue
+            peers[key] = WireGuardPeer(
+                public_key=key,
+                endpoint=_dial_address(ep) if path is None else path.endpoint,
+                allowed_ips=tuple(sorted(allowed)),
+                keepalive=keepalive if path is None else DIRECT_KEEPALIVE,
+                pool=p.name,
+                relays_for=tuple(sorted(relays)),
+            )
     return tuple(peers[k] for k in sorted(peers))
+
+
+def _shard_peers(p: _Pool, subnets: list[str], via: list[str], punched: bool
+                 ) -> list[tuple[Endpoint, list[str], list[str]]]:
+    """(endpoint, allowed IPs, pools relayed) of each peer for remote pool `p`: one per active
+    gateway of an active-active pool, each allowing the pod subnets of its shard
+    (raven.shards), so a packet to a member enters the remote pool at the gateway that member
+    sends through: both directions take the same gateways. Subnets no member owns (relayed
+    for other pools) stay on the first active endpoint's peer, the relay. A punched direct
+    path (raven.paths) is one peer to the first active endpoint, as before."""
+    assert p.active is not None
+    if punched or len(p.actives) < 2:
+        return [(p.active, subnets, via)]
+    share: dict[str, list[str]] = {}
+    for s in subnets:
+        share.setdefault(p.gateway_for_subnet(s) or p.active.node_name, []).append(s)
+    return [(ep, share.get(ep.node_name, []), via if ep is p.active else [])
+            for ep in p.actives]

@@ -193,7 +193,7 @@ def gateway_object(pool: PoolPlan, tunnel_family: str = "ipv4") -> dict:
         "metadata": {"name": pool.gateway, "labels": {"raven.openyurt.io/lab-pool": pool.name}},
         "spec": {
             "nodeSelector": {"matchLabels": {constants.GATEWAY_LABEL: pool.gateway}},
-            "tunnelConfig": {"Replicas": 1},
+            "tunnelConfig": {"Replicas": pool.tunnel_replicas},
             "proxyConfig": {"Replicas": 1},
             "endpoints": endpoints,
         },

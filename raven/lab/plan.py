@@ -120,6 +120,7 @@ class PoolPlan:
     router_lan_ip6: str = ""
     wan_ip6: str = ""
     internet_wan_ip6: str = ""
+    tunnel_replicas: int = 1  # the Gateway's tunnelConfig.Replicas
 
     @property
     def public(self) -> bool:
@@ -232,7 +233,7 @@ def plan_lab(topology: Topology, lab: str, source: str = "") -> LabPlan:
             internet_wan_ip=(str(ipaddress.IPv4Address(wan + 1)) if has_v4
                              else v6["internet_wan_ip6"]),
             internet_port=f"w{i}", mtu=spec.underlay_mtu, nodes=tuple(nodes),
-            underlay=spec.underlay, **v6,
+            underlay=spec.underlay, tunnel_replicas=spec.tunnel_replicas, **v6,
         ))
     return LabPlan(name=lab, tunnel=topology.tunnel, pools=tuple(pools),
                    internet_netns=netns_name(lab, INTERNET),
@@ -288,6 +289,7 @@ def plan_to_json(plan: LabPlan) -> dict:
                 "internetPort": pool.internet_port, "underlayMTU": pool.mtu,
                 "underlay": pool.underlay, "lan6": pool.lan6, "routerIP6": pool.router_lan_ip6,
                 "publicIP6": pool.wan_ip6, "internetIP6": pool.internet_wan_ip6,
+                "tunnelReplicas": pool.tunnel_replicas,
                 "nodes": [
                     {
                         "name": node.name, "netns": node.netns, "underlayIP": node.underlay_ip,
@@ -318,6 +320,7 @@ def plan_from_json(data: dict) -> LabPlan:
             mtu=p["underlayMTU"], underlay=p.get("underlay", "ipv4"), lan6=p.get("lan6", ""),
             router_lan_ip6=p.get("routerIP6", ""), wan_ip6=p.get("publicIP6", ""),
             internet_wan_ip6=p.get("internetIP6", ""),
+            tunnel_replicas=int(p.get("tunnelReplicas", 1)),
             nodes=tuple(
                 NodePlan(
                     name=n["name"], netns=n["netns"], underlay_ip=n["underlayIP"],

@@ -57,7 +57,8 @@ UNDERLAY_RANGES = tuple(
 UNDERLAY6_RANGE = ipaddress.IPv6Network("2001:db8::/32")
 
 TOP_KEYS = {"name", "tunnel", "underlayMTU", "pools", "description"}
-POOL_KEYS = {"name", "gateway", "nat", "nodes", "pods", "underlayMTU", "underlay"}
+POOL_KEYS = {"name", "gateway", "nat", "nodes", "pods", "underlayMTU", "underlay",
+             "tunnelReplicas"}
 NODE_KEYS = {"name", "podCIDR", "podCIDRs", "gatewayCandidate", "pods", "kind"}
 # IPv6 pods need the cross-pool path to carry 1280 bytes (IPv6's minimum link MTU); the
 # WireGuard tunnel takes 80 bytes of the underlay MTU.
@@ -87,6 +88,7 @@ class PoolSpec:
     nodes: tuple[NodeSpec, ...]
     underlay_mtu: int
     underlay: str = "ipv4"  # ipv4 | ipv6 | dual: the address families of the pool's underlay
+    tunnel_replicas: int = 1  # the Gateway's tunnelConfig.Replicas (2+: active-active)
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,12 @@ def _parse_pool(raw: object, index: int, default_mtu: int, problems: list[str]) 
         problems.append(f"{where}: field 'underlay': {underlay!r} is not one of "
                         f"{', '.join(UNDERLAY_FAMILIES)}")
         underlay = "ipv4"
+    replicas = raw.get("tunnelReplicas", 1)
+    if isinstance(replicas, bool) or not isinstance(replicas, int) or not 1 <= replicas <= 16:
+        problems.append(f"{where}: field 'tunnelReplicas': {replicas!r} is not an integer from "
+                        "1 to 16 (the Gateway's tunnelConfig.Replicas; 2 or more makes its "
+                        "gateway candidates active-active)")
+        replicas = 1
 
     raw_nodes = raw.get("nodes")
     nodes: list[NodeSpec] = []
@@ -273,7 +281,7 @@ def _parse_pool(raw: object, index: int, default_mtu: int, problems: list[str]) 
         if node is not None:
             nodes.append(node)
     return PoolSpec(name=str(name), gateway=str(gateway), nat=str(nat), nodes=tuple(nodes),
-                    underlay_mtu=mtu, underlay=str(underlay))
+                    underlay_mtu=mtu, underlay=str(underlay), tunnel_replicas=replicas)
 
 
 def _parse_node(raw: object, pool_where: str, index: int, default_pods: int,

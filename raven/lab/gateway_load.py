@@ -1,0 +1,118 @@
+"""Active-active gateways seen from the kernels of a lab (docs/gateway.md, "Active-active
+gateways"): which gateway each node sends through, which subnets each remote gateway sends
+to which of them, and the bytes each gateway's WireGuard device moves under an all-pairs
+iperf3 load. Everything is read from the nodes' kernels (`ip -j route`, `wg show`), never from
+the agents, so tests and bench/active_active.py use it as an independent oracle.
+
+Rules kept: tools run through the lab's adapter (raven.lab.netns) inside each node's network
+and mount namespace; the load runs one pair at a time (each pair's bytes are attributed to the
+gateway whose counters moved while it ran).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from raven.lab import netns as nsutil
+from raven.lab import runtime
+from raven.lab.iperf import iperf
+from raven.lab.plan import LabPlan, NodePlan, PodPlan
+from raven.settings import OverlaySettings
+from raven.topology import vtep_for
+
+_OVERLAY = OverlaySettings()
+
+
+def _in_node(lab: str, node: str, *argv: str) -> str:
+    proc = nsutil.run([*runtime.node_exec_argv(lab, node), *argv], check=False, timeout=30)
+    return proc.stdout if proc.returncode == 0 else ""  # no device/table: nothing of ours
+
+
+def _nodes(plan: LabPlan, pool: str) -> list[NodePlan]:
+    return [n for p in plan.pools if p.name == pool for n in p.nodes]
+
+
+def carries_itself(lab: str, node: str) -> bool:
+    """An active gateway: its WireGuard table routes remote pod subnets."""
+    return bool(json.loads(_in_node(lab, node, "ip", "-j", "route", "show", "table",
+                                    str(_OVERLAY.wireguard_table)) or "[]"))
+
+
+def gateway_of_nodes(plan: LabPlan, pool: str) -> dict[str, str]:
+    """node -> the node its cross-pool traffic leaves the pool through ("" when none or mixed):
+    itself for an active gateway, else the owner of the VTEP its raven table routes via."""
+    nodes = _nodes(plan, pool)
+    by_vtep = {vtep_for(n.underlay_ip)[0]: n.name for n in nodes if n.underlay_ip}
+    out = {}
+    for n in nodes:
+        if carries_itself(plan.name, n.name):
+            out[n.name] = n.name
+            continue
+        routes = json.loads(_in_node(plan.name, n.name, "ip", "-j", "route", "show", "table",
+                                     str(_OVERLAY.vxlan_table)) or "[]")
+        hops = {by_vtep.get(r.get("gateway", ""), "") for r in routes}
+        out[n.name] = hops.pop() if len(hops) == 1 else ""
+    return out
+
+
+def public_key(lab: str, node: str) -> str:
+    return _in_node(lab, node, "wg", "show", _OVERLAY.wireguard_device, "public-key").strip()
+
+
+def peer_subnets(lab: str, node: str) -> dict[str, set[str]]:
+    """public key -> the allowed IPs of that peer on `node` (`wg show ... allowed-ips`)."""
+    out: dict[str, set[str]] = {}
+    text = _in_node(lab, node, "wg", "show", _OVERLAY.wireguard_device, "allowed-ips")
+    for line in text.splitlines():
+        key, *ips = line.split()
+        out[key] = {ip for ip in ips if ip != "(none)"}
+    return out
+
+
+def wg_bytes(lab: str, node: str) -> int:
+    """Bytes received plus sent by every peer of `node`'s WireGuard device (0 without one)."""
+    total = 0
+    for line in _in_node(lab, node, "wg", "show", _OVERLAY.wireguard_device,
+                         "transfer").splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            total += int(parts[1]) + int(parts[2])
+    return total
+
+
+@dataclass(frozen=True)
+class PairLoad:
+    src_node: str
+    dst_node: str
+    bytes: int  # what iperf3's receiver counted
+    moved: dict[str, int]  # gateway -> bytes its WireGuard device moved while the pair ran
+
+
+def all_pairs_load(plan: LabPlan, src_pool: str, dst_pool: str, gateways: list[str],
+                   seconds: float = 1.0, skip: tuple[str, ...] = ()) -> list[PairLoad]:
+    """iperf3 from every pod of `src_pool` to every pod of `dst_pool`, one pair at a time,
+    with the WireGuard byte counters of `gateways` read around each pair. Nodes in `skip`
+    (powered off) take part neither as a source nor as a gateway."""
+    gws = [g for g in gateways if g not in skip]
+    pods: list[tuple[str, PodPlan, str, PodPlan]] = [
+        (s.name, sp, d.name, dp)
+        for s in _nodes(plan, src_pool) if s.name not in skip for sp in s.pods
+        for d in _nodes(plan, dst_pool) if d.name not in skip for dp in d.pods]
+    out = []
+    for src_node, src, dst_node, dst in pods:
+        before = {g: wg_bytes(plan.name, g) for g in gws}
+        result = iperf(dst.netns, dst.ip, src.netns, seconds)
+        after = {g: wg_bytes(plan.name, g) for g in gws}
+        out.append(PairLoad(src_node, dst_node, int(result.bits_per_second * result.seconds / 8),
+                            {g: after[g] - before[g] for g in gws}))
+    return out
+
+
+def split(loads: list[PairLoad], carrier: dict[str, str]) -> dict[str, int]:
+    """gateway -> iperf3 bytes of the pairs whose source it carries."""
+    out: dict[str, int] = {}
+    for load in loads:
+        gw = carrier.get(load.src_node, "")
+        out[gw] = out.get(gw, 0) + load.bytes
+    return out
