@@ -20,7 +20,9 @@ Rules kept:
   it at once); otherwise "probe loss" once every lost node renewed its heartbeat after the
   failover and is Ready (alive, but the pool's probes do not get through it), "power-off" as
   soon as one is gone, NotReady, has no heartbeat or missed two renewals (its heartbeat is
-  older than two thirds of the timeout); until then the cause is pending (`resolve`).
+  older than two thirds of the timeout); until then the cause is pending (`resolve`). No cause
+  is settled before the pool's other nodes have voted for the new gateway (or a heartbeat
+  timeout passed): a cut-off pool's late votes would otherwise race the controller's own move.
   A live node renews every third of the timeout, so it reaches "probe loss" before it could
   look like "power-off"; a dead one never renews, so it reaches "power-off": the outcome does
   not depend on when the controller looks.
@@ -93,12 +95,30 @@ def adopt(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, 
 def decided_offline(gateway: Gateway, nodes: Mapping[str, Node], choice: str) -> bool:
     """Whether most of the Ready nodes of the pool that vote for `choice` flagged their vote as
     published late (`raven.openyurt.io/pool-gateway-offline: "true"`): decided while cut off."""
+    return voted_offline(gateway.name, nodes, choice)
+
+
+def voted_offline(gateway: str, nodes: Mapping[str, Node], choice: str) -> bool:
+    """`decided_offline` by the Gateway's name."""
     voters = [n for n in nodes.values()
-              if n.gateway == gateway.name and n.ready
+              if n.gateway == gateway and n.ready
               and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY) == choice]
     offline = sum(n.annotations.get(constants.ANNOTATION_POOL_GATEWAY_OFFLINE) == "true"
                   for n in voters)
     return bool(voters) and 2 * offline > len(voters)
+
+
+def votes_settled(f: Failover, nodes: Mapping[str, Node], now: float,
+                  options: ElectionOptions) -> bool:
+    """Whether the pool's other nodes have had their say about a move: each is Ready and names
+    one of the elected gateways, or a heartbeat timeout passed since the move. A move the
+    controller makes on its own as a cut-off pool comes back (the old gateway's heartbeat went
+    stale meanwhile) comes before the pool's late votes land; judged earlier, a power-off while
+    cut off was reported as "power-off" or as "partition" depending on which came first."""
+    if now - f.at > options.heartbeat_timeout:
+        return True
+    return all(n.ready and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY) in f.elected
+               for n in nodes.values() if n.gateway == f.gateway and n.name not in f.lost)
 
 
 def immediate_cause(lost: Sequence[str], previous_ready_reason: str, partitioned: bool) -> str:
@@ -147,7 +167,10 @@ def resolve(pending: Sequence[Failover], nodes: Mapping[str, Node],
     waiting: list[Failover] = []
     ready: list[tuple[Failover, str]] = []
     for f in pending:
-        found = f.cause or classify(f.lost, f.at, nodes, heartbeats, now, options)
+        found = f.cause
+        if not found and votes_settled(f, nodes, now, options):
+            found = (PARTITION if voted_offline(f.gateway, nodes, f.elected[0])
+                     else classify(f.lost, f.at, nodes, heartbeats, now, options))
         if found:
             ready.append((f, found))
         else:

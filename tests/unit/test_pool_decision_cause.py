@@ -25,10 +25,14 @@ OPTS = ElectionOptions(heartbeat_timeout=15.0)  # agents renew every 5 s (a thir
 MISSED = 2 * OPTS.heartbeat_timeout / 3  # two renewals missed
 
 
-def node(name: str, ready: bool = True) -> Node:
+def node(name: str, ready: bool = True, vote: str | None = None, offline: bool = False) -> Node:
+    annotations = {} if vote is None else {
+        constants.ANNOTATION_POOL_GATEWAY: vote,
+        constants.ANNOTATION_POOL_GATEWAY_OFFLINE: "true" if offline else "false"}
     obj: dict[str, Any] = {
         "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {constants.GATEWAY_LABEL: "gw-hz"}},
+        "metadata": {"name": name, "labels": {constants.GATEWAY_LABEL: "gw-hz"},
+                     "annotations": annotations},
         "spec": {"podCIDR": "10.244.0.0/24"},
         "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}],
                    "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
@@ -85,7 +89,26 @@ def test_resolve_reports_each_move_once_in_order_and_keeps_the_rest() -> None:
     pending = Failover("gw-hz", ("hz-1",), ("hz-2",), AT)
     waiting, ready = resolve([partition, pending], NODES, {"hz-1": AT - 1}, AT + 1, OPTS)
     assert waiting == [pending] and ready == [(partition, PARTITION)]
-    waiting, ready = resolve(waiting, NODES, {"hz-1": AT - 1}, AT + 10, OPTS)
+    voted = {"hz-1": node("hz-1"), "hz-2": node("hz-2", vote="hz-2")}
+    waiting, ready = resolve(waiting, voted, {"hz-1": AT - 1}, AT + 10, OPTS)
     assert waiting == [] and ready == [(pending, POWER_OFF)]
     assert pending.message(POWER_OFF) == (
         "Gateway gw-hz: active gateway hz-1 -> hz-2, cause: power-off")
+
+
+def test_the_cause_waits_for_the_pools_votes_so_a_power_off_while_cut_off_is_a_partition() -> None:
+    """Case (c): the pool failed over while cut off; back online, the controller moves on its own
+    (the old gateway's heartbeat is stale) before the pool's late votes land. The cause waits
+    for the other nodes' votes (or a heartbeat timeout), then reads them."""
+    move = Failover("gw-hz", ("hz-1",), ("hz-2",), AT)
+    dead = {"hz-1": AT - 20}  # powered off long ago: power-off evidence is there at once
+    silent = {"hz-1": node("hz-1", ready=False), "hz-2": node("hz-2"), "hz-3": node("hz-3")}
+    assert resolve([move], silent, dead, AT + 1, OPTS) == ([move], [])
+    late = {**silent, "hz-2": node("hz-2", vote="hz-2", offline=True),
+            "hz-3": node("hz-3", vote="hz-2", offline=True)}
+    assert resolve([move], late, dead, AT + 3, OPTS) == ([], [(move, PARTITION)])
+    online = {**silent, "hz-2": node("hz-2", vote="hz-2"), "hz-3": node("hz-3", vote="hz-2")}
+    assert resolve([move], online, dead, AT + 3, OPTS) == ([], [(move, POWER_OFF)])
+    # Votes that never come do not hold the event for ever.
+    assert resolve([move], silent, dead, AT + OPTS.heartbeat_timeout + 0.1, OPTS) == (
+        [], [(move, POWER_OFF)])
