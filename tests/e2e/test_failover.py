@@ -348,7 +348,10 @@ def test_d_a_gateway_back_during_a_partition_never_shares_the_pools_traffic(
         with captures(lab, ("cone-1", "cone-2"), tmp_path) as files, ping_streams(streams):
             wait_carried_only_by(files, pods, new, packets=50)
             stamp = cluster.agent_status_stamp(lab.name, old)
-            faults.node_up(lab.name, old)  # back while its pool is still cut off
+            # Powered on again while its pool is still cut off: a power cycle, so a fresh
+            # kernel (without reboot the lab keeps the node's kernel state, and its stale routes
+            # forward its own pods' traffic for the moment before its agent runs).
+            faults.node_up(lab.name, old, reboot=True)
             cluster.wait_agent_ready(lab.name, old, stamp)
             wait_probed(lab, MEMBER, old, lambda p: p["verdict"] == "up")  # the pool sees it
             wait_probed(lab, old, new, lambda p: p["replies"] > 0)  # and it hears the pool
