@@ -46,10 +46,9 @@ class Echo:
             except OSError:
                 return
             self.conns.append(conn)
-            threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
 
-    @staticmethod
-    def _echo(conn: socket.socket) -> None:
+    def _handle(self, conn: socket.socket) -> None:
         with conn:
             try:
                 while data := conn.recv(65536):
@@ -63,30 +62,17 @@ class Echo:
             conn.close()
 
 
-class AnswerThenHalfClose:
+class AnswerThenHalfClose(Echo):
     """A stand-in kubelet that ends first, as a kubelet ends an exec or a `Connection: close`
     answer: it reads the request, sends `size` bytes, shuts down its sending side, then waits
     for the end of what it receives. `ended` is set when that end arrives (EOF, or a reset)."""
 
     def __init__(self, host: str, size: int) -> None:
         self.size = size
-        self.sock = socket.create_server((host, 0))
-        self.port = self.sock.getsockname()[1]
         self.ended = threading.Event()
-        self.conns: list[socket.socket] = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
+        super().__init__(host)
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
-
-    def _answer(self, conn: socket.socket) -> None:
+    def _handle(self, conn: socket.socket) -> None:
         try:
             conn.recv(65536)
             conn.sendall(b"a" * self.size)
@@ -96,11 +82,6 @@ class AnswerThenHalfClose:
         except OSError:
             pass
         self.ended.set()
-
-    def close(self) -> None:
-        self.sock.close()
-        for conn in self.conns:
-            conn.close()
 
 
 def wait_for(check, what: str, timeout: float = 30.0) -> None:  # type: ignore[no-untyped-def]
