@@ -16,6 +16,11 @@ Rules kept:
   read) and runs the same diffs, so its `drift` is exactly what the next apply would change;
 - caches belong to the appliers; this class only routes netlink events to the appliers whose
   `invalidated_by` names them;
+- `cleanup` is every applier's `remove` (its removal of what it owns), in the reverse of the
+  apply order: nftables, rules, routes, neighbours, sysctls, WireGuard, VXLAN;
+- what else touches one kind of object lives in its applier (the WireGuard key pair, peer
+  take-overs, renewals and nudges in `wireguard/device.py`); the methods here only take the
+  lock and forward;
 - one lock serialises apply/repair/observe/cleanup, so the drift monitor's thread can repair.
 """
 
@@ -28,7 +33,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 
 from raven.dataplane import probe
-from raven.dataplane.appliers import Cached, neighbours, routes, rules, sysctls, vxlan
+from raven.dataplane.appliers import Applier, Scope, neighbours, routes, rules, sysctls, vxlan
 from raven.dataplane.appliers.neighbours import NeighbourApplier
 from raven.dataplane.appliers.nftables import FirewallApplier
 from raven.dataplane.appliers.routes import OurTables, RouteApplier, route_index
@@ -42,9 +47,8 @@ from raven.dataplane.firewall import collapse
 from raven.dataplane.links import LinkFacts, Links
 from raven.dataplane.netlink import NETLINK_ROUTE, NetlinkSocket
 from raven.dataplane.settings import ApplyResult, DataplaneSettings, DataplaneStatus, PeerStatus
-from raven.dataplane.wireguard import keys, nudge
 from raven.dataplane.wireguard.device import WireGuardApplier
-from raven.dataplane.wireguard.model import DeviceWrite, LiveDevice, LivePeer, PeerWrite
+from raven.dataplane.wireguard.model import LiveDevice, LivePeer
 from raven.desired import NodeState, Role
 
 _NOTHING = NodeState(node="", role=Role.ALONE, pool=None, vxlan=None)
@@ -84,10 +88,8 @@ class Dataplane:
         # applied (observe() compares the kernel with this); and the reason IPv6 was left out.
         self._reached: NodeState | None = None
         self._family_skip: tuple[str, ...] = ()
-        self._private_key: str | None = None  # base64, loaded by the last writing pass
         self._watcher: DriftWatcher | None = None
         self._tables = OurTables(self.overlay.tables)
-        self._nudger: nudge.Nudger | None = None  # liveness datagrams of direct paths
         try:
             self.links = Links(settings.netns)
             self._closers.append(self.links.close)
@@ -98,10 +100,11 @@ class Dataplane:
                 links=self.links, netns_name=settings.netns, ifname=self.overlay.wireguard_device,
                 backend=settings.wireguard_backend, state_dir=settings.state_dir,
                 run_dir=settings.wireguard_run_dir, wireguard_go=settings.wireguard_go,
+                fwmark=self.overlay.fwmark,
             )
             self._closers.append(self.wireguard.close)
             self.sysctls = SysctlApplier(settings.netns)
-            self.neighbours = NeighbourApplier(self.nl)
+            self.neighbours = NeighbourApplier(self.nl, self.overlay.vxlan_device)
             self.routes = RouteApplier(self.nl)
             self.rules = RuleApplier(self.nl)
             self.firewall = FirewallApplier(settings.netns, self.overlay.nft_table)
@@ -113,9 +116,10 @@ class Dataplane:
         except BaseException:
             self._close_all()
             raise
-        self._cached: tuple[Cached, ...] = (self.vxlan, self.wireguard, self.sysctls,
-                                            self.neighbours, self.routes, self.rules,
-                                            self.firewall)
+        # The apply order; cleanup runs it backwards.
+        self._appliers: tuple[Applier, ...] = (self.vxlan, self.wireguard, self.sysctls,
+                                               self.neighbours, self.routes, self.rules,
+                                               self.firewall)
 
     def _own_ports(self) -> set[int]:
         return {self.nl.port_id}
@@ -148,8 +152,7 @@ class Dataplane:
         self._closers.clear()
 
     def public_key(self) -> str:
-        private = keys.load_or_create_private_key(self.settings.state_dir)
-        return keys.b64(keys.public_key_of(private))
+        return self.wireguard.public_key()
 
     # --- apply -------------------------------------------------------------------------------
 
@@ -166,7 +169,7 @@ class Dataplane:
                 half = ipv4_half(state)
                 if half == state:
                     raise
-                for applier in self._cached:
+                for applier in self._appliers:
                     applier.forget()  # a write failed part-way: read the kernel again
                 # The writes made happened; the lines of the failed pass are replaced by what
                 # the IPv4 pass finds to do, so a steady state reports no change.
@@ -226,15 +229,8 @@ class Dataplane:
         if done.take(vx_changes, vx_changes.lines):
             done.writes += self.vxlan.apply(vx_changes)
         changed = vx_changes.create is not None or vx_changes.delete is not None
-        private_key = ""
-        if state.wireguard is not None:
-            # Only a writing pass loads the key: loading creates the state directory and a new
-            # key when the file is gone (a write, and a new identity). observe() compares with
-            # the key the last apply gave the device.
-            if done.write:
-                self._private_key = keys.b64(
-                    keys.load_or_create_private_key(self.settings.state_dir))
-            private_key = self._private_key or ""
+        private_key = (self.wireguard.private_key(load=done.write)
+                       if state.wireguard is not None else "")
         wg_live = self.wireguard.read(links, fresh=fresh)
         done.wireguard = wg_live.device
         wg_changes = self.wireguard.diff(state.wireguard, private_key, wg_live)
@@ -295,7 +291,7 @@ class Dataplane:
         """Hand every pending netlink event to the appliers whose caches it may make stale."""
         kinds = {kind for kind, _reason in self._events.drain()}
         if kinds:
-            for applier in self._cached:
+            for applier in self._appliers:
                 if kinds & applier.invalidated_by:
                     applier.forget()
 
@@ -322,59 +318,32 @@ class Dataplane:
                 skipped=seen.skipped + self._family_skip,
             )
 
+    # --- forwarded to the WireGuard applier (the agent's path manager calls these) ---------
+
     def wireguard_peers(self) -> dict[str, LivePeer]:
-        """The WireGuard peers as the device reports them now, by public key ({} without a
-        device): endpoint, last handshake, counters. Reads only the WireGuard device, so the
-        agent's path manager can poll it several times a second."""
+        """The WireGuard peers as the device reports them now ({} without a device); reads only
+        the WireGuard device, so the path manager can poll it several times a second."""
         with self._lock:
-            link = self.links.get(self.overlay.wireguard_device)
-            if link is None:
-                return {}
-            live = self.wireguard.read({link.name: link}, fresh=True)
-            return dict(live.device.peers) if live.device is not None else {}
+            return self.wireguard.peers()
 
     def take_allowed_ips(self, public_key: str, cidrs: tuple[str, ...],
                          at: float | None = None) -> None:
-        """Give `cidrs` to the existing peer `public_key` in one WireGuard write (each allowed
-        IP leaves the peer that held it): the instant a direct path takes over from the relay,
-        without waiting for a whole reconcile. The next apply re-reads the device. `at`
-        (monotonic seconds): write at that instant, not before; the wait holds the data
-        plane's lock, so no read of ours (observe, a poll) can delay the write past it."""
+        """Give `cidrs` to peer `public_key` in one write, at monotonic instant `at`: the
+        instant a direct path takes over from the relay. The wait holds our lock, so no read
+        of ours (observe, a poll) can delay the write past `at`."""
         with self._lock:
-            if at is not None:
-                time.sleep(max(0.0, at - time.monotonic()))
-            if not cidrs or self.wireguard.backend is None:
-                return
-            self.wireguard.write(DeviceWrite(peers=(
-                PeerWrite(public_key=public_key, allowed_ips=tuple(sorted(cidrs))),)))
+            self.wireguard.take_allowed_ips(public_key, cidrs, at)
 
     def renew_peers(self, keys: list[str]) -> list[str]:
-        """Make each peer of `keys` that never completed a handshake afresh, with the same
-        endpoint, keepalive, allowed IPs and preshared key, in one WireGuard write: a new peer
-        with a keepalive initiates at once, where WireGuard would wait 5 s (REKEY_TIMEOUT) to
-        retry a first initiation that was lost. A peer that has a handshake by now is left
-        alone. Returns the keys renewed."""
+        """Remake the peers of `keys` whose first handshake was lost (a new peer with a
+        keepalive initiates at once; WireGuard would wait REKEY_TIMEOUT). Returns those renewed."""
         with self._lock:
-            link = self.links.get(self.overlay.wireguard_device)
-            if link is None:
-                return []
-            live = self.wireguard.read({link.name: link}, fresh=True).device
-            if live is None:
-                return []
-            writes: list[PeerWrite] = []
-            for key in keys:
-                peer = live.peers.get(key)
-                if peer is None or peer.last_handshake or not peer.endpoint:
-                    continue
-                writes += [PeerWrite(public_key=key, remove=True),
-                           PeerWrite(public_key=key, endpoint=peer.endpoint,
-                                     keepalive=peer.keepalive,
-                                     preshared_key=peer.preshared_key,
-                                     replace_allowed_ips=True,
-                                     allowed_ips=tuple(sorted(peer.allowed_ips)))]
-            if writes:
-                self.wireguard.write(DeviceWrite(peers=tuple(writes)))
-            return [w.public_key for w in writes if not w.remove]
+            return self.wireguard.renew_peers(keys)
+
+    def nudge(self, source: str, destinations: list[str]) -> int:
+        """Liveness datagrams through the WireGuard device (raven.dataplane.wireguard.nudge)."""
+        with self._lock:
+            return self.wireguard.nudge(source, destinations)
 
     def rtt_ms(self, address: str) -> float | None:
         """ICMP round trip to an IPv4 address from this node (raven.dataplane.probe)."""
@@ -385,14 +354,6 @@ class Dataplane:
         """ICMP echoes to an IPv4 address, from `source` when given: (smallest RTT in ms or
         None, replies of `tries`)."""
         return probe.echo(self.settings.netns, address, tries, source=source)
-
-    def nudge(self, source: str, destinations: list[str]) -> int:
-        """Liveness datagrams through the WireGuard device (raven.dataplane.wireguard.nudge)."""
-        with self._lock:
-            if self._nudger is None:
-                self._nudger = nudge.Nudger(self.settings.netns, self.overlay.fwmark)
-                self._closers.append(self._nudger.close)
-            return self._nudger.send(source, destinations)
 
     # --- drift -----------------------------------------------------------------------------------
 
@@ -416,29 +377,16 @@ class Dataplane:
     # --- cleanup ---------------------------------------------------------------------------------
 
     def cleanup(self) -> list[str]:
-        """Remove every object of ours (see module rules) and nothing else. Keeps the key file."""
+        """Remove every object of ours (see module rules) and nothing else: each applier's
+        `remove`, in the reverse of the apply order. Keeps the key file."""
         with self._lock:
+            scope = Scope(self._tables(self._last), self.links.all())
             changes: list[str] = []
-            tables = self._tables(self._last)
-            links: dict[str, LinkFacts] = self.links.all()
-            names = {link.index: name for name, link in links.items()}
-            ru_changes = rules.diff((), self.rules.read(tables, fresh=True))
-            rt_changes = routes.diff({}, self.routes.read(tables, names, fresh=True))
-            changes += [*ru_changes.lines, *rt_changes.lines]
-            self.rules.apply(ru_changes)
-            self.routes.apply(rt_changes, links)
-            vx = links.get(self.overlay.vxlan_device)
-            if vx is not None and vx.kind == "vxlan":
-                self.links.delete(vx.index)
-                changes.append(f"delete link {vx.name}")
-            changes += self.wireguard.cleanup()
-            fw_plan = self.firewall.diff(None, self.firewall.read(None, fresh=True))
-            if not fw_plan.empty():
-                self.firewall.apply(fw_plan, None)
-                changes.append(f"delete nft table inet {self.overlay.nft_table}")
+            for applier in reversed(self._appliers):
+                changes += applier.remove(scope)
             self._last = self._reached = None
             self._family_skip = ()
-            for applier in self._cached:
+            for applier in self._appliers:
                 applier.forget()
             return changes
 

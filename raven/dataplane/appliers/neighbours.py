@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from raven.dataplane import rtnl
+from raven.dataplane.appliers import Scope
 from raven.dataplane.netlink import NetlinkSocket
 from raven.desired import FdbEntry, NeighEntry
 
@@ -52,8 +53,9 @@ def diff(fdb: tuple[FdbEntry, ...], neighbours: tuple[NeighEntry, ...],
 class NeighbourApplier:
     invalidated_by: frozenset[str] = frozenset()
 
-    def __init__(self, nl: NetlinkSocket) -> None:
+    def __init__(self, nl: NetlinkSocket, device: str = "") -> None:
         self.nl = nl
+        self.device = device  # our VXLAN device, whose entries cleanup removes
 
     def forget(self) -> None:
         pass
@@ -70,3 +72,13 @@ class NeighbourApplier:
         requests += [rtnl.neigh_request(e, ifindex, delete=True) for e in changes.neigh_del]
         requests += [rtnl.neigh_request(e, ifindex) for e in changes.neigh_add]
         return self.nl.write(requests)
+
+    def remove(self, scope: Scope) -> list[str]:
+        """Cleanup's part: every permanent entry on our VXLAN device (before the device itself
+        goes, which would take them along)."""
+        link = scope.links.get(self.device)
+        if link is None or link.kind != "vxlan":
+            return []
+        changes = diff((), (), self.read(link.index))
+        self.apply(changes, link.index)
+        return list(changes.lines)

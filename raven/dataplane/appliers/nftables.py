@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from raven.dataplane import netns
+from raven.dataplane.appliers import Scope
 from raven.dataplane.firewall import (
     Collapser,
     FirewallPlan,
@@ -123,3 +124,12 @@ class FirewallApplier:
         self._cache = (self.nft.generation(), skeleton(desired, snat)[1],
                        LiveFirewall(True, want))
         return 1
+
+    def remove(self, scope: Scope) -> list[str]:
+        """Cleanup's part: our table `inet <table>`, whole (foreign tables are never read for
+        deletion)."""
+        plan = self.diff(None, self.read(None, fresh=True))
+        if plan.empty():
+            return []
+        self.apply(plan, None)
+        return [f"delete nft table inet {self.table}"]

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from raven.dataplane import drift, rtnl
+from raven.dataplane.appliers import Scope
 from raven.dataplane.errors import DataplaneError
 from raven.dataplane.links import LinkFacts
 from raven.dataplane.netlink import NetlinkError, NetlinkSocket
@@ -156,3 +157,10 @@ class RouteApplier:
             raise
         self._cache = changes.want
         return writes
+
+    def remove(self, scope: Scope) -> list[str]:
+        """Cleanup's part: every route in our tables."""
+        names = {link.index: name for name, link in scope.links.items()}
+        changes = diff({}, self.read(scope.tables, names, fresh=True))
+        self.apply(changes, scope.links)
+        return list(changes.lines)

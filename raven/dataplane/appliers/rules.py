@@ -12,6 +12,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from raven.dataplane import drift, rtnl
+from raven.dataplane.appliers import Scope
 from raven.dataplane.netlink import NetlinkSocket
 from raven.desired import Rule
 
@@ -90,3 +91,9 @@ class RuleApplier:
         writes = self.nl.write(requests)
         self._cache = Counter(changes.want)
         return writes
+
+    def remove(self, scope: Scope) -> list[str]:
+        """Cleanup's part: every rule that looks up one of our tables."""
+        changes = diff((), self.read(scope.tables, fresh=True))
+        self.apply(changes)
+        return list(changes.lines)

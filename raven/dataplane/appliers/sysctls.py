@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from raven.dataplane import sysctl
+from raven.dataplane.appliers import Scope
 from raven.desired import NodeState
 
 Sysctl = tuple[str, str]
@@ -57,3 +58,9 @@ class SysctlApplier:
         for key, value in changes.writes:
             sysctl.write(self.netns, key, value)
         return len(changes.writes)
+
+    def remove(self, scope: Scope) -> list[str]:
+        """Cleanup's part: nothing to write. The per-device keys go with our devices; the
+        node-wide ones (forwarding) are not put back, since the previous value was never ours
+        to record and the node may rely on them."""
+        return []

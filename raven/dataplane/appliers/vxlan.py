@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from raven.dataplane import sysctl
+from raven.dataplane.appliers import Scope
 from raven.dataplane.errors import DataplaneError
 from raven.dataplane.links import LinkFacts, Links
 from raven.desired import VxlanDevice
@@ -186,3 +187,12 @@ class VxlanApplier:
             self.links.add_address(index, address, prefixlen)  # type: ignore[arg-type]
             writes += 1
         return writes
+
+    def remove(self, scope: Scope) -> list[str]:
+        """Cleanup's part: our device (a link of our name that is a VXLAN device; a foreign
+        link of that name is left alone), its addresses and entries with it."""
+        link = self.links.get(self.name)
+        if link is None or link.kind != "vxlan":
+            return []
+        self.apply(diff(None, self.name, VxlanLive(link)))
+        return [f"delete link {self.name}"]

@@ -13,29 +13,39 @@ by the device's ifindex and the daemon's pid, and diff against that instead of r
 Nothing notifies us of a foreign `wg set`, so the cache is replaced by a full read on
 `read(fresh=True)` (repair, observe), and dropped on any failed write, a new ifindex or pid, and
 when it is older than RESYNC_S.
+
+Besides the reconcile, the applier owns what else touches the device: the node's key pair
+(`private_key`, `public_key`: created once in the state directory, see keys.py), the peer
+operations of the agent's path manager outside a reconcile (`peers`, `take_allowed_ips`,
+`renew_peers`), the liveness datagrams of direct paths (`nudge`, nudge.py) and its part of
+cleanup (`remove`: the daemon, then the device).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
+from raven.dataplane.appliers import Scope
 from raven.dataplane.errors import DataplaneError
 from raven.dataplane.links import LinkFacts, Links, LinkUnsupported
+from raven.dataplane.wireguard import keys, nudge
 from raven.dataplane.wireguard.genl import KernelWireGuard
 from raven.dataplane.wireguard.model import (
     DeviceWrite,
     LiveDevice,
     LivePeer,
+    PeerWrite,
     diff_device,
     split_peers,
 )
 from raven.dataplane.wireguard.userspace import WireGuardGo
 from raven.desired import WireGuardDevice
+from raven.settings import WIREGUARD_BACKENDS as BACKENDS  # the one table of backends
 
-BACKENDS = ("auto", "kernel", "userspace")
 RESYNC_S = 30.0  # the longest we trust what we wrote without reading the device back
 _EMPTY = LiveDevice(private_key=None, listen_port=0)
 
@@ -120,7 +130,8 @@ class WireGuardApplier:
     invalidated_by: frozenset[str] = frozenset()  # nothing notifies WireGuard changes
 
     def __init__(self, *, links: Links, netns_name: str | None, ifname: str, backend: str,
-                 state_dir: Path, run_dir: Path | None, wireguard_go: str) -> None:
+                 state_dir: Path, run_dir: Path | None, wireguard_go: str,
+                 fwmark: int = 0) -> None:
         if backend not in BACKENDS:
             raise DataplaneError(
                 f"wireguard backend {backend!r} is not valid; use one of {', '.join(BACKENDS)}")
@@ -128,6 +139,10 @@ class WireGuardApplier:
         self.netns = netns_name
         self.ifname = ifname
         self.requested = backend
+        self.state_dir = Path(state_dir)
+        self.fwmark = fwmark  # marks the nudges, so our policy rule routes them into the device
+        self._private_key: str | None = None  # base64, loaded by the last writing pass
+        self._nudger: nudge.Nudger | None = None
         self.daemon = WireGuardGo(netns_name=netns_name, ifname=ifname, state_dir=state_dir,
                                   run_dir=run_dir, binary=wireguard_go)
         self._kernel: KernelWireGuard | None = None
@@ -142,6 +157,22 @@ class WireGuardApplier:
         if self._kernel is not None:
             self._kernel.close()
             self._kernel = None
+        if self._nudger is not None:
+            self._nudger.close()
+            self._nudger = None
+
+    # --- the key pair -------------------------------------------------------------------------
+
+    def private_key(self, *, load: bool) -> str:
+        """The private key (base64) the device is to have. Only a writing pass may `load` it:
+        loading creates the state directory and a new key when the file is gone (a write, and
+        a new identity); a reading pass (observe) compares with the key the last load gave."""
+        if load:
+            self._private_key = keys.b64(keys.load_or_create_private_key(self.state_dir))
+        return self._private_key or ""
+
+    def public_key(self) -> str:
+        return keys.b64(keys.public_key_of(keys.load_or_create_private_key(self.state_dir)))
 
     def _owner(self) -> int | None:
         return self.daemon.pid() if self.backend == "userspace" else None
@@ -160,6 +191,59 @@ class WireGuardApplier:
             self._configurator().set(write)
         finally:
             self._cache = None
+
+    # --- outside a reconcile (the agent's path manager) -----------------------------------
+
+    def _device_now(self) -> LiveDevice | None:
+        link = self.links.get(self.ifname)
+        if link is None:
+            return None
+        return self.read({link.name: link}, fresh=True).device
+
+    def peers(self) -> dict[str, LivePeer]:
+        """The peers as the device reports them now, by public key ({} without a device)."""
+        live = self._device_now()
+        return dict(live.peers) if live is not None else {}
+
+    def take_allowed_ips(self, public_key: str, cidrs: tuple[str, ...],
+                         at: float | None = None) -> None:
+        """Give `cidrs` to the existing peer `public_key` in one write (each allowed IP leaves
+        the peer that held it). `at` (monotonic seconds): write at that instant, not before
+        (the caller holds its lock across the wait, so no read of ours delays the write)."""
+        if at is not None:
+            time.sleep(max(0.0, at - time.monotonic()))
+        if not cidrs or self.backend is None:
+            return
+        self.write(DeviceWrite(peers=(
+            PeerWrite(public_key=public_key, allowed_ips=tuple(sorted(cidrs))),)))
+
+    def renew_peers(self, public_keys: list[str]) -> list[str]:
+        """Make each peer of `public_keys` that never completed a handshake afresh (same
+        endpoint, keepalive, allowed IPs, preshared key) in one write; returns the keys
+        renewed. A peer with a handshake by now is left alone."""
+        live = self._device_now()
+        if live is None:
+            return []
+        writes: list[PeerWrite] = []
+        for key in public_keys:
+            peer = live.peers.get(key)
+            if peer is None or peer.last_handshake or not peer.endpoint:
+                continue
+            writes += [PeerWrite(public_key=key, remove=True),
+                       PeerWrite(public_key=key, endpoint=peer.endpoint,
+                                 keepalive=peer.keepalive, preshared_key=peer.preshared_key,
+                                 replace_allowed_ips=True,
+                                 allowed_ips=tuple(sorted(peer.allowed_ips)))]
+        if writes:
+            self.write(DeviceWrite(peers=tuple(writes)))
+        return [w.public_key for w in writes if not w.remove]
+
+    def nudge(self, source: str, destinations: Iterable[str]) -> int:
+        """Liveness datagrams of direct paths through the device (nudge.py); the socket is
+        opened on first use and closed with the applier."""
+        if self._nudger is None:
+            self._nudger = nudge.Nudger(self.netns, self.fwmark)
+        return self._nudger.send(source, destinations)
 
     # --- read -------------------------------------------------------------------------------
 
@@ -278,7 +362,9 @@ class WireGuardApplier:
             writes += 1
         return writes
 
-    def cleanup(self) -> list[str]:
+    def remove(self, scope: Scope | None = None) -> list[str]:
+        """Cleanup's part: our wireguard-go, then our device (a link of our name and of a
+        WireGuard kind); the key file stays (the node's identity). Returns what was removed."""
         self._cache = None
         # The daemon first: stopped, wireguard-go removes its TUN device itself.
         changes = []
