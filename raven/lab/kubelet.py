@@ -14,7 +14,9 @@ Rules kept:
 - it writes only on change (registration, a Ready transition): a steady lab makes no API
   writes, so watchers see no churn;
 - it never touches labels or annotations it did not set (agents publish their keys there);
-- the lab's fault markers are plain files under the run directory, written by raven.lab.faults.
+- the lab's fault markers are plain files under the run directory, written by raven.lab.faults;
+- the grace deadline runs on the monotonic clock (a wall-clock step never marks a node down or
+  keeps it up); the wall clock only stamps the condition's times.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def ready_condition(ready: bool, now: float, since: float | None = None) -> JSON
 class NodeTrack:
     pool: PoolPlan
     node: NodePlan
-    last_post: float  # last time the node "posted status" (was up and connected)
+    last_post: float  # monotonic time the node last "posted status" (was up and connected)
     ready: bool | None = None  # what we last wrote; None = not written yet
 
 
@@ -105,7 +107,7 @@ class Kubelet:
                  all_running: bool = False) -> None:
         self.lab, self.plan, self.kube, self.grace = lab, plan, kube, grace
         self.all_running = all_running  # outside a lab (Vagrant): no holders to look at
-        now = time.time()
+        now = time.monotonic()
         self.tracks = {n.name: NodeTrack(p, n, now) for p, n in plan.nodes()}
 
     def posting(self, track: NodeTrack) -> bool:
@@ -134,15 +136,18 @@ class Kubelet:
         self.kube.merge_patch(NODES, track.node.name, patch)
         track.ready = None  # rewrite the condition on the next turn
 
-    def turn(self, now: float) -> None:
+    def turn(self, now: float, wall: float) -> None:
+        """`now`: monotonic seconds (the grace deadline); `wall`: unix seconds, for the
+        condition's timestamps only."""
         for track in self.tracks.values():
             if self.posting(track):
                 track.last_post = now
             want = now - track.last_post <= self.grace
             if want != track.ready:
-                self._write_ready(track, want, now)
+                # the wall-clock time of the last post: `wall` minus the monotonic time since
+                self._write_ready(track, want, wall, wall - (now - track.last_post))
 
-    def _write_ready(self, track: NodeTrack, ready: bool, now: float) -> None:
+    def _write_ready(self, track: NodeTrack, ready: bool, now: float, last_post: float) -> None:
         try:
             current = self.kube.get(NODES, track.node.name)
         except NotFound:
@@ -151,7 +156,7 @@ class Kubelet:
             return
         status = current.setdefault("status", {})
         others = [c for c in status.get("conditions") or [] if c.get("type") != "Ready"]
-        since = now if not ready else track.last_post
+        since = now if not ready else last_post
         status["conditions"] = [*others, ready_condition(ready, now, since)]
         self.kube.replace_status(NODES, current)
         track.ready = ready
@@ -164,7 +169,7 @@ class Kubelet:
                 if not registered:
                     self.register()
                     registered = True
-                self.turn(time.time())
+                self.turn(time.monotonic(), time.time())
             except KubeError as exc:  # API down or a conflict: look again next turn
                 log.warning("API: %s", exc)
             stop.wait(period)
@@ -176,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("lab")
     parser.add_argument("--kubeconfig", type=Path, required=True)
     parser.add_argument("--grace", type=float, default=DEFAULT_GRACE,
-                        help="seconds without status before Ready turns Unknown (default 40)")
+                        help="seconds without status before Ready turns Unknown (default "
+                        f"{DEFAULT_GRACE:g})")
     parser.add_argument("--period", type=float, default=DEFAULT_PERIOD)
     parser.add_argument("--all-running", action="store_true",
                         help="count every node as running (machines outside a lab, e.g. the "

@@ -21,9 +21,12 @@ from typing import Any
 
 from raven.errors import ValidationError
 from raven.model import PROXY, Endpoint, Gateway
+from raven.settings import PROXY_SERVER_PORT
 
 DEFAULT_KUBELET_PORTS = frozenset({10250, 10255})
-SERVER_PORT = 10263  # the server-facing (CONNECT) port; OpenYurt's DefaultProxyServerSecurePort
+# The server-facing (CONNECT) port (OpenYurt's DefaultProxyServerSecurePort): the settings
+# root's default, written once there (ProxySettings.server_port); named here for the callers.
+SERVER_PORT = PROXY_SERVER_PORT
 SERVER = "server"
 CLIENT = "client"
 NONE = "none"
