@@ -27,3 +27,9 @@ class DataplaneError(RavenError):
     """The kernel or a tool refused a change, or the environment lacks something we need
     (defined here, not in raven.dataplane, so the settings root can refuse a bad data-plane
     section without importing the kernel code; `raven.dataplane.errors` re-exports it)."""
+
+
+class ApiServerError(RavenError):
+    """The API server cannot start (or run) as configured; the message says what to change
+    (defined here, not in raven.apiserver, so the settings root can refuse a bad API server
+    section; `raven.apiserver.errors` re-exports it)."""

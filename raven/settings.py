@@ -13,6 +13,8 @@ Sections:
 - `LeaderSettings`, `ControllerSettings`: the gateway controller's knobs.
 - `LabSettings`: the network-namespace lab's daemons and waits (`raven.lab.cluster` calls it
   `ClusterSettings`).
+- `ApiServerSettings`: the embedded API server (`raven apiserver`); `raven.apiserver.settings`
+  re-exports it (the same class), and a bad value raises `ApiServerError` when it is made.
 - `RavenSettings`: the root that composes them; `DEFAULTS` is the one default instance.
 
 Rules kept:
@@ -37,7 +39,7 @@ from typing import Any
 
 from raven import constants
 from raven.election import ElectionOptions
-from raven.errors import DataplaneError
+from raven.errors import ApiServerError, DataplaneError
 from raven.failover import ProbeSettings
 
 # An overlay packet must still carry a minimal IPv4 packet (RFC 791: 576 bytes) after the
@@ -50,6 +52,7 @@ DEFAULT_STATE_DIR = Path("/var/lib/raven")  # the agent's key, input cache, stat
 WIREGUARD_BACKENDS = ("auto", "kernel", "userspace")  # auto: the kernel module if it loads
 DEFAULT_WIREGUARD_BACKEND = "auto"
 DEFAULT_WIREGUARD_GO = "wireguard-go"  # the userspace backend's binary (looked up on $PATH)
+DEFAULT_APISERVER_DATA_DIR = Path("/var/lib/raven-apiserver")  # `raven apiserver --data-dir`
 DEFAULT_NODE_GRACE = 40.0  # kube-controller-manager --node-monitor-grace-period (lab kubelet)
 # Ports written once here; the shipped manifests use them (tests/unit/test_settings_defaults.py).
 PROXY_SERVER_PORT = 10263  # a proxy server's server-facing (CONNECT) port (OpenYurt's default)
@@ -313,6 +316,106 @@ class LabSettings:
 
 
 @dataclass(frozen=True)
+class ApiServerSettings:
+    """Everything the API server needs to start.
+
+    `port` 0 asks the kernel for a free port; the bound port is reported by the running server.
+    `plain_http` serves without TLS and is refused unless `host` is a loopback address.
+    """
+
+    data_dir: Path = field(default=DEFAULT_APISERVER_DATA_DIR, metadata={
+        "help": "directory for the database, TLS material, token and kubeconfig"})
+    host: str = "127.0.0.1"
+    port: int = 6443
+    plain_http: bool = False
+    extra_sans: tuple[str, ...] = ()
+    # Older resourceVersions than the events kept get 410 Expired.
+    watch_history: int = _opt(20000, "events kept for resuming watches")
+    bookmark_interval: float = _opt(60.0, "seconds between watch bookmarks")
+    # Watches without timeoutSeconds end after a random time in this range (like kube-apiserver).
+    default_watch_timeout: tuple[float, float] = field(default=(1800.0, 3600.0))
+    # A watcher with this many unsent bytes is disconnected (it re-watches or re-lists).
+    watcher_backlog_bytes: int = 64 << 20
+    max_body_bytes: int = _opt(3 << 20, "largest request body accepted (any framing); larger "
+                               "ones get 413; kube-apiserver's is 3 MiB")
+    # JSON/YAML bodies nested deeper than this are refused (400) before anything recurses on them.
+    max_body_depth: int = 200
+    # Bytes of request line and headers read per request; beyond them 431 and close (Go's
+    # net/http DefaultMaxHeaderBytes). http.server alone allows 100 lines of 64 KiB: 6.4 MB held
+    # per unauthenticated connection, several GB over max_connections.
+    max_header_bytes: int = 1 << 20
+    # Seconds a client has to send the request line and headers (TLS handshake included).
+    header_timeout: float = 30.0
+    # Seconds a client has to send a whole body once its headers are in.
+    body_timeout: float = 60.0
+    idle_timeout: float = _opt(90.0, "close a keep-alive connection idle this many seconds; "
+                               "watches are never idle")
+    # Seconds a response write may block on a client that does not read.
+    write_timeout: float = 60.0
+    max_connections: int = _opt(1024, "connections served at once (one thread each), watches "
+                                "included; more are closed at accept")
+    # --- kubelets (pods/log, pods/exec, pods/attach, nodes/proxy; raven.apiserver.nodedial)
+    # CA that kubelet serving certificates must chain to; None: the cluster CA of the data dir.
+    kubelet_ca: Path | None = None
+    # Client certificate and key presented to kubelets (and egress proxies); None: made in the
+    # data dir from the cluster CA (apiserver-kubelet-client.crt).
+    kubelet_client_cert: Path | None = None
+    kubelet_client_key: Path | None = None
+    # Networks (CIDRs) node addresses must lie in to be dialled; empty: any unicast address
+    # that is not link-local.
+    kubelet_networks: tuple[str, ...] = ()
+    kubelet_timeout: float = _opt(10.0, "seconds to connect (TCP, proxy CONNECT, TLS) to a "
+                                  "kubelet or egress proxy before answering 503/502")
+    # HTTP CONNECT proxies over TLS (HOST:PORT), tried in order, for the nodes `egress_selector`
+    # selects (kube-apiserver's egress selector, HTTPConnect mode); empty: always direct.
+    egress_proxies: tuple[str, ...] = ()
+    # Label selector of the Nodes reached through the egress proxies; "" selects every node.
+    egress_selector: str = ""
+    # CA that egress proxy certificates must chain to; None: the cluster CA.
+    egress_proxy_ca: Path | None = None
+    # Raven's proxy (docs/proxy.md): nodes of NAT'd pools are reached through the proxy servers
+    # the Gateway status names, with a client certificate issued from this CA (certificate and
+    # key); None: not used. Checked before the egress proxies above.
+    raven_proxy_ca: Path | None = None
+    raven_proxy_ca_key: Path | None = None
+    raven_proxy_port: int = _opt(PROXY_SERVER_PORT, "the proxy servers' server-facing port")
+
+    def __post_init__(self) -> None:
+        problems = apiserver_problems(self)
+        if problems:
+            raise ApiServerError("API server settings: " + "; ".join(problems))
+
+
+def apiserver_problems(s: ApiServerSettings) -> list[str]:
+    """Every problem of the section, naming the setting (`raven apiserver` names the flag)."""
+    problems = []
+    for name in ("watch_history", "max_body_bytes", "max_body_depth", "max_connections",
+                 "max_header_bytes"):
+        if getattr(s, name) < 1:
+            problems.append(f"{name} must be at least 1 (got {getattr(s, name)})")
+    for name in ("bookmark_interval", "header_timeout", "body_timeout", "idle_timeout",
+                 "write_timeout"):
+        if not getattr(s, name) > 0:
+            problems.append(f"{name} must be more than 0 seconds (got {getattr(s, name)})")
+    if not s.kubelet_timeout > 0:
+        problems.append(f"kubelet_timeout must be more than 0 seconds "
+                        f"(got {s.kubelet_timeout})")
+    for cidr in s.kubelet_networks:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            problems.append(f"kubelet_networks: {cidr!r} is not a network (e.g. "
+                            "198.18.0.0/15)")
+    if (s.raven_proxy_ca is None) != (s.raven_proxy_ca_key is None):
+        problems.append("raven_proxy_ca and raven_proxy_ca_key go together")
+    if not 0 < s.raven_proxy_port < 65536:
+        problems.append(f"raven_proxy_port must be a port number (got {s.raven_proxy_port})")
+    if (s.kubelet_client_cert is None) != (s.kubelet_client_key is None):
+        problems.append("kubelet_client_cert and kubelet_client_key go together")
+    return problems
+
+
+@dataclass(frozen=True)
 class RavenSettings:
     """The root: every section, each with its defaults."""
 
@@ -321,11 +424,10 @@ class RavenSettings:
     dataplane: DataplaneSettings = field(default_factory=DataplaneSettings)
     controller: ControllerSettings = field(default_factory=ControllerSettings)
     lab: LabSettings = field(default_factory=LabSettings)
+    apiserver: ApiServerSettings = field(default_factory=ApiServerSettings)
 
 
 DEFAULTS = RavenSettings()
-
-
 
 
 def help_for(section: Any, name: str, show_default: bool = True) -> str:

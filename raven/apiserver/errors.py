@@ -8,8 +8,6 @@ CLI errors itself.
 
 from __future__ import annotations
 
-from raven.errors import RavenError
+from raven.errors import ApiServerError  # defined with the settings root's other errors
 
-
-class ApiServerError(RavenError):
-    """The API server cannot start (or run) as configured; the message says what to change."""
+__all__ = ["ApiServerError"]

@@ -11,14 +11,19 @@ import logging
 import sys
 from pathlib import Path
 
-from raven.apiserver.settings import ApiServerSettings
 from raven.errors import CommandError
-from raven.settings import default_of
+from raven.settings import ApiServerSettings, default_of, help_for
+
+# Defaults and help texts are the settings root's (raven.settings.ApiServerSettings), written
+# once there.
 
 
 def _default(name: str) -> object:
-    """The default of ApiServerSettings.`name`: written once, in raven.apiserver.settings."""
     return default_of(ApiServerSettings, name)
+
+
+def _help(name: str) -> str:
+    return help_for(ApiServerSettings, name)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "DIR/admin.kubeconfig with the CA and a bearer token.",
     )
     parser.add_argument("--data-dir", required=True, type=Path,
-                        help="directory for the database, TLS material, token and kubeconfig")
+                        help=help_for(ApiServerSettings, "data_dir", show_default=False))
     listen = f"{_default('host')}:{_default('port')}"
     parser.add_argument("--listen", default=listen, metavar="HOST:PORT",
                         help=f"address to listen on; port 0 picks a free port (default {listen})")
@@ -38,21 +43,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--tls-san", action="append", default=[], metavar="NAME_OR_IP",
                         help="extra name or address for the serving certificate (repeatable)")
     parser.add_argument("--watch-history", type=int, default=_default("watch_history"),
-                        metavar="EVENTS", help="events kept for resuming watches (default "
-                        f"{_default('watch_history')})")
+                        metavar="EVENTS", help=_help("watch_history"))
     parser.add_argument("--bookmark-interval", type=float,
                         default=_default("bookmark_interval"), metavar="SECONDS",
-                        help="seconds between watch bookmarks (default "
-                        f"{_default('bookmark_interval'):g})")
+                        help=_help("bookmark_interval"))
     parser.add_argument("--max-request-body-bytes", type=int, default=_default("max_body_bytes"),
-                        metavar="BYTES", help="largest request body accepted; larger ones get "
-                        f"413 (default {_default('max_body_bytes')}, kube-apiserver's 3 MiB)")
+                        metavar="BYTES", help=_help("max_body_bytes"))
     parser.add_argument("--max-connections", type=int, default=_default("max_connections"),
-                        metavar="N", help="connections served at once, watches included; more "
-                        f"are closed at accept (default {_default('max_connections')})")
+                        metavar="N", help=_help("max_connections"))
     parser.add_argument("--idle-timeout", type=float, default=_default("idle_timeout"),
-                        metavar="SECONDS", help="close a keep-alive connection idle this long "
-                        f"(default {_default('idle_timeout'):g}; watches are never idle)")
+                        metavar="SECONDS", help=_help("idle_timeout"))
     kubelets = parser.add_argument_group(
         "kubelets", "how pods/log, pods/exec and nodes/proxy reach a node's kubelet (its "
         "InternalIP and status.daemonEndpoints.kubeletEndpoint.Port, default 10250)")
@@ -67,8 +67,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                           help="node addresses outside these networks are refused (403); "
                           "repeatable (default: any unicast address but link-local)")
     kubelets.add_argument("--kubelet-timeout", type=float, default=_default("kubelet_timeout"),
-                          metavar="SECONDS", help="connect timeout to a kubelet or egress proxy "
-                          f"(default {_default('kubelet_timeout'):g})")
+                          metavar="SECONDS", help=_help("kubelet_timeout"))
     kubelets.add_argument("--egress-proxy", action="append", default=[], metavar="HOST:PORT",
                           help="HTTP CONNECT proxy over TLS to reach the nodes --egress-selector "
                           "selects (kube-apiserver's egress selector); repeatable, tried in order")
@@ -84,8 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     kubelets.add_argument("--raven-proxy-ca-key", type=Path, metavar="FILE",
                           help="the key of --raven-proxy-ca")
     kubelets.add_argument("--raven-proxy-port", type=int, default=_default("raven_proxy_port"),
-                          metavar="PORT", help="the proxy servers' server-facing port (default "
-                          f"{_default('raven_proxy_port')})")
+                          metavar="PORT", help=_help("raven_proxy_port"))
     parser.add_argument("-v", "--verbose", action="count", default=0,
                         help="log every request (-v) and connection details (-vv)")
     parser.set_defaults(func=run)
@@ -97,6 +95,7 @@ SETTING_OPTIONS = (
     ("idle_timeout", "--idle-timeout"), ("raven_proxy_ca_key", "--raven-proxy-ca-key"),
     ("raven_proxy_ca", "--raven-proxy-ca"), ("raven_proxy_port", "--raven-proxy-port"),
     ("kubelet_timeout", "--kubelet-timeout"), ("kubelet_networks", "--kubelet-network"),
+    ("watch_history", "--watch-history"), ("bookmark_interval", "--bookmark-interval"),
 )
 
 
@@ -114,10 +113,6 @@ def run(args: argparse.Namespace) -> int:
     from raven.apiserver.server import serve
 
     host, port = parse_listen(args.listen)
-    if args.watch_history < 1:
-        raise CommandError("--watch-history must be at least 1")
-    if args.bookmark_interval <= 0:
-        raise CommandError("--bookmark-interval must be more than 0 seconds")
     level = logging.WARNING if args.verbose == 0 else logging.INFO
     if args.verbose > 1:
         level = logging.DEBUG
