@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from raven.cli import build_parser, main
 from raven.errors import DataplaneError as RavenDataplaneError
+from raven.errors import RavenError
 from raven.health import HealthServer
 from raven.kube.cache import CachedInputs, InputCache
 from raven.settings import (
@@ -40,10 +41,12 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def test_the_root_composes_every_section_and_plan_options_is_the_overlay_section() -> None:
     assert {f.name for f in fields(DEFAULTS)} == {"overlay", "agent", "dataplane", "controller",
-                                                  "lab"}
+                                                  "lab", "apiserver"}
     assert PlanOptions is OverlaySettings
     assert DEFAULTS.agent.overlay == DEFAULTS.overlay == DEFAULTS.dataplane.overlay
     # The packages use the root's sections themselves, not copies of them.
+    from raven.apiserver.errors import ApiServerError
+    from raven.apiserver.settings import ApiServerSettings
     from raven.dataplane import DataplaneError, DataplaneSettings
     from raven.lab.cluster import ClusterSettings
     from raven.lab.kubelet import DEFAULT_GRACE
@@ -51,6 +54,8 @@ def test_the_root_composes_every_section_and_plan_options_is_the_overlay_section
     assert DataplaneSettings is type(DEFAULTS.dataplane)
     assert ClusterSettings is type(DEFAULTS.lab)
     assert DataplaneError is RavenDataplaneError
+    assert ApiServerSettings is type(DEFAULTS.apiserver)
+    assert issubclass(ApiServerError, RavenError)
     assert DEFAULTS.lab.node_grace == DEFAULT_GRACE
     # The agent makes its data plane's section from its own: the same defaults.
     a, d = DEFAULTS.agent, DEFAULTS.dataplane
