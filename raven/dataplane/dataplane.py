@@ -29,14 +29,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from types import TracebackType
 
 from raven.dataplane import probe
-from raven.dataplane.appliers import Applier, Scope, neighbours, routes, rules, sysctls, vxlan
+from raven.dataplane.appliers import Applier, Pass, Scope
 from raven.dataplane.appliers.neighbours import NeighbourApplier
 from raven.dataplane.appliers.nftables import FirewallApplier
-from raven.dataplane.appliers.routes import OurTables, RouteApplier, route_index
+from raven.dataplane.appliers.routes import OurTables, RouteApplier
 from raven.dataplane.appliers.rules import RuleApplier
 from raven.dataplane.appliers.sysctls import SysctlApplier
 from raven.dataplane.appliers.vxlan import VxlanApplier
@@ -44,36 +43,14 @@ from raven.dataplane.drift import DriftWatcher, EventStream
 from raven.dataplane.errors import DataplaneError
 from raven.dataplane.families import ipv4_half
 from raven.dataplane.firewall import collapse
-from raven.dataplane.links import LinkFacts, Links
+from raven.dataplane.links import Links
 from raven.dataplane.netlink import NETLINK_ROUTE, NetlinkSocket
 from raven.dataplane.settings import ApplyResult, DataplaneSettings, DataplaneStatus, PeerStatus
 from raven.dataplane.wireguard.device import WireGuardApplier
-from raven.dataplane.wireguard.model import LiveDevice, LivePeer
+from raven.dataplane.wireguard.model import LivePeer
 from raven.desired import NodeState, Role
 
 _NOTHING = NodeState(node="", role=Role.ALONE, pool=None, vxlan=None)
-
-
-@dataclass
-class _Pass:
-    """What one reconcile did (or, with write=False, would do) and saw."""
-
-    write: bool
-    writes: int = 0
-    lines: list[str] = field(default_factory=list)
-    skipped: tuple[str, ...] = ()
-    vxlan: bool = False
-    wireguard: LiveDevice | None = None
-    routes: int = 0
-    rules: int = 0
-    fdb: int = 0
-    neighbours: int = 0
-    firewall_elements: int = 0
-
-    def take(self, changes: object, lines: tuple[str, ...]) -> bool:
-        """Record the lines; True when the changes are to be written."""
-        self.lines.extend(lines)
-        return self.write and not changes.empty()  # type: ignore[attr-defined]
 
 
 class Dataplane:
@@ -161,7 +138,7 @@ class Dataplane:
         name the failure in `skipped`, so an IPv6 problem never takes IPv4 down (the next apply
         tries the whole plan again)."""
         with self._lock:
-            done = _Pass(write=True)
+            done = Pass(write=True)
             reached, self._family_skip = state, ()
             try:
                 self._reconcile(state, write=True, fresh=False, done=done)
@@ -173,7 +150,7 @@ class Dataplane:
                     applier.forget()  # a write failed part-way: read the kernel again
                 # The writes made happened; the lines of the failed pass are replaced by what
                 # the IPv4 pass finds to do, so a steady state reports no change.
-                done = _Pass(write=True, writes=done.writes)
+                done = Pass(write=True, writes=done.writes)
                 self._reconcile(half, write=True, fresh=True, done=done)
                 reached = half
                 self._family_skip = (
@@ -208,84 +185,17 @@ class Dataplane:
                     "OverlaySettings the data plane uses (cleanup removes only those names)")
 
     def _reconcile(self, state: NodeState, *, write: bool, fresh: bool,
-                   done: _Pass | None = None) -> _Pass:
+                   done: Pass | None = None) -> Pass:
+        """Every applier's step, in order. Pending netlink events are handed out before each
+        applier that keeps a cache they may make stale, so it sees the writes before it."""
         self._check_names(state)
-        done = done if done is not None else _Pass(write)
-        links = self._devices_stage(state, done, fresh)
-        self._sysctls_stage(state, done)
-        self._neighbours_stage(state, done, links)
-        self._route_events()
-        self._routing_stage(state, done, links, fresh)
-        self._firewall_stage(state, done, fresh)
+        done = done if done is not None else Pass(write)
+        done.fresh, done.links, done.tables = fresh, self.links.all(), self._tables(state)
+        for applier in self._appliers:
+            if applier.invalidated_by:
+                self._route_events()
+            applier.step(state, done)
         return done
-
-    def _devices_stage(self, state: NodeState, done: _Pass,
-                       fresh: bool) -> dict[str, LinkFacts]:
-        """VXLAN then WireGuard; returns the links as they are afterwards."""
-        links = self.links.all()
-        ipv6 = state.vxlan is not None and state.vxlan.vtep_ip6 is not None
-        vx_changes = vxlan.diff(state.vxlan, self.overlay.vxlan_device,
-                                self.vxlan.read(links, ipv6=ipv6))
-        if done.take(vx_changes, vx_changes.lines):
-            done.writes += self.vxlan.apply(vx_changes)
-        changed = vx_changes.create is not None or vx_changes.delete is not None
-        private_key = (self.wireguard.private_key(load=done.write)
-                       if state.wireguard is not None else "")
-        wg_live = self.wireguard.read(links, fresh=fresh)
-        done.wireguard = wg_live.device
-        wg_changes = self.wireguard.diff(state.wireguard, private_key, wg_live)
-        done.skipped = wg_changes.skipped
-        if done.take(wg_changes, wg_changes.lines):
-            wg_writes, extra = self.wireguard.apply(wg_changes, private_key, wg_live.link)
-            done.writes += wg_writes
-            done.lines.extend(extra)
-            changed = changed or bool(extra) or wg_changes.remove is not None
-        if done.write and changed:
-            links = self.links.all()  # devices came or went (wireguard-go makes its own TUN)
-        return links
-
-    def _sysctls_stage(self, state: NodeState, done: _Pass) -> None:
-        wanted = sysctls.wanted(state)
-        changes = sysctls.diff(wanted, self.sysctls.read(wanted))
-        if done.take(changes, changes.lines):
-            done.writes += self.sysctls.apply(changes)
-
-    def _neighbours_stage(self, state: NodeState, done: _Pass,
-                          links: dict[str, LinkFacts]) -> None:
-        vx = links.get(self.overlay.vxlan_device)
-        vx = vx if vx is not None and vx.kind == "vxlan" else None
-        done.vxlan = vx is not None
-        live = self.neighbours.read(vx.index if vx else None)
-        done.fdb, done.neighbours = len(live.fdb), len(live.neighbours)
-        if state.vxlan is None:
-            return  # the device goes, and its entries with it
-        changes = neighbours.diff(state.fdb, state.neighbours, live)
-        if done.take(changes, changes.lines):
-            if vx is None:
-                raise DataplaneError(f"vxlan {state.vxlan.name}: device did not appear")
-            done.writes += self.neighbours.apply(changes, vx.index)
-
-    def _routing_stage(self, state: NodeState, done: _Pass, links: dict[str, LinkFacts],
-                       fresh: bool) -> None:
-        tables = self._tables(state)
-        names = {link.index: name for name, link in links.items()}
-        live_routes = self.routes.read(tables, names, fresh=fresh)
-        done.routes = sum(map(len, live_routes.values()))
-        route_changes = routes.diff(route_index(state.routes), live_routes)
-        if done.take(route_changes, route_changes.lines):
-            done.writes += self.routes.apply(route_changes, links)
-        live_rules = self.rules.read(tables, fresh=fresh)
-        done.rules = sum(live_rules.values())
-        rule_changes = rules.diff(state.rules, live_rules)
-        if done.take(rule_changes, rule_changes.lines):
-            done.writes += self.rules.apply(rule_changes)
-
-    def _firewall_stage(self, state: NodeState, done: _Pass, fresh: bool) -> None:
-        live = self.firewall.read(state.firewall, fresh=fresh)
-        done.firewall_elements = sum(map(len, live.elements.values())) if live else 0
-        plan = self.firewall.diff(state.firewall, live)
-        if done.take(plan, plan.changes):
-            done.writes += self.firewall.apply(plan, state.firewall)
 
     def _route_events(self) -> None:
         """Hand every pending netlink event to the appliers whose caches it may make stale."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from raven.dataplane import rtnl
-from raven.dataplane.appliers import Scope
+from raven.dataplane.appliers import Pass, Scope
+from raven.dataplane.errors import DataplaneError
 from raven.dataplane.netlink import NetlinkSocket
-from raven.desired import FdbEntry, NeighEntry
+from raven.desired import FdbEntry, NeighEntry, NodeState
 
 
 @dataclass(frozen=True)
@@ -82,3 +83,17 @@ class NeighbourApplier:
         changes = diff((), (), self.read(link.index))
         self.apply(changes, link.index)
         return list(changes.lines)
+
+    def step(self, state: NodeState, p: Pass) -> None:
+        vx = p.links.get(self.device)
+        vx = vx if vx is not None and vx.kind == "vxlan" else None
+        p.vxlan = vx is not None
+        live = self.read(vx.index if vx else None)
+        p.fdb, p.neighbours = len(live.fdb), len(live.neighbours)
+        if state.vxlan is None:
+            return  # the device goes, and its entries with it
+        changes = diff(state.fdb, state.neighbours, live)
+        if p.take(changes, changes.lines):
+            if vx is None:
+                raise DataplaneError(f"vxlan {state.vxlan.name}: device did not appear")
+            p.writes += self.apply(changes, vx.index)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from raven.dataplane import netns
-from raven.dataplane.appliers import Scope
+from raven.dataplane.appliers import Pass, Scope
 from raven.dataplane.firewall import (
     Collapser,
     FirewallPlan,
@@ -32,7 +32,7 @@ from raven.dataplane.nftnl import (
     element_messages,
     table_messages,
 )
-from raven.desired import Firewall
+from raven.desired import Firewall, NodeState
 
 diff = plan_firewall  # the pure diff: (desired, live, want) -> FirewallPlan
 
@@ -133,3 +133,10 @@ class FirewallApplier:
             return []
         self.apply(plan, None)
         return [f"delete nft table inet {self.table}"]
+
+    def step(self, state: NodeState, p: Pass) -> None:
+        live = self.read(state.firewall, fresh=p.fresh)
+        p.firewall_elements = sum(map(len, live.elements.values())) if live else 0
+        plan = self.diff(state.firewall, live)
+        if p.take(plan, plan.changes):
+            p.writes += self.apply(plan, state.firewall)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from raven.dataplane import drift, rtnl
-from raven.dataplane.appliers import Scope
+from raven.dataplane.appliers import Pass, Scope
 from raven.dataplane.errors import DataplaneError
 from raven.dataplane.links import LinkFacts
 from raven.dataplane.netlink import NetlinkError, NetlinkSocket
@@ -164,3 +164,11 @@ class RouteApplier:
         changes = diff({}, self.read(scope.tables, names, fresh=True))
         self.apply(changes, scope.links)
         return list(changes.lines)
+
+    def step(self, state: NodeState, p: Pass) -> None:
+        names = {link.index: name for name, link in p.links.items()}
+        live = self.read(p.tables, names, fresh=p.fresh)
+        p.routes = sum(map(len, live.values()))
+        changes = diff(route_index(state.routes), live)
+        if p.take(changes, changes.lines):
+            p.writes += self.apply(changes, p.links)

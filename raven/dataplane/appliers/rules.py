@@ -12,9 +12,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from raven.dataplane import drift, rtnl
-from raven.dataplane.appliers import Scope
+from raven.dataplane.appliers import Pass, Scope
 from raven.dataplane.netlink import NetlinkSocket
-from raven.desired import Rule
+from raven.desired import NodeState, Rule
 
 
 @dataclass(frozen=True)
@@ -97,3 +97,10 @@ class RuleApplier:
         changes = diff((), self.read(scope.tables, fresh=True))
         self.apply(changes)
         return list(changes.lines)
+
+    def step(self, state: NodeState, p: Pass) -> None:
+        live = self.read(p.tables, fresh=p.fresh)
+        p.rules = sum(live.values())
+        changes = diff(state.rules, live)
+        if p.take(changes, changes.lines):
+            p.writes += self.apply(changes)

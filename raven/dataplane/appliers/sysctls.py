@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from raven.dataplane import sysctl
-from raven.dataplane.appliers import Scope
+from raven.dataplane.appliers import Pass, Scope
 from raven.desired import NodeState
 
 Sysctl = tuple[str, str]
@@ -64,3 +64,9 @@ class SysctlApplier:
         node-wide ones (forwarding) are not put back, since the previous value was never ours
         to record and the node may rely on them."""
         return []
+
+    def step(self, state: NodeState, p: Pass) -> None:
+        want = wanted(state)
+        changes = diff(want, self.read(want))
+        if p.take(changes, changes.lines):
+            p.writes += self.apply(changes)

@@ -17,10 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from raven.dataplane import sysctl
-from raven.dataplane.appliers import Scope
+from raven.dataplane.appliers import Pass, Scope
 from raven.dataplane.errors import DataplaneError
 from raven.dataplane.links import LinkFacts, Links
-from raven.desired import VxlanDevice
+from raven.desired import NodeState, VxlanDevice
 
 Address = tuple[str, int]  # (address, prefix length)
 
@@ -196,3 +196,11 @@ class VxlanApplier:
             return []
         self.apply(diff(None, self.name, VxlanLive(link)))
         return [f"delete link {self.name}"]
+
+    def step(self, state: NodeState, p: Pass) -> None:
+        ipv6 = state.vxlan is not None and state.vxlan.vtep_ip6 is not None
+        changes = diff(state.vxlan, self.name, self.read(p.links, ipv6=ipv6))
+        if p.take(changes, changes.lines):
+            p.writes += self.apply(changes)
+            if changes.create is not None or changes.delete is not None:
+                p.links = self.links.all()  # the device came or went

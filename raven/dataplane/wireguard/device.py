@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
-from raven.dataplane.appliers import Scope
+from raven.dataplane.appliers import Pass, Scope
 from raven.dataplane.errors import DataplaneError
 from raven.dataplane.links import LinkFacts, Links, LinkUnsupported
 from raven.dataplane.wireguard import keys, nudge
@@ -43,7 +43,7 @@ from raven.dataplane.wireguard.model import (
     split_peers,
 )
 from raven.dataplane.wireguard.userspace import WireGuardGo
-from raven.desired import WireGuardDevice
+from raven.desired import NodeState, WireGuardDevice
 from raven.settings import WIREGUARD_BACKENDS as BACKENDS  # the one table of backends
 
 RESYNC_S = 30.0  # the longest we trust what we wrote without reading the device back
@@ -361,6 +361,19 @@ class WireGuardApplier:
                            f"(pid {self.daemon.pid()})")
             writes += 1
         return writes
+
+    def step(self, state: NodeState, p: Pass) -> None:
+        private_key = self.private_key(load=p.write) if state.wireguard is not None else ""
+        live = self.read(p.links, fresh=p.fresh)
+        p.wireguard = live.device
+        changes = self.diff(state.wireguard, private_key, live)
+        p.skipped = changes.skipped
+        if p.take(changes, changes.lines):
+            writes, extra = self.apply(changes, private_key, live.link)
+            p.writes += writes
+            p.lines.extend(extra)
+            if extra or changes.remove is not None:
+                p.links = self.links.all()  # the device came or went (wireguard-go's own TUN)
 
     def remove(self, scope: Scope | None = None) -> list[str]:
         """Cleanup's part: our wireguard-go, then our device (a link of our name and of a
