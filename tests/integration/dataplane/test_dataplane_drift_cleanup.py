@@ -150,3 +150,28 @@ def test_cli_cleanup_removes_only_ours(node) -> None:
         capture_output=True, text=True, cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
     )
     assert again.returncode == 0 and "nothing of ours" in again.stdout
+
+
+def test_cleanup_is_every_appliers_removal_and_leaves_a_foreign_link_of_our_name(node) -> None:
+    # A member's whole state, then a foreign link named like our WireGuard device (a veth):
+    # cleanup removes the nft table, rules, routes, FDB/neighbour entries and raven0, reports
+    # each, and leaves the foreign raven-wg0 alone (not ours: no error, no delete).
+    dp = node.dataplane()
+    dp.apply(member(1, gateway=2))
+    assert node.fdb("raven0") and node.neighbours("raven0")
+    node.ip("link", "add", "raven-wg0", "type", "veth", "peer", "name", "rvt-peer")
+    removed = dp.cleanup()
+    assert "delete nft table inet raven" in removed
+    assert any(line.startswith("rule del ") for line in removed)
+    assert any(line.startswith("route del ") for line in removed)
+    assert any(line.startswith("fdb del ") for line in removed)
+    assert any(line.startswith("neigh del ") for line in removed)
+    assert removed[-1] == "delete link raven0"  # the devices go last, VXLAN after WireGuard
+    assert removed.index("delete nft table inet raven") == 0  # nftables first
+    assert node.link("raven0") is None
+    assert node.link("raven-wg0")["linkinfo"]["info_kind"] == "veth"  # the foreign one stays
+    assert ("inet", "raven") not in node.nft_tables()
+    assert [r for r in node.rules() if r.get("table") in ("9027", "9028")] == []
+    assert node.routes(9027) == [] and node.routes(9028) == []
+    assert dp.cleanup() == []  # nothing of ours is left
+    node.ip("link", "del", "raven-wg0")

@@ -269,3 +269,62 @@ def test_renew_peers_remakes_a_peer_without_handshake_and_it_initiates_again(mak
         assert dp.apply(gateway(None, members=(), peers=(WireGuardPeer(
             public_key=key_b, endpoint=endpoint, allowed_ips=("10.2.0.0/16",),
             keepalive=1),))).writes == 0
+
+
+def test_peer_take_over_peers_and_nudge_go_through_the_wireguard_applier(make_node) -> None:
+    # The path manager's operations outside a reconcile (Dataplane forwards them to
+    # wireguard/device.py), checked with `wg show dump` and an nftables counter of our own.
+    import socket
+    import time
+
+    from raven.dataplane.netns import entered
+    from raven.dataplane.wireguard import keys
+
+    a = make_node()
+    a.ip("addr", "add", "198.51.100.1/32", "dev", "lo")  # the underlay address nudges use
+    dp = a.dataplane()
+    with entered(a.ns):
+        far = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    with far:
+        far.bind(("127.0.0.1", 0))
+        endpoint = f"127.0.0.1:{far.getsockname()[1]}"
+        key_p = keys.b64(keys.public_key_of(bytes(range(32))))
+        key_q = keys.b64(keys.public_key_of(bytes(range(1, 33))))
+        planned = gateway(None, members=(), remote=("10.2.0.0/16", "10.3.0.0/16"), peers=(
+            WireGuardPeer(public_key=key_p, endpoint=endpoint, allowed_ips=("10.2.0.0/16",)),
+            WireGuardPeer(public_key=key_q, endpoint=endpoint, allowed_ips=("10.3.0.0/16",))))
+        dp.apply(planned)
+
+        # The peers as the device reports them, as `wg show` reports them.
+        seen = dp.wireguard_peers()
+        dump = a.wg_dump()
+        assert {k: sorted(p.allowed_ips) for k, p in seen.items()} == {
+            k: sorted(p["allowed_ips"].split(",")) for k, p in dump.items()}
+
+        # Take-over at a monotonic instant: Q gets P's subnet in one write, not before `at`.
+        at = time.monotonic() + 0.2
+        dp.take_allowed_ips(key_q, ("10.2.0.0/16",), at=at)
+        assert time.monotonic() >= at
+        dump = a.wg_dump()
+        assert set(dump[key_q]["allowed_ips"].split(",")) == {"10.2.0.0/16", "10.3.0.0/16"}
+        assert dump[key_p]["allowed_ips"] == "(none)"
+        # The applier dropped its cache: the next apply reads the device and puts the plan back.
+        assert dp.apply(planned).writes >= 1
+        dump = a.wg_dump()
+        assert (dump[key_p]["allowed_ips"], dump[key_q]["allowed_ips"]) == (
+            "10.2.0.0/16", "10.3.0.0/16")
+
+        # A nudge is routed into the WireGuard device (our rule, table 9028): an nft counter of
+        # the test's own table on the output hook counts it there.
+        a.exec("nft", "add table inet rvtest; add chain inet rvtest out { type filter hook "
+               "output priority 0; }; add rule inet rvtest out oifname \"raven-wg0\" "
+               "udp dport 9 counter")
+
+        def counted() -> int:
+            rules = [o["rule"] for o in a.nft("list", "table", "inet", "rvtest") if "rule" in o]
+            (rule,) = rules
+            return next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e)
+
+        assert counted() == 0
+        assert dp.nudge("198.51.100.1", ["10.2.0.1", "10.3.0.1"]) == 2
+        assert counted() == 2
