@@ -34,6 +34,7 @@ import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,6 +47,7 @@ from raven import (
     failover,
     nat_discovery,
     pool_claims,
+    publisher,
     relay_choice,
     standby,
 )
@@ -205,6 +207,7 @@ class Agent:
         self.switches: tuple[str, ...] = ()  # pools whose active gateway this node replaced
         self.pool_gateway: str | None = None  # our pool's gateway as we use it, for the Node
         self._decision = threading.Event()  # pool_gateway changed: publish it
+        self._candidacy = threading.Event()  # `candidate` changed: the heartbeat looks
         self._cut_off = False  # the last attempt to publish pool_gateway failed (API unreachable)
         # Our claim (raven.pool_claims): (gateway we use, controller's choice, since unix s),
         # advertised by the probe responder; the controller's choice per pool, as last read.
@@ -356,7 +359,10 @@ class Agent:
                 log.warning("input cache %s not applied: %s; the data plane is left as it is "
                             "until the API server answers", self.cache.path, refusal)
                 return False
-        self.candidate = gateway_candidate(self.settings.node, gateways)
+        candidate = gateway_candidate(self.settings.node, gateways)
+        if candidate != self.candidate:
+            self.candidate = candidate
+            self._candidacy.set()  # the heartbeat starts (or stops) at once
         if self.proxy is not None:  # the proxy follows the same inputs; it never blocks here
             self.proxy.apply(plan_proxy(gateways, self.settings.node))
         try:
@@ -488,23 +494,6 @@ class Agent:
             return False
         self._cut_off = False
         return True
-
-    def _decision_loop(self, stop: threading.Event) -> None:
-        """Publish the pool's gateway on its own thread: while the pool is cut off from the API
-        server, a blocked write must never delay a reconcile (that is when failover happens)."""
-        s = self.settings
-        failures = 0
-        while not stop.is_set():
-            self._decision.wait(timeout=s.resync_period)
-            self._decision.clear()
-            if stop.is_set():
-                return
-            if self.publish_pool_gateway():
-                failures = 0
-                continue
-            failures += 1
-            stop.wait(s.backoff.delay(failures, random.random))
-            self._decision.set()  # try again
 
     def _on_health(self) -> None:
         """A probe target became or stopped being DOWN: plan again now (the drift path, so
@@ -699,7 +688,7 @@ class Agent:
                 self._drift.clear()
                 live = self._live_inputs()
                 self._note_confirmation(time.time())
-                seen = Observation(live, woke, drifted, cached if state.applied is None else None)
+                seen = Observation(live, woke, drifted, cached)
                 state, deadline = self.turn(state, seen)
                 self._wake.wait(max(0.0, deadline - time.monotonic()))
         finally:
@@ -781,19 +770,24 @@ class Agent:
                 watch_drift(self._on_drift)
             except Exception as exc:  # drift repair then relies on the resync period
                 log.warning("drift monitor unavailable: %s", exc)
-        beating = threading.Thread(target=self._heartbeat_loop, args=(stop,), name="heartbeat",
-                                   daemon=True)
+        s = self.settings
+        beating = threading.Thread(
+            target=self._publish_loop, name="heartbeat", daemon=True,
+            args=(stop, self._candidacy, agent_step.heartbeat_schedule(s), self._renew_heartbeat,
+                  lambda: self.candidate))
         beating.start()
         threading.Thread(target=self.paths.run, args=(stop,), name="paths", daemon=True).start()
-        threading.Thread(target=self._decision_loop, args=(stop,), name="pool-gateway",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._publish_loop, name="pool-gateway", daemon=True,
+            args=(stop, self._decision, agent_step.pool_gateway_schedule(s),
+                  self.publish_pool_gateway)).start()
         threading.Thread(target=self.paths.measure_loop, args=(stop,), name="relay-rtt",
                          daemon=True).start()
-        # The loop sleeps on _wake, not on stop: wake it when stop is set (SIGTERM), or a stop
-        # would wait for the next deadline (up to 10 s, longer than a heartbeat).
-        threading.Thread(target=lambda: (stop.wait(), self._wake.set(), self._decision.set()),
-                         name="stop-waker",
-                         daemon=True).start()
+        # The loops sleep on their events, not on stop: wake them when stop is set (SIGTERM),
+        # or a stop would wait for the next deadline (up to 10 s, longer than a heartbeat).
+        threading.Thread(target=lambda: (stop.wait(), self._wake.set(), self._decision.set(),
+                                         self._candidacy.set()),
+                         name="stop-waker", daemon=True).start()
         return beating
 
     def _note_confirmation(self, wall: float) -> None:
@@ -803,24 +797,34 @@ class Agent:
         self.metrics.cache_age.set(max(0.0, wall - self.inputs_time) if self.inputs_time
                                    else 0.0)
 
-    def _heartbeat_loop(self, stop: threading.Event) -> None:
-        """Renew the heartbeat Lease while we are a gateway candidate, on its own thread: a slow
-        or unreachable API server must never delay a reconcile, and a long reconcile must
-        never make the controller think this gateway died."""
-        s = self.settings
-        beat = agent_step.HeartbeatState()
+    def _renew_heartbeat(self) -> bool:
+        assert self.heartbeat is not None
+        try:
+            self.heartbeat.renew(time.time())  # renewTime goes to the API: wall clock
+            return True
+        except KubeError as exc:
+            self.metrics.errors.labels("heartbeat").inc()
+            log.warning("heartbeat lease: %s", exc)
+            return False
+
+    def _publish_loop(self, stop: threading.Event, wake: threading.Event,
+                      schedule: publisher.Schedule, attempt: Callable[[], bool],
+                      active: Callable[[], bool] = lambda: True) -> None:
+        """The runner of one `raven.publisher` schedule, on a thread of its own: a slow or
+        unreachable API server never delays a reconcile, and a long reconcile never delays a
+        heartbeat. `wake` says there is something new (or that `active` changed, or stop)."""
+        state = publisher.PublishState()
         while not stop.is_set():
-            delay = agent_step.heartbeat_poll(s)
-            if self.candidate and self.heartbeat is not None:
-                try:
-                    self.heartbeat.renew(time.time())  # renewTime goes to the API: wall clock
-                    ok = True
-                except KubeError as exc:
-                    ok = False
-                    self.metrics.errors.labels("heartbeat").inc()
-                    log.warning("heartbeat lease: %s", exc)
-                beat, delay = agent_step.heartbeat_result(beat, ok, s, random.random())
-            stop.wait(delay)
+            now = time.monotonic()
+            if wake.is_set():
+                wake.clear()
+                state = publisher.ask(state, now)
+            go, deadline = publisher.poll(state, now, active())
+            if go:
+                ok = attempt()
+                state = publisher.result(state, ok, time.monotonic(), schedule, random.random())
+            else:
+                wake.wait(None if deadline is None else max(0.0, deadline - now))
 
     # -- health --------------------------------------------------------------------------------
 
