@@ -30,13 +30,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -44,13 +42,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from raven import (
     agent_step,
     constants,
-    failover,
     nat_discovery,
-    pool_claims,
     publisher,
     relay_choice,
     standby,
 )
+from raven.agent_failover import ProbeFailover
 from raven.agent_step import Apply, Inputs, Observation, PublishKey, RefreshStats, SaveCache
 from raven.dataplane import Dataplane, DataplaneSettings
 from raven.desired import NodeState, Role
@@ -59,15 +56,15 @@ from raven.health import HealthServer
 from raven.kube.cache import JSON, CachedInputs, InputCache, atomic_write_json
 from raven.kube.errors import KubeError
 from raven.model import TUNNEL, Gateway, Node
+from raven.node_annotations import NodeAnnotations, Write
 from raven.path_agent import PathManager
 from raven.paths import PathPlan
 from raven.proxy.metrics import ProxyMetrics
 from raven.proxy.plan import plan_proxy
 from raven.settings import AgentSettings
-from raven.topology import plan_node, vtep_for
+from raven.topology import plan_node
 
 if TYPE_CHECKING:  # imported at connect(): the kubernetes client costs ~1 s and ~30 MiB
-    from raven.healthprobe.prober import Prober
     from raven.kube.client import Kube
     from raven.kube.events import EventRecorder
     from raven.kube.informer import Informer
@@ -87,15 +84,6 @@ EVENT_PEER_SKIPPED = "PeerSkipped"
 DECISION_PUBLISH_TIMEOUT = 2.0
 
 __all__ = ["Agent", "AgentSettings", "Inputs", "gateway_candidate", "parse_inputs"]
-
-
-def _read_claim(path: Path) -> tuple[str, str, float] | None:
-    """The claim a previous agent wrote (pool_claims.render), or None."""
-    try:
-        gateway, head, since = path.read_text().split()
-        return gateway, "" if head == "-" else head, float(since)
-    except (OSError, ValueError):
-        return None
 
 
 def gateway_candidate(node: str, gateways: list[Gateway]) -> bool:
@@ -168,6 +156,7 @@ class Agent:
         self.settings = settings
         self.kube: Kube | None = kube  # created by connect(), after the cached plan is applied
         self.metrics = AgentMetrics()
+        self.annotations = NodeAnnotations(settings.node, self.metrics.errors)
         self.cache = InputCache(settings.state_dir / CACHE_FILE)
         # The data plane's section gains the overlay section (names, tables, marks) on the
         # data plane branch; hand it ours then, so apply() and cleanup() use what we plan with.
@@ -203,16 +192,11 @@ class Agent:
         self._reconcile_lock = threading.RLock()
         self._adopted = False
         self.paths = PathManager(self)
-        self.prober: Prober | None = None  # started by run() when probes are enabled
-        self.switches: tuple[str, ...] = ()  # pools whose active gateway this node replaced
+        self.probes: ProbeFailover | None = None  # started by run() when probes are enabled
         self.pool_gateway: str | None = None  # our pool's gateway as we use it, for the Node
         self._decision = threading.Event()  # pool_gateway changed: publish it
         self._candidacy = threading.Event()  # `candidate` changed: the heartbeat looks
         self._cut_off = False  # the last attempt to publish pool_gateway failed (API unreachable)
-        # Our claim (raven.pool_claims): (gateway we use, controller's choice, since unix s),
-        # advertised by the probe responder; the controller's choice per pool, as last read.
-        self._claim: tuple[str, str, float] | None = None
-        self._heads: dict[str, str] = {}
         self.proxy_metrics = ProxyMetrics(self.metrics.registry)
         self.proxy: ProxyComponent | None = None  # started by run() (docs/proxy.md)
 
@@ -234,6 +218,7 @@ class Agent:
         self.node = Informer(self.kube, NODES, field_selector=f"metadata.name={s.node}",
                              on_change=self._changed, name=f"node-{s.node}")
         self.heartbeat = Heartbeat(self.kube, s.node, s.namespace, s.heartbeat_duration)
+        self.annotations.kube, self.annotations.informer = self.kube, self.node
         self.events = EventRecorder(self.kube, "raven-agent", s.node)
 
     def _synced(self) -> bool:
@@ -343,7 +328,8 @@ class Agent:
                     self.path_plans = self.paths.adopt(gateways, time.monotonic(), time.time())
                 except Exception as exc:  # then they are probed again, nothing worse
                     log.warning("direct paths of the previous agent not adopted: %s", exc)
-            gateways = self._failover(gateways)
+            if self.probes is not None:
+                gateways = self.probes.effective(gateways, time.time())
             state = plan_node(gateways, me, self.settings.overlay, self.path_plans)
             state = standby.warm(state, gateways, self.settings.node, self.settings.overlay)
         except Exception as exc:
@@ -386,7 +372,8 @@ class Agent:
         self.state = state
         self.inputs = inputs
         self.last_error = None
-        self._retarget(gateways, state)
+        if self.probes is not None:
+            self.probes.retarget(gateways, state)
         self._note_pool_gateway(gateways, state)
         if not self.ready:
             self.ready = True
@@ -394,49 +381,6 @@ class Agent:
         self._write_status(gateways, state, inputs, wall, elapsed)
         self.paths.wake.set()  # new inputs may hold new candidates: look at once
         return True
-
-    def _failover(self, gateways: list[Gateway]) -> list[Gateway]:
-        """The Gateways as this node's probes see them (raven.failover), logging each change
-        of the decision."""
-        if self.prober is None:
-            return gateways
-        me = self.settings.node
-        self._heads = {g.name: next((e.node_name for e in g.status.active_endpoints
-                                     if e.type == TUNNEL), "") for g in gateways}
-        mine_pool = next((g.name for g in gateways
-                          if me in {n.node_name for n in g.status.nodes}), None)
-        claim = self._claim
-        mine = None if claim is None else pool_claims.Claim(
-            claim[0], claim[1], max(0.0, time.time() - claim[2]))
-        # Back after being down (no standing claim of our own): count ourselves only once
-        # every other candidate of our pool was heard from (raven.pool_claims).
-        o = self.settings.overlay
-        heard = self.prober.heard()
-        others = [(t.pool, t.node) for t in failover.probe_targets(
-            gateways, me, lambda ip: vtep_for(ip)[0], o.vxlan_device, o.wireguard_device)
-            if t.pool == mine_pool]
-        self_alive = (claim is not None and claim[0] == me) or all(
-            heard.get(key, False) for key in others)
-        effective, switches = failover.effective_gateways(
-            gateways, self.prober.verdicts(), me, self.prober.claims(), mine, self_alive)
-        described = tuple(str(s) for s in switches)
-        if described != self.switches:
-            for text in described:
-                log.warning("failover without the API: %s", text)
-            if not described:
-                log.info("failover: every pool follows the controller's choice again")
-            self.switches = described
-        return effective
-
-    def _retarget(self, gateways: list[Gateway], state: NodeState) -> None:
-        if self.prober is None:
-            return
-        o = self.settings.overlay
-        source = state.vxlan.vtep_ip if state.vxlan is not None else None
-        targets = failover.probe_targets(gateways, self.settings.node,
-                                         lambda ip: vtep_for(ip)[0], o.vxlan_device,
-                                         o.wireguard_device) if source else ()
-        self.prober.set_targets(targets, source)
 
     def _note_pool_gateway(self, gateways: list[Gateway], state: NodeState) -> None:
         pool = next((g for g in gateways if g.name == state.pool), None)
@@ -446,54 +390,23 @@ class Agent:
         if chosen != self.pool_gateway:
             self.pool_gateway = chosen
             self._decision.set()
-        head = self._heads.get(state.pool or "", "")
-        if chosen and self.prober is not None and (
-                self._claim is None or self._claim[:2] != (chosen, head)):
-            self._claim = (chosen, head, time.time())
-            self._write_claim()
-
-    def _write_claim(self) -> None:
-        """Our claim for the probe responder to advertise (written whole, then renamed)."""
-        from raven.healthprobe import responder
-
-        if self._claim is None:
-            return
-        path = self.settings.state_dir / responder.ADVERT_FILE
-        try:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(pool_claims.render(*self._claim))
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", path, exc)
+        if self.probes is not None:
+            self.probes.note(chosen, state.pool, time.time())
 
     def publish_pool_gateway(self) -> bool:
         """Make our Node's annotation name the gateway our pool uses as we decided it, so the
         controller can adopt the pool's decision (raven.pool_decision); True when it does.
         When the API server did not take an attempt since the last success, the decision was
         taken while cut off: flagged beside it."""
-        if self.node is None or self.kube is None or self.pool_gateway is None:
-            return self.pool_gateway is None
-        from raven.kube.client import NODES
-
-        node = self.node.get(self.settings.node)
-        if node is None:
-            return False
-        annotations = (node.get("metadata") or {}).get("annotations") or {}
-        want = {constants.ANNOTATION_POOL_GATEWAY: self.pool_gateway,
-                constants.ANNOTATION_POOL_GATEWAY_OFFLINE: "true" if self._cut_off else "false"}
-        if all(annotations.get(k) == v for k, v in want.items()):
+        if self.pool_gateway is None:
             return True
-        patch = {"metadata": {"annotations": want}}
-        try:
-            self.kube.merge_patch(NODES, self.settings.node, patch,
-                                  timeout=DECISION_PUBLISH_TIMEOUT)
-        except KubeError as exc:
-            self._cut_off = True
-            self.metrics.errors.labels("publish").inc()
-            log.warning("node %s: cannot publish the pool's gateway: %s", self.settings.node, exc)
-            return False
-        self._cut_off = False
-        return True
+        want: dict[str, str | None] = {
+            constants.ANNOTATION_POOL_GATEWAY: self.pool_gateway,
+            constants.ANNOTATION_POOL_GATEWAY_OFFLINE: "true" if self._cut_off else "false"}
+        outcome = self.annotations.ensure(want, "the pool's gateway", DECISION_PUBLISH_TIMEOUT)
+        if outcome in (Write.WRITTEN, Write.FAILED):
+            self._cut_off = outcome is Write.FAILED
+        return outcome.ok
 
     def _on_health(self) -> None:
         """A probe target became or stopped being DOWN: plan again now (the drift path, so
@@ -532,8 +445,8 @@ class Agent:
             "publicKey": self.public_key,
             "skipped": list(self.skipped),
             "paths": self.path_report,
-            "failover": list(self.switches),
-            "probes": self.prober.report() if self.prober is not None else [],
+            "failover": list(self.probes.switches) if self.probes is not None else [],
+            "probes": self.probes.report() if self.probes is not None else [],
             # What this plan was made from: tests and operators can wait for "every agent has
             # acted on Gateway X at resourceVersion R" instead of sleeping.
             "gateways": {g.name: g.metadata.get("resourceVersion") for g in gateways},
@@ -551,14 +464,8 @@ class Agent:
             log.warning("cannot write %s: %s", STATUS_FILE, exc)
 
     def refresh_peer_metrics(self, wall: float) -> None:
-        if self.prober is not None:  # a responder that died is started again
-            from raven.healthprobe import responder
-
-            try:
-                responder.ensure(self.settings.state_dir, self.settings.probe.port,
-                                 self.settings.netns)
-            except OSError as exc:
-                log.warning("probe responder not started: %s", exc)
+        if self.probes is not None:  # a responder that died is started again
+            self.probes.ensure_responder()
         try:
             observed = self.dataplane.observe()
         except Exception as exc:
@@ -590,25 +497,8 @@ class Agent:
 
     def publish_public_key(self) -> bool:
         """Make our Node's annotation carry our key; True when it already does or now does."""
-        if self.node is None or self.kube is None:
-            return False
-        from raven.kube.client import NODES
-
-        node = self.node.get(self.settings.node)
-        if node is None:
-            return False
-        annotations = (node.get("metadata") or {}).get("annotations") or {}
-        if annotations.get(constants.ANNOTATION_PUBLIC_KEY) == self.public_key:
-            return True
-        patch = {"metadata": {"annotations": {constants.ANNOTATION_PUBLIC_KEY: self.public_key}}}
-        try:
-            self.kube.merge_patch(NODES, self.settings.node, patch)
-        except KubeError as exc:
-            self.metrics.errors.labels("publish").inc()
-            log.warning("node %s: cannot publish public key: %s", self.settings.node, exc)
-            return False
-        log.info("node %s: published WireGuard public key", self.settings.node)
-        return True
+        return self.annotations.ensure({constants.ANNOTATION_PUBLIC_KEY: self.public_key},
+                                       "WireGuard public key").ok
 
     def publish_observed(self, observed: dict[str, str]) -> bool:
         """Our Node's observed-endpoints annotation = `observed` (removed when empty)."""
@@ -627,25 +517,7 @@ class Agent:
 
     def _annotate(self, name: str, value: str | None, what: str) -> bool:
         """Make one annotation of our Node `value` (None: absent); True when it is."""
-        if self.node is None or self.kube is None:
-            return False
-        from raven.kube.client import NODES
-
-        node = self.node.get(self.settings.node)
-        if node is None:
-            return False
-        annotations = (node.get("metadata") or {}).get("annotations") or {}
-        if annotations.get(name) == value:
-            return True
-        try:
-            self.kube.merge_patch(NODES, self.settings.node,
-                                  {"metadata": {"annotations": {name: value}}})
-        except KubeError as exc:
-            self.metrics.errors.labels("publish").inc()
-            log.warning("node %s: cannot publish %s: %s", self.settings.node, what, exc)
-            return False
-        log.info("node %s: published %s", self.settings.node, what)
-        return True
+        return self.annotations.ensure({name: value}, what).ok
 
     # -- the runner ----------------------------------------------------------------------------
 
@@ -674,7 +546,8 @@ class Agent:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.public_key = self.dataplane.public_key()
-        self._start_prober()
+        if s.probe.enabled:
+            self.probes = ProbeFailover.start(s, self._on_health)
         self._start_proxy()
         cached = self.load_cache()
         state = self._start_from_cache(cached)  # before connect(): the client takes a second
@@ -696,31 +569,11 @@ class Agent:
             self.gateways.stop()
             self.node.stop()
             beating.join(timeout=s.kube.request_timeout + 1)
-            if self.prober is not None:
-                self.prober.stop()
+            if self.probes is not None:
+                self.probes.stop()
             if self.proxy is not None:
                 self.proxy.stop()  # closes every proxy socket; the data plane stays
             self.dataplane.close()  # leaves every kernel object (and wireguard-go) in place
-
-    def _start_prober(self) -> None:
-        if not self.settings.probe.enabled:
-            return
-        from raven.healthprobe import responder
-        from raven.healthprobe.prober import Prober
-
-        s = self.settings
-        try:
-            # Its own process, left running like wireguard-go: a restart of this agent must
-            # not silence the probes others send to this node (they would fail over). When
-            # it survived, so does our claim (raven.pool_claims); a new one voids it.
-            if responder.ensure(s.state_dir, s.probe.port, s.netns, forget_claim=True) is None:
-                self._claim = _read_claim(s.state_dir / responder.ADVERT_FILE)
-        except OSError as exc:
-            log.warning("probe responder not started: %s; other nodes cannot probe this one",
-                        exc)
-        prober = Prober(s.probe, self._on_health, s.netns)
-        prober.start()
-        self.prober = prober
 
     def _start_proxy(self) -> None:
         if not self.settings.proxy.enabled:
