@@ -6,11 +6,14 @@ Rules kept:
 - it publishes per-node facts (its WireGuard public key) as annotations on its own Node, never
   in the user-owned Gateway spec; it renews its heartbeat Lease while it is a gateway candidate
   (named as an endpoint in some Gateway spec);
-- every decision (when to apply, coalescing, backoff, cache writes, publishing, the start from
-  the offline cache) is the pure `raven.agent_step`; this module is the runner: it owns the
-  threads, the informers, the kernel and the monotonic clock, carries out the step's actions
-  and reports their outcomes. The wall clock is read only for what leaves the process (Lease
-  renewTime, the cache's savedAt, timestamps in the status file and Events) and passed in;
+- every decision (when to apply, coalescing, backoff, cache writes, the start from the offline
+  cache, when to publish and renew) is pure: `raven.agent_step` and the one publish schedule
+  `raven.publisher`; this module is the runner: it owns the threads, the informers, the kernel
+  and the monotonic clock, observes, calls the step, carries out its actions, reports their
+  outcomes and sleeps until the deadline or an event. The writes on its own threads (heartbeat,
+  pool gateway) share one runner, `_publish_loop`. The wall clock is read only for what leaves
+  the process (Lease renewTime, the cache's savedAt, timestamps in the status file and Events)
+  and passed in;
 - API trouble never touches the data plane: informers back off and keep their last copy; the
   last good inputs are cached on disk (atomic writes, schema-checked on load), so a start with
   the API unreachable applies from the cache at once, and a damaged cache is never applied;
@@ -22,8 +25,11 @@ Rules kept:
   `raven agent cleanup` removes it;
 - planning is the pure `raven.topology.plan_node`, on the Gateways as this node sees them:
   `raven.failover.effective_gateways` replaces a pool's active gateway when data-path probes
-  (`raven.healthprobe`, their own thread) see it DOWN, with no API call, and `raven.standby.warm`
-  keeps the standby paths ready. A change of a probe verdict re-plans at once (like drift).
+  (`raven.agent_failover`, their own thread) see it DOWN, with no API call, and
+  `raven.standby.warm` keeps the standby paths ready. A change of a probe verdict re-plans at
+  once (like drift);
+- its Node annotations are written by `raven.node_annotations`, its metrics and status file by
+  `raven.agent_report`.
 """
 
 from __future__ import annotations
@@ -37,8 +43,6 @@ from collections.abc import Callable
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
 from raven import (
     agent_step,
     constants,
@@ -48,12 +52,13 @@ from raven import (
     standby,
 )
 from raven.agent_failover import ProbeFailover
+from raven.agent_report import STATUS_FILE, AgentMetrics, AgentReport
 from raven.agent_step import Apply, Inputs, Observation, PublishKey, RefreshStats, SaveCache
 from raven.dataplane import Dataplane, DataplaneSettings
 from raven.desired import NodeState, Role
 from raven.errors import ValidationError
 from raven.health import HealthServer
-from raven.kube.cache import JSON, CachedInputs, InputCache, atomic_write_json
+from raven.kube.cache import JSON, CachedInputs, InputCache
 from raven.kube.errors import KubeError
 from raven.model import TUNNEL, Gateway, Node
 from raven.node_annotations import NodeAnnotations, Write
@@ -74,7 +79,6 @@ if TYPE_CHECKING:  # imported at connect(): the kubernetes client costs ~1 s and
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "agent-status.json"  # what `raven status` reads: the last plan and its inputs
 CACHE_FILE = "inputs.json"
 
 
@@ -83,7 +87,8 @@ EVENT_PEER_SKIPPED = "PeerSkipped"
 # from the control plane: it is published flagged (raven.pool_decision, cause "partition").
 DECISION_PUBLISH_TIMEOUT = 2.0
 
-__all__ = ["Agent", "AgentSettings", "Inputs", "gateway_candidate", "parse_inputs"]
+__all__ = ["STATUS_FILE", "Agent", "AgentMetrics", "AgentSettings", "Inputs", "gateway_candidate",
+           "parse_inputs"]
 
 
 def gateway_candidate(node: str, gateways: list[Gateway]) -> bool:
@@ -110,52 +115,12 @@ def parse_inputs(inputs: Inputs, node: str) -> tuple[list[Gateway], Node | str, 
     return sorted(gateways, key=lambda g: g.name), me, problems
 
 
-class AgentMetrics:
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.reconcile = Histogram(
-            "raven_agent_reconcile_duration_seconds", "Plan + apply time of one reconcile",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
-        self.errors = Counter("raven_agent_errors_total", "Errors by phase", ["phase"],
-                              registry=r)
-        self.applies = Counter("raven_agent_applies_total", "Successful applies", ["source"],
-                               registry=r)
-        self.kernel_writes = Counter("raven_agent_kernel_writes_total",
-                                     "Kernel writes made by applies", registry=r)
-        self.peers = Gauge("raven_agent_peers", "WireGuard peers configured", registry=r)
-        self.handshake_age = Gauge("raven_agent_peer_handshake_age_seconds",
-                                   "Seconds since the last handshake with a peer (-1: never)",
-                                   ["peer", "pool"], registry=r)
-        self.rx_bytes = Gauge("raven_agent_peer_rx_bytes", "Bytes received from a peer",
-                              ["peer", "pool"], registry=r)
-        self.tx_bytes = Gauge("raven_agent_peer_tx_bytes", "Bytes sent to a peer",
-                              ["peer", "pool"], registry=r)
-        self.role = Gauge("raven_agent_role", "1 for this node's current role", ["role"],
-                          registry=r)
-        self.cache_age = Gauge("raven_agent_cache_age_seconds",
-                               "Age of the inputs in use (0 while the API is in sync)",
-                               registry=r)
-        self.ready = Gauge("raven_agent_ready", "1 after the first successful apply",
-                           registry=r)
-        self.direct_paths = Gauge("raven_agent_direct_paths", "Remote NAT'd pools reached "
-                                  "over a direct (hole-punched) path", registry=r)
-        self.path_mode = Gauge("raven_agent_path", "1 for the current path to each NAT'd pool "
-                               "(mode: direct, probing, relayed)", ["pool", "mode"], registry=r)
-        self.path_changes = Counter("raven_agent_path_changes_total", "Path mode changes, by "
-                                    "the mode entered", ["pool", "mode"], registry=r)
-        self.path_rtt = Gauge("raven_agent_path_rtt_ms", "RTT in ms of the path to each NAT'd "
-                              "pool (docs/gateway.md 4a)", ["pool"], registry=r)
-        self.path_loss = Gauge("raven_agent_path_loss_ratio", "Unanswered share of the echoes "
-                               "on the path to each NAT'd pool", ["pool"], registry=r)
-        self.drift = Gauge("raven_agent_drift", "Differences between plan and kernel found by "
-                           "the last check (repaired by the next apply)", registry=r)
-
-
 class Agent:
     def __init__(self, settings: AgentSettings, kube: Kube | None = None) -> None:
         self.settings = settings
         self.kube: Kube | None = kube  # created by connect(), after the cached plan is applied
         self.metrics = AgentMetrics()
+        self.report = AgentReport(settings.state_dir / STATUS_FILE, self.metrics)
         self.annotations = NodeAnnotations(settings.node, self.metrics.errors)
         self.cache = InputCache(settings.state_dir / CACHE_FILE)
         # The data plane's section gains the overlay section (names, tables, marks) on the
@@ -184,11 +149,9 @@ class Agent:
         self.skipped: tuple[str, ...] = ()  # peers the last apply could not build, and why
         self._skipped_reported: tuple[str, ...] = ()
         self.loop_time = time.monotonic()  # last turn of the main loop, for /healthz
-        self._status_doc: dict[str, Any] = {}
         # Direct paths to other NAT'd pools, decided by the path manager's thread (raven.paths)
         # and planned with every reconcile; the lock keeps its applies and the loop's apart.
         self.path_plans: dict[str, PathPlan] = {}
-        self.path_report: list[dict[str, Any]] = []
         self._reconcile_lock = threading.RLock()
         self._adopted = False
         self.paths = PathManager(self)
@@ -295,29 +258,11 @@ class Agent:
                                                       if state.wireguard else ())}
 
     def record_paths(self, report: list[dict[str, Any]]) -> None:
-        if report == self.path_report:
-            return
-        before = {p["pool"]: p["mode"] for p in self.path_report}
-        self.path_report = report
-        self.metrics.direct_paths.set(sum(p["mode"] == "direct" for p in report))
-        self.metrics.path_mode.clear()
-        self.metrics.path_rtt.clear()
-        self.metrics.path_loss.clear()
-        for path in report:
-            self.metrics.path_mode.labels(path["pool"], path["mode"]).set(1)
-            if "rttMs" in path:
-                self.metrics.path_rtt.labels(path["pool"]).set(path["rttMs"])
-            if "loss" in path:
-                self.metrics.path_loss.labels(path["pool"]).set(path["loss"])
-            if before.get(path["pool"]) != path["mode"]:
-                self.metrics.path_changes.labels(path["pool"], path["mode"]).inc()
-        if self._status_doc:
-            self._status_doc["paths"] = report
-            self._flush_status()
+        self.report.record_paths(report)
 
-    def _reconcile(self, inputs: Inputs, wall: float) -> bool:
-        start = time.monotonic()
-        self.reconciles += 1
+    def _plan(self, inputs: Inputs) -> tuple[list[Gateway], NodeState] | None:
+        """The Gateways as this node sees them and its plan, or None (logged, counted) when
+        planning failed or a plan from the cache is refused."""
         try:
             gateways, me, problems = parse_inputs(inputs, self.settings.node)
             for problem in problems:
@@ -336,15 +281,24 @@ class Agent:
             self.metrics.errors.labels("plan").inc()
             self.last_error = f"plan: {exc}"
             log.exception("planning failed; data plane left as it is")
+            return None
+        refusal = agent_step.cache_refusal(problems, me, state) if inputs.source == "cache" \
+            else None
+        if refusal is not None:
+            self.metrics.errors.labels("cache").inc()
+            self.last_error = f"cache not applied: {refusal}"
+            log.warning("input cache %s not applied: %s; the data plane is left as it is "
+                        "until the API server answers", self.cache.path, refusal)
+            return None
+        return gateways, state
+
+    def _reconcile(self, inputs: Inputs, wall: float) -> bool:
+        start = time.monotonic()
+        self.reconciles += 1
+        planned = self._plan(inputs)
+        if planned is None:
             return False
-        if inputs.source == "cache":
-            refusal = agent_step.cache_refusal(problems, me, state)
-            if refusal is not None:
-                self.metrics.errors.labels("cache").inc()
-                self.last_error = f"cache not applied: {refusal}"
-                log.warning("input cache %s not applied: %s; the data plane is left as it is "
-                            "until the API server answers", self.cache.path, refusal)
-                return False
+        gateways, state = planned
         candidate = gateway_candidate(self.settings.node, gateways)
         if candidate != self.candidate:
             self.candidate = candidate
@@ -432,7 +386,7 @@ class Agent:
     def _write_status(self, gateways: list[Gateway], state: NodeState, inputs: Inputs,
                       wall: float, elapsed: float) -> None:
         pool = next((g for g in gateways if g.name == state.pool), None)
-        self._status_doc = {
+        self.report.applied({
             "node": self.settings.node,
             "role": str(state.role),
             "pool": state.pool,
@@ -444,7 +398,6 @@ class Agent:
             "reconcileSeconds": elapsed,
             "publicKey": self.public_key,
             "skipped": list(self.skipped),
-            "paths": self.path_report,
             "failover": list(self.probes.switches) if self.probes is not None else [],
             "probes": self.probes.report() if self.probes is not None else [],
             # What this plan was made from: tests and operators can wait for "every agent has
@@ -452,16 +405,7 @@ class Agent:
             "gateways": {g.name: g.metadata.get("resourceVersion") for g in gateways},
             "plan": state.to_json(),
             "proxy": self.proxy.status() if self.proxy is not None else {"role": "disabled"},
-        }
-        self._flush_status()
-
-    def _flush_status(self) -> None:
-        if not self._status_doc:
-            return
-        try:
-            atomic_write_json(self.settings.state_dir / STATUS_FILE, self._status_doc, mode=0o644)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", STATUS_FILE, exc)
+        })
 
     def refresh_peer_metrics(self, wall: float) -> None:
         if self.probes is not None:  # a responder that died is started again
@@ -472,26 +416,8 @@ class Agent:
             self.metrics.errors.labels("observe").inc()
             log.warning("observe failed: %s", exc)
             return
-        pools = {}
-        if self.state is not None and self.state.wireguard is not None:
-            pools = {p.public_key: p.pool for p in self.state.wireguard.peers}
-        peers = list(observed.peers)
-        self.metrics.peers.set(len(peers))
-        self.metrics.drift.set(len(observed.drift))
-        if self._status_doc:  # `raven status` shows the drift found by the last check
-            self._status_doc["observedAt"] = wall
-            self._status_doc["drift"] = list(observed.drift)
-            if self.proxy is not None:  # connections come and go between applies
-                self._status_doc["proxy"] = self.proxy.status()
-            self._flush_status()
-        for gauge in (self.metrics.handshake_age, self.metrics.rx_bytes, self.metrics.tx_bytes):
-            gauge.clear()
-        for peer in peers:
-            labels = (peer.public_key, pools.get(peer.public_key, ""))
-            age = peer.handshake_age_s
-            self.metrics.handshake_age.labels(*labels).set(-1 if age is None else float(age))
-            self.metrics.rx_bytes.labels(*labels).set(float(peer.rx_bytes))
-            self.metrics.tx_bytes.labels(*labels).set(float(peer.tx_bytes))
+        self.report.observed(observed, self.state, wall,
+                             self.proxy.status() if self.proxy is not None else None)
 
     # -- API writes ----------------------------------------------------------------------------
 

@@ -368,10 +368,10 @@ class GatewayController:
         """Carry out one action of the step; the outcome goes back into the state."""
         if action is Action.TRY_LEAD:
             return self._try_lead(state)
-        failures = self.write_failures
+        refused = self.write_failures
         try:
             self.reconcile(time.time())  # conditions and Events carry API time
-            ok = self.write_failures == failures
+            ok = self.write_failures == refused
         except Exception:
             log.exception("reconcile failed")
             self.metrics.errors.labels("reconcile").inc()
