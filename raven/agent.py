@@ -600,7 +600,11 @@ class Agent:
                 state = publisher.ask(state, now)
             go, deadline = publisher.poll(state, now, active())
             if go:
-                ok = attempt()
+                try:
+                    ok = attempt()
+                except Exception:  # never fatal: the thread would stop writing for good
+                    log.exception("%s failed", threading.current_thread().name)
+                    ok = False
                 state = publisher.result(state, ok, time.monotonic(), schedule, random.random())
             else:
                 wake.wait(None if deadline is None else max(0.0, deadline - now))

@@ -90,3 +90,21 @@ def test_nothing_is_written_while_inactive(agent: Agent) -> None:
     run(agent, stop, wake, publisher.Schedule(5.0, FAST), lambda: writes.append(True) or True,
         active)
     assert looks == 2 and writes == []
+
+
+def test_an_attempt_that_raises_is_a_failure_retried_not_the_end_of_the_thread(
+        agent: Agent) -> None:
+    stop, wake = threading.Event(), threading.Event()
+    done: list[str] = []
+
+    def attempt() -> bool:
+        if not done:
+            done.append("raised")
+            raise RuntimeError("a bug in one write")
+        done.append("written")
+        stop.set()
+        wake.set()
+        return True
+
+    run(agent, stop, wake, publisher.Schedule(None, FAST), attempt)
+    assert done == ["raised", "written"]
