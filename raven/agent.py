@@ -6,11 +6,14 @@ Rules kept:
 - it publishes per-node facts (its WireGuard public key) as annotations on its own Node, never
   in the user-owned Gateway spec; it renews its heartbeat Lease while it is a gateway candidate
   (named as an endpoint in some Gateway spec);
-- every decision (when to apply, coalescing, backoff, cache writes, publishing, the start from
-  the offline cache) is the pure `raven.agent_step`; this module is the runner: it owns the
-  threads, the informers, the kernel and the monotonic clock, carries out the step's actions
-  and reports their outcomes. The wall clock is read only for what leaves the process (Lease
-  renewTime, the cache's savedAt, timestamps in the status file and Events) and passed in;
+- every decision (when to apply, coalescing, backoff, cache writes, the start from the offline
+  cache, when to publish and renew) is pure: `raven.agent_step` and the one publish schedule
+  `raven.publisher`; this module is the runner: it owns the threads, the informers, the kernel
+  and the monotonic clock, observes, calls the step, carries out its actions, reports their
+  outcomes and sleeps until the deadline or an event. The writes on its own threads (heartbeat,
+  pool gateway) share one runner, `_publish_loop`. The wall clock is read only for what leaves
+  the process (Lease renewTime, the cache's savedAt, timestamps in the status file and Events)
+  and passed in;
 - API trouble never touches the data plane: informers back off and keep their last copy; the
   last good inputs are cached on disk (atomic writes, schema-checked on load), so a start with
   the API unreachable applies from the cache at once, and a damaged cache is never applied;
@@ -22,50 +25,51 @@ Rules kept:
   `raven agent cleanup` removes it;
 - planning is the pure `raven.topology.plan_node`, on the Gateways as this node sees them:
   `raven.failover.effective_gateways` replaces a pool's active gateway when data-path probes
-  (`raven.healthprobe`, their own thread) see it DOWN, with no API call, and `raven.standby.warm`
-  keeps the standby paths ready. A change of a probe verdict re-plans at once (like drift).
+  (`raven.agent_failover`, their own thread) see it DOWN, with no API call, and
+  `raven.standby.warm` keeps the standby paths ready. A change of a probe verdict re-plans at
+  once (like drift);
+- its Node annotations are written by `raven.node_annotations`, its metrics and status file by
+  `raven.agent_report`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import fields
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from raven import (
     agent_step,
     constants,
-    failover,
     nat_discovery,
-    pool_claims,
+    publisher,
     relay_choice,
     standby,
 )
+from raven.agent_failover import ProbeFailover
+from raven.agent_report import STATUS_FILE, AgentMetrics, AgentReport
 from raven.agent_step import Apply, Inputs, Observation, PublishKey, RefreshStats, SaveCache
 from raven.dataplane import Dataplane, DataplaneSettings
 from raven.desired import NodeState, Role
 from raven.errors import ValidationError
 from raven.health import HealthServer
-from raven.kube.cache import JSON, CachedInputs, InputCache, atomic_write_json
+from raven.kube.cache import JSON, CachedInputs, InputCache
 from raven.kube.errors import KubeError
 from raven.model import TUNNEL, Gateway, Node
+from raven.node_annotations import NodeAnnotations, Write
 from raven.path_agent import PathManager
 from raven.paths import PathPlan
 from raven.proxy.metrics import ProxyMetrics
 from raven.proxy.plan import plan_proxy
 from raven.settings import AgentSettings
-from raven.topology import plan_node, vtep_for
+from raven.topology import plan_node
 
 if TYPE_CHECKING:  # imported at connect(): the kubernetes client costs ~1 s and ~30 MiB
-    from raven.healthprobe.prober import Prober
     from raven.kube.client import Kube
     from raven.kube.events import EventRecorder
     from raven.kube.informer import Informer
@@ -75,7 +79,6 @@ if TYPE_CHECKING:  # imported at connect(): the kubernetes client costs ~1 s and
 
 log = logging.getLogger(__name__)
 
-STATUS_FILE = "agent-status.json"  # what `raven status` reads: the last plan and its inputs
 CACHE_FILE = "inputs.json"
 
 
@@ -84,16 +87,8 @@ EVENT_PEER_SKIPPED = "PeerSkipped"
 # from the control plane: it is published flagged (raven.pool_decision, cause "partition").
 DECISION_PUBLISH_TIMEOUT = 2.0
 
-__all__ = ["Agent", "AgentSettings", "Inputs", "gateway_candidate", "parse_inputs"]
-
-
-def _read_claim(path: Path) -> tuple[str, str, float] | None:
-    """The claim a previous agent wrote (pool_claims.render), or None."""
-    try:
-        gateway, head, since = path.read_text().split()
-        return gateway, "" if head == "-" else head, float(since)
-    except (OSError, ValueError):
-        return None
+__all__ = ["STATUS_FILE", "Agent", "AgentMetrics", "AgentSettings", "Inputs", "gateway_candidate",
+           "parse_inputs"]
 
 
 def gateway_candidate(node: str, gateways: list[Gateway]) -> bool:
@@ -120,52 +115,13 @@ def parse_inputs(inputs: Inputs, node: str) -> tuple[list[Gateway], Node | str, 
     return sorted(gateways, key=lambda g: g.name), me, problems
 
 
-class AgentMetrics:
-    def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
-        self.reconcile = Histogram(
-            "raven_agent_reconcile_duration_seconds", "Plan + apply time of one reconcile",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
-        self.errors = Counter("raven_agent_errors_total", "Errors by phase", ["phase"],
-                              registry=r)
-        self.applies = Counter("raven_agent_applies_total", "Successful applies", ["source"],
-                               registry=r)
-        self.kernel_writes = Counter("raven_agent_kernel_writes_total",
-                                     "Kernel writes made by applies", registry=r)
-        self.peers = Gauge("raven_agent_peers", "WireGuard peers configured", registry=r)
-        self.handshake_age = Gauge("raven_agent_peer_handshake_age_seconds",
-                                   "Seconds since the last handshake with a peer (-1: never)",
-                                   ["peer", "pool"], registry=r)
-        self.rx_bytes = Gauge("raven_agent_peer_rx_bytes", "Bytes received from a peer",
-                              ["peer", "pool"], registry=r)
-        self.tx_bytes = Gauge("raven_agent_peer_tx_bytes", "Bytes sent to a peer",
-                              ["peer", "pool"], registry=r)
-        self.role = Gauge("raven_agent_role", "1 for this node's current role", ["role"],
-                          registry=r)
-        self.cache_age = Gauge("raven_agent_cache_age_seconds",
-                               "Age of the inputs in use (0 while the API is in sync)",
-                               registry=r)
-        self.ready = Gauge("raven_agent_ready", "1 after the first successful apply",
-                           registry=r)
-        self.direct_paths = Gauge("raven_agent_direct_paths", "Remote NAT'd pools reached "
-                                  "over a direct (hole-punched) path", registry=r)
-        self.path_mode = Gauge("raven_agent_path", "1 for the current path to each NAT'd pool "
-                               "(mode: direct, probing, relayed)", ["pool", "mode"], registry=r)
-        self.path_changes = Counter("raven_agent_path_changes_total", "Path mode changes, by "
-                                    "the mode entered", ["pool", "mode"], registry=r)
-        self.path_rtt = Gauge("raven_agent_path_rtt_ms", "RTT in ms of the path to each NAT'd "
-                              "pool (docs/gateway.md 4a)", ["pool"], registry=r)
-        self.path_loss = Gauge("raven_agent_path_loss_ratio", "Unanswered share of the echoes "
-                               "on the path to each NAT'd pool", ["pool"], registry=r)
-        self.drift = Gauge("raven_agent_drift", "Differences between plan and kernel found by "
-                           "the last check (repaired by the next apply)", registry=r)
-
-
 class Agent:
     def __init__(self, settings: AgentSettings, kube: Kube | None = None) -> None:
         self.settings = settings
         self.kube: Kube | None = kube  # created by connect(), after the cached plan is applied
         self.metrics = AgentMetrics()
+        self.report = AgentReport(settings.state_dir / STATUS_FILE, self.metrics)
+        self.annotations = NodeAnnotations(settings.node, self.metrics.errors)
         self.cache = InputCache(settings.state_dir / CACHE_FILE)
         # The data plane's section gains the overlay section (names, tables, marks) on the
         # data plane branch; hand it ours then, so apply() and cleanup() use what we plan with.
@@ -193,23 +149,17 @@ class Agent:
         self.skipped: tuple[str, ...] = ()  # peers the last apply could not build, and why
         self._skipped_reported: tuple[str, ...] = ()
         self.loop_time = time.monotonic()  # last turn of the main loop, for /healthz
-        self._status_doc: dict[str, Any] = {}
         # Direct paths to other NAT'd pools, decided by the path manager's thread (raven.paths)
         # and planned with every reconcile; the lock keeps its applies and the loop's apart.
         self.path_plans: dict[str, PathPlan] = {}
-        self.path_report: list[dict[str, Any]] = []
         self._reconcile_lock = threading.RLock()
         self._adopted = False
         self.paths = PathManager(self)
-        self.prober: Prober | None = None  # started by run() when probes are enabled
-        self.switches: tuple[str, ...] = ()  # pools whose active gateway this node replaced
+        self.probes: ProbeFailover | None = None  # started by run() when probes are enabled
         self.pool_gateway: str | None = None  # our pool's gateway as we use it, for the Node
         self._decision = threading.Event()  # pool_gateway changed: publish it
+        self._candidacy = threading.Event()  # `candidate` changed: the heartbeat looks
         self._cut_off = False  # the last attempt to publish pool_gateway failed (API unreachable)
-        # Our claim (raven.pool_claims): (gateway we use, controller's choice, since unix s),
-        # advertised by the probe responder; the controller's choice per pool, as last read.
-        self._claim: tuple[str, str, float] | None = None
-        self._heads: dict[str, str] = {}
         self.proxy_metrics = ProxyMetrics(self.metrics.registry)
         self.proxy: ProxyComponent | None = None  # started by run() (docs/proxy.md)
 
@@ -231,6 +181,7 @@ class Agent:
         self.node = Informer(self.kube, NODES, field_selector=f"metadata.name={s.node}",
                              on_change=self._changed, name=f"node-{s.node}")
         self.heartbeat = Heartbeat(self.kube, s.node, s.namespace, s.heartbeat_duration)
+        self.annotations.kube, self.annotations.informer = self.kube, self.node
         self.events = EventRecorder(self.kube, "raven-agent", s.node)
 
     def _synced(self) -> bool:
@@ -307,29 +258,11 @@ class Agent:
                                                       if state.wireguard else ())}
 
     def record_paths(self, report: list[dict[str, Any]]) -> None:
-        if report == self.path_report:
-            return
-        before = {p["pool"]: p["mode"] for p in self.path_report}
-        self.path_report = report
-        self.metrics.direct_paths.set(sum(p["mode"] == "direct" for p in report))
-        self.metrics.path_mode.clear()
-        self.metrics.path_rtt.clear()
-        self.metrics.path_loss.clear()
-        for path in report:
-            self.metrics.path_mode.labels(path["pool"], path["mode"]).set(1)
-            if "rttMs" in path:
-                self.metrics.path_rtt.labels(path["pool"]).set(path["rttMs"])
-            if "loss" in path:
-                self.metrics.path_loss.labels(path["pool"]).set(path["loss"])
-            if before.get(path["pool"]) != path["mode"]:
-                self.metrics.path_changes.labels(path["pool"], path["mode"]).inc()
-        if self._status_doc:
-            self._status_doc["paths"] = report
-            self._flush_status()
+        self.report.record_paths(report)
 
-    def _reconcile(self, inputs: Inputs, wall: float) -> bool:
-        start = time.monotonic()
-        self.reconciles += 1
+    def _plan(self, inputs: Inputs) -> tuple[list[Gateway], NodeState] | None:
+        """The Gateways as this node sees them and its plan, or None (logged, counted) when
+        planning failed or a plan from the cache is refused."""
         try:
             gateways, me, problems = parse_inputs(inputs, self.settings.node)
             for problem in problems:
@@ -340,23 +273,36 @@ class Agent:
                     self.path_plans = self.paths.adopt(gateways, time.monotonic(), time.time())
                 except Exception as exc:  # then they are probed again, nothing worse
                     log.warning("direct paths of the previous agent not adopted: %s", exc)
-            gateways = self._failover(gateways)
+            if self.probes is not None:
+                gateways = self.probes.effective(gateways, time.time())
             state = plan_node(gateways, me, self.settings.overlay, self.path_plans)
             state = standby.warm(state, gateways, self.settings.node, self.settings.overlay)
         except Exception as exc:
             self.metrics.errors.labels("plan").inc()
             self.last_error = f"plan: {exc}"
             log.exception("planning failed; data plane left as it is")
+            return None
+        refusal = agent_step.cache_refusal(problems, me, state) if inputs.source == "cache" \
+            else None
+        if refusal is not None:
+            self.metrics.errors.labels("cache").inc()
+            self.last_error = f"cache not applied: {refusal}"
+            log.warning("input cache %s not applied: %s; the data plane is left as it is "
+                        "until the API server answers", self.cache.path, refusal)
+            return None
+        return gateways, state
+
+    def _reconcile(self, inputs: Inputs, wall: float) -> bool:
+        start = time.monotonic()
+        self.reconciles += 1
+        planned = self._plan(inputs)
+        if planned is None:
             return False
-        if inputs.source == "cache":
-            refusal = agent_step.cache_refusal(problems, me, state)
-            if refusal is not None:
-                self.metrics.errors.labels("cache").inc()
-                self.last_error = f"cache not applied: {refusal}"
-                log.warning("input cache %s not applied: %s; the data plane is left as it is "
-                            "until the API server answers", self.cache.path, refusal)
-                return False
-        self.candidate = gateway_candidate(self.settings.node, gateways)
+        gateways, state = planned
+        candidate = gateway_candidate(self.settings.node, gateways)
+        if candidate != self.candidate:
+            self.candidate = candidate
+            self._candidacy.set()  # the heartbeat starts (or stops) at once
         if self.proxy is not None:  # the proxy follows the same inputs; it never blocks here
             self.proxy.apply(plan_proxy(gateways, self.settings.node))
         try:
@@ -380,7 +326,8 @@ class Agent:
         self.state = state
         self.inputs = inputs
         self.last_error = None
-        self._retarget(gateways, state)
+        if self.probes is not None:
+            self.probes.retarget(gateways, state)
         self._note_pool_gateway(gateways, state)
         if not self.ready:
             self.ready = True
@@ -388,49 +335,6 @@ class Agent:
         self._write_status(gateways, state, inputs, wall, elapsed)
         self.paths.wake.set()  # new inputs may hold new candidates: look at once
         return True
-
-    def _failover(self, gateways: list[Gateway]) -> list[Gateway]:
-        """The Gateways as this node's probes see them (raven.failover), logging each change
-        of the decision."""
-        if self.prober is None:
-            return gateways
-        me = self.settings.node
-        self._heads = {g.name: next((e.node_name for e in g.status.active_endpoints
-                                     if e.type == TUNNEL), "") for g in gateways}
-        mine_pool = next((g.name for g in gateways
-                          if me in {n.node_name for n in g.status.nodes}), None)
-        claim = self._claim
-        mine = None if claim is None else pool_claims.Claim(
-            claim[0], claim[1], max(0.0, time.time() - claim[2]))
-        # Back after being down (no standing claim of our own): count ourselves only once
-        # every other candidate of our pool was heard from (raven.pool_claims).
-        o = self.settings.overlay
-        heard = self.prober.heard()
-        others = [(t.pool, t.node) for t in failover.probe_targets(
-            gateways, me, lambda ip: vtep_for(ip)[0], o.vxlan_device, o.wireguard_device)
-            if t.pool == mine_pool]
-        self_alive = (claim is not None and claim[0] == me) or all(
-            heard.get(key, False) for key in others)
-        effective, switches = failover.effective_gateways(
-            gateways, self.prober.verdicts(), me, self.prober.claims(), mine, self_alive)
-        described = tuple(str(s) for s in switches)
-        if described != self.switches:
-            for text in described:
-                log.warning("failover without the API: %s", text)
-            if not described:
-                log.info("failover: every pool follows the controller's choice again")
-            self.switches = described
-        return effective
-
-    def _retarget(self, gateways: list[Gateway], state: NodeState) -> None:
-        if self.prober is None:
-            return
-        o = self.settings.overlay
-        source = state.vxlan.vtep_ip if state.vxlan is not None else None
-        targets = failover.probe_targets(gateways, self.settings.node,
-                                         lambda ip: vtep_for(ip)[0], o.vxlan_device,
-                                         o.wireguard_device) if source else ()
-        self.prober.set_targets(targets, source)
 
     def _note_pool_gateway(self, gateways: list[Gateway], state: NodeState) -> None:
         pool = next((g for g in gateways if g.name == state.pool), None)
@@ -440,71 +344,23 @@ class Agent:
         if chosen != self.pool_gateway:
             self.pool_gateway = chosen
             self._decision.set()
-        head = self._heads.get(state.pool or "", "")
-        if chosen and self.prober is not None and (
-                self._claim is None or self._claim[:2] != (chosen, head)):
-            self._claim = (chosen, head, time.time())
-            self._write_claim()
-
-    def _write_claim(self) -> None:
-        """Our claim for the probe responder to advertise (written whole, then renamed)."""
-        from raven.healthprobe import responder
-
-        if self._claim is None:
-            return
-        path = self.settings.state_dir / responder.ADVERT_FILE
-        try:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(pool_claims.render(*self._claim))
-            os.replace(tmp, path)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", path, exc)
+        if self.probes is not None:
+            self.probes.note(chosen, state.pool, time.time())
 
     def publish_pool_gateway(self) -> bool:
         """Make our Node's annotation name the gateway our pool uses as we decided it, so the
         controller can adopt the pool's decision (raven.pool_decision); True when it does.
         When the API server did not take an attempt since the last success, the decision was
         taken while cut off: flagged beside it."""
-        if self.node is None or self.kube is None or self.pool_gateway is None:
-            return self.pool_gateway is None
-        from raven.kube.client import NODES
-
-        node = self.node.get(self.settings.node)
-        if node is None:
-            return False
-        annotations = (node.get("metadata") or {}).get("annotations") or {}
-        want = {constants.ANNOTATION_POOL_GATEWAY: self.pool_gateway,
-                constants.ANNOTATION_POOL_GATEWAY_OFFLINE: "true" if self._cut_off else "false"}
-        if all(annotations.get(k) == v for k, v in want.items()):
+        if self.pool_gateway is None:
             return True
-        patch = {"metadata": {"annotations": want}}
-        try:
-            self.kube.merge_patch(NODES, self.settings.node, patch,
-                                  timeout=DECISION_PUBLISH_TIMEOUT)
-        except KubeError as exc:
-            self._cut_off = True
-            self.metrics.errors.labels("publish").inc()
-            log.warning("node %s: cannot publish the pool's gateway: %s", self.settings.node, exc)
-            return False
-        self._cut_off = False
-        return True
-
-    def _decision_loop(self, stop: threading.Event) -> None:
-        """Publish the pool's gateway on its own thread: while the pool is cut off from the API
-        server, a blocked write must never delay a reconcile (that is when failover happens)."""
-        s = self.settings
-        failures = 0
-        while not stop.is_set():
-            self._decision.wait(timeout=s.resync_period)
-            self._decision.clear()
-            if stop.is_set():
-                return
-            if self.publish_pool_gateway():
-                failures = 0
-                continue
-            failures += 1
-            stop.wait(s.backoff.delay(failures, random.random))
-            self._decision.set()  # try again
+        want: dict[str, str | None] = {
+            constants.ANNOTATION_POOL_GATEWAY: self.pool_gateway,
+            constants.ANNOTATION_POOL_GATEWAY_OFFLINE: "true" if self._cut_off else "false"}
+        outcome = self.annotations.ensure(want, "the pool's gateway", DECISION_PUBLISH_TIMEOUT)
+        if outcome in (Write.WRITTEN, Write.FAILED):
+            self._cut_off = outcome is Write.FAILED
+        return outcome.ok
 
     def _on_health(self) -> None:
         """A probe target became or stopped being DOWN: plan again now (the drift path, so
@@ -530,7 +386,7 @@ class Agent:
     def _write_status(self, gateways: list[Gateway], state: NodeState, inputs: Inputs,
                       wall: float, elapsed: float) -> None:
         pool = next((g for g in gateways if g.name == state.pool), None)
-        self._status_doc = {
+        self.report.applied({
             "node": self.settings.node,
             "role": str(state.role),
             "pool": state.pool,
@@ -542,84 +398,33 @@ class Agent:
             "reconcileSeconds": elapsed,
             "publicKey": self.public_key,
             "skipped": list(self.skipped),
-            "paths": self.path_report,
-            "failover": list(self.switches),
-            "probes": self.prober.report() if self.prober is not None else [],
+            "failover": list(self.probes.switches) if self.probes is not None else [],
+            "probes": self.probes.report() if self.probes is not None else [],
             # What this plan was made from: tests and operators can wait for "every agent has
             # acted on Gateway X at resourceVersion R" instead of sleeping.
             "gateways": {g.name: g.metadata.get("resourceVersion") for g in gateways},
             "plan": state.to_json(),
             "proxy": self.proxy.status() if self.proxy is not None else {"role": "disabled"},
-        }
-        self._flush_status()
-
-    def _flush_status(self) -> None:
-        if not self._status_doc:
-            return
-        try:
-            atomic_write_json(self.settings.state_dir / STATUS_FILE, self._status_doc, mode=0o644)
-        except OSError as exc:
-            log.warning("cannot write %s: %s", STATUS_FILE, exc)
+        })
 
     def refresh_peer_metrics(self, wall: float) -> None:
-        if self.prober is not None:  # a responder that died is started again
-            from raven.healthprobe import responder
-
-            try:
-                responder.ensure(self.settings.state_dir, self.settings.probe.port,
-                                 self.settings.netns)
-            except OSError as exc:
-                log.warning("probe responder not started: %s", exc)
+        if self.probes is not None:  # a responder that died is started again
+            self.probes.ensure_responder()
         try:
             observed = self.dataplane.observe()
         except Exception as exc:
             self.metrics.errors.labels("observe").inc()
             log.warning("observe failed: %s", exc)
             return
-        pools = {}
-        if self.state is not None and self.state.wireguard is not None:
-            pools = {p.public_key: p.pool for p in self.state.wireguard.peers}
-        peers = list(observed.peers)
-        self.metrics.peers.set(len(peers))
-        self.metrics.drift.set(len(observed.drift))
-        if self._status_doc:  # `raven status` shows the drift found by the last check
-            self._status_doc["observedAt"] = wall
-            self._status_doc["drift"] = list(observed.drift)
-            if self.proxy is not None:  # connections come and go between applies
-                self._status_doc["proxy"] = self.proxy.status()
-            self._flush_status()
-        for gauge in (self.metrics.handshake_age, self.metrics.rx_bytes, self.metrics.tx_bytes):
-            gauge.clear()
-        for peer in peers:
-            labels = (peer.public_key, pools.get(peer.public_key, ""))
-            age = peer.handshake_age_s
-            self.metrics.handshake_age.labels(*labels).set(-1 if age is None else float(age))
-            self.metrics.rx_bytes.labels(*labels).set(float(peer.rx_bytes))
-            self.metrics.tx_bytes.labels(*labels).set(float(peer.tx_bytes))
+        self.report.observed(observed, self.state, wall,
+                             self.proxy.status() if self.proxy is not None else None)
 
     # -- API writes ----------------------------------------------------------------------------
 
     def publish_public_key(self) -> bool:
         """Make our Node's annotation carry our key; True when it already does or now does."""
-        if self.node is None or self.kube is None:
-            return False
-        from raven.kube.client import NODES
-
-        node = self.node.get(self.settings.node)
-        if node is None:
-            return False
-        annotations = (node.get("metadata") or {}).get("annotations") or {}
-        if annotations.get(constants.ANNOTATION_PUBLIC_KEY) == self.public_key:
-            return True
-        patch = {"metadata": {"annotations": {constants.ANNOTATION_PUBLIC_KEY: self.public_key}}}
-        try:
-            self.kube.merge_patch(NODES, self.settings.node, patch)
-        except KubeError as exc:
-            self.metrics.errors.labels("publish").inc()
-            log.warning("node %s: cannot publish public key: %s", self.settings.node, exc)
-            return False
-        log.info("node %s: published WireGuard public key", self.settings.node)
-        return True
+        return self.annotations.ensure({constants.ANNOTATION_PUBLIC_KEY: self.public_key},
+                                       "WireGuard public key").ok
 
     def publish_observed(self, observed: dict[str, str]) -> bool:
         """Our Node's observed-endpoints annotation = `observed` (removed when empty)."""
@@ -638,25 +443,7 @@ class Agent:
 
     def _annotate(self, name: str, value: str | None, what: str) -> bool:
         """Make one annotation of our Node `value` (None: absent); True when it is."""
-        if self.node is None or self.kube is None:
-            return False
-        from raven.kube.client import NODES
-
-        node = self.node.get(self.settings.node)
-        if node is None:
-            return False
-        annotations = (node.get("metadata") or {}).get("annotations") or {}
-        if annotations.get(name) == value:
-            return True
-        try:
-            self.kube.merge_patch(NODES, self.settings.node,
-                                  {"metadata": {"annotations": {name: value}}})
-        except KubeError as exc:
-            self.metrics.errors.labels("publish").inc()
-            log.warning("node %s: cannot publish %s: %s", self.settings.node, what, exc)
-            return False
-        log.info("node %s: published %s", self.settings.node, what)
-        return True
+        return self.annotations.ensure({name: value}, what).ok
 
     # -- the runner ----------------------------------------------------------------------------
 
@@ -685,7 +472,8 @@ class Agent:
         s = self.settings
         s.state_dir.mkdir(parents=True, exist_ok=True)
         self.public_key = self.dataplane.public_key()
-        self._start_prober()
+        if s.probe.enabled:
+            self.probes = ProbeFailover.start(s, self._on_health)
         self._start_proxy()
         cached = self.load_cache()
         state = self._start_from_cache(cached)  # before connect(): the client takes a second
@@ -699,7 +487,7 @@ class Agent:
                 self._drift.clear()
                 live = self._live_inputs()
                 self._note_confirmation(time.time())
-                seen = Observation(live, woke, drifted, cached if state.applied is None else None)
+                seen = Observation(live, woke, drifted, cached)
                 state, deadline = self.turn(state, seen)
                 self._wake.wait(max(0.0, deadline - time.monotonic()))
         finally:
@@ -707,31 +495,11 @@ class Agent:
             self.gateways.stop()
             self.node.stop()
             beating.join(timeout=s.kube.request_timeout + 1)
-            if self.prober is not None:
-                self.prober.stop()
+            if self.probes is not None:
+                self.probes.stop()
             if self.proxy is not None:
                 self.proxy.stop()  # closes every proxy socket; the data plane stays
             self.dataplane.close()  # leaves every kernel object (and wireguard-go) in place
-
-    def _start_prober(self) -> None:
-        if not self.settings.probe.enabled:
-            return
-        from raven.healthprobe import responder
-        from raven.healthprobe.prober import Prober
-
-        s = self.settings
-        try:
-            # Its own process, left running like wireguard-go: a restart of this agent must
-            # not silence the probes others send to this node (they would fail over). When
-            # it survived, so does our claim (raven.pool_claims); a new one voids it.
-            if responder.ensure(s.state_dir, s.probe.port, s.netns, forget_claim=True) is None:
-                self._claim = _read_claim(s.state_dir / responder.ADVERT_FILE)
-        except OSError as exc:
-            log.warning("probe responder not started: %s; other nodes cannot probe this one",
-                        exc)
-        prober = Prober(s.probe, self._on_health, s.netns)
-        prober.start()
-        self.prober = prober
 
     def _start_proxy(self) -> None:
         if not self.settings.proxy.enabled:
@@ -781,19 +549,24 @@ class Agent:
                 watch_drift(self._on_drift)
             except Exception as exc:  # drift repair then relies on the resync period
                 log.warning("drift monitor unavailable: %s", exc)
-        beating = threading.Thread(target=self._heartbeat_loop, args=(stop,), name="heartbeat",
-                                   daemon=True)
+        s = self.settings
+        beating = threading.Thread(
+            target=self._publish_loop, name="heartbeat", daemon=True,
+            args=(stop, self._candidacy, agent_step.heartbeat_schedule(s), self._renew_heartbeat,
+                  lambda: self.candidate))
         beating.start()
         threading.Thread(target=self.paths.run, args=(stop,), name="paths", daemon=True).start()
-        threading.Thread(target=self._decision_loop, args=(stop,), name="pool-gateway",
-                         daemon=True).start()
+        threading.Thread(
+            target=self._publish_loop, name="pool-gateway", daemon=True,
+            args=(stop, self._decision, agent_step.pool_gateway_schedule(s),
+                  self.publish_pool_gateway)).start()
         threading.Thread(target=self.paths.measure_loop, args=(stop,), name="relay-rtt",
                          daemon=True).start()
-        # The loop sleeps on _wake, not on stop: wake it when stop is set (SIGTERM), or a stop
-        # would wait for the next deadline (up to 10 s, longer than a heartbeat).
-        threading.Thread(target=lambda: (stop.wait(), self._wake.set(), self._decision.set()),
-                         name="stop-waker",
-                         daemon=True).start()
+        # The loops sleep on their events, not on stop: wake them when stop is set (SIGTERM),
+        # or a stop would wait for the next deadline (up to 10 s, longer than a heartbeat).
+        threading.Thread(target=lambda: (stop.wait(), self._wake.set(), self._decision.set(),
+                                         self._candidacy.set()),
+                         name="stop-waker", daemon=True).start()
         return beating
 
     def _note_confirmation(self, wall: float) -> None:
@@ -803,24 +576,38 @@ class Agent:
         self.metrics.cache_age.set(max(0.0, wall - self.inputs_time) if self.inputs_time
                                    else 0.0)
 
-    def _heartbeat_loop(self, stop: threading.Event) -> None:
-        """Renew the heartbeat Lease while we are a gateway candidate, on its own thread: a slow
-        or unreachable API server must never delay a reconcile, and a long reconcile must
-        never make the controller think this gateway died."""
-        s = self.settings
-        beat = agent_step.HeartbeatState()
+    def _renew_heartbeat(self) -> bool:
+        assert self.heartbeat is not None
+        try:
+            self.heartbeat.renew(time.time())  # renewTime goes to the API: wall clock
+            return True
+        except KubeError as exc:
+            self.metrics.errors.labels("heartbeat").inc()
+            log.warning("heartbeat lease: %s", exc)
+            return False
+
+    def _publish_loop(self, stop: threading.Event, wake: threading.Event,
+                      schedule: publisher.Schedule, attempt: Callable[[], bool],
+                      active: Callable[[], bool] = lambda: True) -> None:
+        """The runner of one `raven.publisher` schedule, on a thread of its own: a slow or
+        unreachable API server never delays a reconcile, and a long reconcile never delays a
+        heartbeat. `wake` says there is something new (or that `active` changed, or stop)."""
+        state = publisher.PublishState()
         while not stop.is_set():
-            delay = agent_step.heartbeat_poll(s)
-            if self.candidate and self.heartbeat is not None:
+            now = time.monotonic()
+            if wake.is_set():
+                wake.clear()
+                state = publisher.ask(state, now)
+            go, deadline = publisher.poll(state, now, active())
+            if go:
                 try:
-                    self.heartbeat.renew(time.time())  # renewTime goes to the API: wall clock
-                    ok = True
-                except KubeError as exc:
+                    ok = attempt()
+                except Exception:  # never fatal: the thread would stop writing for good
+                    log.exception("%s failed", threading.current_thread().name)
                     ok = False
-                    self.metrics.errors.labels("heartbeat").inc()
-                    log.warning("heartbeat lease: %s", exc)
-                beat, delay = agent_step.heartbeat_result(beat, ok, s, random.random())
-            stop.wait(delay)
+                state = publisher.result(state, ok, time.monotonic(), schedule, random.random())
+            else:
+                wake.wait(None if deadline is None else max(0.0, deadline - now))
 
     # -- health --------------------------------------------------------------------------------
 

@@ -18,18 +18,20 @@ Rules kept:
   re-applied every resync period while the API stays unreachable;
 - a plan from the cache is applied only when every cached object was readable and the plan
   builds something: a damaged cache never tears down the live data plane (`cache_refusal`);
-- the public key is published on the Node at start and every resync period, sooner after a
-  failure (backoff);
-- the heartbeat (`heartbeat_step`) renews every period while this node is a gateway candidate,
-  retries a failure with backoff but never slower than the period, and polls quickly while not
-  a candidate so that becoming one is noticed at once.
+- every periodic API write is scheduled by the one pure publisher (`raven.publisher`), with
+  its `Schedule` defined here: the public key (`key_schedule`: at start and every resync
+  period, a failure retried with backoff), the pool's gateway (`pool_gateway_schedule`: when it
+  changes and every resync period, backing off), the heartbeat (`heartbeat_schedule`: every
+  heartbeat period while this node is a gateway candidate, a failure retried with backoff but
+  never slower than the period; becoming a candidate is an event, not polled).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
+from raven import publisher
 from raven.desired import NodeState, Role
 from raven.model import Node
 from raven.settings import AgentSettings
@@ -38,7 +40,6 @@ JSON = dict[str, Any]
 Key = tuple[JSON | None, tuple[JSON, ...]]
 
 UNSYNCED_POLL = 0.2  # seconds: the first lists may emit no event, look again this soon
-CANDIDATE_POLL = 0.5  # seconds: how soon a node that became a gateway candidate starts beating
 
 
 @dataclass(frozen=True)
@@ -92,10 +93,9 @@ class AgentState:
     saved_key: Key | None = None  # inputs last written to the offline cache
     failures: int = 0  # consecutive failed applies
     failed_key: Key | None = None  # inputs of the last failed apply: retried after the backoff
-    publish_failures: int = 0
     next_resync: float = 0.0
     next_stats: float = 0.0
-    next_publish: float = 0.0
+    publish: publisher.PublishState = field(default_factory=publisher.PublishState)  # key
     burst_until: float | None = None  # end of the open burst window
     drift: bool = False  # drift seen and not yet repaired by an apply
     cache_tried: bool = False  # the offline cache was offered to the planner once
@@ -126,7 +126,7 @@ def step(state: AgentState, seen: Observation, now: float, s: AgentSettings) -> 
         if due and not backing_off:
             actions.append(Apply(live))
             state = replace(state, drift=False)
-        if now >= state.next_publish:
+        if publisher.poll(state.publish, now)[0]:
             actions.append(PublishKey())
     elif seen.cached is not None and state.applied is None and not state.cache_tried:
         actions.append(Apply(seen.cached))
@@ -147,8 +147,8 @@ def _deadline(state: AgentState, seen: Observation, now: float) -> float:
         deadline = min(deadline, state.burst_until)
     if seen.live is None:  # nothing to publish before the API answers: do not spin on it
         deadline = min(deadline, now + UNSYNCED_POLL)
-    else:
-        deadline = min(deadline, state.next_publish)
+    elif state.publish.due is not None:
+        deadline = min(deadline, state.publish.due)
     return deadline
 
 
@@ -171,11 +171,28 @@ def saved(state: AgentState, inputs: Inputs) -> AgentState:
 
 def published(state: AgentState, ok: bool, now: float, s: AgentSettings,
               jitter: float) -> AgentState:
-    if ok:
-        return replace(state, publish_failures=0, next_publish=now + s.resync_period)
-    failures = state.publish_failures + 1
-    return replace(state, publish_failures=failures,
-                   next_publish=now + s.backoff.delay(failures + 2, lambda: jitter))
+    """The outcome of a PublishKey action."""
+    return replace(state, publish=publisher.result(state.publish, ok, now, key_schedule(s),
+                                                   jitter))
+
+
+def key_schedule(s: AgentSettings) -> publisher.Schedule:
+    """The public key: every resync period; the first retry after 8x the initial backoff (a
+    fresh Node object is often not listed yet, and the key is needed only by remote pools)."""
+    return publisher.Schedule(s.resync_period, s.backoff, skip=2)
+
+
+def pool_gateway_schedule(s: AgentSettings) -> publisher.Schedule:
+    """The pool's gateway as this node decided it: when it changes (`publisher.ask`) and every
+    resync period; retried with backoff (its own thread: a blocked write never delays a
+    reconcile)."""
+    return publisher.Schedule(s.resync_period, s.backoff)
+
+
+def heartbeat_schedule(s: AgentSettings) -> publisher.Schedule:
+    """The heartbeat Lease: every heartbeat period while a gateway candidate; a failure retried
+    with backoff, never slower than the period (the controller's timeout counts in periods)."""
+    return publisher.Schedule(s.heartbeat_period, s.backoff, cap=s.heartbeat_period)
 
 
 def cache_refusal(problems: list[str], me: Node | str, plan: NodeState) -> str | None:
@@ -191,23 +208,3 @@ def cache_refusal(problems: list[str], me: Node | str, plan: NodeState) -> str |
     if plan.role == Role.ALONE:
         return "the cached inputs put this node in no pool"
     return None
-
-
-@dataclass(frozen=True)
-class HeartbeatState:
-    failures: int = 0
-
-
-def heartbeat_poll(s: AgentSettings) -> float:
-    """Seconds between looks while this node is not a gateway candidate."""
-    return min(CANDIDATE_POLL, s.heartbeat_period)
-
-
-def heartbeat_result(state: HeartbeatState, ok: bool, s: AgentSettings,
-                     jitter: float) -> tuple[HeartbeatState, float]:
-    """(next state, seconds until the next renewal) after one renewal."""
-    if ok:
-        return HeartbeatState(0), s.heartbeat_period
-    failures = state.failures + 1
-    return HeartbeatState(failures), min(s.heartbeat_period,
-                                         s.backoff.delay(failures, lambda: jitter))

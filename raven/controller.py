@@ -24,6 +24,7 @@ import contextlib
 import copy
 import logging
 import os
+import random
 import socket
 import threading
 import time
@@ -117,6 +118,7 @@ class GatewayController:
         self.elector = LeaderElector(self.kube, settings.identity, settings.leader)
         self.events = EventRecorder(self.kube, "raven-gateway-controller", settings.identity)
         self.writes = 0
+        self.write_failures = 0  # status writes refused by the API (not conflicts)
         self.reconciles = 0
         self._heartbeat_seen: dict[str, float] = {}  # node -> last renewTime seen (for wakes)
         self._node_cache: dict[str, tuple[str, Node]] = {}  # name -> (resourceVersion, parsed)
@@ -306,7 +308,7 @@ class GatewayController:
         except KubeError as exc:
             log.warning("Gateway %s: status write failed: %s", name, exc)
             self.metrics.errors.labels("write").inc()
-            self._wake.set()
+            self.write_failures += 1  # retried with backoff (controller_step.reconciled)
             return False
         self.writes += 1
         self.metrics.writes.inc()
@@ -337,7 +339,8 @@ class GatewayController:
         return all(i.synced.is_set() for i in (self.gateways, self.nodes, self.leases))
 
     def run(self, stop: threading.Event) -> None:
-        s = self.settings
+        """The thin runner of `controller_step`: observe, step, act, sleep until the deadline
+        or the next event."""
         for informer in (self.gateways, self.nodes, self.leases):
             informer.start()
         # The loop sleeps on _wake: wake it when stop is set (SIGTERM) so the lease is released
@@ -350,24 +353,31 @@ class GatewayController:
                 woke = self._wake.is_set()
                 self._wake.clear()
                 seen = Observation(woke=woke, synced=self.synced())
-                decided = controller_step.step(state, seen, time.monotonic(), s)
+                decided = controller_step.step(state, seen, time.monotonic(), self.settings)
                 state = decided.state
                 for action in decided.actions:
-                    if action is Action.TRY_LEAD:
-                        state = self._try_lead(state)
-                    elif action is Action.RECONCILE:
-                        try:
-                            self.reconcile(time.time())  # conditions and Events carry API time
-                        except Exception:
-                            log.exception("reconcile failed")
-                            self.metrics.errors.labels("reconcile").inc()
-                        state = controller_step.reconciled(state, time.monotonic(), s)
+                    state = self._act(action, state)
                 self._wake.wait(max(0.0, decided.deadline - time.monotonic()))
         finally:
             for informer in (self.gateways, self.nodes, self.leases):
                 informer.stop()
             self.elector.release()
             self.metrics.leader.set(0)
+
+    def _act(self, action: Action, state: ControllerState) -> ControllerState:
+        """Carry out one action of the step; the outcome goes back into the state."""
+        if action is Action.TRY_LEAD:
+            return self._try_lead(state)
+        refused = self.write_failures
+        try:
+            self.reconcile(time.time())  # conditions and Events carry API time
+            ok = self.write_failures == refused
+        except Exception:
+            log.exception("reconcile failed")
+            self.metrics.errors.labels("reconcile").inc()
+            ok = False
+        return controller_step.reconciled(state, ok, time.monotonic(), self.settings,
+                                          random.random())
 
     def _try_lead(self, state: ControllerState) -> ControllerState:
         # renewTime goes to the API (wall clock); the holder's silence is timed on ours (monotonic)

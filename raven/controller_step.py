@@ -3,7 +3,7 @@ actions, deadline).
 
 The runner (`raven.controller.GatewayController.run`) owns the informers, the Lease, the API
 writes and a monotonic clock; it calls `step`, carries out the one action it returns, reports
-the outcome (`elected`, `reconciled`) and sleeps until the deadline or the next event.
+the outcome (`after_election`, `reconciled`) and sleeps until the deadline or the next event.
 
 Rules kept:
 - `now` is monotonic seconds; nothing here reads a clock or the API;
@@ -13,14 +13,19 @@ Rules kept:
   once, losing it drops any pending work;
 - an event opens a burst window of `coalesce` seconds and the burst is one reconcile; without
   events the leader reconciles every `resync_period` (heartbeats go stale without events);
+- a reconcile that failed (it raised, or a status write failed on an API error) is retried
+  with backoff (`KubeSettings.backoff`), never later than the resync period; a success resets
+  the backoff. The schedule is the one of every periodic write (`raven.publisher`); events
+  still reconcile at the end of their burst while it backs off (they come from the API);
 - a Lease event wakes the loop only when it can change an election (`heartbeat_wakes`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from raven import publisher
 from raven.settings import ControllerSettings
 
 UNSYNCED_POLL = 0.2  # seconds: a leader whose informers have not listed looks again this soon
@@ -41,7 +46,9 @@ class Observation:
 class ControllerState:
     leader: bool = False
     next_election: float = 0.0
-    next_resync: float = 0.0
+    # The reconcile without events: due every resync period, sooner (backing off) after a
+    # failure; `resync.failures` counts the failed reconciles in a row.
+    resync: publisher.PublishState = field(default_factory=publisher.PublishState)
     burst_until: float | None = None
 
 
@@ -53,17 +60,18 @@ class Step:
 
 
 def step(state: ControllerState, seen: Observation, now: float, s: ControllerSettings) -> Step:
+    if seen.woke and state.burst_until is None:  # noted first: an election must not eat it
+        state = replace(state, burst_until=now + s.coalesce)
     if now >= state.next_election:
         return Step(state, (Action.TRY_LEAD,), now)
     if not state.leader:
         return Step(replace(state, burst_until=None), (), state.next_election)
-    if seen.woke and state.burst_until is None:
-        state = replace(state, burst_until=now + s.coalesce)
     burst_open = state.burst_until is not None and now < state.burst_until
-    due = (state.burst_until is not None and not burst_open) or now >= state.next_resync
+    resync_due, resync_at = publisher.poll(state.resync, now)
+    due = (state.burst_until is not None and not burst_open) or resync_due
     if due and seen.synced:
         return Step(replace(state, burst_until=None), (Action.RECONCILE,), now)
-    deadline = min(state.next_election, state.next_resync)
+    deadline = state.next_election if resync_at is None else min(state.next_election, resync_at)
     if state.burst_until is not None:
         deadline = min(deadline, max(state.burst_until, now))
     if not seen.synced:
@@ -77,12 +85,19 @@ def after_election(state: ControllerState, leader: bool, now: float, s: Controll
     period = s.leader.renew_period if leader else s.leader.retry_period
     gained = leader and not state.leader
     return replace(state, leader=leader, next_election=now + period,
-                   next_resync=now if gained else state.next_resync,
+                   resync=publisher.PublishState(due=now) if gained else state.resync,
                    burst_until=state.burst_until if leader else None)
 
 
-def reconciled(state: ControllerState, now: float, s: ControllerSettings) -> ControllerState:
-    return replace(state, next_resync=now + s.resync_period)
+def reconciled(state: ControllerState, ok: bool, now: float, s: ControllerSettings,
+               jitter: float) -> ControllerState:
+    """The outcome of RECONCILE; `jitter` is a random draw in [0, 1) for the backoff."""
+    return replace(state, resync=publisher.result(state.resync, ok, now, resync_schedule(s),
+                                                  jitter))
+
+
+def resync_schedule(s: ControllerSettings) -> publisher.Schedule:
+    return publisher.Schedule(s.resync_period, s.kube.backoff, cap=s.resync_period)
 
 
 def heartbeat_wakes(previous: float | None, current: float | None, timeout: float) -> bool:

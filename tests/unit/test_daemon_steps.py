@@ -10,7 +10,7 @@ from dataclasses import replace
 
 import pytest
 
-from raven import agent_step, controller_step
+from raven import agent_step, controller_step, publisher
 from raven.agent_step import (
     AgentState,
     Apply,
@@ -149,23 +149,43 @@ def test_drift_forces_an_apply_of_unchanged_inputs() -> None:
     assert actions == []  # repaired once, not forever
 
 
-def test_publish_failure_is_retried_sooner_than_the_resync() -> None:
-    state, _ = run_ok(AgentState(), Observation(live(GW_A)), 0.0)
-    state = agent_step.published(state, False, 0.0, S, 1.0)
-    assert 0 < state.next_publish <= S.backoff.maximum < S.resync_period
+def test_publish_failure_is_retried_sooner_than_the_resync_and_success_resets() -> None:
+    state, actions = run_ok(AgentState(), Observation(live(GW_A)), 0.0)
+    assert PublishKey() in actions and state.publish.due == S.resync_period
+    delays, now = [], S.resync_period
+    for _ in range(4):
+        decided = agent_step.step(state, Observation(live(GW_A)), now, S)
+        assert PublishKey() in decided.actions
+        state = agent_step.published(decided.state, False, now, S, 1.0)
+        assert agent_step.step(state, Observation(live(GW_A)), now, S).deadline <= (
+            state.publish.due)
+        assert PublishKey() not in agent_step.step(
+            state, Observation(live(GW_A)), state.publish.due - 0.01, S).actions
+        delays.append(state.publish.due - now)
+        now = state.publish.due
+    # the key's first retry waits 8x the initial backoff, then doubles up to the maximum
+    assert delays == pytest.approx([1.6, 3.2, 6.4, 10.0])
+    state = agent_step.published(state, True, now, S, 1.0)
+    assert state.publish == publisher.PublishState(now + S.resync_period, 0)
 
 
-def test_heartbeat_renews_each_period_and_retries_failures_with_backoff() -> None:
-    beat = agent_step.HeartbeatState()
-    beat, delay = agent_step.heartbeat_result(beat, True, S, 0.5)
-    assert delay == S.heartbeat_period
-    delays = []
+def test_heartbeat_renews_each_period_while_a_candidate_and_backs_off_capped() -> None:
+    hb = agent_step.heartbeat_schedule(S)
+    beat = publisher.PublishState()
+    assert publisher.poll(beat, 0.0, active=False) == (False, None)  # not a candidate: wait
+    beat = publisher.ask(beat, 3.0)  # became a candidate (an event): renew at once
+    assert publisher.poll(beat, 3.0, active=True)[0]
+    beat = publisher.result(beat, True, 3.0, hb, 0.5)
+    assert publisher.poll(beat, 7.99, active=True) == (False, 8.0)  # every period
+    assert publisher.poll(beat, 8.0, active=True)[0]
+    now, delays = 8.0, []
     for _ in range(6):
-        beat, delay = agent_step.heartbeat_result(beat, False, S, 1.0)
-        delays.append(delay)
-    assert delays == [0.4, 0.8, 1.6, 3.2, 5.0, 5.0]  # never slower than the period
-    assert agent_step.heartbeat_result(beat, True, S, 0.5) == (agent_step.HeartbeatState(), 5.0)
-    assert agent_step.heartbeat_poll(S) <= agent_step.CANDIDATE_POLL
+        beat = publisher.result(beat, False, now, hb, 1.0)
+        delays.append((beat.due or 0.0) - now)
+        now = beat.due or 0.0
+    assert delays == pytest.approx([0.4, 0.8, 1.6, 3.2, 5.0, 5.0])  # never slower than the period
+    beat = publisher.result(beat, True, now, hb, 1.0)
+    assert beat == publisher.PublishState(now + S.heartbeat_period, 0)
 
 
 def _node(name: str) -> Node:
@@ -203,7 +223,7 @@ def drive(state: ControllerState, seen: controller_step.Observation, now: float,
             if action is Action.TRY_LEAD:
                 state = controller_step.after_election(state, lead, now, C)
             else:
-                state = controller_step.reconciled(state, now, C)
+                state = controller_step.reconciled(state, True, now, C, 0.5)
         seen = replace(seen, woke=False)
     raise AssertionError("step never settles")
 
@@ -250,6 +270,18 @@ def test_leader_loss_drops_pending_work() -> None:
     assert Action.RECONCILE not in done
 
 
+def test_an_event_in_the_turn_of_a_lease_renewal_is_not_lost() -> None:
+    synced = controller_step.Observation(synced=True)
+    state, _ = drive(ControllerState(), synced, 0.0)
+    state = replace(state, resync=publisher.PublishState(9.0, 0))  # no resync due before 9 s
+    # the event arrives exactly when the renewal is due: the step renews first, then the
+    # burst it opened is reconciled once its window closes (not at the next resync)
+    state, done = drive(state, controller_step.Observation(woke=True, synced=True), 5.0)
+    assert done == [Action.TRY_LEAD]
+    _, done = drive(state, synced, 5.1)
+    assert done == [Action.RECONCILE]
+
+
 def test_an_unsynced_leader_waits_for_its_lists() -> None:
     state, done = drive(ControllerState(), controller_step.Observation(synced=False), 0.0)
     assert done == [Action.TRY_LEAD]
@@ -265,3 +297,119 @@ def test_only_heartbeats_that_can_change_an_election_wake_the_controller() -> No
     assert wakes(100.0, None, 15.0)  # deleted
     assert not wakes(100.0, 105.0, 15.0)  # routine renewal
     assert wakes(100.0, 200.0, 15.0)  # back after being stale
+
+
+def drive_failing(state: ControllerState, now: float) -> ControllerState:
+    """Steps at `now` with the lease renewed and every reconcile failing."""
+    seen = controller_step.Observation(synced=True)
+    for _ in range(10):
+        decided = controller_step.step(state, seen, now, C)
+        if not decided.actions:
+            return decided.state
+        state = decided.state
+        for action in decided.actions:
+            if action is Action.TRY_LEAD:
+                state = controller_step.after_election(state, True, now, C)
+            else:
+                state = controller_step.reconciled(state, False, now, C, 1.0)
+    raise AssertionError("step never settles")
+
+
+def test_a_failed_reconcile_backs_off_never_past_the_resync_and_success_resets() -> None:
+    synced = controller_step.Observation(synced=True)
+    state, _ = drive(ControllerState(), synced, 0.0)
+    state = controller_step.reconciled(state, False, 0.0, C, 1.0)
+    delays, now = [], 0.0
+    for _ in range(6):
+        delays.append((state.resync.due or 0.0) - now)
+        assert controller_step.step(state, synced, now, C).deadline <= (state.resync.due or 0.0)
+        now = state.resync.due or 0.0
+        state = drive_failing(state, now)
+    assert delays == pytest.approx([0.4, 0.8, 1.6, 3.2, 5.0, 5.0])  # capped at the resync
+    assert state.resync.failures == 7
+    # events still reconcile at the end of their burst while it backs off
+    state, done = drive(state, controller_step.Observation(woke=True, synced=True), now + 0.01)
+    state, done = drive(state, synced, now + 0.1)
+    assert done == [Action.RECONCILE]
+    assert state.resync == publisher.PublishState(now + 0.1 + C.resync_period, 0)
+
+
+# -- each timing test above can fail: it does against a deliberately broken step ---------------
+
+_real = {
+    "agent_step": agent_step.step, "applied": agent_step.applied,
+    "controller_step": controller_step.step, "result": publisher.result, "poll": publisher.poll,
+}
+
+
+def _ignores_leadership(state: ControllerState, seen: controller_step.Observation, now: float,
+                        s: ControllerSettings) -> controller_step.Step:
+    decided = _real["controller_step"](replace(state, leader=True), seen, now, s)
+    return replace(decided, state=replace(decided.state, leader=state.leader))
+
+
+# Broken variants keep the real signatures (the tests pass some arguments by keyword).
+BROKEN = {
+    "no coalescing": (agent_step, "step", lambda state, seen, now, s: _real["agent_step"](
+        state, seen, now, replace(s, coalesce=0.0))),
+    "controller: no coalescing": (controller_step, "step", lambda state, seen, now, s: _real[
+        "controller_step"](state, seen, now, replace(s, coalesce=0.0))),
+    "apply: no growth": (agent_step, "applied", lambda state, inputs, ok, now, s, jitter: _real[
+        "applied"](replace(state, failures=0), inputs, ok, now, s, jitter)),
+    "apply: no reset": (agent_step, "applied", lambda state, inputs, ok, now, s, jitter: replace(
+        _real["applied"](state, inputs, ok, now, s, jitter), failures=state.failures)),
+    "cache ignored": (agent_step, "step", lambda state, seen, now, s: _real["agent_step"](
+        state, replace(seen, cached=None), now, s)),
+    "publisher: no growth": (publisher, "result", lambda state, ok, now, s, jitter: _real[
+        "result"](replace(state, failures=0), ok, now, s, jitter)),
+    "publisher: no reset": (publisher, "result", lambda state, ok, now, s, jitter: replace(
+        _real["result"](state, ok, now, s, jitter),
+        failures=state.failures + (0 if ok else 1))),
+    "publisher: no cap": (publisher, "result", lambda state, ok, now, s, jitter: _real["result"](
+        state, ok, now, replace(s, cap=None), jitter)),
+    "heartbeat while not a candidate": (publisher, "poll", lambda state, now, active=True: _real[
+        "poll"](state, now, True)),
+    "controller: leadership ignored": (controller_step, "step", _ignores_leadership),
+    "controller: an election eats the event": (
+        controller_step, "step", lambda state, seen, now, s: _real["controller_step"](
+            state, replace(seen, woke=seen.woke and now < state.next_election), now, s)),
+}
+CATCHES = [
+    ("no coalescing", test_a_burst_of_events_becomes_one_apply_after_the_window),
+    ("no coalescing", test_drift_forces_an_apply_of_unchanged_inputs),
+    ("controller: no coalescing", test_controller_coalesces_a_burst_into_one_reconcile),
+    ("apply: no growth", test_failed_apply_backs_off_exponentially_and_success_resets),
+    ("apply: no reset", test_failed_apply_backs_off_exponentially_and_success_resets),
+    ("cache ignored", test_start_from_the_offline_cache_then_keep_reapplying_it_while_offline),
+    ("publisher: no growth",
+     test_publish_failure_is_retried_sooner_than_the_resync_and_success_resets),
+    ("publisher: no reset",
+     test_publish_failure_is_retried_sooner_than_the_resync_and_success_resets),
+    ("publisher: no growth",
+     test_heartbeat_renews_each_period_while_a_candidate_and_backs_off_capped),
+    ("publisher: no cap", test_heartbeat_renews_each_period_while_a_candidate_and_backs_off_capped),
+    ("publisher: no reset",
+     test_heartbeat_renews_each_period_while_a_candidate_and_backs_off_capped),
+    ("heartbeat while not a candidate",
+     test_heartbeat_renews_each_period_while_a_candidate_and_backs_off_capped),
+    ("publisher: no growth",
+     test_a_failed_reconcile_backs_off_never_past_the_resync_and_success_resets),
+    ("publisher: no cap",
+     test_a_failed_reconcile_backs_off_never_past_the_resync_and_success_resets),
+    ("publisher: no reset",
+     test_a_failed_reconcile_backs_off_never_past_the_resync_and_success_resets),
+    ("controller: leadership ignored", test_leader_loss_drops_pending_work),
+    ("controller: an election eats the event",
+     test_an_event_in_the_turn_of_a_lease_renewal_is_not_lost),
+    ("controller: leadership ignored", test_a_standby_never_reconciles_and_retries_the_lease),
+]
+
+
+@pytest.mark.parametrize(("broken", "test"), CATCHES,
+                         ids=[f"{b}-{t.__name__.removeprefix('test_')}" for b, t in CATCHES])
+def test_each_timing_test_fails_against_a_broken_step(broken: str, test: object,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    module, name, fake = BROKEN[broken]
+    monkeypatch.setattr(module, name, fake)
+    with pytest.raises(AssertionError):
+        test()  # type: ignore[operator]

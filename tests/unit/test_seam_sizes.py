@@ -1,8 +1,9 @@
 """The seams issue 10 thinned stay thin: the API server's handler frames and dispatches (the
-request semantics live in their own modules), the lab CLI's verbs are a table, and the data
+request semantics live in their own modules), the lab CLI's verbs are a table, the data
 plane's `Dataplane` only orders the appliers (each applier reads, diffs, applies and removes
-its own kind of kernel object). A function that grows past the bound is the sign that a concern
-moved back in; split it out again."""
+its own kind of kernel object), and the daemons' runners run pure steps (their decisions,
+backoff included, live in `agent_step`, `controller_step` and `publisher`). A function that
+grows past the bound is the sign that a concern moved back in; split it out again."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ MODULES = ["commands/lab.py"] + [f"apiserver/{m}.py" for m in (
     "handler", "exchange", "routing", "context", "documents", "verbs", "negotiation", "watch",
     "connect")] + [f"dataplane/{m}.py" for m in (
     "dataplane", "wireguard/device", "appliers/vxlan", "appliers/sysctls", "appliers/neighbours",
-    "appliers/routes", "appliers/rules", "appliers/nftables")]
+    "appliers/routes", "appliers/rules", "appliers/nftables")] + [f"{m}.py" for m in (
+        "agent", "agent_step", "agent_report", "agent_failover", "node_annotations",
+        "controller_step", "publisher")]
 
 
 def sizes(path: Path) -> dict[str, int]:
@@ -51,3 +54,21 @@ def test_the_dataplane_only_orders_the_appliers() -> None:
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)}
     assert calls & {"diff", "read", "delete", "write", "dump", "cleanup"} == set()
     assert {"step", "remove"} <= calls
+
+
+def test_the_agent_is_a_runner() -> None:
+    # 694 lines before the publish loops, the Node writes, the probe failover and the status
+    # report moved out (raven.publisher, node_annotations, agent_failover, agent_report).
+    assert sizes(RAVEN / "agent.py")["Agent"] <= 530
+
+
+@pytest.mark.parametrize("module", ["agent.py", "controller.py"])
+def test_the_runners_keep_no_backoff_of_their_own(module: str) -> None:
+    """Backoff (`BackoffSettings.delay`, failure counts) is decided by the pure steps; a runner
+    only reports outcomes and draws the jitter."""
+    tree = ast.parse((RAVEN / module).read_text())
+    delays = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Attribute)
+              and node.attr == "delay"]
+    counts = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Name | ast.Attribute)
+              and (node.id if isinstance(node, ast.Name) else node.attr) == "failures"]
+    assert not delays and not counts, f"{module}: backoff computed at lines {delays + counts}"

@@ -1,0 +1,146 @@
+"""The agent's failover without the API: its data-path prober, the Gateways as the probes see
+them, and this node's claim.
+
+Rules kept:
+- the decisions are pure (`raven.failover.effective_gateways`, `raven.pool_claims`); this
+  module owns the prober thread, the probe responder process and the claim file;
+- the responder is its own process, left running like wireguard-go: a restart of the agent
+  must not silence the probes other nodes send (they would fail over). When it survived, so
+  does our claim; a new responder voids it;
+- a node back after being down (no standing claim of its own) counts itself alive only once
+  every other candidate of its pool was heard from (raven.pool_claims);
+- the claim (gateway we use, the controller's choice, since when in unix seconds) is written
+  whole and renamed, for the responder to advertise; each change of the decision is logged once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from raven import failover, pool_claims
+from raven.desired import NodeState
+from raven.model import TUNNEL, Gateway
+from raven.settings import AgentSettings
+from raven.topology import vtep_for
+
+if TYPE_CHECKING:
+    from raven.healthprobe.prober import Prober
+
+log = logging.getLogger(__name__)
+
+Claim = tuple[str, str, float]  # (gateway we use, controller's choice, since unix seconds)
+
+
+def read_claim(path: Path) -> Claim | None:
+    """The claim a previous agent wrote (pool_claims.render), or None."""
+    try:
+        gateway, head, since = path.read_text().split()
+        return gateway, "" if head == "-" else head, float(since)
+    except (OSError, ValueError):
+        return None
+
+
+class ProbeFailover:
+    def __init__(self, settings: AgentSettings, prober: Prober,
+                 claim: Claim | None = None) -> None:
+        self.settings = settings
+        self.prober = prober
+        self.claim = claim
+        self.heads: dict[str, str] = {}  # the controller's choice per pool, as last read
+        self.switches: tuple[str, ...] = ()  # pools whose active gateway this node replaced
+
+    @classmethod
+    def start(cls, settings: AgentSettings, on_change: Callable[[], None]) -> ProbeFailover:
+        """Start (or keep) the responder and start the prober; `on_change` is called when a
+        probe target becomes or stops being DOWN."""
+        from raven.healthprobe import responder
+        from raven.healthprobe.prober import Prober
+
+        s = settings
+        claim = None
+        try:
+            if responder.ensure(s.state_dir, s.probe.port, s.netns, forget_claim=True) is None:
+                claim = read_claim(s.state_dir / responder.ADVERT_FILE)
+        except OSError as exc:
+            log.warning("probe responder not started: %s; other nodes cannot probe this one",
+                        exc)
+        prober = Prober(s.probe, on_change, s.netns)
+        prober.start()
+        return cls(settings, prober, claim)
+
+    def ensure_responder(self) -> None:
+        """A responder that died is started again."""
+        from raven.healthprobe import responder
+
+        s = self.settings
+        try:
+            responder.ensure(s.state_dir, s.probe.port, s.netns)
+        except OSError as exc:
+            log.warning("probe responder not started: %s", exc)
+
+    def effective(self, gateways: list[Gateway], wall: float) -> list[Gateway]:
+        """The Gateways as this node's probes see them (raven.failover), logging each change
+        of the decision. `wall` (unix seconds) ages our claim."""
+        me = self.settings.node
+        self.heads = {g.name: next((e.node_name for e in g.status.active_endpoints
+                                    if e.type == TUNNEL), "") for g in gateways}
+        mine_pool = next((g.name for g in gateways
+                          if me in {n.node_name for n in g.status.nodes}), None)
+        claim = self.claim
+        mine = None if claim is None else pool_claims.Claim(
+            claim[0], claim[1], max(0.0, wall - claim[2]))
+        heard = self.prober.heard()
+        others = [(t.pool, t.node) for t in self._targets(gateways) if t.pool == mine_pool]
+        self_alive = (claim is not None and claim[0] == me) or all(
+            heard.get(key, False) for key in others)
+        effective, switches = failover.effective_gateways(
+            gateways, self.prober.verdicts(), me, self.prober.claims(), mine, self_alive)
+        described = tuple(str(s) for s in switches)
+        if described != self.switches:
+            for text in described:
+                log.warning("failover without the API: %s", text)
+            if not described:
+                log.info("failover: every pool follows the controller's choice again")
+            self.switches = described
+        return effective
+
+    def _targets(self, gateways: list[Gateway]) -> tuple[failover.Target, ...]:
+        o = self.settings.overlay
+        return failover.probe_targets(gateways, self.settings.node, lambda ip: vtep_for(ip)[0],
+                                      o.vxlan_device, o.wireguard_device)
+
+    def retarget(self, gateways: list[Gateway], state: NodeState) -> None:
+        """Probe what the plan just applied reaches, from its VTEP address."""
+        source = state.vxlan.vtep_ip if state.vxlan is not None else None
+        self.prober.set_targets(self._targets(gateways) if source else (), source)
+
+    def note(self, chosen: str | None, pool: str | None, wall: float) -> None:
+        """The gateway our pool uses now: a new claim when it or the controller's choice
+        changed."""
+        head = self.heads.get(pool or "", "")
+        if chosen and (self.claim is None or self.claim[:2] != (chosen, head)):
+            self.claim = (chosen, head, wall)
+            self._write_claim()
+
+    def _write_claim(self) -> None:
+        from raven.healthprobe import responder
+
+        if self.claim is None:
+            return
+        path = self.settings.state_dir / responder.ADVERT_FILE
+        try:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(pool_claims.render(*self.claim))
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", path, exc)
+
+    def report(self) -> list[dict[str, object]]:
+        return self.prober.report()
+
+    def stop(self) -> None:
+        self.prober.stop()
