@@ -27,13 +27,14 @@ work on the machine falls on both alike. A failed sample is printed as FAILED, c
 `ratio` = overlay/hand of the same round; printed per round, as their geometric mean with a
 95 % confidence interval (Student's t on the logs of the ratios; failed rounds left out of it
 but counted), and as median and range. Run enough rounds that the interval is narrow enough to
-decide (16 rounds of 4 s gave +-4-6 % at load 2-4). CPU per Gbit carried, per sample and as
-overlay/hand with the same interval: the `wireguard-go` daemons (their system calls carry the
+decide (16 rounds of 4 s: about +-10 % at load 2-6; CPU per Gbit +-6 %). CPU per Gbit, per
+sample and as overlay/hand with the same interval: the `wireguard-go` daemons (their calls carry the
 nodes' kernel work on the packets they send and receive), and the machine's kernel time
 (system + irq + softirq from /proc/stat) and busy time, which include other work on the machine.
 Prints figures, never pass/fail; `--json` prints a JSON summary as the last line.
 
-    .venv/bin/python bench/throughput.py [--rounds 6] [--seconds 4] [--json] [--keep]
+    flock /tmp/raven-e2e.lock .venv/bin/python bench/throughput.py [--rounds 16] [--seconds 4]
+        [--json] [--keep]
 """
 
 from __future__ import annotations

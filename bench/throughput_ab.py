@@ -61,8 +61,11 @@ class Profile:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def stop(self) -> dict[str, int]:
-        self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=60)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=60)
+        if not os.path.exists(self.path):  # stopped before
+            return {}
         try:
             report = subprocess.run(
                 ["perf", "report", "-i", self.path, "--stdio", "-F", "sample,comm,dso,sym",
@@ -108,6 +111,8 @@ def main() -> int:
     parser.add_argument("--perf", action="store_true", help="profile every sample with perf "
                         "(not with --concurrent) and print kernel samples per Gbit by group")
     args = parser.parse_args()
+    # SIGTERM (timeout, kill) unwinds like ^C: a running perf is stopped and its file removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.concurrent and args.lab_a == args.lab_b:
         parser.error("--concurrent needs two labs")
     if args.concurrent and args.perf:
@@ -138,8 +143,6 @@ def main() -> int:
                          args.seconds).mbit
         except (CommandError, KeyError, subprocess.TimeoutExpired) as exc:
             print(f"  FAILED {lab}: {exc}", flush=True)
-            if profile:
-                profile.stop()
             return 0.0, 0.0
         finally:
             counts = profile.stop() if profile else {}
