@@ -24,10 +24,17 @@ Paths (iperf3 client in the cloud pod, server in the edge pod, data cloud -> edg
 Rounds are interleaved ABBA (overlay, hand | hand, overlay | ...), so load drift from other
 work on the machine falls on both alike. A failed sample is printed as FAILED, counted in
 `failures`, and enters its path's median as 0 Mbit/s: it never disappears from a median.
-`ratio` = median over rounds of overlay/hand of the same round; the range is printed too.
+`ratio` = overlay/hand of the same round; printed per round, as their geometric mean with a
+95 % confidence interval (Student's t on the logs of the ratios; failed rounds left out of it
+but counted), and as median and range. Run enough rounds that the interval is narrow enough to
+decide (16 rounds of 4 s: about +-10 % at load 2-6; CPU per Gbit +-6 %). CPU per Gbit, per
+sample and as overlay/hand with the same interval: the `wireguard-go` daemons (their calls carry the
+nodes' kernel work on the packets they send and receive), and the machine's kernel time
+(system + irq + softirq from /proc/stat) and busy time, which include other work on the machine.
 Prints figures, never pass/fail; `--json` prints a JSON summary as the last line.
 
-    .venv/bin/python bench/throughput.py [--rounds 6] [--seconds 4] [--json] [--keep]
+    flock /tmp/raven-e2e.lock .venv/bin/python bench/throughput.py [--rounds 16] [--seconds 4]
+        [--json] [--keep]
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import secrets
 import statistics
@@ -48,11 +56,13 @@ import twin
 from raven.errors import CommandError
 from raven.lab import build, cluster, teardown
 from raven.lab.iperf import iperf
+from raven.lab.netns import netns_path
 from raven.lab.plan import LabPlan
 from raven.lab.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS = ("overlay", "hand")
+CPU_METERS = ("wireguard-go", "machine-kernel", "machine-busy")
 
 
 def load() -> list[float]:
@@ -76,7 +86,7 @@ def wireguard_pids(lab: str, plan: LabPlan) -> list[int]:
     for pool in plan.pools:
         for node in pool.nodes:
             with contextlib.suppress(OSError):
-                inodes.add(os.stat(f"/run/netns/{lab}.{node.name}").st_ino)
+                inodes.add(os.stat(netns_path(f"{lab}.{node.name}")).st_ino)
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -102,6 +112,41 @@ def cpu_seconds(pids: list[int]) -> float:
         except (OSError, IndexError, ValueError):
             pass
     return total / ticks
+
+
+def machine_cpu() -> tuple[float, float]:
+    """Machine-wide (kernel, busy) CPU seconds from /proc/stat: kernel = system + irq + softirq
+    (the forwarding, netfilter, routing and VXLAN work of every namespace; softirqs served in a
+    process's system call are sampled as softirq by the tick too), busy = everything but idle
+    and iowait. Other work on the machine is in it as well; ABBA spreads that over both labs."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (system + irq + softirq) / ticks, (user + nice + system + irq + softirq + steal) / ticks
+
+
+# two-sided 95 % quantiles of Student's t by degrees of freedom (larger df: the next lower key)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+       9: 2.262, 10: 2.228, 11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120,
+       17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086, 22: 2.074, 24: 2.064, 26: 2.056, 28: 2.048,
+       30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def ratio_ci(ratios: list[float]) -> tuple[float, float, float] | None:
+    """Geometric mean of per-round ratios with its 95 % confidence interval (t on the logs:
+    a ratio and its inverse are symmetric). None for fewer than two usable rounds. Failed
+    rounds (ratio 0) are left out here; they are counted and reported as failures."""
+    logs = [math.log(r) for r in ratios if r > 0]
+    if len(logs) < 2:
+        return None
+    mean = statistics.fmean(logs)
+    half = T95[max(k for k in T95 if k <= len(logs) - 1)] * statistics.stdev(logs) / \
+        math.sqrt(len(logs))
+    return math.exp(mean), math.exp(mean - half), math.exp(mean + half)
+
+
+def ci_text(ci: tuple[float, float, float] | None) -> str:
+    return "n/a" if ci is None else f"{ci[0]:.3f} [95 % CI {ci[1]:.3f}-{ci[2]:.3f}]"
 
 
 def pick_pairs(plan: LabPlan, gateways: dict) -> dict[str, tuple]:
@@ -133,6 +178,11 @@ def main() -> int:
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
 
+    failures: list[str] = []
+    loads: list[float] = []
+    samples: dict[str, dict[str, list[float]]] = {}
+    cpu: dict[str, dict[str, dict[str, list[float]]]] = {}
+    pairs: dict[str, tuple] = {}
     tag = secrets.token_hex(3)
     names = {"overlay": f"rvb-tp-{tag}-o", "hand": f"rvb-tp-{tag}-h"}
     result: dict[str, object] = {"rounds": args.rounds, "seconds": args.seconds,
@@ -162,18 +212,20 @@ def main() -> int:
                 if not wait_ping(f"{lab}.{client.name}", server.ip):
                     print(f"  {lab}: {client.name} cannot reach {server.ip} yet")
         pids = {kind: wireguard_pids(names[kind], plan) for kind in LABS}
+        print(f"load average before measuring {load()}; {os.cpu_count()} CPUs", flush=True)
 
         samples: dict[str, dict[str, list[float]]] = {p: {k: [] for k in LABS} for p in pairs}
-        cpu: dict[str, dict[str, list[float]]] = {p: {k: [] for k in LABS} for p in pairs}
-        failures: list[str] = []
-        loads: list[float] = []
+        # CPU seconds per Gbit carried, per sample: wireguard-go (its process), the machine's
+        # kernel time (system + irq + softirq) and the machine's busy time
+        cpu: dict[str, dict[str, dict[str, list[float]]]] = {
+            m: {p: {k: [] for k in LABS} for p in pairs} for m in CPU_METERS}
         for i in range(args.rounds):
             order = LABS if i % 2 == 0 else LABS[::-1]
             loads.append(load()[0])
             for path, (client, server) in pairs.items():
                 for kind in order:
                     lab = names[kind]
-                    before = cpu_seconds(pids[kind])
+                    before = cpu_seconds(pids[kind]), *machine_cpu()
                     try:
                         mbit = iperf(f"{lab}.{server.name}", server.ip, f"{lab}.{client.name}",
                                      args.seconds).mbit
@@ -181,14 +233,17 @@ def main() -> int:
                         failures.append(f"round {i + 1} {path} {kind}: {exc}")
                         print(f"round {i + 1} {path:<6} {kind:<7} FAILED: {exc}", flush=True)
                         samples[path][kind].append(0.0)
+                        for meter in CPU_METERS:
+                            cpu[meter][path][kind].append(0.0)
                         continue
-                    used = cpu_seconds(pids[kind]) - before
+                    after = cpu_seconds(pids[kind]), *machine_cpu()
                     samples[path][kind].append(round(mbit, 1))
                     gbit = mbit * args.seconds / 1000
-                    cpu[path][kind].append(round(used / gbit, 3) if gbit else 0.0)
-                    print(f"round {i + 1} {path:<6} {kind:<7} {mbit:7.1f} Mbit/s  wireguard-go "
-                          f"{used / gbit if gbit else 0:.3f} CPU-s/Gbit  load {load()[0]}",
-                          flush=True)
+                    for meter, x, y in zip(CPU_METERS, before, after, strict=True):
+                        cpu[meter][path][kind].append(round((y - x) / gbit, 3) if gbit else 0.0)
+                    print(f"round {i + 1} {path:<6} {kind:<7} {mbit:7.1f} Mbit/s  CPU-s/Gbit "
+                          + " ".join(f"{m} {cpu[m][path][kind][-1]:.2f}" for m in CPU_METERS)
+                          + f"  load {load()[0]}", flush=True)
     finally:
         if args.keep:
             print(f"kept: raven lab down {names['overlay']}; raven lab down {names['hand']}")
@@ -203,16 +258,27 @@ def main() -> int:
         o, h = samples[path]["overlay"], samples[path]["hand"]
         ratios = [round(a / b, 3) if b else 0.0 for a, b in zip(o, h, strict=True)]
         ratio = statistics.median(ratios)
+        ci = ratio_ci(ratios)
         print(f"{path:<6} overlay {spread(o)} Mbit/s   hand {spread(h)} Mbit/s")
-        print(f"{path:<6} ratio overlay/hand (per round) median {ratio:.3f} range "
+        print(f"{path:<6} ratio overlay/hand per round: {' '.join(f'{r:.2f}' for r in ratios)}")
+        print(f"{path:<6} ratio geometric mean {ci_text(ci)}; median {ratio:.3f} range "
               f"{min(ratios):.3f}-{max(ratios):.3f}; of medians "
-              f"{statistics.median(o) / statistics.median(h) if statistics.median(h) else 0:.3f}"
-              f"   wireguard-go CPU-s/Gbit overlay "
-              f"{statistics.median(cpu[path]['overlay'] or [0]):.3f} hand "
-              f"{statistics.median(cpu[path]['hand'] or [0]):.3f}")
-        result[path] = {"ratio": ratio, "ratios": ratios, "overlay_mbit": statistics.median(o),
-                        "hand_mbit": statistics.median(h), "overlay_runs": o, "hand_runs": h,
-                        "wg_cpu_s_per_gbit": cpu[path]}
+              f"{statistics.median(o) / statistics.median(h) if statistics.median(h) else 0:.3f}")
+        entry: dict[str, object] = {
+            "ratio": ratio, "ratios": ratios, "geomean": ci and round(ci[0], 3),
+            "ci95": ci and [round(ci[1], 3), round(ci[2], 3)],
+            "overlay_mbit": statistics.median(o), "hand_mbit": statistics.median(h),
+            "overlay_runs": o, "hand_runs": h}
+        for meter in CPU_METERS:
+            co, ch = cpu[meter][path]["overlay"], cpu[meter][path]["hand"]
+            cratios = [round(a / b, 3) if a and b else 0.0 for a, b in zip(co, ch, strict=True)]
+            cci = ratio_ci(cratios)
+            print(f"{path:<6} CPU-s/Gbit {meter:<13} overlay {statistics.median(co):.3f} hand "
+                  f"{statistics.median(ch):.3f}; overlay/hand {ci_text(cci)}")
+            entry[f"cpu_{meter}"] = {"overlay": co, "hand": ch, "ratios": cratios,
+                                     "geomean": cci and round(cci[0], 3),
+                                     "ci95": cci and [round(cci[1], 3), round(cci[2], 3)]}
+        result[path] = entry
     print(f"{args.rounds} ABBA rounds of {args.seconds:g} s; failures {len(failures)}; load "
           f"average before {result['load_before']} during {loads} after {result['load_after']}")
     if args.json:

@@ -5,24 +5,91 @@ kernel state of one (delete an nft chain, change a sysctl, ...) and measure it a
 other with this script, in ABBA order. Failed samples count as 0 and are reported.
 
     .venv/bin/python bench/throughput_ab.py LAB_A LAB_B CLIENT_POD SERVER_POD
-        [--rounds 6] [--seconds 3] [--label TEXT] [--json]
+        [--rounds 6] [--seconds 3] [--label TEXT] [--json] [--perf]
+
+`--perf` also samples every CPU with `perf record -e cpu-clock` during each sample and prints,
+per group of kernel functions (policy rules, FIB lookups, reverse-path checks, nftables,
+conntrack, VXLAN, ...), the samples per Gbit carried on each side: where the CPU time goes,
+attributed by the kernel's own symbols rather than guessed from Mbit/s. The profile is
+machine-wide, so other work on the machine is in it too (ABBA spreads it over both sides).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from throughput import cpu_seconds, wireguard_pids
+from throughput import ci_text, cpu_seconds, machine_cpu, ratio_ci, wireguard_pids
 
 from raven.errors import CommandError
 from raven.lab.iperf import iperf
 from raven.lab.runtime import load_plan
+
+# kernel function groups for --perf: a symbol counts for the first group one of whose
+# prefixes it starts with
+PERF_GROUPS: dict[str, tuple[str, ...]] = {
+    "policy-rules": ("fib_rules_lookup", "fib4_rule_", "fib6_rule_", "fib_rule_"),
+    "rp-filter": ("fib_validate_source", "__fib_validate_source"),
+    "fib-lookup": ("fib_table_lookup", "__fib_lookup", "fib_lookup", "ip_route_input_slow",
+                   "ip_route_input_noref", "ip_route_output_key_hash", "ip_route_output_flow",
+                   "fib_select_path", "ip_route_use_hint", "ip_mkroute_input", "rt_dst_alloc"),
+    "nftables": ("nft_", "nf_hook_slow", "nf_tables_"),
+    "conntrack": ("nf_conntrack", "nf_ct_", "__nf_conntrack", "nf_nat", "hash_conntrack",
+                  "__nf_ct_", "ipv4_conntrack", "ipv4_confirm", "nf_confirm"),
+    "vxlan": ("vxlan_", "udp_tunnel", "iptunnel_"),
+    "tun": ("tun_",),
+    "crypto-user": (),  # user-space samples of wireguard-go (filled by comm, not symbol)
+}
+
+
+class Profile:
+    """`perf record -a -e cpu-clock` around one sample; samples per group of kernel symbols."""
+
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="raven-thru-", suffix=".perf")
+        os.close(fd)
+        self.proc = subprocess.Popen(
+            ["perf", "record", "-q", "-a", "-e", "cpu-clock", "-F", "997", "-o", self.path],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> dict[str, int]:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(timeout=60)
+        if not os.path.exists(self.path):  # stopped before
+            return {}
+        try:
+            report = subprocess.run(
+                ["perf", "report", "-i", self.path, "--stdio", "-F", "sample,comm,dso,sym",
+                 "--sort", "comm,dso,sym"], capture_output=True, text=True, timeout=120).stdout
+        finally:
+            os.unlink(self.path)
+        counts = dict.fromkeys([*PERF_GROUPS, "kernel-total", "all"], 0)
+        for line in report.splitlines():
+            parts = line.split()
+            if not parts or line.startswith("#") or not parts[0].isdigit():
+                continue
+            n, comm = int(parts[0]), parts[1]
+            counts["all"] += n
+            if "[k]" not in parts:
+                if comm.startswith("wireguard-go"):
+                    counts["crypto-user"] += n
+                continue
+            counts["kernel-total"] += n
+            sym = parts[parts.index("[k]") + 1]
+            for group, prefixes in PERF_GROUPS.items():
+                if prefixes and sym.startswith(prefixes):
+                    counts[group] += n
+                    break
+        return counts
 
 
 def main() -> int:
@@ -41,9 +108,15 @@ def main() -> int:
                         "time (needs two labs): both see exactly the same machine load, and "
                         "share the CPU in proportion to what each path costs per byte")
     parser.add_argument("--setup-b", default="", help="shell command run before every B sample")
+    parser.add_argument("--perf", action="store_true", help="profile every sample with perf "
+                        "(not with --concurrent) and print kernel samples per Gbit by group")
     args = parser.parse_args()
+    # SIGTERM (timeout, kill) unwinds like ^C: a running perf is stopped and its file removed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.concurrent and args.lab_a == args.lab_b:
         parser.error("--concurrent needs two labs")
+    if args.concurrent and args.perf:
+        parser.error("--perf profiles the whole machine: it cannot tell --concurrent sides apart")
     plan = load_plan(args.lab_a)
     server_ip = next(p.ip for pool in plan.pools for n in pool.nodes for p in n.pods
                      if p.name == args.server)
@@ -52,6 +125,8 @@ def main() -> int:
     # wireguard-go CPU seconds per Gbit: its syscalls carry the node's netfilter and routing
     # work for the packets it sends and receives, and it varies less with load than Mbit/s
     cpu: dict[str, list[float]] = {"A": [], "B": []}
+    kernel: dict[str, list[float]] = {"A": [], "B": []}  # machine kernel CPU-s per Gbit
+    perf: dict[str, list[dict[str, float]]] = {"A": [], "B": []}  # perf samples per Gbit
     pids = {side: wireguard_pids(lab, load_plan(lab)) for side, (lab, _) in sides.items()}
     failures = 0
     loads = []
@@ -61,14 +136,21 @@ def main() -> int:
 
     def sample(side: str) -> tuple[float, float]:
         lab = sides[side][0]
-        before = cpu_seconds(pids[side])
+        before, (kbefore, _) = cpu_seconds(pids[side]), machine_cpu()
+        profile = Profile() if args.perf else None
         try:
             mbit = iperf(f"{lab}.{args.server}", server_ip, f"{lab}.{args.client}",
                          args.seconds).mbit
         except (CommandError, KeyError, subprocess.TimeoutExpired) as exc:
             print(f"  FAILED {lab}: {exc}", flush=True)
             return 0.0, 0.0
+        finally:
+            counts = profile.stop() if profile else {}
         gbit = mbit * args.seconds / 1000
+        if gbit:
+            kernel[side].append(round((machine_cpu()[0] - kbefore) / gbit, 3))
+            if counts:
+                perf[side].append({g: n / gbit for g, n in counts.items()})
         return mbit, (cpu_seconds(pids[side]) - before) / gbit if gbit else 0.0
 
     for i in range(args.rounds):
@@ -91,16 +173,34 @@ def main() -> int:
             cpu[side].append(round(cost, 2))
     a, b = values["A"], values["B"]
     ratios = [round(x / y, 3) if y else 0.0 for x, y in zip(a, b, strict=True)]
+    ci = ratio_ci(ratios)
+    cratios = [round(x / y, 3) if x and y else 0.0 for x, y in zip(cpu["A"], cpu["B"],
+                                                                   strict=True)]
     summary = {"label": args.label, "a": a, "b": b, "ratios": ratios,
-               "ratio": statistics.median(ratios), "a_mbit": statistics.median(a),
-               "b_mbit": statistics.median(b), "failures": failures, "load": loads,
-               "a_cpu_s_per_gbit": cpu["A"], "b_cpu_s_per_gbit": cpu["B"]}
+               "ratio": statistics.median(ratios), "geomean": ci and round(ci[0], 3),
+               "ci95": ci and [round(ci[1], 3), round(ci[2], 3)],
+               "a_mbit": statistics.median(a), "b_mbit": statistics.median(b),
+               "failures": failures, "load": loads,
+               "a_cpu_s_per_gbit": cpu["A"], "b_cpu_s_per_gbit": cpu["B"],
+               "a_kernel_cpu_s_per_gbit": kernel["A"], "b_kernel_cpu_s_per_gbit": kernel["B"]}
     print(f"{args.label:<40} A {statistics.median(a):6.1f} ({min(a)}-{max(a)})  B "
           f"{statistics.median(b):6.1f} ({min(b)}-{max(b)})  A/B median {summary['ratio']:.3f} "
           f"range {min(ratios):.3f}-{max(ratios):.3f}  n={args.rounds} fail={failures} load "
-          f"{min(loads)}-{max(loads)}; wireguard-go CPU-s/Gbit A "
-          f"{statistics.median(cpu['A']):.2f} B {statistics.median(cpu['B']):.2f}",
-          flush=True)
+          f"{min(loads)}-{max(loads)}", flush=True)
+    print(f"  A/B per round: {' '.join(f'{r:.2f}' for r in ratios)}")
+    print(f"  A/B geometric mean {ci_text(ci)}; wireguard-go CPU-s/Gbit A "
+          f"{statistics.median(cpu['A']):.2f} B {statistics.median(cpu['B']):.2f}, A/B "
+          f"{ci_text(ratio_ci(cratios))}; machine kernel CPU-s/Gbit A "
+          f"{statistics.median(kernel['A'] or [0]):.2f} B "
+          f"{statistics.median(kernel['B'] or [0]):.2f}")
+    if args.perf and perf["A"] and perf["B"]:
+        summary["perf_samples_per_gbit"] = {}
+        print("  perf cpu-clock samples per Gbit (median), A / B:")
+        for group in perf["A"][0]:
+            ga = statistics.median(p[group] for p in perf["A"])
+            gb = statistics.median(p[group] for p in perf["B"])
+            summary["perf_samples_per_gbit"][group] = [round(ga, 1), round(gb, 1)]
+            print(f"    {group:<14} {ga:8.1f} / {gb:8.1f}  ({ga - gb:+.1f})")
     if args.json:
         print(json.dumps(summary))
     return 0
