@@ -70,6 +70,10 @@ def _relay(plan: LabPlan, a: PoolPlan, b: PoolPlan, publics: list[PoolPlan]) -> 
     return found[0] if len(found) == 1 else None
 
 
+def _gw_ip(pool: PoolPlan) -> str:
+    return next(n.underlay_ip for n in pool.nodes if n.gateway_candidate)
+
+
 def _published(plan: LabPlan) -> dict[str, dict[str, float]]:
     """{NAT'd node: {public Gateway: RTT ms}} as the agents published it on their Nodes."""
     out = {}
@@ -117,10 +121,10 @@ def test_the_pair_moves_to_the_lower_rtt_relay_and_stays(lab: LabPlan) -> None:
     assert ps.relay_bytes(plan, first, [sym_a, sym_b]) > before  # the pings crossed it
 
     # 2. Delay the relay's uplink: every round trip through it takes 2 x 100 ms longer.
-    base = _min_rtt(plan, ps.gateway(second), first.nodes[0].underlay_ip)
+    base = _min_rtt(plan, ps.gateway(second), _gw_ip(first))
     assert base is not None
     assert raven("lab", "delay", plan.name, ps.gateway(first), str(DELAY_MS)).returncode == 0
-    delayed = _min_rtt(plan, ps.gateway(second), first.nodes[0].underlay_ip)
+    delayed = _min_rtt(plan, ps.gateway(second), _gw_ip(first))
     assert delayed is not None and delayed >= 2 * DELAY_MS, (base, delayed)
     print(f"RTT public gw -> relay gw: {base:.2f} ms, with delay {delayed:.2f} ms")
 
@@ -163,9 +167,9 @@ def test_the_pair_moves_to_the_lower_rtt_relay_and_stays(lab: LabPlan) -> None:
     # 4. The delay goes away. Both relays are equally near: no gain, the pair stays.
     assert raven("lab", "delay", plan.name, ps.gateway(first), "0").returncode == 0
     links = _stage_links(plan, first)
-    port = first.nodes[0].router_port
+    port = next(n.router_port for n in first.nodes if n.gateway_candidate)
     assert links[port].get("master") == "br0" and f"{port}-dl" not in links
-    recovered = _min_rtt(plan, ps.gateway(second), first.nodes[0].underlay_ip)
+    recovered = _min_rtt(plan, ps.gateway(second), _gw_ip(first))
     assert recovered is not None and recovered < delayed
     # Synchronise on the agents having published the recovered RTTs (what the controller
     # reads), then watch the kernels for the rule's whole window: hold + a measurement period +
