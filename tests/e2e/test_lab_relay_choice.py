@@ -148,7 +148,6 @@ def test_the_pair_moves_to_the_lower_rtt_relay_and_stays(lab: LabPlan) -> None:
     # Pod traffic now crosses the new relay: 4 WireGuard packets (>= 84 bytes each) per reply.
     assert ps.relay_bytes(plan, second, [sym_a, sym_b]) - carried >= 4 * 84 * len(
         [t for t in stamps if t > moved + 0.5])
-    assert _min_rtt(plan, ps.gateway(sym_a), ps.pod(plan, sym_b).ip) is not None
 
     # 3. An unrelated change: a new Gateway elsewhere and a label on a node. The controller
     # handled it once it wrote the new Gateway's status; the relay stays.
