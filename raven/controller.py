@@ -71,7 +71,6 @@ from raven.kube.lease import LeaderElector
 from raven.model import Gateway, Node, fleet_problems
 from raven.proxy import compat
 from raven.settings import ControllerSettings
-from raven.topology import relay_candidates
 
 log = logging.getLogger(__name__)
 
@@ -174,15 +173,12 @@ class GatewayController:
                       now: float) -> str | None:
         """The relay between NAT'd pools by measured RTT (raven.relay_choice), to flag in its
         Gateway's status; None when it is the planner's default (nothing to flag)."""
-        candidates, default = relay_candidates(gateways)
-        flagged = next((g.name for g in gateways
-                        if g.status.extra.get("relay") is True and g.name in candidates), None)
-        current = flagged or default
-        chosen, self._relay_state, why = relay_choice.choose(
-            current, relay_rtts(gateways, nodes), candidates, self._relay_state, now)
-        if chosen != current:
-            log.info("relay between NAT'd pools: %s", why)
-        return chosen if chosen != default else None
+        decided = relay_choice.decide(gateways, relay_rtts(gateways, nodes), self._relay_state,
+                                      now)
+        if decided.moved or decided.state != self._relay_state:
+            log.info("relay between NAT'd pools: %s", decided.why)
+        self._relay_state = decided.state
+        return decided.flag
 
     def reconcile(self, now: float) -> int:
         """Bring every Gateway's status up to date; returns the number of status writes."""

@@ -13,13 +13,20 @@ reads. Rules kept:
   by `min_gain_ms`, continuously for `hold` seconds: noise and short spikes never move it;
 - without measurements the current relay stays; a current relay that is gone (no longer a
   candidate) is replaced at once by the best scored candidate, else by the planner's default;
+- the flag (`status.relay`) is set only on a choice that differs from the age rule, and the age
+  rule is judged WITHOUT the flag: the relay in force is the flagged pool, else the oldest one
+  (`decide`). (Judging the age rule with the flag counted made the flagged pool "the default",
+  so the next reconcile removed the flag it had just written and the relay flapped back.)
 - `now` is an argument (the controller's clock).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from raven.model import FrozenMap, Gateway
+from raven.topology import relay_candidates
 
 ANNOTATION_RELAY_RTT = "raven.openyurt.io/relay-rtt"  # {public Gateway: RTT ms}, on NAT'd nodes
 
@@ -74,3 +81,31 @@ def choose(current: str | None, rtts: Mapping[str, Mapping[str, float]],
         return current, state, f"{best} better for {now - state.since:.0f}s of {s.hold:g}s"
     return best, RelayState(), (f"{best} ({score[best]:.1f} ms) replaces {current} "
                                 f"({score[current]:.1f} ms) after {s.hold:g}s")
+
+
+def _unflagged(gw: Gateway) -> Gateway:
+    if "relay" not in gw.status.extra:
+        return gw
+    extra = FrozenMap({k: v for k, v in gw.status.extra.items() if k != "relay"})
+    return replace(gw, status=replace(gw.status, extra=extra))
+
+
+@dataclass(frozen=True)
+class Decision:
+    flag: str | None  # the Gateway to flag `status.relay`; None: the age rule's pool relays
+    relay: str | None  # the relay in force after this decision
+    moved: bool  # the relay in force changed
+    state: RelayState
+    why: str
+
+
+def decide(gateways: Sequence[Gateway], rtts: Mapping[str, Mapping[str, float]],
+           state: RelayState, now: float, s: RelaySettings = RelaySettings()) -> Decision:
+    """The relay in force is what the agents' planner uses now (raven.topology.relay_for: the
+    flagged candidate, else the oldest dialable pool); `choose` decides whether it moves. The
+    flag is needed only where the choice differs from the age rule judged WITHOUT any flag."""
+    candidates, current = relay_candidates(gateways)
+    _, default = relay_candidates([_unflagged(g) for g in gateways])
+    chosen, state, why = choose(current, rtts, candidates, state, now, s)
+    return Decision(chosen if chosen != default else None, chosen if chosen else default,
+                    chosen != current, state, why)

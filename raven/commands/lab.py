@@ -436,6 +436,20 @@ def cmd_uplink_fault(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_delay(args: argparse.Namespace) -> int:
+    from raven.lab import faults, guard
+
+    _need_root()
+    try:
+        with guard.stop_on_signals():  # the switch of the port finishes before a signal lands
+            faults.delay(args.name, args.node, args.ms)
+    except guard.Interrupted as exc:
+        return exc.exit_code
+    print(f"node {args.node}: {args.ms:g} ms delay each way on its uplink (round trips "
+          f"+{2 * args.ms:g} ms)" if args.ms else f"node {args.node}: no delay on its uplink")
+    return 0
+
+
 def cmd_cp_stop(args: argparse.Namespace) -> int:
     from raven.lab import faults
 
@@ -563,6 +577,11 @@ FAULT_VERBS = (
         arg("name"), NODE,
         arg("percent", type=float, help="percent of packets dropped (0 removes the loss)"),
     ), defaults={"verb": "loss"}),
+    Verb("delay", "one-way delay on a node's uplink, each direction (a userspace stage on the "
+         "pool router; no netem here)", cmd_delay, (
+             arg("name"), NODE,
+             arg("ms", type=float, help="milliseconds added each way (0 removes the delay)"),
+         )),
     Verb("control-plane-stop", "stop the API server and the controller", cmd_cp_stop,
          (arg("name"),)),
     Verb("control-plane-start", "start the API server and the controller", cmd_cp_start,

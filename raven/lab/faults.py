@@ -21,7 +21,15 @@ Verbs (each also a `raven lab` subcommand):
   (VXLAN UDP and WireGuard UDP, both directions) is dropped on its port of the pool bridge:
   "Ready but not forwarding";
 - loss: random loss (`numgen random`, no netem here) of every packet through the node's port of
-  the pool bridge, both directions; 0 removes it.
+  the pool bridge, both directions; 0 removes it;
+- delay: a real one-way delay of MS in each direction on the node's uplink, so every round trip
+  through it takes 2 x MS longer; 0 removes it. This kernel has no netem, no nft `queue` and no
+  tc classifiers, so the delay is a userspace stage (raven.lab.delayline) on the pool router:
+  the node's port leaves the bridge, the stage holds every frame between it and a new veth pair
+  (`<port>-dl` / `<port>-db`) whose bridge end takes the port's place. The detached port answers
+  no ARP and carries no IPv6, so nothing bypasses the stage. blackhole and loss match either
+  port, so faults combine. Setting or removing it converges from any partial state (an
+  interrupted verb is repaired by running it again); `lab down` removes it with the router.
 Rules kept:
 - faults touch only the lab's namespaces and files; processes are found by netns inode and
   supervisor records, never by name;
@@ -39,11 +47,11 @@ import time
 
 from raven import constants
 from raven.errors import CommandError
-from raven.lab import build, cluster, kubelets, runtime, vm
+from raven.lab import build, cluster, guard, kubelets, runtime, vm
 from raven.lab import netns as nsutil
 from raven.lab.kubelet import disconnected_marker, down_marker
 from raven.lab.plan import LabPlan, NodePlan, PoolPlan
-from raven.lab.topology import CONTROL_PLANE
+from raven.lab.topology import CONTROL_PLANE, ROUTER_PREFIX
 
 FAULT_TABLE = "raven_lab_fault"
 
@@ -252,11 +260,13 @@ def _uplink_table(kind: str, node: NodePlan) -> str:
 def _uplink_ruleset(table: str, port: str, from_node: list[str], to_node: list[str]) -> str:
     """Bridge-family chains on the pool router that drop what `from_node` matches as it enters
     from the node's port (to another port, or to the router) and what `to_node` matches as it
-    leaves through that port."""
-    rules = {"forward": [f'iifname "{port}" {m} drop' for m in from_node]
-             + [f'oifname "{port}" {m} drop' for m in to_node],
-             "input": [f'iifname "{port}" {m} drop' for m in from_node],
-             "output": [f'oifname "{port}" {m} drop' for m in to_node]}
+    leaves through that port. The port is the node's own, or its delay stage's bridge end
+    while `delay` is on (both are named, so the faults combine in any order)."""
+    ports = f'{{ "{port}", "{_delay_ports(port)[1]}" }}'
+    rules = {"forward": [f"iifname {ports} {m} drop" for m in from_node]
+             + [f"oifname {ports} {m} drop" for m in to_node],
+             "input": [f"iifname {ports} {m} drop" for m in from_node],
+             "output": [f"oifname {ports} {m} drop" for m in to_node]}
     chains = "".join(
         f"  chain {hook} {{\n    type filter hook {hook} priority -10; policy accept;\n"
         + "".join(f"    {r}\n" for r in body) + "  }\n"
@@ -303,10 +313,121 @@ def loss(lab: str, node: str, percent: float) -> None:
     _set_uplink_fault(lab, node, "loss", None if threshold == 0 else ([match], [match]))
 
 
+# --- delay on a node's uplink (a userspace stage on the pool router: raven.lab.delayline) -----
+
+DELAY_MAX_MS = 10000.0
+DELAY_READY_TIMEOUT = 20.0  # the stage imports only the standard library; a loaded machine
+
+
+def _delay_ports(port: str) -> tuple[str, str]:
+    """(the stage's side, the bridge's side) of the veth pair that stands in for `port`."""
+    return f"{port}-dl", f"{port}-db"
+
+
+def _delay_process(node: NodePlan) -> str:
+    return f"delay-{node.name}"
+
+
+def _links(netns: str) -> dict[str, dict]:
+    return {str(link.get("ifname")): link for link in nsutil.ip_json(netns, "link", "show")}
+
+
+def delay(lab: str, node: str, ms: float) -> None:
+    """Hold every frame through the node's uplink `ms` milliseconds in each direction (a round
+    trip through it takes 2 x ms longer); 0 removes the delay. A new value replaces the stage
+    (frames it held are dropped, as a cut would)."""
+    if not 0 <= ms <= DELAY_MAX_MS:
+        raise CommandError(f"delay {ms:g} ms: use milliseconds from 0 to {DELAY_MAX_MS:g} "
+                           "(0 removes it)")
+    plan = runtime.load_plan(lab)
+    pool, n = _node(plan, node)
+    with guard.deferred():  # under `raven lab delay`, a signal waits for a consistent state
+        if ms == 0:
+            _undelay(plan, pool, n)
+        else:
+            _delay(plan, pool, n, ms)
+
+
+def _delay(plan: LabPlan, pool: PoolPlan, node: NodePlan, ms: float) -> None:
+    target = ROUTER_PREFIX + pool.name
+    line, bridged = _delay_ports(node.router_port)
+    runtime.stop_process(plan.name, target, _delay_process(node))
+    links = _links(pool.netns)
+    if node.router_port not in links:
+        raise CommandError(f"lab {plan.name!r}: node {node.name!r} has no port "
+                           f"{node.router_port!r} on its pool router; is the lab up?")
+    if line not in links or bridged not in links:
+        nsutil.ip_batch([f"link del {x}" for x in (line, bridged) if x in links]
+                        + [f"link add {line} mtu {pool.mtu} type veth peer name {bridged} "
+                           f"mtu {pool.mtu}"], pool.netns)
+    # The detached port and the stage's end must not be hosts of the router: no ARP answers
+    # (the node would learn the port's MAC and reach the router around the stage), no IPv6.
+    nsutil.sysctl(pool.netns, *(f"net.ipv4.conf.{x}.arp_ignore=8"
+                                for x in (node.router_port, line)),
+                  *(f"net.ipv6.conf.{x}.disable_ipv6=1" for x in (node.router_port, line, bridged)))
+    nsutil.ip_batch([f"link set {line} up", f"link set {bridged} up"], pool.netns)
+    log = runtime.log_path(plan.name, target, _delay_process(node))
+    start = log.stat().st_size if log.exists() else 0
+    runtime.start_process(plan.name, target, _delay_process(node),
+                          nsutil.delayline_argv(node.router_port, line, ms))
+    _wait_ready(plan.name, target, node, log, start)
+    lines = []
+    if links[node.router_port].get("master") == "br0":
+        lines.append(f"link set {node.router_port} nomaster")
+    lines.append(f"link set {bridged} master br0")  # (a port that node-down cut stays down)
+    nsutil.ip_batch(lines, pool.netns)
+    marker = runtime.run_dir(plan.name) / "faults" / "delay" / node.name
+    _touch(marker)
+    marker.write_text(f"{ms:g}\n")
+
+
+def _wait_ready(lab: str, target: str, node: NodePlan, log: os.PathLike,
+                start: int) -> None:
+    """Until the stage printed READY (both sockets bound), so no frame falls between."""
+    from raven.lab.delayline import READY
+
+    deadline = time.monotonic() + DELAY_READY_TIMEOUT
+    while time.monotonic() < deadline:
+        with open(log, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
+        if READY in text:
+            return
+        if not runtime.process_running(lab, target, _delay_process(node)):
+            break
+        time.sleep(0.02)
+    runtime.stop_process(lab, target, _delay_process(node))
+    raise CommandError(f"lab {lab!r}: the delay stage of node {node.name!r} did not start: "
+                       f"{text.strip()[-300:] or 'no output'} (log {log}); the uplink is "
+                       "unchanged")
+
+
+def _undelay(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> None:
+    """The node's port back on the bridge, the stage and its veth pair gone; from any state."""
+    target = ROUTER_PREFIX + pool.name
+    line, bridged = _delay_ports(node.router_port)
+    links = _links(pool.netns)
+    lines = []
+    if bridged in links:
+        lines.append(f"link set {bridged} nomaster")
+    port = links.get(node.router_port)
+    if port is not None and port.get("master") != "br0":
+        lines.append(f"link set {node.router_port} master br0")
+    if lines:
+        nsutil.ip_batch(lines, pool.netns)
+    runtime.stop_process(plan.name, target, _delay_process(node))
+    if line in links or bridged in links:
+        nsutil.ip_batch([f"link del {line if line in links else bridged}"], pool.netns)
+    if port is not None:  # back to the kernel's defaults, as the lab built the port
+        nsutil.sysctl(pool.netns, f"net.ipv4.conf.{node.router_port}.arp_ignore=0",
+                      f"net.ipv6.conf.{node.router_port}.disable_ipv6=0")
+    (runtime.run_dir(plan.name) / "faults" / "delay" / node.name).unlink(missing_ok=True)
+
+
 def faults_active(lab: str) -> dict[str, list[str]]:
     """What is broken right now, from the markers."""
     out: dict[str, list[str]] = {}
-    for kind in ("down", "disconnected", "blackhole", "loss"):
+    for kind in ("down", "disconnected", "blackhole", "loss", "delay"):
         folder = runtime.run_dir(lab) / "faults" / kind
         out[kind] = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
     return out

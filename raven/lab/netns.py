@@ -317,3 +317,11 @@ def guest_boot_command(nics: Mapping[str, str], control: str, address: str,
     lines += [f"ip address add {address} dev {control}", f"ip link set {control} up",
               "ip link set lo up", "exec " + shlex.join(server)]
     return "; ".join(lines)
+
+
+# --- the delay stage --------------------------------------------------------------------------
+
+def delayline_argv(a: str, b: str, delay_ms: float) -> list[str]:
+    """The userspace delay stage between interfaces `a` and `b` (raven.lab.delayline), run as a
+    lab process in the router's namespace (raven.lab.runtime.start_process adds the prefix)."""
+    return [sys.executable, "-I", "-m", "raven.lab.delayline", a, b, f"{delay_ms:g}"]
