@@ -16,8 +16,9 @@ Rules kept:
   (when the pool fails over in half a second, a powered-off node's last heartbeat is still
   fresh): "partition" when the pool decided while cut off from the control plane, known at the
   move from what the controller heard of the pool: the previous status was kept without
-  heartbeats; or most of the nodes that voted for the adopted gateway flagged their vote
-  `raven.openyurt.io/pool-gateway-offline` (they could not publish it at once); or the
+  heartbeats; or a node that voted for the new gateway flagged its vote
+  `raven.openyurt.io/pool-gateway-offline` (it could not publish it at once; one is enough:
+  a write in flight when the partition healed lands unflagged); or the
   controller moved on its own (no adopted vote) while it could not hear the pool: every other
   node of the pool that heartbeats had missed a renewal (`unheard`: its last one older than
   half the timeout; a heard agent's is at most a third old, and in a cut-off pool whose old
@@ -100,19 +101,20 @@ def adopt(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, 
 
 
 def decided_offline(gateway: Gateway, nodes: Mapping[str, Node], choice: str) -> bool:
-    """Whether most of the Ready nodes of the pool that vote for `choice` flagged their vote as
-    published late (`raven.openyurt.io/pool-gateway-offline: "true"`): decided while cut off."""
+    """Whether a Ready node of the pool that votes for `choice` flagged its vote as published
+    late (`raven.openyurt.io/pool-gateway-offline: "true"`: an attempt to publish it failed):
+    decided while cut off. One is enough: a vote whose write was in flight when the partition
+    healed lands unflagged (its request was only delayed), so in a short partition some of the
+    pool's votes are flagged and some are not, depending on when each node decided."""
     return voted_offline(gateway.name, nodes, choice)
 
 
 def voted_offline(gateway: str, nodes: Mapping[str, Node], choice: str) -> bool:
     """`decided_offline` by the Gateway's name."""
-    voters = [n for n in nodes.values()
-              if n.gateway == gateway and n.ready
-              and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY) == choice]
-    offline = sum(n.annotations.get(constants.ANNOTATION_POOL_GATEWAY_OFFLINE) == "true"
-                  for n in voters)
-    return bool(voters) and 2 * offline > len(voters)
+    return any(n.gateway == gateway and n.ready
+               and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY) == choice
+               and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY_OFFLINE) == "true"
+               for n in nodes.values())
 
 
 def votes_settled(f: Failover, nodes: Mapping[str, Node], now: float,

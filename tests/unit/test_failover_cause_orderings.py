@@ -104,6 +104,7 @@ class Timeline:
     renew_after_heal: float = 1.0  # first renewal of the others after the heal
     votes: dict[str, float] = field(default_factory=dict)  # node -> when its vote lands
     members: tuple[str, ...] = ("cone-3",)
+    in_flight: tuple[str, ...] = ()  # votes whose write straddled the heal: never flagged
     grace: float = 40.0  # a powered-off node is NotReady after this (node monitor grace)
 
     def beats(self, now: float) -> dict[str, float]:
@@ -131,7 +132,8 @@ class Timeline:
                 out[name] = node(name, vote="cone-1")  # what it published before the fault
             else:  # flagged when it could not publish at once; cleared at its next resync
                 out[name] = node(name, vote="cone-2",
-                                 offline=self.cut and now < self.votes_cleared(name))
+                                 offline=self.cut and name not in self.in_flight
+                                 and now < self.votes_cleared(name))
         return out
 
     def votes_cleared(self, name: str) -> float:
@@ -212,6 +214,18 @@ def test_healed_just_before_the_controllers_own_move_waits_for_the_flagged_votes
     assert one_event(c) == PARTITION
 
 
+def test_a_vote_whose_write_was_in_flight_at_the_heal_lands_unflagged() -> None:
+    """A short partition (the lab's case c, seen in the lab): the member's write timed out, so
+    its vote is flagged; the new gateway decided later and its write was only delayed by the
+    partition, so its vote lands without the flag. One flagged vote is the evidence."""
+    t = Timeline(last={"cone-1": D - 2, "cone-2": D - 1}, cut=True, heal=D + 3,
+                 votes={"cone-2": D + 3.1, "cone-3": D + 3.4}, in_flight=("cone-2",))
+    c = run(t, look=1.0)
+    (at, adopted), = c.moves
+    assert at == D + 3.4 and adopted
+    assert one_event(c) == PARTITION
+
+
 def test_a_pool_of_two_candidates_and_no_member() -> None:
     """The rest of the pool is the new gateway alone: its heartbeat is the evidence."""
     t = Timeline(last={"cone-1": D - 4, "cone-2": D - 1}, cut=True, heal=D + 35,
@@ -288,21 +302,25 @@ renewal = st.floats(min_value=0.0, max_value=PERIOD + LATENCY)
        votes=st.tuples(st.floats(min_value=0.0, max_value=12.0),
                        st.floats(min_value=0.0, max_value=12.0)),
        look=st.floats(min_value=1.0, max_value=LOOK), phase=st.floats(min_value=0.0,
-                                                                       max_value=LOOK))
+                                                                       max_value=LOOK),
+       in_flight=st.sampled_from([(), ("cone-2",), ("cone-3",)]))
 def test_case_c_is_a_partition_in_every_order(
         before_cut: tuple[float, float], heal: float, renew: float,
-        votes: tuple[float, float], look: float, phase: float) -> None:
+        votes: tuple[float, float], look: float, phase: float,
+        in_flight: tuple[str, ...]) -> None:
     """Cut off at D with the old gateway powered off: last renewals up to one period (plus
     latency) apart, the heal at any time while the pool's nodes are Ready, the new gateway's
     first renewal up to a request timeout after it, the votes up to the agents' longest
-    backoff plus a publish timeout after it, the controller looking at any pace. Every move
+    backoff plus a publish timeout after it (one of them possibly unflagged: its write was in
+    flight at the heal), the controller looking at any pace. Every move
     is reported as a partition. (When the new gateway's first renewal after the heal comes
     later than its last one before the cut plus the timeout, the election moves back to the
     old gateway for as long as the old one's heartbeat is the fresher: two moves, both made
     without hearing the pool, both a partition.)"""
     t = Timeline(last={"cone-1": D - before_cut[0], "cone-2": D - before_cut[1]}, cut=True,
                  heal=D + heal, renew_after_heal=renew,
-                 votes={"cone-2": D + heal + votes[0], "cone-3": D + heal + votes[1]})
+                 votes={"cone-2": D + heal + votes[0], "cone-3": D + heal + votes[1]},
+                 in_flight=in_flight)
     c = run(t, phase=phase % look, look=look, until=75.0)
     assert c.events and not c.pending
     assert {m.rsplit("cause: ", 1)[1] for m in c.events} == {PARTITION}
