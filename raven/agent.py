@@ -55,7 +55,7 @@ from raven.desired import NodeState, Role
 from raven.errors import ValidationError
 from raven.health import HealthServer
 from raven.kube.cache import JSON, CachedInputs, InputCache, atomic_write_json
-from raven.kube.errors import KubeError
+from raven.kube.errors import Conflict, KubeError
 from raven.model import TUNNEL, Gateway, Node
 from raven.path_agent import PathManager
 from raven.paths import PathPlan
@@ -464,7 +464,10 @@ class Agent:
         """Make our Node's annotation name the gateway our pool uses as we decided it, so the
         controller can adopt the pool's decision (raven.pool_decision); True when it does.
         When the API server did not take an attempt since the last success, the decision was
-        taken while cut off: flagged beside it."""
+        taken while cut off: flagged beside it. Each write is conditional on the Node's
+        resourceVersion as we last saw it: an attempt that timed out while the pool was cut off
+        may still reach the API server after the partition heals, after our retry, and must
+        not overwrite the retry's flag with its own (it gets a Conflict instead)."""
         if self.node is None or self.kube is None or self.pool_gateway is None:
             return self.pool_gateway is None
         from raven.kube.client import NODES
@@ -472,15 +475,24 @@ class Agent:
         node = self.node.get(self.settings.node)
         if node is None:
             return False
-        annotations = (node.get("metadata") or {}).get("annotations") or {}
+        meta = node.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
         want = {constants.ANNOTATION_POOL_GATEWAY: self.pool_gateway,
                 constants.ANNOTATION_POOL_GATEWAY_OFFLINE: "true" if self._cut_off else "false"}
         if all(annotations.get(k) == v for k, v in want.items()):
             return True
-        patch = {"metadata": {"annotations": want}}
+        patch: dict[str, Any] = {"metadata": {"annotations": want}}
+        if meta.get("resourceVersion"):
+            patch["metadata"]["resourceVersion"] = meta["resourceVersion"]
         try:
             self.kube.merge_patch(NODES, self.settings.node, patch,
                                   timeout=DECISION_PUBLISH_TIMEOUT)
+        except Conflict:
+            # Our view of the Node is older than the API server's (the API server answered:
+            # not cut off); the informer brings the newer one, try again after a backoff.
+            log.info("node %s: publishing the pool's gateway: the Node changed meanwhile; "
+                     "trying again", self.settings.node)
+            return False
         except KubeError as exc:
             self._cut_off = True
             self.metrics.errors.labels("publish").inc()
