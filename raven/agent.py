@@ -351,13 +351,18 @@ class Agent:
         """Make our Node's annotation name the gateway our pool uses as we decided it, so the
         controller can adopt the pool's decision (raven.pool_decision); True when it does.
         When the API server did not take an attempt since the last success, the decision was
-        taken while cut off: flagged beside it."""
+        taken while cut off: flagged beside it. Each write is conditional on the Node's
+        resourceVersion as we last saw it: an attempt that timed out while the pool was cut off
+        may still reach the API server after the partition heals, after our retry, and must
+        not overwrite the retry's flag with its own (it gets a Conflict instead; the API server
+        answered, so that is no sign of being cut off)."""
         if self.pool_gateway is None:
             return True
         want: dict[str, str | None] = {
             constants.ANNOTATION_POOL_GATEWAY: self.pool_gateway,
             constants.ANNOTATION_POOL_GATEWAY_OFFLINE: "true" if self._cut_off else "false"}
-        outcome = self.annotations.ensure(want, "the pool's gateway", DECISION_PUBLISH_TIMEOUT)
+        outcome = self.annotations.ensure(want, "the pool's gateway", DECISION_PUBLISH_TIMEOUT,
+                                           conditional=True)
         if outcome in (Write.WRITTEN, Write.FAILED):
             self._cut_off = outcome is Write.FAILED
         return outcome.ok

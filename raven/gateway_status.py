@@ -56,7 +56,7 @@ from raven.model import (
     NodeInfo,
     gateway_problems,
 )
-from raven.pool_decision import adopt, decided_offline, immediate_cause
+from raven.pool_decision import adopt, decided_offline, immediate_cause, unheard
 from raven.timefmt import parse_time, to_time
 
 JSON = dict[str, Any]
@@ -293,6 +293,11 @@ def compute_status(
     lost = tuple(n for n in old_active if n not in new_active)
     elected = tuple(n for n in new_active if n not in old_active)
     previous_ready = next((c.reason for c in old_conditions if c.type == CONDITION_READY), "")
+    # A move: was the pool heard? An adopted vote published at once says so; a move the
+    # election made on its own from heartbeats is judged by the pool's other heartbeats.
+    moved = bool(lost and elected)
+    silent = moved and adopted is None and unheard(gateway, lost, elected, nodes, heartbeats,
+                                                   now, opts)
     new_proxies = tuple(e.node_name for e in proxy_active)
     old_proxies = _old_active(obj, proxy=True)
     return StatusPlan(
@@ -300,7 +305,7 @@ def compute_status(
         elected=elected,
         lost=lost,
         reasons=tuple(election.reasons),
-        cause=immediate_cause(lost, previous_ready, partitioned) if lost and elected else "",
+        cause=immediate_cause(lost, previous_ready, partitioned, silent) if moved else "",
         partitioned=partitioned,
         proxy_elected=tuple(n for n in new_proxies if n not in old_proxies),
         proxy_lost=tuple(n for n in old_proxies if n not in new_proxies),

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import Counter
 
-from raven.kube.errors import KubeError
+from raven.kube.errors import Conflict, KubeError
 
 if TYPE_CHECKING:
     from raven.kube.client import Kube
@@ -32,6 +32,7 @@ class Write(Enum):
     SAME = "same"  # the Node already says so
     WRITTEN = "written"
     FAILED = "failed"  # the API server did not take the write
+    CONFLICT = "conflict"  # it answered: our view of the Node is older than its own
 
     @property
     def ok(self) -> bool:
@@ -49,8 +50,11 @@ class NodeAnnotations:
         self.informer: Informer | None = None
 
     def ensure(self, want: dict[str, str | None], what: str,
-               timeout: float | None = None) -> Write:
-        """Make our Node's annotations `want` (None: absent); `what` names them in logs."""
+               timeout: float | None = None, conditional: bool = False) -> Write:
+        """Make our Node's annotations `want` (None: absent); `what` names them in logs.
+        `conditional`: the write applies only to the Node as we last saw it (its
+        resourceVersion), so an attempt that timed out on our side but reaches the API server
+        late cannot overwrite a newer write (it gets CONFLICT instead)."""
         if self.informer is None or self.kube is None:
             return Write.NO_NODE
         from raven.kube.client import NODES
@@ -58,12 +62,19 @@ class NodeAnnotations:
         obj = self.informer.get(self.node)
         if obj is None:
             return Write.NO_NODE
-        annotations = (obj.get("metadata") or {}).get("annotations") or {}
+        meta = obj.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
         if all(annotations.get(k) == v for k, v in want.items()):
             return Write.SAME
+        patch: dict[str, dict[str, object]] = {"metadata": {"annotations": want}}
+        if conditional and meta.get("resourceVersion"):
+            patch["metadata"]["resourceVersion"] = meta["resourceVersion"]
         try:
-            self.kube.merge_patch(NODES, self.node, {"metadata": {"annotations": want}},
-                                  timeout=timeout)
+            self.kube.merge_patch(NODES, self.node, patch, timeout=timeout)
+        except Conflict:
+            log.info("node %s: publishing %s: the Node changed meanwhile; trying again",
+                     self.node, what)
+            return Write.CONFLICT
         except KubeError as exc:
             self.errors.labels("publish").inc()
             log.warning("node %s: cannot publish %s: %s", self.node, what, exc)

@@ -14,18 +14,26 @@ Rules kept:
   election runs, so the election keeps it;
 - the cause of a failover is settled by evidence, never guessed at the moment of the move
   (when the pool fails over in half a second, a powered-off node's last heartbeat is still
-  fresh): "partition" when the pool decided while cut off from the control plane (the
-  previous status was kept without heartbeats, or most of the nodes that voted for the new
-  gateway flagged their vote `raven.openyurt.io/pool-gateway-offline`: they could not publish
-  it at once); otherwise "probe loss" once every lost node renewed its heartbeat after the
-  failover and is Ready (alive, but the pool's probes do not get through it), "power-off" as
-  soon as one is gone, NotReady, has no heartbeat or missed two renewals (its heartbeat is
-  older than two thirds of the timeout); until then the cause is pending (`resolve`). No cause
-  is settled before the pool's other nodes have voted for the new gateway (or a heartbeat
-  timeout passed): a cut-off pool's late votes would otherwise race the controller's own move.
-  A live node renews every third of the timeout, so it reaches "probe loss" before it could
-  look like "power-off"; a dead one never renews, so it reaches "power-off": the outcome does
-  not depend on when the controller looks.
+  fresh): "partition" when the pool decided while cut off from the control plane, known at the
+  move from what the controller heard of the pool: the previous status was kept without
+  heartbeats; or a node that voted for the new gateway flagged its vote
+  `raven.openyurt.io/pool-gateway-offline` (it could not publish it at once; one is enough:
+  a write in flight when the partition healed lands unflagged); or the
+  controller moved on its own (no adopted vote) while it could not hear the pool: every other
+  node of the pool that heartbeats had missed a renewal (`unheard`: its last one older than
+  half the timeout; a heard agent's is at most a third old, and in a cut-off pool whose old
+  gateway's heartbeat expired first the others' are at least two thirds old, since their
+  renewals all stopped at the cut, at most one renewal apart). Otherwise "probe loss" once
+  every lost node renewed its heartbeat after the failover and is Ready (alive, but the pool's
+  probes do not get through it), "power-off" as soon as one is gone, NotReady, has no
+  heartbeat or missed two renewals (its heartbeat is older than two thirds of the timeout);
+  until then the cause is pending (`resolve`). No pending cause is settled before the pool's
+  other nodes have voted for the new gateway (or a heartbeat timeout passed): the late,
+  offline-flagged votes of a pool that healed just before the controller's own move would
+  otherwise race it. A live node renews every third of the timeout, so it reaches "probe
+  loss" before it could look like "power-off"; a dead one never renews, so it reaches
+  "power-off": the outcome does not depend on when the controller looks, nor on whether the
+  old gateway's heartbeat or the cut-off pool's votes reach it first.
 Time is an argument; no I/O.
 """
 
@@ -93,38 +101,63 @@ def adopt(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, 
 
 
 def decided_offline(gateway: Gateway, nodes: Mapping[str, Node], choice: str) -> bool:
-    """Whether most of the Ready nodes of the pool that vote for `choice` flagged their vote as
-    published late (`raven.openyurt.io/pool-gateway-offline: "true"`): decided while cut off."""
+    """Whether a Ready node of the pool that votes for `choice` flagged its vote as published
+    late (`raven.openyurt.io/pool-gateway-offline: "true"`: an attempt to publish it failed):
+    decided while cut off. One is enough: a vote whose write was in flight when the partition
+    healed lands unflagged (its request was only delayed), so in a short partition some of the
+    pool's votes are flagged and some are not, depending on when each node decided."""
     return voted_offline(gateway.name, nodes, choice)
 
 
 def voted_offline(gateway: str, nodes: Mapping[str, Node], choice: str) -> bool:
     """`decided_offline` by the Gateway's name."""
-    voters = [n for n in nodes.values()
-              if n.gateway == gateway and n.ready
-              and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY) == choice]
-    offline = sum(n.annotations.get(constants.ANNOTATION_POOL_GATEWAY_OFFLINE) == "true"
-                  for n in voters)
-    return bool(voters) and 2 * offline > len(voters)
+    return any(n.gateway == gateway and n.ready
+               and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY) == choice
+               and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY_OFFLINE) == "true"
+               for n in nodes.values())
 
 
 def votes_settled(f: Failover, nodes: Mapping[str, Node], now: float,
                   options: ElectionOptions) -> bool:
     """Whether the pool's other nodes have had their say about a move: each is Ready and names
-    one of the elected gateways, or a heartbeat timeout passed since the move. A move the
-    controller makes on its own as a cut-off pool comes back (the old gateway's heartbeat went
-    stale meanwhile) comes before the pool's late votes land; judged earlier, a power-off while
-    cut off was reported as "power-off" or as "partition" depending on which came first."""
+    one of the elected gateways, or a heartbeat timeout passed since the move. A pool that was
+    cut off and healed just before the controller moved on its own (its old gateway's
+    heartbeat expired, the new one's was renewed after the heal) has not published its
+    offline-flagged votes yet; judged at once, that power-off while cut off would be reported
+    as "power-off" or as "partition" depending on which came first. (A move made while the
+    pool could not be heard at all is a partition at once: `unheard`.)"""
     if now - f.at > options.heartbeat_timeout:
         return True
     return all(n.ready and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY) in f.elected
                for n in nodes.values() if n.gateway == f.gateway and n.name not in f.lost)
 
 
-def immediate_cause(lost: Sequence[str], previous_ready_reason: str, partitioned: bool) -> str:
-    """The cause known at the moment of the move: "partition" or "" (settled later by
-    `classify`)."""
-    return PARTITION if lost and (partitioned or previous_ready_reason == KEPT_REASON) else ""
+def unheard(gateway: Gateway, lost: Sequence[str], elected: Sequence[str],
+            nodes: Mapping[str, Node], heartbeats: Mapping[str, float], now: float,
+            options: ElectionOptions) -> bool:
+    """Whether the controller could not hear the pool when it moved the pool's gateway away
+    from `lost` on its own (from heartbeats, no adopted vote): every other node of the pool
+    that heartbeats (its candidates, the elected ones among them) had missed a renewal, its
+    last one older than half the heartbeat timeout. A heard agent's heartbeat is never older
+    than one renewal period (a third of the timeout, plus the write's latency). In a pool cut
+    off from the control plane every renewal stopped at the cut, at most one period apart, so
+    when the old gateway's heartbeat expires (a timeout after its last renewal) the others' are
+    at least two thirds of the timeout old: half is halfway between the two. False when no
+    other node of the pool has a heartbeat (nothing to hear the pool by)."""
+    names = ({e.node_name for e in gateway.spec.endpoints} | set(elected)
+             | {n.name for n in nodes.values() if n.gateway == gateway.name})
+    beats = [heartbeats[n] for n in names - set(lost) if n in heartbeats]
+    return bool(beats) and all(now - last > options.heartbeat_timeout / 2 for last in beats)
+
+
+def immediate_cause(lost: Sequence[str], previous_ready_reason: str, partitioned: bool,
+                    silent: bool = False) -> str:
+    """The cause known at the moment of the move: "partition" (the previous status was kept
+    without heartbeats, the adopted decision was flagged offline (`partitioned`) or the
+    controller moved on its own without hearing the pool (`silent`, from `unheard`)) or ""
+    (settled later by `classify`)."""
+    cut_off = partitioned or silent or previous_ready_reason == KEPT_REASON
+    return PARTITION if lost and cut_off else ""
 
 
 def classify(lost: Sequence[str], at: float, nodes: Mapping[str, Node],

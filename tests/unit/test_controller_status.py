@@ -287,9 +287,15 @@ def test_failover_causes_known_at_the_move() -> None:
     late = compute_status(gateway("gw-hz", TWO, _active("hz-1")),
                           _voting(votes, offline=("hz-2", "hz-3")), HEARTS, NOW)
     assert late.elected == ("hz-2",) and late.cause == "partition" and late.partitioned
+    # One flagged voter is enough: the other's write was in flight when the partition healed
+    # (only delayed, so not flagged).
     one_late = compute_status(gateway("gw-hz", TWO, _active("hz-1")),
                               _voting(votes, offline=("hz-3",)), HEARTS, NOW)
-    assert one_late.cause == "" and not one_late.partitioned  # no majority of the voters
+    assert one_late.cause == "partition" and one_late.partitioned
+    # A flag on a vote for another node says nothing about this move.
+    other = compute_status(gateway("gw-hz", TWO, _active("hz-1")),
+                           _voting({**votes, "hz-1": "hz-1"}, offline=("hz-1",)), HEARTS, NOW)
+    assert other.elected == ("hz-2",) and other.cause == "" and not other.partitioned
     gone = compute_status(gateway("gw-hz", TWO, _active("hz-1")), _voting(votes),
                           {"hz-1": NOW - 10, "hz-2": NOW}, NOW)
     assert gone.lost == ("hz-1",) and gone.cause == ""  # settled by resolve (next tests)
