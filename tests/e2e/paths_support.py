@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,17 +117,23 @@ class DirectWatch:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.is_set() and len(self.first) < len(self.pairs):
-            nodes = {gateway(p) for pair in self.pairs for p in pair}
-            devices = {n: dump(self.plan.name, n) for n in nodes}
-            seen = time.monotonic()
-            for a, b in self.pairs:
-                da, db = devices[gateway(a)], devices[gateway(b)]
-                if (a.name, b.name) in self.first or da is None or db is None:
-                    continue
-                if _direct_peer(da[1].get(db[0]), b) and _direct_peer(db[1].get(da[0]), a):
-                    self.first[(a.name, b.name)] = seen
-            self._stop.wait(self.poll)
+        nodes = sorted({gateway(p) for pair in self.pairs for p in pair})
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            while not self._stop.is_set() and len(self.first) < len(self.pairs):
+                # All gateways read at once: a pair's time is not late by one read per node.
+                devices = dict(zip(nodes, pool.map(lambda n: dump(self.plan.name, n), nodes),
+                                   strict=True))
+                self._note(devices, time.monotonic())
+                self._stop.wait(self.poll)
+
+    def _note(self, devices: dict[str, tuple[str, dict[str, WgPeer]] | None], seen: float
+              ) -> None:
+        for a, b in self.pairs:
+            da, db = devices[gateway(a)], devices[gateway(b)]
+            if (a.name, b.name) in self.first or da is None or db is None:
+                continue
+            if _direct_peer(da[1].get(db[0]), b) and _direct_peer(db[1].get(da[0]), a):
+                self.first[(a.name, b.name)] = seen
 
     def wait(self, timeout: float) -> dict[tuple[str, str], float]:
         """Until every pair was seen direct or `timeout`; the first times seen."""
