@@ -21,8 +21,8 @@ restored):
 A failed round (an oracle not reached in time) is counted and reported, never dropped silently.
 Prints figures; `--json` prints a JSON summary as the last line (medians over good rounds).
 The timeline from `lab up` to the first direct path (seconds after `lab up` started) is printed
-from the lab's progress, the daemons' own logs, a `kubectl get gateways --watch` of the
-Gateways' status, and the oracle (`--rounds 0` measures only that).
+from the lab's progress (`raven lab up`'s stderr), the daemons' own logs, and the oracle
+(`--rounds 0` measures only that).
 
     flock /tmp/raven-e2e.lock .venv/bin/python bench/paths.py [--rounds 3] [--json]
 """
@@ -38,7 +38,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -98,60 +97,6 @@ def log_marks(lab: str, gateways: dict[str, str]) -> list[tuple[float, str]]:
                             .timestamp(), label))
                 break
     return out
-
-
-class GatewayWatch:
-    """`kubectl get gateways --watch -o json`: when each Gateway's status first names an active
-    endpoint, and a mapped endpoint (the controller's copy of what the public gateway
-    observed). Started with the lab: it retries until the API server serves Gateways."""
-
-    def __init__(self, lab: str) -> None:
-        self.lab = lab
-        self.marks: dict[str, float] = {}
-        self.proc: subprocess.Popen[str] | None = None
-        self._stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            config = cluster.kubeconfig_path(self.lab)
-            if config.exists():
-                self.proc = subprocess.Popen(
-                    ["kubectl", "--kubeconfig", str(config), "get", "gateways", "--watch",
-                     "-o", "json"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                    text=True)
-                self._read(self.proc)
-            self._stop.wait(0.2)
-
-    def _read(self, proc: subprocess.Popen[str]) -> None:
-        assert proc.stdout is not None
-        decoder, buffer = json.JSONDecoder(), ""
-        for line in proc.stdout:
-            buffer += line
-            while buffer.strip():
-                try:
-                    obj, end = decoder.raw_decode(buffer.lstrip())
-                except ValueError:
-                    break
-                buffer = buffer.lstrip()[end:]
-                self._note(obj, time.time())
-        proc.wait()
-
-    def _note(self, gw: dict, now: float) -> None:
-        name = gw.get("metadata", {}).get("name", "")
-        if not any(name.endswith(pool) for pool in CONE):
-            return
-        for ep in (gw.get("status") or {}).get("activeEndpoints") or []:
-            self.marks.setdefault(f"{name} active endpoint in status", now)
-            if (ep.get("config") or {}).get("mapped-endpoint"):
-                self.marks.setdefault(f"{name} mapped-endpoint in status", now)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-        self.thread.join(10)
 
 
 def print_timeline(started: float, events: list[tuple[float, str]]) -> dict[str, float]:
@@ -224,11 +169,9 @@ def main() -> int:
     rounds: list[dict] = []
     failed: list[str] = []
     summary: dict = {}
-    watch: GatewayWatch | None = None
     direct: ps.DirectWatch | None = None
     up = ps.LabUp(path, lab)
     try:
-        watch = GatewayWatch(lab)
         plan = up.plan()
         a, b = ps.pool(plan, "cone-a"), ps.pool(plan, "cone-b")
         direct = ps.DirectWatch(plan, [(a, b)], poll=0.1)
@@ -242,8 +185,6 @@ def main() -> int:
                        "ORACLE: wg show: cone-a <-> cone-b direct"))
         summary["up_to_direct_s"] = round(first - up.started, 2)
         summary["ready_to_direct_s"] = round(first - ready, 2)  # < 0: direct before ready
-        watch.stop()
-        events += [(at, label) for label, at in watch.marks.items()]
         events += log_marks(lab, {"a": a.gateway, "b": b.gateway})
         summary["timeline"] = print_timeline(up.started_wall, events)
         print(f"`raven lab up` started -> direct {summary['up_to_direct_s']}s "
@@ -263,10 +204,9 @@ def main() -> int:
                   f"{r['upgrade_lost']}; nat-rebind gap {r['rebind_gap_s']}s")
     finally:
         up.stop()
-        for stoppable in (watch, direct):
-            if stoppable is not None:
-                with contextlib.suppress(Exception):
-                    stoppable.stop()
+        if direct is not None:
+            with contextlib.suppress(Exception):
+                direct.stop()
         if args.keep_logs:
             shutil.copytree(runtime.run_dir(lab) / "logs", args.keep_logs, dirs_exist_ok=True)
         teardown.down(lab)
