@@ -33,6 +33,10 @@ log = logging.getLogger(__name__)
 
 POLL = 0.2  # seconds between reads of the device while a path is probing or direct
 IDLE_POLL = 0.5  # otherwise (public gateways: how soon a new mapping is published)
+# A public gateway reads its device every POLL while a NAT'd peer it has configured has not
+# been heard from yet, for at most this long after the peer appeared: the first mapping of
+# a NAT'd gateway is on the way from `lab up` (or a join) to a direct path.
+LEARN_FAST = 10.0
 RTT_PERIOD = 10.0  # seconds between RTT measurements to the public gateways
 RTT_ALPHA = 0.3  # smoothing of those measurements
 ECHOES = 3  # ICMP echoes per measurement (loss is the smoothed share unanswered)
@@ -64,6 +68,9 @@ class PathManager:
         self._prepared: dict[str, tuple[str, ...]] = {}  # pool -> subnets to take at the switch
         # peer -> (since when it waits for a first handshake, renewals so far)
         self._waiting: dict[str, tuple[float, int]] = {}
+        self._unheard: dict[str, float] = {}  # NAT'd peer not heard yet -> since when
+        self._recorded: list[dict[str, Any]] | None = None  # the report last recorded
+        self._changed_at: dict[str, float] = {}  # pool -> unix time its path entered its mode
 
     # -- inputs --------------------------------------------------------------------------------
 
@@ -94,6 +101,7 @@ class PathManager:
                     c.pool, paths.Mode.DIRECT, c.public_key, c.endpoint, since=now,
                     since_wall=wall, rx_bytes=peer.rx_bytes, rx_changed=now,
                     reason=f"direct to {peer.endpoint} (kept from the previous agent)")
+                self._changed_at[c.pool] = wall
                 log.info("path to %s: direct path kept from the previous agent", c.pool)
         return paths.plans(self.paths)
 
@@ -104,7 +112,7 @@ class PathManager:
         state = self.agent.state
         if state is None or state.role != Role.ACTIVE_GATEWAY or state.wireguard is None:
             if self.paths:
-                self._set({}, now)
+                self._set({}, now, wall)
             return now + IDLE_POLL
         gateways = self._parsed()
         mine = next((g for g in gateways if g.name == state.pool), None)
@@ -130,11 +138,11 @@ class PathManager:
             self.settings)
         if renew:  # a lost first initiation: a fresh peer sends one now, not in 5 s
             renewed = self.agent.dataplane.renew_peers(renew)
-            log.info("no handshake yet with %d peer(s) after %.1fs: made afresh %s",
-                     len(renew), self.settings.renew_after, ", ".join(renewed) or "(none)")
+            log.info("no handshake yet with %d peer(s): made afresh %s", len(renew),
+                     ", ".join(renewed) or "(none)")
         if me is not None and not me.under_nat:
-            self._publish_observed(state, live)
-            return self._renew_deadline(now + IDLE_POLL)
+            unheard = self._publish_observed(state, live, now)
+            return self._renew_deadline(now + (POLL if unheard else IDLE_POLL))
         self._samples = samples
         return self._step(gateways, state.pool or "", now, wall)
 
@@ -155,7 +163,7 @@ class PathManager:
     def _step(self, gateways: list[Gateway], pool: str, now: float, wall: float) -> float:
         found, self.why_relayed = paths.candidates(gateways, pool)
         self._set(paths.step(self.paths, found, self._samples, now, wall, self.settings, pool),
-                  now)
+                  now, wall)
         self._nudge(self.agent.state)  # the state the path change just applied
         return self._renew_deadline(paths.next_deadline(self.paths, now, POLL,
                                                         self.settings.commit))
@@ -163,7 +171,7 @@ class PathManager:
     def _renew_deadline(self, deadline: float) -> float:
         """`deadline`, or sooner when a peer waiting for its first handshake is due."""
         s = self.settings
-        return min([deadline, *(t + s.renew_after for t, n in self._waiting.values()
+        return min([deadline, *(paths.renew_due(t, n, s) for t, n in self._waiting.values()
                                 if n < s.renew_max)])
 
     def _nudge(self, state: Any) -> None:
@@ -178,7 +186,7 @@ class PathManager:
                 targets.append(str(ipaddress.ip_network(first)[1]))
         self.agent.dataplane.nudge(state.vxlan.local_ip, targets)
 
-    def _set(self, new: dict[str, paths.Path], now: float) -> None:
+    def _set(self, new: dict[str, paths.Path], now: float, wall: float) -> None:
         old = self.paths
         self.paths = new
         self._prepared = {k: v for k, v in self._prepared.items()
@@ -190,12 +198,14 @@ class PathManager:
                          path.switch_at - now)
                 self._prepare(new, name)
             if before is None or before.mode != path.mode:
+                self._changed_at[name] = wall
                 self.figures.pop(name, None)  # measured on the old path: measure the new one
                 self._measure_wake.set()
                 self.changes += 1
                 log.info("path to %s: %s (%s)", name, path.mode, path.reason)
         for name in set(old) - set(new):
             log.info("path to %s: no longer a direct-path candidate", name)
+            self._changed_at.pop(name, None)
         if paths.plans(new) != paths.plans(old):
             started = time.monotonic()
             self.agent.apply_paths(paths.plans(new))
@@ -209,7 +219,13 @@ class PathManager:
         if shape != self.published:
             self._queue("paths", compact)
             self.published = shape
-        self.agent.record_paths(self.report(now))
+        # The status file and metrics: rewritten when a path changes or has a new RTT/loss
+        # measurement (every RTT_PERIOD at most), not on every tick (nothing in the report
+        # moves with the clock or the counters).
+        report = self.report(now, wall)
+        if report != self._recorded:
+            self.agent.record_paths(report)
+            self._recorded = report
 
     def _compact(self, state: Any) -> dict[str, dict[str, Any]]:
         """{remote Gateway: {"path", "via"?, "rttMs"?, "loss"?, "handshake"?, "rxBytes"?,
@@ -254,22 +270,28 @@ class PathManager:
         except Exception as exc:  # the reconcile at the switch moves them anyway
             log.warning("path to %s: cannot prepare the take-over: %s", name, exc)
 
-    def _publish_observed(self, state: Any, live: dict) -> None:
+    def _publish_observed(self, state: Any, live: dict, now: float) -> bool:
+        """Queue the mapped endpoints seen when they changed; True while a NAT'd peer that
+        appeared less than LEARN_FAST ago has not been heard from (poll fast for it)."""
         assert state.wireguard is not None
         learned = {p.public_key for p in state.wireguard.peers if p.endpoint is None}
         observed = {k: p.endpoint for k, p in live.items() if k in learned and p.endpoint}
         if observed != self.observed:
             self._queue("observed", observed)
             self.observed = observed
+        self._unheard = {k: self._unheard.get(k, now) for k in learned - set(observed)}
+        return any(now - t < LEARN_FAST for t in self._unheard.values())
 
     # -- reporting -----------------------------------------------------------------------------
 
-    def report(self, now: float) -> list[dict[str, Any]]:
-        """Each NAT'd remote pool's path, for the status document and `raven status`."""
+    def report(self, now: float, wall: float) -> list[dict[str, Any]]:
+        """Each NAT'd remote pool's path, for the status document and `raven status`
+        (`changedAt`: unix seconds when the path entered its mode)."""
         out = []
         for name, path in sorted(self.paths.items()):
             out.append({"pool": name, "mode": str(path.mode), "endpoint": path.endpoint,
-                        "since": round(now - path.since, 1), "failures": path.failures,
+                        "changedAt": round(self._changed_at.get(name, wall - (now - path.since))),
+                        "failures": path.failures,
                         "reason": path.reason})
         out += [{"pool": why.split(":", 1)[0], "mode": "relayed", "reason": why.split(": ", 1)[1]}
                 for why in self.why_relayed]

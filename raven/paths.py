@@ -68,11 +68,16 @@ class PathSettings:
     dead_after: float = 1.5  # a direct peer silent this long has lost its path
     backoff_min: float = 2.0
     # A peer we send to (endpoint, keepalive) that has never completed a handshake is made
-    # afresh after this long: WireGuard retries a lost first initiation only after 5 s
-    # (REKEY_TIMEOUT), e.g. when it reached a gateway not configured for us yet, and that
-    # retry dominated the time from `lab up` to direct (the public gateways learn a mapped
-    # endpoint from the handshake). A fresh peer initiates at once.
-    renew_after: float = 1.0
+    # afresh after this long, then after twice as long, ... (`renew_due`): WireGuard retries a
+    # lost first initiation only after 5 s (REKEY_TIMEOUT), e.g. when it reached a gateway
+    # not configured for us yet, and that retry dominated the time from `lab up` to direct
+    # (the public gateways learn a mapped endpoint from the handshake). A fresh peer
+    # initiates at once. At `lab up` the loss is a race between two applies made from the
+    # same Gateway status write (ours and the public gateway's), over in milliseconds, so
+    # the first renewal comes early; the doubling leaves a slow handshake (a loaded machine)
+    # time to complete, since a renewal drops the answer to the initiation before it.
+    # Renewals at 0.4, 1.2 and 2.8 s, then WireGuard's own retries.
+    renew_after: float = 0.4
     renew_max: int = 3
     backoff_max: float = 60.0
 
@@ -240,18 +245,24 @@ def renewals(waiting: Mapping[str, tuple[float, int]], samples: Mapping[str, Sam
     which it waits for its first handshake, renewals so far)}). Only peers that initiate on
     their own (an endpoint and a keepalive) and never completed a handshake wait. A peer is
     renewed `renew_after` after it appeared or was last renewed, at most `renew_max` times:
-    a far end that is down is left to WireGuard's own retries (every 5 s)."""
+    a far end that is down is left to WireGuard's own retries (every 5 s). The wait doubles
+    with each renewal (`renew_due`)."""
     out: dict[str, tuple[float, int]] = {}
     renew: list[str] = []
     for key, sample in samples.items():
         if sample.last_handshake or not sample.endpoint or not sample.keepalive:
             continue
         since, count = waiting.get(key, (now, 0))
-        if count < s.renew_max and now - since >= s.renew_after:
+        if count < s.renew_max and now >= renew_due(since, count, s):
             renew.append(key)
             since, count = now, count + 1
         out[key] = (since, count)
     return out, sorted(renew)
+
+
+def renew_due(since: float, count: int, s: PathSettings = PathSettings()) -> float:
+    """When a peer waiting since `since`, renewed `count` times so far, is renewed next."""
+    return since + s.renew_after * 2 ** count
 
 
 def plans(paths: Mapping[str, Path]) -> dict[str, PathPlan]:

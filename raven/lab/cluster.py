@@ -394,26 +394,35 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
     start_apiserver(lab)
     progress("Gateway CRD")
     kubectl(lab, "apply", "-f", "-", stdin=gateway_crd())
-    progress("proxy CA (Secret kube-system/raven-proxy-ca)")
-    kubectl(lab, "apply", "-f", "-", stdin=json.dumps(proxy_ca_secret(lab)))
+    # The daemons start while the objects are written: each takes a second or more to start
+    # (Python imports), and each reacts to objects that appear later, as in a real cluster.
+    # Only the agents wait for the Nodes: an agent publishes its key on its own Node.
     progress(f"kubelet stand-in: {len(plan.nodes())} Node objects")
     start_kubelet(lab, s)
-    _wait_nodes(lab, len(plan.nodes()))
-    from raven.lab import kubelets  # it uses this module's paths and kubectl
-
-    progress(f"kubelet APIs on {len(plan.nodes())} nodes (port {kubelets.KUBELET_PORT}), "
-             f"{sum(len(n.pods) for _, n in plan.nodes())} Pods")
-    kubelets.start(lab, to_time(time.time()))
+    progress("gateway controller")
+    start_controller(lab, s)
     progress(f"{len(plan.pools)} Gateways: " + ", ".join(
         f"{p.gateway} ({sum(n.gateway_candidate for n in p.nodes)} candidates, nat {p.nat})"
         for p in plan.pools))
     kubectl(lab, "apply", "-f", "-",
             stdin="\n".join(json.dumps(g) for g in gateway_objects(plan)))
-    progress("gateway controller")
-    start_controller(lab, s)
+    progress("proxy CA (Secret kube-system/raven-proxy-ca)")
+    kubectl(lab, "apply", "-f", "-", stdin=json.dumps(proxy_ca_secret(lab)))
+    _wait_nodes(lab, len(plan.nodes()))
     progress(f"agents on {len(plan.nodes())} nodes")
-    for _, node in plan.nodes():
+    # Gateway candidates first: the gateways' start is the one the overlay waits for.
+    for _, node in sorted(plan.nodes(), key=lambda pn: not pn[1].gateway_candidate):
         start_agent(lab, node.name, s)
+    # The kubelet APIs and Pods once the agents have applied: nothing of the overlay waits
+    # for them, and their start (a Python process per node) and the pings of the wait below
+    # would take the CPU from the agents' own start, the longest step to a working overlay
+    # on a loaded 2-core machine (docs/gateway.md, 4a: from `lab up` to direct).
+    _wait_first_applies(lab, plan, s.wait_timeout)
+    from raven.lab import kubelets  # it uses this module's paths and kubectl
+
+    progress(f"kubelet APIs on {len(plan.nodes())} nodes (port {kubelets.KUBELET_PORT}), "
+             f"{sum(len(n.pods) for _, n in plan.nodes())} Pods")
+    kubelets.start(lab, to_time(time.time()))
     runtime.write_json_atomic(runtime.run_dir(lab) / "cluster-state.json",
                               {"phase": "started"})
     if not wait:
@@ -429,6 +438,18 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
              + (f"all {answered} pod pairs answer" if answered == len(report.pairs) else
                 f"all {answered} connectable pod pairs answer (of {len(report.pairs)})"))
     return report
+
+
+def _wait_first_applies(lab: str, plan: LabPlan, timeout: float) -> None:
+    """Until every agent outside a VM has applied its first plan (its status file exists: the
+    state directory is new), has exited, or `timeout`; never raises (the wait for all pairs
+    reports what is wrong)."""
+    deadline = time.monotonic() + timeout
+    waiting = [n.name for _, n in plan.nodes() if not n.is_vm]
+    while waiting and time.monotonic() < deadline:
+        waiting = [n for n in waiting if agent_status_stamp(lab, n) is None
+                   and runtime.process_running(lab, n, AGENT)]
+        time.sleep(0.05)
 
 
 def _wait_nodes(lab: str, count: int, timeout: float = 30.0) -> None:

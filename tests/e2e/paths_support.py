@@ -11,9 +11,14 @@ import itertools
 import json
 import re
 import subprocess
+import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
+from raven.errors import CommandError
 from raven.lab import runtime
 from raven.lab.plan import LabPlan, PoolPlan
 
@@ -44,13 +49,31 @@ def public_key(lab: str, node: str) -> str:
 
 def peers(lab: str, node: str) -> dict[str, WgPeer]:
     """`wg show dump`: the first line is the device, then one tab-separated line per peer."""
+    return _parse_dump(wg(lab, node, "dump"))[1]
+
+
+def _parse_dump(text: str) -> tuple[str, dict[str, WgPeer]]:
+    """(the device's public key, its peers) from `wg show DEVICE dump`."""
+    lines = text.splitlines()
     out = {}
-    for line in wg(lab, node, "dump").splitlines()[1:]:
+    for line in lines[1:]:
         key, _psk, endpoint, allowed, handshake, rx, tx, _keepalive = line.split("\t")
         out[key] = WgPeer(key, None if endpoint == "(none)" else endpoint,
                           () if allowed == "(none)" else tuple(allowed.split(",")),
                           int(handshake), int(rx), int(tx))
-    return out
+    return lines[0].split("\t")[1], out
+
+
+def dump(lab: str, node: str) -> tuple[str, dict[str, WgPeer]] | None:
+    """`_parse_dump` of the node's device, or None while it has none (the lab or the agent
+    has not made it yet)."""
+    try:
+        argv = runtime.node_exec_argv(lab, node)
+    except CommandError:  # the node's host is not made yet
+        return None
+    proc = subprocess.run([*argv, "wg", "show", DEVICE, "dump"], capture_output=True, text=True,
+                          timeout=30)
+    return _parse_dump(proc.stdout) if proc.returncode == 0 and proc.stdout else None
 
 
 def gateway(pool: PoolPlan) -> str:
@@ -67,13 +90,59 @@ def direct(plan: LabPlan, a: PoolPlan, b: PoolPlan) -> bool:
     NAT's public address: the path crosses no relay."""
     for src, dst in ((a, b), (b, a)):
         peer = peers(plan.name, gateway(src)).get(public_key(plan.name, gateway(dst)))
-        if peer is None or peer.endpoint is None:
-            return False
-        if not peer.endpoint.startswith(dst.wan_ip + ":"):
-            return False
-        if not {n.pod_cidr for n in dst.nodes} <= set(peer.allowed_ips):
+        if not _direct_peer(peer, dst):
             return False
     return True
+
+
+def _direct_peer(peer: WgPeer | None, dst: PoolPlan) -> bool:
+    return (peer is not None and peer.endpoint is not None
+            and peer.endpoint.startswith(dst.wan_ip + ":")
+            and {n.pod_cidr for n in dst.nodes} <= set(peer.allowed_ips))
+
+
+class DirectWatch:
+    """From its start (e.g. right after the lab's namespaces exist, while `lab up` runs), reads
+    the gateways' devices every `poll` seconds (`wg show dump`, one per gateway) and keeps the
+    monotonic time at which each pair was first seen direct (`direct`'s test). A time is an
+    upper bound of the moment the pair went direct, by at most `poll` plus one round of
+    reads."""
+
+    def __init__(self, plan: LabPlan, pairs: list[tuple[PoolPlan, PoolPlan]],
+                 poll: float = 0.2) -> None:
+        self.plan, self.pairs, self.poll = plan, pairs, poll
+        self.first: dict[tuple[str, str], float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="direct-watch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        nodes = sorted({gateway(p) for pair in self.pairs for p in pair})
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            while not self._stop.is_set() and len(self.first) < len(self.pairs):
+                # All gateways read at once: a pair's time is not late by one read per node.
+                devices = dict(zip(nodes, pool.map(lambda n: dump(self.plan.name, n), nodes),
+                                   strict=True))
+                self._note(devices, time.monotonic())
+                self._stop.wait(self.poll)
+
+    def _note(self, devices: dict[str, tuple[str, dict[str, WgPeer]] | None], seen: float
+              ) -> None:
+        for a, b in self.pairs:
+            da, db = devices[gateway(a)], devices[gateway(b)]
+            if (a.name, b.name) in self.first or da is None or db is None:
+                continue
+            if _direct_peer(da[1].get(db[0]), b) and _direct_peer(db[1].get(da[0]), a):
+                self.first[(a.name, b.name)] = seen
+
+    def wait(self, timeout: float) -> dict[tuple[str, str], float]:
+        """Until every pair was seen direct or `timeout`; the first times seen."""
+        self._thread.join(timeout)
+        return dict(self.first)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(30)
 
 
 def relayed(plan: LabPlan, a: PoolPlan, b: PoolPlan, relay: PoolPlan) -> bool:
@@ -173,3 +242,52 @@ def iperf(plan: LabPlan, src: PoolPlan, dst: PoolPlan, seconds: int = 3) -> int:
     finally:
         server.kill()
         server.wait()
+
+
+class LabUp:
+    """`raven lab up TOPOLOGY --name NAME` as an operator runs it, in the background. Keeps
+    the monotonic and unix times it was started, and its progress lines (stderr, `[lab] ...`)
+    with the unix time each was read. The caller removes the lab (`raven lab down`) whatever
+    happens; `stop()` ends the command if it still runs."""
+
+    def __init__(self, topology: Path, name: str) -> None:
+        self.name = name
+        self.started, self.started_wall = time.monotonic(), time.time()
+        self.proc = subprocess.Popen([sys.executable, "-m", "raven.cli", "lab", "up",
+                                      str(topology), "--name", name],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
+        self.lines: list[tuple[float, str]] = []
+        self._reader = threading.Thread(target=self._read, name="lab-up-stderr", daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append((time.time(), line.rstrip("\n").removeprefix("[lab] ")))
+
+    def plan(self, timeout: float = 120.0) -> LabPlan:
+        """The lab's plan, as soon as its state names it (while it is being built)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return runtime.load_plan(self.name)
+            except CommandError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"`raven lab up` made no lab {self.name}: "
+                                         f"{self.tail()}") from None
+            time.sleep(0.02)
+
+    def wait(self, timeout: float = 600.0) -> None:
+        """Until `lab up` exits; AssertionError with its output unless it succeeded."""
+        code = self.proc.wait(timeout)
+        self._reader.join(10)
+        assert code == 0, f"`raven lab up` exited {code}: {self.tail()}"
+
+    def tail(self, lines: int = 15) -> str:
+        return "\n".join(text for _, text in self.lines[-lines:])
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()

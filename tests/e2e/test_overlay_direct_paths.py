@@ -1,6 +1,10 @@
 """Direct paths between NAT'd pools on the nat-kinds lab (cloud, two cone pools, a full-cone pool,
 a symmetric pool), with the whole overlay running. Oracles: `wg show dump` in the gateways
-(paths_support), ping sequence numbers, iperf3's byte counts. Times are reported, not judged.
+(paths_support), ping sequence numbers, iperf3's byte counts.
+
+The lab is made by `raven lab up` run as an operator runs it; a watch of the gateways'
+devices starts as soon as the lab's nodes exist, so the time from `lab up` to direct is read
+from the kernel while `lab up` still runs (docs/gateway.md, 4a, "From `lab up` to direct").
 """
 
 from __future__ import annotations
@@ -13,38 +17,64 @@ from collections.abc import Iterator
 
 import paths_support as ps
 import pytest
-from overlay_support import overlay_lab
+from overlay_support import TOPOLOGIES, unique_lab_name
 
-from raven.lab import cluster, faults, nat, runtime
+from raven.lab import cluster, faults, nat, runtime, teardown
 from raven.lab.plan import LabPlan
 
 pytestmark = pytest.mark.root
 
 DIRECT_TIMEOUT = 60.0  # generous: the machine is shared; the figure is printed
+# The requirement (issue 14, item 6): the cone pairs (port-restricted and full cone) are
+# direct within 10 s of the start of `raven lab up`.
+UP_TO_DIRECT = 10.0
+CONE_PAIRS = (("cone-a", "cone-b"), ("cone-a", "full"), ("cone-b", "full"))
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[LabPlan]:
-    with overlay_lab("nat-kinds.yaml", "paths") as plan:
-        plan_ready = time.monotonic()
-        lab_ready_at[plan.name] = plan_ready
+    name = unique_lab_name("paths")
+    up = ps.LabUp(TOPOLOGIES / "nat-kinds.yaml", name)
+    watch = None
+    try:
+        plan = up.plan()
+        watch = ps.DirectWatch(plan, [(ps.pool(plan, a), ps.pool(plan, b))
+                                      for a, b in CONE_PAIRS])
+        up.wait()
+        lab_up[name] = (up, watch)
         yield plan
+    finally:
+        up.stop()
+        if watch is not None:
+            watch.stop()
+        teardown.down(name)
 
 
-lab_ready_at: dict[str, float] = {}
+lab_up: dict[str, tuple[ps.LabUp, ps.DirectWatch]] = {}
 
 
 def pools(plan: LabPlan, *names: str):
     return [ps.pool(plan, n) for n in names]
 
 
-def test_cone_pairs_go_direct_after_lab_up(lab: LabPlan) -> None:
-    a, b, full = pools(lab, "cone-a", "cone-b", "full")
-    for x, y in ((a, b), (a, full), (b, full)):
-        ps.wait_for(lambda x=x, y=y: ps.direct(lab, x, y), DIRECT_TIMEOUT,
-                    f"{x.name} <-> {y.name} direct")
-    took = time.monotonic() - lab_ready_at[lab.name]
-    print(f"\ncone-to-cone direct {took:.1f}s after every pod pair answered")
+def test_cone_pairs_go_direct_within_10s_of_lab_up(lab: LabPlan) -> None:
+    up, watch = lab_up[lab.name]
+    first = watch.wait(DIRECT_TIMEOUT)
+    took = {f"{a}<->{b}": round(first[(a, b)] - up.started, 2)
+            for a, b in CONE_PAIRS if (a, b) in first}
+    ready = next((f"{at - up.started_wall:.2f}s" for at, line in up.lines
+                  if "overlay ready" in line), "(no line)")
+    print(f"\ndirect after the start of `raven lab up` (s): {took}; lab up reported ready "
+          f"after {ready}")
+    assert len(took) == len(CONE_PAIRS), f"not direct after {DIRECT_TIMEOUT:g}s: {took}"
+    # Upper bounds: a pair is stamped after the read that saw it direct (DirectWatch).
+    assert max(took.values()) <= UP_TO_DIRECT, (
+        f"cone pairs direct {took} s after `raven lab up` started (> {UP_TO_DIRECT:g} s); "
+        f"lab up's steps:\n" + "\n".join(f"  {at - up.started_wall:6.2f} {line}"
+                                        for at, line in up.lines))
+    # The kernel agrees now, read afresh.
+    for a, b in CONE_PAIRS:
+        assert ps.direct(lab, ps.pool(lab, a), ps.pool(lab, b)), f"{a} <-> {b} not direct"
 
 
 def test_symmetric_reaches_full_cone_directly(lab: LabPlan) -> None:

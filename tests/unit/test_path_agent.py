@@ -12,7 +12,7 @@ from test_paths import KEY_A, KEY_B, KEY_C, _fleet
 
 from raven import paths
 from raven.dataplane.wireguard.model import LivePeer
-from raven.path_agent import PathManager
+from raven.path_agent import IDLE_POLL, LEARN_FAST, POLL, PathManager
 from raven.topology import plan_node
 
 
@@ -118,9 +118,16 @@ def test_probe_handshake_take_over_and_nudges() -> None:
     assert agent.dataplane.nudged[-1] == ["10.244.20.1"]
     writes = len(agent.published)
     agent.dataplane.live = {KEY_B: peer(KEY_B, ("10.244.20.0/24",), 1000.5, 500)}
+    recorded = len(agent.reports)
     m.tick(switch + 0.1, 1001.6)
+    m.tick(switch + 0.3, 1001.8)
     m.flush_outbox()
     assert len(agent.published) == writes  # counters moved, the path did not: no write
+    # Nor is the status file: the report carries no clock or counter (changedAt is the
+    # instant the path went direct).
+    assert len(agent.reports) == recorded
+    assert agent.reports[-1][0]["mode"] == "direct"
+    assert agent.reports[-1][0]["changedAt"] == round(1000.0 + (switch - 10.0))
     # Silence: back to the relay, and the far side is told through the annotation.
     agent.dataplane.live = {KEY_B: peer(KEY_B, ("10.244.20.0/24",), 1000.5, 92)}
     m.tick(switch + 0.2, 1001.7)
@@ -171,16 +178,18 @@ def test_a_peer_without_a_first_handshake_is_made_afresh_after_renew_after() -> 
     m = manager(agent)
     agent.dataplane.live = {KEY_C: peer(KEY_C, ("10.244.0.0/24",), keepalive=25),
                             KEY_B: peer(KEY_B, handshake=999.0)}
-    assert m.tick(10.0, 1000.0) <= 10.0 + m.settings.renew_after
-    m.tick(10.5, 1000.5)
+    first = m.settings.renew_after
+    assert m.tick(10.0, 1000.0) <= 10.0 + first
+    m.tick(10.0 + first - 0.1, 1000.0 + first - 0.1)
     assert agent.dataplane.renewed == []
-    m.tick(11.0, 1001.0)
+    renewed_at = 10.0 + first
+    assert m.tick(renewed_at, 1000.0 + first) <= renewed_at + 2 * first
     assert agent.dataplane.renewed == [[KEY_C]]
-    m.tick(11.5, 1001.5)
-    assert agent.dataplane.renewed == [[KEY_C]]  # waits again from the renewal
+    m.tick(renewed_at + 2 * first - 0.1, 1001.5)
+    assert agent.dataplane.renewed == [[KEY_C]]  # waits again from the renewal, twice as long
     agent.dataplane.live[KEY_C] = peer(KEY_C, ("10.244.0.0/24",), handshake=1001.6,
                                        keepalive=25)
-    m.tick(12.5, 1002.5)
+    m.tick(renewed_at + 2 * first, 1002.5)
     assert agent.dataplane.renewed == [[KEY_C]] and m._waiting == {}
 
 
@@ -196,6 +205,20 @@ def test_public_gateway_publishes_what_it_sees_of_nat_peers() -> None:
     m.flush_outbox()
     assert len(agent.observed) == 1  # unchanged: not written again
     assert agent.applied == []
+
+
+def test_public_gateway_polls_fast_only_while_a_new_nat_peer_is_unheard() -> None:
+    agent = FakeAgent("c1")
+    m = manager(agent)
+    # Configured for the NAT'd gateways, none heard yet: read again soon.
+    agent.dataplane.live = {k: LivePeer(k, None, frozenset(), 0, None) for k in (KEY_A, KEY_B)}
+    assert m.tick(1.0, 1000.0) == 1.0 + POLL
+    agent.dataplane.live[KEY_A] = LivePeer(KEY_A, "198.19.0.10:4500", frozenset(), 0, None)
+    assert m.tick(1.2, 1000.2) == 1.2 + POLL  # KEY_B still unheard
+    # A NAT'd gateway that stays silent does not keep the public gateway polling fast.
+    assert m.tick(1.0 + LEARN_FAST, 1000.0 + LEARN_FAST) == 1.0 + LEARN_FAST + IDLE_POLL
+    agent.dataplane.live[KEY_B] = LivePeer(KEY_B, "198.19.0.14:31000", frozenset(), 0, None)
+    assert m.tick(12.0, 1011.0) == 12.0 + IDLE_POLL
 
 
 def test_restart_adopts_a_working_direct_path_and_not_a_stale_one() -> None:

@@ -117,11 +117,15 @@ def test_renewals_only_for_peers_that_send_and_never_shook_hands() -> None:
     assert waiting == {KEY_A: (10.0, 0)} and renew == []
     now = 10.0
     for n in range(1, S.renew_max + 1):
-        now += S.renew_after
+        wait = S.renew_after * 2 ** (n - 1)  # each wait twice the one before
+        assert paths.renewals(waiting, samples, now + wait - 0.01, S)[1] == []
+        now += wait
         waiting, renew = paths.renewals(waiting, samples, now, S)
         assert renew == [KEY_A] and waiting == {KEY_A: (now, n)}
+    # Every renewal before WireGuard's own first retry (5 s after the first initiation).
+    assert now - 10.0 < 5.0
     # A far end that stays silent is left to WireGuard's own retries.
-    assert paths.renewals(waiting, samples, now + 10 * S.renew_after, S)[1] == []
+    assert paths.renewals(waiting, samples, now + 100 * S.renew_after, S)[1] == []
     assert paths.renewals(waiting, {}, 12.0, S) == ({}, [])
 
 
