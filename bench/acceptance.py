@@ -111,17 +111,20 @@ class Lab:
                               "handshake": int(f[4]), "rx": int(f[5]), "tx": int(f[6])})
         return peers
 
-    def direct(self, pool_a: str, pool_b: str) -> bool:
-        """Some candidate of pool_a has a peer at pool_b's public address carrying a pod
-        network of pool_b with a handshake: the pair's traffic goes direct."""
+    def direct_peer(self, pool_a: str, pool_b: str) -> dict | None:
+        """The peer of a candidate of pool_a at pool_b's public address that carries a pod
+        network of pool_b and has a handshake (the pair's traffic goes direct), else None."""
         pub_b = self.pools[pool_b]["publicIP"]
         cidrs_b = {n["podCIDR"] for n in self.pools[pool_b]["nodes"]}
         for node in self.candidates(pool_a):
             for peer in self.wg_peers(node):
                 if (peer["endpoint"].rsplit(":", 1)[0] == pub_b and peer["handshake"]
                         and cidrs_b & set(peer["allowed"])):
-                    return True
-        return False
+                    return {**peer, "node": node}
+        return None
+
+    def direct(self, pool_a: str, pool_b: str) -> bool:
+        return self.direct_peer(pool_a, pool_b) is not None
 
     def relay_bytes(self) -> dict[str, int]:
         """rx+tx of every peer of every public pool's candidates (wg show transfer)."""
@@ -237,6 +240,9 @@ def run_paths(args: argparse.Namespace) -> dict:
         res["all_pairs_ok"] = ok is not None
         res["lab_ping"] = raven("lab", "ping", name, check=False).stdout.splitlines()[-12:]
         # bulk traffic cone <-> cone: relays' counters
+        idle0 = lab.relay_bytes()
+        time.sleep(4)  # the same length as the iperf window below: the relays' own traffic
+        idle1 = lab.relay_bytes()
         before = lab.relay_bytes()
         server = subprocess.Popen([RAVEN, "lab", "exec", name, dst["name"], "--", "iperf3",
                                    "-s", "-1"], stdout=subprocess.DEVNULL,
@@ -251,19 +257,36 @@ def run_paths(args: argparse.Namespace) -> dict:
             bps = None
         res["iperf"] = {"mbps": round(bps / 1e6, 1) if bps else None,
                         "bytes": round(bps * 3 / 8) if bps else None,
-                        "relay_delta_bytes": {k: after[k] - before.get(k, 0) for k in after}}
+                        "relay_delta_bytes": {k: after[k] - before.get(k, 0) for k in after},
+                        "relay_idle_delta_bytes": {k: idle1[k] - idle0.get(k, 0)
+                                                   for k in idle1}}
         log(f"iperf {res['iperf']}")
         # nat-rebind of pool a while a 50 pps ping runs
         ping = Ping(name, src["name"], dst["ip"])
         time.sleep(2)
+        ep0 = {"a": (lab.direct_peer(a, b) or {}).get("endpoint"),
+               "b_sees_a": (lab.direct_peer(b, a) or {}).get("endpoint")}
         tr = time.time()
         res["rebind_verb"] = raven("lab", "nat-rebind", name, a).stdout.strip()
-        gone = wait_for(lambda: not lab.direct(b, a), 10, 0.1)
-        back = wait_for(lambda: lab.direct(a, b) and lab.direct(b, a), 60, 0.2) if gone else None
+        marks: dict = {}
+
+        def moved() -> bool:
+            pa, pb = lab.direct_peer(a, b), lab.direct_peer(b, a)
+            if pa is None or pb is None:
+                marks.setdefault("not_direct", time.time())
+            elif pb["endpoint"] != ep0["b_sees_a"]:
+                marks.setdefault("direct_new_mapping", time.time())
+                marks["endpoint_after"] = pb["endpoint"]
+                return True
+            return False
+        wait_for(moved, 20, 0.05)
         time.sleep(3)
-        res["rebind"] = {**ping.outage(tr),
-                         "fell_back_s": round(gone - tr, 2) if gone else None,
-                         "direct_again_s": round(back - tr, 2) if back else None}
+        res["rebind"] = {**ping.outage(tr), "endpoint_before": ep0["b_sees_a"],
+                         "endpoint_after": marks.get("endpoint_after"),
+                         "fell_back_s": round(marks["not_direct"] - tr, 2)
+                         if "not_direct" in marks else None,
+                         "direct_on_new_mapping_s": round(marks["direct_new_mapping"] - tr, 2)
+                         if "direct_new_mapping" in marks else None}
         log(f"rebind {res['rebind']}")
         res["events"] = lab.events()
         gw = lab.active(a)[0]
