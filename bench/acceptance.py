@@ -41,6 +41,7 @@ import secrets
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,6 +101,10 @@ class Lab:
                     return n["pods"][0]
         raise KeyError(node)
 
+    def pod_cidr(self, node: str) -> str:
+        return next(n["podCIDR"] for p in self.pools.values() for n in p["nodes"]
+                    if n["name"] == node)
+
     def wg_peers(self, node: str) -> list[dict]:
         """`wg show raven-wg0 dump` of a node: one dict per peer ([] without the device)."""
         out = lx(self.name, node, "wg", "show", "raven-wg0", "dump", check=False).stdout
@@ -144,39 +149,60 @@ class Lab:
 
 
 class Ping:
-    """`ping -D -i 0.02` (50 pps) from a pod, its replies parsed by timestamp and seq."""
+    """`ping -D -i 0.02` (50 pps) from a pod; a thread reads its replies (timestamp, seq) as
+    they come, so a long run never stalls on a full pipe."""
 
     def __init__(self, lab: str, pod: str, ip: str) -> None:
         self.src, self.dst = pod, ip
+        self.replies: list[tuple[float, int]] = []
+        self.stopped = 0.0
         self.proc = subprocess.Popen([RAVEN, "lab", "exec", lab, pod, "--", "ping", "-D", "-n",
                                       "-i", "0.02", "-W", "1", ip],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                      text=True)
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            m = REPLY.match(line)
+            if m:
+                self.replies.append((float(m.group(1)), int(m.group(2))))
+
+    def warm(self, timeout: float = 60.0) -> bool:
+        """Replies flow: at least 25 (half a second) came in."""
+        return wait_for(lambda: len(self.replies) >= 25, timeout, 0.1) is not None
 
     def stop(self) -> list[tuple[float, int]]:
         self.stopped = time.time()
         self.proc.terminate()
-        out, _ = self.proc.communicate(timeout=30)
-        return [(float(m.group(1)), int(m.group(2))) for m in map(REPLY.match,
-                                                                   out.splitlines()) if m]
+        self.proc.wait(timeout=30)
+        self.reader.join(timeout=30)
+        return list(self.replies)
 
     def outage(self, t0: float) -> dict:
         return outage(self.stop(), t0, self.stopped)
 
 
 def outage(replies: list[tuple[float, int]], t0: float, t_stop: float) -> dict:
-    """Seconds from t0 to the first reply that ends the longest pause in replies after
-    t0 - 1 s (0.0 when replies never paused; None when the stream had not recovered 0.5 s
-    before t_stop), that longest gap, and the seqs missing after the first reply."""
-    stamps = [t for t, _ in replies if t > t0 - 1.0]
+    """The longest pause in replies that ends after t0: its length (`gap_s`: at 50 pps the
+    fault came within 20 ms after the pause began, so this is fault -> first reply within
+    20 ms), and its end measured from t0 (`first_reply_s`, an upper bound when t0 is the
+    start of the fault verb). 0.0 when replies never paused (no gap over 0.1 s); None when
+    the stream had not recovered 0.5 s before t_stop. `lost`: seqs missing after the first
+    reply."""
+    stamps = [t for t, _ in replies]
     seqs = [s for _, s in replies]
     lost = (max(seqs) - min(seqs) + 1 - len(set(seqs))) if seqs else None
-    row = {"replies": len(replies), "lost_after_first": lost}
+    row = {"replies": len(replies), "lost": lost}
     if not stamps or stamps[-1] < t_stop - 0.5:
-        return {**row, "first_reply_s": None, "max_gap_s": None}
-    gap, end = max((b - a, b) for a, b in itertools.pairwise([t0 - 1.0, *stamps]))
-    first = round(end - t0, 3) if gap > 0.1 else 0.0
-    return {**row, "first_reply_s": first, "max_gap_s": round(gap, 3)}
+        return {**row, "first_reply_s": None, "gap_s": None}
+    gaps = [(b - a, b) for a, b in itertools.pairwise(stamps) if b > t0]
+    gap, end = max(gaps, default=(0.0, t0))
+    if gap <= 0.1:
+        return {**row, "first_reply_s": 0.0, "gap_s": round(gap, 3)}
+    return {**row, "first_reply_s": round(end - t0, 3), "gap_s": round(gap, 3)}
 
 
 @contextlib.contextmanager
@@ -228,8 +254,7 @@ def run_paths(args: argparse.Namespace) -> dict:
                               "first_reply_before_direct": bool(first and t_direct
                                                                  and first < t_direct),
                               "replies": len(replies),
-                              "lost_after_first": outage(replies, t0, ping.stopped)[
-                                  "lost_after_first"],
+                              "lost_after_first": outage(replies, t0, ping.stopped)["lost"],
                               "max_gap_s": round(max((b - a for (a, _), (b, _) in
                                                       itertools.pairwise(replies)),
                                                      default=0.0), 3)}
@@ -263,7 +288,8 @@ def run_paths(args: argparse.Namespace) -> dict:
         log(f"iperf {res['iperf']}")
         # nat-rebind of pool a while a 50 pps ping runs
         ping = Ping(name, src["name"], dst["ip"])
-        time.sleep(2)
+        ping.warm()
+        time.sleep(1)
         ep0 = {"a": (lab.direct_peer(a, b) or {}).get("endpoint"),
                "b_sees_a": (lab.direct_peer(b, a) or {}).get("endpoint")}
         tr = time.time()
@@ -333,7 +359,9 @@ def run_failover(args: argparse.Namespace) -> dict:
             for case in args.cases.split(","):
                 active = lab.active(pool)
                 pings = [Ping(name, s["name"], dst["ip"]) for s in sources]
-                time.sleep(2)
+                for p in pings:
+                    p.warm()
+                time.sleep(1)
                 t0 = time.time()
                 if case == "a":
                     out = raven("lab", "gateway-fail", name, pool).stdout.strip()
@@ -343,8 +371,13 @@ def run_failover(args: argparse.Namespace) -> dict:
                     out = raven("lab", "disconnect", name, pool).stdout.strip()
                     t0 = time.time()
                     out += " / " + raven("lab", "gateway-fail", name, pool).stdout.strip()
-                t_verb = time.time() - t0
-                time.sleep(args.patience)
+                t_end = time.time()
+                t_verb = t_end - t0
+                # until every stream flows again (a reply in the last 0.2 s, 1 s after the verb)
+                wait_for(lambda t_end=t_end, pings=pings: time.time() - t_end > 1.0 and all(
+                    p.replies and time.time() - p.replies[-1][0] < 0.2 for p in pings),
+                    args.patience, 0.05)
+                time.sleep(0.5)
                 row = {"round": rnd, "case": case, "verb": out, "active_before": active,
                        "verb_s": round(t_verb, 3)}
                 row["sources"] = {p.src: p.outage(t0) for p in pings}
@@ -363,28 +396,41 @@ def run_failover(args: argparse.Namespace) -> dict:
         if args.loss:
             active = lab.active(pool)[0]
             pings = [Ping(name, s["name"], dst["ip"]) for s in sources]
+            for p in pings:
+                p.warm()
+            relay = lab.candidates(next(p for p in lab.pools if lab.pools[p]["nat"] == "none"))[0]
             raven("lab", "loss", name, active, f"{args.loss:g}")
             t_loss = time.time()
             seen = set()
             end = time.time() + args.loss_seconds
+            carriers = set()  # the relay's peer endpoint that holds the member's pod network
             while time.time() < end:
                 seen.add(tuple(lab.active(pool)))
-                time.sleep(1)
+                carriers.update(p["endpoint"] for p in lab.wg_peers(relay)
+                                if lab.pod_cidr(dst_node) in p["allowed"])
+                time.sleep(0.5)
             raven("lab", "loss", name, active, "0")
             res["loss"] = {"percent": args.loss, "seconds": args.loss_seconds,
-                           "active_seen": sorted(seen),
+                           "active_seen": sorted(seen), "relay": relay,
+                           "relay_peer_endpoints_seen": sorted(carriers),
                            "pings": {p.src: p.outage(t_loss)
                                      for p in pings}}
             log(f"loss {res['loss']}")
-        time.sleep(args.event_wait)  # causes settle up to two heartbeat periods after a move
+        # a cause is settled up to two heartbeat periods after its move: wait for one event
+        # per fault (repairs move nothing back), at most --event-wait seconds
+        faults = len(res["rounds"])
+        wait_for(lambda: sum(e["count"] for e in lab.events()
+                             if e["reason"] == "GatewayFailover") >= faults, args.event_wait, 1.0)
         res["events"] = lab.events()
     summary = {}
     for case in args.cases.split(","):
-        vals = [v["first_reply_s"] for r in res["rounds"] if r["case"] == case
-                for v in r["sources"].values()]
-        fin = [v if v is not None else float("inf") for v in vals]
-        summary[case] = {"n": len(fin), "median_s": statistics.median(fin) if fin else None,
-                         "max_s": max(fin) if fin else None}
+        for key in ("gap_s", "first_reply_s"):
+            vals = [v[key] for r in res["rounds"] if r["case"] == case
+                    for v in r["sources"].values()]
+            fin = [v if v is not None else float("inf") for v in vals]
+            summary[f"{case} {key}"] = {"n": len(fin),
+                                        "median_s": statistics.median(fin) if fin else None,
+                                        "max_s": max(fin) if fin else None}
     res["summary"] = summary
     return res
 
@@ -399,10 +445,10 @@ def main() -> int:
     ap.add_argument("--pool", default="shop")
     ap.add_argument("--cases", default="a,b,c")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--patience", type=float, default=6.0)
+    ap.add_argument("--patience", type=float, default=10.0)
     ap.add_argument("--loss", type=float, default=5.0)
     ap.add_argument("--loss-seconds", type=float, default=60.0)
-    ap.add_argument("--event-wait", type=float, default=15.0)
+    ap.add_argument("--event-wait", type=float, default=60.0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     res = run_paths(args) if args.scenario == "paths" else run_failover(args)
