@@ -65,7 +65,7 @@ def lx(lab: str, target: str, *cmd: str, check: bool = True,
 
 
 def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    print(f"[{time.strftime('%H:%M:%S', time.gmtime())}Z] {msg}", file=sys.stderr, flush=True)
 
 
 class Lab:
@@ -142,10 +142,12 @@ class Lab:
 
     def events(self) -> list[dict]:
         items = json.loads(self.kubectl("get", "events", "-A", "-o", "json"))["items"]
-        return [{"reason": e.get("reason"), "object": e["involvedObject"].get("name"),
+        rows = [{"time": e.get("lastTimestamp") or e.get("eventTime") or "",
+                 "reason": e.get("reason"), "object": e["involvedObject"].get("name"),
                  "message": e.get("message"), "count": e.get("count", 1)}
                 for e in items if e.get("reason") in
                 ("GatewayFailover", "ActiveEndpointElected", "ActiveEndpointLost")]
+        return sorted(rows, key=lambda r: r["time"])
 
 
 class Ping:
@@ -379,6 +381,7 @@ def run_failover(args: argparse.Namespace) -> dict:
                     args.patience, 0.05)
                 time.sleep(0.5)
                 row = {"round": rnd, "case": case, "verb": out, "active_before": active,
+                       "t0": time.strftime("%H:%M:%S", time.gmtime(t0)),
                        "verb_s": round(t_verb, 3)}
                 row["sources"] = {p.src: p.outage(t0) for p in pings}
                 log(f"round {rnd} case {case}: {row}")
@@ -401,6 +404,7 @@ def run_failover(args: argparse.Namespace) -> dict:
             relay = lab.candidates(next(p for p in lab.pools if lab.pools[p]["nat"] == "none"))[0]
             raven("lab", "loss", name, active, f"{args.loss:g}")
             t_loss = time.time()
+            log(f"loss {args.loss:g}% on {active} from {time.strftime('%H:%M:%S', time.gmtime())}Z")
             seen = set()
             end = time.time() + args.loss_seconds
             carriers = set()  # the relay's peer endpoint that holds the member's pod network
@@ -456,7 +460,7 @@ def main() -> int:
         if key in res:
             print(f"==== {key}\n{res[key]}")
     for e in res.get("events", []):
-        print(f"event {e['reason']} {e['object']} x{e['count']}: {e['message']}")
+        print(f"event {e['time']} {e['reason']} {e['object']} x{e['count']}: {e['message']}")
     if "summary" in res:
         for case, s in res["summary"].items():
             print(f"case {case}: n={s['n']} median {s['median_s']} s max {s['max_s']} s")
