@@ -239,8 +239,9 @@ def run_paths(args: argparse.Namespace) -> dict:
     name = args.name or f"acc-{secrets.token_hex(3)}"
     res: dict = {"topology": args.topology, "lab": name}
     t_start = time.time()
-    # --no-wait so the pair's first packets can be watched going relayed -> direct
-    with lab_up(args.topology, name, wait=False) as (lab, t0, t1):
+    # --no-wait (default) so the pair's first packets can be watched going relayed -> direct;
+    # --wait-up: as an operator runs it, then how long after `lab up` returned
+    with lab_up(args.topology, name, wait=args.wait_up) as (lab, t0, t1):
         a, b = args.nat_a, args.nat_b
         src = lab.pod(lab.members(b)[0] if lab.members(b) else lab.candidates(b)[0])
         dst = lab.pod(lab.members(a)[0] if lab.members(a) else lab.candidates(a)[0])
@@ -453,6 +454,8 @@ def main() -> int:
     ap.add_argument("--loss", type=float, default=5.0)
     ap.add_argument("--loss-seconds", type=float, default=60.0)
     ap.add_argument("--event-wait", type=float, default=60.0)
+    ap.add_argument("--wait-up", action="store_true",
+                    help="paths: plain `lab up` (waits for every pod pair) instead of --no-wait")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     res = run_paths(args) if args.scenario == "paths" else run_failover(args)
