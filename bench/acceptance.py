@@ -328,6 +328,16 @@ def run_paths(args: argparse.Namespace) -> dict:
         graph = lx(name, "control-plane", RAVEN, "graph", "--kubeconfig", lab.kubeconfig,
                    check=False)
         res["raven_graph"] = graph.stdout + graph.stderr
+        public = next(p for p in lab.pools if lab.pools[p]["nat"] == "none")
+        res["bad_input"] = {" ".join(v): (lambda r: f"rc={r.returncode} "
+                                          f"{(r.stdout + r.stderr).strip()}")(
+                                              raven("lab", *v, check=False))
+                            for v in (("nat-rebind", name, public),
+                                      ("gateway-fail", name, "no-such-pool"),
+                                      ("blackhole", name, "no-such-node"),
+                                      ("loss", name, "no-such-node", "5"),
+                                      ("unblackhole", name, lab.candidates(a)[0]),
+                                      ("reconnect", name, a))}
         res["gateway_status_paths"] = {p: (lab.gateway(p).get("status") or {}).get("paths")
                                        for p in lab.pools if lab.pools[p]["nat"] != "none"}
     return res
@@ -462,6 +472,8 @@ def main() -> int:
     for key in ("raven_status", "raven_diagnose", "raven_graph"):
         if key in res:
             print(f"==== {key}\n{res[key]}")
+    for verb, said in res.get("bad_input", {}).items():
+        print(f"raven lab {verb}: {said}")
     for e in res.get("events", []):
         print(f"event {e['time']} {e['reason']} {e['object']} x{e['count']}: {e['message']}")
     if "summary" in res:
