@@ -197,7 +197,8 @@ def outage(replies: list[tuple[float, int]], t0: float, t_stop: float) -> dict:
     stamps = [t for t, _ in replies]
     seqs = [s for _, s in replies]
     lost = (max(seqs) - min(seqs) + 1 - len(set(seqs))) if seqs else None
-    row = {"replies": len(replies), "lost": lost}
+    row = {"replies": len(replies), "lost": lost,
+           "silent_at_end_s": round(t_stop - stamps[-1], 2) if stamps else None}
     if not stamps or stamps[-1] < t_stop - 0.5:
         return {**row, "first_reply_s": None, "gap_s": None}
     gaps = [(b - a, b) for a, b in itertools.pairwise(stamps) if b > t0]
@@ -257,7 +258,8 @@ def run_paths(args: argparse.Namespace) -> dict:
                               "first_reply_before_direct": bool(first and t_direct
                                                                  and first < t_direct),
                               "replies": len(replies),
-                              "lost_after_first": outage(replies, t0, ping.stopped)["lost"],
+                              **{k: outage(replies, t0, ping.stopped)[k]
+                                 for k in ("lost", "silent_at_end_s")},
                               "max_gap_s": round(max((b - a for (a, _), (b, _) in
                                                       itertools.pairwise(replies)),
                                                      default=0.0), 3)}
@@ -276,8 +278,13 @@ def run_paths(args: argparse.Namespace) -> dict:
                                    "-s", "-1"], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL)
         time.sleep(1)
-        cli = lx(name, src["name"], "iperf3", "-c", dst["ip"], "-t", "3", "-J", check=False)
-        server.wait(timeout=30)
+        cli = lx(name, src["name"], "iperf3", "-c", dst["ip"], "-t", "3", "-J",
+                 "--connect-timeout", "3000", check=False, timeout=30)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            server.wait(timeout=10)
+        if server.poll() is None:  # the client never reached it: stop our one-off server
+            server.terminate()
+            server.wait(timeout=10)
         after = lab.relay_bytes()
         try:
             bps = json.loads(cli.stdout)["end"]["sum_received"]["bits_per_second"]
