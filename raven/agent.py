@@ -395,7 +395,10 @@ class Agent:
             "node": self.settings.node,
             "role": str(state.role),
             "pool": state.pool,
-            "activeGateways": [e.node_name for e in pool.status.active_endpoints] if pool else [],
+            # Tunnel endpoints only: a node that is also the pool's proxy endpoint is listed
+            # once (active_endpoints holds one entry per type).
+            "activeGateways": [e.node_name for e in pool.status.active_endpoints
+                               if e.type == TUNNEL] if pool else [],
             "candidate": self.candidate,
             "source": inputs.source,
             "appliedAt": wall,
