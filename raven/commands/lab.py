@@ -365,12 +365,26 @@ def cmd_agent_restart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _effect_stamp(lab: str) -> str:
+    """When the fault just made took effect: a fault verb also loads the plan before and kills
+    processes after, so time a failover from this instant, not from the command's start."""
+    from datetime import UTC, datetime
+
+    from raven.lab import faults
+
+    at = faults.last_effect(lab)
+    if at is None:
+        return ""
+    clock = datetime.fromtimestamp(at, UTC).strftime("%H:%M:%S.%f")[:-3]
+    return f" (in effect at {clock} UTC, epoch {at:.3f})"
+
+
 def cmd_node_down(args: argparse.Namespace) -> int:
     from raven.lab import faults
 
     _need_root()
     faults.node_down(args.name, args.node)
-    print(f"node {args.node} is down")
+    print(f"node {args.node} is down{_effect_stamp(args.name)}")
     return 0
 
 
@@ -388,7 +402,7 @@ def cmd_disconnect(args: argparse.Namespace) -> int:
 
     _need_root()
     faults.disconnect(args.name, args.pool)
-    print(f"pool {args.pool} is cut off the control plane")
+    print(f"pool {args.pool} is cut off the control plane{_effect_stamp(args.name)}")
     return 0
 
 
@@ -406,7 +420,7 @@ def cmd_gateway_fail(args: argparse.Namespace) -> int:
 
     _need_root()
     node = faults.gateway_fail(args.name, args.pool)
-    print(f"active gateway {node} of pool {args.pool} is down")
+    print(f"active gateway {node} of pool {args.pool} is down{_effect_stamp(args.name)}")
     return 0
 
 
@@ -425,7 +439,8 @@ def cmd_uplink_fault(args: argparse.Namespace) -> int:
     _need_root()
     if args.verb == "blackhole":
         faults.blackhole(args.name, args.node)
-        print(f"node {args.node}: overlay traffic dropped on its uplink (it stays up)")
+        print(f"node {args.node}: overlay traffic dropped on its uplink (it stays up)"
+              f"{_effect_stamp(args.name)}")
     elif args.verb == "unblackhole":
         faults.unblackhole(args.name, args.node)
         print(f"node {args.node}: overlay traffic passes again")

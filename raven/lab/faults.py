@@ -69,6 +69,26 @@ def _touch(path: os.PathLike) -> None:
     open(path, "a").close()
 
 
+def _took_effect(lab: str, what: str) -> None:
+    """Stamp the wall time at which a fault took effect (the port went down, the rule set was
+    loaded), right after the kernel call: the verb's own start-up and its clean-up after that
+    instant (killing processes, loading the plan) must not count as failover time. Read back
+    by `last_effect`; the CLI prints it."""
+    path = runtime.run_dir(lab) / "faults" / "effects"
+    os.makedirs(path.parent, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(f"{time.time():.3f} {what}\n")
+
+
+def last_effect(lab: str) -> float | None:
+    """The wall time the latest fault took effect (`_took_effect`), None when none did."""
+    try:
+        lines = (runtime.run_dir(lab) / "faults" / "effects").read_text().splitlines()
+    except FileNotFoundError:
+        return None
+    return float(lines[-1].split()[0]) if lines else None
+
+
 # --- agents ---------------------------------------------------------------------------------
 
 def agent_restart(lab: str, node: str, ready_timeout: float | None = None) -> float:
@@ -123,6 +143,7 @@ def node_down(lab: str, node: str) -> None:
     pool, n = _node(plan, node)
     _touch(down_marker(lab, node))
     _port(pool, n, "down")
+    _took_effect(lab, f"node-down {node}")
     _kill_node_processes(lab, n)
 
 
@@ -207,6 +228,7 @@ def disconnect(lab: str, pool_name: str) -> None:
     reconnect_rules(pool)
     nsutil.nft_apply(pool.netns, _disconnect_ruleset(plan.control_plane.ip,
                                                      plan.control_plane.ip6))
+    _took_effect(lab, f"disconnect {pool.name}")
     _touch(disconnected_marker(lab, pool.name))
 
 
@@ -285,6 +307,7 @@ def _set_uplink_fault(lab: str, node: str, kind: str,
         marker.unlink(missing_ok=True)
         return
     nsutil.nft_apply(pool.netns, _uplink_ruleset(table, n.router_port, *rules))
+    _took_effect(lab, f"{kind} {node}")
     _touch(marker)
 
 

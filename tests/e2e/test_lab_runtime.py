@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -179,3 +181,24 @@ def test_a_process_that_exits_is_not_running_and_keeps_its_log(lab: LabPlan) -> 
     runtime.stop_process(lab.name, node.name, "failing")
     with pytest.raises(CommandError, match="no target 'nowhere'"):
         runtime.start_process(lab.name, "nowhere", "x", ["true"])
+
+
+def test_a_fault_verb_prints_when_it_took_effect(lab: LabPlan) -> None:
+    """`blackhole` loads the plan before its rule set and the CLI starts an interpreter: a
+    failover timed from the command's start would count that. The verb prints the instant the
+    rule set was in the kernel (read back here from the router: the table exists)."""
+    pool = lab.pools[0]
+    node, port = pool.nodes[0].name, pool.nodes[0].router_port
+    before = time.time()
+    out = raven("lab", "blackhole", lab.name, node).stdout
+    after = time.time()
+    try:
+        stamp = re.search(r"in effect at \S+ UTC, epoch (\d+\.\d+)", out)
+        assert stamp, out
+        assert before <= float(stamp.group(1)) <= after
+        tables = json.loads(raven("lab", "exec", lab.name, f"router-{pool.name}", "--", "nft",
+                                  "-j", "list", "tables", "bridge").stdout)["nftables"]
+        assert any("table" in t and t["table"]["name"].endswith(f"_blackhole_{port}")
+                   for t in tables), tables
+    finally:
+        raven("lab", "unblackhole", lab.name, node)
