@@ -145,7 +145,7 @@ def candidates(gateways: Iterable[Gateway], my_pool: str, me: str = ""
     if my_ep is None or not my_ep.under_nat:
         return [], []
     if me and my_ep.node_name != me:
-        return [], [f"{gw.name}: relayed: active-active pool {my_pool}; only its first active "
+        return [], [f"{gw.name}: active-active pool {my_pool}: only its first active "
                     f"gateway {my_ep.node_name} takes a direct path, {me}'s share stays on the "
                     "relay" for gw in sorted(gateways, key=lambda g: g.name)
                     if gw.name != my_pool and (ep := active_endpoint(gw)) is not None

@@ -12,12 +12,15 @@ of farm's subnets and farm-a's share could not reach mill (98/110 pairs).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
 from overlay_support import lab_ping_until, overlay_lab
 from paths_support import peers, pool, wait_for
 
+from raven.lab import cluster, runtime
 from raven.lab import gateway_load as gl
 from raven.lab.plan import LabPlan
 
@@ -98,3 +101,21 @@ def test_a_direct_path_to_an_active_active_pool_keeps_every_pair_answering(lab: 
     for subnet in subnets(lab, "mill").values():
         assert subnet in gl.peer_subnets(lab.name, direct_gw).get(keys["mill-a"], set())
         assert subnet in gl.peer_subnets(lab.name, other).get(keys["core-a"], set())
+
+    # The other active gateway says why its share stays relayed (`raven diagnose` on it).
+    texts: list[str] = []
+
+    def explained() -> bool:
+        diagnose = subprocess.run(
+            [*runtime.node_exec_argv(lab.name, other), sys.executable, "-m", "raven.cli",
+             "diagnose", "--kubeconfig", str(cluster.kubeconfig_path(lab.name)),
+             "--state-dir", str(cluster.state_dir(lab.name, other))],
+            capture_output=True, text=True, timeout=60)
+        texts[:] = [diagnose.stdout + diagnose.stderr]
+        return "to gw-mill: relayed: active-active pool gw-farm" in diagnose.stdout
+
+    try:
+        wait_for(explained, 60.0, f"raven diagnose on {other} explains the relayed share",
+                 poll=1.0)
+    finally:
+        print("\n" + "".join(texts))

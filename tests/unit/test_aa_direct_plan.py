@@ -153,7 +153,8 @@ def test_only_the_first_active_gateway_probes_and_the_other_says_why() -> None:
     assert [c.pool for c in first] == ["mill"] and not why_first
     other, why = paths.candidates(gws, "farm", "farm-a")
     assert other == []
-    assert why and why[0].startswith("mill: relayed: active-active pool farm")
+    assert why and why[0].startswith(
+        "mill: active-active pool farm: only its first active gateway farm-c")
     assert [c.pool for c in paths.candidates(gws, "farm")[0]] == ["mill"]  # no node: as before
     # the remote side probes farm's first active endpoint only
     assert [c.public_key for c in paths.candidates(gws, "mill", "mill-a")[0]] == [key("farm-c")]
