@@ -31,6 +31,10 @@ Rules this module keeps (docs/gateway.md explains them for operators):
 - Two undialable pools may get a direct path (`paths`, raven.paths: hole punching decided by
   the agent): a peer aimed at the other gateway's mapped endpoint, holding no allowed IPs
   while it is probed and the other pool's subnets (taken from the relay) once it answers.
+  Direct paths join the first active endpoints of the two pools only: of an active-active
+  pool the direct peer takes the first endpoint's share, the other shares stay on the relay,
+  and path plans handed to another active gateway are ignored (its share stays relayed), so
+  a pair and its reply still cross the same gateways.
 - Keepalive is set when WE are under NAT (keeps our NAT mapping open, we make the first
   handshake); a peer under NAT has no endpoint: it is learned from its handshake.
 - MTUs: VXLAN device = underlay - VXLAN overhead (20 bytes more over an IPv6 underlay);
