@@ -92,7 +92,7 @@ class PathManager:
         mine = next((g.name for g in gateways if me in g.member_names), None)
         if not live or mine is None:
             return {}
-        found, _ = paths.candidates(gateways, mine)
+        found, _ = paths.candidates(gateways, mine, me)
         for c in found:
             peer = live.get(c.public_key)
             if (peer is not None and peer.allowed_ips and peer.keepalive == paths.DIRECT_KEEPALIVE
@@ -161,7 +161,8 @@ class PathManager:
         return self._step(gateways, pool, now, wall)
 
     def _step(self, gateways: list[Gateway], pool: str, now: float, wall: float) -> float:
-        found, self.why_relayed = paths.candidates(gateways, pool)
+        found, self.why_relayed = paths.candidates(gateways, pool,
+                                                     self.agent.settings.node)
         self._set(paths.step(self.paths, found, self._samples, now, wall, self.settings, pool),
                   now, wall)
         self._nudge(self.agent.state)  # the state the path change just applied

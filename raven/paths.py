@@ -133,12 +133,23 @@ class PathPlan:
     direct: bool  # the remote pool's subnets are routed to this peer
 
 
-def candidates(gateways: Iterable[Gateway], my_pool: str) -> tuple[list[Candidate], list[str]]:
-    """Remote NAT'd pools to try, and a reason for every NAT'd pool that is not one."""
+def candidates(gateways: Iterable[Gateway], my_pool: str, me: str = ""
+               ) -> tuple[list[Candidate], list[str]]:
+    """Remote NAT'd pools to try, and a reason for every NAT'd pool that is not one. `me`
+    (our node): only our pool's first active endpoint probes, the one the remote side probes
+    and gives its direct peer; another active gateway of an active-active pool (raven.shards)
+    keeps its share on the relay."""
+    gateways = list(gateways)
     mine = next((g for g in gateways if g.name == my_pool), None)
     my_ep = active_endpoint(mine) if mine is not None else None
     if my_ep is None or not my_ep.under_nat:
         return [], []
+    if me and my_ep.node_name != me:
+        return [], [f"{gw.name}: active-active pool {my_pool}: only its first active "
+                    f"gateway {my_ep.node_name} takes a direct path, {me}'s share stays on the "
+                    "relay" for gw in sorted(gateways, key=lambda g: g.name)
+                    if gw.name != my_pool and (ep := active_endpoint(gw)) is not None
+                    and ep.under_nat]
     my_mapping = str(my_ep.config.get(CONFIG_NAT_MAPPING, UNKNOWN))
     out: list[Candidate] = []
     why: list[str] = []

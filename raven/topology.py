@@ -31,6 +31,10 @@ Rules this module keeps (docs/gateway.md explains them for operators):
 - Two undialable pools may get a direct path (`paths`, raven.paths: hole punching decided by
   the agent): a peer aimed at the other gateway's mapped endpoint, holding no allowed IPs
   while it is probed and the other pool's subnets (taken from the relay) once it answers.
+  Direct paths join the first active endpoints of the two pools only: of an active-active
+  pool the direct peer takes the first endpoint's share, the other shares stay on the relay,
+  and path plans handed to another active gateway are ignored (its share stays relayed), so
+  a pair and its reply still cross the same gateways.
 - Keepalive is set when WE are under NAT (keeps our NAT mapping open, we make the first
   handshake); a peer under NAT has no endpoint: it is learned from its handshake.
 - MTUs: VXLAN device = underlay - VXLAN overhead (20 bytes more over an IPv6 underlay);
@@ -618,7 +622,14 @@ def plan_node(
     relay = relay_for(pools)
     forwardable = set(pod_blocks) - set(mtu_blocks)
     remote, gw_blocks = _gateway_subnets(pools, relay, found, pool_blocks, forwardable, notes)
-    peers = _peers(pool, pools, relay, remote, options, notes, paths or {})
+    # Direct paths are probed and used by our pool's first active endpoint only (the one the
+    # remote side probes, raven.paths): another active gateway's share stays on the relay.
+    punch = paths or {}
+    if punch and found.name != pool.active.node_name:
+        notes.append(f"Gateway {pool.name}: active-active; only {pool.active.node_name} takes "
+                     f"direct paths, {found.name}'s share stays relayed")
+        punch = {}
+    peers = _peers(pool, pools, relay, remote, options, notes, punch)
     routed = sorted(s for peer in peers for s in peer.allowed_ips)
     unreachable = sum(len(v) for v in remote.values()) - len(routed)
     if unreachable:
@@ -892,13 +903,21 @@ def _peers(
         path = paths.get(p.name)
         if path is not None and p.active is not None and path.public_key == p.active.public_key:
             punched[p.name] = path
-            direct[p.name] = (p, list(subnets) if path.direct else [], [])
             if path.direct:
+                # Active-active there: the direct peer is p's first active endpoint and takes
+                # only its share; the other shares stay on the relay, which reaches their own
+                # gateways (their traffic to us leaves through them, and so the replies go).
+                taken, subnets = _direct_share(p, subnets)
+                direct[p.name] = (p, taken, [])
                 notes.append(f"Gateway {p.name}: both it and {pool.name} are undialable; "
-                             "direct path through both NATs (hole punched)")
-                continue
-            notes.append(f"Gateway {p.name}: probing a direct path to {path.endpoint}; "
-                         "traffic stays on the relay until it answers")
+                             "direct path through both NATs (hole punched)"
+                             + (f" to {p.active.node_name}'s share" if subnets else ""))
+                if not subnets:
+                    continue
+            else:
+                direct[p.name] = (p, [], [])
+                notes.append(f"Gateway {p.name}: probing a direct path to {path.endpoint}; "
+                             "traffic stays on the relay until it answers")
         if relay is None or relay.name not in direct:
             notes.append(f"Gateway {p.name}: both it and {pool.name} are undialable (under NAT "
                          "or no public address) and no public relay gateway exists; "
@@ -936,6 +955,18 @@ def _peers(
                 relays_for=tuple(sorted(relays)),
             )
     return tuple(peers[k] for k in sorted(peers))
+
+
+def _direct_share(p: _Pool, subnets: list[str]) -> tuple[list[str], list[str]]:
+    """(the subnets a direct path to `p`'s first active endpoint carries, the rest): all of
+    them, unless `p` is active-active; then the first endpoint's share (raven.shards, the same
+    split as the relay's peers) and the other active gateways' shares stay relayed."""
+    assert p.active is not None
+    if len(p.actives) < 2:
+        return list(subnets), []
+    first = p.active.node_name
+    taken = [s for s in subnets if (p.gateway_for_subnet(s) or first) == first]
+    return taken, [s for s in subnets if s not in set(taken)]
 
 
 def _shard_peers(p: _Pool, subnets: list[str], via: list[str], punched: bool

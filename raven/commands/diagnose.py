@@ -114,7 +114,8 @@ def explain(agent: dict[str, Any], gateways: list[dict[str, Any]], node: dict[st
         why = f": {path['reason']}" if path.get("reason") else ""
         say("path", status, f"to {path.get('pool')}: {mode}{why}")
     for note in plan.get("notes") or []:
-        if "relayed through" in note or "no public relay" in note:
+        if ("relayed through" in note or "no public relay" in note
+                or ("share" in note and "direct path" in note)):
             say("relay", "info", note)
     return out
 
