@@ -97,6 +97,12 @@ def gateway_candidate(node: str, gateways: list[Gateway]) -> bool:
     return any(ep.node_name == node for gw in gateways for ep in gw.spec.endpoints)
 
 
+def gateway_names(gateway: Gateway) -> list[str]:
+    """The pool's active tunnel gateways, each once: a node that is also the pool's proxy
+    endpoint has a second active entry (one per type) and was listed twice."""
+    return [e.node_name for e in gateway.status.active_endpoints if e.type == TUNNEL]
+
+
 def parse_inputs(inputs: Inputs, node: str) -> tuple[list[Gateway], Node | str, list[str]]:
     """Model objects for the planner; unreadable objects are skipped and named in problems."""
     problems: list[str] = []
@@ -395,10 +401,7 @@ class Agent:
             "node": self.settings.node,
             "role": str(state.role),
             "pool": state.pool,
-            # Tunnel endpoints only: a node that is also the pool's proxy endpoint is listed
-            # once (active_endpoints holds one entry per type).
-            "activeGateways": [e.node_name for e in pool.status.active_endpoints
-                               if e.type == TUNNEL] if pool else [],
+            "activeGateways": gateway_names(pool) if pool else [],
             "candidate": self.candidate,
             "source": inputs.source,
             "appliedAt": wall,
