@@ -52,6 +52,13 @@ class ProbeFailover:
         self.claim = claim
         self.heads: dict[str, str] = {}  # the controller's choice per pool, as last read
         self.switches: tuple[str, ...] = ()  # pools whose active gateway this node replaced
+        # {remote pool: node} reached over a punched direct path (the path manager sets it):
+        # probed over the path, and their verdicts feed the path manager only (`direct_down`),
+        # never the choice of the pool's gateway: a pool reached through a relay is the
+        # relay's concern, and a direct path that broke (a NAT rebound) is no dead gateway.
+        self.direct: dict[str, str] = {}
+        self._direct_only: frozenset[tuple[str, str]] = frozenset()
+        self._last: tuple[list[Gateway], NodeState] | None = None
 
     @classmethod
     def start(cls, settings: AgentSettings, on_change: Callable[[], None]) -> ProbeFailover:
@@ -97,8 +104,11 @@ class ProbeFailover:
         others = [(t.pool, t.node) for t in self._targets(gateways) if t.pool == mine_pool]
         self_alive = (claim is not None and claim[0] == me) or all(
             heard.get(key, False) for key in others)
+        skip = self._direct_only
+        verdicts = {k: v for k, v in self.prober.verdicts().items() if k not in skip}
+        claims = {k: v for k, v in self.prober.claims().items() if k not in skip}
         effective, switches = failover.effective_gateways(
-            gateways, self.prober.verdicts(), me, self.prober.claims(), mine, self_alive)
+            gateways, verdicts, me, claims, mine, self_alive)
         described = tuple(str(s) for s in switches)
         if described != self.switches:
             for text in described:
@@ -111,12 +121,36 @@ class ProbeFailover:
     def _targets(self, gateways: list[Gateway]) -> tuple[failover.Target, ...]:
         o = self.settings.overlay
         return failover.probe_targets(gateways, self.settings.node, lambda ip: vtep_for(ip)[0],
-                                      o.vxlan_device, o.wireguard_device)
+                                      o.vxlan_device, o.wireguard_device, self.direct)
 
     def retarget(self, gateways: list[Gateway], state: NodeState) -> None:
         """Probe what the plan just applied reaches, from its VTEP address."""
+        self._last = (gateways, state)
         source = state.vxlan.vtep_ip if state.vxlan is not None else None
-        self.prober.set_targets(self._targets(gateways) if source else (), source)
+        targets = self._targets(gateways) if source else ()
+        o = self.settings.overlay
+        plain = set(failover.probe_targets(gateways, self.settings.node,
+                                           lambda ip: vtep_for(ip)[0], o.vxlan_device,
+                                           o.wireguard_device)) if self.direct else set(targets)
+        self._direct_only = frozenset((t.pool, t.node) for t in targets if t not in plain)
+        self.prober.set_targets(targets, source)
+
+    def set_direct(self, direct: dict[str, str]) -> None:
+        """The remote gateways we now reach over punched direct paths ({pool: node}); probed
+        from now on (a path that is no longer direct is no longer probed, and its verdict is
+        forgotten: the next direct path starts UNKNOWN)."""
+        if direct == self.direct:
+            return
+        self.direct = dict(direct)
+        if self._last is not None:
+            self.retarget(*self._last)
+
+    def direct_down(self) -> set[str]:
+        """The remote pools whose direct-path gateway our probes see DOWN."""
+        verdicts = self.prober.verdicts()
+        return {pool for pool, node in self.direct.items()
+                if (pool, node) in self._direct_only
+                and verdicts.get((pool, node)) == failover.Verdict.DOWN}
 
     def note(self, chosen: str | None, pool: str | None, wall: float) -> None:
         """The gateway our pool uses now: a new claim when it or the controller's choice
