@@ -369,11 +369,9 @@ class Agent:
 
     def _on_health(self) -> None:
         """A probe target became or stopped being DOWN: plan again now (the drift path, so
-        it works from the offline cache too), and have the path manager look now (a direct
-        path whose gateway stopped answering falls back at once)."""
+        it works from the offline cache too)."""
         self._drift.set()
         self._wake.set()
-        self.paths.wake.set()
 
     def _report_skipped(self, wall: float) -> None:
         """One Warning Event on our Node per new set of skipped peers (not one per resync)."""

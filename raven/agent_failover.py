@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -59,6 +60,7 @@ class ProbeFailover:
         self.direct: dict[str, str] = {}
         self._direct_only: frozenset[tuple[str, str]] = frozenset()
         self._last: tuple[list[Gateway], NodeState] | None = None
+        self.wake_on_change: list[threading.Event] = []  # also set when a verdict changes
 
     @classmethod
     def start(cls, settings: AgentSettings, on_change: Callable[[], None]) -> ProbeFailover:
@@ -75,9 +77,18 @@ class ProbeFailover:
         except OSError as exc:
             log.warning("probe responder not started: %s; other nodes cannot probe this one",
                         exc)
-        prober = Prober(s.probe, on_change, s.netns)
+        wake: list[threading.Event] = []  # the path manager's (set_direct): it looks at once
+
+        def changed() -> None:
+            on_change()
+            for event in wake:
+                event.set()
+
+        prober = Prober(s.probe, changed, s.netns)
         prober.start()
-        return cls(settings, prober, claim)
+        out = cls(settings, prober, claim)
+        out.wake_on_change = wake
+        return out
 
     def ensure_responder(self) -> None:
         """A responder that died is started again."""
@@ -135,10 +146,13 @@ class ProbeFailover:
         self._direct_only = frozenset((t.pool, t.node) for t in targets if t not in plain)
         self.prober.set_targets(targets, source)
 
-    def set_direct(self, direct: dict[str, str]) -> None:
+    def set_direct(self, direct: dict[str, str], wake: threading.Event | None = None) -> None:
         """The remote gateways we now reach over punched direct paths ({pool: node}); probed
         from now on (a path that is no longer direct is no longer probed, and its verdict is
-        forgotten: the next direct path starts UNKNOWN)."""
+        forgotten: the next direct path starts UNKNOWN). `wake` is set whenever a verdict
+        changes (the path manager then looks at once, not at its next poll)."""
+        if wake is not None and wake not in self.wake_on_change:
+            self.wake_on_change.append(wake)
         if direct == self.direct:
             return
         self.direct = dict(direct)

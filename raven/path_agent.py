@@ -173,7 +173,7 @@ class PathManager:
                 log.warning("path to %s: its gateway stopped answering probes over the direct "
                             "path; back to the relay now", name)
         if probes is not None:  # probed from the apply below on, forgotten once not direct
-            probes.set_direct(_direct_nodes(new, gateways))
+            probes.set_direct(_direct_nodes(new, gateways), self.wake)
         self._set(new, now, wall)
         self._nudge(self.agent.state)  # the state the path change just applied
         return self._renew_deadline(paths.next_deadline(self.paths, now, POLL,

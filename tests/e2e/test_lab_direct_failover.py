@@ -51,10 +51,9 @@ def direct_to_shop(plan: LabPlan) -> bool:
 
 
 def relayed_to_shop(plan: LabPlan) -> bool:
+    """Shop's pod networks are on a peer that is not at shop's NAT (the relay's)."""
     peer = shop_peer(plan, "depot-1")
-    hubs = {ps.pool(plan, n).wan_ip for n in ("hub-east", "hub-west")}
-    return peer is not None and peer.endpoint is not None \
-        and peer.endpoint.rsplit(":", 1)[0] in hubs
+    return peer is not None and not direct_to_shop(plan)
 
 
 def agent_log(plan: LabPlan, node: str) -> str:
