@@ -160,11 +160,13 @@ class ProbeFailover:
             self.retarget(*self._last)
 
     def direct_down(self) -> set[str]:
-        """The remote pools whose direct-path gateway our probes see DOWN."""
-        verdicts = self.prober.verdicts()
+        """The remote pools whose direct-path gateway our probes see DOWN, after it answered
+        over this path: one that never did (an agent of a version that does not allow our
+        probe address on its direct peer, during an upgrade) has only its silence timeout."""
+        answered = {(r["pool"], r["node"]) for r in self.prober.report()
+                    if r["verdict"] == str(failover.Verdict.DOWN) and r["replies"]}
         return {pool for pool, node in self.direct.items()
-                if (pool, node) in self._direct_only
-                and verdicts.get((pool, node)) == failover.Verdict.DOWN}
+                if (pool, node) in self._direct_only and (pool, node) in answered}
 
     def note(self, chosen: str | None, pool: str | None, wall: float) -> None:
         """The gateway our pool uses now: a new claim when it or the controller's choice

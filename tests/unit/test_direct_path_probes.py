@@ -73,6 +73,7 @@ class FakeProber:
     def __init__(self) -> None:
         self.targets: tuple[Target, ...] = ()
         self.verdict: dict[tuple[str, str], Verdict] = {}
+        self.replies: dict[tuple[str, str], int] = {}
 
     def set_targets(self, targets: object, source: object) -> None:
         self.targets = tuple(targets)  # type: ignore[call-overload]
@@ -87,6 +88,12 @@ class FakeProber:
     def heard(self) -> dict[tuple[str, str], bool]:
         return {k: True for k in self.verdicts()}
 
+    def report(self) -> list[dict[str, object]]:
+        return [{"pool": t.pool, "node": t.node, "verdict": str(v),
+                 "replies": self.replies.get((t.pool, t.node), 0)}
+                for t in self.targets
+                for v in [self.verdict.get((t.pool, t.node), Verdict.UNKNOWN)]]
+
 
 def test_direct_path_verdicts_drive_the_path_not_the_pools_gateway() -> None:
     gws = fleet()  # seen from s1 (pool sym), direct to cone's active gateway k1
@@ -98,7 +105,9 @@ def test_direct_path_verdicts_drive_the_path_not_the_pools_gateway() -> None:
     fo.set_direct({"cone": "k1"})  # retargets at once with the last plan
     assert set(prober.verdicts()) >= {("cone", "k1")} and fo.direct_down() == set()
     assert ("cone", "k2") not in prober.verdicts()  # the standby is not reachable over it
-    prober.verdict[("cone", "k1")] = Verdict.DOWN
+    prober.verdict[("cone", "k1")] = Verdict.DOWN  # after 600 unanswered probes
+    assert fo.direct_down() == set()  # never answered over the path (an older far agent)
+    prober.replies[("cone", "k1")] = 12  # it answered, then stopped
     assert fo.direct_down() == {"cone"}
     # Nobody's gateway moves on it: k1 may be alive with only the path broken (a NAT rebound);
     # the same DOWN as an ordinary verdict would make cone's gateway k2 here.
