@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -52,6 +53,14 @@ class ProbeFailover:
         self.claim = claim
         self.heads: dict[str, str] = {}  # the controller's choice per pool, as last read
         self.switches: tuple[str, ...] = ()  # pools whose active gateway this node replaced
+        # {remote pool: node} reached over a punched direct path (the path manager sets it):
+        # probed over the path, and their verdicts feed the path manager only (`direct_down`),
+        # never the choice of the pool's gateway: a pool reached through a relay is the
+        # relay's concern, and a direct path that broke (a NAT rebound) is no dead gateway.
+        self.direct: dict[str, str] = {}
+        self._direct_only: frozenset[tuple[str, str]] = frozenset()
+        self._last: tuple[list[Gateway], NodeState] | None = None
+        self.wake_on_change: list[threading.Event] = []  # also set when a verdict changes
 
     @classmethod
     def start(cls, settings: AgentSettings, on_change: Callable[[], None]) -> ProbeFailover:
@@ -68,9 +77,18 @@ class ProbeFailover:
         except OSError as exc:
             log.warning("probe responder not started: %s; other nodes cannot probe this one",
                         exc)
-        prober = Prober(s.probe, on_change, s.netns)
+        wake: list[threading.Event] = []  # the path manager's (set_direct): it looks at once
+
+        def changed() -> None:
+            on_change()
+            for event in wake:
+                event.set()
+
+        prober = Prober(s.probe, changed, s.netns)
         prober.start()
-        return cls(settings, prober, claim)
+        out = cls(settings, prober, claim)
+        out.wake_on_change = wake
+        return out
 
     def ensure_responder(self) -> None:
         """A responder that died is started again."""
@@ -97,8 +115,11 @@ class ProbeFailover:
         others = [(t.pool, t.node) for t in self._targets(gateways) if t.pool == mine_pool]
         self_alive = (claim is not None and claim[0] == me) or all(
             heard.get(key, False) for key in others)
+        skip = self._direct_only
+        verdicts = {k: v for k, v in self.prober.verdicts().items() if k not in skip}
+        claims = {k: v for k, v in self.prober.claims().items() if k not in skip}
         effective, switches = failover.effective_gateways(
-            gateways, self.prober.verdicts(), me, self.prober.claims(), mine, self_alive)
+            gateways, verdicts, me, claims, mine, self_alive)
         described = tuple(str(s) for s in switches)
         if described != self.switches:
             for text in described:
@@ -111,12 +132,41 @@ class ProbeFailover:
     def _targets(self, gateways: list[Gateway]) -> tuple[failover.Target, ...]:
         o = self.settings.overlay
         return failover.probe_targets(gateways, self.settings.node, lambda ip: vtep_for(ip)[0],
-                                      o.vxlan_device, o.wireguard_device)
+                                      o.vxlan_device, o.wireguard_device, self.direct)
 
     def retarget(self, gateways: list[Gateway], state: NodeState) -> None:
         """Probe what the plan just applied reaches, from its VTEP address."""
+        self._last = (gateways, state)
         source = state.vxlan.vtep_ip if state.vxlan is not None else None
-        self.prober.set_targets(self._targets(gateways) if source else (), source)
+        targets = self._targets(gateways) if source else ()
+        o = self.settings.overlay
+        plain = set(failover.probe_targets(gateways, self.settings.node,
+                                           lambda ip: vtep_for(ip)[0], o.vxlan_device,
+                                           o.wireguard_device)) if self.direct else set(targets)
+        self._direct_only = frozenset((t.pool, t.node) for t in targets if t not in plain)
+        self.prober.set_targets(targets, source)
+
+    def set_direct(self, direct: dict[str, str], wake: threading.Event | None = None) -> None:
+        """The remote gateways we now reach over punched direct paths ({pool: node}); probed
+        from now on (a path that is no longer direct is no longer probed, and its verdict is
+        forgotten: the next direct path starts UNKNOWN). `wake` is set whenever a verdict
+        changes (the path manager then looks at once, not at its next poll)."""
+        if wake is not None and wake not in self.wake_on_change:
+            self.wake_on_change.append(wake)
+        if direct == self.direct:
+            return
+        self.direct = dict(direct)
+        if self._last is not None:
+            self.retarget(*self._last)
+
+    def direct_down(self) -> set[str]:
+        """The remote pools whose direct-path gateway our probes see DOWN, after it answered
+        over this path: one that never did (an agent of a version that does not allow our
+        probe address on its direct peer, during an upgrade) has only its silence timeout."""
+        answered = {(r["pool"], r["node"]) for r in self.prober.report()
+                    if r["verdict"] == str(failover.Verdict.DOWN) and r["replies"]}
+        return {pool for pool, node in self.direct.items()
+                if (pool, node) in self._direct_only and (pool, node) in answered}
 
     def note(self, chosen: str | None, pool: str | None, wall: float) -> None:
         """The gateway our pool uses now: a new claim when it or the controller's choice

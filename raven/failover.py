@@ -245,11 +245,15 @@ def _dialable(ep: Endpoint) -> bool:
 
 
 def probe_targets(gateways: Iterable[Gateway], me: str, vtep: Any, vxlan_device: str,
-                  wireguard_device: str) -> tuple[Target, ...]:
+                  wireguard_device: str, direct: Mapping[str, str] | None = None
+                  ) -> tuple[Target, ...]:
     """Every candidate this node probes: the other candidates of its own pool over VXLAN and,
     when it is a candidate itself, the candidates of remote pools it peers with directly over
-    WireGuard (pools reached through a relay are the relay's concern). `vtep` maps an underlay
-    IPv4 address to its VTEP address (raven.topology.vtep_for); IPv6 underlays are not probed."""
+    WireGuard (pools reached through a relay are the relay's concern). `direct` ({remote
+    pool: node}) adds the gateway of each undialable pool we reach over a punched direct path
+    (raven.paths): its verdict tells the path manager when the path died, sooner than the
+    path's own silence (`PathSettings.dead_after`). `vtep` maps an underlay IPv4 address to
+    its VTEP address (raven.topology.vtep_for); IPv6 underlays are not probed."""
     gws = list(gateways)
     mine = next((g for g in gws if me in {n.node_name for n in g.status.nodes}), None)
     if mine is None:
@@ -270,7 +274,8 @@ def probe_targets(gateways: Iterable[Gateway], me: str, vtep: Any, vxlan_device:
         for ep in candidates(gw):
             if not valid_key(ep.public_key) or not _v4(ips.get(ep.node_name)):
                 continue  # no peer can be built to it: probing it would only fail
-            if _dialable(me_ep) or _dialable(ep):
+            if (_dialable(me_ep) or _dialable(ep)
+                    or (direct or {}).get(gw.name) == ep.node_name):
                 out.add(Target(gw.name, ep.node_name, vtep(ips[ep.node_name]),
                                wireguard_device))
     return tuple(sorted(out))

@@ -22,7 +22,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from raven import paths
+from raven import failover, paths
 from raven.desired import Role
 from raven.model import Gateway
 
@@ -112,6 +112,8 @@ class PathManager:
         state = self.agent.state
         if state is None or state.role != Role.ACTIVE_GATEWAY or state.wireguard is None:
             if self.paths:
+                if self.agent.probes is not None:
+                    self.agent.probes.set_direct({})
                 self._set({}, now, wall)
             return now + IDLE_POLL
         gateways = self._parsed()
@@ -163,8 +165,17 @@ class PathManager:
     def _step(self, gateways: list[Gateway], pool: str, now: float, wall: float) -> float:
         found, self.why_relayed = paths.candidates(gateways, pool,
                                                      self.agent.settings.node)
-        self._set(paths.step(self.paths, found, self._samples, now, wall, self.settings, pool),
-                  now, wall)
+        probes = self.agent.probes
+        down = probes.direct_down() if probes is not None else set()
+        new = paths.step(self.paths, found, self._samples, now, wall, self.settings, pool, down)
+        for name in down:
+            if name in self.paths and self.paths[name].mode == paths.Mode.DIRECT \
+                    and new.get(name, self.paths[name]).mode != paths.Mode.DIRECT:
+                log.warning("path to %s: its gateway stopped answering probes over the direct "
+                            "path; back to the relay now", name)
+        if probes is not None:  # probed from the apply below on, forgotten once not direct
+            probes.set_direct(_direct_nodes(new, gateways), self.wake)
+        self._set(new, now, wall)
         self._nudge(self.agent.state)  # the state the path change just applied
         return self._renew_deadline(paths.next_deadline(self.paths, now, POLL,
                                                         self.settings.commit))
@@ -182,7 +193,9 @@ class PathManager:
             return
         targets = []
         for peer in state.wireguard.peers:
-            first = next((c for c in peer.allowed_ips if "." in c), None)
+            # A pod subnet (the peer also allows the far gateway's VTEP /32, the probe address)
+            first = next((c for c in peer.allowed_ips
+                          if "." in c and not c.endswith(("/32", "/31"))), None)
             if peer.public_key in direct and first is not None:
                 targets.append(str(ipaddress.ip_network(first)[1]))
         self.agent.dataplane.nudge(state.vxlan.local_ip, targets)
@@ -432,6 +445,21 @@ class PathManager:
                 deadline = time.monotonic() + IDLE_POLL
             self.wake.wait(max(0.0, deadline - time.monotonic()))
             self.wake.clear()
+
+
+def _direct_nodes(current: dict[str, paths.Path], gateways: list[Gateway]) -> dict[str, str]:
+    """{remote pool: node} of every direct path: the candidate of that pool holding the
+    path's key (the data-path prober probes it over the path)."""
+    out = {}
+    for name, path in current.items():
+        gw = next((g for g in gateways if g.name == name), None)
+        if path.mode != paths.Mode.DIRECT or gw is None:
+            continue
+        node = next((ep.node_name for ep in failover.candidates(gw)
+                     if ep.public_key == path.public_key), None)
+        if node is not None:
+            out[name] = node
+    return out
 
 
 def _first_host(subnets: tuple[str, ...]) -> str | None:

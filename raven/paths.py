@@ -21,8 +21,10 @@ NAT'd pool:
   handshake time + `settle`, so they move at nearly the same instant (a packet crossing
   between a moved and an unmoved side is dropped by WireGuard's allowed-IPs check);
 - a DIRECT path whose peer received nothing for `dead_after` (the 1 s keepalive keeps an idle
-  path talking) falls back: the peer is removed, the subnets return to the relay in the same
-  write, and the other side, no longer hearing keepalives, falls back too;
+  path talking), or whose gateway the data-path probes over the path see DOWN (0.4 s of
+  silence, raven.failover; `step(down=...)`), falls back: the peer is removed, the subnets
+  return to the relay in the same write, and the other side, no longer hearing keepalives,
+  falls back too;
 - a failed probe or a fallback retries after an exponential backoff, in wall-clock slots both
   sides of the pair compute alike (`retry_slot`): a side that backs off longer still probes
   in a slot the other side also probes in; a NEW mapped endpoint (e.g. after the NAT rebound)
@@ -35,7 +37,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -178,16 +180,22 @@ def active_endpoint(gw: Gateway) -> Endpoint | None:
 
 
 def step(paths: Mapping[str, Path], found: Iterable[Candidate], samples: Mapping[str, Sample],
-         now: float, wall: float, s: PathSettings = PathSettings(), me: str = ""
-         ) -> dict[str, Path]:
+         now: float, wall: float, s: PathSettings = PathSettings(), me: str = "",
+         down: Collection[str] = ()) -> dict[str, Path]:
     """The next state of every path. `samples` is keyed by public key; `me` is our pool (it
-    places the pair's retry slots, which both sides compute alike)."""
+    places the pair's retry slots, which both sides compute alike); `down`: remote pools
+    whose gateway our data-path probes over the direct path see DOWN (raven.failover): a
+    direct path to it falls back at once, without waiting for `dead_after` of silence."""
     out: dict[str, Path] = {}
     for c in found:
         path = paths.get(c.pool) or Path(c.pool, public_key=c.public_key, next_try=now)
         if path.public_key != c.public_key:  # another gateway became active there: start over
             path = Path(c.pool, public_key=c.public_key, next_try=now)
         offset = pair_offset(me, c.pool, s)
+        if path.mode == Mode.DIRECT and c.pool in down:
+            out[c.pool] = _relayed(path, now, wall, s, "data-path probes over the direct path "
+                                   "unanswered (its gateway is down or the path broke)", offset)
+            continue
         out[c.pool] = _advance(path, c, samples.get(c.public_key), now, wall, s, offset)
     return out
 

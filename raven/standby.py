@@ -10,7 +10,9 @@ the data-path probes (raven.failover) travel the paths traffic takes.
   the remote pools it may peer with directly, each allowing only that candidate's VTEP /32
   (the probe address): sessions and NAT mappings are up before it is needed;
 - the active gateway: each peer also allows its candidate's VTEP /32, and the remote pools'
-  standby candidates are extra peers that allow only their VTEP /32.
+  standby candidates are extra peers that allow only their VTEP /32; a punched direct path's
+  peer (both pools behind NAT) also allows the far gateway's VTEP /32 (the path manager has it
+  probed over the path, raven.path_agent).
 The pod subnets stay on the active peers only (WireGuard allows an address on one peer), so no
 standby carries cross-pool traffic. Pure: no I/O; IPv4 underlays only (IPv6 ones are unchanged).
 """
@@ -97,8 +99,11 @@ def _warm_peers(state: NodeState, gateways: Sequence[Gateway], pool: Gateway, me
             key, ip = ep.public_key, ips.get(ep.node_name)
             if not valid_key(key) or key == my_key or ip is None:
                 continue
-            if _dial(me_ep) is None and _dial(ep) is None:
-                continue  # both behind NAT: reached through the relay, not probed
+            punched = key in peers and bool(peers[key].allowed_ips)
+            if _dial(me_ep) is None and _dial(ep) is None and not punched:
+                # Both behind NAT: reached through the relay, not probed; unless a punched
+                # direct path (raven.paths) carries the pool: its gateway is probed over it.
+                continue
             probe = f"{vtep_for(ip)[0]}/32"
             if probe in used:
                 continue  # an address allowed on two peers would move between them

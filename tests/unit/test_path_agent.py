@@ -53,6 +53,7 @@ class FakeAgent:
         self.reports: list[list] = []
         self.state = plan_node(self.gateways, node)
         self.lock = threading.RLock()
+        self.probes = None  # no data-path prober (raven.agent_failover)
 
     def path_switch(self) -> threading.RLock:
         return self.lock
