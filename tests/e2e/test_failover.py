@@ -208,10 +208,6 @@ def test_c_power_off_while_the_pool_is_cut_off_from_the_control_plane(lab: LabPl
         # the new gateway's heartbeat had missed renewals too; raven.pool_decision.unheard).
         assert failover_causes(lab, before, old, new) == ["partition"]
     finally:
-        import os  # DEBUG
-        import shutil  # DEBUG
-        shutil.copytree(runtime.run_dir(lab.name) / "logs",  # DEBUG
-                        f"/tmp/cause-logs-{os.getpid()}-{time.time():.0f}")  # DEBUG
         faults.reconnect(lab.name, POOL)
         faults.node_up(lab.name, old)
     assert settled(lab) == new
