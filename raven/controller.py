@@ -43,6 +43,7 @@ from raven.gateway_status import (
     EVENT_FAILOVER,
     EVENT_LOST,
     StatusPlan,
+    agent_starts_from_leases,
     compute_status,
     heartbeats_from_leases,
     key_problem,
@@ -184,7 +185,9 @@ class GatewayController:
         """Bring every Gateway's status up to date; returns the number of status writes."""
         start = time.monotonic()
         nodes = self._nodes()
-        heartbeats = heartbeats_from_leases(self.leases.items())
+        leases = self.leases.items()
+        heartbeats = heartbeats_from_leases(leases)
+        starts = agent_starts_from_leases(leases)  # when each node's agent started
         objects = self.gateways.items()
         parsed = []
         for obj in objects:
@@ -219,10 +222,10 @@ class GatewayController:
                 without += 1  # a pool with only proxy endpoints still has no tunnel
             if plan.status == (obj.get("status") or {}):
                 continue
-            if self._write(obj, plan, now):
+            if self._write(obj, plan, now, starts):
                 writes += 1
         self.metrics.pools.set(without)
-        self._report_failovers(nodes, heartbeats, now)
+        self._report_failovers(nodes, heartbeats, starts, now)
         try:
             self.sync_proxy_objects(planned, nodes)
         except KubeError as exc:
@@ -234,10 +237,10 @@ class GatewayController:
         return writes
 
     def _report_failovers(self, nodes: dict[str, Node], heartbeats: dict[str, float],
-                          now: float) -> None:
+                          starts: dict[str, float], now: float) -> None:
         """One GatewayFailover event per move whose cause is settled now."""
         self._failovers, ready = pool_decision.resolve(
-            self._failovers, nodes, heartbeats, now, self.settings.election)
+            self._failovers, nodes, heartbeats, now, self.settings.election, starts)
         for failover, cause in ready:
             self.events.record(failover.subject, EVENT_FAILOVER, failover.message(cause), now,
                                "Warning")
@@ -292,7 +295,8 @@ class GatewayController:
             return old
         return self.kube.replace(res, new, ns)
 
-    def _write(self, obj: JSON, plan: StatusPlan, now: float) -> bool:
+    def _write(self, obj: JSON, plan: StatusPlan, now: float,
+               starts: dict[str, float] | None = None) -> bool:
         name = obj["metadata"]["name"]
         body = copy.deepcopy(obj)
         body["status"] = plan.status
@@ -314,7 +318,8 @@ class GatewayController:
                                now)
         if plan.lost and plan.elected:  # reported when its cause is settled
             self._failovers.append(pool_decision.Failover(
-                name, plan.lost, plan.elected, now, plan.cause, stored))
+                name, plan.lost, plan.elected, now, plan.cause, stored,
+                pool_decision.starts_at_move(plan.lost, starts or {})))
         for node in plan.lost:
             why = "; ".join(plan.reasons) or "no longer elected"
             self.events.record(stored, EVENT_LOST,
