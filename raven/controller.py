@@ -222,7 +222,7 @@ class GatewayController:
                 without += 1  # a pool with only proxy endpoints still has no tunnel
             if plan.status == (obj.get("status") or {}):
                 continue
-            if self._write(obj, plan, now, starts):
+            if self._write(obj, plan, now):
                 writes += 1
         self.metrics.pools.set(without)
         self._report_failovers(nodes, heartbeats, starts, now)
@@ -295,8 +295,7 @@ class GatewayController:
             return old
         return self.kube.replace(res, new, ns)
 
-    def _write(self, obj: JSON, plan: StatusPlan, now: float,
-               starts: dict[str, float] | None = None) -> bool:
+    def _write(self, obj: JSON, plan: StatusPlan, now: float) -> bool:
         name = obj["metadata"]["name"]
         body = copy.deepcopy(obj)
         body["status"] = plan.status
@@ -318,8 +317,7 @@ class GatewayController:
                                now)
         if plan.lost and plan.elected:  # reported when its cause is settled
             self._failovers.append(pool_decision.Failover(
-                name, plan.lost, plan.elected, now, plan.cause, stored,
-                pool_decision.starts_at_move(plan.lost, starts or {})))
+                name, plan.lost, plan.elected, now, plan.cause, stored))
         for node in plan.lost:
             why = "; ".join(plan.reasons) or "no longer elected"
             self.events.record(stored, EVENT_LOST,

@@ -23,21 +23,20 @@ Rules kept:
   node of the pool that heartbeats had missed a renewal (`unheard`: its last one older than
   half the timeout; a heard agent's is at most a third old, and in a cut-off pool whose old
   gateway's heartbeat expired first the others' are at least two thirds old, since their
-  renewals all stopped at the cut, at most one renewal apart). Otherwise "probe loss" once
-  every lost node renewed its heartbeat after the failover from the same agent process and is
-  Ready (alive, but the pool's probes do not get through it), "power-off" as soon as one is
-  gone, NotReady, has no heartbeat, missed two renewals (its heartbeat is older than two
-  thirds of the timeout) or heartbeats from an agent that started after the failover (its
-  Lease's acquireTime, written once per agent process, is later than the move or differs from
-  the one seen at the move: it went away and came back, which a node powered off and on
-  within two renewals does); until then the cause is pending (`resolve`). No pending cause is
-  settled before the pool's other nodes have voted for the new gateway (or a heartbeat timeout
-  passed): the late, offline-flagged votes of a pool that healed just before the controller's
-  own move would otherwise race it. A live node renews every third of the timeout, so it
-  reaches "probe loss" before it could look like "power-off"; a dead one never renews, and a
-  returning one renews from a new agent, so they reach "power-off": the outcome does not
-  depend on when the controller looks, nor on whether the old gateway's heartbeat or the
-  cut-off pool's votes reach it first.
+  renewals all stopped at the cut, at most one renewal apart). Otherwise "probe loss" once every
+  lost node renewed its heartbeat after the failover from the same agent process and is Ready
+  (alive, but the pool's probes do not get through it), "power-off" as soon as one is gone,
+  NotReady, has no heartbeat, missed two renewals (its heartbeat is older than two thirds of the
+  timeout) or heartbeats from an agent that started after the failover (its Lease's acquireTime,
+  written once per agent process, is later than the move: it went away and came back, which a
+  node powered off and on within two renewals does); until then the cause is pending
+  (`resolve`). No pending cause is settled before the pool's other nodes have voted for the new
+  gateway (or a heartbeat timeout passed): the late, offline-flagged votes of a pool that healed
+  just before the controller's own move would otherwise race it. A live node renews every third
+  of the timeout, so it reaches "probe loss" before it could look like "power-off"; a dead one
+  never renews, and a returning one renews from a new agent, so they reach "power-off": the
+  outcome does not depend on when the controller looks, nor on whether the old gateway's
+  heartbeat or the cut-off pool's votes reach it first.
 Time is an argument; no I/O.
 """
 
@@ -164,31 +163,28 @@ def immediate_cause(lost: Sequence[str], previous_ready_reason: str, partitioned
     return PARTITION if lost and cut_off else ""
 
 
-def restarted(name: str, at: float, starts: Mapping[str, float],
-              seen: Mapping[str, float]) -> bool:
+def restarted(name: str, at: float, starts: Mapping[str, float]) -> bool:
     """Whether `name`'s agent is not the process that ran when its pool failed over at `at`:
-    its start (Lease acquireTime, `starts`) is later than the move, or differs from the start
-    `seen` at the move (no clock comparison: an agent's clock may be skewed)."""
+    its start (Lease acquireTime, `starts`) is later than the move. (Compared as renewTimes
+    are: agents' and the controller's clocks agree. A start that merely changed since the move
+    is no evidence: the controller's Lease informer may deliver a start written just before
+    the move only after it, e.g. at the heal of a partition.)"""
     start = starts.get(name)
-    if start is None:
-        return False
-    before = seen.get(name)
-    return start > at or (before is not None and start != before)
+    return start is not None and start > at
 
 
 def classify(lost: Sequence[str], at: float, nodes: Mapping[str, Node],
              heartbeats: Mapping[str, float], now: float, options: ElectionOptions,
-             starts: Mapping[str, float] | None = None,
-             seen: Mapping[str, float] | None = None) -> str | None:
+             starts: Mapping[str, float] | None = None) -> str | None:
     """POWER_OFF or PROBE_LOSS for a failover away from `lost` at wall time `at`, or None while
     the evidence is not in yet (module docstring). `starts`: node -> its agent's start
-    (acquireTime) now; `seen`: the same at the move."""
+    (Lease acquireTime)."""
     alive = 0
     for name in lost:
         node, last = nodes.get(name), heartbeats.get(name)
         if node is None or not node.ready or last is None \
                 or now - last > 2 * options.heartbeat_timeout / 3 \
-                or restarted(name, at, starts or {}, seen or {}):
+                or restarted(name, at, starts or {}):
             return POWER_OFF
         if last > at:
             alive += 1
@@ -205,17 +201,10 @@ class Failover:
     at: float  # wall seconds (API time) of the status write that made the move
     cause: str = ""  # known at once (partition), else settled by `classify`
     subject: Any = None  # what the caller attaches the event to (the stored object)
-    started: tuple[tuple[str, float], ...] = ()  # (lost node, its agent's start) at the move
 
     def message(self, cause: str) -> str:
         return (f"Gateway {self.gateway}: active gateway {', '.join(self.lost)} -> "
                 f"{', '.join(self.elected)}, cause: {cause}")
-
-
-def starts_at_move(lost: Sequence[str], starts: Mapping[str, float]
-                   ) -> tuple[tuple[str, float], ...]:
-    """`Failover.started`: the lost nodes' agent starts as seen at the move."""
-    return tuple((name, starts[name]) for name in lost if name in starts)
 
 
 def resolve(pending: Sequence[Failover], nodes: Mapping[str, Node],
@@ -231,8 +220,7 @@ def resolve(pending: Sequence[Failover], nodes: Mapping[str, Node],
         found = f.cause
         if not found and votes_settled(f, nodes, now, options):
             found = (PARTITION if voted_offline(f.gateway, nodes, f.elected[0])
-                     else classify(f.lost, f.at, nodes, heartbeats, now, options, starts,
-                                   dict(f.started)))
+                     else classify(f.lost, f.at, nodes, heartbeats, now, options, starts))
         if found:
             ready.append((f, found))
         else:
