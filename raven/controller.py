@@ -43,6 +43,7 @@ from raven.gateway_status import (
     EVENT_FAILOVER,
     EVENT_LOST,
     StatusPlan,
+    agent_starts_from_leases,
     compute_status,
     heartbeats_from_leases,
     key_problem,
@@ -184,7 +185,9 @@ class GatewayController:
         """Bring every Gateway's status up to date; returns the number of status writes."""
         start = time.monotonic()
         nodes = self._nodes()
-        heartbeats = heartbeats_from_leases(self.leases.items())
+        leases = self.leases.items()
+        heartbeats = heartbeats_from_leases(leases)
+        starts = agent_starts_from_leases(leases)  # when each node's agent started
         objects = self.gateways.items()
         parsed = []
         for obj in objects:
@@ -222,7 +225,7 @@ class GatewayController:
             if self._write(obj, plan, now):
                 writes += 1
         self.metrics.pools.set(without)
-        self._report_failovers(nodes, heartbeats, now)
+        self._report_failovers(nodes, heartbeats, starts, now)
         try:
             self.sync_proxy_objects(planned, nodes)
         except KubeError as exc:
@@ -234,10 +237,10 @@ class GatewayController:
         return writes
 
     def _report_failovers(self, nodes: dict[str, Node], heartbeats: dict[str, float],
-                          now: float) -> None:
+                          starts: dict[str, float], now: float) -> None:
         """One GatewayFailover event per move whose cause is settled now."""
         self._failovers, ready = pool_decision.resolve(
-            self._failovers, nodes, heartbeats, now, self.settings.election)
+            self._failovers, nodes, heartbeats, now, self.settings.election, starts)
         for failover, cause in ready:
             self.events.record(failover.subject, EVENT_FAILOVER, failover.message(cause), now,
                                "Warning")

@@ -389,6 +389,20 @@ def heartbeats_from_leases(leases: Sequence[JSON]) -> dict[str, float]:
     return out
 
 
+def agent_starts_from_leases(leases: Sequence[JSON]) -> dict[str, float]:
+    """node name -> unix seconds at which its running agent first wrote its `raven-agent-<node>`
+    Lease (acquireTime: raven.kube.lease.Heartbeat sets it once per agent process)."""
+    out: dict[str, float] = {}
+    for lease in leases:
+        name = str((lease.get("metadata") or {}).get("name", ""))
+        if not name.startswith(constants.AGENT_LEASE_PREFIX):
+            continue
+        when = parse_time((lease.get("spec") or {}).get("acquireTime"))
+        if when is not None:
+            out[name.removeprefix(constants.AGENT_LEASE_PREFIX)] = when
+    return out
+
+
 def key_problem(node: str, key: str) -> str | None:
     """Why `key` (the Node's public-key annotation) is not a WireGuard key, or None."""
     try:

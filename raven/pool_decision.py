@@ -23,17 +23,20 @@ Rules kept:
   node of the pool that heartbeats had missed a renewal (`unheard`: its last one older than
   half the timeout; a heard agent's is at most a third old, and in a cut-off pool whose old
   gateway's heartbeat expired first the others' are at least two thirds old, since their
-  renewals all stopped at the cut, at most one renewal apart). Otherwise "probe loss" once
-  every lost node renewed its heartbeat after the failover and is Ready (alive, but the pool's
-  probes do not get through it), "power-off" as soon as one is gone, NotReady, has no
-  heartbeat or missed two renewals (its heartbeat is older than two thirds of the timeout);
-  until then the cause is pending (`resolve`). No pending cause is settled before the pool's
-  other nodes have voted for the new gateway (or a heartbeat timeout passed): the late,
-  offline-flagged votes of a pool that healed just before the controller's own move would
-  otherwise race it. A live node renews every third of the timeout, so it reaches "probe
-  loss" before it could look like "power-off"; a dead one never renews, so it reaches
-  "power-off": the outcome does not depend on when the controller looks, nor on whether the
-  old gateway's heartbeat or the cut-off pool's votes reach it first.
+  renewals all stopped at the cut, at most one renewal apart). Otherwise "probe loss" once every
+  lost node renewed its heartbeat after the failover from the same agent process and is Ready
+  (alive, but the pool's probes do not get through it), "power-off" as soon as one is gone,
+  NotReady, has no heartbeat, missed two renewals (its heartbeat is older than two thirds of the
+  timeout) or heartbeats from an agent that started after the failover (its Lease's acquireTime,
+  written once per agent process, is later than the move: it went away and came back, which a
+  node powered off and on within two renewals does); until then the cause is pending
+  (`resolve`). No pending cause is settled before the pool's other nodes have voted for the new
+  gateway (or a heartbeat timeout passed): the late, offline-flagged votes of a pool that healed
+  just before the controller's own move would otherwise race it. A live node renews every third
+  of the timeout, so it reaches "probe loss" before it could look like "power-off"; a dead one
+  never renews, and a returning one renews from a new agent, so they reach "power-off": the
+  outcome does not depend on when the controller looks, nor on whether the old gateway's
+  heartbeat or the cut-off pool's votes reach it first.
 Time is an argument; no I/O.
 """
 
@@ -160,16 +163,28 @@ def immediate_cause(lost: Sequence[str], previous_ready_reason: str, partitioned
     return PARTITION if lost and cut_off else ""
 
 
+def restarted(name: str, at: float, starts: Mapping[str, float]) -> bool:
+    """Whether `name`'s agent is not the process that ran when its pool failed over at `at`:
+    its start (Lease acquireTime, `starts`) is later than the move. (Compared as renewTimes
+    are: agents' and the controller's clocks agree. A start that merely changed since the move
+    is no evidence: the controller's Lease informer may deliver a start written just before
+    the move only after it, e.g. at the heal of a partition.)"""
+    start = starts.get(name)
+    return start is not None and start > at
+
+
 def classify(lost: Sequence[str], at: float, nodes: Mapping[str, Node],
-             heartbeats: Mapping[str, float], now: float, options: ElectionOptions
-             ) -> str | None:
+             heartbeats: Mapping[str, float], now: float, options: ElectionOptions,
+             starts: Mapping[str, float] | None = None) -> str | None:
     """POWER_OFF or PROBE_LOSS for a failover away from `lost` at wall time `at`, or None while
-    the evidence is not in yet (module docstring)."""
+    the evidence is not in yet (module docstring). `starts`: node -> its agent's start
+    (Lease acquireTime)."""
     alive = 0
     for name in lost:
         node, last = nodes.get(name), heartbeats.get(name)
         if node is None or not node.ready or last is None \
-                or now - last > 2 * options.heartbeat_timeout / 3:
+                or now - last > 2 * options.heartbeat_timeout / 3 \
+                or restarted(name, at, starts or {}):
             return POWER_OFF
         if last > at:
             alive += 1
@@ -193,17 +208,19 @@ class Failover:
 
 
 def resolve(pending: Sequence[Failover], nodes: Mapping[str, Node],
-            heartbeats: Mapping[str, float], now: float, options: ElectionOptions
+            heartbeats: Mapping[str, float], now: float, options: ElectionOptions,
+            starts: Mapping[str, float] | None = None
             ) -> tuple[list[Failover], list[tuple[Failover, str]]]:
     """(still pending, [(failover, cause)] ready to be reported), in order. A newer move of
-    the same Gateway does not cancel an older one: each move gets its event."""
+    the same Gateway does not cancel an older one: each move gets its event. `starts`: node ->
+    its agent's start (Lease acquireTime) now."""
     waiting: list[Failover] = []
     ready: list[tuple[Failover, str]] = []
     for f in pending:
         found = f.cause
         if not found and votes_settled(f, nodes, now, options):
             found = (PARTITION if voted_offline(f.gateway, nodes, f.elected[0])
-                     else classify(f.lost, f.at, nodes, heartbeats, now, options))
+                     else classify(f.lost, f.at, nodes, heartbeats, now, options, starts))
         if found:
             ready.append((f, found))
         else:

@@ -40,8 +40,18 @@ def _lease(name: str, namespace: str, holder: str, duration: int, now: float) ->
     }
 
 
+def _transitions(spec: JSON) -> int:
+    value = spec.get("leaseTransitions")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+
+
 class Heartbeat:
-    """Renews `raven-agent-<node>` in the Raven namespace; the controller reads renewTime."""
+    """Renews `raven-agent-<node>` in the Raven namespace; the controller reads renewTime.
+
+    The first write of each Heartbeat (one per agent process) also sets acquireTime to its
+    `now` and counts a leaseTransition, as a new holder does: the controller reads acquireTime
+    as "this node's agent started then" (a node powered off and back promptly heartbeats again,
+    but from a new agent: raven.pool_decision.classify). Later renewals leave it alone."""
 
     def __init__(
         self, kube: Kube, node: str, namespace: str = constants.RAVEN_NAMESPACE,
@@ -53,6 +63,7 @@ class Heartbeat:
         self.duration = duration
         self.name = agent_lease_name(node)
         self._cached: JSON | None = None
+        self._acquired = False  # acquireTime written by this agent process
 
     def renew(self, now: float) -> None:
         """One renewal; raises KubeError when the API refuses or is unreachable."""
@@ -64,13 +75,18 @@ class Heartbeat:
                 except NotFound:
                     body = _lease(self.name, self.namespace, self.node, self.duration, now)
                     self._cached = self.kube.create(LEASES, body, self.namespace)
+                    self._acquired = True
                     return
-            lease.setdefault("spec", {})
-            lease["spec"]["holderIdentity"] = self.node
-            lease["spec"]["leaseDurationSeconds"] = self.duration
-            lease["spec"]["renewTime"] = to_micro_time(now)
+            spec = lease.setdefault("spec", {})
+            if not self._acquired:
+                spec["acquireTime"] = to_micro_time(now)
+                spec["leaseTransitions"] = _transitions(spec) + 1
+            spec["holderIdentity"] = self.node
+            spec["leaseDurationSeconds"] = self.duration
+            spec["renewTime"] = to_micro_time(now)
             try:
                 self._cached = self.kube.replace(LEASES, lease, self.namespace)
+                self._acquired = True
                 return
             except (Conflict, NotFound):
                 self._cached = None  # someone else wrote or deleted it: read it again

@@ -25,6 +25,7 @@ from overlay_support import in_node, overlay_lab, wg_public_key
 from raven.lab import cluster, faults, runtime
 from raven.lab.ping import ping_all
 from raven.lab.plan import LabPlan, PodPlan
+from raven.timefmt import parse_time
 from raven.topology import vtep_for
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -149,6 +150,39 @@ def test_a_powered_off_gateway_is_replaced_without_the_cloud(lab: LabPlan) -> No
     finally:
         faults.node_up(lab.name, old)
     assert settled(lab) == new  # the old gateway comes back as a standby: no move back
+    assert len([n for n, m in events(lab, "GatewayFailover").items()
+                if n not in before and f"active gateway {old} -> " in m]) == 1
+
+
+def test_a2_a_gateway_powered_off_and_back_at_once_is_a_power_off(lab: LabPlan) -> None:
+    """Issue 12 item 7: powered off, then back (a power cycle, fresh kernel state) as soon as
+    the controller moved the pool, within two heartbeat renewals: it heartbeats again after the
+    move, from a new agent. One event, cause power-off (not probe loss)."""
+    old = settled(lab)
+    new = "cone-2" if old == "cone-1" else "cone-1"
+    before = events(lab, "GatewayFailover")
+    lease = ("get", "lease", "-n", "kube-system", f"raven-agent-{old}")
+    started = cluster.kubectl_json(lab.name, *lease)["spec"]["acquireTime"]
+    assert faults.gateway_fail(lab.name, POOL) == old
+    try:
+        assert cluster.wait_active(lab.name, POOL, timeout=60, exclude=(old,)) == new
+        last = cluster.kubectl_json(lab.name, *lease)["spec"]["renewTime"]  # the dead agent's
+        stamp = cluster.agent_status_stamp(lab.name, old)
+        faults.node_up(lab.name, old, reboot=True)
+        cluster.wait_agent_ready(lab.name, old, stamp)
+        # The new agent marks its start on its Lease (acquireTime) with its first heartbeat.
+        deadline = time.monotonic() + 60
+        while (restart := cluster.kubectl_json(lab.name, *lease)["spec"]["acquireTime"]) \
+                == started:
+            assert time.monotonic() < deadline, f"{old}'s new agent never marked its start"
+            time.sleep(0.5)
+        assert failover_causes(lab, before, old, new) == ["power-off"]
+        gap = (parse_time(restart) or 0.0) - (parse_time(last) or 0.0)
+        print(f"{old}: new agent's first heartbeat {gap:.1f}s after the dead one's last "
+              f"(heartbeats alone say probe loss when under two renewals, 10 s)")
+    finally:
+        faults.node_up(lab.name, old)
+    assert settled(lab) == new  # back as a standby: no move back, no second event
     assert len([n for n, m in events(lab, "GatewayFailover").items()
                 if n not in before and f"active gateway {old} -> " in m]) == 1
 
