@@ -5,14 +5,11 @@ start, is later than the move). A blackholed gateway keeps its agent: still "pro
 
 from __future__ import annotations
 
-from typing import Any
-
 from hypothesis import given
 from hypothesis import strategies as st
+from test_pool_decision_cause import node  # the same Node factory (tests/unit on sys.path)
 
-from raven import constants
 from raven.election import ElectionOptions
-from raven.model import Node
 from raven.pool_decision import (
     POWER_OFF,
     PROBE_LOSS,
@@ -27,19 +24,6 @@ OPTS = ElectionOptions(heartbeat_timeout=15.0)  # agents renew every 5 s
 PERIOD = OPTS.heartbeat_timeout / 3
 MISSED = 2 * OPTS.heartbeat_timeout / 3
 BOOTED = AT - 3600  # when the lab's agents started
-
-
-def node(name: str, ready: bool = True, vote: str | None = None) -> Node:
-    annotations = {} if vote is None else {constants.ANNOTATION_POOL_GATEWAY: vote}
-    obj: dict[str, Any] = {
-        "apiVersion": "v1", "kind": "Node",
-        "metadata": {"name": name, "labels": {constants.GATEWAY_LABEL: "gw-hz"},
-                     "annotations": annotations},
-        "spec": {"podCIDR": "10.244.0.0/24"},
-        "status": {"addresses": [{"type": "InternalIP", "address": "192.0.2.1"}],
-                   "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
-    }
-    return Node.from_k8s(obj)
 
 
 NODES = {"hz-1": node("hz-1"), "hz-2": node("hz-2", vote="hz-2"),
