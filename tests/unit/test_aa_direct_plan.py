@@ -11,12 +11,14 @@ import base64
 import ipaddress
 import itertools
 
+from test_shards_plan import gateway_of  # the same hop finder (tests/unit on sys.path)
+
 from raven import paths, shards
-from raven.desired import NodeState, Role
+from raven.desired import NodeState
 from raven.model import Endpoint, FrozenMap, Gateway, GatewaySpec, GatewayStatus, NodeInfo
 from raven.nat_discovery import CONFIG_MAPPED_ENDPOINT
 from raven.paths import PathPlan
-from raven.topology import plan_node, vtep_for
+from raven.topology import plan_node
 
 
 def key(name: str) -> str:
@@ -74,15 +76,6 @@ def peer_for(state: NodeState, dst: str) -> str | None:
                    if ipaddress.ip_network(a).version == net.version)]
     assert len(hits) <= 1, f"{dst} allowed on {len(hits)} peers of {state.node}"
     return hits[0] if hits else None
-
-
-def gateway_of(state: NodeState, nodes: dict[str, tuple[str, str, str]]) -> str:
-    if state.role == Role.ACTIVE_GATEWAY:
-        return state.node
-    hops = {r.gateway for r in state.routes}
-    assert len(hops) == 1, hops
-    by_vtep = {vtep_for(ip)[0]: n for n, (_, ip, _) in nodes.items()}
-    return by_vtep[hops.pop() or ""]
 
 
 def trace(out: dict[str, NodeState], nodes: dict[str, tuple[str, str, str]], x: str, y: str
