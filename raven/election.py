@@ -16,7 +16,7 @@ Rules this module keeps (docs/gateway.md explains them for operators):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Container, Mapping
 from dataclasses import dataclass
 
 from raven.model import PROXY, TUNNEL, Endpoint, Gateway, Node
@@ -54,13 +54,7 @@ def elect(
     label = f"Gateway {gateway.name}"
     reasons: list[str] = []
     replicas = gateway.spec.tunnel_replicas
-    candidates: list[Endpoint] = []
-    position: dict[str, int] = {}  # node name -> index in spec.endpoints, for the reasons
-    for index, ep in enumerate(gateway.spec.endpoints):
-        if ep.type != TUNNEL or not ep.node_name or ep.node_name in position:
-            continue
-        position[ep.node_name] = index
-        candidates.append(ep)
+    candidates, position = _candidates(gateway, TUNNEL)
     if not candidates:
         return Election((), (f"{label}: spec.endpoints has no tunnel endpoint; add one "
                              "(type: tunnel) to elect an active gateway",))
@@ -84,25 +78,8 @@ def elect(
         reasons.append(f"{label}: no healthy tunnel endpoint; no active gateway")
         return Election((), tuple(reasons))
 
-    chosen: list[str] = []
-    for name in dict.fromkeys(previous):
-        if name in healthy and len(chosen) < replicas:
-            chosen.append(name)
-            reasons.append(f"{label}: {name} stays active (healthy; active endpoints are sticky)")
-    for ep in candidates:
-        name = ep.node_name
-        if name not in healthy or name in chosen:
-            continue
-        if len(chosen) >= replicas:
-            reasons.append(f"{label}: {name} is a healthy standby "
-                           f"(tunnelConfig.Replicas {replicas} reached)")
-            continue
-        chosen.append(name)
-        reasons.append(f"{label}: {name} elected (healthy; next in spec order, "
-                       f"spec.endpoints[{position[name]}])")
-    for name in dict.fromkeys(previous):
-        if name not in chosen:
-            reasons.append(f"{label}: {name} is no longer active")
+    chosen = _choose(previous, candidates, healthy, replicas, position, f"{label}: ",
+                     "tunnelConfig.Replicas", reasons)
     return Election(tuple(spec_by_name[n] for n in chosen), tuple(reasons))
 
 
@@ -127,13 +104,7 @@ def elect_proxies(
     rules as `elect`, over the spec's proxy endpoints, up to `proxyConfig.Replicas`."""
     label = f"Gateway {gateway.name}"
     replicas = proxy_replicas(gateway)
-    candidates: list[Endpoint] = []
-    position: dict[str, int] = {}
-    for index, ep in enumerate(gateway.spec.endpoints):
-        if ep.type != PROXY or not ep.node_name or ep.node_name in position:
-            continue
-        position[ep.node_name] = index
-        candidates.append(ep)
+    candidates, position = _candidates(gateway, PROXY)
     if not candidates:
         return Election((), ())  # no proxy wanted: nothing to say
     if replicas == 0:
@@ -155,27 +126,50 @@ def elect_proxies(
             return Election(tuple(spec_by_name[n] for n in kept), tuple(reasons), True)
         reasons.append(f"{label}: no healthy proxy endpoint; no active proxy")
         return Election((), tuple(reasons))
+    chosen = _choose(previous, candidates, healthy, replicas, position, f"{label}: proxy ",
+                     "proxyConfig.Replicas", reasons)
+    return Election(tuple(spec_by_name[n] for n in chosen), tuple(reasons))
+
+
+def _candidates(gateway: Gateway, kind: str) -> tuple[list[Endpoint], dict[str, int]]:
+    """The spec's endpoints of `kind` (first occurrence of a node wins), and each one's index in
+    spec.endpoints (for the reasons)."""
+    candidates: list[Endpoint] = []
+    position: dict[str, int] = {}
+    for index, ep in enumerate(gateway.spec.endpoints):
+        if ep.type != kind or not ep.node_name or ep.node_name in position:
+            continue
+        position[ep.node_name] = index
+        candidates.append(ep)
+    return candidates, position
+
+
+def _choose(previous: list[str], candidates: list[Endpoint], healthy: Container[str], replicas: int,
+            position: Mapping[str, int], prefix: str, replicas_field: str,
+            reasons: list[str]) -> list[str]:
+    """Up to `replicas` healthy names: the previous active ones first (sticky, in their order),
+    then spec order. Every decision gets a reason, `prefix` first: tunnel and proxy endpoints
+    follow one rule."""
     chosen: list[str] = []
-    for name in previous:
+    for name in dict.fromkeys(previous):
         if name in healthy and len(chosen) < replicas:
             chosen.append(name)
-            reasons.append(f"{label}: proxy {name} stays active (healthy; active endpoints "
-                           "are sticky)")
+            reasons.append(f"{prefix}{name} stays active (healthy; active endpoints are sticky)")
     for ep in candidates:
         name = ep.node_name
         if name not in healthy or name in chosen:
             continue
         if len(chosen) >= replicas:
-            reasons.append(f"{label}: proxy {name} is a healthy standby "
-                           f"(proxyConfig.Replicas {replicas} reached)")
+            reasons.append(f"{prefix}{name} is a healthy standby "
+                           f"({replicas_field} {replicas} reached)")
             continue
         chosen.append(name)
-        reasons.append(f"{label}: proxy {name} elected (healthy; next in spec order, "
+        reasons.append(f"{prefix}{name} elected (healthy; next in spec order, "
                        f"spec.endpoints[{position[name]}])")
-    for name in previous:
+    for name in dict.fromkeys(previous):
         if name not in chosen:
-            reasons.append(f"{label}: proxy {name} is no longer active")
-    return Election(tuple(spec_by_name[n] for n in chosen), tuple(reasons))
+            reasons.append(f"{prefix}{name} is no longer active")
+    return chosen
 
 
 def _health(candidates: list[Endpoint], nodes: Mapping[str, Node],
