@@ -77,17 +77,7 @@ class ApiServerProcess:
         return result
 
     def stop(self) -> int:
-        """SIGTERM, wait up to 10 s, then SIGKILL; returns the exit code."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        if self.process.stdout is not None:
-            self.process.stdout.close()
-        return self.process.returncode
+        return stop_process(self.process)
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
@@ -173,3 +163,17 @@ class Http:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def stop_process(process: subprocess.Popen[str]) -> int:
+    """SIGTERM, wait up to 10 s, then SIGKILL; closes its stdout; returns the exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    if process.stdout is not None:
+        process.stdout.close()
+    return process.returncode
