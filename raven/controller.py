@@ -126,6 +126,9 @@ class GatewayController:
         self._compat_done: object = None  # the proxy objects last written (skip when equal)
         self._unserved: set[str] = set()  # kinds the API server does not serve (logged once)
         self._failovers: list[pool_decision.Failover] = []  # moves whose cause is pending
+        # Gateway -> {node: wall time the status moved the pool's gateway away from it}, kept
+        # until the node renews (raven.pool_decision.unproven: no move back to a dead node).
+        self._moved_from: dict[str, dict[str, float]] = {}
 
     def _changed(self, kind: str, obj: JSON) -> None:
         self._wake.set()
@@ -209,7 +212,8 @@ class GatewayController:
         for obj in objects:
             try:
                 plan = compute_status(obj, nodes, heartbeats, now, fleet,
-                                      self.settings.election, pools, observed, relay)
+                                      self.settings.election, pools, observed, relay,
+                                      self._away(obj, heartbeats))
             except Exception:  # a planner bug for one Gateway must not stop the others
                 log.exception("Gateway %s: computing status failed",
                               (obj.get("metadata") or {}).get("name"))
@@ -235,6 +239,18 @@ class GatewayController:
         self.metrics.reconcile.observe(time.monotonic() - start)
         self.reconciles += 1
         return writes
+
+    def _away(self, obj: JSON, heartbeats: dict[str, float]) -> dict[str, float]:
+        """This Gateway's nodes moved away from that have not renewed since (pruned here)."""
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        held = self._moved_from.get(name, {})
+        kept = {n: at for n, at in held.items()
+                if n in pool_decision.unproven(held, heartbeats)}
+        if kept:
+            self._moved_from[name] = kept
+        else:
+            self._moved_from.pop(name, None)
+        return kept
 
     def _report_failovers(self, nodes: dict[str, Node], heartbeats: dict[str, float],
                           starts: dict[str, float], now: float) -> None:
@@ -315,9 +331,10 @@ class GatewayController:
             self.events.record(stored, EVENT_ELECTED,
                                f"node {node} elected active tunnel endpoint of Gateway {name}",
                                now)
-        if plan.lost and plan.elected:  # reported when its cause is settled
-            self._failovers.append(pool_decision.Failover(
-                name, plan.lost, plan.elected, now, plan.cause, stored))
+        move = plan.failover(name, now, stored)
+        if move is not None:  # reported when its cause is settled
+            self._failovers.append(move)
+            self._moved_from.setdefault(name, {}).update(dict.fromkeys(move.lost, now))
         for node in plan.lost:
             why = "; ".join(plan.reasons) or "no longer elected"
             self.events.record(stored, EVENT_LOST,

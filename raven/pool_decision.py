@@ -129,9 +129,9 @@ def votes_settled(f: Failover, nodes: Mapping[str, Node], now: float,
     offline-flagged votes yet; judged at once, that power-off while cut off would be reported
     as "power-off" or as "partition" depending on which came first. (A move made while the
     pool could not be heard at all is a partition at once: `unheard`.)"""
-    if now - f.at > options.heartbeat_timeout:
-        return True
-    return all(n.ready and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY) in f.elected
+    if now - f.at > options.heartbeat_timeout or not f.voted:
+        return True  # (no vote changes with a move that kept the pool's first gateway)
+    return all(n.ready and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY) == f.voted
                for n in nodes.values() if n.gateway == f.gateway and n.name not in f.lost)
 
 
@@ -161,6 +161,18 @@ def immediate_cause(lost: Sequence[str], previous_ready_reason: str, partitioned
     (settled later by `classify`)."""
     cut_off = partitioned or silent or previous_ready_reason == KEPT_REASON
     return PARTITION if lost and cut_off else ""
+
+
+def unproven(moved_from: Mapping[str, float], heartbeats: Mapping[str, float]
+             ) -> frozenset[str]:
+    """The nodes the controller moved a pool's gateway away from (`moved_from`: node -> wall
+    time of that status write) that have not renewed their heartbeat since: the controller does
+    not elect them again on its own. A powered-off gateway's last heartbeat stays fresh for a
+    timeout after the pool left it; without this rule, when the adopted new gateway's own
+    heartbeat expired first (a partition healed before its agent renewed), the election moved
+    the pool back to the dead node and forward again: three moves, two events for one failover.
+    The pool's votes still move the gateway (`adopt`); a node that renews is eligible again."""
+    return frozenset(n for n, at in moved_from.items() if heartbeats.get(n, at) <= at)
 
 
 def restarted(name: str, at: float, starts: Mapping[str, float]) -> bool:
@@ -193,7 +205,10 @@ def classify(lost: Sequence[str], at: float, nodes: Mapping[str, Node],
 
 @dataclass(frozen=True)
 class Failover:
-    """A move of a pool's active gateway whose event waits for its cause."""
+    """A move of a pool's active gateway whose event waits for its cause: the active gateways
+    `lost`, and the ones that took over their share of the pool (`elected`: with one active
+    gateway the new one; with active-active (raven.shards) a promoted standby or the survivors
+    that carry the lost gateway's members now)."""
 
     gateway: str
     lost: tuple[str, ...]
@@ -201,6 +216,15 @@ class Failover:
     at: float  # wall seconds (API time) of the status write that made the move
     cause: str = ""  # known at once (partition), else settled by `classify`
     subject: Any = None  # what the caller attaches the event to (the stored object)
+    # The node the pool's votes name after the move (agents publish the FIRST gateway of their
+    # active set): the new first active gateway, "" when the move kept the first one (a
+    # non-first active gateway of an active-active pool failed: no vote changes, so votes are
+    # no evidence either way); None: the first of `elected` (one active gateway).
+    head: str | None = None
+
+    @property
+    def voted(self) -> str:
+        return self.elected[0] if self.head is None and self.elected else self.head or ""
 
     def message(self, cause: str) -> str:
         return (f"Gateway {self.gateway}: active gateway {', '.join(self.lost)} -> "
@@ -219,7 +243,7 @@ def resolve(pending: Sequence[Failover], nodes: Mapping[str, Node],
     for f in pending:
         found = f.cause
         if not found and votes_settled(f, nodes, now, options):
-            found = (PARTITION if voted_offline(f.gateway, nodes, f.elected[0])
+            found = (PARTITION if f.voted and voted_offline(f.gateway, nodes, f.voted)
                      else classify(f.lost, f.at, nodes, heartbeats, now, options, starts))
         if found:
             ready.append((f, found))
