@@ -174,18 +174,22 @@ class GatewayController:
         return out
 
     def _choose_relay(self, gateways: list[Gateway], nodes: dict[str, Node],
-                      now: float) -> str | None:
+                      mono: float) -> str | None:
         """The relay between NAT'd pools by measured RTT (raven.relay_choice), to flag in its
-        Gateway's status; None when it is the planner's default (nothing to flag)."""
+        Gateway's status; None when it is the planner's default (nothing to flag). The hold is
+        a duration, timed on the monotonic clock `mono`: a wall clock stepped by NTP would cut
+        it short or stretch it (the leader elector times takeovers the same way)."""
         decided = relay_choice.decide(gateways, relay_rtts(gateways, nodes), self._relay_state,
-                                      now)
+                                      mono)
         if decided.moved or decided.state != self._relay_state:
             log.info("relay between NAT'd pools: %s", decided.why)
         self._relay_state = decided.state
         return decided.flag
 
-    def reconcile(self, now: float) -> int:
-        """Bring every Gateway's status up to date; returns the number of status writes."""
+    def reconcile(self, now: float, mono: float | None = None) -> int:
+        """Bring every Gateway's status up to date; returns the number of status writes.
+        `now` is API (wall) time, for what is written; `mono` the monotonic clock, for the
+        durations the controller times itself (the relay hold); read here when not given."""
         start = time.monotonic()
         nodes = self._nodes()
         leases = self.leases.items()
@@ -200,7 +204,7 @@ class GatewayController:
                 continue  # reported on the object itself by compute_status
         pools = members_by_pool(nodes)
         observed = observed_endpoints(nodes)
-        relay = self._choose_relay(parsed, nodes, now)
+        relay = self._choose_relay(parsed, nodes, start if mono is None else mono)
         # Judge the fleet by the membership we are about to write, not by the stored
         # status.nodes: a node that just moved pools is otherwise "in two pools" until our own
         # write lands, and the condition would flap (two extra writes per move).
@@ -386,7 +390,8 @@ class GatewayController:
             return self._try_lead(state)
         refused = self.write_failures
         try:
-            self.reconcile(time.time())  # conditions and Events carry API time
+            # Conditions and Events carry API (wall) time; the relay hold is a duration.
+            self.reconcile(time.time(), time.monotonic())
             ok = self.write_failures == refused
         except Exception:
             log.exception("reconcile failed")
