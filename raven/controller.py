@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import os
 import random
 import socket
@@ -46,11 +47,13 @@ from raven.gateway_status import (
     agent_starts_from_leases,
     compute_status,
     heartbeats_from_leases,
+    kept_reason,
     key_problem,
     members_by_pool,
     observed_endpoints,
     public_address,
     relay_rtts,
+    tunnel_candidates,
     why_no_endpoint,
 )
 from raven.health import HealthServer
@@ -129,6 +132,7 @@ class GatewayController:
         # Gateway -> {node: wall time the status moved the pool's gateway away from it}, kept
         # until the node renews (raven.pool_decision.unproven: no move back to a dead node).
         self._moved_from: dict[str, dict[str, float]] = {}
+        self._heard_again: dict[str, float] = {}  # Gateway -> pool_decision.heard_again
 
     def _changed(self, kind: str, obj: JSON) -> None:
         self._wake.set()
@@ -217,7 +221,8 @@ class GatewayController:
             try:
                 plan = compute_status(obj, nodes, heartbeats, now, fleet,
                                       self.settings.election, pools, observed, relay,
-                                      self._away(obj, heartbeats))
+                                      self._away(obj, heartbeats),
+                                      self._hold_kept(obj, heartbeats, now))
             except Exception:  # a planner bug for one Gateway must not stop the others
                 log.exception("Gateway %s: computing status failed",
                               (obj.get("metadata") or {}).get("name"))
@@ -248,13 +253,27 @@ class GatewayController:
         """This Gateway's nodes moved away from that have not renewed since (pruned here)."""
         name = str((obj.get("metadata") or {}).get("name", ""))
         held = self._moved_from.get(name, {})
-        kept = {n: at for n, at in held.items()
-                if n in pool_decision.unproven(held, heartbeats)}
+        silent = pool_decision.unproven(held, heartbeats)
+        kept = {n: at for n, at in held.items() if n in silent}
         if kept:
             self._moved_from[name] = kept
         else:
             self._moved_from.pop(name, None)
         return kept
+
+    def _hold_kept(self, obj: JSON, heartbeats: dict[str, float], now: float) -> bool:
+        """Whether the pool of a status kept without heartbeats is heard again, less than a
+        heartbeat timeout ago (raven.pool_decision.heard_again)."""
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        start = pool_decision.heard_again(
+            self._heard_again.get(name), kept_reason(obj) == pool_decision.KEPT_REASON,
+            any(now - heartbeats.get(n, -math.inf) <= self.settings.election.heartbeat_timeout
+                for n in tunnel_candidates(obj)), now, self.settings.election.heartbeat_timeout)
+        if start is None:
+            self._heard_again.pop(name, None)
+            return False
+        self._heard_again[name] = start
+        return now - start < self.settings.election.heartbeat_timeout
 
     def _report_failovers(self, nodes: dict[str, Node], heartbeats: dict[str, float],
                           starts: dict[str, float], now: float) -> None:

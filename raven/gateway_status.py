@@ -47,6 +47,7 @@ from raven.errors import ValidationError
 from raven.failover import STANDBY_FIELD
 from raven.model import (
     PROXY,
+    TUNNEL,
     Condition,
     Endpoint,
     FrozenMap,
@@ -214,6 +215,7 @@ def compute_status(
     observed: Mapping[str, Mapping[str, str]] | None = None,
     relay: str | None = None,
     moved_from: Mapping[str, float] | None = None,
+    hold_kept: bool = False,
 ) -> StatusPlan:
     """The status one Gateway object should have. Never raises for bad objects.
     `pools` is `members_by_pool(nodes)` and `observed` `observed_endpoints(nodes)`, computed
@@ -221,6 +223,8 @@ def compute_status(
     NAT'd pools (raven.relay_choice), flagged `status.relay: true`; None = the default rule.
     `moved_from`: node -> when the controller last moved this pool's gateway away from it
     (raven.pool_decision.unproven: not elected again on the controller's own before it renews).
+    `hold_kept`: the stored status was kept without heartbeats and the pool is being heard
+    again (raven.pool_decision.heard_again): only the pool's votes move it for now.
     """
     old_active = _old_active(obj)
     problems = gateway_problems(obj)
@@ -237,16 +241,20 @@ def compute_status(
     opts = options or ElectionOptions()
     # What the pool decided from its own probes (published on its Nodes) becomes the current
     # active endpoint before the sticky election, when it names a healthy candidate.
-    voted, adopted = adopt(gateway, nodes, heartbeats, now, opts)
+    voted, adopted = adopt(gateway, nodes, heartbeats, now, opts, flagged=hold_kept)
     partitioned = adopted is not None and decided_offline(gateway, nodes, adopted)
     held = unproven(moved_from or {}, heartbeats)
+    kept = tuple(e.node_name for e in gateway.status.active_endpoints if e.type == TUNNEL)
+    if hold_kept and adopted is None and kept:
+        held |= {e.node_name for e in gateway.spec.tunnel_endpoints} - set(kept)
     # Judged as stale by the election (kept, never moved to), whatever their last renewal.
     beats = {**heartbeats, **{n: now - opts.heartbeat_timeout - 1.0 for n in held}}
     election = elect(voted, nodes, beats if held else heartbeats, now, opts)
     if held:
         election = replace(election, reasons=(*election.reasons, *(
-            f"Gateway {gateway.name}: {n} is not elected again before it renews its heartbeat "
-            "(the pool's gateway moved away from it)" for n in sorted(held))))
+            f"Gateway {gateway.name}: {n} is not elected on the controller's own now (the "
+            "pool's gateway moved away from it and it has not renewed since, or the pool is "
+            f"heard again after a status kept without heartbeats)" for n in sorted(held))))
     if adopted is not None and adopted in election.names:
         election = replace(election, reasons=(
             f"Gateway {gateway.name}: {adopted} adopted: the pool's nodes fail over to it "
@@ -358,6 +366,19 @@ def _takers(pool: Sequence[NodeInfo], old: Sequence[str], new: Sequence[str],
     moved = {shards.gateway_of(m, new) for m in members if shards.gateway_of(m, old) in lost}
     elected = [n for n in new if n not in old]
     return tuple(n for n in new if n in moved or n in elected)
+
+
+def kept_reason(obj: JSON) -> str:
+    """The stored Ready condition's reason ("" when there is none)."""
+    return next((c.reason for c in _raw_conditions(obj) if c.type == CONDITION_READY), "")
+
+
+def tunnel_candidates(obj: JSON) -> tuple[str, ...]:
+    """Node names of the tunnel endpoints in a Gateway's spec, read leniently."""
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    endpoints = spec.get("endpoints") if isinstance(spec, dict) else None
+    return tuple(str(e["nodeName"]) for e in endpoints or () if isinstance(e, dict)
+                 and e.get("type", "tunnel") == "tunnel" and isinstance(e.get("nodeName"), str))
 
 
 def observed_endpoints(nodes: Mapping[str, Node]) -> dict[str, dict[str, str]]:

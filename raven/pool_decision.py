@@ -58,8 +58,9 @@ KEPT_REASON = "KeptWithoutHeartbeat"  # raven.gateway_status's Ready reason for 
 
 
 def pool_choice(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, float],
-                now: float, options: ElectionOptions) -> str | None:
-    """The gateway named by a majority of the pool's Ready nodes that publish one."""
+                now: float, options: ElectionOptions, flagged: bool = False) -> str | None:
+    """The gateway named by a majority of the pool's Ready nodes that publish one (`flagged`:
+    only votes flagged offline, published after a partition: see `heard_again`)."""
     candidates = {e.node_name for e in gateway.spec.tunnel_endpoints}
 
     def votes_now(n: Node) -> bool:
@@ -72,7 +73,9 @@ def pool_choice(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping
         str(n.annotations.get(constants.ANNOTATION_POOL_GATEWAY))
         for n in nodes.values()
         if n.gateway == gateway.name and n.ready and votes_now(n)
-        and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY))
+        and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY)
+        and (not flagged
+             or n.annotations.get(constants.ANNOTATION_POOL_GATEWAY_OFFLINE) == "true"))
     if not votes:
         return None
     name, count = votes.most_common(1)[0]
@@ -88,10 +91,11 @@ def _healthy(name: str, nodes: Mapping[str, Node], heartbeats: Mapping[str, floa
 
 
 def adopt(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, float],
-          now: float, options: ElectionOptions) -> tuple[Gateway, str | None]:
+          now: float, options: ElectionOptions, flagged: bool = False
+          ) -> tuple[Gateway, str | None]:
     """The Gateway with the pool's decision as its current active endpoint (when there is one
     to adopt), and the adopted node's name."""
-    choice = pool_choice(gateway, nodes, heartbeats, now, options)
+    choice = pool_choice(gateway, nodes, heartbeats, now, options, flagged)
     current = [e.node_name for e in gateway.status.active_endpoints if e.type == TUNNEL]
     spec = {e.node_name: e for e in gateway.spec.tunnel_endpoints}
     if (choice is None or choice not in spec or current[:1] == [choice]
@@ -173,6 +177,26 @@ def unproven(moved_from: Mapping[str, float], heartbeats: Mapping[str, float]
     the pool back to the dead node and forward again: three moves, two events for one failover.
     The pool's votes still move the gateway (`adopt`); a node that renews is eligible again."""
     return frozenset(n for n, at in moved_from.items() if heartbeats.get(n, at) <= at)
+
+
+def heard_again(start: float | None, kept: bool, heard: bool, now: float,
+                window: float) -> float | None:
+    """When the controller began to hear a pool again whose status it had kept without
+    heartbeats (`kept`: the stored Ready reason is KEPT_REASON; `heard`: a candidate's
+    heartbeat is fresh), carried from one reconcile to the next; None when not in that window.
+    For a heartbeat timeout from then the controller moves the pool's gateway only by the
+    pool's votes decided while cut off (flagged offline; `adopt`), never on its own: at a heal
+    the agents' renewals and votes land in any order, each after its own retry backoff, a
+    candidate heard first is not the pool's choice, and an unflagged vote still on a Node
+    is most likely from before the partition. (The lab's test_d: the old gateway, back while
+    its pool was cut off, renewed first and its own and the member's pre-partition votes still
+    named it: the pool moved to it, then the fresh votes moved it back: two events for one
+    failover.) The window is `window` seconds from `start`, also when the kept gateway
+    renews in it (the others' stale votes land later), and never opens twice while the status
+    stays kept. A kept gateway that is dead is replaced after it, as before."""
+    if start is not None and (kept or now - start < window):
+        return start
+    return now if kept and heard else None
 
 
 def restarted(name: str, at: float, starts: Mapping[str, float]) -> bool:

@@ -21,13 +21,15 @@ from hypothesis import strategies as st
 
 from raven import constants
 from raven.election import ElectionOptions
-from raven.gateway_status import compute_status
+from raven.gateway_status import compute_status, kept_reason, tunnel_candidates
 from raven.model import Gateway, Node
 from raven.pool_decision import (
+    KEPT_REASON,
     PARTITION,
     POWER_OFF,
     PROBE_LOSS,
     Failover,
+    heard_again,
     resolve,
     unheard,
     unproven,
@@ -72,7 +74,8 @@ def gateway_obj(candidates: tuple[str, ...] = CANDIDATES) -> dict[str, Any]:
 class Controller:
     """controller.reconcile / _write / _report_failovers without the API: stores the status it
     computes, queues a Failover per move (StatusPlan.failover), remembers the nodes it moved
-    away from (GatewayController._moved_from), reports the settled ones."""
+    away from (GatewayController._moved_from) and when it heard a kept pool again
+    (GatewayController._hold_kept), reports the settled ones."""
 
     obj: dict[str, Any]
     pending: list[Failover] = field(default_factory=list)
@@ -80,12 +83,20 @@ class Controller:
     moves: list[tuple[float, bool]] = field(default_factory=list)  # (when, adopted)
     moved_from: dict[str, float] = field(default_factory=dict)
     gateway: str = GW
+    heard: float | None = None
+    hold: bool = True  # False: the controller without the heal hold (to show what it prevents)
 
     def look(self, nodes: dict[str, Node], beats: dict[str, float], now: float) -> None:
         held = unproven(self.moved_from, beats)
         self.moved_from = {n: at for n, at in self.moved_from.items() if n in held}
+        self.heard = heard_again(
+            self.heard, kept_reason(self.obj) == KEPT_REASON,
+            any(now - beats.get(n, -math.inf) <= T for n in tunnel_candidates(self.obj)), now,
+            T)
         plan = compute_status(self.obj, nodes, beats, now, options=OPTS,
-                              moved_from=self.moved_from)
+                              moved_from=self.moved_from,
+                              hold_kept=self.hold and self.heard is not None
+                              and now - self.heard < T)
         if plan.status != (self.obj.get("status") or {}):
             self.obj = {**self.obj, "status": plan.status}
             move = plan.failover(self.gateway, now)
@@ -387,3 +398,58 @@ def test_cases_a_and_b_are_never_a_partition(before: tuple[float, float],
     t = Timeline(last={"cone-1": D - before[0], "cone-2": D - before[1]}, old_alive=alive,
                  votes={"cone-2": D + votes[0], "cone-3": D + votes[1]})
     assert one_event(run(t, look=look, until=45.0)) == (PROBE_LOSS if alive else POWER_OFF)
+
+
+def test_d_the_old_gateway_back_during_the_partition_renews_first_at_the_heal() -> None:
+    """The lab's test_d, once two "partition" events: cut off at D and cone-1 powered off; the
+    controller moves on its own to cone-2 at D + 11 (unheard) and keeps it without heartbeats
+    from D + 14. cone-1 is powered on at D + 20 while still cut off (a new agent: it renews at
+    once after the heal, D + 30.3, and votes cone-2, what its pool uses, at D + 35); cone-2's
+    agent is in its retry backoff and renews at D + 38, the flagged votes land at D + 39. The
+    election used to take cone-1, heard first, and the votes brought the pool back: cone-2 ->
+    cone-1 and cone-1 -> cone-2 again, both "partition". The heal hold (`heard_again`) lets
+    only the votes move a kept status for a heartbeat timeout: one move, one event."""
+    heal, back = D + 30, D + 20
+
+    def beats(now: float) -> dict[str, float]:
+        out = {"cone-1": D - 4, "cone-2": D - 1}
+        if now >= heal + 0.3:
+            out["cone-1"] = heal + 0.3 + PERIOD * math.floor((now - heal - 0.3) / PERIOD)
+        if now >= heal + 8:
+            out["cone-2"] = heal + 8 + PERIOD * math.floor((now - heal - 8) / PERIOD)
+        return out
+
+    def nodes(now: float) -> dict[str, Node]:
+        def vote(name: str, lands: float) -> Node:
+            return (node(name, vote="cone-2", offline=True) if now >= lands
+                    else node(name, vote="cone-1"))
+        return {"cone-1": vote("cone-1", heal + 5) if now >= back else node("cone-1",
+                                                                           vote="cone-1"),
+                "cone-2": vote("cone-2", heal + 9), "cone-3": vote("cone-3", heal + 9)}
+
+    def replay(hold: bool) -> Controller:
+        c = settled_controller()
+        c.hold = hold
+        for k in range(160):
+            now = D + k * 0.5
+            c.look(nodes(now), beats(now), now)
+        return c
+
+    c = replay(hold=True)
+    assert c.events == [f"Gateway {GW}: active gateway cone-1 -> cone-2, cause: {PARTITION}"]
+    assert len(c.moves) == 1 and c.active() == ["cone-2"]
+    # Without the hold, the same timeline: three moves, the failover reported twice.
+    c = replay(hold=False)
+    assert len(c.moves) == 3
+    assert c.events.count(f"Gateway {GW}: active gateway cone-1 -> cone-2, cause: {PARTITION}") == 2
+
+
+def test_heard_again_starts_at_the_first_fresh_heartbeat_of_a_kept_pool() -> None:
+    assert heard_again(None, kept=False, heard=True, now=D, window=T) is None
+    assert heard_again(None, kept=True, heard=False, now=D, window=T) is None  # still cut off
+    assert heard_again(None, kept=True, heard=True, now=D, window=T) == D
+    assert heard_again(D, kept=True, heard=True, now=D + 9, window=T) == D  # not renewed
+    assert heard_again(D, kept=True, heard=True, now=D + 99, window=T) == D  # never reopens
+    # The kept gateway renewed (the status is no longer kept): the window still runs out.
+    assert heard_again(D, kept=False, heard=True, now=D + 9, window=T) == D
+    assert heard_again(D, kept=False, heard=True, now=D + T, window=T) is None
