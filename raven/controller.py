@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import os
 import random
 import socket
@@ -46,11 +47,13 @@ from raven.gateway_status import (
     agent_starts_from_leases,
     compute_status,
     heartbeats_from_leases,
+    kept_reason,
     key_problem,
     members_by_pool,
     observed_endpoints,
     public_address,
     relay_rtts,
+    tunnel_candidates,
     why_no_endpoint,
 )
 from raven.health import HealthServer
@@ -126,6 +129,10 @@ class GatewayController:
         self._compat_done: object = None  # the proxy objects last written (skip when equal)
         self._unserved: set[str] = set()  # kinds the API server does not serve (logged once)
         self._failovers: list[pool_decision.Failover] = []  # moves whose cause is pending
+        # Gateway -> {node: wall time the status moved the pool's gateway away from it}, kept
+        # until the node renews (raven.pool_decision.unproven: no move back to a dead node).
+        self._moved_from: dict[str, dict[str, float]] = {}
+        self._heard_again: dict[str, float] = {}  # Gateway -> pool_decision.heard_again
 
     def _changed(self, kind: str, obj: JSON) -> None:
         self._wake.set()
@@ -171,18 +178,22 @@ class GatewayController:
         return out
 
     def _choose_relay(self, gateways: list[Gateway], nodes: dict[str, Node],
-                      now: float) -> str | None:
+                      mono: float) -> str | None:
         """The relay between NAT'd pools by measured RTT (raven.relay_choice), to flag in its
-        Gateway's status; None when it is the planner's default (nothing to flag)."""
+        Gateway's status; None when it is the planner's default (nothing to flag). The hold is
+        a duration, timed on the monotonic clock `mono`: a wall clock stepped by NTP would cut
+        it short or stretch it (the leader elector times takeovers the same way)."""
         decided = relay_choice.decide(gateways, relay_rtts(gateways, nodes), self._relay_state,
-                                      now)
+                                      mono)
         if decided.moved or decided.state != self._relay_state:
             log.info("relay between NAT'd pools: %s", decided.why)
         self._relay_state = decided.state
         return decided.flag
 
-    def reconcile(self, now: float) -> int:
-        """Bring every Gateway's status up to date; returns the number of status writes."""
+    def reconcile(self, now: float, mono: float | None = None) -> int:
+        """Bring every Gateway's status up to date; returns the number of status writes.
+        `now` is API (wall) time, for what is written; `mono` the monotonic clock, for the
+        durations the controller times itself (the relay hold); read here when not given."""
         start = time.monotonic()
         nodes = self._nodes()
         leases = self.leases.items()
@@ -197,7 +208,7 @@ class GatewayController:
                 continue  # reported on the object itself by compute_status
         pools = members_by_pool(nodes)
         observed = observed_endpoints(nodes)
-        relay = self._choose_relay(parsed, nodes, now)
+        relay = self._choose_relay(parsed, nodes, start if mono is None else mono)
         # Judge the fleet by the membership we are about to write, not by the stored
         # status.nodes: a node that just moved pools is otherwise "in two pools" until our own
         # write lands, and the condition would flap (two extra writes per move).
@@ -209,7 +220,9 @@ class GatewayController:
         for obj in objects:
             try:
                 plan = compute_status(obj, nodes, heartbeats, now, fleet,
-                                      self.settings.election, pools, observed, relay)
+                                      self.settings.election, pools, observed, relay,
+                                      self._away(obj, heartbeats),
+                                      self._hold_kept(obj, heartbeats, now))
             except Exception:  # a planner bug for one Gateway must not stop the others
                 log.exception("Gateway %s: computing status failed",
                               (obj.get("metadata") or {}).get("name"))
@@ -235,6 +248,32 @@ class GatewayController:
         self.metrics.reconcile.observe(time.monotonic() - start)
         self.reconciles += 1
         return writes
+
+    def _away(self, obj: JSON, heartbeats: dict[str, float]) -> dict[str, float]:
+        """This Gateway's nodes moved away from that have not renewed since (pruned here)."""
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        held = self._moved_from.get(name, {})
+        silent = pool_decision.unproven(held, heartbeats)
+        kept = {n: at for n, at in held.items() if n in silent}
+        if kept:
+            self._moved_from[name] = kept
+        else:
+            self._moved_from.pop(name, None)
+        return kept
+
+    def _hold_kept(self, obj: JSON, heartbeats: dict[str, float], now: float) -> bool:
+        """Whether the pool of a status kept without heartbeats is heard again, less than a
+        heartbeat timeout ago (raven.pool_decision.heard_again)."""
+        name = str((obj.get("metadata") or {}).get("name", ""))
+        start = pool_decision.heard_again(
+            self._heard_again.get(name), kept_reason(obj) == pool_decision.KEPT_REASON,
+            any(now - heartbeats.get(n, -math.inf) <= self.settings.election.heartbeat_timeout
+                for n in tunnel_candidates(obj)), now, self.settings.election.heartbeat_timeout)
+        if start is None:
+            self._heard_again.pop(name, None)
+            return False
+        self._heard_again[name] = start
+        return now - start < self.settings.election.heartbeat_timeout
 
     def _report_failovers(self, nodes: dict[str, Node], heartbeats: dict[str, float],
                           starts: dict[str, float], now: float) -> None:
@@ -315,9 +354,10 @@ class GatewayController:
             self.events.record(stored, EVENT_ELECTED,
                                f"node {node} elected active tunnel endpoint of Gateway {name}",
                                now)
-        if plan.lost and plan.elected:  # reported when its cause is settled
-            self._failovers.append(pool_decision.Failover(
-                name, plan.lost, plan.elected, now, plan.cause, stored))
+        move = plan.failover(name, now, stored)
+        if move is not None:  # reported when its cause is settled
+            self._failovers.append(move)
+            self._moved_from.setdefault(name, {}).update(dict.fromkeys(move.lost, now))
         for node in plan.lost:
             why = "; ".join(plan.reasons) or "no longer elected"
             self.events.record(stored, EVENT_LOST,
@@ -369,7 +409,8 @@ class GatewayController:
             return self._try_lead(state)
         refused = self.write_failures
         try:
-            self.reconcile(time.time())  # conditions and Events carry API time
+            # Conditions and Events carry API (wall) time; the relay hold is a duration.
+            self.reconcile(time.time(), time.monotonic())
             ok = self.write_failures == refused
         except Exception:
             log.exception("reconcile failed")

@@ -41,12 +41,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from raven import constants, nat_discovery, relay_choice
+from raven import constants, nat_discovery, relay_choice, shards
 from raven.election import ElectionOptions, elect, elect_proxies
 from raven.errors import ValidationError
 from raven.failover import STANDBY_FIELD
 from raven.model import (
     PROXY,
+    TUNNEL,
     Condition,
     Endpoint,
     FrozenMap,
@@ -56,7 +57,14 @@ from raven.model import (
     NodeInfo,
     gateway_problems,
 )
-from raven.pool_decision import adopt, decided_offline, immediate_cause, unheard
+from raven.pool_decision import (
+    Failover,
+    adopt,
+    decided_offline,
+    immediate_cause,
+    unheard,
+    unproven,
+)
 from raven.timefmt import parse_time, to_time
 
 JSON = dict[str, Any]
@@ -82,6 +90,19 @@ class StatusPlan:
     partitioned: bool = False  # the adopted decision was taken while the pool was cut off
     proxy_elected: tuple[str, ...] = ()  # the same for proxy endpoints (docs/proxy.md)
     proxy_lost: tuple[str, ...] = ()
+    # The active gateways that took over the share of the `lost` ones (`takers`): the new one
+    # with one active gateway; with active-active, where the lost gateways' members go now
+    # (raven.shards), a promoted standby or survivors. `head`: the new first active gateway
+    # when the move changed it (the node the pool's votes name), else "".
+    takers: tuple[str, ...] = ()
+    head: str = ""
+
+    def failover(self, gateway: str, now: float, subject: Any = None) -> Failover | None:
+        """The move this plan makes, for its GatewayFailover event; None when no active
+        gateway was lost, or nobody took over (the pool has no active gateway left)."""
+        if not (self.lost and self.takers):
+            return None
+        return Failover(gateway, self.lost, self.takers, now, self.cause, subject, self.head)
 
 
 def _condition(
@@ -193,11 +214,18 @@ def compute_status(
     pools: Mapping[str, tuple[NodeInfo, ...]] | None = None,
     observed: Mapping[str, Mapping[str, str]] | None = None,
     relay: str | None = None,
+    moved_from: Mapping[str, float] | None = None,
+    hold_kept: bool = False,
 ) -> StatusPlan:
     """The status one Gateway object should have. Never raises for bad objects.
     `pools` is `members_by_pool(nodes)` and `observed` `observed_endpoints(nodes)`, computed
     once by a caller handling many Gateways. `relay`: the pool chosen by RTT to relay between
-    NAT'd pools (raven.relay_choice), flagged `status.relay: true`; None = the default rule."""
+    NAT'd pools (raven.relay_choice), flagged `status.relay: true`; None = the default rule.
+    `moved_from`: node -> when the controller last moved this pool's gateway away from it
+    (raven.pool_decision.unproven: not elected again on the controller's own before it renews).
+    `hold_kept`: the stored status was kept without heartbeats and the pool is being heard
+    again (raven.pool_decision.heard_again): only the pool's votes move it for now.
+    """
     old_active = _old_active(obj)
     problems = gateway_problems(obj)
     name = str((obj.get("metadata") or {}).get("name", "?"))
@@ -213,9 +241,20 @@ def compute_status(
     opts = options or ElectionOptions()
     # What the pool decided from its own probes (published on its Nodes) becomes the current
     # active endpoint before the sticky election, when it names a healthy candidate.
-    voted, adopted = adopt(gateway, nodes, heartbeats, now, opts)
+    voted, adopted = adopt(gateway, nodes, heartbeats, now, opts, flagged=hold_kept)
     partitioned = adopted is not None and decided_offline(gateway, nodes, adopted)
-    election = elect(voted, nodes, heartbeats, now, opts)
+    held = unproven(moved_from or {}, heartbeats)
+    kept = tuple(e.node_name for e in gateway.status.active_endpoints if e.type == TUNNEL)
+    if hold_kept and adopted is None and kept:
+        held |= {e.node_name for e in gateway.spec.tunnel_endpoints} - set(kept)
+    # Judged as stale by the election (kept, never moved to), whatever their last renewal.
+    beats = {**heartbeats, **{n: now - opts.heartbeat_timeout - 1.0 for n in held}}
+    election = elect(voted, nodes, beats if held else heartbeats, now, opts)
+    if held:
+        election = replace(election, reasons=(*election.reasons, *(
+            f"Gateway {gateway.name}: {n} is not elected on the controller's own now (the "
+            "pool's gateway moved away from it and it has not renewed since, or the pool is "
+            f"heard again after a status kept without heartbeats)" for n in sorted(held))))
     if adopted is not None and adopted in election.names:
         election = replace(election, reasons=(
             f"Gateway {gateway.name}: {adopted} adopted: the pool's nodes fail over to it "
@@ -295,8 +334,9 @@ def compute_status(
     previous_ready = next((c.reason for c in old_conditions if c.type == CONDITION_READY), "")
     # A move: was the pool heard? An adopted vote published at once says so; a move the
     # election made on its own from heartbeats is judged by the pool's other heartbeats.
-    moved = bool(lost and elected)
-    silent = moved and adopted is None and unheard(gateway, lost, elected, nodes, heartbeats,
+    takers = _takers(pool, old_active, new_active, lost)
+    moved = bool(lost and takers)
+    silent = moved and adopted is None and unheard(gateway, lost, takers, nodes, heartbeats,
                                                    now, opts)
     new_proxies = tuple(e.node_name for e in proxy_active)
     old_proxies = _old_active(obj, proxy=True)
@@ -309,7 +349,36 @@ def compute_status(
         partitioned=partitioned,
         proxy_elected=tuple(n for n in new_proxies if n not in old_proxies),
         proxy_lost=tuple(n for n in old_proxies if n not in new_proxies),
+        takers=takers,
+        head=new_active[0] if new_active and new_active[:1] != old_active[:1] else "",
     )
+
+
+def _takers(pool: Sequence[NodeInfo], old: Sequence[str], new: Sequence[str],
+            lost: Sequence[str]) -> tuple[str, ...]:
+    """The active gateways in `new` that now carry what the `lost` ones carried under `old`
+    (every member, the lost gateways themselves included, as raven.shards assigns them). With
+    one active gateway that is the new one; a new active gateway with no member of the lost
+    share (a pool without members) is named too, so a move is never without a taker."""
+    if not lost or not new:
+        return ()
+    members = {n.node_name for n in pool} | set(old) | set(new)
+    moved = {shards.gateway_of(m, new) for m in members if shards.gateway_of(m, old) in lost}
+    elected = [n for n in new if n not in old]
+    return tuple(n for n in new if n in moved or n in elected)
+
+
+def kept_reason(obj: JSON) -> str:
+    """The stored Ready condition's reason ("" when there is none)."""
+    return next((c.reason for c in _raw_conditions(obj) if c.type == CONDITION_READY), "")
+
+
+def tunnel_candidates(obj: JSON) -> tuple[str, ...]:
+    """Node names of the tunnel endpoints in a Gateway's spec, read leniently."""
+    spec = obj.get("spec") if isinstance(obj.get("spec"), dict) else {}
+    endpoints = spec.get("endpoints") if isinstance(spec, dict) else None
+    return tuple(str(e["nodeName"]) for e in endpoints or () if isinstance(e, dict)
+                 and e.get("type", "tunnel") == "tunnel" and isinstance(e.get("nodeName"), str))
 
 
 def observed_endpoints(nodes: Mapping[str, Node]) -> dict[str, dict[str, str]]:

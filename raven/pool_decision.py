@@ -58,8 +58,9 @@ KEPT_REASON = "KeptWithoutHeartbeat"  # raven.gateway_status's Ready reason for 
 
 
 def pool_choice(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, float],
-                now: float, options: ElectionOptions) -> str | None:
-    """The gateway named by a majority of the pool's Ready nodes that publish one."""
+                now: float, options: ElectionOptions, flagged: bool = False) -> str | None:
+    """The gateway named by a majority of the pool's Ready nodes that publish one (`flagged`:
+    only votes flagged offline, published after a partition: see `heard_again`)."""
     candidates = {e.node_name for e in gateway.spec.tunnel_endpoints}
 
     def votes_now(n: Node) -> bool:
@@ -72,7 +73,9 @@ def pool_choice(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping
         str(n.annotations.get(constants.ANNOTATION_POOL_GATEWAY))
         for n in nodes.values()
         if n.gateway == gateway.name and n.ready and votes_now(n)
-        and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY))
+        and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY)
+        and (not flagged
+             or n.annotations.get(constants.ANNOTATION_POOL_GATEWAY_OFFLINE) == "true"))
     if not votes:
         return None
     name, count = votes.most_common(1)[0]
@@ -88,10 +91,11 @@ def _healthy(name: str, nodes: Mapping[str, Node], heartbeats: Mapping[str, floa
 
 
 def adopt(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, float],
-          now: float, options: ElectionOptions) -> tuple[Gateway, str | None]:
+          now: float, options: ElectionOptions, flagged: bool = False
+          ) -> tuple[Gateway, str | None]:
     """The Gateway with the pool's decision as its current active endpoint (when there is one
     to adopt), and the adopted node's name."""
-    choice = pool_choice(gateway, nodes, heartbeats, now, options)
+    choice = pool_choice(gateway, nodes, heartbeats, now, options, flagged)
     current = [e.node_name for e in gateway.status.active_endpoints if e.type == TUNNEL]
     spec = {e.node_name: e for e in gateway.spec.tunnel_endpoints}
     if (choice is None or choice not in spec or current[:1] == [choice]
@@ -129,9 +133,9 @@ def votes_settled(f: Failover, nodes: Mapping[str, Node], now: float,
     offline-flagged votes yet; judged at once, that power-off while cut off would be reported
     as "power-off" or as "partition" depending on which came first. (A move made while the
     pool could not be heard at all is a partition at once: `unheard`.)"""
-    if now - f.at > options.heartbeat_timeout:
-        return True
-    return all(n.ready and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY) in f.elected
+    if now - f.at > options.heartbeat_timeout or not f.voted:
+        return True  # (no vote changes with a move that kept the pool's first gateway)
+    return all(n.ready and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY) == f.voted
                for n in nodes.values() if n.gateway == f.gateway and n.name not in f.lost)
 
 
@@ -161,6 +165,38 @@ def immediate_cause(lost: Sequence[str], previous_ready_reason: str, partitioned
     (settled later by `classify`)."""
     cut_off = partitioned or silent or previous_ready_reason == KEPT_REASON
     return PARTITION if lost and cut_off else ""
+
+
+def unproven(moved_from: Mapping[str, float], heartbeats: Mapping[str, float]
+             ) -> frozenset[str]:
+    """The nodes the controller moved a pool's gateway away from (`moved_from`: node -> wall
+    time of that status write) that have not renewed their heartbeat since: the controller does
+    not elect them again on its own. A powered-off gateway's last heartbeat stays fresh for a
+    timeout after the pool left it; without this rule, when the adopted new gateway's own
+    heartbeat expired first (a partition healed before its agent renewed), the election moved
+    the pool back to the dead node and forward again: three moves, two events for one failover.
+    The pool's votes still move the gateway (`adopt`); a node that renews is eligible again."""
+    return frozenset(n for n, at in moved_from.items() if heartbeats.get(n, at) <= at)
+
+
+def heard_again(start: float | None, kept: bool, heard: bool, now: float,
+                window: float) -> float | None:
+    """When the controller began to hear a pool again whose status it had kept without
+    heartbeats (`kept`: the stored Ready reason is KEPT_REASON; `heard`: a candidate's
+    heartbeat is fresh), carried from one reconcile to the next; None when not in that window.
+    For a heartbeat timeout from then the controller moves the pool's gateway only by the
+    pool's votes decided while cut off (flagged offline; `adopt`), never on its own: at a heal
+    the agents' renewals and votes land in any order, each after its own retry backoff, a
+    candidate heard first is not the pool's choice, and an unflagged vote still on a Node
+    is most likely from before the partition. (The lab's test_d: the old gateway, back while
+    its pool was cut off, renewed first and its own and the member's pre-partition votes still
+    named it: the pool moved to it, then the fresh votes moved it back: two events for one
+    failover.) The window is `window` seconds from `start`, also when the kept gateway
+    renews in it (the others' stale votes land later), and never opens twice while the status
+    stays kept. A kept gateway that is dead is replaced after it, as before."""
+    if start is not None and (kept or now - start < window):
+        return start
+    return now if kept and heard else None
 
 
 def restarted(name: str, at: float, starts: Mapping[str, float]) -> bool:
@@ -193,7 +229,10 @@ def classify(lost: Sequence[str], at: float, nodes: Mapping[str, Node],
 
 @dataclass(frozen=True)
 class Failover:
-    """A move of a pool's active gateway whose event waits for its cause."""
+    """A move of a pool's active gateway whose event waits for its cause: the active gateways
+    `lost`, and the ones that took over their share of the pool (`elected`: with one active
+    gateway the new one; with active-active (raven.shards) a promoted standby or the survivors
+    that carry the lost gateway's members now)."""
 
     gateway: str
     lost: tuple[str, ...]
@@ -201,6 +240,15 @@ class Failover:
     at: float  # wall seconds (API time) of the status write that made the move
     cause: str = ""  # known at once (partition), else settled by `classify`
     subject: Any = None  # what the caller attaches the event to (the stored object)
+    # The node the pool's votes name after the move (agents publish the FIRST gateway of their
+    # active set): the new first active gateway, "" when the move kept the first one (a
+    # non-first active gateway of an active-active pool failed: no vote changes, so votes are
+    # no evidence either way); None: the first of `elected` (one active gateway).
+    head: str | None = None
+
+    @property
+    def voted(self) -> str:
+        return self.elected[0] if self.head is None and self.elected else self.head or ""
 
     def message(self, cause: str) -> str:
         return (f"Gateway {self.gateway}: active gateway {', '.join(self.lost)} -> "
@@ -219,7 +267,7 @@ def resolve(pending: Sequence[Failover], nodes: Mapping[str, Node],
     for f in pending:
         found = f.cause
         if not found and votes_settled(f, nodes, now, options):
-            found = (PARTITION if voted_offline(f.gateway, nodes, f.elected[0])
+            found = (PARTITION if f.voted and voted_offline(f.gateway, nodes, f.voted)
                      else classify(f.lost, f.at, nodes, heartbeats, now, options, starts))
         if found:
             ready.append((f, found))

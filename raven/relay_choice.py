@@ -17,7 +17,8 @@ reads. Rules kept:
   rule is judged WITHOUT the flag: the relay in force is the flagged pool, else the oldest one
   (`decide`). (Judging the age rule with the flag counted made the flagged pool "the default",
   so the next reconcile removed the flag it had just written and the relay flapped back.)
-- `now` is an argument (the controller's clock).
+- `now` is an argument: the controller's MONOTONIC clock (the hold is a duration; only what is
+  written to the API carries wall time).
 """
 
 from __future__ import annotations

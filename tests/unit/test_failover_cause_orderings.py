@@ -21,9 +21,19 @@ from hypothesis import strategies as st
 
 from raven import constants
 from raven.election import ElectionOptions
-from raven.gateway_status import compute_status
+from raven.gateway_status import compute_status, kept_reason, tunnel_candidates
 from raven.model import Gateway, Node
-from raven.pool_decision import PARTITION, POWER_OFF, PROBE_LOSS, Failover, resolve, unheard
+from raven.pool_decision import (
+    KEPT_REASON,
+    PARTITION,
+    POWER_OFF,
+    PROBE_LOSS,
+    Failover,
+    heard_again,
+    resolve,
+    unheard,
+    unproven,
+)
 
 OPTS = ElectionOptions()  # shipped: heartbeat timeout 15 s
 T = OPTS.heartbeat_timeout
@@ -63,20 +73,37 @@ def gateway_obj(candidates: tuple[str, ...] = CANDIDATES) -> dict[str, Any]:
 @dataclass
 class Controller:
     """controller.reconcile / _write / _report_failovers without the API: stores the status it
-    computes, queues a Failover per move, reports the settled ones."""
+    computes, queues a Failover per move (StatusPlan.failover), remembers the nodes it moved
+    away from (GatewayController._moved_from) and when it heard a kept pool again
+    (GatewayController._hold_kept), reports the settled ones."""
 
     obj: dict[str, Any]
     pending: list[Failover] = field(default_factory=list)
     events: list[str] = field(default_factory=list)
     moves: list[tuple[float, bool]] = field(default_factory=list)  # (when, adopted)
+    moved_from: dict[str, float] = field(default_factory=dict)
+    gateway: str = GW
+    heard: float | None = None
+    hold: bool = True  # False: the controller without the heal hold (to show what it prevents)
 
     def look(self, nodes: dict[str, Node], beats: dict[str, float], now: float) -> None:
-        plan = compute_status(self.obj, nodes, beats, now, options=OPTS)
+        held = unproven(self.moved_from, beats)
+        self.moved_from = {n: at for n, at in self.moved_from.items() if n in held}
+        self.heard = heard_again(
+            self.heard, kept_reason(self.obj) == KEPT_REASON,
+            any(now - beats.get(n, -math.inf) <= T for n in tunnel_candidates(self.obj)), now,
+            T)
+        plan = compute_status(self.obj, nodes, beats, now, options=OPTS,
+                              moved_from=self.moved_from,
+                              hold_kept=self.hold and self.heard is not None
+                              and now - self.heard < T)
         if plan.status != (self.obj.get("status") or {}):
             self.obj = {**self.obj, "status": plan.status}
-            if plan.lost and plan.elected:
-                self.pending.append(Failover(GW, plan.lost, plan.elected, now, plan.cause))
+            move = plan.failover(self.gateway, now)
+            if move is not None:
+                self.pending.append(move)
                 self.moves.append((now, any("adopted" in r for r in plan.reasons)))
+                self.moved_from.update(dict.fromkeys(move.lost, now))
         self.pending, ready = resolve(self.pending, nodes, beats, now, OPTS)
         self.events += [f.message(cause) for f, cause in ready]
 
@@ -312,20 +339,53 @@ def test_case_c_is_a_partition_in_every_order(
     latency) apart, the heal at any time while the pool's nodes are Ready, the new gateway's
     first renewal up to a request timeout after it, the votes up to the agents' longest
     backoff plus a publish timeout after it (one of them possibly unflagged: its write was in
-    flight at the heal), the controller looking at any pace. Every move
-    is reported as a partition. (When the new gateway's first renewal after the heal comes
-    later than its last one before the cut plus the timeout, the election moves back to the
-    old gateway for as long as the old one's heartbeat is the fresher: two moves, both made
-    without hearing the pool, both a partition.)"""
+    flight at the heal), the controller looking at any pace. The one move is reported once,
+    as a partition. (When the new gateway's first renewal after the heal came later than its
+    last one before the cut plus the timeout, the election used to move back to the powered-off
+    gateway while its last heartbeat was the fresher, then forward again: two "partition" events
+    for one failover, the lab's test_d once. `unproven` keeps the old gateway out until it
+    renews: `test_a_late_renewal_after_the_heal_moves_nothing_back`.)"""
     t = Timeline(last={"cone-1": D - before_cut[0], "cone-2": D - before_cut[1]}, cut=True,
                  heal=D + heal, renew_after_heal=renew,
                  votes={"cone-2": D + heal + votes[0], "cone-3": D + heal + votes[1]},
                  in_flight=in_flight)
     c = run(t, phase=phase % look, look=look, until=75.0)
-    assert c.events and not c.pending
-    assert {m.rsplit("cause: ", 1)[1] for m in c.events} == {PARTITION}
-    assert any("cone-1 -> cone-2" in m for m in c.events)
+    assert not c.pending
+    assert one_event(c) == PARTITION
+    assert len(c.moves) == 1
     assert c.active() == ["cone-2"]
+
+
+def test_a_late_renewal_after_the_heal_moves_nothing_back() -> None:
+    """The ordering behind test_d's two "partition" events: cut off at D with cone-1 powered
+    off (its last renewal at D, cone-2's at D - 2); the pool heals at D + 6 and its votes are
+    adopted at once (cone-2, whose heartbeat is still fresh from before the cut), but cone-2's
+    agent renews only at D + 16, in its retry backoff. From D + 13 to D + 16 cone-2's heartbeat
+    is stale and the dead cone-1's is not: the election used to move back to cone-1 (without
+    hearing the pool: a partition) and forward to cone-2 again at D + 16 (a partition again).
+    Now the controller keeps cone-2: one move, one event."""
+    t = Timeline(last={"cone-1": D, "cone-2": D - 2}, cut=True, heal=D + 6,
+                 renew_after_heal=10.0, votes={"cone-2": D + 6, "cone-3": D + 6})
+    c = settled_controller()
+    seen = []
+    for now in sorted({D + k * 0.5 for k in range(150)} | set(t.changes())):
+        c.look(t.nodes(now), t.beats(now), now)
+        seen.append(c.active())
+    assert ["cone-1"] not in seen[seen.index(["cone-2"]):], "moved back to the dead gateway"
+    (at, adopted), = c.moves
+    assert at == D + 6 and adopted
+    assert one_event(c) == PARTITION
+    # And it is the rule that does it: the same timeline without the memory moves back.
+    c = settled_controller()
+    for now in sorted({D + k * 0.5 for k in range(150)} | set(t.changes())):
+        c.moved_from.clear()
+        c.look(t.nodes(now), t.beats(now), now)
+    assert len(c.moves) == 3 and c.events.count(c.events[0]) == 2
+
+
+def test_a_node_moved_away_from_is_eligible_again_once_it_renews() -> None:
+    assert unproven({"a": D, "b": D}, {"a": D + 0.1, "b": D}) == {"b"}
+    assert unproven({"a": D}, {}) == {"a"}  # no heartbeat at all: not proven alive
 
 
 @settings(max_examples=100, deadline=None)
@@ -338,3 +398,58 @@ def test_cases_a_and_b_are_never_a_partition(before: tuple[float, float],
     t = Timeline(last={"cone-1": D - before[0], "cone-2": D - before[1]}, old_alive=alive,
                  votes={"cone-2": D + votes[0], "cone-3": D + votes[1]})
     assert one_event(run(t, look=look, until=45.0)) == (PROBE_LOSS if alive else POWER_OFF)
+
+
+def test_d_the_old_gateway_back_during_the_partition_renews_first_at_the_heal() -> None:
+    """The lab's test_d, once two "partition" events: cut off at D and cone-1 powered off; the
+    controller moves on its own to cone-2 at D + 11 (unheard) and keeps it without heartbeats
+    from D + 14. cone-1 is powered on at D + 20 while still cut off (a new agent: it renews at
+    once after the heal, D + 30.3, and votes cone-2, what its pool uses, at D + 35); cone-2's
+    agent is in its retry backoff and renews at D + 38, the flagged votes land at D + 39. The
+    election used to take cone-1, heard first, and the votes brought the pool back: cone-2 ->
+    cone-1 and cone-1 -> cone-2 again, both "partition". The heal hold (`heard_again`) lets
+    only the votes move a kept status for a heartbeat timeout: one move, one event."""
+    heal, back = D + 30, D + 20
+
+    def beats(now: float) -> dict[str, float]:
+        out = {"cone-1": D - 4, "cone-2": D - 1}
+        if now >= heal + 0.3:
+            out["cone-1"] = heal + 0.3 + PERIOD * math.floor((now - heal - 0.3) / PERIOD)
+        if now >= heal + 8:
+            out["cone-2"] = heal + 8 + PERIOD * math.floor((now - heal - 8) / PERIOD)
+        return out
+
+    def nodes(now: float) -> dict[str, Node]:
+        def vote(name: str, lands: float) -> Node:
+            return (node(name, vote="cone-2", offline=True) if now >= lands
+                    else node(name, vote="cone-1"))
+        return {"cone-1": vote("cone-1", heal + 5) if now >= back else node("cone-1",
+                                                                           vote="cone-1"),
+                "cone-2": vote("cone-2", heal + 9), "cone-3": vote("cone-3", heal + 9)}
+
+    def replay(hold: bool) -> Controller:
+        c = settled_controller()
+        c.hold = hold
+        for k in range(160):
+            now = D + k * 0.5
+            c.look(nodes(now), beats(now), now)
+        return c
+
+    c = replay(hold=True)
+    assert c.events == [f"Gateway {GW}: active gateway cone-1 -> cone-2, cause: {PARTITION}"]
+    assert len(c.moves) == 1 and c.active() == ["cone-2"]
+    # Without the hold, the same timeline: three moves, the failover reported twice.
+    c = replay(hold=False)
+    assert len(c.moves) == 3
+    assert c.events.count(f"Gateway {GW}: active gateway cone-1 -> cone-2, cause: {PARTITION}") == 2
+
+
+def test_heard_again_starts_at_the_first_fresh_heartbeat_of_a_kept_pool() -> None:
+    assert heard_again(None, kept=False, heard=True, now=D, window=T) is None
+    assert heard_again(None, kept=True, heard=False, now=D, window=T) is None  # still cut off
+    assert heard_again(None, kept=True, heard=True, now=D, window=T) == D
+    assert heard_again(D, kept=True, heard=True, now=D + 9, window=T) == D  # not renewed
+    assert heard_again(D, kept=True, heard=True, now=D + 99, window=T) == D  # never reopens
+    # The kept gateway renewed (the status is no longer kept): the window still runs out.
+    assert heard_again(D, kept=False, heard=True, now=D + 9, window=T) == D
+    assert heard_again(D, kept=False, heard=True, now=D + T, window=T) is None
