@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from raven import constants, nat_discovery
+from raven.commands import status as status_cmd
 from raven.errors import CommandError
 from raven.settings import AgentSettings, default_of
 
@@ -81,7 +82,12 @@ def explain(agent: dict[str, Any], gateways: list[dict[str, Any]], node: dict[st
                    "only peers behind a full-cone NAT can reach it directly",
                    nat_discovery.UNKNOWN: "only one public gateway sees this pool; two are "
                    "needed to tell cone from symmetric"}
-        if mapped:
+        if mapped and kind == nat_discovery.DEPENDENT:
+            # No single port means anything: each destination sees its own.
+            say("nat", "info", f"pool {pool} is behind NAT; public gateways see it at "
+                f"{_host(mapped)} from a port per destination (the first of them sees "
+                f"{mapped}); mapping {kind}: {meaning[kind]}")
+        elif mapped:
             say("nat", "info", f"pool {pool} is behind NAT; public gateways see it at {mapped}; "
                 f"mapping {kind}: {meaning.get(kind, kind)}")
         else:
@@ -109,15 +115,37 @@ def explain(agent: dict[str, Any], gateways: list[dict[str, Any]], node: dict[st
         say("mtu", "info", f"cross-pool routes carry MTU {', '.join(map(str, mtus))}: pods "
             "learn the path MTU from the route, without probing")
     for path in agent.get("paths") or []:
+        if not isinstance(path, dict):
+            continue
         mode = path.get("mode")
-        status = "ok" if mode == "direct" else "info"
-        why = f": {path['reason']}" if path.get("reason") else ""
-        say("path", status, f"to {path.get('pool')}: {mode}{why}")
+        text = f"to {path.get('pool')}: {status_cmd.path_text(path, agent, peers)}"
+        far = _remote_nat(by_name.get(path.get("pool")))
+        say("path", "ok" if mode == "direct" else "info", text + (f"; {far}" if far else ""))
     for note in plan.get("notes") or []:
         if ("relayed through" in note or "no public relay" in note
                 or ("share" in note and "direct path" in note)):
             say("relay", "info", note)
     return out
+
+
+def _host(endpoint: str) -> str:
+    return endpoint.rpartition(":")[0] or endpoint
+
+
+def _remote_nat(gateway: dict[str, Any] | None) -> str:
+    """What the public gateways saw of a remote NAT'd pool (its active endpoint's config)."""
+    active = ((gateway or {}).get("status") or {}).get("activeEndpoints") or []
+    config = (active[0].get("config") or {}) if active and isinstance(active[0], dict) else {}
+    mapped = config.get(nat_discovery.CONFIG_MAPPED_ENDPOINT)
+    kind = config.get(nat_discovery.CONFIG_NAT_MAPPING)
+    if not mapped:
+        return ""
+    if kind == nat_discovery.DEPENDENT:
+        return (f"its NAT maps a new port per destination (public gateways see it at "
+                f"{_host(mapped)}, each from its own port)")
+    if kind == nat_discovery.INDEPENDENT:
+        return f"its NAT maps one port for all destinations ({mapped})"
+    return f"its NAT's mapping is unknown (one public gateway sees {mapped})"
 
 
 def _live_peers(state_dir: Path, netns: str | None) -> list[dict[str, Any]]:
