@@ -271,6 +271,8 @@ def _direct_reason(live: str, c: Candidate) -> str:
 
 def _advance(path: Path, c: Candidate, sample: Sample | None, now: float, wall: float,
              s: PathSettings, offset: float) -> Path:
+    if not path.aimed and path.mode == Mode.DIRECT and path.endpoint:
+        path = replace(path, aimed=path.endpoint)  # adopted from the previous agent
     if path.mode == Mode.RELAYED:
         never = math.isinf(path.next_try)
         if path.aimed and (c.endpoint != path.aimed or (never and path.kinds != _kinds(c))):

@@ -239,6 +239,16 @@ def test_direct_path_falls_back_when_silent_and_stays_while_it_hears() -> None:
     assert paths.plans({"gw-b": fell}) == {}
 
 
+def test_an_adopted_direct_path_that_fell_back_retries_a_new_mapping_at_once() -> None:
+    # raven.path_agent.adopt keeps a direct path of the previous agent: endpoint = the mapping.
+    p = Path("gw-b", Mode.DIRECT, KEY_B, CAND.endpoint, since=0, rx_bytes=100, rx_changed=0)
+    fell = run(p, Sample(1, 100, CAND.endpoint), now=S.dead_after, wall=1000)
+    assert fell.mode == Mode.RELAYED and fell.next_try > S.dead_after
+    moved = Candidate("gw-b", KEY_B, "198.19.0.14:31000")  # the NAT rebound meanwhile
+    again = paths.step({"gw-b": fell}, [moved], {}, S.dead_after + 0.1, 1000.1, S)["gw-b"]
+    assert again.mode == Mode.PROBING and again.aimed == moved.endpoint
+
+
 def test_a_new_gateway_in_the_remote_pool_starts_over() -> None:
     p = Path("gw-b", Mode.DIRECT, KEY_B, CAND.endpoint, rx_changed=5)
     other = Candidate("gw-b", KEY_C, "198.19.0.14:4500")
