@@ -96,6 +96,8 @@ def explain(agent: dict[str, Any], gateways: list[dict[str, Any]], node: dict[st
     plan = agent.get("plan") or {}
     wg = plan.get("wireguard") or {}
     pools_of = {p.get("public_key"): p.get("pool") for p in wg.get("peers") or []}
+    probing = {p.get("public_key") for p in wg.get("peers") or []
+               if "allowed_ips" in p and not p["allowed_ips"]}
     for peer in peers:
         label = pools_of.get(peer.get("public_key")) or str(peer.get("public_key", ""))[:12]
         age = peer.get("handshake_age_s")
@@ -103,6 +105,11 @@ def explain(agent: dict[str, Any], gateways: list[dict[str, Any]], node: dict[st
         if age is not None and age < REACHABLE_S:
             say("udp", "ok", f"peer {label} at {endpoint}: answers over UDP (handshake "
                 f"{age:.0f}s ago, {peer.get('rx_bytes', 0)} bytes received)")
+        elif peer.get("public_key") in probing:
+            # A direct-path probe (no allowed IPs): unanswered is a possible outcome, not a
+            # fault; the pair's traffic is on the relay meanwhile.
+            say("udp", "info", f"probe peer {label} at {endpoint}: the direct-path probe is "
+                "not answered (yet); the pair's traffic stays on the relay")
         else:
             say("udp", "warn", f"peer {label} at {endpoint}: no handshake "
                 + ("ever" if age is None else f"for {age:.0f}s")
