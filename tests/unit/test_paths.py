@@ -476,6 +476,7 @@ def test_diagnose_says_per_destination_for_a_symmetric_side() -> None:
     # The probe peer of a probing pair (no allowed IPs) unanswered is no fault.
     agent = _sym_agent("probing", endpoint="198.19.0.22:53572", reason="probing ...")
     agent["plan"]["wireguard"]["peers"][0]["allowed_ips"] = ["10.244.40.0/24"]
+    agent["plan"]["wireguard"]["peers"][1]["allowed_ips"] = []
     peers = [{"public_key": KEY_B, "endpoint": "198.19.0.22:53572", "handshake_age_s": None}]
     udp = [f for f in explain(agent, gateways, None, peers) if f["topic"] == "udp"]
     assert [f["status"] for f in udp] == ["info"] and "probe peer gw-sym" in udp[0]["text"]
