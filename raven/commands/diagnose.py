@@ -152,7 +152,7 @@ def _remote_nat(gateway: dict[str, Any] | None) -> str:
                 f"{_host(mapped)}, each from its own port)")
     if kind == nat_discovery.INDEPENDENT:
         return f"its NAT maps one port for all destinations ({mapped})"
-    return f"its NAT's mapping is unknown (one public gateway sees {mapped})"
+    return f"one public gateway sees its NAT at {mapped} (two are needed to tell its mapping)"
 
 
 def _live_peers(state_dir: Path, netns: str | None) -> list[dict[str, Any]]:
