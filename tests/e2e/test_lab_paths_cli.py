@@ -140,7 +140,7 @@ def test_cone_and_symmetric_with_known_kinds_stop_probing(mesh: LabPlan) -> None
         seen += probe_peers()
         time.sleep(0.5)
     line = path_line(cli(mesh, ps.gateway(depot), "status"), truck.gateway)
-    print(f"\nexplained {took:.0f}s after the lab was up: {line}")
+    print(f"\nexplained {took:.0f}s after the test began (the lab up): {line}")
     assert seen == [], f"still probed: {sorted(set(seen))}"
     assert line.startswith(f"{truck.gateway}: relayed via "), line
     assert "per destination" in line
