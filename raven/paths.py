@@ -25,6 +25,17 @@ NAT'd pool:
   silence, raven.failover; `step(down=...)`), falls back: the peer is removed, the subnets
   return to the relay in the same write, and the other side, no longer hearing keepalives,
   falls back too;
+- a pair with one side known to map per destination (`dependent`) and the other known not to
+  (`independent`) can go direct only when the independent side's NAT lets in packets from
+  ports it never sent to (full cone); the symmetric side's probe arrives from a port nobody
+  could aim at. Such a pair that failed `PathSettings.never_after` probes in a row is
+  explained (the independent side filters by port: port-restricted cone) and is not probed
+  again until a mapping of the pair changes (a new mapped endpoint, another mapping kind):
+  relayed, with that reason;
+- `Path.endpoint` is where the path goes now, never a port from an earlier mapping: the live
+  peer's endpoint once direct (a symmetric far side's direct peer talks from another port
+  than the one public gateways see), else the mapped endpoint public gateways see now;
+  `Path.aimed` is the mapping the last probe aimed at;
 - a failed probe or a fallback retries after an exponential backoff, in wall-clock slots both
   sides of the pair compute alike (`retry_slot`): a side that backs off longer still probes
   in a slot the other side also probes in; a NEW mapped endpoint (e.g. after the NAT rebound)
@@ -46,6 +57,7 @@ from raven.nat_discovery import (
     CONFIG_MAPPED_ENDPOINT,
     CONFIG_NAT_MAPPING,
     DEPENDENT,
+    INDEPENDENT,
     UNKNOWN,
     valid_endpoint,
 )
@@ -82,6 +94,10 @@ class PathSettings:
     renew_after: float = 0.4
     renew_max: int = 3
     backoff_max: float = 60.0
+    # Failed probes in a row after which a pair with one side mapping per destination and the
+    # other not is explained by port filtering and no longer probed (more than one: a single
+    # probe can also fail because the far agent was restarting).
+    never_after: int = 2
 
     def backoff(self, failures: int) -> float:
         return min(self.backoff_max, self.backoff_min * 2 ** max(0, failures - 1))
@@ -95,6 +111,7 @@ class Candidate:
     public_key: str
     endpoint: str  # its mapped endpoint, as public gateways saw it
     nat_mapping: str = UNKNOWN  # of the remote NAT
+    local_mapping: str = UNKNOWN  # of our own NAT
 
 
 @dataclass(frozen=True)
@@ -113,7 +130,9 @@ class Path:
     pool: str
     mode: Mode = Mode.RELAYED
     public_key: str = ""
-    endpoint: str = ""  # the mapped endpoint the last probe aimed at
+    # Where the path goes now: the direct peer's live endpoint, else the mapped endpoint public
+    # gateways see now (never a port of an earlier mapping: `raven status` shows it).
+    endpoint: str = ""
     since: float = 0.0  # monotonic: when this mode began
     since_wall: float = 0.0  # unix: when this mode began (to compare with handshakes)
     failures: int = 0
@@ -123,6 +142,8 @@ class Path:
     rx_bytes: int = 0
     rx_changed: float = 0.0  # monotonic: last time rx_bytes grew
     reason: str = ""
+    aimed: str = ""  # the mapped endpoint the last probe aimed at
+    kinds: tuple[str, str] = ("", "")  # (our, its) NAT mapping when the last probe started
 
 
 @dataclass(frozen=True)
@@ -169,7 +190,7 @@ def candidates(gateways: Iterable[Gateway], my_pool: str, me: str = ""
             why.append(f"{gw.name}: both NATs map a new port per destination (symmetric); "
                        "neither side knows where to send")
         else:
-            out.append(Candidate(gw.name, ep.public_key, endpoint, mapping))
+            out.append(Candidate(gw.name, ep.public_key, endpoint, mapping, my_mapping))
     return out, why
 
 
@@ -222,17 +243,52 @@ def _relayed(path: Path, now: float, wall: float, s: PathSettings, reason: str,
                    next_try=now + (slot - wall), reason=reason)
 
 
+def _kinds(c: Candidate) -> tuple[str, str]:
+    return c.local_mapping, c.nat_mapping
+
+
+def filtered_pair(c: Candidate) -> bool:
+    """One side maps per destination, the other is known not to: the pair goes direct only
+    if the independent side's NAT lets in ports it never sent to (full cone)."""
+    return {c.local_mapping, c.nat_mapping} == {DEPENDENT, INDEPENDENT}
+
+
+def _never_reason(c: Candidate) -> str:
+    if c.nat_mapping == DEPENDENT:
+        both = "its NAT maps a new port per destination (symmetric) and ours filters"
+    else:
+        both = "our NAT maps a new port per destination (symmetric) and its NAT filters"
+    return (f"{both} by source port (port-restricted cone): no probe was answered; tried "
+            "again when a mapping of the pair changes")
+
+
+def _direct_reason(live: str, c: Candidate) -> str:
+    if live and live != c.endpoint:  # the far NAT gave us another port than the gateways
+        return (f"direct to {live} (its NAT maps per destination: public gateways see "
+                f"{c.endpoint})")
+    return f"direct to {live or c.endpoint}"
+
+
 def _advance(path: Path, c: Candidate, sample: Sample | None, now: float, wall: float,
              s: PathSettings, offset: float) -> Path:
+    if not path.aimed and path.mode == Mode.DIRECT and path.endpoint:
+        path = replace(path, aimed=path.endpoint)  # adopted from the previous agent
     if path.mode == Mode.RELAYED:
-        if c.endpoint != path.endpoint and path.endpoint:
-            path = replace(path, next_try=min(path.next_try, now))  # the NAT rebound: try now
+        never = math.isinf(path.next_try)
+        if path.aimed and (c.endpoint != path.aimed or (never and path.kinds != _kinds(c))):
+            # the NAT rebound or a mapping kind changed: try now (and count afresh)
+            path = replace(path, next_try=min(path.next_try, now),
+                           failures=0 if never else path.failures)
+        if path.endpoint != c.endpoint:
+            path = replace(path, endpoint=c.endpoint)  # what the public gateways see now
         if now < path.next_try:
             return path
-        return replace(path, mode=Mode.PROBING, endpoint=c.endpoint, since=now, since_wall=wall,
-                       switch_at=None, reason=f"probing {c.endpoint}")
+        return replace(path, mode=Mode.PROBING, endpoint=c.endpoint, aimed=c.endpoint,
+                       kinds=_kinds(c), since=now, since_wall=wall, switch_at=None,
+                       reason=f"probing {c.endpoint}")
     handshake = sample.last_handshake if sample is not None else 0.0
     rx = sample.rx_bytes if sample is not None else 0
+    live = (sample.endpoint if sample is not None else None) or ""
     if path.mode == Mode.PROBING:
         if handshake > path.since_wall:
             if path.switch_at is None or (handshake > path.handshake
@@ -241,14 +297,19 @@ def _advance(path: Path, c: Candidate, sample: Sample | None, now: float, wall: 
                                handshake=handshake)
             if now >= path.switch_at:
                 return replace(path, mode=Mode.DIRECT, since=now, failures=0, rx_bytes=rx,
-                               rx_changed=now, switch_at=None,
-                               reason=f"direct to {sample.endpoint if sample else c.endpoint}")
+                               rx_changed=now, switch_at=None, endpoint=live or c.endpoint,
+                               reason=_direct_reason(live, c))
             return path
         if now - path.since >= s.probe_timeout:
-            return _relayed(path, now, wall, s, f"no handshake from {c.endpoint} within "
-                            f"{s.probe_timeout:g}s (NAT filtering?)", offset)
+            failed = _relayed(path, now, wall, s, f"no handshake from {c.endpoint} within "
+                              f"{s.probe_timeout:g}s (NAT filtering?)", offset)
+            if filtered_pair(c) and failed.failures >= s.never_after:
+                return replace(failed, next_try=math.inf, reason=_never_reason(c))
+            return failed
         return path
     # DIRECT
+    if live and live != path.endpoint:  # the peer roamed: show where it is now
+        path = replace(path, endpoint=live, reason=_direct_reason(live, c))
     if rx != path.rx_bytes:
         return replace(path, rx_bytes=rx, rx_changed=now)
     if now - path.rx_changed >= s.dead_after:
@@ -289,7 +350,8 @@ def plans(paths: Mapping[str, Path]) -> dict[str, PathPlan]:
     out: dict[str, PathPlan] = {}
     for name, path in paths.items():
         if path.mode == Mode.PROBING:
-            out[name] = PathPlan(name, path.public_key, path.endpoint, direct=False)
+            out[name] = PathPlan(name, path.public_key, path.aimed or path.endpoint,
+                                 direct=False)
         elif path.mode == Mode.DIRECT:
             out[name] = PathPlan(name, path.public_key, None, direct=True)
     return out

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from raven import constants, nat_discovery
+from raven.commands import status as status_cmd
 from raven.errors import CommandError
 from raven.settings import AgentSettings, default_of
 
@@ -81,7 +82,12 @@ def explain(agent: dict[str, Any], gateways: list[dict[str, Any]], node: dict[st
                    "only peers behind a full-cone NAT can reach it directly",
                    nat_discovery.UNKNOWN: "only one public gateway sees this pool; two are "
                    "needed to tell cone from symmetric"}
-        if mapped:
+        if mapped and kind == nat_discovery.DEPENDENT:
+            # No single port means anything: each destination sees its own.
+            say("nat", "info", f"pool {pool} is behind NAT; public gateways see it at "
+                f"{_host(mapped)} from a port per destination (the first of them sees "
+                f"{mapped}); mapping {kind}: {meaning[kind]}")
+        elif mapped:
             say("nat", "info", f"pool {pool} is behind NAT; public gateways see it at {mapped}; "
                 f"mapping {kind}: {meaning.get(kind, kind)}")
         else:
@@ -90,6 +96,8 @@ def explain(agent: dict[str, Any], gateways: list[dict[str, Any]], node: dict[st
     plan = agent.get("plan") or {}
     wg = plan.get("wireguard") or {}
     pools_of = {p.get("public_key"): p.get("pool") for p in wg.get("peers") or []}
+    probing = {p.get("public_key") for p in wg.get("peers") or []
+               if "allowed_ips" in p and not p["allowed_ips"]}
     for peer in peers:
         label = pools_of.get(peer.get("public_key")) or str(peer.get("public_key", ""))[:12]
         age = peer.get("handshake_age_s")
@@ -97,6 +105,11 @@ def explain(agent: dict[str, Any], gateways: list[dict[str, Any]], node: dict[st
         if age is not None and age < REACHABLE_S:
             say("udp", "ok", f"peer {label} at {endpoint}: answers over UDP (handshake "
                 f"{age:.0f}s ago, {peer.get('rx_bytes', 0)} bytes received)")
+        elif peer.get("public_key") in probing:
+            # A direct-path probe (no allowed IPs): unanswered is a possible outcome, not a
+            # fault; the pair's traffic is on the relay meanwhile.
+            say("udp", "info", f"probe peer {label} at {endpoint}: the direct-path probe is "
+                "not answered (yet); the pair's traffic stays on the relay")
         else:
             say("udp", "warn", f"peer {label} at {endpoint}: no handshake "
                 + ("ever" if age is None else f"for {age:.0f}s")
@@ -109,15 +122,37 @@ def explain(agent: dict[str, Any], gateways: list[dict[str, Any]], node: dict[st
         say("mtu", "info", f"cross-pool routes carry MTU {', '.join(map(str, mtus))}: pods "
             "learn the path MTU from the route, without probing")
     for path in agent.get("paths") or []:
+        if not isinstance(path, dict):
+            continue
         mode = path.get("mode")
-        status = "ok" if mode == "direct" else "info"
-        why = f": {path['reason']}" if path.get("reason") else ""
-        say("path", status, f"to {path.get('pool')}: {mode}{why}")
+        text = f"to {path.get('pool')}: {status_cmd.path_text(path, agent, peers)}"
+        far = _remote_nat(by_name.get(path.get("pool")))
+        say("path", "ok" if mode == "direct" else "info", text + (f"; {far}" if far else ""))
     for note in plan.get("notes") or []:
         if ("relayed through" in note or "no public relay" in note
                 or ("share" in note and "direct path" in note)):
             say("relay", "info", note)
     return out
+
+
+def _host(endpoint: str) -> str:
+    return endpoint.rpartition(":")[0] or endpoint
+
+
+def _remote_nat(gateway: dict[str, Any] | None) -> str:
+    """What the public gateways saw of a remote NAT'd pool (its active endpoint's config)."""
+    active = ((gateway or {}).get("status") or {}).get("activeEndpoints") or []
+    config = (active[0].get("config") or {}) if active and isinstance(active[0], dict) else {}
+    mapped = config.get(nat_discovery.CONFIG_MAPPED_ENDPOINT)
+    kind = config.get(nat_discovery.CONFIG_NAT_MAPPING)
+    if not mapped:
+        return ""
+    if kind == nat_discovery.DEPENDENT:
+        return (f"its NAT maps a new port per destination (public gateways see it at "
+                f"{_host(mapped)}, each from its own port)")
+    if kind == nat_discovery.INDEPENDENT:
+        return f"its NAT maps one port for all destinations ({mapped})"
+    return f"one public gateway sees its NAT at {mapped} (two are needed to tell its mapping)"
 
 
 def _live_peers(state_dir: Path, netns: str | None) -> list[dict[str, Any]]:

@@ -169,7 +169,7 @@ def render(report: dict[str, Any]) -> str:
                      f"{peer.get('endpoint') or '(learned)'} handshake {shown} "
                      f"rx {_human_bytes(float(peer.get('rx_bytes') or 0))} "
                      f"tx {_human_bytes(float(peer.get('tx_bytes') or 0))}")
-    lines += _paths(agent or {})
+    lines += _paths(agent or {}, peers)
     checked = report.get("driftCheckedAgo")
     when = f" (agent's check {checked}s ago)" if checked is not None else ""
     if drift is None:
@@ -182,23 +182,67 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _paths(agent: dict[str, Any]) -> list[str]:
-    """Paths to the other NAT'd pools (raven.paths), as the agent last recorded them."""
+def _paths(agent: dict[str, Any], peers: list[dict[str, Any]]) -> list[str]:
+    """Paths to the other NAT'd pools (raven.paths), as the agent last recorded them, with the
+    endpoint the kernel's peer talks to now."""
     paths = agent.get("paths")
     if not isinstance(paths, list) or not paths:
         return []
     lines = [f"paths:          {len(paths)} NAT'd pool(s)"]
     for path in paths:
-        if not isinstance(path, dict):
-            continue
-        via = (f" {path.get('endpoint')}" if path.get("mode") != "relayed"
-               else f" via {path['via']}" if path.get("via") else "")
-        rtt = f", rtt {path['rttMs']} ms" if isinstance(path.get("rttMs"), int | float) else ""
-        loss = (f", loss {path['loss']:.0%}" if isinstance(path.get("loss"), int | float)
-                else "")
-        lines.append(f"  {path.get('pool')}: {path.get('mode')}{via}{rtt}{loss}"
-                     + (f" ({path['reason']})" if path.get("reason") else ""))
+        if isinstance(path, dict):
+            lines.append(f"  {path.get('pool')}: {path_text(path, agent, peers)}")
     return lines
+
+
+def relays(agent: dict[str, Any]) -> dict[str, str]:
+    """{remote pool: the pool whose gateway relays its traffic} from the applied plan."""
+    wireguard = (agent.get("plan") or {}).get("wireguard") or {}
+    out = {}
+    for peer in wireguard.get("peers") or []:
+        if isinstance(peer, dict):
+            for pool in peer.get("relays_for") or []:
+                out[str(pool)] = str(peer.get("pool"))
+    return out
+
+
+def live_endpoint(pool: str, agent: dict[str, Any], peers: list[dict[str, Any]]) -> str | None:
+    """The endpoint the kernel's WireGuard peer of `pool` (its direct or probe peer) talks to
+    now: WireGuard follows the far side wherever its packets come from."""
+    wireguard = (agent.get("plan") or {}).get("wireguard") or {}
+    keys = {p.get("public_key") for p in wireguard.get("peers") or []
+            if isinstance(p, dict) and p.get("pool") == pool}
+    return next((str(p["endpoint"]) for p in peers
+                 if p.get("public_key") in keys and p.get("endpoint")), None)
+
+
+def path_text(path: dict[str, Any], agent: dict[str, Any], peers: list[dict[str, Any]]) -> str:
+    """One NAT'd pool's path as the user should read it: where its traffic goes now (a probing
+    pair is still relayed), the figures, and why."""
+    mode = path.get("mode")
+    pool = str(path.get("pool"))
+    via = path.get("via") or relays(agent).get(pool)
+    relayed = f"relayed via {via}" if via else "relayed"
+    if mode == "direct":
+        text = f"direct to {live_endpoint(pool, agent, peers) or path.get('endpoint')}"
+    elif mode == "probing":
+        failures = path.get("failures")
+        attempt = (f" (attempt {failures + 1})" if isinstance(failures, int) and failures
+                   else "")
+        text = f"{relayed}; probing a direct path to {path.get('endpoint')}{attempt}"
+    else:
+        text = relayed
+    if isinstance(path.get("rttMs"), int | float):
+        text += f", rtt {path['rttMs']} ms"
+    if isinstance(path.get("loss"), int | float):
+        text += f", loss {path['loss']:.0%}"
+    reason = str(path.get("reason") or "")
+    if mode == "direct":  # "direct to <endpoint>" repeats the line; what follows is news
+        _, sep, rest = reason.partition(" (")
+        text += f" ({rest}" if sep else ""
+    elif reason and mode != "probing":  # a probe's reason only repeats its endpoint
+        text += f" ({reason})"
+    return text
 
 
 def run(args: argparse.Namespace) -> int:

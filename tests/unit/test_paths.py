@@ -150,6 +150,72 @@ def test_probe_timeout_backs_off_and_a_new_endpoint_retries_at_once() -> None:
     assert [S.backoff(n) for n in (1, 2, 3, 10)] == [2.0, 4.0, 8.0, 60.0]
 
 
+def _fail(p: Path | None, c: Candidate, now: float) -> Path:
+    """One probe of `c` from `now` that gets no handshake (the far NAT filtered it)."""
+    p = paths.step({"gw-b": p} if p else {}, [c], {}, max(now, p.next_try if p else now),
+                   now, S)["gw-b"]
+    assert p.mode == Mode.PROBING and p.aimed == c.endpoint
+    return paths.step({"gw-b": p}, [c], {KEY_B: Sample()}, p.since + S.probe_timeout,
+                      now + S.probe_timeout, S)["gw-b"]
+
+
+def test_a_symmetric_side_with_a_port_filtering_one_stops_probing_after_never_after() -> None:
+    for mine, its in ((nd.INDEPENDENT, nd.DEPENDENT), (nd.DEPENDENT, nd.INDEPENDENT)):
+        c = Candidate("gw-b", KEY_B, "198.19.0.22:53572", its, mine)
+        p = _fail(None, c, 10)
+        assert p.mode == Mode.RELAYED and p.next_try < float("inf")  # one failure: maybe luck
+        p = _fail(p, c, p.next_try)
+        assert p.failures == S.never_after and p.next_try == float("inf")
+        assert "per destination" in p.reason and "port-restricted" in p.reason
+        # Never probed again while nothing changes, however long it waits.
+        later = paths.step({"gw-b": p}, [c], {}, 1e6, 1e6, S)["gw-b"]
+        assert later.mode == Mode.RELAYED and paths.plans({"gw-b": later}) == {}
+        assert paths.next_deadline({"gw-b": later}, 1e6, 0.2) == 1e6 + 1.0
+        # A new mapping of the pair (the NAT rebound, or now known as another kind) retries.
+        moved = Candidate("gw-b", KEY_B, "198.19.0.22:60000", its, mine)
+        again = paths.step({"gw-b": later}, [moved], {}, 1e6 + 1, 1e6 + 1, S)["gw-b"]
+        assert again.mode == Mode.PROBING and again.aimed == moved.endpoint
+        assert again.failures == 0
+        kind = Candidate("gw-b", KEY_B, c.endpoint, nd.UNKNOWN, mine)
+        assert paths.step({"gw-b": later}, [kind], {}, 1e6 + 1, 1e6 + 1,
+                          S)["gw-b"].mode == Mode.PROBING
+
+
+def test_pairs_whose_kinds_do_not_explain_a_failure_keep_retrying() -> None:
+    # Unknown kinds (one public gateway), or two cone sides: a failure proves nothing.
+    for mine, its in ((nd.UNKNOWN, nd.UNKNOWN), (nd.INDEPENDENT, nd.INDEPENDENT),
+                      (nd.UNKNOWN, nd.DEPENDENT)):
+        c = Candidate("gw-b", KEY_B, "198.19.0.14:4500", its, mine)
+        p = None
+        for _ in range(4):
+            p = _fail(p, c, p.next_try if p else 10)
+        assert p.failures == 4 and p.next_try < float("inf") and "filtering" in p.reason
+
+
+def test_the_endpoint_shown_is_the_current_one() -> None:
+    # Direct to a symmetric far side: its peer talks from another port than the one the
+    # public gateways see; the path shows the live one and says why.
+    c = Candidate("gw-b", KEY_B, "198.19.0.22:53572", nd.DEPENDENT)
+    p = run_c(None, c, None, now=10, wall=1000)
+    p = run_c(p, c, Sample(1000.5, 92, "198.19.0.22:49088"), now=10.6, wall=1000.6)
+    p = run_c(p, c, Sample(1000.5, 92, "198.19.0.22:49088"), now=p.switch_at, wall=1001.6)
+    assert p.mode == Mode.DIRECT and p.endpoint == "198.19.0.22:49088"
+    assert "per destination" in p.reason and "198.19.0.22:53572" in p.reason
+    assert p.aimed == "198.19.0.22:53572"
+    # Relayed: the mapped endpoint the public gateways see now, not the one of the last probe.
+    fell = run_c(p, c, Sample(1000.5, 92, "198.19.0.22:49088"), now=p.since + 5, wall=1007)
+    assert fell.mode == Mode.RELAYED
+    moved = Candidate("gw-b", KEY_B, "198.19.0.22:61000", nd.DEPENDENT)
+    shown = paths.step({"gw-b": fell}, [moved], {}, fell.since + 0.01, 1007, S)["gw-b"]
+    assert shown.endpoint == moved.endpoint
+
+
+def run_c(path: Path | None, c: Candidate, sample: Sample | None, now: float,
+          wall: float) -> Path:
+    state = {"gw-b": path} if path else {}
+    return paths.step(state, [c], {KEY_B: sample} if sample else {}, now, wall, S)["gw-b"]
+
+
 def test_retry_slots_of_both_sides_meet_whatever_their_backoffs() -> None:
     offset = paths.pair_offset("gw-a", "gw-b", S)
     assert offset == paths.pair_offset("gw-b", "gw-a", S) and 0 <= offset < S.backoff_min
@@ -171,6 +237,16 @@ def test_direct_path_falls_back_when_silent_and_stays_while_it_hears() -> None:
     fell = run(p, Sample(1, 200), now=1.0 + S.dead_after, wall=3)
     assert fell.mode == Mode.RELAYED and fell.failures == 1 and "silent" in fell.reason
     assert paths.plans({"gw-b": fell}) == {}
+
+
+def test_an_adopted_direct_path_that_fell_back_retries_a_new_mapping_at_once() -> None:
+    # raven.path_agent.adopt keeps a direct path of the previous agent: endpoint = the mapping.
+    p = Path("gw-b", Mode.DIRECT, KEY_B, CAND.endpoint, since=0, rx_bytes=100, rx_changed=0)
+    fell = run(p, Sample(1, 100, CAND.endpoint), now=S.dead_after, wall=1000)
+    assert fell.mode == Mode.RELAYED and fell.next_try > S.dead_after
+    moved = Candidate("gw-b", KEY_B, "198.19.0.14:31000")  # the NAT rebound meanwhile
+    again = paths.step({"gw-b": fell}, [moved], {}, S.dead_after + 0.1, 1000.1, S)["gw-b"]
+    assert again.mode == Mode.PROBING and again.aimed == moved.endpoint
 
 
 def test_a_new_gateway_in_the_remote_pool_starts_over() -> None:
@@ -209,7 +285,8 @@ def _fleet(b_mapping: str = nd.INDEPENDENT, a_mapping: str = nd.INDEPENDENT) -> 
 
 def test_candidates_skip_symmetric_pairs_and_public_pools() -> None:
     found, why = paths.candidates(_fleet(), "gw-a")
-    assert found == [Candidate("gw-b", KEY_B, "198.19.0.14:4500", nd.INDEPENDENT)]
+    assert found == [Candidate("gw-b", KEY_B, "198.19.0.14:4500", nd.INDEPENDENT,
+                               nd.INDEPENDENT)]
     assert why == []
     found, why = paths.candidates(_fleet(nd.DEPENDENT, nd.DEPENDENT), "gw-a")
     assert found == [] and "symmetric" in why[0]
@@ -341,6 +418,68 @@ def test_diagnose_explains_key_nat_peers_mtu_and_paths() -> None:
     assert "relayed through gw-cloud" in found[("relay", "info")]
     unpublished = explain(agent, gateways, {"metadata": {}}, [])
     assert unpublished[0]["status"] == "warn" and "cannot build a tunnel" in unpublished[0]["text"]
+
+
+def _sym_agent(mode: str, **path: object) -> dict:
+    """cona-1's status file: a direct peer to full, a probe peer to sym, the relay gw-cloud."""
+    return {"node": "a1", "pool": "gw-a", "role": "active-gateway", "publicKey": KEY_A,
+            "plan": {"wireguard": {"name": "raven-wg0", "mtu": 1420, "peers": [
+                {"public_key": KEY_C, "pool": "gw-cloud", "relays_for": ["gw-sym"]},
+                {"public_key": KEY_B, "pool": "gw-sym", "relays_for": []}]}},
+            "paths": [{"pool": "gw-sym", "mode": mode, **path}]}
+
+
+def test_status_shows_where_a_path_goes_now() -> None:
+    from raven.commands.status import path_text
+
+    # A probing pair's traffic is on the relay: that is what the user must read first.
+    agent = _sym_agent("probing", endpoint="198.19.0.22:53572", failures=4,
+                       reason="probing 198.19.0.22:53572", rttMs=2.5)
+    text = path_text(agent["paths"][0], agent, [])
+    assert text.startswith("relayed via gw-cloud; probing a direct path to 198.19.0.22:53572 "
+                           "(attempt 5)"), text
+    # Direct: the endpoint the kernel's peer talks to now, not the port the public gateways
+    # saw (a symmetric far side talks to us from a port of its own).
+    agent = _sym_agent("direct", endpoint="198.19.0.22:53572",
+                       reason="direct to 198.19.0.22:49088 (its NAT maps per destination: "
+                              "public gateways see 198.19.0.22:53572)")
+    live = [{"public_key": KEY_B, "endpoint": "198.19.0.22:49088"},
+            {"public_key": KEY_C, "endpoint": "198.18.1.10:4500"}]
+    text = path_text(agent["paths"][0], agent, live)
+    assert text.startswith("direct to 198.19.0.22:49088 (its NAT maps per destination"), text
+    assert text.count("direct to") == 1
+    # Relayed for good, with the reason and the relay from the plan.
+    agent = _sym_agent("relayed", reason="its NAT maps a new port per destination ...")
+    assert path_text(agent["paths"][0], agent, []) == (
+        "relayed via gw-cloud (its NAT maps a new port per destination ...)")
+
+
+def test_diagnose_says_per_destination_for_a_symmetric_side() -> None:
+    from raven.commands.diagnose import explain
+
+    sym_config = {nd.CONFIG_MAPPED_ENDPOINT: "198.19.0.22:53572",
+                  nd.CONFIG_NAT_MAPPING: nd.DEPENDENT}
+    gateways = [
+        {"metadata": {"name": "gw-a"}, "status": {"activeEndpoints": [
+            {"nodeName": "a1", "underNAT": True, "config": sym_config}]}},
+        {"metadata": {"name": "gw-sym"}, "status": {"activeEndpoints": [
+            {"nodeName": "s1", "underNAT": True, "config": sym_config}]}}]
+    agent = _sym_agent("relayed", reason="both NATs map a new port per destination")
+    found = {(f["topic"], f["status"]): f["text"] for f in explain(agent, gateways, None, [])}
+    nat = found[("nat", "info")]
+    assert "198.19.0.22 from a port per destination" in nat and "mapping dependent" in nat
+    path = found[("path", "info")]
+    assert path.startswith("to gw-sym: relayed via gw-cloud (both NATs map") and (
+        "its NAT maps a new port per destination (public gateways see it at 198.19.0.22, "
+        "each from its own port)") in path
+    assert "53572" not in path
+    # The probe peer of a probing pair (no allowed IPs) unanswered is no fault.
+    agent = _sym_agent("probing", endpoint="198.19.0.22:53572", reason="probing ...")
+    agent["plan"]["wireguard"]["peers"][0]["allowed_ips"] = ["10.244.40.0/24"]
+    agent["plan"]["wireguard"]["peers"][1]["allowed_ips"] = []
+    peers = [{"public_key": KEY_B, "endpoint": "198.19.0.22:53572", "handshake_age_s": None}]
+    udp = [f for f in explain(agent, gateways, None, peers) if f["topic"] == "udp"]
+    assert [f["status"] for f in udp] == ["info"] and "probe peer gw-sym" in udp[0]["text"]
 
 
 # --- the relay by RTT ----------------------------------------------------------------------------
