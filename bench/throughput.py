@@ -207,6 +207,9 @@ def main() -> int:
         result["device_differences"] = cmp.devices
         result["policy_state"] = cmp.sysctls + cmp.firewall
         pairs = pick_pairs(plan, gateways)
+        print("paths: " + "; ".join(f"{path} {c.name} -> {v.name}"
+                                    for path, (c, v) in pairs.items()), flush=True)
+        result["paths"] = {path: [c.name, v.name] for path, (c, v) in pairs.items()}
         for lab in names.values():
             for client, server in pairs.values():
                 if not wait_ping(f"{lab}.{client.name}", server.ip):

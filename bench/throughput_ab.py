@@ -5,7 +5,12 @@ kernel state of one (delete an nft chain, change a sysctl, ...) and measure it a
 other with this script, in ABBA order. Failed samples count as 0 and are reported.
 
     .venv/bin/python bench/throughput_ab.py LAB_A LAB_B CLIENT_POD SERVER_POD
-        [--rounds 6] [--seconds 3] [--label TEXT] [--json] [--perf]
+        [--rounds 6] [--seconds 3] [--label TEXT] [--json] [--perf] [--pause-a] [--pause-b]
+
+`--pause-a` (`--pause-b`) SIGSTOPs that lab's control processes (API server, controller,
+kubelet stand-in, agents: every supervised lab process but wireguard-go) right before each of
+its samples and SIGCONTs them right after, so the sample measures the kernel data plane and
+wireguard-go alone, without the CPU the control loops take on this shared machine.
 
 `--perf` also samples every CPU with `perf record -e cpu-clock` during each sample and prints,
 per group of kernel functions (policy rules, FIB lookups, reverse-path checks, nftables,
@@ -17,6 +22,7 @@ machine-wide, so other work on the machine is in it too (ABBA spreads it over bo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -31,7 +37,7 @@ from throughput import ci_text, cpu_seconds, machine_cpu, ratio_ci, wireguard_pi
 
 from raven.errors import CommandError
 from raven.lab.iperf import iperf
-from raven.lab.runtime import load_plan
+from raven.lab.runtime import load_plan, supervised
 
 # kernel function groups for --perf: a symbol counts for the first group one of whose
 # prefixes it starts with
@@ -48,6 +54,39 @@ PERF_GROUPS: dict[str, tuple[str, ...]] = {
     "tun": ("tun_",),
     "crypto-user": (),  # user-space samples of wireguard-go (filled by comm, not symbol)
 }
+
+
+def control_pids(lab: str) -> list[int]:
+    """The lab's running supervised processes that are not wireguard-go (a hand-built twin's
+    daemons are supervised too): the control processes that --pause stops."""
+    pids = []
+    for record in supervised(lab):
+        if not record["running"]:
+            continue
+        try:
+            comm = Path(f"/proc/{record['pid']}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm != "wireguard-go":
+            pids.append(int(record["pid"]))
+    return pids
+
+
+@contextlib.contextmanager
+def paused(pids: list[int]):
+    """SIGSTOP the processes for the block, SIGCONT them after (also on errors): the kernel's
+    data plane keeps forwarding; only their CPU use stops."""
+    stopped = []
+    try:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        yield
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
 
 
 class Profile:
@@ -108,6 +147,9 @@ def main() -> int:
                         "time (needs two labs): both see exactly the same machine load, and "
                         "share the CPU in proportion to what each path costs per byte")
     parser.add_argument("--setup-b", default="", help="shell command run before every B sample")
+    parser.add_argument("--pause-a", action="store_true", help="SIGSTOP lab A's control "
+                        "processes during A's samples (SIGCONT after)")
+    parser.add_argument("--pause-b", action="store_true", help="the same for lab B")
     parser.add_argument("--perf", action="store_true", help="profile every sample with perf "
                         "(not with --concurrent) and print kernel samples per Gbit by group")
     args = parser.parse_args()
@@ -115,12 +157,15 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.concurrent and args.lab_a == args.lab_b:
         parser.error("--concurrent needs two labs")
+    if (args.pause_a or args.pause_b) and (args.concurrent or args.lab_a == args.lab_b):
+        parser.error("--pause-a/--pause-b need two labs, sampled one after the other")
     if args.concurrent and args.perf:
         parser.error("--perf profiles the whole machine: it cannot tell --concurrent sides apart")
     plan = load_plan(args.lab_a)
     server_ip = next(p.ip for pool in plan.pools for n in pool.nodes for p in n.pods
                      if p.name == args.server)
     sides = {"A": (args.lab_a, args.setup_a), "B": (args.lab_b, args.setup_b)}
+    pause = {"A": args.pause_a, "B": args.pause_b}
     values: dict[str, list[float]] = {"A": [], "B": []}
     # wireguard-go CPU seconds per Gbit: its syscalls carry the node's netfilter and routing
     # work for the packets it sends and receives, and it varies less with load than Mbit/s
@@ -138,9 +183,11 @@ def main() -> int:
         lab = sides[side][0]
         before, (kbefore, _) = cpu_seconds(pids[side]), machine_cpu()
         profile = Profile() if args.perf else None
+        stop = control_pids(lab) if pause[side] else []
         try:
-            mbit = iperf(f"{lab}.{args.server}", server_ip, f"{lab}.{args.client}",
-                         args.seconds).mbit
+            with paused(stop):
+                mbit = iperf(f"{lab}.{args.server}", server_ip, f"{lab}.{args.client}",
+                             args.seconds).mbit
         except (CommandError, KeyError, subprocess.TimeoutExpired) as exc:
             print(f"  FAILED {lab}: {exc}", flush=True)
             return 0.0, 0.0
