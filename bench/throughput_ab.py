@@ -157,8 +157,9 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.concurrent and args.lab_a == args.lab_b:
         parser.error("--concurrent needs two labs")
-    if (args.pause_a or args.pause_b) and (args.concurrent or args.lab_a == args.lab_b):
-        parser.error("--pause-a/--pause-b need two labs, sampled one after the other")
+    if (args.pause_a or args.pause_b) and args.concurrent:
+        parser.error("--pause-a/--pause-b need the samples one after the other (LAB_B may "
+                     "equal LAB_A: then --pause-a alone toggles the control processes)")
     if args.concurrent and args.perf:
         parser.error("--perf profiles the whole machine: it cannot tell --concurrent sides apart")
     plan = load_plan(args.lab_a)
