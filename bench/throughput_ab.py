@@ -22,7 +22,6 @@ machine-wide, so other work on the machine is in it too (ABBA spreads it over bo
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import signal
@@ -33,11 +32,19 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from throughput import ci_text, cpu_seconds, machine_cpu, ratio_ci, wireguard_pids
+from throughput import (
+    ci_text,
+    control_pids,
+    cpu_seconds,
+    machine_cpu,
+    paused,
+    ratio_ci,
+    wireguard_pids,
+)
 
 from raven.errors import CommandError
 from raven.lab.iperf import iperf
-from raven.lab.runtime import load_plan, supervised
+from raven.lab.runtime import load_plan
 
 # kernel function groups for --perf: a symbol counts for the first group one of whose
 # prefixes it starts with
@@ -54,39 +61,6 @@ PERF_GROUPS: dict[str, tuple[str, ...]] = {
     "tun": ("tun_",),
     "crypto-user": (),  # user-space samples of wireguard-go (filled by comm, not symbol)
 }
-
-
-def control_pids(lab: str) -> list[int]:
-    """The lab's running supervised processes that are not wireguard-go (a hand-built twin's
-    daemons are supervised too): the control processes that --pause stops."""
-    pids = []
-    for record in supervised(lab):
-        if not record["running"]:
-            continue
-        try:
-            comm = Path(f"/proc/{record['pid']}/comm").read_text().strip()
-        except OSError:
-            continue
-        if comm != "wireguard-go":
-            pids.append(int(record["pid"]))
-    return pids
-
-
-@contextlib.contextmanager
-def paused(pids: list[int]):
-    """SIGSTOP the processes for the block, SIGCONT them after (also on errors): the kernel's
-    data plane keeps forwarding; only their CPU use stops."""
-    stopped = []
-    try:
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGSTOP)
-                stopped.append(pid)
-        yield
-    finally:
-        for pid in stopped:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGCONT)
 
 
 class Profile:
