@@ -7,9 +7,12 @@ or `ip`) of every supervised process of the lab and of its wireguard-go daemons 
 /proc/PID/stat at the start and the end of a window, and prints each one's CPU in per cent of
 one CPU over the window, and the sum. `--py-spy` also samples the Python processes with
 py-spy (`py-spy record --format raw`, idle threads left out) for the same window and prints,
-per process, the functions that were on CPU most often: which loops take the time.
+per process, the functions that were on CPU most often: which loops take the time (`--gil`:
+only the thread that holds the GIL is sampled, so threads waiting in select() or on a
+condition do not count). `--paused` measures with the lab's control processes SIGSTOPped
+(throughput.paused): what wireguard-go then still uses is its own, not the agents' probes.
 
-    .venv/bin/python bench/throughput_idle.py LAB [--seconds 30] [--py-spy] [--json]
+    .venv/bin/python bench/throughput_idle.py LAB [--seconds 30] [--py-spy] [--paused] [--json]
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from throughput import wireguard_pids
+from throughput import control_pids, paused, wireguard_pids
 
 from raven.lab.runtime import load_plan, supervised
 
@@ -71,8 +74,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--py-spy", action="store_true", help="also sample the Python "
                         "processes with py-spy and print their busiest functions")
+    parser.add_argument("--paused", action="store_true", help="SIGSTOP the lab's control "
+                        "processes during the window")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.paused and args.py_spy:
+        parser.error("--py-spy samples the control processes; --paused stops them")
     procs = processes(args.lab)
     if not procs:
         sys.exit(f"lab {args.lab!r} has no running process; is it up? (`raven lab list`)")
@@ -85,14 +92,16 @@ def main() -> int:
                 os.close(fd)
                 spies[pid] = (subprocess.Popen(
                     [spy, "record", "--pid", str(pid), "--duration", f"{args.seconds:g}",
-                     "--rate", "100", "--format", "raw", "--output", name, "--nonblocking"],
+                     "--rate", "100", "--format", "raw", "--output", name, "--nonblocking",
+                     "--gil"],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL), Path(name))
     hz = os.sysconf("SC_CLK_TCK")
-    before = {pid: ticks(pid) for pid in procs}
-    start = time.monotonic()
-    time.sleep(args.seconds)
-    after = {pid: ticks(pid) for pid in procs}
-    elapsed = time.monotonic() - start
+    with paused(control_pids(args.lab) if args.paused else []):
+        before = {pid: ticks(pid) for pid in procs}
+        start = time.monotonic()
+        time.sleep(args.seconds)
+        after = {pid: ticks(pid) for pid in procs}
+        elapsed = time.monotonic() - start
     rows = []
     for pid, label in sorted(procs.items(), key=lambda kv: kv[1]):
         a, b = before[pid], after[pid]
@@ -115,7 +124,7 @@ def main() -> int:
             top = top_functions(raw) if raw.exists() else []
         finally:
             raw.unlink(missing_ok=True)
-        print(f"py-spy {procs[pid]} (samples at 100 Hz, on CPU):")
+        print(f"py-spy {procs[pid]} (samples at 100 Hz holding the GIL):")
         for func, n in top:
             print(f"  {n:5d}  {func}")
         next(r for r in rows if r["pid"] == pid)["py_spy_top"] = top
