@@ -67,6 +67,11 @@ ROOT = Path(__file__).resolve().parents[1]
 LABS = ("overlay", "hand")
 CPU_METERS = ("wireguard-go", "machine-kernel", "machine-busy")
 RESUME_GAP_S = 0.5
+# After a pause the overlay's processes do at once what fell due while they were stopped
+# (expired probes, a heartbeat, timers); the next sample starts only after this settling time,
+# so that work is not charged to it (it would be, in full, to every overlay sample that follows
+# a reference sample).
+SETTLE_S = 1.5
 
 
 def control_pids(lab: str) -> list[int]:
@@ -87,12 +92,13 @@ def control_pids(lab: str) -> list[int]:
 
 
 @contextlib.contextmanager
-def paused(pids: list[int]) -> Iterator[None]:
+def paused(pids: list[int], settle: float = 0.0) -> Iterator[None]:
     """SIGSTOP the processes for the block, SIGCONT them after (also on errors): the kernel's
     data plane keeps forwarding; only their CPU use stops. The last one (the controller, see
     control_pids) is resumed RESUME_GAP_S after the others, so that agents whose heartbeat
     fell due while stopped renew their Lease before the controller looks at it again (two
-    samples in a row stop them for about 11 s; the heartbeat timeout is 15 s)."""
+    samples in a row stop them for about 11 s; the heartbeat timeout is 15 s). `settle`:
+    seconds to wait after resuming (see SETTLE_S)."""
     stopped = []
     try:
         for pid in pids:
@@ -106,6 +112,8 @@ def paused(pids: list[int]) -> Iterator[None]:
                 time.sleep(RESUME_GAP_S)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+        if stopped and settle:
+            time.sleep(settle)
 
 
 def load() -> list[float]:
@@ -285,7 +293,7 @@ def main() -> int:
                     stop = args.control == "none" or (args.control == "overlay"
                                                       and kind == "hand")
                     try:
-                        with paused(control_pids(names["overlay"]) if stop else []):
+                        with paused(control_pids(names["overlay"]) if stop else [], SETTLE_S):
                             mbit = iperf(f"{lab}.{server.name}", server.ip,
                                          f"{lab}.{client.name}", args.seconds).mbit
                             # before the control processes resume (they use CPU at once)
