@@ -21,6 +21,14 @@ Paths (iperf3 client in the cloud pod, server in the edge pod, data cloud -> edg
   gw      pod on the cloud gateway -> WireGuard -> NAT -> edge gateway -> pod
   member  pod on a cloud member -> VXLAN -> cloud gateway -> WireGuard -> NAT -> edge gateway
           -> VXLAN -> edge member -> pod (the overlay's member path; returns alike)
+Both labs share the machine's two CPUs, so the overlay lab's control processes (API server,
+controller, kubelet stand-in, agents, and through the agents' data-path probes part of its
+wireguard-go daemons' time: about 20 % of one CPU when idle, bench/throughput_idle.py) would
+load the reference's samples as much as the overlay's. By default (`--control overlay`) they are
+SIGSTOPped during every sample of the hand-built twin and resumed after it (the controller
+last, then SETTLE_S before the next sample), so the overlay carries its own control CPU and the
+reference none; `--control none` stops them during every sample (the kernel data plane and
+wireguard-go alone), `--control both` leaves them running (this bench before that change).
 Rounds are interleaved ABBA (overlay, hand | hand, overlay | ...), so load drift from other
 work on the machine falls on both alike. A failed sample is printed as FAILED, counted in
 `failures`, and enters its path's median as 0 Mbit/s: it never disappears from a median.
@@ -34,7 +42,7 @@ nodes' kernel work on the packets they send and receive), and the machine's kern
 Prints figures, never pass/fail; `--json` prints a JSON summary as the last line.
 
     flock /tmp/raven-e2e.lock .venv/bin/python bench/throughput.py [--rounds 16] [--seconds 4]
-        [--json] [--keep]
+        [--control overlay|none|both] [--json] [--keep]
 """
 
 from __future__ import annotations
