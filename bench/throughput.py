@@ -21,6 +21,14 @@ Paths (iperf3 client in the cloud pod, server in the edge pod, data cloud -> edg
   gw      pod on the cloud gateway -> WireGuard -> NAT -> edge gateway -> pod
   member  pod on a cloud member -> VXLAN -> cloud gateway -> WireGuard -> NAT -> edge gateway
           -> VXLAN -> edge member -> pod (the overlay's member path; returns alike)
+Both labs share the machine's two CPUs, so the overlay lab's control processes (API server,
+controller, kubelet stand-in, agents, and through the agents' data-path probes part of its
+wireguard-go daemons' time: about 20 % of one CPU when idle, bench/throughput_idle.py) would
+load the reference's samples as much as the overlay's. By default (`--control overlay`) they are
+SIGSTOPped during every sample of the hand-built twin and resumed after it (the controller
+last, then SETTLE_S before the next sample), so the overlay carries its own control CPU and the
+reference none; `--control none` stops them during every sample (the kernel data plane and
+wireguard-go alone), `--control both` leaves them running (this bench before that change).
 Rounds are interleaved ABBA (overlay, hand | hand, overlay | ...), so load drift from other
 work on the machine falls on both alike. A failed sample is printed as FAILED, counted in
 `failures`, and enters its path's median as 0 Mbit/s: it never disappears from a median.
@@ -34,7 +42,7 @@ nodes' kernel work on the packets they send and receive), and the machine's kern
 Prints figures, never pass/fail; `--json` prints a JSON summary as the last line.
 
     flock /tmp/raven-e2e.lock .venv/bin/python bench/throughput.py [--rounds 16] [--seconds 4]
-        [--json] [--keep]
+        [--control overlay|none|both] [--json] [--keep]
 """
 
 from __future__ import annotations
@@ -45,10 +53,12 @@ import json
 import math
 import os
 import secrets
+import signal
 import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import twin
@@ -58,11 +68,60 @@ from raven.lab import build, cluster, teardown
 from raven.lab.iperf import iperf
 from raven.lab.netns import netns_path
 from raven.lab.plan import LabPlan
+from raven.lab.runtime import supervised
 from raven.lab.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS = ("overlay", "hand")
 CPU_METERS = ("wireguard-go", "machine-kernel", "machine-busy")
+RESUME_GAP_S = 0.5
+# After a pause the overlay's processes do at once what fell due while they were stopped
+# (expired probes, a heartbeat, timers); the next sample starts only after this settling time,
+# so that work is not charged to it (it would be, in full, to every overlay sample that follows
+# a reference sample).
+SETTLE_S = 1.5
+
+
+def control_pids(lab: str) -> list[int]:
+    """The lab's running supervised processes that are not wireguard-go (a hand-built twin's
+    daemons are supervised too): API server, controller, kubelet stand-in, agents. The
+    controller comes last: `paused` resumes it last."""
+    pids = []
+    for record in sorted(supervised(lab), key=lambda r: r["name"] == cluster.CONTROLLER):
+        if not record["running"]:
+            continue
+        try:
+            comm = Path(f"/proc/{record['pid']}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm != "wireguard-go":
+            pids.append(int(record["pid"]))
+    return pids
+
+
+@contextlib.contextmanager
+def paused(pids: list[int], settle: float = 0.0) -> Iterator[None]:
+    """SIGSTOP the processes for the block, SIGCONT them after (also on errors): the kernel's
+    data plane keeps forwarding; only their CPU use stops. The last one (the controller, see
+    control_pids) is resumed RESUME_GAP_S after the others, so that agents whose heartbeat
+    fell due while stopped renew their Lease before the controller looks at it again (two
+    samples in a row stop them for about 11 s; the heartbeat timeout is 15 s). `settle`:
+    seconds to wait after resuming (see SETTLE_S)."""
+    stopped = []
+    try:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        yield
+    finally:
+        for i, pid in enumerate(stopped):
+            if i == len(stopped) - 1 and i:
+                time.sleep(RESUME_GAP_S)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if stopped and settle:
+            time.sleep(settle)
 
 
 def load() -> list[float]:
@@ -172,6 +231,13 @@ def main() -> int:
                         "each lab per path per round); default 6")
     parser.add_argument("--seconds", type=float, default=4.0)
     parser.add_argument("--json", action="store_true", help="print a JSON summary last")
+    parser.add_argument("--control", choices=("overlay", "none", "both"), default="overlay",
+                        help="whose samples the overlay lab's control processes (API server, "
+                        "controller, kubelet stand-in, agents and so their probes) run during: "
+                        "'overlay' (default: the overlay carries its own control CPU, the "
+                        "reference gets a machine without it), 'none' (SIGSTOPped during every "
+                        "sample: the kernel data plane and wireguard-go alone), 'both' (the "
+                        "old way: they load the machine for the reference's samples too)")
     parser.add_argument("--keep", action="store_true", help="leave both labs up (for "
                         "experiments; remove them with `raven lab down NAME`)")
     args = parser.parse_args()
@@ -186,10 +252,13 @@ def main() -> int:
     tag = secrets.token_hex(3)
     names = {"overlay": f"rvb-tp-{tag}-o", "hand": f"rvb-tp-{tag}-h"}
     result: dict[str, object] = {"rounds": args.rounds, "seconds": args.seconds,
+                                 "control": args.control,
                                  "labs": names, "topology": args.topology,
                                  "settings": "shipped defaults", "load_before": load()}
     print(f"labs: overlay {names['overlay']}, hand-built twin {names['hand']}; shipped "
-          f"default settings", flush=True)
+          f"default settings; overlay control processes run during the samples of: "
+          f"{ {'overlay': 'the overlay only', 'none': 'none', 'both': 'both labs'}[args.control]}",
+          flush=True)
     try:
         topology = load_topology(args.topology)
         plan = build.up(topology, names["overlay"], source=args.topology)
@@ -207,6 +276,9 @@ def main() -> int:
         result["device_differences"] = cmp.devices
         result["policy_state"] = cmp.sysctls + cmp.firewall
         pairs = pick_pairs(plan, gateways)
+        print("paths: " + "; ".join(f"{path} {c.name} -> {v.name}"
+                                    for path, (c, v) in pairs.items()), flush=True)
+        result["paths"] = {path: [c.name, v.name] for path, (c, v) in pairs.items()}
         for lab in names.values():
             for client, server in pairs.values():
                 if not wait_ping(f"{lab}.{client.name}", server.ip):
@@ -226,9 +298,14 @@ def main() -> int:
                 for kind in order:
                     lab = names[kind]
                     before = cpu_seconds(pids[kind]), *machine_cpu()
+                    stop = args.control == "none" or (args.control == "overlay"
+                                                      and kind == "hand")
                     try:
-                        mbit = iperf(f"{lab}.{server.name}", server.ip, f"{lab}.{client.name}",
-                                     args.seconds).mbit
+                        with paused(control_pids(names["overlay"]) if stop else [], SETTLE_S):
+                            mbit = iperf(f"{lab}.{server.name}", server.ip,
+                                         f"{lab}.{client.name}", args.seconds).mbit
+                            # before the control processes resume (they use CPU at once)
+                            after = cpu_seconds(pids[kind]), *machine_cpu()
                     except (CommandError, KeyError, subprocess.TimeoutExpired) as exc:
                         failures.append(f"round {i + 1} {path} {kind}: {exc}")
                         print(f"round {i + 1} {path:<6} {kind:<7} FAILED: {exc}", flush=True)
@@ -236,7 +313,6 @@ def main() -> int:
                         for meter in CPU_METERS:
                             cpu[meter][path][kind].append(0.0)
                         continue
-                    after = cpu_seconds(pids[kind]), *machine_cpu()
                     samples[path][kind].append(round(mbit, 1))
                     gbit = mbit * args.seconds / 1000
                     for meter, x, y in zip(CPU_METERS, before, after, strict=True):
@@ -244,6 +320,12 @@ def main() -> int:
                     print(f"round {i + 1} {path:<6} {kind:<7} {mbit:7.1f} Mbit/s  CPU-s/Gbit "
                           + " ".join(f"{m} {cpu[m][path][kind][-1]:.2f}" for m in CPU_METERS)
                           + f"  load {load()[0]}", flush=True)
+        # the pauses must not have moved a gateway: the paths would have changed under us
+        moved = {p: n.name for p, n in twin.active_gateways(names["overlay"], plan).items()}
+        if moved != {p: n.name for p, n in gateways.items()}:
+            failures.append(f"active gateways changed during the run: "
+                            f"{ {p: n.name for p, n in gateways.items()} } -> {moved}")
+            print(f"FAILED: {failures[-1]}", flush=True)
     finally:
         if args.keep:
             print(f"kept: raven lab down {names['overlay']}; raven lab down {names['hand']}")

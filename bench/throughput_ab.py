@@ -5,7 +5,12 @@ kernel state of one (delete an nft chain, change a sysctl, ...) and measure it a
 other with this script, in ABBA order. Failed samples count as 0 and are reported.
 
     .venv/bin/python bench/throughput_ab.py LAB_A LAB_B CLIENT_POD SERVER_POD
-        [--rounds 6] [--seconds 3] [--label TEXT] [--json] [--perf]
+        [--rounds 6] [--seconds 3] [--label TEXT] [--json] [--perf] [--pause-a] [--pause-b]
+
+`--pause-a` (`--pause-b`) SIGSTOPs that lab's control processes (API server, controller,
+kubelet stand-in, agents: every supervised lab process but wireguard-go) right before each of
+its samples and SIGCONTs them right after, so the sample measures the kernel data plane and
+wireguard-go alone, without the CPU the control loops take on this shared machine.
 
 `--perf` also samples every CPU with `perf record -e cpu-clock` during each sample and prints,
 per group of kernel functions (policy rules, FIB lookups, reverse-path checks, nftables,
@@ -27,7 +32,15 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from throughput import ci_text, cpu_seconds, machine_cpu, ratio_ci, wireguard_pids
+from throughput import (
+    ci_text,
+    control_pids,
+    cpu_seconds,
+    machine_cpu,
+    paused,
+    ratio_ci,
+    wireguard_pids,
+)
 
 from raven.errors import CommandError
 from raven.lab.iperf import iperf
@@ -108,6 +121,9 @@ def main() -> int:
                         "time (needs two labs): both see exactly the same machine load, and "
                         "share the CPU in proportion to what each path costs per byte")
     parser.add_argument("--setup-b", default="", help="shell command run before every B sample")
+    parser.add_argument("--pause-a", action="store_true", help="SIGSTOP lab A's control "
+                        "processes during A's samples (SIGCONT after)")
+    parser.add_argument("--pause-b", action="store_true", help="the same for lab B")
     parser.add_argument("--perf", action="store_true", help="profile every sample with perf "
                         "(not with --concurrent) and print kernel samples per Gbit by group")
     args = parser.parse_args()
@@ -115,12 +131,16 @@ def main() -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.concurrent and args.lab_a == args.lab_b:
         parser.error("--concurrent needs two labs")
+    if (args.pause_a or args.pause_b) and args.concurrent:
+        parser.error("--pause-a/--pause-b need the samples one after the other (LAB_B may "
+                     "equal LAB_A: then --pause-a alone toggles the control processes)")
     if args.concurrent and args.perf:
         parser.error("--perf profiles the whole machine: it cannot tell --concurrent sides apart")
     plan = load_plan(args.lab_a)
     server_ip = next(p.ip for pool in plan.pools for n in pool.nodes for p in n.pods
                      if p.name == args.server)
     sides = {"A": (args.lab_a, args.setup_a), "B": (args.lab_b, args.setup_b)}
+    pause = {"A": args.pause_a, "B": args.pause_b}
     values: dict[str, list[float]] = {"A": [], "B": []}
     # wireguard-go CPU seconds per Gbit: its syscalls carry the node's netfilter and routing
     # work for the packets it sends and receives, and it varies less with load than Mbit/s
@@ -138,9 +158,11 @@ def main() -> int:
         lab = sides[side][0]
         before, (kbefore, _) = cpu_seconds(pids[side]), machine_cpu()
         profile = Profile() if args.perf else None
+        stop = control_pids(lab) if pause[side] else []
         try:
-            mbit = iperf(f"{lab}.{args.server}", server_ip, f"{lab}.{args.client}",
-                         args.seconds).mbit
+            with paused(stop):
+                mbit = iperf(f"{lab}.{args.server}", server_ip, f"{lab}.{args.client}",
+                             args.seconds).mbit
         except (CommandError, KeyError, subprocess.TimeoutExpired) as exc:
             print(f"  FAILED {lab}: {exc}", flush=True)
             return 0.0, 0.0

@@ -18,7 +18,8 @@ in the twin with `ip` and `wg`:
     VXLAN in the twin too (so does, unmeasured, the gateway's own traffic to them).
 What the twin does NOT get is exactly the overlay's policy state: no nftables table (no marks,
 no identity SNAT, hence no conntrack in the nodes), no rules, no sysctl changes.
-`compare` then diffs the two labs' devices and wg settings (and, for information, the sysctls
+`compare` then diffs the two labs' devices (`ip -d -j link` and the offload features
+`ethtool -k` would print) and wg settings (and, for information, the sysctls
 that differ) so the bench can show that both paths use equal devices.
 
 A bench script may drive ip/wg directly (docs/benchmarks.md); raven/dataplane is not used so the
@@ -30,6 +31,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,6 +84,27 @@ def active_gateways(lab: str, plan: LabPlan) -> dict[str, NodePlan]:
                     str(constants.WIREGUARD_TABLE), check=False).strip():
                 out[pool.name] = node
     return out
+
+
+# Offload features (what `ethtool -k` prints; ethtool is not installed here) of a node's
+# devices, read inside the node's namespace with pyroute2's ethtool netlink client.
+FEATURES_SCRIPT = """
+import json, sys
+from pyroute2.ethtool import Ethtool
+out = {}
+with Ethtool() as e:
+    for name in sys.argv[1:]:
+        try:
+            out[name] = {k: v.enable for k, v in e.get_features(name).features.items() if k}
+        except Exception as exc:  # a device that does not exist on this node
+            out[name] = repr(exc)
+print(json.dumps(out))
+"""
+
+
+def features(lab: str, node: str, devices: list[str]) -> dict[str, object]:
+    """device -> {offload feature: on/off} (GSO, GRO, checksum and segmentation offloads)."""
+    return json.loads(on(lab, node, sys.executable, "-c", FEATURES_SCRIPT, *devices))
 
 
 def wg_dump(lab: str, node: str) -> tuple[list[str], list[list[str]]]:
@@ -160,6 +183,40 @@ def mirror(overlay: str, twin: str, plan: LabPlan) -> dict[str, NodePlan]:
             if routes:
                 on(twin, node.name, "ip", "-batch", "-", stdin="\n".join(routes) + "\n")
     return gateways
+
+
+def mirror_rules(overlay: str, twin: str, plan: LabPlan) -> list[str]:
+    """For experiments (bench/throughput_attr.sh): give the twin the overlay's policy rules
+    and its tables 9027/9028 too (the routes stay in main as well; the rules find them in
+    the tables first, as in the overlay). Irreversible for the namespace: once it had a rule,
+    the kernel walks the rule list on every route lookup (`fib_has_custom_rules` is never
+    reset). Returns the rules added, `node: rule`."""
+    added = []
+    for pool in plan.pools:
+        for node in pool.nodes:
+            lines = []
+            for rule in json.loads(on(overlay, node.name, "ip", "-j", "rule", "show")):
+                if rule.get("priority") not in (constants.RULE_PRIORITY,):
+                    continue
+                words = [f"priority {rule['priority']}"]
+                if rule.get("iif"):
+                    words.append(f"iif {rule['iif']}")
+                if rule.get("fwmark"):
+                    words.append(f"fwmark {rule['fwmark']}")
+                words.append(f"lookup {rule['table']}")
+                lines.append("rule add " + " ".join(words))
+            for table in OVERLAY_TABLES:
+                for line in on(overlay, node.name, "ip", "route", "show", "table",
+                               str(table), check=False).splitlines():
+                    words = line.split()
+                    if "proto" in words:
+                        i = words.index("proto")
+                        del words[i:i + 2]
+                    lines.append("route replace " + " ".join(words) + f" table {table}")
+            if lines:
+                on(twin, node.name, "ip", "-batch", "-", stdin="\n".join(lines) + "\n")
+                added += [f"{node.name}: {x}" for x in lines if x.startswith("rule")]
+    return added
 
 
 def _wireguard(overlay: str, twin: str, plan: LabPlan, node: NodePlan,
@@ -242,6 +299,9 @@ def compare(overlay: str, twin: str, plan: LabPlan) -> Comparison:
             for pod in node.pods:
                 _diff(f"{node.name} {pod.node_ifname}", a.get(pod.node_ifname),
                       b.get(pod.node_ifname), devices)
+            names = [d for d in (*DEVICES, *(p.node_ifname for p in node.pods)) if d in a]
+            _diff(f"{node.name} offloads", features(overlay, node.name, names),
+                  features(twin, node.name, names), devices)
             if constants.WIREGUARD_DEVICE in a and constants.WIREGUARD_DEVICE in b:
                 (_, _, port_a, mark_a), peers_a = wg_dump(overlay, node.name)
                 (_, _, port_b, mark_b), peers_b = wg_dump(twin, node.name)
@@ -268,3 +328,13 @@ def compare(overlay: str, twin: str, plan: LabPlan) -> Comparison:
                 firewall += [f"{node.name} {what} only in hand: {x.strip()}"
                              for x in sorted(lb - la)]
     return Comparison(devices, sysctl_diff, firewall)
+
+
+if __name__ == "__main__":
+    # `python bench/twin.py rules OVERLAY_LAB TWIN_LAB`: mirror_rules by hand, for experiments
+    from raven.lab.runtime import load_plan
+
+    if len(sys.argv) != 4 or sys.argv[1] != "rules":
+        sys.exit("usage: twin.py rules OVERLAY_LAB TWIN_LAB")
+    for added in mirror_rules(sys.argv[2], sys.argv[3], load_plan(sys.argv[2])):
+        print(added)
