@@ -291,6 +291,10 @@ class PathManager:
         learned = {p.public_key for p in state.wireguard.peers if p.endpoint is None}
         observed = {k: p.endpoint for k, p in live.items() if k in learned and p.endpoint}
         if observed != self.observed:
+            new = sorted(k for k, v in observed.items() if self.observed.get(k) != v)
+            if new:
+                log.info("learned the mapped endpoint of %d NAT'd peer(s): %s", len(new),
+                         ", ".join(f"{k[:8]}... at {observed[k]}" for k in new))
             self._queue("observed", observed)
             self.observed = observed
         self._unheard = {k: self._unheard.get(k, now) for k in learned - set(observed)}
