@@ -13,7 +13,9 @@
     per lab under <run dir>/proxy-ca and applied as Secret kube-system/raven-proxy-ca
   5 `raven controller` in the control-plane namespace
   6 `raven agent` on every node: node netns + private mount namespace, state directory
-    <run dir>/state/<node> (survives reboots of the node, like /var/lib/raven)
+    <run dir>/state/<node> (survives reboots of the node, like /var/lib/raven); the gateway
+    candidates' agents start right after step 2 (they publish their keys when their Nodes
+    appear), the members' once every candidate planned itself into its pool
   7 wait, with progress, until every pod reaches every pod.
 Rules kept:
 - every process runs under the lab supervisor (raven.lab.runtime), so `raven lab down` stops it;
@@ -394,11 +396,18 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
     start_apiserver(lab)
     progress("Gateway CRD")
     kubectl(lab, "apply", "-f", "-", stdin=gateway_crd())
-    # The daemons start while the objects are written: each takes a second or more to start
-    # (Python imports), and each reacts to objects that appear later, as in a real cluster.
-    # Only the agents wait for the Nodes: an agent publishes its key on its own Node.
+    # The gateway candidates' agents start first, as soon as the API server serves Gateways:
+    # an agent's start (interpreter, imports, its first list) is the longest step from
+    # `lab up` to a direct path (docs/gateway.md, 4a), and every later step of the lab runs
+    # while they start. An agent reacts to what appears later (its Node, the Gateways, their
+    # status) as in a real cluster; it publishes its key once its Node exists.
+    candidates = [n for _, n in plan.nodes() if n.gateway_candidate]
+    members = [n for _, n in plan.nodes() if not n.gateway_candidate]
     progress(f"kubelet stand-in: {len(plan.nodes())} Node objects")
     start_kubelet(lab, s)
+    progress(f"agents on {len(candidates)} gateway candidates")
+    for node in candidates:
+        start_agent(lab, node.name, s)
     progress("gateway controller")
     start_controller(lab, s)
     progress(f"{len(plan.pools)} Gateways: " + ", ".join(
@@ -409,15 +418,18 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
     progress("proxy CA (Secret kube-system/raven-proxy-ca)")
     kubectl(lab, "apply", "-f", "-", stdin=json.dumps(proxy_ca_secret(lab)))
     _wait_nodes(lab, len(plan.nodes()))
-    progress(f"agents on {len(plan.nodes())} nodes")
-    # Gateway candidates first: the gateways' start is the one the overlay waits for.
-    for _, node in sorted(plan.nodes(), key=lambda pn: not pn[1].gateway_candidate):
+    # The members once the candidates have planned themselves into their pools (elected or
+    # standby): on a 2-core machine their start would take the CPU from the candidates',
+    # and no member is on the way to a gateway's election, key or direct paths.
+    _wait_first_applies(lab, candidates, s.wait_timeout, settled=True)
+    if members:
+        progress(f"agents on {len(members)} members")
+    for node in members:
         start_agent(lab, node.name, s)
     # The kubelet APIs and Pods once the agents have applied: nothing of the overlay waits
     # for them, and their start (a Python process per node) and the pings of the wait below
-    # would take the CPU from the agents' own start, the longest step to a working overlay
-    # on a loaded 2-core machine (docs/gateway.md, 4a: from `lab up` to direct).
-    _wait_first_applies(lab, plan, s.wait_timeout)
+    # would take the CPU from the agents' own start.
+    _wait_first_applies(lab, members, s.wait_timeout)
     from raven.lab import kubelets  # it uses this module's paths and kubectl
 
     progress(f"kubelet APIs on {len(plan.nodes())} nodes (port {kubelets.KUBELET_PORT}), "
@@ -440,16 +452,30 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
     return report
 
 
-def _wait_first_applies(lab: str, plan: LabPlan, timeout: float) -> None:
-    """Until every agent outside a VM has applied its first plan (its status file exists: the
-    state directory is new), has exited, or `timeout`; never raises (the wait for all pairs
+def _wait_first_applies(lab: str, nodes: list[NodePlan], timeout: float,
+                        settled: bool = False) -> None:
+    """Until the agent of every node outside a VM has applied its first plan (its status file
+    exists: the state directory is new; `settled`: a plan that puts the node in its pool,
+    i.e. after the election), has exited, or `timeout`; never raises (the wait for all pairs
     reports what is wrong)."""
     deadline = time.monotonic() + timeout
-    waiting = [n.name for _, n in plan.nodes() if not n.is_vm]
+    waiting = [n.name for n in nodes if not n.is_vm]
     while waiting and time.monotonic() < deadline:
-        waiting = [n for n in waiting if agent_status_stamp(lab, n) is None
+        waiting = [n for n in waiting if not _applied(lab, n, settled)
                    and runtime.process_running(lab, n, AGENT)]
-        time.sleep(0.05)
+        if waiting:
+            time.sleep(0.05)
+
+
+def _applied(lab: str, node: str, settled: bool) -> bool:
+    """Has the node's agent written its status file (with a role in its pool: `settled`)?"""
+    if not settled:
+        return agent_status_stamp(lab, node) is not None
+    try:
+        status = json.loads((state_dir(lab, node) / AGENT_STATUS_FILE).read_text())
+    except (OSError, ValueError):  # not written yet, or being replaced
+        return False
+    return status.get("role") not in (None, "alone")
 
 
 def _wait_nodes(lab: str, count: int, timeout: float = 30.0) -> None:
