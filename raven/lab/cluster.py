@@ -15,7 +15,8 @@
   6 `raven agent` on every node: node netns + private mount namespace, state directory
     <run dir>/state/<node> (survives reboots of the node, like /var/lib/raven); the gateway
     candidates' agents start right after step 2 (they publish their keys when their Nodes
-    appear), the members' once every candidate planned itself into its pool
+    appear), the members' too, at a low CPU priority until every candidate planned itself
+    into its pool
   7 wait, with progress, until every pod reaches every pod.
 Rules kept:
 - every process runs under the lab supervisor (raven.lab.runtime), so `raven lab down` stops it;
@@ -31,6 +32,7 @@ Rules kept:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -54,6 +56,8 @@ from raven.timefmt import to_time
 
 Progress = Callable[[str], None]
 APISERVER_PORT = 6443
+# The members' agents start at this lower CPU priority until the candidates are in their pools.
+MEMBER_NICE = 10
 AGENT_STATUS_FILE = "agent-status.json"  # raven.agent.STATUS_FILE: written after each good apply
 
 APISERVER = "apiserver"  # supervisor names (control-plane target unless said otherwise)
@@ -328,7 +332,10 @@ def agent_argv(lab: str, pool: PoolPlan, node: NodePlan, settings: ClusterSettin
         "--proxy-ca-file", str(ca_crt), "--proxy-ca-key-file", str(ca_key))
 
 
-def start_agent(lab: str, node: str, settings: ClusterSettings | None = None) -> int:
+def start_agent(lab: str, node: str, settings: ClusterSettings | None = None,
+                nice: int = 0) -> int:
+    """Start the agent of `node`; `nice` > 0 starts it at that lower CPU priority (`lab up`:
+    the members while the candidates start; `renice_agents` restores it)."""
     require_overlay(lab)
     s = settings or load_settings(lab)
     plan = runtime.load_plan(lab)
@@ -343,7 +350,20 @@ def start_agent(lab: str, node: str, settings: ClusterSettings | None = None) ->
         from raven.lab import vm
 
         argv = vm.guest_python_argv(lab, argv)
+    elif nice > 0:
+        argv = ["nice", "-n", str(nice), *argv]
     return runtime.start_process(lab, node, AGENT, argv)
+
+
+def renice_agents(lab: str, nodes: list[NodePlan]) -> None:
+    """Give the agents of `nodes` the ordinary CPU priority again: every thread of every
+    process in the agent's process group (it is a session leader; wireguard-go and the
+    probe responder it starts inherit its priority)."""
+    for node in nodes:
+        pid = runtime.process_pid(lab, node.name, AGENT)
+        if pid is not None and not node.is_vm:
+            with contextlib.suppress(OSError):  # it exited meanwhile: the wait reports it
+                os.setpriority(os.PRIO_PGRP, pid, 0)
 
 
 def agent_status_stamp(lab: str, node: str) -> tuple[int, int] | None:
@@ -405,9 +425,17 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
     members = [n for _, n in plan.nodes() if not n.gateway_candidate]
     progress(f"kubelet stand-in: {len(plan.nodes())} Node objects")
     start_kubelet(lab, s)
-    progress(f"agents on {len(candidates)} gateway candidates")
+    progress(f"agents on {len(candidates)} gateway candidates"
+             + (f", {len(members)} members (at low CPU priority until the candidates are in "
+                "their pools)" if members else ""))
     for node in candidates:
         start_agent(lab, node.name, s)
+    # The members start too, but niced: on a 2-core machine their start would take the CPU
+    # from the candidates', and no member is on the way to a gateway's election, key or
+    # direct paths; they use what the candidates leave (while those wait for the API server
+    # or the network) and get the ordinary priority once every candidate is in its pool.
+    for node in members:
+        start_agent(lab, node.name, s, nice=MEMBER_NICE)
     progress("gateway controller")
     start_controller(lab, s)
     progress(f"{len(plan.pools)} Gateways: " + ", ".join(
@@ -418,14 +446,8 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
     progress("proxy CA (Secret kube-system/raven-proxy-ca)")
     kubectl(lab, "apply", "-f", "-", stdin=json.dumps(proxy_ca_secret(lab)))
     _wait_nodes(lab, len(plan.nodes()))
-    # The members once the candidates have planned themselves into their pools (elected or
-    # standby): on a 2-core machine their start would take the CPU from the candidates',
-    # and no member is on the way to a gateway's election, key or direct paths.
     _wait_first_applies(lab, candidates, s.wait_timeout, settled=True)
-    if members:
-        progress(f"agents on {len(members)} members")
-    for node in members:
-        start_agent(lab, node.name, s)
+    renice_agents(lab, members)
     # The kubelet APIs and Pods once the agents have applied: nothing of the overlay waits
     # for them, and their start (a Python process per node) and the pings of the wait below
     # would take the CPU from the agents' own start.
