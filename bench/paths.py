@@ -1,14 +1,25 @@
 """Benchmark: direct paths between NAT'd pools (hole punching) against the relay.
 
-One nat-kinds lab (cloud, cone-a, cone-b, full-cone, symmetric) runs the whole overlay.
-Measured once:
-  up_to_direct_s        `raven lab up` (the command, as an operator runs it) started ->
-                        cone-a <-> cone-b first seen direct (`wg show dump` on both gateways,
-                        read every 0.1 s from the moment the lab's nodes exist)
+Runs `raven lab up TOPOLOGY` (default nat-kinds: cloud, cone-a, cone-b, full-cone, symmetric)
+as an operator runs it, `--ups N` times, the whole overlay each time.
+Measured per `lab up`:
+  up_to_direct_s        `raven lab up` (the command) started -> every cone pair (both pools
+                        behind a port-restricted or full-cone NAT) first seen direct (`wg show
+                        dump` on every gateway candidate of both pools, read every 0.1 s from
+                        the moment the lab's nodes exist); per pair in `pairs`
   ready_to_direct_s     `lab up` exited (every pod pair answered) -> direct; negative when the
-                        pair was direct before `lab up` finished
-Measured per round (the direct path is cut on the lab's internet to force the relay, then
-restored):
+                        pairs were direct before `lab up` finished
+  timeline              seconds after `lab up` started of: lab up's own steps (its progress
+                        lines: namespaces built, API server, controller, agents), and for each
+                        candidate of a public pool or a cone pool: agent spawned (its supervisor
+                        record), imported ("agent starting"), first plan applied, key published,
+                        elected, a lost first handshake renewed, (public gateways) a mapped
+                        endpoint learned and published, (NAT'd) probe peer added, first
+                        handshake, direct switch; and the oracle's first direct read per pair
+The summary gives the median and max of up_to_direct_s over the ups and, per timeline label,
+its median [min-max] (`breakdown`).
+Measured per round on the last lab up (nat-kinds only: its pool names; `--rounds 0` on other
+topologies; the direct path is cut on the lab's internet to force the relay, then restored):
   relay_bytes_relayed   growth of the relay's WireGuard counters (rx+tx of its peers for the two
                         cone gateways, `wg show dump` on the cloud gateway) during a TCP iperf3
                         cone-a pod -> cone-b pod while the pair is relayed
@@ -20,17 +31,17 @@ restored):
   rebind_gap_s          `nat-rebind cone-a` -> longest gap between ping replies
 A failed round (an oracle not reached in time) is counted and reported, never dropped silently.
 Prints figures; `--json` prints a JSON summary as the last line (medians over good rounds).
-The timeline from `lab up` to the first direct path (seconds after `lab up` started) is printed
-from the lab's progress (`raven lab up`'s stderr), the daemons' own logs, and the oracle
-(`--rounds 0` measures only that).
 
-    flock /tmp/raven-e2e.lock .venv/bin/python bench/paths.py [--rounds 3] [--json]
+    flock /tmp/raven-e2e.lock .venv/bin/python bench/paths.py [--ups 5] [--rounds 3] [--json]
+    flock /tmp/raven-e2e.lock .venv/bin/python bench/paths.py --ups 5 --rounds 0 \
+        --topology test-topologies/acceptance-mesh.yaml
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import re
 import secrets
@@ -48,54 +59,77 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import paths_support as ps  # noqa: E402  (the oracles shared with tests/e2e)
 
 from raven.lab import cluster, nat, runtime, teardown  # noqa: E402
-from raven.lab.plan import LabPlan  # noqa: E402
+from raven.lab.plan import LabPlan, PoolPlan  # noqa: E402
 
 TIMEOUT = 90.0
-CONE = ("cone-a", "cone-b")
-# (node, daemon, message pattern, label): the first line of each in that daemon's log
-# (asctime, millisecond resolution); {a}/{b}: the cone gateways' Gateway names.
-LOG_MARKS = (
-    ("control-plane", cluster.CONTROLLER, r"acquired leadership|leadership", "controller leads"),
-    ("cloud-1", cluster.AGENT, r"agent \S+ starting", "cloud-1 agent starting"),
-    ("cona-1", cluster.AGENT, r"agent \S+ starting", "cona-1 agent starting"),
-    ("conb-1", cluster.AGENT, r"agent \S+ starting", "conb-1 agent starting"),
-    ("cloud-1", cluster.AGENT, r"applied \S+ plan from live", "cloud-1 first live apply"),
-    ("cona-1", cluster.AGENT, r"published WireGuard public key", "cona-1 key published"),
-    ("conb-1", cluster.AGENT, r"published WireGuard public key", "conb-1 key published"),
-    ("cona-1", cluster.AGENT, r"applied active-gateway plan from live",
-     "cona-1 first live gateway apply"),
-    ("conb-1", cluster.AGENT, r"applied active-gateway plan from live",
-     "conb-1 first live gateway apply"),
-    ("cloud-1", cluster.AGENT, r"made afresh", "cloud-1 renewed a peer"),
-    ("cona-1", cluster.AGENT, r"made afresh", "cona-1 renewed a peer"),
-    ("conb-1", cluster.AGENT, r"made afresh", "conb-1 renewed a peer"),
-    ("cloud-1", cluster.AGENT, r"published observed endpoints",
-     "cloud-1 published observed endpoints"),
-    ("cona-1", cluster.AGENT, r"path to {b}: probing", "cona-1 probing cone-b"),
-    ("conb-1", cluster.AGENT, r"path to {a}: probing", "conb-1 probing cone-a"),
-    ("cona-1", cluster.AGENT, r"path to {b}: handshake seen", "cona-1 handshake with cone-b"),
-    ("conb-1", cluster.AGENT, r"path to {a}: handshake seen", "conb-1 handshake with cone-a"),
-    ("cona-1", cluster.AGENT, r"path to {b}: direct", "cona-1 direct to cone-b"),
-    ("conb-1", cluster.AGENT, r"path to {a}: direct", "conb-1 direct to cone-a"),
+CONE_KINDS = ("cone", "full-cone")  # the NAT kinds whose pairs go direct
+# (daemon, message pattern, label) per node: the first line of each in that daemon's log
+# (asctime, millisecond resolution); {node} the node's name, {peers}: the Gateway names of the
+# node's cone-pair partners (an alternation).
+AGENT_MARKS = (
+    (r"agent \S+ starting", "imported (agent starting)"),
+    (r"applied \S+ plan from", "first plan applied"),
+    (r"published WireGuard public key", "key published"),
+    (r"made afresh", "renewed a first handshake"),
+    (r"learned the mapped endpoint", "learned a mapped endpoint"),
+    (r"published observed endpoints", "mapping published (observed endpoints)"),
+    (r"path to (?:{peers}): probing", "probe peer added"),
+    (r"path to (?:{peers}): handshake seen", "first handshake"),
+    (r"path to (?:{peers}): direct", "direct switch"),
 )
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
-def log_marks(lab: str, gateways: dict[str, str]) -> list[tuple[float, str]]:
-    """(unix time, label) of the first log line matching each of LOG_MARKS."""
+def _first_line(path: Path, regex: re.Pattern) -> float | None:
+    try:
+        lines = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        stamp = LOG_TIME.match(line)
+        if stamp and regex.search(line):
+            return datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    return None
+
+
+def cone_pairs(plan: LabPlan) -> list[tuple[PoolPlan, PoolPlan]]:
+    """Every pair of pools behind cone NATs (port-restricted or full) with a candidate each."""
+    pools = [p for p in plan.pools if p.nat in CONE_KINDS and ps.candidates(p)]
+    return list(itertools.combinations(pools, 2))
+
+
+def log_marks(lab: str, plan: LabPlan, pairs: list[tuple[PoolPlan, PoolPlan]]
+              ) -> list[tuple[float, str]]:
+    """(unix time, label) of the steps from the agents' spawn to direct: each gateway
+    candidate of a cone pair and of a public pool: spawned (its supervisor record written),
+    then the first log line of each of AGENT_MARKS; the controller's leadership and its first
+    election of each such node."""
     out = []
-    for node, daemon, pattern, label in LOG_MARKS:
-        regex = re.compile(pattern.format(**gateways))
-        try:
-            lines = runtime.log_path(lab, node, daemon).read_text(errors="replace").splitlines()
-        except OSError:
+    at = _first_line(runtime.log_path(lab, cluster.CONTROL_PLANE, cluster.CONTROLLER),
+                     re.compile(r"acquired leadership"))
+    if at is not None:
+        out.append((at, "controller ready (leads)"))
+    partners: dict[str, set[str]] = {}
+    for a, b in pairs:
+        partners.setdefault(a.name, set()).add(b.gateway)
+        partners.setdefault(b.name, set()).add(a.gateway)
+    for pool in plan.pools:
+        if not pool.public and pool.name not in partners:
             continue
-        for line in lines:
-            stamp = LOG_TIME.match(line)
-            if stamp and regex.search(line):
-                out.append((datetime.strptime(stamp.group(1), "%Y-%m-%d %H:%M:%S,%f")
-                            .timestamp(), label))
-                break
+        peers = "|".join(sorted(partners.get(pool.name, {"-"})))
+        for node in ps.candidates(pool):
+            with contextlib.suppress(OSError):
+                out.append((runtime.pid_path(lab, node, cluster.AGENT).stat().st_mtime,
+                            f"{node}: agent spawned"))
+            for pattern, label in AGENT_MARKS:
+                at = _first_line(runtime.log_path(lab, node, cluster.AGENT),
+                                 re.compile(pattern.format(peers=peers)))
+                if at is not None:
+                    out.append((at, f"{node}: {label}"))
+            at = _first_line(runtime.log_path(lab, cluster.CONTROL_PLANE, cluster.CONTROLLER),
+                             re.compile(rf"elected \[[^]]*'{node}'"))
+            if at is not None:
+                out.append((at, f"{node}: elected by the controller"))
     return out
 
 
@@ -107,6 +141,49 @@ def print_timeline(started: float, events: list[tuple[float, str]]) -> dict[str,
         out[label] = round(at - started, 2)
         print(f"  {at - started:7.2f}  {label}")
     return out
+
+
+def one_up(path: Path, lab: str, keep: bool) -> tuple[dict, LabPlan | None]:
+    """`raven lab up` once: the time from its start to each cone pair going direct, and the
+    timeline. The lab is left up when `keep` (the caller removes it)."""
+    summary: dict = {}
+    direct: ps.DirectWatch | None = None
+    up = ps.LabUp(path, lab)
+    plan = None
+    try:
+        plan = up.plan()
+        pairs = cone_pairs(plan)
+        direct = ps.DirectWatch(plan, pairs, poll=0.1)
+        up.wait()
+        ready = time.monotonic()
+        first = direct.wait(TIMEOUT)
+        events = [(at, f"lab up: {text}") for at, text in up.lines]
+        for a, b in pairs:
+            if (a.name, b.name) in first:
+                events.append((up.started_wall + first[(a.name, b.name)] - up.started,
+                               f"ORACLE: wg show: {a.name} <-> {b.name} direct"))
+        summary["pairs"] = {f"{a.name}<->{b.name}": (round(first[(a.name, b.name)]
+                                                           - up.started, 2)
+                                                     if (a.name, b.name) in first else None)
+                            for a, b in pairs}
+        done = [first[(a.name, b.name)] for a, b in pairs if (a.name, b.name) in first]
+        summary["up_to_direct_s"] = (round(max(done) - up.started, 2)
+                                     if len(done) == len(pairs) else None)
+        summary["ready_to_direct_s"] = (round(max(done) - ready, 2)
+                                        if len(done) == len(pairs) else None)
+        events += log_marks(lab, plan, pairs)
+        summary["timeline"] = print_timeline(up.started_wall, events)
+        print(f"`raven lab up` started -> every cone pair direct {summary['up_to_direct_s']}s "
+              f"(pairs: {summary['pairs']}; lab up reported ready -> direct "
+              f"{summary['ready_to_direct_s']}s)")
+    finally:
+        up.stop()
+        if direct is not None:
+            with contextlib.suppress(Exception):
+                direct.stop()
+        if not keep:
+            teardown.down(lab)
+    return summary, plan
 
 
 def rtt_ms(plan: LabPlan, src, dst, count: int = 50) -> float:
@@ -159,69 +236,86 @@ def one_round(plan: LabPlan) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--topology", type=Path,
+                        default=ROOT / "test-topologies" / "nat-kinds.yaml")
+    parser.add_argument("--ups", type=int, default=1, help="`lab up`s to time (the rounds "
+                        "run on the last one)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true")
-    parser.add_argument("--keep-logs", metavar="DIR", help="copy the lab's daemon logs here "
-                        "before the lab is removed")
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy each lab's daemon logs here "
+                        "(DIR/up-N) before the lab is removed")
     args = parser.parse_args()
-    lab = f"rvb-paths-{secrets.token_hex(3)}"
-    path = ROOT / "test-topologies" / "nat-kinds.yaml"
+    ups: list[dict] = []
     rounds: list[dict] = []
     failed: list[str] = []
-    summary: dict = {}
-    direct: ps.DirectWatch | None = None
-    up = ps.LabUp(path, lab)
-    try:
-        plan = up.plan()
-        a, b = ps.pool(plan, "cone-a"), ps.pool(plan, "cone-b")
-        direct = ps.DirectWatch(plan, [(a, b)], poll=0.1)
-        up.wait()
-        ready = time.monotonic()
-        first = direct.wait(TIMEOUT).get((a.name, b.name))
-        if first is None:
-            raise AssertionError(f"cone-a <-> cone-b not direct after {TIMEOUT:g}s")
-        events = [(at, f"lab up: {text}") for at, text in up.lines]
-        events.append((up.started_wall + first - up.started,
-                       "ORACLE: wg show: cone-a <-> cone-b direct"))
-        summary["up_to_direct_s"] = round(first - up.started, 2)
-        summary["ready_to_direct_s"] = round(first - ready, 2)  # < 0: direct before ready
-        events += log_marks(lab, {"a": a.gateway, "b": b.gateway})
-        summary["timeline"] = print_timeline(up.started_wall, events)
-        print(f"`raven lab up` started -> direct {summary['up_to_direct_s']}s "
-              f"(lab up reported ready -> direct {summary['ready_to_direct_s']}s)")
-        for n in range(args.rounds):
-            try:
-                r = one_round(plan)
-            except AssertionError as exc:
-                failed.append(f"round {n + 1}: {exc}")
-                print(f"round {n + 1}: FAILED: {exc}")
-                continue
-            rounds.append(r)
-            print(f"round {n + 1}: relay bytes during iperf relayed {r['relay_bytes_relayed']} "
-                  f"({r['iperf_bytes_relayed']} moved) / direct {r['relay_bytes_direct']} "
-                  f"({r['iperf_bytes_direct']} moved); rtt relayed {r['rtt_relayed_ms']:.3f} ms "
-                  f"direct {r['rtt_direct_ms']:.3f} ms; upgrade {r['upgrade_s']}s lost "
-                  f"{r['upgrade_lost']}; nat-rebind gap {r['rebind_gap_s']}s")
-    finally:
-        up.stop()
-        if direct is not None:
-            with contextlib.suppress(Exception):
-                direct.stop()
-        if args.keep_logs:
-            shutil.copytree(runtime.run_dir(lab) / "logs", args.keep_logs, dirs_exist_ok=True)
-        teardown.down(lab)
+    for n in range(max(1, args.ups)):
+        lab = f"rvb-paths-{secrets.token_hex(3)}"
+        last = n == max(1, args.ups) - 1
+        print(f"--- lab up {n + 1} of {max(1, args.ups)}: {args.topology.name} ({lab})")
+        try:
+            result, plan = one_up(args.topology, lab, keep=True)
+            ups.append(result)
+            if last and args.rounds and plan is not None:
+                rounds, failed = run_rounds(plan, args.rounds)
+        finally:
+            if args.keep_logs:
+                shutil.copytree(runtime.run_dir(lab) / "logs",
+                                Path(args.keep_logs) / f"up-{n + 1}", dirs_exist_ok=True)
+            teardown.down(lab)
+    summary = summarize(ups)
     for key in ("relay_bytes_relayed", "relay_bytes_direct", "iperf_bytes_relayed",
                 "iperf_bytes_direct", "rtt_relayed_ms", "rtt_direct_ms", "upgrade_s",
                 "upgrade_lost", "rebind_gap_s"):
         values = [r[key] for r in rounds]
         summary[key] = statistics.median(values) if values else None
     summary["upgrade_lost_max"] = max((r["upgrade_lost"] for r in rounds), default=None)
-    summary.update(rounds=len(rounds), failed_rounds=len(failed), failures=failed,
-                   per_round=rounds)
-    print(f"summary: {json.dumps({k: v for k, v in summary.items() if k != 'per_round'})}")
+    summary.update(topology=args.topology.name, rounds=len(rounds), failed_rounds=len(failed),
+                   failures=failed, per_round=rounds, per_up=ups)
+    brief = {k: v for k, v in summary.items() if k not in ("per_round", "per_up", "breakdown")}
+    print(f"summary: {json.dumps(brief)}")
+    print("breakdown (s after `lab up` started; median [min-max] over the lab ups):")
+    for label, (med, low, high) in sorted(summary["breakdown"].items(), key=lambda kv: kv[1]):
+        print(f"  {med:7.2f} [{low:.2f}-{high:.2f}]  {label}")
     if args.json:
         print(json.dumps(summary))
-    return 1 if failed and not rounds else 0
+    return 1 if (failed and not rounds) or summary["up_to_direct_max_s"] is None else 0
+
+
+def summarize(ups: list[dict]) -> dict:
+    """Median and max of the time to direct over the lab ups (None if a pair never went
+    direct in one of them), and per timeline label its median, min and max."""
+    times = [u.get("up_to_direct_s") for u in ups]
+    ok = [t for t in times if t is not None]
+    labels: dict[str, list[float]] = {}
+    for u in ups:
+        for label, at in u.get("timeline", {}).items():
+            if not label.startswith("lab up: lab ") and not label.startswith("lab up: overlay"):
+                labels.setdefault(label, []).append(at)
+    return {
+        "up_to_direct_s": times,
+        "up_to_direct_median_s": statistics.median(ok) if ok else None,
+        "up_to_direct_max_s": max(ok) if ok and len(ok) == len(times) else None,
+        "breakdown": {k: (statistics.median(v), min(v), max(v)) for k, v in labels.items()},
+    }
+
+
+def run_rounds(plan: LabPlan, count: int) -> tuple[list[dict], list[str]]:
+    rounds: list[dict] = []
+    failed: list[str] = []
+    for n in range(count):
+        try:
+            r = one_round(plan)
+        except AssertionError as exc:
+            failed.append(f"round {n + 1}: {exc}")
+            print(f"round {n + 1}: FAILED: {exc}")
+            continue
+        rounds.append(r)
+        print(f"round {n + 1}: relay bytes during iperf relayed {r['relay_bytes_relayed']} "
+              f"({r['iperf_bytes_relayed']} moved) / direct {r['relay_bytes_direct']} "
+              f"({r['iperf_bytes_direct']} moved); rtt relayed {r['rtt_relayed_ms']:.3f} ms "
+              f"direct {r['rtt_direct_ms']:.3f} ms; upgrade {r['upgrade_s']}s lost "
+              f"{r['upgrade_lost']}; nat-rebind gap {r['rebind_gap_s']}s")
+    return rounds, failed
 
 
 if __name__ == "__main__":

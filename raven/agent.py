@@ -11,7 +11,7 @@ Rules kept:
   `raven.publisher`; this module is the runner: it owns the threads, the informers, the kernel
   and the monotonic clock, observes, calls the step, carries out its actions, reports their
   outcomes and sleeps until the deadline or an event. The writes on its own threads (heartbeat,
-  pool gateway) share one runner, `_publish_loop`. The wall clock is read only for what leaves
+  pool gateway) share one runner, `run_schedule`. The wall clock is read only for what leaves
   the process (Lease renewTime, the cache's savedAt, timestamps in the status file and Events)
   and passed in;
 - API trouble never touches the data plane: informers back off and keep their last copy; the
@@ -40,7 +40,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
 from raven import (
@@ -119,6 +119,29 @@ def parse_inputs(inputs: Inputs, node: str) -> tuple[list[Gateway], Node | str, 
         except ValidationError as exc:
             problems.extend(exc.problems)
     return sorted(gateways, key=lambda g: g.name), me, problems
+
+
+def run_schedule(stop: threading.Event, wake: threading.Event, schedule: publisher.Schedule,
+                 attempt: Callable[[], bool], active: Callable[[], bool] = lambda: True) -> None:
+    """The runner of one `raven.publisher` schedule, on a thread of its own: a slow or
+    unreachable API server never delays a reconcile, and a long reconcile never delays a
+    heartbeat. `wake` says there is something new (or that `active` changed, or stop)."""
+    state = publisher.PublishState()
+    while not stop.is_set():
+        now = time.monotonic()
+        if wake.is_set():
+            wake.clear()
+            state = publisher.ask(state, now)
+        go, deadline = publisher.poll(state, now, active())
+        if go:
+            try:
+                ok = attempt()
+            except Exception:  # never fatal: the thread would stop writing for good
+                log.exception("%s failed", threading.current_thread().name)
+                ok = False
+            state = publisher.result(state, ok, time.monotonic(), schedule, random.random())
+        else:
+            wake.wait(None if deadline is None else max(0.0, deadline - now))
 
 
 class Agent:
@@ -432,10 +455,11 @@ class Agent:
 
     # -- API writes ----------------------------------------------------------------------------
 
-    def publish_public_key(self) -> bool:
-        """Make our Node's annotation carry our key; True when it already does or now does."""
+    def publish_public_key(self) -> Write:
+        """Make our Node's annotation carry our key (the outcome: `Write.ok` when it already
+        does or now does)."""
         return self.annotations.ensure({constants.ANNOTATION_PUBLIC_KEY: self.public_key},
-                                       "WireGuard public key").ok
+                                       "WireGuard public key")
 
     def publish_observed(self, observed: dict[str, str]) -> bool:
         """Our Node's observed-endpoints annotation = `observed` (removed when empty)."""
@@ -462,6 +486,9 @@ class Agent:
              ) -> tuple[agent_step.AgentState, float]:
         """One step of the pure core and its actions; returns the next state and deadline."""
         s = self.settings
+        if state.publish.due is None and seen.live is not None and seen.live.node is not None:
+            # Our Node arrived after an attempt found none: publish the key now (below).
+            state = replace(state, publish=publisher.ask(state.publish, time.monotonic()))
         decided = agent_step.step(state, seen, time.monotonic(), s)
         state = decided.state
         for action in decided.actions:
@@ -473,8 +500,12 @@ class Agent:
                 state = agent_step.applied(state, action.inputs, ok, time.monotonic(), s,
                                            random.random())
             elif isinstance(action, PublishKey):
-                ok = self.publish_public_key()
-                state = agent_step.published(state, ok, time.monotonic(), s, random.random())
+                outcome = self.publish_public_key()
+                if outcome is Write.NO_NODE:  # started before its Node: no backoff, wait
+                    state = replace(state, publish=publisher.absent(state.publish))
+                else:
+                    state = agent_step.published(state, outcome.ok, time.monotonic(), s,
+                                                 random.random())
             elif isinstance(action, RefreshStats):
                 self.refresh_peer_metrics(time.time())
         return state, decided.deadline
@@ -597,28 +628,7 @@ class Agent:
             log.warning("heartbeat lease: %s", exc)
             return False
 
-    def _publish_loop(self, stop: threading.Event, wake: threading.Event,
-                      schedule: publisher.Schedule, attempt: Callable[[], bool],
-                      active: Callable[[], bool] = lambda: True) -> None:
-        """The runner of one `raven.publisher` schedule, on a thread of its own: a slow or
-        unreachable API server never delays a reconcile, and a long reconcile never delays a
-        heartbeat. `wake` says there is something new (or that `active` changed, or stop)."""
-        state = publisher.PublishState()
-        while not stop.is_set():
-            now = time.monotonic()
-            if wake.is_set():
-                wake.clear()
-                state = publisher.ask(state, now)
-            go, deadline = publisher.poll(state, now, active())
-            if go:
-                try:
-                    ok = attempt()
-                except Exception:  # never fatal: the thread would stop writing for good
-                    log.exception("%s failed", threading.current_thread().name)
-                    ok = False
-                state = publisher.result(state, ok, time.monotonic(), schedule, random.random())
-            else:
-                wake.wait(None if deadline is None else max(0.0, deadline - now))
+    _publish_loop = staticmethod(run_schedule)  # the writes on their own threads
 
     # -- health --------------------------------------------------------------------------------
 
@@ -651,3 +661,4 @@ class Agent:
             return (self.ready, "applied" if self.ready else "no successful apply yet")
 
         return HealthServer(listen, self.metrics.registry, healthy, ready, self.status)
+

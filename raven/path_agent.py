@@ -9,8 +9,9 @@ endpoints, counters: `Dataplane.wireguard_peers`, reads only) and:
   agent re-plan and apply at once (`Agent.apply_paths`), outside the agent's coalescing;
 - records each path in the agent's status document and metrics.
 Rules kept: decisions are raven.paths' (pure); this module owns the clock and the polling;
-API writes (the annotations) go through an outbox written by their own thread, so the path
-thread never waits for the API server; every error is logged and retried, never fatal.
+API writes (the annotations) go through an outbox written by their own thread (the agent's
+runner of a `raven.publisher` schedule: retries back off there, not here), so the path thread
+never waits for the API server; every error is logged and retried, never fatal.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from raven import failover, paths
+from raven import failover, paths, publisher
 from raven.desired import Role
 from raven.model import Gateway
 
@@ -291,6 +292,10 @@ class PathManager:
         learned = {p.public_key for p in state.wireguard.peers if p.endpoint is None}
         observed = {k: p.endpoint for k, p in live.items() if k in learned and p.endpoint}
         if observed != self.observed:
+            new = sorted(k for k, v in observed.items() if self.observed.get(k) != v)
+            if new:
+                log.info("learned the mapped endpoint of %d NAT'd peer(s): %s", len(new),
+                         ", ".join(f"{k[:8]}... at {observed[k]}" for k in new))
             self._queue("observed", observed)
             self.observed = observed
         self._unheard = {k: self._unheard.get(k, now) for k in learned - set(observed)}
@@ -417,17 +422,14 @@ class PathManager:
             return not self._outbox
 
     def publish_loop(self, stop: threading.Event) -> None:
-        failures = 0
-        while not stop.is_set():
-            self._publish_wake.wait(None if failures == 0 else min(30.0, 2.0 ** failures))
-            self._publish_wake.clear()
-            if stop.is_set():
-                return
-            try:
-                failures = 0 if self.flush_outbox() else failures + 1
-            except Exception:
-                log.exception("publishing path facts failed")
-                failures += 1
+        """Flush the outbox when something is queued; a failed flush is retried on the
+        agent's backoff (raven.publisher: the one schedule of periodic writes; a newer value
+        queued meanwhile goes with the retry)."""
+        from raven.agent import run_schedule
+
+        run_schedule(stop, self._publish_wake,
+                     publisher.Schedule(None, self.agent.settings.backoff),
+                     self.flush_outbox)
 
     def run(self, stop: threading.Event) -> None:
         """Tick until `stop`; `wake` (set after every apply of new inputs, and on stop) ends a

@@ -16,7 +16,10 @@ Rules kept:
 - `ask` (something new to write) makes an attempt due at once, except while backing off: a
   failing API server is not hammered by every change; the retry writes the newest value;
 - while inactive (`poll(..., active=False)`, e.g. not a gateway candidate) nothing is attempted
-  and there is no deadline: the runner waits for the event that changes it.
+  and there is no deadline: the runner waits for the event that changes it;
+- `absent`: an attempt that found nothing to write to (e.g. our Node is not created yet) is no
+  failure of the API server: no backoff, nothing due until `ask` (the object's arrival is an
+  event: a retry on a timer would come up to a backoff step after it).
 """
 
 from __future__ import annotations
@@ -64,3 +67,9 @@ def result(state: PublishState, ok: bool, now: float, s: Schedule,
     if s.cap is not None:
         delay = min(delay, s.cap)
     return PublishState(now + delay, failures)
+
+
+def absent(state: PublishState) -> PublishState:
+    """The attempt found no object to write to: nothing is due until `ask`."""
+    return replace(state, due=None)
+

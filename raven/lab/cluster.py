@@ -13,7 +13,10 @@
     per lab under <run dir>/proxy-ca and applied as Secret kube-system/raven-proxy-ca
   5 `raven controller` in the control-plane namespace
   6 `raven agent` on every node: node netns + private mount namespace, state directory
-    <run dir>/state/<node> (survives reboots of the node, like /var/lib/raven)
+    <run dir>/state/<node> (survives reboots of the node, like /var/lib/raven); the gateway
+    candidates' agents start right after step 2 (they publish their keys when their Nodes
+    appear), the members' too, at a low CPU priority until every candidate planned itself
+    into its pool
   7 wait, with progress, until every pod reaches every pod.
 Rules kept:
 - every process runs under the lab supervisor (raven.lab.runtime), so `raven lab down` stops it;
@@ -29,6 +32,7 @@ Rules kept:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -52,6 +56,8 @@ from raven.timefmt import to_time
 
 Progress = Callable[[str], None]
 APISERVER_PORT = 6443
+# The members' agents start at this lower CPU priority until the candidates are in their pools.
+MEMBER_NICE = 10
 AGENT_STATUS_FILE = "agent-status.json"  # raven.agent.STATUS_FILE: written after each good apply
 
 APISERVER = "apiserver"  # supervisor names (control-plane target unless said otherwise)
@@ -326,7 +332,10 @@ def agent_argv(lab: str, pool: PoolPlan, node: NodePlan, settings: ClusterSettin
         "--proxy-ca-file", str(ca_crt), "--proxy-ca-key-file", str(ca_key))
 
 
-def start_agent(lab: str, node: str, settings: ClusterSettings | None = None) -> int:
+def start_agent(lab: str, node: str, settings: ClusterSettings | None = None,
+                nice: int = 0) -> int:
+    """Start the agent of `node`; `nice` > 0 starts it at that lower CPU priority (`lab up`:
+    the members while the candidates start; `renice_agents` restores it)."""
     require_overlay(lab)
     s = settings or load_settings(lab)
     plan = runtime.load_plan(lab)
@@ -341,7 +350,20 @@ def start_agent(lab: str, node: str, settings: ClusterSettings | None = None) ->
         from raven.lab import vm
 
         argv = vm.guest_python_argv(lab, argv)
+    elif nice > 0:
+        argv = ["nice", "-n", str(nice), *argv]
     return runtime.start_process(lab, node, AGENT, argv)
+
+
+def renice_agents(lab: str, nodes: list[NodePlan]) -> None:
+    """Give the agents of `nodes` the ordinary CPU priority again: every thread of every
+    process in the agent's process group (it is a session leader; wireguard-go and the
+    probe responder it starts inherit its priority)."""
+    for node in nodes:
+        pid = runtime.process_pid(lab, node.name, AGENT)
+        if pid is not None and not node.is_vm:
+            with contextlib.suppress(OSError):  # it exited meanwhile: the wait reports it
+                os.setpriority(os.PRIO_PGRP, pid, 0)
 
 
 def agent_status_stamp(lab: str, node: str) -> tuple[int, int] | None:
@@ -394,11 +416,26 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
     start_apiserver(lab)
     progress("Gateway CRD")
     kubectl(lab, "apply", "-f", "-", stdin=gateway_crd())
-    # The daemons start while the objects are written: each takes a second or more to start
-    # (Python imports), and each reacts to objects that appear later, as in a real cluster.
-    # Only the agents wait for the Nodes: an agent publishes its key on its own Node.
+    # The gateway candidates' agents start first, as soon as the API server serves Gateways:
+    # an agent's start (interpreter, imports, its first list) is the longest step from
+    # `lab up` to a direct path (docs/gateway.md, 4a), and every later step of the lab runs
+    # while they start. An agent reacts to what appears later (its Node, the Gateways, their
+    # status) as in a real cluster; it publishes its key once its Node exists.
+    candidates = [n for _, n in plan.nodes() if n.gateway_candidate]
+    members = [n for _, n in plan.nodes() if not n.gateway_candidate]
     progress(f"kubelet stand-in: {len(plan.nodes())} Node objects")
     start_kubelet(lab, s)
+    progress(f"agents on {len(candidates)} gateway candidates"
+             + (f", {len(members)} members (at low CPU priority until the candidates are in "
+                "their pools)" if members else ""))
+    for node in candidates:
+        start_agent(lab, node.name, s)
+    # The members start too, but niced: on a 2-core machine their start would take the CPU
+    # from the candidates', and no member is on the way to a gateway's election, key or
+    # direct paths; they use what the candidates leave (while those wait for the API server
+    # or the network) and get the ordinary priority once every candidate is in its pool.
+    for node in members:
+        start_agent(lab, node.name, s, nice=MEMBER_NICE)
     progress("gateway controller")
     start_controller(lab, s)
     progress(f"{len(plan.pools)} Gateways: " + ", ".join(
@@ -409,15 +446,12 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
     progress("proxy CA (Secret kube-system/raven-proxy-ca)")
     kubectl(lab, "apply", "-f", "-", stdin=json.dumps(proxy_ca_secret(lab)))
     _wait_nodes(lab, len(plan.nodes()))
-    progress(f"agents on {len(plan.nodes())} nodes")
-    # Gateway candidates first: the gateways' start is the one the overlay waits for.
-    for _, node in sorted(plan.nodes(), key=lambda pn: not pn[1].gateway_candidate):
-        start_agent(lab, node.name, s)
+    _wait_first_applies(lab, candidates, s.wait_timeout, settled=True)
+    renice_agents(lab, members)
     # The kubelet APIs and Pods once the agents have applied: nothing of the overlay waits
     # for them, and their start (a Python process per node) and the pings of the wait below
-    # would take the CPU from the agents' own start, the longest step to a working overlay
-    # on a loaded 2-core machine (docs/gateway.md, 4a: from `lab up` to direct).
-    _wait_first_applies(lab, plan, s.wait_timeout)
+    # would take the CPU from the agents' own start.
+    _wait_first_applies(lab, members, s.wait_timeout)
     from raven.lab import kubelets  # it uses this module's paths and kubectl
 
     progress(f"kubelet APIs on {len(plan.nodes())} nodes (port {kubelets.KUBELET_PORT}), "
@@ -440,16 +474,30 @@ def up(plan: LabPlan, progress: Progress = _quiet, settings: ClusterSettings | N
     return report
 
 
-def _wait_first_applies(lab: str, plan: LabPlan, timeout: float) -> None:
-    """Until every agent outside a VM has applied its first plan (its status file exists: the
-    state directory is new), has exited, or `timeout`; never raises (the wait for all pairs
+def _wait_first_applies(lab: str, nodes: list[NodePlan], timeout: float,
+                        settled: bool = False) -> None:
+    """Until the agent of every node outside a VM has applied its first plan (its status file
+    exists: the state directory is new; `settled`: a plan that puts the node in its pool,
+    i.e. after the election), has exited, or `timeout`; never raises (the wait for all pairs
     reports what is wrong)."""
     deadline = time.monotonic() + timeout
-    waiting = [n.name for _, n in plan.nodes() if not n.is_vm]
+    waiting = [n.name for n in nodes if not n.is_vm]
     while waiting and time.monotonic() < deadline:
-        waiting = [n for n in waiting if agent_status_stamp(lab, n) is None
+        waiting = [n for n in waiting if not _applied(lab, n, settled)
                    and runtime.process_running(lab, n, AGENT)]
-        time.sleep(0.05)
+        if waiting:
+            time.sleep(0.05)
+
+
+def _applied(lab: str, node: str, settled: bool) -> bool:
+    """Has the node's agent written its status file (with a role in its pool: `settled`)?"""
+    if not settled:
+        return agent_status_stamp(lab, node) is not None
+    try:
+        status = json.loads((state_dir(lab, node) / AGENT_STATUS_FILE).read_text())
+    except (OSError, ValueError):  # not written yet, or being replaced
+        return False
+    return status.get("role") not in (None, "alone")
 
 
 def _wait_nodes(lab: str, count: int, timeout: float = 30.0) -> None:

@@ -81,6 +81,11 @@ def gateway(pool: PoolPlan) -> str:
     return next(n.name for n in pool.nodes if n.gateway_candidate)
 
 
+def candidates(pool: PoolPlan) -> list[str]:
+    """Every gateway candidate of the pool (the active one is elected among them)."""
+    return [n.name for n in pool.nodes if n.gateway_candidate]
+
+
 def pool(plan: LabPlan, name: str) -> PoolPlan:
     return next(p for p in plan.pools if p.name == name)
 
@@ -103,10 +108,10 @@ def _direct_peer(peer: WgPeer | None, dst: PoolPlan) -> bool:
 
 class DirectWatch:
     """From its start (e.g. right after the lab's namespaces exist, while `lab up` runs), reads
-    the gateways' devices every `poll` seconds (`wg show dump`, one per gateway) and keeps the
-    monotonic time at which each pair was first seen direct (`direct`'s test). A time is an
-    upper bound of the moment the pair went direct, by at most `poll` plus one round of
-    reads."""
+    the gateway candidates' devices every `poll` seconds (`wg show dump`, one per candidate)
+    and keeps the monotonic time at which each pair was first seen direct (`direct`'s test,
+    for any candidate of each pool). A time is an upper bound of the moment the pair went
+    direct, by at most `poll` plus one round of reads."""
 
     def __init__(self, plan: LabPlan, pairs: list[tuple[PoolPlan, PoolPlan]],
                  poll: float = 0.2) -> None:
@@ -117,7 +122,7 @@ class DirectWatch:
         self._thread.start()
 
     def _run(self) -> None:
-        nodes = sorted({gateway(p) for pair in self.pairs for p in pair})
+        nodes = sorted({n for pair in self.pairs for p in pair for n in candidates(p)})
         with ThreadPoolExecutor(len(nodes)) as pool:
             while not self._stop.is_set() and len(self.first) < len(self.pairs):
                 # All gateways read at once: a pair's time is not late by one read per node.
@@ -129,11 +134,15 @@ class DirectWatch:
     def _note(self, devices: dict[str, tuple[str, dict[str, WgPeer]] | None], seen: float
               ) -> None:
         for a, b in self.pairs:
-            da, db = devices[gateway(a)], devices[gateway(b)]
-            if (a.name, b.name) in self.first or da is None or db is None:
+            if (a.name, b.name) in self.first:
                 continue
-            if _direct_peer(da[1].get(db[0]), b) and _direct_peer(db[1].get(da[0]), a):
-                self.first[(a.name, b.name)] = seen
+            # Any candidate of each pool: the one elected active holds the direct peer.
+            for x, y in itertools.product(candidates(a), candidates(b)):
+                da, db = devices[x], devices[y]
+                if da is not None and db is not None and _direct_peer(da[1].get(db[0]), b) \
+                        and _direct_peer(db[1].get(da[0]), a):
+                    self.first[(a.name, b.name)] = seen
+                    break
 
     def wait(self, timeout: float) -> dict[tuple[str, str], float]:
         """Until every pair was seen direct or `timeout`; the first times seen."""

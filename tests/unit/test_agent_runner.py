@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,33 @@ def test_an_attempt_that_raises_is_a_failure_retried_not_the_end_of_the_thread(
 
     run(agent, stop, wake, publisher.Schedule(None, FAST), attempt)
     assert done == ["raised", "written"]
+
+
+def test_a_key_with_no_node_to_go_on_is_published_when_the_node_arrives(
+        agent: Agent, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The lab starts agents before the kubelet registers their Nodes: the first attempt finds
+    # no Node; the key must go out at the first look after the Node is listed, not one
+    # backoff step (0.8-1.6 s) later.
+    from raven.agent_step import AgentState, Inputs, Observation
+    from raven.node_annotations import Write
+
+    node = {"metadata": {"name": "n1"}}
+    attempts: list[bool] = []
+
+    def ensure(want: dict, what: str, *args: object, **kwargs: object) -> Write:
+        attempts.append(seen.live.node is not None)
+        return Write.WRITTEN if seen.live.node is not None else Write.NO_NODE
+
+    monkeypatch.setattr(agent.annotations, "ensure", ensure)
+    monkeypatch.setattr(agent, "reconcile", lambda inputs, wall: True)
+    monkeypatch.setattr(agent, "refresh_peer_metrics", lambda wall: None)
+    seen = Observation(live=Inputs(None, (), "api"))
+    state, _ = agent.turn(AgentState(), seen)
+    assert attempts == [False]
+    state, _ = agent.turn(state, seen)  # still no Node: no attempt
+    assert attempts == [False] and state.publish.failures == 0
+    seen = Observation(live=Inputs(node, (), "api"), woke=True)
+    state, _ = agent.turn(state, seen)  # the event opens a burst window (coalesce) ...
+    assert attempts == [False]
+    state, _ = agent.turn(replace(state, burst_until=0.0), seen)  # ... which has closed
+    assert attempts == [False, True]

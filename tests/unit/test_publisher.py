@@ -132,3 +132,20 @@ def test_each_rule_fails_against_a_broken_schedule(broken: str, test: Callable[[
     monkeypatch.setattr(publisher, name, fake)
     with pytest.raises(AssertionError):
         test()
+
+
+def test_nothing_to_write_to_is_no_failure_and_waits_for_the_ask() -> None:
+    # An attempt that found no object (our Node not created yet) neither backs off nor polls:
+    # the object's arrival asks, and the attempt is made at that instant.
+    state = publisher.absent(PublishState(due=0.0))
+    assert publisher.poll(state, 3.0) == (False, None)
+    state = publisher.ask(state, 3.7)
+    assert publisher.poll(state, 3.7) == (True, 3.7)
+    assert state.failures == 0
+
+
+def test_absent_after_failures_keeps_the_backoff_of_a_failing_api_server() -> None:
+    failing = publisher.result(PublishState(), False, 0.0, PERIODIC, 1.0)
+    state = publisher.absent(failing)
+    assert state.failures == 1
+    assert publisher.ask(state, 0.1).due is None  # ask never cuts a backoff short
