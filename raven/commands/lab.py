@@ -419,7 +419,7 @@ def cmd_gateway_fail(args: argparse.Namespace) -> int:
     from raven.lab import faults
 
     _need_root()
-    node = faults.gateway_fail(args.name, args.pool)
+    node = faults.gateway_fail(args.name, args.pool, args.index)
     print(f"active gateway {node} of pool {args.pool} is down{_effect_stamp(args.name)}")
     return 0
 
@@ -579,7 +579,10 @@ FAULT_VERBS = (
          (arg("name"), POOL)),
     Verb("reconnect", "undo disconnect", cmd_reconnect, (arg("name"), POOL)),
     Verb("gateway-fail", "power off the pool's active gateway node", cmd_gateway_fail,
-         (arg("name"), POOL)),
+         (arg("name"), POOL,
+          arg("--index", type=int, default=0,
+              help="which active gateway of an active-active pool (Replicas >= 2), in the "
+                   "order of its Gateway's status.activeEndpoints (default 0, the first)"))),
     Verb("nat-rebind", "the pool's NAT forgets its mappings: conntrack flushed, the next "
          "packets get new public ports", cmd_nat_rebind, (arg("name"), POOL)),
     # Data-path faults on a node's uplink: the node stays up and its agent heartbeats.

@@ -244,15 +244,20 @@ def reconnect(lab: str, pool_name: str) -> None:
     disconnected_marker(lab, pool.name).unlink(missing_ok=True)
 
 
-def gateway_fail(lab: str, pool_name: str) -> str:
-    """Power off the pool's active gateway node; returns its name."""
+def gateway_fail(lab: str, pool_name: str, index: int = 0) -> str:
+    """Power off the pool's active gateway node (the `index`-th of its active endpoints, for
+    active-active pools); returns its name."""
     plan = runtime.load_plan(lab)
     pool = cluster.pool_of(plan, pool_name)
     active = cluster.active_gateways(lab).get(pool.gateway, [])
     if not active:
         raise CommandError(f"lab {lab!r}: pool {pool.name!r} has no active gateway to fail")
-    node_down(lab, active[0])
-    return active[0]
+    if not 0 <= index < len(active):
+        raise CommandError(f"lab {lab!r}: pool {pool.name!r} has {len(active)} active "
+                           f"gateway(s) ({', '.join(active)}); --index must be 0 to "
+                           f"{len(active) - 1}")
+    node_down(lab, active[index])
+    return active[index]
 
 
 def control_plane_stop(lab: str) -> None:
