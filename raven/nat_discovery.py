@@ -25,9 +25,10 @@ from raven.timefmt import to_time
 
 ANNOTATION_OBSERVED = "raven.openyurt.io/observed-endpoints"
 # Published by a NAT'd active gateway: {remote Gateway: {"path": "direct" | "probing" |
-# "relayed", "via"?, "rttMs"?, "loss"?, "handshake"? (unix s), "rxBytes"?, "txBytes"?}} (an
-# older agent wrote "direct" | "probing" | "relayed:<via>" strings; both are read), written
-# when a path changes; the controller turns it into the Gateway's status.paths.
+# "relayed", "via"? (the relay that carries a relayed or probing pair's traffic), "rttMs"?,
+# "loss"?, "handshake"? (unix s), "rxBytes"?, "txBytes"?}} (an older agent wrote "direct" |
+# "probing" | "relayed:<via>" strings; both are read), written when a path changes; the
+# controller turns it into the Gateway's status.paths.
 ANNOTATION_PATHS = "raven.openyurt.io/paths"
 PATH_FIGURES = {"rttMs": float, "loss": float, "rxBytes": int, "txBytes": int}
 PATH_MODES = ("direct", "probing", "relayed")

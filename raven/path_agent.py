@@ -256,6 +256,8 @@ class PathManager:
             if path.mode == paths.Mode.RELAYED:
                 continue
             entry: dict[str, Any] = {"path": str(path.mode)}
+            if path.mode == paths.Mode.PROBING and name in via:
+                entry["via"] = via[name]  # its traffic is still relayed: say through whom
             rtt, loss = self.figures.get(name, (None, 0.0))
             if rtt is not None:
                 entry.update(rttMs=round(rtt, 2), loss=round(loss, 3))

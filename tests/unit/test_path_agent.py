@@ -102,7 +102,8 @@ def test_probe_handshake_take_over_and_nudges() -> None:
     assert agent.applied[-1] == {"gw-b": paths.PathPlan("gw-b", KEY_B, "198.19.0.14:4500",
                                                          False)}
     assert agent.published == []  # the path thread only queues API writes
-    assert m.flush_outbox() and agent.published[-1] == {"gw-b": {"path": "probing"}}
+    assert m.flush_outbox() and agent.published[-1] == {"gw-b": {"path": "probing",
+                                                                  "via": "gw-cloud"}}
     agent.dataplane.live = {KEY_B: peer(KEY_B, handshake=1000.5, rx=92)}
     deadline = m.tick(10.6, 1000.6)
     switch = m.paths["gw-b"].switch_at
