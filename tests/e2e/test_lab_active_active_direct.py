@@ -112,7 +112,9 @@ def test_a_direct_path_to_an_active_active_pool_keeps_every_pair_answering(lab: 
              "--state-dir", str(cluster.state_dir(lab.name, other))],
             capture_output=True, text=True, timeout=60)
         texts[:] = [diagnose.stdout + diagnose.stderr]
-        return "to gw-mill: relayed: active-active pool gw-farm" in diagnose.stdout
+        line = next((ln for ln in diagnose.stdout.splitlines() if "to gw-mill: " in ln), "")
+        why = f"active-active pool gw-farm: only its first active gateway {direct_gw}"
+        return "relayed via gw-core" in line and why in line
 
     try:
         wait_for(explained, 60.0, f"raven diagnose on {other} explains the relayed share",
