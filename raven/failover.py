@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import ipaddress
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
@@ -50,6 +51,12 @@ class ProbeSettings:
     # restarted while its pool has failed over without the controller does not wait forever.
     unknown_down_after: int = 600
     port: int = 4473  # UDP port of the echo responder on every node
+    # Seconds between two probes of a target whose verdict decides nothing (`Target.telemetry`:
+    # a pool with one candidate has no other to switch to). Its probes only feed the status
+    # (RTT, loss per pool pair), and on a 2-core node every probe costs wireguard-go and the
+    # agent CPU that pod traffic then lacks: 20 a second per target was ~10 % of the overlay's
+    # throughput gap. A slow target is judged on its own probes (`judged_by`).
+    slow_interval: float = 1.0
 
     @property
     def enabled(self) -> bool:
@@ -64,6 +71,9 @@ def probe_problems(s: ProbeSettings) -> list[str]:
         problems.append(f"probe timeout {s.timeout:g}: must be > 0")
     if s.down_after < 1 or s.up_after < 1:
         problems.append("probe down_after and up_after must be at least 1")
+    if s.enabled and s.slow_interval < s.interval:
+        problems.append(f"probe slow_interval {s.slow_interval:g}: must be at least the "
+                        f"probe interval ({s.interval:g})")
     if not 0 < s.port < 65536:
         problems.append(f"--probe-port {s.port}: use 1-65535")
     return problems
@@ -85,6 +95,20 @@ class Health:
     replies: int = 0
     lost: int = 0
     rtt_ms: float | None = None  # smoothed (1/8 per sample, as TCP's SRTT)
+
+
+def judged_by(s: ProbeSettings, telemetry: bool) -> ProbeSettings:
+    """The settings a target's probes are sent and judged with. A telemetry-only target is
+    probed every `slow_interval`, and its hysteresis counts ITS probes: each is lost only after
+    its own `timeout`, so probing less often never makes it DOWN sooner (`down_after` lost
+    probes is a longer silence, not a shorter one, and a single lost probe is never a verdict).
+    Only the never-answered silence is a duration (a tunnel being built takes as long whatever
+    the rate): `unknown_down_after` is scaled to the same seconds."""
+    if not telemetry or s.slow_interval <= s.interval or not s.enabled:
+        return s
+    silence = s.unknown_down_after * s.interval
+    return replace(s, interval=s.slow_interval, unknown_down_after=max(
+        s.down_after, math.ceil(silence / s.slow_interval - 1e-9)))
 
 
 def replied(h: Health, rtt_s: float, s: ProbeSettings) -> Health:
@@ -228,6 +252,11 @@ class Target:
     node: str
     address: str  # the candidate's IPv4 VTEP: an address it owns, reached through `device`
     device: str  # raven0 (inside the pool) or raven-wg0 (remote pools)
+    # True when the verdict decides nothing: the pool has a single candidate (nothing to switch
+    # to) and it is not the far gateway of a punched direct path. Probed every
+    # `ProbeSettings.slow_interval` for the status only. Not part of the identity: a pool that
+    # gains a second candidate keeps the target's health and probes it at full rate at once.
+    telemetry: bool = field(default=False, compare=False)
 
 
 def _private_ips(gw: Gateway) -> dict[str, str]:
@@ -252,7 +281,8 @@ def probe_targets(gateways: Iterable[Gateway], me: str, vtep: Any, vxlan_device:
     WireGuard (pools reached through a relay are the relay's concern). `direct` ({remote
     pool: node}) adds the gateway of each undialable pool we reach over a punched direct path
     (raven.paths): its verdict tells the path manager when the path died, sooner than the
-    path's own silence (`PathSettings.dead_after`). `vtep` maps an underlay IPv4 address to
+    path's own silence (`PathSettings.dead_after`). A target whose verdict decides neither
+    (`Target.telemetry`) is probed at the slow rate. `vtep` maps an underlay IPv4 address to
     its VTEP address (raven.topology.vtep_for); IPv6 underlays are not probed."""
     gws = list(gateways)
     mine = next((g for g in gws if me in {n.node_name for n in g.status.nodes}), None)
@@ -263,7 +293,8 @@ def probe_targets(gateways: Iterable[Gateway], me: str, vtep: Any, vxlan_device:
     ips = _private_ips(mine)
     for ep in my_cands:
         if ep.node_name != me and _v4(ips.get(ep.node_name)):
-            out.add(Target(mine.name, ep.node_name, vtep(ips[ep.node_name]), vxlan_device))
+            out.add(Target(mine.name, ep.node_name, vtep(ips[ep.node_name]), vxlan_device,
+                           telemetry=len(my_cands) < 2))
     me_ep = next((ep for ep in my_cands if ep.node_name == me), None)
     if me_ep is None:
         return tuple(sorted(out))
@@ -271,13 +302,14 @@ def probe_targets(gateways: Iterable[Gateway], me: str, vtep: Any, vxlan_device:
         if gw.name == mine.name:
             continue
         ips = _private_ips(gw)
-        for ep in candidates(gw):
+        cands = candidates(gw)
+        for ep in cands:
             if not valid_key(ep.public_key) or not _v4(ips.get(ep.node_name)):
                 continue  # no peer can be built to it: probing it would only fail
-            if (_dialable(me_ep) or _dialable(ep)
-                    or (direct or {}).get(gw.name) == ep.node_name):
+            punched = (direct or {}).get(gw.name) == ep.node_name
+            if _dialable(me_ep) or _dialable(ep) or punched:
                 out.add(Target(gw.name, ep.node_name, vtep(ips[ep.node_name]),
-                               wireguard_device))
+                               wireguard_device, telemetry=len(cands) < 2 and not punched))
     return tuple(sorted(out))
 
 

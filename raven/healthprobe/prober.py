@@ -14,7 +14,10 @@ Rules kept:
   first time (a reply or a DOWN verdict), or when the claim it advertises in its replies
   (raven.pool_claims) names another gateway or controller choice;
 - sockets are re-opened when their device goes or comes back; a missing device is not an error
-  (its probes are lost; a target that never answered stays UNKNOWN).
+  (its probes are lost; a target that never answered stays UNKNOWN);
+- each target is probed at the rate its verdict needs (`Target.telemetry`: every
+  `ProbeSettings.slow_interval`) and judged with the matching settings (`failover.judged_by`);
+  a target that stops being telemetry-only is probed at once, not at its slow turn.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ class _Slot:
     next_send: float = 0.0
     outstanding: dict[int, float] = field(default_factory=dict)  # seq -> sent at (monotonic)
     claim: tuple[str, str, float, float] | None = None  # gateway, head, age, read at (monotonic)
+    judged: ProbeSettings | None = None  # failover.judged_by for the target's rate
 
 
 class Prober:
@@ -77,7 +81,13 @@ class Prober:
             if source != self._source:
                 self._source = source
                 self._close_device_sockets()
-            self._slots = {t: self._slots.get(t) or _Slot() for t in wanted}
+            slots = {t: self._slots.get(t) or _Slot() for t in wanted}
+            for t, slot in slots.items():
+                judged = failover.judged_by(self.settings, t.telemetry)
+                if slot.judged is not None and judged.interval < slot.judged.interval:
+                    slot.next_send = 0.0  # its verdict decides now: probe without waiting
+                slot.judged = judged
+            self._slots = slots
             self._by_seq = {s: t for s, t in self._by_seq.items() if t in wanted}
 
     def verdicts(self) -> dict[tuple[str, str], Verdict]:
@@ -96,14 +106,15 @@ class Prober:
     def heard(self) -> dict[tuple[str, str], bool]:
         """(pool, node) -> whether the target answered or was judged DOWN since it was added."""
         with self._lock:
-            return {(t.pool, t.node): _heard(s.health, self.settings)
+            return {(t.pool, t.node): _heard(s.health, s.judged or self.settings)
                     for t, s in self._slots.items()}
 
     def report(self) -> list[dict[str, object]]:
         with self._lock:
             return [{"pool": t.pool, "node": t.node, "address": t.address, "device": t.device,
                      "verdict": str(s.health.verdict), "rttMs": s.health.rtt_ms,
-                     "replies": s.health.replies, "lost": s.health.lost}
+                     "replies": s.health.replies, "lost": s.health.lost,
+                     "telemetryOnly": t.telemetry}
                     for t, s in sorted(self._slots.items())]
 
     def start(self) -> None:
@@ -199,7 +210,7 @@ class Prober:
             if now < slot.next_send:
                 continue
             # Keep the cadence even after a late turn, without a burst to catch up.
-            slot.next_send = max(slot.next_send + s.interval, now)
+            slot.next_send = max(slot.next_send + (slot.judged or s).interval, now)
             sock = self._device_socket(target.device, now)
             self._seq += 1
             slot.outstanding[self._seq] = now
@@ -236,8 +247,9 @@ class Prober:
             sent = slot.outstanding.pop(msg[1], None)
             if sent is None:
                 continue
-            before, heard = slot.health.verdict, _heard(slot.health, self.settings)
-            slot.health = failover.replied(slot.health, now - sent, self.settings)
+            judged = slot.judged or self.settings
+            before, heard = slot.health.verdict, _heard(slot.health, judged)
+            slot.health = failover.replied(slot.health, now - sent, judged)
             changed |= _matters(before, slot.health.verdict) or not heard
             advert = parse_advert(wire.advert(data))
             if advert is not None:
@@ -247,15 +259,16 @@ class Prober:
     def _expire(self, now: float) -> bool:
         changed = False
         for slot in self._slots.values():
+            judged = slot.judged or self.settings
             expired = sorted(seq for seq, sent in slot.outstanding.items()
-                             if now - sent >= self.settings.timeout)
+                             if now - sent >= judged.timeout)
             for seq in expired:
                 del slot.outstanding[seq]
                 self._by_seq.pop(seq, None)
-                before, heard = slot.health.verdict, _heard(slot.health, self.settings)
-                slot.health = failover.lost(slot.health, self.settings)
+                before, heard = slot.health.verdict, _heard(slot.health, judged)
+                slot.health = failover.lost(slot.health, judged)
                 changed |= _matters(before, slot.health.verdict) or (
-                    heard != _heard(slot.health, self.settings))
+                    heard != _heard(slot.health, judged))
         return changed
 
 def _heard(h: Health, s: ProbeSettings) -> bool:

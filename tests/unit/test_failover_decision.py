@@ -78,6 +78,9 @@ def test_probe_settings_problems() -> None:
     assert failover.probe_problems(S) == []
     assert failover.probe_problems(ProbeSettings(interval=-1))
     assert failover.probe_problems(ProbeSettings(port=0))
+    assert failover.probe_problems(ProbeSettings(slow_interval=0.01)) == [
+        "probe slow_interval 0.01: must be at least the probe interval (0.05)"]
+    assert failover.probe_problems(ProbeSettings(interval=0, slow_interval=0)) == []
 
 
 # --- pools ----------------------------------------------------------------------------------
@@ -200,6 +203,26 @@ def test_probe_targets() -> None:
         gws, "c1", vtep, "raven0", "raven-wg0")} == {
         ("cone", "k1", "raven-wg0"), ("cone", "k2", "raven-wg0"), ("sym", "s1", "raven-wg0")}
     assert failover.probe_targets(gws, "nobody", vtep, "raven0", "raven-wg0") == ()
+
+
+def test_only_targets_whose_verdict_decides_are_probed_at_full_rate() -> None:
+    """A pool with one candidate has nothing to switch to: telemetry only (the slow rate);
+    a pool with two, or the far gateway of a punched direct path, decides (full rate)."""
+    gws = fleet()  # cloud: c1 alone; cone: k1, k2; sym: s1 alone
+
+    def rates(me: str, direct: dict[str, str] | None = None) -> dict[tuple[str, str], bool]:
+        return {(t.pool, t.node): t.telemetry for t in failover.probe_targets(
+            gws, me, vtep, "raven0", "raven-wg0", direct)}
+
+    assert rates("c2") == {("cloud", "c1"): True}  # a member of a one-candidate pool
+    assert rates("k3") == {("cone", "k1"): False, ("cone", "k2"): False}
+    assert rates("c1") == {("cone", "k1"): False, ("cone", "k2"): False, ("sym", "s1"): True}
+    assert rates("k2") == {("cloud", "c1"): True, ("cone", "k1"): False}
+    assert rates("k1", {"sym": "s1"})[("sym", "s1")] is False  # its DOWN ends the path
+    # The flag is no part of a target's identity: its slot (health) is kept when it changes.
+    t = failover.Target("cloud", "c1", "10.0.0.1", "raven0")
+    assert t == failover.Target("cloud", "c1", "10.0.0.1", "raven0", telemetry=True)
+    assert {t: 1}[failover.Target("cloud", "c1", "10.0.0.1", "raven0", telemetry=True)] == 1
 
 
 # --- warm standby ---------------------------------------------------------------------------
