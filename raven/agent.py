@@ -593,13 +593,13 @@ class Agent:
                 log.warning("drift monitor unavailable: %s", exc)
         s = self.settings
         beating = threading.Thread(
-            target=self._publish_loop, name="heartbeat", daemon=True,
+            target=run_schedule, name="heartbeat", daemon=True,
             args=(stop, self._candidacy, agent_step.heartbeat_schedule(s), self._renew_heartbeat,
                   lambda: self.candidate))
         beating.start()
         threading.Thread(target=self.paths.run, args=(stop,), name="paths", daemon=True).start()
         threading.Thread(
-            target=self._publish_loop, name="pool-gateway", daemon=True,
+            target=run_schedule, name="pool-gateway", daemon=True,
             args=(stop, self._decision, agent_step.pool_gateway_schedule(s),
                   self.publish_pool_gateway)).start()
         threading.Thread(target=self.paths.measure_loop, args=(stop,), name="relay-rtt",
@@ -628,7 +628,6 @@ class Agent:
             log.warning("heartbeat lease: %s", exc)
             return False
 
-    _publish_loop = staticmethod(run_schedule)  # the writes on their own threads
 
     # -- health --------------------------------------------------------------------------------
 
@@ -661,4 +660,3 @@ class Agent:
             return (self.ready, "applied" if self.ready else "no successful apply yet")
 
         return HealthServer(listen, self.metrics.registry, healthy, ready, self.status)
-

@@ -1,5 +1,5 @@
-"""The agent's thin runner of `raven.publisher` schedules (`Agent._publish_loop`), driven through
-real threads and events with the decisions left to the pure schedule: no root, no sleeps.
+"""The agent's thin runner of `raven.publisher` schedules (`raven.agent.run_schedule`), driven
+through real threads and events with the decisions left to the pure schedule: no root, no sleeps.
 
 Each test ends the loop from inside the attempt or `active` callbacks (setting stop, then the
 wake event), so a loop that makes one attempt too many or too few is seen by the count, and a
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from raven import publisher
-from raven.agent import Agent
+from raven.agent import Agent, run_schedule
 from raven.settings import AgentSettings, BackoffSettings
 
 FAST = BackoffSettings(initial=0.001, maximum=0.002)  # retries in ms: the test is quick
@@ -29,17 +29,17 @@ def agent(tmp_path: Path) -> Agent:
     return agent
 
 
-def run(agent: Agent, stop: threading.Event, wake: threading.Event,
+def run(stop: threading.Event, wake: threading.Event,
         schedule: publisher.Schedule, attempt: Callable[[], bool],
         active: Callable[[], bool] = lambda: True) -> None:
-    loop = threading.Thread(target=agent._publish_loop,
+    loop = threading.Thread(target=run_schedule,
                             args=(stop, wake, schedule, attempt, active), daemon=True)
     loop.start()
     loop.join(GUARD)
     assert not loop.is_alive(), "the publish loop did not stop"
 
 
-def test_a_failed_write_is_retried_until_it_succeeds_then_waits(agent: Agent) -> None:
+def test_a_failed_write_is_retried_until_it_succeeds_then_waits() -> None:
     stop, wake = threading.Event(), threading.Event()
     outcomes = [False, False, False, True]
     done: list[bool] = []
@@ -51,11 +51,11 @@ def test_a_failed_write_is_retried_until_it_succeeds_then_waits(agent: Agent) ->
             wake.set()
         return done[-1]
 
-    run(agent, stop, wake, publisher.Schedule(None, FAST), attempt)
+    run(stop, wake, publisher.Schedule(None, FAST), attempt)
     assert done == [False, False, False, True]
 
 
-def test_a_change_is_written_at_once_and_only_once(agent: Agent) -> None:
+def test_a_change_is_written_at_once_and_only_once() -> None:
     stop, wake = threading.Event(), threading.Event()
     writes = 0
 
@@ -69,11 +69,11 @@ def test_a_change_is_written_at_once_and_only_once(agent: Agent) -> None:
             wake.set()
         return True
 
-    run(agent, stop, wake, publisher.Schedule(None, FAST), attempt)
+    run(stop, wake, publisher.Schedule(None, FAST), attempt)
     assert writes == 2  # the first at start, the second for the change
 
 
-def test_nothing_is_written_while_inactive(agent: Agent) -> None:
+def test_nothing_is_written_while_inactive() -> None:
     stop, wake = threading.Event(), threading.Event()
     looks = 0
     writes: list[bool] = []
@@ -88,13 +88,12 @@ def test_nothing_is_written_while_inactive(agent: Agent) -> None:
             wake.set()
         return False
 
-    run(agent, stop, wake, publisher.Schedule(5.0, FAST), lambda: writes.append(True) or True,
+    run(stop, wake, publisher.Schedule(5.0, FAST), lambda: writes.append(True) or True,
         active)
     assert looks == 2 and writes == []
 
 
-def test_an_attempt_that_raises_is_a_failure_retried_not_the_end_of_the_thread(
-        agent: Agent) -> None:
+def test_an_attempt_that_raises_is_a_failure_retried_not_the_end_of_the_thread() -> None:
     stop, wake = threading.Event(), threading.Event()
     done: list[str] = []
 
@@ -107,7 +106,7 @@ def test_an_attempt_that_raises_is_a_failure_retried_not_the_end_of_the_thread(
         wake.set()
         return True
 
-    run(agent, stop, wake, publisher.Schedule(None, FAST), attempt)
+    run(stop, wake, publisher.Schedule(None, FAST), attempt)
     assert done == ["raised", "written"]
 
 
