@@ -253,28 +253,56 @@ def test_invalid_gateway_is_refused_or_surfaced_and_data_plane_untouched(
         cluster.kubectl(plan.name, "delete", "gateway", "gw-zz-conflict", check=False)
 
 
+def agent_actions(plan: LabPlan, since: float) -> list[str]:
+    """What the agents logged doing to the kernel (or deciding about paths) since wall time
+    `since`, for a failure message: a lost stream is explained by the change next to it."""
+    lines = []
+    for _, node in plan.nodes():
+        path = runtime.log_path(plan.name, node.name, cluster.AGENT)
+        for line in path.read_text(errors="replace").splitlines() if path.exists() else ():
+            wanted = ("applied", "path to", "gateway")
+            if " INFO " not in line or not any(w in line for w in wanted):
+                continue
+            try:
+                stamp = time.mktime(time.strptime(line[:19], "%Y-%m-%d %H:%M:%S"))
+            except ValueError:
+                continue
+            if stamp >= since - 1:
+                lines.append(f"{node.name}: {line[11:23]} {line[24:][:200]}")
+    return sorted(lines, key=lambda x: x.split(": ", 1)[1])
+
+
 def test_control_plane_stopped_60s_changes_nothing(healthy: LabPlan) -> None:
     plan = healthy
     before = lab_snapshot(plan)
+    pairs = (("cloud-2-pod0", "sym-2-pod0"), ("cone-2-pod0", "sym-2-pod0"),
+             ("sym-1-pod0", "cloud-1-pod0"))
+    started = time.time()
     streams = [start_stream(["ip", "netns", "exec", pod(plan, a).netns], pod(plan, b).ip)
-               for a, b in (("cloud-2-pod0", "sym-2-pod0"), ("cone-2-pod0", "sym-2-pod0"),
-                            ("sym-1-pod0", "cloud-1-pod0"))]
+               for a, b in pairs]
+    marks: dict[str, str] = {}
     try:
         time.sleep(2)  # traffic flows before the stop
         faults.control_plane_stop(plan.name)
+        marks["stopped"] = time.strftime("%H:%M:%S")
         try:
             time.sleep(60)  # the outage under test: 60 s without API server and controller
             during = lab_snapshot(plan)
         finally:
+            marks["start"] = time.strftime("%H:%M:%S")
             faults.control_plane_start(plan.name)
+            marks["started"] = time.strftime("%H:%M:%S")
         results = [stream.stop() for stream in streams]
     finally:
         for stream in streams:
             stream.kill()
-    for result in results:
+    for (src, dst), result in zip(pairs, results, strict=True):
         assert result["sent"] >= 3000, result  # 50 per second for the 62 s of sleeps
-        assert result["received"] == result["sent"], \
-            f"lost {result['sent'] - result['received']} of {result['sent']} packets: {result}"
+        assert result["received"] == result["sent"], (
+            f"{src} -> {dst} lost {result['sent'] - result['received']} of {result['sent']} "
+            f"packets (50 per second from {time.strftime('%H:%M:%S', time.localtime(started))}"
+            f", control plane {marks}): {result}\nagents:\n"
+            + "\n".join(agent_actions(plan, started)))
     assert during == before
     wait_pairs(plan, timeout=30)
 
