@@ -11,14 +11,20 @@ per process, the functions that were on CPU most often: which loops take the tim
 only the thread that holds the GIL is sampled, so threads waiting in select() or on a
 condition do not count). `--paused` measures with the lab's control processes SIGSTOPped
 (throughput.paused): what wireguard-go then still uses is its own, not the agents' probes.
+Besides the supervised processes and wireguard-go, every other process in one of the lab's node
+namespaces is measured too (the agents' probe responders, iperf3). `--load CLIENT_POD
+SERVER_POD` runs one iperf3 sample across the lab for the window: the same processes' CPU
+while the data path is busy, as during a sample of bench/throughput.py.
 
-    .venv/bin/python bench/throughput_idle.py LAB [--seconds 30] [--py-spy] [--paused] [--json]
+    .venv/bin/python bench/throughput_idle.py LAB [--seconds 30] [--py-spy] [--paused]
+        [--load CLIENT_POD SERVER_POD] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -30,6 +36,8 @@ from pathlib import Path
 
 from throughput import control_pids, paused, wireguard_pids
 
+from raven.lab.iperf import iperf
+from raven.lab.netns import netns_path
 from raven.lab.runtime import load_plan, supervised
 
 
@@ -43,10 +51,32 @@ def ticks(pid: int) -> tuple[int, int] | None:
 
 
 def processes(lab: str) -> dict[int, str]:
-    """pid -> label (target/name) of the lab's supervised processes and its wireguard-go."""
+    """pid -> label (target/name) of the lab's supervised processes, its wireguard-go, and
+    every other process inside one of its node namespaces (found by netns inode): the agents'
+    probe responders (a process of their own, started by the agent, not supervised by the
+    lab), wireguard-go, iperf3 and anything else that runs there."""
     out = {int(r["pid"]): f"{r['target']}/{r['name']}" for r in supervised(lab) if r["running"]}
-    for pid in wireguard_pids(lab, load_plan(lab)):
+    plan = load_plan(lab)
+    for pid in wireguard_pids(lab, plan):
         out.setdefault(pid, f"wireguard-go pid {pid}")
+    nodes = {}
+    for pool in plan.pools:
+        for node in pool.nodes:
+            with contextlib.suppress(OSError):
+                nodes[os.stat(netns_path(f"{lab}.{node.name}")).st_ino] = node.name
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) in out:
+            continue
+        try:
+            node = nodes.get(os.stat(entry / "ns" / "net").st_ino)
+            if node is None:
+                continue
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        pid = int(entry.name)
+        words = [Path(w.decode(errors="replace")).name for w in argv if w][:3]
+        out[pid] = f"{node}/{' '.join(words)[:40]}"
     return out
 
 
@@ -76,8 +106,16 @@ def main() -> int:
                         "processes with py-spy and print their busiest functions")
     parser.add_argument("--paused", action="store_true", help="SIGSTOP the lab's control "
                         "processes during the window")
+    parser.add_argument("--load", nargs=2, metavar=("CLIENT_POD", "SERVER_POD"),
+                        help="run one iperf3 sample from CLIENT_POD to SERVER_POD for the "
+                        "window (e.g. cloud-1-pod0 edge-1-pod0): the processes' CPU while "
+                        "the data path is busy, as during bench/throughput.py's samples")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    pods = {pod.name: pod for pool in load_plan(args.lab).pools for node in pool.nodes
+            for pod in node.pods}
+    if args.load and not all(name in pods for name in args.load):
+        parser.error(f"--load: pods of {args.lab} are {', '.join(sorted(pods))}")
     if args.paused and args.py_spy:
         parser.error("--py-spy samples the control processes; --paused stops them")
     procs = processes(args.lab)
@@ -99,7 +137,13 @@ def main() -> int:
     with paused(control_pids(args.lab) if args.paused else []):
         before = {pid: ticks(pid) for pid in procs}
         start = time.monotonic()
-        time.sleep(args.seconds)
+        mbit = None
+        if args.load:
+            client, server = (pods[name] for name in args.load)
+            mbit = iperf(server.netns, server.ip, client.netns,
+                         args.seconds).mbit
+        else:
+            time.sleep(args.seconds)
         after = {pid: ticks(pid) for pid in procs}
         elapsed = time.monotonic() - start
     rows = []
@@ -117,7 +161,8 @@ def main() -> int:
     control = sum(r.get("cpu_pct", 0) + r.get("children_pct", 0) for r in rows
                   if "wireguard-go" not in r["process"])
     print(f"sum {total:.2f} % of one CPU (control processes {control:.2f} %) over "
-          f"{elapsed:.1f} s; load average {Path('/proc/loadavg').read_text().split()[:3]}")
+          f"{elapsed:.1f} s; load average {Path('/proc/loadavg').read_text().split()[:3]}"
+          + ("" if mbit is None else f"; iperf3 {mbit:.1f} Mbit/s"))
     for pid, (proc, raw) in spies.items():
         try:
             proc.wait(timeout=args.seconds + 60)
@@ -130,7 +175,8 @@ def main() -> int:
         next(r for r in rows if r["pid"] == pid)["py_spy_top"] = top
     if args.json:
         print(json.dumps({"lab": args.lab, "seconds": elapsed, "processes": rows,
-                          "total_pct": round(total, 2), "control_pct": round(control, 2)}))
+                          "total_pct": round(total, 2), "control_pct": round(control, 2),
+                          "load": args.load, "mbit": mbit}))
     return 0
 
 

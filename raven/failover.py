@@ -57,6 +57,15 @@ class ProbeSettings:
     # agent CPU that pod traffic then lacks: 20 a second per target was ~10 % of the overlay's
     # throughput gap. A slow target is judged on its own probes (`judged_by`).
     slow_interval: float = 1.0
+    # Seconds between two probes of a healthy standby (`Target.standby`): a candidate that is
+    # UP and not the gateway this node uses. Its verdict decides only after the gateway in use
+    # fails, and it is UP then whatever the rate; a standby that loses a probe is probed at
+    # the full rate again until it answers, so it is still DOWN after `down_after` lost probes,
+    # at most one standby interval later. Measured on two-pools (docs/benchmarks.md): of the
+    # four 50 ms probe streams two went to a standby (one through WireGuard), ~4 % of one CPU.
+    # 0.25 s is also how old a candidate's claim (raven.pool_claims) may get: each standby
+    # probe asks for it.
+    standby_interval: float = 0.25
 
     @property
     def enabled(self) -> bool:
@@ -73,6 +82,9 @@ def probe_problems(s: ProbeSettings) -> list[str]:
         problems.append("probe down_after and up_after must be at least 1")
     if s.enabled and s.slow_interval < s.interval:
         problems.append(f"probe slow_interval {s.slow_interval:g}: must be at least the "
+                        f"probe interval ({s.interval:g})")
+    if s.enabled and s.standby_interval < s.interval:
+        problems.append(f"probe standby_interval {s.standby_interval:g}: must be at least the "
                         f"probe interval ({s.interval:g})")
     if not 0 < s.port < 65536:
         problems.append(f"--probe-port {s.port}: use 1-65535")
@@ -257,6 +269,11 @@ class Target:
     # `ProbeSettings.slow_interval` for the status only. Not part of the identity: a pool that
     # gains a second candidate keeps the target's health and probes it at full rate at once.
     telemetry: bool = field(default=False, compare=False)
+    # True when the candidate is not a gateway this node uses now (the Gateways given to
+    # `probe_targets` are the effective ones): probed every `ProbeSettings.standby_interval`
+    # while it is UP and answers (raven.healthprobe.prober), at full rate otherwise. Not part
+    # of the identity either: becoming the gateway in use keeps its health.
+    standby: bool = field(default=False, compare=False)
 
 
 def _private_ips(gw: Gateway) -> dict[str, str]:
@@ -282,8 +299,10 @@ def probe_targets(gateways: Iterable[Gateway], me: str, vtep: Any, vxlan_device:
     pool: node}) adds the gateway of each undialable pool we reach over a punched direct path
     (raven.paths): its verdict tells the path manager when the path died, sooner than the
     path's own silence (`PathSettings.dead_after`). A target whose verdict decides neither
-    (`Target.telemetry`) is probed at the slow rate. `vtep` maps an underlay IPv4 address to
-    its VTEP address (raven.topology.vtep_for); IPv6 underlays are not probed."""
+    (`Target.telemetry`) is probed at the slow rate; a candidate that is not among its pool's
+    active endpoints in `gateways` (pass the effective ones) is a `Target.standby`. `vtep`
+    maps an underlay IPv4 address to its VTEP address (raven.topology.vtep_for); IPv6
+    underlays are not probed."""
     gws = list(gateways)
     mine = next((g for g in gws if me in {n.node_name for n in g.status.nodes}), None)
     if mine is None:
@@ -294,7 +313,8 @@ def probe_targets(gateways: Iterable[Gateway], me: str, vtep: Any, vxlan_device:
     for ep in my_cands:
         if ep.node_name != me and _v4(ips.get(ep.node_name)):
             out.add(Target(mine.name, ep.node_name, vtep(ips[ep.node_name]), vxlan_device,
-                           telemetry=len(my_cands) < 2))
+                           telemetry=len(my_cands) < 2,
+                           standby=len(my_cands) >= 2 and ep.node_name not in _active(mine)))
     me_ep = next((ep for ep in my_cands if ep.node_name == me), None)
     if me_ep is None:
         return tuple(sorted(out))
@@ -309,8 +329,14 @@ def probe_targets(gateways: Iterable[Gateway], me: str, vtep: Any, vxlan_device:
             punched = (direct or {}).get(gw.name) == ep.node_name
             if _dialable(me_ep) or _dialable(ep) or punched:
                 out.add(Target(gw.name, ep.node_name, vtep(ips[ep.node_name]),
-                               wireguard_device, telemetry=len(cands) < 2 and not punched))
+                               wireguard_device, telemetry=len(cands) < 2 and not punched,
+                               standby=len(cands) >= 2 and not punched
+                               and ep.node_name not in _active(gw)))
     return tuple(sorted(out))
+
+
+def _active(gw: Gateway) -> set[str]:
+    return {e.node_name for e in gw.status.active_endpoints if e.type == TUNNEL}
 
 
 def valid_key(key: str) -> bool:

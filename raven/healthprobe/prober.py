@@ -17,7 +17,11 @@ Rules kept:
   (its probes are lost; a target that never answered stays UNKNOWN);
 - each target is probed at the rate its verdict needs (`Target.telemetry`: every
   `ProbeSettings.slow_interval`) and judged with the matching settings (`failover.judged_by`);
-  a target that stops being telemetry-only is probed at once, not at its slow turn.
+  a healthy standby (`Target.standby`, UP, no probe lost since its last reply) every
+  `ProbeSettings.standby_interval`, judged as any full-rate target: its first lost probe
+  brings it back to the full rate at once, so it is DOWN after the same `down_after` losses.
+  A target whose rate rises (it stops being telemetry-only or a standby, or loses a probe) is
+  probed at once, not at its slow turn.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class _Slot:
     outstanding: dict[int, float] = field(default_factory=dict)  # seq -> sent at (monotonic)
     claim: tuple[str, str, float, float] | None = None  # gateway, head, age, read at (monotonic)
     judged: ProbeSettings | None = None  # failover.judged_by for the target's rate
+    cadence: float | None = None  # seconds to the next probe when the last one was sent
 
 
 class Prober:
@@ -83,10 +88,9 @@ class Prober:
                 self._close_device_sockets()
             slots = {t: self._slots.get(t) or _Slot() for t in wanted}
             for t, slot in slots.items():
-                judged = failover.judged_by(self.settings, t.telemetry)
-                if slot.judged is not None and judged.interval < slot.judged.interval:
+                slot.judged = failover.judged_by(self.settings, t.telemetry)
+                if slot.cadence is not None and self._cadence(t, slot) < slot.cadence:
                     slot.next_send = 0.0  # its verdict decides now: probe without waiting
-                slot.judged = judged
             self._slots = slots
             self._by_seq = {s: t for s, t in self._by_seq.items() if t in wanted}
 
@@ -114,7 +118,7 @@ class Prober:
             return [{"pool": t.pool, "node": t.node, "address": t.address, "device": t.device,
                      "verdict": str(s.health.verdict), "rttMs": s.health.rtt_ms,
                      "replies": s.health.replies, "lost": s.health.lost,
-                     "telemetryOnly": t.telemetry}
+                     "telemetryOnly": t.telemetry, "standby": t.standby}
                     for t, s in sorted(self._slots.items())]
 
     def start(self) -> None:
@@ -204,21 +208,32 @@ class Prober:
         if changed:
             self.on_change()
 
+    def _cadence(self, target: Target, slot: _Slot) -> float:
+        """Seconds between this target's probes now (see the module's rules)."""
+        interval = (slot.judged or self.settings).interval
+        h = slot.health
+        if target.standby and h.verdict == Verdict.UP and h.lost_run == 0:
+            return max(interval, self.settings.standby_interval)
+        return interval
+
     def _send_due(self, now: float) -> None:
         s = self.settings
         for target, slot in self._slots.items():
             if now < slot.next_send:
                 continue
             # Keep the cadence even after a late turn, without a burst to catch up.
-            slot.next_send = max(slot.next_send + (slot.judged or s).interval, now)
+            cadence = slot.cadence = self._cadence(target, slot)
+            slot.next_send = max(slot.next_send + cadence, now)
             sock = self._device_socket(target.device, now)
             self._seq += 1
             slot.outstanding[self._seq] = now
             self._by_seq[self._seq] = target
             if sock is None:
                 continue
-            flags = (wire.ADVERTISE if slot.claim is None
-                     or now - slot.claim[3] >= ADVERT_EVERY else 0)
+            # A target probed more slowly than the full rate asks earlier by the difference
+            # (a standby: every probe), so no claim we hold gets much older than ADVERT_EVERY.
+            flags = (wire.ADVERTISE if slot.claim is None or now - slot.claim[3]
+                     >= ADVERT_EVERY - (cadence - s.interval) else 0)
             try:
                 sock.sendto(wire.encode(wire.REQUEST, self._seq, flags),
                             (target.address, s.port))
@@ -258,7 +273,7 @@ class Prober:
 
     def _expire(self, now: float) -> bool:
         changed = False
-        for slot in self._slots.values():
+        for target, slot in self._slots.items():
             judged = slot.judged or self.settings
             expired = sorted(seq for seq, sent in slot.outstanding.items()
                              if now - sent >= judged.timeout)
@@ -269,6 +284,8 @@ class Prober:
                 slot.health = failover.lost(slot.health, judged)
                 changed |= _matters(before, slot.health.verdict) or (
                     heard != _heard(slot.health, judged))
+                if slot.cadence is not None and self._cadence(target, slot) < slot.cadence:
+                    slot.next_send = min(slot.next_send, now)  # a standby lost one: full rate
         return changed
 
 def _heard(h: Health, s: ProbeSettings) -> bool:

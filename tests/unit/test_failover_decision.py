@@ -225,6 +225,33 @@ def test_only_targets_whose_verdict_decides_are_probed_at_full_rate() -> None:
     assert {t: 1}[failover.Target("cloud", "c1", "10.0.0.1", "raven0", telemetry=True)] == 1
 
 
+def test_candidates_this_node_does_not_use_are_standbys() -> None:
+    """A candidate that is not among its pool's active endpoints in the Gateways given (the
+    effective ones: after a switch, the replaced gateway is the standby) is probed at the
+    standby rate; the gateway in use, a one-candidate pool and a punched path's gateway are
+    not standbys."""
+    gws = fleet()  # cone: k1 active, k2 standby
+
+    def standbys(gateways: list[Gateway], me: str,
+                 direct: dict[str, str] | None = None) -> dict[tuple[str, str], bool]:
+        return {(t.pool, t.node): t.standby for t in failover.probe_targets(
+            gateways, me, vtep, "raven0", "raven-wg0", direct)}
+
+    assert standbys(gws, "k3") == {("cone", "k1"): False, ("cone", "k2"): True}
+    assert standbys(gws, "k1")[("cone", "k2")] is True  # the active gateway's view
+    assert standbys(gws, "k2")[("cone", "k1")] is False  # the standby's: its gateway
+    assert standbys(gws, "c1") == {("cone", "k1"): False, ("cone", "k2"): True,
+                                   ("sym", "s1"): False}
+    assert standbys(gws, "c2") == {("cloud", "c1"): False}
+    # k1 seen DOWN: k3 uses k2 now, and k1 (whatever its verdict) is the standby.
+    effective, _ = failover.effective_gateways(gws, {("cone", "k1"): Verdict.DOWN}, "k3")
+    assert standbys(effective, "k3") == {("cone", "k1"): True, ("cone", "k2"): False}
+    t = failover.Target("cone", "k2", "10.0.0.2", "raven0")
+    assert t == replace(t, standby=True) and {t: 1}[replace(t, standby=True)] == 1
+    assert failover.probe_problems(replace(S, standby_interval=S.interval / 2))
+    assert not failover.probe_problems(S)
+
+
 # --- warm standby ---------------------------------------------------------------------------
 
 def warm(me: str, gws: list[Gateway] | None = None) -> NodeState:
