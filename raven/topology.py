@@ -665,6 +665,31 @@ def _firewall(me: _Me, routed: Sequence[str], options: PlanOptions, *,
     )
 
 
+def _source_check(*devices: str) -> list[tuple[str, str]]:
+    """The reverse-path settings of our devices: `rp_filter=0` and `accept_local=1`.
+
+    Why: our rules put the node's kernel in policy-routing mode (`fib_has_custom_rules`, set
+    by the first IPv4 rule and never reset), and in that mode `fib_validate_source`
+    (net/ipv4/fib_frontend.c, 6.1 and later) does a full reverse FIB lookup, rule walk
+    included, for every packet that arrives, even with rp_filter off, unless the input device
+    has accept_local: then, with rp_filter 0 there, it skips the lookup as a node without
+    rules does. That lookup is a large part of what policy routing costs per packet
+    (docs/benchmarks.md, "The data plane's own share", measured with perf).
+    What it gives up: the check only ever refused, with rp_filter 0, sources that route to a
+    local address or to no unicast route. On raven-wg0 WireGuard admits only sources inside
+    the sending peer's allowed IPs (remote pod subnets) anyway; raven0 is the pool's VXLAN
+    segment, whose senders could already claim any other source. The host's own
+    `all.rp_filter` still applies (the kernel takes the larger of `all` and the device's
+    value): on a strict host (1) the check runs and passes, since replies come back on the
+    device our tables route their source to (`_member_rules`); raven-wg0 has no address,
+    which a check at 1 or 2 drops, so it never gets more than 0 from us."""
+    out = []
+    for dev in devices:
+        out += [(f"net.ipv4.conf.{dev}.rp_filter", "0"),
+                (f"net.ipv4.conf.{dev}.accept_local", "1")]
+    return out
+
+
 def _sysctls(routed: Sequence[str], extra: Iterable[tuple[str, str]]) -> tuple[tuple[str, str],
                                                                                ...]:
     out = {("net.ipv4.ip_forward", "1"), *extra}
@@ -705,7 +730,7 @@ def _member_plan(me: _Me, routed: list[str], vxlan_mtu: int, options: PlanOption
         routes=routes,
         rules=_member_rules(routed, options),
         firewall=_firewall(me, routed, options, marks=False),
-        sysctls=_sysctls(routed, [(f"net.ipv4.conf.{options.vxlan_device}.rp_filter", "2")]),
+        sysctls=_sysctls(routed, _source_check(options.vxlan_device)),
         notes=tuple(notes),
     )
 
@@ -745,12 +770,7 @@ def _gateway_plan(me: _Me, peers: tuple[WireGuardPeer, ...], routed: list[str], 
             mtu=options.tunnel_mtu, peers=peers,
         ),
         firewall=_firewall(me, routed, options, marks=False),
-        sysctls=_sysctls(routed, [
-            (f"net.ipv4.conf.{options.vxlan_device}.rp_filter", "2"),
-            # 0, not loose: the WireGuard device has no address, and the kernel's source
-            # validation drops every packet arriving on an address-less device under 1 or 2.
-            (f"net.ipv4.conf.{options.wireguard_device}.rp_filter", "0"),
-        ]),
+        sysctls=_sysctls(routed, _source_check(options.vxlan_device, options.wireguard_device)),
         notes=tuple(notes),
     )
 

@@ -559,3 +559,16 @@ def test_the_planner_never_raises_on_junk(rows: list) -> None:  # type: ignore[t
     for name in ("n1", "n2", "n3", "zz"):
         state = plan_node(gws, name)
         assert state.node == name
+
+
+def test_our_devices_skip_the_reverse_path_lookup_of_policy_routing_mode() -> None:
+    # rp_filter 0 and accept_local 1 on raven0 (every role) and raven-wg0 (the gateway): with
+    # a rule in the namespace the kernel otherwise does a full reverse FIB lookup per packet
+    # arriving on them (fib_validate_source); no other device of the node is ours to change.
+    gws = three_pools()
+    gw, member = plan_node(gws, "c1"), plan_node(gws, "c2")
+    assert gw.role == Role.ACTIVE_GATEWAY and member.role == Role.MEMBER
+    for state, devices in ((gw, ("raven0", "raven-wg0")), (member, ("raven0",))):
+        ours = {k: v for k, v in state.sysctls if k.startswith("net.ipv4.conf.")}
+        assert ours == {**{f"net.ipv4.conf.{d}.rp_filter": "0" for d in devices},
+                        **{f"net.ipv4.conf.{d}.accept_local": "1" for d in devices}}

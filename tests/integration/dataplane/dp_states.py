@@ -22,6 +22,13 @@ VXLAN_MTU = UNDERLAY_MTU - 50
 WG_MTU = UNDERLAY_MTU - 80
 
 
+def source_check(dev: str) -> list[tuple[str, str]]:
+    """What the planner asks of our devices (raven.topology `_source_check`): no reverse-path
+    check of their own, and accept_local, so the kernel skips the full reverse lookup that a
+    namespace with policy rules otherwise makes for every packet arriving on them."""
+    return [(f"net.ipv4.conf.{dev}.accept_local", "1"), (f"net.ipv4.conf.{dev}.rp_filter", "0")]
+
+
 def vtep(n: int) -> tuple[str, str]:
     """(VTEP address, MAC) of underlay host 192.0.2.n."""
     return f"100.96.0.{n}", f"02:52:00:00:02:{n:02x}"
@@ -53,7 +60,7 @@ def member(n: int, gateway: int, remote: tuple[str, ...] = ("10.2.0.0/16",),
         firewall=Firewall(table="raven", mark=0x40, mark_mask=0x40,
                           local_subnets=tuple(sorted(local)), remote_subnets=tuple(sorted(remote)),
                           marks=marked),
-        sysctls=(("net.ipv4.conf.raven0.rp_filter", "2"), ("net.ipv4.ip_forward", "1")),
+        sysctls=(*source_check("raven0"), ("net.ipv4.ip_forward", "1")),
     )
 
 
@@ -68,9 +75,9 @@ def gateway(n: int | None, members: tuple[int, ...], peers: tuple[WireGuardPeer,
         ip, mac = vtep(m)
         fdb.append(FdbEntry(mac=mac, dst=f"192.0.2.{m}"))
         neigh.append(NeighEntry(ip=ip, mac=mac))
-    sysctls = [("net.ipv4.conf.raven-wg0.rp_filter", "2"), ("net.ipv4.ip_forward", "1")]
+    sysctls = [*source_check("raven-wg0"), ("net.ipv4.ip_forward", "1")]
     if n is not None:
-        sysctls.append(("net.ipv4.conf.raven0.rp_filter", "2"))
+        sysctls += source_check("raven0")
     return NodeState(
         node=f"gw{n}", role=Role.ACTIVE_GATEWAY, pool="a",
         vxlan=vxlan(n) if n is not None else None,

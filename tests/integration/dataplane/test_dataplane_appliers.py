@@ -44,7 +44,8 @@ def test_member_state_is_created_and_second_apply_writes_nothing(node) -> None:
     ours = [r for r in node.rules() if r.get("table") == "9027"]
     assert len(ours) == 1
     assert (ours[0]["priority"], ours[0]["fwmark"], ours[0]["fwmask"]) == (100, "0x40", "0x40")
-    assert node.sysctl("net.ipv4.conf.raven0.rp_filter") == "2"
+    assert node.sysctl("net.ipv4.conf.raven0.rp_filter") == "0"
+    assert node.sysctl("net.ipv4.conf.raven0.accept_local") == "1"
 
     again = dp.apply(state)
     assert again.writes == 0, again.changes
