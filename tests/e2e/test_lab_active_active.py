@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from overlay_support import overlay_lab
+from overlay_support import overlay_lab, raven
 from test_failover import events
 
 from raven import shards
@@ -151,3 +151,53 @@ def test_power_off_of_the_second_active_gateway_is_one_power_off_event(lab: LabP
     assert sharded(lab, GATEWAYS)  # back as it was (takes its share again)
     assert failover_events(lab, before, second) == [
         f"Gateway gw-site: active gateway {second} -> {first}, cause: power-off"]
+
+
+def status_is(plan: LabPlan, want: list[str], timeout: float = 120.0) -> None:
+    """Wait until the Gateway status names exactly `want` as its active gateways (kubectl)."""
+    deadline = time.monotonic() + timeout
+    while (got := cluster.active_gateways(plan.name)["gw-site"]) != want:
+        assert time.monotonic() < deadline, f"gw-site status names {got}, expected {want}"
+        time.sleep(0.5)
+
+
+def lab_verb(*args: str) -> None:
+    result = raven("lab", *args)
+    assert result.returncode == 0, result.stderr
+
+
+def test_blackhole_of_the_second_active_gateway_is_one_probe_loss_event(lab: LabPlan) -> None:
+    """Issue 12, item 7, for a non-first active gateway that stays alive and heartbeats but
+    whose data path is broken (`raven lab blackhole`): its members' cross-pool pairs answer
+    again through the first gateway, the Gateway status stops naming it (the pool's agents
+    vote for their whole active set, `raven.openyurt.io/pool-gateways`) and exactly one
+    GatewayFailover event says why: probe loss. Unblackholed, the pool takes it back (its
+    share and the status) with no further event. Oracles: the nodes' routes and hq-1's
+    WireGuard peers (`sharded`), pings between pods, `kubectl get gateway` / `get events`."""
+    carrier = sharded(lab, GATEWAYS)
+    first, second = cluster.active_gateways(lab.name)["gw-site"]
+    share = sorted(n for n, g in carrier.items() if g == second and n != second)
+    assert share, f"{second} carries no member: {carrier}"
+    before = events(lab, "GatewayFailover")
+    lab_verb("blackhole", lab.name, second)
+    try:
+        all_answer(lab, (second,))  # its members' pods reach hq (and back) through `first`
+        moved = sharded(lab, (first,))
+        assert all(moved[n] == first for n in share)
+        status_is(lab, [first])
+        deadline = time.monotonic() + 120  # the cause settles once it renewed after the move
+        while not failover_events(lab, before, second):
+            assert time.monotonic() < deadline, f"no GatewayFailover event for {second}"
+            time.sleep(1.0)
+    finally:
+        lab_verb("unblackhole", lab.name, second)
+    assert sharded(lab, GATEWAYS) == carrier  # it takes exactly its share back
+    status_is(lab, [first, second])
+    all_answer(lab, ())
+    # Nothing more to report: wait out a heartbeat timeout and two controller resyncs, in
+    # which a second move (or a late event for this one) would have shown.
+    settings = cluster.load_settings(lab.name)
+    time.sleep(settings.heartbeat_timeout + 2 * settings.controller_resync)
+    fresh = [m for n, m in events(lab, "GatewayFailover").items() if n not in before]
+    assert fresh == [f"Gateway gw-site: active gateway {second} -> {first}, cause: probe loss"]
+    assert cluster.active_gateways(lab.name)["gw-site"] == [first, second]
