@@ -283,7 +283,8 @@ def main() -> int:
         sources = _sources(plan, failing)
         print(f"heartbeat every {settings.heartbeat_period:g}s, timeout "
               f"{settings.heartbeat_timeout:g}s, controller resync {settings.controller_resync:g}s "
-              f"(shipped defaults); pool {failing.name}, destination pod on {member.name}, "
+              f"(shipped defaults); pool {failing.name}, destination pod on {member.name} "
+              "(case s: on a member of the second active gateway's share), "
               f"sources {', '.join(f'{k} ({p.netns})' for k, p in sources.items())}", flush=True)
         for case in cases:
             for i in range(args.rounds):

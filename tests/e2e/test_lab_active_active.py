@@ -6,7 +6,8 @@ hq's gateway sends each site subnet to the gateway that carries it (the return p
 path); under an all-pairs iperf3 load each pair's bytes cross the WireGuard device of its
 gateway and not the other's. Then one gateway is powered off (`raven lab gateway-fail`):
 every pair still answers, only its share moved, and it takes back exactly that share when
-it returns.
+it returns. The second active gateway powered off, then blackholed (alive, heartbeating):
+each is one GatewayFailover event (power-off, probe loss) and the status follows the pool.
 """
 
 from __future__ import annotations
