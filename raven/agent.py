@@ -372,7 +372,7 @@ class Agent:
         active = [e.node_name for e in pool.status.active_endpoints
                   if e.type == TUNNEL] if pool else []
         chosen = active[0] if active else None
-        ballot = pool_decision.ballot(pool, self.probes.up(pool.name), self.settings.node) \
+        ballot = pool_decision.ballot(pool, self.probes.down(pool.name), self.settings.node) \
             if pool is not None and self.probes is not None else ()
         if (chosen, ballot) != (self.pool_gateway, self.pool_gateways):
             self.pool_gateway, self.pool_gateways = chosen, ballot

@@ -18,9 +18,9 @@ Rules kept:
   publish only the single name count against it) whose first is the adopted first gateway
   becomes the active endpoints, and the candidates it leaves out are not elected on the
   controller's own while it does (`adopt_set`): a non-first active gateway that stays alive but
-  whose data path is broken leaves the status, and comes back when the pool's probes see it UP
-  and the votes name it again; the move's cause follows the rules below (its votes' offline
-  flag: "partition"; else "probe loss" or "power-off" by its heartbeats);
+  whose data path is broken leaves the status, and comes back when the pool's probes no longer
+  see it DOWN and the votes name it again; the move's cause follows the rules below (its
+  votes' offline flag: "partition"; else "probe loss" or "power-off" by its heartbeats);
 - the cause of a failover is settled by evidence, never guessed at the moment of the move
   (when the pool fails over in half a second, a powered-off node's last heartbeat is still
   fresh): "partition" when the pool decided while cut off from the control plane, known at the
@@ -98,16 +98,18 @@ def pool_choice(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping
     return name if 2 * count > sum(votes.values()) else None
 
 
-def ballot(pool: Gateway, up: Collection[str], me: str) -> tuple[str, ...]:
+def ballot(pool: Gateway, down: Collection[str], me: str) -> tuple[str, ...]:
     """What an agent publishes as its pool's active set (ANNOTATION_POOL_GATEWAYS): the tunnel
     gateways it uses (`pool` as its probes see it, raven.failover.effective_gateways), then the
-    standby candidates its probes see UP (`up`; itself counted up), up to
-    tunnelConfig.Replicas. The standbys seen UP are how the pool takes back a gateway the
-    controller left out for it: agents use no more active gateways than the status lists, so
-    their active set alone could never grow again."""
+    standby candidates its probes do not see DOWN (`down`; itself never), up to
+    tunnelConfig.Replicas: raven.failover.choose's rule with the spec's replica count. The
+    standbys are how the pool takes back a gateway the controller left out for it (agents use
+    no more active gateways than the status lists, so their active set alone could never grow
+    again), and why a candidate not probed yet (UNKNOWN, e.g. at the pool's start) is not
+    held out of the election by the votes."""
     active = [e.node_name for e in pool.status.active_endpoints if e.type == TUNNEL]
     spare = [ep.node_name for ep in standby_endpoints(pool)
-             if ep.type == TUNNEL and (ep.node_name in up or ep.node_name == me)]
+             if ep.type == TUNNEL and (ep.node_name not in down or ep.node_name == me)]
     return tuple(dict.fromkeys((*active, *spare)))[:max(1, pool.spec.tunnel_replicas)]
 
 

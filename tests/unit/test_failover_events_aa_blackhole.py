@@ -100,7 +100,7 @@ def test_blackholed_second_active_gateway_is_one_probe_loss_event_and_comes_back
             return pool(dict.fromkeys(everyone, first))
         if now < back + 1:
             return pool({n: (cut,) if n == cut else without for n in everyone})
-        # Back: the pool's probes see it UP; it is a standby now (unless the status has room).
+        # Back: the pool's probes see it UP; a standby now (unless the status has room).
         room = len(without) < 2
         return pool(dict.fromkeys(everyone, (*without, cut) if room else without))
 
@@ -180,8 +180,8 @@ def test_blackholed_second_active_gateway_while_cut_off_is_one_partition_event(
 
 
 def test_ballot_and_set_choice() -> None:
-    """The vote: the gateways in use, then the standbys seen UP (or itself), up to Replicas;
-    the choice: more than half of ALL current votes."""
+    """The vote: the gateways in use, then the standbys not seen DOWN (itself never), up to
+    Replicas; the choice: more than half of ALL current votes."""
     gw = Gateway.from_k8s(aa_obj(("farm-1", "farm-2", "farm-3")))
     c = started(("farm-1", "farm-2", "farm-3"), ("farm-4",))
     stored = Gateway.from_k8s(c.obj)  # active farm-1, farm-2; standby farm-3
@@ -192,12 +192,29 @@ def test_ballot_and_set_choice() -> None:
                           options=OPTS)
     shrunk = Gateway.from_k8s({**c.obj, "status": plan.status})
     assert [e.node_name for e in shrunk.status.active_endpoints] == ["farm-1"]
-    assert ballot(shrunk, frozenset({"farm-3"}), "farm-4") == ("farm-1", "farm-3")
-    assert ballot(shrunk, frozenset(), "farm-4") == ("farm-1",)
-    assert ballot(shrunk, frozenset(), "farm-2") == ("farm-1", "farm-2")  # itself counts up
+    assert ballot(shrunk, frozenset({"farm-2"}), "farm-4") == ("farm-1", "farm-3")
+    assert ballot(shrunk, frozenset({"farm-2", "farm-3"}), "farm-4") == ("farm-1",)
+    assert ballot(shrunk, frozenset({"farm-2", "farm-3"}), "farm-2") == ("farm-1", "farm-2")
     beats = dict.fromkeys(("farm-1", "farm-2", "farm-3"), D)
     split = pool({"farm-1": ("farm-1",), "farm-4": ("farm-1",), "farm-2": ("farm-2",),
                   "farm-3": ("farm-1", "farm-3")})
     assert set_choice(gw, split, beats, D, OPTS) is None  # 2 of 4 is no majority
     assert set_choice(gw, {**split, "farm-3": voter("farm-3", ("farm-1",))}, beats, D,
                       OPTS) == ("farm-1",)
+
+
+def test_a_candidate_elected_late_is_not_held_out_by_the_votes() -> None:
+    """The pool's start: site-2 heartbeats first and is elected alone; the agents, whose
+    probes have no verdict on site-1 yet, vote for {site-2, site-1}; site-1 is elected as
+    soon as its heartbeat comes (the lab's first e2e run caught a ballot of UP standbys
+    only holding it out)."""
+    c = Controller(aa_obj(("site-1", "site-2")), gateway=GW)
+    everyone = ("site-1", "site-2", "site-3")
+    c.look(pool(dict.fromkeys(everyone, None)), {"site-2": D}, D)
+    assert c.active() == ["site-2"]
+    stored = Gateway.from_k8s(c.obj)
+    votes = dict.fromkeys(everyone, ballot(stored, frozenset(), "site-3"))
+    assert votes["site-3"] == ("site-2", "site-1")
+    c.look(pool(votes), {"site-2": D}, D + 1)
+    c.look(pool(votes), {"site-2": D, "site-1": D + 2}, D + 2)
+    assert c.active() == ["site-2", "site-1"] and not c.events
