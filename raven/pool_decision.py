@@ -142,10 +142,10 @@ def adopt_set(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[s
     """Active-active (tunnelConfig.Replicas >= 2), after `adopt`: the Gateway whose active
     tunnel endpoints are the pool's decided set (`set_choice`, its healthy candidates; only
     when its first is the first active endpoint already, i.e. consistent with the single-name
-    votes), the decided set, and the candidates the pool left out (`dropped`: the caller keeps
-    the election from filling the set up with them again while the pool's votes say so; a
-    gateway alive by its heartbeat whose data path is broken is still left out). Unchanged,
-    (), {} without such a decision."""
+    votes), the set as the votes name it, and the candidates the pool left out (`dropped`:
+    the caller keeps the election from filling the set up with them again while the pool's
+    votes say so; a gateway alive by its heartbeat whose data path is broken is still left
+    out). Unchanged, (), {} without such a decision."""
     if gateway.spec.tunnel_replicas < 2:
         return gateway, (), frozenset()
     choice = set_choice(gateway, nodes, heartbeats, now, options, flagged)
@@ -159,12 +159,12 @@ def adopt_set(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[s
     dropped = frozenset(spec) - set(choice or ())
     others = tuple(e for e in gateway.status.active_endpoints if e.type != TUNNEL)
     status = replace(gateway.status, active_endpoints=(*(spec[n] for n in decided), *others))
-    return replace(gateway, status=status), decided, dropped
+    return replace(gateway, status=status), tuple(choice or ()), dropped
 
 
 def set_offline(gateway: str, nodes: Mapping[str, Node], decided: Sequence[str]) -> bool:
-    """`voted_offline` for a decided active set: a Ready node of the pool that votes for it
-    flagged its vote as published late (decided while cut off)."""
+    """`voted_offline` for an active set the pool voted for (`adopt_set`): a Ready node of the
+    pool that votes for it flagged its vote as published late (decided while cut off)."""
     return any(n.gateway == gateway and n.ready
                and parse_ballot(n.annotations.get(constants.ANNOTATION_POOL_GATEWAYS))
                == tuple(decided)
