@@ -8,7 +8,11 @@ failing pool: one from a member of the public pool, one from the NAT'd pool (thr
 Then the node that carries the pool's traffic (read from the member's agent) is broken:
   a  powered off (`raven.lab.faults.node_down`: processes killed, port down);
   b  blackholed: up and heartbeating, its VXLAN and WireGuard traffic dropped on its uplink;
-  c  the pool is cut off from the control plane first, then the node is powered off.
+  c  the pool is cut off from the control plane first, then the node is powered off;
+  s  active-active (tunnelConfig.Replicas >= 2, e.g. --topology test-topologies/active-active.yaml):
+     the SECOND active gateway is blackholed; the destination is a pod on a member of its share
+     (read from the member's routes); the same sources. Also counted per round: the
+     GatewayFailover events recorded for it (`kubectl get events`; one expected, "probe loss").
 Measured per round and source: seconds from the fault to the first echo reply that ends the
 outage. A round in which replies do not come back within --patience seconds is a FAILURE: it
 is counted, and it enters the median and the maximum as infinity (never dropped). The fault is
@@ -21,6 +25,7 @@ through wireguard-go's socket raise no netlink notification, hence the diff). `-
 JSON summary as the last line.
 
     .venv/bin/python bench/failover.py [--rounds 5] [--cases a,b,c] [--json]
+    .venv/bin/python bench/failover.py --topology test-topologies/active-active.yaml --cases s
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from pathlib import Path
 
 from raven.errors import CommandError
 from raven.lab import build, cluster, faults, runtime, teardown
+from raven.lab import gateway_load as gl
 from raven.lab.plan import LabPlan, NodePlan, PodPlan, PoolPlan
 from raven.lab.topology import load_topology
 
@@ -47,7 +53,8 @@ ROOT = Path(__file__).resolve().parents[1]
 REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from")
 WARMUP = 2.0  # seconds of replies before the fault
 CASES = {"a": "active gateway powered off", "b": "active gateway blackholed (heartbeats on)",
-         "c": "pool cut off from the control plane, then its active gateway powered off"}
+         "c": "pool cut off from the control plane, then its active gateway powered off",
+         "s": "second active gateway of an active-active pool blackholed (heartbeats on)"}
 
 
 def outage_end(lines: list[str], t0: float, gap: float = 0.1) -> float | None:
@@ -122,6 +129,46 @@ def settle(lab: str, plan: LabPlan, failing: PoolPlan, member: str, timeout: flo
         time.sleep(0.5)
 
 
+def settle_second(lab: str, plan: LabPlan, failing: PoolPlan, timeout: float
+                  ) -> tuple[str, NodePlan]:
+    """Case s: wait until every pair answers, the status names two active gateways or more and
+    a member with a pod sends through the second; (that gateway, that member)."""
+    cluster.wait_all_pairs(plan, timeout)
+    deadline = time.monotonic() + timeout
+    members = [n for n in failing.nodes if not n.gateway_candidate and n.pods]
+    while True:
+        status = cluster.active_gateways(lab).get(failing.gateway, [])
+        carriers = gl.gateway_of_nodes(plan, failing.name) if len(status) >= 2 else {}
+        share = [n for n in members if len(status) >= 2 and carriers.get(n.name) == status[1]]
+        if share:
+            return status[1], share[0]
+        if time.monotonic() > deadline:
+            sys.exit(f"case s: pool {failing.name} has no member sent through a second active "
+                     f"gateway after {timeout:.0f}s (status {status}, routes {carriers}); "
+                     "use a topology with tunnelReplicas >= 2, e.g. "
+                     "test-topologies/active-active.yaml")
+        time.sleep(0.5)
+
+
+def events_after(lab: str, seen: dict[str, str], node: str, timeout: float) -> list[str]:
+    """The GatewayFailover events for `node` recorded since `seen` (waits up to `timeout` for
+    the first: its cause settles once the node renewed its heartbeat after the move)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        fresh = [m for n, m in failover_events(lab).items()
+                 if n not in seen and f"active gateway {node} -> " in m]
+        if fresh or time.monotonic() > deadline:
+            return fresh
+        time.sleep(1.0)
+
+
+def failover_events(lab: str) -> dict[str, str]:
+    """name -> message of every GatewayFailover Event (kubectl)."""
+    data = cluster.kubectl_json(lab, "get", "events", "-A")
+    return {e["metadata"]["name"]: e.get("message", "") for e in data.get("items", [])
+            if e.get("reason") == "GatewayFailover"}
+
+
 class WriteWatch:
     """Kernel changes per node while it runs, seen by the kernel's notifications (not by the
     agents' own counters)."""
@@ -179,7 +226,7 @@ def one_round(lab: str, case: str, active: str, failing: PoolPlan, dst: PodPlan,
         time.sleep(1.0)  # agents' API calls from the pool now fail
     watch = WriteWatch(lab, [n for n in watched if n != active])
     t0 = time.time()
-    if case == "b":
+    if case in ("b", "s"):
         faults.blackhole(lab, active)
     else:
         faults.node_down(lab, active)
@@ -196,7 +243,7 @@ def repair(lab: str, case: str, node: str, pool: PoolPlan) -> None:
         faults.reconnect(lab, pool.name)
         with contextlib.suppress(CommandError):  # settle() reports where the pool ends up
             cluster.wait_active(lab, pool.name, timeout=30, exclude=(node,))
-    if case == "b":
+    if case in ("b", "s"):
         faults.unblackhole(lab, node)
     else:
         faults.node_up(lab, node)
@@ -215,7 +262,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--topology", default=str(ROOT / "test-topologies" / "failover.yaml"))
     parser.add_argument("--rounds", type=int, default=5, help="rounds per case (default 5)")
-    parser.add_argument("--cases", default="a,b,c", help="comma-separated: a, b, c")
+    parser.add_argument("--cases", default="a,b,c", help="comma-separated: a, b, c, s")
     parser.add_argument("--patience", type=float, default=8.0,
                         help="seconds after the fault before a round counts as failed")
     parser.add_argument("--json", action="store_true", help="print a JSON summary last")
@@ -236,23 +283,34 @@ def main() -> int:
         sources = _sources(plan, failing)
         print(f"heartbeat every {settings.heartbeat_period:g}s, timeout "
               f"{settings.heartbeat_timeout:g}s, controller resync {settings.controller_resync:g}s "
-              f"(shipped defaults); pool {failing.name}, destination pod on {member.name}, "
+              f"(shipped defaults); pool {failing.name}, destination pod on {member.name} "
+              "(case s: on a member of the second active gateway's share), "
               f"sources {', '.join(f'{k} ({p.netns})' for k, p in sources.items())}", flush=True)
         for case in cases:
             for i in range(args.rounds):
-                active = settle(lab, plan, failing, member.name, 90)
-                r = one_round(lab, case, active, failing, member.pods[0], sources, args.patience,
+                dst = member
+                if case == "s":
+                    active, dst = settle_second(lab, plan, failing, 90)
+                    seen = failover_events(lab)
+                else:
+                    active = settle(lab, plan, failing, member.name, 90)
+                r = one_round(lab, case, active, failing, dst.pods[0], sources, args.patience,
                               [n.name for _, n in plan.nodes()])
                 time.sleep(0.5)
-                r["carrier"] = carrier(lab, member.name)
+                r["carrier"] = carrier(lab, dst.name)
+                if case == "s":
+                    r["carrier"] = gl.gateway_of_nodes(plan, failing.name).get(dst.name)
+                    r["destination"] = dst.name
+                    r["events"] = events_after(lab, seen, active, args.patience + 30)
                 r["load"] = round(os.getloadavg()[0], 2)
                 rounds.append(r)
                 shown = ", ".join(f"{k} {'FAILED' if v is None else f'{v:.2f}s'}"
                                   for k, v in r["seconds"].items())  # type: ignore[union-attr]
                 writes = "; ".join(f"{n} " + ", ".join(f"{k} {v}" for k, v in c.items())
                                    for n, c in r["writes"].items())  # type: ignore[union-attr]
+                told = f"; events {r['events']}" if case == "s" else ""
                 print(f"case {case} round {i + 1}: {active} broken -> traffic via "
-                      f"{r['carrier']}; first reply after {shown} (load {r['load']}); kernel "
+                      f"{r['carrier']}{told}; first reply after {shown} (load {r['load']}); kernel "
                       f"changes per node (netlink notifications, nft monitor lines, WireGuard "
                       f"peers changed): {writes or 'none'}", flush=True)
                 repair(lab, case, active, failing)

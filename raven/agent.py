@@ -47,6 +47,7 @@ from raven import (
     agent_step,
     constants,
     nat_discovery,
+    pool_decision,
     publisher,
     relay_choice,
     standby,
@@ -186,6 +187,7 @@ class Agent:
         self.paths = PathManager(self)
         self.probes: ProbeFailover | None = None  # started by run() when probes are enabled
         self.pool_gateway: str | None = None  # our pool's gateway as we use it, for the Node
+        self.pool_gateways: tuple[str, ...] = ()  # and our vote on its active set (with probes)
         self._decision = threading.Event()  # pool_gateway changed: publish it
         self._candidacy = threading.Event()  # `candidate` changed: the heartbeat looks
         self._cut_off = False  # the last attempt to publish pool_gateway failed (API unreachable)
@@ -370,15 +372,18 @@ class Agent:
         active = [e.node_name for e in pool.status.active_endpoints
                   if e.type == TUNNEL] if pool else []
         chosen = active[0] if active else None
-        if chosen != self.pool_gateway:
-            self.pool_gateway = chosen
+        ballot = pool_decision.ballot(pool, self.probes.down(pool.name), self.settings.node) \
+            if pool is not None and self.probes is not None else ()
+        if (chosen, ballot) != (self.pool_gateway, self.pool_gateways):
+            self.pool_gateway, self.pool_gateways = chosen, ballot
             self._decision.set()
         if self.probes is not None:
             self.probes.note(chosen, state.pool, time.time())
 
     def publish_pool_gateway(self) -> bool:
-        """Make our Node's annotation name the gateway our pool uses as we decided it, so the
-        controller can adopt the pool's decision (raven.pool_decision); True when it does.
+        """Make our Node's annotations name the gateway our pool uses as we decided it and our
+        vote on its active set (raven.pool_decision.ballot), so the controller can adopt the
+        pool's decision (raven.pool_decision); True when they do.
         When the API server did not take an attempt since the last success, the decision was
         taken while cut off: flagged beside it. Each write is conditional on the Node's
         resourceVersion as we last saw it: an attempt that timed out while the pool was cut off
@@ -388,7 +393,8 @@ class Agent:
         if self.pool_gateway is None:
             return True
         want: dict[str, str | None] = {
-            constants.ANNOTATION_POOL_GATEWAY: self.pool_gateway,
+            constants.ANNOTATION_POOL_GATEWAY: self.pool_gateway,  # (as older controllers read it)
+            constants.ANNOTATION_POOL_GATEWAYS: ",".join(self.pool_gateways) or None,
             constants.ANNOTATION_POOL_GATEWAY_OFFLINE: "true" if self._cut_off else "false"}
         outcome = self.annotations.ensure(want, "the pool's gateway", DECISION_PUBLISH_TIMEOUT,
                                            conditional=True)

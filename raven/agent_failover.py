@@ -189,6 +189,11 @@ class ProbeFailover:
         except OSError as exc:
             log.warning("cannot write %s: %s", path, exc)
 
+    def down(self, pool: str) -> frozenset[str]:
+        """The candidates of `pool` our probes see DOWN now (our vote on its active set)."""
+        return frozenset(n for (p, n), v in self.prober.verdicts().items()
+                         if p == pool and v == failover.Verdict.DOWN)
+
     def report(self) -> list[dict[str, object]]:
         return self.prober.report()
 

@@ -25,6 +25,12 @@ ANNOTATION_POOL_GATEWAY = "raven.openyurt.io/pool-gateway"
 # "true" when the agent could not publish that decision at its first attempt: the pool decided
 # while cut off from the control plane (the failover's cause is then "partition").
 ANNOTATION_POOL_GATEWAY_OFFLINE = "raven.openyurt.io/pool-gateway-offline"
+# The whole active set the agent votes for (our addition, beside the single name above, which
+# stays as it was for controllers that read only that one): node names in order, comma
+# separated, the first equal to ANNOTATION_POOL_GATEWAY. An active-active pool's controller
+# drops an active gateway that the pool's majority leaves out (raven.pool_decision.adopt_set).
+# Written in the same patch as the two above, so the offline flag covers it too.
+ANNOTATION_POOL_GATEWAYS = "raven.openyurt.io/pool-gateways"
 
 # Heartbeats and leader election: coordination.k8s.io/v1 Leases.
 RAVEN_NAMESPACE = "kube-system"

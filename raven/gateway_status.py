@@ -60,8 +60,10 @@ from raven.model import (
 from raven.pool_decision import (
     Failover,
     adopt,
+    adopt_set,
     decided_offline,
     immediate_cause,
+    set_offline,
     unheard,
     unproven,
 )
@@ -242,10 +244,15 @@ def compute_status(
     # What the pool decided from its own probes (published on its Nodes) becomes the current
     # active endpoint before the sticky election, when it names a healthy candidate.
     voted, adopted = adopt(gateway, nodes, heartbeats, now, opts, flagged=hold_kept)
-    partitioned = adopted is not None and decided_offline(gateway, nodes, adopted)
-    held = unproven(moved_from or {}, heartbeats)
+    # Active-active: the pool's whole active set, so a non-first gateway it left is dropped.
+    before = voted.status.active_endpoints
+    voted, decided, dropped = adopt_set(voted, nodes, heartbeats, now, opts, flagged=hold_kept)
+    partitioned = ((adopted is not None and decided_offline(gateway, nodes, adopted))
+                   or (voted.status.active_endpoints != before
+                       and set_offline(gateway.name, nodes, decided)))
+    held = unproven(moved_from or {}, heartbeats) | dropped
     kept = tuple(e.node_name for e in gateway.status.active_endpoints if e.type == TUNNEL)
-    if hold_kept and adopted is None and kept:
+    if hold_kept and adopted is None and not decided and kept:
         held |= {e.node_name for e in gateway.spec.tunnel_endpoints} - set(kept)
     # Judged as stale by the election (kept, never moved to), whatever their last renewal.
     beats = {**heartbeats, **{n: now - opts.heartbeat_timeout - 1.0 for n in held}}
@@ -254,7 +261,9 @@ def compute_status(
         election = replace(election, reasons=(*election.reasons, *(
             f"Gateway {gateway.name}: {n} is not elected on the controller's own now (the "
             "pool's gateway moved away from it and it has not renewed since, or the pool is "
-            f"heard again after a status kept without heartbeats)" for n in sorted(held))))
+            f"heard again after a status kept without heartbeats)" for n in sorted(held - dropped)
+        ), *(f"Gateway {gateway.name}: {n} is left out of the active set: the pool's nodes "
+             "vote for an active set without it (data-path probes)" for n in sorted(dropped))))
     if adopted is not None and adopted in election.names:
         election = replace(election, reasons=(
             f"Gateway {gateway.name}: {adopted} adopted: the pool's nodes fail over to it "
@@ -336,8 +345,8 @@ def compute_status(
     # election made on its own from heartbeats is judged by the pool's other heartbeats.
     takers = _takers(pool, old_active, new_active, lost)
     moved = bool(lost and takers)
-    silent = moved and adopted is None and unheard(gateway, lost, takers, nodes, heartbeats,
-                                                   now, opts)
+    silent = moved and adopted is None and not decided and unheard(
+        gateway, lost, takers, nodes, heartbeats, now, opts)
     new_proxies = tuple(e.node_name for e in proxy_active)
     old_proxies = _old_active(obj, proxy=True)
     return StatusPlan(

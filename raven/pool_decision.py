@@ -12,6 +12,15 @@ Rules kept:
   controller never elects a node it considers dead, whatever the pool says;
 - adopting means making the decided node the current active endpoint before the sticky
   election runs, so the election keeps it;
+- active-active pools (tunnelConfig.Replicas >= 2): agents also publish their whole ordered
+  active set (`raven.openyurt.io/pool-gateways`, `ballot`; the single name stays for older
+  controllers); a set named by more than half of all the pool's current votes (agents that
+  publish only the single name count against it) whose first is the adopted first gateway
+  becomes the active endpoints, and the candidates it leaves out are not elected on the
+  controller's own while it does (`adopt_set`): a non-first active gateway that stays alive but
+  whose data path is broken leaves the status, and comes back when the pool's probes no longer
+  see it DOWN and the votes name it again; the move's cause follows the rules below (its
+  votes' offline flag: "partition"; else "probe loss" or "power-off" by its heartbeats);
 - the cause of a failover is settled by evidence, never guessed at the moment of the move
   (when the pool fails over in half a second, a powered-off node's last heartbeat is still
   fresh): "partition" when the pool decided while cut off from the control plane, known at the
@@ -43,12 +52,13 @@ Time is an argument; no I/O.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from raven import constants
 from raven.election import ElectionOptions
+from raven.failover import standby_endpoints
 from raven.model import TUNNEL, Gateway, Node
 
 POWER_OFF = "power-off"
@@ -57,10 +67,10 @@ PARTITION = "partition"
 KEPT_REASON = "KeptWithoutHeartbeat"  # raven.gateway_status's Ready reason for a kept status
 
 
-def pool_choice(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, float],
-                now: float, options: ElectionOptions, flagged: bool = False) -> str | None:
-    """The gateway named by a majority of the pool's Ready nodes that publish one (`flagged`:
-    only votes flagged offline, published after a partition: see `heard_again`)."""
+def _voters(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, float],
+            now: float, options: ElectionOptions, flagged: bool) -> list[Node]:
+    """The pool's Ready nodes whose vote counts now (a candidate that missed a renewal has
+    none; `flagged`: only votes flagged offline)."""
     candidates = {e.node_name for e in gateway.spec.tunnel_endpoints}
 
     def votes_now(n: Node) -> bool:
@@ -69,17 +79,97 @@ def pool_choice(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping
         last = heartbeats.get(n.name)
         return last is not None and now - last <= options.heartbeat_timeout / 3
 
-    votes = Counter(
-        str(n.annotations.get(constants.ANNOTATION_POOL_GATEWAY))
-        for n in nodes.values()
-        if n.gateway == gateway.name and n.ready and votes_now(n)
-        and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY)
-        and (not flagged
-             or n.annotations.get(constants.ANNOTATION_POOL_GATEWAY_OFFLINE) == "true"))
+    return [n for n in nodes.values()
+            if n.gateway == gateway.name and n.ready and votes_now(n)
+            and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY)
+            and (not flagged
+                 or n.annotations.get(constants.ANNOTATION_POOL_GATEWAY_OFFLINE) == "true")]
+
+
+def pool_choice(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, float],
+                now: float, options: ElectionOptions, flagged: bool = False) -> str | None:
+    """The gateway named by a majority of the pool's Ready nodes that publish one (`flagged`:
+    only votes flagged offline, published after a partition: see `heard_again`)."""
+    votes = Counter(str(n.annotations.get(constants.ANNOTATION_POOL_GATEWAY))
+                    for n in _voters(gateway, nodes, heartbeats, now, options, flagged))
     if not votes:
         return None
     name, count = votes.most_common(1)[0]
     return name if 2 * count > sum(votes.values()) else None
+
+
+def ballot(pool: Gateway, down: Collection[str], me: str) -> tuple[str, ...]:
+    """What an agent publishes as its pool's active set (ANNOTATION_POOL_GATEWAYS): the tunnel
+    gateways it uses (`pool` as its probes see it, raven.failover.effective_gateways), then the
+    standby candidates its probes do not see DOWN (`down`; itself never), up to
+    tunnelConfig.Replicas: raven.failover.choose's rule with the spec's replica count. The
+    standbys are how the pool takes back a gateway the controller left out for it (agents use
+    no more active gateways than the status lists, so their active set alone could never grow
+    again), and why a candidate not probed yet (UNKNOWN, e.g. at the pool's start) is not
+    held out of the election by the votes."""
+    active = [e.node_name for e in pool.status.active_endpoints if e.type == TUNNEL]
+    spare = [ep.node_name for ep in standby_endpoints(pool)
+             if ep.type == TUNNEL and (ep.node_name not in down or ep.node_name == me)]
+    return tuple(dict.fromkeys((*active, *spare)))[:max(1, pool.spec.tunnel_replicas)]
+
+
+def parse_ballot(text: object) -> tuple[str, ...] | None:
+    """A Node's ANNOTATION_POOL_GATEWAYS as names, None when absent or empty (an agent that
+    publishes only the single name, or a malformed value: no vote on the set)."""
+    if not isinstance(text, str):
+        return None
+    names = tuple(n.strip() for n in text.split(","))
+    return names if names and all(names) and len(set(names)) == len(names) else None
+
+
+def set_choice(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, float],
+               now: float, options: ElectionOptions, flagged: bool = False
+               ) -> tuple[str, ...] | None:
+    """The ordered active set named by more than half of ALL the pool's current votes (those
+    of agents that publish only the single name count, for no set: a pool whose agents are
+    mostly old keeps the controller's own election for the non-first gateways), or None."""
+    voters = _voters(gateway, nodes, heartbeats, now, options, flagged)
+    votes = Counter(parse_ballot(n.annotations.get(constants.ANNOTATION_POOL_GATEWAYS))
+                    for n in voters)
+    best = max(((c, s) for s, c in votes.items() if s is not None), default=None,
+               key=lambda item: item[0])
+    return best[1] if best is not None and 2 * best[0] > len(voters) else None
+
+
+def adopt_set(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, float],
+              now: float, options: ElectionOptions, flagged: bool = False
+              ) -> tuple[Gateway, tuple[str, ...], frozenset[str]]:
+    """Active-active (tunnelConfig.Replicas >= 2), after `adopt`: the Gateway whose active
+    tunnel endpoints are the pool's decided set (`set_choice`, its healthy candidates; only
+    when its first is the first active endpoint already, i.e. consistent with the single-name
+    votes), the set as the votes name it, and the candidates the pool left out (`dropped`:
+    the caller keeps the election from filling the set up with them again while the pool's
+    votes say so; a gateway alive by its heartbeat whose data path is broken is still left
+    out). Unchanged, (), {} without such a decision."""
+    if gateway.spec.tunnel_replicas < 2:
+        return gateway, (), frozenset()
+    choice = set_choice(gateway, nodes, heartbeats, now, options, flagged)
+    spec = {e.node_name: e for e in gateway.spec.tunnel_endpoints}
+    current = [e.node_name for e in gateway.status.active_endpoints if e.type == TUNNEL]
+    decided = tuple(n for n in choice or () if n in spec
+                    and _healthy(n, nodes, heartbeats, now, options)
+                    )[:gateway.spec.tunnel_replicas]
+    if not decided or current[:1] != list(decided[:1]):
+        return gateway, (), frozenset()
+    dropped = frozenset(spec) - set(choice or ())
+    others = tuple(e for e in gateway.status.active_endpoints if e.type != TUNNEL)
+    status = replace(gateway.status, active_endpoints=(*(spec[n] for n in decided), *others))
+    return replace(gateway, status=status), tuple(choice or ()), dropped
+
+
+def set_offline(gateway: str, nodes: Mapping[str, Node], decided: Sequence[str]) -> bool:
+    """`voted_offline` for an active set the pool voted for (`adopt_set`): a Ready node of the
+    pool that votes for it flagged its vote as published late (decided while cut off)."""
+    return any(n.gateway == gateway and n.ready
+               and parse_ballot(n.annotations.get(constants.ANNOTATION_POOL_GATEWAYS))
+               == tuple(decided)
+               and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY_OFFLINE) == "true"
+               for n in nodes.values())
 
 
 def _healthy(name: str, nodes: Mapping[str, Node], heartbeats: Mapping[str, float],

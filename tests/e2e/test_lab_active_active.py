@@ -6,7 +6,8 @@ hq's gateway sends each site subnet to the gateway that carries it (the return p
 path); under an all-pairs iperf3 load each pair's bytes cross the WireGuard device of its
 gateway and not the other's. Then one gateway is powered off (`raven lab gateway-fail`):
 every pair still answers, only its share moved, and it takes back exactly that share when
-it returns.
+it returns. The second active gateway powered off, then blackholed (alive, heartbeating):
+each is one GatewayFailover event (power-off, probe loss) and the status follows the pool.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from overlay_support import overlay_lab
+from overlay_support import overlay_lab, raven
 from test_failover import events
 
 from raven import shards
@@ -129,17 +130,18 @@ def failover_events(plan: LabPlan, before: dict[str, str], node: str) -> list[st
 
 def test_power_off_of_the_second_active_gateway_is_one_power_off_event(lab: LabPlan) -> None:
     """Issue 12, item 7, for active-active pools: the failover of an active gateway that is not
-    the first one (its pool's votes keep naming the first) is one GatewayFailover event naming
-    the Gateway, the node, the survivor that took its share and the cause "power-off"; its
-    return moves nothing and reports nothing. The fault is `raven lab gateway-fail --index 1`'s
-    (node_down of activeEndpoints[1]). Oracle: `kubectl get events -o json`."""
+    the first one (the single-name votes keep naming the first; the set votes drop it) is one
+    GatewayFailover event naming the Gateway, the node, the survivor that took its share and
+    the cause "power-off"; its return moves nothing and reports nothing. The fault is
+    `raven lab gateway-fail --index 1`'s (node_down of activeEndpoints[1]). Oracle:
+    `kubectl get events -o json`."""
     sharded(lab, GATEWAYS)
     first, second = cluster.active_gateways(lab.name)["gw-site"]
     before = events(lab, "GatewayFailover")
     assert faults.gateway_fail(lab.name, POOL, index=1) == second
     try:
         all_answer(lab, (second,))
-        deadline = time.monotonic() + 120  # a heartbeat timeout, then one reconcile
+        deadline = time.monotonic() + 120  # power-off is settled by its stale heartbeat
         while not failover_events(lab, before, second):
             assert time.monotonic() < deadline, (
                 f"no GatewayFailover event for {second}; status "
@@ -151,3 +153,53 @@ def test_power_off_of_the_second_active_gateway_is_one_power_off_event(lab: LabP
     assert sharded(lab, GATEWAYS)  # back as it was (takes its share again)
     assert failover_events(lab, before, second) == [
         f"Gateway gw-site: active gateway {second} -> {first}, cause: power-off"]
+
+
+def status_is(plan: LabPlan, want: list[str], timeout: float = 120.0) -> None:
+    """Wait until the Gateway status names exactly `want` as its active gateways (kubectl)."""
+    deadline = time.monotonic() + timeout
+    while (got := cluster.active_gateways(plan.name)["gw-site"]) != want:
+        assert time.monotonic() < deadline, f"gw-site status names {got}, expected {want}"
+        time.sleep(0.5)
+
+
+def lab_verb(*args: str) -> None:
+    result = raven("lab", *args)
+    assert result.returncode == 0, result.stderr
+
+
+def test_blackhole_of_the_second_active_gateway_is_one_probe_loss_event(lab: LabPlan) -> None:
+    """Issue 12, item 7, for a non-first active gateway that stays alive and heartbeats but
+    whose data path is broken (`raven lab blackhole`): its members' cross-pool pairs answer
+    again through the first gateway, the Gateway status stops naming it (the pool's agents
+    vote for their whole active set, `raven.openyurt.io/pool-gateways`) and exactly one
+    GatewayFailover event says why: probe loss. Unblackholed, the pool takes it back (its
+    share and the status) with no further event. Oracles: the nodes' routes and hq-1's
+    WireGuard peers (`sharded`), pings between pods, `kubectl get gateway` / `get events`."""
+    carrier = sharded(lab, GATEWAYS)
+    first, second = cluster.active_gateways(lab.name)["gw-site"]
+    share = sorted(n for n, g in carrier.items() if g == second and n != second)
+    assert share, f"{second} carries no member: {carrier}"
+    before = events(lab, "GatewayFailover")
+    lab_verb("blackhole", lab.name, second)
+    try:
+        all_answer(lab, (second,))  # its members' pods reach hq (and back) through `first`
+        moved = sharded(lab, (first,))
+        assert all(moved[n] == first for n in share)
+        status_is(lab, [first])
+        deadline = time.monotonic() + 120  # the cause settles once it renewed after the move
+        while not failover_events(lab, before, second):
+            assert time.monotonic() < deadline, f"no GatewayFailover event for {second}"
+            time.sleep(1.0)
+    finally:
+        lab_verb("unblackhole", lab.name, second)
+    assert sharded(lab, GATEWAYS) == carrier  # it takes exactly its share back
+    status_is(lab, [first, second])
+    all_answer(lab, ())
+    # Nothing more to report: wait out a heartbeat timeout and two controller resyncs, in
+    # which a second move (or a late event for this one) would have shown.
+    settings = cluster.load_settings(lab.name)
+    time.sleep(settings.heartbeat_timeout + 2 * settings.controller_resync)
+    fresh = [m for n, m in events(lab, "GatewayFailover").items() if n not in before]
+    assert fresh == [f"Gateway gw-site: active gateway {second} -> {first}, cause: probe loss"]
+    assert cluster.active_gateways(lab.name)["gw-site"] == [first, second]
