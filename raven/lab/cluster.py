@@ -357,13 +357,33 @@ def start_agent(lab: str, node: str, settings: ClusterSettings | None = None,
 
 def renice_agents(lab: str, nodes: list[NodePlan]) -> None:
     """Give the agents of `nodes` the ordinary CPU priority again: every thread of every
-    process in the agent's process group (it is a session leader; wireguard-go and the
-    probe responder it starts inherit its priority)."""
+    process in the agent's process group, and the process groups of its children that run
+    in sessions of their own (wireguard-go and the probe responder are started with
+    `start_new_session`, so the agent's group does not hold them, yet they inherited its
+    priority: a member's responder stayed at nice 10 for good)."""
     for node in nodes:
         pid = runtime.process_pid(lab, node.name, AGENT)
         if pid is not None and not node.is_vm:
-            with contextlib.suppress(OSError):  # it exited meanwhile: the wait reports it
-                os.setpriority(os.PRIO_PGRP, pid, 0)
+            for group in (pid, *_children(pid)):
+                with contextlib.suppress(OSError):  # it exited meanwhile: the wait reports it
+                    os.setpriority(os.PRIO_PGRP, group, 0)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc/PID/stat's ppid field)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses; split after it.
+        fields = stat[stat.rindex(")") + 2:].split()
+        if len(fields) > 1 and int(fields[1]) == pid:
+            out.append(int(entry.name))
+    return out
 
 
 def agent_status_stamp(lab: str, node: str) -> tuple[int, int] | None:
