@@ -11,9 +11,9 @@ Rules kept:
   `raven.publisher`; this module is the runner: it owns the threads, the informers, the kernel
   and the monotonic clock, observes, calls the step, carries out its actions, reports their
   outcomes and sleeps until the deadline or an event. The writes on its own threads (heartbeat,
-  pool gateway) share one runner, `run_schedule`. The wall clock is read only for what leaves
-  the process (Lease renewTime, the cache's savedAt, timestamps in the status file and Events)
-  and passed in;
+  pool gateway) share one runner, `raven.schedule_runner.run_schedule`. The wall clock is
+  read only for what leaves the process (Lease renewTime, the cache's savedAt, timestamps in
+  the status file and Events) and passed in;
 - API trouble never touches the data plane: informers back off and keep their last copy; the
   last good inputs are cached on disk (atomic writes, schema-checked on load), so a start with
   the API unreachable applies from the cache at once, and a damaged cache is never applied;
@@ -39,7 +39,6 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +66,7 @@ from raven.path_agent import PathManager
 from raven.paths import PathPlan
 from raven.proxy.metrics import ProxyMetrics
 from raven.proxy.plan import plan_proxy
+from raven.schedule_runner import run_schedule
 from raven.settings import AgentSettings
 from raven.topology import plan_node
 
@@ -120,29 +120,6 @@ def parse_inputs(inputs: Inputs, node: str) -> tuple[list[Gateway], Node | str, 
         except ValidationError as exc:
             problems.extend(exc.problems)
     return sorted(gateways, key=lambda g: g.name), me, problems
-
-
-def run_schedule(stop: threading.Event, wake: threading.Event, schedule: publisher.Schedule,
-                 attempt: Callable[[], bool], active: Callable[[], bool] = lambda: True) -> None:
-    """The runner of one `raven.publisher` schedule, on a thread of its own: a slow or
-    unreachable API server never delays a reconcile, and a long reconcile never delays a
-    heartbeat. `wake` says there is something new (or that `active` changed, or stop)."""
-    state = publisher.PublishState()
-    while not stop.is_set():
-        now = time.monotonic()
-        if wake.is_set():
-            wake.clear()
-            state = publisher.ask(state, now)
-        go, deadline = publisher.poll(state, now, active())
-        if go:
-            try:
-                ok = attempt()
-            except Exception:  # never fatal: the thread would stop writing for good
-                log.exception("%s failed", threading.current_thread().name)
-                ok = False
-            state = publisher.result(state, ok, time.monotonic(), schedule, random.random())
-        else:
-            wake.wait(None if deadline is None else max(0.0, deadline - now))
 
 
 class Agent:

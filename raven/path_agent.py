@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from raven import failover, paths, publisher
 from raven.desired import Role
 from raven.model import Gateway
+from raven.schedule_runner import run_schedule
 
 if TYPE_CHECKING:
     from raven.agent import Agent
@@ -427,8 +428,6 @@ class PathManager:
         """Flush the outbox when something is queued; a failed flush is retried on the
         agent's backoff (raven.publisher: the one schedule of periodic writes; a newer value
         queued meanwhile goes with the retry)."""
-        from raven.agent import run_schedule
-
         run_schedule(stop, self._publish_wake,
                      publisher.Schedule(None, self.agent.settings.backoff),
                      self.flush_outbox)

@@ -1,4 +1,5 @@
-"""The agent's thin runner of `raven.publisher` schedules (`raven.agent.run_schedule`), driven
+"""The agent's thin runner of `raven.publisher` schedules
+(`raven.schedule_runner.run_schedule`), driven
 through real threads and events with the decisions left to the pure schedule: no root, no sleeps.
 
 Each test ends the loop from inside the attempt or `active` callbacks (setting stop, then the
@@ -15,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from raven import publisher
-from raven.agent import Agent, run_schedule
+from raven.agent import Agent
+from raven.schedule_runner import run_schedule
 from raven.settings import AgentSettings, BackoffSettings
 
 FAST = BackoffSettings(initial=0.001, maximum=0.002)  # retries in ms: the test is quick
