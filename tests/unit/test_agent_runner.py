@@ -1,6 +1,6 @@
-"""The agent's thin runner of `raven.publisher` schedules
-(`raven.schedule_runner.run_schedule`), driven
-through real threads and events with the decisions left to the pure schedule: no root, no sleeps.
+"""The agent's thin runner of `raven.publisher` schedules (`raven.schedule_runner.run_schedule`),
+driven through real threads and events with the decisions left to the pure schedule: no root,
+no sleeps.
 
 Each test ends the loop from inside the attempt or `active` callbacks (setting stop, then the
 wake event), so a loop that makes one attempt too many or too few is seen by the count, and a
