@@ -46,6 +46,7 @@ from raven.gateway_status import (
     StatusPlan,
     agent_starts_from_leases,
     compute_status,
+    heard_since_floor,
     heartbeats_from_leases,
     kept_reason,
     key_problem,
@@ -124,6 +125,9 @@ class GatewayController:
         self.write_failures = 0  # status writes refused by the API (not conflicts)
         self.reconciles = 0
         self._heartbeat_seen: dict[str, float] = {}  # node -> last renewTime seen (for wakes)
+        # Unix time this replica last gained leadership: renewals it could not see before are
+        # not held against active gateways (raven.gateway_status.heard_since_floor).
+        self._heard_since: float | None = None
         self._node_cache: dict[str, tuple[str, Node]] = {}  # name -> (resourceVersion, parsed)
         self._relay_state = relay_choice.RelayState()
         self._compat_done: object = None  # the proxy objects last written (skip when equal)
@@ -197,9 +201,9 @@ class GatewayController:
         start = time.monotonic()
         nodes = self._nodes()
         leases = self.leases.items()
-        heartbeats = heartbeats_from_leases(leases)
         starts = agent_starts_from_leases(leases)  # when each node's agent started
         objects = self.gateways.items()
+        heartbeats = heard_since_floor(heartbeats_from_leases(leases), objects, self._heard_since)
         parsed = []
         for obj in objects:
             try:
@@ -426,6 +430,8 @@ class GatewayController:
         if leader != state.leader:
             log.info("%s %s leadership", self.settings.identity,
                      "acquired" if leader else "lost")
+            if leader:
+                self._heard_since = time.time()  # compared with Lease renewTimes: wall clock
         return controller_step.after_election(state, leader, time.monotonic(), self.settings)
 
     def health_server(self, listen: str) -> HealthServer:

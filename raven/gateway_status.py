@@ -467,6 +467,29 @@ def heartbeats_from_leases(leases: Sequence[JSON]) -> dict[str, float]:
     return out
 
 
+def heard_since_floor(heartbeats: Mapping[str, float], objects: Sequence[JSON],
+                      since: float | None) -> dict[str, float]:
+    """The heartbeats as a controller that started listening at `since` (unix seconds: it
+    gained leadership) may judge them: an ACTIVE endpoint's renewal older than `since` counts
+    as made at `since`.
+
+    Why: a controller that was not listening (it was stopped with its API server, or lost the
+    API) cannot tell a gateway that stopped renewing from one whose renewals it could not see:
+    after an outage every Lease is as old as the outage, and the agents renew again one by one
+    within a heartbeat period. Judged as they are, the first reconcile moved a pool whose active
+    gateway had not renewed yet to a standby that had, and back once the active one renewed
+    (two moves, a lost half second of traffic: the control-plane outage e2e test). Only what is
+    active is floored: a controller's start never makes a long-dead candidate electable; a
+    really dead active gateway is judged stale one heartbeat timeout after `since`, and its
+    pool's votes (raven.pool_decision) move it sooner."""
+    if since is None:
+        return dict(heartbeats)
+    active = {str(e.get("nodeName")) for obj in objects
+              for e in ((obj.get("status") or {}).get("activeEndpoints") or [])
+              if isinstance(e, dict)}
+    return {n: max(t, since) if n in active else t for n, t in heartbeats.items()}
+
+
 def agent_starts_from_leases(leases: Sequence[JSON]) -> dict[str, float]:
     """node name -> unix seconds at which its running agent first wrote its `raven-agent-<node>`
     Lease (acquireTime: raven.kube.lease.Heartbeat sets it once per agent process)."""

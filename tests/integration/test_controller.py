@@ -12,7 +12,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,39 @@ def test_stale_heartbeat_moves_the_endpoint_and_records_the_loss(cluster: Cluste
     assert status["activeEndpoints"][0]["config"]["public-key"] == KEYS["hz-2"]
     lost = wait_for(lambda: cluster.events("ActiveEndpointLost"), what="lost event")
     assert "hz-1" in lost[0]["message"] and lost[0]["type"] == "Warning"
+
+
+def test_a_restarted_controller_does_not_hold_renewals_it_could_not_see_against_the_active(
+        cluster: Cluster) -> None:
+    """After a control-plane outage every Lease is as old as the outage and agents renew again
+    one by one: the active gateway's renewal may come after a standby's. The new leader keeps
+    the active gateway for a heartbeat timeout from its start (it is not the evidence of a dead
+    node), and moves it once that passes without a renewal (the positive control)."""
+    cluster.beat("hz-1")
+    cluster.beat("hz-2")
+    cluster.kube.create(GATEWAYS, gateway_obj("gw-hz", ["hz-1", "hz-2"]))
+    wait_for(lambda: cluster.active("gw-hz") == ["hz-1"], what="hz-1 elected")
+    cluster.stop.set()  # the controller goes away (it releases its leader Lease)
+    wait_for(lambda: cluster.controller.elector.is_leader is False, what="old leader stopped")
+    cluster.beat("hz-1", ago=600)  # the active's last renewal before the outage
+    cluster.beat("hz-2")  # the standby renewed first after it (and stays fresh)
+    # A heartbeat timeout long enough that three reconciles surely fit into it on a loaded
+    # machine (the grace under test lasts one timeout from the takeover).
+    settings = controller_settings(cluster.server.kubeconfig, "restarted")
+    restarted = GatewayController(replace(settings, election=replace(
+        settings.election, heartbeat_timeout=30.0)))
+    stop = threading.Event()
+    thread = threading.Thread(target=restarted.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: restarted.reconciles >= 3, what="three reconciles of the new leader")
+        assert cluster.active("gw-hz") == ["hz-1"]  # main before the fix: ["hz-2"]
+        # hz-1 never renews: one heartbeat timeout (30 s) after the takeover it is stale.
+        wait_for(lambda: cluster.active("gw-hz") == ["hz-2"], what="failover to hz-2",
+                 timeout=120)
+    finally:
+        stop.set()
+        thread.join(timeout=10)
 
 
 def test_pool_without_heartbeat_gets_a_condition_not_an_endpoint(cluster: Cluster) -> None:
