@@ -364,26 +364,9 @@ def renice_agents(lab: str, nodes: list[NodePlan]) -> None:
     for node in nodes:
         pid = runtime.process_pid(lab, node.name, AGENT)
         if pid is not None and not node.is_vm:
-            for group in (pid, *_children(pid)):
+            for group in (pid, *runtime.children(pid)):
                 with contextlib.suppress(OSError):  # it exited meanwhile: the wait reports it
                     os.setpriority(os.PRIO_PGRP, group, 0)
-
-
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (from /proc/PID/stat's ppid field)."""
-    out = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue  # gone meanwhile
-        # "pid (comm) state ppid ...": comm may hold spaces and parentheses; split after it.
-        fields = stat[stat.rindex(")") + 2:].split()
-        if len(fields) > 1 and int(fields[1]) == pid:
-            out.append(int(entry.name))
-    return out
 
 
 def agent_status_stamp(lab: str, node: str) -> tuple[int, int] | None:

@@ -90,16 +90,33 @@ def list_labs() -> list[str]:
 
 # --- process identity -------------------------------------------------------------------------
 
-def proc_start_time(pid: int, allow_zombie: bool = False) -> int | None:
-    """Start time (clock ticks since boot) of a live, non-zombie process; None if gone."""
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat's fields after "pid (comm)" (state first); None when the process is
+    gone. comm may hold spaces and parentheses: split after its last ")"."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
-    fields = stat.rsplit(")", 1)[1].split()
-    if fields[0] in ("Z", "X") and not allow_zombie:
+    return stat.rsplit(")", 1)[1].split()
+
+
+def proc_start_time(pid: int, allow_zombie: bool = False) -> int | None:
+    """Start time (clock ticks since boot) of a live, non-zombie process; None if gone."""
+    fields = _stat_fields(pid)
+    if fields is None or (fields[0] in ("Z", "X") and not allow_zombie):
         return None
     return int(fields[19])
+
+
+def children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (stat's ppid field)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(entry.name)
+            if fields is not None and int(fields[1]) == pid:
+                out.append(int(entry.name))
+    return out
 
 
 def _read_record(path: Path) -> dict | None:
