@@ -314,7 +314,8 @@ def probe_targets(gateways: Iterable[Gateway], me: str, vtep: Any, vxlan_device:
         if ep.node_name != me and _v4(ips.get(ep.node_name)):
             out.add(Target(mine.name, ep.node_name, vtep(ips[ep.node_name]), vxlan_device,
                            telemetry=len(my_cands) < 2,
-                           standby=len(my_cands) >= 2 and ep.node_name not in _active(mine)))
+                           standby=len(my_cands) >= 2
+                           and ep.node_name not in mine.status.tunnel_names))
     me_ep = next((ep for ep in my_cands if ep.node_name == me), None)
     if me_ep is None:
         return tuple(sorted(out))
@@ -331,12 +332,8 @@ def probe_targets(gateways: Iterable[Gateway], me: str, vtep: Any, vxlan_device:
                 out.add(Target(gw.name, ep.node_name, vtep(ips[ep.node_name]),
                                wireguard_device, telemetry=len(cands) < 2 and not punched,
                                standby=len(cands) >= 2 and not punched
-                               and ep.node_name not in _active(gw)))
+                               and ep.node_name not in gw.status.tunnel_names))
     return tuple(sorted(out))
-
-
-def _active(gw: Gateway) -> set[str]:
-    return {e.node_name for e in gw.status.active_endpoints if e.type == TUNNEL}
 
 
 def valid_key(key: str) -> bool:

@@ -484,9 +484,7 @@ def heard_since_floor(heartbeats: Mapping[str, float], objects: Sequence[JSON],
     pool's votes (raven.pool_decision) move it sooner."""
     if since is None:
         return dict(heartbeats)
-    active = {str(e.get("nodeName")) for obj in objects
-              for e in ((obj.get("status") or {}).get("activeEndpoints") or [])
-              if isinstance(e, dict)}
+    active = {n for obj in objects for n in (*_old_active(obj), *_old_active(obj, proxy=True))}
     return {n: max(t, since) if n in active else t for n, t in heartbeats.items()}
 
 

@@ -245,6 +245,11 @@ class GatewayStatus:
     node_count: int | None = None  # our optional addition: len(nodes), for `kubectl get gw`
     extra: FrozenMap = EMPTY
 
+    @property
+    def tunnel_names(self) -> tuple[str, ...]:
+        """Node names of the active tunnel endpoints, in status order."""
+        return tuple(e.node_name for e in self.active_endpoints if e.type == TUNNEL)
+
 
 @dataclass(frozen=True)
 class Gateway:

@@ -52,7 +52,7 @@ Time is an argument; no I/O.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -107,7 +107,7 @@ def ballot(pool: Gateway, down: Collection[str], me: str) -> tuple[str, ...]:
     no more active gateways than the status lists, so their active set alone could never grow
     again), and why a candidate not probed yet (UNKNOWN, e.g. at the pool's start) is not
     held out of the election by the votes."""
-    active = [e.node_name for e in pool.status.active_endpoints if e.type == TUNNEL]
+    active = pool.status.tunnel_names
     spare = [ep.node_name for ep in standby_endpoints(pool)
              if ep.type == TUNNEL and (ep.node_name not in down or ep.node_name == me)]
     return tuple(dict.fromkeys((*active, *spare)))[:max(1, pool.spec.tunnel_replicas)]
@@ -150,7 +150,7 @@ def adopt_set(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[s
         return gateway, (), frozenset()
     choice = set_choice(gateway, nodes, heartbeats, now, options, flagged)
     spec = {e.node_name: e for e in gateway.spec.tunnel_endpoints}
-    current = [e.node_name for e in gateway.status.active_endpoints if e.type == TUNNEL]
+    current = list(gateway.status.tunnel_names)
     decided = tuple(n for n in choice or () if n in spec
                     and _healthy(n, nodes, heartbeats, now, options)
                     )[:gateway.spec.tunnel_replicas]
@@ -165,11 +165,8 @@ def adopt_set(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[s
 def set_offline(gateway: str, nodes: Mapping[str, Node], decided: Sequence[str]) -> bool:
     """`voted_offline` for an active set the pool voted for (`adopt_set`): a Ready node of the
     pool that votes for it flagged its vote as published late (decided while cut off)."""
-    return any(n.gateway == gateway and n.ready
-               and parse_ballot(n.annotations.get(constants.ANNOTATION_POOL_GATEWAYS))
-               == tuple(decided)
-               and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY_OFFLINE) == "true"
-               for n in nodes.values())
+    return _flagged_vote(gateway, nodes, lambda n: parse_ballot(
+        n.annotations.get(constants.ANNOTATION_POOL_GATEWAYS)) == tuple(decided))
 
 
 def _healthy(name: str, nodes: Mapping[str, Node], heartbeats: Mapping[str, float],
@@ -186,7 +183,7 @@ def adopt(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping[str, 
     """The Gateway with the pool's decision as its current active endpoint (when there is one
     to adopt), and the adopted node's name."""
     choice = pool_choice(gateway, nodes, heartbeats, now, options, flagged)
-    current = [e.node_name for e in gateway.status.active_endpoints if e.type == TUNNEL]
+    current = list(gateway.status.tunnel_names)
     spec = {e.node_name: e for e in gateway.spec.tunnel_endpoints}
     if (choice is None or choice not in spec or current[:1] == [choice]
             or not _healthy(choice, nodes, heartbeats, now, options)):
@@ -208,8 +205,15 @@ def decided_offline(gateway: Gateway, nodes: Mapping[str, Node], choice: str) ->
 
 def voted_offline(gateway: str, nodes: Mapping[str, Node], choice: str) -> bool:
     """`decided_offline` by the Gateway's name."""
-    return any(n.gateway == gateway and n.ready
-               and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY) == choice
+    return _flagged_vote(gateway, nodes,
+                         lambda n: n.annotations.get(constants.ANNOTATION_POOL_GATEWAY) == choice)
+
+
+def _flagged_vote(gateway: str, nodes: Mapping[str, Node], votes_for: Callable[[Node], bool]
+                  ) -> bool:
+    """Whether a Ready node of the pool whose vote `votes_for` the decision flagged it as
+    published late (decided while cut off)."""
+    return any(n.gateway == gateway and n.ready and votes_for(n)
                and n.annotations.get(constants.ANNOTATION_POOL_GATEWAY_OFFLINE) == "true"
                for n in nodes.values())
 
