@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import math
 import os
 import random
 import socket
@@ -36,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from raven import constants, controller_step, pool_decision, relay_choice
 from raven.controller_step import Action, ControllerState, Observation
+from raven.election import heard
 from raven.errors import ValidationError
 from raven.gateway_status import (
     CONDITION_READY,
@@ -271,7 +271,7 @@ class GatewayController:
         name = str((obj.get("metadata") or {}).get("name", ""))
         start = pool_decision.heard_again(
             self._heard_again.get(name), kept_reason(obj) == pool_decision.KEPT_REASON,
-            any(now - heartbeats.get(n, -math.inf) <= self.settings.election.heartbeat_timeout
+            any(heard(heartbeats.get(n), now, self.settings.election)
                 for n in tunnel_candidates(obj)), now, self.settings.election.heartbeat_timeout)
         if start is None:
             self._heard_again.pop(name, None)

@@ -11,6 +11,12 @@ Rules this module keeps (docs/gateway.md explains them for operators):
   existing, and the reason says so. A NotReady node whose agent still heartbeats is really broken:
   that is not "lost cloud", so nothing is kept then.
   A deleted node or an endpoint removed from the spec is never kept.
+- Silent pool: the same holds a moment earlier, while the other candidates' heartbeats are not
+  yet stale but none renewed within half the timeout (agents renew every third of it, so a
+  heard agent's renewal is never that old). The heartbeats of a pool cut off from the control
+  plane all stop at the cut but expire one by one over a renewal period; electing the one that
+  expires last moved the pool's status to a node the pool itself never chose (and remote pools
+  follow the status): the previous active endpoints are kept then too.
 - Time is an argument (`now`); nothing here reads a clock, a ConfigMap, a socket or a file.
 """
 
@@ -66,17 +72,21 @@ def elect(
     spec_by_name = {ep.node_name: ep for ep in candidates}
     previous = [e.node_name for e in gateway.status.active_endpoints
                 if e.type == TUNNEL and e.node_name]
+    existing = [ep.node_name for ep in candidates if ep.node_name in nodes]
+    listed = [n for n in dict.fromkeys(previous) if n in spec_by_name and n in nodes]
+    kept = listed[:replicas]
     if not healthy:
-        existing = [ep.node_name for ep in candidates if ep.node_name in nodes]
-        kept = [n for n in dict.fromkeys(previous) if n in spec_by_name and n in nodes]
         if kept and existing and len(stale_only) == len(existing):
-            kept = kept[:replicas]
             reasons.append(f"{label}: every candidate's heartbeat is stale at once; the pool has "
                            "probably lost the control plane, not its network: keeping "
                            f"{', '.join(kept)} active")
             return Election(tuple(spec_by_name[n] for n in kept), tuple(reasons), True)
         reasons.append(f"{label}: no healthy tunnel endpoint; no active gateway")
         return Election((), tuple(reasons))
+    silent = _silent(listed, existing, stale_only, healthy, heartbeats, now, options)
+    if silent:
+        reasons.append(f"{label}: {silent}; keeping {', '.join(kept)} active")
+        return Election(tuple(spec_by_name[n] for n in kept), tuple(reasons), True)
 
     chosen = _choose(previous, candidates, healthy, replicas, position, f"{label}: ",
                      "tunnelConfig.Replicas", reasons)
@@ -117,15 +127,20 @@ def elect_proxies(
     spec_by_name = {ep.node_name: ep for ep in candidates}
     previous = list(dict.fromkeys(e.node_name for e in gateway.status.active_endpoints
                                   if e.type == PROXY and e.node_name))
+    existing = [ep.node_name for ep in candidates if ep.node_name in nodes]
+    listed = [n for n in previous if n in spec_by_name and n in nodes]
+    kept = listed[:replicas]
     if not healthy:
-        existing = [ep.node_name for ep in candidates if ep.node_name in nodes]
-        kept = [n for n in previous if n in spec_by_name and n in nodes][:replicas]
         if kept and existing and len(stale) == len(existing):
             reasons.append(f"{label}: every proxy candidate's heartbeat is stale at once; "
                            f"keeping proxy {', '.join(kept)} active")
             return Election(tuple(spec_by_name[n] for n in kept), tuple(reasons), True)
         reasons.append(f"{label}: no healthy proxy endpoint; no active proxy")
         return Election((), tuple(reasons))
+    silent = _silent(listed, existing, stale, healthy, heartbeats, now, options)
+    if silent:
+        reasons.append(f"{label}: proxy {silent}; keeping proxy {', '.join(kept)} active")
+        return Election(tuple(spec_by_name[n] for n in kept), tuple(reasons), True)
     chosen = _choose(previous, candidates, healthy, replicas, position, f"{label}: proxy ",
                      "proxyConfig.Replicas", reasons)
     return Election(tuple(spec_by_name[n] for n in chosen), tuple(reasons))
@@ -170,6 +185,35 @@ def _choose(previous: list[str], candidates: list[Endpoint], healthy: Container[
         if name not in chosen:
             reasons.append(f"{prefix}{name} is no longer active")
     return chosen
+
+
+def heard(last: float | None, now: float, options: ElectionOptions) -> bool:
+    """Whether an agent whose last renewal was at `last` is heard: it renewed within half the
+    heartbeat timeout. Agents renew every third of it, so a heard agent's renewal is never
+    older; in a pool cut off from the control plane the others' renewals are at least two
+    thirds old when the first one expires. The silent pool rule and the controller's heal hold
+    (raven.pool_decision.heard_again) use this one bound."""
+    return last is not None and now - last <= options.heartbeat_timeout / 2
+
+
+def _silent(previous: list[str], existing: list[str], stale: list[str],
+            healthy: Container[str], heartbeats: Mapping[str, float], now: float,
+            options: ElectionOptions) -> str:
+    """Why the pool looks silent (the "silent pool" rule), or "" when it does not: every
+    previous active endpoint is stale, and every other existing candidate is stale or healthy but
+    missed a renewal (its last one older than half the timeout). A NotReady candidate whose
+    agent still heartbeats is neither: the pool is heard then, and nothing is kept."""
+    if not previous or any(n not in stale for n in previous):
+        return ""
+    late = [n for n in existing if n in healthy]
+    if len(stale) + len(late) != len(existing):
+        return ""
+    if any(heard(heartbeats[n], now, options) for n in late):
+        return ""
+    ages = ", ".join(f"{n} {_age(now, heartbeats[n])}" for n in late)
+    return (f"the heartbeat of {', '.join(previous)} is stale and no other candidate renewed "
+            f"within half the timeout ({ages}; {options.heartbeat_timeout / 2:g}s): the pool "
+            "went silent at once, it has probably lost the control plane, not its network")
 
 
 def _health(candidates: list[Endpoint], nodes: Mapping[str, Node],

@@ -310,8 +310,8 @@ def compute_status(
                            "no tunnel can be built to it", now)
     elif active and election.kept_stale:
         ready = _condition(old_conditions, CONDITION_READY, "True", "KeptWithoutHeartbeat",
-                           f"every candidate's heartbeat is stale (control plane lost?); "
-                           f"keeping {names} active", now)
+                           f"the pool's heartbeats went stale at once (control plane lost?);"
+                           f" keeping {names} active", now)
     elif active:
         ready = _condition(old_conditions, CONDITION_READY, "True", "ActiveEndpointElected",
                            f"active endpoint(s): {names}", now)

@@ -276,8 +276,9 @@ def unproven(moved_from: Mapping[str, float], heartbeats: Mapping[str, float]
 def heard_again(start: float | None, kept: bool, heard: bool, now: float,
                 window: float) -> float | None:
     """When the controller began to hear a pool again whose status it had kept without
-    heartbeats (`kept`: the stored Ready reason is KEPT_REASON; `heard`: a candidate's
-    heartbeat is fresh), carried from one reconcile to the next; None when not in that window.
+    heartbeats (`kept`: the stored Ready reason is KEPT_REASON; `heard`: a candidate renewed
+    within half the timeout, `raven.election.heard`), carried from one reconcile to the next;
+    None when not in that window.
     For a heartbeat timeout from then the controller moves the pool's gateway only by the
     pool's votes decided while cut off (flagged offline; `adopt`), never on its own: at a heal
     the agents' renewals and votes land in any order, each after its own retry backoff, a

@@ -5,8 +5,16 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from raven.election import ElectionOptions, elect
-from raven.model import Endpoint, Gateway, GatewaySpec, GatewayStatus, Node, TunnelConfig
+from raven.election import ElectionOptions, elect, elect_proxies
+from raven.model import (
+    Endpoint,
+    Gateway,
+    GatewaySpec,
+    GatewayStatus,
+    Node,
+    ProxyConfig,
+    TunnelConfig,
+)
 
 NOW = 1_000_000.0
 
@@ -158,7 +166,9 @@ def test_election_invariants(s) -> None:  # type: ignore[no-untyped-def]
     assert len(names) == len(set(names)) <= g.spec.tunnel_replicas
     assert e.reasons  # every outcome is explained
     if e.kept_stale:
-        assert not healthy and set(names) <= {a.node_name for a in g.status.active_endpoints}
+        # Kept only while no candidate was heard within half the timeout (rule 4, silent pool).
+        assert all(NOW - hb[n] > 7.5 for n in healthy)
+        assert set(names) <= {a.node_name for a in g.status.active_endpoints} - healthy
     else:
         assert set(names) <= healthy
         # As many as wanted and available.
@@ -184,3 +194,53 @@ def test_never_empty_when_everything_goes_stale_at_once(s) -> None:  # type: ign
         assert set(e.names) <= set(previous)
     else:
         assert e.names == ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Silent pool: a cut-off pool's heartbeats stop together but expire one by one
+
+
+def test_a_silent_pool_keeps_its_active_gateway_before_every_heartbeat_expires() -> None:
+    # Cut at NOW - 16: b had renewed 4 s before the cut, a 1 s before: a is still "fresh" for 14
+    # more seconds, but it missed three renewals (every 5 s at the default timeout).
+    hb = {"a": NOW - 10, "b": NOW - 20}
+    e = elect(gw(["a", "b"], active=["b"]), nodes("a", "b"), hb, NOW)
+    assert e.names == ("b",) and e.kept_stale
+    assert any("no other candidate renewed within half the timeout (a 10s ago; 7.5s)" in r
+               and "keeping b active" in r for r in e.reasons), e.reasons
+
+
+def test_a_heard_standby_takes_over_from_a_stale_active_gateway() -> None:
+    # Positive control: the standby renewed within half the timeout (the pool is heard).
+    hb = {"a": NOW - 5, "b": NOW - 20}
+    e = elect(gw(["a", "b"], active=["b"]), nodes("a", "b"), hb, NOW)
+    assert e.names == ("a",) and not e.kept_stale
+
+
+def test_a_silent_pool_is_judged_against_the_timeout_option() -> None:
+    hb = {"a": NOW - 10, "b": NOW - 40}
+    options = ElectionOptions(heartbeat_timeout=30)
+    assert elect(gw(["a", "b"], active=["b"]), nodes("a", "b"), hb, NOW, options).names == ("a",)
+
+
+def test_a_not_ready_candidate_that_heartbeats_means_the_pool_is_heard() -> None:
+    hb = {"a": NOW - 10, "b": NOW - 20, "c": NOW - 1}
+    e = elect(gw(["a", "b", "c"], active=["b"]), nodes("a", "b", "c", not_ready=("c",)), hb, NOW)
+    assert e.names == ("a",) and not e.kept_stale
+
+
+def test_a_silent_pool_keeps_only_stale_previous_endpoints() -> None:
+    # One of two active endpoints is still heard: nothing is kept, the election runs as usual.
+    hb = {"a": NOW - 2, "b": NOW - 20, "c": NOW - 10}
+    e = elect(gw(["a", "b", "c"], active=["a", "b"], replicas=2), nodes("a", "b", "c"), hb, NOW)
+    assert e.names == ("a", "c") and not e.kept_stale
+
+
+def test_a_silent_pool_keeps_its_proxy_endpoint_too() -> None:
+    g = gw(["a", "b"], active=[], proxies=["p", "q"])
+    g = Gateway(g.name, spec=GatewaySpec(endpoints=g.spec.endpoints, proxy_config=ProxyConfig(1)),
+                status=GatewayStatus(active_endpoints=(Endpoint("q", type="proxy"),)))
+    hb = {"p": NOW - 10, "q": NOW - 20}
+    e = elect_proxies(g, nodes("p", "q"), hb, NOW)
+    assert e.names == ("q",) and e.kept_stale
+    assert elect_proxies(g, nodes("p", "q"), {"p": NOW - 3, "q": NOW - 20}, NOW).names == ("p",)

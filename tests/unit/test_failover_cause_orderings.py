@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raven import constants
-from raven.election import ElectionOptions
+from raven.election import ElectionOptions, heard
 from raven.gateway_status import compute_status, kept_reason, tunnel_candidates
 from raven.model import Gateway, Node
 from raven.pool_decision import (
@@ -91,8 +91,7 @@ class Controller:
         self.moved_from = {n: at for n, at in self.moved_from.items() if n in held}
         self.heard = heard_again(
             self.heard, kept_reason(self.obj) == KEPT_REASON,
-            any(now - beats.get(n, -math.inf) <= T for n in tunnel_candidates(self.obj)), now,
-            T)
+            any(heard(beats.get(n), now, OPTS) for n in tunnel_candidates(self.obj)), now, T)
         plan = compute_status(self.obj, nodes, beats, now, options=OPTS,
                               moved_from=self.moved_from,
                               hold_kept=self.hold and self.heard is not None
@@ -193,15 +192,17 @@ def one_event(c: Controller) -> str:
 # --- case (c): the pool is cut off, then its active gateway is powered off ------------------
 
 
-def test_old_gateways_heartbeat_expires_first_the_controller_moves_on_its_own_partition() -> None:
+def test_old_gateways_heartbeat_expires_first_the_controller_keeps_it_partition() -> None:
     """The race of the lab's case (c): the old gateway's last renewal was 4 s before the cut,
-    the new one's 1 s: the controller sees only the old one expire (at D + 11) and moves on its
-    own while the pool is still cut off; no vote can reach it before its wait ends."""
+    the new one's 1 s: the controller sees the old one expire first (at D + 11), while the new
+    one's renewal is 12 s old (none within half the timeout: the silent pool rule). It keeps the
+    old gateway (it used to move on its own to a node the cut-off pool had not chosen, and the
+    remote pools follow the status) until the pool's votes land after the heal."""
     t = Timeline(last={"cone-1": D - 4, "cone-2": D - 1}, cut=True, heal=D + 35,
                  votes={"cone-2": D + 37, "cone-3": D + 38})
     c = run(t, look=1.0)
     (at, adopted), = c.moves
-    assert D + 11 <= at < D + 14 and not adopted  # during the partition, from heartbeats
+    assert at == D + 37 and adopted  # after the heal, the pool's decision
     assert one_event(c) == PARTITION
     assert c.active() == ["cone-2"]
 
@@ -218,14 +219,14 @@ def test_the_pools_votes_come_first_partition() -> None:
 
 
 def test_the_partition_heals_before_the_bound_and_the_new_gateway_renews_first() -> None:
-    """Moved on its own during the partition (D + 11); the pool heals at D + 13, the new
-    gateway renews at once, the votes land late and lose their flag later: still one
-    partition event (the evidence is what the controller heard at the move)."""
+    """Kept during the partition (the silent pool rule, from D + 11); the pool heals at
+    D + 13, the new gateway renews at once, the votes land late and lose their flag later: the
+    heal hold waits for the votes, one move, one partition event."""
     t = Timeline(last={"cone-1": D - 4, "cone-2": D - 1}, cut=True, heal=D + 13,
                  renew_after_heal=0.2, votes={"cone-2": D + 24, "cone-3": D + 25})
     c = run(t, look=1.0)
     (at, adopted), = c.moves
-    assert at < D + 13 and not adopted
+    assert at == D + 24 and adopted
     assert one_event(c) == PARTITION
 
 
@@ -254,11 +255,12 @@ def test_a_vote_whose_write_was_in_flight_at_the_heal_lands_unflagged() -> None:
 
 
 def test_a_pool_of_two_candidates_and_no_member() -> None:
-    """The rest of the pool is the new gateway alone: its heartbeat is the evidence."""
+    """The rest of the pool is the new gateway alone: kept while the pool is silent, then its
+    vote, flagged offline, moves the status after the heal and is the evidence."""
     t = Timeline(last={"cone-1": D - 4, "cone-2": D - 1}, cut=True, heal=D + 35,
                  votes={"cone-2": D + 37}, members=())
     c = run(t, look=1.0)
-    assert [adopted for _, adopted in c.moves] == [False]
+    assert c.moves == [(D + 37, True)]
     assert one_event(c) == PARTITION
 
 
@@ -358,13 +360,15 @@ def test_case_c_is_a_partition_in_every_order(
 
 def test_a_late_renewal_after_the_heal_moves_nothing_back() -> None:
     """The ordering behind test_d's two "partition" events: cut off at D with cone-1 powered
-    off (its last renewal at D, cone-2's at D - 2); the pool heals at D + 6 and its votes are
-    adopted at once (cone-2, whose heartbeat is still fresh from before the cut), but cone-2's
-    agent renews only at D + 16, in its retry backoff. From D + 13 to D + 16 cone-2's heartbeat
-    is stale and the dead cone-1's is not: the election used to move back to cone-1 (without
-    hearing the pool: a partition) and forward to cone-2 again at D + 16 (a partition again).
-    Now the controller keeps cone-2: one move, one event."""
-    t = Timeline(last={"cone-1": D, "cone-2": D - 2}, cut=True, heal=D + 6,
+    off (its last renewal at D; cone-2's agent was already late, its last at D - 8.5); the pool
+    heals at D + 6 and its votes are adopted at once (cone-2, whose heartbeat is still fresh
+    from before the cut), but cone-2's agent renews only at D + 16, in its retry backoff. From
+    D + 6.5 cone-2's heartbeat is stale while the dead cone-1's is recent enough to look heard
+    (6.5 s old): the election used to move back to cone-1 (without hearing the pool: a
+    partition) and forward to cone-2 again at D + 16 (a partition again). The memory of the
+    node moved away from keeps cone-2: one move, one event. (With cone-1's renewal older than
+    half the timeout, the silent pool rule would keep cone-2 as well.)"""
+    t = Timeline(last={"cone-1": D, "cone-2": D - 8.5}, cut=True, heal=D + 6,
                  renew_after_heal=10.0, votes={"cone-2": D + 6, "cone-3": D + 6})
     c = settled_controller()
     seen = []
@@ -435,13 +439,47 @@ def test_d_the_old_gateway_back_during_the_partition_renews_first_at_the_heal() 
             c.look(nodes(now), beats(now), now)
         return c
 
+    for hold in (True, False):
+        c = replay(hold=hold)
+        assert c.events == [f"Gateway {GW}: active gateway cone-1 -> cone-2, cause: {PARTITION}"]
+        assert len(c.moves) == 1 and c.active() == ["cone-2"]
+        # The silent pool rule kept cone-1 through the partition, so cone-1 heard first at the
+        # heal is the kept gateway itself: the flagged votes make the one move, hold or not.
+        # Held, cone-1's flagged vote is adopted once cone-2 renews (heal + 8); not held, the
+        # vote of the majority is needed (heal + 9).
+        assert c.moves[0] == (heal + (8 if hold else 9), True)
+
+
+def test_a_standby_heard_first_at_the_heal_does_not_take_a_kept_status() -> None:
+    """What the heal hold is for: the pool uses cone-2 (status cone-2, votes cone-2) when it is
+    cut off at D; every heartbeat goes stale and the status is kept. The standby cone-1 is
+    rebooted while cut off: at the heal (D + 30) its new agent renews first, cone-2's only 8 s
+    later, and the votes still name cone-2 unflagged (the pool never changed its gateway).
+    Without the hold the controller moves to cone-1, heard first, and the votes move it back
+    once cone-2 renews; with it nothing moves."""
+    heal = D + 30
+
+    def beats(now: float) -> dict[str, float]:
+        out = {"cone-2": D - 1, "cone-1": D - 3}
+        for name, first in (("cone-1", heal + 0.3), ("cone-2", heal + 8)):
+            if now >= first:
+                out[name] = first + PERIOD * math.floor((now - first) / PERIOD)
+        return out
+
+    def replay(hold: bool) -> Controller:
+        c = settled_controller(candidates=("cone-2", "cone-1"))
+        c.hold = hold
+        nodes = {n: node(n, vote="cone-2") for n in ("cone-1", "cone-2", "cone-3")}
+        for k in range(160):
+            now = D + k * 0.5
+            c.look(nodes, beats(now), now)
+        return c
+
     c = replay(hold=True)
-    assert c.events == [f"Gateway {GW}: active gateway cone-1 -> cone-2, cause: {PARTITION}"]
-    assert len(c.moves) == 1 and c.active() == ["cone-2"]
-    # Without the hold, the same timeline: three moves, the failover reported twice.
+    assert c.moves == [] and c.events == [] and c.active() == ["cone-2"]
     c = replay(hold=False)
-    assert len(c.moves) == 3
-    assert c.events.count(f"Gateway {GW}: active gateway cone-1 -> cone-2, cause: {PARTITION}") == 2
+    assert [at for at, _ in c.moves] == [heal + 0.5, heal + 8]
+    assert c.active() == ["cone-2"]
 
 
 def test_heard_again_starts_at_the_first_fresh_heartbeat_of_a_kept_pool() -> None:
