@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,42 @@ def test_a_restarted_controller_does_not_hold_renewals_it_could_not_see_against_
     finally:
         stop.set()
         thread.join(timeout=10)
+
+
+def test_a_pool_that_went_silent_keeps_its_gateway_until_a_candidate_is_heard(
+        cluster: Cluster) -> None:
+    """A pool cut off from the control plane stops renewing at the cut, but its Leases expire
+    one by one: when the active gateway's has expired and the standby's has not yet, but it
+    missed a renewal (older than half the timeout), the pool went silent at once and the
+    controller keeps the active gateway (main before the fix: moved to hz-2, a node the cut-off
+    pool never chose). A standby that renews is heard and takes over (the positive control).
+    (The harness's timeout is 5 s: hz-2 stays fresh for 2.4 s after the cut, several resyncs;
+    on a machine too slow for that, every heartbeat is stale at the check and the status is
+    kept by rule 4 alike, so the test cannot fail for slowness, only prove less.)"""
+    cluster.beat("hz-1")
+    cluster.beat("hz-2")
+    cluster.kube.create(GATEWAYS, gateway_obj("gw-hz", ["hz-1", "hz-2"]))
+    wait_for(lambda: cluster.active("gw-hz") == ["hz-1"], what="hz-1 elected")
+    # A new leader counts an active endpoint's older renewals as made at its takeover (rule 5):
+    # the cut below must come one timeout after the takeover (the leader Lease's acquireTime).
+    lease = json.loads(kubectl(cluster.server.kubeconfig, "get", "lease", "-n",
+                               constants.RAVEN_NAMESPACE, constants.CONTROLLER_LEASE_NAME,
+                               "-o", "json").stdout)
+    took_over = datetime.fromisoformat(lease["spec"]["acquireTime"].replace("Z", "+00:00"))
+    wait_for(lambda: time.time() > took_over.timestamp() + 5.0 + 0.5,
+             what="one heartbeat timeout after the takeover")
+    # The cut: hz-1 renewed last 5.1 s ago (stale), hz-2 2.6 s ago (fresh, but older than
+    # half the timeout: it missed a renewal too).
+    cluster.beat("hz-1", ago=5.1)
+    cluster.beat("hz-2", ago=2.6)
+    done = cluster.controller.reconciles
+    wait_for(lambda: cluster.controller.reconciles >= done + 2,
+             what="two reconciles after the cut")
+    assert cluster.active("gw-hz") == ["hz-1"]
+    ready = next(c for c in cluster.gw("gw-hz")["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["reason"] == "KeptWithoutHeartbeat", ready
+    cluster.beat("hz-2")  # hz-2's agent renews: the pool is heard
+    wait_for(lambda: cluster.active("gw-hz") == ["hz-2"], what="failover to hz-2")
 
 
 def test_pool_without_heartbeat_gets_a_condition_not_an_endpoint(cluster: Cluster) -> None:
