@@ -72,21 +72,17 @@ def elect(
     spec_by_name = {ep.node_name: ep for ep in candidates}
     previous = [e.node_name for e in gateway.status.active_endpoints
                 if e.type == TUNNEL and e.node_name]
-    existing = [ep.node_name for ep in candidates if ep.node_name in nodes]
     listed = [n for n in dict.fromkeys(previous) if n in spec_by_name and n in nodes]
-    kept = listed[:replicas]
+    silent = _silent(listed, candidates, nodes, stale_only, healthy, heartbeats, now, options)
+    if silent is not None:
+        kept = listed[:replicas]
+        why = silent or ("every candidate's heartbeat is stale at once; the pool has probably "
+                         "lost the control plane, not its network:")
+        reasons.append(f"{label}: {why} keeping {', '.join(kept)} active")
+        return Election(tuple(spec_by_name[n] for n in kept), tuple(reasons), True)
     if not healthy:
-        if kept and existing and len(stale_only) == len(existing):
-            reasons.append(f"{label}: every candidate's heartbeat is stale at once; the pool has "
-                           "probably lost the control plane, not its network: keeping "
-                           f"{', '.join(kept)} active")
-            return Election(tuple(spec_by_name[n] for n in kept), tuple(reasons), True)
         reasons.append(f"{label}: no healthy tunnel endpoint; no active gateway")
         return Election((), tuple(reasons))
-    silent = _silent(listed, existing, stale_only, healthy, heartbeats, now, options)
-    if silent:
-        reasons.append(f"{label}: {silent}; keeping {', '.join(kept)} active")
-        return Election(tuple(spec_by_name[n] for n in kept), tuple(reasons), True)
 
     chosen = _choose(previous, candidates, healthy, replicas, position, f"{label}: ",
                      "tunnelConfig.Replicas", reasons)
@@ -127,20 +123,16 @@ def elect_proxies(
     spec_by_name = {ep.node_name: ep for ep in candidates}
     previous = list(dict.fromkeys(e.node_name for e in gateway.status.active_endpoints
                                   if e.type == PROXY and e.node_name))
-    existing = [ep.node_name for ep in candidates if ep.node_name in nodes]
     listed = [n for n in previous if n in spec_by_name and n in nodes]
-    kept = listed[:replicas]
+    silent = _silent(listed, candidates, nodes, stale, healthy, heartbeats, now, options)
+    if silent is not None:
+        kept = listed[:replicas]
+        why = f"proxy {silent}" if silent else "every proxy candidate's heartbeat is stale at once;"
+        reasons.append(f"{label}: {why} keeping proxy {', '.join(kept)} active")
+        return Election(tuple(spec_by_name[n] for n in kept), tuple(reasons), True)
     if not healthy:
-        if kept and existing and len(stale) == len(existing):
-            reasons.append(f"{label}: every proxy candidate's heartbeat is stale at once; "
-                           f"keeping proxy {', '.join(kept)} active")
-            return Election(tuple(spec_by_name[n] for n in kept), tuple(reasons), True)
         reasons.append(f"{label}: no healthy proxy endpoint; no active proxy")
         return Election((), tuple(reasons))
-    silent = _silent(listed, existing, stale, healthy, heartbeats, now, options)
-    if silent:
-        reasons.append(f"{label}: proxy {silent}; keeping proxy {', '.join(kept)} active")
-        return Election(tuple(spec_by_name[n] for n in kept), tuple(reasons), True)
     chosen = _choose(previous, candidates, healthy, replicas, position, f"{label}: proxy ",
                      "proxyConfig.Replicas", reasons)
     return Election(tuple(spec_by_name[n] for n in chosen), tuple(reasons))
@@ -196,24 +188,30 @@ def heard(last: float | None, now: float, options: ElectionOptions) -> bool:
     return last is not None and now - last <= options.heartbeat_timeout / 2
 
 
-def _silent(previous: list[str], existing: list[str], stale: list[str],
-            healthy: Container[str], heartbeats: Mapping[str, float], now: float,
-            options: ElectionOptions) -> str:
-    """Why the pool looks silent (the "silent pool" rule), or "" when it does not: every
-    previous active endpoint is stale, and every other existing candidate is stale or healthy but
-    missed a renewal (its last one older than half the timeout). A NotReady candidate whose
-    agent still heartbeats is neither: the pool is heard then, and nothing is kept."""
+def _silent(previous: list[str], candidates: list[Endpoint], nodes: Mapping[str, Node],
+            stale: list[str], healthy: Container[str], heartbeats: Mapping[str, float],
+            now: float, options: ElectionOptions) -> str | None:
+    """Whether the pool went silent at once, so its `previous` active endpoints are kept
+    (rule 4, "lost cloud", and the silent pool rule, one mechanism): None when it did not;
+    "" when every existing candidate's heartbeat is stale (rule 4); else why the candidates
+    that are not stale yet do not count (each missed a renewal: its last one is older than
+    half the timeout). It did when there is a previous endpoint, every previous endpoint is
+    stale, and every other existing candidate is stale or healthy but not heard. A NotReady
+    candidate whose agent still heartbeats is neither: the pool is heard then, nothing kept."""
+    existing = [ep.node_name for ep in candidates if ep.node_name in nodes]
     if not previous or any(n not in stale for n in previous):
-        return ""
+        return None
     late = [n for n in existing if n in healthy]
     if len(stale) + len(late) != len(existing):
-        return ""
+        return None
     if any(heard(heartbeats[n], now, options) for n in late):
+        return None
+    if not late:
         return ""
     ages = ", ".join(f"{n} {_age(now, heartbeats[n])}" for n in late)
     return (f"the heartbeat of {', '.join(previous)} is stale and no other candidate renewed "
             f"within half the timeout ({ages}; {options.heartbeat_timeout / 2:g}s): the pool "
-            "went silent at once, it has probably lost the control plane, not its network")
+            "went silent at once, it has probably lost the control plane, not its network;")
 
 
 def _health(candidates: list[Endpoint], nodes: Mapping[str, Node],
