@@ -101,15 +101,22 @@ def pool_choice(gateway: Gateway, nodes: Mapping[str, Node], heartbeats: Mapping
 def ballot(pool: Gateway, down: Collection[str], me: str) -> tuple[str, ...]:
     """What an agent publishes as its pool's active set (ANNOTATION_POOL_GATEWAYS): the tunnel
     gateways it uses (`pool` as its probes see it, raven.failover.effective_gateways), then the
-    standby candidates its probes do not see DOWN (`down`; itself never), up to
-    tunnelConfig.Replicas: raven.failover.choose's rule with the spec's replica count. The
-    standbys are how the pool takes back a gateway the controller left out for it (agents use
-    no more active gateways than the status lists, so their active set alone could never grow
-    again), and why a candidate not probed yet (UNKNOWN, e.g. at the pool's start) is not
-    held out of the election by the votes."""
+    standby candidates its probes do not see DOWN (`down`; itself never), then the spec's other
+    tunnel candidates not seen DOWN, up to tunnelConfig.Replicas: raven.failover.choose's rule
+    with the spec's replica count. The standbys are how the pool takes back a gateway the
+    controller left out for it (agents use no more active gateways than the status lists, so
+    their active set alone could never grow again), and why a candidate not probed yet
+    (UNKNOWN, e.g. at the pool's start) is not held out of the election by the votes. The spec's
+    candidates that are not standbys yet (no key published when the agent last read the
+    status) count for the same reason: at the pool's start a vote cast from the status that
+    elected the first gateway alone would otherwise drop the second one the controller elected
+    a moment later, once its key came (seen in CI: a GatewayFailover "probe loss" at lab start
+    and one active gateway for 5 s)."""
     active = pool.status.tunnel_names
-    spare = [ep.node_name for ep in standby_endpoints(pool)
-             if ep.type == TUNNEL and (ep.node_name not in down or ep.node_name == me)]
+    later = (*standby_endpoints(pool), *pool.spec.tunnel_endpoints)
+    spare = [ep.node_name for ep in later
+             if ep.type == TUNNEL and ep.node_name
+             and (ep.node_name not in down or ep.node_name == me)]
     return tuple(dict.fromkeys((*active, *spare)))[:max(1, pool.spec.tunnel_replicas)]
 
 

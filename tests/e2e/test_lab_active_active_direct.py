@@ -55,9 +55,21 @@ def direct_farm_gateway(plan: LabPlan, keys: dict[str, str]) -> str | None:
 
 
 def test_a_direct_path_to_an_active_active_pool_keeps_every_pair_answering(lab: LabPlan) -> None:
-    carrier = gl.gateway_of_nodes(lab, "farm")
+    # The lab is up once every pair answers, which one active gateway can do: wait (a
+    # liveness bound) until both carry a share and every node is in one.
+    carrier: dict[str, str] = {}
+
+    def two_shares() -> bool:
+        carrier.clear()
+        carrier.update(gl.gateway_of_nodes(lab, "farm"))
+        actives = set(carrier.values())
+        return len(actives) == 2 and "" not in actives
+
+    try:
+        wait_for(two_shares, 60.0, "both farm gateways carrying a share", poll=0.5)
+    except AssertionError as e:
+        raise AssertionError(f"{e}; farm nodes send via {carrier}") from None
     actives = sorted(set(carrier.values()))
-    assert len(actives) == 2 and "" not in actives, carrier  # two shares, every node in one
     keys = {g: gl.public_key(lab.name, g) for g in (*actives, "mill-a", "core-a")}
     found: list[str] = []
 

@@ -9,16 +9,19 @@ no event came. Replayed on the pure controller loop of test_failover_cause_order
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 from test_failover_cause_orderings import OPTS, PERIOD, RESYNC, Controller, D
 from test_failover_events_active_active import aa_obj
 
 from raven import constants, shards
+from raven.failover import standby_endpoints
 from raven.gateway_status import compute_status
-from raven.model import Gateway, Node
+from raven.model import FrozenMap, Gateway, Node
 from raven.pool_decision import PARTITION, PROBE_LOSS, ballot, set_choice
 
 GW = "gw-site"
@@ -218,3 +221,31 @@ def test_a_candidate_elected_late_is_not_held_out_by_the_votes() -> None:
     c.look(pool(votes), {"site-2": D}, D + 1)
     c.look(pool(votes), {"site-2": D, "site-1": D + 2}, D + 2)
     assert c.active() == ["site-2", "site-1"] and not c.events
+
+
+def test_a_candidate_whose_key_came_late_is_not_dropped_by_votes_cast_before_it() -> None:
+    """The pool's start as CI caught it (test_lab_active_active_direct): site-2 is elected
+    alone while site-1 has no key yet, so the status lists no standby; the agents vote from
+    that status; site-1's key and heartbeat come and the controller elects it second. The
+    votes cast before it must not drop it (on main they named site-2 alone, the controller
+    took site-1 out again with a "probe loss" event, and the pool had one active gateway until
+    the agents voted again)."""
+    everyone = ("site-1", "site-2", "site-3")
+    c = Controller(aa_obj(("site-1", "site-2")), gateway=GW)
+    keyless = {**pool(dict.fromkeys(everyone, None)),
+               "site-1": replace(voter("site-1", None), annotations=FrozenMap({}))}
+    c.look(keyless, {"site-2": D}, D)
+    assert c.active() == ["site-2"]
+    stored = Gateway.from_k8s(c.obj)
+    assert not standby_endpoints(stored)  # site-1 has no key: no standby to vote for
+    votes = dict.fromkeys(everyone, ballot(stored, frozenset(), "site-3"))
+    assert votes["site-3"] == ("site-2", "site-1")
+    beats = {"site-2": D, "site-1": D + 1}
+    c.look(pool(dict.fromkeys(everyone, None)), beats, D + 1)  # key and heartbeat come
+    assert c.active() == ["site-2", "site-1"]
+    control = copy.deepcopy(c)  # the votes main cast: the key-less candidate left out
+    for now in (D + 1.5, D + 2, D + 3):  # the votes cast before it land
+        c.look(pool(votes), beats, now)
+        control.look(pool(dict.fromkeys(everyone, ("site-2",))), beats, now)
+    assert c.active() == ["site-2", "site-1"] and not c.events
+    assert control.active() == ["site-2"]  # what the votes decide: the test can fail
