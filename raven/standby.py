@@ -28,7 +28,7 @@ from raven.desired import FdbEntry, NeighEntry, NodeState, Role, WireGuardDevice
 from raven.failover import candidates, valid_key
 from raven.model import Endpoint, Gateway
 from raven.settings import OverlaySettings
-from raven.topology import vtep_for
+from raven.topology import source_check, vtep_for
 
 
 def _v4(address: str) -> bool:
@@ -118,8 +118,9 @@ def _warm_peers(state: NodeState, gateways: Sequence[Gateway], pool: Gateway, me
     device = state.wireguard or WireGuardDevice(
         name=options.wireguard_device, listen_port=options.wireguard_port,
         mtu=options.tunnel_mtu, peers=())
-    sysctls = dict(state.sysctls)
-    # 0, not loose: the WireGuard device has no address (see raven.topology's gateway plan).
-    sysctls[f"net.ipv4.conf.{options.wireguard_device}.rp_filter"] = "0"
+    # The active gateway's settings of its WireGuard device (raven.topology.source_check:
+    # rp_filter 0, not loose, since the device has no address; accept_local 1), so a switch
+    # to active does not have to write them.
+    sysctls = dict(state.sysctls) | dict(source_check(options.wireguard_device))
     return replace(state, wireguard=replace(device, peers=tuple(peers[k] for k in sorted(peers))),
                    sysctls=tuple(sorted(sysctls.items())))

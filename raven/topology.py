@@ -665,7 +665,7 @@ def _firewall(me: _Me, routed: Sequence[str], options: PlanOptions, *,
     )
 
 
-def _source_check(*devices: str) -> list[tuple[str, str]]:
+def source_check(*devices: str) -> list[tuple[str, str]]:
     """The reverse-path settings of our devices: `rp_filter=0` and `accept_local=1`.
 
     Why: our rules put the node's kernel in policy-routing mode (`fib_has_custom_rules`, set
@@ -730,7 +730,7 @@ def _member_plan(me: _Me, routed: list[str], vxlan_mtu: int, options: PlanOption
         routes=routes,
         rules=_member_rules(routed, options),
         firewall=_firewall(me, routed, options, marks=False),
-        sysctls=_sysctls(routed, _source_check(options.vxlan_device)),
+        sysctls=_sysctls(routed, source_check(options.vxlan_device)),
         notes=tuple(notes),
     )
 
@@ -770,7 +770,7 @@ def _gateway_plan(me: _Me, peers: tuple[WireGuardPeer, ...], routed: list[str], 
             mtu=options.tunnel_mtu, peers=peers,
         ),
         firewall=_firewall(me, routed, options, marks=False),
-        sysctls=_sysctls(routed, _source_check(options.vxlan_device, options.wireguard_device)),
+        sysctls=_sysctls(routed, source_check(options.vxlan_device, options.wireguard_device)),
         notes=tuple(notes),
     )
 
