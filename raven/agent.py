@@ -60,7 +60,7 @@ from raven.errors import ValidationError
 from raven.health import HealthServer
 from raven.kube.cache import JSON, CachedInputs, InputCache
 from raven.kube.errors import KubeError
-from raven.model import TUNNEL, Gateway, Node
+from raven.model import Gateway, Node
 from raven.node_annotations import NodeAnnotations, Write
 from raven.path_agent import PathManager
 from raven.paths import PathPlan
@@ -101,7 +101,7 @@ def gateway_candidate(node: str, gateways: list[Gateway]) -> bool:
 def gateway_names(gateway: Gateway) -> list[str]:
     """The pool's active tunnel gateways, each once: a node that is also the pool's proxy
     endpoint has a second active entry (one per type) and was listed twice."""
-    return [e.node_name for e in gateway.status.active_endpoints if e.type == TUNNEL]
+    return list(gateway.status.tunnel_names)
 
 
 def parse_inputs(inputs: Inputs, node: str) -> tuple[list[Gateway], Node | str, list[str]]:
@@ -346,8 +346,7 @@ class Agent:
 
     def _note_pool_gateway(self, gateways: list[Gateway], state: NodeState) -> None:
         pool = next((g for g in gateways if g.name == state.pool), None)
-        active = [e.node_name for e in pool.status.active_endpoints
-                  if e.type == TUNNEL] if pool else []
+        active = pool.status.tunnel_names if pool else ()
         chosen = active[0] if active else None
         ballot = pool_decision.ballot(pool, self.probes.down(pool.name), self.settings.node) \
             if pool is not None and self.probes is not None else ()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from raven import failover, pool_claims
 from raven.desired import NodeState
-from raven.model import TUNNEL, Gateway
+from raven.model import Gateway
 from raven.settings import AgentSettings
 from raven.topology import vtep_for
 
@@ -104,8 +104,7 @@ class ProbeFailover:
         """The Gateways as this node's probes see them (raven.failover), logging each change
         of the decision. `wall` (unix seconds) ages our claim."""
         me = self.settings.node
-        self.heads = {g.name: next((e.node_name for e in g.status.active_endpoints
-                                    if e.type == TUNNEL), "") for g in gateways}
+        self.heads = {g.name: next(iter(g.status.tunnel_names), "") for g in gateways}
         mine_pool = next((g.name for g in gateways
                           if me in {n.node_name for n in g.status.nodes}), None)
         claim = self.claim

@@ -227,7 +227,7 @@ def effective_gateways(gateways: Sequence[Gateway], verdicts: Verdicts,
         if len(cands) < 2 or not (seen or waiting):
             out.append(gw)
             continue
-        controller = tuple(e.node_name for e in gw.status.active_endpoints if e.type == TUNNEL)
+        controller = gw.status.tunnel_names
         who = me
         if claims is not None and len(controller) <= 1:
             held = {node: c for (pool, node), c in claims.items() if pool == gw.name}

@@ -47,7 +47,6 @@ from raven.errors import ValidationError
 from raven.failover import STANDBY_FIELD
 from raven.model import (
     PROXY,
-    TUNNEL,
     Condition,
     Endpoint,
     FrozenMap,
@@ -251,7 +250,7 @@ def compute_status(
                    or (voted.status.active_endpoints != before
                        and set_offline(gateway.name, nodes, decided)))
     held = unproven(moved_from or {}, heartbeats) | dropped
-    kept = tuple(e.node_name for e in gateway.status.active_endpoints if e.type == TUNNEL)
+    kept = gateway.status.tunnel_names
     if hold_kept and adopted is None and not decided and kept:
         held |= {e.node_name for e in gateway.spec.tunnel_endpoints} - set(kept)
     # Judged as stale by the election (kept, never moved to), whatever their last renewal.
