@@ -98,12 +98,6 @@ def gateway_candidate(node: str, gateways: list[Gateway]) -> bool:
     return any(ep.node_name == node for gw in gateways for ep in gw.spec.endpoints)
 
 
-def gateway_names(gateway: Gateway) -> list[str]:
-    """The pool's active tunnel gateways, each once: a node that is also the pool's proxy
-    endpoint has a second active entry (one per type) and was listed twice."""
-    return list(gateway.status.tunnel_names)
-
-
 def parse_inputs(inputs: Inputs, node: str) -> tuple[list[Gateway], Node | str, list[str]]:
     """Model objects for the planner; unreadable objects are skipped and named in problems."""
     problems: list[str] = []
@@ -406,7 +400,7 @@ class Agent:
             "node": self.settings.node,
             "role": str(state.role),
             "pool": state.pool,
-            "activeGateways": gateway_names(pool) if pool else [],
+            "activeGateways": list(pool.status.tunnel_names) if pool else [],
             "candidate": self.candidate,
             "source": inputs.source,
             "appliedAt": wall,
