@@ -42,7 +42,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from raven import constants, nat_discovery, relay_choice, shards
-from raven.election import ElectionOptions, elect, elect_proxies
+from raven.election import Election, ElectionOptions, elect, elect_proxies
 from raven.errors import ValidationError
 from raven.failover import STANDBY_FIELD
 from raven.model import (
@@ -240,8 +240,73 @@ def compute_status(
         return StatusPlan(_invalid_status(obj, exc.problems, now), (), (), tuple(exc.problems))
     pool = (pools if pools is not None else members_by_pool(nodes)).get(gateway.name, ())
     opts = options or ElectionOptions()
-    # What the pool decided from its own probes (published on its Nodes) becomes the current
-    # active endpoint before the sticky election, when it names a healthy candidate.
+    outcome = _pool_election(gateway, nodes, heartbeats, now, opts, moved_from, hold_kept)
+    election, adopted = outcome.election, outcome.adopted
+    active = _filled_actives(election.active, nodes, observed)
+    standby = _standbys(gateway, election.names, nodes)
+    proxies = elect_proxies(gateway, nodes, heartbeats, now, opts)
+    proxy_active = [replace(ep, public_ip=public_address(ep, nodes.get(ep.node_name)))
+                    for ep in proxies.active]  # no WireGuard key: a proxy builds no tunnel
+    old_conditions = gateway.status.conditions
+    others = tuple(c for c in old_conditions
+                   if c.type not in (CONDITION_READY, CONDITION_SPEC_VALID))
+    spec_valid = _spec_valid(old_conditions, mine, now)
+    ready = _ready(gateway, active.endpoints, active.invalid_keys, election.kept_stale, nodes,
+                   heartbeats, now, opts)
+    new_status = GatewayStatus(
+        nodes=pool,
+        active_endpoints=(*active.endpoints, *proxy_active),  # tunnel endpoints, then proxies
+        conditions=(*others, spec_valid, ready),
+        node_count=len(pool),  # CRD printer column "Nodes" (gateway/crd.yaml)
+        extra=_with_standby(gateway.status.extra, standby),
+    )
+    rendered = _rendered(replace(gateway, status=new_status), active.endpoints, nodes, relay)
+    new_active = tuple(e.node_name for e in active.endpoints)
+    lost = tuple(n for n in old_active if n not in new_active)
+    elected = tuple(n for n in new_active if n not in old_active)
+    previous_ready = next((c.reason for c in old_conditions if c.type == CONDITION_READY), "")
+    # A move: was the pool heard? An adopted vote published at once says so; a move the
+    # election made on its own from heartbeats is judged by the pool's other heartbeats.
+    takers = _takers(pool, old_active, new_active, lost)
+    moved = bool(lost and takers)
+    silent = moved and adopted is None and not outcome.decided and unheard(
+        gateway, lost, takers, nodes, heartbeats, now, opts)
+    new_proxies = tuple(e.node_name for e in proxy_active)
+    old_proxies = _old_active(obj, proxy=True)
+    return StatusPlan(
+        status=rendered,
+        elected=elected,
+        lost=lost,
+        reasons=tuple(election.reasons),
+        cause=(immediate_cause(lost, previous_ready, outcome.partitioned, silent)
+               if moved else ""),
+        partitioned=outcome.partitioned,
+        proxy_elected=tuple(n for n in new_proxies if n not in old_proxies),
+        proxy_lost=tuple(n for n in old_proxies if n not in new_proxies),
+        takers=takers,
+        head=new_active[0] if new_active and new_active[:1] != old_active[:1] else "",
+    )
+
+
+@dataclass(frozen=True)
+class _PoolElection:
+    """The election after the pool's own decisions: `adopted` is the candidate its nodes'
+    votes made first (None: none), `decided` whether the active set came from their set votes,
+    `partitioned` whether the pool decided that while cut off from the controller."""
+
+    election: Election
+    adopted: str | None
+    decided: bool
+    partitioned: bool
+
+
+def _pool_election(gateway: Gateway, nodes: Mapping[str, Node],
+                   heartbeats: Mapping[str, float], now: float, opts: ElectionOptions,
+                   moved_from: Mapping[str, float] | None, hold_kept: bool) -> _PoolElection:
+    """What the pool decided from its own probes (published on its Nodes) becomes the current
+    active endpoint before the sticky election, when it names a healthy candidate; then the
+    election, with the candidates the controller must not elect on its own (held) judged as
+    stale, and reasons naming the adoption and the holds."""
     voted, adopted = adopt(gateway, nodes, heartbeats, now, opts, flagged=hold_kept)
     # Active-active: the pool's whole active set, so a non-first gateway it left is dropped.
     before = voted.status.active_endpoints
@@ -267,14 +332,26 @@ def compute_status(
         election = replace(election, reasons=(
             f"Gateway {gateway.name}: {adopted} adopted: the pool's nodes fail over to it "
             "from their data-path probes", *election.reasons))
+    return _PoolElection(election, adopted, bool(decided), partitioned)
+
+
+@dataclass(frozen=True)
+class _Actives:
+    endpoints: list[Endpoint]
+    invalid_keys: list[str]  # a problem per elected node whose key annotation is not a key
+
+
+def _filled_actives(elected: Sequence[Endpoint], nodes: Mapping[str, Node],
+                    observed: Mapping[str, Mapping[str, str]] | None) -> _Actives:
+    """The elected tunnel endpoints with their node's key and public address filled in, and
+    for a NAT'd one what public gateways saw of its key (raven.nat_discovery): agents of other
+    NAT'd pools punch a direct path to it."""
     active: list[Endpoint] = []
     invalid_keys: list[str] = []
-    for ep in election.active:
+    for ep in elected:
         filled, bad = _filled(ep, nodes.get(ep.node_name))
         if bad is not None:
             invalid_keys.append(bad)
-        # What public gateways saw of a NAT'd endpoint (raven.nat_discovery): agents of other
-        # NAT'd pools punch a direct path to it.
         config = dict(filled.config)
         for item in (nat_discovery.CONFIG_MAPPED_ENDPOINT, nat_discovery.CONFIG_NAT_MAPPING):
             config.pop(item, None)
@@ -284,82 +361,61 @@ def compute_status(
                 observed = observed_endpoints(nodes)
             config.update(nat_discovery.endpoint_config(observed.get(key, {})))
         active.append(replace(filled, config=FrozenMap(config)))
-    standby = _standbys(gateway, election.names, nodes)
-    proxies = elect_proxies(gateway, nodes, heartbeats, now, opts)
-    proxy_active = [replace(ep, public_ip=public_address(ep, nodes.get(ep.node_name)))
-                    for ep in proxies.active]  # no WireGuard key: a proxy builds no tunnel
-    old_conditions = gateway.status.conditions
-    others = tuple(c for c in old_conditions
-                   if c.type not in (CONDITION_READY, CONDITION_SPEC_VALID))
-    if mine:
-        spec_valid = _condition(old_conditions, CONDITION_SPEC_VALID, "False", "FleetConflict",
-                                "; ".join(mine), now)
-    else:
-        spec_valid = _condition(old_conditions, CONDITION_SPEC_VALID, "True", "Valid",
-                                "spec is valid", now)
+    return _Actives(active, invalid_keys)
+
+
+def _spec_valid(old: Sequence[Condition], fleet_problems: Sequence[str],
+                now: float) -> Condition:
+    """SpecValid: False while the fleet check names this Gateway (a conflict with another)."""
+    if fleet_problems:
+        return _condition(old, CONDITION_SPEC_VALID, "False", "FleetConflict",
+                          "; ".join(fleet_problems), now)
+    return _condition(old, CONDITION_SPEC_VALID, "True", "Valid", "spec is valid", now)
+
+
+def _ready(gateway: Gateway, active: Sequence[Endpoint], invalid_keys: Sequence[str],
+           kept_stale: bool, nodes: Mapping[str, Node], heartbeats: Mapping[str, float],
+           now: float, opts: ElectionOptions) -> Condition:
+    """Ready: an active endpoint a tunnel can be built to, or why not (bad or missing key,
+    no endpoint at all), or that the pool's heartbeats went stale at once."""
+    old = gateway.status.conditions
     names = ", ".join(e.node_name for e in active)
     keyless = [e.node_name for e in active if not e.public_key]
     if invalid_keys:
-        ready = _condition(old_conditions, CONDITION_READY, "False", "PublicKeyInvalid",
-                           "; ".join(invalid_keys) + "; no tunnel can be built to it", now)
-    elif keyless:
-        ready = _condition(old_conditions, CONDITION_READY, "False", "PublicKeyMissing",
-                           f"elected {', '.join(keyless)} but its Node has no annotation "
-                           f"{constants.ANNOTATION_PUBLIC_KEY} yet (is its agent running?); "
-                           "no tunnel can be built to it", now)
-    elif active and election.kept_stale:
-        ready = _condition(old_conditions, CONDITION_READY, "True", "KeptWithoutHeartbeat",
-                           f"the pool's heartbeats went stale at once (control plane lost?);"
-                           f" keeping {names} active", now)
-    elif active:
-        ready = _condition(old_conditions, CONDITION_READY, "True", "ActiveEndpointElected",
-                           f"active endpoint(s): {names}", now)
-    else:
-        why = why_no_endpoint(gateway, nodes, heartbeats, now, options or ElectionOptions())
-        ready = _condition(old_conditions, CONDITION_READY, "False", "NoActiveEndpoint", why,
-                           now)
-    new_status = GatewayStatus(
-        nodes=pool,
-        active_endpoints=(*active, *proxy_active),  # tunnel endpoints first, then proxies
-        conditions=(*others, spec_valid, ready),
-        node_count=len(pool),  # CRD printer column "Nodes" (gateway/crd.yaml)
-        extra=_with_standby(gateway.status.extra, standby),
-    )
-    rendered = replace(gateway, status=new_status).to_k8s().get("status", {})
+        return _condition(old, CONDITION_READY, "False", "PublicKeyInvalid",
+                          "; ".join(invalid_keys) + "; no tunnel can be built to it", now)
+    if keyless:
+        return _condition(old, CONDITION_READY, "False", "PublicKeyMissing",
+                          f"elected {', '.join(keyless)} but its Node has no annotation "
+                          f"{constants.ANNOTATION_PUBLIC_KEY} yet (is its agent running?); "
+                          "no tunnel can be built to it", now)
+    if active and kept_stale:
+        return _condition(old, CONDITION_READY, "True", "KeptWithoutHeartbeat",
+                          f"the pool's heartbeats went stale at once (control plane lost?);"
+                          f" keeping {names} active", now)
+    if active:
+        return _condition(old, CONDITION_READY, "True", "ActiveEndpointElected",
+                          f"active endpoint(s): {names}", now)
+    return _condition(old, CONDITION_READY, "False", "NoActiveEndpoint",
+                      why_no_endpoint(gateway, nodes, heartbeats, now, opts), now)
+
+
+def _rendered(gateway: Gateway, active: Sequence[Endpoint], nodes: Mapping[str, Node],
+              relay: str | None) -> JSON:
+    """The status as stored: the model's rendering, plus `relay: true` on the pool chosen to
+    relay, and `paths`: how a NAT'd active gateway reaches the other NAT'd pools, as its agent
+    published it."""
+    rendered = gateway.to_k8s().get("status", {})
     rendered.pop("relay", None)
     if relay == gateway.name:
         rendered["relay"] = True
-    # How the active gateway reaches the other NAT'd pools, as its agent published it.
     rendered.pop("paths", None)
     first = nodes.get(active[0].node_name) if active else None
     if first is not None and active[0].under_nat:
         paths = nat_discovery.status_paths(first.annotations.get(nat_discovery.ANNOTATION_PATHS))
         if paths:
             rendered["paths"] = paths
-    new_active = tuple(e.node_name for e in active)
-    lost = tuple(n for n in old_active if n not in new_active)
-    elected = tuple(n for n in new_active if n not in old_active)
-    previous_ready = next((c.reason for c in old_conditions if c.type == CONDITION_READY), "")
-    # A move: was the pool heard? An adopted vote published at once says so; a move the
-    # election made on its own from heartbeats is judged by the pool's other heartbeats.
-    takers = _takers(pool, old_active, new_active, lost)
-    moved = bool(lost and takers)
-    silent = moved and adopted is None and not decided and unheard(
-        gateway, lost, takers, nodes, heartbeats, now, opts)
-    new_proxies = tuple(e.node_name for e in proxy_active)
-    old_proxies = _old_active(obj, proxy=True)
-    return StatusPlan(
-        status=rendered,
-        elected=elected,
-        lost=lost,
-        reasons=tuple(election.reasons),
-        cause=immediate_cause(lost, previous_ready, partitioned, silent) if moved else "",
-        partitioned=partitioned,
-        proxy_elected=tuple(n for n in new_proxies if n not in old_proxies),
-        proxy_lost=tuple(n for n in old_proxies if n not in new_proxies),
-        takers=takers,
-        head=new_active[0] if new_active and new_active[:1] != old_active[:1] else "",
-    )
+    return rendered
 
 
 def _takers(pool: Sequence[NodeInfo], old: Sequence[str], new: Sequence[str],
