@@ -3,9 +3,9 @@
 A lab (default test-topologies/failover.yaml) runs the overlay with the shipped defaults. The
 node carrying the cone-NAT pool's traffic gets --percent random loss on its uplink (`raven lab
 loss`, both directions) for --minutes. Twice a second, read from the kernel (never from the
-agents): the gateway the pool's member routes through (`ip -j route show table 9027`, next hop
-= a candidate's VTEP) and the candidate whose WireGuard peer on the public gateway holds the
-pool's subnets (`wg show raven-wg0 allowed-ips`). Reported: how often each moved, and the
+agents): the gateway the pool's member routes through (`member_routes`: table 9027 or main,
+next hop = a candidate's VTEP) and the candidate whose WireGuard peer on the public gateway
+holds the pool's subnets (`wg show raven-wg0 allowed-ips`). Reported: how often each moved, and the
 longest time the two disagreed (two nodes carrying the pool's traffic). `--json` prints a JSON
 summary as the last line.
 
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from raven.lab import build, cluster, faults, runtime, teardown
+from raven.lab.gateway_load import member_routes
 from raven.lab.topology import load_topology
 from raven.topology import vtep_for
 
@@ -67,8 +68,7 @@ def main() -> int:
         last: tuple[str | None, str | None] = (None, None)
         end = time.monotonic() + args.minutes * 60
         while time.monotonic() < end:
-            routes = json.loads(_run(lab, member.name, "ip", "-j", "route", "show", "table",
-                                     "9027") or "[]")
+            routes = member_routes(lab, member.name)
             hop = by_vtep.get(next((r.get("gateway", "") for r in routes), ""))
             owner = None
             for line in _run(lab, public_gw, "wg", "show", "raven-wg0",

@@ -11,11 +11,12 @@ in the twin with `ip` and `wg`:
     wireguard-go device of the same name, started as a supervised lab process (a session
     of its own, as the agent starts its own), same listen port and peers (new keys), same
     allowed IPs, endpoint of the public side, keepalive;
-  - the routes of the overlay's tables copied into the main table, attributes unchanged (via,
-    onlink, `mtu lock`, `src`), with `ip route replace`: a gateway's table 9027 (its members'
-    pod subnets via their VTEPs, which the overlay takes only for packets from the tunnel)
-    replaces the lab's own route to them, so traffic from the tunnel reaches the members over
-    VXLAN in the twin too (so does, unmeasured, the gateway's own traffic to them).
+  - the routes of the overlay's tables, and its routes in main (a member's), copied into the
+    main table, attributes unchanged (via, onlink, `mtu lock`, `src`), with `ip route
+    replace`: a gateway's table 9027 (its members' pod subnets via their VTEPs, which the
+    overlay takes only for packets from the tunnel) replaces the lab's own route to them, so
+    traffic from the tunnel reaches the members over VXLAN in the twin too (so does,
+    unmeasured, the gateway's own traffic to them).
 What the twin does NOT get is exactly the overlay's policy state: no nftables table (no marks,
 no identity SNAT, hence no conntrack in the nodes), no rules, no sysctl changes.
 `compare` then diffs the two labs' devices (`ip -d -j link` and the offload features
@@ -164,10 +165,12 @@ def mirror(overlay: str, twin: str, plan: LabPlan) -> dict[str, NodePlan]:
                         on(twin, node.name, "bridge", "fdb", "append", fdb["mac"], "dev",
                            vx["ifname"], "dst", fdb["dst"], "self", "permanent")
             routes = []
-            for table in OVERLAY_TABLES:
+            # Our tables, and our protocol's routes in main (a member's where nothing else
+            # routes the remote pools: raven.route_placement).
+            for table in (*map(str, OVERLAY_TABLES), f"main proto {constants.ROUTE_PROTOCOL}"):
                 # a table that does not exist (a gateway has no 9027 routes) is not an error
                 for line in on(overlay, node.name, "ip", "route", "show", "table",
-                               str(table), check=False).splitlines():
+                               *table.split(), check=False).splitlines():
                     words = line.split()
                     kept: list[str] = []
                     skip = 0

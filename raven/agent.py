@@ -49,6 +49,7 @@ from raven import (
     pool_decision,
     publisher,
     relay_choice,
+    route_placement,
     standby,
 )
 from raven.agent_failover import ProbeFailover
@@ -67,7 +68,7 @@ from raven.paths import PathPlan
 from raven.proxy.metrics import ProxyMetrics
 from raven.proxy.plan import plan_proxy
 from raven.schedule_runner import run_schedule
-from raven.settings import AgentSettings
+from raven.settings import AgentSettings, OverlaySettings
 from raven.topology import plan_node
 
 if TYPE_CHECKING:  # imported at connect(): the kubernetes client costs ~1 s and ~30 MiB
@@ -114,6 +115,20 @@ def parse_inputs(inputs: Inputs, node: str) -> tuple[list[Gateway], Node | str, 
         except ValidationError as exc:
             problems.extend(exc.problems)
     return sorted(gateways, key=lambda g: g.name), me, problems
+
+
+def placed(dataplane: Any, state: NodeState, overlay: OverlaySettings) -> NodeState:
+    """A member's routes in main without a rule where nothing there contests them
+    (raven.route_placement); where main cannot be read, the rule stays (as planned)."""
+    read = getattr(dataplane, "foreign_main_routes", None)
+    if state.role != Role.MEMBER or read is None:
+        return state
+    try:
+        foreign = read()
+    except Exception as exc:
+        log.warning("main table not read (%s); the member's routes stay behind the rule", exc)
+        return state
+    return route_placement.place(state, foreign, overlay)
 
 
 class Agent:
@@ -279,6 +294,7 @@ class Agent:
                 gateways = self.probes.effective(gateways, time.time())
             state = plan_node(gateways, me, self.settings.overlay, self.path_plans)
             state = standby.warm(state, gateways, self.settings.node, self.settings.overlay)
+            state = placed(self.dataplane, state, self.settings.overlay)
         except Exception as exc:
             self.metrics.errors.labels("plan").inc()
             self.last_error = f"plan: {exc}"

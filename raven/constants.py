@@ -49,6 +49,13 @@ WIREGUARD_DEVICE = "raven-wg0"
 WIREGUARD_PORT = 4500
 WIREGUARD_TABLE = 9028
 RULE_PRIORITY = 100
+# A member's routes to the remote pools go in the kernel's main table (no policy rule) where no
+# other route there contests them (raven.route_placement); there, only routes of our protocol
+# (ROUTE_PROTOCOL, on every route we write) are ours, and they carry this metric so that any other
+# route for the same prefix (a CNI's, usually metric 0) wins and is never refused.
+ROUTE_PROTOCOL = 82  # 'R'; unassigned in /etc/iproute2/rt_protos
+MAIN_TABLE = 254
+MAIN_ROUTE_METRIC = 9027
 FWMARK = 0x40
 NFT_TABLE = "raven"  # inet family; the only nftables table we ever write
 VXLAN_OVERHEAD = 50

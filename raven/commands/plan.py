@@ -1,7 +1,8 @@
 """`raven plan --gateways FILE [--nodes FILE] --node NAME [--json]`: one node's desired state.
 
-It runs the same pure planner the agent runs (`raven.topology.plan_node` + `raven.standby.warm`,
-as the controller's status has it: no probe verdicts) on Gateway and Node
+It runs the same pure planner the agent runs (`raven.topology.plan_node` + `raven.standby.warm`
++ `raven.route_placement.place`, as the controller's status has it: no probe verdicts; the
+node's main table as `--main-route` says, none by default) on Gateway and Node
 objects read from YAML/JSON files (multi-document or a List), so the output is exactly what the
 agent would apply. Invalid Gateways are refused with every problem listed (as `raven validate`).
 """
@@ -13,6 +14,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
+from raven import constants
 from raven.errors import CommandError, ValidationError
 
 
@@ -28,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "from Gateway status")
     parser.add_argument("--node", required=True, metavar="NAME", help="the node to plan")
     parser.add_argument("--underlay-mtu", type=int, default=None, metavar="BYTES")
+    parser.add_argument("--main-route", action="append", default=[], metavar="CIDR",
+                        help="a route the node's main table holds that is not the overlay's "
+                             "(repeatable): a member keeps its rule when one contests its "
+                             "routes; the agent reads them from the node")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=run)
 
@@ -44,7 +50,7 @@ def _read(path: str, what: str) -> list[Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from raven import standby
+    from raven import route_placement, standby
     from raven.model import Gateway, Node, fleet_problems, gateway_problems
     from raven.topology import PlanOptions, plan_node
 
@@ -79,6 +85,7 @@ def run(args: argparse.Namespace) -> int:
     # what data-path probes decide at run time is not known here: this is the controller's view.
     state = standby.warm(plan_node(gateways, me, options), gateways,
                          me if isinstance(me, str) else me.name, options)
+    state = route_placement.place(state, args.main_route, options)
     warnings = fleet_problems(gateways, nodes, nodes_complete=False)
     if args.json:
         out = state.to_json()
@@ -119,7 +126,9 @@ def format_state(state: Any) -> str:
             via = f" via {r.gateway} onlink" if r.gateway else ""
             mtu = f" mtu lock {r.mtu}" if r.mtu else ""
             src = f" src {r.src}" if r.src else ""
-            lines.append(f"  {r.dst}{via} dev {r.dev} table {r.table}{mtu}{src}")
+            table = (f"main metric {constants.MAIN_ROUTE_METRIC}"
+                     if r.table == constants.MAIN_TABLE else r.table)
+            lines.append(f"  {r.dst}{via} dev {r.dev} table {table}{mtu}{src}")
     for r in state.rules:
         iif = f" iif {r.iif}" if r.iif else ""
         mark = f" fwmark {r.fwmark:#x}/{r.fwmask:#x}" if r.fwmark or r.fwmask else ""

@@ -31,7 +31,8 @@ import time
 from collections.abc import Callable
 from types import TracebackType
 
-from raven.dataplane import probe
+from raven import constants
+from raven.dataplane import probe, rtnl
 from raven.dataplane.appliers import Applier, Pass, Scope
 from raven.dataplane.appliers.neighbours import NeighbourApplier
 from raven.dataplane.appliers.nftables import FirewallApplier
@@ -66,7 +67,7 @@ class Dataplane:
         self._reached: NodeState | None = None
         self._family_skip: tuple[str, ...] = ()
         self._watcher: DriftWatcher | None = None
-        self._tables = OurTables(self.overlay.tables)
+        self._tables = OurTables((*self.overlay.tables, constants.MAIN_TABLE))  # rtnl
         try:
             self.links = Links(settings.netns)
             self._closers.append(self.links.close)
@@ -227,6 +228,11 @@ class Dataplane:
                 drift=tuple(seen.lines) if self._last is not None else (),
                 skipped=seen.skipped + self._family_skip,
             )
+
+    def foreign_main_routes(self) -> list[str]:
+        """Destinations in main not ours (reads only), for raven.route_placement."""
+        with self._lock:
+            return rtnl.foreign_main_prefixes(self.nl)
 
     # --- forwarded to the WireGuard applier (the agent's path manager calls these) ---------
 

@@ -16,6 +16,7 @@ import socket
 import struct
 from collections.abc import Iterable
 
+from raven import constants
 from raven.dataplane.errors import DataplaneError
 from raven.dataplane.netlink import (
     NLM_F_CREATE,
@@ -36,11 +37,12 @@ RTM_NEWRULE, RTM_DELRULE, RTM_GETRULE = 32, 33, 34
 
 RTA_DST, RTA_OIF, RTA_GATEWAY, RTA_PREFSRC, RTA_METRICS = 1, 4, 5, 7, 8
 RTA_TABLE, RTA_VIA = 15, 18
+RTA_PRIORITY = 6
 RTAX_LOCK, RTAX_MTU = 1, 2
 RTN_UNICAST = 1
 RT_SCOPE_UNIVERSE, RT_SCOPE_LINK, RT_SCOPE_NOWHERE = 0, 253, 255
 RTNH_F_ONLINK = 4
-RTPROT_RAVEN = 82  # 'R'; unassigned in /etc/iproute2/rt_protos
+RTPROT_RAVEN = constants.ROUTE_PROTOCOL
 
 FRA_IIFNAME, FRA_PRIORITY, FRA_FWMARK, FRA_TABLE, FRA_FWMASK, FRA_PROTOCOL = 3, 6, 10, 15, 16, 21
 FR_ACT_TO_TBL = 1
@@ -99,15 +101,22 @@ def route_request(route: Route, ifindex: int, delete: bool = False) -> Request:
     family, packed, prefixlen = _split_cidr(route.dst)
     table_attr = attr_u32(RTA_TABLE, route.table)
     dst = attr(RTA_DST, packed)
+    # In main (shared with everyone) a route of ours is told apart by protocol and metric: a
+    # delete names both, so it can never take another's route for the same prefix.
+    main = route.table == constants.MAIN_TABLE
+    metric = attr_u32(RTA_PRIORITY, constants.MAIN_ROUTE_METRIC) if main else b""
     if delete:
         # scope NOWHERE is the kernel's wildcard for deletes (matches link and global routes)
-        body = _RTMSG.pack(family, prefixlen, 0, 0, 0, 0, RT_SCOPE_NOWHERE, 0, 0)
-        return Request(RTM_DELROUTE, 0, body + table_attr + dst,
-                       f"route del {route.dst} table {route.table}", op="delete")
+        body = _RTMSG.pack(family, prefixlen, 0, 0, 0, RTPROT_RAVEN if main else 0,
+                           RT_SCOPE_NOWHERE, 0, 0)
+        return Request(RTM_DELROUTE, 0, body + table_attr + dst + metric,
+                       f"route del {route.dst} table {route.table}"
+                       + (f" proto {RTPROT_RAVEN} metric {constants.MAIN_ROUTE_METRIC}"
+                          if main else ""), op="delete")
     scope = RT_SCOPE_UNIVERSE if route.gateway else RT_SCOPE_LINK
     flags = RTNH_F_ONLINK if route.gateway else 0
     body = _RTMSG.pack(family, prefixlen, 0, 0, 0, RTPROT_RAVEN, scope, RTN_UNICAST, flags)
-    body += table_attr + dst + attr_u32(RTA_OIF, ifindex)
+    body += table_attr + dst + attr_u32(RTA_OIF, ifindex) + metric
     if route.gateway:
         via_family = _family_of(route.gateway)
         if via_family == family:
@@ -132,7 +141,8 @@ def route_request(route: Route, ifindex: int, delete: bool = False) -> Request:
                    f"route replace {route.dst} table {route.table} dev {route.dev}"
                    + (f" via {route.gateway}" if route.gateway else "")
                    + (f" mtu {route.mtu}" if route.mtu else "")
-                   + (f" src {route.src}" if route.src else ""))
+                   + (f" src {route.src}" if route.src else "")
+                   + (f" metric {constants.MAIN_ROUTE_METRIC}" if main else ""))
 
 
 def dump_routes(sock: NetlinkSocket, tables: Iterable[int], names: dict[int, str],
@@ -148,12 +158,14 @@ def dump_routes(sock: NetlinkSocket, tables: Iterable[int], names: dict[int, str
         for table in tables:
 
             def handle(data: bytes, start: int, end: int, table: int = table) -> None:
-                fam, dst_len, _s, _t, _tb, _p, _sc, rtype, _f = unpack_rt(data, start)
+                fam, dst_len, _s, _t, _tb, proto, _sc, rtype, _f = unpack_rt(data, start)
                 if rtype != RTN_UNICAST:
                     return
                 a = parse_attrs(data, start + 12, end)
                 if u32(a.get(RTA_TABLE, b"\0\0\0\0"))[0] != table:
                     return  # strict filtering unsupported: the kernel sent every table
+                if table == constants.MAIN_TABLE and proto != RTPROT_RAVEN:
+                    return  # main is everyone's: only our protocol's routes are ours
                 dst = a.get(RTA_DST)
                 if dst is None:
                     prefix = "::" if fam == socket.AF_INET6 else "0.0.0.0"
@@ -179,13 +191,41 @@ def dump_routes(sock: NetlinkSocket, tables: Iterable[int], names: dict[int, str
                     src=_addr_str(src) if src else None,
                 ))
 
-            body = _RTMSG.pack(family, 0, 0, 0, table if table < 256 else 0, 0, 0, 0, 0)
+            # The kernel filters a strict dump by protocol too: in main, only ours come back.
+            wanted = RTPROT_RAVEN if table == constants.MAIN_TABLE else 0
+            body = _RTMSG.pack(family, 0, 0, 0, table if table < 256 else 0, wanted, 0, 0, 0)
             sock.dump_raw(RTM_GETROUTE, body + attr_u32(RTA_TABLE, table), handle)
     return out
 
 
 # --- rules ----------------------------------------------------------------------------------
 
+
+
+def foreign_main_prefixes(sock: NetlinkSocket, families: Iterable[int] = (4, 6)) -> list[str]:
+    """The destinations of every route in the main table that is not ours (any protocol but
+    ours, any type: a blackhole takes traffic as well as a unicast route), as CIDRs."""
+    out: list[str] = []
+    unpack_rt = _RTMSG.unpack_from
+    u32 = struct.Struct("=I").unpack_from
+
+    for version in families:
+        family = _FAMILY[version]
+
+        def handle(data: bytes, start: int, end: int) -> None:
+            fam, dst_len, _s, _t, _tb, proto, _sc, _type, _f = unpack_rt(data, start)
+            a = parse_attrs(data, start + 12, end)
+            if proto == RTPROT_RAVEN or u32(a.get(RTA_TABLE, b"\0\0\0\0"))[0] != \
+                    constants.MAIN_TABLE:
+                return
+            dst = a.get(RTA_DST)
+            prefix = _addr_str(dst) if dst is not None else (
+                "::" if fam == socket.AF_INET6 else "0.0.0.0")
+            out.append(f"{prefix}/{dst_len}")
+
+        body = _RTMSG.pack(family, 0, 0, 0, constants.MAIN_TABLE, 0, 0, 0, 0)
+        sock.dump_raw(RTM_GETROUTE, body + attr_u32(RTA_TABLE, constants.MAIN_TABLE), handle)
+    return out
 
 def rule_text(rule: Rule) -> str:
     """The rule as `ip rule` spells it (without the verb)."""

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from typing import Any
 
+from raven import constants
 from raven.lab import netns as nsutil
 from raven.lab import runtime
 from raven.lab.iperf import iperf
@@ -33,6 +35,17 @@ def _nodes(plan: LabPlan, pool: str) -> list[NodePlan]:
     return [n for p in plan.pools if p.name == pool for n in p.nodes]
 
 
+def member_routes(lab: str, node: str) -> list[dict[str, Any]]:
+    """A member's routes to the remote pools (`ip -j`): in table 9027 behind its rule, or in
+    main as routes of our protocol where nothing else there contests them
+    (raven.route_placement)."""
+    out: list[dict[str, Any]] = []
+    for where in ([str(_OVERLAY.vxlan_table)], ["main", "proto", str(constants.ROUTE_PROTOCOL)]):
+        out += json.loads(_in_node(lab, node, "ip", "-j", "route", "show", "table", *where)
+                          or "[]")
+    return out
+
+
 def carries_itself(lab: str, node: str) -> bool:
     """An active gateway: its WireGuard table routes remote pod subnets."""
     return bool(json.loads(_in_node(lab, node, "ip", "-j", "route", "show", "table",
@@ -41,7 +54,8 @@ def carries_itself(lab: str, node: str) -> bool:
 
 def gateway_of_nodes(plan: LabPlan, pool: str) -> dict[str, str]:
     """node -> the node its cross-pool traffic leaves the pool through ("" when none or mixed):
-    itself for an active gateway, else the owner of the VTEP its raven table routes via."""
+    itself for an active gateway, else the owner of the VTEP its routes to the remote pools go
+    via (`member_routes`)."""
     nodes = _nodes(plan, pool)
     by_vtep = {vtep_for(n.underlay_ip)[0]: n.name for n in nodes if n.underlay_ip}
     out = {}
@@ -49,8 +63,7 @@ def gateway_of_nodes(plan: LabPlan, pool: str) -> dict[str, str]:
         if carries_itself(plan.name, n.name):
             out[n.name] = n.name
             continue
-        routes = json.loads(_in_node(plan.name, n.name, "ip", "-j", "route", "show", "table",
-                                     str(_OVERLAY.vxlan_table)) or "[]")
+        routes = member_routes(plan.name, n.name)
         hops = {by_vtep.get(r.get("gateway", ""), "") for r in routes}
         out[n.name] = hops.pop() if len(hops) == 1 else ""
     return out

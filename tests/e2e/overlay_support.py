@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from raven import constants
 from raven.lab import build, cluster, runtime, teardown
 from raven.lab import netns as nsutil
 from raven.lab.plan import LabPlan, NodePlan, PodPlan
@@ -145,9 +146,10 @@ def node_snapshot(plan: LabPlan, node: str) -> dict:
             links[name] = {k: v for k, v in link.items() if k not in VOLATILE}
     addrs = {a["ifname"]: sorted(i["local"] for i in a.get("addr_info", []))
              for a in _json(in_node(plan, node, "ip", "-j", "-4", "addr", "show"))}  # type: ignore[union-attr]
-    routes = {t: _json(in_node(plan, node, "ip", "-j", "route", "show", "table", t, check=False)
-                       or "[]")
-              for t in ("9027", "9028")}
+    # Our tables, and our protocol's routes in main (a member's, raven.route_placement).
+    routes = {" ".join(t): _json(in_node(plan, node, "ip", "-j", "route", "show", "table", *t,
+                                         check=False) or "[]")
+              for t in (("9027",), ("9028",), ("main", "proto", str(constants.ROUTE_PROTOCOL)))}
     rules = _json(in_node(plan, node, "ip", "-j", "rule", "show"))
     fdb = sorted((e.get("mac"), e.get("dst")) for e in _json(
         in_node(plan, node, "bridge", "-j", "fdb", "show", "dev", "raven0", check=False)

@@ -13,6 +13,7 @@ Figures (reconcile latency Gateway write -> kernel, steady RSS) are printed, not
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import subprocess
@@ -268,14 +269,19 @@ def test_agent_starts_from_cache_with_the_api_unreachable(overlay: Overlay) -> N
 
 
 def _objects_of_ours(overlay: Overlay, node: str) -> dict[str, bool]:
-    """Read with ip/nft, not through the agent: raven0, the fwmark rule and our nft table."""
+    """Read with ip/nft, not through the agent: raven0, our routing (a gateway's rules, or a
+    member's rule or its routes of our protocol in main) and our nft table."""
     links = json.loads(overlay.run(node, ["ip", "-json", "link", "show"]).stdout or "[]")
     rules = json.loads(overlay.run(node, ["ip", "-json", "rule", "show"]).stdout or "[]")
+    in_main = json.loads(overlay.run(node, ["ip", "-json", "route", "show", "table", "main",
+                                            "proto", str(constants.ROUTE_PROTOCOL)]).stdout
+                         or "[]")
     nft = overlay.run(node, ["nft", "-j", "list", "table", "inet", constants.NFT_TABLE],
                       check=False)
     return {
         "raven0": any(link["ifname"] == constants.VXLAN_DEVICE for link in links),
-        "rule": any(r.get("priority") == constants.RULE_PRIORITY for r in rules),
+        "routing": any(r.get("priority") == constants.RULE_PRIORITY for r in rules)
+        or bool(in_main),
         "nft": nft.returncode == 0,
     }
 
@@ -288,7 +294,7 @@ def _log_after(overlay: Overlay, node: str, offset: int) -> str:
 def test_a_damaged_cache_never_tears_down_the_data_plane(overlay: Overlay) -> None:
     node = "cloud-2"
     cache = overlay.state_dir(node) / "inputs.json"
-    assert _objects_of_ours(overlay, node) == {"raven0": True, "rule": True, "nft": True}
+    assert _objects_of_ours(overlay, node) == {"raven0": True, "routing": True, "nft": True}
     log = runtime.log_path(overlay.lab, node, "agent")
     overlay.stop_agent(node)
     overlay.stop_apiserver()
@@ -309,7 +315,7 @@ def test_a_damaged_cache_never_tears_down_the_data_plane(overlay: Overlay) -> No
                      timeout=30, what=f"the agent reports the {case} cache")
             text = _log_after(overlay, node, offset)
             assert str(cache) in text and "Traceback" not in text
-            assert _objects_of_ours(overlay, node) == {"raven0": True, "rule": True,
+            assert _objects_of_ours(overlay, node) == {"raven0": True, "routing": True,
                                                        "nft": True}, case
             assert overlay.ping_ok(node, "edge-2", count=2), case
             overlay.stop_agent(node)
@@ -360,7 +366,7 @@ def test_a_peer_with_a_malformed_key_is_skipped_and_reported(overlay: Overlay) -
         status = json.loads(status_path.read_text())
         assert status["skipped"], status
         # Everything else of the gateway is still in place (read with ip/nft).
-        assert _objects_of_ours(overlay, cloud_gw) == {"raven0": True, "rule": True,
+        assert _objects_of_ours(overlay, cloud_gw) == {"raven0": True, "routing": True,
                                                        "nft": True}
     finally:
         overlay.start_controller()  # rewrites the real status, with the real key
@@ -487,17 +493,64 @@ def test_status_command_shows_role_peers_and_drift(overlay: Overlay) -> None:
 
 def test_agent_repairs_drift_of_its_objects(overlay: Overlay) -> None:
     member = next(n for n in ("cloud-1", "cloud-2") if n not in overlay.active("gw-cloud"))
-    table = str(constants.VXLAN_TABLE)
+    # Nothing else in the lab's main table routes the edge pool: the member's routes are there,
+    # as routes of our protocol and metric, and it carries no policy rule (raven.route_placement).
+    ours = ["table", "main", "proto", str(constants.ROUTE_PROTOCOL)]
 
     def routes() -> list[str]:
-        out = overlay.run(member, ["ip", "-json", "route", "show", "table", table]).stdout
+        out = overlay.run(member, ["ip", "-json", "route", "show", *ours]).stdout
         return sorted(r["dst"] for r in json.loads(out or "[]"))
 
     before = routes()
     assert before  # the member routes the edge pool's subnets through its gateway
-    overlay.run(member, ["ip", "route", "del", before[0], "table", table])
+    rules = json.loads(overlay.run(member, ["ip", "-json", "rule", "show"]).stdout)
+    assert [r.get("table") for r in rules] == ["local", "main", "default"]
+    overlay.run(member, ["ip", "route", "del", before[0], *ours,
+                         "metric", str(constants.MAIN_ROUTE_METRIC)])
     deleted = time.monotonic()
     assert wait_for(lambda: routes() == before, timeout=30, what="route put back by the agent")
     print(f"\n[figure] deleted route put back after {time.monotonic() - deleted:.2f}s "
           "(the resync period is 5 s; faster means the drift monitor triggered it)")
+    assert overlay.ping_ok(member, "edge-2")
+
+
+def test_a_contested_member_goes_back_to_its_rule_and_keeps_its_traffic(overlay: Overlay) -> None:
+    """Another route in main as specific as one of the member's (a CNI's, here a blackhole of
+    protocol static, metric 0) would win there: the agent hears it (drift monitor on main),
+    moves its routes to table 9027 behind the rule, where they win again; once that route is
+    gone, they go back to main and the rule goes. Oracle: `ip -json route/rule`, pings."""
+    member = next(n for n in ("cloud-1", "cloud-2") if n not in overlay.active("gw-cloud"))
+    ours = ["table", "main", "proto", str(constants.ROUTE_PROTOCOL)]
+
+    def in_main() -> list[str]:
+        out = overlay.run(member, ["ip", "-json", "route", "show", *ours]).stdout
+        return sorted(r["dst"] for r in json.loads(out or "[]"))
+
+    def in_table() -> list[str]:
+        out = overlay.run(member, ["ip", "-json", "route", "show", "table",
+                                   str(constants.VXLAN_TABLE)], check=False).stdout
+        return sorted(r["dst"] for r in json.loads(out or "[]"))
+
+    def rule_tables() -> list[str]:
+        out = overlay.run(member, ["ip", "-json", "rule", "show"]).stdout
+        return [str(r.get("table")) for r in json.loads(out)]
+
+    placed = in_main()
+    assert placed and rule_tables() == ["local", "main", "default"]
+    _, edge_pod = overlay.pod("edge-2")
+    contested = next(d for d in placed if ipaddress.ip_address(edge_pod) in
+                     ipaddress.ip_network(d))
+    overlay.run(member, ["ip", "route", "add", "blackhole", contested, "proto", "static"])
+    try:
+        assert wait_for(lambda: in_table() == placed and in_main() == []
+                        and rule_tables() == ["local", str(constants.VXLAN_TABLE), "main",
+                                              "default"],
+                        timeout=30, what="the member's routes back in table 9027 behind the rule")
+        assert overlay.ping_ok(member, "edge-2", count=3)
+    finally:
+        overlay.run(member, ["ip", "route", "del", "blackhole", contested, "proto", "static"],
+                    check=False)
+    assert wait_for(lambda: in_main() == placed and in_table() == []
+                    and rule_tables() == ["local", "main", "default"],
+                    timeout=30, what="the member's routes in main again, without a rule")
     assert overlay.ping_ok(member, "edge-2")

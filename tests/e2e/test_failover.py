@@ -23,6 +23,7 @@ import pytest
 from overlay_support import in_node, overlay_lab, wg_public_key
 
 from raven.lab import cluster, faults, runtime
+from raven.lab.gateway_load import member_routes
 from raven.lab.ping import ping_all
 from raven.lab.plan import LabPlan, PodPlan
 from raven.timefmt import parse_time
@@ -45,9 +46,7 @@ def node_ip(plan: LabPlan, name: str) -> str:
 
 
 def member_next_hops(plan: LabPlan) -> set[str]:
-    routes = json.loads(in_node(plan, MEMBER, "ip", "-j", "route", "show", "table", "9027")
-                        or "[]")
-    return {r.get("gateway", "") for r in routes}
+    return {r.get("gateway", "") for r in member_routes(plan.name, MEMBER)}
 
 
 def cloud_allowed(plan: LabPlan) -> dict[str, set[str]]:

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from raven import standby
+from raven import route_placement, standby
 from raven.model import Gateway
+from raven.settings import OverlaySettings
 from raven.topology import plan_node
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -141,9 +142,23 @@ def test_plan_prints_the_member_state() -> None:
     assert result.returncode == 0, result.stderr
     out = result.stdout.splitlines()
     assert out[0] == "node hz-2: member of pool gw-hangzhou"
+    # Nothing else in main routes them (no --main-route): main, no policy rule (the agent
+    # reads the node's main table for this; raven.route_placement).
+    assert ("  10.244.0.0/24 via 246.51.100.11 onlink dev raven0 table main metric 9027 "
+            "mtu lock 1420 src 198.51.100.12") in out
+    assert not any(line.startswith("rule ") for line in out)
+
+
+def test_plan_keeps_the_member_rule_when_main_holds_a_route_that_would_win() -> None:
+    result = raven("plan", "--gateways", PLAN_GATEWAYS, "--nodes", PLAN_NODES, "--node", "hz-2",
+                   "--main-route", "10.244.0.128/25")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
     assert ("  10.244.0.0/24 via 246.51.100.11 onlink dev raven0 table 9027 mtu lock 1420 "
             "src 198.51.100.12") in out
     assert "rule ipv4 priority 100 lookup 9027" in out
+    assert any("table main also routes 10.244.0.128/25 (ours 10.244.0.0/24)" in line
+               for line in out)
 
 
 def test_plan_prints_the_gateway_delivery_to_members() -> None:
@@ -162,7 +177,8 @@ def test_plan_json_is_exactly_the_planner_output(node: str) -> None:
     out = json.loads(result.stdout)
     gateways = [Gateway.from_k8s(d) for d in yaml.safe_load_all(Path(PLAN_GATEWAYS).read_text())]
     # The agent applies the plan with its warm standby additions (raven.standby).
-    expected = standby.warm(plan_node(gateways, node), gateways, node).to_json()
+    expected = route_placement.place(standby.warm(plan_node(gateways, node), gateways, node),
+                                     (), OverlaySettings()).to_json()
     assert out.pop("fleetProblems") == []
     assert out == expected
 

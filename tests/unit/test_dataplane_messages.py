@@ -19,6 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from raven import constants
 from raven.dataplane import rtnl
 from raven.dataplane.errors import DataplaneError
 from raven.dataplane.firewall import LiveFirewall, collapse, plan_firewall, skeleton
@@ -358,6 +359,26 @@ def test_route_message_carries_the_preferred_source() -> None:
     assert req.what.endswith(" src 192.0.2.2")
     with pytest.raises(DataplaneError, match="source address must have the destination's"):
         rtnl.route_request(Route("fd00:2::/64", 9027, "raven0", src="192.0.2.2"), 7)
+
+
+def test_a_route_in_main_carries_our_metric_and_its_delete_names_protocol_and_metric() -> None:
+    """main is everyone's table: ours are told apart by protocol and metric, and a delete names
+    both, so the kernel can never match another's route for the same prefix with it."""
+    req = rtnl.route_request(Route("10.2.0.0/16", 254, "raven0", "100.96.0.3", 1420), 7)
+    assert req.body[5] == rtnl.RTPROT_RAVEN
+    attrs = parse_attrs(req.body, 12)
+    assert struct.unpack("=I", attrs[rtnl.RTA_TABLE])[0] == constants.MAIN_TABLE
+    assert struct.unpack("=I", attrs[rtnl.RTA_PRIORITY])[0] == constants.MAIN_ROUTE_METRIC
+    assert req.what.endswith(f" metric {constants.MAIN_ROUTE_METRIC}")
+    delete = rtnl.route_request(Route("10.2.0.0/16", 254, "raven0"), 0, delete=True)
+    assert delete.body[5] == rtnl.RTPROT_RAVEN
+    assert struct.unpack("=I", parse_attrs(delete.body, 12)[rtnl.RTA_PRIORITY])[0] == \
+        constants.MAIN_ROUTE_METRIC
+    # In our own tables nothing changes: any protocol, no metric (the whole table is ours).
+    ours = rtnl.route_request(Route("10.2.0.0/16", 9027, "raven0"), 0, delete=True)
+    assert ours.body[5] == 0 and rtnl.RTA_PRIORITY not in parse_attrs(ours.body, 12)
+    assert rtnl.RTA_PRIORITY not in parse_attrs(
+        rtnl.route_request(Route("10.2.0.0/16", 9027, "raven0"), 7).body, 12)
 
 
 def test_rule_message() -> None:

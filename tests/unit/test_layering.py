@@ -31,7 +31,7 @@ PURE_MODULES = (
     "raven.model", "raven.desired", "raven.constants", "raven.errors", "raven.timefmt",
     "raven.agent_step", "raven.controller_step", "raven.proxy.plan", "raven.nat_discovery",
     "raven.paths", "raven.relay_choice", "raven.failover", "raven.standby", "raven.pool_decision",
-    "raven.pool_claims", "raven.publisher",
+    "raven.pool_claims", "raven.publisher", "raven.route_placement",
     "raven.shards",
 )
 # Modules that touch sockets, processes, files, threads, randomness or the clock. (pathlib and

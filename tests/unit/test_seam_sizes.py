@@ -46,7 +46,8 @@ def test_the_request_handler_is_framing_and_dispatch_only() -> None:
 def test_the_dataplane_only_orders_the_appliers() -> None:
     # 369 lines before the appliers took their steps, their removal (cleanup) and the WireGuard
     # operations (keys, take-over, renewal, nudges); 246 after.
-    assert sizes(RAVEN / "dataplane" / "dataplane.py")["Dataplane"] <= 250
+    # +5 for the read of main's foreign routes (raven.route_placement), 2026-12-03.
+    assert sizes(RAVEN / "dataplane" / "dataplane.py")["Dataplane"] <= 255
     # It reads, diffs and writes nothing itself: every kernel object goes through an applier's
     # step (apply, observe) or remove (cleanup).
     tree = ast.parse((RAVEN / "dataplane" / "dataplane.py").read_text())

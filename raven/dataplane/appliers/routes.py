@@ -1,7 +1,10 @@
-"""Routes in our policy-routing tables.
+"""Routes in our policy-routing tables, and ours in the main table.
 
 Rules kept: every route in our tables is ours (the overlay's tables plus any table the plan
-names); a route whose place (destination, table) is wanted with another shape is replaced, not
+names); in `main`, which is always in scope (so cleanup and a move out of it find them), only
+the routes of our protocol are, and they carry our metric (raven.dataplane.rtnl writes, dumps
+and deletes them by protocol there, so another's route for the same prefix is never touched);
+a route whose place (destination, table) is wanted with another shape is replaced, not
 deleted first. Cache (why a no-op reconcile of 10,000 routes costs milliseconds, not a 10,000-
 route dump): the tables are dumped once, then the cache is kept equal to what we wrote; it is
 dropped on any foreign route, link or address event, an event overrun, a failed write, or a
@@ -15,6 +18,7 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from raven import constants
 from raven.dataplane import drift, rtnl
 from raven.dataplane.appliers import Pass, Scope
 from raven.dataplane.errors import DataplaneError
@@ -93,7 +97,9 @@ class RouteChanges:
 def _replace_line(key: RouteKey) -> str:
     dst, table, dev, gateway, mtu, src = key
     return (f"route replace {dst} table {table} dev {dev}" + (f" via {gateway}" if gateway else "")
-            + (f" mtu {mtu}" if mtu else "") + (f" src {src}" if src else ""))
+            + (f" mtu {mtu}" if mtu else "") + (f" src {src}" if src else "")
+            + (f" metric {constants.MAIN_ROUTE_METRIC}" if table == constants.MAIN_TABLE
+               else ""))
 
 
 def diff(want: RouteIndex, live: RouteIndex) -> RouteChanges:

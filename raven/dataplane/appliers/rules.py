@@ -66,6 +66,9 @@ def diff(desired: tuple[Rule, ...], live: Counter[Rule]) -> RuleChanges:
     return RuleChanges(want, tuple(delete), tuple(add), lines)
 
 
+_RESERVED = (253, 254, 255)  # the kernel's default, main and local tables
+
+
 class RuleApplier:
     invalidated_by = frozenset({drift.RULE, drift.LINK, drift.ADDRESS, drift.OVERRUN})
 
@@ -78,6 +81,8 @@ class RuleApplier:
         self._cache = None
 
     def read(self, tables: tuple[int, ...], *, fresh: bool = False) -> Counter[Rule]:
+        # No rule of ours looks up main (or local, default): a rule that does is someone's.
+        tables = tuple(t for t in tables if t not in _RESERVED)
         if tables != self._tables:
             self._cache, self._tables = None, tables
         if self._cache is None or fresh:

@@ -1,0 +1,104 @@
+"""PURE: where a member's routes to the remote pools go, `main` or table 9027 behind a rule.
+
+Why: the first policy rule in a network namespace puts its kernel in policy-routing mode for
+good (`fib_has_custom_rules`): every route lookup of every packet the node handles then walks
+the rules over separate tables, which costs 4-5 % of the CPU per Gbit (docs/benchmarks.md). A
+member needs no rule when nothing else routes a remote pool's subnet: its routes to them can
+go in `main`, where the longest prefix wins anyway. A rule is needed only when `main` holds a
+foreign route (a CNI's, an operator's) as specific as one of ours or more (flannel host-gw, for
+example, routes every node's pod subnet, the remote pools' included): then our route would
+lose, and table 9027 with its rule before `main` is what makes it win, as before.
+
+`place(state, foreign, options)` takes the plan of `raven.topology.plan_node` (member routes in
+table 9027, the selector-less member rule) and, for a member whose routed subnets no foreign
+route contests, moves those routes to `main` and drops the member rule. `foreign` is what the
+data plane read from `main` (every route not written by us: `Dataplane.foreign_main_routes`).
+Everything else (gateways, the gateway's `iif raven-wg0` delivery rule, nodes alone) is left as
+planned: a gateway must tell the tunnel's traffic to its members from its own, and only a rule
+can select on the input device (docs/dataplane.md, "Why a gateway carries a rule").
+
+In `main` our routes carry a metric (`raven.constants.MAIN_ROUTE_METRIC`) above a CNI's usual
+0, so a CNI that later adds the same prefix is not refused (EEXIST) and its route wins until
+the agent's next plan sees it and goes back to the rule. All or nothing per node: one
+contested subnet needs the rule, and with the rule in place table 9027 serves every subnet at
+no further cost.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from functools import lru_cache
+
+from raven.constants import MAIN_ROUTE_METRIC, MAIN_TABLE
+from raven.desired import NodeState, Role, Route
+from raven.settings import OverlaySettings
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=65536)
+def _network(cidr: str) -> Network | None:
+    try:
+        return ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return None
+
+
+def contested(ours: Iterable[str], foreign: Iterable[str]) -> list[tuple[str, str]]:
+    """(our subnet, foreign route) pairs where the foreign route would take traffic for our
+    subnet from a route of ours in `main`: the same prefix, or a more specific one inside it.
+    A less specific foreign route (the default route, a /16 around a /24) loses to ours.
+    Each foreign route is looked up by its supernets at the prefix lengths ours have (a few),
+    not compared with each of ours: 10,000 subnets against a large main table stay cheap."""
+    mine: dict[Network, str] = {}
+    lengths: dict[int, set[int]] = {4: set(), 6: set()}
+    for text in ours:
+        net = _network(text)
+        if net is not None:
+            mine.setdefault(net, text)
+            lengths[net.version].add(net.prefixlen)
+    out = []
+    for route in foreign:
+        f = _network(route)
+        if f is None:
+            continue
+        for length in sorted(lengths[f.version]):
+            if length > f.prefixlen:
+                break
+            around = f if length == f.prefixlen else f.supernet(new_prefix=length)
+            if around in mine:
+                out.append((mine[around], str(f)))
+    return out
+
+
+def place(state: NodeState, foreign: Sequence[str], options: OverlaySettings) -> NodeState:
+    """The member's routes in `main` without a rule when no foreign route contests them (the
+    module's rules); otherwise `state` unchanged, with a note saying which route needs the
+    rule."""
+    if state.role != Role.MEMBER:
+        return state
+    table = options.vxlan_table
+    moving = [r for r in state.routes if r.table == table]
+    member_rules = [r for r in state.rules if r.table == table and not r.iif and not r.fwmark]
+    if not moving:
+        return state
+    clashes = contested([r.dst for r in moving], foreign)
+    if clashes:
+        shown = ", ".join(f"{f} (ours {o})" for o, f in clashes[:3])
+        more = f" and {len(clashes) - 3} more" if len(clashes) > 3 else ""
+        return replace(state, notes=(*state.notes, (
+            f"node {state.node}: routes to the remote pools stay in table {table} behind a "
+            f"policy rule: table main also routes {shown}{more}, which would win over ours "
+            "there")))
+    # Same order as planned (by destination); only the table changes.
+    routes = tuple(Route(r.dst, MAIN_TABLE, r.dev, r.gateway, r.mtu, r.src)
+                   if r.table == table else r for r in state.routes)
+    rules = tuple(r for r in state.rules if r not in member_rules)
+    return replace(state, routes=routes, rules=rules, notes=(*state.notes, (
+        f"node {state.node}: routes to the remote pools in table main (metric "
+        f"{MAIN_ROUTE_METRIC}), no policy rule: no other route in main covers them")))
+
+
+__all__ = ["contested", "place"]

@@ -1,0 +1,105 @@
+"""A member's routes in the main table (raven.route_placement): the kernel holds them as routes
+of our protocol and metric, with no policy rule; another's route for the same prefix is never
+touched (not by an apply, not by a move back to the rule, not by cleanup), and the move between
+main and table 9027 leaves exactly one shape. Oracle: `ip -json route/rule`, never our reads."""
+
+from __future__ import annotations
+
+import pytest
+from dp_states import member
+
+from raven import constants
+from raven.route_placement import place
+from raven.settings import OverlaySettings
+
+pytestmark = pytest.mark.root
+
+PROTO = str(constants.ROUTE_PROTOCOL)
+METRIC = constants.MAIN_ROUTE_METRIC
+
+
+def in_main(state):
+    """The planner's member shape (selector-less rule, table 9027) placed in main."""
+    return place(state, [], OverlaySettings())
+
+
+def main_routes(node, proto: str | None = None) -> list[dict]:
+    extra = ["proto", proto] if proto else []
+    return [r for r in node.ip_json("route", "show", "table", "main", *extra)
+            if r["dst"].startswith("10.2.")]
+
+
+def our_rules(node) -> list[dict]:
+    return [r for r in node.rules() if r.get("table") not in ("local", "main", "default")]
+
+
+def test_member_routes_in_main_carry_our_protocol_and_metric_and_no_rule(node) -> None:
+    dp = node.dataplane()
+    state = in_main(member(1, gateway=3, marked=False))
+    assert [r.table for r in state.routes] == [254] and state.rules == ()
+    dp.apply(state)
+    routes = main_routes(node)
+    assert [(r["dst"], r.get("protocol"), r.get("metric"), r["dev"]) for r in routes] == [
+        ("10.2.0.0/16", PROTO, METRIC, "raven0")]
+    assert our_rules(node) == []
+    assert node.routes(9027) == []
+    assert dp.apply(state).writes == 0  # what it reads back is what it wrote
+
+
+def test_anothers_route_for_the_same_prefix_is_never_touched(node) -> None:
+    """A CNI's route (metric 0) for our prefix wins over ours and survives every write of ours:
+    apply, the move to table 9027 behind the rule, the move back, and cleanup."""
+    dp = node.dataplane()
+    planned = member(1, gateway=3, marked=False)
+    dp.apply(in_main(planned))
+    node.ip("route", "add", "blackhole", "10.2.0.0/16", "proto", "static")
+    theirs = [r for r in main_routes(node) if r.get("protocol") == "static"]
+    assert len(theirs) == 1 and theirs[0].get("metric", 0) == 0
+    assert len(main_routes(node)) == 2  # both: ours at our metric, theirs winning at 0
+
+    # The agent's next plan sees it and goes back to the rule (raven.route_placement).
+    contested = place(planned, dp.foreign_main_routes(), OverlaySettings())
+    assert contested.rules == planned.rules and contested.routes == planned.routes
+    dp.apply(contested)
+    assert main_routes(node) == theirs  # ours left main; theirs stayed
+    assert {r["dst"] for r in node.routes(9027)} == {"10.2.0.0/16"}
+    assert [r["priority"] for r in our_rules(node)] == [100]
+
+    dp.apply(in_main(planned))  # and back, while theirs is still there
+    assert sorted((r.get("protocol"), r.get("metric", 0)) for r in main_routes(node)) == [
+        (PROTO, METRIC), ("static", 0)]
+    assert our_rules(node) == [] and node.routes(9027) == []
+
+    dp.cleanup()
+    assert main_routes(node) == theirs
+
+
+def test_cleanup_of_a_new_process_finds_our_routes_in_main(node) -> None:
+    """`raven agent cleanup` runs in a process that never applied: main is in its scope."""
+    node.dataplane().apply(in_main(member(1, gateway=3, marked=False)))
+    assert [r.get("protocol") for r in main_routes(node)] == [PROTO]
+    node.dataplane().cleanup()
+    assert main_routes(node) == []
+
+
+def test_an_old_agents_rule_and_table_move_to_main_in_one_apply(node) -> None:
+    dp = node.dataplane()
+    old = member(1, gateway=3, marked=False)
+    dp.apply(old)
+    assert [r["priority"] for r in our_rules(node)] == [100]
+    dp.apply(in_main(old))
+    assert our_rules(node) == [] and node.routes(9027) == []
+    assert [(r["dst"], r.get("protocol")) for r in main_routes(node)] == [("10.2.0.0/16", PROTO)]
+
+
+def test_foreign_main_routes_are_read_from_the_kernel(node) -> None:
+    dp = node.dataplane()
+    dp.apply(in_main(member(1, gateway=3, marked=False)))
+    node.ip("route", "add", "10.7.0.0/24", "dev", "raven0")
+    node.ip("route", "add", "blackhole", "10.8.0.0/24")
+    node.ip("-6", "route", "add", "blackhole", "fd00:8::/64")
+    foreign = dp.foreign_main_routes()
+    assert {"10.7.0.0/24", "10.8.0.0/24", "fd00:8::/64"} <= set(foreign)
+    assert "10.2.0.0/16" not in foreign  # ours
+    kernel = {r["dst"] for r in node.ip_json("route", "show", "table", "main")} - {"10.2.0.0/16"}
+    assert kernel <= set(foreign)
