@@ -18,7 +18,6 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from raven import constants
 from raven.dataplane import drift, rtnl
 from raven.dataplane.appliers import Pass, Scope
 from raven.dataplane.errors import DataplaneError
@@ -95,11 +94,7 @@ class RouteChanges:
 
 
 def _replace_line(key: RouteKey) -> str:
-    dst, table, dev, gateway, mtu, src = key
-    return (f"route replace {dst} table {table} dev {dev}" + (f" via {gateway}" if gateway else "")
-            + (f" mtu {mtu}" if mtu else "") + (f" src {src}" if src else "")
-            + (f" metric {constants.MAIN_ROUTE_METRIC}" if table == constants.MAIN_TABLE
-               else ""))
+    return rtnl.route_line(*key)
 
 
 def diff(want: RouteIndex, live: RouteIndex) -> RouteChanges:
@@ -118,7 +113,8 @@ def diff(want: RouteIndex, live: RouteIndex) -> RouteChanges:
     replaced = {(key[0], key[1]) for key in missing}
     delete = tuple(key for key in stale if (key[0], key[1]) not in replaced)
     add = tuple(sorted(missing, key=str))
-    lines = [f"route del {k[0]} table {k[1]}" for k in delete] + list(map(_replace_line, add))
+    lines = ([rtnl.route_line(k[0], k[1], delete=True) for k in delete]
+             + list(map(_replace_line, add)))
     return RouteChanges(want, delete, add, tuple(lines))
 
 
