@@ -46,30 +46,44 @@ def _network(cidr: str) -> Network | None:
         return None
 
 
+class Cover:
+    """Our routed subnets, asked which of them holds a prefix: the same prefix or a wider one
+    around it. A prefix is looked up by its supernets at the prefix lengths ours have (a few),
+    not compared with each of ours: 10,000 subnets against a large main table stay cheap."""
+
+    def __init__(self, ours: Iterable[str]) -> None:
+        self._mine: dict[Network, str] = {}
+        lengths: dict[int, set[int]] = {4: set(), 6: set()}
+        for text in ours:
+            net = _network(text)
+            if net is not None:
+                self._mine.setdefault(net, text)
+                lengths[net.version].add(net.prefixlen)
+        self._lengths = {version: sorted(found) for version, found in lengths.items()}
+
+    def around(self, prefix: str) -> list[str]:
+        """Our subnets that hold `prefix` (equal or wider), widest first."""
+        net = _network(prefix)
+        if net is None:
+            return []
+        found = []
+        for length in self._lengths[net.version]:
+            if length > net.prefixlen:
+                break
+            wider = net if length == net.prefixlen else net.supernet(new_prefix=length)
+            if wider in self._mine:
+                found.append(self._mine[wider])
+        return found
+
+
 def contested(ours: Iterable[str], foreign: Iterable[str]) -> list[tuple[str, str]]:
     """(our subnet, foreign route) pairs where the foreign route would take traffic for our
     subnet from a route of ours in `main`: the same prefix, or a more specific one inside it.
-    A less specific foreign route (the default route, a /16 around a /24) loses to ours.
-    Each foreign route is looked up by its supernets at the prefix lengths ours have (a few),
-    not compared with each of ours: 10,000 subnets against a large main table stay cheap."""
-    mine: dict[Network, str] = {}
-    lengths: dict[int, set[int]] = {4: set(), 6: set()}
-    for text in ours:
-        net = _network(text)
-        if net is not None:
-            mine.setdefault(net, text)
-            lengths[net.version].add(net.prefixlen)
+    A less specific foreign route (the default route, a /16 around a /24) loses to ours."""
+    cover = Cover(ours)
     out = []
     for route in foreign:
-        f = _network(route)
-        if f is None:
-            continue
-        for length in sorted(lengths[f.version]):
-            if length > f.prefixlen:
-                break
-            around = f if length == f.prefixlen else f.supernet(new_prefix=length)
-            if around in mine:
-                out.append((mine[around], str(f)))
+        out += [(mine, str(_network(route))) for mine in cover.around(route)]
     return out
 
 
@@ -101,4 +115,4 @@ def place(state: NodeState, foreign: Sequence[str], options: OverlaySettings) ->
         f"{MAIN_ROUTE_METRIC}), no policy rule: no other route in main covers them")))
 
 
-__all__ = ["contested", "place"]
+__all__ = ["Cover", "contested", "place"]

@@ -36,7 +36,7 @@ from raven.dataplane import probe, rtnl
 from raven.dataplane.appliers import Applier, Pass, Scope
 from raven.dataplane.appliers.neighbours import NeighbourApplier
 from raven.dataplane.appliers.nftables import FirewallApplier
-from raven.dataplane.appliers.routes import OurTables, RouteApplier
+from raven.dataplane.appliers.routes import InsideOurs, OurTables, RouteApplier
 from raven.dataplane.appliers.rules import RuleApplier
 from raven.dataplane.appliers.sysctls import SysctlApplier
 from raven.dataplane.appliers.vxlan import VxlanApplier
@@ -68,6 +68,7 @@ class Dataplane:
         self._family_skip: tuple[str, ...] = ()
         self._watcher: DriftWatcher | None = None
         self._tables = OurTables((*self.overlay.tables, constants.MAIN_TABLE))  # rtnl
+        self._inside_ours = InsideOurs(lambda: self._last)  # the drift monitor's filter
         try:
             self.links = Links(settings.netns)
             self._closers.append(self.links.close)
@@ -89,7 +90,7 @@ class Dataplane:
             self._closers.append(self.firewall.close)
             self._events = EventStream(
                 netns_name=settings.netns, own_ports=self._own_ports, devices=self._devices,
-                tables=lambda: set(self._tables(self._last)))
+                tables=lambda: set(self._tables(self._last)), inside_ours=self._inside_ours)
             self._closers.append(self._events.close)
         except BaseException:
             self._close_all()
@@ -286,7 +287,7 @@ class Dataplane:
             self._watcher = DriftWatcher(
                 netns_name=self.settings.netns, own_ports=self._own_ports,
                 devices=self._devices, tables=lambda: set(self._tables(self._last)),
-                callback=callback,
+                inside_ours=self._inside_ours, callback=callback,
             )
             self._watcher.start()
 

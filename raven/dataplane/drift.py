@@ -3,14 +3,18 @@
 Rules kept: monitoring only reads, it never writes; the callback decides. Our own netlink writes
 are recognised by the sender port id the kernel puts in each notification and ignored (kernel-
 originated notifications, e.g. VXLAN FDB changes, carry port 0 and count as foreign: the cost is
-one cheap no-op reconcile). Bursts are coalesced (100 ms): a flush of 10,000 routes costs one
-callback, well within the 1 s promise. A receive-buffer overrun (ENOBUFS) means events were lost
-and is reported as a change, never ignored.
+one cheap no-op reconcile). `main` is a table we share: a route event there is ours when it
+carries our protocol, or when its destination lies inside a subnet we route (a foreign route
+that may now contest ours, or stopped contesting: raven.route_placement); a CNI adding a route
+per pod elsewhere in main wakes nothing. Bursts are coalesced (100 ms): a flush of 10,000
+routes costs one callback, well within the 1 s promise. A receive-buffer overrun (ENOBUFS)
+means events were lost and is reported as a change, never ignored.
 """
 
 from __future__ import annotations
 
 import inspect
+import ipaddress
 import logging
 import select
 import struct
@@ -18,6 +22,7 @@ import threading
 import time
 from collections.abc import Callable
 
+from raven.constants import MAIN_TABLE, ROUTE_PROTOCOL
 from raven.dataplane.netlink import NETLINK_ROUTE, NetlinkSocket, parse_attrs
 
 log = logging.getLogger(__name__)
@@ -29,7 +34,7 @@ GROUPS = (RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE,
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 IFLA_IFNAME = 3
-RTA_TABLE = 15
+RTA_DST, RTA_TABLE = 1, 15
 FRA_TABLE = 15
 _HDR = struct.Struct("=LHHLL")
 _IFINFO = struct.Struct("=BxHiII")
@@ -43,16 +48,19 @@ LINK, ADDRESS, ROUTE, RULE, NEIGH, OVERRUN = "link", "address", "route", "rule",
 
 
 class EventStream:
-    """Notifications about our devices, our tables' routes and rules, as (kind, reason)."""
+    """Notifications about our devices, our tables' routes and rules, as (kind, reason).
+    `inside_ours(prefix)` says whether a foreign route in main concerns us (module rules)."""
 
     def __init__(self, *, netns_name: str | None, own_ports: Callable[[], set[int]],
-                 devices: Callable[[], set[str]], tables: Callable[[], set[int]]) -> None:
+                 devices: Callable[[], set[str]], tables: Callable[[], set[int]],
+                 inside_ours: Callable[[str], bool]) -> None:
         self.sock = NetlinkSocket(NETLINK_ROUTE, netns_name, groups=GROUPS)
         self.sock.sock.setblocking(False)
         self._dump_sock = NetlinkSocket(NETLINK_ROUTE, netns_name)
         self.own_ports = own_ports
         self.devices = devices
         self.tables = tables
+        self.inside_ours = inside_ours
         self._indexes: dict[int, str] = {}
         self.refresh_indexes()
 
@@ -103,6 +111,9 @@ class EventStream:
             attrs = parse_attrs(data, start + 12, end)
             raw = attrs.get(RTA_TABLE if msg_type < 32 else FRA_TABLE)
             table = struct.unpack("=I", raw[:4])[0] if raw else data[start + 4]
+            if table == MAIN_TABLE and not (msg_type < 32 and self._ours_in_main(data, start,
+                                                                                   attrs)):
+                return None  # rules to main are never ours (the rules applier's rules)
             if table in self.tables():
                 kind = ROUTE if msg_type < 32 else RULE
                 verb = "added/changed" if msg_type in (24, 32) else "deleted"
@@ -115,6 +126,20 @@ class EventStream:
             if mine and index in self._indexes:
                 return NEIGH, f"neighbour/fdb on {self._indexes[index]} changed"
         return None
+
+    def _ours_in_main(self, data: bytes, start: int, attrs: dict[int, bytes]) -> bool:
+        family, dst_len, protocol = data[start], data[start + 1], data[start + 5]
+        if protocol == ROUTE_PROTOCOL:
+            return True
+        raw = attrs.get(RTA_DST, b"")
+        if family == 2:
+            address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(
+                raw[:4].ljust(4, b"\0"))
+        elif family == 10:
+            address = ipaddress.IPv6Address(raw[:16].ljust(16, b"\0"))
+        else:
+            return False
+        return self.inside_ours(f"{address}/{dst_len}")
 
     def drain(self, timeout: float = 0.0) -> list[tuple[str, str]]:
         """Everything pending (waiting up to `timeout` for the first message)."""
@@ -149,9 +174,9 @@ class DriftWatcher:
 
     def __init__(self, *, netns_name: str | None, own_ports: Callable[[], set[int]],
                  devices: Callable[[], set[str]], tables: Callable[[], set[int]],
-                 callback: Callable[..., object]) -> None:
+                 inside_ours: Callable[[str], bool], callback: Callable[..., object]) -> None:
         self.events = EventStream(netns_name=netns_name, own_ports=own_ports, devices=devices,
-                                  tables=tables)
+                                  tables=tables, inside_ours=inside_ours)
         self.callback = callback
         try:
             self._wants_reasons = bool(inspect.signature(callback).parameters)

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from raven import constants
 from raven.desired import Role, Route, Rule
-from raven.route_placement import contested, place
+from raven.route_placement import Cover, contested, place
 from raven.settings import OverlaySettings
 from raven.topology import plan_node
 from tests.unit.test_topology import PoolSpec, gateway
@@ -133,3 +133,13 @@ _v4 = st.builds(lambda a, n: str(ipaddress.ip_network(f"{ipaddress.IPv4Address(a
 def test_contested_is_what_comparing_every_pair_finds(ours: list[str], foreign: list[str]) -> None:
     """The supernet lookup finds exactly the pairs a comparison of every pair finds."""
     assert set(contested(ours, foreign)) == _brute(ours, foreign)
+
+
+def test_cover_finds_every_subnet_of_ours_around_a_prefix_widest_first() -> None:
+    cover = Cover(["10.2.0.0/16", "10.2.7.0/24", "fd00:2::/48", "not a cidr"])
+    assert cover.around("10.2.7.9/32") == ["10.2.0.0/16", "10.2.7.0/24"]
+    assert cover.around("10.2.0.0/16") == ["10.2.0.0/16"]
+    assert cover.around("10.0.0.0/8") == []  # wider than ours: it loses to ours in main
+    assert cover.around("10.3.0.0/24") == []
+    assert cover.around("fd00:2:0:5::/64") == ["fd00:2::/48"]
+    assert cover.around("10.2.0.0/16-broken") == []

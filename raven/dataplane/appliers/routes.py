@@ -24,6 +24,7 @@ from raven.dataplane.errors import DataplaneError
 from raven.dataplane.links import LinkFacts
 from raven.dataplane.netlink import NetlinkError, NetlinkSocket
 from raven.desired import NodeState, Route
+from raven.route_placement import Cover
 
 # (dst, table, dev, gateway, mtu, src): Route's fields in order, so Route(*key) rebuilds it
 RouteKey = tuple[str, int, str, str | None, int | None, str | None]
@@ -80,6 +81,26 @@ class OurTables:
         result = tuple(sorted(tables))
         self._memo = (state, result)
         return result
+
+
+class InsideOurs:
+    """Whether a prefix lies inside a subnet the state of `current()` routes, in any table (the
+    drift monitor's test for a foreign route in main, raven.dataplane.drift); the subnets are
+    indexed once per state, memoised by identity as OurTables."""
+
+    def __init__(self, current: Callable[[], NodeState | None]) -> None:
+        self.current = current
+        self._memo: tuple[NodeState, Cover] | None = None
+
+    def __call__(self, prefix: str) -> bool:
+        state = self.current()
+        if state is None:
+            return False
+        memo = self._memo
+        if memo is None or memo[0] is not state:
+            memo = (state, Cover(route.dst for route in state.routes))
+            self._memo = memo
+        return bool(memo[1].around(prefix))
 
 
 @dataclass(frozen=True)

@@ -103,3 +103,49 @@ def test_foreign_main_routes_are_read_from_the_kernel(node) -> None:
     assert "10.2.0.0/16" not in foreign  # ours
     kernel = {r["dst"] for r in node.ip_json("route", "show", "table", "main")} - {"10.2.0.0/16"}
     assert kernel <= set(foreign)
+
+
+def test_the_monitor_hears_main_only_where_it_concerns_ours(node) -> None:
+    """A CNI's route per pod in main wakes nothing; a foreign route inside a subnet we route
+    (it may contest ours), a route of our protocol, and the IPv6 equivalents do. Rules to main
+    are never ours. Negative checks without sleeps: notifications arrive in order, so every
+    change is followed by a marker in table 9027 and read until the marker's event."""
+    from raven.dataplane.drift import ROUTE, EventStream
+    from raven.route_placement import Cover
+
+    node.exec("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0")
+    events = EventStream(netns_name=node.ns, own_ports=set, devices=set,
+                         tables=lambda: {constants.MAIN_TABLE, 9027},
+                         inside_ours=lambda p: bool(Cover(["10.2.0.0/16", "fd00:2::/48"])
+                                                    .around(p)))
+    markers = iter(f"10.66.{n}.0/24" for n in range(100))
+
+    def heard(*change: str) -> list[tuple[str, str]]:
+        node.ip(*change)
+        marker = next(markers)
+        node.ip("route", "add", "blackhole", marker, "table", "9027", "proto", "static")
+        seen: list[tuple[str, str]] = []
+        for _ in range(300):
+            seen += events.drain(0.1)
+            if (ROUTE, "route in table 9027 added/changed") in seen:
+                return [e for e in seen if e != (ROUTE, "route in table 9027 added/changed")]
+        raise AssertionError(f"the marker {marker} was never heard; heard {seen}")
+
+    try:
+        main_added = (ROUTE, "route in table 254 added/changed")
+        assert heard("route", "add", "blackhole", "10.77.0.5/32", "proto", "static") == []
+        assert heard("route", "add", "blackhole", "10.0.0.0/8", "proto", "static") == []
+        assert heard("rule", "add", "priority", "200", "lookup", "main") == []
+        assert heard("route", "add", "blackhole", "10.2.7.0/24", "proto", "static") == [
+            main_added]
+        assert heard("route", "add", "blackhole", "10.2.0.0/16", "proto", "static") == [
+            main_added]
+        assert heard("route", "add", "blackhole", "10.88.0.0/24", "proto", PROTO) == [
+            main_added]
+        assert heard("route", "del", "blackhole", "10.2.7.0/24") == [
+            (ROUTE, "route in table 254 deleted")]
+        assert heard("-6", "route", "add", "blackhole", "fd00:2:0:5::/64", "proto",
+                     "static") == [main_added]
+        assert heard("-6", "route", "add", "blackhole", "fd00:9::/64", "proto", "static") == []
+    finally:
+        events.close()
