@@ -5,8 +5,8 @@ On a two-pools lab with the whole system running (`raven.lab.cluster.up`):
   pod subnet is added to the edge Gateway's status.nodes with `kubectl patch --subresource
   status`; we time, from the start of that kubectl, (a) a bare watcher (`kubectl get -w` in the
   control plane, the reference: what the API alone costs) seeing the write, and (b) the route for
-  the subnet appearing in table 9028 of the cloud pool's active gateway, seen by `ip monitor
-  route` in that node (the oracle: the kernel). ours - reference = the agent's share (watch
+  the subnet appearing in table 9028 (or main) of the cloud pool's active gateway, seen by `ip
+  monitor route` in that node (the oracle: the kernel). ours - reference = the agent's share (watch
   delivery to the agent, 50 ms coalescing, plan, diff, netlink writes);
 - footprint: RSS of every agent and their CPU use over an idle window (--idle seconds).
 Prints figures only; `--json` prints a JSON summary as the last line. Needs root.
@@ -108,7 +108,9 @@ def measure(lab: str, rounds: int, idle: float) -> dict[str, object]:
                 {"nodeName": f"bench-{i}", "privateIP": f"198.18.2.{200 + i}",
                  "subnets": [cidr]}]
             route = LineWaiter([*runtime.exec_argv(lab, cloud_gw), "ip", "monitor", "route"],
-                               rf"^{re.escape(cidr)} .*table {constants.WIREGUARD_TABLE}")
+                               rf"^{re.escape(cidr)} .*(table {constants.WIREGUARD_TABLE}"
+                               rf"|dev {constants.WIREGUARD_DEVICE} proto "
+                               rf"{constants.ROUTE_PROTOCOL})")
             watch = LineWaiter([*cp, *kube, "get", "gateways.raven.openyurt.io", "gw-edge", "-w",
                                 "--output-watch-events", "-o",
                                 "jsonpath={.type} {.object.status.nodes[*].subnets}{\"\\n\"}"],

@@ -39,6 +39,7 @@ from pathlib import Path
 
 from raven import constants
 from raven.lab import runtime
+from raven.lab.gateway_load import TUNNEL_ROUTES
 from raven.lab.plan import LabPlan, NodePlan
 
 WG_ENV = "WG_I_PREFER_BUGGY_USERSPACE_TO_POLISHED_KMOD"
@@ -76,13 +77,13 @@ def wireguard_nodes(lab: str, plan: LabPlan) -> dict[str, NodePlan]:
 
 def active_gateways(lab: str, plan: LabPlan) -> dict[str, NodePlan]:
     """pool name -> the elected gateway: the node whose WireGuard device carries the routes of
-    the remote pools (table 9028; a standby's has none)."""
+    the remote pools (table 9028 or main: gateway_load.TUNNEL_ROUTES; a standby's has none)."""
     out = {}
     for pool in plan.pools:
         for node in pool.nodes:
-            if constants.WIREGUARD_DEVICE in links(lab, node.name) and on(
-                    lab, node.name, "ip", "route", "show", "table",
-                    str(constants.WIREGUARD_TABLE), check=False).strip():
+            if constants.WIREGUARD_DEVICE in links(lab, node.name) and any(
+                    on(lab, node.name, "ip", "route", "show", *where, check=False).strip()
+                    for where in TUNNEL_ROUTES):
                 out[pool.name] = node
     return out
 

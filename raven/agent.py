@@ -118,15 +118,17 @@ def parse_inputs(inputs: Inputs, node: str) -> tuple[list[Gateway], Node | str, 
 
 
 def placed(dataplane: Any, state: NodeState, overlay: OverlaySettings) -> NodeState:
-    """A member's routes in main without a rule where nothing there contests them
-    (raven.route_placement); where main cannot be read, the rule stays (as planned)."""
+    """A member's or gateway's routes to the remote pools in main without their rule where
+    nothing there contests them (raven.route_placement); where main cannot be read, the rule
+    stays (as planned)."""
     read = getattr(dataplane, "foreign_main_routes", None)
-    if state.role != Role.MEMBER or read is None:
+    if state.role not in (Role.MEMBER, Role.ACTIVE_GATEWAY) or read is None:
         return state
     try:
         foreign = read()
     except Exception as exc:
-        log.warning("main table not read (%s); the member's routes stay behind the rule", exc)
+        log.warning("main table not read (%s); the routes to the remote pools stay behind "
+                    "the rule", exc)
         return state
     return route_placement.place(state, foreign, overlay)
 

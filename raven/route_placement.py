@@ -1,4 +1,4 @@
-"""PURE: where a member's routes to the remote pools go, `main` or table 9027 behind a rule.
+"""PURE: where a node's routes to the remote pools go, `main` or their table behind a rule.
 
 Why: the first policy rule in a network namespace puts its kernel in policy-routing mode for
 good (`fib_has_custom_rules`): every route lookup of every packet the node handles then walks
@@ -9,19 +9,25 @@ foreign route (a CNI's, an operator's) as specific as one of ours or more (flann
 example, routes every node's pod subnet, the remote pools' included): then our route would
 lose, and table 9027 with its rule before `main` is what makes it win, as before.
 
-`place(state, foreign, options)` takes the plan of `raven.topology.plan_node` (member routes in
-table 9027, the selector-less member rule) and, for a member whose routed subnets no foreign
-route contests, moves those routes to `main` and drops the member rule. `foreign` is what the
-data plane read from `main` (every route not written by us: `Dataplane.foreign_main_routes`).
-Everything else (gateways, the gateway's `iif raven-wg0` delivery rule, nodes alone) is left as
-planned: a gateway must tell the tunnel's traffic to its members from its own, and only a rule
-can select on the input device (docs/dataplane.md, "Why a gateway carries a rule").
+`place(state, foreign, options)` takes the plan of `raven.topology.plan_node` (a member's routes
+in table 9027 and an active gateway's in table 9028, each behind a selector-less rule) and, for
+a node whose routed subnets no foreign route contests, moves those routes to `main` and drops
+that rule. `foreign` is what the data plane read from `main` (every route not written by us:
+`Dataplane.foreign_main_routes`). The gateway's `iif raven-wg0` delivery rule and its table
+9027 stay: a gateway must tell the tunnel's traffic to its members from its own, and only a
+rule can select on the input device (docs/dataplane.md, "Why a gateway carries a rule"). So a
+gateway with members stays in policy-routing mode, but its lookups no longer visit 9028 first:
+what it sends into the tunnel, and every packet it originates, finds its route in `main` after
+the `iif` rule's cheap device check (about 4 % of the CPU per Gbit on both paths of the lab,
+docs/benchmarks.md). Nodes alone are left as planned.
 
 In `main` our routes carry a metric (`raven.constants.MAIN_ROUTE_METRIC`) above a CNI's usual
 0, so a CNI that later adds the same prefix is not refused (EEXIST) and its route wins until
 the agent's next plan sees it and goes back to the rule. All or nothing per node: one
-contested subnet needs the rule, and with the rule in place table 9027 serves every subnet at
-no further cost.
+contested subnet needs the rule, and with the rule in place its table serves every subnet at
+no further cost. A member and a gateway write their routes to the remote pools under the same
+key in `main` (prefix, metric), so a failover replaces each route in place (device and next hop
+change) and no rule is written.
 """
 
 from __future__ import annotations
@@ -88,15 +94,14 @@ def contested(ours: Iterable[str], foreign: Iterable[str]) -> list[tuple[str, st
 
 
 def place(state: NodeState, foreign: Sequence[str], options: OverlaySettings) -> NodeState:
-    """The member's routes in `main` without a rule when no foreign route contests them (the
-    module's rules); otherwise `state` unchanged, with a note saying which route needs the
-    rule."""
-    if state.role != Role.MEMBER:
-        return state
-    table = options.vxlan_table
+    """The routes to the remote pools in `main` without their selector-less rule when no
+    foreign route contests them (the module's rules): a member's (table 9027), an active
+    gateway's (table 9028; its `iif` delivery rule and table 9027 stay). Otherwise `state`
+    unchanged, with a note saying which route needs the rule."""
+    table = {Role.MEMBER: options.vxlan_table,
+             Role.ACTIVE_GATEWAY: options.wireguard_table}.get(state.role)
     moving = [r for r in state.routes if r.table == table]
-    member_rules = [r for r in state.rules if r.table == table and not r.iif and not r.fwmark]
-    if not moving:
+    if table is None or not moving:
         return state
     clashes = contested([r.dst for r in moving], foreign)
     if clashes:
@@ -106,13 +111,16 @@ def place(state: NodeState, foreign: Sequence[str], options: OverlaySettings) ->
             f"node {state.node}: routes to the remote pools stay in table {table} behind a "
             f"policy rule: table main also routes {shown}{more}, which would win over ours "
             "there")))
-    # Same order as planned (by destination); only the table changes.
+    # Same order as planned; only the table changes.
     routes = tuple(Route(r.dst, MAIN_TABLE, r.dev, r.gateway, r.mtu, r.src)
                    if r.table == table else r for r in state.routes)
-    rules = tuple(r for r in state.rules if r not in member_rules)
+    rules = tuple(r for r in state.rules
+                  if not (r.table == table and not r.iif and not r.fwmark))
+    kept = (f"; the rule for traffic from {options.wireguard_device} stays"
+            if any(r.iif for r in rules) else "")
     return replace(state, routes=routes, rules=rules, notes=(*state.notes, (
         f"node {state.node}: routes to the remote pools in table main (metric "
-        f"{MAIN_ROUTE_METRIC}), no policy rule: no other route in main covers them")))
+        f"{MAIN_ROUTE_METRIC}), no rule for them: no other route in main covers them{kept}")))
 
 
 __all__ = ["Cover", "contested", "place"]

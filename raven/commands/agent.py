@@ -30,9 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cleanup = verbs.add_parser(
         "cleanup", help="remove every link, route, rule, neighbour, nft table and process of ours",
         description="Remove the agent's data plane from this node (or a network namespace): "
-        "raven0, raven-wg0 and wireguard-go, routes in tables 9027/9028, the rules that look "
-        "them up and the nftables table inet raven. Nothing else is touched; the private key "
-        "is kept.",
+        "raven0, raven-wg0 and wireguard-go, routes in tables 9027/9028 and ours in main "
+        "(protocol 82), the rules that look them up and the nftables table inet raven. "
+        "Nothing else is touched; the private key is kept.",
     )
     cleanup.add_argument("--netns", default=None, help="network namespace (default: ours)")
     cleanup.add_argument("--state-dir", type=Path, default=default_of(AgentSettings, "state_dir"),

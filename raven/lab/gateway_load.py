@@ -46,10 +46,26 @@ def member_routes(lab: str, node: str) -> list[dict[str, Any]]:
     return out
 
 
+# `ip route show` selectors of a node's routes into the tunnel: table 9028 behind its rule, or
+# main as routes of our protocol via the WireGuard device where nothing there contests them
+# (raven.route_placement).
+TUNNEL_ROUTES = (("table", str(_OVERLAY.wireguard_table)),
+                 ("table", "main", "proto", str(constants.ROUTE_PROTOCOL), "dev",
+                  _OVERLAY.wireguard_device))
+
+
+def tunnel_routes(lab: str, node: str, *prefix: str) -> list[dict[str, Any]]:
+    """The node's routes into the tunnel (`ip -j`), of `prefix` only when given."""
+    out: list[dict[str, Any]] = []
+    for where in TUNNEL_ROUTES:
+        out += json.loads(_in_node(lab, node, "ip", "-j", "route", "show", *where, *prefix)
+                          or "[]")
+    return out
+
+
 def carries_itself(lab: str, node: str) -> bool:
-    """An active gateway: its WireGuard table routes remote pod subnets."""
-    return bool(json.loads(_in_node(lab, node, "ip", "-j", "route", "show", "table",
-                                    str(_OVERLAY.wireguard_table)) or "[]"))
+    """An active gateway: it routes remote pod subnets into the tunnel."""
+    return bool(tunnel_routes(lab, node))
 
 
 def gateway_of_nodes(plan: LabPlan, pool: str) -> dict[str, str]:

@@ -31,6 +31,7 @@ from kube_support import wait_for
 from raven import constants
 from raven.dataplane import ApplyResult
 from raven.lab import runtime
+from raven.lab.gateway_load import tunnel_routes
 from raven.lab.plan import LabPlan
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -235,9 +236,7 @@ def test_api_server_restart_keeps_traffic_and_later_changes_apply(overlay: Overl
     cloud_gw = overlay.active("gw-cloud")[0]
 
     def routed() -> bool:
-        out = overlay.run(cloud_gw, ["ip", "-json", "route", "show", "table",
-                                     str(constants.WIREGUARD_TABLE)]).stdout
-        return any(r["dst"] == "10.244.99.0/24" for r in json.loads(out or "[]"))
+        return bool(tunnel_routes(overlay.lab, cloud_gw, "10.244.99.0/24"))
 
     wait_for(routed, timeout=30, what="route for the new edge subnet on the cloud gateway")
     overlay.kubectl("delete", "node", "edge-virtual")
@@ -434,9 +433,7 @@ def test_figures_reconcile_latency_and_rss(overlay: Overlay) -> None:
             wrote = time.monotonic()  # the write is acknowledged when kubectl returns
 
             def routed(c: str = cidr) -> bool:
-                out = overlay.run(cloud_gw, ["ip", "-json", "route", "show", "table",
-                                             str(constants.WIREGUARD_TABLE), c]).stdout
-                return bool(json.loads(out or "[]"))
+                return bool(tunnel_routes(overlay.lab, cloud_gw, c))
 
             wait_for(routed, timeout=60, interval=0.01, what=f"route {cidr}")
             samples.append(time.monotonic() - wrote)
@@ -480,8 +477,7 @@ def test_status_command_shows_role_peers_and_drift(overlay: Overlay) -> None:
                   if line.startswith(edge_key))
     assert int(fields[4]) > 0 and peer["handshake_age_s"] is not None
     assert peer["rx_bytes"] > 0 and int(fields[5]) >= peer["rx_bytes"]
-    routes = json.loads(overlay.run(gateway, ["ip", "-json", "route", "show", "table",
-                                              str(constants.WIREGUARD_TABLE)]).stdout)
+    routes = tunnel_routes(overlay.lab, gateway)
     assert report["live"]["routes"] >= len(routes) > 0
     wait_for(lambda: json.loads(overlay.run(gateway, [
         *PY, "status", "--state-dir", state, "--json"]).stdout).get("drift") == [],

@@ -28,6 +28,7 @@ from overlay_support import (
 )
 
 from raven.lab import cluster, faults, runtime
+from raven.lab.gateway_load import tunnel_routes
 from raven.lab.ping import PingReport, ping_all
 from raven.lab.plan import LabPlan, PoolPlan
 
@@ -322,17 +323,12 @@ def test_gateway_failover_in_a_pool_with_two_candidates(healthy: LabPlan) -> Non
 
 
 def carrying_cloud_routes(plan: LabPlan, pool: str) -> dict[str, bool]:
-    """Candidate of `pool` -> whether its table 9028 routes the cloud pool's pod subnets."""
+    """Candidate of `pool` -> whether it routes the cloud pool's pod subnets into the tunnel
+    (table 9028, or main via raven-wg0: raven.route_placement)."""
     cloud_pods = {n.pod_cidr for n in plan.pools[0].nodes}
-    out = {}
-    for candidate in (n.name for n in node_pool(plan, pool).nodes if n.gateway_candidate):
-        try:
-            table = json.loads(in_node(plan, candidate, "ip", "-j", "route", "show", "table",
-                                       "9028"))
-        except AssertionError:  # "FIB table does not exist": nothing routed through it yet
-            table = []
-        out[candidate] = {r["dst"] for r in table} >= cloud_pods
-    return out
+    return {candidate: {r["dst"] for r in tunnel_routes(plan.name, candidate)} >= cloud_pods
+            for candidate in (n.name for n in node_pool(plan, pool).nodes
+                              if n.gateway_candidate)}
 
 
 def settled_gateway(plan: LabPlan, pool: str, timeout: float = 120.0) -> str:

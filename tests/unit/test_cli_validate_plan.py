@@ -165,9 +165,20 @@ def test_plan_prints_the_gateway_delivery_to_members() -> None:
     result = raven("plan", "--gateways", PLAN_GATEWAYS, "--nodes", PLAN_NODES, "--node", "hz-1")
     assert result.returncode == 0, result.stderr
     out = result.stdout.splitlines()
-    assert "rule ipv4 priority 100 lookup 9028" in out
+    assert "rule ipv4 priority 100 lookup 9028" not in out  # its routes are in main
+    assert "  10.244.0.0/24 dev raven-wg0 table main metric 9027" in out
     assert "rule ipv4 priority 100 iif raven-wg0 lookup 9027" in out
     assert "  10.245.1.0/24 via 246.51.100.12 onlink dev raven0 table 9027" in out
+
+
+def test_plan_keeps_a_contested_gateway_behind_its_rule() -> None:
+    result = raven("plan", "--gateways", PLAN_GATEWAYS, "--nodes", PLAN_NODES, "--node", "hz-1",
+                   "--main-route", "10.244.0.0/24")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert "rule ipv4 priority 100 lookup 9028" in out
+    assert "rule ipv4 priority 100 iif raven-wg0 lookup 9027" in out
+    assert "  10.244.0.0/24 dev raven-wg0 table 9028" in out
 
 
 @pytest.mark.parametrize("node", ["cloud-1", "hz-1", "hz-2", "sh-1", "nobody"])

@@ -54,7 +54,7 @@ def test_uncontested_member_routes_go_to_main_and_the_rule_goes() -> None:
     # Everything but the table is as planned: device, next hop, MTU, source.
     assert [replace(r, table=constants.VXLAN_TABLE) for r in placed.routes] == list(state.routes)
     assert placed.rules == ()
-    assert "table main (metric 9027), no policy rule" in placed.notes[-1]
+    assert "table main (metric 9027), no rule for them" in placed.notes[-1]
 
 
 @pytest.mark.parametrize("foreign", [
@@ -87,12 +87,46 @@ def test_dual_stack_moves_both_families_and_one_contested_family_keeps_every_rul
     assert kept.routes == state.routes and kept.rules == state.rules
 
 
-def test_only_members_are_placed() -> None:
-    """A gateway keeps its rules: only a rule can tell the tunnel's traffic to its members from
-    its own (docs/dataplane.md), and table 9027 there is the delivery table."""
+def test_a_gateways_tunnel_routes_go_to_main_and_its_delivery_rule_stays() -> None:
+    """The gateway's routes into the tunnel (table 9028) move to main and their selector-less
+    rule goes; what comes out of the tunnel for its members still needs `iif raven-wg0 lookup
+    9027` (only a rule can select on the input device), and table 9027 stays the delivery
+    table."""
     gw = plan_node(two_pools(), "c1")
     assert gw.role == Role.ACTIVE_GATEWAY
-    assert place(gw, [], OPTIONS) is gw
+    tunnel = [r for r in gw.routes if r.table == constants.WIREGUARD_TABLE]
+    delivery = [r for r in gw.routes if r.table == constants.VXLAN_TABLE]
+    assert tunnel and delivery
+    assert Rule(constants.RULE_PRIORITY, constants.WIREGUARD_TABLE) in gw.rules
+    placed = place(gw, ["0.0.0.0/0", "10.244.1.0/24"], OPTIONS)  # the CNI's route to c2: ours
+    assert [replace(r, table=constants.WIREGUARD_TABLE) for r in placed.routes
+            if r.table == constants.MAIN_TABLE] == tunnel
+    assert [r for r in placed.routes if r.table == constants.VXLAN_TABLE] == delivery
+    assert placed.rules == tuple(r for r in gw.rules if r.iif == "raven-wg0")
+    assert placed.rules and all(r.table == constants.VXLAN_TABLE for r in placed.rules)
+    assert "the rule for traffic from raven-wg0 stays" in placed.notes[-1]
+
+
+def test_a_contested_gateway_keeps_both_rules() -> None:
+    gw = plan_node(two_pools(), "c1")
+    placed = place(gw, ["10.244.10.0/24"], OPTIONS)  # flannel host-gw: a remote node's subnet
+    assert placed.routes == gw.routes and placed.rules == gw.rules
+    assert "stay in table 9028 behind a policy rule" in placed.notes[-1]
+
+
+def test_a_member_and_a_gateway_write_their_tunnel_routes_under_the_same_keys() -> None:
+    """A failover replaces each route in main in place (device and next hop change): same
+    prefixes, same table, same metric, and no rule to write on either side."""
+    member = place(plan_node(two_pools(), "c2"), [], OPTIONS)
+    gw = place(plan_node(two_pools(), "c1"), [], OPTIONS)
+    assert ({r.dst for r in member.routes if r.table == constants.MAIN_TABLE}
+            == {r.dst for r in gw.routes if r.table == constants.MAIN_TABLE})
+
+
+def test_a_node_alone_is_left_as_planned() -> None:
+    alone = plan_node([], "c9")
+    assert alone.role == Role.ALONE
+    assert place(alone, [], OPTIONS) is alone
 
 
 def test_a_member_without_remote_routes_is_left_alone() -> None:

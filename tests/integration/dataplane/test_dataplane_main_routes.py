@@ -6,9 +6,10 @@ main and table 9027 leaves exactly one shape. Oracle: `ip -json route/rule`, nev
 from __future__ import annotations
 
 import pytest
-from dp_states import member
+from dp_states import gateway, member
 
 from raven import constants
+from raven.desired import WireGuardPeer
 from raven.route_placement import place
 from raven.settings import OverlaySettings
 
@@ -21,6 +22,10 @@ METRIC = constants.MAIN_ROUTE_METRIC
 def in_main(state):
     """The planner's member shape (selector-less rule, table 9027) placed in main."""
     return place(state, [], OverlaySettings())
+
+
+PEER = WireGuardPeer(public_key="xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=",
+                     endpoint="198.51.100.2:4500", allowed_ips=("10.2.0.0/16",), keepalive=25)
 
 
 def main_routes(node, proto: str | None = None) -> list[dict]:
@@ -149,3 +154,24 @@ def test_the_monitor_hears_main_only_where_it_concerns_ours(node) -> None:
         assert heard("-6", "route", "add", "blackhole", "fd00:9::/64", "proto", "static") == []
     finally:
         events.close()
+
+
+def test_a_gateways_tunnel_routes_in_main_and_the_failover_replaces_them_in_place(node) -> None:
+    """An active gateway's routes into the tunnel go in main (protocol 82, metric 9027, via
+    raven-wg0) and only its `iif raven-wg0` delivery rule stays; demoted to a member, the same
+    keys are replaced in place by the member's routes over raven0, and the rule goes."""
+    dp = node.dataplane()
+    gw = in_main(gateway(1, members=(2,), peers=(PEER,), deliver={2: "10.1.2.0/24"}))
+    assert {r.table for r in gw.routes} == {254, 9027}
+    dp.apply(gw)
+    assert [(r["dst"], r.get("protocol"), r.get("metric"), r["dev"])
+            for r in main_routes(node)] == [("10.2.0.0/16", PROTO, METRIC, "raven-wg0")]
+    assert [(r.get("iif"), r["table"]) for r in our_rules(node)] == [("raven-wg0", "9027")]
+    assert [r["dst"] for r in node.routes(9027)] == ["10.1.2.0/24"]
+    assert node.routes(9028) == []
+    assert dp.apply(gw).writes == 0
+
+    dp.apply(in_main(member(1, gateway=3, marked=False)))
+    assert [(r["dst"], r.get("protocol"), r.get("metric"), r["dev"])
+            for r in main_routes(node)] == [("10.2.0.0/16", PROTO, METRIC, "raven0")]
+    assert our_rules(node) == [] and node.routes(9027) == []
