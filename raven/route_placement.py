@@ -18,8 +18,9 @@ that rule. `foreign` is what the data plane read from `main` (every route not wr
 rule can select on the input device (docs/dataplane.md, "Why a gateway carries a rule"). So a
 gateway with members stays in policy-routing mode, but its lookups no longer visit 9028 first:
 what it sends into the tunnel, and every packet it originates, finds its route in `main` after
-the `iif` rule's cheap device check (about 4 % of the CPU per Gbit on both paths of the lab,
-docs/benchmarks.md). Nodes alone are left as planned.
+the `iif` rule's cheap device check (a small saving, 0.2-0.3 % of the kernel's time per Gbit
+in the lab; the larger gain is the failover: docs/benchmarks.md, "Gateways' tunnel routes in
+main"). Nodes alone are left as planned.
 
 In `main` our routes carry a metric (`raven.constants.MAIN_ROUTE_METRIC`) above a CNI's usual
 0, so a CNI that later adds the same prefix is not refused (EEXIST) and its route wins until
