@@ -9,18 +9,18 @@ foreign route (a CNI's, an operator's) as specific as one of ours or more (flann
 example, routes every node's pod subnet, the remote pools' included): then our route would
 lose, and table 9027 with its rule before `main` is what makes it win, as before.
 
-`place(state, foreign, options)` takes the plan of `raven.topology.plan_node` (a member's routes
-in table 9027 and an active gateway's in table 9028, each behind a selector-less rule) and, for
-a node whose routed subnets no foreign route contests, moves those routes to `main` and drops
-that rule. `foreign` is what the data plane read from `main` (every route not written by us:
-`Dataplane.foreign_main_routes`). The gateway's `iif raven-wg0` delivery rule and its table
-9027 stay: a gateway must tell the tunnel's traffic to its members from its own, and only a
-rule can select on the input device (docs/dataplane.md, "Why a gateway carries a rule"). So a
-gateway with members stays in policy-routing mode, but its lookups no longer visit 9028 first:
-what it sends into the tunnel, and every packet it originates, finds its route in `main` after
-the `iif` rule's cheap device check (a small saving, 0.2-0.3 % of the kernel's time per Gbit
-in the lab; the larger gain is the failover: docs/benchmarks.md, "Gateways' tunnel routes in
-main"). Nodes alone are left as planned.
+`place(state, foreign, options)` takes the plan of `raven.topology.plan_node` (a member's
+routes in table 9027 and an active gateway's in table 9028, each behind a selector-less rule)
+and, for a node whose routed subnets no foreign route contests, moves those routes to `main`
+and drops that rule. `foreign` is what the data plane read from `main` (every route not written
+by us: `Dataplane.foreign_main_routes`). The gateway's `iif raven-wg0` delivery rule and its
+table 9027 stay: a gateway must tell the tunnel's traffic to its members from its own, and only
+a rule can select on the input device (docs/dataplane.md, "Members without a rule; why a
+gateway keeps one"). So a gateway with members stays in policy-routing mode, but its lookups no
+longer visit 9028 first: what it sends into the tunnel, and every packet it originates, finds
+its route in `main` after the `iif` rule's cheap device check (a small saving, 0.2-0.3 % of the
+kernel's time per Gbit in the lab; the larger gain is the failover: docs/benchmarks.md,
+"Gateways' tunnel routes in main"). Nodes alone are left as planned.
 
 In `main` our routes carry a metric (`raven.constants.MAIN_ROUTE_METRIC`) above a CNI's usual
 0, so a CNI that later adds the same prefix is not refused (EEXIST) and its route wins until
