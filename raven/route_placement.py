@@ -101,8 +101,10 @@ def place(state: NodeState, foreign: Sequence[str], options: OverlaySettings) ->
     unchanged, with a note saying which route needs the rule."""
     table = {Role.MEMBER: options.vxlan_table,
              Role.ACTIVE_GATEWAY: options.wireguard_table}.get(state.role)
+    if table is None:
+        return state
     moving = [r for r in state.routes if r.table == table]
-    if table is None or not moving:
+    if not moving:
         return state
     clashes = contested([r.dst for r in moving], foreign)
     if clashes:

@@ -14,15 +14,16 @@ means events were lost and is reported as a change, never ignored.
 from __future__ import annotations
 
 import inspect
-import ipaddress
 import logging
 import select
+import socket
 import struct
 import threading
 import time
 from collections.abc import Callable
 
 from raven.constants import MAIN_TABLE, ROUTE_PROTOCOL
+from raven.dataplane import rtnl
 from raven.dataplane.netlink import NETLINK_ROUTE, NetlinkSocket, parse_attrs
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,7 @@ GROUPS = (RTNLGRP_LINK, RTNLGRP_NEIGH, RTNLGRP_IPV4_IFADDR, RTNLGRP_IPV4_ROUTE,
 
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK = 16, 17, 18
 IFLA_IFNAME = 3
-RTA_DST, RTA_TABLE = 1, 15
+RTA_TABLE = 15
 FRA_TABLE = 15
 _HDR = struct.Struct("=LHHLL")
 _IFINFO = struct.Struct("=BxHiII")
@@ -131,15 +132,9 @@ class EventStream:
         family, dst_len, protocol = data[start], data[start + 1], data[start + 5]
         if protocol == ROUTE_PROTOCOL:
             return True
-        raw = attrs.get(RTA_DST, b"")
-        if family == 2:
-            address: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(
-                raw[:4].ljust(4, b"\0"))
-        elif family == 10:
-            address = ipaddress.IPv6Address(raw[:16].ljust(16, b"\0"))
-        else:
+        if family not in (socket.AF_INET, socket.AF_INET6):
             return False
-        return self.inside_ours(f"{address}/{dst_len}")
+        return self.inside_ours(f"{rtnl.dst_address(family, attrs)}/{dst_len}")
 
     def drain(self, timeout: float = 0.0) -> list[tuple[str, str]]:
         """Everything pending (waiting up to `timeout` for the first message)."""

@@ -152,8 +152,9 @@ def route_line(dst: str, table: int, dev: str = "", gateway: str | None = None,
             + (f" mtu {mtu}" if mtu else "") + (f" src {src}" if src else "") + main)
 
 
-def _dst_address(family: int, attrs: dict[int, bytes]) -> str:
-    """A dumped route's destination address; none is the default route of its family."""
+def dst_address(family: int, attrs: dict[int, bytes]) -> str:
+    """A route message's destination address (a dump's or a notification's); none is the
+    default route of its family."""
     dst = attrs.get(RTA_DST)
     if dst is None:
         return "::" if family == socket.AF_INET6 else "0.0.0.0"
@@ -181,7 +182,7 @@ def dump_routes(sock: NetlinkSocket, tables: Iterable[int], names: dict[int, str
                     return  # strict filtering unsupported: the kernel sent every table
                 if table == constants.MAIN_TABLE and proto != RTPROT_RAVEN:
                     return  # main is everyone's: only our protocol's routes are ours
-                prefix = _dst_address(fam, a)
+                prefix = dst_address(fam, a)
                 oif = a.get(RTA_OIF)
                 gw = a.get(RTA_GATEWAY)
                 via = a.get(RTA_VIA)
@@ -209,10 +210,6 @@ def dump_routes(sock: NetlinkSocket, tables: Iterable[int], names: dict[int, str
     return out
 
 
-# --- rules ----------------------------------------------------------------------------------
-
-
-
 def foreign_main_prefixes(sock: NetlinkSocket, families: Iterable[int] = (4, 6)) -> list[str]:
     """The destinations of every route in the main table that is not ours (any protocol but
     ours, any type: a blackhole takes traffic as well as a unicast route), as CIDRs."""
@@ -229,11 +226,15 @@ def foreign_main_prefixes(sock: NetlinkSocket, families: Iterable[int] = (4, 6))
             if proto == RTPROT_RAVEN or u32(a.get(RTA_TABLE, b"\0\0\0\0"))[0] != \
                     constants.MAIN_TABLE:
                 return
-            out.append(f"{_dst_address(fam, a)}/{dst_len}")
+            out.append(f"{dst_address(fam, a)}/{dst_len}")
 
         body = _RTMSG.pack(family, 0, 0, 0, constants.MAIN_TABLE, 0, 0, 0, 0)
         sock.dump_raw(RTM_GETROUTE, body + attr_u32(RTA_TABLE, constants.MAIN_TABLE), handle)
     return out
+
+
+# --- rules ----------------------------------------------------------------------------------
+
 
 def rule_text(rule: Rule) -> str:
     """The rule as `ip rule` spells it (without the verb)."""

@@ -35,32 +35,35 @@ def _nodes(plan: LabPlan, pool: str) -> list[NodePlan]:
     return [n for p in plan.pools if p.name == pool for n in p.nodes]
 
 
-def member_routes(lab: str, node: str) -> list[dict[str, Any]]:
-    """A member's routes to the remote pools (`ip -j`): in table 9027 behind its rule, or in
-    main as routes of our protocol where nothing else there contests them
-    (raven.route_placement)."""
-    out: list[dict[str, Any]] = []
-    for where in ([str(_OVERLAY.vxlan_table)], ["main", "proto", str(constants.ROUTE_PROTOCOL)]):
-        out += json.loads(_in_node(lab, node, "ip", "-j", "route", "show", "table", *where)
-                          or "[]")
-    return out
-
-
-# `ip route show` selectors of a node's routes into the tunnel: table 9028 behind its rule, or
-# main as routes of our protocol via the WireGuard device where nothing there contests them
-# (raven.route_placement).
+# `ip route show` selectors of a node's routes to the remote pools, in its table behind the rule
+# or in main as routes of our protocol where nothing there contests them
+# (raven.route_placement): a member's go over raven0 (table 9027), a gateway's into the tunnel
+# (table 9028; in main, those via the WireGuard device).
+MEMBER_ROUTES = (("table", str(_OVERLAY.vxlan_table)),
+                 ("table", "main", "proto", str(constants.ROUTE_PROTOCOL)))
 TUNNEL_ROUTES = (("table", str(_OVERLAY.wireguard_table)),
                  ("table", "main", "proto", str(constants.ROUTE_PROTOCOL), "dev",
                   _OVERLAY.wireguard_device))
 
 
-def tunnel_routes(lab: str, node: str, *prefix: str) -> list[dict[str, Any]]:
-    """The node's routes into the tunnel (`ip -j`), of `prefix` only when given."""
+def _routes(lab: str, node: str, selectors: tuple[tuple[str, ...], ...],
+            prefix: tuple[str, ...]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
-    for where in TUNNEL_ROUTES:
+    for where in selectors:
         out += json.loads(_in_node(lab, node, "ip", "-j", "route", "show", *where, *prefix)
                           or "[]")
     return out
+
+
+def member_routes(lab: str, node: str) -> list[dict[str, Any]]:
+    """A member's routes to the remote pools (`ip -j`), wherever they are (MEMBER_ROUTES)."""
+    return _routes(lab, node, MEMBER_ROUTES, ())
+
+
+def tunnel_routes(lab: str, node: str, *prefix: str) -> list[dict[str, Any]]:
+    """The node's routes into the tunnel (`ip -j`, TUNNEL_ROUTES), of `prefix` only when
+    given."""
+    return _routes(lab, node, TUNNEL_ROUTES, prefix)
 
 
 def carries_itself(lab: str, node: str) -> bool:
