@@ -42,7 +42,7 @@ nodes' kernel work on the packets they send and receive), and the machine's kern
 Prints figures, never pass/fail; `--json` prints a JSON summary as the last line.
 
     flock /tmp/raven-e2e.lock .venv/bin/python bench/throughput.py [--rounds 16] [--seconds 4]
-        [--control overlay|none|both] [--json] [--keep]
+        [--control overlay|none|both] [--json] [--keep | --reuse TAG]
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ from raven.lab import build, cluster, teardown
 from raven.lab.iperf import iperf
 from raven.lab.netns import netns_path
 from raven.lab.plan import LabPlan
-from raven.lab.runtime import supervised
+from raven.lab.runtime import load_plan, supervised
 from raven.lab.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -240,6 +240,10 @@ def main() -> int:
                         "old way: they load the machine for the reference's samples too)")
     parser.add_argument("--keep", action="store_true", help="leave both labs up (for "
                         "experiments; remove them with `raven lab down NAME`)")
+    parser.add_argument("--reuse", metavar="TAG", help="measure the two labs a run with "
+                        "--keep left up (rvb-tp-TAG-o and rvb-tp-TAG-h) instead of building "
+                        "new ones, and leave them up: the same pair measured again, or after "
+                        "it has run for a while")
     args = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
@@ -249,7 +253,7 @@ def main() -> int:
     samples: dict[str, dict[str, list[float]]] = {}
     cpu: dict[str, dict[str, dict[str, list[float]]]] = {}
     pairs: dict[str, tuple] = {}
-    tag = secrets.token_hex(3)
+    tag = args.reuse or secrets.token_hex(3)
     names = {"overlay": f"rvb-tp-{tag}-o", "hand": f"rvb-tp-{tag}-h"}
     result: dict[str, object] = {"rounds": args.rounds, "seconds": args.seconds,
                                  "control": args.control,
@@ -260,11 +264,15 @@ def main() -> int:
           f"{ {'overlay': 'the overlay only', 'none': 'none', 'both': 'both labs'}[args.control]}",
           flush=True)
     try:
-        topology = load_topology(args.topology)
-        plan = build.up(topology, names["overlay"], source=args.topology)
-        cluster.up(plan)
-        build.up(topology, names["hand"], source=args.topology)
-        gateways = twin.mirror(names["overlay"], names["hand"], plan)
+        if args.reuse:
+            plan = load_plan(names["overlay"])
+            gateways = twin.active_gateways(names["overlay"], plan)
+        else:
+            topology = load_topology(args.topology)
+            plan = build.up(topology, names["overlay"], source=args.topology)
+            cluster.up(plan)
+            build.up(topology, names["hand"], source=args.topology)
+            gateways = twin.mirror(names["overlay"], names["hand"], plan)
         cmp = twin.compare(names["overlay"], names["hand"], plan)
         print("device differences (ip -d -j link, wg show): "
               + ("none" if not cmp.devices else f"{len(cmp.devices)}"), flush=True)
@@ -327,7 +335,7 @@ def main() -> int:
                             f"{ {p: n.name for p, n in gateways.items()} } -> {moved}")
             print(f"FAILED: {failures[-1]}", flush=True)
     finally:
-        if args.keep:
+        if args.keep or args.reuse:
             print(f"kept: raven lab down {names['overlay']}; raven lab down {names['hand']}")
         else:
             for lab in names.values():

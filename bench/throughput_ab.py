@@ -22,6 +22,7 @@ machine-wide, so other work on the machine is in it too (ABBA spreads it over bo
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
 import signal
@@ -59,6 +60,10 @@ PERF_GROUPS: dict[str, tuple[str, ...]] = {
                   "__nf_ct_", "ipv4_conntrack", "ipv4_confirm", "nf_confirm"),
     "vxlan": ("vxlan_", "udp_tunnel", "iptunnel_"),
     "tun": ("tun_",),
+    # the CPUs' idle loop: cpu-clock samples it too, so a path that leaves a CPU idle more
+    # per Gbit shows here, not as work (it is inside kernel-total)
+    "idle": ("default_idle", "native_safe_halt", "pv_native_safe_halt", "cpuidle_",
+             "acpi_idle", "intel_idle", "do_idle", "cpu_idle"),
     "crypto-user": (),  # user-space samples of wireguard-go (filled by comm, not symbol)
 }
 
@@ -73,12 +78,13 @@ class Profile:
             ["perf", "record", "-q", "-a", "-e", "cpu-clock", "-F", "997", "-o", self.path],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
-    def stop(self) -> dict[str, int]:
+    def stop(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(samples per group, samples per kernel symbol)."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             self.proc.wait(timeout=60)
         if not os.path.exists(self.path):  # stopped before
-            return {}
+            return {}, {}
         try:
             report = subprocess.run(
                 ["perf", "report", "-i", self.path, "--stdio", "-F", "sample,comm,dso,sym",
@@ -86,6 +92,7 @@ class Profile:
         finally:
             os.unlink(self.path)
         counts = dict.fromkeys([*PERF_GROUPS, "kernel-total", "all"], 0)
+        symbols: collections.Counter[str] = collections.Counter()
         for line in report.splitlines():
             parts = line.split()
             if not parts or line.startswith("#") or not parts[0].isdigit():
@@ -98,11 +105,23 @@ class Profile:
                 continue
             counts["kernel-total"] += n
             sym = parts[parts.index("[k]") + 1]
+            symbols[sym] += n
             for group, prefixes in PERF_GROUPS.items():
                 if prefixes and sym.startswith(prefixes):
                     counts[group] += n
                     break
-        return counts
+        return counts, dict(symbols)
+
+
+def symbol_differences(a: list[dict[str, float]], b: list[dict[str, float]],
+                       top: int = 15) -> list[tuple[str, float, float]]:
+    """The `top` kernel symbols whose median samples per Gbit differ most between the sides
+    (a sample without the symbol counts 0 for it)."""
+    names = {k for side in (a, b) for sample in side for k in sample}
+    rows = [(name, round(statistics.median(s.get(name, 0.0) for s in a), 1),
+             round(statistics.median(s.get(name, 0.0) for s in b), 1)) for name in names]
+    rows.sort(key=lambda r: abs(r[1] - r[2]), reverse=True)
+    return rows[:top]
 
 
 def main() -> int:
@@ -147,6 +166,7 @@ def main() -> int:
     cpu: dict[str, list[float]] = {"A": [], "B": []}
     kernel: dict[str, list[float]] = {"A": [], "B": []}  # machine kernel CPU-s per Gbit
     perf: dict[str, list[dict[str, float]]] = {"A": [], "B": []}  # perf samples per Gbit
+    symbols: dict[str, list[dict[str, float]]] = {"A": [], "B": []}  # per kernel symbol
     pids = {side: wireguard_pids(lab, load_plan(lab)) for side, (lab, _) in sides.items()}
     failures = 0
     loads = []
@@ -167,12 +187,13 @@ def main() -> int:
             print(f"  FAILED {lab}: {exc}", flush=True)
             return 0.0, 0.0
         finally:
-            counts = profile.stop() if profile else {}
+            counts, syms = profile.stop() if profile else ({}, {})
         gbit = mbit * args.seconds / 1000
         if gbit:
             kernel[side].append(round((machine_cpu()[0] - kbefore) / gbit, 3))
             if counts:
                 perf[side].append({g: n / gbit for g, n in counts.items()})
+                symbols[side].append({k: n / gbit for k, n in syms.items()})
         return mbit, (cpu_seconds(pids[side]) - before) / gbit if gbit else 0.0
 
     for i in range(args.rounds):
@@ -223,6 +244,12 @@ def main() -> int:
             gb = statistics.median(p[group] for p in perf["B"])
             summary["perf_samples_per_gbit"][group] = [round(ga, 1), round(gb, 1)]
             print(f"    {group:<14} {ga:8.1f} / {gb:8.1f}  ({ga - gb:+.1f})")
+        # the groups name what was suspected; the largest differences by symbol find the rest
+        diffs = symbol_differences(symbols["A"], symbols["B"])
+        summary["perf_symbol_differences"] = diffs
+        print("  kernel symbols with the largest difference (median per Gbit), A / B:")
+        for sym, ga, gb in diffs:
+            print(f"    {sym:<40} {ga:8.1f} / {gb:8.1f}  ({ga - gb:+.1f})")
     if args.json:
         print(json.dumps(summary))
     return 0
