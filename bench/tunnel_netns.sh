@@ -9,7 +9,7 @@
 #   - a veth pair (rvt0 in the node, rvt1 in LAB.NODE-tun, 169.254.77.0/30) joins the two;
 #   - LAB.NODE-tun routes the remote pools into raven-wg0, the members' pod subnets to their
 #     VTEPs over raven0, and everything else (the gateway's own pods, the node) back over the
-#     veth; the node routes the remote pools into the veth (`mtu lock 1420`, the tunnel's MTU)
+#     veth; the node routes the remote pools into the veth (`mtu lock` raven-wg0's MTU)
 #     and its members' pod subnets back to the CNI's route (the twin had put them on raven0);
 #   - neither namespace has a policy rule, so neither is in the kernel's policy-routing mode
 #     (fib_has_custom_rules), which the overlay's delivery rule `iif raven-wg0 lookup 9027`
@@ -35,6 +35,7 @@ ip netns list | grep -qx "$TN" && { echo "$TN exists already" >&2; exit 1; }
 VADDR=$(ip -n "$G" -j addr show dev raven0 \
         | jq -r '.[0].addr_info[] | select(.family=="inet") | "\(.local)/\(.prefixlen)"')
 WGR=$(ip -n "$G" -j route show dev raven-wg0 | jq -r '.[].dst')
+WGMTU=$(ip -n "$G" -j link show dev raven-wg0 | jq -r '.[0].mtu')
 VXR=$(ip -n "$G" -j route show dev raven0 | jq -r '.[] | select(.gateway) | "\(.dst) \(.gateway)"')
 NEI=$(ip -n "$G" -j neigh show dev raven0 | jq -r '.[] | select(.lladdr) | "\(.dst) \(.lladdr)"')
 FDB=$(ip netns exec "$G" bridge -j fdb show dev raven0 | jq -r '.[] | select(.dst) | "\(.mac) \(.dst)"')
@@ -51,15 +52,18 @@ ip -n "$G" link set raven0 netns "$TN"
 ip -n "$TN" addr add "$VADDR" dev raven0
 ip -n "$TN" link set raven0 up
 ip -n "$TN" link set raven-wg0 up
+# an empty list (a gateway without members) is one empty line: skipped
 while read -r dst mac; do
-  [ -n "$dst" ] && ip -n "$TN" neigh replace "$dst" lladdr "$mac" dev raven0 nud permanent
+  [ -n "$dst" ] || continue
+  ip -n "$TN" neigh replace "$dst" lladdr "$mac" dev raven0 nud permanent
 done <<< "$NEI"
 while read -r mac dst; do
-  [ -n "$mac" ] && ip netns exec "$TN" bridge fdb replace "$mac" dev raven0 dst "$dst" self permanent
+  [ -n "$mac" ] || continue
+  ip netns exec "$TN" bridge fdb replace "$mac" dev raven0 dst "$dst" self permanent
 done <<< "$FDB"
 for dst in $WGR; do
   ip -n "$TN" route replace "$dst" dev raven-wg0
-  ip -n "$G" route replace "$dst" via 169.254.77.2 dev rvt0 mtu lock 1420
+  ip -n "$G" route replace "$dst" via 169.254.77.2 dev rvt0 mtu lock "$WGMTU"
 done
 while read -r dst gw; do
   [ -n "$dst" ] || continue
