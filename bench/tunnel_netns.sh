@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Experiment, not a product tool: give one gateway of a hand-built twin (bench/twin.py) the
-# "tunnel namespace" shape proposed for issue 10 item 9 (docs/benchmarks.md, "A tunnel
-# namespace on gateways"), to measure it before building it into the agent:
+# "tunnel namespace" shape proposed for issue 10 item 9 (docs/tunnel-namespace.md; figures in
+# docs/benchmarks.md, "Where the last 8 % goes, and a tunnel namespace on gateways"), to
+# measure it before building it into the agent:
 #   - raven-wg0 and raven0 move into a namespace of their own, LAB.NODE-tun; their UDP sockets
 #     stay in the node's namespace (a moved VXLAN device keeps the socket of the namespace it
 #     was created in, and wireguard-go keeps its UDP socket and its TUN file descriptor), so
