@@ -2,10 +2,13 @@
 
 Rules kept: no pyroute2 object or exception leaves this module; callers get `LinkFacts` and
 `DataplaneError`. Bulk objects (routes, neighbours, rules) do not go through here: see rtnl.py.
+Another namespace is named by its /var/run/netns name and opened here for the one request that
+needs it (IFLA_NET_NS_FD), never left for pyroute2 to open or create.
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +21,8 @@ from raven.dataplane.errors import DataplaneError
 ENODEV = 19
 EOPNOTSUPP = 95
 EACCES = 13
+EEXIST = 17
+EINVAL = 22
 IFA_F_NODAD = 0x02
 
 
@@ -38,6 +43,10 @@ class LinkFacts:
     mac: str
     up: bool
     vxlan: VxlanFacts | None = None
+    # IFLA_LINK_NETNSID: the id, as this namespace numbers them, of the namespace holding what
+    # the device is bound to: a veth's peer, a VXLAN device's UDP socket when it was created
+    # elsewhere and moved here. None when that is this namespace (or the kind has no such link).
+    link_netnsid: int | None = None
 
 
 class LinkUnsupported(DataplaneError):
@@ -65,7 +74,22 @@ def _facts(msg: Any) -> LinkFacts:
         mac=str(msg.get("address") or "").lower(),
         up=bool(msg["flags"] & 1),
         vxlan=vxlan,
+        link_netnsid=_optional_int(msg.get("link_netnsid")),
     )
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _move_reason(exc: PyrouteNetlinkError) -> str:
+    if exc.code == EEXIST:
+        return "a link of that name is there already; delete or rename one of them first"
+    if exc.code == EINVAL:
+        return "the kernel keeps this kind of link in its namespace (e.g. lo)"
+    if exc.code == ENODEV:
+        return "no such link (deleted meanwhile?)"
+    return str(exc.args[-1] if exc.args else exc)
 
 
 class Links:
@@ -117,6 +141,35 @@ class Links:
     def add_wireguard(self, name: str) -> None:
         self._call(f"create WireGuard device {name}", self._ipr.link, "add", ifname=name,
                    kind="wireguard")
+
+    def add_veth(self, name: str, peer: str, peer_netns: str | None,
+                 mtu: int | None = None) -> None:
+        """A veth pair: `name` here, `peer` made directly inside namespace `peer_netns` (None:
+        here too), both with `mtu` when given (a peer does not inherit the first end's MTU)."""
+        where = f" in network namespace {peer_netns!r}" if peer_netns else ""
+        what = f"create veth {name} with peer {peer}{where}"
+        common: dict[str, Any] = {} if mtu is None else {"mtu": mtu}
+        with contextlib.ExitStack() as stack:
+            peer_attrs: dict[str, Any] = {"ifname": peer, **common}
+            if peer_netns is not None:
+                peer_attrs["net_ns_fd"] = stack.enter_context(netns.opened(peer_netns))
+            self._call(what, self._ipr.link, "add", ifname=name, kind="veth", peer=peer_attrs,
+                       **common)
+
+    def move(self, index: int, netns_name: str) -> None:
+        """Move link `index` into named namespace `netns_name` (IFLA_NET_NS_FD).
+
+        The device arrives down, without its addresses, routes and neighbours (the kernel
+        flushes them on the way); what it is bound to stays where it was: a VXLAN device
+        keeps the UDP socket of the namespace it was created in, a TUN device the process
+        holding its file descriptor.
+        """
+        what = f"move link {index} into network namespace {netns_name!r}"
+        with netns.opened(netns_name) as fd:
+            try:
+                self._ipr.link("set", index=index, net_ns_fd=fd)
+            except PyrouteNetlinkError as exc:
+                raise DataplaneError(f"{what}: {_move_reason(exc)}") from None
 
     def set(self, index: int, *, mtu: int | None = None, mac: str | None = None,
             up: bool | None = None) -> None:
