@@ -124,6 +124,20 @@ class Firewall:
 
 
 @dataclass(frozen=True)
+class VethPair:
+    """The veth pair that joins the node's namespace to its tunnel namespace: `name` and
+    `address` in the node's, `peer` and `peer_address` in the tunnel namespace
+    (docs/tunnel-namespace.md). Each end's address is the other end's next hop."""
+
+    name: str
+    peer: str
+    address: str
+    peer_address: str
+    prefixlen: int
+    mtu: int
+
+
+@dataclass(frozen=True)
 class NodeState:
     """Everything one node's agent must make true in the kernel. Empty collections mean 'none'."""
 
@@ -138,6 +152,13 @@ class NodeState:
     wireguard: WireGuardDevice | None = None
     firewall: Firewall | None = None
     sysctls: tuple[tuple[str, str], ...] = ()  # (key as in /proc/sys with dots, value), sorted
+    # The tunnel-namespace shape of an active gateway (docs/tunnel-namespace.md; off unless
+    # `OverlaySettings.tunnel_namespace`): `tunnel` is what goes inside the tunnel namespace
+    # (raven0 and raven-wg0, created in the node's namespace and moved there, with their
+    # routes in that namespace's `main`), and `veth` the pair that joins the two. None = the
+    # node carries everything in its own namespace, as before.
+    veth: VethPair | None = None
+    tunnel: NodeState | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)  # explanations for operators
 
     def to_json(self) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from functools import lru_cache
 from operator import attrgetter
 from typing import NamedTuple
 
-from raven import constants, shards
+from raven import constants, shards, tunnel_shape
 from raven.desired import (
     FdbEntry,
     Firewall,
@@ -635,7 +635,8 @@ def plan_node(
     if unreachable:
         notes.append(f"{unreachable} remote subnet(s) have no tunnel peer and are not routed")
     if found.is_gateway:
-        return _gateway_plan(found, peers, routed, vxlan_mtu, options, notes)
+        return tunnel_shape.shape(
+            _gateway_plan(found, peers, routed, vxlan_mtu, options, notes), options)
     member_blocks = {**pool_blocks, **_vtep_blocks(name, found.ip, found.gw_name, found.gw_ip)}
     member_blocks = {f: r for f, r in member_blocks.items() if f not in gw_blocks}
     if member_blocks:

@@ -32,7 +32,7 @@ PURE_MODULES = (
     "raven.agent_step", "raven.controller_step", "raven.proxy.plan", "raven.nat_discovery",
     "raven.paths", "raven.relay_choice", "raven.failover", "raven.standby", "raven.pool_decision",
     "raven.pool_claims", "raven.publisher", "raven.route_placement",
-    "raven.shards",
+    "raven.shards", "raven.tunnel_shape",
 )
 # Modules that touch sockets, processes, files, threads, randomness or the clock. (pathlib and
 # datetime are allowed as value types: Path fields in settings, RFC 3339 conversions; the calls
