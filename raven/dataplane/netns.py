@@ -126,9 +126,14 @@ def exists(name: str) -> bool:
 
 def _remove_stale_file(path: Path) -> None:
     """Unlink a mount point left without its mount (a create that died half-way)."""
-    with contextlib.suppress(FileNotFoundError):
+    try:
         if os.stat(path).st_dev != _nsfs_device():
             path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise DataplaneError(f"cannot remove the stale network namespace mount point {path}: "
+                             f"{exc.strerror}; remove it by hand") from None
 
 
 def _create_error(name: str, exc: BaseException) -> DataplaneError:
@@ -168,7 +173,8 @@ def create(name: str) -> bool:
         raise DataplaneError(f"creating network namespace {name!r}: {path} appeared as a plain "
                              "file while we created it; another process is creating it") from None
     except (OSError, RuntimeError) as exc:
-        _remove_stale_file(path)  # pyroute2 leaves its empty mount point behind
+        with contextlib.suppress(DataplaneError):  # the create's error is the one to report
+            _remove_stale_file(path)  # pyroute2 leaves its empty mount point behind
         raise _create_error(name, exc) from None
     try:
         _loopback_up(name)
