@@ -246,6 +246,9 @@ class DataplaneSettings:
     the section is made (`DataplaneError`, from `dataplane_problems`)."""
 
     netns: str | None = None  # network namespace name (`ip netns`), None = the current one
+    # The named namespace that holds raven0 and raven-wg0 when a plan has a tunnel part
+    # (`NodeState.tunnel`, docs/tunnel-namespace.md); made and deleted by the data plane.
+    tunnel_netns: str | None = None
     state_dir: Path = DEFAULT_STATE_DIR  # private key, wireguard-go pid file and log
     wireguard_backend: str = DEFAULT_WIREGUARD_BACKEND  # one of WIREGUARD_BACKENDS
     wireguard_go: str = DEFAULT_WIREGUARD_GO

@@ -21,7 +21,10 @@ Rules kept:
 - what else touches one kind of object lives in its applier (the WireGuard key pair, peer
   take-overs, renewals and nudges in `wireguard/device.py`); the methods here only take the
   lock and forward;
-- one lock serialises apply/repair/observe/cleanup, so the drift monitor's thread can repair.
+- one lock serialises apply/repair/observe/cleanup, so the drift monitor's thread can repair;
+- a plan with a tunnel part (`NodeState.tunnel`) is applied first by the tunnel namespace's own
+  `Dataplane` (raven.dataplane.tunnel), made with `birth` = this one's links: its device
+  appliers make raven0 and raven-wg0 here and move them in; ours then skip the two devices.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from types import TracebackType
 
 from raven import constants
@@ -47,6 +51,7 @@ from raven.dataplane.firewall import collapse
 from raven.dataplane.links import Links
 from raven.dataplane.netlink import NETLINK_ROUTE, NetlinkSocket
 from raven.dataplane.settings import ApplyResult, DataplaneSettings, DataplaneStatus, PeerStatus
+from raven.dataplane.tunnel import TunnelNamespace
 from raven.dataplane.wireguard.device import WireGuardApplier
 from raven.dataplane.wireguard.model import LivePeer
 from raven.desired import NodeState, Role
@@ -55,7 +60,7 @@ _NOTHING = NodeState(node="", role=Role.ALONE, pool=None, vxlan=None)
 
 
 class Dataplane:
-    def __init__(self, settings: DataplaneSettings) -> None:
+    def __init__(self, settings: DataplaneSettings, birth: Links | None = None) -> None:
         self.settings = settings
         self.overlay = settings.overlay
         self._lock = threading.RLock()
@@ -74,12 +79,13 @@ class Dataplane:
             self._closers.append(self.links.close)
             self.nl = NetlinkSocket(NETLINK_ROUTE, settings.netns)
             self._closers.append(self.nl.close)
-            self.vxlan = VxlanApplier(self.links, self.overlay.vxlan_device, settings.netns)
+            self.vxlan = VxlanApplier(self.links, self.overlay.vxlan_device, settings.netns,
+                                      birth=birth)
             self.wireguard = WireGuardApplier(
                 links=self.links, netns_name=settings.netns, ifname=self.overlay.wireguard_device,
                 backend=settings.wireguard_backend, state_dir=settings.state_dir,
                 run_dir=settings.wireguard_run_dir, wireguard_go=settings.wireguard_go,
-                fwmark=self.overlay.fwmark,
+                fwmark=self.overlay.fwmark, birth=birth,
             )
             self._closers.append(self.wireguard.close)
             self.sysctls = SysctlApplier(settings.netns)
@@ -92,6 +98,7 @@ class Dataplane:
                 netns_name=settings.netns, own_ports=self._own_ports, devices=self._devices,
                 tables=lambda: set(self._tables(self._last)), inside_ours=self._inside_ours)
             self._closers.append(self._events.close)
+            self._tunnel = TunnelNamespace.of(settings, self.links, Dataplane, self._closers)
         except BaseException:
             self._close_all()
             raise
@@ -104,7 +111,8 @@ class Dataplane:
         return {self.nl.port_id}
 
     def _devices(self) -> set[str]:
-        return {self.overlay.vxlan_device, self.overlay.wireguard_device}
+        veth = {self.overlay.tunnel_veth} if self.settings.tunnel_netns else set()
+        return {self.overlay.vxlan_device, self.overlay.wireguard_device, *veth}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -132,6 +140,11 @@ class Dataplane:
 
     def public_key(self) -> str:
         return self.wireguard.public_key()
+
+    def _wg(self) -> WireGuardApplier:
+        """The WireGuard applier in charge: the tunnel namespace's while it is in use."""
+        inner = self._tunnel.inner if self._tunnel is not None else None
+        return inner.wireguard if inner is not None else self.wireguard
 
     # --- apply -------------------------------------------------------------------------------
 
@@ -169,7 +182,7 @@ class Dataplane:
         with self._lock:
             if self._last is None:
                 return ApplyResult(0, ())
-            self.wireguard.forget()
+            self._wg().forget()
             return self.apply(self._last)
 
     def _check_names(self, state: NodeState) -> None:
@@ -192,8 +205,12 @@ class Dataplane:
         applier that keeps a cache they may make stale, so it sees the writes before it."""
         self._check_names(state)
         done = done if done is not None else Pass(write)
+        TunnelNamespace.step_of(self._tunnel, state, done)
         done.fresh, done.links, done.tables = fresh, self.links.all(), self._tables(state)
+        moved = (self.vxlan, self.wireguard) if state.tunnel is not None else ()  # in there
         for applier in self._appliers:
+            if applier in moved:
+                continue
             if applier.invalidated_by:
                 self._route_events()
             applier.step(state, done)
@@ -221,7 +238,7 @@ class Dataplane:
                            p.rx_bytes, p.tx_bytes)
                 for p in sorted((wg.peers if wg else {}).values(), key=lambda p: p.public_key)
             )
-            return DataplaneStatus(
+            status = DataplaneStatus(
                 vxlan=seen.vxlan, wireguard=wg is not None,
                 wireguard_backend=self.wireguard.backend if wg else None,
                 routes=seen.routes, rules=seen.rules, fdb=seen.fdb, neighbours=seen.neighbours,
@@ -229,6 +246,8 @@ class Dataplane:
                 drift=tuple(seen.lines) if self._last is not None else (),
                 skipped=seen.skipped + self._family_skip,
             )
+            inner = self._tunnel.observe() if self._tunnel is not None else None
+            return status if inner is None else with_tunnel(status, inner, self._tunnel.name)
 
     def foreign_main_routes(self) -> list[str]:
         """Destinations in main not ours (reads only), for raven.route_placement."""
@@ -241,7 +260,7 @@ class Dataplane:
         """The WireGuard peers as the device reports them now ({} without a device); reads only
         the WireGuard device, so the path manager can poll it several times a second."""
         with self._lock:
-            return self.wireguard.peers()
+            return self._wg().peers()
 
     def take_allowed_ips(self, public_key: str, cidrs: tuple[str, ...],
                          at: float | None = None) -> None:
@@ -249,18 +268,18 @@ class Dataplane:
         instant a direct path takes over from the relay. The wait holds our lock, so no read
         of ours (observe, a poll) can delay the write past `at`."""
         with self._lock:
-            self.wireguard.take_allowed_ips(public_key, cidrs, at)
+            self._wg().take_allowed_ips(public_key, cidrs, at)
 
     def renew_peers(self, keys: list[str]) -> list[str]:
         """Remake the peers of `keys` whose first handshake was lost (a new peer with a
         keepalive initiates at once; WireGuard would wait REKEY_TIMEOUT). Returns those renewed."""
         with self._lock:
-            return self.wireguard.renew_peers(keys)
+            return self._wg().renew_peers(keys)
 
     def nudge(self, source: str, destinations: list[str]) -> int:
         """Liveness datagrams through the WireGuard device (raven.dataplane.wireguard.nudge)."""
         with self._lock:
-            return self.wireguard.nudge(source, destinations)
+            return self._wg().nudge(source, destinations)
 
     def rtt_ms(self, address: str) -> float | None:
         """ICMP round trip to an IPv4 address from this node (raven.dataplane.probe)."""
@@ -290,6 +309,8 @@ class Dataplane:
                 inside_ours=self._inside_ours, callback=callback,
             )
             self._watcher.start()
+            if self._tunnel is not None:
+                self._tunnel.watch_drift(callback)
 
     # --- cleanup ---------------------------------------------------------------------------------
 
@@ -297,8 +318,9 @@ class Dataplane:
         """Remove every object of ours (see module rules) and nothing else: each applier's
         `remove`, in the reverse of the apply order. Keeps the key file."""
         with self._lock:
-            scope = Scope(self._tables(self._last), self.links.all())
             changes: list[str] = []
+            changes += self._tunnel.teardown() if self._tunnel is not None else []
+            scope = Scope(self._tables(self._last), self.links.all())
             for applier in reversed(self._appliers):
                 changes += applier.remove(scope)
             self._last = self._reached = None
@@ -308,4 +330,16 @@ class Dataplane:
             return changes
 
 
-__all__ = ["Dataplane", "collapse"]
+def with_tunnel(node: DataplaneStatus, inner: DataplaneStatus, name: str) -> DataplaneStatus:
+    """The node's status with its tunnel namespace's: the devices and peers are the tunnel's,
+    the counts of both added, the tunnel's drift lines named by the namespace."""
+    return replace(
+        node, vxlan=inner.vxlan, wireguard=inner.wireguard,
+        wireguard_backend=inner.wireguard_backend, routes=node.routes + inner.routes,
+        rules=node.rules + inner.rules, fdb=inner.fdb, neighbours=inner.neighbours,
+        firewall_elements=node.firewall_elements + inner.firewall_elements, peers=inner.peers,
+        drift=(*node.drift, *(f"{name}: {line}" for line in inner.drift)),
+        skipped=(*node.skipped, *inner.skipped))
+
+
+__all__ = ["Dataplane", "collapse", "with_tunnel"]

@@ -18,7 +18,8 @@ MODULES = ["commands/lab.py"] + [f"apiserver/{m}.py" for m in (
     "handler", "exchange", "routing", "context", "documents", "verbs", "negotiation", "watch",
     "connect")] + [f"dataplane/{m}.py" for m in (
     "dataplane", "wireguard/device", "appliers/vxlan", "appliers/sysctls", "appliers/neighbours",
-    "appliers/routes", "appliers/rules", "appliers/nftables")] + [f"{m}.py" for m in (
+    "appliers/routes", "appliers/rules", "appliers/nftables", "appliers/veth", "tunnel")] + [
+        f"{m}.py" for m in (
         "agent", "agent_step", "agent_report", "agent_failover", "node_annotations",
         "controller_step", "publisher")]
 
@@ -47,7 +48,10 @@ def test_the_dataplane_only_orders_the_appliers() -> None:
     # 369 lines before the appliers took their steps, their removal (cleanup) and the WireGuard
     # operations (keys, take-over, renewal, nudges); 246 after.
     # +5 for the read of main's foreign routes (raven.route_placement), 2026-12-03.
-    assert sizes(RAVEN / "dataplane" / "dataplane.py")["Dataplane"] <= 255
+    # +14 for the tunnel namespace (raven.dataplane.tunnel), 2026-12-03: its step before the
+    # appliers, the two device appliers skipped, the WireGuard applier in charge, the statuses
+    # merged.
+    assert sizes(RAVEN / "dataplane" / "dataplane.py")["Dataplane"] <= 269
     # It reads, diffs and writes nothing itself: every kernel object goes through an applier's
     # step (apply, observe) or remove (cleanup).
     tree = ast.parse((RAVEN / "dataplane" / "dataplane.py").read_text())

@@ -10,6 +10,13 @@ inherited from `default` when the device is created, or set on every device thro
 kernel then refuses IPv6 addresses, so before adding the IPv6 VTEP we set it back to 0 on raven0
 (the device is ours; the host's other devices are untouched). A kernel without IPv6 at all is a
 DataplaneError naming the device and the sysctl; the caller then applies the IPv4 half alone.
+In a tunnel namespace (docs/tunnel-namespace.md) the applier has a `birth` namespace, the node's:
+the device is created there and moved in, so its UDP socket stays on the node's underlay (a
+device moved keeps the socket of the namespace it was made in). One of ours found in the birth
+namespace (an agent of the one-namespace shape before, or a crash between create and move) is
+moved in when its fixed attributes fit, never deleted and made again; one in the tunnel
+namespace that was made there (no IFLA_LINK_NETNSID: its socket is in a namespace without an
+underlay) is recreated.
 """
 
 from __future__ import annotations
@@ -32,12 +39,17 @@ class VxlanLive:
     # net.ipv6.conf.<dev>.disable_ipv6 of the live device: None when unknown (no device, or no
     # IPv6 in the kernel, which `apply` reports when an IPv6 address is wanted)
     ipv6_disabled: bool | None = None
+    # With a birth namespace: the device of our name there when there is none here (None
+    # otherwise), to be moved in or replaced.
+    stray: LinkFacts | None = None
 
 
 @dataclass(frozen=True)
 class VxlanChanges:
     name: str
     delete: int | None = None  # ifindex of a device to delete (removal or recreate)
+    adopt: int | None = None  # ifindex in the birth namespace of our device, to move in
+    delete_stray: int | None = None  # ifindex in the birth namespace of one that cannot be
     create: VxlanDevice | None = None
     index: int | None = None  # the device kept in place
     fix: tuple[tuple[str, object], ...] = ()  # ("mtu", 1450), ("mac", ...), ("up", True)
@@ -50,7 +62,43 @@ class VxlanChanges:
         return not self.lines
 
 
-def diff(desired: VxlanDevice | None, name: str, live: VxlanLive) -> VxlanChanges:
+def _differ(have: LinkFacts, desired: VxlanDevice) -> list[str]:
+    """The attributes a live device cannot change that differ from the plan."""
+    if have.vxlan is None:
+        return ["not a VXLAN device"]
+    immutable = {
+        "vni": (have.vxlan.vni, desired.vni),
+        "port": (have.vxlan.port, desired.port),
+        "local": (have.vxlan.local, desired.local_ip),
+        "learning": (have.vxlan.learning, False),
+    }
+    return [f"{k} {a} -> {b}" for k, (a, b) in immutable.items() if a != b]
+
+
+def _from_birth(stray: LinkFacts | None, desired: VxlanDevice, name: str, lines: list[str]
+                ) -> tuple[int | None, int | None, list[tuple[str, object]]]:
+    """(ifindex to move in, ifindex to delete, fixes after the move) for our device found in
+    the birth namespace; the lines appended to `lines`."""
+    if stray is None or stray.kind != "vxlan":
+        return None, None, []
+    differ = _differ(stray, desired)
+    if differ:
+        lines.append(f"vxlan {name}: delete the node's ({', '.join(differ)})")
+        return None, stray.index, []
+    fix: list[tuple[str, object]] = [("up", True)]  # a moved device arrives down, bare
+    if stray.mtu != desired.mtu:
+        fix.append(("mtu", desired.mtu))
+    if stray.mac != desired.mac.lower():
+        fix.append(("mac", desired.mac.lower()))
+    lines.append(f"vxlan {name}: move in from the node's namespace")
+    lines.append(f"vxlan {name}: set {', '.join(f'{k} {v}' for k, v in fix)}")
+    return stray.index, None, fix
+
+
+def diff(desired: VxlanDevice | None, name: str, live: VxlanLive, *,
+         moved: bool = False) -> VxlanChanges:
+    """`moved`: the device must have been made in another namespace and moved in (a tunnel
+    namespace's; the module's rules)."""
     have = live.link
     if have is not None and have.kind != "vxlan":
         raise DataplaneError(
@@ -64,23 +112,20 @@ def diff(desired: VxlanDevice | None, name: str, live: VxlanLive) -> VxlanChange
     delete = None
     addresses = live.addresses
     if have is not None and have.vxlan is not None:
-        immutable = {
-            "vni": (have.vxlan.vni, desired.vni),
-            "port": (have.vxlan.port, desired.port),
-            "local": (have.vxlan.local, desired.local_ip),
-            "learning": (have.vxlan.learning, False),
-        }
-        differ = [f"{k} {a} -> {b}" for k, (a, b) in immutable.items() if a != b]
+        differ = _differ(have, desired)
+        if moved and have.link_netnsid is None:
+            differ.append("made in this namespace, not moved in: its socket has no underlay")
         if differ:
             lines.append(f"vxlan {name}: recreate ({', '.join(differ)})")
             delete, have, addresses = have.index, None, frozenset()
-    fix: list[tuple[str, object]] = []
-    if have is None:
+    adopt, delete_stray, fix = _from_birth(live.stray if have is None else None, desired,
+                                           name, lines)
+    if have is None and adopt is None:
         lines.append(f"vxlan {name}: create vni {desired.vni} port {desired.port} "
                      f"local {desired.local_ip} mtu {desired.mtu}")
         fix.append(("up", True))  # the kernel creates links down
         lines.append(f"vxlan {name}: set up True")
-    else:
+    elif have is not None:
         if have.mtu != desired.mtu:
             fix.append(("mtu", desired.mtu))
         if have.mac != desired.mac.lower():
@@ -98,7 +143,8 @@ def diff(desired: VxlanDevice | None, name: str, live: VxlanLive) -> VxlanChange
         lines.append(f"sysctl net.ipv6.conf.{name}.disable_ipv6 1 -> 0")
     lines += [f"address del {a}/{p} dev {name}" for a, p in stale]
     lines += [f"address add {a}/{p} dev {name}" for a, p in missing]
-    return VxlanChanges(name, delete=delete, create=desired if have is None else None,
+    return VxlanChanges(name, delete=delete, adopt=adopt, delete_stray=delete_stray,
+                        create=desired if have is None and adopt is None else None,
                         index=have.index if have is not None else None, fix=tuple(fix),
                         enable_ipv6=enable, addresses_del=tuple(stale),
                         addresses_add=tuple(missing), lines=tuple(lines))
@@ -119,10 +165,12 @@ def ipv6_off_key(name: str) -> str:
 class VxlanApplier:
     invalidated_by: frozenset[str] = frozenset()  # no cache: links come from the caller's dump
 
-    def __init__(self, links: Links, name: str, netns_name: str | None = None) -> None:
+    def __init__(self, links: Links, name: str, netns_name: str | None = None,
+                 birth: Links | None = None) -> None:
         self.links = links
         self.name = name
         self.netns = netns_name
+        self.birth = birth  # the node's namespace, for a tunnel namespace's device
 
     def forget(self) -> None:
         pass
@@ -131,6 +179,8 @@ class VxlanApplier:
         """`ipv6`: the plan wants an IPv6 VTEP, so read the device's disable_ipv6 too (an
         IPv4-only reconcile does not pay for entering the namespace to read it)."""
         link = links.get(self.name)
+        if link is None and self.birth is not None:
+            return VxlanLive(None, stray=self.birth.get(self.name))
         if link is None or link.kind != "vxlan":
             return VxlanLive(link)
         if not ipv6:
@@ -166,15 +216,23 @@ class VxlanApplier:
             self.links.delete(changes.delete)
             writes += 1
         index = changes.index
+        if changes.delete_stray is not None and self.birth is not None:
+            self.birth.delete(changes.delete_stray)
+            writes += 1
         want = changes.create
         if want is not None:
-            self.links.add_vxlan(changes.name, want.vni, want.port, want.local_ip,
-                                 want.mac.lower(), want.mtu)
+            made = self.birth or self.links
+            made.add_vxlan(changes.name, want.vni, want.port, want.local_ip,
+                           want.mac.lower(), want.mtu)
             writes += 1
-            created = self.links.get(changes.name)
-            if created is None:
-                raise DataplaneError(f"vxlan {changes.name}: created but not found")
-            index = created.index
+            if self.birth is not None:
+                index = self._move_in(self.birth.get(changes.name))
+                writes += 1
+            else:
+                index = self._found(self.links.get(changes.name))
+        elif changes.adopt is not None:
+            index = self._move_in(changes.adopt)
+            writes += 1
         if changes.fix and index is not None:
             self.links.set(index, **dict(changes.fix))  # type: ignore[arg-type]
             writes += 1
@@ -188,6 +246,20 @@ class VxlanApplier:
             writes += 1
         return writes
 
+    def _found(self, link: LinkFacts | None) -> int:
+        if link is None:
+            raise DataplaneError(f"vxlan {self.name}: created but not found")
+        return link.index
+
+    def _move_in(self, found: LinkFacts | int | None) -> int:
+        """Move the birth namespace's device (facts or ifindex) into ours; its index here."""
+        assert self.birth is not None and self.netns is not None
+        index = found.index if isinstance(found, LinkFacts) else found
+        if index is None:
+            raise DataplaneError(f"vxlan {self.name}: created but not found")
+        self.birth.move(index, self.netns)
+        return self._found(self.links.get(self.name))
+
     def remove(self, scope: Scope) -> list[str]:
         """Cleanup's part: our device (a link of our name that is a VXLAN device; a foreign
         link of that name is left alone), its addresses and entries with it."""
@@ -199,8 +271,10 @@ class VxlanApplier:
 
     def step(self, state: NodeState, p: Pass) -> None:
         ipv6 = state.vxlan is not None and state.vxlan.vtep_ip6 is not None
-        changes = diff(state.vxlan, self.name, self.read(p.links, ipv6=ipv6))
+        changes = diff(state.vxlan, self.name, self.read(p.links, ipv6=ipv6),
+                       moved=self.birth is not None)
         if p.take(changes, changes.lines):
             p.writes += self.apply(changes)
-            if changes.create is not None or changes.delete is not None:
+            if (changes.create is not None or changes.delete is not None
+                    or changes.adopt is not None):
                 p.links = self.links.all()  # the device came or went

@@ -46,6 +46,7 @@ from raven.dataplane.wireguard.userspace import WireGuardGo
 from raven.desired import NodeState, WireGuardDevice
 from raven.settings import WIREGUARD_BACKENDS as BACKENDS  # the one table of backends
 
+DEFAULT_MTU = 1420  # what WireGuard gives a new device
 RESYNC_S = 30.0  # the longest we trust what we wrote without reading the device back
 _EMPTY = LiveDevice(private_key=None, listen_port=0)
 
@@ -131,7 +132,7 @@ class WireGuardApplier:
 
     def __init__(self, *, links: Links, netns_name: str | None, ifname: str, backend: str,
                  state_dir: Path, run_dir: Path | None, wireguard_go: str,
-                 fwmark: int = 0) -> None:
+                 fwmark: int = 0, birth: Links | None = None) -> None:
         if backend not in BACKENDS:
             raise DataplaneError(
                 f"wireguard backend {backend!r} is not valid; use one of {', '.join(BACKENDS)}")
@@ -143,8 +144,13 @@ class WireGuardApplier:
         self.fwmark = fwmark  # marks the nudges, so our policy rule routes them into the device
         self._private_key: str | None = None  # base64, loaded by the last writing pass
         self._nudger: nudge.Nudger | None = None
-        self.daemon = WireGuardGo(netns_name=netns_name, ifname=ifname, state_dir=state_dir,
-                                  run_dir=run_dir, binary=wireguard_go)
+        # In a tunnel namespace (docs/tunnel-namespace.md) the device is made in the node's
+        # namespace (`birth`: the kernel device's UDP socket, wireguard-go itself and its
+        # socket stay there, on the underlay) and moved in; one of ours found there is moved in.
+        self.birth = birth
+        self.daemon = WireGuardGo(netns_name=birth.netns if birth is not None else netns_name,
+                                  ifname=ifname, state_dir=state_dir, run_dir=run_dir,
+                                  binary=wireguard_go)
         self._kernel: KernelWireGuard | None = None
         self.backend: str | None = None  # resolved: "kernel" | "userspace"
         # (ifindex, daemon pid, monotonic time of the last full read, device as we left it)
@@ -306,7 +312,10 @@ class WireGuardApplier:
         if desired is None:
             return 0, []
         extra: list[str] = []
-        writes = self._ensure_device(link, extra)
+        writes = 0
+        if link is None and self.birth is not None:
+            writes, link = self._move_in(self.birth.get(self.ifname), desired.mtu, extra)
+        writes += self._ensure_device(link, extra, desired.mtu)
         have = self.links.get(self.ifname) if writes or link is None else link
         if have is None:
             raise DataplaneError(f"wireguard {self.ifname}: device did not appear")
@@ -330,7 +339,24 @@ class WireGuardApplier:
                 self._cache = (*cache[:3], after_write(cache[3], write))
         return writes, extra
 
-    def _ensure_device(self, have: LinkFacts | None, changes: list[str]) -> int:
+    def _move_in(self, found: LinkFacts | None, mtu: int,
+                 changes: list[str]) -> tuple[int, LinkFacts | None]:
+        """Move our device from the birth namespace in: (writes, the device here or None).
+        Its MTU is set before the move: wireguard-go, whose netlink listener stays in the
+        birth namespace, no longer hears changes to the moved device."""
+        if kind_of(found) not in ("kernel", "userspace") or self.netns is None:
+            return 0, None
+        assert found is not None and self.birth is not None
+        if found.mtu != mtu:
+            self.birth.set(found.index, mtu=mtu)
+        self.birth.move(found.index, self.netns)
+        changes.append(f"wireguard {self.ifname}: moved in from the node's namespace")
+        here = self.links.get(self.ifname)
+        if here is None:
+            raise DataplaneError(f"wireguard {self.ifname}: moved in but not found")
+        return 1, here
+
+    def _ensure_device(self, have: LinkFacts | None, changes: list[str], mtu: int = 0) -> int:
         """Make the device exist with the right backend. Returns writes."""
         writes = 0
         kind = kind_of(have)
@@ -345,9 +371,9 @@ class WireGuardApplier:
             kind = None
         if wanted == "kernel" and kind is None:
             try:
-                self.links.add_wireguard(self.ifname)
+                (self.birth or self.links).add_wireguard(self.ifname)
                 changes.append(f"wireguard {self.ifname}: created kernel device")
-                writes += 1
+                writes += 1 + self._born(mtu, changes)
             except LinkUnsupported:
                 if self.requested == "kernel":
                     raise DataplaneError(
@@ -359,8 +385,14 @@ class WireGuardApplier:
         if wanted == "userspace" and self.daemon.ensure_running():
             changes.append(f"wireguard {self.ifname}: started wireguard-go "
                            f"(pid {self.daemon.pid()})")
-            writes += 1
+            writes += 1 + self._born(mtu, changes)
         return writes
+
+    def _born(self, mtu: int, changes: list[str]) -> int:
+        """A device just made in the birth namespace, moved in (0 without a birth namespace)."""
+        if self.birth is None:
+            return 0
+        return self._move_in(self.birth.get(self.ifname), mtu or DEFAULT_MTU, changes)[0]
 
     def step(self, state: NodeState, p: Pass) -> None:
         private_key = self.private_key(load=p.write) if state.wireguard is not None else ""
