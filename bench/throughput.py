@@ -238,6 +238,10 @@ def main() -> int:
                         "reference gets a machine without it), 'none' (SIGSTOPped during every "
                         "sample: the kernel data plane and wireguard-go alone), 'both' (the "
                         "old way: they load the machine for the reference's samples too)")
+    parser.add_argument("--tunnel-namespace", action="store_true", help="NOT the shipped "
+                        "default: the overlay's agents keep an active gateway's devices in a "
+                        "tunnel namespace (docs/tunnel-namespace.md); the reference is the same "
+                        "plain hand-built twin")
     parser.add_argument("--keep", action="store_true", help="leave both labs up (for "
                         "experiments; remove them with `raven lab down NAME`)")
     parser.add_argument("--reuse", metavar="TAG", help="measure the two labs a run with "
@@ -258,7 +262,12 @@ def main() -> int:
     result: dict[str, object] = {"rounds": args.rounds, "seconds": args.seconds,
                                  "control": args.control,
                                  "labs": names, "topology": args.topology,
-                                 "settings": "shipped defaults", "load_before": load()}
+                                 "settings": ("NOT shipped defaults: --tunnel-namespace"
+                                              if args.tunnel_namespace else "shipped defaults"),
+                                 "load_before": load()}
+    if args.tunnel_namespace:
+        print("NOT THE SHIPPED DEFAULT: the overlay's active gateways keep their devices in a "
+              "tunnel namespace (--tunnel-namespace)", flush=True)
     print(f"labs: overlay {names['overlay']}, hand-built twin {names['hand']}; shipped "
           f"default settings; overlay control processes run during the samples of: "
           f"{ {'overlay': 'the overlay only', 'none': 'none', 'both': 'both labs'}[args.control]}",
@@ -270,7 +279,8 @@ def main() -> int:
         else:
             topology = load_topology(args.topology)
             plan = build.up(topology, names["overlay"], source=args.topology)
-            cluster.up(plan)
+            cluster.up(plan, settings=cluster.ClusterSettings(
+                tunnel_namespace=args.tunnel_namespace))
             build.up(topology, names["hand"], source=args.topology)
             gateways = twin.mirror(names["overlay"], names["hand"], plan)
         cmp = twin.compare(names["overlay"], names["hand"], plan)

@@ -48,6 +48,7 @@ OVERLAY_TABLES = (constants.VXLAN_TABLE, constants.WIREGUARD_TABLE)
 LINK_IGNORE = {"ifindex", "link_index", "link_netnsid", "link", "ifalias", "stats", "stats64",
                "operstate", "parentbus", "parentdev", "altnames"}
 DEVICES = (constants.VXLAN_DEVICE, constants.WIREGUARD_DEVICE, "eth0")
+VETHS = {constants.TUNNEL_VETH, constants.TUNNEL_VETH_PEER}  # a tunnel namespace's pair
 SYSCTL_DEVICES = ("all", "default", *DEVICES)
 
 
@@ -68,11 +69,41 @@ def links(lab: str, node: str) -> dict[str, dict]:
     return {link["ifname"]: link for link in json.loads(on(lab, node, "ip", "-d", "-j", "link"))}
 
 
+def device_netns(lab: str, node: str) -> str | None:
+    """The namespace that holds the node's raven0 and raven-wg0 when the overlay keeps them in
+    a tunnel namespace (docs/tunnel-namespace.md, `raven lab up --tunnel-namespace`), None when
+    they are in the node's own. The agent names it inside the node's mount namespace (as a pod
+    would without Bidirectional propagation of /var/run/netns), so it is looked up there."""
+    tunnel = f"{lab}.{node}-tun"
+    found = on(lab, node, "sh", "-c", f'[ "$(stat -f -c %T /run/netns/{tunnel} 2>/dev/null)" '
+               f'= nsfs ] && echo yes || true').strip()
+    return tunnel if found == "yes" else None
+
+
+def dev_ip(lab: str, node: str, *argv: str, check: bool = True) -> str:
+    """`ip` (or `bridge`, argv[0] == "bridge") in the namespace of the node's devices."""
+    tool = "bridge" if argv[:1] == ("bridge",) else "ip"
+    rest = argv[1:] if tool == "bridge" else argv
+    where = device_netns(lab, node)
+    return on(lab, node, tool, *(["-n", where] if where else []), *rest, check=check)
+
+
+def device_links(lab: str, node: str) -> dict[str, dict]:
+    """The node's links, its devices from the namespace that holds them (`device_netns`)."""
+    out = links(lab, node)
+    if device_netns(lab, node) is not None:
+        moved = {link["ifname"]: link for link in json.loads(dev_ip(lab, node, "-d", "-j",
+                                                                     "link"))}
+        out.update({d: moved[d] for d in (constants.VXLAN_DEVICE, constants.WIREGUARD_DEVICE)
+                    if d in moved})
+    return out
+
+
 def wireguard_nodes(lab: str, plan: LabPlan) -> dict[str, NodePlan]:
     """node name -> node, for every node with the WireGuard device: the active gateways and
     the warm standby candidates (raven.standby gives them the device and probe peers)."""
     return {node.name: node for pool in plan.pools for node in pool.nodes
-            if constants.WIREGUARD_DEVICE in links(lab, node.name)}
+            if constants.WIREGUARD_DEVICE in device_links(lab, node.name)}
 
 
 def active_gateways(lab: str, plan: LabPlan) -> dict[str, NodePlan]:
@@ -81,7 +112,7 @@ def active_gateways(lab: str, plan: LabPlan) -> dict[str, NodePlan]:
     out = {}
     for pool in plan.pools:
         for node in pool.nodes:
-            if constants.WIREGUARD_DEVICE in links(lab, node.name) and any(
+            if constants.WIREGUARD_DEVICE in device_links(lab, node.name) and any(
                     on(lab, node.name, "ip", "route", "show", *where, check=False).strip()
                     for where in TUNNEL_ROUTES):
                 out[pool.name] = node
@@ -106,7 +137,13 @@ print(json.dumps(out))
 
 def features(lab: str, node: str, devices: list[str]) -> dict[str, object]:
     """device -> {offload feature: on/off} (GSO, GRO, checksum and segmentation offloads)."""
-    return json.loads(on(lab, node, sys.executable, "-c", FEATURES_SCRIPT, *devices))
+    out = json.loads(on(lab, node, sys.executable, "-c", FEATURES_SCRIPT, *devices))
+    where = device_netns(lab, node)
+    moved = [d for d in devices if d in (constants.VXLAN_DEVICE, constants.WIREGUARD_DEVICE)]
+    if where is not None and moved:
+        out.update(json.loads(on(lab, node, "nsenter", f"--net=/run/netns/{where}", "--",
+                                 sys.executable, "-c", FEATURES_SCRIPT, *moved)))
+    return out
 
 
 def wg_dump(lab: str, node: str) -> tuple[list[str], list[list[str]]]:
@@ -137,19 +174,19 @@ def mirror(overlay: str, twin: str, plan: LabPlan) -> dict[str, NodePlan]:
     pool_of = {node.name: pool for pool in plan.pools for node in pool.nodes}
     for pool in plan.pools:
         for node in pool.nodes:
-            live = links(overlay, node.name)
+            live = device_links(overlay, node.name)
             lines: list[str] = []
             vx = live.get(constants.VXLAN_DEVICE)
             if vx is not None:
                 lines += _vxlan_script(vx)
-                for addr in json.loads(on(overlay, node.name, "ip", "-j", "addr", "show",
-                                          "dev", vx["ifname"])):
+                for addr in json.loads(dev_ip(overlay, node.name, "-j", "addr", "show",
+                                              "dev", vx["ifname"])):
                     for info in addr.get("addr_info", []):
                         if info.get("family") == "inet":
                             lines.append(f"address add {info['local']}/{info['prefixlen']} "
                                          f"dev {vx['ifname']}")
-                for neigh in json.loads(on(overlay, node.name, "ip", "-j", "neigh", "show",
-                                           "dev", vx["ifname"])):
+                for neigh in json.loads(dev_ip(overlay, node.name, "-j", "neigh", "show",
+                                               "dev", vx["ifname"])):
                     lines.append(f"neigh replace {neigh['dst']} lladdr {neigh['lladdr']} "
                                  f"dev {vx['ifname']} nud permanent")
             if constants.WIREGUARD_DEVICE in live:
@@ -160,19 +197,23 @@ def mirror(overlay: str, twin: str, plan: LabPlan) -> dict[str, NodePlan]:
             if lines:
                 on(twin, node.name, "ip", "-batch", "-", stdin="\n".join(lines) + "\n")
             if vx is not None:
-                for fdb in json.loads(on(overlay, node.name, "bridge", "-j", "fdb", "show",
-                                         "dev", vx["ifname"])):
+                for fdb in json.loads(dev_ip(overlay, node.name, "bridge", "-j", "fdb",
+                                             "show", "dev", vx["ifname"])):
                     if fdb.get("dst"):
                         on(twin, node.name, "bridge", "fdb", "append", fdb["mac"], "dev",
                            vx["ifname"], "dst", fdb["dst"], "self", "permanent")
             routes = []
             # Our tables, and our protocol's routes in main (a member's where nothing else
-            # routes the remote pools: raven.route_placement).
+            # routes the remote pools: raven.route_placement); with a tunnel namespace, its
+            # routes (into raven-wg0, to the members over raven0), not those over the veth
+            # that joins it to the node's: the twin's devices are all in the node's.
             for table in (*map(str, OVERLAY_TABLES), f"main proto {constants.ROUTE_PROTOCOL}"):
                 # a table that does not exist (a gateway has no 9027 routes) is not an error
-                for line in on(overlay, node.name, "ip", "route", "show", "table",
-                               *table.split(), check=False).splitlines():
+                for line in dev_ip(overlay, node.name, "route", "show", "table",
+                                   *table.split(), check=False).splitlines():
                     words = line.split()
+                    if VETHS & set(words):
+                        continue
                     kept: list[str] = []
                     skip = 0
                     for word in words:  # drop the table and protocol: the main table, no owner
@@ -297,7 +338,7 @@ def compare(overlay: str, twin: str, plan: LabPlan) -> Comparison:
     firewall: list[str] = []
     for pool in plan.pools:
         for node in pool.nodes:
-            a, b = links(overlay, node.name), links(twin, node.name)
+            a, b = device_links(overlay, node.name), links(twin, node.name)
             for dev in DEVICES:
                 _diff(f"{node.name} {dev}", a.get(dev), b.get(dev), devices)
             for pod in node.pods:

@@ -117,6 +117,15 @@ def parse_inputs(inputs: Inputs, node: str) -> tuple[list[Gateway], Node | str, 
     return sorted(gateways, key=lambda g: g.name), me, problems
 
 
+def warm(state: NodeState, gateways: list[Gateway], settings: AgentSettings) -> NodeState:
+    """`raven.standby.warm` on the part of the plan that holds the devices (a tunnel
+    namespace's, if any)."""
+    if state.tunnel is None:
+        return standby.warm(state, gateways, settings.node, settings.overlay)
+    return replace(state, tunnel=standby.warm(state.tunnel, gateways, settings.node,
+                                              settings.overlay))
+
+
 def placed(dataplane: Any, state: NodeState, overlay: OverlaySettings) -> NodeState:
     """A member's or gateway's routes to the remote pools in main without their rule where
     nothing there contests them (raven.route_placement); where main cannot be read, the rule
@@ -147,6 +156,7 @@ class Agent:
                   if "overlay" in {f.name for f in fields(DataplaneSettings)} else {})
         self.dataplane = Dataplane(DataplaneSettings(
             netns=settings.netns, state_dir=settings.state_dir,
+            tunnel_netns=settings.tunnel_netns if settings.overlay.tunnel_namespace else None,
             wireguard_backend=settings.wireguard_backend, wireguard_go=settings.wireguard_go,
             **shared,
         ))
@@ -273,8 +283,8 @@ class Agent:
             return {}
         gateways, me, _ = parse_inputs(self.inputs, self.settings.node)
         state = plan_node(gateways, me, self.settings.overlay, plans)
-        return {p.public_key: p.allowed_ips for p in (state.wireguard.peers
-                                                      if state.wireguard else ())}
+        wg = state.devices().wireguard
+        return {p.public_key: p.allowed_ips for p in (wg.peers if wg else ())}
 
     def record_paths(self, report: list[dict[str, Any]]) -> None:
         self.report.record_paths(report)
@@ -295,7 +305,7 @@ class Agent:
             if self.probes is not None:
                 gateways = self.probes.effective(gateways, time.time())
             state = plan_node(gateways, me, self.settings.overlay, self.path_plans)
-            state = standby.warm(state, gateways, self.settings.node, self.settings.overlay)
+            state = warm(state, gateways, self.settings)
             state = placed(self.dataplane, state, self.settings.overlay)
         except Exception as exc:
             self.metrics.errors.labels("plan").inc()

@@ -45,6 +45,8 @@ def add_run_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", type=Path, default=default_of(A, "state_dir"),
                    help=help_for(A, "state_dir"))
     p.add_argument("--netns", default=default_of(A, "netns"), help=help_for(A, "netns"))
+    p.add_argument("--tunnel-netns", default=default_of(A, "tunnel_netns"), metavar="NAME",
+                   help=help_for(A, "tunnel_netns"))
     p.add_argument("--wireguard", dest="wireguard_backend",
                    default=default_of(A, "wireguard_backend"),
                    choices=list(WIREGUARD_BACKENDS), help=help_for(A, "wireguard_backend"))
@@ -105,7 +107,8 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
                         "number of seconds")
     probe = replace(ProbeSettings(), interval=args.probe_interval)
     problems += probe_problems(probe)
-    overlay = replace(OverlaySettings(), underlay_mtu=args.underlay_mtu)
+    overlay = replace(OverlaySettings(), underlay_mtu=args.underlay_mtu,
+                      tunnel_namespace=bool(args.tunnel_netns))
     problems += overlay_problems(overlay)
     listen = tuple(args.metrics_listen or ())
     problems += listen_problems("--metrics-listen", listen)
@@ -134,6 +137,7 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
         kube=KubeSettings(kubeconfig=args.kubeconfig, context=args.context,
                           user_agent=f"raven-agent/{args.node}"),
         netns=args.netns,
+        tunnel_netns=args.tunnel_netns or None,
         wireguard_backend=args.wireguard_backend,
         wireguard_go=args.wireguard_go,
         overlay=overlay,

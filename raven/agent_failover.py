@@ -99,6 +99,8 @@ class ProbeFailover:
             responder.ensure(s.state_dir, s.probe.port, s.netns)
         except OSError as exc:
             log.warning("probe responder not started: %s", exc)
+        if self._last is not None and self._last[1].tunnel is not None:
+            self._tunnel_responder(s.tunnel_netns)
 
     def effective(self, gateways: list[Gateway], wall: float) -> list[Gateway]:
         """The Gateways as this node's probes see them (raven.failover), logging each change
@@ -136,14 +138,32 @@ class ProbeFailover:
     def retarget(self, gateways: list[Gateway], state: NodeState) -> None:
         """Probe what the plan just applied reaches, from its VTEP address."""
         self._last = (gateways, state)
-        source = state.vxlan.vtep_ip if state.vxlan is not None else None
+        devices = state.devices()  # a tunnel namespace's part: the probes leave from there
+        source = devices.vxlan.vtep_ip if devices.vxlan is not None else None
         targets = self._targets(gateways) if source else ()
         o = self.settings.overlay
         plain = set(failover.probe_targets(gateways, self.settings.node,
                                            lambda ip: vtep_for(ip)[0], o.vxlan_device,
                                            o.wireguard_device)) if self.direct else set(targets)
         self._direct_only = frozenset((t.pool, t.node) for t in targets if t not in plain)
-        self.prober.set_targets(targets, source)
+        tunnel = self.settings.tunnel_netns if state.tunnel is not None else None
+        self._tunnel_responder(tunnel)
+        self.prober.set_targets(targets, source, tunnel or self.settings.netns)
+
+    def _tunnel_responder(self, tunnel: str | None) -> None:
+        """A responder in the tunnel namespace while the plan has one (the probes to our VTEP
+        arrive there), none otherwise."""
+        from raven.healthprobe import responder
+
+        s = self.settings
+        try:
+            if tunnel is not None:
+                responder.ensure(s.state_dir, s.probe.port, tunnel,
+                                 pid_file=responder.TUNNEL_PID_FILE)
+            elif (s.state_dir / responder.TUNNEL_PID_FILE).exists():
+                responder.stop(s.state_dir, s.probe.port, responder.TUNNEL_PID_FILE)
+        except OSError as exc:
+            log.warning("probe responder in the tunnel namespace: %s", exc)
 
     def set_direct(self, direct: dict[str, str], wake: threading.Event | None = None) -> None:
         """The remote gateways we now reach over punched direct paths ({pool: node}); probed

@@ -118,8 +118,9 @@ class AgentReport:
         """What `Dataplane.observe()` found (peers, drift) at `wall` (unix seconds); `proxy`:
         the proxy's status now (connections come and go between applies), None: disabled."""
         pools = {}
-        if state is not None and state.wireguard is not None:
-            pools = {p.public_key: p.pool for p in state.wireguard.peers}
+        wg = state.devices().wireguard if state is not None else None
+        if wg is not None:
+            pools = {p.public_key: p.pool for p in wg.peers}
         peers = list(observed.peers)
         m = self.metrics
         m.peers.set(len(peers))

@@ -161,5 +161,10 @@ class NodeState:
     tunnel: NodeState | None = None
     notes: tuple[str, ...] = field(default=(), compare=False)  # explanations for operators
 
+    def devices(self) -> NodeState:
+        """The part of the plan that holds raven0 and raven-wg0 (their peers, FDB and
+        neighbours): the tunnel namespace's when there is one, else the plan itself."""
+        return self.tunnel if self.tunnel is not None else self
+
     def to_json(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))

@@ -107,11 +107,17 @@ class PathManager:
                 log.info("path to %s: direct path kept from the previous agent", c.pool)
         return paths.plans(self.paths)
 
+    def _applied(self) -> Any:
+        """The applied plan's part that holds the WireGuard device (`NodeState.devices`: in a
+        tunnel namespace, that namespace's part; its role and pool are the node's)."""
+        state = self.agent.state
+        return state.devices() if state is not None else None
+
     # -- one tick ------------------------------------------------------------------------------
 
     def tick(self, now: float, wall: float) -> float:
         """One look at the device; returns the monotonic time of the next tick."""
-        state = self.agent.state
+        state = self._applied()
         if state is None or state.role != Role.ACTIVE_GATEWAY or state.wireguard is None:
             if self.paths:
                 if self.agent.probes is not None:
@@ -178,7 +184,7 @@ class PathManager:
         if probes is not None:  # probed from the apply below on, forgotten once not direct
             probes.set_direct(_direct_nodes(new, gateways), self.wake)
         self._set(new, now, wall)
-        self._nudge(self.agent.state)  # the state the path change just applied
+        self._nudge(self._applied())  # the state the path change just applied
         return self._renew_deadline(paths.next_deadline(self.paths, now, POLL,
                                                         self.settings.commit))
 
@@ -229,7 +235,7 @@ class PathManager:
                       time.monotonic() - started)
         # Written when a path or its relay changes, with the figures of that moment; never
         # for a figure alone (counters move on every tick).
-        compact = self._compact(self.agent.state)  # after the apply: its relays are current
+        compact = self._compact(self._applied())  # after the apply: its relays are current
         shape = {k: (str(v["path"]), str(v.get("via", "")), "rttMs" in v)
                  for k, v in compact.items()}
         if shape != self.published:
@@ -317,7 +323,7 @@ class PathManager:
                         "reason": path.reason})
         out += [{"pool": why.split(":", 1)[0], "mode": "relayed", "reason": why.split(": ", 1)[1]}
                 for why in self.why_relayed]
-        figures = self._compact(self.agent.state)
+        figures = self._compact(self._applied())
         for entry in out:  # the RTT and loss the status annotation would carry now
             entry.update({k: v for k, v in figures.get(entry["pool"], {}).items()
                           if k in ("rttMs", "loss", "via")})
@@ -328,7 +334,7 @@ class PathManager:
     def measure_relays(self) -> None:
         """RTT to each public pool's gateway (ICMP), smoothed; published on our Node when it
         changed enough to matter (raven.relay_choice decides the relay from it)."""
-        state = self.agent.state
+        state = self._applied()
         if state is None or state.role != Role.ACTIVE_GATEWAY:
             return
         gateways = self._parsed()

@@ -207,6 +207,10 @@ class AgentSettings:
     kube: KubeSettings = field(default_factory=KubeSettings)
     netns: str | None = _opt(None, "program this named network namespace instead of our own "
                              "(labs)")
+    tunnel_netns: str | None = _opt(
+        None, "EXPERIMENTAL, off by default: as an active gateway, keep raven0 and raven-wg0 "
+        "in this named network namespace, joined to the node's by a veth pair, so that no "
+        "policy rule is needed (docs/tunnel-namespace.md); needs CAP_SYS_ADMIN")
     wireguard_backend: str = _opt(DEFAULT_WIREGUARD_BACKEND, "WireGuard backend: "
                                   f"{', '.join(WIREGUARD_BACKENDS[:-1])} or "
                                   f"{WIREGUARD_BACKENDS[-1]}")
@@ -321,6 +325,9 @@ class LabSettings:
     controller_resync: float = default_of(ControllerSettings, "resync_period")
     agent_resync: float = default_of(AgentSettings, "resync_period")
     node_grace: float = DEFAULT_NODE_GRACE  # kubelet stand-in: NotReady after this long down
+    # EXPERIMENTAL: the agents keep an active gateway's tunnel devices in a namespace of their
+    # own, LAB.NODE-tun (docs/tunnel-namespace.md); off = the shipped shape.
+    tunnel_namespace: bool = False
     wait_timeout: float = 180.0  # up(): all pairs must answer within this
 
 

@@ -38,6 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     cleanup.add_argument("--state-dir", type=Path, default=default_of(AgentSettings, "state_dir"),
                          help=help_for(AgentSettings, "state_dir") + "; holds the wireguard-go "
                          "pid file")
+    cleanup.add_argument("--tunnel-netns", default=None, metavar="NAME",
+                         help="the tunnel namespace the agent ran with (--tunnel-netns): "
+                         "deleted with everything in it")
     cleanup.add_argument("--wireguard-run-dir", type=Path, default=None,
                          help=argparse.SUPPRESS)  # labs/tests that give wireguard-go its own dir
     cleanup.set_defaults(func=run_cleanup)
@@ -48,6 +51,7 @@ def run_cleanup(args: argparse.Namespace) -> int:
 
     try:
         settings = DataplaneSettings(netns=args.netns, state_dir=args.state_dir,
+                                     tunnel_netns=args.tunnel_netns,
                                      wireguard_run_dir=args.wireguard_run_dir)
         with Dataplane(settings) as dataplane:
             changes = dataplane.cleanup()
@@ -56,8 +60,9 @@ def run_cleanup(args: argparse.Namespace) -> int:
     from raven.failover import ProbeSettings
     from raven.healthprobe import responder
 
-    if responder.stop(args.state_dir, ProbeSettings().port):
-        changes = [*changes, "probe responder stopped"]
+    for pid_file in (responder.TUNNEL_PID_FILE, responder.PID_FILE):
+        if responder.stop(args.state_dir, ProbeSettings().port, pid_file):
+            changes = [*changes, f"probe responder stopped ({pid_file})"]
     for change in changes:
         print(change)
     print(f"cleanup: {len(changes)} objects removed" if changes

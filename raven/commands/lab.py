@@ -146,7 +146,9 @@ def cmd_up(args: argparse.Namespace) -> int:
                 if not args.network_only:
                     from raven.lab import cluster  # imports the Kubernetes client: only here
 
-                    cluster.up(plan, progress=progress, wait=not args.no_wait)
+                    settings = cluster.ClusterSettings(tunnel_namespace=args.tunnel_namespace)
+                    cluster.up(plan, progress=progress, wait=not args.no_wait,
+                               settings=settings)
                 print(plan.name, file=out, flush=True)
             except BaseException as exc:
                 if ours and not isinstance(exc, build.LabExists):
@@ -510,6 +512,10 @@ BUILD_VERBS = (
             help="only the network (namespaces, NAT, pods): no API server, controller or agents"),
         arg("--no-wait", action="store_true",
             help="start everything but do not wait until all pod pairs answer"),
+        arg("--tunnel-namespace", action="store_true",
+            help="EXPERIMENTAL, not the shipped shape: the agents keep an active gateway's "
+            "raven0 and raven-wg0 in a namespace of their own, LAB.NODE-tun, and need no "
+            "policy rule (docs/tunnel-namespace.md)"),
     )),
     Verb("plan", "print a topology's lab plan without building it", cmd_plan, (
         TOPOLOGY, LAB_NAME,

@@ -67,6 +67,7 @@ class Prober:
         self.settings = settings
         self.on_change = on_change
         self.netns = netns
+        self._home = netns
         self._lock = threading.Lock()
         self._slots: dict[Target, _Slot] = {}
         self._source: str | None = None
@@ -79,12 +80,16 @@ class Prober:
 
     # -- the agent's side --------------------------------------------------------------------
 
-    def set_targets(self, targets: Iterable[Target], source: str | None) -> None:
-        """Probe these targets from `source` (our VTEP address); health of kept targets stays."""
+    def set_targets(self, targets: Iterable[Target], source: str | None,
+                    netns: str | None = None) -> None:
+        """Probe these targets from `source` (our VTEP address) in namespace `netns` (where
+        the devices are: a tunnel namespace's, or the one given at start when None); health
+        of kept targets stays."""
         wanted = set(targets)
+        netns = netns or self._home
         with self._lock:
-            if source != self._source:
-                self._source = source
+            if source != self._source or netns != self.netns:
+                self._source, self.netns = source, netns
                 self._close_device_sockets()
             slots = {t: self._slots.get(t) or _Slot() for t in wanted}
             for t, slot in slots.items():

@@ -40,6 +40,10 @@ IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)  # Linux value; the name is missin
 _PKTINFO = struct.Struct("@i4s4s")  # struct in_pktinfo
 CLONE_NEWNET = 0x40000000
 PID_FILE = "probe-responder.pid"
+# The second responder, in the tunnel namespace of an active gateway (docs/tunnel-namespace.md):
+# the probes to its VTEP arrive there. Stopped when the plan loses that namespace, before the
+# agent could make the namespace again (it would keep the old one alive, empty, for nothing).
+TUNNEL_PID_FILE = "probe-responder-tunnel.pid"
 
 
 class _Claim:
@@ -129,7 +133,7 @@ def _answers(port: int, netns: str | None) -> bool:
 
 
 def ensure(state_dir: Path, port: int, netns: str | None = None,
-           forget_claim: bool = False) -> int | None:
+           forget_claim: bool = False, pid_file: str = PID_FILE) -> int | None:
     """Start the responder for `port` in namespace `netns` (a name; None = ours) unless one
     already answers there; returns the pid started (kept in the state directory, like
     wireguard-go's), or None when one was running. `forget_claim` (the agent's start): when a
@@ -149,13 +153,13 @@ def ensure(state_dir: Path, port: int, netns: str | None = None,
 
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
-    (state_dir / PID_FILE).write_text(f"{proc.pid}\n")
+    (state_dir / pid_file).write_text(f"{proc.pid}\n")
     return proc.pid
 
 
-def stop(state_dir: Path, port: int) -> bool:
+def stop(state_dir: Path, port: int, pid_file_name: str = PID_FILE) -> bool:
     """Stop the responder (`raven agent cleanup`); True when one was running."""
-    pid_file = state_dir / PID_FILE
+    pid_file = state_dir / pid_file_name
     try:
         pid = int(pid_file.read_text().strip())
     except (OSError, ValueError):

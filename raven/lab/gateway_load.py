@@ -43,7 +43,10 @@ MEMBER_ROUTES = (("table", str(_OVERLAY.vxlan_table)),
                  ("table", "main", "proto", str(constants.ROUTE_PROTOCOL)))
 TUNNEL_ROUTES = (("table", str(_OVERLAY.wireguard_table)),
                  ("table", "main", "proto", str(constants.ROUTE_PROTOCOL), "dev",
-                  _OVERLAY.wireguard_device))
+                  _OVERLAY.wireguard_device),
+                 # a gateway with a tunnel namespace (docs/tunnel-namespace.md): via its veth
+                 ("table", "main", "proto", str(constants.ROUTE_PROTOCOL), "dev",
+                  _OVERLAY.tunnel_veth))
 
 
 def _routes(lab: str, node: str, selectors: tuple[tuple[str, ...], ...],

@@ -75,8 +75,9 @@ class FakeProber:
         self.verdict: dict[tuple[str, str], Verdict] = {}
         self.replies: dict[tuple[str, str], int] = {}
 
-    def set_targets(self, targets: object, source: object) -> None:
+    def set_targets(self, targets: object, source: object, netns: object = None) -> None:
         self.targets = tuple(targets)  # type: ignore[call-overload]
+        self.netns = netns
 
     def verdicts(self) -> dict[tuple[str, str], Verdict]:
         return {(t.pool, t.node): self.verdict.get((t.pool, t.node), Verdict.UNKNOWN)

@@ -19,6 +19,7 @@ from collections.abc import Iterable
 
 from raven.dataplane import netns
 
+IP_FREEBIND = 15  # linux/in.h (not exported by Python's socket module)
 DISCARD_PORT = 9  # RFC 863: nobody should be listening, and nothing ever gets there anyway
 
 
@@ -38,6 +39,9 @@ class Nudger:
             with netns.entered(self.netns):
                 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self.mark)
+            # In a tunnel namespace the underlay address is not local: bind it anyway, so the
+            # datagram still carries it (and the far side's WireGuard still drops it).
+            sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
             with contextlib.suppress(OSError):
                 sock.bind((source, 0))
             self._sock, self._source = sock, source
