@@ -216,11 +216,14 @@ def mirror(overlay: str, twin: str, plan: LabPlan) -> dict[str, NodePlan]:
                         continue
                     kept: list[str] = []
                     skip = 0
-                    for word in words:  # drop the table and protocol: the main table, no owner
+                    for word in words:  # drop table, protocol, metric: main, no owner
                         if skip:
                             skip -= 1
                             continue
-                        if word in ("table", "proto"):
+                        # and the metric: ours in main carry 9027 (route_placement), and the
+                        # twin's must replace the lab's own route of the same prefix (metric
+                        # 0), as a gateway's delivery to its members does, not sit behind it
+                        if word in ("table", "proto", "metric"):
                             skip = 1
                             continue
                         kept.append(word)
@@ -319,9 +322,16 @@ def sysctls(lab: str, node: str) -> dict[str, str]:
               "grep -H . /proc/sys/net/ipv4/ip_forward /proc/sys/net/core/*mem* "
               "/proc/sys/net/ipv4/tcp_*mem 2>/dev/null; true")
     out = {}
-    for line in on(lab, node, "sh", "-c", script).splitlines():
-        path, _, value = line.partition(":")
-        out[path.removeprefix("/proc/sys/").replace("/", ".")] = value
+    where = device_netns(lab, node)
+    moved = (f".{constants.VXLAN_DEVICE}.", f".{constants.WIREGUARD_DEVICE}.")
+    for inside in (False, True) if where is not None else (False,):
+        # a tunnel namespace's devices: their settings are read there (all others here)
+        prefix = ["nsenter", f"--net=/run/netns/{where}", "--"] if inside else []
+        for line in on(lab, node, *prefix, "sh", "-c", script).splitlines():
+            path, _, value = line.partition(":")
+            key = path.removeprefix("/proc/sys/").replace("/", ".")
+            if inside == any(m in key for m in moved):
+                out[key] = value
     return out
 
 
