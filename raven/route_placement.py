@@ -39,7 +39,7 @@ from dataclasses import replace
 from functools import lru_cache
 
 from raven.constants import MAIN_ROUTE_METRIC, MAIN_TABLE
-from raven.desired import NodeState, Role, Route
+from raven.desired import NodeState, Role, Route, Rule
 from raven.settings import OverlaySettings
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -105,7 +105,14 @@ def place(state: NodeState, foreign: Sequence[str], options: OverlaySettings) ->
         return state
     moving = [r for r in state.routes if r.table == table]
     if not moving:
-        return state
+        # Nothing to route yet (the first plan of a node, before the remote pools are known):
+        # no rule either. One written now would keep the namespace in policy-routing mode for
+        # good, long after the routes arrived in main.
+        rules = tuple(r for r in state.rules if not _selectorless(r, table))
+        if rules == state.rules:
+            return state
+        return replace(state, rules=rules, notes=(*state.notes, (
+            f"node {state.node}: no routes to the remote pools yet, so no rule for them")))
     clashes = contested([r.dst for r in moving], foreign)
     if clashes:
         shown = ", ".join(f"{f} (ours {o})" for o, f in clashes[:3])
@@ -117,13 +124,16 @@ def place(state: NodeState, foreign: Sequence[str], options: OverlaySettings) ->
     # Same order as planned; only the table changes.
     routes = tuple(Route(r.dst, MAIN_TABLE, r.dev, r.gateway, r.mtu, r.src)
                    if r.table == table else r for r in state.routes)
-    rules = tuple(r for r in state.rules
-                  if not (r.table == table and not r.iif and not r.fwmark))
+    rules = tuple(r for r in state.rules if not _selectorless(r, table))
     kept = (f"; the rule for traffic from {options.wireguard_device} stays"
             if any(r.iif for r in rules) else "")
     return replace(state, routes=routes, rules=rules, notes=(*state.notes, (
         f"node {state.node}: routes to the remote pools in table main (metric "
         f"{MAIN_ROUTE_METRIC}), no rule for them: no other route in main covers them{kept}")))
+
+
+def _selectorless(rule: Rule, table: int) -> bool:
+    return rule.table == table and not rule.iif and not rule.fwmark
 
 
 __all__ = ["Cover", "contested", "place"]

@@ -135,6 +135,26 @@ def test_a_member_without_remote_routes_is_left_alone() -> None:
     assert place(bare, [], OPTIONS) is bare
 
 
+def test_a_first_plan_without_remote_routes_writes_no_rule() -> None:
+    """A node's first plan, before the remote pools are known (no routes yet), gets no rule:
+    one rule written once would keep its namespace in policy-routing mode for good, after its
+    routes went to main (seen in the lab: a member's first plan, 0 remote subnets, `rule add
+    lookup 9027`)."""
+    planned = plan_node([gateway(PoolSpec("cloud", (("c1", "192.0.2.1", "10.244.0.0/24"),
+                                                    ("c2", "192.0.2.2", "10.244.1.0/24"))))],
+                        "c2")
+    assert planned.role == Role.MEMBER and not planned.routes
+    assert [(r.table, r.iif) for r in planned.rules] == [(9027, "")]  # the planner's rule
+    placed = place(planned, [], OPTIONS)
+    assert placed.rules == ()
+    assert any("no routes to the remote pools yet" in n for n in placed.notes)
+    # an active gateway without remote pools alike
+    alone_gw = plan_node([gateway(PoolSpec("cloud", (("c1", "192.0.2.1", "10.244.0.0/24"),)))],
+                         "c1")
+    assert alone_gw.role == Role.ACTIVE_GATEWAY
+    assert place(alone_gw, [], OPTIONS).rules == ()
+
+
 def test_other_routes_and_rules_of_a_member_are_kept() -> None:
     """Only the member's table-9027 routes and its selector-less rule move: anything else the
     plan holds stays where it is."""
