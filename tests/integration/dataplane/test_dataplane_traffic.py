@@ -8,6 +8,9 @@ the pool's "CNI"), where the members' selector-less rule finds raven0 for its so
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import pytest
 from conftest import run
 from dp_states import WG_MTU, gateway, member
@@ -50,7 +53,20 @@ def wire(switch, node, ifname: str, address: str) -> None:
     node.ip("link", "set", ifname, "up")
 
 
-def test_pods_reach_a_remote_pool_through_vxlan_and_wireguard(make_node, wait) -> None:
+@dataclass
+class PoolLab:
+    """Pool A (members m1, m2 and gateway gwa on one bridge, a pod namespace behind each
+    member) and pool B's gateway gwb, joined to gwa by a WAN veth; see the module docstring."""
+
+    m1: Any
+    m2: Any
+    gwa: Any
+    gwb: Any
+    pods: dict
+    pod_ns: dict
+
+
+def pool_lab(make_node) -> PoolLab:
     switch, m1, m2, gwa, gwb = (make_node() for _ in range(5))
     switch.ip("link", "add", "br0", "type", "bridge")
     switch.ip("link", "set", "br0", "up")
@@ -78,6 +94,12 @@ def test_pods_reach_a_remote_pool_through_vxlan_and_wireguard(make_node, wait) -
     gwa.ip("route", "add", "10.1.2.0/24", "via", "192.0.2.2")
     # A foreign table masquerading everything that leaves the gateway (a CNI's or kube-proxy's).
     run("ip", "netns", "exec", gwa.ns, "nft", "-f", "-", input=MASQUERADE_ALL)
+    return PoolLab(m1, m2, gwa, gwb, pods, pod_ns)
+
+
+def test_pods_reach_a_remote_pool_through_vxlan_and_wireguard(make_node, wait) -> None:
+    lab = pool_lab(make_node)
+    m1, m2, gwa, gwb, pods, pod_ns = lab.m1, lab.m2, lab.gwa, lab.gwb, lab.pods, lab.pod_ns
     run("ip", "netns", "exec", gwb.ns, "nft", "-f", "-", input=COUNT_SOURCE)
 
     dps = {node: node.dataplane() for node in (m1, m2, gwa, gwb)}

@@ -17,7 +17,7 @@ from dataclasses import replace
 import pytest
 from conftest import run
 from dp_states import WG_MTU, gateway, member
-from test_dataplane_traffic import ICMP_IP_HEADERS, MASQUERADE_ALL, ping, pod, wire
+from test_dataplane_traffic import ICMP_IP_HEADERS, ping, pool_lab
 
 from raven import route_placement, tunnel_shape
 from raven.desired import WireGuardPeer
@@ -59,26 +59,8 @@ def tunnel_names() -> Iterator[list[str]]:
 
 def test_gateway_in_a_tunnel_namespace_carries_the_pool_without_any_rule(
         make_node, wait, tunnel_names) -> None:
-    switch, m1, m2, gwa, gwb = (make_node() for _ in range(5))
-    switch.ip("link", "add", "br0", "type", "bridge")
-    switch.ip("link", "set", "br0", "up")
-    for n, node in ((1, m1), (2, m2), (3, gwa)):
-        wire(switch, node, "u0", f"192.0.2.{n}/24")
-    gwa.ip("link", "add", "w0", "type", "veth", "peer", "name", "w0", "netns", gwb.ns)
-    for node, address in ((gwa, "198.51.100.1/24"), (gwb, "198.51.100.2/24")):
-        node.ip("addr", "add", address, "dev", "w0")
-        node.ip("link", "set", "w0", "up")
-    for node, dev in ((m1, "u0"), (m2, "u0"), (gwa, "w0"), (gwb, "w0")):
-        node.ip("route", "add", "default", "dev", dev)
-        node.exec("sysctl", "-qw", "net.ipv4.conf.all.rp_filter=1")
-    pods = {m1: "10.1.1.1", m2: "10.1.2.1", gwa: "10.1.0.1", gwb: "10.2.0.1"}
-    for node in (gwa, gwb):
-        node.ip("addr", "add", f"{pods[node]}/32", "dev", "lo")
-    pod_ns = {m1: pod(make_node, m1, pods[m1]), m2: pod(make_node, m2, pods[m2])}
-    gwa.ip("route", "add", "10.1.1.0/24", "via", "192.0.2.1")  # the pool's "CNI"
-    gwa.ip("route", "add", "10.1.2.0/24", "via", "192.0.2.2")
-    run("ip", "netns", "exec", gwa.ns, "nft", "-f", "-", input=MASQUERADE_ALL)
-
+    lab = pool_lab(make_node)
+    m1, m2, gwa, gwb, pods, pod_ns = lab.m1, lab.m2, lab.gwa, lab.gwb, lab.pods, lab.pod_ns
     tun = f"{gwa.ns}-tun"
     tunnel_names.append(tun)
     dps = {m1: m1.dataplane(), m2: m2.dataplane(), gwa: gwa.dataplane(tunnel_netns=tun),
