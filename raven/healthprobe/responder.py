@@ -115,6 +115,26 @@ def _alive(pid: int, port: int) -> bool:
     return Path(__file__).name.encode() in b" ".join(cmdline) and str(port).encode() in cmdline
 
 
+def _recorded(pid_file: Path, port: int, netns: str | None) -> bool:
+    """True when `pid_file` names a live responder of ours for `port` in namespace `netns`.
+    Asked before `_answers`: a responder started a moment ago may not have bound its port
+    yet, and a second one started then would fail to bind, exit, and leave its dead pid in
+    the file (so `stop` would find nothing to stop)."""
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return False
+    if not _alive(pid, port):
+        return False
+    from raven.dataplane.netns import netns_path  # only the agent asks
+
+    where = netns_path(netns) if netns else Path("/proc/self/ns/net")
+    try:
+        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(where).st_ino
+    except OSError:
+        return False
+
+
 def _answers(port: int, netns: str | None) -> bool:
     """True when a responder answers on `port` (asked over loopback in the namespace)."""
     from raven.dataplane.netns import entered  # only the agent asks; the script never does
@@ -139,6 +159,11 @@ def ensure(state_dir: Path, port: int, netns: str | None = None,
     wireguard-go's), or None when one was running. `forget_claim` (the agent's start): when a
     responder must be started, the node was down or is new, and what it claimed before is
     void: it must learn what its pool uses now before claiming anything (raven.pool_claims)."""
+    if _recorded(state_dir / pid_file, port, netns):
+        return None  # ours runs there (perhaps still binding its port)
+    # One recorded in another namespace (a tunnel namespace deleted meanwhile) would keep that
+    # namespace alive, serving nobody: stopped before another is started.
+    stop(state_dir, port, pid_file)
     if _answers(port, netns):
         return None
     argv = [sys.executable, "-I", "-S", str(Path(__file__).resolve()), "--port", str(port),

@@ -119,7 +119,7 @@ def _kill_node_processes(lab: str, node: NodePlan) -> int:
     if inode is None:
         return 0
     holder = runtime.process_pid(lab, node.name, runtime.HOLDER)
-    pids = [p for p in nsutil.pids_in({inode}) if p != holder]
+    pids = [p for p in nsutil.pids_in({inode}) if p != holder] + _strays(lab, holder)
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
@@ -132,6 +132,18 @@ def _kill_node_processes(lab: str, node: NodePlan) -> int:
             time.sleep(0.01)
     runtime.stop_process(lab, node.name, cluster.AGENT, timeout=0.5)  # drop the stale record
     return len(pids)
+
+
+def _strays(lab: str, holder: int | None) -> list[int]:
+    """Processes of the node's mount namespace in a network namespace the lab does not name:
+    its agent's tunnel namespace (docs/tunnel-namespace.md), where a probe responder runs."""
+    mount = nsutil.ns_inode(holder, "mnt") if holder is not None else None
+    if mount is None:
+        return []
+    known = {i for i in map(nsutil.netns_inode, runtime.load_plan(lab).netns_names())
+             if i is not None}
+    return [p for p in nsutil.pids_in({mount}, "mnt")
+            if p != holder and nsutil.ns_inode(p) not in known]
 
 
 def _port(pool: PoolPlan, node: NodePlan, state: str) -> None:
@@ -176,6 +188,10 @@ def _lab_wiring(pool: PoolPlan, node: NodePlan) -> list[str]:
 
 def wipe_node(plan: LabPlan, pool: PoolPlan, node: NodePlan) -> None:
     """Power-cycle the node's kernel state, keeping only the lab's underlay and pod wiring."""
+    # The agent's tunnel namespace (docs/tunnel-namespace.md), named inside the node's mount
+    # namespace only, goes with a reboot, and the devices moved into it with it.
+    nsutil.delete_netns_inside(runtime.node_exec_argv(plan.name, node.name),
+                               cluster.tunnel_netns(plan.name, node.name))
     keep = {"lo", "eth0", *(p.node_ifname for p in node.pods)}
     lines = [f"link del {link['ifname']}" for link in nsutil.ip_json(node.netns, "link", "show")
              if link.get("ifname") not in keep]

@@ -152,19 +152,42 @@ def netns_inode(netns: str) -> int | None:
         return None
 
 
-def pids_in(inodes: set[int]) -> list[int]:
-    """Pids of every process whose network namespace is one of `inodes`."""
+def pids_in(inodes: set[int], kind: str = "net") -> list[int]:
+    """Pids of every process whose namespace of `kind` ("net", "mnt") is one of `inodes`."""
     found = []
     me = os.getpid()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
         try:
-            if os.stat(entry / "ns" / "net").st_ino in inodes:
+            if os.stat(entry / "ns" / kind).st_ino in inodes:
                 found.append(int(entry.name))
         except OSError:
             continue
     return found
+
+
+def delete_netns_inside(prefix: list[str], name: str) -> None:
+    """`ip netns del NAME` behind `prefix` (a lab host's: its mount namespace, where an agent
+    named its tunnel namespace); nothing when there is none."""
+    run([*prefix, "ip", "netns", "del", name], check=False)
+
+
+def ns_inode(pid: int, kind: str = "net") -> int | None:
+    """The inode of process `pid`'s namespace of `kind`; None when it is gone."""
+    try:
+        return os.stat(f"/proc/{pid}/ns/{kind}").st_ino
+    except OSError:
+        return None
+
+
+def private_mounts_of(pids: list[int]) -> set[int]:
+    """The mount namespaces of `pids` other than ours: the lab hosts' private ones. A process
+    there may sit in a network namespace the host cannot name (an agent's tunnel namespace,
+    named inside the host's mount namespace only), so finding a lab's processes by their
+    network namespaces alone misses it."""
+    ours = ns_inode(os.getpid(), "mnt")
+    return {i for i in (ns_inode(p, "mnt") for p in pids) if i is not None and i != ours}
 
 
 # --- sysctl and nftables ----------------------------------------------------------------------

@@ -81,8 +81,11 @@ def _kill_inside(namespaces: list[str], grace: float = 2.0) -> None:
     inodes = {i for i in map(nsutil.netns_inode, namespaces) if i is not None}
     if not inodes:
         return
+    # and every process of the lab hosts' mount namespaces (an agent's tunnel-namespace probe
+    # responder is in none of the lab's network namespaces)
+    mounts = nsutil.private_mounts_of(nsutil.pids_in(inodes))
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
-        pids = nsutil.pids_in(inodes)
+        pids = sorted(set(nsutil.pids_in(inodes)) | set(nsutil.pids_in(mounts, "mnt")))
         if not pids:
             return
         for pid in pids:

@@ -16,10 +16,10 @@ subnets into the tunnel: `raven.lab.gateway_load.carries_itself`) and must agree
 agent's status file and the Gateway's status. ICMP between all pod pairs (`ping_all`) is the
 traffic oracle. No wall-clock thresholds: bounded polling only; durations are printed.
 
-Known product bug, reported as an xfail at the very end once every other check passed: the
-probe responder the agent starts in the tunnel namespace outlives it (a standby keeps it,
-holding its unmounted namespace alive; `raven lab down` leaves it running in the node's mount
-namespace). The test ends such processes itself, by pid, so that no run leaves one behind.
+The probe responder the agent starts in the tunnel namespace must go with it: stopped by the
+agent when its plan loses the namespace (a standby keeping it would hold the unmounted
+namespace alive), ended by `raven lab down` and by a node's power-off with the lab's other
+processes. Whatever a failed run leaves is ended by the test, by pid, so no run leaves one.
 """
 
 from __future__ import annotations
@@ -350,12 +350,10 @@ def test_tunnel_namespace_gateways_and_a_failover(lab: TunnelLab) -> None:
     assert not [n for n in nsutil.list_netns() if n.startswith(plan.name + ".")]
     lab.leaked.update(end_processes(lab.mounts))  # a leak, ended here so that none stays
     assert_no_trace(plan.name, processes)
-    if stale or lab.leaked:
-        pytest.xfail(
-            "known product bug (probe responders of the tunnel namespace outlive it): "
-            f"still running in {old}'s unmounted tunnel namespace after it became a standby: "
-            f"{stale}; left running by `lab down` in the lab's mount namespaces (ended by the "
-            f"test): {lab.leaked}")
+    # The probe responder of a tunnel namespace goes with it (the agent stops it when its plan
+    # loses the namespace), and `lab down` ends every process of the lab's hosts.
+    assert not stale, f"still running in {old}'s unmounted tunnel namespace: {stale}"
+    assert not lab.leaked, f"left running by `lab down` in the lab's mount namespaces: {lab.leaked}"
 
 
 def lab_cmdline(pid: int) -> str:
