@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raven import constants
-from raven.lab import runtime
+from raven.lab import cluster, runtime
 from raven.lab.gateway_load import TUNNEL_ROUTES
 from raven.lab.plan import LabPlan, NodePlan
 
@@ -74,7 +74,7 @@ def device_netns(lab: str, node: str) -> str | None:
     a tunnel namespace (docs/tunnel-namespace.md, `raven lab up --tunnel-namespace`), None when
     they are in the node's own. The agent names it inside the node's mount namespace (as a pod
     would without Bidirectional propagation of /var/run/netns), so it is looked up there."""
-    tunnel = f"{lab}.{node}-tun"
+    tunnel = cluster.tunnel_netns(lab, node)
     found = on(lab, node, "sh", "-c", f'[ "$(stat -f -c %T /run/netns/{tunnel} 2>/dev/null)" '
                f'= nsfs ] && echo yes || true').strip()
     return tunnel if found == "yes" else None

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from raven import failover, pool_claims
 from raven.desired import NodeState
+from raven.errors import DataplaneError
 from raven.model import Gateway
 from raven.settings import AgentSettings
 from raven.topology import vtep_for
@@ -61,6 +62,7 @@ class ProbeFailover:
         self._direct_only: frozenset[tuple[str, str]] = frozenset()
         self._last: tuple[list[Gateway], NodeState] | None = None
         self.wake_on_change: list[threading.Event] = []  # also set when a verdict changes
+        self._responder_lock = threading.Lock()
 
     @classmethod
     def start(cls, settings: AgentSettings, on_change: Callable[[], None]) -> ProbeFailover:
@@ -157,12 +159,13 @@ class ProbeFailover:
 
         s = self.settings
         try:
-            if tunnel is not None:
-                responder.ensure(s.state_dir, s.probe.port, tunnel,
-                                 pid_file=responder.TUNNEL_PID_FILE)
-            elif (s.state_dir / responder.TUNNEL_PID_FILE).exists():
-                responder.stop(s.state_dir, s.probe.port, responder.TUNNEL_PID_FILE)
-        except OSError as exc:
+            with self._responder_lock:  # retarget runs on the main and the path threads
+                if tunnel is not None:
+                    responder.ensure(s.state_dir, s.probe.port, tunnel,
+                                     pid_file=responder.TUNNEL_PID_FILE)
+                elif (s.state_dir / responder.TUNNEL_PID_FILE).exists():
+                    responder.stop(s.state_dir, s.probe.port, responder.TUNNEL_PID_FILE)
+        except (OSError, DataplaneError) as exc:
             log.warning("probe responder in the tunnel namespace: %s", exc)
 
     def set_direct(self, direct: dict[str, str], wake: threading.Event | None = None) -> None:

@@ -119,8 +119,8 @@ class OverlaySettings:
     wireguard_overhead: int = constants.WIREGUARD_OVERHEAD
     underlay_mtu: int = _opt(constants.DEFAULT_UNDERLAY_MTU, "MTU of the node's underlay link")
     keepalive: int = constants.DEFAULT_KEEPALIVE_SECONDS
-    # The tunnel-namespace shape of active gateways (docs/tunnel-namespace.md): planned only,
-    # not yet applied by the data plane, so no flag sets it (off = today's shape).
+    # The tunnel-namespace shape of active gateways (docs/tunnel-namespace.md), experimental:
+    # the agent sets it from its --tunnel-netns (off = the shipped shape).
     tunnel_namespace: bool = False
     tunnel_veth: str = constants.TUNNEL_VETH
     tunnel_veth_peer: str = constants.TUNNEL_VETH_PEER

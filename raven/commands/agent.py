@@ -48,7 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_cleanup(args: argparse.Namespace) -> int:
     from raven.dataplane import Dataplane, DataplaneError, DataplaneSettings
+    from raven.failover import ProbeSettings
+    from raven.healthprobe import responder
 
+    # The responders first: one in the tunnel namespace would keep it alive, unnamed.
+    stopped = [f"probe responder stopped ({pid_file})"
+               for pid_file in (responder.TUNNEL_PID_FILE, responder.PID_FILE)
+               if responder.stop(args.state_dir, ProbeSettings().port, pid_file)]
     try:
         settings = DataplaneSettings(netns=args.netns, state_dir=args.state_dir,
                                      tunnel_netns=args.tunnel_netns,
@@ -57,12 +63,7 @@ def run_cleanup(args: argparse.Namespace) -> int:
             changes = dataplane.cleanup()
     except DataplaneError as exc:
         raise CommandError(f"agent cleanup: {exc}") from exc
-    from raven.failover import ProbeSettings
-    from raven.healthprobe import responder
-
-    for pid_file in (responder.TUNNEL_PID_FILE, responder.PID_FILE):
-        if responder.stop(args.state_dir, ProbeSettings().port, pid_file):
-            changes = [*changes, f"probe responder stopped ({pid_file})"]
+    changes = [*stopped, *changes]
     for change in changes:
         print(change)
     print(f"cleanup: {len(changes)} objects removed" if changes

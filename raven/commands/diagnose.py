@@ -94,7 +94,7 @@ def explain(agent: dict[str, Any], gateways: list[dict[str, Any]], node: dict[st
             say("nat", "warn", f"pool {pool} is behind NAT and no public gateway has reported "
                 "its mapped address yet: no direct path can be tried")
     plan = agent.get("plan") or {}
-    wg = plan.get("wireguard") or {}
+    wg = status_cmd.plan_devices(plan).get("wireguard") or {}
     pools_of = {p.get("public_key"): p.get("pool") for p in wg.get("peers") or []}
     probing = {p.get("public_key") for p in wg.get("peers") or []
                if "allowed_ips" in p and not p["allowed_ips"]}

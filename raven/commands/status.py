@@ -136,9 +136,12 @@ def render(report: dict[str, Any]) -> str:
                if report.get("inputsAge") is not None else ""),
         ]
         plan = agent.get("plan") or {}
-        lines.append(f"planned:        {len(plan.get('routes') or [])} routes, "
-                     f"{len(plan.get('rules') or [])} rules, {len(plan.get('fdb') or [])} fdb, "
-                     f"{len((plan.get('wireguard') or {}).get('peers') or [])} peers, "
+        devices = plan_devices(plan)
+        routes = len(plan.get("routes") or []) + (
+            len(devices.get("routes") or []) if devices is not plan else 0)
+        lines.append(f"planned:        {routes} routes, "
+                     f"{len(plan.get('rules') or [])} rules, {len(devices.get('fdb') or [])} fdb, "
+                     f"{len((devices.get('wireguard') or {}).get('peers') or [])} peers, "
                      f"{len((plan.get('firewall') or {}).get('remote_subnets') or [])} "
                      "remote subnets in the set")
         for note in plan.get("notes") or []:
@@ -195,9 +198,16 @@ def _paths(agent: dict[str, Any], peers: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def plan_devices(plan: dict[str, Any]) -> dict[str, Any]:
+    """The part of a plan (as JSON) that holds raven0 and raven-wg0: its tunnel namespace's
+    when it has one (docs/tunnel-namespace.md; `NodeState.devices`), else the plan itself."""
+    tunnel = plan.get("tunnel")
+    return tunnel if isinstance(tunnel, dict) else plan
+
+
 def relays(agent: dict[str, Any]) -> dict[str, str]:
     """{remote pool: the pool whose gateway relays its traffic} from the applied plan."""
-    wireguard = (agent.get("plan") or {}).get("wireguard") or {}
+    wireguard = plan_devices(agent.get("plan") or {}).get("wireguard") or {}
     out = {}
     for peer in wireguard.get("peers") or []:
         if isinstance(peer, dict):
@@ -209,7 +219,7 @@ def relays(agent: dict[str, Any]) -> dict[str, str]:
 def live_endpoint(pool: str, agent: dict[str, Any], peers: list[dict[str, Any]]) -> str | None:
     """The endpoint the kernel's WireGuard peer of `pool` (its direct or probe peer) talks to
     now: WireGuard follows the far side wherever its packets come from."""
-    wireguard = (agent.get("plan") or {}).get("wireguard") or {}
+    wireguard = plan_devices(agent.get("plan") or {}).get("wireguard") or {}
     keys = {p.get("public_key") for p in wireguard.get("peers") or []
             if isinstance(p, dict) and p.get("pool") == pool}
     return next((str(p["endpoint"]) for p in peers

@@ -51,7 +51,7 @@ from raven.dataplane.firewall import collapse
 from raven.dataplane.links import Links
 from raven.dataplane.netlink import NETLINK_ROUTE, NetlinkSocket
 from raven.dataplane.settings import ApplyResult, DataplaneSettings, DataplaneStatus, PeerStatus
-from raven.dataplane.tunnel import TunnelNamespace
+from raven.dataplane.tunnel import TunnelNamespace, watched_devices
 from raven.dataplane.wireguard.device import WireGuardApplier
 from raven.dataplane.wireguard.model import LivePeer
 from raven.desired import NodeState, Role
@@ -98,7 +98,8 @@ class Dataplane:
                 netns_name=settings.netns, own_ports=self._own_ports, devices=self._devices,
                 tables=lambda: set(self._tables(self._last)), inside_ours=self._inside_ours)
             self._closers.append(self._events.close)
-            self._tunnel = TunnelNamespace.of(settings, self.links, Dataplane, self._closers)
+            self._tunnel = None if birth else TunnelNamespace.of(settings, self.links, Dataplane,
+                                                                 self._closers)
         except BaseException:
             self._close_all()
             raise
@@ -111,8 +112,7 @@ class Dataplane:
         return {self.nl.port_id}
 
     def _devices(self) -> set[str]:
-        veth = {self.overlay.tunnel_veth} if self.settings.tunnel_netns else set()
-        return {self.overlay.vxlan_device, self.overlay.wireguard_device, *veth}
+        return watched_devices(self.overlay, self.settings, inner=self.vxlan.birth is not None)
 
     # --- lifecycle -------------------------------------------------------------------------
 

@@ -14,13 +14,19 @@ Rules kept:
   the namespace (the veth pair goes with its peer);
 - a namespace left by an earlier run of the agent is adopted, never made again: the inner data
   plane is opened on it at start, so a restart moves nothing and renumbers nothing;
-- made and deleted only here, by name (`DataplaneSettings.tunnel_netns`).
+- made and deleted only here, by name (`DataplaneSettings.tunnel_netns`); the name in use is
+  recorded in the state directory, so an agent started without it (the switch turned off), or
+  `raven agent cleanup` without `--tunnel-netns`, still takes the namespace down;
+- a name that no longer names the namespace held open (deleted or made again by someone
+  else) makes the next apply tear down what is held and start again.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from raven.dataplane import netns
@@ -28,8 +34,9 @@ from raven.dataplane.appliers import Pass, Scope
 from raven.dataplane.appliers.veth import VethApplier
 from raven.dataplane.errors import DataplaneError
 from raven.dataplane.links import Links
-from raven.dataplane.settings import ApplyResult, DataplaneSettings, DataplaneStatus
+from raven.dataplane.settings import DataplaneSettings, DataplaneStatus
 from raven.desired import NodeState
+from raven.settings import OverlaySettings
 
 if TYPE_CHECKING:
     from raven.dataplane.dataplane import Dataplane
@@ -41,6 +48,8 @@ class TunnelNamespace:
     def __init__(self, settings: DataplaneSettings, node_links: Links, factory: Factory) -> None:
         assert settings.tunnel_netns is not None
         self.name: str = settings.tunnel_netns
+        self._record = settings.state_dir / RECORD_FILE
+        self._inode: int | None = None  # of the namespace the inner data plane holds
         self._settings = replace(settings, netns=self.name, tunnel_netns=None)
         self._node_links = node_links
         self._factory = factory
@@ -54,10 +63,18 @@ class TunnelNamespace:
     @classmethod
     def of(cls, settings: DataplaneSettings, node_links: Links, factory: Factory,
            closers: list[Callable[[], None]]) -> TunnelNamespace | None:
-        """The node data plane's tunnel namespace, None without a name for one."""
-        if not settings.tunnel_netns:
+        """The node data plane's tunnel namespace: the one its settings name, or the one an
+        earlier run recorded (the switch since turned off: its devices must come back out
+        through a teardown, or the node's new raven0 would find the VNI taken); None when
+        there is neither."""
+        recorded = recorded_name(settings.state_dir)
+        if recorded and settings.tunnel_netns and recorded != settings.tunnel_netns:
+            renamed = cls(replace(settings, tunnel_netns=recorded), node_links, factory)
+            renamed.teardown()  # the namespace of another name, from before
+        name = settings.tunnel_netns or recorded_name(settings.state_dir)
+        if not name:
             return None
-        made = cls(settings, node_links, factory)
+        made = cls(replace(settings, tunnel_netns=name), node_links, factory)
         closers.append(made.close)
         return made
 
@@ -73,6 +90,9 @@ class TunnelNamespace:
 
     def _open(self) -> Dataplane:
         if self.inner is None:
+            self._record.parent.mkdir(parents=True, exist_ok=True)
+            self._record.write_text(self.name + "\n")
+            self._inode = _inode(self.name)
             self.inner = self._factory(self._settings, self._node_links)
             if self._drift is not None:
                 self.inner.watch_drift(self._drift)
@@ -88,11 +108,16 @@ class TunnelNamespace:
         if self.inner is not None:
             self.inner.watch_drift(callback)
 
-    def in_use(self) -> bool:
-        return self.inner is not None
+    def _replaced(self) -> bool:
+        """The name no longer names the namespace we hold open (deleted, or made again by
+        someone else): what we hold must go, or raven0 keeps the VNI taken in the node's."""
+        return self.inner is not None and _inode(self.name) != self._inode
 
     def step(self, state: NodeState, p: Pass) -> None:
         """The tunnel's part of one reconcile of the node's plan, before the node's appliers."""
+        if self._replaced() and p.take(_Always(), (
+                f"tunnel namespace {self.name}: deleted or replaced under us; made again",)):
+            p.writes += len(self.teardown())
         if state.tunnel is None:
             present = self.inner is not None or netns.exists(self.name)
             if present and p.take(_Always(), (f"tunnel namespace {self.name}: delete",)):
@@ -115,9 +140,6 @@ class TunnelNamespace:
     def observe(self) -> DataplaneStatus | None:
         return self.inner.observe() if self.inner is not None else None
 
-    def repair(self) -> ApplyResult | None:
-        return self.inner.repair() if self.inner is not None else None
-
     def teardown(self) -> list[str]:
         """Everything of the tunnel namespace gone: what was removed."""
         lines: list[str] = []
@@ -126,7 +148,35 @@ class TunnelNamespace:
             self.close()
         if netns.delete(self.name):
             lines.append(f"delete network namespace {self.name}")
+        if recorded_name(self._record.parent) == self.name:
+            self._record.unlink(missing_ok=True)
         return lines + self.veth.remove(Scope((), {}))  # gone with its peer, unless stray
+
+
+RECORD_FILE = "tunnel-netns"  # in the state directory: the name of the namespace in use
+
+
+def watched_devices(overlay: OverlaySettings, settings: DataplaneSettings, *,
+                    inner: bool) -> set[str]:
+    """The devices a data plane's drift monitor watches: ours, and the end of the veth pair in
+    its namespace (the node's end where a tunnel namespace is named, the far end inside it)."""
+    veth = {overlay.tunnel_veth} if settings.tunnel_netns else (
+        {overlay.tunnel_veth_peer} if inner else set())
+    return {overlay.vxlan_device, overlay.wireguard_device, *veth}
+
+
+def _inode(name: str) -> int | None:
+    try:
+        return os.stat(netns.netns_path(name)).st_ino
+    except OSError:
+        return None
+
+
+def recorded_name(state_dir: Path) -> str | None:
+    try:
+        return (state_dir / RECORD_FILE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 class _Always:

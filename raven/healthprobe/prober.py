@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from raven import failover
+from raven.errors import DataplaneError
 from raven.failover import Health, ProbeSettings, Target, Verdict
 from raven.healthprobe import wire
 from raven.pool_claims import Claim, parse_advert
@@ -168,7 +169,8 @@ class Prober:
 
         try:
             sock = self._in_netns(make)
-        except OSError as exc:  # device or address not there yet: the next apply brings them
+        except (OSError, DataplaneError) as exc:  # device, address or namespace not there
+            # yet (or gone): the next apply brings them, or retargets
             self._sock_failed[device] = now
             log.debug("probe socket on %s from %s: %s", device, source, exc)
             return None

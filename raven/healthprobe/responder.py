@@ -115,6 +115,12 @@ def _alive(pid: int, port: int) -> bool:
     return Path(__file__).name.encode() in b" ".join(cmdline) and str(port).encode() in cmdline
 
 
+def _named(netns: str) -> bool:
+    from raven.dataplane import netns as namespaces  # only the agent asks
+
+    return namespaces.exists(netns)
+
+
 def _recorded(pid_file: Path, port: int, netns: str | None) -> bool:
     """True when `pid_file` names a live responder of ours for `port` in namespace `netns`.
     Asked before `_answers`: a responder started a moment ago may not have bound its port
@@ -130,9 +136,16 @@ def _recorded(pid_file: Path, port: int, netns: str | None) -> bool:
 
     where = netns_path(netns) if netns else Path("/proc/self/ns/net")
     try:
-        return os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(where).st_ino
+        theirs = os.stat(f"/proc/{pid}/ns/net").st_ino
+        if theirs == os.stat(where).st_ino:
+            return True
+        # Started for that namespace a moment ago and not in it yet (it enters it itself,
+        # once Python is up): still ours, not to be replaced.
+        starting = theirs == os.stat("/proc/self/ns/net").st_ino
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
+    return bool(netns) and starting and str(where).encode() in cmdline
 
 
 def _answers(port: int, netns: str | None) -> bool:
@@ -159,6 +172,8 @@ def ensure(state_dir: Path, port: int, netns: str | None = None,
     wireguard-go's), or None when one was running. `forget_claim` (the agent's start): when a
     responder must be started, the node was down or is new, and what it claimed before is
     void: it must learn what its pool uses now before claiming anything (raven.pool_claims)."""
+    if netns and not _named(netns):
+        return None  # no such namespace (any more): nothing to serve there
     if _recorded(state_dir / pid_file, port, netns):
         return None  # ours runs there (perhaps still binding its port)
     # One recorded in another namespace (a tunnel namespace deleted meanwhile) would keep that

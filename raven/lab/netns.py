@@ -186,8 +186,8 @@ def private_mounts_of(pids: list[int]) -> set[int]:
     there may sit in a network namespace the host cannot name (an agent's tunnel namespace,
     named inside the host's mount namespace only), so finding a lab's processes by their
     network namespaces alone misses it."""
-    ours = ns_inode(os.getpid(), "mnt")
-    return {i for i in (ns_inode(p, "mnt") for p in pids) if i is not None and i != ours}
+    hosts = {ns_inode(os.getpid(), "mnt"), ns_inode(1, "mnt")}  # ours and the machine's
+    return {i for i in (ns_inode(p, "mnt") for p in pids) if i is not None and i not in hosts}
 
 
 # --- sysctl and nftables ----------------------------------------------------------------------

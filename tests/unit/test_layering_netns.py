@@ -30,10 +30,12 @@ NETNS_MODULE = "raven.dataplane.netns"
 DATA_PLANE = "raven/dataplane/"
 # Importers of raven.dataplane.netns outside the data plane, and why.
 NETNS_IMPORTERS = {
-    "raven/healthprobe/prober.py": "opens each probe socket bound to its device in the agent's "
-    "namespace (labs and tests run an agent in another one)",
+    "raven/healthprobe/prober.py": "opens each probe socket bound to its device in the namespace "
+    "that holds it: the agent's (labs and tests run an agent in another one) or its tunnel "
+    "namespace (docs/tunnel-namespace.md)",
     "raven/healthprobe/responder.py": "the agent's side asks the responder over loopback in the "
-    "agent's namespace and hands its path to the responder it starts",
+    "namespace it serves (the agent's or its tunnel namespace), checks that namespace exists, "
+    "and hands its path to the responder it starts",
 }
 # Callers of setns(2) other than raven.dataplane.netns, and why they cannot use it.
 SETNS_CALLERS = {

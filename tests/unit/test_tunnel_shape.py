@@ -10,7 +10,7 @@ import pytest
 from raven import route_placement
 from raven.desired import Role, Route
 from raven.topology import PlanOptions, plan_node, vtep_for
-from raven.tunnel_shape import veth_pair
+from raven.tunnel_shape import shape, veth_pair
 from tests.unit.test_topology import PoolSpec, gateway, three_pools
 
 ON = replace(PlanOptions(), tunnel_namespace=True)
@@ -29,11 +29,13 @@ def ipv6_pools() -> list:
 
 @pytest.mark.parametrize("node", ["c1", "c2", "h1", "h2", "s1"])
 def test_switch_off_plans_are_todays(node: str) -> None:
-    """Off by default, and off means the plan of every role is the one without the module."""
+    """Off by default, and off means the module leaves the plan of every role as it is (the
+    very object), and a plan the planner makes has no tunnel part."""
     assert PlanOptions().tunnel_namespace is False
     plain = plan_node(three_pools(), node)
     assert plain.tunnel is None and plain.veth is None
-    assert plan_node(three_pools(), node, replace(PlanOptions(), tunnel_namespace=False)) == plain
+    assert shape(plain, PlanOptions()) is plain
+    assert shape(plain, ON) is plain or plain.role is Role.ACTIVE_GATEWAY
 
 
 @pytest.mark.parametrize("node", ["c2", "h2"])
@@ -86,11 +88,19 @@ def test_gateway_tunnel_part_holds_the_devices_and_routes_without_a_rule() -> No
 
 
 def test_gateway_without_members_is_shaped_too() -> None:
-    """The shape follows the role, not the member count: a member joining or leaving must not
-    move devices between namespaces."""
-    state = plan_node(three_pools(), "s1", ON)
-    assert state.tunnel is not None and state.veth is not None
-    assert [r.dev for r in state.tunnel.routes if r.dev == "raven0"] == []
+    """The shape follows the role, not the member count: the last member leaving (or the
+    first joining) changes routes inside the tunnel namespace, never where the devices are."""
+    with_member = plan_node(three_pools(), "c1", ON)
+    pools = three_pools()
+    pools[0] = gateway(PoolSpec("cloud", (("c1", "192.0.2.1", "10.244.0.0/24"),),
+                                public_ip="203.0.113.1"))
+    alone = plan_node(pools, "c1", ON)
+    for state in (with_member, alone):
+        assert state.tunnel is not None and state.veth == with_member.veth
+        assert state.tunnel.vxlan == with_member.tunnel.vxlan
+        assert state.vxlan is None and state.wireguard is None
+    assert [r for r in alone.tunnel.routes if r.dev == "raven0"] == []
+    assert [r for r in with_member.tunnel.routes if r.dev == "raven0"] != []
 
 
 def test_placement_moves_the_node_routes_to_main_and_leaves_no_rule() -> None:

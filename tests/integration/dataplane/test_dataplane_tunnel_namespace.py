@@ -153,3 +153,56 @@ def test_a_restarted_data_plane_adopts_the_tunnel_namespace(make_node, tunnel_na
     again.cleanup()
     assert tun not in namespaces()
     assert link_in(node.ns, "raven-tun0") is None
+
+
+def underlay_node(make_node):
+    node = make_node()
+    node.ip("link", "add", "u0", "type", "veth", "peer", "name", "u1")
+    node.ip("addr", "add", "192.0.2.3/24", "dev", "u0")
+    node.ip("link", "set", "u0", "up")
+    return node
+
+
+def test_switch_turned_off_takes_the_namespace_down(make_node, tunnel_names) -> None:
+    """An agent started without the tunnel namespace's name (the switch turned off) finds the
+    name the last run recorded and takes that namespace down before it makes raven0 in the
+    node's own: else the moved raven0 would keep the VNI taken there."""
+    node = underlay_node(make_node)
+    tun = f"{node.ns}-tun"
+    tunnel_names.append(tun)
+    plain = gateway(3, members=(1,), deliver={1: "10.1.1.0/24"}, peers=())
+    first = node.dataplane(tunnel_netns=tun)
+    first.apply(tunnel_shape.shape(plain, ON))
+    first.close()
+    assert tun in namespaces()
+    off = node.dataplane()  # no tunnel_netns
+    off.apply(plain)
+    assert tun not in namespaces()
+    assert link_in(node.ns, "raven0") is not None and link_in(node.ns, "raven-wg0") is not None
+    assert "link_netnsid" not in link_in(node.ns, "raven0")  # made here, not a moved one
+    assert off.apply(plain).writes == 0
+
+
+def test_cleanup_without_the_name_and_a_namespace_deleted_under_us(make_node,
+                                                                    tunnel_names) -> None:
+    node = underlay_node(make_node)
+    tun = f"{node.ns}-tun"
+    tunnel_names.append(tun)
+    state = tunnel_shape.shape(gateway(3, members=(1,), deliver={1: "10.1.1.0/24"},
+                                       peers=()), ON)
+    dp = node.dataplane(tunnel_netns=tun)
+    dp.apply(state)
+    # Someone deletes the name: the next apply tears down what it held (raven0 kept the VNI
+    # taken in the node's namespace) and makes everything again.
+    run("ip", "netns", "del", tun)
+    assert dp.apply(state).writes > 0
+    assert tun in namespaces() and link_in(tun, "raven0") is not None
+    assert "link_netnsid" in link_in(tun, "raven0")
+    assert dp.apply(state).writes == 0
+    dp.close()
+    # `raven agent cleanup` without --tunnel-netns: the recorded name is enough.
+    with node.dataplane() as plain:
+        removed = plain.cleanup()
+    assert tun not in namespaces()
+    assert any("delete network namespace" in line for line in removed)
+    assert link_in(node.ns, "raven-tun0") is None and link_in(node.ns, "raven0") is None
