@@ -51,3 +51,16 @@ def test_prober_follows_the_devices_into_the_tunnel_namespace() -> None:
     assert prober._socks == {} and open_one.fileno() == -1  # closed: it belongs to the old one
     prober.set_targets([target], "127.0.0.1")  # the plan lost its tunnel part
     assert prober.netns is None
+
+
+def test_status_reads_the_devices_from_the_tunnel_part() -> None:
+    """`raven status` and `raven diagnose` read an applied plan from the agent's status file
+    (JSON): with a tunnel part, the peers and their relays are found there, not at the top."""
+    from raven.commands import status
+
+    shaped = plan_node(three_pools(), "c1", ON).to_json()
+    plain = plan_node(three_pools(), "c1").to_json()
+    assert shaped["wireguard"] is None  # what the commands used to read: no peers
+    assert status.plan_devices(shaped)["wireguard"] == plain["wireguard"]
+    assert status.plan_devices(plain) is plain
+    assert status.relays({"plan": shaped}) == status.relays({"plan": plain})
