@@ -29,6 +29,7 @@ reference shares no code with the system under test.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -69,11 +70,13 @@ def links(lab: str, node: str) -> dict[str, dict]:
     return {link["ifname"]: link for link in json.loads(on(lab, node, "ip", "-d", "-j", "link"))}
 
 
+@functools.cache
 def device_netns(lab: str, node: str) -> str | None:
     """The namespace that holds the node's raven0 and raven-wg0 when the overlay keeps them in
     a tunnel namespace (docs/tunnel-namespace.md, `raven lab up --tunnel-namespace`), None when
     they are in the node's own. The agent names it inside the node's mount namespace (as a pod
-    would without Bidirectional propagation of /var/run/netns), so it is looked up there."""
+    would without Bidirectional propagation of /var/run/netns), so it is looked up there; once
+    per node and run (every read of a node's devices asks)."""
     tunnel = cluster.tunnel_netns(lab, node)
     found = on(lab, node, "sh", "-c", f'[ "$(stat -f -c %T /run/netns/{tunnel} 2>/dev/null)" '
                f'= nsfs ] && echo yes || true').strip()

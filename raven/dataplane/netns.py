@@ -112,6 +112,15 @@ def _nsfs_device() -> int:
     return os.stat("/proc/self/ns/net").st_dev
 
 
+def inode(name: str) -> int | None:
+    """The inode /var/run/netns/<name> names now (None without one): which namespace the name
+    stands for, to tell a namespace made again under the same name from the one held open."""
+    try:
+        return os.stat(netns_path(name)).st_ino
+    except OSError:
+        return None
+
+
 def exists(name: str) -> bool:
     """True when /var/run/netns/<name> holds a mounted namespace (not a stale, empty file)."""
     path = _checked_path(name)

@@ -23,7 +23,6 @@ Rules kept:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -71,7 +70,7 @@ class TunnelNamespace:
         if recorded and settings.tunnel_netns and recorded != settings.tunnel_netns:
             renamed = cls(replace(settings, tunnel_netns=recorded), node_links, factory)
             renamed.teardown()  # the namespace of another name, from before
-        name = settings.tunnel_netns or recorded_name(settings.state_dir)
+        name = settings.tunnel_netns or recorded
         if not name:
             return None
         made = cls(replace(settings, tunnel_netns=name), node_links, factory)
@@ -92,7 +91,7 @@ class TunnelNamespace:
         if self.inner is None:
             self._record.parent.mkdir(parents=True, exist_ok=True)
             self._record.write_text(self.name + "\n")
-            self._inode = _inode(self.name)
+            self._inode = netns.inode(self.name)
             self.inner = self._factory(self._settings, self._node_links)
             if self._drift is not None:
                 self.inner.watch_drift(self._drift)
@@ -111,7 +110,7 @@ class TunnelNamespace:
     def _replaced(self) -> bool:
         """The name no longer names the namespace we hold open (deleted, or made again by
         someone else): what we hold must go, or raven0 keeps the VNI taken in the node's."""
-        return self.inner is not None and _inode(self.name) != self._inode
+        return self.inner is not None and netns.inode(self.name) != self._inode
 
     def step(self, state: NodeState, p: Pass) -> None:
         """The tunnel's part of one reconcile of the node's plan, before the node's appliers."""
@@ -163,13 +162,6 @@ def watched_devices(overlay: OverlaySettings, settings: DataplaneSettings, *,
     veth = {overlay.tunnel_veth} if settings.tunnel_netns else (
         {overlay.tunnel_veth_peer} if inner else set())
     return {overlay.vxlan_device, overlay.wireguard_device, *veth}
-
-
-def _inode(name: str) -> int | None:
-    try:
-        return os.stat(netns.netns_path(name)).st_ino
-    except OSError:
-        return None
 
 
 def recorded_name(state_dir: Path) -> str | None:

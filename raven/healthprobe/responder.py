@@ -115,6 +115,13 @@ def _alive(pid: int, port: int) -> bool:
     return Path(__file__).name.encode() in b" ".join(cmdline) and str(port).encode() in cmdline
 
 
+def _recorded_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def _named(netns: str) -> bool:
     from raven.dataplane import netns as namespaces  # only the agent asks
 
@@ -126,18 +133,16 @@ def _recorded(pid_file: Path, port: int, netns: str | None) -> bool:
     Asked before `_answers`: a responder started a moment ago may not have bound its port
     yet, and a second one started then would fail to bind, exit, and leave its dead pid in
     the file (so `stop` would find nothing to stop)."""
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
+    pid = _recorded_pid(pid_file)
+    if pid is None or not _alive(pid, port):
         return False
-    if not _alive(pid, port):
-        return False
-    from raven.dataplane.netns import netns_path  # only the agent asks
+    from raven.dataplane import netns as namespaces  # only the agent asks
 
-    where = netns_path(netns) if netns else Path("/proc/self/ns/net")
+    where = namespaces.netns_path(netns) if netns else Path("/proc/self/ns/net")
+    target = namespaces.inode(netns) if netns else os.stat(where).st_ino
     try:
         theirs = os.stat(f"/proc/{pid}/ns/net").st_ino
-        if theirs == os.stat(where).st_ino:
+        if theirs == target:
             return True
         # Started for that namespace a moment ago and not in it yet (it enters it itself,
         # once Python is up): still ours, not to be replaced.
@@ -200,9 +205,8 @@ def ensure(state_dir: Path, port: int, netns: str | None = None,
 def stop(state_dir: Path, port: int, pid_file_name: str = PID_FILE) -> bool:
     """Stop the responder (`raven agent cleanup`); True when one was running."""
     pid_file = state_dir / pid_file_name
-    try:
-        pid = int(pid_file.read_text().strip())
-    except (OSError, ValueError):
+    pid = _recorded_pid(pid_file)
+    if pid is None:
         return False
     pid_file.unlink(missing_ok=True)
     if not _alive(pid, port):

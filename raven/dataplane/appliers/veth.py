@@ -29,6 +29,7 @@ class VethEnd:
 
 @dataclass(frozen=True)
 class VethChanges:
+    desired: VethPair | None = None  # None: the pair is to go (or was never there)
     delete: int | None = None  # ifindex of the node's end (the pair goes with it)
     create: VethPair | None = None
     fix: tuple[tuple[str, object], ...] = ()  # the node's end
@@ -77,7 +78,7 @@ def diff(desired: VethPair | None, name: str, mine: VethEnd, peer: VethEnd) -> V
     if here is None:
         lines.append(f"veth {name}: create, peer {desired.peer} in the tunnel namespace, "
                      f"mtu {desired.mtu}, up")
-        return VethChanges(delete=delete, create=desired, fix=(("up", True),),
+        return VethChanges(desired=desired, delete=delete, create=desired, fix=(("up", True),),
                            peer_fix=(("up", True),),
                            addresses_add=((desired.address, desired.prefixlen),),
                            peer_addresses_add=((desired.peer_address, desired.prefixlen),),
@@ -95,7 +96,8 @@ def diff(desired: VethPair | None, name: str, mine: VethEnd, peer: VethEnd) -> V
     for n, gone, new in ((name, dels[0], adds[0]), (desired.peer, dels[1], adds[1])):
         lines += [f"address del {a}/{p} dev {n}" for a, p in gone]
         lines += [f"address add {a}/{p} dev {n}" for a, p in new]
-    return VethChanges(fix=tuple(fix), peer_fix=tuple(peer_fix), addresses_del=tuple(dels[0]),
+    return VethChanges(desired=desired, fix=tuple(fix), peer_fix=tuple(peer_fix),
+                       addresses_del=tuple(dels[0]),
                        addresses_add=tuple(adds[0]), peer_addresses_del=tuple(dels[1]),
                        peer_addresses_add=tuple(adds[1]), lines=tuple(lines))
 
@@ -131,10 +133,7 @@ class VethApplier:
         if changes.create is not None:
             self.links.add_veth(self.name, peer, self.tunnel_netns, mtu=changes.create.mtu)
             writes += 1
-        if changes.create is None and not (changes.fix or changes.peer_fix
-                                           or changes.addresses_del or changes.addresses_add
-                                           or changes.peer_addresses_del
-                                           or changes.peer_addresses_add):
+        if changes.desired is None:
             return writes  # a removal
         inside = self.tunnel_links()
         if inside is None:

@@ -46,7 +46,6 @@ from raven.dataplane.wireguard.userspace import WireGuardGo
 from raven.desired import NodeState, WireGuardDevice
 from raven.settings import WIREGUARD_BACKENDS as BACKENDS  # the one table of backends
 
-DEFAULT_MTU = 1420  # what WireGuard gives a new device
 RESYNC_S = 30.0  # the longest we trust what we wrote without reading the device back
 _EMPTY = LiveDevice(private_key=None, listen_port=0)
 
@@ -356,7 +355,7 @@ class WireGuardApplier:
             raise DataplaneError(f"wireguard {self.ifname}: moved in but not found")
         return 1, here
 
-    def _ensure_device(self, have: LinkFacts | None, changes: list[str], mtu: int = 0) -> int:
+    def _ensure_device(self, have: LinkFacts | None, changes: list[str], mtu: int) -> int:
         """Make the device exist with the right backend. Returns writes."""
         writes = 0
         kind = kind_of(have)
@@ -392,7 +391,7 @@ class WireGuardApplier:
         """A device just made in the birth namespace, moved in (0 without a birth namespace)."""
         if self.birth is None:
             return 0
-        return self._move_in(self.birth.get(self.ifname), mtu or DEFAULT_MTU, changes)[0]
+        return self._move_in(self.birth.get(self.ifname), mtu, changes)[0]
 
     def step(self, state: NodeState, p: Pass) -> None:
         private_key = self.private_key(load=p.write) if state.wireguard is not None else ""
