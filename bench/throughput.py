@@ -70,6 +70,9 @@ from raven.lab.netns import netns_path
 from raven.lab.plan import LabPlan
 from raven.lab.runtime import load_plan, supervised
 from raven.lab.topology import load_topology
+from raven.settings import LabSettings
+
+SHIPPED = LabSettings()  # the lab's settings are the shipped agent's (raven.settings)
 
 ROOT = Path(__file__).resolve().parents[1]
 LABS = ("overlay", "hand")
@@ -238,10 +241,12 @@ def main() -> int:
                         "reference gets a machine without it), 'none' (SIGSTOPped during every "
                         "sample: the kernel data plane and wireguard-go alone), 'both' (the "
                         "old way: they load the machine for the reference's samples too)")
-    parser.add_argument("--tunnel-namespace", action="store_true", help="NOT the shipped "
-                        "default: the overlay's agents keep an active gateway's devices in a "
-                        "tunnel namespace (docs/tunnel-namespace.md); the reference is the same "
-                        "plain hand-built twin")
+    parser.add_argument("--tunnel-namespace", action=argparse.BooleanOptionalAction,
+                        default=SHIPPED.tunnel_namespace, help="the overlay's agents keep an "
+                        "active gateway's devices in a tunnel namespace (docs/tunnel-namespace.md;"
+                        " the shipped default); --no-tunnel-namespace (NOT the shipped default) "
+                        "keeps them in the node's namespace, with a policy rule; the reference "
+                        "is the same plain hand-built twin either way")
     parser.add_argument("--keep", action="store_true", help="leave both labs up (for "
                         "experiments; remove them with `raven lab down NAME`)")
     parser.add_argument("--reuse", metavar="TAG", help="measure the two labs a run with "
@@ -249,6 +254,7 @@ def main() -> int:
                         "new ones, and leave them up: the same pair measured again, or after "
                         "it has run for a while")
     args = parser.parse_args()
+    shipped = args.tunnel_namespace == SHIPPED.tunnel_namespace
     if os.geteuid() != 0:
         sys.exit("needs root (network namespaces)")
 
@@ -262,14 +268,15 @@ def main() -> int:
     result: dict[str, object] = {"rounds": args.rounds, "seconds": args.seconds,
                                  "control": args.control,
                                  "labs": names, "topology": args.topology,
-                                 "settings": ("NOT shipped defaults: --tunnel-namespace"
-                                              if args.tunnel_namespace else "shipped defaults"),
+                                 "settings": ("shipped defaults" if shipped
+                                              else "NOT shipped defaults: --no-tunnel-namespace"),
                                  "load_before": load()}
-    if args.tunnel_namespace:
-        print("NOT THE SHIPPED DEFAULT: the overlay's active gateways keep their devices in a "
-              "tunnel namespace (--tunnel-namespace)", flush=True)
-    print(f"labs: overlay {names['overlay']}, hand-built twin {names['hand']}; shipped "
-          f"default settings; overlay control processes run during the samples of: "
+    if not shipped:
+        print("NOT THE SHIPPED DEFAULT: the overlay's active gateways keep their devices in "
+              "the node's namespace (--no-tunnel-namespace)", flush=True)
+    print(f"labs: overlay {names['overlay']}, hand-built twin {names['hand']}; "
+          f"{'shipped default' if shipped else 'NOT shipped default'} settings; overlay "
+          f"control processes run during the samples of: "
           f"{ {'overlay': 'the overlay only', 'none': 'none', 'both': 'both labs'}[args.control]}",
           flush=True)
     try:

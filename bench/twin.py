@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from raven import constants
-from raven.lab import cluster, runtime
+from raven.lab import runtime
 from raven.lab.gateway_load import TUNNEL_ROUTES
 from raven.lab.plan import LabPlan, NodePlan
 
@@ -72,15 +72,9 @@ def links(lab: str, node: str) -> dict[str, dict]:
 
 @functools.cache
 def device_netns(lab: str, node: str) -> str | None:
-    """The namespace that holds the node's raven0 and raven-wg0 when the overlay keeps them in
-    a tunnel namespace (docs/tunnel-namespace.md, `raven lab up --tunnel-namespace`), None when
-    they are in the node's own. The agent names it inside the node's mount namespace (as a pod
-    would without Bidirectional propagation of /var/run/netns), so it is looked up there; once
-    per node and run (every read of a node's devices asks)."""
-    tunnel = cluster.tunnel_netns(lab, node)
-    found = on(lab, node, "sh", "-c", f'[ "$(stat -f -c %T /run/netns/{tunnel} 2>/dev/null)" '
-               f'= nsfs ] && echo yes || true').strip()
-    return tunnel if found == "yes" else None
+    """The namespace that holds the node's raven0 and raven-wg0 (raven.lab.runtime), asked
+    once per node and run (every read of a node's devices asks)."""
+    return runtime.device_netns(lab, node)
 
 
 def dev_ip(lab: str, node: str, *argv: str, check: bool = True) -> str:

@@ -149,6 +149,26 @@ def settings_from_args(args: argparse.Namespace) -> AgentSettings:
     )
 
 
+def _with_tunnel_namespace_if_allowed(settings: AgentSettings,
+                                      log: logging.Logger) -> AgentSettings:
+    """`settings`, or without the tunnel namespace when this process cannot make one (a
+    container without the privilege, e.g. a DaemonSet from before it was the default): the
+    gateway then keeps its devices in the node's namespace, as it did, instead of failing
+    every apply."""
+    from raven.dataplane import tunnel_namespace_problem
+
+    if not settings.tunnel_netns:
+        return settings
+    problem = tunnel_namespace_problem()
+    if problem is None:
+        return settings
+    log.warning("tunnel namespace %r not used, the devices stay in the node's namespace (a "
+                "policy rule on an active gateway with members): %s", settings.tunnel_netns,
+                problem)
+    return replace(settings, tunnel_netns=None,
+                   overlay=replace(settings.overlay, tunnel_namespace=False))
+
+
 def run_agent(args: argparse.Namespace) -> int:
     from raven.agent import Agent
     from raven.dataplane import DataplaneError
@@ -158,7 +178,9 @@ def run_agent(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = settings_from_args(args)
-    logging.getLogger("raven.agent").info("agent %s starting", settings.node)
+    log = logging.getLogger("raven.agent")
+    log.info("agent %s starting", settings.node)
+    settings = _with_tunnel_namespace_if_allowed(settings, log)
     try:
         agent = Agent(settings)
         run_until_signalled(agent.run, agent.health_server, settings.metrics_listen)

@@ -61,6 +61,9 @@ FWMARK = 0x40
 # node's namespace (TUNNEL_VETH) to the tunnel namespace (TUNNEL_VETH_PEER), and its /30 in
 # IPv4 link-local space (the same on every node: it never leaves the node; clear of
 # 169.254.169.254, the clouds' metadata address).
+# The tunnel namespace's name, the agent's default (--tunnel-netns; "" keeps the devices in the
+# node's namespace).
+TUNNEL_NETNS = "raven-tun"
 TUNNEL_VETH = "raven-tun0"
 TUNNEL_VETH_PEER = "raven-tun1"
 TUNNEL_VETH_SUBNET = "169.254.77.0/30"

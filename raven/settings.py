@@ -119,8 +119,9 @@ class OverlaySettings:
     wireguard_overhead: int = constants.WIREGUARD_OVERHEAD
     underlay_mtu: int = _opt(constants.DEFAULT_UNDERLAY_MTU, "MTU of the node's underlay link")
     keepalive: int = constants.DEFAULT_KEEPALIVE_SECONDS
-    # The tunnel-namespace shape of active gateways (docs/tunnel-namespace.md), experimental:
-    # the agent sets it from its --tunnel-netns (off = the shipped shape).
+    # The tunnel-namespace shape of active gateways (docs/tunnel-namespace.md). The planner's
+    # switch, off for a plain planner (no namespace name to plan for); the agent, whose default
+    # is on, sets it from its --tunnel-netns, `raven plan` from its --tunnel-namespace.
     tunnel_namespace: bool = False
     tunnel_veth: str = constants.TUNNEL_VETH
     tunnel_veth_peer: str = constants.TUNNEL_VETH_PEER
@@ -208,9 +209,10 @@ class AgentSettings:
     netns: str | None = _opt(None, "program this named network namespace instead of our own "
                              "(labs)")
     tunnel_netns: str | None = _opt(
-        None, "EXPERIMENTAL, off by default: as an active gateway, keep raven0 and raven-wg0 "
-        "in this named network namespace, joined to the node's by a veth pair, so that no "
-        "policy rule is needed (docs/tunnel-namespace.md); needs CAP_SYS_ADMIN")
+        constants.TUNNEL_NETNS, "as an active gateway, keep raven0 and raven-wg0 in this "
+        "named network namespace, joined to the node's by a veth pair, so that no policy rule "
+        "is needed (docs/tunnel-namespace.md; needs CAP_SYS_ADMIN and the host's /var/run/netns); "
+        "'' keeps them in the node's namespace, where the node's firewall sees transit traffic")
     wireguard_backend: str = _opt(DEFAULT_WIREGUARD_BACKEND, "WireGuard backend: "
                                   f"{', '.join(WIREGUARD_BACKENDS[:-1])} or "
                                   f"{WIREGUARD_BACKENDS[-1]}")
@@ -325,9 +327,9 @@ class LabSettings:
     controller_resync: float = default_of(ControllerSettings, "resync_period")
     agent_resync: float = default_of(AgentSettings, "resync_period")
     node_grace: float = DEFAULT_NODE_GRACE  # kubelet stand-in: NotReady after this long down
-    # EXPERIMENTAL: the agents keep an active gateway's tunnel devices in a namespace of their
-    # own, LAB.NODE-tun (docs/tunnel-namespace.md); off = the shipped shape.
-    tunnel_namespace: bool = False
+    # The agents keep an active gateway's tunnel devices in a namespace of their own,
+    # LAB.NODE-tun (docs/tunnel-namespace.md), as the shipped agent does; off: in the node's.
+    tunnel_namespace: bool = default_of(AgentSettings, "tunnel_netns") != ""
     wait_timeout: float = 180.0  # up(): all pairs must answer within this
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from raven.errors import CommandError, ValidationError
+from raven.settings import LabSettings
 
 if TYPE_CHECKING:
     from raven.lab.topology import Topology
@@ -512,10 +513,11 @@ BUILD_VERBS = (
             help="only the network (namespaces, NAT, pods): no API server, controller or agents"),
         arg("--no-wait", action="store_true",
             help="start everything but do not wait until all pod pairs answer"),
-        arg("--tunnel-namespace", action="store_true",
-            help="EXPERIMENTAL, not the shipped shape: the agents keep an active gateway's "
-            "raven0 and raven-wg0 in a namespace of their own, LAB.NODE-tun, and need no "
-            "policy rule (docs/tunnel-namespace.md)"),
+        arg("--tunnel-namespace", action=argparse.BooleanOptionalAction,
+            default=LabSettings().tunnel_namespace,
+            help="the agents keep an active gateway's raven0 and raven-wg0 in a namespace of "
+            "their own, LAB.NODE-tun, and need no policy rule (docs/tunnel-namespace.md; the "
+            "shipped agent's default); --no-tunnel-namespace keeps them in the node's"),
     )),
     Verb("plan", "print a topology's lab plan without building it", cmd_plan, (
         TOPOLOGY, LAB_NAME,

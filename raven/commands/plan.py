@@ -16,6 +16,7 @@ from typing import Any
 
 from raven import constants
 from raven.errors import CommandError, ValidationError
+from raven.settings import AgentSettings, default_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +35,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                         help="a route the node's main table holds that is not the overlay's "
                              "(repeatable): a member keeps its rule when one contests its "
                              "routes; the agent reads them from the node")
+    parser.add_argument("--tunnel-namespace", action=argparse.BooleanOptionalAction,
+                        default=default_of(AgentSettings, "tunnel_netns") != "",
+                        help="plan an active gateway's devices in the tunnel namespace, as the "
+                        "agent does by default (docs/tunnel-namespace.md); "
+                        "--no-tunnel-namespace: as an agent with --tunnel-netns ''")
     parser.add_argument("--json", action="store_true", help="print JSON")
     parser.set_defaults(func=run)
 
@@ -76,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         if problems:
             raise CommandError("invalid Nodes:\n" + "\n".join(problems))
         me = next((n for n in nodes if n.name == args.node), args.node)
-    options = PlanOptions()
+    options = PlanOptions(tunnel_namespace=args.tunnel_namespace)
     if args.underlay_mtu is not None:
         if not 1280 <= args.underlay_mtu <= 65535:
             raise CommandError(f"--underlay-mtu {args.underlay_mtu}: use 1280..65535")
@@ -141,6 +147,14 @@ def format_state(state: Any) -> str:
                      f"local {', '.join(fw.local_subnets) or '(none)'}")
     for key, value in state.sysctls:
         lines.append(f"sysctl {key}={value}")
+    if state.veth is not None:
+        v = state.veth
+        lines.append(f"veth {v.name} {v.address} <-> {v.peer} {v.peer_address} (in the tunnel "
+                     "namespace)")
     for note in state.notes:
         lines.append(f"note: {note}")
+    if state.tunnel is not None:
+        inner = format_state(state.tunnel).splitlines()[1:]  # its first line repeats the node
+        lines.append("tunnel namespace:")
+        lines.extend(f"  {line}" for line in inner)
     return "\n".join(lines)

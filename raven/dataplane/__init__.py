@@ -8,12 +8,14 @@ Public API (see docs/dataplane.md):
 - `Dataplane(settings)`: context manager with `apply(state) -> ApplyResult` (with `skipped`:
   desired objects it could not apply, e.g. a WireGuard peer with a malformed key), `repair()`,
   `cleanup() -> list[str]`, `public_key() -> str`, `observe() -> DataplaneStatus` (reads only),
-  `watch_drift(callback)`, `close()`.
+  `watch_drift(callback)`, `close()`;
+- `tunnel_namespace_problem()`: why this process cannot make the tunnel namespace, or None.
 Inside: one applier per kind of kernel object (raven/dataplane/appliers/, wireguard/device.py).
 """
 
 from raven.dataplane.dataplane import Dataplane
 from raven.dataplane.errors import DataplaneError
+from raven.dataplane.netns import privilege_problem as tunnel_namespace_problem
 from raven.dataplane.settings import (
     ApplyResult,
     DataplaneSettings,
@@ -28,4 +30,5 @@ __all__ = [
     "DataplaneSettings",
     "DataplaneStatus",
     "PeerStatus",
+    "tunnel_namespace_problem",
 ]

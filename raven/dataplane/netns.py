@@ -98,6 +98,23 @@ def command_prefix(name: str | None) -> list[str]:
 
 # --- named namespaces: exists, create, delete ---------------------------------------------------
 
+CAP_SYS_ADMIN = 21  # bit of CapEff in /proc/self/status (linux/capability.h)
+
+
+def privilege_problem(status: Path = Path("/proc/self/status")) -> str | None:
+    """Why this process cannot make a named namespace (no CAP_SYS_ADMIN), or None. Asked
+    before the agent relies on one, so that an agent in a container without the privilege
+    keeps the devices in the node's namespace instead of failing every apply."""
+    try:
+        caps = next(line.split()[1] for line in status.read_text().splitlines()
+                    if line.startswith("CapEff:"))
+    except (OSError, StopIteration, IndexError):
+        return f"{status} unreadable: capabilities unknown"
+    if not int(caps, 16) >> CAP_SYS_ADMIN & 1:
+        return f"no CAP_SYS_ADMIN: making a network namespace {_PRIVILEGE_HINT}"
+    return None
+
+
 def _checked_path(name: str) -> Path:
     # pyroute2 takes a name with a slash for a path anywhere on the file system: refuse it, as
     # `ip netns add` does, so that a name can only ever mean /var/run/netns/<name>.

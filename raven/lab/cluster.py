@@ -330,13 +330,11 @@ def agent_argv(lab: str, pool: PoolPlan, node: NodePlan, settings: ClusterSettin
         "--heartbeat-period", f"{settings.heartbeat_period:g}",
         "--resync", f"{settings.agent_resync:g}",
         "--proxy-ca-file", str(ca_crt), "--proxy-ca-key-file", str(ca_key),
-        *(["--tunnel-netns", tunnel_netns(lab, node.name)] if settings.tunnel_namespace else []))
+        # the lab's own name (labs share /var/run/netns), or "" for the devices in the node's
+        "--tunnel-netns", tunnel_netns(lab, node.name) if settings.tunnel_namespace else "")
 
 
-def tunnel_netns(lab: str, node: str) -> str:
-    """The tunnel namespace of a lab node's agent: under the lab's prefix, so `lab down`
-    removes it with the lab's other namespaces."""
-    return f"{lab}.{node}-tun"
+tunnel_netns = runtime.tunnel_netns
 
 
 def start_agent(lab: str, node: str, settings: ClusterSettings | None = None,

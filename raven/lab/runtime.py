@@ -193,6 +193,37 @@ def node_exec_argv(lab: str, node: str) -> list[str]:
     return nsutil.nsenter_argv(int(record["pid"]))
 
 
+def tunnel_netns(lab: str, node: str) -> str:
+    """The tunnel namespace of a lab node's agent (docs/tunnel-namespace.md): under the lab's
+    prefix, as labs share /var/run/netns, so `lab down` removes it with the lab's other
+    namespaces."""
+    return f"{lab}.{node}-tun"
+
+
+def device_netns(lab: str, node: str) -> str | None:
+    """The namespace that holds the node's raven0 and raven-wg0 now: its tunnel namespace while
+    the node is an active gateway with one (docs/tunnel-namespace.md), else None (the node's
+    own). The agent names it inside the node's mount namespace (as in a pod without
+    Bidirectional propagation of /var/run/netns), so it is looked up through the holder's
+    root: a namespace is mounted there when the name is on nsfs."""
+    record = _read_record(pid_path(lab, node, HOLDER))
+    if record is None or not _alive(record):
+        return None
+    name = tunnel_netns(lab, node)
+    try:
+        mounted = os.stat(f"/proc/{int(record['pid'])}/root{nsutil.NETNS_DIR}/{name}").st_dev
+    except OSError:
+        return None
+    return name if mounted == os.stat("/proc/self/ns/net").st_dev else None
+
+
+def devices_exec_argv(lab: str, node: str) -> list[str]:
+    """Prefix to run a command where the node's overlay devices are (`device_netns`): inside
+    the node's mount namespace, then its tunnel namespace with /sys remounted for it."""
+    where = device_netns(lab, node)
+    return node_exec_argv(lab, node) + (nsutil.netns_exec_argv(where) if where else [])
+
+
 # --- supervisor ----------------------------------------------------------------------------------
 
 def _check_name(name: str) -> None:

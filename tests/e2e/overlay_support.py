@@ -137,32 +137,62 @@ def _canonical_set(item: dict) -> dict:
     return item
 
 
-def node_snapshot(plan: LabPlan, node: str) -> dict:
-    """Everything of ours in a node's kernel, in a comparable form (no counters, no ages)."""
+def in_devices(plan: LabPlan, node: str, *argv: str, check: bool = True) -> str:
+    """`in_node`, but where the node's raven0 and raven-wg0 are: its tunnel namespace while it
+    is an active gateway (docs/tunnel-namespace.md), else its own namespace."""
+    proc = subprocess.run([*runtime.devices_exec_argv(plan.name, node), *argv],
+                          capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        if check:
+            raise AssertionError(f"{node}: {' '.join(argv)}: {proc.stderr or proc.stdout}")
+        return ""
+    return proc.stdout
+
+
+def _namespace_snapshot(run: Callable[..., str]) -> dict:
+    """Links, addresses, routes and rules of ours in one namespace (`run` runs a command in
+    it)."""
     links = {}
-    for link in _json(in_node(plan, node, "ip", "-d", "-j", "link", "show")):  # type: ignore[union-attr]
+    for link in _json(run("ip", "-d", "-j", "link", "show")):  # type: ignore[union-attr]
         name = link["ifname"]
         if name.startswith("raven"):
             links[name] = {k: v for k, v in link.items() if k not in VOLATILE}
     addrs = {a["ifname"]: sorted(i["local"] for i in a.get("addr_info", []))
-             for a in _json(in_node(plan, node, "ip", "-j", "-4", "addr", "show"))}  # type: ignore[union-attr]
+             for a in _json(run("ip", "-j", "-4", "addr", "show"))}  # type: ignore[union-attr]
     # Our tables, and our protocol's routes in main (a member's, raven.route_placement).
-    routes = {" ".join(t): _json(in_node(plan, node, "ip", "-j", "route", "show", "table", *t,
-                                         check=False) or "[]")
+    routes = {" ".join(t): _json(run("ip", "-j", "route", "show", "table", *t, check=False)
+                                 or "[]")
               for t in (("9027",), ("9028",), ("main", "proto", str(constants.ROUTE_PROTOCOL)))}
-    rules = _json(in_node(plan, node, "ip", "-j", "rule", "show"))
+    rules = _json(run("ip", "-j", "rule", "show"))
+    return {"links": links, "addresses": {k: v for k, v in addrs.items()
+                                          if k.startswith("raven")},
+            "routes": routes, "rules": rules}
+
+
+def node_snapshot(plan: LabPlan, node: str) -> dict:
+    """Everything of ours in a node's kernel, in a comparable form (no counters, no ages): its
+    namespace, and its tunnel namespace when it has one (`tunnel`, None without)."""
+    def here(*argv: str, check: bool = True) -> str:
+        return in_node(plan, node, *argv, check=check)
+
+    def there(*argv: str, check: bool = True) -> str:
+        return in_devices(plan, node, *argv, check=check)
+
+    snapshot = _namespace_snapshot(here)
+    tunnel = runtime.device_netns(plan.name, node)
+    snapshot["tunnel"] = _namespace_snapshot(there) if tunnel else None
     fdb = sorted((e.get("mac"), e.get("dst")) for e in _json(
-        in_node(plan, node, "bridge", "-j", "fdb", "show", "dev", "raven0", check=False)
+        there("bridge", "-j", "fdb", "show", "dev", "raven0", check=False)
         or "[]") if e.get("dst"))
     # Only permanent neighbours are ours (the agent's, docs/dataplane.md); the kernel's own
     # resolved entries move between REACHABLE, STALE and DELAY with the background probes.
     neigh = sorted((e.get("dst"), e.get("lladdr"), tuple(e.get("state", []))) for e in _json(
-        in_node(plan, node, "ip", "-j", "neigh", "show", "dev", "raven0", check=False) or "[]")
+        there("ip", "-j", "neigh", "show", "dev", "raven0", check=False) or "[]")
         if "PERMANENT" in e.get("state", []))
-    nft = in_node(plan, node, "nft", "-j", "list", "table", "inet", "raven", check=False)
+    nft = here("nft", "-j", "list", "table", "inet", "raven", check=False)
     nft_items = [_canonical_set(i) for i in (_json(nft) or {"nftables": []})[  # type: ignore[index]
                  "nftables"] if "metainfo" not in i]
-    wg = in_node(plan, node, "wg", "show", "raven-wg0", "dump", check=False).splitlines()
+    wg = there("wg", "show", "raven-wg0", "dump", check=False).splitlines()
     wg_static = []
     peers = []
     for i, line in enumerate(wg):
@@ -177,9 +207,7 @@ def node_snapshot(plan: LabPlan, node: str) -> dict:
             peers.append((fields[0], ",".join(sorted(fields[3].split(","))), fields[7]))
     # wireguard-go lists its peers in Go map order (random per call): compare them as a set.
     wg_static += sorted(peers)
-    return {"links": links, "addresses": {k: v for k, v in addrs.items()
-                                          if k.startswith("raven")},
-            "routes": routes, "rules": rules, "fdb": fdb, "neighbours": neigh, "nft": nft_items,
+    return {**snapshot, "fdb": fdb, "neighbours": neigh, "nft": nft_items,
             "wireguard": wg_static}
 
 
@@ -188,11 +216,11 @@ def lab_snapshot(plan: LabPlan) -> dict[str, dict]:
 
 
 def vtep_mac(plan: LabPlan, node: str) -> str:
-    return in_node(plan, node, "cat", "/sys/class/net/raven0/address").strip()
+    return in_devices(plan, node, "cat", "/sys/class/net/raven0/address").strip()
 
 
 def wg_public_key(plan: LabPlan, node: str) -> str:
-    return in_node(plan, node, "wg", "show", "raven-wg0", "public-key").strip()
+    return in_devices(plan, node, "wg", "show", "raven-wg0", "public-key").strip()
 
 
 def pod_addresses(plan: LabPlan) -> dict[str, list[str]]:

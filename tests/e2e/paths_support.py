@@ -37,7 +37,7 @@ class WgPeer:
 
 
 def wg(lab: str, node: str, *args: str) -> str:
-    proc = subprocess.run([*runtime.node_exec_argv(lab, node), "wg", "show", DEVICE, *args],
+    proc = subprocess.run([*runtime.devices_exec_argv(lab, node), "wg", "show", DEVICE, *args],
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, f"wg show on {node}: {proc.stderr}"
     return proc.stdout
@@ -68,7 +68,7 @@ def dump(lab: str, node: str) -> tuple[str, dict[str, WgPeer]] | None:
     """`_parse_dump` of the node's device, or None while it has none (the lab or the agent
     has not made it yet)."""
     try:
-        argv = runtime.node_exec_argv(lab, node)
+        argv = runtime.devices_exec_argv(lab, node)
     except CommandError:  # the node's host is not made yet
         return None
     proc = subprocess.run([*argv, "wg", "show", DEVICE, "dump"], capture_output=True, text=True,

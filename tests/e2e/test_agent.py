@@ -30,7 +30,7 @@ from kube_support import wait_for
 
 from raven import constants
 from raven.dataplane import ApplyResult
-from raven.lab import runtime
+from raven.lab import cluster, runtime
 from raven.lab.gateway_load import tunnel_routes
 from raven.lab.plan import LabPlan
 
@@ -60,6 +60,16 @@ class Overlay:
                                 text=True, input=stdin, timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"{target}: {' '.join(argv)}: {result.stderr}{result.stdout}")
+        return result
+
+    def devices(self, node: str, argv: list[str],
+                check: bool = True) -> subprocess.CompletedProcess[str]:
+        """`run` where the node's raven0 and raven-wg0 are: its tunnel namespace while it is
+        an active gateway (docs/tunnel-namespace.md), else its own."""
+        result = subprocess.run(runtime.devices_exec_argv(self.lab, node) + argv,
+                                capture_output=True, text=True, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"{node}: {' '.join(argv)}: {result.stderr}{result.stdout}")
         return result
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
@@ -99,7 +109,9 @@ class Overlay:
             *PY, "agent", "--node", node, "--kubeconfig", str(self.kubeconfig),
             "--state-dir", str(self.state_dir(node)), "--wireguard", "userspace",
             "--resync", "5", "--heartbeat-period", "2",
-            "--metrics-listen", f"127.0.0.1:{METRICS_PORT}"])
+            "--metrics-listen", f"127.0.0.1:{METRICS_PORT}",
+            # the agent's default shape, under the lab's name (labs share /var/run/netns)
+            "--tunnel-netns", cluster.tunnel_netns(self.lab, node)])
 
     def stop_agent(self, node: str) -> None:
         runtime.stop_process(self.lab, node, "agent")
@@ -190,7 +202,7 @@ def test_agents_publish_their_public_keys(overlay: Overlay) -> None:
         assert re.fullmatch(r"[A-Za-z0-9+/]{43}=", annotations.get(
             constants.ANNOTATION_PUBLIC_KEY, "")), node.name
     gateway = overlay.active("gw-cloud")[0]
-    live = overlay.run(gateway, ["wg", "show", constants.WIREGUARD_DEVICE, "public-key"])
+    live = overlay.devices(gateway, ["wg", "show", constants.WIREGUARD_DEVICE, "public-key"])
     annotations = overlay.get("node", gateway)["metadata"]["annotations"]
     assert live.stdout.strip() == annotations[constants.ANNOTATION_PUBLIC_KEY]
 
@@ -248,14 +260,14 @@ def test_agent_starts_from_cache_with_the_api_unreachable(overlay: Overlay) -> N
     node = "cloud-2"
     overlay.stop_agent(node)
     overlay.run(node, [*PY, "agent", "cleanup", "--state-dir", str(overlay.state_dir(node))])
-    assert overlay.run(node, ["ip", "link", "show", constants.VXLAN_DEVICE],
-                       check=False).returncode != 0  # really gone
+    assert overlay.devices(node, ["ip", "link", "show", constants.VXLAN_DEVICE],
+                           check=False).returncode != 0  # really gone
     overlay.stop_apiserver()
     try:
         started = time.monotonic()
         overlay.start_agent(node)
-        wait_for(lambda: overlay.run(node, ["ip", "link", "show", constants.VXLAN_DEVICE],
-                                     check=False).returncode == 0, timeout=60,
+        wait_for(lambda: overlay.devices(node, ["ip", "link", "show", constants.VXLAN_DEVICE],
+                                         check=False).returncode == 0, timeout=60,
                  what="raven0 rebuilt from the cache")
         print(f"\n[figure] start from cache with the API down -> raven0 up: "
               f"{time.monotonic() - started:.2f}s (includes Python start-up)")
@@ -268,9 +280,10 @@ def test_agent_starts_from_cache_with_the_api_unreachable(overlay: Overlay) -> N
 
 
 def _objects_of_ours(overlay: Overlay, node: str) -> dict[str, bool]:
-    """Read with ip/nft, not through the agent: raven0, our routing (a gateway's rules, or a
-    member's rule or its routes of our protocol in main) and our nft table."""
-    links = json.loads(overlay.run(node, ["ip", "-json", "link", "show"]).stdout or "[]")
+    """Read with ip/nft, not through the agent: raven0 (where the node keeps it), our routing
+    (a gateway's rules, or a member's rule or its routes of our protocol in main) and our nft
+    table."""
+    links = json.loads(overlay.devices(node, ["ip", "-json", "link", "show"]).stdout or "[]")
     rules = json.loads(overlay.run(node, ["ip", "-json", "rule", "show"]).stdout or "[]")
     in_main = json.loads(overlay.run(node, ["ip", "-json", "route", "show", "table", "main",
                                             "proto", str(constants.ROUTE_PROTOCOL)]).stdout
@@ -472,7 +485,7 @@ def test_status_command_shows_role_peers_and_drift(overlay: Overlay) -> None:
     assert len(report["live"]["peers"]) == 2
     peer = next(p for p in report["live"]["peers"] if p["public_key"] == edge_key)
     # Oracle: `wg show dump` of the same device (peer line: key psk endpoint ips hs rx tx ka).
-    dump = overlay.run(gateway, ["wg", "show", constants.WIREGUARD_DEVICE, "dump"]).stdout
+    dump = overlay.devices(gateway, ["wg", "show", constants.WIREGUARD_DEVICE, "dump"]).stdout
     fields = next(line.split("\t") for line in dump.splitlines()[1:]
                   if line.startswith(edge_key))
     assert int(fields[4]) > 0 and peer["handshake_age_s"] is not None

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from overlay_support import in_node, overlay_lab, wg_public_key
+from overlay_support import in_devices, overlay_lab, wg_public_key
 
 from raven.lab import cluster, faults, runtime
 from raven.lab.gateway_load import member_routes
@@ -52,7 +52,7 @@ def member_next_hops(plan: LabPlan) -> set[str]:
 def cloud_allowed(plan: LabPlan) -> dict[str, set[str]]:
     """public key -> allowed IPs of the public gateway's WireGuard peers (`wg show`)."""
     out: dict[str, set[str]] = {}
-    for line in in_node(plan, "cloud-1", "wg", "show", "raven-wg0", "allowed-ips").splitlines():
+    for line in in_devices(plan, "cloud-1", "wg", "show", "raven-wg0", "allowed-ips").splitlines():
         key, *ips = line.split()
         out[key] = {ip for ip in ips if ip != "(none)"}
     return out
@@ -273,8 +273,9 @@ def captures(plan: LabPlan, nodes: tuple[str, ...], where: Path) -> Iterator[dic
     try:
         for n in nodes:
             proc = subprocess.Popen([*runtime.node_exec_argv(plan.name, n), sys.executable,
-                                     str(CAPTURE), str(files[n])], stdout=subprocess.PIPE,
-                                    text=True)
+                                     str(CAPTURE), str(files[n]),
+                                     runtime.tunnel_netns(plan.name, n)],
+                                    stdout=subprocess.PIPE, text=True)
             procs.append(proc)
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         yield files

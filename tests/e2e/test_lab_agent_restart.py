@@ -12,7 +12,7 @@ import stat
 from collections.abc import Iterator
 
 import pytest
-from overlay_support import in_node, overlay_lab, raven
+from overlay_support import in_devices, overlay_lab, raven
 
 from raven.lab import cluster, runtime
 from raven.lab.plan import LabPlan
@@ -44,7 +44,8 @@ def test_agent_restart_returns_once_the_new_agent_is_ready(lab: LabPlan) -> None
     assert f"agent on {NODE} restarted and ready" in result.stdout
     after = agent_identity(lab, NODE)
     assert after is not None and after != before  # a new process, still running
-    links = {link["ifname"] for link in json.loads(in_node(lab, NODE, "ip", "-j", "link", "show"))}
+    links = {link["ifname"] for link in json.loads(in_devices(lab, NODE, "ip", "-j", "link",
+                                                             "show"))}
     assert "raven0" in links
 
 

@@ -97,7 +97,7 @@ def test_ipv6_underlay_pools_run_vxlan_and_wireguard_over_ipv6(lab: LabPlan) -> 
         pytest.skip("no IPv6-only underlay in this topology")
     for pool in v6_pools:
         for node in pool.nodes:
-            out = subprocess.run([*runtime.exec_argv(lab.name, node.name), "ip", "-j", "-d",
+            out = subprocess.run([*runtime.devices_exec_argv(lab.name, node.name), "ip", "-j", "-d",
                                   "link", "show", "raven0"], capture_output=True, text=True)
             info = json.loads(out.stdout)[0]["linkinfo"]["info_data"]
             assert info.get("local6") == node.underlay_ip6 and "local" not in info, node.name

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 from icmp_stream_support import start_stream
 from overlay_support import (
+    in_devices,
     in_node,
     lab_snapshot,
     node_of,
@@ -146,7 +147,7 @@ def test_all_pairs_and_the_relay(healthy: LabPlan) -> None:
     peers = {}
     warm = {}
     for pool, node in gw.items():
-        lines = in_node(plan, node, "wg", "show", "raven-wg0", "dump").splitlines()[1:]
+        lines = in_devices(plan, node, "wg", "show", "raven-wg0", "dump").splitlines()[1:]
         # "(none)": a direct-path probe peer between NAT'd pools (docs/gateway.md 4a) that
         # carries nothing yet; cone <-> symmetric never goes direct.
         allowed = {f.split("\t")[0]: set(f.split("\t")[3].split(",")) - {"(none)"}
@@ -316,7 +317,7 @@ def test_gateway_failover_in_a_pool_with_two_candidates(healthy: LabPlan) -> Non
         assert standby != failed
         _, seconds = wait_pairs(plan, timeout=60, skip_nodes=(failed,))
         print(f"failover: pairs answer again {seconds:.1f}s after the new election")
-        assert in_node(plan, standby, "wg", "show", "raven-wg0", "public-key").strip()
+        assert in_devices(plan, standby, "wg", "show", "raven-wg0", "public-key").strip()
     finally:
         faults.node_up(plan.name, failed)
     wait_pairs(plan)
@@ -349,7 +350,8 @@ def test_gateway_rebooted_while_its_pool_is_disconnected(healthy: LabPlan) -> No
     gw = settled_gateway(plan, "edge-cone")
     mac, key, pods = vtep_mac(plan, gw), wg_public_key(plan, gw), pod_addresses(plan)
     node = node_of(plan, gw)
-    ifindex = json.loads(in_node(plan, gw, "ip", "-j", "link", "show", "raven0"))[0]["ifindex"]
+    ifindex = json.loads(in_devices(plan, gw, "ip", "-j", "link", "show", "raven0"))[0][
+        "ifindex"]
     faults.disconnect(plan.name, "edge-cone")
     try:
         # The event the reboot must come after: the controller has seen every heartbeat of the
@@ -359,7 +361,7 @@ def test_gateway_rebooted_while_its_pool_is_disconnected(healthy: LabPlan) -> No
         faults.node_up(plan.name, gw, reboot=True)
         wait_pairs(plan, timeout=60)
         # the reboot really wiped the node: raven0 is a new device
-        again = json.loads(in_node(plan, gw, "ip", "-j", "link", "show", "raven0"))[0]
+        again = json.loads(in_devices(plan, gw, "ip", "-j", "link", "show", "raven0"))[0]
         assert again["ifindex"] != ifindex
         assert vtep_mac(plan, gw) == mac
         assert wg_public_key(plan, gw) == key

@@ -58,7 +58,14 @@ def test_daemonset_runs_the_agent_as_the_guide_says(server: RunningApiServer) ->
     assert pod["hostNetwork"] is True
     assert pod["serviceAccountName"] == "raven-agent"
     (c,) = pod["containers"]
-    assert set(c["securityContext"]["capabilities"]["add"]) == {"NET_ADMIN", "NET_RAW"}
+    # The tunnel namespace (the agent's default, docs/tunnel-namespace.md) needs a privileged
+    # container and the host's /var/run/netns shared both ways, so it outlives the container.
+    assert AgentSettings().tunnel_netns and "--tunnel-netns=" not in c["args"]
+    assert c["securityContext"]["privileged"] is True
+    netns = next(v for v in pod["volumes"] if v["name"] == "netns")
+    assert netns["hostPath"]["path"] == "/var/run/netns"
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "netns")
+    assert (mount["mountPath"], mount["mountPropagation"]) == ("/var/run/netns", "Bidirectional")
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
     env = {e["name"]: e for e in c["env"]}

@@ -161,8 +161,26 @@ def test_plan_keeps_the_member_rule_when_main_holds_a_route_that_would_win() -> 
                for line in out)
 
 
-def test_plan_prints_the_gateway_delivery_to_members() -> None:
+def test_plan_prints_the_tunnel_namespace_of_an_active_gateway() -> None:
+    """The agent's default shape (docs/tunnel-namespace.md): no rule, the routes into the veth,
+    the devices and their routes in the tunnel namespace's part."""
     result = raven("plan", "--gateways", PLAN_GATEWAYS, "--nodes", PLAN_NODES, "--node", "hz-1")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.splitlines()
+    assert not [line for line in out if line.strip().startswith("rule ")]
+    assert ("  10.244.0.0/24 via 169.254.77.2 onlink dev raven-tun0 table main metric 9027 "
+            "mtu lock 1420 src 198.51.100.11") in out
+    assert "veth raven-tun0 169.254.77.1 <-> raven-tun1 169.254.77.2 (in the tunnel namespace)" \
+        in out
+    inner = out[out.index("tunnel namespace:") + 1:]
+    assert "    10.244.0.0/24 dev raven-wg0 table main metric 9027" in inner
+    assert "    10.245.1.0/24 via 246.51.100.12 onlink dev raven0 table main metric 9027" in inner
+    assert any(line.startswith("  wireguard raven-wg0: ") for line in inner)
+
+
+def test_plan_prints_the_gateway_delivery_to_members() -> None:
+    result = raven("plan", "--gateways", PLAN_GATEWAYS, "--nodes", PLAN_NODES, "--node", "hz-1",
+                   "--no-tunnel-namespace")
     assert result.returncode == 0, result.stderr
     out = result.stdout.splitlines()
     assert "rule ipv4 priority 100 lookup 9028" not in out  # its routes are in main
@@ -173,7 +191,7 @@ def test_plan_prints_the_gateway_delivery_to_members() -> None:
 
 def test_plan_keeps_a_contested_gateway_behind_its_rule() -> None:
     result = raven("plan", "--gateways", PLAN_GATEWAYS, "--nodes", PLAN_NODES, "--node", "hz-1",
-                   "--main-route", "10.244.0.0/24")
+                   "--main-route", "10.244.0.0/24", "--no-tunnel-namespace")
     assert result.returncode == 0, result.stderr
     out = result.stdout.splitlines()
     assert "rule ipv4 priority 100 lookup 9028" in out
@@ -188,8 +206,9 @@ def test_plan_json_is_exactly_the_planner_output(node: str) -> None:
     out = json.loads(result.stdout)
     gateways = [Gateway.from_k8s(d) for d in yaml.safe_load_all(Path(PLAN_GATEWAYS).read_text())]
     # The agent applies the plan with its warm standby additions (raven.standby).
-    expected = route_placement.place(standby.warm(plan_node(gateways, node), gateways, node),
-                                     (), OverlaySettings()).to_json()
+    options = OverlaySettings(tunnel_namespace=True)  # as the agent plans by default
+    expected = route_placement.place(standby.warm(plan_node(gateways, node, options), gateways,
+                                                  node, options), (), options).to_json()
     assert out.pop("fleetProblems") == []
     assert out == expected
 
@@ -198,7 +217,9 @@ def test_plan_underlay_mtu() -> None:
     result = raven("plan", "--gateways", PLAN_GATEWAYS, "--node", "hz-1", "--json",
                    "--underlay-mtu", "9000")
     out = json.loads(result.stdout)
-    assert out["vxlan"]["mtu"] == 8950 and out["wireguard"]["mtu"] == 8920
+    devices = out["tunnel"]  # an active gateway's devices are in its tunnel namespace
+    assert devices["vxlan"]["mtu"] == 8950 and devices["wireguard"]["mtu"] == 8920
+    assert out["veth"]["mtu"] == 9000
 
 
 def test_plan_refuses_invalid_gateways_with_every_problem(tmp_path: Path) -> None:

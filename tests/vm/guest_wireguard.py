@@ -240,7 +240,8 @@ def step(fn: Callable[[Path], dict[str, object]]) -> Callable[[Path], None]:
 # --- privileges: the agent's capabilities only -----------------------------------------------
 
 CAP_NET_ADMIN, CAP_NET_RAW = 12, 13
-AGENT_CAPS = (CAP_NET_ADMIN, CAP_NET_RAW)  # what agent/daemonset.yaml grants (drop: [ALL])
+# What an agent without its tunnel namespace (--tunnel-netns '') needs, with drop: [ALL].
+AGENT_CAPS = (CAP_NET_ADMIN, CAP_NET_RAW)
 CLONE_NEWNET = 0x40000000
 PR_CAPBSET_DROP, PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
 LINUX_CAPABILITY_VERSION_3 = 0x20080522
