@@ -101,10 +101,12 @@ def command_prefix(name: str | None) -> list[str]:
 CAP_SYS_ADMIN = 21  # bit of CapEff in /proc/self/status (linux/capability.h)
 
 
-def privilege_problem(status: Path = Path("/proc/self/status")) -> str | None:
-    """Why this process cannot make a named namespace (no CAP_SYS_ADMIN), or None. Asked
-    before the agent relies on one, so that an agent in a container without the privilege
-    keeps the devices in the node's namespace instead of failing every apply."""
+def privilege_problem(status: Path = Path("/proc/self/status"),
+                      run_dir: Path = NETNS_RUN_DIR) -> str | None:
+    """Why this process cannot make a named namespace (no CAP_SYS_ADMIN, or a run directory it
+    cannot write), or None. Asked before the agent relies on one, so that an agent in a
+    container without the privilege keeps the devices in the node's namespace instead of
+    failing every apply."""
     try:
         caps = next(line.split()[1] for line in status.read_text().splitlines()
                     if line.startswith("CapEff:"))
@@ -112,6 +114,11 @@ def privilege_problem(status: Path = Path("/proc/self/status")) -> str | None:
         return f"{status} unreadable: capabilities unknown"
     if not int(caps, 16) >> CAP_SYS_ADMIN & 1:
         return f"no CAP_SYS_ADMIN: making a network namespace {_PRIVILEGE_HINT}"
+    # The directory is made on demand (as `ip netns add` does): its nearest existing parent
+    # must be writable (access(2) says EROFS for a read-only file system).
+    existing = next((d for d in (run_dir, *run_dir.parents) if d.exists()), Path("/"))
+    if not os.access(existing, os.W_OK):
+        return f"{existing} is not writable: a named network namespace is bound under {run_dir}"
     return None
 
 

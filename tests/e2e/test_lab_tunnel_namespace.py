@@ -1,5 +1,5 @@
-"""The tunnel-namespace shape of active gateways on a lab (docs/tunnel-namespace.md, EXPERIMENTAL,
-`raven lab up --tunnel-namespace`), on test-topologies/two-pools.yaml, with one failover.
+"""The tunnel-namespace shape of active gateways on a lab (docs/tunnel-namespace.md, the shipped
+default: `raven lab up`), on test-topologies/two-pools.yaml, with one failover.
 
 What an active gateway must look like (the brief of the shape): raven0 and raven-wg0 only in
 its tunnel namespace LAB.NODE-tun (raven0 made in the node's namespace and moved in, so it

@@ -24,7 +24,7 @@ def status(tmp_path: Path, caps: str) -> Path:
 
 
 def test_root_has_the_privilege(tmp_path: Path) -> None:
-    assert privilege_problem(status(tmp_path, "000001ffffffffff")) is None
+    assert privilege_problem(status(tmp_path, "000001ffffffffff"), tmp_path / "netns") is None
 
 
 def test_net_admin_and_net_raw_alone_are_not_enough(tmp_path: Path) -> None:
