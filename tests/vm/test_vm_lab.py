@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 from icmp_stream_support import EchoStream, start_stream
 
-from raven.lab import cluster, vm
+from raven.lab import cluster, runtime, vm
 
 pytestmark = [pytest.mark.vm, pytest.mark.root, pytest.mark.slow]
 
@@ -45,6 +45,23 @@ def raven(*args: str, timeout: float = 300.0, check: bool = False
 
 def in_target(lab: str, target: str, *argv: str) -> str:
     return raven("lab", "exec", lab, target, "--", *argv, timeout=120, check=True).stdout
+
+
+def tunnel_netns_of(lab: str, target: str) -> str | None:
+    """The node's tunnel namespace while it holds the node's raven0 and raven-wg0 (an active
+    gateway, docs/tunnel-namespace.md), named inside the node (the guest, or the netns node's
+    mount namespace); None when the devices are in the node's own namespace."""
+    name = runtime.tunnel_netns(lab, target)
+    kind = in_target(lab, target, "sh", "-c",
+                     f"stat -f -c %T /run/netns/{name} 2>/dev/null || true").strip()
+    return name if kind == "nsfs" else None
+
+
+def in_devices(lab: str, target: str, *argv: str) -> str:
+    """`in_target` where the node's raven0 and raven-wg0 are (`ip netns exec` remounts /sys
+    for the namespace, and the kernel WireGuard backend answers `wg` only there)."""
+    name = tunnel_netns_of(lab, target)
+    return in_target(lab, target, *(["ip", "netns", "exec", name] if name else []), *argv)
 
 
 def status(lab: str) -> dict:
@@ -118,15 +135,20 @@ def test_every_pod_pair_answers_across_both_wireguard_backends(lab: str) -> None
     pods = [p["name"] for pool in status(lab)["pools"] for n in pool["nodes"] for p in n["pods"]]
     assert len(report["pairs"]) == len(pods) * (len(pods) - 1) == 20
     # the VM gateway runs kernel WireGuard; the netns gateways run wireguard-go (a TUN device)
+    # all three are active gateways: their devices are in their tunnel namespaces, the kernel
+    # WireGuard device of the guest moved there like wireguard-go's TUN (docs/tunnel-namespace.md)
     kinds = {}
     for node in (VM_NODE, "cloud-1", "sym-1"):
-        link = json.loads(in_target(lab, node, "ip", "-j", "-d", "link", "show", "raven-wg0"))[0]
+        assert tunnel_netns_of(lab, node) is not None, node
+        link = json.loads(in_devices(lab, node, "ip", "-j", "-d", "link", "show", "raven-wg0"))[0]
         kinds[node] = link.get("linkinfo", {}).get("info_kind")
     assert kinds == {VM_NODE: "wireguard", "cloud-1": "tun", "sym-1": "tun"}
+    assert "raven-wg0" not in {link["ifname"] for link in json.loads(
+        in_target(lab, VM_NODE, "ip", "-j", "link", "show"))}  # moved, not copied
     # the guest's kernel has the cloud gateway (wireguard-go) as its peer, handshake done; the
     # symmetric pool is reached through it (NAT to NAT is relayed by the public pool)
-    cloud_key = in_target(lab, "cloud-1", "wg", "show", "raven-wg0", "public-key").strip()
-    dump = in_target(lab, VM_NODE, "wg", "show", "raven-wg0", "dump").splitlines()[1:]
+    cloud_key = in_devices(lab, "cloud-1", "wg", "show", "raven-wg0", "public-key").strip()
+    dump = in_devices(lab, VM_NODE, "wg", "show", "raven-wg0", "dump").splitlines()[1:]
     fields = [line.split("\t") for line in dump if line.strip()]
     # Peers that carry addresses. A peer with "(none)" is a direct-path probe peer towards the
     # other NAT'd pool (docs/gateway.md 4a): with one public gateway the NAT kinds are unknown,
@@ -208,8 +230,8 @@ def guest_uptime(lab: str) -> float:
 
 def test_vm_gateway_rebooted_while_its_pool_is_cut_off_keeps_its_identity(lab: str) -> None:
     wait_all_pairs(lab, timeout=60)
-    mac = in_target(lab, VM_NODE, "cat", "/sys/class/net/raven0/address").strip()
-    key = in_target(lab, VM_NODE, "wg", "show", "raven-wg0", "public-key").strip()
+    mac = in_devices(lab, VM_NODE, "cat", "/sys/class/net/raven0/address").strip()
+    key = in_devices(lab, VM_NODE, "wg", "show", "raven-wg0", "public-key").strip()
     uptime = guest_uptime(lab)
     raven("lab", "disconnect", lab, VM_POOL, check=True)
     try:
@@ -228,10 +250,10 @@ def test_vm_gateway_rebooted_while_its_pool_is_cut_off_keeps_its_identity(lab: s
         sys.stderr.write(f"\n[vm-lab] node-up --reboot of {VM_NODE}: booted and wired in "
                          f"{booted:.0f}s, all pairs answer {time.monotonic() - started:.0f}s "
                          "after the start (pool cut off from the control plane)\n")
-        assert in_target(lab, VM_NODE, "cat", "/sys/class/net/raven0/address").strip() == mac
-        assert in_target(lab, VM_NODE, "wg", "show", "raven-wg0", "public-key").strip() == key
-        link = json.loads(in_target(lab, VM_NODE, "ip", "-j", "-d", "link", "show",
-                                    "raven-wg0"))[0]
+        assert in_devices(lab, VM_NODE, "cat", "/sys/class/net/raven0/address").strip() == mac
+        assert in_devices(lab, VM_NODE, "wg", "show", "raven-wg0", "public-key").strip() == key
+        link = json.loads(in_devices(lab, VM_NODE, "ip", "-j", "-d", "link", "show",
+                                     "raven-wg0"))[0]
         assert link["linkinfo"]["info_kind"] == "wireguard"
     finally:
         raven("lab", "reconnect", lab, VM_POOL)
