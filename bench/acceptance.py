@@ -3,7 +3,10 @@
 Everything here is what a grader can type: `raven lab VERB ...` as a subprocess, and standard
 tools inside the lab's namespaces through `raven lab exec` (`ping -D`, `iperf3`, `wg show`,
 `kubectl` against the lab's API server). No raven module is imported, so a figure printed here
-is never the code's own counter. Run it under the shared lock, one scenario per lock:
+is never the code's own counter. `wg show` runs where the node's raven-wg0 is: an active
+gateway's tunnel namespace, LAB.NODE-tun inside the node (the shipped default,
+docs/tunnel-namespace.md), else the node's own. Run it under the shared lock, one scenario per
+lock:
 
     flock /tmp/raven-e2e.lock .venv/bin/python bench/acceptance.py paths \
         --topology test-topologies/acceptance-mesh.yaml --nat-a shop --nat-b depot [--json]
@@ -64,6 +67,20 @@ def lx(lab: str, target: str, *cmd: str, check: bool = True,
     return raven("lab", "exec", lab, target, "--", *cmd, check=check, timeout=timeout)
 
 
+# Runs "$@" in the tunnel namespace $1 when the node has one mounted now (an active gateway's,
+# named LAB.NODE-tun by the lab inside the node's mount namespace), else in the node's own.
+IN_DEVICES = ('ns=$1; shift; if ip netns exec "$ns" true 2>/dev/null; then '
+              'exec ip netns exec "$ns" "$@"; fi; exec "$@"')
+
+
+def in_devices(lab: str, node: str, *cmd: str, check: bool = True,
+               timeout: float = 120) -> subprocess.CompletedProcess:
+    """`lx`, but where the node's raven0 and raven-wg0 are now (asked at each call: a failover
+    moves them)."""
+    return lx(lab, node, "sh", "-c", IN_DEVICES, "sh", f"{lab}.{node}-tun", *cmd, check=check,
+              timeout=timeout)
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S', time.gmtime())}Z] {msg}", file=sys.stderr, flush=True)
 
@@ -106,8 +123,9 @@ class Lab:
                     if n["name"] == node)
 
     def wg_peers(self, node: str) -> list[dict]:
-        """`wg show raven-wg0 dump` of a node: one dict per peer ([] without the device)."""
-        out = lx(self.name, node, "wg", "show", "raven-wg0", "dump", check=False).stdout
+        """`wg show raven-wg0 dump` of a node, where the device is: one dict per peer ([]
+        without the device)."""
+        out = in_devices(self.name, node, "wg", "show", "raven-wg0", "dump", check=False).stdout
         peers = []
         for line in out.splitlines()[1:]:
             f = line.split("\t")

@@ -19,10 +19,16 @@ is counted, and it enters the median and the maximum as infinity (never dropped)
 repaired and the pool settled between rounds. Also printed: the node that carries the traffic
 afterwards, the load average, and the kernel writes each node made from the fault to the end of
 the round, counted by an independent oracle (the kernel's own notifications: `ip -o monitor
-link address route rule` and `nft monitor` inside every node but the broken one, and the peers
-whose allowed IPs differ in `wg show raven-wg0 allowed-ips` before and after; WireGuard writes
-through wireguard-go's socket raise no netlink notification, hence the diff). `--json` prints a
-JSON summary as the last line.
+all-nsid link address route rule` and `nft monitor` inside every node but the broken one, and
+the peers whose allowed IPs differ in `wg show raven-wg0 allowed-ips`, read where the device is,
+before and after; WireGuard writes through wireguard-go's socket raise no netlink notification,
+hence the diff). A gateway keeps raven0 and raven-wg0 in a tunnel namespace of its own (the
+shipped default, docs/tunnel-namespace.md), made by the node that becomes the gateway during the
+round: `all-nsid` in the node's namespace hears it from the moment the veth joins the two (its
+first event, its end of the veth appearing, comes before and is not counted), and counts the
+node's own namespace and its tunnel namespace, never the pods' or the underlay's (every
+namespace the node had an id for when the round began, except its tunnel namespace). `--json`
+prints a JSON summary as the last line.
 
     .venv/bin/python bench/failover.py [--rounds 5] [--cases a,b,c] [--json]
     .venv/bin/python bench/failover.py --topology test-topologies/active-active.yaml --cases s
@@ -43,6 +49,7 @@ import sys
 import time
 from pathlib import Path
 
+from raven import constants
 from raven.errors import CommandError
 from raven.lab import build, cluster, faults, runtime, teardown
 from raven.lab import gateway_load as gl
@@ -169,19 +176,41 @@ def failover_events(lab: str) -> dict[str, str]:
             if e.get("reason") == "GatewayFailover"}
 
 
+NSID = re.compile(r"^\[nsid (\w+)\]")
+
+
+def _json_out(argv: list[str]) -> list[dict]:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    return json.loads(proc.stdout or "[]") if proc.returncode == 0 else []
+
+
+def foreign_nsids(lab: str, node: str) -> set[str]:
+    """The ids the node's namespace has for other namespaces (its pods', the underlay's), but
+    that of its tunnel namespace (the far end of raven-tun0): their events are not the node's."""
+    prefix = runtime.node_exec_argv(lab, node)
+    links = _json_out([*prefix, "ip", "-j", "link", "show"])  # first: a dump names every peer
+    peers = {str(e["link_netnsid"]) for e in links if "link_netnsid" in e}
+    tunnel = {str(e["link_netnsid"]) for e in links
+              if "link_netnsid" in e and e.get("ifname") == constants.TUNNEL_VETH}
+    known = {str(e["nsid"]) for e in _json_out([*prefix, "ip", "-j", "netns", "list-id"])
+             if "nsid" in e}
+    return (known | peers) - tunnel
+
+
 class WriteWatch:
     """Kernel changes per node while it runs, seen by the kernel's notifications (not by the
-    agents' own counters)."""
+    agents' own counters), in the node's namespace and in its tunnel namespace (module doc)."""
 
     def __init__(self, lab: str, nodes: list[str]) -> None:
         self.lab = lab
         self.nodes = nodes
         self.wg_before = {n: self._wg(n) for n in nodes}
+        self.foreign = {n: foreign_nsids(lab, n) for n in nodes}
         self.procs: dict[tuple[str, str], subprocess.Popen[str]] = {}
         for n in nodes:
             prefix = runtime.node_exec_argv(lab, n)
             self.procs[(n, "netlink")] = subprocess.Popen(
-                [*prefix, "ip", "-o", "monitor", "link", "address", "route", "rule"],
+                [*prefix, "ip", "-o", "monitor", "all-nsid", "link", "address", "route", "rule"],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             self.procs[(n, "nft")] = subprocess.Popen(
                 [*prefix, "nft", "monitor"], stdout=subprocess.PIPE,
@@ -189,7 +218,8 @@ class WriteWatch:
         time.sleep(0.3)  # both monitors subscribe before the fault
 
     def _wg(self, node: str) -> dict[str, str]:
-        proc = subprocess.run([*runtime.node_exec_argv(self.lab, node), "wg", "show",
+        # Asked at each read: the node may become (or stop being) the gateway in the round.
+        proc = subprocess.run([*runtime.devices_exec_argv(self.lab, node), "wg", "show",
                                "raven-wg0", "allowed-ips"], capture_output=True, text=True)
         out = {}
         for line in proc.stdout.splitlines():
@@ -197,13 +227,21 @@ class WriteWatch:
             out[key] = " ".join(sorted(ips.split()))
         return out
 
+    def _counts(self, node: str, line: str) -> bool:
+        """A line is one change of the node's: not blank, not an nft comment, and not from a
+        namespace of another's (all-nsid's `[nsid N]`; `[nsid current]` is the node's)."""
+        if not line.strip() or line.startswith("#"):
+            return False
+        m = NSID.match(line)
+        return m is None or m.group(1) not in self.foreign[node]
+
     def stop(self) -> dict[str, dict[str, int]]:
         counts: dict[str, dict[str, int]] = {n: {} for n in self.nodes}
         for (node, kind), proc in self.procs.items():
             proc.terminate()
             out, _ = proc.communicate(timeout=10)
             counts[node][kind] = len([line for line in out.splitlines()
-                                      if line.strip() and not line.startswith("#")])
+                                      if self._counts(node, line)])
         for n in self.nodes:
             after = self._wg(n)
             before = self.wg_before[n]

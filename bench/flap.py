@@ -5,9 +5,10 @@ node carrying the cone-NAT pool's traffic gets --percent random loss on its upli
 loss`, both directions) for --minutes. Twice a second, read from the kernel (never from the
 agents): the gateway the pool's member routes through (`member_routes`: table 9027 or main,
 next hop = a candidate's VTEP) and the candidate whose WireGuard peer on the public gateway
-holds the pool's subnets (`wg show raven-wg0 allowed-ips`). Reported: how often each moved, and the
-longest time the two disagreed (two nodes carrying the pool's traffic). `--json` prints a JSON
-summary as the last line.
+holds the pool's subnets (`wg show raven-wg0 allowed-ips`; WireGuard is read where the device is:
+a gateway's tunnel namespace, the shipped default, docs/tunnel-namespace.md, else the node's).
+Reported: how often each moved, and the longest time the two disagreed (two nodes carrying the
+pool's traffic). `--json` prints a JSON summary as the last line.
 
     .venv/bin/python bench/flap.py [--minutes 10] [--percent 5] [--json]
 """
@@ -32,8 +33,10 @@ ROOT = Path(__file__).resolve().parents[1]
 PERIOD = 0.5
 
 
-def _run(lab: str, node: str, *argv: str) -> str:
-    return subprocess.run([*runtime.exec_argv(lab, node), *argv], capture_output=True,
+def _in_devices(lab: str, node: str, *argv: str) -> str:
+    """Run where the node's raven0 and raven-wg0 are now (asked at each call: the gateway may
+    move under the loss)."""
+    return subprocess.run([*runtime.devices_exec_argv(lab, node), *argv], capture_output=True,
                           text=True, timeout=30).stdout
 
 
@@ -55,7 +58,7 @@ def main() -> int:
         member = next(n for n in pool.nodes if not n.gateway_candidate)
         public_gw = cluster.wait_active(lab, public.name)
         by_vtep = {vtep_for(n.underlay_ip)[0]: n.name for n in pool.nodes if n.gateway_candidate}
-        keys = {_run(lab, n, "wg", "show", "raven-wg0", "public-key").strip(): n
+        keys = {_in_devices(lab, n, "wg", "show", "raven-wg0", "public-key").strip(): n
                 for n in by_vtep.values()}
         subnet = member.pod_cidr
         active = cluster.wait_active(lab, pool.name)
@@ -71,8 +74,8 @@ def main() -> int:
             routes = member_routes(lab, member.name)
             hop = by_vtep.get(next((r.get("gateway", "") for r in routes), ""))
             owner = None
-            for line in _run(lab, public_gw, "wg", "show", "raven-wg0",
-                             "allowed-ips").splitlines():
+            for line in _in_devices(lab, public_gw, "wg", "show", "raven-wg0",
+                                    "allowed-ips").splitlines():
                 key, *ips = line.split()
                 if subnet in ips:
                     owner = keys.get(key)

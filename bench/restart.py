@@ -7,10 +7,16 @@ data plane stays, a new agent adopts it) --restarts times each, alternating. Rep
 sent, received, lost, the seconds each agent was away, and whether a gateway moved.
 Adoption is proved by oracles independent of the agent (never its own counters): during each
 restart and for SETTLE seconds after the new agent is ready, `ip monitor` (links, addresses,
-routes, rules, neighbours), `bridge monitor fdb` and `nft monitor` run in the node's namespace
-and every event on our objects (raven0, raven-wg0, tables 9027/9028, our nft table) counts as a
-kernel write; `wg show raven-wg0 dump` before and after must list the same configuration
-(listen port, peers, allowed IPs, keepalive).
+routes, rules, neighbours), `bridge monitor fdb` and `nft monitor` run in the node's namespace,
+where every event on our objects (raven0, raven-wg0, the veth raven-tun0, tables 9027/9028 and
+metric 9027 in main, our nft table) counts as a kernel write, and, while the gateway keeps its
+devices in a tunnel namespace (the shipped default, docs/tunnel-namespace.md), in that
+namespace too, where every event counts (it holds only ours). Neighbour events count on raven0
+(the agent writes neighbours there only; those on the veth and raven-wg0 are the kernel's own
+resolution). The devices' namespace must be the same one before and after (a
+namespace made again counts as a write); `wg show raven-wg0 dump`, read where the device is,
+before and after must list the same configuration (listen port, peers, allowed IPs,
+keepalive).
 Prints figures only; `--json` prints a JSON summary as the last line ({"lost", ...}).
 
     .venv/bin/python bench/restart.py [--restarts 3] [--json]
@@ -35,16 +41,37 @@ from raven.lab.topology import load_topology
 ROOT = Path(__file__).resolve().parents[1]
 RATE = 100
 SETTLE = 2.0  # seconds after the new agent is ready during which writes are still counted
-OURS = ("raven0", "raven-wg0", "9027", "9028", " raven ")
-MONITORS = (["ip", "monitor", "link", "address", "route", "rule", "neigh"],
+# In the node's namespace: events naming these are ours (a gateway's routes via the veth sit in
+# main with metric 9027); in the tunnel namespace every event is.
+OURS = ("raven0", "raven-wg0", "raven-tun0", "9027", "9028", " raven ")
+# -o: one line per event; label: "[NEIGH]" tells neighbour events apart.
+MONITORS = (["ip", "-o", "monitor", "label", "link", "address", "route", "rule", "neigh"],
             ["bridge", "monitor", "fdb"], ["nft", "monitor"])
+
+
+def written(line: str, tunnel: bool) -> bool:
+    """A monitor's line is a kernel write on our objects: in the tunnel namespace (`tunnel`) any
+    event, in the node's one naming ours; a neighbour event only on raven0 (an entry the agent
+    deletes shows as FAILED, like one the kernel gave up resolving, so the state cannot tell)."""
+    if not line.strip() or line.startswith("#"):  # nft monitor's generation comments
+        return False
+    if line.startswith("[NEIGH]"):
+        return " dev raven0 " in f"{line} "
+    return tunnel or any(o in f" {line} " for o in OURS)
+
+
+def devices_namespace(lab: str, node: str) -> str:
+    """The identity (`net:[inode]`) of the namespace that holds the node's devices now."""
+    return subprocess.run([*runtime.devices_exec_argv(lab, node), "readlink",
+                           "/proc/self/ns/net"], capture_output=True, text=True,
+                          timeout=30).stdout.strip()
 
 
 def wg_config(lab: str, node: str) -> list[tuple[str, ...]]:
     """The configuration part of `wg show raven-wg0 dump` (no counters, handshakes or roamed
-    endpoints)."""
-    proc = subprocess.run([*runtime.exec_argv(lab, node), "wg", "show", "raven-wg0", "dump"],
-                          capture_output=True, text=True, timeout=30)
+    endpoints), read where the device is."""
+    proc = subprocess.run([*runtime.devices_exec_argv(lab, node), "wg", "show", "raven-wg0",
+                           "dump"], capture_output=True, text=True, timeout=30)
     rows = [line.split("\t") for line in proc.stdout.splitlines()]
     if not rows:
         return []
@@ -55,20 +82,28 @@ def wg_config(lab: str, node: str) -> list[tuple[str, ...]]:
 
 def restart_counting_writes(lab: str, node: str) -> tuple[float, int, list[str], bool]:
     """(seconds away, kernel writes seen by the monitors, the events, wg config unchanged)."""
-    netns = runtime.load_plan(lab)
-    netns_name = next(n.netns for _, n in netns.nodes() if n.name == node)
     before = wg_config(lab, node)
-    monitors = [subprocess.Popen(["ip", "netns", "exec", netns_name, *argv],
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-                for argv in MONITORS]
+    where = devices_namespace(lab, node)
+    tunnel = runtime.device_netns(lab, node)  # asked now: where the devices are at this restart
+    prefixes = [(runtime.node_exec_argv(lab, node), False)]
+    if tunnel is not None:
+        prefixes.append((runtime.devices_exec_argv(lab, node), True))
+    monitors = [(subprocess.Popen([*prefix, *argv], stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True), inside, tag)
+                for prefix, inside in prefixes
+                for argv, tag in zip(MONITORS, ("ip", "bridge", "nft"), strict=True)]
     time.sleep(0.3)  # the monitors are subscribed before anything happens
     away = faults.agent_restart(lab, node)
     time.sleep(SETTLE)
     events: list[str] = []
-    for proc in monitors:
+    for proc, inside, tag in monitors:
         proc.terminate()
         out, _ = proc.communicate(timeout=10)
-        events += [line for line in out.splitlines() if any(o in f" {line} " for o in OURS)]
+        label = f"{tunnel} {tag}" if inside else f"node {tag}"
+        events += [f"[{label}] {line}" for line in out.splitlines() if written(line, inside)]
+    after = devices_namespace(lab, node)
+    if after != where:
+        events.append(f"devices' namespace changed: {where or 'none'} -> {after or 'none'}")
     return away, len(events), events, wg_config(lab, node) == before
 
 
