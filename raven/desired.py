@@ -135,6 +135,11 @@ class VethPair:
     peer_address: str
     prefixlen: int
     mtu: int
+    # Generic receive offload on both ends (ethtool's rx-gro; off by default on a veth, and on
+    # it turns on the veth's NAPI path): the packets wireguard-go writes one by one are merged
+    # before they are forwarded again, so the gateway's own pods do not pay the extra hop per
+    # packet (docs/tunnel-namespace.md, "The veth's receive offload").
+    gro: bool = True
 
 
 @dataclass(frozen=True)

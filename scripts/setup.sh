@@ -15,6 +15,8 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 
 apt_packages=(iproute2 nftables wireguard-go wireguard-tools iperf3 iputils-ping tcpdump procps graphviz)
+# ethtool: the kernel tests' oracle for offload features (the tunnel veth's rx-gro).
+apt_packages+=(ethtool)
 # VM tests (tests/vm): qemu boots Debian's kernel (it has the wireguard module, this host's kernel
 # may not) with this machine's filesystem through virtme-ng; busybox-static and qemu-utils are
 # what virtme-ng uses at run time (its initramfs, its disk tooling).

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
+from pyroute2.ethtool import Ethtool
 from pyroute2.netlink.exceptions import NetlinkError as PyrouteNetlinkError
 
 from raven.dataplane import netns
@@ -181,6 +182,36 @@ class Links:
         if up is not None:
             changes["state"] = "up" if up else "down"
         self._call(f"set link {index} {changes}", self._ipr.link, "set", index=index, **changes)
+
+    def _ethtool(self) -> Any:
+        with netns.entered(self.netns):  # its sockets, and so its device names, are this ns's
+            return Ethtool()
+
+    def gro(self, name: str) -> bool | None:
+        """Whether generic receive offload (ethtool's rx-gro) is on for link `name`; None when
+        the device cannot have it."""
+        try:
+            ethtool = self._ethtool()
+            try:
+                feature = ethtool.get_features(name).features.get("rx-gro")
+            finally:
+                ethtool.close()
+        except Exception as exc:  # pyroute2's ethtool raises plain and its own exceptions
+            raise DataplaneError(f"link {name}: reading its offload features: {exc}") from None
+        return None if feature is None or not feature.available else bool(feature.enable)
+
+    def set_gro(self, name: str, on: bool) -> None:
+        try:
+            ethtool = self._ethtool()
+            try:
+                features = ethtool.get_features(name)
+                features.features["rx-gro"].enable = on
+                ethtool.set_features(name, features)
+            finally:
+                ethtool.close()
+        except Exception as exc:
+            raise DataplaneError(f"link {name}: setting rx-gro {'on' if on else 'off'}: "
+                                 f"{exc}") from None
 
     def delete(self, index: int) -> None:
         try:

@@ -26,8 +26,11 @@ from raven.topology import vtep_for
 _OVERLAY = OverlaySettings()
 
 
-def _in_node(lab: str, node: str, *argv: str) -> str:
-    proc = nsutil.run([*runtime.node_exec_argv(lab, node), *argv], check=False, timeout=30)
+def _in_node(lab: str, node: str, *argv: str, devices: bool = False) -> str:
+    """`argv` in the node, or (`devices`) where its raven0 and raven-wg0 are (its tunnel
+    namespace while it is an active gateway: the kernel WireGuard backend answers only there)."""
+    prefix = runtime.devices_exec_argv(lab, node) if devices else runtime.node_exec_argv(lab, node)
+    proc = nsutil.run([*prefix, *argv], check=False, timeout=30)
     return proc.stdout if proc.returncode == 0 else ""  # no device/table: nothing of ours
 
 
@@ -92,13 +95,15 @@ def gateway_of_nodes(plan: LabPlan, pool: str) -> dict[str, str]:
 
 
 def public_key(lab: str, node: str) -> str:
-    return _in_node(lab, node, "wg", "show", _OVERLAY.wireguard_device, "public-key").strip()
+    return _in_node(lab, node, "wg", "show", _OVERLAY.wireguard_device, "public-key",
+                    devices=True).strip()
 
 
 def peer_subnets(lab: str, node: str) -> dict[str, set[str]]:
     """public key -> the allowed IPs of that peer on `node` (`wg show ... allowed-ips`)."""
     out: dict[str, set[str]] = {}
-    text = _in_node(lab, node, "wg", "show", _OVERLAY.wireguard_device, "allowed-ips")
+    text = _in_node(lab, node, "wg", "show", _OVERLAY.wireguard_device, "allowed-ips",
+                    devices=True)
     for line in text.splitlines():
         key, *ips = line.split()
         out[key] = {ip for ip in ips if ip != "(none)"}
@@ -108,8 +113,8 @@ def peer_subnets(lab: str, node: str) -> dict[str, set[str]]:
 def wg_bytes(lab: str, node: str) -> int:
     """Bytes received plus sent by every peer of `node`'s WireGuard device (0 without one)."""
     total = 0
-    for line in _in_node(lab, node, "wg", "show", _OVERLAY.wireguard_device,
-                         "transfer").splitlines():
+    for line in _in_node(lab, node, "wg", "show", _OVERLAY.wireguard_device, "transfer",
+                         devices=True).splitlines():
         parts = line.split()
         if len(parts) == 3:
             total += int(parts[1]) + int(parts[2])

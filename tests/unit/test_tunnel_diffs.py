@@ -20,9 +20,9 @@ PAIR = VethPair(name="raven-tun0", peer="raven-tun1", address="169.254.77.1",
 
 
 def end(name: str, index: int, *addresses: str, mtu: int = 1500, up: bool = True,
-        kind: str = "veth") -> VethEnd:
+        kind: str = "veth", gro: bool | None = True) -> VethEnd:
     link = LinkFacts(index=index, name=name, kind=kind, mtu=mtu, mac="", up=up)
-    return VethEnd(link, frozenset((a, 30) for a in addresses))
+    return VethEnd(link, frozenset((a, 30) for a in addresses), gro)
 
 
 def test_vxlan_in_a_tunnel_namespace_moves_ours_in_from_the_node() -> None:
@@ -56,7 +56,21 @@ def test_veth_created_with_both_addresses_and_up() -> None:
     assert made.create == PAIR and made.delete is None
     assert made.addresses_add == (("169.254.77.1", 30),)
     assert made.peer_addresses_add == (("169.254.77.2", 30),)
-    assert made.fix == (("up", True),) and made.peer_fix == (("up", True),)
+    assert made.fix == made.peer_fix == (("up", True), ("gro", True))
+    without = diff(replace(PAIR, gro=False), "raven-tun0", VethEnd(None), VethEnd(None))
+    assert without.fix == without.peer_fix == (("up", True),)
+
+
+def test_veth_receive_offload_is_turned_on_where_it_is_off() -> None:
+    """A veth has rx-gro off by default; each end that has it off gets it on, one that cannot
+    have it (None) is left alone."""
+    here, there = end("raven-tun0", 5, "169.254.77.1"), end("raven-tun1", 2, "169.254.77.2")
+    off = diff(PAIR, "raven-tun0", replace(here, gro=False), there)
+    assert off.fix == (("gro", True),) and off.peer_fix == ()
+    assert "veth raven-tun0: set gro True" in off.lines
+    assert diff(PAIR, "raven-tun0", replace(here, gro=None), replace(there, gro=None)).empty()
+    assert diff(replace(PAIR, gro=False), "raven-tun0", here, there).peer_fix == (
+        ("gro", False),)
 
 
 def test_veth_steady_fixed_and_recreated() -> None:

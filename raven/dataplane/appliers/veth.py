@@ -4,8 +4,9 @@ one end in each, each with its address and up.
 Rules kept: ours by name and kind (a link of our name that is not a veth is an error, never
 deleted); an end whose partner is not where the plan puts it (the tunnel namespace was deleted
 and made again, a half-made pair) is deleted and the pair made again, since a veth end cannot be
-re-paired; MTU and up are fixed in place; only global-scope addresses are read, and only the
-planned one is kept on each end. No cache: the ends are read at every step (two link gets).
+re-paired; MTU, up and generic receive offload (`VethPair.gro`, ethtool's rx-gro) are fixed in
+place; only global-scope addresses are read, and only the planned one is kept on each end. No
+cache: the ends are read at every step (two link gets, two feature reads).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ Address = tuple[str, int]
 class VethEnd:
     link: LinkFacts | None
     addresses: frozenset[Address] = frozenset()
+    gro: bool | None = None  # None: not read, or the device cannot have it
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,15 @@ def _checked(end: VethEnd, name: str) -> LinkFacts | None:
     return end.link
 
 
-def _fixes(link: LinkFacts, mtu: int) -> list[tuple[str, object]]:
+def _fixes(end: VethEnd, pair: VethPair) -> list[tuple[str, object]]:
+    assert end.link is not None
     fix: list[tuple[str, object]] = []
-    if link.mtu != mtu:
-        fix.append(("mtu", mtu))
-    if not link.up:
+    if end.link.mtu != pair.mtu:
+        fix.append(("mtu", pair.mtu))
+    if not end.link.up:
         fix.append(("up", True))
+    if end.gro is not None and end.gro != pair.gro:
+        fix.append(("gro", pair.gro))
     return fix
 
 
@@ -78,15 +83,17 @@ def diff(desired: VethPair | None, name: str, mine: VethEnd, peer: VethEnd) -> V
     if here is None:
         lines.append(f"veth {name}: create, peer {desired.peer} in the tunnel namespace, "
                      f"mtu {desired.mtu}, up")
-        return VethChanges(desired=desired, delete=delete, create=desired, fix=(("up", True),),
-                           peer_fix=(("up", True),),
+        made = (("up", True), ("gro", desired.gro)) if desired.gro else (("up", True),)
+        lines.append(f"veth {name}, {desired.peer}: set {', '.join(f'{k} {v}' for k, v in made)}")
+        return VethChanges(desired=desired, delete=delete, create=desired, fix=made,
+                           peer_fix=made,
                            addresses_add=((desired.address, desired.prefixlen),),
                            peer_addresses_add=((desired.peer_address, desired.prefixlen),),
                            lines=(*lines, f"address add {desired.address}/{desired.prefixlen} "
                                   f"dev {name}", f"address add {desired.peer_address}/"
                                   f"{desired.prefixlen} dev {desired.peer}"))
     assert there is not None
-    fix, peer_fix = _fixes(here, desired.mtu), _fixes(there, desired.mtu)
+    fix, peer_fix = _fixes(mine, desired), _fixes(peer, desired)
     lines += [f"veth {n}: set {', '.join(f'{k} {v}' for k, v in f)}"
               for n, f in ((name, fix), (desired.peer, peer_fix)) if f]
     want, peer_want = {(desired.address, desired.prefixlen)}, {(desired.peer_address,
@@ -120,7 +127,7 @@ class VethApplier:
         if link is None or link.kind != "veth":
             return VethEnd(link)
         assert links is not None
-        return VethEnd(link, frozenset(links.addresses(link.index)))
+        return VethEnd(link, frozenset(links.addresses(link.index)), links.gro(name))
 
     def read(self, peer: str) -> tuple[VethEnd, VethEnd]:
         return self._end(self.links, self.name), self._end(self.tunnel_links(), peer)
@@ -151,9 +158,12 @@ class VethApplier:
                 links.del_address(link.index, address, prefixlen)
             for address, prefixlen in new:
                 links.add_address(link.index, address, prefixlen)
-            if fix:
-                links.set(link.index, **dict(fix))  # type: ignore[arg-type]
-            writes += len(gone) + len(new) + (1 if fix else 0)
+            settings = {k: v for k, v in fix if k != "gro"}
+            if settings:
+                links.set(link.index, **settings)  # type: ignore[arg-type]
+            if "gro" in dict(fix):
+                links.set_gro(name, bool(dict(fix)["gro"]))
+            writes += len(gone) + len(new) + (1 if settings else 0) + ("gro" in dict(fix))
         return writes
 
     def remove(self, scope: Scope) -> list[str]:

@@ -41,6 +41,13 @@ def namespaces() -> set[str]:
     return {n["name"] for n in json.loads(out or "[]")}
 
 
+def gro_of(ns: str, name: str) -> str:
+    """ethtool's word for the device's generic receive offload ("on", "off")."""
+    out = run("ip", "netns", "exec", ns, "ethtool", "-k", name).stdout
+    return next(line.split(":", 1)[1].split()[0] for line in out.splitlines()
+                if line.startswith("generic-receive-offload:"))
+
+
 def link_in(ns: str, name: str) -> dict | None:
     import json
     proc = run("ip", "-n", ns, "-json", "-details", "link", "show", name, check=False)
@@ -92,6 +99,9 @@ def test_gateway_in_a_tunnel_namespace_carries_the_pool_without_any_rule(
     assert "link_netnsid" in link_in(tun, "raven0")
     assert link_in(gwa.ns, "raven-tun0")["link_type"] == "ether"
     assert link_in(tun, "raven-tun1") is not None
+    # Receive offload on both ends (off by default on a veth): wireguard-go's packets are
+    # merged before they are forwarded again.
+    assert gro_of(gwa.ns, "raven-tun0") == gro_of(tun, "raven-tun1") == "on"
     # Neither namespace holds a rule: neither is in the kernel's policy-routing mode.
     assert rule_priorities(gwa.ns) == KERNEL_RULES
     assert rule_priorities(tun) == KERNEL_RULES
@@ -121,6 +131,11 @@ def test_gateway_in_a_tunnel_namespace_carries_the_pool_without_any_rule(
     # Steady: nothing to write, nothing drifted.
     assert dps[gwa].apply(shaped).writes == 0
     assert dps[gwa].observe().drift == ()
+    # Receive offload turned off by hand is turned on again by the next apply.
+    run("ip", "netns", "exec", gwa.ns, "ethtool", "-K", "raven-tun0", "gro", "off")
+    assert gro_of(gwa.ns, "raven-tun0") == "off"
+    assert dps[gwa].apply(shaped).writes == 1
+    assert gro_of(gwa.ns, "raven-tun0") == "on"
 
     # Back to one namespace: the tunnel namespace goes, the devices are made in the node's.
     dps[gwa].apply(one_namespace)
