@@ -144,8 +144,10 @@ def features(lab: str, node: str, devices: list[str]) -> dict[str, object]:
 
 
 def wg_dump(lab: str, node: str) -> tuple[list[str], list[list[str]]]:
+    where = device_netns(lab, node)  # the kernel backend answers only where its device is
     lines = [line.split("\t") for line in
-             on(lab, node, "wg", "show", constants.WIREGUARD_DEVICE, "dump").splitlines()]
+             on(lab, node, *(["ip", "netns", "exec", where] if where else []), "wg", "show",
+                constants.WIREGUARD_DEVICE, "dump").splitlines()]
     return lines[0], lines[1:]
 
 

@@ -154,14 +154,25 @@ def _with_tunnel_namespace_if_allowed(settings: AgentSettings,
     """`settings`, or without the tunnel namespace when this process cannot make one (a
     container without the privilege, e.g. a DaemonSet from before it was the default): the
     gateway then keeps its devices in the node's namespace, as it did, instead of failing
-    every apply."""
+    every apply. Refused (CommandError) when an earlier agent on this node made a tunnel
+    namespace (its name is recorded in the state directory): its devices hold raven0's VNI and
+    the WireGuard port, and without the privilege this agent can neither use nor remove it."""
     from raven.dataplane import tunnel_namespace_problem
+    from raven.dataplane.tunnel import RECORD_FILE, recorded_name
 
     if not settings.tunnel_netns:
         return settings
     problem = tunnel_namespace_problem()
     if problem is None:
         return settings
+    recorded = recorded_name(settings.state_dir)
+    if recorded is not None:
+        raise CommandError(
+            f"agent {settings.node}: tunnel namespace {recorded!r}, made by an earlier agent "
+            f"on this node, cannot be used or removed: {problem}. Run the agent privileged "
+            "with the host's /var/run/netns (agent/daemonset.yaml), or remove the namespace "
+            f"on the host (`raven agent cleanup --state-dir {settings.state_dir}` as root, or "
+            f"`ip netns delete {recorded}` and delete {settings.state_dir / RECORD_FILE})")
     log.warning("tunnel namespace %r not used, the devices stay in the node's namespace (a "
                 "policy rule on an active gateway with members): %s", settings.tunnel_netns,
                 problem)

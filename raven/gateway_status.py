@@ -568,4 +568,5 @@ def key_problem(node: str, key: str) -> str | None:
     return (f"node {node}: annotation {constants.ANNOTATION_PUBLIC_KEY}={key[:60]!r} is not a "
             "WireGuard public key (base64 of 32 bytes); its agent rewrites it at start, or "
             f"fix it with kubectl annotate node {node} --overwrite "
-            f"{constants.ANNOTATION_PUBLIC_KEY}=<key from 'wg show raven-wg0 public-key'>")
+            f"{constants.ANNOTATION_PUBLIC_KEY}=<key from 'wg show raven-wg0 public-key', run "
+            "where the device is: 'ip netns exec raven-tun ...' on an active gateway>")

@@ -329,7 +329,7 @@ class LabSettings:
     node_grace: float = DEFAULT_NODE_GRACE  # kubelet stand-in: NotReady after this long down
     # The agents keep an active gateway's tunnel devices in a namespace of their own,
     # LAB.NODE-tun (docs/tunnel-namespace.md), as the shipped agent does; off: in the node's.
-    tunnel_namespace: bool = default_of(AgentSettings, "tunnel_netns") != ""
+    tunnel_namespace: bool = bool(default_of(AgentSettings, "tunnel_netns"))
     wait_timeout: float = 180.0  # up(): all pairs must answer within this
 
 

@@ -36,7 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                              "(repeatable): a member keeps its rule when one contests its "
                              "routes; the agent reads them from the node")
     parser.add_argument("--tunnel-namespace", action=argparse.BooleanOptionalAction,
-                        default=default_of(AgentSettings, "tunnel_netns") != "",
+                        default=bool(default_of(AgentSettings, "tunnel_netns")),
                         help="plan an active gateway's devices in the tunnel namespace, as the "
                         "agent does by default (docs/tunnel-namespace.md); "
                         "--no-tunnel-namespace: as an agent with --tunnel-netns ''")

@@ -80,7 +80,11 @@ def entered(name: str | None) -> Iterator[None]:
         own = f"/proc/self/task/{threading.get_native_id()}/ns/net"
         original = os.open(own, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            _setns(target)
+            try:
+                _setns(target)
+            except OSError as exc:
+                hint = _PRIVILEGE_HINT if exc.errno == errno.EPERM else f"({exc.strerror})"
+                raise DataplaneError(f"entering network namespace {name!r} {hint}") from None
             try:
                 yield
             finally:

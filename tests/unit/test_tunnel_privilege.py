@@ -12,6 +12,7 @@ import pytest
 import raven.dataplane
 from raven.agent_command import _with_tunnel_namespace_if_allowed
 from raven.dataplane.netns import privilege_problem
+from raven.errors import CommandError
 from raven.settings import AgentSettings, OverlaySettings
 
 STATUS = "Name:\tpython3\nCapInh:\t0000000000000000\nCapEff:\t{caps}\nCapBnd:\t000001ffffffffff\n"
@@ -38,11 +39,12 @@ def test_an_unreadable_status_is_a_problem(tmp_path: Path) -> None:
 
 
 def test_the_agent_falls_back_to_the_node_namespace(monkeypatch: pytest.MonkeyPatch,
-                                                      caplog: pytest.LogCaptureFixture) -> None:
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      tmp_path: Path) -> None:
     monkeypatch.setattr(raven.dataplane, "tunnel_namespace_problem",
                         lambda: "no CAP_SYS_ADMIN: ...")
-    on = AgentSettings(node="n", tunnel_netns="raven-tun",
-                       overlay=OverlaySettings(tunnel_namespace=True))
+    on = AgentSettings(node="n", state_dir=tmp_path, tunnel_netns="raven-tun",
+                       overlay=OverlaySettings(tunnel_namespace=True))  # nothing recorded
     with caplog.at_level(logging.WARNING):
         got = _with_tunnel_namespace_if_allowed(on, logging.getLogger("test"))
     assert got.tunnel_netns is None and not got.overlay.tunnel_namespace
@@ -58,3 +60,20 @@ def test_the_agent_keeps_the_namespace_when_allowed(monkeypatch: pytest.MonkeyPa
 
 def test_the_agent_default_is_the_tunnel_namespace() -> None:
     assert AgentSettings().tunnel_netns == "raven-tun"
+
+
+def test_a_namespace_an_earlier_agent_made_is_not_stranded(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    """An earlier, privileged agent made `raven-tun` (recorded in the state directory): this
+    one cannot use or remove it, and its devices hold raven0's VNI and the WireGuard port, so a
+    fallback would fail every apply. It refuses to start, naming the namespace and the fix."""
+    monkeypatch.setattr(raven.dataplane, "tunnel_namespace_problem",
+                        lambda: "no CAP_SYS_ADMIN: ...")
+    (tmp_path / "tunnel-netns").write_text("raven-tun\n")
+    on = AgentSettings(node="n", state_dir=tmp_path, tunnel_netns="raven-tun",
+                       overlay=OverlaySettings(tunnel_namespace=True))
+    with pytest.raises(CommandError, match="tunnel namespace 'raven-tun', made by an earlier") \
+            as refused:
+        _with_tunnel_namespace_if_allowed(on, logging.getLogger("test"))
+    assert "ip netns delete raven-tun" in str(refused.value)
+    assert str(tmp_path / "tunnel-netns") in str(refused.value)

@@ -11,6 +11,7 @@ cache: the ends are read at every step (two link gets, two feature reads).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +21,7 @@ from raven.dataplane.links import LinkFacts, Links
 from raven.desired import NodeState, VethPair
 
 Address = tuple[str, int]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -162,8 +164,12 @@ class VethApplier:
             if settings:
                 links.set(link.index, **settings)  # type: ignore[arg-type]
             if "gro" in dict(fix):
-                links.set_gro(name, bool(dict(fix)["gro"]))
-            writes += len(gone) + len(new) + (1 if settings else 0) + ("gro" in dict(fix))
+                try:
+                    links.set_gro(name, bool(dict(fix)["gro"]))
+                    writes += 1
+                except DataplaneError as exc:  # an optimisation: the pair works without it
+                    log.warning("%s (the veth works without it)", exc)
+            writes += len(gone) + len(new) + (1 if settings else 0)
         return writes
 
     def remove(self, scope: Scope) -> list[str]:

@@ -1,8 +1,8 @@
 """What the agent checks before it relies on its tunnel namespace (docs/tunnel-namespace.md,
-"Privileges"), against real mounts: a read-only /var/run/netns is refused by name, and the
-agent's fallback then keeps the devices in the node's namespace (unit tests cover the
-capability half). Run in a private mount namespace (`unshare --mount`) so the machine's own
-mounts are never touched."""
+"Privileges"), against real mounts: a read-only /var/run/netns is named as the problem (the
+agent's fallback on a problem, and the capability half, are unit-tested:
+tests/unit/test_tunnel_privilege.py). Run in a private mount namespace (`unshare --mount`) so
+the machine's own mounts are never touched."""
 
 from __future__ import annotations
 
