@@ -20,59 +20,17 @@ import argparse
 import json
 import os
 import secrets
-import subprocess
 import sys
 import time
 from pathlib import Path
 
-from raven import constants
-from raven.lab import build, cluster, faults, runtime, teardown
+from raven.lab import build, cluster, faults, teardown
 from raven.lab import gateway_load as gl
-from raven.lab.iperf import iperf
 from raven.lab.netns import icmp_probe_many
-from raven.lab.plan import LabPlan, PodPlan
+from raven.lab.plan import LabPlan
 from raven.lab.topology import load_topology
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wg_bytes(lab: str, node: str) -> int:
-    """Bytes received plus sent by every peer of the node's WireGuard device (0 without one),
-    read where the device is (asked at each read: a gateway fails over in this bench).
-    `gateway_load.wg_bytes` reads the node's namespace, which finds a moved device only
-    through wireguard-go's socket."""
-    proc = subprocess.run([*runtime.devices_exec_argv(lab, node), "wg", "show",
-                           constants.WIREGUARD_DEVICE, "transfer"], capture_output=True,
-                          text=True, timeout=30)
-    total = 0
-    for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
-        parts = line.split()
-        if len(parts) == 3:
-            total += int(parts[1]) + int(parts[2])
-    return total
-
-
-def all_pairs_load(plan: LabPlan, src_pool: str, dst_pool: str, gateways: list[str],
-                   seconds: float, skip: tuple[str, ...] = ()) -> list[gl.PairLoad]:
-    """`gateway_load.all_pairs_load` with the WireGuard counters read by `wg_bytes`: iperf3 from
-    every pod of `src_pool` to every pod of `dst_pool`, one pair at a time; nodes in `skip`
-    (powered off) take part neither as a source nor as a gateway."""
-    gws = [g for g in gateways if g not in skip]
-    pods: list[tuple[str, PodPlan, str, PodPlan]] = [
-        (s.name, sp, d.name, dp)
-        for p in plan.pools if p.name == src_pool for s in p.nodes if s.name not in skip
-        for sp in s.pods
-        for q in plan.pools if q.name == dst_pool for d in q.nodes if d.name not in skip
-        for dp in d.pods]
-    out = []
-    for src_node, src, dst_node, dst in pods:
-        before = {g: wg_bytes(plan.name, g) for g in gws}
-        result = iperf(dst.netns, dst.ip, src.netns, seconds)
-        after = {g: wg_bytes(plan.name, g) for g in gws}
-        out.append(gl.PairLoad(src_node, dst_node,
-                               int(result.bits_per_second * result.seconds / 8),
-                               {g: after[g] - before[g] for g in gws}))
-    return out
 
 
 def wait_carriers(plan: LabPlan, pool: str, alive: list[str], timeout: float) -> dict[str, str]:
@@ -110,7 +68,7 @@ def wait_answers(plan: LabPlan, pool: str, remote: str, skip: str, timeout: floa
 
 def measure(plan: LabPlan, pool: str, remote: str, gateways: list[str], carrier: dict[str, str],
             seconds: float, skip: tuple[str, ...] = ()) -> dict[str, object]:
-    loads = all_pairs_load(plan, pool, remote, gateways, seconds, skip)
+    loads = gl.all_pairs_load(plan, pool, remote, gateways, seconds, skip)
     payload = gl.split(loads, carrier)
     wg = {g: sum(load.moved.get(g, 0) for load in loads) for g in gateways if g not in skip}
     total = sum(wg.values()) or 1

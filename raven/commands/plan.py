@@ -149,8 +149,8 @@ def format_state(state: Any) -> str:
         lines.append(f"sysctl {key}={value}")
     if state.veth is not None:
         v = state.veth
-        lines.append(f"veth {v.name} {v.address} <-> {v.peer} {v.peer_address} (in the tunnel "
-                     "namespace)")
+        lines.append(f"veth {v.name} {v.address}/{v.prefixlen} <-> {v.peer} {v.peer_address} "
+                     f"in the tunnel namespace: mtu {v.mtu}, gro {'on' if v.gro else 'off'}")
     for note in state.notes:
         lines.append(f"note: {note}")
     if state.tunnel is not None:

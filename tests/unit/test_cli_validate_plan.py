@@ -170,8 +170,8 @@ def test_plan_prints_the_tunnel_namespace_of_an_active_gateway() -> None:
     assert not [line for line in out if line.strip().startswith("rule ")]
     assert ("  10.244.0.0/24 via 169.254.77.2 onlink dev raven-tun0 table main metric 9027 "
             "mtu lock 1420 src 198.51.100.11") in out
-    assert "veth raven-tun0 169.254.77.1 <-> raven-tun1 169.254.77.2 (in the tunnel namespace)" \
-        in out
+    assert ("veth raven-tun0 169.254.77.1/30 <-> raven-tun1 169.254.77.2 in the tunnel "
+            "namespace: mtu 1500, gro on") in out
     inner = out[out.index("tunnel namespace:") + 1:]
     assert "    10.244.0.0/24 dev raven-wg0 table main metric 9027" in inner
     assert "    10.245.1.0/24 via 246.51.100.12 onlink dev raven0 table main metric 9027" in inner
