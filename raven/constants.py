@@ -57,13 +57,13 @@ ROUTE_PROTOCOL = 82  # 'R'; unassigned in /etc/iproute2/rt_protos
 MAIN_TABLE = 254
 MAIN_ROUTE_METRIC = 9027
 FWMARK = 0x40
+# The tunnel namespace's name, the agent's default (--tunnel-netns; "" keeps the devices in the
+# node's namespace).
+TUNNEL_NETNS = "raven-tun"
 # The tunnel-namespace shape of a gateway (docs/tunnel-namespace.md): the veth pair joining the
 # node's namespace (TUNNEL_VETH) to the tunnel namespace (TUNNEL_VETH_PEER), and its /30 in
 # IPv4 link-local space (the same on every node: it never leaves the node; clear of
 # 169.254.169.254, the clouds' metadata address).
-# The tunnel namespace's name, the agent's default (--tunnel-netns; "" keeps the devices in the
-# node's namespace).
-TUNNEL_NETNS = "raven-tun"
 TUNNEL_VETH = "raven-tun0"
 TUNNEL_VETH_PEER = "raven-tun1"
 TUNNEL_VETH_SUBNET = "169.254.77.0/30"

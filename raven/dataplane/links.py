@@ -9,6 +9,7 @@ needs it (IFLA_NET_NS_FD), never left for pyroute2 to open or create.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -183,33 +184,34 @@ class Links:
             changes["state"] = "up" if up else "down"
         self._call(f"set link {index} {changes}", self._ipr.link, "set", index=index, **changes)
 
-    def _ethtool(self) -> Any:
-        with netns.entered(self.netns):  # its sockets, and so its device names, are this ns's
-            return Ethtool()
+    @contextlib.contextmanager
+    def _ethtool(self) -> Iterator[Any]:
+        """pyroute2's ethtool client for this namespace (its sockets, and so the device names
+        it resolves, are the namespace's they were opened in), closed after."""
+        with netns.entered(self.netns):
+            ethtool = Ethtool()
+        try:
+            yield ethtool
+        finally:
+            ethtool.close()
 
     def gro(self, name: str) -> bool | None:
         """Whether generic receive offload (ethtool's rx-gro) is on for link `name`; None when
         the device cannot have it or its features cannot be read (an optimisation: never a
         reason to fail an apply)."""
         try:
-            ethtool = self._ethtool()
-            try:
+            with self._ethtool() as ethtool:
                 feature = ethtool.get_features(name).features.get("rx-gro")
-            finally:
-                ethtool.close()
         except Exception:  # pyroute2's ethtool raises plain and its own exceptions
             return None
         return None if feature is None or not feature.available else bool(feature.enable)
 
     def set_gro(self, name: str, on: bool) -> None:
         try:
-            ethtool = self._ethtool()
-            try:
+            with self._ethtool() as ethtool:
                 features = ethtool.get_features(name)
                 features.features["rx-gro"].enable = on
                 ethtool.set_features(name, features)
-            finally:
-                ethtool.close()
         except Exception as exc:
             raise DataplaneError(f"link {name}: setting rx-gro {'on' if on else 'off'}: "
                                  f"{exc}") from None

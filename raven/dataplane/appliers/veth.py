@@ -160,16 +160,17 @@ class VethApplier:
                 links.del_address(link.index, address, prefixlen)
             for address, prefixlen in new:
                 links.add_address(link.index, address, prefixlen)
-            settings = {k: v for k, v in fix if k != "gro"}
-            if settings:
-                links.set(link.index, **settings)  # type: ignore[arg-type]
-            if "gro" in dict(fix):
+            link_fix = dict(fix)
+            gro = link_fix.pop("gro", None)
+            if link_fix:
+                links.set(link.index, **link_fix)  # type: ignore[arg-type]
+            if gro is not None:
                 try:
-                    links.set_gro(name, bool(dict(fix)["gro"]))
+                    links.set_gro(name, bool(gro))
                     writes += 1
                 except DataplaneError as exc:  # an optimisation: the pair works without it
                     log.warning("%s (the veth works without it)", exc)
-            writes += len(gone) + len(new) + (1 if settings else 0)
+            writes += len(gone) + len(new) + (1 if link_fix else 0)
         return writes
 
     def remove(self, scope: Scope) -> list[str]:
