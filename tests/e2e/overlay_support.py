@@ -105,14 +105,17 @@ def assert_no_trace(lab: str, processes: dict[int, int]) -> None:
     assert lab not in raven("lab", "list").stdout
 
 
-def in_node(plan: LabPlan, node: str, *argv: str, check: bool = True) -> str:
-    proc = subprocess.run([*node_exec_argv(plan.name, node), *argv], capture_output=True,
-                          text=True, timeout=30)
+def _run_with(prefix: list[str], node: str, argv: tuple[str, ...], check: bool) -> str:
+    proc = subprocess.run([*prefix, *argv], capture_output=True, text=True, timeout=30)
     if proc.returncode != 0:
         if check:
             raise AssertionError(f"{node}: {' '.join(argv)}: {proc.stderr or proc.stdout}")
         return ""  # e.g. a table or device that does not exist (here): nothing of ours
     return proc.stdout
+
+
+def in_node(plan: LabPlan, node: str, *argv: str, check: bool = True) -> str:
+    return _run_with(node_exec_argv(plan.name, node), node, argv, check)
 
 
 def _json(text: str) -> object:
@@ -140,13 +143,7 @@ def _canonical_set(item: dict) -> dict:
 def in_devices(plan: LabPlan, node: str, *argv: str, check: bool = True) -> str:
     """`in_node`, but where the node's raven0 and raven-wg0 are: its tunnel namespace while it
     is an active gateway (docs/tunnel-namespace.md), else its own namespace."""
-    proc = subprocess.run([*runtime.devices_exec_argv(plan.name, node), *argv],
-                          capture_output=True, text=True, timeout=30)
-    if proc.returncode != 0:
-        if check:
-            raise AssertionError(f"{node}: {' '.join(argv)}: {proc.stderr or proc.stdout}")
-        return ""
-    return proc.stdout
+    return _run_with(runtime.devices_exec_argv(plan.name, node), node, argv, check)
 
 
 def _namespace_snapshot(run: Callable[..., str]) -> dict:
@@ -172,15 +169,18 @@ def _namespace_snapshot(run: Callable[..., str]) -> dict:
 def node_snapshot(plan: LabPlan, node: str) -> dict:
     """Everything of ours in a node's kernel, in a comparable form (no counters, no ages): its
     namespace, and its tunnel namespace when it has one (`tunnel`, None without)."""
+    # where the devices are, asked once: every read of the snapshot is of the same namespace
+    devices = runtime.devices_exec_argv(plan.name, node)
+    node_only = node_exec_argv(plan.name, node)
+
     def here(*argv: str, check: bool = True) -> str:
-        return in_node(plan, node, *argv, check=check)
+        return _run_with(node_only, node, argv, check)
 
     def there(*argv: str, check: bool = True) -> str:
-        return in_devices(plan, node, *argv, check=check)
+        return _run_with(devices, node, argv, check)
 
     snapshot = _namespace_snapshot(here)
-    tunnel = runtime.device_netns(plan.name, node)
-    snapshot["tunnel"] = _namespace_snapshot(there) if tunnel else None
+    snapshot["tunnel"] = _namespace_snapshot(there) if devices != node_only else None
     fdb = sorted((e.get("mac"), e.get("dst")) for e in _json(
         there("bridge", "-j", "fdb", "show", "dev", "raven0", check=False)
         or "[]") if e.get("dst"))

@@ -55,9 +55,12 @@ class Overlay:
         return self.work / "api" / "admin.kubeconfig"
 
     def run(self, target: str, argv: list[str], check: bool = True,
-            stdin: str | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(runtime.exec_argv(self.lab, target) + argv, capture_output=True,
-                                text=True, input=stdin, timeout=timeout)
+            stdin: str | None = None, timeout: float = 60,
+            prefix: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+        """`argv` in `target` (or after `prefix`, an argv prefix into the target's namespaces)."""
+        where = runtime.exec_argv(self.lab, target) if prefix is None else prefix
+        result = subprocess.run(where + argv, capture_output=True, text=True, input=stdin,
+                                timeout=timeout)
         if check and result.returncode != 0:
             raise AssertionError(f"{target}: {' '.join(argv)}: {result.stderr}{result.stdout}")
         return result
@@ -66,11 +69,7 @@ class Overlay:
                 check: bool = True) -> subprocess.CompletedProcess[str]:
         """`run` where the node's raven0 and raven-wg0 are: its tunnel namespace while it is
         an active gateway (docs/tunnel-namespace.md), else its own."""
-        result = subprocess.run(runtime.devices_exec_argv(self.lab, node) + argv,
-                                capture_output=True, text=True, timeout=60)
-        if check and result.returncode != 0:
-            raise AssertionError(f"{node}: {' '.join(argv)}: {result.stderr}{result.stdout}")
-        return result
+        return self.run(node, argv, check=check, prefix=runtime.devices_exec_argv(self.lab, node))
 
     def kubectl(self, *args: str, stdin: str | None = None) -> str:
         return self.run("control-plane", ["kubectl", "--kubeconfig", str(self.kubeconfig),
